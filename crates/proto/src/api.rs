@@ -1,0 +1,538 @@
+//! Request and response bodies of the control API (`/api/v1`).
+//!
+//! Every request type rejects unknown fields. Timestamps are RFC 3339 (UTC).
+
+use crate::model::*;
+use crate::text::{LongText, Name, Username};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
+
+/// Most items one list field of a request may hold.
+pub const MAX_LIST: usize = 256;
+
+// ---------------------------------------------------------------- setup & login
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetupRequest {
+    /// The one-time token from the setup link the server printed on first start.
+    pub token: String,
+    pub account: Name,
+    pub admin_username: Username,
+    pub admin_password: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SetupResponse {
+    pub account: Account,
+    pub admin: User,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub account: String,
+    pub username: String,
+    pub password: String,
+    /// The current TOTP code, when the user has a second factor; may also be sent
+    /// in a second step to `/auth/totp`.
+    #[serde(default)]
+    pub totp: Option<String>,
+}
+
+/// How far a login got. Only `complete` grants access to the API; the others
+/// give a token that can call only the one endpoint that finishes the login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LoginStage {
+    Complete,
+    /// POST `/auth/totp` with the code.
+    TotpRequired,
+    /// The account requires 2FA: POST `/me/totp/enroll` then `/me/totp/confirm`.
+    TotpEnrollmentRequired,
+    /// The password expired: POST `/me/password`.
+    PasswordChangeRequired,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LoginResponse {
+    /// Opaque bearer token (`Authorization: Bearer …`).
+    pub token: String,
+    pub stage: LoginStage,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TotpCode {
+    pub code: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TotpEnrollResponse {
+    /// Base32 secret, for typing into an authenticator by hand.
+    pub secret: String,
+    /// `otpauth://totp/...` URI, for a QR code.
+    pub otpauth_uri: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChangeRequest {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    pub user: User,
+    pub account: Account,
+    /// How the caller authenticated: `login` or `api_token`.
+    pub via: String,
+}
+
+// ---------------------------------------------------------------- account & users
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Account {
+    pub id: String,
+    pub name: Name,
+    pub settings: AccountSettings,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAccount {
+    #[serde(default)]
+    pub name: Option<Name>,
+    #[serde(default)]
+    pub settings: Option<AccountSettings>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct User {
+    pub id: String,
+    pub username: Username,
+    pub role: Role,
+    pub disabled: bool,
+    pub totp_enabled: bool,
+    /// Locked after too many failed logins, until this time.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub locked_until: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub password_changed_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    pub username: Username,
+    pub role: Role,
+    /// Initial password; must meet the account's policy.
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    #[serde(default)]
+    pub role: Option<Role>,
+    /// Disabling ends every login and API token of the user and their active sessions.
+    #[serde(default)]
+    pub disabled: Option<bool>,
+    /// Set a new password (admin reset); ends the user's logins.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Lift a lockout now.
+    #[serde(default)]
+    pub unlock: Option<bool>,
+    /// Remove the user's second factor (they must enrol again where 2FA is required).
+    #[serde(default)]
+    pub reset_totp: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiToken {
+    pub id: String,
+    pub name: Name,
+    pub read_only: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_used_at: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiToken {
+    pub name: Name,
+    /// 1-365 days.
+    pub expires_in_days: u32,
+    /// A read-only token can only call GET routes.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedApiToken {
+    /// Shown once; only its hash is stored.
+    pub token: String,
+    pub info: ApiToken,
+}
+
+// ---------------------------------------------------------------- groups, pools, grants
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Group {
+    pub id: String,
+    pub name: Name,
+    pub members: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNamed {
+    pub name: Name,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Pool {
+    pub id: String,
+    pub name: Name,
+    pub devices: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Grant {
+    pub id: String,
+    pub group_id: String,
+    pub pool_id: String,
+    pub level: GrantLevel,
+    /// For `restricted`: the only targets allowed (still within each device's firewall).
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGrant {
+    pub group_id: String,
+    pub pool_id: String,
+    pub level: GrantLevel,
+    #[serde(default)]
+    pub targets: Vec<Target>,
+}
+
+// ---------------------------------------------------------------- devices
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeviceStatus {
+    /// Enrolled: the device holds a certificate bound to its key.
+    pub enrolled: bool,
+    /// Self-registered with the fleet key, waiting for an admin's approval.
+    pub pending_approval: bool,
+    pub online: bool,
+    /// The on-site remote-access switch.
+    pub switch_on: bool,
+    #[serde(default)]
+    pub agent_version: Option<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub last_seen: Option<OffsetDateTime>,
+    #[serde(default)]
+    pub public_endpoint: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Device {
+    pub id: String,
+    pub name: Name,
+    #[serde(default)]
+    pub serial: Option<String>,
+    #[schema(value_type = Vec<String>)]
+    pub lan_subnets: Vec<ipnet::IpNet>,
+    pub nat: Vec<NatMapping>,
+    pub firewall: Vec<Target>,
+    pub status: DeviceStatus,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDevice {
+    pub name: Name,
+    #[serde(default)]
+    pub serial: Option<Name>,
+    #[serde(default)]
+    #[schema(value_type = Vec<String>)]
+    pub lan_subnets: Vec<ipnet::IpNet>,
+    #[serde(default)]
+    pub nat: Vec<NatMapping>,
+    #[serde(default)]
+    pub firewall: Vec<Target>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedDevice {
+    pub device: Device,
+    pub activation: ActivationKey,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ActivationKey {
+    /// Shown once; only its hash is stored. Single use.
+    pub key: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateDevice {
+    #[serde(default)]
+    pub name: Option<Name>,
+    #[serde(default)]
+    pub serial: Option<Name>,
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub lan_subnets: Option<Vec<ipnet::IpNet>>,
+    #[serde(default)]
+    pub nat: Option<Vec<NatMapping>>,
+    #[serde(default)]
+    pub firewall: Option<Vec<Target>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogEntry {
+    pub id: String,
+    pub device_id: String,
+    pub author: String,
+    pub text: LongText,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateLogEntry {
+    pub text: LongText,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FleetKey {
+    pub id: String,
+    pub name: Name,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateFleetKey {
+    pub name: Name,
+    /// 1-365 days.
+    pub expires_in_days: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedFleetKey {
+    /// Shown once; only its hash is stored.
+    pub key: String,
+    pub info: FleetKey,
+}
+
+/// The edge proves possession of its identity key by signing
+/// `ENROLL_CONTEXT || key` (the activation or fleet key) with it (Ed25519).
+pub const ENROLL_CONTEXT: &[u8] = b"drawbridge-enroll-v1\0";
+/// For fetching a certificate after fleet approval the edge signs
+/// `CERT_FETCH_CONTEXT || device_id || unix_seconds (decimal)`.
+pub const CERT_FETCH_CONTEXT: &[u8] = b"drawbridge-cert-fetch-v1\0";
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    /// A device's one-time activation key, or
+    #[serde(default)]
+    pub activation_key: Option<String>,
+    /// the account's fleet key (the device then waits for approval).
+    #[serde(default)]
+    pub fleet_key: Option<String>,
+    /// Name and serial, for fleet enrolment only.
+    #[serde(default)]
+    pub name: Option<Name>,
+    #[serde(default)]
+    pub serial: Option<Name>,
+    /// The device's Ed25519 public key, base64 (32 bytes).
+    pub public_key: String,
+    /// Ed25519 signature, base64, of `ENROLL_CONTEXT || key`.
+    pub signature: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EnrollStatus {
+    Enrolled,
+    PendingApproval,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EnrollResponse {
+    pub device_id: String,
+    pub account_id: String,
+    pub status: EnrollStatus,
+    /// PEM device certificate signed by the server's device CA (when enrolled).
+    #[serde(default)]
+    pub certificate: Option<String>,
+    /// PEM of the device CA.
+    #[serde(default)]
+    pub ca_certificate: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFetch {
+    pub device_id: String,
+    pub timestamp: i64,
+    /// Ed25519 signature, base64, of `CERT_FETCH_CONTEXT || device_id || timestamp`.
+    pub signature: String,
+}
+
+// ---------------------------------------------------------------- sessions
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionDevice {
+    pub device_id: String,
+    /// The released targets on this device.
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Session {
+    pub id: String,
+    pub name: Name,
+    pub state: SessionState,
+    pub devices: Vec<SessionDevice>,
+    pub users: Vec<String>,
+    pub adhoc: bool,
+    pub created_by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub valid_from: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub valid_until: OffsetDateTime,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(default)]
+    pub started_by: Option<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub ended_at: Option<OffsetDateTime>,
+    #[serde(default)]
+    pub ended_by: Option<String>,
+    #[serde(default)]
+    pub end_reason: Option<EndReason>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrepareSession {
+    pub name: Name,
+    pub devices: Vec<SessionDevice>,
+    /// User ids allowed to start and use the session.
+    pub users: Vec<String>,
+    /// Defaults to now.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub valid_from: Option<OffsetDateTime>,
+    /// Defaults to `valid_from` + the account's maximum session length.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub valid_until: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdhocSession {
+    pub device_id: String,
+    /// Defaults to everything the caller's grant allows on the device.
+    #[serde(default)]
+    pub targets: Option<Vec<Target>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SessionFilter {
+    /// prepared, pending_approval, active or ended.
+    #[serde(default)]
+    pub state: Option<SessionState>,
+}
+
+// ---------------------------------------------------------------- audit & notifications
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    pub account_id: String,
+    pub seq: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    /// `user:<id>`, `device:<id>`, `api:<id>` or `system`.
+    pub actor: String,
+    pub action: String,
+    pub object: String,
+    /// `ok`, `denied`, `failed`.
+    pub result: String,
+    pub source: String,
+    pub details: serde_json::Value,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Entries at or after this time (RFC 3339).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub from: Option<OffsetDateTime>,
+    /// Entries before this time (RFC 3339).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub to: Option<OffsetDateTime>,
+    /// Exact actor, e.g. `user:<id>`.
+    #[serde(default)]
+    pub actor: Option<String>,
+    /// Entries about this device id.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// Action prefix, e.g. `login` or `session.`.
+    #[serde(default)]
+    pub action: Option<String>,
+    /// `json` (default, an array), `jsonl` or `csv`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// At most this many entries (default and maximum 10000).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditVerify {
+    pub ok: bool,
+    pub entries: i64,
+    /// The first sequence number whose entry or link is wrong.
+    #[serde(default)]
+    pub first_broken_seq: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Notification {
+    pub id: String,
+    pub kind: String,
+    pub message: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}

@@ -1,0 +1,17 @@
+//! Wire and API types shared by every Drawbridge part. No I/O lives here.
+//!
+//! Request types reject unknown fields and parse bounded, validated values at
+//! deserialisation time ("parse, don't validate"): a handler that receives a
+//! `Name` knows it is 1..=64 printable characters.
+
+pub mod api;
+pub mod error;
+pub mod model;
+pub mod text;
+
+pub use error::{ApiError, ErrorCode};
+pub use model::*;
+pub use text::{LongText, Name, Username};
+
+/// Prefix of every versioned control API route.
+pub const API_PREFIX: &str = "/api/v1";

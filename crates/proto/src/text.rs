@@ -1,0 +1,137 @@
+//! Bounded text newtypes that can only hold valid values.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TextError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("must be at most {0} characters")]
+    TooLong(usize),
+    #[error("must not contain control characters")]
+    Control,
+    #[error("may only contain letters, digits and . _ @ -")]
+    Charset,
+}
+
+/// Implements utoipa's schema traits for a type that travels as a JSON string.
+#[macro_export]
+macro_rules! string_schema {
+    ($ty:ident, $desc:expr) => {
+        impl utoipa::PartialSchema for $ty {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .description(Some($desc))
+                    .into()
+            }
+        }
+        impl utoipa::ToSchema for $ty {}
+    };
+}
+
+fn check(s: &str, max: usize, allow_newlines: bool) -> Result<(), TextError> {
+    if s.trim().is_empty() {
+        return Err(TextError::Empty);
+    }
+    if s.chars().count() > max {
+        return Err(TextError::TooLong(max));
+    }
+    if s
+        .chars()
+        .any(|c| c.is_control() && !(allow_newlines && (c == '\n' || c == '\t')))
+    {
+        return Err(TextError::Control);
+    }
+    Ok(())
+}
+
+macro_rules! bounded_text {
+    ($(#[$doc:meta])* $name:ident, $max:expr, $newlines:expr, $extra:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+        crate::string_schema!($name, concat!("Text of at most ", stringify!($max), " characters."));
+
+        impl $name {
+            pub const MAX: usize = $max;
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl TryFrom<String> for $name {
+            type Error = TextError;
+            fn try_from(s: String) -> Result<Self, TextError> {
+                check(&s, $max, $newlines)?;
+                let extra: fn(&str) -> Result<(), TextError> = $extra;
+                extra(&s)?;
+                Ok(Self(s))
+            }
+        }
+        impl TryFrom<&str> for $name {
+            type Error = TextError;
+            fn try_from(s: &str) -> Result<Self, TextError> {
+                Self::try_from(s.to_string())
+            }
+        }
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.0
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&self.0, f)
+            }
+        }
+    };
+}
+
+bounded_text!(
+    /// A display name: 1..=64 characters, no control characters.
+    Name, 64, false, |_| Ok(())
+);
+bounded_text!(
+    /// Free text such as a logbook note: 1..=4096 characters.
+    LongText, 4096, true, |_| Ok(())
+);
+bounded_text!(
+    /// A login name: 1..=64 of `[A-Za-z0-9._@-]`.
+    Username, 64, false, |s| {
+        if s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-')) {
+            Ok(())
+        } else {
+            Err(TextError::Charset)
+        }
+    }
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_reject_empty_long_and_control_characters() {
+        assert_eq!(Name::try_from(""), Err(TextError::Empty));
+        assert_eq!(Name::try_from("   "), Err(TextError::Empty));
+        assert_eq!(Name::try_from("a".repeat(65)), Err(TextError::TooLong(64)));
+        assert_eq!(Name::try_from("a\u{0}b"), Err(TextError::Control));
+        assert!(Name::try_from("Press line 3 — Ünïcode ok").is_ok());
+        assert!(LongText::try_from("line1\nline2").is_ok());
+        assert_eq!(Username::try_from("a b"), Err(TextError::Charset));
+        assert!(Username::try_from("anna.m@plant-1").is_ok());
+    }
+
+    #[test]
+    fn names_are_parsed_when_deserialised() {
+        assert!(serde_json::from_str::<Name>("\"\"").is_err());
+        assert_eq!(serde_json::from_str::<Name>("\"x\"").unwrap().as_str(), "x");
+    }
+}

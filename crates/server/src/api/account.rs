@@ -1,0 +1,102 @@
+//! The caller's account: name, settings, admin notifications.
+
+use super::ApiJson;
+use crate::audit;
+use crate::auth::Caller;
+use crate::clock::from_unix;
+use crate::error::{AppError, AppResult};
+use crate::records;
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::State;
+use drawbridge_proto::api::{Account, Notification, UpdateAccount};
+use drawbridge_proto::{Action, ApiError};
+use sqlx::Row;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub fn routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+    r.routes(routes!(get_account, update_account))
+        .routes(routes!(notifications))
+}
+
+/// The caller's account and its settings.
+#[utoipa::path(get, path = "/api/v1/account", tag = "account",
+    responses((status = 200, body = Account), (status = 401, body = ApiError)))]
+async fn get_account(State(state): State<AppState>, caller: Caller) -> AppResult<Json<Account>> {
+    let mut conn = state.store.pool.acquire().await?;
+    Ok(Json(records::account(&mut conn, &caller.account_id).await?))
+}
+
+/// Rename the account or change its settings (admins).
+#[utoipa::path(patch, path = "/api/v1/account", tag = "account",
+    request_body = UpdateAccount,
+    responses((status = 200, body = Account), (status = 400, body = ApiError), (status = 403, body = ApiError)))]
+async fn update_account(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<UpdateAccount>,
+) -> AppResult<Json<Account>> {
+    caller.require(&state, Action::ManageUsers, "account.update").await?;
+    if let Some(s) = &req.settings {
+        s.check().map_err(AppError::invalid)?;
+    }
+    let now = state.now();
+    let mut tx = state.store.begin().await?;
+    let before = records::account(&mut tx, &caller.account_id).await?;
+    if let Some(name) = &req.name {
+        let r = sqlx::query("UPDATE accounts SET name = $1 WHERE id = $2")
+            .bind(name.as_str())
+            .bind(&caller.account_id)
+            .execute(&mut *tx)
+            .await;
+        if let Err(e) = r {
+            return Err(if crate::db::is_unique_violation(&e) {
+                AppError::conflict("an account with this name exists")
+            } else {
+                e.into()
+            });
+        }
+    }
+    if let Some(settings) = &req.settings {
+        sqlx::query("UPDATE accounts SET settings = $1 WHERE id = $2")
+            .bind(serde_json::to_string(settings).map_err(AppError::internal)?)
+            .bind(&caller.account_id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let after = records::account(&mut tx, &caller.account_id).await?;
+    let ev = caller
+        .event("account.update", &format!("account:{}", caller.account_id))
+        .details(serde_json::json!({
+            "username": caller.username,
+            "before": { "name": before.name, "settings": before.settings },
+            "after": { "name": after.name, "settings": after.settings },
+        }));
+    audit::append(&mut tx, now, &ev).await?;
+    tx.commit().await?;
+    Ok(Json(after))
+}
+
+/// Notifications for the account's admins (lockouts and the like), newest first.
+#[utoipa::path(get, path = "/api/v1/notifications", tag = "account",
+    responses((status = 200, body = Vec<Notification>), (status = 403, body = ApiError)))]
+async fn notifications(State(state): State<AppState>, caller: Caller) -> AppResult<Json<Vec<Notification>>> {
+    caller.require(&state, Action::ManageUsers, "notification.list").await?;
+    let rows = sqlx::query(
+        "SELECT id, kind, message, created_at FROM notifications WHERE account_id = $1 ORDER BY created_at DESC LIMIT 200",
+    )
+    .bind(&caller.account_id)
+    .fetch_all(&state.store.pool)
+    .await?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(Notification {
+            id: r.try_get("id")?,
+            kind: r.try_get("kind")?,
+            message: r.try_get("message")?,
+            created_at: from_unix(r.try_get("created_at")?),
+        });
+    }
+    Ok(Json(out))
+}

@@ -1,0 +1,49 @@
+//! Reading, exporting and verifying the audit log (admins and auditors).
+
+use super::ApiQuery;
+use crate::audit;
+use crate::auth::Caller;
+use crate::error::{AppError, AppResult};
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use drawbridge_proto::api::{AuditEntry, AuditQuery, AuditVerify};
+use drawbridge_proto::{Action, ApiError};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub fn routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+    r.routes(routes!(export)).routes(routes!(verify))
+}
+
+/// The account's audit entries, filtered; as a JSON array, JSON lines or CSV.
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery),
+    responses((status = 200, body = Vec<AuditEntry>, description = "JSON array; `format=jsonl` gives JSON lines, `format=csv` CSV"), (status = 403, body = ApiError)))]
+async fn export(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQuery<AuditQuery>) -> AppResult<Response> {
+    caller.require(&state, Action::ReadAudit, "audit.read").await?;
+    let format = q.format.clone().unwrap_or_else(|| "json".into());
+    if !matches!(format.as_str(), "json" | "jsonl" | "csv") {
+        return Err(AppError::invalid("format is json, jsonl or csv"));
+    }
+    let entries = audit::query(&state.store, &caller.account_id, &q).await?;
+    if format != "json" {
+        // Exports are themselves on the record.
+        let ev = caller.event("audit.export", "audit").details(serde_json::json!({ "username": caller.username, "format": format, "entries": entries.len() }));
+        audit::record(&state.store, state.now(), &ev).await?;
+    }
+    Ok(match format.as_str() {
+        "jsonl" => ([(header::CONTENT_TYPE, "application/x-ndjson")], audit::to_jsonl(&entries)).into_response(),
+        "csv" => ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], audit::to_csv(&entries)).into_response(),
+        _ => Json(entries).into_response(),
+    })
+}
+
+/// Check the account's hash chain.
+#[utoipa::path(get, path = "/api/v1/audit/verify", tag = "audit",
+    responses((status = 200, body = AuditVerify), (status = 403, body = ApiError)))]
+async fn verify(State(state): State<AppState>, caller: Caller) -> AppResult<Json<AuditVerify>> {
+    caller.require(&state, Action::ReadAudit, "audit.verify").await?;
+    Ok(Json(audit::verify(&state.store, &caller.account_id).await?))
+}

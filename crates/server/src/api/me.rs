@@ -1,0 +1,231 @@
+//! Login, logout, the caller's own profile, password and second factor.
+
+use super::ApiJson;
+use crate::audit;
+use crate::auth::{self, Caller, LoginCaller, Source, Via};
+use crate::error::{AppError, AppResult};
+use crate::records;
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use drawbridge_proto::api::{
+    LoginRequest, LoginResponse, LoginStage, PasswordChangeRequest, TotpCode, TotpEnrollResponse,
+    WhoAmI,
+};
+use drawbridge_proto::{ApiError, ErrorCode};
+use sqlx::Row;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub fn routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+    r.routes(routes!(login))
+        .routes(routes!(totp))
+        .routes(routes!(logout))
+        .routes(routes!(whoami))
+        .routes(routes!(change_password))
+        .routes(routes!(totp_enroll))
+        .routes(routes!(totp_confirm))
+}
+
+/// Log in with account, user name and password (and TOTP code, if set up).
+#[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", security(()),
+    request_body = LoginRequest,
+    responses((status = 200, body = LoginResponse), (status = 401, body = ApiError)))]
+async fn login(
+    State(state): State<AppState>,
+    Source(source): Source,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> AppResult<Json<LoginResponse>> {
+    Ok(Json(auth::login(&state, &req, &source).await?))
+}
+
+/// Second login step: the TOTP code, with the token from `/auth/login`.
+#[utoipa::path(post, path = "/api/v1/auth/totp", tag = "auth",
+    request_body = TotpCode,
+    responses((status = 200, body = LoginResponse), (status = 401, body = ApiError)))]
+async fn totp(
+    State(state): State<AppState>,
+    caller: LoginCaller,
+    ApiJson(req): ApiJson<TotpCode>,
+) -> AppResult<Json<LoginResponse>> {
+    let caller = caller.at(&[LoginStage::TotpRequired])?;
+    Ok(Json(auth::finish_totp(&state, &caller, &req.code).await?))
+}
+
+/// End this login (the token stops working at once).
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "auth",
+    responses((status = 204), (status = 401, body = ApiError)))]
+async fn logout(State(state): State<AppState>, caller: LoginCaller) -> AppResult<StatusCode> {
+    let caller = caller.0;
+    let now = state.now();
+    let mut tx = state.store.begin().await?;
+    auth::revoke_token(&mut tx, &caller.token_id, now).await?;
+    audit::append(&mut tx, now, &caller.event("logout", &caller.actor())).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Who am I: the caller's user and account.
+#[utoipa::path(get, path = "/api/v1/me", tag = "auth",
+    responses((status = 200, body = WhoAmI), (status = 401, body = ApiError)))]
+async fn whoami(State(state): State<AppState>, caller: Caller) -> AppResult<Json<WhoAmI>> {
+    let mut conn = state.store.pool.acquire().await?;
+    let user = records::user(&mut conn, &caller.account_id, &caller.user_id).await?;
+    let account = records::account(&mut conn, &caller.account_id).await?;
+    Ok(Json(WhoAmI {
+        user: user.to_api(state.now()),
+        account,
+        via: match caller.via {
+            Via::Login => "login".into(),
+            Via::ApiToken { .. } => "api_token".into(),
+        },
+    }))
+}
+
+/// Change the caller's own password. Ends every login and API token of the
+/// user and answers with a fresh login.
+#[utoipa::path(post, path = "/api/v1/me/password", tag = "auth",
+    request_body = PasswordChangeRequest,
+    responses((status = 200, body = LoginResponse), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
+async fn change_password(
+    State(state): State<AppState>,
+    caller: LoginCaller,
+    ApiJson(req): ApiJson<PasswordChangeRequest>,
+) -> AppResult<Json<LoginResponse>> {
+    let caller = caller.at(&[LoginStage::Complete, LoginStage::PasswordChangeRequired])?;
+    let now = state.now();
+    let mut conn = state.store.pool.acquire().await?;
+    let user = records::user(&mut conn, &caller.account_id, &caller.user_id).await?;
+    let account = records::account(&mut conn, &caller.account_id).await?;
+    drop(conn);
+    if !crate::password::verify(&req.current_password, &user.password_hash) {
+        let mut tx = state.store.begin().await?;
+        auth::register_failure(&mut tx, &user, &account.settings, now, &caller.source).await?;
+        let ev = caller.event("user.password_change", &caller.actor()).result("failed");
+        audit::append(&mut tx, now, &ev).await?;
+        tx.commit().await?;
+        return Err(AppError::new(ErrorCode::InvalidCode, "the current password is wrong"));
+    }
+    let mut tx = state.store.begin().await?;
+    set_password(&mut tx, &user, &account.settings, &req.new_password, now).await?;
+    let mut user = user;
+    user.password_changed_at = now;
+    let stage = auth::next_stage(&user, &account.settings, now);
+    let resp = auth::issue_login_token(&mut tx, &user, &account.settings, stage, now).await?;
+    audit::append(&mut tx, now, &caller.event("user.password_change", &caller.actor())).await?;
+    tx.commit().await?;
+    Ok(Json(resp))
+}
+
+/// Sets a new password after the policy and history checks; revokes every token of the user.
+pub async fn set_password(
+    tx: &mut crate::db::Tx<'_>,
+    user: &records::UserRow,
+    settings: &drawbridge_proto::AccountSettings,
+    new_password: &str,
+    now: i64,
+) -> AppResult<()> {
+    let policy = &settings.password_policy;
+    crate::password::check_policy(policy, &user.username, new_password)
+        .map_err(|m| AppError::new(ErrorCode::PasswordPolicy, m))?;
+    if policy.history > 0 {
+        let rows = sqlx::query(
+            "SELECT password_hash FROM password_history WHERE user_id = $1 ORDER BY created_at DESC LIMIT $2",
+        )
+        .bind(&user.id)
+        .bind(i64::from(policy.history))
+        .fetch_all(&mut **tx)
+        .await?;
+        let mut reused = crate::password::verify(new_password, &user.password_hash);
+        for r in rows {
+            let h: String = r.try_get(0)?;
+            reused |= crate::password::verify(new_password, &h);
+        }
+        if reused {
+            return Err(AppError::new(
+                ErrorCode::PasswordPolicy,
+                format!("the password must differ from the last {} passwords", policy.history),
+            ));
+        }
+    }
+    let hash = crate::password::hash(new_password);
+    sqlx::query("UPDATE users SET password_hash = $1, password_changed_at = $2 WHERE id = $3")
+        .bind(&hash)
+        .bind(now)
+        .bind(&user.id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("INSERT INTO password_history (user_id, password_hash, created_at) VALUES ($1, $2, $3)")
+        .bind(&user.id)
+        .bind(&hash)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    auth::revoke_all(tx, &user.id, now).await
+}
+
+/// Start setting up a TOTP second factor: returns the secret and otpauth URI.
+/// It becomes active only after `/me/totp/confirm` with a valid code.
+#[utoipa::path(post, path = "/api/v1/me/totp/enroll", tag = "auth",
+    responses((status = 200, body = TotpEnrollResponse), (status = 401, body = ApiError)))]
+async fn totp_enroll(State(state): State<AppState>, caller: LoginCaller) -> AppResult<Json<TotpEnrollResponse>> {
+    let caller = caller.at(&[LoginStage::Complete, LoginStage::TotpEnrollmentRequired])?;
+    let mut conn = state.store.pool.acquire().await?;
+    let user = records::user(&mut conn, &caller.account_id, &caller.user_id).await?;
+    let account = records::account(&mut conn, &caller.account_id).await?;
+    if user.totp_secret.is_some() {
+        return Err(AppError::conflict(
+            "a second factor is already active; an admin can reset it",
+        ));
+    }
+    let secret = crate::totp::new_secret();
+    sqlx::query("UPDATE users SET totp_pending_secret = $1 WHERE id = $2")
+        .bind(&secret)
+        .bind(&user.id)
+        .execute(&mut *conn)
+        .await?;
+    let label = format!("{}@{}", user.username, account.name);
+    let otpauth_uri = crate::totp::uri(&secret, &label)
+        .ok_or_else(|| AppError::internal(anyhow::anyhow!("TOTP URI")))?;
+    Ok(Json(TotpEnrollResponse { secret, otpauth_uri }))
+}
+
+/// Confirm the TOTP set-up with a current code. Answers with a fresh login.
+#[utoipa::path(post, path = "/api/v1/me/totp/confirm", tag = "auth",
+    request_body = TotpCode,
+    responses((status = 200, body = LoginResponse), (status = 401, body = ApiError)))]
+async fn totp_confirm(
+    State(state): State<AppState>,
+    caller: LoginCaller,
+    ApiJson(req): ApiJson<TotpCode>,
+) -> AppResult<Json<LoginResponse>> {
+    let caller = caller.at(&[LoginStage::Complete, LoginStage::TotpEnrollmentRequired])?;
+    let now = state.now();
+    let mut tx = state.store.begin().await?;
+    let user = records::user(&mut tx, &caller.account_id, &caller.user_id).await?;
+    let account = records::account(&mut tx, &caller.account_id).await?;
+    let pending = user
+        .totp_pending_secret
+        .clone()
+        .ok_or_else(|| AppError::conflict("start with /me/totp/enroll"))?;
+    let Some(step) = crate::totp::check(&pending, &req.code, now, 0) else {
+        return Err(AppError::invalid_code());
+    };
+    sqlx::query(
+        "UPDATE users SET totp_secret = $1, totp_pending_secret = NULL, totp_last_step = $2 WHERE id = $3",
+    )
+    .bind(&pending)
+    .bind(step)
+    .bind(&user.id)
+    .execute(&mut *tx)
+    .await?;
+    auth::revoke_token(&mut tx, &caller.token_id, now).await?;
+    let mut user = user;
+    user.totp_secret = Some(pending);
+    let stage = auth::next_stage(&user, &account.settings, now);
+    let resp = auth::issue_login_token(&mut tx, &user, &account.settings, stage, now).await?;
+    audit::append(&mut tx, now, &caller.event("user.totp_enable", &caller.actor())).await?;
+    tx.commit().await?;
+    Ok(Json(resp))
+}

@@ -1,0 +1,161 @@
+//! The control API (`/api/v1`): routing, OpenAPI document, JSON in and out.
+//!
+//! Handlers are thin: they parse (typed, bounded request bodies), check the
+//! caller's rights, run one transaction that changes the data and appends the
+//! audit entry, and answer.
+
+mod account;
+mod audit_routes;
+mod devices;
+mod enroll;
+mod groups;
+mod me;
+mod sessions;
+mod setup;
+mod tokens;
+mod users;
+
+use crate::error::AppError;
+use crate::state::AppState;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use drawbridge_proto::ErrorCode;
+use serde::de::DeserializeOwned;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+
+/// Largest request body the API accepts.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// A JSON body parsed into `T`; any failure is a JSON error with a code.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = AppError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(e) => Err(json_rejection(e)),
+        }
+    }
+}
+
+fn json_rejection(e: JsonRejection) -> AppError {
+    match e {
+        JsonRejection::JsonDataError(e) => AppError::bad_request(format!("invalid request body: {}", e.body_text())),
+        JsonRejection::JsonSyntaxError(_) => AppError::bad_request("the request body is not valid JSON"),
+        JsonRejection::MissingJsonContentType(_) => {
+            AppError::bad_request("send the body as JSON (Content-Type: application/json)")
+        }
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => AppError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("the request body is larger than {MAX_BODY} bytes"),
+        ),
+        other => AppError::bad_request(other.body_text()),
+    }
+}
+
+/// A query string parsed into `T`, with JSON errors.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = AppError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(q) => Ok(ApiQuery(q.0)),
+            Err(e @ QueryRejection::FailedToDeserializeQueryString(_)) => {
+                Err(AppError::bad_request(format!("invalid query: {}", e.body_text())))
+            }
+            Err(e) => Err(AppError::bad_request(e.body_text())),
+        }
+    }
+}
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Drawbridge control API", description = "Accounts, users, rights, devices, sessions and audit. Every error is `{code, message}`."),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+/// Every API route, and the OpenAPI document describing exactly those routes.
+pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let router = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi());
+    let router = setup::routes(router);
+    let router = me::routes(router);
+    let router = tokens::routes(router);
+    let router = account::routes(router);
+    let router = users::routes(router);
+    let router = groups::routes(router);
+    let router = devices::routes(router);
+    let router = enroll::routes(router);
+    let router = sessions::routes(router);
+    let router = audit_routes::routes(router);
+    router.split_for_parts()
+}
+
+/// The whole HTTP application: API, OpenAPI document, health check, JSON
+/// errors for unknown routes and oversized bodies.
+pub fn app(state: AppState) -> Router {
+    let (api, doc) = routes();
+    let doc = std::sync::Arc::new(doc);
+    Router::new()
+        .merge(api)
+        .route(
+            "/api/v1/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { Json(doc.as_ref().clone()) }
+            }),
+        )
+        .route("/healthz", axum::routing::get(healthz))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(state)
+}
+
+async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    match sqlx::query("SELECT 1").execute(&state.store.pool).await {
+        Ok(_) => (StatusCode::OK, Json(serde_json::json!({"status": "ok"}))).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "health check: database unreachable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({"status": "database unreachable"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn not_found() -> AppError {
+    AppError::new(ErrorCode::NotFound, "no such route")
+}
+
+async fn security_headers(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    h.insert("x-content-type-options", "nosniff".parse().expect("static"));
+    h.insert("cache-control", "no-store".parse().expect("static"));
+    h.insert("referrer-policy", "no-referrer".parse().expect("static"));
+    h.insert("x-frame-options", "DENY".parse().expect("static"));
+    res
+}

@@ -1,0 +1,375 @@
+//! The audit log: append-only, hash-chained per account.
+//!
+//! Each entry's hash covers its own fields and the previous entry's hash, so a
+//! changed, removed or reordered entry breaks the chain from that point on.
+//! `audit_heads` holds each chain's last sequence number and hash; appending
+//! updates it first, which serialises appends per account on PostgreSQL (row
+//! lock) and SQLite (single writer), and detects truncation on verify.
+
+use crate::clock::from_unix;
+use crate::db::{Store, Tx};
+use drawbridge_proto::api::{AuditEntry, AuditQuery, AuditVerify};
+use ring::digest;
+use sqlx::Row;
+
+/// The chain of events that belong to no account (e.g. a login naming an unknown account).
+pub const SYSTEM_ACCOUNT: &str = "system";
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One thing that happened.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub account_id: String,
+    /// `user:<id>`, `device:<id>`, `api:<token id>` or `system`.
+    pub actor: String,
+    /// Dotted verb, e.g. `login.ok`, `device.create`, `session.end`.
+    pub action: String,
+    /// What it was done to, e.g. `device:<id>`.
+    pub object: String,
+    /// `ok`, `denied` or `failed`.
+    pub result: String,
+    /// Remote address of the request, or `local` for the CLI.
+    pub source: String,
+    pub device_id: Option<String>,
+    pub details: serde_json::Value,
+}
+
+impl Event {
+    pub fn new(account_id: &str, actor: &str, action: &str, object: &str) -> Self {
+        Event {
+            account_id: account_id.to_string(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            object: object.to_string(),
+            result: "ok".into(),
+            source: "local".into(),
+            device_id: None,
+            details: serde_json::Value::Null,
+        }
+    }
+    pub fn result(mut self, r: &str) -> Self {
+        self.result = r.into();
+        self
+    }
+    pub fn source(mut self, s: &str) -> Self {
+        self.source = s.into();
+        self
+    }
+    pub fn device(mut self, id: &str) -> Self {
+        self.device_id = Some(id.into());
+        self
+    }
+    pub fn details(mut self, d: serde_json::Value) -> Self {
+        self.details = d;
+        self
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn entry_hash(
+    account_id: &str,
+    seq: i64,
+    ts: i64,
+    actor: &str,
+    action: &str,
+    object: &str,
+    result: &str,
+    source: &str,
+    device_id: Option<&str>,
+    details: &str,
+    prev_hash: &str,
+) -> String {
+    let canonical = serde_json::json!([
+        account_id, seq, ts, actor, action, object, result, source, device_id, details, prev_hash
+    ])
+    .to_string();
+    hex::encode(digest::digest(&digest::SHA256, canonical.as_bytes()))
+}
+
+/// Makes sure the account's chain has a head row.
+pub async fn ensure_chain(tx: &mut Tx<'_>, account_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO audit_heads (account_id, seq, hash) VALUES ($1, 0, $2) ON CONFLICT (account_id) DO NOTHING",
+    )
+    .bind(account_id)
+    .bind(GENESIS)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Appends inside the caller's transaction, so the change and its record
+/// commit together or not at all. Returns the new sequence number.
+pub async fn append(tx: &mut Tx<'_>, now: i64, ev: &Event) -> Result<i64, sqlx::Error> {
+    ensure_chain(tx, &ev.account_id).await?;
+    // Bump first: on PostgreSQL this takes the row lock that orders concurrent appends.
+    sqlx::query("UPDATE audit_heads SET seq = seq + 1 WHERE account_id = $1")
+        .bind(&ev.account_id)
+        .execute(&mut **tx)
+        .await?;
+    let row = sqlx::query("SELECT seq, hash FROM audit_heads WHERE account_id = $1")
+        .bind(&ev.account_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    let seq: i64 = row.try_get(0)?;
+    let prev: String = row.try_get(1)?;
+    let details = ev.details.to_string();
+    let hash = entry_hash(
+        &ev.account_id,
+        seq,
+        now,
+        &ev.actor,
+        &ev.action,
+        &ev.object,
+        &ev.result,
+        &ev.source,
+        ev.device_id.as_deref(),
+        &details,
+        &prev,
+    );
+    sqlx::query(
+        "INSERT INTO audit_log (account_id, seq, ts, actor, action, object, result, source, device_id, details, prev_hash, hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(&ev.account_id)
+    .bind(seq)
+    .bind(now)
+    .bind(&ev.actor)
+    .bind(&ev.action)
+    .bind(&ev.object)
+    .bind(&ev.result)
+    .bind(&ev.source)
+    .bind(ev.device_id.as_deref())
+    .bind(&details)
+    .bind(&prev)
+    .bind(&hash)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE audit_heads SET hash = $2 WHERE account_id = $1")
+        .bind(&ev.account_id)
+        .bind(&hash)
+        .execute(&mut **tx)
+        .await?;
+    Ok(seq)
+}
+
+/// Appends in a transaction of its own (for events with no other change).
+pub async fn record(store: &Store, now: i64, ev: &Event) -> Result<i64, sqlx::Error> {
+    let mut tx = store.begin().await?;
+    let seq = append(&mut tx, now, ev).await?;
+    tx.commit().await?;
+    Ok(seq)
+}
+
+const COLUMNS: &str =
+    "account_id, seq, ts, actor, action, object, result, source, device_id, details, prev_hash, hash";
+
+struct Raw {
+    account_id: String,
+    seq: i64,
+    ts: i64,
+    actor: String,
+    action: String,
+    object: String,
+    result: String,
+    source: String,
+    device_id: Option<String>,
+    details: String,
+    prev_hash: String,
+    hash: String,
+}
+
+fn raw(row: &sqlx::any::AnyRow) -> Result<Raw, sqlx::Error> {
+    Ok(Raw {
+        account_id: row.try_get(0)?,
+        seq: row.try_get(1)?,
+        ts: row.try_get(2)?,
+        actor: row.try_get(3)?,
+        action: row.try_get(4)?,
+        object: row.try_get(5)?,
+        result: row.try_get(6)?,
+        source: row.try_get(7)?,
+        device_id: row.try_get(8)?,
+        details: row.try_get(9)?,
+        prev_hash: row.try_get(10)?,
+        hash: row.try_get(11)?,
+    })
+}
+
+/// Checks one account's chain from its first entry to its head.
+pub async fn verify(store: &Store, account_id: &str) -> Result<AuditVerify, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM audit_log WHERE account_id = $1 ORDER BY seq"
+    ))
+    .bind(account_id)
+    .fetch_all(&store.pool)
+    .await?;
+    let mut expected_seq = 1i64;
+    let mut prev = GENESIS.to_string();
+    let mut broken = None;
+    for row in &rows {
+        let r = raw(row)?;
+        let recomputed = entry_hash(
+            &r.account_id,
+            r.seq,
+            r.ts,
+            &r.actor,
+            &r.action,
+            &r.object,
+            &r.result,
+            &r.source,
+            r.device_id.as_deref(),
+            &r.details,
+            &r.prev_hash,
+        );
+        if r.seq != expected_seq {
+            broken = Some(expected_seq);
+            break;
+        }
+        if r.prev_hash != prev || recomputed != r.hash {
+            broken = Some(r.seq);
+            break;
+        }
+        prev = r.hash;
+        expected_seq += 1;
+    }
+    if broken.is_none() {
+        let head = sqlx::query("SELECT seq, hash FROM audit_heads WHERE account_id = $1")
+            .bind(account_id)
+            .fetch_optional(&store.pool)
+            .await?;
+        if let Some(head) = head {
+            let seq: i64 = head.try_get(0)?;
+            let hash: String = head.try_get(1)?;
+            if seq != expected_seq - 1 || (seq > 0 && hash != prev) {
+                // Entries at the end were removed (or the head was tampered with).
+                broken = Some(expected_seq);
+            }
+        }
+    }
+    Ok(AuditVerify {
+        ok: broken.is_none(),
+        entries: rows.len() as i64,
+        first_broken_seq: broken,
+    })
+}
+
+/// Every chain in the database: (account id, result).
+pub async fn verify_all(store: &Store) -> Result<Vec<(String, AuditVerify)>, sqlx::Error> {
+    let ids: Vec<String> = sqlx::query_scalar("SELECT account_id FROM audit_heads ORDER BY account_id")
+        .fetch_all(&store.pool)
+        .await?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let v = verify(store, &id).await?;
+        out.push((id, v));
+    }
+    Ok(out)
+}
+
+/// Most entries one query returns.
+pub const MAX_EXPORT: u32 = 10_000;
+
+/// Entries of one account matching the filter, oldest first.
+pub async fn query(
+    store: &Store,
+    account_id: &str,
+    q: &AuditQuery,
+) -> Result<Vec<AuditEntry>, sqlx::Error> {
+    let mut sql = format!("SELECT {COLUMNS} FROM audit_log WHERE account_id = $1");
+    let mut n = 1;
+    let mut next = || {
+        n += 1;
+        format!("${n}")
+    };
+    if q.from.is_some() {
+        sql += &format!(" AND ts >= {}", next());
+    }
+    if q.to.is_some() {
+        sql += &format!(" AND ts < {}", next());
+    }
+    if q.actor.is_some() {
+        sql += &format!(" AND actor = {}", next());
+    }
+    if q.device.is_some() {
+        sql += &format!(" AND device_id = {}", next());
+    }
+    if q.action.is_some() {
+        sql += &format!(" AND action LIKE {}", next());
+    }
+    let limit = q.limit.unwrap_or(MAX_EXPORT).clamp(1, MAX_EXPORT);
+    sql += &format!(" ORDER BY seq LIMIT {limit}");
+    let mut query = sqlx::query(&sql).bind(account_id);
+    if let Some(f) = q.from {
+        query = query.bind(f.unix_timestamp());
+    }
+    if let Some(t) = q.to {
+        query = query.bind(t.unix_timestamp());
+    }
+    if let Some(a) = &q.actor {
+        query = query.bind(a.clone());
+    }
+    if let Some(d) = &q.device {
+        query = query.bind(d.clone());
+    }
+    if let Some(a) = &q.action {
+        // Prefix match; LIKE wildcards in the input are taken literally by stripping them.
+        let clean: String = a.chars().filter(|c| *c != '%' && *c != '_').collect();
+        query = query.bind(format!("{clean}%"));
+    }
+    let rows = query.fetch_all(&store.pool).await?;
+    rows.iter()
+        .map(|row| {
+            let r = raw(row)?;
+            Ok(AuditEntry {
+                account_id: r.account_id,
+                seq: r.seq,
+                time: from_unix(r.ts),
+                actor: r.actor,
+                action: r.action,
+                object: r.object,
+                result: r.result,
+                source: r.source,
+                details: serde_json::from_str(&r.details).unwrap_or(serde_json::Value::Null),
+                hash: r.hash,
+            })
+        })
+        .collect()
+}
+
+/// JSON lines: one entry per line.
+pub fn to_jsonl(entries: &[AuditEntry]) -> String {
+    let mut out = String::new();
+    for e in entries {
+        out += &serde_json::to_string(e).unwrap_or_default();
+        out.push('\n');
+    }
+    out
+}
+
+/// CSV with a header row.
+pub fn to_csv(entries: &[AuditEntry]) -> String {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let _ = w.write_record([
+        "account_id", "seq", "time", "actor", "action", "object", "result", "source", "details", "hash",
+    ]);
+    for e in entries {
+        let time = e
+            .time
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let _ = w.write_record([
+            e.account_id.as_str(),
+            &e.seq.to_string(),
+            &time,
+            &e.actor,
+            &e.action,
+            &e.object,
+            &e.result,
+            &e.source,
+            &e.details.to_string(),
+            &e.hash,
+        ]);
+    }
+    String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
+}

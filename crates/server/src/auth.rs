@@ -1,0 +1,509 @@
+//! Who is calling: login, bearer tokens, lockout, and the request extractors
+//! that turn a token into a [`Caller`].
+//!
+//! Tokens are opaque 256-bit random strings; only their SHA-256 is stored.
+//! A login that still needs a second factor, a TOTP enrolment or a password
+//! change gets a token whose `stage` lets it call only the route that finishes
+//! the login; [`Caller`] accepts only complete tokens.
+
+use crate::audit::{self, Event};
+use crate::db::Tx;
+use crate::error::{AppError, AppResult};
+use crate::records::{self, UserRow};
+use crate::secret;
+use crate::state::AppState;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::Method;
+use axum::http::request::Parts;
+use drawbridge_proto::api::{LoginRequest, LoginResponse, LoginStage};
+use drawbridge_proto::{AccountSettings, Action, ErrorCode, Role};
+use sqlx::Row;
+use std::net::SocketAddr;
+
+/// How long a half-finished login may take.
+const PENDING_SECS: i64 = 5 * 60;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Login,
+    ApiToken { read_only: bool },
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user_id: String,
+    pub account_id: String,
+    pub username: String,
+    pub role: Role,
+    pub token_id: String,
+    pub via: Via,
+    pub stage: LoginStage,
+    /// The remote address, for the audit log.
+    pub source: String,
+}
+
+impl Caller {
+    pub fn actor(&self) -> String {
+        format!("user:{}", self.user_id)
+    }
+
+    /// An audit event by this caller.
+    pub fn event(&self, action: &str, object: &str) -> Event {
+        Event::new(&self.account_id, &self.actor(), action, object)
+            .source(&self.source)
+            .details(serde_json::json!({ "username": self.username }))
+    }
+
+    /// The role matrix check. A refusal is on the record.
+    pub async fn require(&self, state: &AppState, action: Action, what: &str) -> AppResult<()> {
+        if self.role.permits(action) {
+            return Ok(());
+        }
+        self.denied(state, what).await
+    }
+
+    /// Records a refusal and returns the forbidden error.
+    pub async fn denied<T>(&self, state: &AppState, what: &str) -> AppResult<T> {
+        let ev = self.event(what, "-").result("denied");
+        audit::record(&state.store, state.now(), &ev).await?;
+        Err(AppError::forbidden())
+    }
+}
+
+/// The remote address of a request, or `unknown`.
+pub fn source_of(parts: &Parts) -> String {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The request's remote address as an extractor.
+pub struct Source(pub String);
+
+impl FromRequestParts<AppState> for Source {
+    type Rejection = AppError;
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> AppResult<Self> {
+        Ok(Source(source_of(parts)))
+    }
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let v = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let t = v.strip_prefix("Bearer ")?.trim();
+    (!t.is_empty() && t.len() <= 128).then_some(t)
+}
+
+fn stage_str(s: LoginStage) -> &'static str {
+    match s {
+        LoginStage::Complete => "complete",
+        LoginStage::TotpRequired => "totp_required",
+        LoginStage::TotpEnrollmentRequired => "totp_enrollment_required",
+        LoginStage::PasswordChangeRequired => "password_change_required",
+    }
+}
+
+fn parse_stage(s: &str) -> Option<LoginStage> {
+    Some(match s {
+        "complete" => LoginStage::Complete,
+        "totp_required" => LoginStage::TotpRequired,
+        "totp_enrollment_required" => LoginStage::TotpEnrollmentRequired,
+        "password_change_required" => LoginStage::PasswordChangeRequired,
+        _ => return None,
+    })
+}
+
+/// Resolves a bearer token at any stage, enforcing expiry, idle timeout,
+/// revocation and disabled users.
+async fn resolve(state: &AppState, parts: &Parts) -> AppResult<Caller> {
+    let token = bearer(parts).ok_or_else(AppError::unauthenticated)?;
+    let now = state.now();
+    let row = sqlx::query(
+        "SELECT t.id, t.account_id, t.user_id, t.kind, t.stage, t.read_only, t.last_used_at, t.expires_at,
+                t.revoked_at, u.username, u.role, u.disabled, a.settings
+         FROM auth_tokens t JOIN users u ON u.id = t.user_id JOIN accounts a ON a.id = t.account_id
+         WHERE t.token_hash = $1",
+    )
+    .bind(secret::token_hash(token))
+    .fetch_optional(&state.store.pool)
+    .await?
+    .ok_or_else(AppError::unauthenticated)?;
+    let revoked: Option<i64> = row.try_get("revoked_at")?;
+    let expires_at: i64 = row.try_get("expires_at")?;
+    let last_used: i64 = row.try_get("last_used_at")?;
+    let disabled = row.try_get::<i64, _>("disabled")? != 0;
+    let kind: String = row.try_get("kind")?;
+    let settings: AccountSettings = records::json_col(&row, "settings")?;
+    let idle_limit = i64::from(settings.login_idle_minutes) * 60;
+    if revoked.is_some() || disabled || now >= expires_at {
+        return Err(AppError::unauthenticated());
+    }
+    let id: String = row.try_get("id")?;
+    if kind == "login" && now - last_used >= idle_limit {
+        return Err(AppError::new(
+            ErrorCode::Unauthenticated,
+            "your login timed out after inactivity; log in again",
+        ));
+    }
+    if now - last_used >= 30 {
+        sqlx::query("UPDATE auth_tokens SET last_used_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(&id)
+            .execute(&state.store.pool)
+            .await?;
+    }
+    let stage = parse_stage(&row.try_get::<String, _>("stage")?)
+        .ok_or_else(|| AppError::internal(anyhow::anyhow!("bad token stage")))?;
+    let via = if kind == "api" {
+        Via::ApiToken {
+            read_only: row.try_get::<i64, _>("read_only")? != 0,
+        }
+    } else {
+        Via::Login
+    };
+    Ok(Caller {
+        user_id: row.try_get("user_id")?,
+        account_id: row.try_get("account_id")?,
+        username: row.try_get("username")?,
+        role: row
+            .try_get::<String, _>("role")?
+            .parse()
+            .map_err(|_| AppError::internal(anyhow::anyhow!("bad role")))?,
+        token_id: id,
+        via,
+        stage,
+        source: source_of(parts),
+    })
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = AppError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> AppResult<Self> {
+        let caller = resolve(state, parts).await?;
+        if caller.stage != LoginStage::Complete {
+            return Err(AppError::new(
+                ErrorCode::LoginIncomplete,
+                "finish logging in first (second factor, TOTP enrolment or password change)",
+            ));
+        }
+        if caller.via == (Via::ApiToken { read_only: true }) && parts.method != Method::GET {
+            return Err(AppError::new(ErrorCode::Forbidden, "this API token is read-only"));
+        }
+        Ok(caller)
+    }
+}
+
+/// A caller holding a login token at any stage; for the routes that finish a
+/// login. Handlers must check `stage` themselves.
+pub struct LoginCaller(pub Caller);
+
+impl FromRequestParts<AppState> for LoginCaller {
+    type Rejection = AppError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> AppResult<Self> {
+        let caller = resolve(state, parts).await?;
+        if caller.via != Via::Login {
+            return Err(AppError::new(
+                ErrorCode::Forbidden,
+                "this needs an interactive login, not an API token",
+            ));
+        }
+        Ok(LoginCaller(caller))
+    }
+}
+
+impl LoginCaller {
+    /// Only these stages may call the route.
+    pub fn at(self, allowed: &[LoginStage]) -> AppResult<Caller> {
+        if allowed.contains(&self.0.stage) {
+            Ok(self.0)
+        } else if self.0.stage == LoginStage::Complete {
+            Err(AppError::new(ErrorCode::Conflict, "the login is already complete"))
+        } else {
+            Err(AppError::new(
+                ErrorCode::LoginIncomplete,
+                "this login token can only finish the login",
+            ))
+        }
+    }
+}
+
+/// Creates a login token for a user at a stage, inside a transaction.
+pub async fn issue_login_token(
+    tx: &mut Tx<'_>,
+    user: &UserRow,
+    settings: &AccountSettings,
+    stage: LoginStage,
+    now: i64,
+) -> AppResult<LoginResponse> {
+    let token = secret::new_token("dbs_");
+    let expires_at = if stage == LoginStage::Complete {
+        now + i64::from(settings.login_absolute_hours) * 3600
+    } else {
+        now + PENDING_SECS
+    };
+    sqlx::query(
+        "INSERT INTO auth_tokens (id, token_hash, account_id, user_id, kind, stage, created_at, last_used_at, expires_at)
+         VALUES ($1, $2, $3, $4, 'login', $5, $6, $6, $7)",
+    )
+    .bind(secret::new_id())
+    .bind(secret::token_hash(&token))
+    .bind(&user.account_id)
+    .bind(&user.id)
+    .bind(stage_str(stage))
+    .bind(now)
+    .bind(expires_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(LoginResponse {
+        token,
+        stage,
+        expires_at: crate::clock::from_unix(expires_at),
+    })
+}
+
+/// Revokes every token (logins and API tokens) of a user.
+pub async fn revoke_all(tx: &mut Tx<'_>, user_id: &str, now: i64) -> AppResult<()> {
+    sqlx::query("UPDATE auth_tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL")
+        .bind(now)
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+pub async fn revoke_token(tx: &mut Tx<'_>, token_id: &str, now: i64) -> AppResult<()> {
+    sqlx::query("UPDATE auth_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+        .bind(now)
+        .bind(token_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Where a user whose password (and second factor, if any) checked out goes next.
+pub fn next_stage(user: &UserRow, settings: &AccountSettings, now: i64) -> LoginStage {
+    let expiry = i64::from(settings.password_policy.expiry_days) * 86_400;
+    if expiry > 0 && now >= user.password_changed_at + expiry {
+        LoginStage::PasswordChangeRequired
+    } else if settings.require_totp && user.totp_secret.is_none() {
+        LoginStage::TotpEnrollmentRequired
+    } else {
+        LoginStage::Complete
+    }
+}
+
+/// Counts a failed attempt; locks the user at the account's threshold, tells
+/// the admins and puts it on the record.
+pub async fn register_failure(
+    tx: &mut Tx<'_>,
+    user: &UserRow,
+    settings: &AccountSettings,
+    now: i64,
+    source: &str,
+) -> AppResult<()> {
+    let failures = user.failed_logins + 1;
+    if failures >= i64::from(settings.lockout_threshold) {
+        let until = now + i64::from(settings.lockout_minutes) * 60;
+        sqlx::query("UPDATE users SET failed_logins = 0, locked_until = $1 WHERE id = $2")
+            .bind(until)
+            .bind(&user.id)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO notifications (id, account_id, kind, message, created_at) VALUES ($1, $2, 'lockout', $3, $4)",
+        )
+        .bind(secret::new_id())
+        .bind(&user.account_id)
+        .bind(format!(
+            "User {} was locked for {} minutes after {} failed logins (last from {source}).",
+            user.username, settings.lockout_minutes, failures
+        ))
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        let ev = Event::new(&user.account_id, "system", "user.lockout", &format!("user:{}", user.id))
+            .source(source)
+            .details(serde_json::json!({ "username": user.username, "failures": failures, "minutes": settings.lockout_minutes }));
+        audit::append(tx, now, &ev).await?;
+    } else {
+        sqlx::query("UPDATE users SET failed_logins = $1 WHERE id = $2")
+            .bind(failures)
+            .bind(&user.id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Password login. Unknown account, unknown user, wrong password, disabled and
+/// locked users all get the same error after the same argon2 work.
+pub async fn login(state: &AppState, req: &LoginRequest, source: &str) -> AppResult<LoginResponse> {
+    let now = state.now();
+    let sane = |s: &str, max: usize| !s.is_empty() && s.len() <= max;
+    if !sane(&req.account, 256)
+        || !sane(&req.username, 256)
+        || req.password.len() > crate::password::MAX_PASSWORD_LEN
+    {
+        crate::password::verify(&req.password, &state.dummy_hash);
+        return Err(AppError::login_failed());
+    }
+    let account = sqlx::query(&format!(
+        "SELECT {} FROM accounts WHERE name = $1",
+        records::ACCOUNT_COLS
+    ))
+    .bind(&req.account)
+    .fetch_optional(&state.store.pool)
+    .await?
+    .map(|r| records::account_from(&r))
+    .transpose()?;
+    let user = match &account {
+        Some(a) => sqlx::query(&format!(
+            "SELECT {} FROM users WHERE account_id = $1 AND username = $2",
+            records::USER_COLS
+        ))
+        .bind(&a.id)
+        .bind(&req.username)
+        .fetch_optional(&state.store.pool)
+        .await?
+        .map(|r| records::user_row(&r))
+        .transpose()?,
+        None => None,
+    };
+    let (Some(account), Some(user)) = (account, user) else {
+        crate::password::verify(&req.password, &state.dummy_hash);
+        let chain = state_chain_for_unknown(&req.account, state).await?;
+        let ev = Event::new(&chain, "anonymous", "login.failed", "-")
+            .result("failed")
+            .source(source)
+            .details(serde_json::json!({ "account": truncate(&req.account), "username": truncate(&req.username), "reason": "unknown user" }));
+        audit::record(&state.store, now, &ev).await?;
+        return Err(AppError::login_failed());
+    };
+    let settings = account.settings;
+    // Hash first, whatever the user's state: equal work for every failure.
+    let password_ok = crate::password::verify(&req.password, &user.password_hash);
+    let actor = format!("user:{}", user.id);
+    let fail = |reason: &str, action: &str| {
+        Event::new(&user.account_id, &actor, action, &actor)
+            .result("failed")
+            .source(source)
+            .details(serde_json::json!({ "username": user.username, "reason": reason }))
+    };
+    let mut tx = state.store.begin().await?;
+    if user.disabled {
+        audit::append(&mut tx, now, &fail("user disabled", "login.failed")).await?;
+        tx.commit().await?;
+        return Err(AppError::login_failed());
+    }
+    if user.locked_until.is_some_and(|t| t > now) {
+        audit::append(&mut tx, now, &fail("user locked", "login.locked")).await?;
+        tx.commit().await?;
+        return Err(AppError::login_failed());
+    }
+    if !password_ok {
+        register_failure(&mut tx, &user, &settings, now, source).await?;
+        audit::append(&mut tx, now, &fail("wrong password", "login.failed")).await?;
+        tx.commit().await?;
+        return Err(AppError::login_failed());
+    }
+    let stage = match (&user.totp_secret, &req.totp) {
+        (Some(secret), Some(code)) => {
+            match crate::totp::check(secret, code, now, user.totp_last_step) {
+                Some(step) => {
+                    sqlx::query("UPDATE users SET totp_last_step = $1 WHERE id = $2")
+                        .bind(step)
+                        .bind(&user.id)
+                        .execute(&mut *tx)
+                        .await?;
+                    next_stage(&user, &settings, now)
+                }
+                None => {
+                    register_failure(&mut tx, &user, &settings, now, source).await?;
+                    audit::append(&mut tx, now, &fail("wrong second factor", "login.failed"))
+                        .await?;
+                    tx.commit().await?;
+                    return Err(AppError::login_failed());
+                }
+            }
+        }
+        (Some(_), None) => LoginStage::TotpRequired,
+        (None, _) => next_stage(&user, &settings, now),
+    };
+    if stage != LoginStage::TotpRequired {
+        // Only a login through every factor clears the failure count; otherwise
+        // a known password would allow unlimited guesses at the second factor.
+        sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1")
+            .bind(&user.id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let resp = issue_login_token(&mut tx, &user, &settings, stage, now).await?;
+    let ev = Event::new(&user.account_id, &actor, "login.ok", &actor)
+        .source(source)
+        .details(serde_json::json!({ "username": user.username, "stage": stage_str(stage) }));
+    audit::append(&mut tx, now, &ev).await?;
+    tx.commit().await?;
+    Ok(resp)
+}
+
+/// Failed logins naming an existing account go on that account's chain;
+/// others on the system chain.
+async fn state_chain_for_unknown(account: &str, state: &AppState) -> AppResult<String> {
+    let id: Option<String> = sqlx::query_scalar("SELECT id FROM accounts WHERE name = $1")
+        .bind(account)
+        .fetch_optional(&state.store.pool)
+        .await?;
+    Ok(id.unwrap_or_else(|| audit::SYSTEM_ACCOUNT.to_string()))
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// Second step of a login with TOTP: the pending token plus a code gives a new token.
+pub async fn finish_totp(state: &AppState, caller: &Caller, code: &str) -> AppResult<LoginResponse> {
+    let now = state.now();
+    let mut tx = state.store.begin().await?;
+    let user = records::user(&mut tx, &caller.account_id, &caller.user_id).await?;
+    let account = records::account(&mut tx, &caller.account_id).await?;
+    let secret = user
+        .totp_secret
+        .clone()
+        .ok_or_else(|| AppError::conflict("no second factor is set up"))?;
+    let locked = user.locked_until.is_some_and(|t| t > now);
+    let step = if locked {
+        None
+    } else {
+        crate::totp::check(&secret, code, now, user.totp_last_step)
+    };
+    let actor = caller.actor();
+    let Some(step) = step else {
+        if !locked {
+            register_failure(&mut tx, &user, &account.settings, now, &caller.source).await?;
+        }
+        revoke_token(&mut tx, &caller.token_id, now).await?;
+        let ev = Event::new(&caller.account_id, &actor, "login.failed", &actor)
+            .result("failed")
+            .source(&caller.source)
+            .details(serde_json::json!({ "username": user.username, "reason": "wrong second factor" }));
+        audit::append(&mut tx, now, &ev).await?;
+        tx.commit().await?;
+        return Err(AppError::login_failed());
+    };
+    sqlx::query("UPDATE users SET totp_last_step = $1, failed_logins = 0 WHERE id = $2")
+        .bind(step)
+        .bind(&user.id)
+        .execute(&mut *tx)
+        .await?;
+    revoke_token(&mut tx, &caller.token_id, now).await?;
+    let stage = next_stage(&user, &account.settings, now);
+    let resp = issue_login_token(&mut tx, &user, &account.settings, stage, now).await?;
+    let ev = Event::new(&caller.account_id, &actor, "login.totp_ok", &actor)
+        .source(&caller.source)
+        .details(serde_json::json!({ "username": user.username, "stage": stage_str(stage) }));
+    audit::append(&mut tx, now, &ev).await?;
+    tx.commit().await?;
+    Ok(resp)
+}

@@ -1,0 +1,231 @@
+//! The `drawbridge-server` command line.
+
+use crate::audit;
+use crate::clock::Clock;
+use crate::config::{Config, Overrides};
+use crate::db::Store;
+use crate::state::AppState;
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use drawbridge_proto::api::AuditQuery;
+use drawbridge_proto::{Name, Username};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser, Debug)]
+#[command(name = "drawbridge-server", version, about = "Drawbridge control plane (API, relay, STUN).")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: Overrides,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start the server (the default).
+    Run(Overrides),
+    /// Create the first account and its admin without the browser.
+    Init {
+        #[command(flatten)]
+        db: Overrides,
+        /// Account name.
+        #[arg(long)]
+        account: String,
+        /// The admin's user name.
+        #[arg(long)]
+        admin_user: String,
+        /// File holding the admin's password (first line).
+        #[arg(long)]
+        admin_password_file: PathBuf,
+    },
+    /// Print a new one-time setup link (when no account exists yet).
+    SetupLink {
+        #[command(flatten)]
+        db: Overrides,
+    },
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Check every account's hash chain; exit 1 if any is broken.
+    Verify {
+        #[command(flatten)]
+        db: Overrides,
+    },
+    /// Print one account's entries as JSON lines or CSV.
+    Export {
+        #[command(flatten)]
+        db: Overrides,
+        /// Account name.
+        #[arg(long)]
+        account: String,
+        /// jsonl or csv.
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        /// Entries at or after this time (RFC 3339).
+        #[arg(long)]
+        from: Option<String>,
+        /// Entries before this time (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        actor: Option<String>,
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        action: Option<String>,
+    },
+}
+
+fn parse_time(s: &Option<String>) -> anyhow::Result<Option<time::OffsetDateTime>> {
+    s.as_ref()
+        .map(|s| {
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .with_context(|| format!("{s:?} is not an RFC 3339 time"))
+        })
+        .transpose()
+}
+
+async fn open(db: &Overrides) -> anyhow::Result<(Config, Store)> {
+    let cfg = db.resolve()?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let store = Store::open(&cfg.database_url)
+        .await
+        .with_context(|| format!("opening {}", crate::db::redact(&cfg.database_url)))?;
+    Ok((cfg, store))
+}
+
+/// Runs the command line; returns the process exit code.
+pub async fn main() -> anyhow::Result<i32> {
+    let cli = Cli::parse();
+    match cli.command {
+        None => run(cli.run.resolve()?).await.map(|_| 0),
+        Some(Command::Run(o)) => run(o.resolve()?).await.map(|_| 0),
+        Some(Command::Init { db, account, admin_user, admin_password_file }) => {
+            let (cfg, store) = open(&db).await?;
+            let password = std::fs::read_to_string(&admin_password_file)
+                .with_context(|| format!("reading {}", admin_password_file.display()))?;
+            let password = password.lines().next().unwrap_or("").to_string();
+            let account = Name::try_from(account).map_err(|e| anyhow::anyhow!("account name: {e}"))?;
+            let user = Username::try_from(admin_user).map_err(|e| anyhow::anyhow!("admin user: {e}"))?;
+            let state = AppState::new(store, Clock::default(), cfg.public_url).await?;
+            let mut tx = state.store.begin().await?;
+            let r = crate::bootstrap::create_account(&mut tx, state.now(), &account, &user, &password, "local")
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            tx.commit().await?;
+            println!("created account {} ({}) with admin {}", r.account.name, r.account.id, r.admin.username);
+            Ok(0)
+        }
+        Some(Command::SetupLink { db }) => {
+            let (cfg, store) = open(&db).await?;
+            let state = AppState::new(store, Clock::default(), cfg.public_url).await?;
+            let token = crate::bootstrap::new_setup_token(&state).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            println!("{}/setup?token={token}", state.public_url);
+            Ok(0)
+        }
+        Some(Command::Audit { command: AuditCommand::Verify { db } }) => {
+            let (_, store) = open(&db).await?;
+            let mut bad = false;
+            for (account, v) in audit::verify_all(&store).await? {
+                match v.first_broken_seq {
+                    None => println!("{account}: ok ({} entries)", v.entries),
+                    Some(seq) => {
+                        bad = true;
+                        println!("{account}: BROKEN at sequence number {seq} ({} entries)", v.entries);
+                    }
+                }
+            }
+            Ok(if bad { 1 } else { 0 })
+        }
+        Some(Command::Audit { command: AuditCommand::Export { db, account, format, from, to, actor, device, action } }) => {
+            let (_, store) = open(&db).await?;
+            let id: String = sqlx::query_scalar("SELECT id FROM accounts WHERE name = $1")
+                .bind(&account)
+                .fetch_optional(&store.pool)
+                .await?
+                .with_context(|| format!("no account named {account:?}"))?;
+            let q = AuditQuery { from: parse_time(&from)?, to: parse_time(&to)?, actor, device, action, format: None, limit: None };
+            let entries = audit::query(&store, &id, &q).await?;
+            match format.as_str() {
+                "jsonl" => print!("{}", audit::to_jsonl(&entries)),
+                "csv" => print!("{}", audit::to_csv(&entries)),
+                other => anyhow::bail!("unknown format {other:?}: use jsonl or csv"),
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// Starts the server and runs until Ctrl-C / SIGTERM.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let store = Store::open(&cfg.database_url)
+        .await
+        .with_context(|| format!("opening {}", crate::db::redact(&cfg.database_url)))?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let bound = listener.local_addr()?;
+    let public_url = if cfg.public_url == format!("https://{}", cfg.listen) {
+        format!("https://{bound}")
+    } else {
+        cfg.public_url.clone()
+    };
+    let state = AppState::new(store, Clock::default(), public_url.clone()).await?;
+    let (cert, key, ca) = match &cfg.tls {
+        Some((c, k)) => (c.clone(), k.clone(), None),
+        None => {
+            let files = crate::pki::ensure_self_signed(&cfg.data_dir, &cfg.hostnames)?;
+            (files.cert, files.key, Some(files.ca_cert))
+        }
+    };
+    let tls = Arc::new(crate::pki::server_config(&cert, &key)?);
+    println!("Drawbridge server listening on {public_url}");
+    if let Some(ca) = &ca {
+        println!("  CA certificate: {}", ca.display());
+        println!("  CA fingerprint (SHA-256): {}", crate::pki::fingerprint(ca)?);
+    }
+    println!("  database: {}", crate::db::redact(&cfg.database_url));
+    if !crate::bootstrap::has_accounts(&state).await.map_err(|e| anyhow::anyhow!("{}", e.message))? {
+        let token = crate::bootstrap::new_setup_token(&state).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        println!("  No account exists yet. Open this one-time setup link (valid 24 h) to create the first account and admin:");
+        println!("    {public_url}/setup?token={token}");
+        println!("  or: drawbridge-server init --account NAME --admin-user USER --admin-password-file FILE");
+    }
+    crate::background::spawn(state.clone());
+    let app = crate::app(state);
+    crate::serve::serve_tls(listener, tls, app, shutdown_signal()).await;
+    println!("Drawbridge server stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,115 @@
+//! Server configuration: defaults, then a TOML file, then environment
+//! variables and flags (flags and env win; clap handles both).
+
+use anyhow::Context;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The TOML file's shape; every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub public_url: Option<String>,
+    pub hostnames: Option<Vec<String>>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    /// Production certificate and key; when absent a self-signed CA and
+    /// certificate are generated in the data directory.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub public_url: String,
+    pub hostnames: Vec<String>,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+pub const DEFAULT_DATA_DIR: &str = "drawbridge-data";
+
+/// Values given on the command line or in the environment.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    /// TOML configuration file.
+    #[arg(long, env = "DRAWBRIDGE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address and port for HTTPS (API, relay).
+    #[arg(long, env = "DRAWBRIDGE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the SQLite database, certificates and keys.
+    #[arg(long, env = "DRAWBRIDGE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL: sqlite://PATH or postgres://USER@HOST/DB (default: SQLite in the data dir).
+    #[arg(long = "database", env = "DRAWBRIDGE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// PEM certificate chain for production (with --tls-key).
+    #[arg(long, env = "DRAWBRIDGE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for production (with --tls-cert).
+    #[arg(long, env = "DRAWBRIDGE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The URL users reach the server at (default: https://LISTEN).
+    #[arg(long, env = "DRAWBRIDGE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Extra DNS names or IPs for the self-signed certificate (repeatable).
+    #[arg(long = "hostname")]
+    pub hostnames: Vec<String>,
+}
+
+impl Overrides {
+    pub fn resolve(&self) -> anyhow::Result<Config> {
+        let file = match &self.config {
+            Some(p) => FileConfig::load(p)?,
+            None => FileConfig::default(),
+        };
+        let listen = self
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("static address"));
+        let data_dir = self
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let database_url = self
+            .database_url
+            .clone()
+            .or(file.database_url)
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("drawbridge.db").display()));
+        let tls = match (self.tls_cert.clone().or(file.tls_cert), self.tls_key.clone().or(file.tls_key)) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => anyhow::bail!("tls_cert and tls_key go together"),
+        };
+        let public_url = self
+            .public_url
+            .clone()
+            .or(file.public_url)
+            .unwrap_or_else(|| format!("https://{listen}"));
+        let mut hostnames = file.hostnames.unwrap_or_default();
+        hostnames.extend(self.hostnames.iter().cloned());
+        Ok(Config {
+            listen,
+            data_dir,
+            database_url,
+            tls,
+            public_url,
+            hostnames,
+        })
+    }
+}

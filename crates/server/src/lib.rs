@@ -1,0 +1,24 @@
+//! Drawbridge control plane: accounts, users, rights, devices, sessions and
+//! audit behind a JSON API over HTTPS. See ARCHITECTURE.md for the map.
+
+pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod background;
+pub mod bootstrap;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod password;
+pub mod pki;
+pub mod records;
+pub mod rights;
+pub mod secret;
+pub mod serve;
+pub mod sessions;
+pub mod state;
+pub mod totp;
+
+pub use api::app;

@@ -1,0 +1,266 @@
+//! Sessions as records: loading, the rules for who may be put into a session
+//! with which targets, and the state changes (start, end, expiry).
+
+use crate::audit::{self, Event};
+use crate::clock::from_unix;
+use crate::db::{Store, Tx};
+use crate::error::{AppError, AppResult};
+use crate::records;
+use crate::rights;
+use drawbridge_proto::api::{MAX_LIST, Session, SessionDevice};
+use drawbridge_proto::{EndReason, Name, Role, SessionState};
+use sqlx::{AnyConnection, Row};
+
+pub const SESSION_COLS: &str = "id, name, state, adhoc, created_by, created_at, valid_from, valid_until, started_at, started_by, ended_at, ended_by, end_reason";
+
+fn bad(what: &str) -> AppError {
+    AppError::internal(anyhow::anyhow!("stored session {what} does not parse"))
+}
+
+pub async fn load(conn: &mut AnyConnection, account_id: &str, id: &str) -> AppResult<Session> {
+    let row = sqlx::query(&format!("SELECT {SESSION_COLS} FROM sessions WHERE id = $1 AND account_id = $2"))
+        .bind(id)
+        .bind(account_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| AppError::not_found("session"))?;
+    let devices = sqlx::query("SELECT device_id, targets FROM session_devices WHERE session_id = $1 ORDER BY device_id")
+        .bind(id)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(SessionDevice {
+                device_id: r.try_get("device_id")?,
+                targets: records::json_col(r, "targets")?,
+            })
+        })
+        .collect::<AppResult<Vec<_>>>()?;
+    let users: Vec<String> = sqlx::query_scalar("SELECT user_id FROM session_users WHERE session_id = $1 ORDER BY user_id")
+        .bind(id)
+        .fetch_all(&mut *conn)
+        .await?;
+    let opt_time = |c: &str| -> AppResult<_> { Ok(row.try_get::<Option<i64>, _>(c)?.map(from_unix)) };
+    Ok(Session {
+        id: row.try_get("id")?,
+        name: Name::try_from(row.try_get::<String, _>("name")?).map_err(|_| bad("name"))?,
+        state: row.try_get::<String, _>("state")?.parse().map_err(|_| bad("state"))?,
+        devices,
+        users,
+        adhoc: row.try_get::<i64, _>("adhoc")? != 0,
+        created_by: row.try_get("created_by")?,
+        created_at: from_unix(row.try_get("created_at")?),
+        valid_from: from_unix(row.try_get("valid_from")?),
+        valid_until: from_unix(row.try_get("valid_until")?),
+        started_at: opt_time("started_at")?,
+        started_by: row.try_get("started_by")?,
+        ended_at: opt_time("ended_at")?,
+        ended_by: row.try_get("ended_by")?,
+        end_reason: row
+            .try_get::<Option<String>, _>("end_reason")?
+            .map(|s| s.parse())
+            .transpose()
+            .map_err(|_| bad("end reason"))?,
+    })
+}
+
+/// Who prepares checks the devices and targets against their own grants (session
+/// admins), and every assigned user must be covered too: each target of each
+/// device must be allowed by the user's access to that device.
+pub async fn check_assignment(
+    conn: &mut AnyConnection,
+    account_id: &str,
+    preparer: Option<(&str, Role)>,
+    devices: &[SessionDevice],
+    users: &[String],
+) -> AppResult<()> {
+    if devices.is_empty() || devices.len() > MAX_LIST || users.len() > MAX_LIST {
+        return Err(AppError::invalid(format!("a session has 1 to {MAX_LIST} devices and at most {MAX_LIST} users")));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for d in devices {
+        if !seen.insert(d.device_id.as_str()) {
+            return Err(AppError::invalid("a device appears twice"));
+        }
+        if d.targets.is_empty() || d.targets.len() > MAX_LIST {
+            return Err(AppError::invalid(format!("each device releases 1 to {MAX_LIST} targets")));
+        }
+    }
+    let mut checks: Vec<(String, Role)> = Vec::new();
+    if let Some((id, role)) = preparer {
+        checks.push((id.to_string(), role));
+    }
+    for u in users {
+        let user = records::user(conn, account_id, u).await?;
+        if user.disabled {
+            return Err(AppError::invalid(format!("user {} is disabled", user.username)));
+        }
+        if user.role == Role::Auditor {
+            return Err(AppError::invalid(format!("user {} is an auditor and cannot use sessions", user.username)));
+        }
+        checks.push((user.id, user.role));
+    }
+    for d in devices {
+        let device = records::device(conn, account_id, &d.device_id).await?;
+        for (user_id, role) in &checks {
+            let access = rights::access(conn, account_id, user_id, *role, &device.id).await?;
+            for t in &d.targets {
+                if !access.allows(&device.firewall, t) {
+                    return Err(AppError::new(
+                        drawbridge_proto::ErrorCode::Forbidden,
+                        format!(
+                            "target {t} on device {} is outside the device firewall or the grants of user {user_id}",
+                            device.name
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Inserts a prepared session.
+#[allow(clippy::too_many_arguments)]
+pub async fn insert(
+    tx: &mut Tx<'_>,
+    account_id: &str,
+    name: &Name,
+    devices: &[SessionDevice],
+    users: &[String],
+    created_by: &str,
+    valid_from: i64,
+    valid_until: i64,
+    adhoc: bool,
+    now: i64,
+) -> AppResult<String> {
+    let id = crate::secret::new_id();
+    sqlx::query(
+        "INSERT INTO sessions (id, account_id, name, state, adhoc, created_by, created_at, valid_from, valid_until)
+         VALUES ($1, $2, $3, 'prepared', $4, $5, $6, $7, $8)",
+    )
+    .bind(&id)
+    .bind(account_id)
+    .bind(name.as_str())
+    .bind(adhoc)
+    .bind(created_by)
+    .bind(now)
+    .bind(valid_from)
+    .bind(valid_until)
+    .execute(&mut **tx)
+    .await?;
+    for d in devices {
+        add_device(tx, &id, d).await?;
+    }
+    for u in users {
+        sqlx::query("INSERT INTO session_users (session_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(&id)
+            .bind(u)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(id)
+}
+
+pub async fn add_device(tx: &mut Tx<'_>, session_id: &str, d: &SessionDevice) -> AppResult<()> {
+    let r = sqlx::query("INSERT INTO session_devices (session_id, device_id, targets) VALUES ($1, $2, $3)")
+        .bind(session_id)
+        .bind(&d.device_id)
+        .bind(serde_json::to_string(&d.targets).map_err(AppError::internal)?)
+        .execute(&mut **tx)
+        .await;
+    match r {
+        Err(e) if crate::db::is_unique_violation(&e) => Err(AppError::conflict("the device is in the session already")),
+        Err(e) => Err(e.into()),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Moves a prepared session to active (or pending approval under dual control).
+pub async fn start(tx: &mut Tx<'_>, account_id: &str, id: &str, by: &str, dual_control: bool, now: i64) -> AppResult<SessionState> {
+    let next = if dual_control { SessionState::PendingApproval } else { SessionState::Active };
+    let r = sqlx::query(
+        "UPDATE sessions SET state = $1, started_at = $2, started_by = $3
+         WHERE id = $4 AND account_id = $5 AND state = 'prepared' AND valid_from <= $2 AND valid_until > $2",
+    )
+    .bind(next.as_str())
+    .bind(now)
+    .bind(by)
+    .bind(id)
+    .bind(account_id)
+    .execute(&mut **tx)
+    .await?;
+    if r.rows_affected() != 1 {
+        return Err(AppError::conflict(
+            "only a prepared session inside its validity window can be started",
+        ));
+    }
+    Ok(next)
+}
+
+/// Ends a session that has not ended yet. Returns false when it had already ended.
+pub async fn end(tx: &mut Tx<'_>, account_id: &str, id: &str, by: &str, reason: EndReason, now: i64) -> AppResult<bool> {
+    let r = sqlx::query(
+        "UPDATE sessions SET state = 'ended', ended_at = $1, ended_by = $2, end_reason = $3
+         WHERE id = $4 AND account_id = $5 AND state <> 'ended'",
+    )
+    .bind(now)
+    .bind(by)
+    .bind(reason.as_str())
+    .bind(id)
+    .bind(account_id)
+    .execute(&mut **tx)
+    .await?;
+    if r.rows_affected() == 1 {
+        sqlx::query("UPDATE tunnels SET ended_at = $1, end_reason = $2 WHERE session_id = $3 AND ended_at IS NULL")
+            .bind(now)
+            .bind(reason.as_str())
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(r.rows_affected() == 1)
+}
+
+/// Ends the running sessions a user started (when the user is disabled).
+pub async fn end_for_user(tx: &mut Tx<'_>, account_id: &str, user_id: &str, reason: EndReason, actor: &str, now: i64) -> AppResult<i64> {
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM sessions WHERE account_id = $1 AND started_by = $2 AND state IN ('active', 'pending_approval')",
+    )
+    .bind(account_id)
+    .bind(format!("user:{user_id}"))
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut n = 0;
+    for id in ids {
+        if end(tx, account_id, &id, actor, reason, now).await? {
+            n += 1;
+            let ev = Event::new(account_id, actor, "session.end", &format!("session:{id}"))
+                .details(serde_json::json!({ "reason": reason.as_str() }));
+            audit::append(tx, now, &ev).await?;
+        }
+    }
+    Ok(n)
+}
+
+/// Ends every session whose validity window has passed; returns how many.
+pub async fn expire_due(store: &Store, now: i64) -> AppResult<usize> {
+    let due = sqlx::query("SELECT id, account_id FROM sessions WHERE state <> 'ended' AND valid_until <= $1 LIMIT 500")
+        .bind(now)
+        .fetch_all(&store.pool)
+        .await?;
+    let mut n = 0;
+    for row in due {
+        let id: String = row.try_get(0)?;
+        let account: String = row.try_get(1)?;
+        let mut tx = store.begin().await?;
+        if end(&mut tx, &account, &id, "system", EndReason::Expiry, now).await? {
+            let ev = Event::new(&account, "system", "session.end", &format!("session:{id}"))
+                .details(serde_json::json!({ "reason": "expiry" }));
+            audit::append(&mut tx, now, &ev).await?;
+            n += 1;
+        }
+        tx.commit().await?;
+    }
+    Ok(n)
+}

@@ -1,0 +1,46 @@
+//! What every request handler shares.
+
+use crate::clock::Clock;
+use crate::db::Store;
+use crate::pki::DeviceCa;
+use std::ops::Deref;
+use std::sync::Arc;
+
+pub struct Inner {
+    pub store: Store,
+    pub clock: Clock,
+    pub device_ca: DeviceCa,
+    /// An argon2 hash of a random password, verified against when the user is
+    /// unknown so that unknown and known users take the same time.
+    pub dummy_hash: String,
+    /// The URL users reach this server at (for links and printed commands).
+    pub public_url: String,
+}
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub async fn new(store: Store, clock: Clock, public_url: String) -> anyhow::Result<AppState> {
+        let device_ca = DeviceCa::load_or_create(&store, clock.unix()).await?;
+        let dummy_hash = crate::password::hash(&crate::secret::new_token(""));
+        Ok(AppState(Arc::new(Inner {
+            store,
+            clock,
+            device_ca,
+            dummy_hash,
+            public_url,
+        })))
+    }
+
+    pub fn now(&self) -> i64 {
+        self.clock.unix()
+    }
+}
