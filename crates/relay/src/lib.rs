@@ -1,0 +1,380 @@
+//! Drawbridge relay and STUN services.
+//!
+//! The relay forwards end-to-end encrypted WireGuard packets between peers over WebSocket
+//! (`GET /relay/v1`, `Authorization: Bearer <token>`). A connection is admitted only with a
+//! valid token ([`token`]); a DATA frame is forwarded only when the sender's token names the
+//! destination, the destination's token names the sender, and both belong to the same
+//! session. The relay rewrites the frame's key to the sender's and never sees plaintext.
+//! Every length is bounded; a malformed or oversized frame closes that one connection; a
+//! receiver whose queue is full is disconnected rather than buffered without bound.
+
+pub mod stun;
+pub mod token;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use drawbridge_tunnel::frame::{Frame, KEY_LEN, MAX_FRAME, rewrite_data_source};
+use futures_util::{SinkExt, StreamExt};
+use subtle::ConstantTimeEq;
+use tokio::sync::{mpsc, watch};
+
+pub use token::{Claims, SigningKey, TokenError, VerifyingKey};
+
+/// Path of the relay WebSocket endpoint.
+pub const RELAY_PATH: &str = "/relay/v1";
+
+type Key = [u8; KEY_LEN];
+
+/// Relay settings.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// The control plane's token verifying key.
+    pub verifying_key: VerifyingKey,
+    /// Frames queued per receiving connection before it counts as slow and is dropped.
+    pub send_queue: usize,
+    /// Most simultaneous connections.
+    pub max_connections: usize,
+}
+
+impl RelayConfig {
+    pub fn new(verifying_key: VerifyingKey) -> Self {
+        RelayConfig {
+            verifying_key,
+            send_queue: 256,
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// Counters, also exported through the `metrics` facade.
+#[derive(Debug, Default)]
+struct Counters {
+    connections_total: AtomicU64,
+    refused: AtomicU64,
+    frames_forwarded: AtomicU64,
+    bytes_forwarded: AtomicU64,
+    drop_not_allowed: AtomicU64,
+    drop_no_route: AtomicU64,
+    drop_slow_receiver: AtomicU64,
+    closed_malformed: AtomicU64,
+}
+
+/// A snapshot of the relay's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    pub connections: u64,
+    pub connections_total: u64,
+    pub refused: u64,
+    pub frames_forwarded: u64,
+    pub bytes_forwarded: u64,
+    pub drop_not_allowed: u64,
+    pub drop_no_route: u64,
+    pub drop_slow_receiver: u64,
+    pub closed_malformed: u64,
+}
+
+struct Conn {
+    id: u64,
+    session: String,
+    allowed: HashSet<Key>,
+    tx: mpsc::Sender<Bytes>,
+    kill: watch::Sender<bool>,
+}
+
+struct Inner {
+    config: RelayConfig,
+    conns: Mutex<HashMap<Key, Conn>>,
+    next_id: AtomicU64,
+    counters: Counters,
+}
+
+/// Shared relay state; cheap to clone.
+#[derive(Clone)]
+pub struct RelayState {
+    inner: Arc<Inner>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn drop_reason(reason: &'static str) {
+    metrics::counter!("relay_drops_total", "reason" => reason).increment(1);
+}
+
+impl RelayState {
+    pub fn new(config: RelayConfig) -> Self {
+        RelayState {
+            inner: Arc::new(Inner {
+                config,
+                conns: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> RelayStats {
+        let c = &self.inner.counters;
+        RelayStats {
+            connections: self.lock().len() as u64,
+            connections_total: c.connections_total.load(Ordering::Relaxed),
+            refused: c.refused.load(Ordering::Relaxed),
+            frames_forwarded: c.frames_forwarded.load(Ordering::Relaxed),
+            bytes_forwarded: c.bytes_forwarded.load(Ordering::Relaxed),
+            drop_not_allowed: c.drop_not_allowed.load(Ordering::Relaxed),
+            drop_no_route: c.drop_no_route.load(Ordering::Relaxed),
+            drop_slow_receiver: c.drop_slow_receiver.load(Ordering::Relaxed),
+            closed_malformed: c.closed_malformed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Disconnects every peer of a session (e.g. when the control plane ends it).
+    pub fn disconnect_session(&self, session_id: &str) {
+        let mut conns = self.lock();
+        conns.retain(|_, c| {
+            if c.session == session_id {
+                let _ = c.kill.send(true);
+                false
+            } else {
+                true
+            }
+        });
+        metrics::gauge!("relay_connections").set(conns.len() as f64);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Conn>> {
+        // A poisoned map is still consistent (every mutation is a single insert/remove).
+        self.inner.conns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Authenticates a bearer token from the request headers.
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Claims, TokenError> {
+        let value = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(TokenError::Malformed)?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .ok_or(TokenError::Malformed)?
+            .trim();
+        token::verify(&self.inner.config.verifying_key, token, unix_now())
+    }
+
+    /// Routes one DATA frame from `src`. Returns false if the sender must be disconnected.
+    fn forward(
+        &self,
+        src: &Key,
+        src_session: &str,
+        src_allowed: &HashSet<Key>,
+        mut frame: Vec<u8>,
+    ) {
+        let c = &self.inner.counters;
+        let Ok(dst) = rewrite_data_source(&mut frame, src) else {
+            return;
+        };
+        if !src_allowed.contains(&dst) {
+            c.drop_not_allowed.fetch_add(1, Ordering::Relaxed);
+            drop_reason("not_allowed");
+            return;
+        }
+        let len = frame.len() as u64;
+        let mut conns = self.lock();
+        let Some(target) = conns.get(&dst) else {
+            c.drop_no_route.fetch_add(1, Ordering::Relaxed);
+            drop_reason("no_route");
+            return;
+        };
+        let same_session: bool = target
+            .session
+            .as_bytes()
+            .ct_eq(src_session.as_bytes())
+            .into();
+        if !same_session || !target.allowed.contains(src) {
+            c.drop_not_allowed.fetch_add(1, Ordering::Relaxed);
+            drop_reason("not_allowed");
+            return;
+        }
+        match target.tx.try_send(Bytes::from(frame)) {
+            Ok(()) => {
+                c.frames_forwarded.fetch_add(1, Ordering::Relaxed);
+                c.bytes_forwarded.fetch_add(len, Ordering::Relaxed);
+                metrics::counter!("relay_frames_forwarded_total").increment(1);
+                metrics::counter!("relay_bytes_forwarded_total").increment(len);
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // A slow receiver is dropped rather than buffered without bound.
+                c.drop_slow_receiver.fetch_add(1, Ordering::Relaxed);
+                drop_reason("slow_receiver");
+                if let Some(t) = conns.remove(&dst) {
+                    let _ = t.kill.send(true);
+                    tracing::info!(peer = %short(&dst), "relay: slow receiver disconnected");
+                }
+                metrics::gauge!("relay_connections").set(conns.len() as f64);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                c.drop_no_route.fetch_add(1, Ordering::Relaxed);
+                drop_reason("no_route");
+            }
+        }
+    }
+}
+
+fn short(k: &Key) -> String {
+    hex::encode(&k[..4])
+}
+
+/// The relay's routes: `GET /relay/v1` (WebSocket). Merge into the server's router.
+pub fn router(state: RelayState) -> Router {
+    Router::new()
+        .route(RELAY_PATH, get(ws_handler))
+        .with_state(state)
+}
+
+async fn ws_handler(
+    State(state): State<RelayState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let claims = match state.authenticate(&headers) {
+        Ok(c) => c,
+        Err(e) => {
+            state.inner.counters.refused.fetch_add(1, Ordering::Relaxed);
+            drop_reason("refused_token");
+            tracing::info!(error = %e, "relay: connection refused");
+            return (StatusCode::UNAUTHORIZED, "invalid relay token").into_response();
+        }
+    };
+    if state.lock().len() >= state.inner.config.max_connections {
+        state.inner.counters.refused.fetch_add(1, Ordering::Relaxed);
+        drop_reason("too_many_connections");
+        return (StatusCode::SERVICE_UNAVAILABLE, "relay full").into_response();
+    }
+    ws.max_message_size(MAX_FRAME)
+        .max_frame_size(MAX_FRAME)
+        .on_upgrade(move |socket| connection(state, claims, socket))
+}
+
+async fn connection(state: RelayState, claims: Claims, socket: WebSocket) {
+    let id = state.inner.next_id.fetch_add(1, Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::channel::<Bytes>(state.inner.config.send_queue.max(1));
+    let (kill_tx, mut kill_rx) = watch::channel(false);
+    let allowed: HashSet<Key> = claims.allowed_peers.iter().copied().collect();
+    let me = claims.peer;
+    {
+        let mut conns = state.lock();
+        if let Some(old) = conns.insert(
+            me,
+            Conn {
+                id,
+                session: claims.session_id.clone(),
+                allowed: allowed.clone(),
+                tx: tx.clone(),
+                kill: kill_tx,
+            },
+        ) {
+            // The same key connected again: the newer connection wins.
+            let _ = old.kill.send(true);
+        }
+        metrics::gauge!("relay_connections").set(conns.len() as f64);
+    }
+    state
+        .inner
+        .counters
+        .connections_total
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(peer = %short(&me), session = %claims.session_id, "relay: connected");
+
+    let (mut sink, mut stream) = socket.split();
+    let expires_in = Duration::from_secs(claims.expires_at.saturating_sub(unix_now()));
+    let expiry = tokio::time::sleep(expires_in);
+    tokio::pin!(expiry);
+    loop {
+        tokio::select! {
+            msg = stream.next() => {
+                let Some(Ok(msg)) = msg else { break };
+                match msg {
+                    Message::Binary(b) => match Frame::decode(&b) {
+                        Ok(Frame::Data { .. }) => {
+                            state.forward(&me, &claims.session_id, &allowed, b.to_vec());
+                        }
+                        Ok(Frame::Ping(x)) => {
+                            if let Ok(p) = Frame::Pong(x).encode() {
+                                let _ = tx.try_send(Bytes::from(p));
+                            }
+                        }
+                        Ok(Frame::Pong(_)) | Err(_) => {
+                            state.inner.counters.closed_malformed.fetch_add(1, Ordering::Relaxed);
+                            drop_reason("malformed");
+                            break;
+                        }
+                    },
+                    Message::Ping(_) | Message::Pong(_) => {}
+                    Message::Close(_) => break,
+                    Message::Text(_) => {
+                        state.inner.counters.closed_malformed.fetch_add(1, Ordering::Relaxed);
+                        drop_reason("malformed");
+                        break;
+                    }
+                }
+            }
+            out = rx.recv() => {
+                let Some(out) = out else { break };
+                if sink.send(Message::Binary(out)).await.is_err() {
+                    break;
+                }
+            }
+            _ = kill_rx.changed() => break,
+            _ = &mut expiry => {
+                tracing::debug!(peer = %short(&me), "relay: token expired");
+                break;
+            }
+        }
+    }
+    let _ = sink.close().await;
+    let mut conns = state.lock();
+    if conns.get(&me).is_some_and(|c| c.id == id) {
+        conns.remove(&me);
+    }
+    metrics::gauge!("relay_connections").set(conns.len() as f64);
+    tracing::debug!(peer = %short(&me), "relay: disconnected");
+}
+
+/// Settings for running relay + STUN on their own.
+#[derive(Debug, Clone)]
+pub struct StandaloneConfig {
+    /// TCP address of the relay's HTTP (WebSocket) listener.
+    pub relay_listen: SocketAddr,
+    /// UDP address of the STUN service.
+    pub stun_listen: SocketAddr,
+    pub relay: RelayConfig,
+}
+
+/// Runs the relay (plain HTTP; put TLS in front, or merge [`router`] into a TLS server)
+/// and the STUN service until one fails.
+pub async fn run_standalone(config: StandaloneConfig) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.relay_listen).await?;
+    let udp = tokio::net::UdpSocket::bind(config.stun_listen).await?;
+    let state = RelayState::new(config.relay);
+    tracing::info!(relay = %listener.local_addr()?, stun = %udp.local_addr()?, "relay and STUN listening");
+    let app = router(state);
+    tokio::select! {
+        r = axum::serve(listener, app) => r,
+        r = stun::serve(udp) => r,
+    }
+}

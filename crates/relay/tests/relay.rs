@@ -1,0 +1,476 @@
+//! Real-socket tests on 127.0.0.1: the relay's admission and forwarding rules, the STUN
+//! service, and two tunnel drivers talking through a real relay + STUN server.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use drawbridge_relay::token::{self, Claims, SigningKey};
+use drawbridge_relay::{RelayConfig, RelayState, router};
+use drawbridge_tunnel::driver::{DriverConfig, DriverEvent, RelayEndpoint, Tunnel, TunnelIo};
+use drawbridge_tunnel::engine::{IpNet, NodeConfig, Path, PeerConfig};
+use drawbridge_tunnel::frame::{Frame, MAX_FRAME};
+use drawbridge_tunnel::sim::{numbered_packet, overlay_ip, packet_seq};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+struct Server {
+    addr: SocketAddr,
+    stun: SocketAddr,
+    key: SigningKey,
+    state: RelayState,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn server_with(send_queue: usize) -> Server {
+    let (key, _) = SigningKey::generate().unwrap();
+    let mut cfg = RelayConfig::new(key.verifying_key());
+    cfg.send_queue = send_queue;
+    let state = RelayState::new(cfg);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = router(state.clone());
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let stun = udp.local_addr().unwrap();
+    let tasks = vec![
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        }),
+        tokio::spawn(async move {
+            let _ = drawbridge_relay::stun::serve(udp).await;
+        }),
+    ];
+    Server {
+        addr,
+        stun,
+        key,
+        state,
+        tasks,
+    }
+}
+
+async fn server() -> Server {
+    server_with(256).await
+}
+
+impl Server {
+    fn url(&self) -> String {
+        format!("ws://{}/relay/v1", self.addr)
+    }
+    fn token(&self, session: &str, peer: [u8; 32], allowed: &[[u8; 32]], ttl: i64) -> String {
+        token::issue(
+            &self.key,
+            &Claims {
+                session_id: session.into(),
+                peer,
+                allowed_peers: allowed.to_vec(),
+                expires_at: (now() as i64 + ttl) as u64,
+            },
+        )
+        .unwrap()
+    }
+    async fn connect(&self, token: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        let mut req = self.url().into_client_request().unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        tokio_tungstenite::connect_async(req)
+            .await
+            .map(|(ws, _)| ws)
+    }
+}
+
+fn data(dst: [u8; 32], payload: &[u8]) -> Message {
+    Message::Binary(Frame::Data { peer: dst, payload }.encode().unwrap().into())
+}
+
+async fn recv_data(ws: &mut Ws, within: Duration) -> Option<([u8; 32], Vec<u8>)> {
+    loop {
+        match tokio::time::timeout(within, ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => match Frame::decode(&b) {
+                Ok(Frame::Data { peer, payload }) => return Some((peer, payload.to_vec())),
+                _ => continue,
+            },
+            Ok(Some(Ok(_))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+async fn wait_connections(s: &Server, n: u64) {
+    for _ in 0..200 {
+        if s.state.stats().connections == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("expected {n} connections, have {:?}", s.state.stats());
+}
+
+const A: [u8; 32] = [0xA; 32];
+const B: [u8; 32] = [0xB; 32];
+const C: [u8; 32] = [0xC; 32];
+
+#[tokio::test]
+async fn relay_forwards_between_allowed_peers_and_rewrites_the_source() {
+    let s = server().await;
+    let mut a = s.connect(&s.token("s1", A, &[B], 60)).await.unwrap();
+    let mut b = s.connect(&s.token("s1", B, &[A], 60)).await.unwrap();
+    wait_connections(&s, 2).await;
+    a.send(data(B, b"ciphertext")).await.unwrap();
+    let (src, payload) = recv_data(&mut b, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(src, A, "the relay names the sender, not the destination");
+    assert_eq!(payload, b"ciphertext");
+    let st = s.state.stats();
+    assert_eq!(st.frames_forwarded, 1);
+    assert_eq!(st.bytes_forwarded, 1 + 32 + 10);
+}
+
+#[tokio::test]
+async fn wrong_or_expired_tokens_are_refused() {
+    let s = server().await;
+    let (other, _) = SigningKey::generate().unwrap();
+    let forged = token::issue(
+        &other,
+        &Claims {
+            session_id: "s1".into(),
+            peer: A,
+            allowed_peers: vec![B],
+            expires_at: now() + 60,
+        },
+    )
+    .unwrap();
+    for bad in [forged, s.token("s1", A, &[B], -1), "garbage".to_string()] {
+        match s.connect(&bad).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 401)
+            }
+            other => panic!("token accepted: {:?}", other.map(|_| ())),
+        }
+    }
+    // No token at all.
+    let r = tokio_tungstenite::connect_async(s.url()).await;
+    assert!(r.is_err());
+    assert_eq!(s.state.stats().connections, 0);
+    assert!(s.state.stats().refused >= 4);
+}
+
+#[tokio::test]
+async fn a_peer_never_reaches_a_peer_its_token_does_not_name() {
+    let s = server().await;
+    // A may reach B only. C's token names A, but A's does not name C. D is in another session.
+    let mut a = s.connect(&s.token("s1", A, &[B], 60)).await.unwrap();
+    let mut b = s.connect(&s.token("s1", B, &[A], 60)).await.unwrap();
+    let mut c = s.connect(&s.token("s1", C, &[A], 60)).await.unwrap();
+    const D: [u8; 32] = [0xD; 32];
+    let mut d = s.connect(&s.token("s2", D, &[A, B], 60)).await.unwrap();
+    wait_connections(&s, 4).await;
+    c.send(data(A, b"from c")).await.unwrap();
+    a.send(data(C, b"to c")).await.unwrap();
+    d.send(data(A, b"from d")).await.unwrap();
+    d.send(data(B, b"from d")).await.unwrap();
+    a.send(data(B, b"ok")).await.unwrap();
+    let (src, payload) = recv_data(&mut b, Duration::from_secs(2)).await.unwrap();
+    assert_eq!((src, payload.as_slice()), (A, &b"ok"[..]));
+    assert!(
+        recv_data(&mut a, Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    assert!(
+        recv_data(&mut c, Duration::from_millis(100))
+            .await
+            .is_none()
+    );
+    assert!(
+        recv_data(&mut b, Duration::from_millis(100))
+            .await
+            .is_none()
+    );
+    assert!(
+        recv_data(&mut d, Duration::from_millis(100))
+            .await
+            .is_none()
+    );
+    let st = s.state.stats();
+    assert_eq!(st.frames_forwarded, 1);
+    assert_eq!(st.drop_not_allowed, 4);
+}
+
+#[tokio::test]
+async fn a_malformed_or_oversized_frame_closes_only_that_connection() {
+    let s = server().await;
+    let mut a = s.connect(&s.token("s1", A, &[B, C], 60)).await.unwrap();
+    let mut b = s.connect(&s.token("s1", B, &[A], 60)).await.unwrap();
+    let mut c = s.connect(&s.token("s1", C, &[A], 60)).await.unwrap();
+    wait_connections(&s, 3).await;
+    b.send(Message::Binary(vec![0x7F, 1, 2, 3].into()))
+        .await
+        .unwrap();
+    assert!(
+        recv_data(&mut b, Duration::from_secs(2)).await.is_none(),
+        "b must be closed"
+    );
+    let mut big = vec![0x01];
+    big.extend_from_slice(&A);
+    big.extend(std::iter::repeat_n(0u8, MAX_FRAME));
+    let _ = c.send(Message::Binary(big.into())).await;
+    assert!(
+        recv_data(&mut c, Duration::from_secs(2)).await.is_none(),
+        "c must be closed"
+    );
+    wait_connections(&s, 1).await;
+    // A is unaffected: it can still talk to a fresh B.
+    let mut b2 = s.connect(&s.token("s1", B, &[A], 60)).await.unwrap();
+    wait_connections(&s, 2).await;
+    a.send(data(B, b"still here")).await.unwrap();
+    assert!(recv_data(&mut b2, Duration::from_secs(2)).await.is_some());
+    assert_eq!(s.state.stats().closed_malformed, 1);
+}
+
+#[tokio::test]
+async fn a_slow_receiver_is_disconnected_instead_of_buffered() {
+    let s = server_with(4).await;
+    let mut a = s.connect(&s.token("s1", A, &[B], 60)).await.unwrap();
+    let _b_never_reads = s.connect(&s.token("s1", B, &[A], 60)).await.unwrap();
+    wait_connections(&s, 2).await;
+    let payload = vec![0u8; 4000];
+    for _ in 0..20_000 {
+        if a.send(data(B, &payload)).await.is_err() {
+            break;
+        }
+        if s.state.stats().drop_slow_receiver > 0 {
+            break;
+        }
+    }
+    wait_connections(&s, 1).await;
+    assert!(s.state.stats().drop_slow_receiver >= 1);
+}
+
+#[tokio::test]
+async fn stun_service_answers_binding_requests_and_ignores_garbage() {
+    let s = server().await;
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = sock.local_addr().unwrap();
+    sock.send_to(b"\x00\x01garbage that is not stun", s.stun)
+        .await
+        .unwrap();
+    sock.send_to(&drawbridge_tunnel::stun::binding_request([5; 12]), s.stun)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, from) = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(from, s.stun);
+    assert_eq!(
+        drawbridge_tunnel::stun::parse_binding_response(&buf[..n]),
+        Some(([5; 12], me))
+    );
+    // The garbage produced no answer: nothing else is waiting.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), sock.recv_from(&mut buf))
+            .await
+            .is_err()
+    );
+}
+
+// ---- two real tunnel drivers through the real relay ----
+
+fn pubkey(private: [u8; 32]) -> [u8; 32] {
+    drawbridge_tunnel::Node::new(
+        NodeConfig {
+            private_key: private,
+            stun_servers: vec![],
+            local_addrs: vec![],
+            seed: Some(0),
+        },
+        std::time::Instant::now(),
+    )
+    .public_key()
+}
+
+async fn driver(s: &Server, private: [u8; 32], peer: [u8; 32], index: usize) -> (Tunnel, TunnelIo) {
+    let me = pubkey(private);
+    Tunnel::start(DriverConfig {
+        node: NodeConfig {
+            private_key: private,
+            stun_servers: vec![s.stun],
+            local_addrs: vec![],
+            seed: None,
+        },
+        bind: "127.0.0.1:0".parse().unwrap(),
+        relays: vec![RelayEndpoint {
+            id: 0,
+            url: s.url(),
+            token: s.token("s1", me, &[peer], 600),
+            connector: None,
+        }],
+        peers: vec![PeerConfig {
+            public_key: peer,
+            allowed_ips: vec![IpNet::new(IpAddr::V4(overlay_ip(1 - index)), 32)],
+            relay: Some(0),
+            persistent_keepalive: None,
+        }],
+        queue: 256,
+    })
+    .await
+    .unwrap()
+}
+
+async fn exchange(a: &Tunnel, b_io: &mut TunnelIo, from: usize, first: u32, n: u32) -> Vec<u32> {
+    for seq in first..first + n {
+        a.send_ip(numbered_packet(from, 1 - from, seq))
+            .await
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < n as usize {
+        match tokio::time::timeout(Duration::from_secs(5), b_io.incoming.recv()).await {
+            Ok(Some((_, p))) => got.push(packet_seq(&p).unwrap()),
+            _ => break,
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn two_drivers_talk_through_the_real_relay_then_move_to_direct() {
+    let s = server().await;
+    let (pa, pb) = ([0x11; 32], [0x22; 32]);
+    let (ka, kb) = (pubkey(pa), pubkey(pb));
+    let (a, mut a_io) = driver(&s, pa, kb, 0).await;
+    let (b, mut b_io) = driver(&s, pb, ka, 1).await;
+    wait_connections(&s, 2).await;
+
+    // Without signals, only the relay is possible.
+    let got = exchange(&a, &mut b_io, 0, 0, 20).await;
+    assert_eq!(got, (0..20).collect::<Vec<_>>());
+    assert_eq!(a.stats(kb).await.unwrap().unwrap().path, Path::Relay);
+    assert!(s.state.stats().frames_forwarded >= 20);
+
+    // Carry the signals (STUN-learned and host candidates): the direct path takes over.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        while let Ok(ev) = a_io.events.try_recv() {
+            if let DriverEvent::Signal { signal, .. } = ev {
+                b.signal(ka, signal).await.unwrap();
+            }
+        }
+        while let Ok(ev) = b_io.events.try_recv() {
+            if let DriverEvent::Signal { signal, .. } = ev {
+                a.signal(kb, signal).await.unwrap();
+            }
+        }
+        let st = a.stats(kb).await.unwrap().unwrap();
+        if st.path == Path::Direct(b.local_addr()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no direct path: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let forwarded = s.state.stats().frames_forwarded;
+    let got = exchange(&b, &mut a_io, 1, 100, 20).await;
+    assert_eq!(got, (100..120).collect::<Vec<_>>());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Data went direct: the relay saw at most the occasional RTT probe.
+    assert!(s.state.stats().frames_forwarded < forwarded + 5);
+}
+
+#[tokio::test]
+async fn driver_reconnects_to_a_restarted_relay() {
+    let (key, _) = SigningKey::generate().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mk_state = |k: &SigningKey| RelayState::new(RelayConfig::new(k.verifying_key()));
+    let state = mk_state(&key);
+    let app = router(state.clone());
+    let first = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let (pa, pb) = ([0x33; 32], [0x44; 32]);
+    let (ka, kb) = (pubkey(pa), pubkey(pb));
+    let tok = |me, peer| {
+        token::issue(
+            &key,
+            &Claims {
+                session_id: "s".into(),
+                peer: me,
+                allowed_peers: vec![peer],
+                expires_at: now() + 600,
+            },
+        )
+        .unwrap()
+    };
+    let mk = |private: [u8; 32], me, peer, index: usize| DriverConfig {
+        node: NodeConfig {
+            private_key: private,
+            stun_servers: vec![],
+            local_addrs: vec![],
+            seed: None,
+        },
+        bind: "127.0.0.1:0".parse().unwrap(),
+        relays: vec![RelayEndpoint {
+            id: 0,
+            url: format!("ws://{addr}/relay/v1"),
+            token: tok(me, peer),
+            connector: None,
+        }],
+        peers: vec![PeerConfig {
+            public_key: peer,
+            allowed_ips: vec![IpNet::new(IpAddr::V4(overlay_ip(1 - index)), 32)],
+            relay: Some(0),
+            persistent_keepalive: None,
+        }],
+        queue: 256,
+    };
+    let (a, _a_io) = Tunnel::start(mk(pa, ka, kb, 0)).await.unwrap();
+    let (_b, mut b_io) = Tunnel::start(mk(pb, kb, ka, 1)).await.unwrap();
+    assert_eq!(exchange(&a, &mut b_io, 0, 0, 5).await.len(), 5);
+
+    // The relay dies and comes back on the same port.
+    first.abort();
+    let _ = first.await;
+    // Aborting the accept loop leaves upgraded connections running: end them too.
+    state.disconnect_session("s");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let state2 = mk_state(&key);
+    let app = router(state2.clone());
+    let second = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while state2.stats().connections < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "drivers did not reconnect"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = exchange(&a, &mut b_io, 0, 10, 5).await;
+    assert_eq!(got, (10..15).collect::<Vec<_>>());
+    second.abort();
+}

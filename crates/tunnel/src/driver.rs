@@ -1,0 +1,421 @@
+//! A thin tokio driver: runs a [`Node`] over a real UDP socket and relay WebSocket
+//! connections (reconnecting with backoff and jitter), and hands IP packets to and from
+//! channels. All queues are bounded and every send from the engine is non-blocking, so a
+//! slow consumer or a dead relay drops packets instead of stalling other peers.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+pub use tokio_tungstenite::Connector;
+
+use crate::engine::{
+    Event, Node, NodeConfig, Output, PeerConfig, PeerId, PeerStats, RelayId, SendError, Signal,
+};
+use crate::frame::MAX_FRAME;
+
+/// One relay connection.
+#[derive(Clone)]
+pub struct RelayEndpoint {
+    pub id: RelayId,
+    /// `ws://` or `wss://` URL of the relay endpoint (`.../relay/v1`).
+    pub url: String,
+    /// Bearer token issued by the control plane.
+    pub token: String,
+    /// TLS settings for `wss://` (None: tokio-tungstenite's default for the scheme).
+    pub connector: Option<Connector>,
+}
+
+impl std::fmt::Debug for RelayEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayEndpoint")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Driver settings.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// The engine's settings. Empty `local_addrs` are filled with the bound socket address
+    /// when it is not unspecified.
+    pub node: NodeConfig,
+    /// UDP address to bind (WireGuard and STUN share it).
+    pub bind: SocketAddr,
+    pub relays: Vec<RelayEndpoint>,
+    pub peers: Vec<PeerConfig>,
+    /// Bound of every channel (app packets in/out, events, per-relay outbound frames).
+    pub queue: usize,
+}
+
+/// What the driver reports besides IP packets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DriverEvent {
+    /// Carry this to `peer` through the control plane and feed it to its [`Tunnel::signal`].
+    Signal {
+        peer: PeerId,
+        signal: Signal,
+    },
+    Engine(Event),
+    RelayConnected {
+        relay: RelayId,
+    },
+    RelayDisconnected {
+        relay: RelayId,
+    },
+}
+
+enum Command {
+    AddPeer(
+        PeerConfig,
+        oneshot::Sender<Result<(), crate::engine::PeerError>>,
+    ),
+    RemovePeer(PeerId),
+    Signal(PeerId, Signal),
+    Stats(PeerId, oneshot::Sender<Option<PeerStats>>),
+    SetRelayToken(RelayId, String),
+}
+
+/// Handle to a running tunnel. Dropping it stops the driver.
+pub struct Tunnel {
+    cmd: mpsc::Sender<Command>,
+    ip_tx: mpsc::Sender<Vec<u8>>,
+    local_addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+/// The receiving side: packets for the application and events.
+pub struct TunnelIo {
+    /// Decrypted IP packets and the peer they came from.
+    pub incoming: mpsc::Receiver<(PeerId, Vec<u8>)>,
+    pub events: mpsc::Receiver<DriverEvent>,
+}
+
+/// The driver stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("tunnel driver stopped")]
+pub struct Stopped;
+
+impl Tunnel {
+    /// Binds the socket, connects the relays and starts the engine.
+    pub async fn start(mut config: DriverConfig) -> io::Result<(Tunnel, TunnelIo)> {
+        let socket = UdpSocket::bind(config.bind).await?;
+        let local_addr = socket.local_addr()?;
+        if config.node.local_addrs.is_empty() && !local_addr.ip().is_unspecified() {
+            config.node.local_addrs = vec![local_addr];
+        }
+        let q = config.queue.max(16);
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let (ip_tx, ip_rx) = mpsc::channel(q);
+        let (in_tx, in_rx) = mpsc::channel(q);
+        let (ev_tx, ev_rx) = mpsc::channel(q);
+        let (relay_in_tx, relay_in_rx) = mpsc::channel::<(RelayId, RelayMsg)>(q);
+        let mut relays = HashMap::new();
+        let mut relay_tasks = Vec::new();
+        for ep in config.relays.iter().cloned() {
+            let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(q);
+            let (tok_tx, tok_rx) = watch::channel(ep.token.clone());
+            relays.insert(ep.id, (out_tx, tok_tx));
+            relay_tasks.push(tokio::spawn(relay_task(
+                ep,
+                tok_rx,
+                relay_in_tx.clone(),
+                out_rx,
+            )));
+        }
+        let mut node = Node::new(config.node.clone(), Instant::now());
+        for p in config.peers {
+            let _ = node.add_peer(Instant::now(), p);
+        }
+        let driver = Driver {
+            node,
+            socket: Arc::new(socket),
+            relays,
+            incoming: in_tx,
+            events: ev_tx,
+        };
+        let task = tokio::spawn(async move {
+            driver.run(cmd_rx, ip_rx, relay_in_rx).await;
+            for t in relay_tasks {
+                t.abort();
+            }
+        });
+        Ok((
+            Tunnel {
+                cmd: cmd_tx,
+                ip_tx,
+                local_addr,
+                task,
+            },
+            TunnelIo {
+                incoming: in_rx,
+                events: ev_rx,
+            },
+        ))
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Queues an IP packet (routed by destination). Fails at once when the queue is full.
+    pub fn try_send_ip(&self, packet: Vec<u8>) -> Result<(), mpsc::error::TrySendError<Vec<u8>>> {
+        self.ip_tx.try_send(packet)
+    }
+
+    /// Queues an IP packet, waiting for room.
+    pub async fn send_ip(&self, packet: Vec<u8>) -> Result<(), Stopped> {
+        self.ip_tx.send(packet).await.map_err(|_| Stopped)
+    }
+
+    pub async fn add_peer(&self, peer: PeerConfig) -> Result<(), Stopped> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::AddPeer(peer, tx))
+            .await
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)?.map_err(|_| Stopped)
+    }
+
+    pub async fn remove_peer(&self, peer: PeerId) -> Result<(), Stopped> {
+        self.cmd
+            .send(Command::RemovePeer(peer))
+            .await
+            .map_err(|_| Stopped)
+    }
+
+    /// Candidates received for `peer` through the control plane.
+    pub async fn signal(&self, peer: PeerId, signal: Signal) -> Result<(), Stopped> {
+        self.cmd
+            .send(Command::Signal(peer, signal))
+            .await
+            .map_err(|_| Stopped)
+    }
+
+    /// Replaces a relay's token (used on the next reconnect).
+    pub async fn set_relay_token(&self, relay: RelayId, token: String) -> Result<(), Stopped> {
+        self.cmd
+            .send(Command::SetRelayToken(relay, token))
+            .await
+            .map_err(|_| Stopped)
+    }
+
+    pub async fn stats(&self, peer: PeerId) -> Result<Option<PeerStats>, Stopped> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Stats(peer, tx))
+            .await
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type RelayHandles = HashMap<RelayId, (mpsc::Sender<Vec<u8>>, watch::Sender<String>)>;
+
+struct Driver {
+    node: Node,
+    socket: Arc<UdpSocket>,
+    relays: RelayHandles,
+    incoming: mpsc::Sender<(PeerId, Vec<u8>)>,
+    events: mpsc::Sender<DriverEvent>,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut cmd_rx: mpsc::Receiver<Command>,
+        mut ip_rx: mpsc::Receiver<Vec<u8>>,
+        mut relay_rx: mpsc::Receiver<(RelayId, RelayMsg)>,
+    ) {
+        let socket = self.socket.clone();
+        let mut buf = vec![0u8; 65536];
+        self.flush();
+        loop {
+            let deadline = tokio::time::Instant::from_std(self.node.poll_timeout());
+            tokio::select! {
+                r = socket.recv_from(&mut buf) => match r {
+                    Ok((n, from)) => self.node.handle_udp(Instant::now(), from, &buf[..n]),
+                    Err(e) => tracing::debug!(error = %e, "udp recv"),
+                },
+                Some((relay, msg)) = relay_rx.recv() => match msg {
+                    RelayMsg::Frame(frame) => {
+                        self.node.handle_relay_frame(Instant::now(), relay, &frame);
+                    }
+                    RelayMsg::Up => {
+                        self.node.relay_connected(Instant::now(), relay);
+                        let _ = self.events.try_send(DriverEvent::RelayConnected { relay });
+                    }
+                    RelayMsg::Down => {
+                        let _ = self.events.try_send(DriverEvent::RelayDisconnected { relay });
+                    }
+                },
+                p = ip_rx.recv() => match p {
+                    Some(p) => {
+                        if let Err(e) = self.node.send_ip(Instant::now(), &p)
+                            && e != SendError::NoRoute
+                        {
+                            tracing::trace!(error = %e, "packet from app refused");
+                        }
+                    }
+                    None => return,
+                },
+                c = cmd_rx.recv() => match c {
+                    Some(c) => self.command(c),
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(deadline) => self.node.handle_timeout(Instant::now()),
+            }
+            self.flush();
+        }
+    }
+
+    fn command(&mut self, c: Command) {
+        let now = Instant::now();
+        match c {
+            Command::AddPeer(p, reply) => {
+                let _ = reply.send(self.node.add_peer(now, p));
+            }
+            Command::RemovePeer(p) => self.node.remove_peer(&p),
+            Command::Signal(p, s) => self.node.handle_signal(now, &p, s),
+            Command::Stats(p, reply) => {
+                let _ = reply.send(self.node.peer_stats(&p));
+            }
+            Command::SetRelayToken(r, t) => {
+                if let Some((_, tok)) = self.relays.get(&r) {
+                    let _ = tok.send(t);
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        while let Some(o) = self.node.poll_output() {
+            match o {
+                Output::Udp { dst, payload } => {
+                    // Never wait on the socket: a full send buffer drops the datagram.
+                    let _ = self.socket.try_send_to(&payload, dst);
+                }
+                Output::Relay { relay, frame } => {
+                    if let Some((tx, _)) = self.relays.get(&relay) {
+                        let _ = tx.try_send(frame);
+                    }
+                }
+                Output::Deliver { peer, packet } => {
+                    let _ = self.incoming.try_send((peer, packet));
+                }
+                Output::Signal { peer, signal } => {
+                    let _ = self.events.try_send(DriverEvent::Signal { peer, signal });
+                }
+                Output::Event(e) => {
+                    let _ = self.events.try_send(DriverEvent::Engine(e));
+                }
+            }
+        }
+    }
+}
+
+enum RelayMsg {
+    Frame(Vec<u8>),
+    Up,
+    Down,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(15);
+
+async fn relay_task(
+    ep: RelayEndpoint,
+    token: watch::Receiver<String>,
+    to_engine: mpsc::Sender<(RelayId, RelayMsg)>,
+    mut from_engine: mpsc::Receiver<Vec<u8>>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let token_now = token.borrow().clone();
+        let request = ep.url.as_str().into_client_request().map(|mut r| {
+            if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token_now}")) {
+                r.headers_mut().insert("authorization", v);
+            }
+            r
+        });
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_FRAME))
+            .max_frame_size(Some(MAX_FRAME));
+        let result = match request {
+            Ok(r) => {
+                tokio_tungstenite::connect_async_tls_with_config(
+                    r,
+                    Some(config),
+                    true,
+                    ep.connector.clone(),
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok((ws, _)) => {
+                backoff = BACKOFF_MIN;
+                tracing::debug!(relay = ep.id, "relay connected");
+                // Control messages must not be lost to a full queue: wait for room.
+                if to_engine.send((ep.id, RelayMsg::Up)).await.is_err() {
+                    return;
+                }
+                let (mut sink, mut stream) = ws.split();
+                let mut keepalive = tokio::time::interval(Duration::from_secs(15));
+                keepalive.tick().await;
+                loop {
+                    tokio::select! {
+                        m = stream.next() => match m {
+                            Some(Ok(Message::Binary(b))) => {
+                                let _ = to_engine.try_send((ep.id, RelayMsg::Frame(b.to_vec())));
+                            }
+                            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                            Some(Ok(_)) => {}
+                        },
+                        f = from_engine.recv() => match f {
+                            Some(f) => {
+                                if sink.send(Message::Binary(f.into())).await.is_err() {
+                                    break;
+                                }
+                            }
+                            None => return,
+                        },
+                        _ = keepalive.tick() => {
+                            if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                if to_engine.send((ep.id, RelayMsg::Down)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => tracing::debug!(relay = ep.id, error = %e, "relay connect failed"),
+        }
+        let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 2);
+        tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}

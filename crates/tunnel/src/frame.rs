@@ -1,0 +1,200 @@
+//! Relay frame codec (the binary WebSocket messages between a peer and a relay).
+//!
+//! Every frame starts with a one-byte type:
+//!
+//! | type | direction | body |
+//! |---|---|---|
+//! | `0x01` DATA | peer → relay | 32-byte destination public key, then one WireGuard packet |
+//! | `0x01` DATA | relay → peer | 32-byte *source* public key (rewritten by the relay), then the packet |
+//! | `0x02` PING | peer → relay | 8 opaque bytes |
+//! | `0x03` PONG | relay → peer | the 8 bytes of the ping |
+//!
+//! The payload of a DATA frame is bounded by [`MAX_PAYLOAD`]; anything else is malformed.
+
+use thiserror::Error;
+
+/// Length of a WireGuard (x25519) public key.
+pub const KEY_LEN: usize = 32;
+/// Largest WireGuard packet carried in one frame.
+pub const MAX_PAYLOAD: usize = 4096;
+/// Largest frame on the wire.
+pub const MAX_FRAME: usize = 1 + KEY_LEN + MAX_PAYLOAD;
+
+const T_DATA: u8 = 0x01;
+const T_PING: u8 = 0x02;
+const T_PONG: u8 = 0x03;
+
+/// A decoded relay frame borrowing from the input buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// A WireGuard packet; `peer` is the destination (peer → relay) or source (relay → peer).
+    Data {
+        peer: [u8; KEY_LEN],
+        payload: &'a [u8],
+    },
+    /// Keep-alive / RTT probe to the relay.
+    Ping([u8; 8]),
+    /// The relay's answer to [`Frame::Ping`].
+    Pong([u8; 8]),
+}
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("empty frame")]
+    Empty,
+    #[error("frame of {0} bytes exceeds the limit")]
+    TooLong(usize),
+    #[error("unknown frame type {0:#04x}")]
+    UnknownType(u8),
+    #[error("truncated frame")]
+    Truncated,
+    #[error("data frame without payload")]
+    EmptyPayload,
+}
+
+impl<'a> Frame<'a> {
+    /// Decodes one frame. Never panics; rejects anything not exactly well formed.
+    pub fn decode(buf: &'a [u8]) -> Result<Self, FrameError> {
+        if buf.len() > MAX_FRAME {
+            return Err(FrameError::TooLong(buf.len()));
+        }
+        let (&ty, rest) = buf.split_first().ok_or(FrameError::Empty)?;
+        match ty {
+            T_DATA => {
+                if rest.len() < KEY_LEN {
+                    return Err(FrameError::Truncated);
+                }
+                let (key, payload) = rest.split_at(KEY_LEN);
+                if payload.is_empty() {
+                    return Err(FrameError::EmptyPayload);
+                }
+                let mut peer = [0u8; KEY_LEN];
+                peer.copy_from_slice(key);
+                Ok(Frame::Data { peer, payload })
+            }
+            T_PING | T_PONG => {
+                let v: [u8; 8] = rest.try_into().map_err(|_| FrameError::Truncated)?;
+                Ok(if ty == T_PING {
+                    Frame::Ping(v)
+                } else {
+                    Frame::Pong(v)
+                })
+            }
+            other => Err(FrameError::UnknownType(other)),
+        }
+    }
+
+    /// Encodes the frame. Fails only when a data payload exceeds [`MAX_PAYLOAD`] or is empty.
+    pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
+        match self {
+            Frame::Data { peer, payload } => {
+                if payload.is_empty() {
+                    return Err(FrameError::EmptyPayload);
+                }
+                if payload.len() > MAX_PAYLOAD {
+                    return Err(FrameError::TooLong(1 + KEY_LEN + payload.len()));
+                }
+                let mut v = Vec::with_capacity(1 + KEY_LEN + payload.len());
+                v.push(T_DATA);
+                v.extend_from_slice(peer);
+                v.extend_from_slice(payload);
+                Ok(v)
+            }
+            Frame::Ping(b) => Ok([&[T_PING][..], &b[..]].concat()),
+            Frame::Pong(b) => Ok([&[T_PONG][..], &b[..]].concat()),
+        }
+    }
+}
+
+/// Rewrites a DATA frame's destination key into the source key in place (the relay's job).
+/// Returns the destination that was named. The buffer must be a valid DATA frame.
+pub fn rewrite_data_source(
+    buf: &mut [u8],
+    source: &[u8; KEY_LEN],
+) -> Result<[u8; KEY_LEN], FrameError> {
+    match Frame::decode(buf)? {
+        Frame::Data { peer, .. } => {
+            buf[1..1 + KEY_LEN].copy_from_slice(source);
+            Ok(peer)
+        }
+        _ => Err(FrameError::UnknownType(buf[0])),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn data_frame_round_trips() {
+        let f = Frame::Data {
+            peer: [7; 32],
+            payload: b"hello",
+        };
+        let bytes = f.encode().unwrap();
+        assert_eq!(Frame::decode(&bytes).unwrap(), f);
+    }
+
+    #[test]
+    fn ping_pong_round_trip_and_wrong_length_is_rejected() {
+        let b = Frame::Ping([1; 8]).encode().unwrap();
+        assert_eq!(Frame::decode(&b).unwrap(), Frame::Ping([1; 8]));
+        assert_eq!(Frame::decode(&b[..5]), Err(FrameError::Truncated));
+        let p = Frame::Pong([2; 8]).encode().unwrap();
+        assert_eq!(Frame::decode(&p).unwrap(), Frame::Pong([2; 8]));
+    }
+
+    #[test]
+    fn oversized_truncated_and_unknown_frames_are_rejected() {
+        assert_eq!(Frame::decode(&[]), Err(FrameError::Empty));
+        assert_eq!(Frame::decode(&[1; 20]), Err(FrameError::Truncated));
+        assert_eq!(Frame::decode(&[1; 33]), Err(FrameError::EmptyPayload));
+        assert_eq!(Frame::decode(&[9, 0]), Err(FrameError::UnknownType(9)));
+        let big = vec![1u8; MAX_FRAME + 1];
+        assert_eq!(Frame::decode(&big), Err(FrameError::TooLong(MAX_FRAME + 1)));
+        let payload = vec![0u8; MAX_PAYLOAD + 1];
+        assert!(
+            Frame::Data {
+                peer: [0; 32],
+                payload: &payload
+            }
+            .encode()
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn rewrite_replaces_destination_with_source() {
+        let mut b = Frame::Data {
+            peer: [1; 32],
+            payload: b"x",
+        }
+        .encode()
+        .unwrap();
+        let dst = rewrite_data_source(&mut b, &[2; 32]).unwrap();
+        assert_eq!(dst, [1; 32]);
+        assert_eq!(
+            Frame::decode(&b).unwrap(),
+            Frame::Data {
+                peer: [2; 32],
+                payload: b"x"
+            }
+        );
+    }
+
+    #[test]
+    fn random_bytes_never_panic_the_decoder() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        for _ in 0..20_000 {
+            let len = rng.gen_range(0..200);
+            let mut buf: Vec<u8> = (0..len).map(|_| rng.r#gen()).collect();
+            if let Some(b) = buf.first_mut() {
+                *b %= 5;
+            }
+            let _ = Frame::decode(&buf);
+            let _ = rewrite_data_source(&mut buf, &[0; 32]);
+        }
+    }
+}

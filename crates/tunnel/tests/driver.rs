@@ -1,0 +1,142 @@
+//! Two engines under the tokio driver on 127.0.0.1 reach each other directly (no relay).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use drawbridge_tunnel::driver::{DriverConfig, DriverEvent, Tunnel, TunnelIo};
+use drawbridge_tunnel::engine::{IpNet, NodeConfig, Path, PeerConfig};
+use drawbridge_tunnel::sim::{numbered_packet, overlay_ip, packet_seq};
+
+fn key(seed: u8) -> [u8; 32] {
+    [seed; 32]
+}
+
+/// The engine derives the public key; a throwaway node tells it.
+fn public(seed: u8) -> [u8; 32] {
+    let n = drawbridge_tunnel::Node::new(
+        NodeConfig {
+            private_key: key(seed),
+            stun_servers: vec![],
+            local_addrs: vec![],
+            seed: Some(0),
+        },
+        std::time::Instant::now(),
+    );
+    n.public_key()
+}
+
+async fn start(me: u8, other: u8, index: usize) -> (Tunnel, TunnelIo) {
+    Tunnel::start(DriverConfig {
+        node: NodeConfig {
+            private_key: key(me),
+            stun_servers: vec![],
+            local_addrs: vec![],
+            seed: None,
+        },
+        bind: "127.0.0.1:0".parse().unwrap(),
+        relays: vec![],
+        peers: vec![PeerConfig {
+            public_key: public(other),
+            allowed_ips: vec![IpNet::new(IpAddr::V4(overlay_ip(1 - index)), 32)],
+            relay: None,
+            persistent_keepalive: None,
+        }],
+        queue: 256,
+    })
+    .await
+    .unwrap()
+}
+
+/// Forwards signals between the two (the control plane's job).
+async fn pump_signals(
+    a: &Tunnel,
+    a_io: &mut TunnelIo,
+    b: &Tunnel,
+    b_io: &mut TunnelIo,
+    a_key: [u8; 32],
+    b_key: [u8; 32],
+) {
+    while let Ok(ev) = a_io.events.try_recv() {
+        if let DriverEvent::Signal { signal, .. } = ev {
+            b.signal(a_key, signal).await.unwrap();
+        }
+    }
+    while let Ok(ev) = b_io.events.try_recv() {
+        if let DriverEvent::Signal { signal, .. } = ev {
+            a.signal(b_key, signal).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_drivers_on_loopback_exchange_data_directly() {
+    let (a, mut a_io) = start(1, 2, 0).await;
+    let (b, mut b_io) = start(2, 1, 1).await;
+    let (ka, kb) = (public(1), public(2));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        pump_signals(&a, &mut a_io, &b, &mut b_io, ka, kb).await;
+        let st = a.stats(kb).await.unwrap().unwrap();
+        if matches!(st.path, Path::Direct(_)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no direct path: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for seq in 0..50u32 {
+        a.send_ip(numbered_packet(0, 1, seq)).await.unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 50 {
+        let (from, p) = tokio::time::timeout(Duration::from_secs(5), b_io.incoming.recv())
+            .await
+            .expect("packets arrive")
+            .unwrap();
+        assert_eq!(from, ka);
+        got.push(packet_seq(&p).unwrap());
+    }
+    assert_eq!(got, (0..50).collect::<Vec<_>>());
+    // And back.
+    b.send_ip(numbered_packet(1, 0, 7)).await.unwrap();
+    let (_, p) = tokio::time::timeout(Duration::from_secs(5), a_io.incoming.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(packet_seq(&p), Some(7));
+    let st = b.stats(ka).await.unwrap().unwrap();
+    assert_eq!(st.path, Path::Direct(a.local_addr()));
+    assert!(st.rx_bytes > 0 && st.tx_bytes > 0);
+}
+
+#[tokio::test]
+async fn a_packet_from_a_source_outside_allowed_ips_is_not_delivered() {
+    let (a, mut a_io) = start(3, 4, 0).await;
+    let (b, mut b_io) = start(4, 3, 1).await;
+    let (ka, kb) = (public(3), public(4));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        pump_signals(&a, &mut a_io, &b, &mut b_io, ka, kb).await;
+        if matches!(a.stats(kb).await.unwrap().unwrap().path, Path::Direct(_)) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Spoofed inner source (host index 5 is not A's allowed address at B).
+    let mut spoof = numbered_packet(5, 1, 1);
+    spoof[16..20].copy_from_slice(&overlay_ip(1).octets());
+    a.send_ip(spoof).await.unwrap();
+    a.send_ip(numbered_packet(0, 1, 2)).await.unwrap();
+    let (_, p) = tokio::time::timeout(Duration::from_secs(5), b_io.incoming.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        packet_seq(&p),
+        Some(2),
+        "the spoofed packet must have been dropped"
+    );
+}
