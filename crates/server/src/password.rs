@@ -60,7 +60,9 @@ pub fn check_policy(policy: &PasswordPolicy, username: &str, password: &str) -> 
     }
     if policy.deny_common {
         let lower = password.to_lowercase();
-        if COMMON.lines().any(|c| c == lower) {
+        // "Password123!" is "password" with a suffix: check the stem too.
+        let stem = lower.trim_end_matches(|c: char| !c.is_alphabetic());
+        if COMMON.lines().any(|c| c == lower || (!stem.is_empty() && c == stem)) {
             return Err("this password is on the list of commonly used passwords".into());
         }
         if !username.is_empty() && lower.contains(&username.to_lowercase()) {
@@ -93,6 +95,7 @@ mod tests {
         let mut common = p.clone();
         common.min_classes = 0;
         assert!(check_policy(&common, "anna", "Password123").unwrap_err().contains("commonly"));
+        assert!(check_policy(&p, "anna", "Password123!").unwrap_err().contains("commonly"));
         assert!(check_policy(&p, "anna", "Anna-Secure-77").unwrap_err().contains("user name"));
         assert!(check_policy(&p, "anna", "Blue-Tractor-42").is_ok());
     }
