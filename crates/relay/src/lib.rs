@@ -356,25 +356,82 @@ async fn connection(state: RelayState, claims: Claims, socket: WebSocket) {
 }
 
 /// Settings for running relay + STUN on their own.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StandaloneConfig {
-    /// TCP address of the relay's HTTP (WebSocket) listener.
+    /// TCP address of the relay's WebSocket listener.
     pub relay_listen: SocketAddr,
     /// UDP address of the STUN service.
     pub stun_listen: SocketAddr,
     pub relay: RelayConfig,
+    /// TLS for the relay listener (`wss://`); `None` serves plain `ws://` (tests, or behind
+    /// a TLS-terminating proxy).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
-/// Runs the relay (plain HTTP; put TLS in front, or merge [`router`] into a TLS server)
-/// and the STUN service until one fails.
+impl std::fmt::Debug for StandaloneConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StandaloneConfig")
+            .field("relay_listen", &self.relay_listen)
+            .field("stun_listen", &self.stun_listen)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs the relay and the STUN service until one fails.
 pub async fn run_standalone(config: StandaloneConfig) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.relay_listen).await?;
     let udp = tokio::net::UdpSocket::bind(config.stun_listen).await?;
     let state = RelayState::new(config.relay);
-    tracing::info!(relay = %listener.local_addr()?, stun = %udp.local_addr()?, "relay and STUN listening");
+    tracing::info!(relay = %listener.local_addr()?, stun = %udp.local_addr()?, tls = config.tls.is_some(), "relay and STUN listening");
     let app = router(state);
-    tokio::select! {
-        r = axum::serve(listener, app) => r,
-        r = stun::serve(udp) => r,
+    match config.tls {
+        Some(tls) => {
+            tokio::select! {
+                r = serve_tls(listener, app, tls) => r,
+                r = stun::serve(udp) => r,
+            }
+        }
+        None => {
+            tokio::select! {
+                r = axum::serve(listener, app) => r,
+                r = stun::serve(udp) => r,
+            }
+        }
+    }
+}
+
+/// Serves `app` over TLS on `listener` (HTTP/1.1 and HTTP/2, with WebSocket upgrades).
+/// A client that does not finish its TLS handshake within 10 s is dropped.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: Arc<rustls::ServerConfig>,
+) -> std::io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "relay accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let Ok(Ok(stream)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+            else {
+                return;
+            };
+            let svc = hyper_util::service::TowerToHyperService::new(app);
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+        });
     }
 }

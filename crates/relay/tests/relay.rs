@@ -474,3 +474,102 @@ async fn driver_reconnects_to_a_restarted_relay() {
     assert_eq!(got, (10..15).collect::<Vec<_>>());
     second.abort();
 }
+
+#[tokio::test]
+async fn two_drivers_talk_through_the_relay_over_tls() {
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let cert_der = certified.cert.der().clone();
+    let key_der =
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()));
+    let server_cfg = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert_der.clone()], key_der)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert_der).unwrap();
+    let client_cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(client_cfg));
+
+    let (key, _) = SigningKey::generate().unwrap();
+    let state = RelayState::new(RelayConfig::new(key.verifying_key()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(drawbridge_relay::serve_tls(
+        listener,
+        router(state.clone()),
+        std::sync::Arc::new(server_cfg),
+    ));
+    let (pa, pb) = ([0x55; 32], [0x66; 32]);
+    let (ka, kb) = (pubkey(pa), pubkey(pb));
+    let mk = |private: [u8; 32], me: [u8; 32], peer: [u8; 32], index: usize| DriverConfig {
+        node: NodeConfig {
+            private_key: private,
+            stun_servers: vec![],
+            local_addrs: vec![],
+            seed: None,
+        },
+        bind: "127.0.0.1:0".parse().unwrap(),
+        relays: vec![RelayEndpoint {
+            id: 0,
+            url: format!("wss://{addr}/relay/v1"),
+            token: token::issue(
+                &key,
+                &Claims {
+                    session_id: "tls".into(),
+                    peer: me,
+                    allowed_peers: vec![peer],
+                    expires_at: now() + 600,
+                },
+            )
+            .unwrap(),
+            connector: Some(connector.clone()),
+        }],
+        peers: vec![PeerConfig {
+            public_key: peer,
+            allowed_ips: vec![IpNet::new(IpAddr::V4(overlay_ip(1 - index)), 32)],
+            relay: Some(0),
+            persistent_keepalive: None,
+        }],
+        queue: 256,
+    };
+    let (a, _a_io) = Tunnel::start(mk(pa, ka, kb, 0)).await.unwrap();
+    let (_b, mut b_io) = Tunnel::start(mk(pb, kb, ka, 1)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while state.stats().connections < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no TLS connections");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        exchange(&a, &mut b_io, 0, 0, 10).await,
+        (0..10).collect::<Vec<_>>()
+    );
+    assert!(state.stats().frames_forwarded >= 10);
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_connection_is_closed_when_its_token_expires() {
+    let s = server().await;
+    let mut a = s.connect(&s.token("s1", A, &[B], 2)).await.unwrap();
+    wait_connections(&s, 1).await;
+    // The relay ends the connection at expiry (within the token's seconds granularity).
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match a.next().await {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "connection outlived its token");
+    wait_connections(&s, 0).await;
+}
