@@ -122,7 +122,9 @@ impl FromStr for GrantLevel {
             "full" => Ok(Self::Full),
             "restricted" => Ok(Self::Restricted),
             "monitor" => Ok(Self::Monitor),
-            _ => Err(format!("unknown grant level {s:?} (full, restricted, monitor)")),
+            _ => Err(format!(
+                "unknown grant level {s:?} (full, restricted, monitor)"
+            )),
         }
     }
 }
@@ -165,7 +167,10 @@ impl PortRange {
     }
 }
 
-crate::string_schema!(PortRange, "A port (`502`) or inclusive port range (`8000-8080`).");
+crate::string_schema!(
+    PortRange,
+    "A port (`502`) or inclusive port range (`8000-8080`)."
+);
 
 impl FromStr for PortRange {
     type Err = String;
@@ -259,7 +264,11 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
 }
 
 impl Target {
-    pub fn new(address: IpNet, protocol: Protocol, ports: Option<PortRange>) -> Result<Self, String> {
+    pub fn new(
+        address: IpNet,
+        protocol: Protocol,
+        ports: Option<PortRange>,
+    ) -> Result<Self, String> {
         if protocol == Protocol::Icmp && ports.is_some() {
             return Err("icmp targets take no ports".into());
         }
@@ -528,7 +537,10 @@ mod tests {
         assert!(!wide.covers(&t("tcp:192.168.1.10:8080")));
         assert!(!wide.covers(&t("udp:192.168.1.10:502")));
         assert!(!wide.covers(&t("tcp:192.168.2.10:502")));
-        assert!(!wide.covers(&t("tcp:192.168.1.10")), "all ports is more than 1-1024");
+        assert!(
+            !wide.covers(&t("tcp:192.168.1.10")),
+            "all ports is more than 1-1024"
+        );
         assert!(t("tcp:192.168.1.0/24").covers(&t("tcp:192.168.1.10")));
         assert!(t("icmp:10.0.0.0/8").covers(&t("icmp:10.1.2.3")));
     }
@@ -541,10 +553,16 @@ mod tests {
         assert!("icmp:192.168.1.10:5".parse::<Target>().is_err());
         assert!("sctp:192.168.1.10".parse::<Target>().is_err());
         assert!("tcp:not-an-ip".parse::<Target>().is_err());
-        assert_eq!(t("tcp:192.168.1.77/24").address.to_string(), "192.168.1.0/24");
+        assert_eq!(
+            t("tcp:192.168.1.77/24").address.to_string(),
+            "192.168.1.0/24"
+        );
         assert_eq!(t("tcp:fd00::1:502").ports, Some(PortRange::single(502)));
         let json = serde_json::to_string(&t("tcp:10.0.0.1:502")).unwrap();
-        assert_eq!(serde_json::from_str::<Target>(&json).unwrap(), t("tcp:10.0.0.1:502"));
+        assert_eq!(
+            serde_json::from_str::<Target>(&json).unwrap(),
+            t("tcp:10.0.0.1:502")
+        );
         assert!(
             serde_json::from_str::<Target>(r#"{"address":"10.0.0.1","protocol":"tcp","x":1}"#)
                 .is_err()

@@ -38,8 +38,7 @@ fn check(s: &str, max: usize, allow_newlines: bool) -> Result<(), TextError> {
     if s.chars().count() > max {
         return Err(TextError::TooLong(max));
     }
-    if s
-        .chars()
+    if s.chars()
         .any(|c| c.is_control() && !(allow_newlines && (c == '\n' || c == '\t')))
     {
         return Err(TextError::Control);

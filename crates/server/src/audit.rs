@@ -161,8 +161,7 @@ pub async fn record(store: &Store, now: i64, ev: &Event) -> Result<i64, sqlx::Er
     Ok(seq)
 }
 
-const COLUMNS: &str =
-    "account_id, seq, ts, actor, action, object, result, source, device_id, details, prev_hash, hash";
+const COLUMNS: &str = "account_id, seq, ts, actor, action, object, result, source, device_id, details, prev_hash, hash";
 
 struct Raw {
     account_id: String,
@@ -256,9 +255,10 @@ pub async fn verify(store: &Store, account_id: &str) -> Result<AuditVerify, sqlx
 
 /// Every chain in the database: (account id, result).
 pub async fn verify_all(store: &Store) -> Result<Vec<(String, AuditVerify)>, sqlx::Error> {
-    let ids: Vec<String> = sqlx::query_scalar("SELECT account_id FROM audit_heads ORDER BY account_id")
-        .fetch_all(&store.pool)
-        .await?;
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT account_id FROM audit_heads ORDER BY account_id")
+            .fetch_all(&store.pool)
+            .await?;
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         let v = verify(store, &id).await?;
@@ -351,7 +351,16 @@ pub fn to_jsonl(entries: &[AuditEntry]) -> String {
 pub fn to_csv(entries: &[AuditEntry]) -> String {
     let mut w = csv::Writer::from_writer(Vec::new());
     let _ = w.write_record([
-        "account_id", "seq", "time", "actor", "action", "object", "result", "source", "details", "hash",
+        "account_id",
+        "seq",
+        "time",
+        "actor",
+        "action",
+        "object",
+        "result",
+        "source",
+        "details",
+        "hash",
     ]);
     for e in entries {
         let time = e

@@ -91,7 +91,11 @@ impl FromRequestParts<AppState> for Source {
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {
-    let v = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let v = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let t = v.strip_prefix("Bearer ")?.trim();
     (!t.is_empty() && t.len() <= 128).then_some(t)
 }
@@ -189,7 +193,10 @@ impl FromRequestParts<AppState> for Caller {
             ));
         }
         if caller.via == (Via::ApiToken { read_only: true }) && parts.method != Method::GET {
-            return Err(AppError::new(ErrorCode::Forbidden, "this API token is read-only"));
+            return Err(AppError::new(
+                ErrorCode::Forbidden,
+                "this API token is read-only",
+            ));
         }
         Ok(caller)
     }
@@ -219,7 +226,10 @@ impl LoginCaller {
         if allowed.contains(&self.0.stage) {
             Ok(self.0)
         } else if self.0.stage == LoginStage::Complete {
-            Err(AppError::new(ErrorCode::Conflict, "the login is already complete"))
+            Err(AppError::new(
+                ErrorCode::Conflict,
+                "the login is already complete",
+            ))
         } else {
             Err(AppError::new(
                 ErrorCode::LoginIncomplete,
@@ -463,7 +473,11 @@ fn truncate(s: &str) -> String {
 }
 
 /// Second step of a login with TOTP: the pending token plus a code gives a new token.
-pub async fn finish_totp(state: &AppState, caller: &Caller, code: &str) -> AppResult<LoginResponse> {
+pub async fn finish_totp(
+    state: &AppState,
+    caller: &Caller,
+    code: &str,
+) -> AppResult<LoginResponse> {
     let now = state.now();
     let mut tx = state.store.begin().await?;
     let user = records::user(&mut tx, &caller.account_id, &caller.user_id).await?;
@@ -487,7 +501,9 @@ pub async fn finish_totp(state: &AppState, caller: &Caller, code: &str) -> AppRe
         let ev = Event::new(&caller.account_id, &actor, "login.failed", &actor)
             .result("failed")
             .source(&caller.source)
-            .details(serde_json::json!({ "username": user.username, "reason": "wrong second factor" }));
+            .details(
+                serde_json::json!({ "username": user.username, "reason": "wrong second factor" }),
+            );
         audit::append(&mut tx, now, &ev).await?;
         tx.commit().await?;
         return Err(AppError::login_failed());

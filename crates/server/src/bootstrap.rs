@@ -24,12 +24,14 @@ pub async fn has_accounts(state: &AppState) -> AppResult<bool> {
 pub async fn new_setup_token(state: &AppState) -> AppResult<String> {
     let token = secret::new_token("dbx_");
     let now = state.now();
-    sqlx::query("INSERT INTO setup_tokens (token_hash, created_at, expires_at) VALUES ($1, $2, $3)")
-        .bind(secret::token_hash(&token))
-        .bind(now)
-        .bind(now + SETUP_TTL)
-        .execute(&state.store.pool)
-        .await?;
+    sqlx::query(
+        "INSERT INTO setup_tokens (token_hash, created_at, expires_at) VALUES ($1, $2, $3)",
+    )
+    .bind(secret::token_hash(&token))
+    .bind(now)
+    .bind(now + SETUP_TTL)
+    .execute(&state.store.pool)
+    .await?;
     Ok(token)
 }
 
@@ -72,13 +74,15 @@ pub async fn create_account(
     crate::password::check_policy(&settings.password_policy, username.as_str(), password)
         .map_err(|m| AppError::new(ErrorCode::PasswordPolicy, m))?;
     let account_id = secret::new_id();
-    let r = sqlx::query("INSERT INTO accounts (id, name, settings, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(&account_id)
-        .bind(account.as_str())
-        .bind(serde_json::to_string(&settings).map_err(AppError::internal)?)
-        .bind(now)
-        .execute(&mut **tx)
-        .await;
+    let r = sqlx::query(
+        "INSERT INTO accounts (id, name, settings, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(&account_id)
+    .bind(account.as_str())
+    .bind(serde_json::to_string(&settings).map_err(AppError::internal)?)
+    .bind(now)
+    .execute(&mut **tx)
+    .await;
     if let Err(e) = r {
         return Err(if crate::db::is_unique_violation(&e) {
             AppError::conflict("an account with this name exists")
@@ -88,13 +92,23 @@ pub async fn create_account(
     }
     let user = insert_user(tx, &account_id, username, Role::Admin, password, now).await?;
     audit::ensure_chain(tx, &account_id).await?;
-    let ev = Event::new(&account_id, "system", "account.create", &format!("account:{account_id}"))
-        .source(source)
-        .details(serde_json::json!({ "name": account.as_str(), "admin": username.as_str() }));
+    let ev = Event::new(
+        &account_id,
+        "system",
+        "account.create",
+        &format!("account:{account_id}"),
+    )
+    .source(source)
+    .details(serde_json::json!({ "name": account.as_str(), "admin": username.as_str() }));
     audit::append(tx, now, &ev).await?;
-    let ev = Event::new(&account_id, "system", "user.create", &format!("user:{}", user.id))
-        .source(source)
-        .details(serde_json::json!({ "username": username.as_str(), "role": "admin" }));
+    let ev = Event::new(
+        &account_id,
+        "system",
+        "user.create",
+        &format!("user:{}", user.id),
+    )
+    .source(source)
+    .details(serde_json::json!({ "username": username.as_str(), "role": "admin" }));
     audit::append(tx, now, &ev).await?;
     Ok(SetupResponse {
         account: Account {
@@ -137,11 +151,13 @@ pub async fn insert_user(
             e.into()
         });
     }
-    sqlx::query("INSERT INTO password_history (user_id, password_hash, created_at) VALUES ($1, $2, $3)")
-        .bind(&id)
-        .bind(&hash)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO password_history (user_id, password_hash, created_at) VALUES ($1, $2, $3)",
+    )
+    .bind(&id)
+    .bind(&hash)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
     records::user(tx, account_id, &id).await
 }

@@ -13,7 +13,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Parser, Debug)]
-#[command(name = "drawbridge-server", version, about = "Drawbridge control plane (API, relay, STUN).")]
+#[command(
+    name = "drawbridge-server",
+    version,
+    about = "Drawbridge control plane (API, relay, STUN)."
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -108,30 +112,51 @@ pub async fn main() -> anyhow::Result<i32> {
     match cli.command {
         None => run(cli.run.resolve()?).await.map(|_| 0),
         Some(Command::Run(o)) => run(o.resolve()?).await.map(|_| 0),
-        Some(Command::Init { db, account, admin_user, admin_password_file }) => {
+        Some(Command::Init {
+            db,
+            account,
+            admin_user,
+            admin_password_file,
+        }) => {
             let (cfg, store) = open(&db).await?;
             let password = std::fs::read_to_string(&admin_password_file)
                 .with_context(|| format!("reading {}", admin_password_file.display()))?;
             let password = password.lines().next().unwrap_or("").to_string();
-            let account = Name::try_from(account).map_err(|e| anyhow::anyhow!("account name: {e}"))?;
-            let user = Username::try_from(admin_user).map_err(|e| anyhow::anyhow!("admin user: {e}"))?;
+            let account =
+                Name::try_from(account).map_err(|e| anyhow::anyhow!("account name: {e}"))?;
+            let user =
+                Username::try_from(admin_user).map_err(|e| anyhow::anyhow!("admin user: {e}"))?;
             let state = AppState::new(store, Clock::default(), cfg.public_url).await?;
             let mut tx = state.store.begin().await?;
-            let r = crate::bootstrap::create_account(&mut tx, state.now(), &account, &user, &password, "local")
-                .await
-                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            let r = crate::bootstrap::create_account(
+                &mut tx,
+                state.now(),
+                &account,
+                &user,
+                &password,
+                "local",
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
             tx.commit().await?;
-            println!("created account {} ({}) with admin {}", r.account.name, r.account.id, r.admin.username);
+            println!(
+                "created account {} ({}) with admin {}",
+                r.account.name, r.account.id, r.admin.username
+            );
             Ok(0)
         }
         Some(Command::SetupLink { db }) => {
             let (cfg, store) = open(&db).await?;
             let state = AppState::new(store, Clock::default(), cfg.public_url).await?;
-            let token = crate::bootstrap::new_setup_token(&state).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            let token = crate::bootstrap::new_setup_token(&state)
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
             println!("{}/setup?token={token}", state.public_url);
             Ok(0)
         }
-        Some(Command::Audit { command: AuditCommand::Verify { db } }) => {
+        Some(Command::Audit {
+            command: AuditCommand::Verify { db },
+        }) => {
             let (_, store) = open(&db).await?;
             let mut bad = false;
             for (account, v) in audit::verify_all(&store).await? {
@@ -139,20 +164,43 @@ pub async fn main() -> anyhow::Result<i32> {
                     None => println!("{account}: ok ({} entries)", v.entries),
                     Some(seq) => {
                         bad = true;
-                        println!("{account}: BROKEN at sequence number {seq} ({} entries)", v.entries);
+                        println!(
+                            "{account}: BROKEN at sequence number {seq} ({} entries)",
+                            v.entries
+                        );
                     }
                 }
             }
             Ok(if bad { 1 } else { 0 })
         }
-        Some(Command::Audit { command: AuditCommand::Export { db, account, format, from, to, actor, device, action } }) => {
+        Some(Command::Audit {
+            command:
+                AuditCommand::Export {
+                    db,
+                    account,
+                    format,
+                    from,
+                    to,
+                    actor,
+                    device,
+                    action,
+                },
+        }) => {
             let (_, store) = open(&db).await?;
             let id: String = sqlx::query_scalar("SELECT id FROM accounts WHERE name = $1")
                 .bind(&account)
                 .fetch_optional(&store.pool)
                 .await?
                 .with_context(|| format!("no account named {account:?}"))?;
-            let q = AuditQuery { from: parse_time(&from)?, to: parse_time(&to)?, actor, device, action, format: None, limit: None };
+            let q = AuditQuery {
+                from: parse_time(&from)?,
+                to: parse_time(&to)?,
+                actor,
+                device,
+                action,
+                format: None,
+                limit: None,
+            };
             let entries = audit::query(&store, &id, &q).await?;
             match format.as_str() {
                 "jsonl" => print!("{}", audit::to_jsonl(&entries)),
@@ -166,7 +214,8 @@ pub async fn main() -> anyhow::Result<i32> {
 
 /// Starts the server and runs until Ctrl-C / SIGTERM.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -196,14 +245,26 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     println!("Drawbridge server listening on {public_url}");
     if let Some(ca) = &ca {
         println!("  CA certificate: {}", ca.display());
-        println!("  CA fingerprint (SHA-256): {}", crate::pki::fingerprint(ca)?);
+        println!(
+            "  CA fingerprint (SHA-256): {}",
+            crate::pki::fingerprint(ca)?
+        );
     }
     println!("  database: {}", crate::db::redact(&cfg.database_url));
-    if !crate::bootstrap::has_accounts(&state).await.map_err(|e| anyhow::anyhow!("{}", e.message))? {
-        let token = crate::bootstrap::new_setup_token(&state).await.map_err(|e| anyhow::anyhow!("{}", e.message))?;
-        println!("  No account exists yet. Open this one-time setup link (valid 24 h) to create the first account and admin:");
+    if !crate::bootstrap::has_accounts(&state)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?
+    {
+        let token = crate::bootstrap::new_setup_token(&state)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        println!(
+            "  No account exists yet. Open this one-time setup link (valid 24 h) to create the first account and admin:"
+        );
         println!("    {public_url}/setup?token={token}");
-        println!("  or: drawbridge-server init --account NAME --admin-user USER --admin-password-file FILE");
+        println!(
+            "  or: drawbridge-server init --account NAME --admin-user USER --admin-password-file FILE"
+        );
     }
     crate::background::spawn(state.clone());
     let app = crate::app(state);

@@ -12,7 +12,8 @@ pub struct Clock {
 
 impl Clock {
     pub fn now(&self) -> OffsetDateTime {
-        OffsetDateTime::now_utc() + time::Duration::seconds(self.offset_secs.load(Ordering::Relaxed))
+        OffsetDateTime::now_utc()
+            + time::Duration::seconds(self.offset_secs.load(Ordering::Relaxed))
     }
 
     /// Unix seconds.

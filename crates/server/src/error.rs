@@ -30,7 +30,10 @@ impl AppError {
         Self::new(ErrorCode::Invalid, m)
     }
     pub fn forbidden() -> Self {
-        Self::new(ErrorCode::Forbidden, "your role or grants do not allow this")
+        Self::new(
+            ErrorCode::Forbidden,
+            "your role or grants do not allow this",
+        )
     }
     pub fn not_found(what: &str) -> Self {
         Self::new(ErrorCode::NotFound, format!("no such {what}"))
@@ -51,7 +54,10 @@ impl AppError {
         )
     }
     pub fn invalid_code() -> Self {
-        Self::new(ErrorCode::InvalidCode, "the code or key is wrong, expired or already used")
+        Self::new(
+            ErrorCode::InvalidCode,
+            "the code or key is wrong, expired or already used",
+        )
     }
     pub fn internal(cause: impl Into<anyhow::Error>) -> Self {
         AppError {

@@ -38,10 +38,15 @@ pub fn verify(password: &str, stored: &str) -> bool {
 pub fn check_policy(policy: &PasswordPolicy, username: &str, password: &str) -> Result<(), String> {
     let len = password.chars().count();
     if len < policy.min_length as usize {
-        return Err(format!("the password must have at least {} characters", policy.min_length));
+        return Err(format!(
+            "the password must have at least {} characters",
+            policy.min_length
+        ));
     }
     if password.len() > MAX_PASSWORD_LEN {
-        return Err(format!("the password must have at most {MAX_PASSWORD_LEN} bytes"));
+        return Err(format!(
+            "the password must have at most {MAX_PASSWORD_LEN} bytes"
+        ));
     }
     let classes = [
         password.chars().any(|c| c.is_lowercase()),
@@ -62,7 +67,10 @@ pub fn check_policy(policy: &PasswordPolicy, username: &str, password: &str) -> 
         let lower = password.to_lowercase();
         // "Password123!" is "password" with a suffix: check the stem too.
         let stem = lower.trim_end_matches(|c: char| !c.is_alphabetic());
-        if COMMON.lines().any(|c| c == lower || (!stem.is_empty() && c == stem)) {
+        if COMMON
+            .lines()
+            .any(|c| c == lower || (!stem.is_empty() && c == stem))
+        {
             return Err("this password is on the list of commonly used passwords".into());
         }
         if !username.is_empty() && lower.contains(&username.to_lowercase()) {
@@ -90,13 +98,33 @@ mod tests {
     #[test]
     fn policy_enforces_length_classes_common_and_username() {
         let p = PasswordPolicy::default();
-        assert!(check_policy(&p, "anna", "Sh0rt!").unwrap_err().contains("at least 10"));
-        assert!(check_policy(&p, "anna", "alllowercaseletters").unwrap_err().contains("mix"));
+        assert!(
+            check_policy(&p, "anna", "Sh0rt!")
+                .unwrap_err()
+                .contains("at least 10")
+        );
+        assert!(
+            check_policy(&p, "anna", "alllowercaseletters")
+                .unwrap_err()
+                .contains("mix")
+        );
         let mut common = p.clone();
         common.min_classes = 0;
-        assert!(check_policy(&common, "anna", "Password123").unwrap_err().contains("commonly"));
-        assert!(check_policy(&p, "anna", "Password123!").unwrap_err().contains("commonly"));
-        assert!(check_policy(&p, "anna", "Anna-Secure-77").unwrap_err().contains("user name"));
+        assert!(
+            check_policy(&common, "anna", "Password123")
+                .unwrap_err()
+                .contains("commonly")
+        );
+        assert!(
+            check_policy(&p, "anna", "Password123!")
+                .unwrap_err()
+                .contains("commonly")
+        );
+        assert!(
+            check_policy(&p, "anna", "Anna-Secure-77")
+                .unwrap_err()
+                .contains("user name")
+        );
         assert!(check_policy(&p, "anna", "Blue-Tractor-42").is_ok());
     }
 }

@@ -159,7 +159,10 @@ impl DeviceCa {
         }
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let cert = ca_params("Drawbridge device CA", 20)?.self_signed(&key)?;
-        for (name, value) in [("device_ca_cert", cert.pem()), ("device_ca_key", key.serialize_pem())] {
+        for (name, value) in [
+            ("device_ca_cert", cert.pem()),
+            ("device_ca_key", key.serialize_pem()),
+        ] {
             sqlx::query(
                 "INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
             )
@@ -169,7 +172,9 @@ impl DeviceCa {
             .execute(&store.pool)
             .await?;
         }
-        Self::load(store).await?.context("device CA vanished after creation")
+        Self::load(store)
+            .await?
+            .context("device CA vanished after creation")
     }
 
     async fn load(store: &Store) -> anyhow::Result<Option<DeviceCa>> {
@@ -208,7 +213,12 @@ impl DeviceCa {
 
     /// Signs a certificate binding `device_id` (from the server's record) to the
     /// device's Ed25519 public key.
-    pub fn issue(&self, device_id: &str, account_id: &str, public_key: [u8; 32]) -> anyhow::Result<String> {
+    pub fn issue(
+        &self,
+        device_id: &str,
+        account_id: &str,
+        public_key: [u8; 32],
+    ) -> anyhow::Result<String> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, account_id);

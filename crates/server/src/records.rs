@@ -28,11 +28,13 @@ pub fn account_from(row: &AnyRow) -> AppResult<Account> {
 }
 
 pub async fn account(conn: &mut AnyConnection, id: &str) -> AppResult<Account> {
-    let row = sqlx::query(&format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(conn)
-        .await?
-        .ok_or_else(|| AppError::not_found("account"))?;
+    let row = sqlx::query(&format!(
+        "SELECT {ACCOUNT_COLS} FROM accounts WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?
+    .ok_or_else(|| AppError::not_found("account"))?;
     account_from(&row)
 }
 

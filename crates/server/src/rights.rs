@@ -133,7 +133,10 @@ mod tests {
         assert!(!r.allows(&fw, &t("tcp:192.168.1.10:80")));
         assert!(!r.allows(&fw, &t("icmp:192.168.1.10")));
         assert!(Access::Full.allows(&fw, &t("icmp:192.168.1.10")));
-        assert!(!Access::Full.allows(&fw, &t("tcp:10.0.0.1:22")), "firewall bounds even full access");
+        assert!(
+            !Access::Full.allows(&fw, &t("tcp:10.0.0.1:22")),
+            "firewall bounds even full access"
+        );
         assert!(!Access::Monitor.allows(&fw, &t("tcp:192.168.1.10:502")));
         assert_eq!(r.default_targets(&fw), vec![t("tcp:192.168.1.10:502")]);
     }

@@ -18,33 +18,43 @@ fn bad(what: &str) -> AppError {
 }
 
 pub async fn load(conn: &mut AnyConnection, account_id: &str, id: &str) -> AppResult<Session> {
-    let row = sqlx::query(&format!("SELECT {SESSION_COLS} FROM sessions WHERE id = $1 AND account_id = $2"))
-        .bind(id)
-        .bind(account_id)
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or_else(|| AppError::not_found("session"))?;
-    let devices = sqlx::query("SELECT device_id, targets FROM session_devices WHERE session_id = $1 ORDER BY device_id")
-        .bind(id)
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(SessionDevice {
-                device_id: r.try_get("device_id")?,
-                targets: records::json_col(r, "targets")?,
-            })
+    let row = sqlx::query(&format!(
+        "SELECT {SESSION_COLS} FROM sessions WHERE id = $1 AND account_id = $2"
+    ))
+    .bind(id)
+    .bind(account_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| AppError::not_found("session"))?;
+    let devices = sqlx::query(
+        "SELECT device_id, targets FROM session_devices WHERE session_id = $1 ORDER BY device_id",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(SessionDevice {
+            device_id: r.try_get("device_id")?,
+            targets: records::json_col(r, "targets")?,
         })
-        .collect::<AppResult<Vec<_>>>()?;
-    let users: Vec<String> = sqlx::query_scalar("SELECT user_id FROM session_users WHERE session_id = $1 ORDER BY user_id")
-        .bind(id)
-        .fetch_all(&mut *conn)
-        .await?;
-    let opt_time = |c: &str| -> AppResult<_> { Ok(row.try_get::<Option<i64>, _>(c)?.map(from_unix)) };
+    })
+    .collect::<AppResult<Vec<_>>>()?;
+    let users: Vec<String> = sqlx::query_scalar(
+        "SELECT user_id FROM session_users WHERE session_id = $1 ORDER BY user_id",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let opt_time =
+        |c: &str| -> AppResult<_> { Ok(row.try_get::<Option<i64>, _>(c)?.map(from_unix)) };
     Ok(Session {
         id: row.try_get("id")?,
         name: Name::try_from(row.try_get::<String, _>("name")?).map_err(|_| bad("name"))?,
-        state: row.try_get::<String, _>("state")?.parse().map_err(|_| bad("state"))?,
+        state: row
+            .try_get::<String, _>("state")?
+            .parse()
+            .map_err(|_| bad("state"))?,
         devices,
         users,
         adhoc: row.try_get::<i64, _>("adhoc")? != 0,
@@ -75,7 +85,9 @@ pub async fn check_assignment(
     users: &[String],
 ) -> AppResult<()> {
     if devices.is_empty() || devices.len() > MAX_LIST || users.len() > MAX_LIST {
-        return Err(AppError::invalid(format!("a session has 1 to {MAX_LIST} devices and at most {MAX_LIST} users")));
+        return Err(AppError::invalid(format!(
+            "a session has 1 to {MAX_LIST} devices and at most {MAX_LIST} users"
+        )));
     }
     let mut seen = std::collections::HashSet::new();
     for d in devices {
@@ -83,7 +95,9 @@ pub async fn check_assignment(
             return Err(AppError::invalid("a device appears twice"));
         }
         if d.targets.is_empty() || d.targets.len() > MAX_LIST {
-            return Err(AppError::invalid(format!("each device releases 1 to {MAX_LIST} targets")));
+            return Err(AppError::invalid(format!(
+                "each device releases 1 to {MAX_LIST} targets"
+            )));
         }
     }
     let mut checks: Vec<(String, Role)> = Vec::new();
@@ -93,10 +107,16 @@ pub async fn check_assignment(
     for u in users {
         let user = records::user(conn, account_id, u).await?;
         if user.disabled {
-            return Err(AppError::invalid(format!("user {} is disabled", user.username)));
+            return Err(AppError::invalid(format!(
+                "user {} is disabled",
+                user.username
+            )));
         }
         if user.role == Role::Auditor {
-            return Err(AppError::invalid(format!("user {} is an auditor and cannot use sessions", user.username)));
+            return Err(AppError::invalid(format!(
+                "user {} is an auditor and cannot use sessions",
+                user.username
+            )));
         }
         checks.push((user.id, user.role));
     }
@@ -163,22 +183,37 @@ pub async fn insert(
 }
 
 pub async fn add_device(tx: &mut Tx<'_>, session_id: &str, d: &SessionDevice) -> AppResult<()> {
-    let r = sqlx::query("INSERT INTO session_devices (session_id, device_id, targets) VALUES ($1, $2, $3)")
-        .bind(session_id)
-        .bind(&d.device_id)
-        .bind(serde_json::to_string(&d.targets).map_err(AppError::internal)?)
-        .execute(&mut **tx)
-        .await;
+    let r = sqlx::query(
+        "INSERT INTO session_devices (session_id, device_id, targets) VALUES ($1, $2, $3)",
+    )
+    .bind(session_id)
+    .bind(&d.device_id)
+    .bind(serde_json::to_string(&d.targets).map_err(AppError::internal)?)
+    .execute(&mut **tx)
+    .await;
     match r {
-        Err(e) if crate::db::is_unique_violation(&e) => Err(AppError::conflict("the device is in the session already")),
+        Err(e) if crate::db::is_unique_violation(&e) => {
+            Err(AppError::conflict("the device is in the session already"))
+        }
         Err(e) => Err(e.into()),
         Ok(_) => Ok(()),
     }
 }
 
 /// Moves a prepared session to active (or pending approval under dual control).
-pub async fn start(tx: &mut Tx<'_>, account_id: &str, id: &str, by: &str, dual_control: bool, now: i64) -> AppResult<SessionState> {
-    let next = if dual_control { SessionState::PendingApproval } else { SessionState::Active };
+pub async fn start(
+    tx: &mut Tx<'_>,
+    account_id: &str,
+    id: &str,
+    by: &str,
+    dual_control: bool,
+    now: i64,
+) -> AppResult<SessionState> {
+    let next = if dual_control {
+        SessionState::PendingApproval
+    } else {
+        SessionState::Active
+    };
     let r = sqlx::query(
         "UPDATE sessions SET state = $1, started_at = $2, started_by = $3
          WHERE id = $4 AND account_id = $5 AND state = 'prepared' AND valid_from <= $2 AND valid_until > $2",
@@ -199,7 +234,14 @@ pub async fn start(tx: &mut Tx<'_>, account_id: &str, id: &str, by: &str, dual_c
 }
 
 /// Ends a session that has not ended yet. Returns false when it had already ended.
-pub async fn end(tx: &mut Tx<'_>, account_id: &str, id: &str, by: &str, reason: EndReason, now: i64) -> AppResult<bool> {
+pub async fn end(
+    tx: &mut Tx<'_>,
+    account_id: &str,
+    id: &str,
+    by: &str,
+    reason: EndReason,
+    now: i64,
+) -> AppResult<bool> {
     let r = sqlx::query(
         "UPDATE sessions SET state = 'ended', ended_at = $1, ended_by = $2, end_reason = $3
          WHERE id = $4 AND account_id = $5 AND state <> 'ended'",
@@ -223,7 +265,14 @@ pub async fn end(tx: &mut Tx<'_>, account_id: &str, id: &str, by: &str, reason: 
 }
 
 /// Ends the running sessions a user started (when the user is disabled).
-pub async fn end_for_user(tx: &mut Tx<'_>, account_id: &str, user_id: &str, reason: EndReason, actor: &str, now: i64) -> AppResult<i64> {
+pub async fn end_for_user(
+    tx: &mut Tx<'_>,
+    account_id: &str,
+    user_id: &str,
+    reason: EndReason,
+    actor: &str,
+    now: i64,
+) -> AppResult<i64> {
     let ids: Vec<String> = sqlx::query_scalar(
         "SELECT id FROM sessions WHERE account_id = $1 AND started_by = $2 AND state IN ('active', 'pending_approval')",
     )

@@ -7,7 +7,16 @@ const STEP: u64 = 30;
 fn totp(secret_b32: &str, label: &str) -> Option<TOTP> {
     let bytes = Secret::Encoded(secret_b32.to_string()).to_bytes().ok()?;
     let label: String = label.chars().filter(|c| *c != ':').collect();
-    TOTP::new(Algorithm::SHA1, 6, 1, STEP, bytes, Some("Drawbridge".into()), label).ok()
+    TOTP::new(
+        Algorithm::SHA1,
+        6,
+        1,
+        STEP,
+        bytes,
+        Some("Drawbridge".into()),
+        label,
+    )
+    .ok()
 }
 
 /// A new random secret (160 bits), base32.
@@ -65,6 +74,10 @@ mod tests {
         assert_eq!(check(&s, &code, now + 600, 0), None, "stale code refused");
         assert_eq!(check(&s, "12345", now, 0), None);
         assert_eq!(check(&s, "abcdef", now, 0), None);
-        assert!(uri(&s, "anna@plant").unwrap().starts_with("otpauth://totp/"));
+        assert!(
+            uri(&s, "anna@plant")
+                .unwrap()
+                .starts_with("otpauth://totp/")
+        );
     }
 }

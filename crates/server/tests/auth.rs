@@ -25,21 +25,32 @@ async fn first_start_has_no_default_credentials_and_setup_tokens_work_once(app: 
         let (s, v) = app.login("default", u, p).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
     }
-    let token = drawbridge_server::bootstrap::new_setup_token(&app.state).await.unwrap();
+    let token = drawbridge_server::bootstrap::new_setup_token(&app.state)
+        .await
+        .unwrap();
     let body = json!({"token": token, "account": "acme", "admin_username": "root", "admin_password": PASSWORD});
-    let (s, _) = app.call(Method::POST, "/api/v1/setup", None, Some(body.clone())).await;
+    let (s, _) = app
+        .call(Method::POST, "/api/v1/setup", None, Some(body.clone()))
+        .await;
     assert_eq!(s, StatusCode::OK);
     let mut again = body.clone();
     again["account"] = json!("other");
-    let (s, v) = app.call(Method::POST, "/api/v1/setup", None, Some(again)).await;
+    let (s, v) = app
+        .call(Method::POST, "/api/v1/setup", None, Some(again))
+        .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "a setup token works once: {v}");
     assert_eq!(v["code"], "invalid_code");
     assert_eq!(app.count("accounts").await, 1);
     // An expired setup token is refused too.
-    let token = drawbridge_server::bootstrap::new_setup_token(&app.state).await.unwrap();
-    app.clock().advance(drawbridge_server::bootstrap::SETUP_TTL + 1);
+    let token = drawbridge_server::bootstrap::new_setup_token(&app.state)
+        .await
+        .unwrap();
+    app.clock()
+        .advance(drawbridge_server::bootstrap::SETUP_TTL + 1);
     let body = json!({"token": token, "account": "late", "admin_username": "root", "admin_password": PASSWORD});
-    let (s, _) = app.call(Method::POST, "/api/v1/setup", None, Some(body)).await;
+    let (s, _) = app
+        .call(Method::POST, "/api/v1/setup", None, Some(body))
+        .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert_eq!(app.count("accounts").await, 1);
 }
@@ -55,14 +66,29 @@ async fn lockout_after_threshold_blocks_even_the_right_password_and_notifies_adm
     assert_eq!(s, StatusCode::UNAUTHORIZED, "locked: {v}");
     let (_, notes) = app.get("/api/v1/notifications", &acct.admin).await;
     let notes = notes.as_array().unwrap();
-    assert!(notes.iter().any(|n| n["kind"] == "lockout" && n["message"].as_str().unwrap().contains("anna")), "{notes:?}");
-    let (_, audit) = app.get("/api/v1/audit?action=user.lockout", &acct.admin).await;
+    assert!(
+        notes
+            .iter()
+            .any(|n| n["kind"] == "lockout" && n["message"].as_str().unwrap().contains("anna")),
+        "{notes:?}"
+    );
+    let (_, audit) = app
+        .get("/api/v1/audit?action=user.lockout", &acct.admin)
+        .await;
     assert_eq!(audit.as_array().unwrap().len(), 1, "{audit}");
-    let (_, audit) = app.get("/api/v1/audit?action=login.locked", &acct.admin).await;
+    let (_, audit) = app
+        .get("/api/v1/audit?action=login.locked", &acct.admin)
+        .await;
     assert_eq!(audit.as_array().unwrap().len(), 1);
     // The user shows as locked to admins, and the lock ends on its own.
     let (_, users) = app.get("/api/v1/users", &acct.admin).await;
-    let anna = users.as_array().unwrap().iter().find(|u| u["username"] == "anna").unwrap().clone();
+    let anna = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == "anna")
+        .unwrap()
+        .clone();
     assert!(anna["locked_until"].is_string());
     app.clock().advance(15 * 60 + 1);
     let (s, v) = app.login("acme", "anna", PASSWORD).await;
@@ -74,8 +100,25 @@ async fn failures_look_the_same_for_unknown_user_wrong_password_and_locked_user(
     app.user(&acct, "anna", "user").await;
     let (_, disabled) = app.user(&acct, "bob", "user").await;
     drop(disabled);
-    let bob = app.get("/api/v1/users", &acct.admin).await.1.as_array().unwrap().iter().find(|u| u["username"] == "bob").unwrap()["id"].as_str().unwrap().to_string();
-    app.ok(Method::PATCH, &format!("/api/v1/users/{bob}"), &acct.admin, Some(json!({"disabled": true}))).await;
+    let bob = app
+        .get("/api/v1/users", &acct.admin)
+        .await
+        .1
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == "bob")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.ok(
+        Method::PATCH,
+        &format!("/api/v1/users/{bob}"),
+        &acct.admin,
+        Some(json!({"disabled": true})),
+    )
+    .await;
     let unknown_user = app.login("acme", "nobody", PASSWORD).await;
     let unknown_account = app.login("nope", "anna", PASSWORD).await;
     let wrong_password = app.login("acme", "anna", "Wrong-Password-1").await;
@@ -90,16 +133,32 @@ async fn failures_look_the_same_for_unknown_user_wrong_password_and_locked_user(
     assert_eq!(unknown_user.0, StatusCode::UNAUTHORIZED);
     assert_eq!(unknown_user.1["code"], "login_failed");
     // Failures naming an existing account are on that account's record.
-    let (_, audit) = app.get("/api/v1/audit?action=login.failed", &acct.admin).await;
+    let (_, audit) = app
+        .get("/api/v1/audit?action=login.failed", &acct.admin)
+        .await;
     assert!(audit.as_array().unwrap().len() >= 3, "{audit}");
 }
 
 async fn enable_totp(app: &TestApp, token: &str) -> (String, String) {
-    let v = app.ok(Method::POST, "/api/v1/me/totp/enroll", token, None).await;
+    let v = app
+        .ok(Method::POST, "/api/v1/me/totp/enroll", token, None)
+        .await;
     let secret = v["secret"].as_str().unwrap().to_string();
-    assert!(v["otpauth_uri"].as_str().unwrap().starts_with("otpauth://totp/"));
+    assert!(
+        v["otpauth_uri"]
+            .as_str()
+            .unwrap()
+            .starts_with("otpauth://totp/")
+    );
     let code = drawbridge_server::totp::code_at(&secret, app.state.now()).unwrap();
-    let v = app.ok(Method::POST, "/api/v1/me/totp/confirm", token, Some(json!({"code": code}))).await;
+    let v = app
+        .ok(
+            Method::POST,
+            "/api/v1/me/totp/confirm",
+            token,
+            Some(json!({"code": code})),
+        )
+        .await;
     (secret, v["token"].as_str().unwrap().to_string())
 }
 
@@ -113,25 +172,57 @@ async fn totp_codes_work_once_and_a_half_login_can_call_nothing_else(app: TestAp
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["stage"], "totp_required");
     let pending = v["token"].as_str().unwrap().to_string();
-    for (m, p) in [(Method::GET, "/api/v1/me"), (Method::GET, "/api/v1/devices"), (Method::GET, "/api/v1/sessions"), (Method::POST, "/api/v1/me/totp/enroll")] {
+    for (m, p) in [
+        (Method::GET, "/api/v1/me"),
+        (Method::GET, "/api/v1/devices"),
+        (Method::GET, "/api/v1/sessions"),
+        (Method::POST, "/api/v1/me/totp/enroll"),
+    ] {
         let (s, v) = app.call(m.clone(), p, Some(&pending), None).await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{m} {p}: {v}");
         assert_eq!(v["code"], "login_incomplete", "{m} {p}");
     }
     let code = drawbridge_server::totp::code_at(&secret, app.state.now()).unwrap();
-    let v = app.ok(Method::POST, "/api/v1/auth/totp", &pending, Some(json!({"code": code}))).await;
+    let v = app
+        .ok(
+            Method::POST,
+            "/api/v1/auth/totp",
+            &pending,
+            Some(json!({"code": code})),
+        )
+        .await;
     assert_eq!(v["stage"], "complete");
     let full = v["token"].as_str().unwrap().to_string();
     app.ok(Method::GET, "/api/v1/me", &full, None).await;
     // The pending token is spent, and so is the code.
-    let (s, _) = app.post("/api/v1/auth/totp", &pending, json!({"code": code})).await;
+    let (s, _) = app
+        .post("/api/v1/auth/totp", &pending, json!({"code": code}))
+        .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let (s, v) = app.call(Method::POST, "/api/v1/auth/login", None, Some(json!({"account": "acme", "username": "anna", "password": PASSWORD, "totp": code}))).await;
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/login",
+            None,
+            Some(
+                json!({"account": "acme", "username": "anna", "password": PASSWORD, "totp": code}),
+            ),
+        )
+        .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "a code works once: {v}");
     // One-step login with a fresh code works.
     app.clock().advance(30);
     let code = drawbridge_server::totp::code_at(&secret, app.state.now()).unwrap();
-    let (s, v) = app.call(Method::POST, "/api/v1/auth/login", None, Some(json!({"account": "acme", "username": "anna", "password": PASSWORD, "totp": code}))).await;
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/login",
+            None,
+            Some(
+                json!({"account": "acme", "username": "anna", "password": PASSWORD, "totp": code}),
+            ),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["stage"], "complete");
 }
@@ -144,12 +235,23 @@ async fn totp_guesses_after_a_correct_password_still_lock_the_user(app: TestApp)
     for _ in 0..5 {
         let (_, v) = app.login("acme", "anna", PASSWORD).await;
         let pending = v["token"].as_str().unwrap().to_string();
-        let (s, _) = app.post("/api/v1/auth/totp", &pending, json!({"code": "000000"})).await;
+        let (s, _) = app
+            .post("/api/v1/auth/totp", &pending, json!({"code": "000000"}))
+            .await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
     }
     // Now locked: even the right password and code fail.
     let code = drawbridge_server::totp::code_at(&secret, app.state.now()).unwrap();
-    let (s, _) = app.call(Method::POST, "/api/v1/auth/login", None, Some(json!({"account": "acme", "username": "anna", "password": PASSWORD, "totp": code}))).await;
+    let (s, _) = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/login",
+            None,
+            Some(
+                json!({"account": "acme", "username": "anna", "password": PASSWORD, "totp": code}),
+            ),
+        )
+        .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
 
@@ -159,7 +261,13 @@ async fn mandatory_totp_forces_enrolment_before_anything_else(app: TestApp) {
     let (_, acc) = app.get("/api/v1/account", &acct.admin).await;
     let mut settings = acc["settings"].clone();
     settings["require_totp"] = json!(true);
-    app.ok(Method::PATCH, "/api/v1/account", &acct.admin, Some(json!({"settings": settings}))).await;
+    app.ok(
+        Method::PATCH,
+        "/api/v1/account",
+        &acct.admin,
+        Some(json!({"settings": settings})),
+    )
+    .await;
     let (_, v) = app.login("acme", "anna", PASSWORD).await;
     assert_eq!(v["stage"], "totp_enrollment_required");
     let t = v["token"].as_str().unwrap().to_string();
@@ -168,32 +276,71 @@ async fn mandatory_totp_forces_enrolment_before_anything_else(app: TestApp) {
     let (_, full) = enable_totp(&app, &t).await;
     app.ok(Method::GET, "/api/v1/devices", &full, None).await;
     let (s, _) = app.get("/api/v1/me", &t).await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED, "the enrolment token was rotated away");
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "the enrolment token was rotated away"
+    );
 }
 
 async fn password_policy_enforces_length_classes_common_list_and_history(app: TestApp) {
     let acct = app.account("acme").await;
     let (id, _) = app.user(&acct, "anna", "user").await;
     for bad in ["Sh0rt!", "alllowercaseletters", "Password123!", "Qwerty123"] {
-        let (s, v) = app.post("/api/v1/users", &acct.admin, json!({"username": "zed", "role": "user", "password": bad})).await;
+        let (s, v) = app
+            .post(
+                "/api/v1/users",
+                &acct.admin,
+                json!({"username": "zed", "role": "user", "password": bad}),
+            )
+            .await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
         assert_eq!(v["code"], "password_policy");
     }
-    let (s, v) = app.post("/api/v1/users", &acct.admin, json!({"username": "anna2", "role": "user", "password": "anna2-Is-Here-1"})).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "password containing the user name: {v}");
+    let (s, v) = app
+        .post(
+            "/api/v1/users",
+            &acct.admin,
+            json!({"username": "anna2", "role": "user", "password": "anna2-Is-Here-1"}),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "password containing the user name: {v}"
+    );
     let mut token = app.token("acme", "anna").await;
     let mut current = PASSWORD.to_string();
     for next in ["Green-Barn-77", "Red-Silo-88", "Grey-Mill-99"] {
-        let v = app.ok(Method::POST, "/api/v1/me/password", &token, Some(json!({"current_password": current, "new_password": next}))).await;
+        let v = app
+            .ok(
+                Method::POST,
+                "/api/v1/me/password",
+                &token,
+                Some(json!({"current_password": current, "new_password": next})),
+            )
+            .await;
         token = v["token"].as_str().unwrap().to_string();
         current = next.to_string();
     }
     for old in [PASSWORD, "Green-Barn-77", "Grey-Mill-99"] {
-        let (s, v) = app.post("/api/v1/me/password", &token, json!({"current_password": current, "new_password": old})).await;
+        let (s, v) = app
+            .post(
+                "/api/v1/me/password",
+                &token,
+                json!({"current_password": current, "new_password": old}),
+            )
+            .await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "reuse of {old}: {v}");
         assert_eq!(v["code"], "password_policy");
     }
-    let (s, _) = app.post("/api/v1/me/password", &token, json!({"current_password": "wrong-Current-1", "new_password": "Fresh-Field-11"})).await;
+    let (s, _) = app
+        .post(
+            "/api/v1/me/password",
+            &token,
+            json!({"current_password": "wrong-Current-1", "new_password": "Fresh-Field-11"}),
+        )
+        .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     let _ = id;
 }
@@ -204,46 +351,114 @@ async fn expired_password_must_be_changed_before_anything_else(app: TestApp) {
     let (_, acc) = app.get("/api/v1/account", &acct.admin).await;
     let mut settings = acc["settings"].clone();
     settings["password_policy"]["expiry_days"] = json!(90);
-    app.ok(Method::PATCH, "/api/v1/account", &acct.admin, Some(json!({"settings": settings}))).await;
+    app.ok(
+        Method::PATCH,
+        "/api/v1/account",
+        &acct.admin,
+        Some(json!({"settings": settings})),
+    )
+    .await;
     app.clock().advance(91 * 86_400);
     let (_, v) = app.login("acme", "anna", PASSWORD).await;
     assert_eq!(v["stage"], "password_change_required", "{v}");
     let t = v["token"].as_str().unwrap().to_string();
     let (s, v) = app.get("/api/v1/sessions", &t).await;
-    assert_eq!((s, v["code"].clone()), (StatusCode::FORBIDDEN, json!("login_incomplete")));
-    let v = app.ok(Method::POST, "/api/v1/me/password", &t, Some(json!({"current_password": PASSWORD, "new_password": "Fresh-Field-11"}))).await;
+    assert_eq!(
+        (s, v["code"].clone()),
+        (StatusCode::FORBIDDEN, json!("login_incomplete"))
+    );
+    let v = app
+        .ok(
+            Method::POST,
+            "/api/v1/me/password",
+            &t,
+            Some(json!({"current_password": PASSWORD, "new_password": "Fresh-Field-11"})),
+        )
+        .await;
     assert_eq!(v["stage"], "complete");
-    app.ok(Method::GET, "/api/v1/sessions", v["token"].as_str().unwrap(), None).await;
+    app.ok(
+        Method::GET,
+        "/api/v1/sessions",
+        v["token"].as_str().unwrap(),
+        None,
+    )
+    .await;
 }
 
 async fn api_tokens_expire_can_be_revoked_and_read_only_ones_cannot_write(app: TestApp) {
     let acct = app.account("acme").await;
-    let v = app.ok(Method::POST, "/api/v1/tokens", &acct.admin, Some(json!({"name": "ci", "expires_in_days": 1}))).await;
+    let v = app
+        .ok(
+            Method::POST,
+            "/api/v1/tokens",
+            &acct.admin,
+            Some(json!({"name": "ci", "expires_in_days": 1})),
+        )
+        .await;
     let api = v["token"].as_str().unwrap().to_string();
     let api_id = v["info"]["id"].as_str().unwrap().to_string();
     let me = app.ok(Method::GET, "/api/v1/me", &api, None).await;
     assert_eq!(me["via"], "api_token");
     // An API token acts with its owner's rights but cannot mint more tokens.
-    app.ok(Method::POST, "/api/v1/devices", &api, Some(json!({"name": "press-1"}))).await;
-    let (s, _) = app.post("/api/v1/tokens", &api, json!({"name": "x", "expires_in_days": 1})).await;
+    app.ok(
+        Method::POST,
+        "/api/v1/devices",
+        &api,
+        Some(json!({"name": "press-1"})),
+    )
+    .await;
+    let (s, _) = app
+        .post(
+            "/api/v1/tokens",
+            &api,
+            json!({"name": "x", "expires_in_days": 1}),
+        )
+        .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
-    let v = app.ok(Method::POST, "/api/v1/tokens", &acct.admin, Some(json!({"name": "ro", "expires_in_days": 1, "read_only": true}))).await;
+    let v = app
+        .ok(
+            Method::POST,
+            "/api/v1/tokens",
+            &acct.admin,
+            Some(json!({"name": "ro", "expires_in_days": 1, "read_only": true})),
+        )
+        .await;
     let ro = v["token"].as_str().unwrap().to_string();
     app.ok(Method::GET, "/api/v1/devices", &ro, None).await;
-    let (s, _) = app.post("/api/v1/devices", &ro, json!({"name": "press-2"})).await;
+    let (s, _) = app
+        .post("/api/v1/devices", &ro, json!({"name": "press-2"}))
+        .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     assert_eq!(app.count("devices").await, 1);
-    app.ok(Method::DELETE, &format!("/api/v1/tokens/{api_id}"), &acct.admin, None).await;
+    app.ok(
+        Method::DELETE,
+        &format!("/api/v1/tokens/{api_id}"),
+        &acct.admin,
+        None,
+    )
+    .await;
     let (s, _) = app.get("/api/v1/me", &api).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "revoked");
     app.clock().advance(86_400 + 1);
     let (s, _) = app.get("/api/v1/me", &ro).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "expired");
-    let (s, _) = app.post("/api/v1/tokens", &acct.admin, json!({"name": "forever", "expires_in_days": 0})).await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED, "the admin's login also timed out after a day idle");
+    let (s, _) = app
+        .post(
+            "/api/v1/tokens",
+            &acct.admin,
+            json!({"name": "forever", "expires_in_days": 0}),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "the admin's login also timed out after a day idle"
+    );
 }
 
-async fn login_tokens_end_on_idle_absolute_timeout_logout_disable_and_password_change(app: TestApp) {
+async fn login_tokens_end_on_idle_absolute_timeout_logout_disable_and_password_change(
+    app: TestApp,
+) {
     let acct = app.account("acme").await;
     let (id, t) = app.user(&acct, "anna", "user").await;
     // Idle: 30 minutes by default.
@@ -275,7 +490,14 @@ async fn login_tokens_end_on_idle_absolute_timeout_logout_disable_and_password_c
     let a = app.token("acme", "anna").await;
     let b = app.token("acme", "anna").await;
     assert_ne!(a, b, "each login gets a new token");
-    let v = app.ok(Method::POST, "/api/v1/me/password", &a, Some(json!({"current_password": PASSWORD, "new_password": "Fresh-Field-11"}))).await;
+    let v = app
+        .ok(
+            Method::POST,
+            "/api/v1/me/password",
+            &a,
+            Some(json!({"current_password": PASSWORD, "new_password": "Fresh-Field-11"})),
+        )
+        .await;
     for old in [&a, &b] {
         let (s, _) = app.get("/api/v1/me", old).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
@@ -283,7 +505,13 @@ async fn login_tokens_end_on_idle_absolute_timeout_logout_disable_and_password_c
     let fresh = v["token"].as_str().unwrap().to_string();
     app.ok(Method::GET, "/api/v1/me", &fresh, None).await;
     // Disabling ends everything.
-    app.ok(Method::PATCH, &format!("/api/v1/users/{id}"), &admin, Some(json!({"disabled": true}))).await;
+    app.ok(
+        Method::PATCH,
+        &format!("/api/v1/users/{id}"),
+        &admin,
+        Some(json!({"disabled": true})),
+    )
+    .await;
     let (s, _) = app.get("/api/v1/me", &fresh).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "disabled");
 }

@@ -37,7 +37,9 @@ async fn update_account(
     caller: Caller,
     ApiJson(req): ApiJson<UpdateAccount>,
 ) -> AppResult<Json<Account>> {
-    caller.require(&state, Action::ManageUsers, "account.update").await?;
+    caller
+        .require(&state, Action::ManageUsers, "account.update")
+        .await?;
     if let Some(s) = &req.settings {
         s.check().map_err(AppError::invalid)?;
     }
@@ -81,8 +83,13 @@ async fn update_account(
 /// Notifications for the account's admins (lockouts and the like), newest first.
 #[utoipa::path(get, path = "/api/v1/notifications", tag = "account",
     responses((status = 200, body = Vec<Notification>), (status = 403, body = ApiError)))]
-async fn notifications(State(state): State<AppState>, caller: Caller) -> AppResult<Json<Vec<Notification>>> {
-    caller.require(&state, Action::ManageUsers, "notification.list").await?;
+async fn notifications(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> AppResult<Json<Vec<Notification>>> {
+    caller
+        .require(&state, Action::ManageUsers, "notification.list")
+        .await?;
     let rows = sqlx::query(
         "SELECT id, kind, message, created_at FROM notifications WHERE account_id = $1 ORDER BY created_at DESC LIMIT 200",
     )

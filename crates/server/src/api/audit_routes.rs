@@ -21,8 +21,14 @@ pub fn routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
 /// The account's audit entries, filtered; as a JSON array, JSON lines or CSV.
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery),
     responses((status = 200, body = Vec<AuditEntry>, description = "JSON array; `format=jsonl` gives JSON lines, `format=csv` CSV"), (status = 403, body = ApiError)))]
-async fn export(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQuery<AuditQuery>) -> AppResult<Response> {
-    caller.require(&state, Action::ReadAudit, "audit.read").await?;
+async fn export(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> AppResult<Response> {
+    caller
+        .require(&state, Action::ReadAudit, "audit.read")
+        .await?;
     let format = q.format.clone().unwrap_or_else(|| "json".into());
     if !matches!(format.as_str(), "json" | "jsonl" | "csv") {
         return Err(AppError::invalid("format is json, jsonl or csv"));
@@ -34,8 +40,16 @@ async fn export(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQ
         audit::record(&state.store, state.now(), &ev).await?;
     }
     Ok(match format.as_str() {
-        "jsonl" => ([(header::CONTENT_TYPE, "application/x-ndjson")], audit::to_jsonl(&entries)).into_response(),
-        "csv" => ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], audit::to_csv(&entries)).into_response(),
+        "jsonl" => (
+            [(header::CONTENT_TYPE, "application/x-ndjson")],
+            audit::to_jsonl(&entries),
+        )
+            .into_response(),
+        "csv" => (
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            audit::to_csv(&entries),
+        )
+            .into_response(),
         _ => Json(entries).into_response(),
     })
 }
@@ -44,6 +58,8 @@ async fn export(State(state): State<AppState>, caller: Caller, ApiQuery(q): ApiQ
 #[utoipa::path(get, path = "/api/v1/audit/verify", tag = "audit",
     responses((status = 200, body = AuditVerify), (status = 403, body = ApiError)))]
 async fn verify(State(state): State<AppState>, caller: Caller) -> AppResult<Json<AuditVerify>> {
-    caller.require(&state, Action::ReadAudit, "audit.verify").await?;
+    caller
+        .require(&state, Action::ReadAudit, "audit.verify")
+        .await?;
     Ok(Json(audit::verify(&state.store, &caller.account_id).await?))
 }

@@ -45,7 +45,9 @@ fn check_shape(
         || nat.is_some_and(|s| too_many(s.len()))
         || firewall.is_some_and(|s| too_many(s.len()))
     {
-        return Err(AppError::invalid(format!("at most {MAX_LIST} entries per list")));
+        return Err(AppError::invalid(format!(
+            "at most {MAX_LIST} entries per list"
+        )));
     }
     for m in nat.into_iter().flatten() {
         m.check().map_err(AppError::invalid)?;
@@ -59,7 +61,14 @@ pub async fn visible_device(state: &AppState, caller: &Caller, id: &str) -> AppR
     let mut conn = state.store.pool.acquire().await?;
     let d = records::device(&mut conn, &caller.account_id, id).await?;
     if !matches!(caller.role, Role::Admin | Role::Auditor) {
-        let a = rights::access(&mut conn, &caller.account_id, &caller.user_id, caller.role, id).await?;
+        let a = rights::access(
+            &mut conn,
+            &caller.account_id,
+            &caller.user_id,
+            caller.role,
+            id,
+        )
+        .await?;
         if !a.can_see() {
             return Err(AppError::not_found("device"));
         }
@@ -72,11 +81,15 @@ pub async fn visible_device(state: &AppState, caller: &Caller, id: &str) -> AppR
     responses((status = 200, body = Vec<Device>), (status = 401, body = ApiError)))]
 async fn list(State(state): State<AppState>, caller: Caller) -> AppResult<Json<Vec<Device>>> {
     let mut conn = state.store.pool.acquire().await?;
-    let visible = rights::visible_devices(&mut conn, &caller.account_id, &caller.user_id, caller.role).await?;
-    let rows = sqlx::query(&format!("SELECT {DEVICE_COLS} FROM devices WHERE account_id = $1 ORDER BY name"))
-        .bind(&caller.account_id)
-        .fetch_all(&mut *conn)
-        .await?;
+    let visible =
+        rights::visible_devices(&mut conn, &caller.account_id, &caller.user_id, caller.role)
+            .await?;
+    let rows = sqlx::query(&format!(
+        "SELECT {DEVICE_COLS} FROM devices WHERE account_id = $1 ORDER BY name"
+    ))
+    .bind(&caller.account_id)
+    .fetch_all(&mut *conn)
+    .await?;
     let mut out = Vec::new();
     for r in rows {
         let d = records::device_from(&r)?;
@@ -87,7 +100,12 @@ async fn list(State(state): State<AppState>, caller: Caller) -> AppResult<Json<V
     Ok(Json(out))
 }
 
-async fn insert_activation_key(tx: &mut crate::db::Tx<'_>, account: &str, device: &str, now: i64) -> AppResult<ActivationKey> {
+async fn insert_activation_key(
+    tx: &mut crate::db::Tx<'_>,
+    account: &str,
+    device: &str,
+    now: i64,
+) -> AppResult<ActivationKey> {
     let key = secret::new_token("dba_");
     sqlx::query(
         "INSERT INTO activation_keys (key_hash, account_id, device_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
@@ -99,14 +117,23 @@ async fn insert_activation_key(tx: &mut crate::db::Tx<'_>, account: &str, device
     .bind(now + ACTIVATION_TTL)
     .execute(&mut **tx)
     .await?;
-    Ok(ActivationKey { key, expires_at: from_unix(now + ACTIVATION_TTL) })
+    Ok(ActivationKey {
+        key,
+        expires_at: from_unix(now + ACTIVATION_TTL),
+    })
 }
 
 /// Add a device (admins). Answers with its one-time activation key.
 #[utoipa::path(post, path = "/api/v1/devices", tag = "devices", request_body = CreateDevice,
     responses((status = 200, body = CreatedDevice), (status = 400, body = ApiError), (status = 403, body = ApiError), (status = 409, body = ApiError)))]
-async fn create(State(state): State<AppState>, caller: Caller, ApiJson(req): ApiJson<CreateDevice>) -> AppResult<Json<CreatedDevice>> {
-    caller.require(&state, Action::ManageDevices, "device.create").await?;
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateDevice>,
+) -> AppResult<Json<CreatedDevice>> {
+    caller
+        .require(&state, Action::ManageDevices, "device.create")
+        .await?;
     check_shape(Some(&req.lan_subnets), Some(&req.nat), Some(&req.firewall))?;
     let now = state.now();
     let id = secret::new_id();
@@ -145,28 +172,54 @@ async fn create(State(state): State<AppState>, caller: Caller, ApiJson(req): Api
 /// One device.
 #[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "devices", params(("id" = String, Path)),
     responses((status = 200, body = Device), (status = 404, body = ApiError)))]
-async fn get_device(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> AppResult<Json<Device>> {
+async fn get_device(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> AppResult<Json<Device>> {
     Ok(Json(visible_device(&state, &caller, &id).await?))
 }
 
 /// Change a device's name, serial, LAN subnets, 1:1 NAT or firewall (admins).
 #[utoipa::path(patch, path = "/api/v1/devices/{id}", tag = "devices", params(("id" = String, Path)), request_body = UpdateDevice,
     responses((status = 200, body = Device), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
-async fn update(State(state): State<AppState>, caller: Caller, Path(id): Path<String>, ApiJson(req): ApiJson<UpdateDevice>) -> AppResult<Json<Device>> {
-    caller.require(&state, Action::ManageDevices, "device.update").await?;
-    check_shape(req.lan_subnets.as_ref(), req.nat.as_ref(), req.firewall.as_ref())?;
+async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<UpdateDevice>,
+) -> AppResult<Json<Device>> {
+    caller
+        .require(&state, Action::ManageDevices, "device.update")
+        .await?;
+    check_shape(
+        req.lan_subnets.as_ref(),
+        req.nat.as_ref(),
+        req.firewall.as_ref(),
+    )?;
     let now = state.now();
     let mut tx = state.store.begin().await?;
     let before = records::device(&mut tx, &caller.account_id, &id).await?;
-    let name = req.name.as_ref().unwrap_or(&before.name).as_str().to_string();
+    let name = req
+        .name
+        .as_ref()
+        .unwrap_or(&before.name)
+        .as_str()
+        .to_string();
     let serial = match &req.serial {
         Some(s) => Some(s.as_str().to_string()),
         None => before.serial.clone(),
     };
     let json = |v: serde_json::Result<String>| v.map_err(AppError::internal);
-    let subnets = json(serde_json::to_string(req.lan_subnets.as_ref().unwrap_or(&before.lan_subnets)))?;
-    let nat = json(serde_json::to_string(req.nat.as_ref().unwrap_or(&before.nat)))?;
-    let firewall = json(serde_json::to_string(req.firewall.as_ref().unwrap_or(&before.firewall)))?;
+    let subnets = json(serde_json::to_string(
+        req.lan_subnets.as_ref().unwrap_or(&before.lan_subnets),
+    ))?;
+    let nat = json(serde_json::to_string(
+        req.nat.as_ref().unwrap_or(&before.nat),
+    ))?;
+    let firewall = json(serde_json::to_string(
+        req.firewall.as_ref().unwrap_or(&before.firewall),
+    ))?;
     let r = sqlx::query("UPDATE devices SET name = $1, serial = $2, lan_subnets = $3, nat = $4, firewall = $5 WHERE id = $6 AND account_id = $7")
         .bind(name)
         .bind(serial)
@@ -188,7 +241,9 @@ async fn update(State(state): State<AppState>, caller: Caller, Path(id): Path<St
     let ev = caller
         .event("device.update", &format!("device:{id}"))
         .device(&id)
-        .details(serde_json::json!({ "username": caller.username, "before": before, "after": after }));
+        .details(
+            serde_json::json!({ "username": caller.username, "before": before, "after": after }),
+        );
     audit::append(&mut tx, now, &ev).await?;
     tx.commit().await?;
     Ok(Json(after))
@@ -197,8 +252,14 @@ async fn update(State(state): State<AppState>, caller: Caller, Path(id): Path<St
 /// Remove a device that was never used in a session (admins).
 #[utoipa::path(delete, path = "/api/v1/devices/{id}", tag = "devices", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
-async fn delete(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> AppResult<StatusCode> {
-    caller.require(&state, Action::ManageDevices, "device.delete").await?;
+async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> AppResult<StatusCode> {
+    caller
+        .require(&state, Action::ManageDevices, "device.delete")
+        .await?;
     let now = state.now();
     let mut tx = state.store.begin().await?;
     records::device(&mut tx, &caller.account_id, &id).await?;
@@ -207,14 +268,18 @@ async fn delete(State(state): State<AppState>, caller: Caller, Path(id): Path<St
         .fetch_one(&mut *tx)
         .await?;
     if used > 0 {
-        return Err(AppError::conflict("the device appears in sessions; its record must stay"));
+        return Err(AppError::conflict(
+            "the device appears in sessions; its record must stay",
+        ));
     }
     sqlx::query("DELETE FROM devices WHERE id = $1 AND account_id = $2")
         .bind(&id)
         .bind(&caller.account_id)
         .execute(&mut *tx)
         .await?;
-    let ev = caller.event("device.delete", &format!("device:{id}")).device(&id);
+    let ev = caller
+        .event("device.delete", &format!("device:{id}"))
+        .device(&id);
     audit::append(&mut tx, now, &ev).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
@@ -223,8 +288,14 @@ async fn delete(State(state): State<AppState>, caller: Caller, Path(id): Path<St
 /// A new activation key for a device that is not enrolled yet (admins); older keys stop working.
 #[utoipa::path(post, path = "/api/v1/devices/{id}/activation-key", tag = "devices", params(("id" = String, Path)),
     responses((status = 200, body = ActivationKey), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
-async fn new_activation_key(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> AppResult<Json<ActivationKey>> {
-    caller.require(&state, Action::ManageDevices, "device.activation_key").await?;
+async fn new_activation_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> AppResult<Json<ActivationKey>> {
+    caller
+        .require(&state, Action::ManageDevices, "device.activation_key")
+        .await?;
     let now = state.now();
     let mut tx = state.store.begin().await?;
     let d = records::device(&mut tx, &caller.account_id, &id).await?;
@@ -237,7 +308,14 @@ async fn new_activation_key(State(state): State<AppState>, caller: Caller, Path(
         .execute(&mut *tx)
         .await?;
     let key = insert_activation_key(&mut tx, &caller.account_id, &id, now).await?;
-    audit::append(&mut tx, now, &caller.event("device.activation_key", &format!("device:{id}")).device(&id)).await?;
+    audit::append(
+        &mut tx,
+        now,
+        &caller
+            .event("device.activation_key", &format!("device:{id}"))
+            .device(&id),
+    )
+    .await?;
     tx.commit().await?;
     Ok(Json(key))
 }
@@ -245,16 +323,24 @@ async fn new_activation_key(State(state): State<AppState>, caller: Caller, Path(
 /// Approve a device that registered itself with the fleet key (admins): it gets its certificate.
 #[utoipa::path(post, path = "/api/v1/devices/{id}/approve", tag = "devices", params(("id" = String, Path)),
     responses((status = 200, body = Device), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
-async fn approve(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> AppResult<Json<Device>> {
-    caller.require(&state, Action::ManageDevices, "device.approve").await?;
+async fn approve(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> AppResult<Json<Device>> {
+    caller
+        .require(&state, Action::ManageDevices, "device.approve")
+        .await?;
     let now = state.now();
     let mut tx = state.store.begin().await?;
-    let row = sqlx::query("SELECT public_key, pending_approval FROM devices WHERE id = $1 AND account_id = $2")
-        .bind(&id)
-        .bind(&caller.account_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| AppError::not_found("device"))?;
+    let row = sqlx::query(
+        "SELECT public_key, pending_approval FROM devices WHERE id = $1 AND account_id = $2",
+    )
+    .bind(&id)
+    .bind(&caller.account_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| AppError::not_found("device"))?;
     let pending = row.try_get::<i64, _>(1)? != 0;
     let key: Option<String> = row.try_get(0)?;
     let (true, Some(key)) = (pending, key) else {
@@ -262,14 +348,23 @@ async fn approve(State(state): State<AppState>, caller: Caller, Path(id): Path<S
     };
     let raw = crate::api::enroll::decode_key(&key)?;
     let cert = state.device_ca.issue(&id, &caller.account_id, raw)?;
-    sqlx::query("UPDATE devices SET pending_approval = $1, enrolled = $2, certificate = $3 WHERE id = $4")
-        .bind(0i64)
-        .bind(1i64)
-        .bind(&cert)
-        .bind(&id)
-        .execute(&mut *tx)
-        .await?;
-    audit::append(&mut tx, now, &caller.event("device.approve", &format!("device:{id}")).device(&id)).await?;
+    sqlx::query(
+        "UPDATE devices SET pending_approval = $1, enrolled = $2, certificate = $3 WHERE id = $4",
+    )
+    .bind(0i64)
+    .bind(1i64)
+    .bind(&cert)
+    .bind(&id)
+    .execute(&mut *tx)
+    .await?;
+    audit::append(
+        &mut tx,
+        now,
+        &caller
+            .event("device.approve", &format!("device:{id}"))
+            .device(&id),
+    )
+    .await?;
     let d = records::device(&mut tx, &caller.account_id, &id).await?;
     tx.commit().await?;
     Ok(Json(d))
@@ -278,7 +373,11 @@ async fn approve(State(state): State<AppState>, caller: Caller, Path(id): Path<S
 /// The device's logbook, newest first.
 #[utoipa::path(get, path = "/api/v1/devices/{id}/logbook", tag = "devices", params(("id" = String, Path)),
     responses((status = 200, body = Vec<LogEntry>), (status = 404, body = ApiError)))]
-async fn logbook(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> AppResult<Json<Vec<LogEntry>>> {
+async fn logbook(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> AppResult<Json<Vec<LogEntry>>> {
     visible_device(&state, &caller, &id).await?;
     let rows = sqlx::query(
         "SELECT l.id, l.device_id, l.text, l.created_at, u.username FROM logbook l JOIN users u ON u.id = l.author_id
@@ -294,7 +393,8 @@ async fn logbook(State(state): State<AppState>, caller: Caller, Path(id): Path<S
             id: r.try_get("id")?,
             device_id: r.try_get("device_id")?,
             author: r.try_get("username")?,
-            text: LongText::try_from(r.try_get::<String, _>("text")?).map_err(|_| AppError::internal(anyhow::anyhow!("log text")))?,
+            text: LongText::try_from(r.try_get::<String, _>("text")?)
+                .map_err(|_| AppError::internal(anyhow::anyhow!("log text")))?,
             created_at: from_unix(r.try_get("created_at")?),
         });
     }
@@ -304,7 +404,12 @@ async fn logbook(State(state): State<AppState>, caller: Caller, Path(id): Path<S
 /// Write a note into the device's logbook (anyone who can see the device, except auditors).
 #[utoipa::path(post, path = "/api/v1/devices/{id}/logbook", tag = "devices", params(("id" = String, Path)), request_body = CreateLogEntry,
     responses((status = 200, body = LogEntry), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
-async fn add_log(State(state): State<AppState>, caller: Caller, Path(id): Path<String>, ApiJson(req): ApiJson<CreateLogEntry>) -> AppResult<Json<LogEntry>> {
+async fn add_log(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<CreateLogEntry>,
+) -> AppResult<Json<LogEntry>> {
     visible_device(&state, &caller, &id).await?;
     if caller.role == Role::Auditor {
         return caller.denied(&state, "logbook.write").await;
@@ -321,16 +426,34 @@ async fn add_log(State(state): State<AppState>, caller: Caller, Path(id): Path<S
         .bind(now)
         .execute(&mut *tx)
         .await?;
-    audit::append(&mut tx, now, &caller.event("logbook.write", &format!("device:{id}")).device(&id)).await?;
+    audit::append(
+        &mut tx,
+        now,
+        &caller
+            .event("logbook.write", &format!("device:{id}"))
+            .device(&id),
+    )
+    .await?;
     tx.commit().await?;
-    Ok(Json(LogEntry { id: entry_id, device_id: id, author: caller.username, text: req.text, created_at: from_unix(now) }))
+    Ok(Json(LogEntry {
+        id: entry_id,
+        device_id: id,
+        author: caller.username,
+        text: req.text,
+        created_at: from_unix(now),
+    }))
 }
 
 /// Fleet keys of the account (admins).
 #[utoipa::path(get, path = "/api/v1/fleet-keys", tag = "devices",
     responses((status = 200, body = Vec<FleetKey>), (status = 403, body = ApiError)))]
-async fn list_fleet_keys(State(state): State<AppState>, caller: Caller) -> AppResult<Json<Vec<FleetKey>>> {
-    caller.require(&state, Action::ManageDevices, "fleet_key.list").await?;
+async fn list_fleet_keys(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> AppResult<Json<Vec<FleetKey>>> {
+    caller
+        .require(&state, Action::ManageDevices, "fleet_key.list")
+        .await?;
     let rows = sqlx::query("SELECT id, name, expires_at, revoked FROM fleet_keys WHERE account_id = $1 ORDER BY created_at")
         .bind(&caller.account_id)
         .fetch_all(&state.store.pool)
@@ -339,7 +462,8 @@ async fn list_fleet_keys(State(state): State<AppState>, caller: Caller) -> AppRe
     for r in rows {
         out.push(FleetKey {
             id: r.try_get("id")?,
-            name: Name::try_from(r.try_get::<String, _>("name")?).map_err(|_| AppError::internal(anyhow::anyhow!("name")))?,
+            name: Name::try_from(r.try_get::<String, _>("name")?)
+                .map_err(|_| AppError::internal(anyhow::anyhow!("name")))?,
             expires_at: from_unix(r.try_get("expires_at")?),
             revoked: r.try_get::<i64, _>("revoked")? != 0,
         });
@@ -350,10 +474,18 @@ async fn list_fleet_keys(State(state): State<AppState>, caller: Caller) -> AppRe
 /// Create a fleet key (admins): devices enrolling with it wait for approval.
 #[utoipa::path(post, path = "/api/v1/fleet-keys", tag = "devices", request_body = CreateFleetKey,
     responses((status = 200, body = CreatedFleetKey), (status = 400, body = ApiError), (status = 403, body = ApiError)))]
-async fn create_fleet_key(State(state): State<AppState>, caller: Caller, ApiJson(req): ApiJson<CreateFleetKey>) -> AppResult<Json<CreatedFleetKey>> {
-    caller.require(&state, Action::ManageDevices, "fleet_key.create").await?;
+async fn create_fleet_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateFleetKey>,
+) -> AppResult<Json<CreatedFleetKey>> {
+    caller
+        .require(&state, Action::ManageDevices, "fleet_key.create")
+        .await?;
     if !(1..=365).contains(&req.expires_in_days) {
-        return Err(AppError::invalid("expires_in_days must be between 1 and 365"));
+        return Err(AppError::invalid(
+            "expires_in_days must be between 1 and 365",
+        ));
     }
     let now = state.now();
     let key = secret::new_token("dbf_");
@@ -369,16 +501,35 @@ async fn create_fleet_key(State(state): State<AppState>, caller: Caller, ApiJson
         .bind(expires)
         .execute(&mut *tx)
         .await?;
-    audit::append(&mut tx, now, &caller.event("fleet_key.create", &format!("fleet_key:{id}"))).await?;
+    audit::append(
+        &mut tx,
+        now,
+        &caller.event("fleet_key.create", &format!("fleet_key:{id}")),
+    )
+    .await?;
     tx.commit().await?;
-    Ok(Json(CreatedFleetKey { key, info: FleetKey { id, name: req.name, expires_at: from_unix(expires), revoked: false } }))
+    Ok(Json(CreatedFleetKey {
+        key,
+        info: FleetKey {
+            id,
+            name: req.name,
+            expires_at: from_unix(expires),
+            revoked: false,
+        },
+    }))
 }
 
 /// Revoke a fleet key (admins).
 #[utoipa::path(delete, path = "/api/v1/fleet-keys/{id}", tag = "devices", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = ApiError)))]
-async fn revoke_fleet_key(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> AppResult<StatusCode> {
-    caller.require(&state, Action::ManageDevices, "fleet_key.revoke").await?;
+async fn revoke_fleet_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> AppResult<StatusCode> {
+    caller
+        .require(&state, Action::ManageDevices, "fleet_key.revoke")
+        .await?;
     let now = state.now();
     let mut tx = state.store.begin().await?;
     let r = sqlx::query("UPDATE fleet_keys SET revoked = $1 WHERE id = $2 AND account_id = $3")
@@ -390,7 +541,12 @@ async fn revoke_fleet_key(State(state): State<AppState>, caller: Caller, Path(id
     if r.rows_affected() != 1 {
         return Err(AppError::not_found("fleet key"));
     }
-    audit::append(&mut tx, now, &caller.event("fleet_key.revoke", &format!("fleet_key:{id}"))).await?;
+    audit::append(
+        &mut tx,
+        now,
+        &caller.event("fleet_key.revoke", &format!("fleet_key:{id}")),
+    )
+    .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -13,7 +13,8 @@ use axum::extract::State;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use drawbridge_proto::api::{
-    CERT_FETCH_CONTEXT, CertificateFetch, ENROLL_CONTEXT, EnrollRequest, EnrollResponse, EnrollStatus,
+    CERT_FETCH_CONTEXT, CertificateFetch, ENROLL_CONTEXT, EnrollRequest, EnrollResponse,
+    EnrollStatus,
 };
 use drawbridge_proto::{ApiError, ErrorCode};
 use ring::signature::{ED25519, UnparsedPublicKey};
@@ -44,7 +45,9 @@ fn verify_sig(key: &[u8; 32], msg: &[u8], sig_b64: &str) -> bool {
     let Ok(sig) = STANDARD.decode(sig_b64) else {
         return false;
     };
-    UnparsedPublicKey::new(&ED25519, key).verify(msg, &sig).is_ok()
+    UnparsedPublicKey::new(&ED25519, key)
+        .verify(msg, &sig)
+        .is_ok()
 }
 
 fn refused() -> AppError {
@@ -57,12 +60,20 @@ fn refused() -> AppError {
 /// Enrol a device with its activation key (or self-register with the fleet key).
 #[utoipa::path(post, path = "/api/v1/enroll", tag = "enrolment", security(()), request_body = EnrollRequest,
     responses((status = 200, body = EnrollResponse), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
-async fn enroll(State(state): State<AppState>, Source(source): Source, ApiJson(req): ApiJson<EnrollRequest>) -> AppResult<Json<EnrollResponse>> {
+async fn enroll(
+    State(state): State<AppState>,
+    Source(source): Source,
+    ApiJson(req): ApiJson<EnrollRequest>,
+) -> AppResult<Json<EnrollResponse>> {
     let public = decode_key(&req.public_key)?;
     let (secret_key, fleet) = match (&req.activation_key, &req.fleet_key) {
         (Some(k), None) => (k.as_str(), false),
         (None, Some(k)) => (k.as_str(), true),
-        _ => return Err(AppError::invalid("send exactly one of activation_key and fleet_key")),
+        _ => {
+            return Err(AppError::invalid(
+                "send exactly one of activation_key and fleet_key",
+            ));
+        }
     };
     if secret_key.len() > 128 {
         return Err(refused());
@@ -75,7 +86,9 @@ async fn enroll(State(state): State<AppState>, Source(source): Source, ApiJson(r
     let now = state.now();
     let hash = secret::token_hash(secret_key);
     if fleet {
-        return enroll_fleet(&state, &req, &hash, &source, now).await.map(Json);
+        return enroll_fleet(&state, &req, &hash, &source, now)
+            .await
+            .map(Json);
     }
     let mut tx = state.store.begin().await?;
     // The conditional UPDATE is the single-use guarantee: of any number of
@@ -116,10 +129,15 @@ async fn enroll(State(state): State<AppState>, Source(source): Source, ApiJson(r
             e.into()
         });
     }
-    let ev = Event::new(&account_id, &format!("device:{device_id}"), "device.enroll", &format!("device:{device_id}"))
-        .source(&source)
-        .device(&device_id)
-        .details(serde_json::json!({ "public_key": req.public_key, "method": "activation_key" }));
+    let ev = Event::new(
+        &account_id,
+        &format!("device:{device_id}"),
+        "device.enroll",
+        &format!("device:{device_id}"),
+    )
+    .source(&source)
+    .device(&device_id)
+    .details(serde_json::json!({ "public_key": req.public_key, "method": "activation_key" }));
     audit::append(&mut tx, now, &ev).await?;
     tx.commit().await?;
     Ok(Json(EnrollResponse {
@@ -131,7 +149,13 @@ async fn enroll(State(state): State<AppState>, Source(source): Source, ApiJson(r
     }))
 }
 
-async fn enroll_fleet(state: &AppState, req: &EnrollRequest, hash: &str, source: &str, now: i64) -> AppResult<EnrollResponse> {
+async fn enroll_fleet(
+    state: &AppState,
+    req: &EnrollRequest,
+    hash: &str,
+    source: &str,
+    now: i64,
+) -> AppResult<EnrollResponse> {
     let name = req
         .name
         .clone()
@@ -187,16 +211,21 @@ async fn enroll_fleet(state: &AppState, req: &EnrollRequest, hash: &str, source:
 /// A device fetches its certificate (after fleet approval), proving it holds its key.
 #[utoipa::path(post, path = "/api/v1/enroll/certificate", tag = "enrolment", security(()), request_body = CertificateFetch,
     responses((status = 200, body = EnrollResponse), (status = 401, body = ApiError)))]
-async fn fetch_certificate(State(state): State<AppState>, ApiJson(req): ApiJson<CertificateFetch>) -> AppResult<Json<EnrollResponse>> {
+async fn fetch_certificate(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<CertificateFetch>,
+) -> AppResult<Json<EnrollResponse>> {
     let now = state.now();
     if (now - req.timestamp).abs() > 300 || req.device_id.len() > 64 {
         return Err(refused());
     }
-    let row = sqlx::query("SELECT account_id, public_key, certificate, pending_approval FROM devices WHERE id = $1")
-        .bind(&req.device_id)
-        .fetch_optional(&state.store.pool)
-        .await?
-        .ok_or_else(refused)?;
+    let row = sqlx::query(
+        "SELECT account_id, public_key, certificate, pending_approval FROM devices WHERE id = $1",
+    )
+    .bind(&req.device_id)
+    .fetch_optional(&state.store.pool)
+    .await?
+    .ok_or_else(refused)?;
     let key: Option<String> = row.try_get(1)?;
     let key = decode_key(&key.ok_or_else(refused)?)?;
     let mut msg = CERT_FETCH_CONTEXT.to_vec();
@@ -210,7 +239,11 @@ async fn fetch_certificate(State(state): State<AppState>, ApiJson(req): ApiJson<
     Ok(Json(EnrollResponse {
         device_id: req.device_id,
         account_id: row.try_get(0)?,
-        status: if pending { EnrollStatus::PendingApproval } else { EnrollStatus::Enrolled },
+        status: if pending {
+            EnrollStatus::PendingApproval
+        } else {
+            EnrollStatus::Enrolled
+        },
         ca_certificate: cert.as_ref().map(|_| state.device_ca.ca_pem().to_string()),
         certificate: cert,
     }))

@@ -30,7 +30,10 @@ pub fn routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
 /// Admins manage; session admins and auditors may read (session admins need to
 /// see who and what they can put into sessions).
 async fn require_read(state: &AppState, caller: &Caller, what: &str) -> AppResult<()> {
-    if matches!(caller.role, Role::Admin | Role::SessionAdmin | Role::Auditor) {
+    if matches!(
+        caller.role,
+        Role::Admin | Role::SessionAdmin | Role::Auditor
+    ) {
         Ok(())
     } else {
         caller.denied(state, what).await
@@ -43,7 +46,10 @@ fn bad_name() -> AppError {
 
 /// `table` and `member_table` are fixed identifiers from this file, never input.
 async fn members(state: &AppState, sql: &str, id: &str) -> AppResult<Vec<String>> {
-    Ok(sqlx::query_scalar(sql).bind(id).fetch_all(&state.store.pool).await?)
+    Ok(sqlx::query_scalar(sql)
+        .bind(id)
+        .fetch_all(&state.store.pool)
+        .await?)
 }
 
 async fn load_group(state: &AppState, account: &str, id: &str) -> AppResult<Group> {
@@ -56,7 +62,12 @@ async fn load_group(state: &AppState, account: &str, id: &str) -> AppResult<Grou
     Ok(Group {
         id: row.try_get("id")?,
         name: Name::try_from(row.try_get::<String, _>("name")?).map_err(|_| bad_name())?,
-        members: members(state, "SELECT user_id FROM group_members WHERE group_id = $1 ORDER BY user_id", id).await?,
+        members: members(
+            state,
+            "SELECT user_id FROM group_members WHERE group_id = $1 ORDER BY user_id",
+            id,
+        )
+        .await?,
     })
 }
 
@@ -70,29 +81,46 @@ async fn load_pool(state: &AppState, account: &str, id: &str) -> AppResult<Pool>
     Ok(Pool {
         id: row.try_get("id")?,
         name: Name::try_from(row.try_get::<String, _>("name")?).map_err(|_| bad_name())?,
-        devices: members(state, "SELECT device_id FROM pool_devices WHERE pool_id = $1 ORDER BY device_id", id).await?,
+        devices: members(
+            state,
+            "SELECT device_id FROM pool_devices WHERE pool_id = $1 ORDER BY device_id",
+            id,
+        )
+        .await?,
     })
 }
 
 async fn ids(state: &AppState, table: &str, account: &str) -> AppResult<Vec<String>> {
-    Ok(sqlx::query_scalar(&format!("SELECT id FROM {table} WHERE account_id = $1 ORDER BY name"))
-        .bind(account)
-        .fetch_all(&state.store.pool)
-        .await?)
+    Ok(sqlx::query_scalar(&format!(
+        "SELECT id FROM {table} WHERE account_id = $1 ORDER BY name"
+    ))
+    .bind(account)
+    .fetch_all(&state.store.pool)
+    .await?)
 }
 
-async fn create_named(state: &AppState, caller: &Caller, table: &str, kind: &str, name: &Name) -> AppResult<String> {
-    caller.require(state, Action::ManageUsers, &format!("{kind}.create")).await?;
+async fn create_named(
+    state: &AppState,
+    caller: &Caller,
+    table: &str,
+    kind: &str,
+    name: &Name,
+) -> AppResult<String> {
+    caller
+        .require(state, Action::ManageUsers, &format!("{kind}.create"))
+        .await?;
     let now = state.now();
     let id = secret::new_id();
     let mut tx = state.store.begin().await?;
-    let r = sqlx::query(&format!("INSERT INTO {table} (id, account_id, name, created_at) VALUES ($1, $2, $3, $4)"))
-        .bind(&id)
-        .bind(&caller.account_id)
-        .bind(name.as_str())
-        .bind(now)
-        .execute(&mut *tx)
-        .await;
+    let r = sqlx::query(&format!(
+        "INSERT INTO {table} (id, account_id, name, created_at) VALUES ($1, $2, $3, $4)"
+    ))
+    .bind(&id)
+    .bind(&caller.account_id)
+    .bind(name.as_str())
+    .bind(now)
+    .execute(&mut *tx)
+    .await;
     if let Err(e) = r {
         return Err(if crate::db::is_unique_violation(&e) {
             AppError::conflict(format!("a {kind} with this name exists"))
@@ -108,19 +136,34 @@ async fn create_named(state: &AppState, caller: &Caller, table: &str, kind: &str
     Ok(id)
 }
 
-async fn delete_named(state: &AppState, caller: &Caller, table: &str, kind: &str, id: &str) -> AppResult<StatusCode> {
-    caller.require(state, Action::ManageUsers, &format!("{kind}.delete")).await?;
+async fn delete_named(
+    state: &AppState,
+    caller: &Caller,
+    table: &str,
+    kind: &str,
+    id: &str,
+) -> AppResult<StatusCode> {
+    caller
+        .require(state, Action::ManageUsers, &format!("{kind}.delete"))
+        .await?;
     let now = state.now();
     let mut tx = state.store.begin().await?;
-    let r = sqlx::query(&format!("DELETE FROM {table} WHERE id = $1 AND account_id = $2"))
-        .bind(id)
-        .bind(&caller.account_id)
-        .execute(&mut *tx)
-        .await?;
+    let r = sqlx::query(&format!(
+        "DELETE FROM {table} WHERE id = $1 AND account_id = $2"
+    ))
+    .bind(id)
+    .bind(&caller.account_id)
+    .execute(&mut *tx)
+    .await?;
     if r.rows_affected() != 1 {
         return Err(AppError::not_found(kind));
     }
-    audit::append(&mut tx, now, &caller.event(&format!("{kind}.delete"), &format!("{kind}:{id}"))).await?;
+    audit::append(
+        &mut tx,
+        now,
+        &caller.event(&format!("{kind}.delete"), &format!("{kind}:{id}")),
+    )
+    .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -140,12 +183,17 @@ async fn link(
     caller.require(state, Action::ManageUsers, &action).await?;
     let now = state.now();
     let mut tx = state.store.begin().await?;
-    for (table, kind, id) in [(parent_table, parent_kind, parent_id), (child_table, child_kind, child_id)] {
-        let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE id = $1 AND account_id = $2"))
-            .bind(id)
-            .bind(&caller.account_id)
-            .fetch_one(&mut *tx)
-            .await?;
+    for (table, kind, id) in [
+        (parent_table, parent_kind, parent_id),
+        (child_table, child_kind, child_id),
+    ] {
+        let n: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM {table} WHERE id = $1 AND account_id = $2"
+        ))
+        .bind(id)
+        .bind(&caller.account_id)
+        .fetch_one(&mut *tx)
+        .await?;
         if n != 1 {
             return Err(AppError::not_found(kind));
         }
@@ -159,11 +207,13 @@ async fn link(
         .execute(&mut *tx)
         .await?;
     } else {
-        sqlx::query(&format!("DELETE FROM {link_table} WHERE {parent_col} = $1 AND {child_col} = $2"))
-            .bind(parent_id)
-            .bind(child_id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(&format!(
+            "DELETE FROM {link_table} WHERE {parent_col} = $1 AND {child_col} = $2"
+        ))
+        .bind(parent_id)
+        .bind(child_id)
+        .execute(&mut *tx)
+        .await?;
     }
     let mut ev = caller
         .event(&action, &format!("{parent_kind}:{parent_id}"))
@@ -190,7 +240,11 @@ async fn list_groups(State(state): State<AppState>, caller: Caller) -> AppResult
 /// Create a group (admins).
 #[utoipa::path(post, path = "/api/v1/groups", tag = "groups", request_body = CreateNamed,
     responses((status = 200, body = Group), (status = 403, body = ApiError), (status = 409, body = ApiError)))]
-async fn create_group(State(state): State<AppState>, caller: Caller, ApiJson(req): ApiJson<CreateNamed>) -> AppResult<Json<Group>> {
+async fn create_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateNamed>,
+) -> AppResult<Json<Group>> {
     let id = create_named(&state, &caller, "groups_", "group", &req.name).await?;
     Ok(Json(load_group(&state, &caller.account_id, &id).await?))
 }
@@ -198,7 +252,11 @@ async fn create_group(State(state): State<AppState>, caller: Caller, ApiJson(req
 /// One group.
 #[utoipa::path(get, path = "/api/v1/groups/{id}", tag = "groups", params(("id" = String, Path)),
     responses((status = 200, body = Group), (status = 404, body = ApiError)))]
-async fn get_group(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> AppResult<Json<Group>> {
+async fn get_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> AppResult<Json<Group>> {
     require_read(&state, &caller, "group.get").await?;
     Ok(Json(load_group(&state, &caller.account_id, &id).await?))
 }
@@ -206,7 +264,11 @@ async fn get_group(State(state): State<AppState>, caller: Caller, Path(id): Path
 /// Delete a group and its grants (admins).
 #[utoipa::path(delete, path = "/api/v1/groups/{id}", tag = "groups", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = ApiError)))]
-async fn delete_group(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> AppResult<StatusCode> {
+async fn delete_group(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> AppResult<StatusCode> {
     delete_named(&state, &caller, "groups_", "group", &id).await
 }
 
@@ -214,16 +276,42 @@ async fn delete_group(State(state): State<AppState>, caller: Caller, Path(id): P
 #[utoipa::path(put, path = "/api/v1/groups/{id}/members/{user_id}", tag = "groups",
     params(("id" = String, Path), ("user_id" = String, Path)),
     responses((status = 204), (status = 404, body = ApiError)))]
-async fn add_member(State(state): State<AppState>, caller: Caller, Path((id, user)): Path<(String, String)>) -> AppResult<StatusCode> {
-    link(&state, &caller, true, ("groups_", "group", &id), ("users", "user", &user), "group_members", ("group_id", "user_id")).await
+async fn add_member(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, user)): Path<(String, String)>,
+) -> AppResult<StatusCode> {
+    link(
+        &state,
+        &caller,
+        true,
+        ("groups_", "group", &id),
+        ("users", "user", &user),
+        "group_members",
+        ("group_id", "user_id"),
+    )
+    .await
 }
 
 /// Take a user out of a group (admins).
 #[utoipa::path(delete, path = "/api/v1/groups/{id}/members/{user_id}", tag = "groups",
     params(("id" = String, Path), ("user_id" = String, Path)),
     responses((status = 204), (status = 404, body = ApiError)))]
-async fn remove_member(State(state): State<AppState>, caller: Caller, Path((id, user)): Path<(String, String)>) -> AppResult<StatusCode> {
-    link(&state, &caller, false, ("groups_", "group", &id), ("users", "user", &user), "group_members", ("group_id", "user_id")).await
+async fn remove_member(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, user)): Path<(String, String)>,
+) -> AppResult<StatusCode> {
+    link(
+        &state,
+        &caller,
+        false,
+        ("groups_", "group", &id),
+        ("users", "user", &user),
+        "group_members",
+        ("group_id", "user_id"),
+    )
+    .await
 }
 
 /// Device pools of the account.
@@ -240,7 +328,11 @@ async fn list_pools(State(state): State<AppState>, caller: Caller) -> AppResult<
 /// Create a pool (admins).
 #[utoipa::path(post, path = "/api/v1/pools", tag = "pools", request_body = CreateNamed,
     responses((status = 200, body = Pool), (status = 403, body = ApiError), (status = 409, body = ApiError)))]
-async fn create_pool(State(state): State<AppState>, caller: Caller, ApiJson(req): ApiJson<CreateNamed>) -> AppResult<Json<Pool>> {
+async fn create_pool(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateNamed>,
+) -> AppResult<Json<Pool>> {
     let id = create_named(&state, &caller, "pools", "pool", &req.name).await?;
     Ok(Json(load_pool(&state, &caller.account_id, &id).await?))
 }
@@ -248,7 +340,11 @@ async fn create_pool(State(state): State<AppState>, caller: Caller, ApiJson(req)
 /// One pool.
 #[utoipa::path(get, path = "/api/v1/pools/{id}", tag = "pools", params(("id" = String, Path)),
     responses((status = 200, body = Pool), (status = 404, body = ApiError)))]
-async fn get_pool(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> AppResult<Json<Pool>> {
+async fn get_pool(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> AppResult<Json<Pool>> {
     require_read(&state, &caller, "pool.get").await?;
     Ok(Json(load_pool(&state, &caller.account_id, &id).await?))
 }
@@ -256,7 +352,11 @@ async fn get_pool(State(state): State<AppState>, caller: Caller, Path(id): Path<
 /// Delete a pool and its grants (admins).
 #[utoipa::path(delete, path = "/api/v1/pools/{id}", tag = "pools", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = ApiError)))]
-async fn delete_pool(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> AppResult<StatusCode> {
+async fn delete_pool(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> AppResult<StatusCode> {
     delete_named(&state, &caller, "pools", "pool", &id).await
 }
 
@@ -264,16 +364,42 @@ async fn delete_pool(State(state): State<AppState>, caller: Caller, Path(id): Pa
 #[utoipa::path(put, path = "/api/v1/pools/{id}/devices/{device_id}", tag = "pools",
     params(("id" = String, Path), ("device_id" = String, Path)),
     responses((status = 204), (status = 404, body = ApiError)))]
-async fn add_device(State(state): State<AppState>, caller: Caller, Path((id, dev)): Path<(String, String)>) -> AppResult<StatusCode> {
-    link(&state, &caller, true, ("pools", "pool", &id), ("devices", "device", &dev), "pool_devices", ("pool_id", "device_id")).await
+async fn add_device(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, dev)): Path<(String, String)>,
+) -> AppResult<StatusCode> {
+    link(
+        &state,
+        &caller,
+        true,
+        ("pools", "pool", &id),
+        ("devices", "device", &dev),
+        "pool_devices",
+        ("pool_id", "device_id"),
+    )
+    .await
 }
 
 /// Take a device out of a pool (admins).
 #[utoipa::path(delete, path = "/api/v1/pools/{id}/devices/{device_id}", tag = "pools",
     params(("id" = String, Path), ("device_id" = String, Path)),
     responses((status = 204), (status = 404, body = ApiError)))]
-async fn remove_device(State(state): State<AppState>, caller: Caller, Path((id, dev)): Path<(String, String)>) -> AppResult<StatusCode> {
-    link(&state, &caller, false, ("pools", "pool", &id), ("devices", "device", &dev), "pool_devices", ("pool_id", "device_id")).await
+async fn remove_device(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, dev)): Path<(String, String)>,
+) -> AppResult<StatusCode> {
+    link(
+        &state,
+        &caller,
+        false,
+        ("pools", "pool", &id),
+        ("devices", "device", &dev),
+        "pool_devices",
+        ("pool_id", "device_id"),
+    )
+    .await
 }
 
 fn grant_from(row: &sqlx::any::AnyRow) -> AppResult<Grant> {
@@ -303,8 +429,14 @@ async fn list_grants(State(state): State<AppState>, caller: Caller) -> AppResult
 /// Give a group a level on a pool (admins). `restricted` needs its targets.
 #[utoipa::path(post, path = "/api/v1/grants", tag = "grants", request_body = CreateGrant,
     responses((status = 200, body = Grant), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
-async fn create_grant(State(state): State<AppState>, caller: Caller, ApiJson(req): ApiJson<CreateGrant>) -> AppResult<Json<Grant>> {
-    caller.require(&state, Action::ManageUsers, "grant.create").await?;
+async fn create_grant(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateGrant>,
+) -> AppResult<Json<Grant>> {
+    caller
+        .require(&state, Action::ManageUsers, "grant.create")
+        .await?;
     match req.level {
         GrantLevel::Restricted if req.targets.is_empty() => {
             return Err(AppError::invalid("a restricted grant lists its targets"));
@@ -319,12 +451,17 @@ async fn create_grant(State(state): State<AppState>, caller: Caller, ApiJson(req
     }
     let now = state.now();
     let mut tx = state.store.begin().await?;
-    for (table, kind, id) in [("groups_", "group", &req.group_id), ("pools", "pool", &req.pool_id)] {
-        let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE id = $1 AND account_id = $2"))
-            .bind(id)
-            .bind(&caller.account_id)
-            .fetch_one(&mut *tx)
-            .await?;
+    for (table, kind, id) in [
+        ("groups_", "group", &req.group_id),
+        ("pools", "pool", &req.pool_id),
+    ] {
+        let n: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM {table} WHERE id = $1 AND account_id = $2"
+        ))
+        .bind(id)
+        .bind(&caller.account_id)
+        .fetch_one(&mut *tx)
+        .await?;
         if n != 1 {
             return Err(AppError::not_found(kind));
         }
@@ -349,8 +486,16 @@ async fn create_grant(State(state): State<AppState>, caller: Caller, ApiJson(req
             e.into()
         });
     }
-    let grant = Grant { id: id.clone(), group_id: req.group_id, pool_id: req.pool_id, level: req.level, targets: req.targets };
-    let ev = caller.event("grant.create", &format!("grant:{id}")).details(serde_json::json!({ "username": caller.username, "grant": grant }));
+    let grant = Grant {
+        id: id.clone(),
+        group_id: req.group_id,
+        pool_id: req.pool_id,
+        level: req.level,
+        targets: req.targets,
+    };
+    let ev = caller
+        .event("grant.create", &format!("grant:{id}"))
+        .details(serde_json::json!({ "username": caller.username, "grant": grant }));
     audit::append(&mut tx, now, &ev).await?;
     tx.commit().await?;
     Ok(Json(grant))
@@ -359,6 +504,10 @@ async fn create_grant(State(state): State<AppState>, caller: Caller, ApiJson(req
 /// Remove a grant (admins).
 #[utoipa::path(delete, path = "/api/v1/grants/{id}", tag = "grants", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = ApiError)))]
-async fn delete_grant(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> AppResult<StatusCode> {
+async fn delete_grant(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> AppResult<StatusCode> {
     delete_named(&state, &caller, "grants", "grant", &id).await
 }

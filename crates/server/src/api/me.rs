@@ -102,10 +102,15 @@ async fn change_password(
     if !crate::password::verify(&req.current_password, &user.password_hash) {
         let mut tx = state.store.begin().await?;
         auth::register_failure(&mut tx, &user, &account.settings, now, &caller.source).await?;
-        let ev = caller.event("user.password_change", &caller.actor()).result("failed");
+        let ev = caller
+            .event("user.password_change", &caller.actor())
+            .result("failed");
         audit::append(&mut tx, now, &ev).await?;
         tx.commit().await?;
-        return Err(AppError::new(ErrorCode::InvalidCode, "the current password is wrong"));
+        return Err(AppError::new(
+            ErrorCode::InvalidCode,
+            "the current password is wrong",
+        ));
     }
     let mut tx = state.store.begin().await?;
     set_password(&mut tx, &user, &account.settings, &req.new_password, now).await?;
@@ -113,7 +118,12 @@ async fn change_password(
     user.password_changed_at = now;
     let stage = auth::next_stage(&user, &account.settings, now);
     let resp = auth::issue_login_token(&mut tx, &user, &account.settings, stage, now).await?;
-    audit::append(&mut tx, now, &caller.event("user.password_change", &caller.actor())).await?;
+    audit::append(
+        &mut tx,
+        now,
+        &caller.event("user.password_change", &caller.actor()),
+    )
+    .await?;
     tx.commit().await?;
     Ok(Json(resp))
 }
@@ -145,7 +155,10 @@ pub async fn set_password(
         if reused {
             return Err(AppError::new(
                 ErrorCode::PasswordPolicy,
-                format!("the password must differ from the last {} passwords", policy.history),
+                format!(
+                    "the password must differ from the last {} passwords",
+                    policy.history
+                ),
             ));
         }
     }
@@ -156,12 +169,14 @@ pub async fn set_password(
         .bind(&user.id)
         .execute(&mut **tx)
         .await?;
-    sqlx::query("INSERT INTO password_history (user_id, password_hash, created_at) VALUES ($1, $2, $3)")
-        .bind(&user.id)
-        .bind(&hash)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO password_history (user_id, password_hash, created_at) VALUES ($1, $2, $3)",
+    )
+    .bind(&user.id)
+    .bind(&hash)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
     auth::revoke_all(tx, &user.id, now).await
 }
 
@@ -169,7 +184,10 @@ pub async fn set_password(
 /// It becomes active only after `/me/totp/confirm` with a valid code.
 #[utoipa::path(post, path = "/api/v1/me/totp/enroll", tag = "auth",
     responses((status = 200, body = TotpEnrollResponse), (status = 401, body = ApiError)))]
-async fn totp_enroll(State(state): State<AppState>, caller: LoginCaller) -> AppResult<Json<TotpEnrollResponse>> {
+async fn totp_enroll(
+    State(state): State<AppState>,
+    caller: LoginCaller,
+) -> AppResult<Json<TotpEnrollResponse>> {
     let caller = caller.at(&[LoginStage::Complete, LoginStage::TotpEnrollmentRequired])?;
     let mut conn = state.store.pool.acquire().await?;
     let user = records::user(&mut conn, &caller.account_id, &caller.user_id).await?;
@@ -188,7 +206,10 @@ async fn totp_enroll(State(state): State<AppState>, caller: LoginCaller) -> AppR
     let label = format!("{}@{}", user.username, account.name);
     let otpauth_uri = crate::totp::uri(&secret, &label)
         .ok_or_else(|| AppError::internal(anyhow::anyhow!("TOTP URI")))?;
-    Ok(Json(TotpEnrollResponse { secret, otpauth_uri }))
+    Ok(Json(TotpEnrollResponse {
+        secret,
+        otpauth_uri,
+    }))
 }
 
 /// Confirm the TOTP set-up with a current code. Answers with a fresh login.
@@ -225,7 +246,12 @@ async fn totp_confirm(
     user.totp_secret = Some(pending);
     let stage = auth::next_stage(&user, &account.settings, now);
     let resp = auth::issue_login_token(&mut tx, &user, &account.settings, stage, now).await?;
-    audit::append(&mut tx, now, &caller.event("user.totp_enable", &caller.actor())).await?;
+    audit::append(
+        &mut tx,
+        now,
+        &caller.event("user.totp_enable", &caller.actor()),
+    )
+    .await?;
     tx.commit().await?;
     Ok(Json(resp))
 }

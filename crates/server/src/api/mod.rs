@@ -28,6 +28,7 @@ use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Largest request body the API accepts.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -47,8 +48,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 
 fn json_rejection(e: JsonRejection) -> AppError {
     match e {
-        JsonRejection::JsonDataError(e) => AppError::bad_request(format!("invalid request body: {}", e.body_text())),
-        JsonRejection::JsonSyntaxError(_) => AppError::bad_request("the request body is not valid JSON"),
+        JsonRejection::JsonDataError(e) => {
+            AppError::bad_request(format!("invalid request body: {}", e.body_text()))
+        }
+        JsonRejection::JsonSyntaxError(_) => {
+            AppError::bad_request("the request body is not valid JSON")
+        }
         JsonRejection::MissingJsonContentType(_) => {
             AppError::bad_request("send the body as JSON (Content-Type: application/json)")
         }
@@ -68,9 +73,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(q) => Ok(ApiQuery(q.0)),
-            Err(e @ QueryRejection::FailedToDeserializeQueryString(_)) => {
-                Err(AppError::bad_request(format!("invalid query: {}", e.body_text())))
-            }
+            Err(e @ QueryRejection::FailedToDeserializeQueryString(_)) => Err(
+                AppError::bad_request(format!("invalid query: {}", e.body_text())),
+            ),
             Err(e) => Err(AppError::bad_request(e.body_text())),
         }
     }
@@ -109,30 +114,29 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let router = enroll::routes(router);
     let router = sessions::routes(router);
     let router = audit_routes::routes(router);
+    let router = meta_routes(router);
     router.split_for_parts()
 }
 
 /// The whole HTTP application: API, OpenAPI document, health check, JSON
 /// errors for unknown routes and oversized bodies.
 pub fn app(state: AppState) -> Router {
-    let (api, doc) = routes();
-    let doc = std::sync::Arc::new(doc);
+    let (api, _) = routes();
     Router::new()
         .merge(api)
-        .route(
-            "/api/v1/openapi.json",
-            axum::routing::get(move || {
-                let doc = doc.clone();
-                async move { Json(doc.as_ref().clone()) }
-            }),
-        )
-        .route("/healthz", axum::routing::get(healthz))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
 }
 
+fn meta_routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+    r.routes(routes!(healthz)).routes(routes!(openapi_json))
+}
+
+/// Liveness and database reachability.
+#[utoipa::path(get, path = "/healthz", tag = "meta", security(()),
+    responses((status = 200, description = "ok"), (status = 503, description = "database unreachable")))]
 async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
     match sqlx::query("SELECT 1").execute(&state.store.pool).await {
         Ok(_) => (StatusCode::OK, Json(serde_json::json!({"status": "ok"}))).into_response(),
@@ -145,6 +149,14 @@ async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) ->
                 .into_response()
         }
     }
+}
+
+/// This OpenAPI 3 document.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "meta", security(()),
+    responses((status = 200, description = "the OpenAPI document")))]
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    static DOC: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+    Json(DOC.get_or_init(|| routes().1).clone())
 }
 
 async fn not_found() -> AppError {

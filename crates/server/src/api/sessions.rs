@@ -43,7 +43,11 @@ async fn visible(state: &AppState, caller: &Caller, id: &str) -> AppResult<Sessi
 /// Sessions the caller may see, newest first.
 #[utoipa::path(get, path = "/api/v1/sessions", tag = "sessions", params(SessionFilter),
     responses((status = 200, body = Vec<Session>), (status = 401, body = ApiError)))]
-async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(f): ApiQuery<SessionFilter>) -> AppResult<Json<Vec<Session>>> {
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(f): ApiQuery<SessionFilter>,
+) -> AppResult<Json<Vec<Session>>> {
     let mut conn = state.store.pool.acquire().await?;
     let ids: Vec<String> = if caller.role.permits(Action::ViewAllSessions) {
         sqlx::query_scalar("SELECT id FROM sessions WHERE account_id = $1 ORDER BY created_at DESC, id DESC LIMIT 1000")
@@ -74,24 +78,54 @@ async fn list(State(state): State<AppState>, caller: Caller, ApiQuery(f): ApiQue
 /// (admins; session admins within their grants).
 #[utoipa::path(post, path = "/api/v1/sessions", tag = "sessions", request_body = PrepareSession,
     responses((status = 200, body = Session), (status = 400, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
-async fn prepare(State(state): State<AppState>, caller: Caller, ApiJson(req): ApiJson<PrepareSession>) -> AppResult<Json<Session>> {
-    caller.require(&state, Action::PrepareSessions, "session.prepare").await?;
+async fn prepare(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<PrepareSession>,
+) -> AppResult<Json<Session>> {
+    caller
+        .require(&state, Action::PrepareSessions, "session.prepare")
+        .await?;
     let now = state.now();
     let mut tx = state.store.begin().await?;
     let account = records::account(&mut tx, &caller.account_id).await?;
     let from = req.valid_from.map(|t| t.unix_timestamp()).unwrap_or(now);
     let max = i64::from(account.settings.max_session_minutes) * 60;
-    let until = req.valid_until.map(|t| t.unix_timestamp()).unwrap_or(from + max);
+    let until = req
+        .valid_until
+        .map(|t| t.unix_timestamp())
+        .unwrap_or(from + max);
     if until <= from || until - from > max || until <= now {
         return Err(AppError::invalid(format!(
             "the validity window must end in the future, after it starts, and last at most {} minutes",
             account.settings.max_session_minutes
         )));
     }
-    sessions::check_assignment(&mut tx, &caller.account_id, Some((&caller.user_id, caller.role)), &req.devices, &req.users).await?;
-    let id = sessions::insert(&mut tx, &caller.account_id, &req.name, &req.devices, &req.users, &caller.actor(), from, until, false, now).await?;
+    sessions::check_assignment(
+        &mut tx,
+        &caller.account_id,
+        Some((&caller.user_id, caller.role)),
+        &req.devices,
+        &req.users,
+    )
+    .await?;
+    let id = sessions::insert(
+        &mut tx,
+        &caller.account_id,
+        &req.name,
+        &req.devices,
+        &req.users,
+        &caller.actor(),
+        from,
+        until,
+        false,
+        now,
+    )
+    .await?;
     let s = sessions::load(&mut tx, &caller.account_id, &id).await?;
-    let ev = caller.event("session.prepare", &format!("session:{id}")).details(serde_json::json!({ "username": caller.username, "session": s }));
+    let ev = caller
+        .event("session.prepare", &format!("session:{id}"))
+        .details(serde_json::json!({ "username": caller.username, "session": s }));
     audit::append(&mut tx, now, &ev).await?;
     tx.commit().await?;
     Ok(Json(s))
@@ -100,22 +134,42 @@ async fn prepare(State(state): State<AppState>, caller: Caller, ApiJson(req): Ap
 /// One session.
 #[utoipa::path(get, path = "/api/v1/sessions/{id}", tag = "sessions", params(("id" = String, Path)),
     responses((status = 200, body = Session), (status = 404, body = ApiError)))]
-async fn get_session(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> AppResult<Json<Session>> {
+async fn get_session(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> AppResult<Json<Session>> {
     Ok(Json(visible(&state, &caller, &id).await?))
 }
 
 /// Add a device with its targets to a prepared session (admins, session admins within grants).
 #[utoipa::path(post, path = "/api/v1/sessions/{id}/devices", tag = "sessions", params(("id" = String, Path)), request_body = SessionDevice,
     responses((status = 200, body = Session), (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
-async fn add_device(State(state): State<AppState>, caller: Caller, Path(id): Path<String>, ApiJson(req): ApiJson<SessionDevice>) -> AppResult<Json<Session>> {
-    caller.require(&state, Action::AddSessionDevices, "session.add_device").await?;
+async fn add_device(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<SessionDevice>,
+) -> AppResult<Json<Session>> {
+    caller
+        .require(&state, Action::AddSessionDevices, "session.add_device")
+        .await?;
     let now = state.now();
     let mut tx = state.store.begin().await?;
     let s = sessions::load(&mut tx, &caller.account_id, &id).await?;
     if s.state != drawbridge_proto::SessionState::Prepared {
-        return Err(AppError::conflict("devices can be added only to a prepared session"));
+        return Err(AppError::conflict(
+            "devices can be added only to a prepared session",
+        ));
     }
-    sessions::check_assignment(&mut tx, &caller.account_id, Some((&caller.user_id, caller.role)), std::slice::from_ref(&req), &s.users).await?;
+    sessions::check_assignment(
+        &mut tx,
+        &caller.account_id,
+        Some((&caller.user_id, caller.role)),
+        std::slice::from_ref(&req),
+        &s.users,
+    )
+    .await?;
     sessions::add_device(&mut tx, &id, &req).await?;
     let ev = caller
         .event("session.add_device", &format!("session:{id}"))
@@ -130,8 +184,14 @@ async fn add_device(State(state): State<AppState>, caller: Caller, Path(id): Pat
 /// Start a session prepared for the caller. Under dual control it waits for approval.
 #[utoipa::path(post, path = "/api/v1/sessions/{id}/start", tag = "sessions", params(("id" = String, Path)),
     responses((status = 200, body = Session), (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
-async fn start(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> AppResult<Json<Session>> {
-    caller.require(&state, Action::UseSessions, "session.start").await?;
+async fn start(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> AppResult<Json<Session>> {
+    caller
+        .require(&state, Action::UseSessions, "session.start")
+        .await?;
     let s = visible(&state, &caller, &id).await?;
     if !is_assigned(&s, &caller) {
         return caller.denied(&state, "session.start").await;
@@ -140,9 +200,26 @@ async fn start(State(state): State<AppState>, caller: Caller, Path(id): Path<Str
     let mut tx = state.store.begin().await?;
     let account = records::account(&mut tx, &caller.account_id).await?;
     // Grants may have changed since the session was prepared.
-    sessions::check_assignment(&mut tx, &caller.account_id, Some((&caller.user_id, caller.role)), &s.devices, &[]).await?;
-    let st = sessions::start(&mut tx, &caller.account_id, &id, &caller.actor(), account.settings.dual_control, now).await?;
-    let mut ev = caller.event("session.start", &format!("session:{id}")).details(serde_json::json!({ "username": caller.username, "state": st }));
+    sessions::check_assignment(
+        &mut tx,
+        &caller.account_id,
+        Some((&caller.user_id, caller.role)),
+        &s.devices,
+        &[],
+    )
+    .await?;
+    let st = sessions::start(
+        &mut tx,
+        &caller.account_id,
+        &id,
+        &caller.actor(),
+        account.settings.dual_control,
+        now,
+    )
+    .await?;
+    let mut ev = caller
+        .event("session.start", &format!("session:{id}"))
+        .details(serde_json::json!({ "username": caller.username, "state": st }));
     if let [d] = s.devices.as_slice() {
         ev = ev.device(&d.device_id);
     }
@@ -155,20 +232,41 @@ async fn start(State(state): State<AppState>, caller: Caller, Path(id): Path<Str
 /// End a session: admins and session admins any, users their own.
 #[utoipa::path(post, path = "/api/v1/sessions/{id}/end", tag = "sessions", params(("id" = String, Path)),
     responses((status = 200, body = Session), (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
-async fn end(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> AppResult<Json<Session>> {
-    caller.require(&state, Action::EndOwnSession, "session.end").await?;
+async fn end(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> AppResult<Json<Session>> {
+    caller
+        .require(&state, Action::EndOwnSession, "session.end")
+        .await?;
     let s = visible(&state, &caller, &id).await?;
     let own = is_assigned(&s, &caller);
     if !own && !caller.role.permits(Action::EndAnySession) {
         return caller.denied(&state, "session.end").await;
     }
-    let reason = if own { EndReason::User } else { EndReason::Admin };
+    let reason = if own {
+        EndReason::User
+    } else {
+        EndReason::Admin
+    };
     let now = state.now();
     let mut tx = state.store.begin().await?;
-    if !sessions::end(&mut tx, &caller.account_id, &id, &caller.actor(), reason, now).await? {
+    if !sessions::end(
+        &mut tx,
+        &caller.account_id,
+        &id,
+        &caller.actor(),
+        reason,
+        now,
+    )
+    .await?
+    {
         return Err(AppError::conflict("the session has ended already"));
     }
-    let ev = caller.event("session.end", &format!("session:{id}")).details(serde_json::json!({ "username": caller.username, "reason": reason }));
+    let ev = caller
+        .event("session.end", &format!("session:{id}"))
+        .details(serde_json::json!({ "username": caller.username, "reason": reason }));
     audit::append(&mut tx, now, &ev).await?;
     let s = sessions::load(&mut tx, &caller.account_id, &id).await?;
     tx.commit().await?;
@@ -179,8 +277,14 @@ async fn end(State(state): State<AppState>, caller: Caller, Path(id): Path<Strin
 /// their grant covers, where the account allows it.
 #[utoipa::path(post, path = "/api/v1/sessions/adhoc", tag = "sessions", request_body = AdhocSession,
     responses((status = 200, body = Session), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
-async fn adhoc(State(state): State<AppState>, caller: Caller, ApiJson(req): ApiJson<AdhocSession>) -> AppResult<Json<Session>> {
-    caller.require(&state, Action::UseSessions, "session.adhoc").await?;
+async fn adhoc(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<AdhocSession>,
+) -> AppResult<Json<Session>> {
+    caller
+        .require(&state, Action::UseSessions, "session.adhoc")
+        .await?;
     let now = state.now();
     let mut tx = state.store.begin().await?;
     let account = records::account(&mut tx, &caller.account_id).await?;
@@ -189,7 +293,14 @@ async fn adhoc(State(state): State<AppState>, caller: Caller, ApiJson(req): ApiJ
         return caller.denied(&state, "session.adhoc").await;
     }
     let device = records::device(&mut tx, &caller.account_id, &req.device_id).await?;
-    let access = rights::access(&mut tx, &caller.account_id, &caller.user_id, caller.role, &device.id).await?;
+    let access = rights::access(
+        &mut tx,
+        &caller.account_id,
+        &caller.user_id,
+        caller.role,
+        &device.id,
+    )
+    .await?;
     if !access.can_see() {
         return Err(AppError::not_found("device"));
     }
@@ -198,16 +309,46 @@ async fn adhoc(State(state): State<AppState>, caller: Caller, ApiJson(req): ApiJ
         None => access.default_targets(&device.firewall),
     };
     if targets.is_empty() {
-        return Err(AppError::invalid("nothing on this device is released to you"));
+        return Err(AppError::invalid(
+            "nothing on this device is released to you",
+        ));
     }
-    let devices = vec![SessionDevice { device_id: device.id.clone(), targets }];
+    let devices = vec![SessionDevice {
+        device_id: device.id.clone(),
+        targets,
+    }];
     let users = vec![caller.user_id.clone()];
     sessions::check_assignment(&mut tx, &caller.account_id, None, &devices, &users).await?;
-    let name = Name::try_from(format!("Ad-hoc {}", device.name).chars().take(Name::MAX).collect::<String>())
-        .map_err(|_| AppError::internal(anyhow::anyhow!("session name")))?;
+    let name = Name::try_from(
+        format!("Ad-hoc {}", device.name)
+            .chars()
+            .take(Name::MAX)
+            .collect::<String>(),
+    )
+    .map_err(|_| AppError::internal(anyhow::anyhow!("session name")))?;
     let until = now + i64::from(account.settings.max_session_minutes) * 60;
-    let id = sessions::insert(&mut tx, &caller.account_id, &name, &devices, &users, &caller.actor(), now, until, true, now).await?;
-    let st = sessions::start(&mut tx, &caller.account_id, &id, &caller.actor(), account.settings.dual_control, now).await?;
+    let id = sessions::insert(
+        &mut tx,
+        &caller.account_id,
+        &name,
+        &devices,
+        &users,
+        &caller.actor(),
+        now,
+        until,
+        true,
+        now,
+    )
+    .await?;
+    let st = sessions::start(
+        &mut tx,
+        &caller.account_id,
+        &id,
+        &caller.actor(),
+        account.settings.dual_control,
+        now,
+    )
+    .await?;
     let s = sessions::load(&mut tx, &caller.account_id, &id).await?;
     let ev = caller
         .event("session.adhoc", &format!("session:{id}"))

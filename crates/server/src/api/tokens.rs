@@ -38,7 +38,8 @@ async fn list(State(state): State<AppState>, caller: Caller) -> AppResult<Json<V
         let used: i64 = r.try_get("last_used_at")?;
         out.push(ApiToken {
             id: r.try_get("id")?,
-            name: Name::try_from(r.try_get::<String, _>("name")?).map_err(|_| AppError::internal(anyhow::anyhow!("name")))?,
+            name: Name::try_from(r.try_get::<String, _>("name")?)
+                .map_err(|_| AppError::internal(anyhow::anyhow!("name")))?,
             read_only: r.try_get::<i64, _>("read_only")? != 0,
             created_at: from_unix(created),
             expires_at: from_unix(r.try_get("expires_at")?),
@@ -64,7 +65,9 @@ async fn create(
         ));
     }
     if !(1..=365).contains(&req.expires_in_days) {
-        return Err(AppError::invalid("expires_in_days must be between 1 and 365"));
+        return Err(AppError::invalid(
+            "expires_in_days must be between 1 and 365",
+        ));
     }
     let now = state.now();
     let token = secret::new_token("dbt_");
@@ -107,7 +110,11 @@ async fn create(
 #[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens",
     params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = ApiError)))]
-async fn revoke(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> AppResult<StatusCode> {
+async fn revoke(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> AppResult<StatusCode> {
     let now = state.now();
     let mut tx = state.store.begin().await?;
     let r = sqlx::query(
@@ -121,7 +128,12 @@ async fn revoke(State(state): State<AppState>, caller: Caller, Path(id): Path<St
     if r.rows_affected() != 1 {
         return Err(AppError::not_found("token"));
     }
-    audit::append(&mut tx, now, &caller.event("token.revoke", &format!("token:{id}"))).await?;
+    audit::append(
+        &mut tx,
+        now,
+        &caller.event("token.revoke", &format!("token:{id}")),
+    )
+    .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

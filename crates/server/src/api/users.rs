@@ -14,7 +14,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub fn routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
-    r.routes(routes!(list, create)).routes(routes!(get_user, update))
+    r.routes(routes!(list, create))
+        .routes(routes!(get_user, update))
 }
 
 fn sees_all_users(role: Role) -> bool {
@@ -46,7 +47,11 @@ async fn list(State(state): State<AppState>, caller: Caller) -> AppResult<Json<V
 #[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users",
     params(("id" = String, Path)),
     responses((status = 200, body = User), (status = 404, body = ApiError)))]
-async fn get_user(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> AppResult<Json<User>> {
+async fn get_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> AppResult<Json<User>> {
     let mut conn = state.store.pool.acquire().await?;
     let u = records::user(&mut conn, &caller.account_id, &id).await?;
     if !sees_all_users(caller.role) && u.id != caller.user_id {
@@ -64,15 +69,27 @@ async fn create(
     caller: Caller,
     ApiJson(req): ApiJson<CreateUser>,
 ) -> AppResult<Json<User>> {
-    caller.require(&state, Action::ManageUsers, "user.create").await?;
+    caller
+        .require(&state, Action::ManageUsers, "user.create")
+        .await?;
     let now = state.now();
     let mut tx = state.store.begin().await?;
     let account = records::account(&mut tx, &caller.account_id).await?;
-    crate::password::check_policy(&account.settings.password_policy, req.username.as_str(), &req.password)
-        .map_err(|m| AppError::new(ErrorCode::PasswordPolicy, m))?;
-    let user =
-        crate::bootstrap::insert_user(&mut tx, &caller.account_id, &req.username, req.role, &req.password, now)
-            .await?;
+    crate::password::check_policy(
+        &account.settings.password_policy,
+        req.username.as_str(),
+        &req.password,
+    )
+    .map_err(|m| AppError::new(ErrorCode::PasswordPolicy, m))?;
+    let user = crate::bootstrap::insert_user(
+        &mut tx,
+        &caller.account_id,
+        &req.username,
+        req.role,
+        &req.password,
+        now,
+    )
+    .await?;
     let ev = caller.event("user.create", &format!("user:{}", user.id)).details(serde_json::json!({
         "username": caller.username, "new_user": req.username.as_str(), "role": req.role.as_str()
     }));
@@ -93,7 +110,9 @@ async fn update(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<UpdateUser>,
 ) -> AppResult<Json<User>> {
-    caller.require(&state, Action::ManageUsers, "user.update").await?;
+    caller
+        .require(&state, Action::ManageUsers, "user.update")
+        .await?;
     let now = state.now();
     let mut tx = state.store.begin().await?;
     let user = records::user(&mut tx, &caller.account_id, &id).await?;
@@ -109,7 +128,9 @@ async fn update(
         .fetch_one(&mut *tx)
         .await?;
         if admins <= 1 {
-            return Err(AppError::conflict("the account must keep at least one enabled admin"));
+            return Err(AppError::conflict(
+                "the account must keep at least one enabled admin",
+            ));
         }
     }
     let mut changes = serde_json::Map::new();
@@ -119,7 +140,10 @@ async fn update(
             .bind(&id)
             .execute(&mut *tx)
             .await?;
-        changes.insert("role".into(), serde_json::json!({ "from": user.role, "to": role }));
+        changes.insert(
+            "role".into(),
+            serde_json::json!({ "from": user.role, "to": role }),
+        );
         if role != user.role {
             // New rights, new logins.
             auth::revoke_all(&mut tx, &id, now).await?;
@@ -134,7 +158,15 @@ async fn update(
         changes.insert("disabled".into(), disabled.into());
         if disabled {
             auth::revoke_all(&mut tx, &id, now).await?;
-            let ended = crate::sessions::end_for_user(&mut tx, &caller.account_id, &id, EndReason::UserDisabled, &caller.actor(), now).await?;
+            let ended = crate::sessions::end_for_user(
+                &mut tx,
+                &caller.account_id,
+                &id,
+                EndReason::UserDisabled,
+                &caller.actor(),
+                now,
+            )
+            .await?;
             changes.insert("sessions_ended".into(), ended.into());
         }
     }
@@ -150,16 +182,20 @@ async fn update(
         changes.insert("unlock".into(), true.into());
     }
     if req.reset_totp == Some(true) {
-        sqlx::query("UPDATE users SET totp_secret = NULL, totp_pending_secret = NULL WHERE id = $1")
-            .bind(&id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE users SET totp_secret = NULL, totp_pending_secret = NULL WHERE id = $1",
+        )
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
         auth::revoke_all(&mut tx, &id, now).await?;
         changes.insert("reset_totp".into(), true.into());
     }
     changes.insert("username".into(), caller.username.clone().into());
     changes.insert("target_user".into(), user.username.clone().into());
-    let ev = caller.event("user.update", &format!("user:{id}")).details(changes.into());
+    let ev = caller
+        .event("user.update", &format!("user:{id}"))
+        .details(changes.into());
     audit::append(&mut tx, now, &ev).await?;
     let after = records::user(&mut tx, &caller.account_id, &id).await?;
     tx.commit().await?;

@@ -56,7 +56,12 @@ impl TestApp {
             .await
             .expect("state");
         let app = drawbridge_server::app(state.clone());
-        TestApp { state, app, backend, _dir: dir }
+        TestApp {
+            state,
+            app,
+            backend,
+            _dir: dir,
+        }
     }
 
     pub async fn sqlite() -> TestApp {
@@ -95,7 +100,13 @@ impl TestApp {
     }
 
     /// One request; returns status and JSON body (Null when empty, String when not JSON).
-    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut req = Request::builder().method(method).uri(path);
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
@@ -117,7 +128,8 @@ impl TestApp {
         let v = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
         };
         (status, v)
     }
@@ -129,7 +141,8 @@ impl TestApp {
         self.call(Method::POST, path, Some(token), Some(body)).await
     }
     pub async fn patch(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
-        self.call(Method::PATCH, path, Some(token), Some(body)).await
+        self.call(Method::PATCH, path, Some(token), Some(body))
+            .await
     }
     pub async fn put(&self, path: &str, token: &str) -> (StatusCode, Value) {
         self.call(Method::PUT, path, Some(token), None).await
@@ -165,7 +178,9 @@ impl TestApp {
 
     /// A new account with an admin; returns it.
     pub async fn account(&self, name: &str) -> Account {
-        let token = drawbridge_server::bootstrap::new_setup_token(&self.state).await.expect("setup token");
+        let token = drawbridge_server::bootstrap::new_setup_token(&self.state)
+            .await
+            .expect("setup token");
         let (s, v) = self
             .call(
                 Method::POST,
@@ -187,7 +202,12 @@ impl TestApp {
     /// Creates a user with a role and logs them in; returns (id, token).
     pub async fn user(&self, acct: &Account, username: &str, role: &str) -> (String, String) {
         let v = self
-            .ok(Method::POST, "/api/v1/users", &acct.admin, Some(json!({"username": username, "role": role, "password": PASSWORD})))
+            .ok(
+                Method::POST,
+                "/api/v1/users",
+                &acct.admin,
+                Some(json!({"username": username, "role": role, "password": PASSWORD})),
+            )
             .await;
         let id = v["id"].as_str().expect("id").to_string();
         (id, self.token(&acct.name, username).await)
@@ -217,16 +237,52 @@ impl TestApp {
     }
 
     /// Group with members, pool with devices, and a grant between them; returns (group, pool).
-    pub async fn grant(&self, acct: &Account, users: &[&str], devices: &[&str], level: &str, targets: Value) -> (String, String) {
+    pub async fn grant(
+        &self,
+        acct: &Account,
+        users: &[&str],
+        devices: &[&str],
+        level: &str,
+        targets: Value,
+    ) -> (String, String) {
         let n = uuid::Uuid::new_v4().simple().to_string();
-        let g = self.ok(Method::POST, "/api/v1/groups", &acct.admin, Some(json!({"name": format!("g-{n}")}))).await;
-        let p = self.ok(Method::POST, "/api/v1/pools", &acct.admin, Some(json!({"name": format!("p-{n}")}))).await;
-        let (g, p) = (g["id"].as_str().expect("id").to_string(), p["id"].as_str().expect("id").to_string());
+        let g = self
+            .ok(
+                Method::POST,
+                "/api/v1/groups",
+                &acct.admin,
+                Some(json!({"name": format!("g-{n}")})),
+            )
+            .await;
+        let p = self
+            .ok(
+                Method::POST,
+                "/api/v1/pools",
+                &acct.admin,
+                Some(json!({"name": format!("p-{n}")})),
+            )
+            .await;
+        let (g, p) = (
+            g["id"].as_str().expect("id").to_string(),
+            p["id"].as_str().expect("id").to_string(),
+        );
         for u in users {
-            self.ok(Method::PUT, &format!("/api/v1/groups/{g}/members/{u}"), &acct.admin, None).await;
+            self.ok(
+                Method::PUT,
+                &format!("/api/v1/groups/{g}/members/{u}"),
+                &acct.admin,
+                None,
+            )
+            .await;
         }
         for d in devices {
-            self.ok(Method::PUT, &format!("/api/v1/pools/{p}/devices/{d}"), &acct.admin, None).await;
+            self.ok(
+                Method::PUT,
+                &format!("/api/v1/pools/{p}/devices/{d}"),
+                &acct.admin,
+                None,
+            )
+            .await;
         }
         self.ok(
             Method::POST,

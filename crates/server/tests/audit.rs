@@ -1,0 +1,234 @@
+//! The audit log: hash chain verification detects edits, deletions and
+//! truncation; exports filter and format; every change is on the record.
+
+mod common;
+
+use axum::http::{Method, StatusCode};
+use common::TestApp;
+use serde_json::json;
+
+store_tests!(
+    an_intact_chain_verifies_and_every_tampering_is_found_at_its_sequence_number,
+    exports_filter_by_time_actor_device_and_action_in_json_lines_and_csv,
+    chains_are_per_account_and_concurrent_appends_keep_them_intact,
+);
+
+async fn verify(app: &TestApp, account: &str) -> (bool, Option<i64>) {
+    let v = drawbridge_server::audit::verify(&app.state.store, account)
+        .await
+        .unwrap();
+    (v.ok, v.first_broken_seq)
+}
+
+async fn an_intact_chain_verifies_and_every_tampering_is_found_at_its_sequence_number(
+    app: TestApp,
+) {
+    let acct = app.account("acme").await;
+    for i in 0..5 {
+        app.device(&acct, &format!("press-{i}")).await;
+    }
+    let v = app
+        .ok(Method::GET, "/api/v1/audit/verify", &acct.admin, None)
+        .await;
+    assert_eq!(v["ok"], true, "{v}");
+    let n = v["entries"].as_i64().unwrap();
+    assert!(n >= 8);
+    let pool = &app.state.store.pool;
+    // Edit an entry in the middle.
+    sqlx::query("UPDATE audit_log SET result = 'failed' WHERE account_id = $1 AND seq = 4")
+        .bind(&acct.id)
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_eq!(verify(&app, &acct.id).await, (false, Some(4)));
+    let v = app
+        .ok(Method::GET, "/api/v1/audit/verify", &acct.admin, None)
+        .await;
+    assert_eq!(v["first_broken_seq"], 4);
+    sqlx::query("UPDATE audit_log SET result = 'ok' WHERE account_id = $1 AND seq = 4")
+        .bind(&acct.id)
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_eq!(verify(&app, &acct.id).await, (true, None));
+    // Delete one in the middle.
+    sqlx::query("DELETE FROM audit_log WHERE account_id = $1 AND seq = 3")
+        .bind(&acct.id)
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_eq!(verify(&app, &acct.id).await, (false, Some(3)));
+    // A recomputed hash cannot hide an edit either: the next link breaks.
+    let app2 = TestApp::sqlite().await;
+    let acct2 = app2.account("acme").await;
+    app2.device(&acct2, "press").await;
+    app2.device(&acct2, "press-2").await;
+    let pool2 = &app2.state.store.pool;
+    sqlx::query("UPDATE audit_log SET hash = '00' WHERE account_id = $1 AND seq = 2")
+        .bind(&acct2.id)
+        .execute(pool2)
+        .await
+        .unwrap();
+    assert_eq!(verify(&app2, &acct2.id).await, (false, Some(2)));
+    // Truncation: removing the newest entries is found through the chain head.
+    let app3 = TestApp::sqlite().await;
+    let acct3 = app3.account("acme").await;
+    app3.device(&acct3, "press").await;
+    let last: i64 = sqlx::query_scalar("SELECT MAX(seq) FROM audit_log WHERE account_id = $1")
+        .bind(&acct3.id)
+        .fetch_one(&app3.state.store.pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM audit_log WHERE account_id = $1 AND seq = $2")
+        .bind(&acct3.id)
+        .bind(last)
+        .execute(&app3.state.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(verify(&app3, &acct3.id).await, (false, Some(last)));
+}
+
+async fn exports_filter_by_time_actor_device_and_action_in_json_lines_and_csv(app: TestApp) {
+    let acct = app.account("acme").await;
+    let (anna, anna_token) = app.user(&acct, "anna", "user").await;
+    let (d1, _) = app.device(&acct, "press-1").await;
+    app.clock().advance(20 * 60);
+    let cut = app.clock().now() - time::Duration::seconds(1);
+    let (d2, _) = app.device(&acct, "press-2").await;
+    let all = app
+        .ok(Method::GET, "/api/v1/audit", &acct.admin, None)
+        .await;
+    let all = all.as_array().unwrap();
+    assert!(all.iter().all(|e| e["account_id"] == acct.id.as_str()));
+    let by_device = app
+        .ok(
+            Method::GET,
+            &format!("/api/v1/audit?device={d2}"),
+            &acct.admin,
+            None,
+        )
+        .await;
+    let by_device = by_device.as_array().unwrap();
+    assert_eq!(by_device.len(), 1);
+    assert_eq!(by_device[0]["action"], "device.create");
+    assert!(!by_device[0]["details"].to_string().contains(&d1));
+    let by_actor = app
+        .ok(
+            Method::GET,
+            &format!("/api/v1/audit?actor=user:{anna}"),
+            &acct.admin,
+            None,
+        )
+        .await;
+    assert!(
+        by_actor
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["actor"] == format!("user:{anna}"))
+    );
+    assert!(
+        !by_actor.as_array().unwrap().is_empty(),
+        "anna's login is there"
+    );
+    let from = cut
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let later = app
+        .ok(
+            Method::GET,
+            &format!("/api/v1/audit?action=device.&from={from}"),
+            &acct.admin,
+            None,
+        )
+        .await;
+    assert_eq!(
+        later.as_array().unwrap().len(),
+        1,
+        "only the device created after the clock moved"
+    );
+    let (s, body) = app
+        .get(
+            "/api/v1/audit?format=jsonl&action=device.create",
+            &acct.admin,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let text = body
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| body.to_string());
+    let lines: Vec<_> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    for l in lines {
+        let e: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(e["action"], "device.create");
+    }
+    let (s, body) = app
+        .get("/api/v1/audit?format=csv&action=device.create", &acct.admin)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let csv = body.as_str().unwrap();
+    assert!(
+        csv.starts_with("account_id,seq,time,actor,action,object,result,source,details,hash\n")
+    );
+    assert_eq!(csv.lines().count(), 3);
+    let (s, v) = app.get("/api/v1/audit?format=xml", &acct.admin).await;
+    assert_eq!(
+        (s, v["code"].clone()),
+        (StatusCode::BAD_REQUEST, json!("invalid"))
+    );
+    let (s, _) = app.get("/api/v1/audit", &anna_token).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    // Exports are themselves recorded.
+    let v = app
+        .ok(
+            Method::GET,
+            "/api/v1/audit?action=audit.export",
+            &acct.admin,
+            None,
+        )
+        .await;
+    assert_eq!(v.as_array().unwrap().len(), 2);
+}
+
+async fn chains_are_per_account_and_concurrent_appends_keep_them_intact(app: TestApp) {
+    let a = app.account("acme").await;
+    let b = app.account("globex").await;
+    let app = std::sync::Arc::new(app);
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let app = app.clone();
+        let (tok, name) = if i % 2 == 0 {
+            (a.admin.clone(), format!("a-{i}"))
+        } else {
+            (b.admin.clone(), format!("b-{i}"))
+        };
+        tasks.push(tokio::spawn(async move {
+            app.post("/api/v1/devices", &tok, json!({"name": name}))
+                .await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().0, StatusCode::OK);
+    }
+    for acct in [&a, &b] {
+        let v = app
+            .ok(Method::GET, "/api/v1/audit/verify", &acct.admin, None)
+            .await;
+        assert_eq!(v["ok"], true, "{v}");
+        let seqs: Vec<i64> = app
+            .ok(Method::GET, "/api/v1/audit", &acct.admin, None)
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as i64).collect::<Vec<_>>(),
+            "gapless per account"
+        );
+    }
+}

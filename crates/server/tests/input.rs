@@ -1,0 +1,359 @@
+//! Hostile input: malformed, oversized, unknown or mistyped requests get a 4xx
+//! with a stable code and change nothing. Also: the OpenAPI document and the
+//! router describe the same routes.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use common::TestApp;
+use serde_json::{Value, json};
+
+store_tests!(
+    bad_json_unknown_fields_wrong_types_and_oversized_bodies_are_refused_without_change,
+    every_documented_route_exists_and_unknown_routes_get_json_errors,
+);
+
+async fn raw(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    token: &str,
+    ctype: Option<&str>,
+    body: Vec<u8>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("authorization", format!("Bearer {token}"));
+    if let Some(c) = ctype {
+        req = req.header("content-type", c);
+    }
+    app.send(req.body(Body::from(body)).unwrap()).await
+}
+
+async fn snapshot(app: &TestApp) -> Vec<i64> {
+    let mut v = Vec::new();
+    for t in [
+        "accounts",
+        "users",
+        "devices",
+        "groups_",
+        "pools",
+        "grants",
+        "sessions",
+        "auth_tokens",
+        "activation_keys",
+    ] {
+        v.push(app.count(t).await);
+    }
+    v
+}
+
+async fn bad_json_unknown_fields_wrong_types_and_oversized_bodies_are_refused_without_change(
+    app: TestApp,
+) {
+    let acct = app.account("acme").await;
+    let (device, _) = app.device(&acct, "press-1").await;
+    let before = snapshot(&app).await;
+    let json_ct = Some("application/json");
+    let cases: Vec<(Method, String, Option<&str>, Vec<u8>, StatusCode, &str)> = vec![
+        (
+            Method::POST,
+            "/api/v1/devices".into(),
+            json_ct,
+            b"{not json".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/api/v1/devices".into(),
+            json_ct,
+            b"".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/api/v1/devices".into(),
+            None,
+            br#"{"name":"x"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/api/v1/devices".into(),
+            json_ct,
+            br#"{"name":"x","evil":1}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/api/v1/devices".into(),
+            json_ct,
+            br#"{"name":42}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/api/v1/devices".into(),
+            json_ct,
+            br#"{"name":""}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/api/v1/devices".into(),
+            json_ct,
+            format!(r#"{{"name":"{}"}}"#, "x".repeat(65)).into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/api/v1/devices".into(),
+            json_ct,
+            br#"{"name":"x","firewall":[{"address":"300.1.1.1","protocol":"tcp"}]}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/api/v1/devices".into(),
+            json_ct,
+            br#"{"name":"x","firewall":[{"address":"10.0.0.1","protocol":"tcp","ports":"0"}]}"#
+                .to_vec(),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/api/v1/devices".into(),
+            json_ct,
+            br#"{"name":"x","nat":[{"real":"192.168.1.0/24","virtual_subnet":"10.0.0.0/16"}]}"#
+                .to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid",
+        ),
+        (
+            Method::POST,
+            "/api/v1/devices".into(),
+            json_ct,
+            format!(
+                r#"{{"name":"x","lan_subnets":[{}]}}"#,
+                vec!["\"10.0.0.0/24\""; 300].join(",")
+            )
+            .into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "invalid",
+        ),
+        (
+            Method::POST,
+            "/api/v1/devices".into(),
+            json_ct,
+            format!(r#"{{"name":"{}"}}"#, "x".repeat(100_000)).into_bytes(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            Method::PATCH,
+            format!("/api/v1/devices/{device}"),
+            json_ct,
+            br#"{"firewall":"all"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            Method::PATCH,
+            "/api/v1/account".into(),
+            json_ct,
+            br#"{"settings":{"lockout_threshold":0}}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid",
+        ),
+        (
+            Method::PATCH,
+            "/api/v1/account".into(),
+            json_ct,
+            br#"{"settings":{"lockout_threshold":-1}}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/api/v1/users".into(),
+            json_ct,
+            br#"{"username":"a b","role":"user","password":"Blue-Tractor-42"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/api/v1/users".into(),
+            json_ct,
+            br#"{"username":"ab","role":"root","password":"Blue-Tractor-42"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            Method::POST,
+            "/api/v1/users".into(),
+            json_ct,
+            format!(
+                r#"{{"username":"ab","role":"user","password":"{}Aa1!"}}"#,
+                "x".repeat(300)
+            )
+            .into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "password_policy",
+        ),
+        (
+            Method::POST,
+            "/api/v1/sessions".into(),
+            json_ct,
+            br#"{"name":"s","devices":[],"users":[]}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid",
+        ),
+        (
+            Method::POST,
+            "/api/v1/grants".into(),
+            json_ct,
+            br#"{"group_id":"g","pool_id":"p","level":"superuser"}"#.to_vec(),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            Method::GET,
+            "/api/v1/audit?limit=abc".into(),
+            None,
+            vec![],
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            Method::GET,
+            "/api/v1/audit?from=yesterday".into(),
+            None,
+            vec![],
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            Method::GET,
+            "/api/v1/audit?bogus=1".into(),
+            None,
+            vec![],
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            Method::GET,
+            "/api/v1/sessions?state=flying".into(),
+            None,
+            vec![],
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+    ];
+    for (m, path, ct, body, status, code) in cases {
+        let shown = String::from_utf8_lossy(&body)
+            .chars()
+            .take(80)
+            .collect::<String>();
+        let (s, v) = raw(&app, m.clone(), &path, &acct.admin, ct, body).await;
+        assert_eq!(s, status, "{m} {path} {shown}: {v}");
+        assert_eq!(v["code"], code, "{m} {path} {shown}: {v}");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    // Unauthenticated calls and junk tokens are refused the same way.
+    for tok in ["", "x", &"A".repeat(5000), "dbs_forged"] {
+        let (s, v) = raw(&app, Method::GET, "/api/v1/devices", tok, None, vec![]).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+        assert_eq!(v["code"], "unauthenticated");
+    }
+    let (s, _) = app
+        .call(
+            Method::POST,
+            "/api/v1/auth/login",
+            None,
+            Some(json!({"account": "acme", "username": "x".repeat(10_000), "password": "p"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(snapshot(&app).await, before, "nothing changed");
+    let v = app
+        .ok(Method::GET, "/api/v1/audit/verify", &acct.admin, None)
+        .await;
+    assert_eq!(v["ok"], true);
+}
+
+async fn every_documented_route_exists_and_unknown_routes_get_json_errors(app: TestApp) {
+    let (_, doc) = drawbridge_server::api::routes();
+    let served = app
+        .call(Method::GET, "/api/v1/openapi.json", None, None)
+        .await;
+    assert_eq!(served.0, StatusCode::OK);
+    assert_eq!(
+        served.1,
+        serde_json::to_value(&doc).unwrap(),
+        "the served document is the router's"
+    );
+    let mut n = 0;
+    for (path, item) in &doc.paths.paths {
+        let ops = [
+            (Method::GET, item.get.is_some()),
+            (Method::POST, item.post.is_some()),
+            (Method::PUT, item.put.is_some()),
+            (Method::PATCH, item.patch.is_some()),
+            (Method::DELETE, item.delete.is_some()),
+        ];
+        for (m, present) in ops {
+            if !present {
+                continue;
+            }
+            n += 1;
+            let concrete = path
+                .replace("{id}", "x")
+                .replace("{user_id}", "y")
+                .replace("{device_id}", "z");
+            let (s, v) = app.call(m.clone(), &concrete, None, None).await;
+            let fallback = s == StatusCode::NOT_FOUND && v["message"] == "no such route";
+            assert!(
+                !fallback && s != StatusCode::METHOD_NOT_ALLOWED,
+                "{m} {path} is documented but not routed ({s} {v})"
+            );
+        }
+    }
+    assert!(n >= 45, "documented operations: {n}");
+    let (s, v) = app
+        .call(Method::GET, "/api/v1/nothing-here", None, None)
+        .await;
+    assert_eq!(
+        (s, v["code"].clone()),
+        (StatusCode::NOT_FOUND, json!("not_found"))
+    );
+    let res = tower::ServiceExt::oneshot(
+        app.app.clone(),
+        Request::builder()
+            .uri("/healthz")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    for h in [
+        "x-content-type-options",
+        "cache-control",
+        "referrer-policy",
+        "x-frame-options",
+    ] {
+        assert!(res.headers().contains_key(h), "{h}");
+    }
+}
