@@ -56,7 +56,6 @@ const PING_VALID: Duration = Duration::from_secs(5);
 const DIRECT_KEEPALIVE: Duration = Duration::from_secs(1);
 const DIRECT_TIMEOUT: Duration = Duration::from_millis(3500);
 const RELAY_PING_INTERVAL: Duration = Duration::from_secs(5);
-const HOLD_DEFAULT: Duration = Duration::from_millis(100);
 const HOLD_MAX: Duration = Duration::from_millis(500);
 const HOLD_QUEUE: usize = 512;
 const RESEND_RING: usize = 512;
@@ -482,11 +481,22 @@ pub fn ip_addrs(p: &[u8]) -> Option<(IpAddr, IpAddr)> {
     }
 }
 
+/// The length an IPv4/IPv6 packet claims for itself, if it fits in `p`.
+fn ip_total_len(p: &[u8]) -> Option<usize> {
+    let len = match p.first()? >> 4 {
+        4 if p.len() >= 20 => usize::from(u16::from_be_bytes([p[2], p[3]])),
+        6 if p.len() >= 40 => 40 + usize::from(u16::from_be_bytes([p[4], p[5]])),
+        _ => return None,
+    };
+    (len <= p.len() && len >= 20).then_some(len)
+}
+
 fn to_vec(kind: WgKind) -> Vec<u8> {
     let p: Packet = kind.into();
     p.to_vec()
 }
 
+#[derive(Clone, Copy)]
 enum Via {
     Udp(SocketAddr),
     Relay,
@@ -846,8 +856,21 @@ impl Node {
             TunnResult::WriteToNetwork(reply) => {
                 authenticated = true;
                 let is_data = matches!(reply, WgKind::Data(_));
+                let is_resp = matches!(reply, WgKind::HandshakeResp(_));
                 self.register_idx(id, &reply);
-                self.send_wg(id, to_vec(reply), is_data);
+                let bytes = to_vec(reply);
+                // A handshake that came straight over UDP is also answered straight back,
+                // so a session can form while the relay is unavailable.
+                if let Via::Udp(from) = via
+                    && is_resp
+                    && self.peers.get(&id).is_some_and(|p| p.path == Path::Relay)
+                {
+                    self.push(Output::Udp {
+                        dst: from,
+                        payload: bytes.clone(),
+                    });
+                }
+                self.send_wg(id, bytes, is_data);
                 let mut queued = Vec::new();
                 if let Some(peer) = self.peers.get_mut(&id) {
                     queued.extend(peer.tunn.get_queued_packets(&mut self.mtu));
@@ -869,6 +892,12 @@ impl Node {
                 p.last_handshake = Some(now);
             }
             self.event(Event::HandshakeCompleted { peer: id });
+            // Measure the relay as soon as there is a session (needed for a clean upgrade).
+            if let Some(p) = self.peers.get_mut(&id)
+                && p.relay_rtt.is_none()
+            {
+                p.next_relay_ping = Some(now);
+            }
             // A fresh session: probe right away if we know where to.
             if let Some(p) = self.peers.get_mut(&id)
                 && !matches!(p.path, Path::Direct(_))
@@ -881,6 +910,14 @@ impl Node {
 
     fn inner_packet(&mut self, id: PeerId, packet: &[u8], via: &Via) {
         let now = self.now;
+        // WireGuard pads to 16 bytes: cut back to the IP length; drop what is not IP.
+        let Some(len) = ip_total_len(packet) else {
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.drops += 1;
+            }
+            return;
+        };
+        let packet = &packet[..len];
         if let Some((kind, nonce)) = parse_probe(packet) {
             match kind {
                 PROBE_PING => {
@@ -975,7 +1012,8 @@ impl Node {
                 (Some(r), Some(d)) => {
                     (r.saturating_sub(d) / 2 + Duration::from_millis(5)).min(HOLD_MAX)
                 }
-                _ => HOLD_DEFAULT,
+                // Relay latency unknown yet: be conservative.
+                _ => HOLD_MAX,
             };
             peer.hold_until = Some(now + hold);
         }
@@ -1060,6 +1098,15 @@ impl Node {
                     peer.drops += 1;
                     return;
                 };
+                // Handshake initiations also go to the peer's candidates: if the relay is
+                // down the session can still form directly. The duplicate is harmless
+                // (WireGuard rejects a replayed initiation timestamp).
+                let extra: Vec<SocketAddr> =
+                    if !is_data && bytes.first() == Some(&1) && bytes.len() == 148 {
+                        peer.remote_candidates.clone()
+                    } else {
+                        Vec::new()
+                    };
                 match (Frame::Data {
                     peer: id,
                     payload: &bytes,
@@ -1068,6 +1115,12 @@ impl Node {
                 {
                     Ok(frame) => self.push(Output::Relay { relay, frame }),
                     Err(_) => peer.drops += 1,
+                }
+                for dst in extra {
+                    self.push(Output::Udp {
+                        dst,
+                        payload: bytes.clone(),
+                    });
                 }
             }
             Path::None => {
@@ -1509,6 +1562,122 @@ mod tests {
         q[9] = 17;
         assert_eq!(parse_probe(&q), None);
         assert_eq!(parse_probe(&p[..30]), None);
+    }
+
+    fn node(k: u8) -> Node {
+        Node::new(
+            NodeConfig {
+                private_key: [k; 32],
+                stun_servers: vec![],
+                local_addrs: vec![],
+                seed: Some(u64::from(k)),
+            },
+            Instant::now(),
+        )
+    }
+
+    fn ipv4(dst: [u8; 4], len: usize) -> Vec<u8> {
+        let mut p = vec![0u8; len];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        p[12..16].copy_from_slice(&[100, 64, 0, 1]);
+        p[16..20].copy_from_slice(&dst);
+        p
+    }
+
+    /// Moves relay frames from `a` to `b` like a relay would; returns packets delivered
+    /// by `b` is not counted here (they stay queued in `b`).
+    fn relay_pump(a: &mut Node, b: &mut Node, now: Instant) -> usize {
+        let mut n = 0;
+        let mut outs = Vec::new();
+        while let Some(o) = a.poll_output() {
+            outs.push(o);
+        }
+        for o in outs {
+            if let Output::Relay { mut frame, .. } = o {
+                n += 1;
+                if crate::frame::rewrite_data_source(&mut frame, &a.public_key()).is_ok() {
+                    b.handle_relay_frame(now, 0, &frame);
+                }
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn a_silent_peer_neither_blocks_nor_grows_without_bound_and_others_still_flow() {
+        let now = Instant::now();
+        let (mut a, mut b) = (node(1), node(2));
+        let c_key = node(3).public_key();
+        let cfg = |k, net: [u8; 4]| PeerConfig {
+            public_key: k,
+            allowed_ips: vec![IpNet::new(IpAddr::from(net), 32)],
+            relay: Some(0),
+            persistent_keepalive: None,
+        };
+        a.add_peer(now, cfg(b.public_key(), [100, 64, 0, 2]))
+            .unwrap();
+        a.add_peer(now, cfg(c_key, [100, 64, 0, 3])).unwrap();
+        b.add_peer(now, cfg(a.public_key(), [100, 64, 0, 1]))
+            .unwrap();
+        // C never answers; the application floods it.
+        for _ in 0..20_000 {
+            a.send_ip(now, &ipv4([100, 64, 0, 3], 1000)).unwrap();
+        }
+        assert!(a.out.len() < 64, "outputs grew to {}", a.out.len());
+        // B's traffic is unaffected.
+        for _ in 0..4 {
+            relay_pump(&mut a, &mut b, now);
+            relay_pump(&mut b, &mut a, now);
+        }
+        a.send_ip(now, &ipv4([100, 64, 0, 2], 100)).unwrap();
+        relay_pump(&mut a, &mut b, now);
+        let mut delivered = 0;
+        while let Some(o) = b.poll_output() {
+            if let Output::Deliver { packet, .. } = o {
+                assert_eq!(packet.len(), 100);
+                delivered += 1;
+            }
+        }
+        assert_eq!(delivered, 1);
+    }
+
+    #[test]
+    fn oversized_and_non_ip_packets_from_the_app_are_refused() {
+        let now = Instant::now();
+        let mut a = node(1);
+        let b = node(2).public_key();
+        a.add_peer(
+            now,
+            PeerConfig {
+                public_key: b,
+                allowed_ips: vec![IpNet::new(IpAddr::from([100, 64, 0, 2]), 32)],
+                relay: Some(0),
+                persistent_keepalive: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            a.send_ip(now, &ipv4([100, 64, 0, 2], MAX_IP_PACKET + 1)),
+            Err(SendError::TooLarge)
+        );
+        assert_eq!(a.send_ip(now, &[0x60, 0, 0]), Err(SendError::NotIp));
+        assert_eq!(
+            a.send_ip(now, &ipv4([10, 9, 9, 9], 40)),
+            Err(SendError::NoRoute)
+        );
+        assert_eq!(
+            a.add_peer(
+                now,
+                PeerConfig {
+                    public_key: a.public_key(),
+                    allowed_ips: vec![],
+                    relay: None,
+                    persistent_keepalive: None,
+                }
+            ),
+            Err(PeerError::SelfPeer)
+        );
     }
 
     #[test]

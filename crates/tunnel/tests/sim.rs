@@ -265,3 +265,89 @@ fn rtt_and_byte_counters_are_reported() {
     assert!(st.tx_bytes >= 20 * 32);
     assert!(sim.stats(1).rx_bytes >= 20 * 32);
 }
+
+#[test]
+fn direct_path_forms_even_when_the_relay_is_down_from_the_start() {
+    let mut sim = Sim::new(
+        11,
+        [EndpointIndependent, AddressDependent],
+        LinkConfig::default(),
+    );
+    sim.set_relay_up(false);
+    sim.run_for(Duration::from_secs(8));
+    assert!(
+        matches!(sim.stats(0).path, Path::Direct(_)),
+        "{:?}",
+        sim.stats(0)
+    );
+    sim.stream(0, 0, 20, Duration::from_millis(20));
+    sim.stream(1, 100, 20, Duration::from_millis(20));
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(seqs(&sim, 1), (0..20).collect::<Vec<_>>());
+    assert_eq!(seqs(&sim, 0), (100..120).collect::<Vec<_>>());
+}
+
+#[test]
+fn losing_the_relay_does_not_disturb_a_direct_path() {
+    let mut sim = Sim::new(12, [None, Symmetric], LinkConfig::default());
+    sim.run_for(Duration::from_secs(3));
+    assert!(matches!(sim.stats(1).path, Path::Direct(_)));
+    sim.set_relay_up(false);
+    sim.stream(1, 0, 200, Duration::from_millis(25));
+    assert_eq!(seqs(&sim, 0), (0..200).collect::<Vec<_>>());
+    assert!(matches!(sim.stats(1).path, Path::Direct(_)));
+}
+
+#[test]
+fn stun_tells_easy_from_symmetric_nat_and_blocked_udp() {
+    use drawbridge_tunnel::NatKind;
+    let cases = [
+        (None, NatKind::Open),
+        (EndpointIndependent, NatKind::Easy),
+        (AddressDependent, NatKind::Hard),
+        (Symmetric, NatKind::Hard),
+        (UdpBlocked, NatKind::UdpBlocked),
+    ];
+    for (nat, want) in cases {
+        let mut sim = Sim::new(13, [nat, EndpointIndependent], LinkConfig::default());
+        sim.run_for(Duration::from_secs(5));
+        assert_eq!(sim.node(0).nat(), want, "{nat:?}");
+        // The peer learned it through the signalling channel.
+        assert_eq!(sim.stats(1).remote_nat, want, "{nat:?}");
+    }
+}
+
+#[test]
+fn streams_in_both_directions_stay_in_order_across_the_upgrade() {
+    let link = LinkConfig {
+        relay_delay: Duration::from_millis(120),
+        ..LinkConfig::default()
+    };
+    let mut sim = Sim::new(14, [EndpointIndependent, Symmetric], link);
+    for seq in 0..400u32 {
+        sim.send_ip(0, &numbered_packet(0, 1, seq));
+        sim.send_ip(1, &numbered_packet(1, 0, 10_000 + seq));
+        sim.run_for(Duration::from_millis(4));
+    }
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(seqs(&sim, 1), (0..400).collect::<Vec<_>>());
+    assert_eq!(seqs(&sim, 0), (10_000..10_400).collect::<Vec<_>>());
+    assert!(matches!(sim.stats(0).path, Path::Direct(_)));
+    assert!(matches!(sim.stats(1).path, Path::Direct(_)));
+}
+
+#[test]
+fn stream_stays_in_order_when_the_upgrade_follows_a_measured_relay() {
+    // Candidates arrive late, so the relay's latency is known when the direct path opens.
+    let link = LinkConfig {
+        relay_delay: Duration::from_millis(60),
+        signal_delay: Duration::from_millis(1500),
+        ..LinkConfig::default()
+    };
+    let mut sim = Sim::new(15, [EndpointIndependent, EndpointIndependent], link);
+    sim.stream(0, 0, 600, Duration::from_millis(4));
+    sim.run_for(Duration::from_secs(1));
+    assert!(sim.stats(0).rtt.is_some());
+    assert!(matches!(sim.stats(0).path, Path::Direct(_)));
+    assert_eq!(seqs(&sim, 1), (0..600).collect::<Vec<_>>());
+}
