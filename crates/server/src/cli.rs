@@ -268,6 +268,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     crate::background::spawn(state.clone());
     let app = crate::app(state);
+    println!("Ready.");
     crate::serve::serve_tls(listener, tls, app, shutdown_signal()).await;
     println!("Drawbridge server stopped");
     Ok(())

@@ -18,6 +18,7 @@ pub mod rights;
 pub mod secret;
 pub mod serve;
 pub mod sessions;
+pub mod setup_page;
 pub mod state;
 pub mod totp;
 

@@ -124,6 +124,7 @@ pub fn app(state: AppState) -> Router {
     let (api, _) = routes();
     Router::new()
         .merge(api)
+        .merge(crate::setup_page::router())
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(security_headers))

@@ -1,0 +1,254 @@
+//! The real `drawbridge-server` binary: first start, setup link, TLS with the
+//! generated CA, `init`, and `audit verify` / `audit export` on the command line.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_drawbridge-server");
+
+/// A started server process, killed (by its own handle) when dropped.
+struct Server {
+    child: Child,
+    url: String,
+    lines: Vec<String>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(data: &Path) -> Server {
+    let mut child = Command::new(BIN)
+        .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start drawbridge-server");
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let mut server = Server {
+        child,
+        url: String::new(),
+        lines: Vec::new(),
+    };
+    // The banner ends with "Ready." once the server accepts requests.
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+        if line == "Ready." {
+            break;
+        }
+        lines.push(line);
+    }
+    let first = lines.first().cloned().unwrap_or_default();
+    server.url = first.rsplit(' ').next().unwrap_or_default().to_string();
+    assert!(
+        server.url.starts_with("https://127.0.0.1:"),
+        "banner: {lines:?}"
+    );
+    server.lines = lines;
+    server
+}
+
+fn client(data: &Path) -> reqwest::Client {
+    let ca = std::fs::read(data.join("ca.pem")).expect("CA file");
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("CA"))
+        .build()
+        .expect("client")
+}
+
+#[tokio::test]
+async fn first_start_prints_ca_fingerprint_and_a_one_time_setup_link_that_creates_the_admin() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let text = server.lines.join("\n");
+    assert!(text.contains("CA fingerprint (SHA-256): "), "{text}");
+    assert!(text.contains(&dir.path().join("ca.pem").display().to_string()));
+    let link = server
+        .lines
+        .iter()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix(&format!("{}/setup?token=", server.url))
+        })
+        .expect("setup link")
+        .to_string();
+    let http = client(dir.path());
+    let page = http
+        .get(format!("{}/setup?token={link}", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(page.status().is_success());
+    assert!(
+        page.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'")
+    );
+    assert!(
+        page.text()
+            .await
+            .unwrap()
+            .contains("name=\"admin_password\"")
+    );
+    let form = [
+        ("token", link.as_str()),
+        ("account", "acme"),
+        ("admin_username", "root"),
+        ("admin_password", "Blue-Tractor-42"),
+    ];
+    let done = http
+        .post(format!("{}/setup", server.url))
+        .form(&form)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(done.contains("was created"), "{done}");
+    let again = http
+        .post(format!("{}/setup", server.url))
+        .form(&form)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        again.contains("role=\"alert\""),
+        "the link works once: {again}"
+    );
+    let login = http
+        .post(format!("{}/api/v1/auth/login", server.url))
+        .json(&serde_json::json!({"account": "acme", "username": "root", "password": "Blue-Tractor-42"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(login.status().is_success());
+    // A client that does not trust the CA is refused by TLS itself.
+    let untrusted = reqwest::Client::builder()
+        .tls_built_in_root_certs(true)
+        .build()
+        .unwrap();
+    assert!(
+        untrusted
+            .get(format!("{}/healthz", server.url))
+            .send()
+            .await
+            .is_err()
+    );
+    // The certificate survives a restart; no new setup link once an account exists.
+    let fp = text
+        .lines()
+        .find(|l| l.contains("fingerprint"))
+        .unwrap()
+        .to_string();
+    drop(server);
+    let again = start(dir.path());
+    assert!(
+        again.lines.iter().any(|l| *l == fp),
+        "same CA after restart"
+    );
+    assert!(!again.lines.join("\n").contains("setup?token="));
+}
+
+#[tokio::test]
+async fn init_creates_the_admin_and_audit_verify_exits_nonzero_on_a_tampered_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "Blue-Tractor-42\n").unwrap();
+    let data = dir.path().join("data");
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .env("RUST_LOG", "error")
+            .output()
+            .expect("run")
+    };
+    let out = run(&[
+        "init",
+        "--account",
+        "acme",
+        "--admin-user",
+        "root",
+        "--admin-password-file",
+        pw.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let weak = dir.path().join("weak");
+    std::fs::write(&weak, "password\n").unwrap();
+    let out = run(&[
+        "init",
+        "--account",
+        "other",
+        "--admin-user",
+        "root",
+        "--admin-password-file",
+        weak.to_str().unwrap(),
+    ]);
+    assert!(
+        !out.status.success(),
+        "the password policy applies to init too"
+    );
+    let out = run(&["audit", "verify"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok (2 entries)"));
+    let out = run(&["audit", "export", "--account", "acme", "--format", "csv"]);
+    let csv = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(csv.starts_with("account_id,seq,time,actor,action"), "{csv}");
+    assert!(csv.contains("account.create"));
+    let out = run(&[
+        "audit",
+        "export",
+        "--account",
+        "acme",
+        "--format",
+        "jsonl",
+        "--action",
+        "user.",
+    ]);
+    let jsonl = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(jsonl.lines().count(), 1);
+    // Tamper with the database directly.
+    let url = format!("sqlite://{}", data.join("drawbridge.db").display());
+    {
+        use sqlx::Connection;
+        let mut c = sqlx::sqlite::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("UPDATE audit_log SET actor = 'someone-else' WHERE seq = 2")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        c.close().await.unwrap();
+    }
+    let out = run(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("BROKEN at sequence number 2"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
