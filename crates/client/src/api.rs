@@ -76,7 +76,10 @@ pub fn normalize_server(url: &str) -> Result<String> {
         });
     }
     if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(Error::BadUrl { url: url.into(), reason: "no host".into() });
+        return Err(Error::BadUrl {
+            url: url.into(),
+            reason: "no host".into(),
+        });
     }
     if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err(Error::BadUrl {
@@ -96,7 +99,10 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig> {
         let _ = roots.add(cert);
     }
     if let Some(path) = ca_file {
-        let ca_err = |reason: String| Error::CaFile { path: path.to_path_buf(), reason };
+        let ca_err = |reason: String| Error::CaFile {
+            path: path.to_path_buf(),
+            reason,
+        };
         let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
         let mut added = 0;
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
@@ -184,7 +190,11 @@ impl Client {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Error::Tls(chain_text(&e)))?;
-        Ok(Client { http, base, token: None })
+        Ok(Client {
+            http,
+            base,
+            token: None,
+        })
     }
 
     pub fn with_token(mut self, token: impl Into<String>) -> Self {
@@ -217,9 +227,9 @@ impl Client {
                         .unwrap_or_default(),
                     detail: tls.to_string(),
                 },
-                rustls::Error::InvalidCertificate(_) => {
-                    Error::UntrustedCertificate { detail: tls.to_string() }
-                }
+                rustls::Error::InvalidCertificate(_) => Error::UntrustedCertificate {
+                    detail: tls.to_string(),
+                },
                 other => Error::Connect {
                     server: self.base.clone(),
                     detail: format!("TLS: {other}"),
@@ -227,10 +237,15 @@ impl Client {
             };
         }
         if e.is_timeout() {
-            return Error::Timeout { server: self.base.clone() };
+            return Error::Timeout {
+                server: self.base.clone(),
+            };
         }
         if e.is_connect() {
-            return Error::Connect { server: self.base.clone(), detail: chain_text(&e) };
+            return Error::Connect {
+                server: self.base.clone(),
+                detail: chain_text(&e),
+            };
         }
         Error::Http(chain_text(&e))
     }
@@ -261,7 +276,11 @@ impl Client {
             return Ok((status, bytes.to_vec()));
         }
         match serde_json::from_slice::<drawbridge_proto::ApiError>(&bytes) {
-            Ok(e) => Err(Error::Api { status: status.as_u16(), code: e.code, message: e.message }),
+            Ok(e) => Err(Error::Api {
+                status: status.as_u16(),
+                code: e.code,
+                message: e.message,
+            }),
             Err(_) => Err(Error::Unexpected {
                 status: status.as_u16(),
                 detail: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
@@ -283,7 +302,12 @@ impl Client {
         })
     }
 
-    async fn empty(&self, method: Method, path: &str, body: Option<&dyn erased::Json>) -> Result<()> {
+    async fn empty(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&dyn erased::Json>,
+    ) -> Result<()> {
         self.send(method, path, &[], body).await.map(|_| ())
     }
 
@@ -292,15 +316,21 @@ impl Client {
     }
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        self.json(Method::POST, path, &[], Some(&erased::Body(body))).await
+        self.json(Method::POST, path, &[], Some(&erased::Body(body)))
+            .await
     }
 
     async fn post_empty_body<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.json(Method::POST, path, &[], None).await
     }
 
-    pub async fn patch<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        self.json(Method::PATCH, path, &[], Some(&erased::Body(body))).await
+    pub async fn patch<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        self.json(Method::PATCH, path, &[], Some(&erased::Body(body)))
+            .await
     }
 
     pub async fn delete(&self, path: &str) -> Result<()> {
@@ -317,7 +347,8 @@ impl Client {
         self.post("/auth/login", req).await
     }
     pub async fn login_totp(&self, code: &str) -> Result<LoginResponse> {
-        self.post("/auth/totp", &TotpCode { code: code.into() }).await
+        self.post("/auth/totp", &TotpCode { code: code.into() })
+            .await
     }
     pub async fn logout(&self) -> Result<()> {
         self.empty(Method::POST, "/auth/logout", None).await
@@ -336,7 +367,8 @@ impl Client {
         self.post_empty_body("/me/totp/enroll").await
     }
     pub async fn totp_confirm(&self, code: &str) -> Result<LoginResponse> {
-        self.post("/me/totp/confirm", &TotpCode { code: code.into() }).await
+        self.post("/me/totp/confirm", &TotpCode { code: code.into() })
+            .await
     }
 
     // ------------------------------------------------------------ tokens
@@ -393,10 +425,12 @@ impl Client {
         self.delete(&format!("/groups/{}", seg(id))).await
     }
     pub async fn add_member(&self, group: &str, user: &str) -> Result<()> {
-        self.put(&format!("/groups/{}/members/{}", seg(group), seg(user))).await
+        self.put(&format!("/groups/{}/members/{}", seg(group), seg(user)))
+            .await
     }
     pub async fn remove_member(&self, group: &str, user: &str) -> Result<()> {
-        self.delete(&format!("/groups/{}/members/{}", seg(group), seg(user))).await
+        self.delete(&format!("/groups/{}/members/{}", seg(group), seg(user)))
+            .await
     }
     pub async fn pools(&self) -> Result<Vec<Pool>> {
         self.get("/pools").await
@@ -411,10 +445,12 @@ impl Client {
         self.delete(&format!("/pools/{}", seg(id))).await
     }
     pub async fn add_pool_device(&self, pool: &str, device: &str) -> Result<()> {
-        self.put(&format!("/pools/{}/devices/{}", seg(pool), seg(device))).await
+        self.put(&format!("/pools/{}/devices/{}", seg(pool), seg(device)))
+            .await
     }
     pub async fn remove_pool_device(&self, pool: &str, device: &str) -> Result<()> {
-        self.delete(&format!("/pools/{}/devices/{}", seg(pool), seg(device))).await
+        self.delete(&format!("/pools/{}/devices/{}", seg(pool), seg(device)))
+            .await
     }
     pub async fn grants(&self) -> Result<Vec<Grant>> {
         self.get("/grants").await
@@ -444,16 +480,19 @@ impl Client {
         self.delete(&format!("/devices/{}", seg(id))).await
     }
     pub async fn approve_device(&self, id: &str) -> Result<Device> {
-        self.post_empty_body(&format!("/devices/{}/approve", seg(id))).await
+        self.post_empty_body(&format!("/devices/{}/approve", seg(id)))
+            .await
     }
     pub async fn new_activation_key(&self, id: &str) -> Result<ActivationKey> {
-        self.post_empty_body(&format!("/devices/{}/activation-key", seg(id))).await
+        self.post_empty_body(&format!("/devices/{}/activation-key", seg(id)))
+            .await
     }
     pub async fn logbook(&self, id: &str) -> Result<Vec<LogEntry>> {
         self.get(&format!("/devices/{}/logbook", seg(id))).await
     }
     pub async fn add_log(&self, id: &str, req: &CreateLogEntry) -> Result<LogEntry> {
-        self.post(&format!("/devices/{}/logbook", seg(id)), req).await
+        self.post(&format!("/devices/{}/logbook", seg(id)), req)
+            .await
     }
     pub async fn fleet_keys(&self) -> Result<Vec<FleetKey>> {
         self.get("/fleet-keys").await
@@ -467,7 +506,10 @@ impl Client {
 
     // ------------------------------------------------------------ sessions
 
-    pub async fn sessions(&self, state: Option<drawbridge_proto::SessionState>) -> Result<Vec<Session>> {
+    pub async fn sessions(
+        &self,
+        state: Option<drawbridge_proto::SessionState>,
+    ) -> Result<Vec<Session>> {
         let query: Vec<(&str, String)> = state
             .map(|s| vec![("state", s.as_str().to_string())])
             .unwrap_or_default();
@@ -480,13 +522,16 @@ impl Client {
         self.post("/sessions", req).await
     }
     pub async fn add_session_device(&self, id: &str, req: &SessionDevice) -> Result<Session> {
-        self.post(&format!("/sessions/{}/devices", seg(id)), req).await
+        self.post(&format!("/sessions/{}/devices", seg(id)), req)
+            .await
     }
     pub async fn start_session(&self, id: &str) -> Result<Session> {
-        self.post_empty_body(&format!("/sessions/{}/start", seg(id))).await
+        self.post_empty_body(&format!("/sessions/{}/start", seg(id)))
+            .await
     }
     pub async fn end_session(&self, id: &str) -> Result<Session> {
-        self.post_empty_body(&format!("/sessions/{}/end", seg(id))).await
+        self.post_empty_body(&format!("/sessions/{}/end", seg(id)))
+            .await
     }
     pub async fn adhoc_session(&self, req: &AdhocSession) -> Result<Session> {
         self.post("/sessions/adhoc", req).await
@@ -522,7 +567,9 @@ impl Client {
         if let Some(v) = q.limit {
             query.push(("limit", v.to_string()));
         }
-        self.send(Method::GET, "/audit", &query, None).await.map(|(_, b)| b)
+        self.send(Method::GET, "/audit", &query, None)
+            .await
+            .map(|(_, b)| b)
     }
     pub async fn audit_verify(&self) -> Result<AuditVerify> {
         self.get("/audit/verify").await
@@ -569,9 +616,18 @@ mod tests {
 
     #[test]
     fn server_urls_are_normalised_and_https_only() {
-        assert_eq!(normalize_server("127.0.0.1:8443").unwrap(), "https://127.0.0.1:8443");
-        assert_eq!(normalize_server("https://h.example/").unwrap(), "https://h.example");
-        assert_eq!(normalize_server("https://h.example/db/").unwrap(), "https://h.example/db");
+        assert_eq!(
+            normalize_server("127.0.0.1:8443").unwrap(),
+            "https://127.0.0.1:8443"
+        );
+        assert_eq!(
+            normalize_server("https://h.example/").unwrap(),
+            "https://h.example"
+        );
+        assert_eq!(
+            normalize_server("https://h.example/db/").unwrap(),
+            "https://h.example/db"
+        );
         assert!(normalize_server("http://h.example").is_err());
         assert!(normalize_server("https://").is_err());
     }
@@ -590,7 +646,9 @@ mod tests {
         std::fs::write(&p, "hello").unwrap();
         let e = tls_config(Some(&p)).unwrap_err().to_string();
         assert!(e.contains("no PEM certificate"), "{e}");
-        let e = tls_config(Some(&dir.path().join("missing.pem"))).unwrap_err().to_string();
+        let e = tls_config(Some(&dir.path().join("missing.pem")))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing.pem"), "{e}");
     }
 }

@@ -207,7 +207,12 @@ pub enum SessionCmd {
         name: String,
         /// DEVICE=TARGET[,TARGET...], e.g. press-3=tcp:192.168.1.10:502,icmp:192.168.1.10;
         /// DEVICE alone releases everything the device's firewall allows (repeatable).
-        #[arg(long = "device", short = 'd', required = true, value_name = "DEVICE=TARGETS")]
+        #[arg(
+            long = "device",
+            short = 'd',
+            required = true,
+            value_name = "DEVICE=TARGETS"
+        )]
         devices: Vec<String>,
         /// A user who may start and use the session, by name or id (repeatable).
         #[arg(long = "user", short = 'u', value_name = "USER")]
@@ -488,7 +493,9 @@ pub fn parse_time(s: &str) -> std::result::Result<OffsetDateTime, String> {
     let fmt = time::macros::format_description!("[year]-[month]-[day]");
     time::Date::parse(s, &fmt)
         .map(|d| d.midnight().assume_utc())
-        .map_err(|_| format!("{s:?} is not a time: use RFC 3339 (2026-11-22T14:00:00Z) or YYYY-MM-DD"))
+        .map_err(|_| {
+            format!("{s:?} is not a time: use RFC 3339 (2026-11-22T14:00:00Z) or YYYY-MM-DD")
+        })
 }
 
 /// `90m`, `2h`, `1d`, `1h30m`, `45s`.
@@ -561,7 +568,10 @@ struct Ctx {
 }
 
 fn env_token() -> Option<String> {
-    std::env::var(TOKEN_ENV).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
+    std::env::var(TOKEN_ENV)
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
 }
 
 fn connect(g: &Global) -> Result<Ctx> {
@@ -574,13 +584,22 @@ fn connect(g: &Global) -> Result<Ctx> {
         ),
     };
     let same_server = stored.as_ref().filter(|c| c.server == server);
-    let ca_file = g.ca_file.clone().or_else(|| same_server.and_then(|c| c.ca_file.clone()));
+    let ca_file = g
+        .ca_file
+        .clone()
+        .or_else(|| same_server.and_then(|c| c.ca_file.clone()));
     let client = Client::new(&server, ca_file.as_deref())?;
     if let Some(token) = env_token() {
-        return Ok(Ctx { client: client.with_token(token), json: g.json, stored: None });
+        return Ok(Ctx {
+            client: client.with_token(token),
+            json: g.json,
+            stored: None,
+        });
     }
     let Some(creds) = same_server.cloned() else {
-        fail!("not logged in to {server}: run `drawbridge login --server {server} --account ACCOUNT --user USER`");
+        fail!(
+            "not logged in to {server}: run `drawbridge login --server {server} --account ACCOUNT --user USER`"
+        );
     };
     Ok(Ctx {
         client: client.with_token(creds.token.clone()),
@@ -600,7 +619,10 @@ fn out(s: &str) -> Result<()> {
         Ok(()) => Ok(()),
         // `drawbridge devices | head` is fine.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(source) => Err(Error::Io { context: "writing standard output".into(), source }),
+        Err(source) => Err(Error::Io {
+            context: "writing standard output".into(),
+            source,
+        }),
     }
 }
 
@@ -634,7 +656,10 @@ fn pick<'a, T>(
     }
     let exact: Vec<&T> = items.iter().filter(|x| name(x) == input).collect();
     let matches = if exact.is_empty() {
-        items.iter().filter(|x| name(x).eq_ignore_ascii_case(input)).collect()
+        items
+            .iter()
+            .filter(|x| name(x).eq_ignore_ascii_case(input))
+            .collect()
     } else {
         exact
     };
@@ -657,7 +682,15 @@ fn listing_refused(e: &api::Error) -> bool {
 impl Ctx {
     async fn device(&self, input: &str) -> Result<Device> {
         let all = self.client.devices().await?;
-        Ok(pick(&all, input, "device", "devices", |d| &d.id, |d| d.name.as_str())?.clone())
+        Ok(pick(
+            &all,
+            input,
+            "device",
+            "devices",
+            |d| &d.id,
+            |d| d.name.as_str(),
+        )?
+        .clone())
     }
 
     async fn device_id(&self, input: &str) -> Result<String> {
@@ -666,7 +699,16 @@ impl Ctx {
 
     async fn user_id(&self, input: &str) -> Result<String> {
         match self.client.users().await {
-            Ok(all) => Ok(pick(&all, input, "user", "users", |u| &u.id, |u| u.username.as_str())?.id.clone()),
+            Ok(all) => Ok(pick(
+                &all,
+                input,
+                "user",
+                "users",
+                |u| &u.id,
+                |u| u.username.as_str(),
+            )?
+            .id
+            .clone()),
             Err(e) if listing_refused(&e) => Ok(input.to_string()),
             Err(e) => Err(e.into()),
         }
@@ -674,7 +716,16 @@ impl Ctx {
 
     async fn group_id(&self, input: &str) -> Result<String> {
         match self.client.groups().await {
-            Ok(all) => Ok(pick(&all, input, "group", "groups", |g| &g.id, |g| g.name.as_str())?.id.clone()),
+            Ok(all) => Ok(pick(
+                &all,
+                input,
+                "group",
+                "groups",
+                |g| &g.id,
+                |g| g.name.as_str(),
+            )?
+            .id
+            .clone()),
             Err(e) if listing_refused(&e) => Ok(input.to_string()),
             Err(e) => Err(e.into()),
         }
@@ -682,7 +733,11 @@ impl Ctx {
 
     async fn pool_id(&self, input: &str) -> Result<String> {
         match self.client.pools().await {
-            Ok(all) => Ok(pick(&all, input, "pool", "pools", |p| &p.id, |p| p.name.as_str())?.id.clone()),
+            Ok(all) => Ok(
+                pick(&all, input, "pool", "pools", |p| &p.id, |p| p.name.as_str())?
+                    .id
+                    .clone(),
+            ),
             Err(e) if listing_refused(&e) => Ok(input.to_string()),
             Err(e) => Err(e.into()),
         }
@@ -695,14 +750,21 @@ impl Ctx {
             return Ok(input.to_string());
         }
         let named: Vec<&Session> = all.iter().filter(|s| s.name.as_str() == input).collect();
-        let live: Vec<&Session> = named.iter().copied().filter(|s| s.state != SessionState::Ended).collect();
+        let live: Vec<&Session> = named
+            .iter()
+            .copied()
+            .filter(|s| s.state != SessionState::Ended)
+            .collect();
         match (named.as_slice(), live.as_slice()) {
             ([one], _) | (_, [one]) => Ok(one.id.clone()),
             ([], _) => fail!("no session {input:?} (see `drawbridge sessions`)"),
             (many, _) => fail!(
                 "{} sessions are named {input:?}; use an id: {}",
                 many.len(),
-                many.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(", ")
+                many.iter()
+                    .map(|s| s.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         }
     }
@@ -720,7 +782,11 @@ impl Ctx {
         self.client
             .users()
             .await
-            .map(|v| v.into_iter().map(|u| (u.id, u.username.to_string())).collect())
+            .map(|v| {
+                v.into_iter()
+                    .map(|u| (u.id, u.username.to_string()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -729,7 +795,14 @@ impl Ctx {
         let mut out = Vec::new();
         for spec in specs {
             let (dev, targets) = parse_device_spec(spec).map_err(Error::User)?;
-            let d = pick(&all, &dev, "device", "devices", |d| &d.id, |d| d.name.as_str())?;
+            let d = pick(
+                &all,
+                &dev,
+                "device",
+                "devices",
+                |d| &d.id,
+                |d| d.name.as_str(),
+            )?;
             let targets = match targets {
                 Some(t) => t,
                 None if d.firewall.is_empty() => fail!(
@@ -739,7 +812,10 @@ impl Ctx {
                 ),
                 None => d.firewall.clone(),
             };
-            out.push(SessionDevice { device_id: d.id.clone(), targets });
+            out.push(SessionDevice {
+                device_id: d.id.clone(),
+                targets,
+            });
         }
         Ok(out)
     }
@@ -802,7 +878,11 @@ async fn login(g: &Global, args: LoginArgs) -> Result<()> {
         (None, Some(c)) => c.user.clone(),
         (None, None) => fail!("which user? pass --user NAME"),
     };
-    let ca_file = match g.ca_file.clone().or_else(|| same.and_then(|c| c.ca_file.clone())) {
+    let ca_file = match g
+        .ca_file
+        .clone()
+        .or_else(|| same.and_then(|c| c.ca_file.clone()))
+    {
         Some(p) => Some(std::path::absolute(&p).map_err(|source| Error::Io {
             context: format!("resolving {}", p.display()),
             source,
@@ -917,7 +997,11 @@ async fn logout(g: &Global) -> Result<()> {
     };
     config::remove()?;
     match ended {
-        Ok(()) | Err(api::Error::Api { code: ErrorCode::Unauthenticated, .. }) => {
+        Ok(())
+        | Err(api::Error::Api {
+            code: ErrorCode::Unauthenticated,
+            ..
+        }) => {
             eprintln!("Logged out of {}.", creds.server);
         }
         Err(e) => eprintln!(
@@ -934,14 +1018,27 @@ async fn whoami(ctx: &Ctx) -> Result<()> {
         let mut f = Fields::new();
         f.add("User", format!("{} ({})", me.user.username, me.user.role))
             .add("User ID", &me.user.id)
-            .add("Account", format!("{} ({})", me.account.name, me.account.id))
+            .add(
+                "Account",
+                format!("{} ({})", me.account.name, me.account.id),
+            )
             .add("Server", ctx.client.server())
-            .add("Via", if me.via == "api_token" { "API token" } else { "login" })
+            .add(
+                "Via",
+                if me.via == "api_token" {
+                    "API token"
+                } else {
+                    "login"
+                },
+            )
             .add("2FA", if me.user.totp_enabled { "on" } else { "off" });
-        if let Some(exp) = ctx.stored.as_ref().and_then(|c| c.expires_at.as_deref()) {
-            if let Ok(t) = parse_time(exp) {
-                f.add("Login ends", show::time(&t));
-            }
+        if let Some(t) = ctx
+            .stored
+            .as_ref()
+            .and_then(|c| c.expires_at.as_deref())
+            .and_then(|exp| parse_time(exp).ok())
+        {
+            f.add("Login ends", show::time(&t));
         }
         f.render()
     })
@@ -1008,7 +1105,11 @@ async fn devices(ctx: &Ctx) -> Result<()> {
             d.id.clone(),
             show::device_state(d).to_string(),
             show::switch(d).to_string(),
-            if lan.is_empty() { "-".into() } else { lan.join(",") },
+            if lan.is_empty() {
+                "-".into()
+            } else {
+                lan.join(",")
+            },
             show::opt_time(&d.status.last_seen),
         ]);
     }
@@ -1022,11 +1123,25 @@ fn device_fields(d: &Device) -> String {
         .add("Serial", d.serial.clone().unwrap_or_else(|| "-".into()))
         .add("Status", show::device_state(d))
         .add("Switch", show::switch(d))
-        .add("Agent", d.status.agent_version.clone().unwrap_or_else(|| "-".into()))
+        .add(
+            "Agent",
+            d.status.agent_version.clone().unwrap_or_else(|| "-".into()),
+        )
         .add("Last seen", show::opt_time(&d.status.last_seen))
-        .add("Endpoint", d.status.public_endpoint.clone().unwrap_or_else(|| "-".into()))
+        .add(
+            "Endpoint",
+            d.status
+                .public_endpoint
+                .clone()
+                .unwrap_or_else(|| "-".into()),
+        )
         .lines("LAN subnets", d.lan_subnets.iter().map(ToString::to_string))
-        .lines("1:1 NAT", d.nat.iter().map(|m| format!("{} = {}", m.real, m.virtual_subnet)))
+        .lines(
+            "1:1 NAT",
+            d.nat
+                .iter()
+                .map(|m| format!("{} = {}", m.real, m.virtual_subnet)),
+        )
         .lines("Firewall", d.firewall.iter().map(show::target))
         .add("Created", show::time(&d.created_at));
     f.render()
@@ -1051,7 +1166,11 @@ async fn device(ctx: &Ctx, cmd: DeviceCmd) -> Result<()> {
         DeviceCmd::Create { name: n, spec } => {
             let req = CreateDevice {
                 name: name(&n, "device name")?,
-                serial: spec.serial.as_deref().map(|s| name(s, "serial")).transpose()?,
+                serial: spec
+                    .serial
+                    .as_deref()
+                    .map(|s| name(s, "serial"))
+                    .transpose()?,
                 lan_subnets: spec.lan_subnet,
                 nat: spec.nat,
                 firewall: spec.allow,
@@ -1066,14 +1185,32 @@ async fn device(ctx: &Ctx, cmd: DeviceCmd) -> Result<()> {
                 )
             })
         }
-        DeviceCmd::Update { device, name: new_name, spec, clear_lan_subnets, clear_nat, clear_firewall } => {
+        DeviceCmd::Update {
+            device,
+            name: new_name,
+            spec,
+            clear_lan_subnets,
+            clear_nat,
+            clear_firewall,
+        } => {
             let id = ctx.device_id(&device).await?;
             fn list<T>(v: Vec<T>, clear: bool) -> Option<Vec<T>> {
-                if clear { Some(Vec::new()) } else { (!v.is_empty()).then_some(v) }
+                if clear {
+                    Some(Vec::new())
+                } else {
+                    (!v.is_empty()).then_some(v)
+                }
             }
             let req = UpdateDevice {
-                name: new_name.as_deref().map(|s| name(s, "device name")).transpose()?,
-                serial: spec.serial.as_deref().map(|s| name(s, "serial")).transpose()?,
+                name: new_name
+                    .as_deref()
+                    .map(|s| name(s, "device name"))
+                    .transpose()?,
+                serial: spec
+                    .serial
+                    .as_deref()
+                    .map(|s| name(s, "serial"))
+                    .transpose()?,
                 lan_subnets: list(spec.lan_subnet, clear_lan_subnets),
                 nat: list(spec.nat, clear_nat),
                 firewall: list(spec.allow, clear_firewall),
@@ -1097,12 +1234,22 @@ async fn device(ctx: &Ctx, cmd: DeviceCmd) -> Result<()> {
         DeviceCmd::Approve { device } => {
             let id = ctx.device_id(&device).await?;
             let d = c.approve_device(&id).await?;
-            emit(ctx, &d, || format!("Approved device {} ({}); it receives its certificate.\n", d.name, d.id))
+            emit(ctx, &d, || {
+                format!(
+                    "Approved device {} ({}); it receives its certificate.\n",
+                    d.name, d.id
+                )
+            })
         }
         DeviceCmd::ActivationKey { device } => {
             let id = ctx.device_id(&device).await?;
             let key = c.new_activation_key(&id).await?;
-            emit(ctx, &key, || format!("Earlier activation keys of this device no longer work.\n{}", activation_text(&key)))
+            emit(ctx, &key, || {
+                format!(
+                    "Earlier activation keys of this device no longer work.\n{}",
+                    activation_text(&key)
+                )
+            })
         }
         DeviceCmd::Log { device, text } => {
             let id = ctx.device_id(&device).await?;
@@ -1110,12 +1257,16 @@ async fn device(ctx: &Ctx, cmd: DeviceCmd) -> Result<()> {
                 let mut s = String::new();
                 std::io::stdin()
                     .read_to_string(&mut s)
-                    .map_err(|source| Error::Io { context: "reading standard input".into(), source })?;
+                    .map_err(|source| Error::Io {
+                        context: "reading standard input".into(),
+                        source,
+                    })?;
                 s.trim_end().to_string()
             } else {
                 text
             };
-            let text = LongText::try_from(text).map_err(|e| Error::user(format!("logbook note: {e}")))?;
+            let text =
+                LongText::try_from(text).map_err(|e| Error::user(format!("logbook note: {e}")))?;
             let entry = c.add_log(&id, &CreateLogEntry { text }).await?;
             emit(ctx, &entry, || "Note written to the logbook.\n".to_string())
         }
@@ -1127,7 +1278,11 @@ async fn device(ctx: &Ctx, cmd: DeviceCmd) -> Result<()> {
             }
             let mut t = Table::new(["TIME", "AUTHOR", "NOTE"]);
             for e in &entries {
-                t.row([show::time(&e.created_at), e.author.clone(), e.text.to_string()]);
+                t.row([
+                    show::time(&e.created_at),
+                    e.author.clone(),
+                    e.text.to_string(),
+                ]);
             }
             print_table(&t, "The logbook is empty.")
         }
@@ -1159,8 +1314,16 @@ async fn sessions(ctx: &Ctx, state: Option<SessionState>) -> Result<()> {
             s.name.to_string(),
             s.id.clone(),
             s.state.as_str().to_string(),
-            s.devices.iter().map(|d| name_of(&devices, &d.device_id)).collect::<Vec<_>>().join(","),
-            s.users.iter().map(|u| name_of(&users, u)).collect::<Vec<_>>().join(","),
+            s.devices
+                .iter()
+                .map(|d| name_of(&devices, &d.device_id))
+                .collect::<Vec<_>>()
+                .join(","),
+            s.users
+                .iter()
+                .map(|u| name_of(&users, u))
+                .collect::<Vec<_>>()
+                .join(","),
             show::time(&s.valid_until),
         ]);
     }
@@ -1179,17 +1342,38 @@ async fn session_fields(ctx: &Ctx, s: &Session) -> String {
         .add("ID", &s.id)
         .add("State", s.state.as_str())
         .add("Ad hoc", show::yes_no(s.adhoc))
-        .add("Valid", format!("{} to {}", show::time(&s.valid_from), show::time(&s.valid_until)))
+        .add(
+            "Valid",
+            format!(
+                "{} to {}",
+                show::time(&s.valid_from),
+                show::time(&s.valid_until)
+            ),
+        )
         .lines(
             "Devices",
-            s.devices
-                .iter()
-                .map(|d| format!("{}: {}", name_of(&devices, &d.device_id), show::targets(&d.targets))),
+            s.devices.iter().map(|d| {
+                format!(
+                    "{}: {}",
+                    name_of(&devices, &d.device_id),
+                    show::targets(&d.targets)
+                )
+            }),
         )
         .lines("Users", s.users.iter().map(|u| name_of(&users, u)))
-        .add("Created", format!("{} by {}", show::time(&s.created_at), actor(&s.created_by)));
+        .add(
+            "Created",
+            format!("{} by {}", show::time(&s.created_at), actor(&s.created_by)),
+        );
     if let Some(t) = &s.started_at {
-        f.add("Started", format!("{} by {}", show::time(t), actor(s.started_by.as_deref().unwrap_or("-"))));
+        f.add(
+            "Started",
+            format!(
+                "{} by {}",
+                show::time(t),
+                actor(s.started_by.as_deref().unwrap_or("-"))
+            ),
+        );
     }
     if let Some(t) = &s.ended_at {
         f.add(
@@ -1216,7 +1400,14 @@ async fn session(ctx: &Ctx, cmd: SessionCmd) -> Result<()> {
             }
             out(&session_fields(ctx, &s).await)
         }
-        SessionCmd::Prepare { name: n, devices, users, from, until, duration } => {
+        SessionCmd::Prepare {
+            name: n,
+            devices,
+            users,
+            from,
+            until,
+            duration,
+        } => {
             let name = name(&n, "session name")?;
             let devices = ctx.session_devices(&devices).await?;
             let mut user_ids = Vec::new();
@@ -1228,7 +1419,13 @@ async fn session(ctx: &Ctx, cmd: SessionCmd) -> Result<()> {
                 (None, Some(d)) => Some(from.unwrap_or_else(OffsetDateTime::now_utc) + d),
                 (None, None) => None,
             };
-            let req = PrepareSession { name, devices, users: user_ids, valid_from: from, valid_until };
+            let req = PrepareSession {
+                name,
+                devices,
+                users: user_ids,
+                valid_from: from,
+                valid_until,
+            };
             let s = c.prepare_session(&req).await?;
             emit(ctx, &s, || {
                 format!(
@@ -1258,17 +1455,24 @@ async fn session(ctx: &Ctx, cmd: SessionCmd) -> Result<()> {
         }
         SessionCmd::End { session } => {
             let s = c.end_session(&ctx.session_id(&session).await?).await?;
-            emit(ctx, &s, || format!("Session {} ({}) ended.\n", s.name, s.id))
+            emit(ctx, &s, || {
+                format!("Session {} ({}) ended.\n", s.name, s.id)
+            })
         }
         SessionCmd::AddDevice { session, device } => {
             let id = ctx.session_id(&session).await?;
             let mut d = ctx.session_devices(std::slice::from_ref(&device)).await?;
             let s = c.add_session_device(&id, &d.remove(0)).await?;
-            emit(ctx, &s, || format!("Added the device to session {} ({}).\n", s.name, s.id))
+            emit(ctx, &s, || {
+                format!("Added the device to session {} ({}).\n", s.name, s.id)
+            })
         }
         SessionCmd::Adhoc { device, target } => {
             let id = ctx.device_id(&device).await?;
-            let req = AdhocSession { device_id: id, targets: (!target.is_empty()).then_some(target) };
+            let req = AdhocSession {
+                device_id: id,
+                targets: (!target.is_empty()).then_some(target),
+            };
             let s = c.adhoc_session(&req).await?;
             emit(ctx, &s, || {
                 format!(
@@ -1333,18 +1537,48 @@ async fn user(ctx: &Ctx, cmd: UserCmd) -> Result<()> {
             let u = c.user(&ctx.user_id(&user).await?).await?;
             emit(ctx, &u, || user_fields(&u))
         }
-        UserCmd::Create { username, role, password } => {
+        UserCmd::Create {
+            username,
+            role,
+            password,
+        } => {
             let username = Username::try_from(username.as_str())
                 .map_err(|e| Error::user(format!("user name {username:?}: {e}")))?;
             let password = password_from(&password, true)?.expect("interactive");
-            let u = c.create_user(&CreateUser { username, role, password }).await?;
-            emit(ctx, &u, || format!("Created user {} ({}) with role {}.\n", u.username, u.id, u.role))
+            let u = c
+                .create_user(&CreateUser {
+                    username,
+                    role,
+                    password,
+                })
+                .await?;
+            emit(ctx, &u, || {
+                format!(
+                    "Created user {} ({}) with role {}.\n",
+                    u.username, u.id, u.role
+                )
+            })
         }
-        UserCmd::Update { user, role, disable, enable, password, reset_password, unlock, reset_totp } => {
+        UserCmd::Update {
+            user,
+            role,
+            disable,
+            enable,
+            password,
+            reset_password,
+            unlock,
+            reset_totp,
+        } => {
             let id = ctx.user_id(&user).await?;
             let req = UpdateUser {
                 role,
-                disabled: if disable { Some(true) } else if enable { Some(false) } else { None },
+                disabled: if disable {
+                    Some(true)
+                } else if enable {
+                    Some(false)
+                } else {
+                    None
+                },
                 password: password_from(&password, reset_password)?,
                 unlock: unlock.then_some(true),
                 reset_totp: reset_totp.then_some(true),
@@ -1397,7 +1631,9 @@ async fn group(ctx: &Ctx, cmd: GroupCmd) -> Result<()> {
         }
         GroupCmd::Create { name: n } => {
             let g = c.create_group(name(&n, "group name")?).await?;
-            emit(ctx, &g, || format!("Created group {} ({}).\n", g.name, g.id))
+            emit(ctx, &g, || {
+                format!("Created group {} ({}).\n", g.name, g.id)
+            })
         }
         GroupCmd::Delete { group } => {
             let id = ctx.group_id(&group).await?;
@@ -1414,14 +1650,20 @@ async fn group(ctx: &Ctx, cmd: GroupCmd) -> Result<()> {
             for u in &users {
                 c.add_member(&id, &ctx.user_id(u).await?).await?;
             }
-            done(ctx, &format!("Added {} to group {group}.", users.join(", ")))
+            done(
+                ctx,
+                &format!("Added {} to group {group}.", users.join(", ")),
+            )
         }
         GroupCmd::RemoveMember { group, users } => {
             let id = ctx.group_id(&group).await?;
             for u in &users {
                 c.remove_member(&id, &ctx.user_id(u).await?).await?;
             }
-            done(ctx, &format!("Removed {} from group {group}.", users.join(", ")))
+            done(
+                ctx,
+                &format!("Removed {} from group {group}.", users.join(", ")),
+            )
         }
     }
 }
@@ -1470,14 +1712,20 @@ async fn pool(ctx: &Ctx, cmd: PoolCmd) -> Result<()> {
             for d in &devices {
                 c.add_pool_device(&id, &ctx.device_id(d).await?).await?;
             }
-            done(ctx, &format!("Added {} to pool {pool}.", devices.join(", ")))
+            done(
+                ctx,
+                &format!("Added {} to pool {pool}.", devices.join(", ")),
+            )
         }
         PoolCmd::RemoveDevice { pool, devices } => {
             let id = ctx.pool_id(&pool).await?;
             for d in &devices {
                 c.remove_pool_device(&id, &ctx.device_id(d).await?).await?;
             }
-            done(ctx, &format!("Removed {} from pool {pool}.", devices.join(", ")))
+            done(
+                ctx,
+                &format!("Removed {} from pool {pool}.", devices.join(", ")),
+            )
         }
     }
 }
@@ -1516,7 +1764,12 @@ async fn grant(ctx: &Ctx, cmd: GrantCmd) -> Result<()> {
     let c = &ctx.client;
     match cmd {
         GrantCmd::List => unreachable!("dispatched to grants()"),
-        GrantCmd::Create { group, pool, level, target } => {
+        GrantCmd::Create {
+            group,
+            pool,
+            level,
+            target,
+        } => {
             let req = CreateGrant {
                 group_id: ctx.group_id(&group).await?,
                 pool_id: ctx.pool_id(&pool).await?,
@@ -1525,7 +1778,11 @@ async fn grant(ctx: &Ctx, cmd: GrantCmd) -> Result<()> {
             };
             let g = c.create_grant(&req).await?;
             emit(ctx, &g, || {
-                format!("Granted group {group} {} access to pool {pool} (grant {}).\n", g.level.as_str(), g.id)
+                format!(
+                    "Granted group {group} {} access to pool {pool} (grant {}).\n",
+                    g.level.as_str(),
+                    g.id
+                )
             })
         }
         GrantCmd::Delete { grant } => {
@@ -1555,13 +1812,21 @@ async fn fleet_key(ctx: &Ctx, cmd: FleetKeyCmd) -> Result<()> {
                 } else {
                     "active"
                 };
-                t.row([k.name.to_string(), k.id.clone(), state.into(), show::time(&k.expires_at)]);
+                t.row([
+                    k.name.to_string(),
+                    k.id.clone(),
+                    state.into(),
+                    show::time(&k.expires_at),
+                ]);
             }
             print_table(&t, "No fleet keys.")
         }
         FleetKeyCmd::Create { name: n, days } => {
             let k = c
-                .create_fleet_key(&CreateFleetKey { name: name(&n, "fleet key name")?, expires_in_days: days })
+                .create_fleet_key(&CreateFleetKey {
+                    name: name(&n, "fleet key name")?,
+                    expires_in_days: days,
+                })
                 .await?;
             emit(ctx, &k, || {
                 format!(
@@ -1577,9 +1842,24 @@ async fn fleet_key(ctx: &Ctx, cmd: FleetKeyCmd) -> Result<()> {
         FleetKeyCmd::Revoke { key } => {
             let all = c.fleet_keys().await?;
             let live: Vec<FleetKey> = all.iter().filter(|k| !k.revoked).cloned().collect();
-            let k = match pick(&live, &key, "active fleet key", "fleet-key list", |k| &k.id, |k| k.name.as_str()) {
+            let k = match pick(
+                &live,
+                &key,
+                "active fleet key",
+                "fleet-key list",
+                |k| &k.id,
+                |k| k.name.as_str(),
+            ) {
                 Ok(k) => k.clone(),
-                Err(_) => pick(&all, &key, "fleet key", "fleet-key list", |k| &k.id, |k| k.name.as_str())?.clone(),
+                Err(_) => pick(
+                    &all,
+                    &key,
+                    "fleet key",
+                    "fleet-key list",
+                    |k| &k.id,
+                    |k| k.name.as_str(),
+                )?
+                .clone(),
             };
             c.revoke_fleet_key(&k.id).await?;
             done(ctx, &format!("Revoked fleet key {} ({}).", k.name, k.id))
@@ -1600,7 +1880,12 @@ async fn token(ctx: &Ctx, cmd: TokenCmd) -> Result<()> {
                 t.row([
                     k.name.to_string(),
                     k.id.clone(),
-                    if k.read_only { "read-only" } else { "read-write" }.to_string(),
+                    if k.read_only {
+                        "read-only"
+                    } else {
+                        "read-write"
+                    }
+                    .to_string(),
                     show::time(&k.created_at),
                     show::time(&k.expires_at),
                     show::opt_time(&k.last_used_at),
@@ -1608,9 +1893,17 @@ async fn token(ctx: &Ctx, cmd: TokenCmd) -> Result<()> {
             }
             print_table(&t, "No API tokens.")
         }
-        TokenCmd::Create { name: n, days, read_only } => {
+        TokenCmd::Create {
+            name: n,
+            days,
+            read_only,
+        } => {
             let k = c
-                .create_token(&CreateApiToken { name: name(&n, "token name")?, expires_in_days: days, read_only })
+                .create_token(&CreateApiToken {
+                    name: name(&n, "token name")?,
+                    expires_in_days: days,
+                    read_only,
+                })
                 .await?;
             emit(ctx, &k, || {
                 format!(
@@ -1618,7 +1911,11 @@ async fn token(ctx: &Ctx, cmd: TokenCmd) -> Result<()> {
                      Token (it is not shown again; use it as {TOKEN_ENV}):\n  {}\n",
                     k.info.name,
                     k.info.id,
-                    if k.info.read_only { "read-only" } else { "read-write" },
+                    if k.info.read_only {
+                        "read-only"
+                    } else {
+                        "read-write"
+                    },
                     show::time(&k.info.expires_at),
                     k.token
                 )
@@ -1626,7 +1923,14 @@ async fn token(ctx: &Ctx, cmd: TokenCmd) -> Result<()> {
         }
         TokenCmd::Revoke { token } => {
             let all = c.tokens().await?;
-            let k = pick(&all, &token, "API token", "token list", |k| &k.id, |k| k.name.as_str())?;
+            let k = pick(
+                &all,
+                &token,
+                "API token",
+                "token list",
+                |k| &k.id,
+                |k| k.name.as_str(),
+            )?;
             c.revoke_token(&k.id).await?;
             done(ctx, &format!("Revoked API token {} ({}).", k.name, k.id))
         }
@@ -1640,7 +1944,11 @@ fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>)
     match v {
         serde_json::Value::Object(m) => {
             for (k, v) in m {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&key, v, out);
             }
         }
@@ -1668,8 +1976,8 @@ pub fn apply_setting(settings: &AccountSettings, assignment: &str) -> Result<Acc
     }
     let raw = raw.trim();
     *slot = serde_json::from_str(raw).unwrap_or_else(|_| serde_json::Value::String(raw.into()));
-    let new: AccountSettings = serde_json::from_value(v)
-        .map_err(|e| Error::user(format!("{key}={raw}: {e}")))?;
+    let new: AccountSettings =
+        serde_json::from_value(v).map_err(|e| Error::user(format!("{key}={raw}: {e}")))?;
     new.check().map_err(Error::User)?;
     Ok(new)
 }
@@ -1682,7 +1990,11 @@ async fn account(ctx: &Ctx, cmd: AccountCmd) -> Result<()> {
             .add("ID", &a.id)
             .add("Created", show::time(&a.created_at));
         let mut lines = Vec::new();
-        flatten("", &serde_json::to_value(&a.settings).expect("settings serialise"), &mut lines);
+        flatten(
+            "",
+            &serde_json::to_value(&a.settings).expect("settings serialise"),
+            &mut lines,
+        );
         let mut t = Table::new(["SETTING", "VALUE"]);
         for (k, v) in lines {
             t.row([k, v]);
@@ -1694,19 +2006,31 @@ async fn account(ctx: &Ctx, cmd: AccountCmd) -> Result<()> {
             let a = c.account().await?;
             emit(ctx, &a, || show_account(&a))
         }
-        AccountCmd::Set { settings, name: new_name } => {
+        AccountCmd::Set {
+            settings,
+            name: new_name,
+        } => {
             if settings.is_empty() && new_name.is_none() {
                 fail!("nothing to change: give SETTING=VALUE pairs or --name");
             }
             let req = if settings.is_empty() {
-                UpdateAccount { name: new_name.as_deref().map(|n| name(n, "account name")).transpose()?, settings: None }
+                UpdateAccount {
+                    name: new_name
+                        .as_deref()
+                        .map(|n| name(n, "account name"))
+                        .transpose()?,
+                    settings: None,
+                }
             } else {
                 let mut s = c.account().await?.settings;
                 for a in &settings {
                     s = apply_setting(&s, a)?;
                 }
                 UpdateAccount {
-                    name: new_name.as_deref().map(|n| name(n, "account name")).transpose()?,
+                    name: new_name
+                        .as_deref()
+                        .map(|n| name(n, "account name"))
+                        .transpose()?,
                     settings: Some(s),
                 }
             };
@@ -1733,7 +2057,16 @@ async fn notifications(ctx: &Ctx) -> Result<()> {
 async fn audit(ctx: &Ctx, cmd: AuditCmd) -> Result<()> {
     let c = &ctx.client;
     match cmd {
-        AuditCmd::Export { format, from, to, actor, device, action, limit, output } => {
+        AuditCmd::Export {
+            format,
+            from,
+            to,
+            actor,
+            device,
+            action,
+            limit,
+            output,
+        } => {
             let actor = match actor {
                 Some(a) if a.contains(':') || a == "system" || a == "anonymous" => Some(a),
                 Some(name) => Some(format!("user:{}", ctx.user_id(&name).await?)),
@@ -1744,16 +2077,25 @@ async fn audit(ctx: &Ctx, cmd: AuditCmd) -> Result<()> {
                 None => None,
             };
             let format = if ctx.json { "json".to_string() } else { format };
-            let q = AuditQuery { from, to, actor, device, action, format: Some(format), limit };
+            let q = AuditQuery {
+                from,
+                to,
+                actor,
+                device,
+                action,
+                format: Some(format),
+                limit,
+            };
             let body = c.audit_export(&q).await?;
             match output {
                 Some(path) => write_file(&path, &body),
                 None => {
                     let mut o = std::io::stdout().lock();
                     match o.write_all(&body).and_then(|_| o.flush()) {
-                        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                            Err(Error::Io { context: "writing standard output".into(), source: e })
-                        }
+                        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::Io {
+                            context: "writing standard output".into(),
+                            source: e,
+                        }),
                         _ => Ok(()),
                     }
                 }
@@ -1767,19 +2109,31 @@ async fn audit(ctx: &Ctx, cmd: AuditCmd) -> Result<()> {
             match (v.ok, v.first_broken_seq) {
                 (true, _) => {
                     if !ctx.json {
-                        out(&format!("Audit log intact: {} entries, hash chain verified.\n", v.entries))?;
+                        out(&format!(
+                            "Audit log intact: {} entries, hash chain verified.\n",
+                            v.entries
+                        ))?;
                     }
                     Ok(())
                 }
-                (false, Some(seq)) => fail!("the audit log's hash chain is BROKEN at sequence number {seq} ({} entries)", v.entries),
-                (false, None) => fail!("the audit log's hash chain is BROKEN ({} entries)", v.entries),
+                (false, Some(seq)) => fail!(
+                    "the audit log's hash chain is BROKEN at sequence number {seq} ({} entries)",
+                    v.entries
+                ),
+                (false, None) => fail!(
+                    "the audit log's hash chain is BROKEN ({} entries)",
+                    v.entries
+                ),
             }
         }
     }
 }
 
 fn write_file(path: &Path, body: &[u8]) -> Result<()> {
-    std::fs::write(path, body).map_err(|source| Error::Io { context: format!("writing {}", path.display()), source })?;
+    std::fs::write(path, body).map_err(|source| Error::Io {
+        context: format!("writing {}", path.display()),
+        source,
+    })?;
     eprintln!("Wrote {} bytes to {}.", body.len(), path.display());
     Ok(())
 }
@@ -1799,7 +2153,10 @@ mod tests {
         let (d, t) = parse_device_spec("press-3=tcp:192.168.1.10:502,icmp:192.168.1.10").unwrap();
         assert_eq!(d, "press-3");
         assert_eq!(t.unwrap().len(), 2);
-        assert_eq!(parse_device_spec("press-3").unwrap(), ("press-3".into(), None));
+        assert_eq!(
+            parse_device_spec("press-3").unwrap(),
+            ("press-3".into(), None)
+        );
         assert!(parse_device_spec("press-3=").is_err());
         assert!(parse_device_spec("=tcp:1.2.3.4").is_err());
         assert!(parse_device_spec("x=tcp:1.2.3.4:0").is_err());
@@ -1807,7 +2164,10 @@ mod tests {
 
     #[test]
     fn durations_and_times_parse() {
-        assert_eq!(parse_duration("1h30m").unwrap(), time::Duration::minutes(90));
+        assert_eq!(
+            parse_duration("1h30m").unwrap(),
+            time::Duration::minutes(90)
+        );
         assert_eq!(parse_duration("2d").unwrap(), time::Duration::days(2));
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("0m").is_err());
@@ -1839,6 +2199,11 @@ mod tests {
         assert_eq!(p("Press").unwrap(), "id1");
         assert_eq!(p("lathe").unwrap(), "id3");
         assert!(p("PRESS").unwrap_err().to_string().contains("2 devices"));
-        assert!(p("mill").unwrap_err().to_string().contains("drawbridge devices"));
+        assert!(
+            p("mill")
+                .unwrap_err()
+                .to_string()
+                .contains("drawbridge devices")
+        );
     }
 }

@@ -29,7 +29,10 @@ pub enum ConfigError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ConfigError + '_ {
-    move |source| ConfigError::Io { path: path.to_path_buf(), source }
+    move |source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// What `drawbridge login` stores.
@@ -84,9 +87,14 @@ pub fn load() -> Result<Option<Credentials>, ConfigError> {
 
 pub fn load_from(path: &Path) -> Result<Option<Credentials>, ConfigError> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source }),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    source,
+                })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io(path)(e)),
     }
@@ -187,7 +195,10 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
-            let mode = std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode();
+            let mode = std::fs::metadata(path.parent().unwrap())
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o700);
         }
         assert!(!format!("{:?}", creds()).contains("dbs_secret"));

@@ -38,10 +38,14 @@ impl Error {
     pub fn hint(&self) -> Option<&'static str> {
         use drawbridge_proto::ErrorCode;
         match self {
-            Error::Api(api::Error::Api { code: ErrorCode::Unauthenticated, .. }) => {
-                Some("log in again with `drawbridge login`")
-            }
-            Error::Api(api::Error::Api { code: ErrorCode::LoginIncomplete, .. }) => {
+            Error::Api(api::Error::Api {
+                code: ErrorCode::Unauthenticated,
+                ..
+            }) => Some("log in again with `drawbridge login`"),
+            Error::Api(api::Error::Api {
+                code: ErrorCode::LoginIncomplete,
+                ..
+            }) => {
                 Some("finish logging in with `drawbridge login` (second factor or password change)")
             }
             _ => None,

@@ -17,7 +17,10 @@ pub fn stdin_line() -> Result<Option<String>> {
     let n = std::io::stdin()
         .lock()
         .read_line(&mut line)
-        .map_err(|source| Error::Io { context: "reading standard input".into(), source })?;
+        .map_err(|source| Error::Io {
+            context: "reading standard input".into(),
+            source,
+        })?;
     Ok((n > 0).then(|| strip_newline(line)))
 }
 

@@ -103,7 +103,12 @@ impl Fields {
     }
 
     pub fn render(&self) -> String {
-        let w = self.0.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+        let w = self
+            .0
+            .iter()
+            .map(|(k, _)| k.chars().count())
+            .max()
+            .unwrap_or(0);
         let mut out = String::new();
         for (k, vs) in &self.0 {
             for (i, v) in vs.iter().enumerate() {
@@ -119,7 +124,9 @@ impl Fields {
 }
 
 fn clean(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 #[cfg(test)]
@@ -128,7 +135,12 @@ mod tests {
 
     #[test]
     fn targets_print_in_the_syntax_they_are_typed_in() {
-        for s in ["tcp:192.168.1.10:502", "icmp:10.0.0.0/24", "udp:10.0.0.0/8:1000-2000", "tcp:fd00::1:502"] {
+        for s in [
+            "tcp:192.168.1.10:502",
+            "icmp:10.0.0.0/24",
+            "udp:10.0.0.0/8:1000-2000",
+            "tcp:fd00::1:502",
+        ] {
             let t: Target = s.parse().unwrap();
             assert_eq!(target(&t), s);
             assert_eq!(target(&t).parse::<Target>().unwrap(), t);
@@ -138,7 +150,8 @@ mod tests {
     #[test]
     fn fields_align() {
         let mut f = Fields::new();
-        f.add("ID", "x").lines("Firewall", vec!["a".into(), "b".into()]);
+        f.add("ID", "x")
+            .lines("Firewall", vec!["a".into(), "b".into()]);
         assert_eq!(f.render(), "ID        x\nFirewall  a\n          b\n");
     }
 }

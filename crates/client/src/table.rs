@@ -76,7 +76,9 @@ impl std::fmt::Display for Table {
 /// Cells are one line: control characters (a server-side name can hold none,
 /// but never let one reach the terminal) become spaces.
 fn clean(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 #[cfg(test)]
