@@ -297,16 +297,7 @@ async fn stun_service_answers_binding_requests_and_ignores_garbage() {
 // ---- two real tunnel drivers through the real relay ----
 
 fn pubkey(private: [u8; 32]) -> [u8; 32] {
-    drawbridge_tunnel::Node::new(
-        NodeConfig {
-            private_key: private,
-            stun_servers: vec![],
-            local_addrs: vec![],
-            seed: Some(0),
-        },
-        std::time::Instant::now(),
-    )
-    .public_key()
+    drawbridge_tunnel::keys::public_key(&private)
 }
 
 async fn driver(s: &Server, private: [u8; 32], peer: [u8; 32], index: usize) -> (Tunnel, TunnelIo) {

@@ -1438,7 +1438,6 @@ impl Node {
                     peer.direct_last_ping = Some(now);
                     self.ping_udp(id, addr);
                 }
-                // Keep measuring the relay now and then, for the hold on the next upgrade.
             }
             Path::Relay | Path::None => {
                 if peer.next_relay_ping.is_some_and(|t| now >= t) && peer.relay.is_some() {

@@ -4,6 +4,7 @@
 pub mod driver;
 pub mod engine;
 pub mod frame;
+pub mod keys;
 pub mod sim;
 pub mod stun;
 
