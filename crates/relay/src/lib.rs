@@ -36,6 +36,9 @@ pub const RELAY_PATH: &str = "/relay/v1";
 
 type Key = [u8; KEY_LEN];
 
+/// Longest a single WebSocket write may take before the connection is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Relay settings.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -176,7 +179,7 @@ impl RelayState {
         token::verify(&self.inner.config.verifying_key, token, unix_now())
     }
 
-    /// Routes one DATA frame from `src`. Returns false if the sender must be disconnected.
+    /// Routes one DATA frame from `src` (never waits: a full receiver is disconnected).
     fn forward(
         &self,
         src: &Key,
@@ -335,8 +338,11 @@ async fn connection(state: RelayState, claims: Claims, socket: WebSocket) {
             }
             out = rx.recv() => {
                 let Some(out) = out else { break };
-                if sink.send(Message::Binary(out)).await.is_err() {
-                    break;
+                // A client that stops reading must not pin this task forever.
+                let write = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Binary(out)));
+                tokio::select! {
+                    r = write => if !matches!(r, Ok(Ok(()))) { break },
+                    _ = kill_rx.changed() => break,
                 }
             }
             _ = kill_rx.changed() => break,
@@ -346,7 +352,7 @@ async fn connection(state: RelayState, claims: Claims, socket: WebSocket) {
             }
         }
     }
-    let _ = sink.close().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
     let mut conns = state.lock();
     if conns.get(&me).is_some_and(|c| c.id == id) {
         conns.remove(&me);

@@ -263,6 +263,18 @@ async fn a_slow_receiver_is_disconnected_instead_of_buffered() {
     }
     wait_connections(&s, 1).await;
     assert!(s.state.stats().drop_slow_receiver >= 1);
+    // The sender is unaffected and reaches a receiver that keeps up.
+    let mut b2 = s.connect(&s.token("s1", B, &[A], 60)).await.unwrap();
+    wait_connections(&s, 2).await;
+    a.send(data(B, b"after")).await.unwrap();
+    loop {
+        let (_, p) = recv_data(&mut b2, Duration::from_secs(5))
+            .await
+            .expect("a reaches b2");
+        if p == b"after" {
+            break;
+        }
+    }
 }
 
 #[tokio::test]
