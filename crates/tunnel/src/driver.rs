@@ -86,6 +86,7 @@ enum Command {
     RemovePeer(PeerId),
     Signal(PeerId, Signal),
     Stats(PeerId, oneshot::Sender<Option<PeerStats>>),
+    LocalSignal(oneshot::Sender<Signal>),
     SetRelayToken(RelayId, String),
 }
 
@@ -214,6 +215,17 @@ impl Tunnel {
             .map_err(|_| Stopped)
     }
 
+    /// This node's current candidates and NAT kind (the same content as the latest
+    /// `DriverEvent::Signal`), for a control plane that polls instead of listening.
+    pub async fn local_signal(&self) -> Result<Signal, Stopped> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::LocalSignal(tx))
+            .await
+            .map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+
     pub async fn stats(&self, peer: PeerId) -> Result<Option<PeerStats>, Stopped> {
         let (tx, rx) = oneshot::channel();
         self.cmd
@@ -299,6 +311,9 @@ impl Driver {
             Command::Signal(p, s) => self.node.handle_signal(now, &p, s),
             Command::Stats(p, reply) => {
                 let _ = reply.send(self.node.peer_stats(&p));
+            }
+            Command::LocalSignal(reply) => {
+                let _ = reply.send(self.node.local_signal());
             }
             Command::SetRelayToken(r, t) => {
                 if let Some((_, tok)) = self.relays.get(&r) {

@@ -98,6 +98,13 @@ async fn two_drivers_on_loopback_exchange_data_directly() {
     assert_eq!(packet_seq(&p), Some(7));
     let st = b.stats(ka).await.unwrap().unwrap();
     assert_eq!(st.path, Path::Direct(a.local_addr()));
+    assert!(
+        a.local_signal()
+            .await
+            .unwrap()
+            .candidates
+            .contains(&a.local_addr())
+    );
     assert!(st.rx_bytes > 0 && st.tx_bytes > 0);
 }
 

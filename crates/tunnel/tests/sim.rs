@@ -351,3 +351,25 @@ fn stream_stays_in_order_when_the_upgrade_follows_a_measured_relay() {
     assert!(matches!(sim.stats(0).path, Path::Direct(_)));
     assert_eq!(seqs(&sim, 1), (0..600).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_peer_whose_udp_comes_back_is_upgraded_to_direct() {
+    let mut sim = Sim::new(16, [UdpBlocked, EndpointIndependent], LinkConfig::default());
+    sim.run_for(Duration::from_secs(10));
+    assert_eq!(sim.stats(1).reason, PathReason::UdpBlocked);
+    sim.set_nat(0, EndpointIndependent);
+    // STUN retries (5 s when blocked) and slow probing (15 s) bound the recovery.
+    sim.run_for(Duration::from_secs(25));
+    assert!(
+        matches!(sim.stats(0).path, Path::Direct(_)),
+        "{:?}",
+        sim.stats(0)
+    );
+    assert!(
+        matches!(sim.stats(1).path, Path::Direct(_)),
+        "{:?}",
+        sim.stats(1)
+    );
+    sim.stream(1, 0, 10, Duration::from_millis(20));
+    assert_eq!(seqs(&sim, 0), (0..10).collect::<Vec<_>>());
+}
