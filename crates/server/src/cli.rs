@@ -48,6 +48,28 @@ enum Command {
         #[command(flatten)]
         db: Overrides,
     },
+    /// Run only the relay and STUN services (no database), e.g. in another region.
+    Relay {
+        /// TCP address for the relay's WebSocket listener.
+        #[arg(long, default_value = "127.0.0.1:8444")]
+        listen: std::net::SocketAddr,
+        /// UDP address of the STUN service.
+        #[arg(long, default_value = "127.0.0.1:3478")]
+        stun_listen: std::net::SocketAddr,
+        /// The control plane's token verifying key (print it with `drawbridge-server relay-key`).
+        #[arg(long, env = "DRAWBRIDGE_RELAY_VERIFYING_KEY")]
+        verifying_key: String,
+        /// PEM certificate chain (with --tls-key); without them the relay serves plain ws:// for a TLS proxy in front.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+    },
+    /// Print the control plane's relay-token verifying key (for standalone relays).
+    RelayKey {
+        #[command(flatten)]
+        db: Overrides,
+    },
     /// Audit log tools.
     Audit {
         #[command(subcommand)]
@@ -143,6 +165,37 @@ pub async fn main() -> anyhow::Result<i32> {
                 "created account {} ({}) with admin {}",
                 r.account.name, r.account.id, r.admin.username
             );
+            Ok(0)
+        }
+        Some(Command::Relay {
+            listen,
+            stun_listen,
+            verifying_key,
+            tls_cert,
+            tls_key,
+        }) => {
+            let key = crate::keys::parse_verifying_key(&verifying_key)?;
+            let tls = match (tls_cert, tls_key) {
+                (Some(c), Some(k)) => Some(Arc::new(crate::pki::server_config(&c, &k)?)),
+                _ => None,
+            };
+            println!(
+                "Drawbridge relay on {listen} (TLS: {}), STUN on udp {stun_listen}",
+                tls.is_some()
+            );
+            drawbridge_relay::run_standalone(drawbridge_relay::StandaloneConfig {
+                relay_listen: listen,
+                stun_listen,
+                relay: drawbridge_relay::RelayConfig::new(key),
+                tls,
+            })
+            .await?;
+            Ok(0)
+        }
+        Some(Command::RelayKey { db }) => {
+            let (_, store) = open(&db).await?;
+            let key = crate::keys::relay_signing_key(&store, Clock::default().unix()).await?;
+            println!("{}", crate::keys::verifying_key_b64(&key));
             Ok(0)
         }
         Some(Command::SetupLink { db }) => {
@@ -266,6 +319,28 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             "  or: drawbridge-server init --account NAME --admin-user USER --admin-password-file FILE"
         );
     }
+    match cfg.stun_listen {
+        Some(addr) => match tokio::net::UdpSocket::bind(addr).await {
+            Ok(sock) => {
+                println!("  STUN: udp {}", sock.local_addr()?);
+                tokio::spawn(async move {
+                    if let Err(e) = drawbridge_relay::stun::serve(sock).await {
+                        tracing::error!(error = %e, "STUN service stopped");
+                    }
+                });
+            }
+            Err(e) => {
+                println!(
+                    "  STUN: not started, udp {addr} is unavailable ({e}); clients fall back to the relay"
+                );
+            }
+        },
+        None => println!("  STUN: off"),
+    }
+    println!(
+        "  relay: {}/relay/v1",
+        public_url.replacen("https://", "wss://", 1)
+    );
     crate::background::spawn(state.clone());
     let app = crate::app(state);
     println!("Ready.");

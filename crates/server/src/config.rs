@@ -17,6 +17,7 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     pub public_url: Option<String>,
     pub hostnames: Option<Vec<String>>,
+    pub stun_listen: Option<SocketAddr>,
 }
 
 impl FileConfig {
@@ -38,8 +39,11 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub public_url: String,
     pub hostnames: Vec<String>,
+    /// UDP address of the STUN service; None turns it off.
+    pub stun_listen: Option<SocketAddr>,
 }
 
+pub const DEFAULT_STUN_LISTEN: &str = "127.0.0.1:3478";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 pub const DEFAULT_DATA_DIR: &str = "drawbridge-data";
 
@@ -70,6 +74,12 @@ pub struct Overrides {
     /// Extra DNS names or IPs for the self-signed certificate (repeatable).
     #[arg(long = "hostname")]
     pub hostnames: Vec<String>,
+    /// UDP address of the STUN service (default 127.0.0.1:3478).
+    #[arg(long, env = "DRAWBRIDGE_STUN_LISTEN")]
+    pub stun_listen: Option<SocketAddr>,
+    /// Do not run the STUN service.
+    #[arg(long)]
+    pub no_stun: bool,
 }
 
 impl Overrides {
@@ -107,7 +117,17 @@ impl Overrides {
             .unwrap_or_else(|| format!("https://{listen}"));
         let mut hostnames = file.hostnames.unwrap_or_default();
         hostnames.extend(self.hostnames.iter().cloned());
+        let stun_listen = if self.no_stun {
+            None
+        } else {
+            Some(
+                self.stun_listen
+                    .or(file.stun_listen)
+                    .unwrap_or_else(|| DEFAULT_STUN_LISTEN.parse().expect("static address")),
+            )
+        };
         Ok(Config {
+            stun_listen,
             listen,
             data_dir,
             database_url,

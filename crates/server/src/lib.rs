@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod keys;
 pub mod password;
 pub mod pki;
 pub mod records;

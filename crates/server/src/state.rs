@@ -15,6 +15,10 @@ pub struct Inner {
     pub dummy_hash: String,
     /// The URL users reach this server at (for links and printed commands).
     pub public_url: String,
+    /// Signs relay admission tokens.
+    pub relay_key: drawbridge_relay::SigningKey,
+    /// The relay served on this server's TLS port.
+    pub relay: drawbridge_relay::RelayState,
 }
 
 #[derive(Clone)]
@@ -31,12 +35,18 @@ impl AppState {
     pub async fn new(store: Store, clock: Clock, public_url: String) -> anyhow::Result<AppState> {
         let device_ca = DeviceCa::load_or_create(&store, clock.unix()).await?;
         let dummy_hash = crate::password::hash(&crate::secret::new_token(""));
+        let relay_key = crate::keys::relay_signing_key(&store, clock.unix()).await?;
+        let relay = drawbridge_relay::RelayState::new(drawbridge_relay::RelayConfig::new(
+            relay_key.verifying_key(),
+        ));
         Ok(AppState(Arc::new(Inner {
             store,
             clock,
             device_ca,
             dummy_hash,
             public_url,
+            relay_key,
+            relay,
         })))
     }
 

@@ -32,6 +32,9 @@ async fn raw(
     app.send(req.body(Body::from(body)).unwrap()).await
 }
 
+/// method, path, content type, body, expected status, expected code
+type Case = (Method, String, Option<&'static str>, Vec<u8>, StatusCode, &'static str);
+
 async fn snapshot(app: &TestApp) -> Vec<i64> {
     let mut v = Vec::new();
     for t in [
@@ -57,7 +60,7 @@ async fn bad_json_unknown_fields_wrong_types_and_oversized_bodies_are_refused_wi
     let (device, _) = app.device(&acct, "press-1").await;
     let before = snapshot(&app).await;
     let json_ct = Some("application/json");
-    let cases: Vec<(Method, String, Option<&str>, Vec<u8>, StatusCode, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             Method::POST,
             "/api/v1/devices".into(),

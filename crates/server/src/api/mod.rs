@@ -122,6 +122,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 /// errors for unknown routes and oversized bodies.
 pub fn app(state: AppState) -> Router {
     let (api, _) = routes();
+    let relay = drawbridge_relay::router(state.relay.clone());
     Router::new()
         .merge(api)
         .merge(crate::setup_page::router())
@@ -129,6 +130,7 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
+        .merge(relay)
 }
 
 fn meta_routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {

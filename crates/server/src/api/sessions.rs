@@ -11,7 +11,7 @@ use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, State};
 use drawbridge_proto::api::{AdhocSession, PrepareSession, Session, SessionDevice, SessionFilter};
-use drawbridge_proto::{Action, ApiError, EndReason, Name};
+use drawbridge_proto::{Action, ApiError, EndReason, ErrorCode, Name};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -25,7 +25,7 @@ pub fn routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
 }
 
 fn is_assigned(s: &Session, caller: &Caller) -> bool {
-    s.users.iter().any(|u| *u == caller.user_id)
+    s.users.contains(&caller.user_id)
 }
 
 /// The session if the caller may see it (all for admins, session admins and
@@ -38,6 +38,26 @@ async fn visible(state: &AppState, caller: &Caller, id: &str) -> AppResult<Sessi
     } else {
         Err(AppError::not_found("session"))
     }
+}
+
+/// A refusal by the grant rules (a `forbidden` from `check_assignment`) goes on
+/// the record like a refusal by role. The caller drops its transaction first,
+/// so the entry commits on its own.
+async fn refused<T>(
+    state: &AppState,
+    caller: &Caller,
+    what: &str,
+    object: &str,
+    e: AppError,
+) -> AppResult<T> {
+    if e.code == ErrorCode::Forbidden {
+        let ev = caller
+            .event(what, object)
+            .result("denied")
+            .details(serde_json::json!({ "username": caller.username, "reason": e.message }));
+        audit::record(&state.store, state.now(), &ev).await?;
+    }
+    Err(e)
 }
 
 /// Sessions the caller may see, newest first.
@@ -101,14 +121,18 @@ async fn prepare(
             account.settings.max_session_minutes
         )));
     }
-    sessions::check_assignment(
+    if let Err(e) = sessions::check_assignment(
         &mut tx,
         &caller.account_id,
         Some((&caller.user_id, caller.role)),
         &req.devices,
         &req.users,
     )
-    .await?;
+    .await
+    {
+        drop(tx);
+        return refused(&state, &caller, "session.prepare", "-", e).await;
+    }
     let id = sessions::insert(
         &mut tx,
         &caller.account_id,
@@ -162,14 +186,19 @@ async fn add_device(
             "devices can be added only to a prepared session",
         ));
     }
-    sessions::check_assignment(
+    if let Err(e) = sessions::check_assignment(
         &mut tx,
         &caller.account_id,
         Some((&caller.user_id, caller.role)),
         std::slice::from_ref(&req),
         &s.users,
     )
-    .await?;
+    .await
+    {
+        drop(tx);
+        let object = format!("session:{id}");
+        return refused(&state, &caller, "session.add_device", &object, e).await;
+    }
     sessions::add_device(&mut tx, &id, &req).await?;
     let ev = caller
         .event("session.add_device", &format!("session:{id}"))
@@ -200,14 +229,19 @@ async fn start(
     let mut tx = state.store.begin().await?;
     let account = records::account(&mut tx, &caller.account_id).await?;
     // Grants may have changed since the session was prepared.
-    sessions::check_assignment(
+    if let Err(e) = sessions::check_assignment(
         &mut tx,
         &caller.account_id,
         Some((&caller.user_id, caller.role)),
         &s.devices,
         &[],
     )
-    .await?;
+    .await
+    {
+        drop(tx);
+        let object = format!("session:{id}");
+        return refused(&state, &caller, "session.start", &object, e).await;
+    }
     let st = sessions::start(
         &mut tx,
         &caller.account_id,
@@ -304,6 +338,11 @@ async fn adhoc(
     if !access.can_see() {
         return Err(AppError::not_found("device"));
     }
+    if !access.can_tunnel() {
+        // A monitor grant shows the device but gives no tunnel.
+        drop(tx);
+        return caller.denied(&state, "session.adhoc").await;
+    }
     let targets = match req.targets {
         Some(t) => t,
         None => access.default_targets(&device.firewall),
@@ -318,7 +357,12 @@ async fn adhoc(
         targets,
     }];
     let users = vec![caller.user_id.clone()];
-    sessions::check_assignment(&mut tx, &caller.account_id, None, &devices, &users).await?;
+    if let Err(e) =
+        sessions::check_assignment(&mut tx, &caller.account_id, None, &devices, &users).await
+    {
+        drop(tx);
+        return refused(&state, &caller, "session.adhoc", "-", e).await;
+    }
     let name = Name::try_from(
         format!("Ad-hoc {}", device.name)
             .chars()
