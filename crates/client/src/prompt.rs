@@ -61,7 +61,9 @@ pub fn secret(prompt: &str, what: &str) -> Result<String> {
     match rpassword::prompt_password(prompt) {
         Ok(s) if !s.is_empty() => Ok(s),
         Ok(_) => fail!("no {what} given"),
-        Err(e) => fail!("cannot ask for the {what} without a terminal ({e})"),
+        Err(e) => fail!(
+            "cannot ask for the {what} without a terminal ({e}); see --help for reading it from standard input or a file"
+        ),
     }
 }
 

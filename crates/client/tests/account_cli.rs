@@ -549,3 +549,140 @@ fn api_tokens_work_from_the_environment_and_read_only_ones_cannot_write() {
     let err = bot.run(&["devices"], None).expect_err().to_string();
     assert!(err.contains("unauthenticated"), "{err}");
 }
+
+#[test]
+fn required_totp_is_enrolled_during_login_and_users_can_be_managed() {
+    let server = Server::start();
+    let admin = server.cli();
+    admin.login("root", ADMIN_PASSWORD, &[]).expect_ok();
+    let pw = admin.config.path().join("pw");
+    std::fs::write(&pw, format!("{USER_PASSWORD}\n")).unwrap();
+    admin.ok(&[
+        "user",
+        "create",
+        "ben",
+        "--role",
+        "session_admin",
+        "--password-file",
+        pw.to_str().unwrap(),
+    ]);
+
+    // Settings by dotted name; a typo is refused before anything is sent.
+    let err = admin
+        .run(&["account", "set", "require_totpp=true"], None)
+        .expect_err()
+        .to_string();
+    assert!(err.contains("unknown setting"), "{err}");
+    let acct = admin
+        .run(
+            &[
+                "account",
+                "set",
+                "require_totp=true",
+                "password_policy.min_length=12",
+                "--json",
+            ],
+            None,
+        )
+        .json();
+    assert_eq!(acct["settings"]["require_totp"], true);
+    assert_eq!(acct["settings"]["password_policy"]["min_length"], 12);
+    assert_eq!(
+        acct["settings"]["lockout_threshold"], 5,
+        "other settings kept"
+    );
+
+    // ben must set up a second factor while logging in.
+    let ben = server.cli();
+    let ca = server.ca.to_string_lossy().into_owned();
+    let mut child = ben
+        .command()
+        .args([
+            "login",
+            "--server",
+            &server.url,
+            "--ca-file",
+            &ca,
+            "-a",
+            "acme",
+            "-u",
+            "ben",
+            "--password-stdin",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(format!("{USER_PASSWORD}\n").as_bytes())
+        .unwrap();
+    stdin.flush().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let secret = loop {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "no secret printed"
+        );
+        if let Some(s) = line.trim().strip_prefix("secret:") {
+            break s.trim().to_string();
+        }
+    };
+    let (code, _) = fresh_code(&totp(&secret), 0);
+    stdin.write_all(format!("{code}\n").as_bytes()).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "login with enrolment failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let me = ben.run(&["whoami", "--json"], None).json();
+    assert_eq!(me["user"]["totp_enabled"], true);
+    assert_eq!(me["user"]["role"], "session_admin");
+
+    // Own password change, from files; the stored login is replaced and keeps working.
+    let new_pw = ben.config.path().join("new");
+    std::fs::write(&new_pw, "Green-Valley-99-x\n").unwrap();
+    ben.ok(&[
+        "password",
+        "--current-password-file",
+        pw.to_str().unwrap(),
+        "--new-password-file",
+        new_pw.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        ben.run(&["whoami", "--json"], None).json()["user"]["username"],
+        "ben"
+    );
+
+    // Admin disables ben: his login ends at once; enabling lets him log in again.
+    let out = admin
+        .run(&["user", "update", "ben", "--disable", "--json"], None)
+        .json();
+    assert_eq!(out["disabled"], true);
+    assert!(
+        ben.run(&["whoami"], None)
+            .expect_err()
+            .contains("unauthenticated")
+    );
+    assert!(admin.ok(&["users"]).contains("disabled"));
+    admin.ok(&[
+        "user",
+        "update",
+        "ben",
+        "--enable",
+        "--reset-totp",
+        "--unlock",
+    ]);
+    let shown = admin.run(&["user", "show", "ben", "--json"], None).json();
+    assert_eq!(shown["disabled"], false);
+    assert_eq!(shown["totp_enabled"], false);
+    let err = admin
+        .run(&["user", "update", "ben"], None)
+        .expect_err()
+        .to_string();
+    assert!(err.contains("nothing to change"), "{err}");
+}
