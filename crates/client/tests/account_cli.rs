@@ -686,3 +686,160 @@ fn required_totp_is_enrolled_during_login_and_users_can_be_managed() {
         .to_string();
     assert!(err.contains("nothing to change"), "{err}");
 }
+
+#[test]
+fn devices_logbook_fleet_keys_added_devices_and_adhoc_sessions() {
+    let server = Server::start();
+    let admin = server.cli();
+    admin.login("root", ADMIN_PASSWORD, &[]).expect_ok();
+    admin.ok(&[
+        "device",
+        "create",
+        "press",
+        "--allow",
+        "tcp:192.168.1.0/24:502",
+    ]);
+    admin.ok(&["device", "create", "hmi", "--allow", "tcp:192.168.2.20:80"]);
+    admin.ok(&["device", "create", "spare"]);
+
+    // Update replaces lists; show prints the CLI's own target syntax.
+    let d = admin
+        .run(
+            &[
+                "device",
+                "update",
+                "press",
+                "--name",
+                "press-1",
+                "--allow",
+                "tcp:192.168.1.0/24",
+                "--allow",
+                "icmp:192.168.1.10",
+                "--nat",
+                "192.168.1.0/24=10.77.1.0/24",
+                "--json",
+            ],
+            None,
+        )
+        .json();
+    assert_eq!(d["name"], "press-1");
+    assert_eq!(d["firewall"].as_array().unwrap().len(), 2);
+    let shown = admin.ok(&["device", "show", "press-1"]);
+    assert!(
+        shown.contains("tcp:192.168.1.0/24") && shown.contains("icmp:192.168.1.10"),
+        "{shown}"
+    );
+    assert!(shown.contains("192.168.1.0/24 = 10.77.1.0/24"), "{shown}");
+    let key = admin
+        .run(&["device", "activation-key", "spare", "--json"], None)
+        .json();
+    assert!(key["key"].as_str().unwrap().starts_with("dba_"));
+    admin.ok(&["device", "delete", "spare"]);
+    assert_eq!(
+        admin
+            .run(&["devices", "--json"], None)
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let err = admin
+        .run(&["device", "show", "spare"], None)
+        .expect_err()
+        .to_string();
+    assert!(err.contains("no device \"spare\""), "{err}");
+    let err = admin
+        .run(&["device", "approve", "hmi"], None)
+        .expect_err()
+        .to_string();
+    assert!(err.contains("conflict"), "{err}");
+
+    // Logbook, also from standard input.
+    admin.ok(&["device", "log", "press-1", "replaced fuse F3"]);
+    admin
+        .run(
+            &["device", "log", "press-1", "-"],
+            Some("checked\nthe drive\n"),
+        )
+        .expect_ok();
+    let book = admin
+        .run(&["device", "logbook", "press-1", "--json"], None)
+        .json();
+    assert_eq!(book.as_array().unwrap().len(), 2);
+    assert_eq!(book[0]["text"], "checked\nthe drive");
+    assert!(
+        admin
+            .ok(&["device", "logbook", "press-1"])
+            .contains("replaced fuse F3")
+    );
+
+    // Fleet keys: shown once, listed without the key, revoked by name.
+    let fk = admin
+        .run(
+            &["fleet-key", "create", "line-3", "--days", "5", "--json"],
+            None,
+        )
+        .json();
+    let secret = fk["key"].as_str().unwrap().to_string();
+    let list = admin.ok(&["fleet-key", "list"]);
+    assert!(
+        list.contains("line-3") && list.contains("active") && !list.contains(&secret),
+        "{list}"
+    );
+    admin.ok(&["fleet-key", "revoke", "line-3"]);
+    assert!(admin.ok(&["fleet-key", "list"]).contains("revoked"));
+
+    // A device added to a prepared session; a device alone releases its whole firewall.
+    let s = admin
+        .run(
+            &[
+                "session",
+                "prepare",
+                "Commissioning",
+                "--device",
+                "press-1",
+                "--for",
+                "30m",
+                "--json",
+            ],
+            None,
+        )
+        .json();
+    assert_eq!(s["devices"][0]["targets"].as_array().unwrap().len(), 2);
+    let s = admin
+        .run(
+            &[
+                "session",
+                "add-device",
+                "Commissioning",
+                "--device",
+                "hmi=tcp:192.168.2.20:80",
+                "--json",
+            ],
+            None,
+        )
+        .json();
+    assert_eq!(s["devices"].as_array().unwrap().len(), 2);
+    let shown = admin.ok(&["session", "show", "Commissioning"]);
+    assert!(shown.contains("hmi: tcp:192.168.2.20:80"), "{shown}");
+
+    // Ad-hoc connect only where the account allows it.
+    let err = admin
+        .run(&["session", "adhoc", "hmi"], None)
+        .expect_err()
+        .to_string();
+    assert!(err.contains("forbidden"), "{err}");
+    admin.ok(&["account", "set", "adhoc_allowed=true"]);
+    let s = admin
+        .run(&["session", "adhoc", "hmi", "--json"], None)
+        .json();
+    assert_eq!(s["state"], "active");
+    assert_eq!(s["adhoc"], true);
+    let active = admin
+        .run(&["sessions", "--state", "active", "--json"], None)
+        .json();
+    assert_eq!(active.as_array().unwrap().len(), 1);
+    admin.ok(&["session", "end", s["id"].as_str().unwrap()]);
+    assert!(admin.ok(&["sessions", "--state", "active"]).is_empty());
+}
