@@ -365,8 +365,15 @@ pub enum GrantCmd {
         #[arg(long, value_name = "TARGET")]
         target: Vec<Target>,
     },
-    /// Remove a grant.
-    Delete { grant: String },
+    /// Remove a grant: by id, or by --group and --pool.
+    Delete {
+        #[arg(required_unless_present_all = ["group", "pool"], conflicts_with_all = ["group", "pool"])]
+        grant: Option<String>,
+        #[arg(long, requires = "pool")]
+        group: Option<String>,
+        #[arg(long, requires = "group")]
+        pool: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -1785,9 +1792,27 @@ async fn grant(ctx: &Ctx, cmd: GrantCmd) -> Result<()> {
                 )
             })
         }
-        GrantCmd::Delete { grant } => {
-            c.delete_grant(&grant).await?;
-            done(ctx, &format!("Deleted grant {grant}."))
+        GrantCmd::Delete { grant, group, pool } => {
+            let id = match (grant, group, pool) {
+                (Some(id), _, _) => id,
+                (None, Some(group), Some(pool)) => {
+                    let (gid, pid) = (ctx.group_id(&group).await?, ctx.pool_id(&pool).await?);
+                    match c
+                        .grants()
+                        .await?
+                        .into_iter()
+                        .find(|g| g.group_id == gid && g.pool_id == pid)
+                    {
+                        Some(g) => g.id,
+                        None => fail!(
+                            "group {group} has no grant on pool {pool} (see `drawbridge grants`)"
+                        ),
+                    }
+                }
+                _ => fail!("name the grant by id, or by --group and --pool"),
+            };
+            c.delete_grant(&id).await?;
+            done(ctx, &format!("Deleted grant {id}."))
         }
     }
 }

@@ -345,6 +345,45 @@ fn admin_prepares_a_session_and_the_user_sees_starts_and_ends_only_theirs() {
         grants.contains("service") && grants.contains("line-3") && grants.contains("full"),
         "{grants}"
     );
+    // (A second pool and grant, removed again by group and pool name.)
+    admin.ok(&["pool", "create", "spare-pool"]);
+    admin.ok(&[
+        "grant",
+        "create",
+        "--group",
+        "service",
+        "--pool",
+        "spare-pool",
+        "--level",
+        "monitor",
+    ]);
+    assert_eq!(
+        admin
+            .run(&["grants", "--json"], None)
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    admin.ok(&[
+        "grant",
+        "delete",
+        "--group",
+        "service",
+        "--pool",
+        "spare-pool",
+    ]);
+    admin.ok(&["pool", "delete", "spare-pool"]);
+    assert_eq!(
+        admin
+            .run(&["grants", "--json"], None)
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     // A session for anna, and one she is not part of.
     let s = admin

@@ -26,6 +26,13 @@ const ENV_VARS: &[&str] = &[
     "DRAWBRIDGE_TLS_CERT",
     "DRAWBRIDGE_TLS_KEY",
     "DRAWBRIDGE_PUBLIC_URL",
+    // Loopback only: never through a proxy.
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
 ];
 
 pub fn client_bin() -> PathBuf {
