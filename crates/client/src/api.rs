@@ -159,6 +159,15 @@ fn chain_text(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
+/// The innermost error's message (e.g. "Connection refused (os error 111)").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
 /// The control API, as one server and (optionally) one bearer token.
 #[derive(Clone)]
 pub struct Client {
@@ -244,7 +253,7 @@ impl Client {
         if e.is_connect() {
             return Error::Connect {
                 server: self.base.clone(),
-                detail: chain_text(&e),
+                detail: root_cause(&e),
             };
         }
         Error::Http(chain_text(&e))

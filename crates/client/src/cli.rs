@@ -181,7 +181,7 @@ pub struct DeviceSpec {
     #[arg(long)]
     pub serial: Option<String>,
     /// A LAN subnet behind the device, e.g. 192.168.1.0/24 (repeatable).
-    #[arg(long, value_name = "CIDR")]
+    #[arg(long, visible_alias = "lan", value_name = "CIDR")]
     pub lan_subnet: Vec<ipnet::IpNet>,
     /// 1:1 NAT, REAL=VIRTUAL, e.g. 192.168.1.0/24=10.77.1.0/24 (repeatable).
     #[arg(long, value_name = "REAL=VIRTUAL", value_parser = parse_nat)]
@@ -920,7 +920,10 @@ async fn login(g: &Global, args: LoginArgs) -> Result<()> {
         resp = match resp.stage {
             LoginStage::Complete => break,
             LoginStage::TotpRequired => {
-                let code = prompt::line("Code from your authenticator app: ", "TOTP code")?;
+                let code = prompt::line(
+                    "Code from your authenticator app: ",
+                    "TOTP code (pass it with --totp CODE)",
+                )?;
                 client.login_totp(&code).await?
             }
             LoginStage::PasswordChangeRequired => {

@@ -41,7 +41,7 @@ impl Error {
             Error::Api(api::Error::Api {
                 code: ErrorCode::Unauthenticated,
                 ..
-            }) => Some("log in again with `drawbridge login`"),
+            }) => Some("run `drawbridge login`"),
             Error::Api(api::Error::Api {
                 code: ErrorCode::LoginIncomplete,
                 ..
