@@ -961,7 +961,7 @@ async fn login(g: &Global, args: LoginArgs) -> Result<()> {
     };
     let path = config::save(&creds)?;
     // The login this one replaces is ended on the server, best effort.
-    if let Some(old) = same.filter(|c| c.token != creds.token)
+    if let Some(old) = previous.as_ref().filter(|c| c.token != creds.token)
         && let Ok(c) = Client::new(&old.server, old.ca_file.as_deref())
     {
         let _ = c.with_token(old.token.clone()).logout().await;

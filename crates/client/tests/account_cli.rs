@@ -538,7 +538,7 @@ fn admin_prepares_a_session_and_the_user_sees_starts_and_ends_only_theirs() {
 }
 
 #[test]
-fn api_tokens_work_from_the_environment_and_read_only_ones_cannot_write() {
+fn api_tokens_from_the_environment_read_only_tokens_auditors_and_relogin() {
     let server = Server::start();
     let admin = server.cli();
     admin.login("root", ADMIN_PASSWORD, &[]).expect_ok();
@@ -583,6 +583,61 @@ fn api_tokens_work_from_the_environment_and_read_only_ones_cannot_write() {
         err.contains("forbidden: this API token is read-only"),
         "{err}"
     );
+
+    // An auditor reads sessions and the audit log, and changes nothing.
+    let pw = admin.config.path().join("pw");
+    std::fs::write(&pw, format!("{USER_PASSWORD}\n")).unwrap();
+    admin.ok(&[
+        "user",
+        "create",
+        "audra",
+        "--role",
+        "auditor",
+        "--password-file",
+        pw.to_str().unwrap(),
+    ]);
+    let auditor = server.cli();
+    auditor.login("audra", USER_PASSWORD, &[]).expect_ok();
+    auditor.run(&["sessions", "--json"], None).json();
+    assert!(auditor.ok(&["audit", "verify"]).contains("intact"));
+    let jsonl = auditor.ok(&["audit", "export", "--action", "token."]);
+    assert!(jsonl.contains("token.create"), "{jsonl}");
+    let err = auditor.run(
+        &[
+            "user",
+            "create",
+            "eve",
+            "--role",
+            "admin",
+            "--password-stdin",
+        ],
+        Some("Whatever-Pass-99\n"),
+    );
+    assert!(err.expect_err().contains("forbidden"), "{err:#?}");
+
+    // Logging in again ends the login it replaces.
+    let old = std::fs::read_to_string(auditor.credentials()).unwrap();
+    auditor.login("audra", USER_PASSWORD, &[]).expect_ok();
+    let old: serde_json::Value = serde_json::from_str(&old).unwrap();
+    let mut stale = server.cli();
+    stale.env = vec![
+        (
+            "DRAWBRIDGE_TOKEN".into(),
+            old["token"].as_str().unwrap().into(),
+        ),
+        ("DRAWBRIDGE_SERVER".into(), server.url.clone()),
+        (
+            "DRAWBRIDGE_CA_FILE".into(),
+            server.ca.to_string_lossy().into(),
+        ),
+    ];
+    assert!(
+        stale
+            .run(&["whoami"], None)
+            .expect_err()
+            .contains("unauthenticated")
+    );
+    auditor.ok(&["whoami"]);
 
     admin.ok(&["token", "revoke", "ci"]);
     let err = bot.run(&["devices"], None).expect_err().to_string();
