@@ -162,7 +162,7 @@ pub async fn insert(
     .bind(&id)
     .bind(account_id)
     .bind(name.as_str())
-    .bind(adhoc)
+    .bind(i64::from(adhoc))
     .bind(created_by)
     .bind(now)
     .bind(valid_from)
