@@ -338,6 +338,11 @@ async fn adhoc(
     if !access.can_see() {
         return Err(AppError::not_found("device"));
     }
+    if !access.can_tunnel() {
+        // A monitor grant shows the device but gives no tunnel.
+        drop(tx);
+        return caller.denied(&state, "session.adhoc").await;
+    }
     let targets = match req.targets {
         Some(t) => t,
         None => access.default_targets(&device.firewall),
