@@ -1,0 +1,134 @@
+//! The Drawbridge web portal: server-rendered pages for admins, session
+//! admins, users and auditors.
+//!
+//! The portal holds no data and decides no rule. Every page handler calls the
+//! JSON control API in-process (a `oneshot` on a clone of the API router) with
+//! the viewer's own bearer token, taken from the `db_session` cookie, and
+//! renders the JSON it gets back, or the API's `{code, message}` error. What a
+//! viewer may see or change is therefore exactly what the API lets them; the
+//! portal only hides links and forms the viewer's role could not use (from the
+//! shared role matrix in `drawbridge_proto`), so that the audit log is not
+//! filled with refusals from page views.
+//!
+//! Safety: the login cookie is `HttpOnly; Secure; SameSite=Strict`; every form
+//! carries a CSRF token (an HMAC of the login token, or of a pre-login nonce,
+//! under a key made at start) that every POST must present, and POSTs whose
+//! `Origin` or `Sec-Fetch-Site` say cross-site are refused before that. Pages
+//! are askama templates (checked at compile time, escaped by default) under a
+//! CSP that allows no script at all.
+
+mod apiclient;
+mod assets;
+mod pages;
+mod web;
+
+use axum::Router;
+use axum::routing::{get, post};
+use std::sync::Arc;
+
+pub use web::{CSRF_FIELD, SESSION_COOKIE};
+
+/// Everything the portal's handlers share.
+#[derive(Clone)]
+pub(crate) struct Portal(Arc<Inner>);
+
+pub(crate) struct Inner {
+    /// The server's JSON API, fully stated.
+    pub api: Router,
+    /// Key of the CSRF tokens' HMAC; made at start.
+    pub csrf_key: ring::hmac::Key,
+}
+
+impl std::ops::Deref for Portal {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// Where the portal lives.
+pub const PREFIX: &str = "/portal";
+
+/// The portal's routes (under `/portal`, plus `/` redirecting there), to be
+/// merged next to the API. `api` is the server's JSON API router with its
+/// state applied; the portal calls it in-process for every page.
+pub fn router(api: Router) -> Router {
+    let rng = ring::rand::SystemRandom::new();
+    let csrf_key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
+        .expect("the system random source works");
+    let portal = Portal(Arc::new(Inner { api, csrf_key }));
+    let p = |s: &str| format!("{PREFIX}{s}");
+    use pages::*;
+    Router::new()
+        .route("/", get(root_redirect))
+        .route(&p(""), get(root_redirect))
+        .route(&p("/"), get(dashboard::page))
+        .route(&p("/assets/{name}"), get(assets::serve))
+        .route(
+            &p("/setup"),
+            get(login::setup_form).post(login::setup_submit),
+        )
+        .route(
+            &p("/login"),
+            get(login::login_form).post(login::login_submit),
+        )
+        .route(
+            &p("/login/totp"),
+            get(login::totp_form).post(login::totp_submit),
+        )
+        .route(&p("/login/enroll"), get(login::enroll_start))
+        .route(
+            &p("/login/password"),
+            get(login::password_form).post(login::password_submit),
+        )
+        .route(&p("/logout"), post(login::logout))
+        .route(&p("/totp/enroll"), post(login::enroll_show))
+        .route(&p("/totp/confirm"), post(login::enroll_confirm))
+        .route(&p("/me"), get(me::page))
+        .route(&p("/me/password"), post(me::password))
+        .route(&p("/devices"), get(devices::list).post(devices::create))
+        .route(
+            &p("/devices/{id}"),
+            get(devices::detail).post(devices::update),
+        )
+        .route(&p("/devices/{id}/logbook"), post(devices::add_log))
+        .route(&p("/devices/{id}/activation-key"), post(devices::new_key))
+        .route(&p("/devices/{id}/config"), post(devices::config_file))
+        .route(&p("/devices/{id}/approve"), post(devices::approve))
+        .route(&p("/devices/{id}/delete"), post(devices::delete))
+        .route(&p("/devices/{id}/connect"), post(sessions::adhoc))
+        .route(&p("/users"), get(users::list).post(users::create))
+        .route(&p("/users/{id}"), post(users::update))
+        .route(&p("/access"), get(access::page))
+        .route(&p("/access/groups"), post(access::create_group))
+        .route(&p("/access/groups/{id}/members"), post(access::add_member))
+        .route(
+            &p("/access/groups/{id}/members/{user}/remove"),
+            post(access::remove_member),
+        )
+        .route(&p("/access/groups/{id}/delete"), post(access::delete_group))
+        .route(&p("/access/pools"), post(access::create_pool))
+        .route(&p("/access/pools/{id}/devices"), post(access::add_device))
+        .route(
+            &p("/access/pools/{id}/devices/{device}/remove"),
+            post(access::remove_device),
+        )
+        .route(&p("/access/pools/{id}/delete"), post(access::delete_pool))
+        .route(&p("/access/grants"), post(access::create_grant))
+        .route(&p("/access/grants/{id}/delete"), post(access::delete_grant))
+        .route(&p("/account"), get(account::page).post(account::update))
+        .route(&p("/sessions"), get(sessions::list).post(sessions::prepare))
+        .route(&p("/sessions/new"), get(sessions::new_form))
+        .route(&p("/sessions/{id}"), get(sessions::detail))
+        .route(&p("/sessions/{id}/start"), post(sessions::start))
+        .route(&p("/sessions/{id}/end"), post(sessions::end))
+        .route(&p("/sessions/{id}/devices"), post(sessions::add_device))
+        .route(&p("/audit"), get(audit::page))
+        .route(&p("/audit/export"), get(audit::export))
+        .layer(axum::middleware::map_response(web::security_headers))
+        .with_state(portal)
+}
+
+async fn root_redirect() -> axum::response::Redirect {
+    axum::response::Redirect::to(&format!("{PREFIX}/"))
+}

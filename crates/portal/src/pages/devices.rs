@@ -1,0 +1,319 @@
+//! Devices: list with status, create (activation key once, config file for
+//! USB/SD), detail with firewall, 1:1 NAT, LAN subnets, logbook.
+
+use super::dashboard::DeviceRow;
+use crate::apiclient::enc;
+use crate::web::{Flash, Layout, Posted, Viewer, after, api_failure, download, render};
+use crate::{PREFIX, Portal};
+use askama::Template;
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode};
+use axum::response::Response;
+use drawbridge_proto::api::{ActivationKey, CreatedDevice, Device, LogEntry, Pool};
+use drawbridge_proto::{Action, Role};
+use serde_json::{Value, json};
+
+#[derive(Template)]
+#[template(path = "devices.html")]
+struct ListPage {
+    l: Layout,
+    devices: Vec<DeviceRow>,
+    can_manage: bool,
+}
+
+pub async fn list(v: Viewer) -> Response {
+    let devices: Vec<Device> = match v.api.get("/api/v1/devices").await {
+        Ok(d) => d,
+        Err(e) => return api_failure(&e, &v.headers),
+    };
+    let page = ListPage {
+        l: v.layout("Devices"),
+        devices: devices.iter().map(DeviceRow::of).collect(),
+        can_manage: v.can(Action::ManageDevices),
+    };
+    render(StatusCode::OK, &page, v.flash.is_some())
+}
+
+fn subnets(text: &str) -> Vec<String> {
+    text.split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// `192.168.1.0/24 -> 10.77.1.0/24`, one per line.
+fn nat(text: &str) -> Result<Vec<Value>, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (real, virt) = l
+                .split_once("->")
+                .ok_or_else(|| format!("NAT {l:?}: write REAL -> VIRTUAL"))?;
+            Ok(json!({ "real": real.trim(), "virtual_subnet": virt.trim() }))
+        })
+        .collect()
+}
+
+/// The device fields of a create or edit form, as API JSON.
+fn device_body(p: &Posted) -> Result<Value, String> {
+    let f = &p.form;
+    let mut body = json!({
+        "name": f.get("name").trim(),
+        "lan_subnets": subnets(f.get("lan_subnets")),
+        "nat": nat(f.get("nat"))?,
+        "firewall": super::parse_targets(f.get("firewall"))?,
+    });
+    if let Some(s) = f.opt("serial") {
+        body["serial"] = s.into();
+    }
+    Ok(body)
+}
+
+#[derive(Template)]
+#[template(path = "device_key.html")]
+struct KeyPage {
+    l: Layout,
+    id: String,
+    name: String,
+    key: String,
+    expires: String,
+}
+
+fn key_page(v: &Viewer, id: &str, name: &str, key: &ActivationKey, title: &str) -> Response {
+    let page = KeyPage {
+        l: v.layout(title),
+        id: id.to_string(),
+        name: name.to_string(),
+        key: key.key.clone(),
+        expires: super::when(&key.expires_at),
+    };
+    render(StatusCode::OK, &page, false)
+}
+
+pub async fn create(State(portal): State<Portal>, p: Posted) -> Response {
+    let back = format!("{PREFIX}/devices");
+    let v = match p.viewer(&portal).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let body = match device_body(&p) {
+        Ok(b) => b,
+        Err(e) => return Flash::error(e).redirect(&back),
+    };
+    match p.api.post::<CreatedDevice>("/api/v1/devices", &body).await {
+        Ok(c) => key_page(
+            &v,
+            &c.device.id,
+            c.device.name.as_str(),
+            &c.activation,
+            "Device created",
+        ),
+        Err(e) => after::<()>(Err(e), &p.headers, &back, ""),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "device.html")]
+struct DetailPage {
+    l: Layout,
+    d: DeviceRow,
+    serial: String,
+    agent: String,
+    endpoint: String,
+    created: String,
+    subnets: String,
+    nat: String,
+    firewall: String,
+    firewall_list: Vec<String>,
+    nat_list: Vec<String>,
+    log: Vec<(String, String, String)>,
+    pools: Vec<String>,
+    can_manage: bool,
+    can_write_log: bool,
+    can_connect: bool,
+}
+
+pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
+    let d: Device = match v.api.get(&format!("/api/v1/devices/{}", enc(&id))).await {
+        Ok(d) => d,
+        Err(e) => return api_failure(&e, &v.headers),
+    };
+    let log: Vec<LogEntry> = match v
+        .api
+        .get(&format!("/api/v1/devices/{}/logbook", enc(&id)))
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => return api_failure(&e, &v.headers),
+    };
+    let pools: Vec<Pool> = if v.role() != Role::User {
+        v.api.get("/api/v1/pools").await.unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let page = DetailPage {
+        l: v.layout(format!("Device: {}", d.name)),
+        serial: d.serial.clone().unwrap_or_default(),
+        agent: d.status.agent_version.clone().unwrap_or_else(|| "—".into()),
+        endpoint: d
+            .status
+            .public_endpoint
+            .clone()
+            .unwrap_or_else(|| "—".into()),
+        created: super::when(&d.created_at),
+        subnets: d
+            .lan_subnets
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        nat: d
+            .nat
+            .iter()
+            .map(|n| format!("{} -> {}", n.real, n.virtual_subnet))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        firewall: super::targets_text(&d.firewall),
+        firewall_list: d.firewall.iter().map(super::target_str).collect(),
+        nat_list: d
+            .nat
+            .iter()
+            .map(|n| format!("{} ↔ {}", n.real, n.virtual_subnet))
+            .collect(),
+        log: log
+            .iter()
+            .map(|e| {
+                (
+                    super::when(&e.created_at),
+                    e.author.clone(),
+                    e.text.to_string(),
+                )
+            })
+            .collect(),
+        pools: pools
+            .iter()
+            .filter(|p| p.devices.contains(&d.id))
+            .map(|p| p.name.to_string())
+            .collect(),
+        can_manage: v.can(Action::ManageDevices),
+        can_write_log: v.role() != Role::Auditor,
+        can_connect: v.can(Action::UseSessions) && v.me.account.settings.adhoc_allowed,
+        d: DeviceRow::of(&d),
+    };
+    render(StatusCode::OK, &page, v.flash.is_some())
+}
+
+pub async fn update(Path(id): Path<String>, p: Posted) -> Response {
+    let back = format!("{PREFIX}/devices/{}", enc(&id));
+    let body = match device_body(&p) {
+        Ok(b) => b,
+        Err(e) => return Flash::error(e).redirect(&back),
+    };
+    let r = p
+        .api
+        .patch::<Device>(&format!("/api/v1/devices/{}", enc(&id)), &body)
+        .await;
+    after(r, &p.headers, &back, "The device was saved.")
+}
+
+pub async fn add_log(Path(id): Path<String>, p: Posted) -> Response {
+    let back = format!("{PREFIX}/devices/{}", enc(&id));
+    let r = p
+        .api
+        .post::<LogEntry>(
+            &format!("/api/v1/devices/{}/logbook", enc(&id)),
+            &json!({ "text": p.form.get("text") }),
+        )
+        .await;
+    after(r, &p.headers, &back, "The note is in the logbook.")
+}
+
+pub async fn new_key(State(portal): State<Portal>, Path(id): Path<String>, p: Posted) -> Response {
+    let back = format!("{PREFIX}/devices/{}", enc(&id));
+    let v = match p.viewer(&portal).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let r = p
+        .api
+        .call::<ActivationKey>(
+            Method::POST,
+            &format!("/api/v1/devices/{}/activation-key", enc(&id)),
+            None,
+        )
+        .await;
+    match r {
+        Ok(k) => {
+            let name: String = v
+                .api
+                .get::<Device>(&format!("/api/v1/devices/{}", enc(&id)))
+                .await
+                .map(|d| d.name.to_string())
+                .unwrap_or_default();
+            key_page(&v, &id, &name, &k, "New activation key")
+        }
+        Err(e) => after::<()>(Err(e), &p.headers, &back, ""),
+    }
+}
+
+/// The device's config file for USB/SD deployment. The key was just shown on
+/// the page the form came from; this turns it into a file.
+pub async fn config_file(Path(id): Path<String>, p: Posted) -> Response {
+    let key = p.form.get("activation_key").trim();
+    if key.is_empty() || key.len() > 256 {
+        return Flash::error("No activation key.")
+            .redirect(&format!("{PREFIX}/devices/{}", enc(&id)));
+    }
+    #[derive(serde::Serialize)]
+    struct EdgeConfig<'a> {
+        server: String,
+        activation_key: &'a str,
+    }
+    let body = toml::to_string(&EdgeConfig {
+        server: crate::web::base_url(&p.headers),
+        activation_key: key,
+    })
+    .unwrap_or_default();
+    let text = format!(
+        "# Drawbridge edge configuration for device {id}.\n# Copy to the gateway's USB stick or SD card. The activation key works once.\n{body}"
+    );
+    download(
+        "drawbridge-edge.toml",
+        "application/toml; charset=utf-8",
+        text,
+    )
+}
+
+pub async fn approve(Path(id): Path<String>, p: Posted) -> Response {
+    let r = p
+        .api
+        .call::<Device>(
+            Method::POST,
+            &format!("/api/v1/devices/{}/approve", enc(&id)),
+            None,
+        )
+        .await;
+    after(
+        r,
+        &p.headers,
+        &format!("{PREFIX}/devices/{}", enc(&id)),
+        "The device is approved.",
+    )
+}
+
+pub async fn delete(Path(id): Path<String>, p: Posted) -> Response {
+    let r = p
+        .api
+        .send(Method::DELETE, &format!("/api/v1/devices/{}", enc(&id)))
+        .await;
+    match r {
+        Ok(()) => Flash::ok("The device was removed.").redirect(&format!("{PREFIX}/devices")),
+        Err(e) => after::<()>(
+            Err(e),
+            &p.headers,
+            &format!("{PREFIX}/devices/{}", enc(&id)),
+            "",
+        ),
+    }
+}

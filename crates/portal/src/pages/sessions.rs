@@ -1,0 +1,423 @@
+//! Sessions: history with filters, prepare, detail (start, end, add device,
+//! the `drawbridge connect` command), ad-hoc connect.
+
+use crate::PREFIX;
+use crate::apiclient::enc;
+use crate::web::{Layout, Posted, Viewer, after, api_failure, render};
+use askama::Template;
+use axum::extract::{Path, Query};
+use axum::http::{Method, StatusCode};
+use axum::response::Response;
+use drawbridge_proto::api::{Device, Session, User};
+use drawbridge_proto::{Action, SessionState};
+use serde::Deserialize;
+use serde_json::json;
+use std::collections::HashMap;
+
+/// Display names for ids the viewer can see.
+pub struct Names {
+    pub devices: HashMap<String, String>,
+    pub users: HashMap<String, String>,
+}
+
+impl Names {
+    pub async fn load(v: &Viewer, devices: &[Device]) -> Names {
+        let users: Vec<User> = v.api.get("/api/v1/users").await.unwrap_or_default();
+        Names {
+            devices: devices
+                .iter()
+                .map(|d| (d.id.clone(), d.name.to_string()))
+                .collect(),
+            users: users
+                .iter()
+                .map(|u| (u.id.clone(), u.username.to_string()))
+                .collect(),
+        }
+    }
+    pub fn device(&self, id: &str) -> String {
+        self.devices
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| format!("device {}", super::short(id)))
+    }
+    pub fn user(&self, id: &str) -> String {
+        self.users
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| format!("user {}", super::short(id)))
+    }
+    /// `user:<id>` → a name.
+    pub fn actor(&self, actor: &str) -> String {
+        match actor.strip_prefix("user:") {
+            Some(id) => self.user(id),
+            None => actor.to_string(),
+        }
+    }
+}
+
+pub struct SessionRow {
+    pub id: String,
+    pub name: String,
+    pub state: String,
+    pub adhoc: bool,
+    pub devices: String,
+    pub users: String,
+    pub valid_from: String,
+    pub valid_until: String,
+    pub end_reason: Option<String>,
+}
+
+impl SessionRow {
+    pub fn of(s: &Session, n: &Names) -> SessionRow {
+        SessionRow {
+            id: s.id.clone(),
+            name: s.name.to_string(),
+            state: s.state.as_str().to_string(),
+            adhoc: s.adhoc,
+            devices: s
+                .devices
+                .iter()
+                .map(|d| n.device(&d.device_id))
+                .collect::<Vec<_>>()
+                .join(", "),
+            users: s
+                .users
+                .iter()
+                .map(|u| n.user(u))
+                .collect::<Vec<_>>()
+                .join(", "),
+            valid_from: super::when(&s.valid_from),
+            valid_until: super::when(&s.valid_until),
+            end_reason: s.end_reason.map(|r| r.as_str().to_string()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- history
+
+#[derive(Deserialize, Default)]
+pub struct Filter {
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    device: String,
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    q: String,
+}
+
+#[derive(Template)]
+#[template(path = "sessions.html")]
+struct ListPage {
+    l: Layout,
+    rows: Vec<SessionRow>,
+    f: Filter,
+    devices: Vec<(String, String)>,
+    users: Vec<(String, String)>,
+    can_prepare: bool,
+}
+
+pub async fn list(v: Viewer, Query(f): Query<Filter>) -> Response {
+    let state: Option<SessionState> = f.state.parse().ok();
+    let path = match state {
+        Some(s) => format!("/api/v1/sessions?state={}", s.as_str()),
+        None => "/api/v1/sessions".to_string(),
+    };
+    let sessions: Vec<Session> = match v.api.get(&path).await {
+        Ok(s) => s,
+        Err(e) => return api_failure(&e, &v.headers),
+    };
+    let devices: Vec<Device> = match v.api.get("/api/v1/devices").await {
+        Ok(d) => d,
+        Err(e) => return api_failure(&e, &v.headers),
+    };
+    let names = Names::load(&v, &devices).await;
+    let q = f.q.trim().to_lowercase();
+    let rows = sessions
+        .iter()
+        .filter(|s| f.device.is_empty() || s.devices.iter().any(|d| d.device_id == f.device))
+        .filter(|s| f.user.is_empty() || s.users.contains(&f.user))
+        .filter(|s| q.is_empty() || s.name.as_str().to_lowercase().contains(&q))
+        .map(|s| SessionRow::of(s, &names))
+        .collect();
+    let mut dl: Vec<(String, String)> = names.devices.clone().into_iter().collect();
+    dl.sort_by(|a, b| a.1.cmp(&b.1));
+    let mut ul: Vec<(String, String)> = names.users.clone().into_iter().collect();
+    ul.sort_by(|a, b| a.1.cmp(&b.1));
+    let page = ListPage {
+        l: v.layout("Sessions"),
+        rows,
+        f,
+        devices: dl,
+        users: ul,
+        can_prepare: v.can(Action::PrepareSessions),
+    };
+    render(StatusCode::OK, &page, v.flash.is_some())
+}
+
+// ---------------------------------------------------------------- prepare
+
+#[derive(Template)]
+#[template(path = "session_new.html")]
+struct NewPage {
+    l: Layout,
+    devices: Vec<(String, String, String)>,
+    users: Vec<(String, String, String)>,
+    max_minutes: u32,
+}
+
+pub async fn new_form(v: Viewer) -> Response {
+    let devices: Vec<Device> = match v.api.get("/api/v1/devices").await {
+        Ok(d) => d,
+        Err(e) => return api_failure(&e, &v.headers),
+    };
+    let users: Vec<User> = match v.api.get("/api/v1/users").await {
+        Ok(u) => u,
+        Err(e) => return api_failure(&e, &v.headers),
+    };
+    let page = NewPage {
+        l: v.layout("Prepare a session"),
+        devices: devices
+            .iter()
+            .map(|d| {
+                (
+                    d.id.clone(),
+                    d.name.to_string(),
+                    super::targets_text(&d.firewall),
+                )
+            })
+            .collect(),
+        users: users
+            .iter()
+            .filter(|u| !u.disabled)
+            .map(|u| {
+                (
+                    u.id.clone(),
+                    u.username.to_string(),
+                    u.role.as_str().to_string(),
+                )
+            })
+            .collect(),
+        max_minutes: v.me.account.settings.max_session_minutes,
+    };
+    render(StatusCode::OK, &page, v.flash.is_some())
+}
+
+/// `2026-11-22T03:10` (a datetime-local field, read as UTC) → RFC 3339.
+pub fn local_to_rfc3339_pub(s: &str) -> Result<Option<String>, String> {
+    local_to_rfc3339(s)
+}
+
+fn local_to_rfc3339(s: &str) -> Result<Option<String>, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]");
+    let fmt_s = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
+    let t = time::PrimitiveDateTime::parse(s, fmt)
+        .or_else(|_| time::PrimitiveDateTime::parse(s, fmt_s))
+        .map_err(|_| format!("{s:?} is not a date and time"))?;
+    t.assume_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+pub async fn prepare(p: Posted) -> Response {
+    let back = format!("{PREFIX}/sessions/new");
+    let f = &p.form;
+    let mut devices = Vec::new();
+    for id in f.all("device") {
+        let targets = match super::parse_targets(f.get(&format!("targets_{id}"))) {
+            Ok(t) => t,
+            Err(e) => return crate::web::Flash::error(e).redirect(&back),
+        };
+        devices.push(json!({ "device_id": id, "targets": targets }));
+    }
+    let mut body = json!({
+        "name": f.get("name").trim(),
+        "devices": devices,
+        "users": f.all("user"),
+    });
+    for field in ["valid_from", "valid_until"] {
+        match local_to_rfc3339(f.get(field)) {
+            Ok(Some(t)) => body[field] = t.into(),
+            Ok(None) => {}
+            Err(e) => return crate::web::Flash::error(format!("{field}: {e}")).redirect(&back),
+        }
+    }
+    match p.api.post::<Session>("/api/v1/sessions", &body).await {
+        Ok(s) => crate::web::Flash::ok(format!("Session “{}” is prepared.", s.name))
+            .redirect(&format!("{PREFIX}/sessions/{}", enc(&s.id))),
+        Err(e) => after::<()>(Err(e), &p.headers, &back, ""),
+    }
+}
+
+// ---------------------------------------------------------------- detail
+
+pub struct DeviceTargets {
+    pub id: String,
+    pub name: String,
+    pub targets: Vec<String>,
+}
+
+#[derive(Template)]
+#[template(path = "session.html")]
+struct DetailPage {
+    l: Layout,
+    s: SessionRow,
+    devices: Vec<DeviceTargets>,
+    created_by: String,
+    created_at: String,
+    started: String,
+    started_by: String,
+    ended: String,
+    ended_by: String,
+    can_start: bool,
+    can_end: bool,
+    can_add: bool,
+    pending: bool,
+    active: bool,
+    assigned: bool,
+    connect: String,
+    addable: Vec<(String, String, String)>,
+}
+
+pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
+    let s: Session = match v.api.get(&format!("/api/v1/sessions/{}", enc(&id))).await {
+        Ok(s) => s,
+        Err(e) => return api_failure(&e, &v.headers),
+    };
+    let devices: Vec<Device> = match v.api.get("/api/v1/devices").await {
+        Ok(d) => d,
+        Err(e) => return api_failure(&e, &v.headers),
+    };
+    let names = Names::load(&v, &devices).await;
+    let assigned = s.users.contains(&v.me.user.id);
+    let open = s.state != SessionState::Ended;
+    let can_add = s.state == SessionState::Prepared && v.can(Action::AddSessionDevices);
+    let page = DetailPage {
+        l: v.layout(format!("Session: {}", s.name)),
+        devices: s
+            .devices
+            .iter()
+            .map(|d| DeviceTargets {
+                id: d.device_id.clone(),
+                name: names.device(&d.device_id),
+                targets: d.targets.iter().map(super::target_str).collect(),
+            })
+            .collect(),
+        created_by: names.actor(&s.created_by),
+        created_at: super::when(&s.created_at),
+        started: super::when_opt(&s.started_at),
+        started_by: s
+            .started_by
+            .as_deref()
+            .map(|a| names.actor(a))
+            .unwrap_or_default(),
+        ended: super::when_opt(&s.ended_at),
+        ended_by: s
+            .ended_by
+            .as_deref()
+            .map(|a| names.actor(a))
+            .unwrap_or_default(),
+        can_start: s.state == SessionState::Prepared && assigned && v.can(Action::UseSessions),
+        can_end: open
+            && ((assigned && v.can(Action::EndOwnSession)) || v.can(Action::EndAnySession)),
+        can_add,
+        pending: s.state == SessionState::PendingApproval,
+        active: s.state == SessionState::Active,
+        assigned,
+        connect: format!("drawbridge connect {} --server {}", s.id, v.base_url()),
+        addable: if can_add {
+            devices
+                .iter()
+                .filter(|d| !s.devices.iter().any(|x| x.device_id == d.id))
+                .map(|d| {
+                    (
+                        d.id.clone(),
+                        d.name.to_string(),
+                        super::targets_text(&d.firewall),
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
+        s: SessionRow::of(&s, &names),
+    };
+    render(StatusCode::OK, &page, v.flash.is_some())
+}
+
+pub async fn start(Path(id): Path<String>, p: Posted) -> Response {
+    let r = p
+        .api
+        .call::<Session>(
+            Method::POST,
+            &format!("/api/v1/sessions/{}/start", enc(&id)),
+            None,
+        )
+        .await;
+    let msg = match &r {
+        Ok(s) if s.state == SessionState::PendingApproval => {
+            "The session is waiting for approval (dual control)."
+        }
+        _ => "The session is active. Run the command below to connect.",
+    };
+    after(
+        r,
+        &p.headers,
+        &format!("{PREFIX}/sessions/{}", enc(&id)),
+        msg,
+    )
+}
+
+pub async fn end(Path(id): Path<String>, p: Posted) -> Response {
+    let r = p
+        .api
+        .call::<Session>(
+            Method::POST,
+            &format!("/api/v1/sessions/{}/end", enc(&id)),
+            None,
+        )
+        .await;
+    after(
+        r,
+        &p.headers,
+        &format!("{PREFIX}/sessions/{}", enc(&id)),
+        "The session has ended.",
+    )
+}
+
+pub async fn add_device(Path(id): Path<String>, p: Posted) -> Response {
+    let back = format!("{PREFIX}/sessions/{}", enc(&id));
+    let f = &p.form;
+    let targets = match super::parse_targets(f.get("targets")) {
+        Ok(t) => t,
+        Err(e) => return crate::web::Flash::error(e).redirect(&back),
+    };
+    let r = p
+        .api
+        .post::<Session>(
+            &format!("/api/v1/sessions/{}/devices", enc(&id)),
+            &json!({ "device_id": f.get("device_id"), "targets": targets }),
+        )
+        .await;
+    after(r, &p.headers, &back, "The device was added.")
+}
+
+/// Ad-hoc connect from a device's page.
+pub async fn adhoc(Path(id): Path<String>, p: Posted) -> Response {
+    let back = format!("{PREFIX}/devices/{}", enc(&id));
+    match p
+        .api
+        .post::<Session>("/api/v1/sessions/adhoc", &json!({ "device_id": id }))
+        .await
+    {
+        Ok(s) => crate::web::Flash::ok("Ad-hoc session started. Run the command below to connect.")
+            .redirect(&format!("{PREFIX}/sessions/{}", enc(&s.id))),
+        Err(e) => after::<()>(Err(e), &p.headers, &back, ""),
+    }
+}

@@ -1,0 +1,267 @@
+//! The real server application with the portal merged in, as the server's
+//! `app()` will assemble it, served over TLS on 127.0.0.1 with a fresh CA.
+#![allow(dead_code)]
+
+use drawbridge_server::clock::Clock;
+use drawbridge_server::db::Store;
+use drawbridge_server::state::AppState;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub const PASSWORD: &str = "Blue-Tractor-42";
+
+pub struct TestServer {
+    pub url: String,
+    pub state: AppState,
+    pub ca_pem: PathBuf,
+    pub dir: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&format!(
+            "sqlite://{}",
+            dir.path().join("test.db").display()
+        ))
+        .await
+        .expect("store");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!(
+            "https://127.0.0.1:{}",
+            listener.local_addr().expect("addr").port()
+        );
+        let state = AppState::new(store, Clock::default(), url.clone())
+            .await
+            .expect("state");
+        let files = drawbridge_server::pki::ensure_self_signed(&dir.path().join("tls"), &[])
+            .expect("certificates");
+        let tls = drawbridge_server::pki::server_config(&files.cert, &files.key).expect("tls");
+        // Exactly the integration proposed for the server's `app()`.
+        let (api, _) = drawbridge_server::api::routes();
+        let app = drawbridge_server::app(state.clone())
+            .merge(drawbridge_portal::router(api.with_state(state.clone())));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(drawbridge_server::serve::serve_tls(
+            listener,
+            Arc::new(tls),
+            app,
+            async {
+                let _ = rx.await;
+            },
+        ));
+        TestServer {
+            url,
+            state,
+            ca_pem: files.ca_cert,
+            dir,
+            _stop: tx,
+        }
+    }
+
+    /// A one-time setup token, as the server prints in its setup link.
+    pub async fn setup_token(&self) -> String {
+        drawbridge_server::bootstrap::new_setup_token(&self.state)
+            .await
+            .expect("setup token")
+    }
+
+    pub async fn audit_actions(&self) -> Vec<(String, String, String)> {
+        let rows: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT action, result, source FROM audit_log ORDER BY seq")
+                .fetch_all(&self.state.store.pool)
+                .await
+                .expect("audit");
+        rows
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(&self.state.store.pool)
+            .await
+            .expect("count")
+    }
+}
+
+/// A browser-like HTTP client: our CA, a cookie jar, no automatic redirects.
+pub struct Browser {
+    pub http: reqwest::Client,
+    pub base: String,
+    pub cookies: BTreeMap<String, String>,
+}
+
+pub struct Page {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Page {
+    pub fn location(&self) -> &str {
+        self.headers
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+    /// The first form's CSRF token on the page.
+    pub fn csrf(&self) -> String {
+        let key = "name=\"csrf\" value=\"";
+        let i = self.body.find(key).expect("a CSRF field") + key.len();
+        self.body[i..].split('"').next().unwrap_or("").to_string()
+    }
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+impl Browser {
+    pub fn new(server: &TestServer) -> Browser {
+        let ca = std::fs::read(&server.ca_pem).expect("CA");
+        let http = reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("CA"))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        Browser {
+            http,
+            base: server.url.clone(),
+            cookies: BTreeMap::new(),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    async fn finish(&mut self, res: reqwest::Response) -> Page {
+        for v in res.headers().get_all("set-cookie") {
+            let v = v.to_str().unwrap_or("");
+            let first = v.split(';').next().unwrap_or("");
+            if let Some((k, val)) = first.split_once('=') {
+                if val.is_empty() || v.contains("Max-Age=0") {
+                    self.cookies.remove(k);
+                } else {
+                    self.cookies.insert(k.to_string(), val.to_string());
+                }
+            }
+        }
+        Page {
+            status: res.status().as_u16(),
+            headers: res.headers().clone(),
+            body: res.text().await.unwrap_or_default(),
+        }
+    }
+
+    pub async fn get(&mut self, path: &str) -> Page {
+        let res = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("cookie", self.cookie_header())
+            .header("sec-fetch-site", "same-origin")
+            .send()
+            .await
+            .expect("GET");
+        self.finish(res).await
+    }
+
+    /// A same-origin form POST (as a browser sends it).
+    pub async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        let host = self.base.trim_start_matches("https://").to_string();
+        self.post_with(
+            path,
+            form,
+            &[
+                ("origin", &format!("https://{host}")),
+                ("sec-fetch-site", "same-origin"),
+            ],
+        )
+        .await
+    }
+
+    pub async fn post_with(
+        &mut self,
+        path: &str,
+        form: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> Page {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("cookie", self.cookie_header())
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(
+                form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(form)
+                    .finish(),
+            );
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = req.send().await.expect("POST");
+        self.finish(res).await
+    }
+
+    /// Follows one redirect (GET).
+    pub async fn follow(&mut self, p: &Page) -> Page {
+        let to = p.location().to_string();
+        assert!(
+            !to.is_empty(),
+            "expected a redirect, got {} {}",
+            p.status,
+            p.body
+        );
+        self.get(&to).await
+    }
+
+    /// Runs the first-run setup page; returns nothing, panics on failure.
+    pub async fn setup(&mut self, token: &str, account: &str) {
+        let form = self.get(&format!("/portal/setup?token={token}")).await;
+        assert_eq!(form.status, 200, "{}", form.body);
+        let csrf = form.csrf();
+        let done = self
+            .post(
+                "/portal/setup",
+                &[
+                    ("csrf", &csrf),
+                    ("token", token),
+                    ("account", account),
+                    ("admin_username", "admin"),
+                    ("admin_password", PASSWORD),
+                ],
+            )
+            .await;
+        assert_eq!(done.status, 200, "{}", done.body);
+        assert!(done.body.contains("was created"), "{}", done.body);
+    }
+
+    /// Logs in with a password (no second factor); ends on the dashboard.
+    pub async fn login(&mut self, account: &str, user: &str, password: &str) -> Page {
+        let form = self.get("/portal/login").await;
+        let csrf = form.csrf();
+        let r = self
+            .post(
+                "/portal/login",
+                &[
+                    ("csrf", &csrf),
+                    ("account", account),
+                    ("username", user),
+                    ("password", password),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 303, "login: {}", r.body);
+        self.follow(&r).await
+    }
+}
