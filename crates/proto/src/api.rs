@@ -109,8 +109,11 @@ pub struct Account {
 pub struct UpdateAccount {
     #[serde(default)]
     pub name: Option<Name>,
+    /// A partial settings object: only the keys given change (JSON merge patch);
+    /// unknown keys are refused.
     #[serde(default)]
-    pub settings: Option<AccountSettings>,
+    #[schema(value_type = Option<Object>)]
+    pub settings: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

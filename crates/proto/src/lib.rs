@@ -5,6 +5,7 @@
 //! `Name` knows it is 1..=64 printable characters.
 
 pub mod api;
+pub mod channel;
 pub mod error;
 pub mod model;
 pub mod text;

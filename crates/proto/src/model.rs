@@ -292,8 +292,20 @@ impl Target {
 }
 
 impl fmt::Display for Target {
+    /// The same form `from_str` parses: `tcp:192.168.1.10:502`, `icmp:10.0.0.0/24`,
+    /// `udp:[fd00::1]:161`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.protocol.as_str(), self.address)?;
+        let host = self.address.prefix_len() == self.address.max_prefix_len();
+        let addr = if host {
+            self.address.addr().to_string()
+        } else {
+            self.address.to_string()
+        };
+        write!(f, "{}:", self.protocol.as_str())?;
+        match (self.address.addr().is_ipv6(), self.ports) {
+            (true, Some(_)) => write!(f, "[{addr}]")?,
+            _ => f.write_str(&addr)?,
+        }
         if let Some(p) = self.ports {
             write!(f, ":{p}")?;
         }
@@ -314,10 +326,22 @@ impl FromStr for Target {
             "icmp" => Protocol::Icmp,
             _ => return Err(format!("{proto:?} is not tcp, udp or icmp")),
         };
-        // IPv6 addresses contain ':'; ports follow the last ':' only when what precedes parses.
-        let (addr, ports) = match rest.rsplit_once(':') {
-            Some((a, p)) if parse_net(a).is_ok() => (a, Some(p.parse::<PortRange>()?)),
-            _ => (rest, None),
+        // IPv6 with ports is written in brackets; otherwise ports follow the last
+        // ':' only when what precedes it parses as an address.
+        let (addr, ports) = if let Some(inner) = rest.strip_prefix('[') {
+            let (a, tail) = inner
+                .split_once(']')
+                .ok_or_else(|| format!("{s:?}: unclosed '['"))?;
+            match tail.strip_prefix(':') {
+                Some(p) => (a, Some(p.parse::<PortRange>()?)),
+                None if tail.is_empty() => (a, None),
+                None => return Err(format!("{s:?}: expected :PORTS after ']'")),
+            }
+        } else {
+            match rest.rsplit_once(':') {
+                Some((a, p)) if parse_net(a).is_ok() => (a, Some(p.parse::<PortRange>()?)),
+                _ => (rest, None),
+            }
         };
         Target::new(parse_net(addr)?, protocol, ports)
     }
@@ -485,6 +509,8 @@ pub enum EndReason {
     EdgeOffline,
     UserDisabled,
     Refused,
+    /// Nobody approved the start in time (dual control).
+    ApprovalTimeout,
 }
 
 impl EndReason {
@@ -498,6 +524,7 @@ impl EndReason {
             EndReason::EdgeOffline => "edge_offline",
             EndReason::UserDisabled => "user_disabled",
             EndReason::Refused => "refused",
+            EndReason::ApprovalTimeout => "approval_timeout",
         }
     }
 }
@@ -514,6 +541,7 @@ impl FromStr for EndReason {
             Self::EdgeOffline,
             Self::UserDisabled,
             Self::Refused,
+            Self::ApprovalTimeout,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
@@ -558,6 +586,16 @@ mod tests {
             "192.168.1.0/24"
         );
         assert_eq!(t("tcp:fd00::1:502").ports, Some(PortRange::single(502)));
+        assert_eq!(t("tcp:[fd00::1]:502").ports, Some(PortRange::single(502)));
+        for s in [
+            "tcp:192.168.1.10:502",
+            "icmp:10.0.0.0/24",
+            "udp:[fd00::1]:161-162",
+            "tcp:10.0.0.0/8",
+        ] {
+            assert_eq!(t(s).to_string(), s, "display is parseable");
+            assert_eq!(t(&t(s).to_string()), t(s));
+        }
         let json = serde_json::to_string(&t("tcp:10.0.0.1:502")).unwrap();
         assert_eq!(
             serde_json::from_str::<Target>(&json).unwrap(),

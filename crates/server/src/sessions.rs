@@ -100,9 +100,11 @@ pub async fn check_assignment(
             )));
         }
     }
-    let mut checks: Vec<(String, Role)> = Vec::new();
+    // (user id, role, user name) of everyone whose rights must cover the targets.
+    let mut checks: Vec<(String, Role, String)> = Vec::new();
     if let Some((id, role)) = preparer {
-        checks.push((id.to_string(), role));
+        let name = records::user(conn, account_id, id).await?.username;
+        checks.push((id.to_string(), role, name));
     }
     for u in users {
         let user = records::user(conn, account_id, u).await?;
@@ -118,18 +120,18 @@ pub async fn check_assignment(
                 user.username
             )));
         }
-        checks.push((user.id, user.role));
+        checks.push((user.id, user.role, user.username));
     }
     for d in devices {
         let device = records::device(conn, account_id, &d.device_id).await?;
-        for (user_id, role) in &checks {
+        for (user_id, role, name) in &checks {
             let access = rights::access(conn, account_id, user_id, *role, &device.id).await?;
             for t in &d.targets {
                 if !access.allows(&device.firewall, t) {
                     return Err(AppError::new(
                         drawbridge_proto::ErrorCode::Forbidden,
                         format!(
-                            "target {t} on device {} is outside the device firewall or the grants of user {user_id}",
+                            "target {t} on device {} is outside the device firewall or the grants of user {name}",
                             device.name
                         ),
                     ));

@@ -10,7 +10,7 @@ use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use drawbridge_proto::api::{Account, Notification, UpdateAccount};
-use drawbridge_proto::{Action, ApiError};
+use drawbridge_proto::{AccountSettings, Action, ApiError};
 use sqlx::Row;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -40,9 +40,6 @@ async fn update_account(
     caller
         .require(&state, Action::ManageUsers, "account.update")
         .await?;
-    if let Some(s) = &req.settings {
-        s.check().map_err(AppError::invalid)?;
-    }
     let now = state.now();
     let mut tx = state.store.begin().await?;
     let before = records::account(&mut tx, &caller.account_id).await?;
@@ -60,9 +57,10 @@ async fn update_account(
             });
         }
     }
-    if let Some(settings) = &req.settings {
+    if let Some(patch) = &req.settings {
+        let settings = merge_settings(&before.settings, patch)?;
         sqlx::query("UPDATE accounts SET settings = $1 WHERE id = $2")
-            .bind(serde_json::to_string(settings).map_err(AppError::internal)?)
+            .bind(serde_json::to_string(&settings).map_err(AppError::internal)?)
             .bind(&caller.account_id)
             .execute(&mut *tx)
             .await?;
@@ -106,4 +104,36 @@ async fn notifications(
         });
     }
     Ok(Json(out))
+}
+
+/// Applies a JSON merge patch (RFC 7396) to the current settings; the result
+/// must parse (no unknown keys, right types) and be within bounds.
+fn merge_settings(
+    current: &AccountSettings,
+    patch: &serde_json::Value,
+) -> AppResult<AccountSettings> {
+    fn merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
+        match (target, patch) {
+            (serde_json::Value::Object(t), serde_json::Value::Object(p)) => {
+                for (k, v) in p {
+                    match t.get_mut(k) {
+                        Some(slot) if v.is_object() => merge(slot, v),
+                        _ => {
+                            t.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+            }
+            (t, p) => *t = p.clone(),
+        }
+    }
+    if !patch.is_object() {
+        return Err(AppError::bad_request("settings must be an object"));
+    }
+    let mut value = serde_json::to_value(current).map_err(AppError::internal)?;
+    merge(&mut value, patch);
+    let settings: AccountSettings = serde_json::from_value(value)
+        .map_err(|e| AppError::bad_request(format!("invalid settings: {e}")))?;
+    settings.check().map_err(AppError::invalid)?;
+    Ok(settings)
 }

@@ -1,0 +1,191 @@
+//! The live channels: the edge channel (one WebSocket per edge, authenticated
+//! by the device's identity key) and the client channel (one WebSocket per
+//! joined session, authenticated by the user's token). Messages are JSON text
+//! frames, tagged by `type`, versioned by the route (`/api/v1/...`).
+//!
+//! The server always sends an edge its complete desired state (`sessions`);
+//! the edge reconciles. Candidates travel as opaque `signal` blobs produced and
+//! consumed by the tunnel engine.
+
+use crate::model::{NatMapping, SessionState, Target};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Largest text frame either side accepts on a channel.
+pub const MAX_CHANNEL_FRAME: usize = 256 * 1024;
+/// Largest signal blob (base64).
+pub const MAX_SIGNAL_LEN: usize = 4096;
+
+/// The edge signs `EDGE_AUTH_CONTEXT || nonce || device_id` with its identity key.
+pub const EDGE_AUTH_CONTEXT: &[u8] = b"drawbridge-edge-auth-v1\0";
+
+/// What an edge reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeStatus {
+    /// The on-site remote-access switch.
+    pub switch_on: bool,
+    pub agent_version: String,
+    /// Public UDP endpoints learnt by STUN (`ip:port`), at most 8.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+}
+
+/// Per-tunnel figures an edge or client reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelReport {
+    pub session_id: String,
+    /// The other end's WireGuard public key (base64).
+    pub peer: String,
+    /// `direct` or `relay`.
+    pub path: String,
+    /// Why that path, in words (`direct ok`, `symmetric NAT on both sides`, …).
+    #[serde(default)]
+    pub reason: String,
+    pub bytes_to_device: u64,
+    pub bytes_from_device: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum EdgeToServer {
+    /// Answer to `challenge`.
+    Auth {
+        device_id: String,
+        signature: String,
+    },
+    Status(EdgeStatus),
+    /// The edge's WireGuard public key (base64) for one session; it makes a fresh key per session.
+    SessionKey {
+        session_id: String,
+        public_key: String,
+    },
+    /// Path candidates for the client with key `peer`.
+    Signal {
+        session_id: String,
+        peer: String,
+        data: String,
+    },
+    /// On-site approval or refusal of a session waiting for it (dual control).
+    Decision {
+        session_id: String,
+        approve: bool,
+    },
+    Tunnel(TunnelReport),
+}
+
+/// One client allowed into a session on this edge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EdgePeer {
+    /// The client's WireGuard public key (base64).
+    pub public_key: String,
+    /// The client's overlay address (inner source of its packets).
+    pub overlay_ip: String,
+    pub user: String,
+}
+
+/// A session as the edge must run it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EdgeSession {
+    pub session_id: String,
+    pub name: String,
+    pub state: SessionState,
+    /// Unix seconds; the edge ends the session's tunnels then, even when the control plane is unreachable.
+    pub valid_until: i64,
+    /// The released targets (real LAN addresses).
+    pub targets: Vec<Target>,
+    pub nat: Vec<NatMapping>,
+    pub peers: Vec<EdgePeer>,
+    /// `wss://…/relay/v1`.
+    pub relay_url: String,
+    /// Relay token for the edge's session key, once the edge has announced it.
+    #[serde(default)]
+    pub relay_token: Option<String>,
+    /// STUN servers (`host:port`).
+    #[serde(default)]
+    pub stun: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerToEdge {
+    Challenge {
+        nonce: String,
+    },
+    Welcome {
+        device_id: String,
+        account_id: String,
+    },
+    /// The complete set of sessions this edge must run or hold for approval.
+    Sessions {
+        sessions: Vec<EdgeSession>,
+    },
+    Signal {
+        session_id: String,
+        peer: String,
+        data: String,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
+}
+
+/// What a client needs to bring a tunnel up to one device of a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JoinDevice {
+    pub device_id: String,
+    pub name: String,
+    /// The edge's WireGuard key for this session (base64), once the edge announced it.
+    #[serde(default)]
+    pub edge_public_key: Option<String>,
+    /// The addresses the client routes into the tunnel (virtual addresses where 1:1 NAT applies).
+    pub targets: Vec<Target>,
+    pub online: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    /// The client's fresh WireGuard public key for this session (base64).
+    pub public_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JoinResponse {
+    pub tunnel_id: String,
+    pub session_id: String,
+    pub state: SessionState,
+    /// The client's overlay address.
+    pub overlay_ip: String,
+    pub relay_url: String,
+    /// Relay token for the client's key, naming the session's edge keys.
+    #[serde(default)]
+    pub relay_token: Option<String>,
+    pub stun: Vec<String>,
+    pub devices: Vec<JoinDevice>,
+    pub valid_until: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientToServer {
+    Signal { device_id: String, data: String },
+    Tunnel(TunnelReport),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerToClient {
+    /// The current join data (sent at connect and whenever it changes, e.g. an edge key arrives).
+    Update(JoinResponse),
+    Signal {
+        device_id: String,
+        data: String,
+    },
+    /// The session ended; tear the tunnel down.
+    Ended {
+        reason: String,
+    },
+}
