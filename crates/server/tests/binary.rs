@@ -163,10 +163,7 @@ async fn first_start_prints_ca_fingerprint_and_a_one_time_setup_link_that_create
         .to_string();
     drop(server);
     let again = start(dir.path());
-    assert!(
-        again.lines.contains(&fp),
-        "same CA after restart"
-    );
+    assert!(again.lines.contains(&fp), "same CA after restart");
     assert!(!again.lines.join("\n").contains("setup?token="));
 }
 

@@ -33,7 +33,14 @@ async fn raw(
 }
 
 /// method, path, content type, body, expected status, expected code
-type Case = (Method, String, Option<&'static str>, Vec<u8>, StatusCode, &'static str);
+type Case = (
+    Method,
+    String,
+    Option<&'static str>,
+    Vec<u8>,
+    StatusCode,
+    &'static str,
+);
 
 async fn snapshot(app: &TestApp) -> Vec<i64> {
     let mut v = Vec::new();
