@@ -67,7 +67,8 @@ const MAX_OUTPUTS: usize = 8192;
 const DEFAULT_MTU: u16 = 1420;
 
 /// How the node's own NAT behaves, as far as STUN tells.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum NatKind {
     /// Not measured yet (or only one STUN server answered).
     Unknown,
@@ -104,7 +105,8 @@ impl NatKind {
 }
 
 /// What one side tells the other through the control plane: where it may be reached.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Carry it as [`Signal::encode`] bytes or as JSON (serde); the receiver bounds it again.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Signal {
     pub candidates: Vec<SocketAddr>,
     pub nat: NatKind,
@@ -188,7 +190,8 @@ impl Signal {
 }
 
 /// Which way a peer's traffic currently goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Path {
     /// Through the relay.
     Relay,
@@ -209,7 +212,8 @@ impl fmt::Display for Path {
 }
 
 /// Why the current path is what it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PathReason {
     /// On the relay, waiting for the peer's candidates.
     AwaitingCandidates,
@@ -1542,6 +1546,17 @@ mod tests {
         let mut long = s.encode();
         long.push(0);
         assert!(Signal::decode(&long).is_err());
+    }
+
+    #[test]
+    fn signal_travels_as_json_too() {
+        let s = Signal {
+            candidates: vec!["192.0.2.1:51820".parse().unwrap()],
+            nat: NatKind::Easy,
+        };
+        let j = serde_json::to_string(&s).unwrap();
+        assert_eq!(j, r#"{"candidates":["192.0.2.1:51820"],"nat":"easy"}"#);
+        assert_eq!(serde_json::from_str::<Signal>(&j).unwrap(), s);
     }
 
     #[test]
