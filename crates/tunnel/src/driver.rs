@@ -115,8 +115,8 @@ impl Tunnel {
     pub async fn start(mut config: DriverConfig) -> io::Result<(Tunnel, TunnelIo)> {
         let socket = UdpSocket::bind(config.bind).await?;
         let local_addr = socket.local_addr()?;
-        if config.node.local_addrs.is_empty() && !local_addr.ip().is_unspecified() {
-            config.node.local_addrs = vec![local_addr];
+        if config.node.local_addrs.is_empty() {
+            config.node.local_addrs = host_candidates(local_addr, &config.node.stun_servers);
         }
         let q = config.queue.max(16);
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
@@ -234,6 +234,31 @@ impl Tunnel {
             .map_err(|_| Stopped)?;
         rx.await.map_err(|_| Stopped)
     }
+}
+
+/// Host candidates for a socket bound to `local`: the address itself, or, when bound to the
+/// unspecified address, the source address the OS would use towards each STUN server
+/// (found with `connect` on a throwaway UDP socket, which sends nothing).
+fn host_candidates(local: SocketAddr, stun_servers: &[SocketAddr]) -> Vec<SocketAddr> {
+    if !local.ip().is_unspecified() {
+        return vec![local];
+    }
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for server in stun_servers.iter().take(4) {
+        if server.is_ipv4() != local.is_ipv4() {
+            continue;
+        }
+        let probe = std::net::UdpSocket::bind(SocketAddr::new(local.ip(), 0))
+            .and_then(|s| s.connect(server).map(|_| s))
+            .and_then(|s| s.local_addr());
+        if let Ok(a) = probe {
+            let cand = SocketAddr::new(a.ip(), local.port());
+            if !a.ip().is_unspecified() && !out.contains(&cand) {
+                out.push(cand);
+            }
+        }
+    }
+    out
 }
 
 impl Drop for Tunnel {

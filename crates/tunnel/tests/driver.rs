@@ -137,3 +137,25 @@ async fn a_packet_from_a_source_outside_allowed_ips_is_not_delivered() {
         "the spoofed packet must have been dropped"
     );
 }
+
+#[tokio::test]
+async fn a_driver_bound_to_the_unspecified_address_offers_its_route_address_as_candidate() {
+    let stun = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (t, _io) = Tunnel::start(DriverConfig {
+        node: NodeConfig {
+            private_key: key(9),
+            stun_servers: vec![stun.local_addr().unwrap()],
+            local_addrs: vec![],
+            seed: None,
+        },
+        bind: "0.0.0.0:0".parse().unwrap(),
+        relays: vec![],
+        peers: vec![],
+        queue: 16,
+    })
+    .await
+    .unwrap();
+    let port = t.local_addr().port();
+    let want: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert!(t.local_signal().await.unwrap().candidates.contains(&want));
+}
