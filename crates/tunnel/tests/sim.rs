@@ -373,3 +373,32 @@ fn a_peer_whose_udp_comes_back_is_upgraded_to_direct() {
     sim.stream(1, 0, 10, Duration::from_millis(20));
     assert_eq!(seqs(&sim, 0), (0..10).collect::<Vec<_>>());
 }
+
+#[test]
+fn direct_path_stays_up_across_rekeys_for_ten_minutes() {
+    let mut sim = Sim::new(
+        17,
+        [EndpointIndependent, AddressDependent],
+        LinkConfig::default(),
+    );
+    for minute in 0..10u32 {
+        sim.stream(0, minute * 10, 10, Duration::from_secs(6));
+    }
+    assert_eq!(seqs(&sim, 1), (0..100).collect::<Vec<_>>());
+    for host in 0..2 {
+        let changes: Vec<_> = sim
+            .events(host)
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::PathChanged { .. }))
+            .collect();
+        assert_eq!(changes.len(), 1, "host {host} flapped: {changes:?}");
+        let handshakes = sim
+            .events(host)
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::HandshakeCompleted { .. }))
+            .count();
+        // Sessions are renewed (REKEY_AFTER_TIME is 120 s) while the path stays direct.
+        assert!(handshakes >= 4, "host {host}: only {handshakes} handshakes");
+        assert!(matches!(sim.stats(host).path, Path::Direct(_)));
+    }
+}
