@@ -1,18 +1,38 @@
-//! Periodic work: ending sessions whose validity window has passed.
+//! Periodic work: ending sessions whose validity window passed, whose approval
+//! did not come in time, or that were idle too long — and telling their edges
+//! and clients at once.
 
 use crate::state::AppState;
 use std::time::Duration;
 
 pub fn spawn(state: AppState) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
         loop {
             tick.tick().await;
-            match crate::sessions::expire_due(&state.store, state.now()).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(sessions = n, "ended expired sessions"),
-                Err(e) => tracing::warn!(error = %e.message, "session expiry sweep failed"),
+            if let Err(e) = sweep(&state).await {
+                tracing::warn!(error = %e.message, "session sweep failed");
             }
         }
     });
+}
+
+/// One pass; returns the ids of the sessions it ended.
+pub async fn sweep(state: &AppState) -> crate::error::AppResult<Vec<String>> {
+    let now = state.now();
+    let mut ended = crate::sessions::expire_due(&state.store, now).await?;
+    ended.extend(
+        crate::sessions::end_stale(&state.store, now)
+            .await?
+            .into_iter()
+            .map(|(_, id)| id),
+    );
+    if !ended.is_empty() {
+        tracing::info!(
+            sessions = ended.len(),
+            "ended sessions (expiry, approval timeout or idle)"
+        );
+        crate::live::notify_sessions(state, &ended).await?;
+    }
+    Ok(ended)
 }

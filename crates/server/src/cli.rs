@@ -322,7 +322,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     match cfg.stun_listen {
         Some(addr) => match tokio::net::UdpSocket::bind(addr).await {
             Ok(sock) => {
-                println!("  STUN: udp {}", sock.local_addr()?);
+                let local = sock.local_addr()?;
+                println!("  STUN: udp {local}");
+                // Peers need an address they can reach: the public host when bound to all interfaces.
+                let advertised = if local.ip().is_unspecified() {
+                    let host = url::Url::parse(&public_url)
+                        .ok()
+                        .and_then(|u| u.host_str().map(str::to_string));
+                    format!(
+                        "{}:{}",
+                        host.unwrap_or_else(|| "127.0.0.1".into()),
+                        local.port()
+                    )
+                } else {
+                    local.to_string()
+                };
+                state.set_stun_servers(vec![advertised]);
                 tokio::spawn(async move {
                     if let Err(e) = drawbridge_relay::stun::serve(sock).await {
                         tracing::error!(error = %e, "STUN service stopped");

@@ -12,6 +12,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod keys;
+pub mod live;
 pub mod password;
 pub mod pki;
 pub mod records;

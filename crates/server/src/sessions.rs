@@ -211,6 +211,29 @@ pub async fn start(
     dual_control: bool,
     now: i64,
 ) -> AppResult<SessionState> {
+    // Site consent: every device of the session must be online with its switch on.
+    let devices = sqlx::query(
+        "SELECT d.name, d.online, d.switch_on, d.last_seen FROM session_devices sd JOIN devices d ON d.id = sd.device_id
+         WHERE sd.session_id = $1 AND d.account_id = $2",
+    )
+    .bind(id)
+    .bind(account_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    for d in devices {
+        let name: String = d.try_get(0)?;
+        let last_seen: Option<i64> = d.try_get(3)?;
+        let online = d.try_get::<i64, _>(1)? != 0
+            && last_seen.is_some_and(|t| now - t < crate::live::ONLINE_WINDOW_SECS);
+        if !online {
+            return Err(AppError::conflict(format!("device {name} is offline")));
+        }
+        if d.try_get::<i64, _>(2)? == 0 {
+            return Err(AppError::conflict(format!(
+                "remote access is switched off at the site of device {name}"
+            )));
+        }
+    }
     let next = if dual_control {
         SessionState::PendingApproval
     } else {
@@ -274,7 +297,22 @@ pub async fn end_for_user(
     reason: EndReason,
     actor: &str,
     now: i64,
-) -> AppResult<i64> {
+) -> AppResult<Vec<String>> {
+    // The user's own tunnels in any session close too.
+    let mut touched: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT session_id FROM tunnels WHERE account_id = $1 AND user_id = $2 AND ended_at IS NULL",
+    )
+    .bind(account_id)
+    .bind(user_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE tunnels SET ended_at = $1, end_reason = $2 WHERE account_id = $3 AND user_id = $4 AND ended_at IS NULL")
+        .bind(now)
+        .bind(reason.as_str())
+        .bind(account_id)
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await?;
     let ids: Vec<String> = sqlx::query_scalar(
         "SELECT id FROM sessions WHERE account_id = $1 AND started_by = $2 AND state IN ('active', 'pending_approval')",
     )
@@ -282,25 +320,26 @@ pub async fn end_for_user(
     .bind(format!("user:{user_id}"))
     .fetch_all(&mut **tx)
     .await?;
-    let mut n = 0;
     for id in ids {
         if end(tx, account_id, &id, actor, reason, now).await? {
-            n += 1;
+            touched.push(id.clone());
             let ev = Event::new(account_id, actor, "session.end", &format!("session:{id}"))
                 .details(serde_json::json!({ "reason": reason.as_str() }));
             audit::append(tx, now, &ev).await?;
         }
     }
-    Ok(n)
+    touched.sort();
+    touched.dedup();
+    Ok(touched)
 }
 
-/// Ends every session whose validity window has passed; returns how many.
-pub async fn expire_due(store: &Store, now: i64) -> AppResult<usize> {
+/// Ends every session whose validity window has passed; returns their ids.
+pub async fn expire_due(store: &Store, now: i64) -> AppResult<Vec<String>> {
     let due = sqlx::query("SELECT id, account_id FROM sessions WHERE state <> 'ended' AND valid_until <= $1 LIMIT 500")
         .bind(now)
         .fetch_all(&store.pool)
         .await?;
-    let mut n = 0;
+    let mut ended = Vec::new();
     for row in due {
         let id: String = row.try_get(0)?;
         let account: String = row.try_get(1)?;
@@ -309,9 +348,80 @@ pub async fn expire_due(store: &Store, now: i64) -> AppResult<usize> {
             let ev = Event::new(&account, "system", "session.end", &format!("session:{id}"))
                 .details(serde_json::json!({ "reason": "expiry" }));
             audit::append(&mut tx, now, &ev).await?;
-            n += 1;
+            ended.push(id);
         }
         tx.commit().await?;
     }
-    Ok(n)
+    Ok(ended)
+}
+
+/// How long a start may wait for approval (dual control).
+pub const APPROVAL_WINDOW_SECS: i64 = 10 * 60;
+
+/// Approves (→ active) or refuses (→ ended) a session waiting for approval.
+pub async fn decide(
+    tx: &mut Tx<'_>,
+    account_id: &str,
+    id: &str,
+    approve: bool,
+    by: &str,
+    now: i64,
+) -> AppResult<()> {
+    if approve {
+        let r = sqlx::query(
+            "UPDATE sessions SET state = 'active', last_activity = $1 WHERE id = $2 AND account_id = $3 AND state = 'pending_approval'",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(account_id)
+        .execute(&mut **tx)
+        .await?;
+        if r.rows_affected() != 1 {
+            return Err(AppError::conflict(
+                "the session is not waiting for approval",
+            ));
+        }
+    } else if !end(tx, account_id, id, by, EndReason::Refused, now).await? {
+        return Err(AppError::conflict("the session has ended already"));
+    }
+    Ok(())
+}
+
+/// Ends sessions whose approval did not come in time, and active sessions idle
+/// for longer than their account allows. Returns (account, session) pairs ended.
+pub async fn end_stale(store: &Store, now: i64) -> AppResult<Vec<(String, String)>> {
+    let rows = sqlx::query(
+        "SELECT s.id, s.account_id, s.state, s.started_at, s.last_activity, a.settings
+         FROM sessions s JOIN accounts a ON a.id = s.account_id
+         WHERE s.state IN ('active', 'pending_approval') LIMIT 2000",
+    )
+    .fetch_all(&store.pool)
+    .await?;
+    let mut out = Vec::new();
+    for r in rows {
+        let id: String = r.try_get(0)?;
+        let account: String = r.try_get(1)?;
+        let state: String = r.try_get(2)?;
+        let started: i64 = r.try_get::<Option<i64>, _>(3)?.unwrap_or(now);
+        let activity: i64 = r.try_get::<Option<i64>, _>(4)?.unwrap_or(started);
+        let settings: drawbridge_proto::AccountSettings = records::json_col(&r, "settings")?;
+        let reason = if state == "pending_approval" && now - started >= APPROVAL_WINDOW_SECS {
+            EndReason::ApprovalTimeout
+        } else if state == "active"
+            && now - activity >= i64::from(settings.session_idle_minutes) * 60
+        {
+            EndReason::IdleTimeout
+        } else {
+            continue;
+        };
+        let mut tx = store.begin().await?;
+        if end(&mut tx, &account, &id, "system", reason, now).await? {
+            let ev = Event::new(&account, "system", "session.end", &format!("session:{id}"))
+                .details(serde_json::json!({ "reason": reason.as_str() }));
+            audit::append(&mut tx, now, &ev).await?;
+            out.push((account, id));
+        }
+        tx.commit().await?;
+    }
+    Ok(out)
 }

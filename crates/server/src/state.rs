@@ -19,6 +19,10 @@ pub struct Inner {
     pub relay_key: drawbridge_relay::SigningKey,
     /// The relay served on this server's TLS port.
     pub relay: drawbridge_relay::RelayState,
+    /// Connected edges and clients.
+    pub hub: crate::live::Hub,
+    /// STUN servers handed to edges and clients (`host:port`).
+    pub stun: std::sync::RwLock<Vec<String>>,
 }
 
 #[derive(Clone)]
@@ -47,10 +51,24 @@ impl AppState {
             public_url,
             relay_key,
             relay,
+            hub: crate::live::Hub::default(),
+            stun: std::sync::RwLock::new(Vec::new()),
         })))
     }
 
     pub fn now(&self) -> i64 {
         self.clock.unix()
+    }
+}
+
+impl AppState {
+    pub fn stun_servers(&self) -> Vec<String> {
+        self.stun.read().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    pub fn set_stun_servers(&self, servers: Vec<String>) {
+        if let Ok(mut v) = self.stun.write() {
+            *v = servers;
+        }
     }
 }

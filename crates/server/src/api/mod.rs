@@ -7,7 +7,7 @@
 mod account;
 mod audit_routes;
 mod devices;
-mod enroll;
+pub(crate) mod enroll;
 mod groups;
 mod me;
 mod sessions;
@@ -114,6 +114,8 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let router = enroll::routes(router);
     let router = sessions::routes(router);
     let router = audit_routes::routes(router);
+    let router = crate::live::edge::routes(router);
+    let router = crate::live::client::routes(router);
     let router = meta_routes(router);
     router.split_for_parts()
 }

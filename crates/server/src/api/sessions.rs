@@ -22,6 +22,7 @@ pub fn routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(start))
         .routes(routes!(end))
         .routes(routes!(adhoc))
+        .routes(routes!(approve))
 }
 
 fn is_assigned(s: &Session, caller: &Caller) -> bool {
@@ -265,6 +266,7 @@ async fn start(
     audit::append(&mut tx, now, &ev).await?;
     let s = sessions::load(&mut tx, &caller.account_id, &id).await?;
     tx.commit().await?;
+    crate::live::notify_sessions(&state, std::slice::from_ref(&s.id)).await?;
     Ok(Json(s))
 }
 
@@ -309,6 +311,7 @@ async fn end(
     audit::append(&mut tx, now, &ev).await?;
     let s = sessions::load(&mut tx, &caller.account_id, &id).await?;
     tx.commit().await?;
+    crate::live::notify_sessions(&state, std::slice::from_ref(&s.id)).await?;
     Ok(Json(s))
 }
 
@@ -405,5 +408,54 @@ async fn adhoc(
         .details(serde_json::json!({ "username": caller.username, "session": s, "state": st }));
     audit::append(&mut tx, now, &ev).await?;
     tx.commit().await?;
+    crate::live::notify_sessions(&state, std::slice::from_ref(&s.id)).await?;
+    Ok(Json(s))
+}
+
+/// Approve or refuse a session waiting for approval (dual control) as an
+/// approver in the cloud: an admin or session admin other than the person who
+/// started it. The site can decide on the edge as well.
+#[utoipa::path(post, path = "/api/v1/sessions/{id}/approve", tag = "sessions", params(("id" = String, Path)),
+    request_body = drawbridge_proto::api::Decision,
+    responses((status = 200, body = Session), (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn approve(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<drawbridge_proto::api::Decision>,
+) -> AppResult<Json<Session>> {
+    caller
+        .require(&state, Action::EndAnySession, "session.approve")
+        .await?;
+    let s = visible(&state, &caller, &id).await?;
+    if s.started_by.as_deref() == Some(caller.actor().as_str()) {
+        // Four eyes: whoever asked cannot also approve.
+        return caller.denied(&state, "session.approve").await;
+    }
+    let now = state.now();
+    let mut tx = state.store.begin().await?;
+    crate::sessions::decide(
+        &mut tx,
+        &caller.account_id,
+        &id,
+        req.approve,
+        &caller.actor(),
+        now,
+    )
+    .await?;
+    let action = if req.approve {
+        "session.approve"
+    } else {
+        "session.refuse"
+    };
+    audit::append(
+        &mut tx,
+        now,
+        &caller.event(action, &format!("session:{id}")),
+    )
+    .await?;
+    let s = sessions::load(&mut tx, &caller.account_id, &id).await?;
+    tx.commit().await?;
+    crate::live::notify_sessions(&state, std::slice::from_ref(&s.id)).await?;
     Ok(Json(s))
 }

@@ -149,6 +149,7 @@ async fn update(
             auth::revoke_all(&mut tx, &id, now).await?;
         }
     }
+    let mut touched: Vec<String> = Vec::new();
     if let Some(disabled) = req.disabled {
         sqlx::query("UPDATE users SET disabled = $1 WHERE id = $2")
             .bind(i64::from(disabled))
@@ -167,7 +168,8 @@ async fn update(
                 now,
             )
             .await?;
-            changes.insert("sessions_ended".into(), ended.into());
+            changes.insert("sessions_affected".into(), ended.clone().into());
+            touched = ended;
         }
     }
     if let Some(password) = &req.password {
@@ -199,5 +201,6 @@ async fn update(
     audit::append(&mut tx, now, &ev).await?;
     let after = records::user(&mut tx, &caller.account_id, &id).await?;
     tx.commit().await?;
+    crate::live::notify_sessions(&state, &touched).await?;
     Ok(Json(after.to_api(now)))
 }

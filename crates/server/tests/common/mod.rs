@@ -230,10 +230,27 @@ impl TestApp {
                 })),
             )
             .await;
+        let id = v["device"]["id"].as_str().expect("id").to_string();
+        // Most tests are not about the edge: the device starts as if its edge were
+        // connected with the site switch on. Edge tests use `edge_state`.
+        self.edge_state(&id, true, true).await;
         (
-            v["device"]["id"].as_str().expect("id").to_string(),
+            id,
             v["activation"]["key"].as_str().expect("key").to_string(),
         )
+    }
+
+    /// Sets a device's edge status straight in the database (a stand-in for an
+    /// edge channel, for tests that are not about the edge).
+    pub async fn edge_state(&self, device: &str, online: bool, switch_on: bool) {
+        sqlx::query("UPDATE devices SET online = $1, switch_on = $2, last_seen = $3 WHERE id = $4")
+            .bind(i64::from(online))
+            .bind(i64::from(switch_on))
+            .bind(self.state.now())
+            .bind(device)
+            .execute(&self.state.store.pool)
+            .await
+            .expect("edge state");
     }
 
     /// Group with members, pool with devices, and a grant between them; returns (group, pool).

@@ -1,0 +1,343 @@
+//! Clients in a live session: `POST /api/v1/sessions/{id}/join` registers the
+//! client's fresh WireGuard key and answers with everything the tunnel needs;
+//! `GET /api/v1/sessions/{id}/channel` (WebSocket) then carries updates
+//! (edge keys as they arrive, path candidates, the session's end) and the
+//! client's candidates and tunnel figures.
+
+use super::{Poke, state as desired};
+use crate::api::{ApiJson, ApiQuery};
+use crate::audit;
+use crate::auth::Caller;
+use crate::error::{AppError, AppResult};
+use crate::secret;
+use crate::state::AppState;
+use axum::Json;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::response::Response;
+use drawbridge_proto::channel::{
+    ClientToServer, JoinRequest, JoinResponse, MAX_CHANNEL_FRAME, MAX_SIGNAL_LEN, ServerToClient,
+    ServerToEdge,
+};
+use drawbridge_proto::{Action, ApiError, SessionState};
+use serde::Deserialize;
+use sqlx::Row;
+use std::time::Duration;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub fn routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+    r.routes(routes!(join)).routes(routes!(channel))
+}
+
+/// The session, if the caller is assigned to it (another account's or someone
+/// else's session is not found).
+async fn own_session(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> AppResult<drawbridge_proto::api::Session> {
+    let mut conn = state.store.pool.acquire().await?;
+    let s = crate::sessions::load(&mut conn, &caller.account_id, id).await?;
+    if !s.users.contains(&caller.user_id) {
+        return Err(AppError::not_found("session"));
+    }
+    Ok(s)
+}
+
+/// Join an active session with a fresh WireGuard key: records the tunnel and
+/// tells the session's edges about the new peer.
+#[utoipa::path(post, path = "/api/v1/sessions/{id}/join", tag = "live", params(("id" = String, Path)),
+    request_body = JoinRequest,
+    responses((status = 200, body = JoinResponse), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn join(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<JoinRequest>,
+) -> AppResult<Json<JoinResponse>> {
+    caller
+        .require(&state, Action::UseSessions, "session.join")
+        .await?;
+    let s = own_session(&state, &caller, &id).await?;
+    match s.state {
+        SessionState::Active => {}
+        SessionState::PendingApproval => {
+            return Err(AppError::conflict("the session is waiting for approval"));
+        }
+        _ => {
+            return Err(AppError::conflict(
+                "only an active session can be joined; start it first",
+            ));
+        }
+    }
+    if desired::wg_key(&req.public_key).is_none() {
+        return Err(AppError::invalid(
+            "public_key is not a base64 WireGuard key",
+        ));
+    }
+    let now = state.now();
+    let mut tx = state.store.begin().await?;
+    let taken: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM tunnels WHERE client_public_key = $1")
+            .bind(&req.public_key)
+            .fetch_one(&mut *tx)
+            .await?;
+    if taken > 0 {
+        return Err(AppError::conflict(
+            "this key was used before; generate a fresh key per session",
+        ));
+    }
+    // Overlay addresses are per session: the n-th client gets 100.64.0.(n+2), and so on.
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(DISTINCT client_public_key) FROM tunnels WHERE session_id = $1",
+    )
+    .bind(&id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let host = u32::try_from(n + 2).map_err(|_| AppError::conflict("too many clients"))?;
+    if host >= (1 << 22) - 1 {
+        return Err(AppError::conflict("too many clients in this session"));
+    }
+    let overlay =
+        std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(100, 64, 0, 0)) + host)
+            .to_string();
+    for d in &s.devices {
+        sqlx::query(
+            "INSERT INTO tunnels (id, account_id, session_id, device_id, user_id, client_public_key, started_at, overlay_ip)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(secret::new_id())
+        .bind(&caller.account_id)
+        .bind(&id)
+        .bind(&d.device_id)
+        .bind(&caller.user_id)
+        .bind(&req.public_key)
+        .bind(now)
+        .bind(&overlay)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let ev = caller
+        .event("tunnel.up", &format!("session:{id}"))
+        .details(serde_json::json!({
+            "username": caller.username, "public_key": req.public_key, "overlay_ip": overlay
+        }));
+    audit::append(&mut tx, now, &ev).await?;
+    tx.commit().await?;
+    let devices: Vec<String> = s.devices.iter().map(|d| d.device_id.clone()).collect();
+    state.hub.session_changed(&devices, &id);
+    Ok(Json(
+        desired::join_data(&state, &caller.account_id, &id, &req.public_key).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+struct ChannelQuery {
+    /// The client's WireGuard key the tunnel joined with.
+    key: String,
+}
+
+/// The client channel of a joined tunnel (WebSocket upgrade). Closing it ends the tunnel's record.
+#[utoipa::path(get, path = "/api/v1/sessions/{id}/channel", tag = "live", params(("id" = String, Path), ChannelQuery),
+    responses((status = 101, description = "WebSocket: update/signal/ended from the server; signal/tunnel from the client"), (status = 404, body = ApiError)))]
+async fn channel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<ChannelQuery>,
+    ws: WebSocketUpgrade,
+) -> AppResult<Response> {
+    own_session(&state, &caller, &id).await?;
+    let open: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM tunnels WHERE session_id = $1 AND user_id = $2 AND client_public_key = $3 AND ended_at IS NULL",
+    )
+    .bind(&id)
+    .bind(&caller.user_id)
+    .bind(&q.key)
+    .fetch_one(&state.store.pool)
+    .await?;
+    if open == 0 {
+        return Err(AppError::not_found("tunnel"));
+    }
+    Ok(ws
+        .max_message_size(MAX_CHANNEL_FRAME)
+        .max_frame_size(MAX_CHANNEL_FRAME)
+        .on_upgrade(move |socket| async move {
+            if let Err(e) = run(state, socket, caller, id, q.key).await {
+                tracing::debug!(error = %e.message, "client channel ended");
+            }
+        }))
+}
+
+async fn send(ws: &mut WebSocket, msg: &ServerToClient) -> AppResult<()> {
+    let text = serde_json::to_string(msg).map_err(AppError::internal)?;
+    ws.send(Message::Text(text.into()))
+        .await
+        .map_err(|_| AppError::conflict("client channel closed"))
+}
+
+async fn run(
+    state: AppState,
+    mut ws: WebSocket,
+    caller: Caller,
+    session_id: String,
+    key: String,
+) -> AppResult<()> {
+    let (conn, mut pokes) = state.hub.register_client(&session_id, &key);
+    let result = serve(&state, &caller, &session_id, &key, &mut ws, &mut pokes).await;
+    state.hub.unregister_client(&session_id, conn);
+    leave(&state, &caller, &session_id, &key).await?;
+    result
+}
+
+/// Sends the current join data, or the end. Returns false when the session is over.
+async fn refresh(
+    state: &AppState,
+    caller: &Caller,
+    session_id: &str,
+    key: &str,
+    ws: &mut WebSocket,
+) -> AppResult<bool> {
+    let closed: Option<String> = sqlx::query_scalar(
+        "SELECT end_reason FROM tunnels WHERE session_id = $1 AND client_public_key = $2 AND ended_at IS NOT NULL LIMIT 1",
+    )
+    .bind(session_id)
+    .bind(key)
+    .fetch_optional(&state.store.pool)
+    .await?
+    .flatten();
+    if let Some(reason) = closed {
+        // The tunnel was closed under the client (e.g. its user was disabled).
+        send(ws, &ServerToClient::Ended { reason }).await?;
+        return Ok(false);
+    }
+    let data = desired::join_data(state, &caller.account_id, session_id, key).await?;
+    if data.state == SessionState::Ended {
+        let mut conn = state.store.pool.acquire().await?;
+        let s = crate::sessions::load(&mut conn, &caller.account_id, session_id).await?;
+        let reason = s
+            .end_reason
+            .map(|r| r.as_str().to_string())
+            .unwrap_or_else(|| "ended".into());
+        send(ws, &ServerToClient::Ended { reason }).await?;
+        return Ok(false);
+    }
+    send(ws, &ServerToClient::Update(data)).await?;
+    Ok(true)
+}
+
+async fn serve(
+    state: &AppState,
+    caller: &Caller,
+    session_id: &str,
+    key: &str,
+    ws: &mut WebSocket,
+    pokes: &mut tokio::sync::mpsc::Receiver<Poke<ServerToClient>>,
+) -> AppResult<()> {
+    if !refresh(state, caller, session_id, key, ws).await? {
+        return Ok(());
+    }
+    let mut ping = tokio::time::interval(Duration::from_secs(20));
+    loop {
+        tokio::select! {
+            msg = ws.recv() => {
+                let text = match msg {
+                    Some(Ok(Message::Text(t))) => t.to_string(),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    _ => return Ok(()),
+                };
+                match serde_json::from_str::<ClientToServer>(&text) {
+                    Ok(ClientToServer::Signal { device_id, data }) => {
+                        if data.len() > MAX_SIGNAL_LEN {
+                            return Ok(());
+                        }
+                        // Only to the session's own devices.
+                        let devices = {
+                            let mut conn = state.store.pool.acquire().await?;
+                            desired::session_device_ids(&mut conn, session_id).await?
+                        };
+                        if devices.contains(&device_id) {
+                            state.hub.to_edge(&device_id, ServerToEdge::Signal {
+                                session_id: session_id.to_string(),
+                                peer: key.to_string(),
+                                data,
+                            });
+                        }
+                    }
+                    Ok(ClientToServer::Tunnel(mut r)) => {
+                        // A client reports only on its own tunnel.
+                        r.session_id = session_id.to_string();
+                        r.peer = key.to_string();
+                        super::edge::tunnel_report(state, None, &r, state.now()).await?;
+                    }
+                    Err(_) => return Ok(()), // malformed: close this connection only
+                }
+            }
+            poke = pokes.recv() => match poke {
+                None => return Ok(()),
+                Some(Poke::Refresh) => {
+                    if !refresh(state, caller, session_id, key, ws).await? {
+                        return Ok(());
+                    }
+                }
+                Some(Poke::Send(m)) => send(ws, &m).await?,
+            },
+            _ = ping.tick() => {
+                if ws.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Ends the tunnel's record (bytes and duration on the audit log) and tells the edges.
+async fn leave(state: &AppState, caller: &Caller, session_id: &str, key: &str) -> AppResult<()> {
+    let now = state.now();
+    let mut tx = state.store.begin().await?;
+    let rows = sqlx::query(
+        "SELECT started_at, ended_at, bytes_to_device, bytes_from_device, path, end_reason FROM tunnels
+         WHERE session_id = $1 AND client_public_key = $2",
+    )
+    .bind(session_id)
+    .bind(key)
+    .fetch_all(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE tunnels SET ended_at = $1, end_reason = 'client_left' WHERE session_id = $2 AND client_public_key = $3 AND ended_at IS NULL")
+        .bind(now)
+        .bind(session_id)
+        .bind(key)
+        .execute(&mut *tx)
+        .await?;
+    let mut to = 0i64;
+    let mut from = 0i64;
+    let mut started = now;
+    let mut path = None;
+    let mut reason = None;
+    for r in &rows {
+        started = started.min(r.try_get::<i64, _>(0)?);
+        to += r.try_get::<i64, _>(2)?;
+        from += r.try_get::<i64, _>(3)?;
+        path = path.or(r.try_get::<Option<String>, _>(4)?);
+        reason = reason.or(r.try_get::<Option<String>, _>(5)?);
+    }
+    let ev = caller
+        .event("tunnel.down", &format!("session:{session_id}"))
+        .details(serde_json::json!({
+            "username": caller.username,
+            "public_key": key,
+            "seconds": now - started,
+            "bytes_to_device": to,
+            "bytes_from_device": from,
+            "path": path,
+            "reason": reason.unwrap_or_else(|| "client_left".into()),
+        }));
+    audit::append(&mut tx, now, &ev).await?;
+    let devices = desired::session_device_ids(&mut tx, session_id).await?;
+    tx.commit().await?;
+    state.hub.session_changed(&devices, session_id);
+    Ok(())
+}

@@ -1,0 +1,489 @@
+//! The edge channel: `GET /api/v1/edge/channel` (WebSocket).
+//!
+//! The server opens with a random challenge; the edge answers with its device id
+//! and an Ed25519 signature over the challenge made with the identity key bound
+//! at enrolment. Identity is the server's record of that key — never a name the
+//! edge claims. Afterwards the edge reports status, per-session keys, path
+//! candidates, on-site approvals and tunnel figures; the server sends the
+//! complete set of sessions the edge must run whenever it changes.
+
+use super::{Poke, state as desired};
+use crate::audit::{self, Event};
+use crate::auth::Source;
+use crate::error::{AppError, AppResult};
+use crate::secret;
+use crate::sessions;
+use crate::state::AppState;
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use drawbridge_proto::channel::{
+    EDGE_AUTH_CONTEXT, EdgeStatus, EdgeToServer, MAX_CHANNEL_FRAME, MAX_SIGNAL_LEN, ServerToClient,
+    ServerToEdge, TunnelReport,
+};
+use drawbridge_proto::{EndReason, SessionState};
+use ring::signature::{ED25519, UnparsedPublicKey};
+use sqlx::Row;
+use std::time::Duration;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+    r.routes(routes!(channel))
+}
+
+/// The edge channel (WebSocket upgrade). Messages: `drawbridge_proto::channel`.
+#[utoipa::path(get, path = "/api/v1/edge/channel", tag = "live", security(()),
+    responses((status = 101, description = "WebSocket: challenge, auth, then status/sessions/signals")))]
+async fn channel(
+    State(state): State<AppState>,
+    Source(source): Source,
+    ws: WebSocketUpgrade,
+) -> Response {
+    ws.max_message_size(MAX_CHANNEL_FRAME)
+        .max_frame_size(MAX_CHANNEL_FRAME)
+        .on_upgrade(move |socket| async move {
+            if let Err(e) = run(state, socket, source).await {
+                tracing::debug!(error = %e.message, "edge channel ended");
+            }
+        })
+}
+
+async fn send(ws: &mut WebSocket, msg: &ServerToEdge) -> AppResult<()> {
+    let text = serde_json::to_string(msg).map_err(AppError::internal)?;
+    ws.send(Message::Text(text.into()))
+        .await
+        .map_err(|_| AppError::conflict("edge channel closed"))
+}
+
+/// The next text message, or None when the connection ended. Anything else closes it.
+async fn next_text(ws: &mut WebSocket) -> Option<String> {
+    loop {
+        match ws.recv().await? {
+            Ok(Message::Text(t)) => return Some(t.to_string()),
+            Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+async fn fail(ws: &mut WebSocket, code: &str, message: &str) {
+    let _ = send(
+        ws,
+        &ServerToEdge::Error {
+            code: code.into(),
+            message: message.into(),
+        },
+    )
+    .await;
+    let _ = ws.send(Message::Close(None)).await;
+}
+
+struct Edge {
+    device_id: String,
+    account_id: String,
+    source: String,
+}
+
+impl Edge {
+    fn actor(&self) -> String {
+        format!("device:{}", self.device_id)
+    }
+    fn event(&self, action: &str, object: &str) -> Event {
+        Event::new(&self.account_id, &self.actor(), action, object)
+            .source(&self.source)
+            .device(&self.device_id)
+    }
+}
+
+async fn authenticate(
+    state: &AppState,
+    ws: &mut WebSocket,
+    source: &str,
+) -> AppResult<Option<Edge>> {
+    let nonce = secret::new_token("");
+    send(
+        ws,
+        &ServerToEdge::Challenge {
+            nonce: nonce.clone(),
+        },
+    )
+    .await?;
+    let Ok(Some(text)) = tokio::time::timeout(AUTH_TIMEOUT, next_text(ws)).await else {
+        return Ok(None);
+    };
+    let Ok(EdgeToServer::Auth {
+        device_id,
+        signature,
+    }) = serde_json::from_str::<EdgeToServer>(&text)
+    else {
+        fail(ws, "bad_request", "expected an auth message").await;
+        return Ok(None);
+    };
+    let row = if device_id.len() <= 64 {
+        sqlx::query("SELECT account_id, public_key, enrolled FROM devices WHERE id = $1")
+            .bind(&device_id)
+            .fetch_optional(&state.store.pool)
+            .await?
+    } else {
+        None
+    };
+    let refused = "the device is unknown, not enrolled, or the signature does not match its key";
+    let Some(row) = row else {
+        fail(ws, "unauthenticated", refused).await;
+        return Ok(None);
+    };
+    let account_id: String = row.try_get(0)?;
+    let key: Option<String> = row.try_get(1)?;
+    let enrolled = row.try_get::<i64, _>(2)? != 0;
+    let mut msg = EDGE_AUTH_CONTEXT.to_vec();
+    msg.extend_from_slice(nonce.as_bytes());
+    msg.extend_from_slice(device_id.as_bytes());
+    let ok = enrolled
+        && key
+            .as_deref()
+            .and_then(|k| crate::api::enroll::decode_key(k).ok())
+            .zip(STANDARD.decode(signature.as_bytes()).ok())
+            .is_some_and(|(k, sig)| {
+                UnparsedPublicKey::new(&ED25519, k)
+                    .verify(&msg, &sig)
+                    .is_ok()
+            });
+    let edge = Edge {
+        device_id,
+        account_id,
+        source: source.to_string(),
+    };
+    if !ok {
+        let ev = edge.event("device.auth", &edge.actor()).result("failed");
+        audit::record(&state.store, state.now(), &ev).await?;
+        fail(ws, "unauthenticated", refused).await;
+        return Ok(None);
+    }
+    Ok(Some(edge))
+}
+
+async fn run(state: AppState, mut ws: WebSocket, source: String) -> AppResult<()> {
+    let Some(edge) = authenticate(&state, &mut ws, &source).await? else {
+        return Ok(());
+    };
+    send(
+        &mut ws,
+        &ServerToEdge::Welcome {
+            device_id: edge.device_id.clone(),
+            account_id: edge.account_id.clone(),
+        },
+    )
+    .await?;
+    let (conn, mut pokes) = state.hub.register_edge(&edge.device_id);
+    let now = state.now();
+    let mut tx = state.store.begin().await?;
+    sqlx::query("UPDATE devices SET online = 1, last_seen = $1 WHERE id = $2")
+        .bind(now)
+        .bind(&edge.device_id)
+        .execute(&mut *tx)
+        .await?;
+    audit::append(&mut tx, now, &edge.event("device.online", &edge.actor())).await?;
+    tx.commit().await?;
+    let result = serve(&state, &edge, &mut ws, &mut pokes).await;
+    if state.hub.unregister_edge(&edge.device_id, conn) {
+        let now = state.now();
+        let mut tx = state.store.begin().await?;
+        sqlx::query("UPDATE devices SET online = 0 WHERE id = $1")
+            .bind(&edge.device_id)
+            .execute(&mut *tx)
+            .await?;
+        audit::append(&mut tx, now, &edge.event("device.offline", &edge.actor())).await?;
+        tx.commit().await?;
+    }
+    result
+}
+
+async fn serve(
+    state: &AppState,
+    edge: &Edge,
+    ws: &mut WebSocket,
+    pokes: &mut tokio::sync::mpsc::Receiver<Poke<ServerToEdge>>,
+) -> AppResult<()> {
+    send(
+        ws,
+        &ServerToEdge::Sessions {
+            sessions: desired::edge_sessions(state, &edge.device_id).await?,
+        },
+    )
+    .await?;
+    let mut ping = tokio::time::interval(Duration::from_secs(20));
+    loop {
+        tokio::select! {
+            msg = next_text(ws) => {
+                let Some(text) = msg else { return Ok(()) };
+                let parsed = serde_json::from_str::<EdgeToServer>(&text);
+                let Ok(parsed) = parsed else {
+                    fail(ws, "bad_request", "malformed message").await;
+                    return Ok(());
+                };
+                if let Err(e) = handle(state, edge, parsed).await {
+                    if e.code == drawbridge_proto::ErrorCode::Internal {
+                        return Err(e);
+                    }
+                    send(ws, &ServerToEdge::Error { code: e.code.as_str().into(), message: e.message }).await?;
+                }
+            }
+            poke = pokes.recv() => match poke {
+                None => {
+                    fail(ws, "conflict", "another connection of this device took over").await;
+                    return Ok(());
+                }
+                Some(Poke::Refresh) => {
+                    let sessions = desired::edge_sessions(state, &edge.device_id).await?;
+                    send(ws, &ServerToEdge::Sessions { sessions }).await?;
+                }
+                Some(Poke::Send(m)) => send(ws, &m).await?,
+            },
+            _ = ping.tick() => {
+                if ws.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// The session, if it includes this edge's device; its state.
+async fn session_of_edge(
+    state: &AppState,
+    edge: &Edge,
+    session_id: &str,
+) -> AppResult<SessionState> {
+    let st: Option<String> = sqlx::query_scalar(
+        "SELECT s.state FROM sessions s JOIN session_devices sd ON sd.session_id = s.id
+         WHERE s.id = $1 AND sd.device_id = $2 AND s.account_id = $3",
+    )
+    .bind(session_id)
+    .bind(&edge.device_id)
+    .bind(&edge.account_id)
+    .fetch_optional(&state.store.pool)
+    .await?;
+    st.and_then(|s| s.parse().ok())
+        .ok_or_else(|| AppError::not_found("session"))
+}
+
+async fn notify(state: &AppState, session_id: &str) -> AppResult<()> {
+    let mut conn = state.store.pool.acquire().await?;
+    let devices = desired::session_device_ids(&mut conn, session_id).await?;
+    state.hub.session_changed(&devices, session_id);
+    Ok(())
+}
+
+async fn handle(state: &AppState, edge: &Edge, msg: EdgeToServer) -> AppResult<()> {
+    let now = state.now();
+    sqlx::query("UPDATE devices SET last_seen = $1 WHERE id = $2")
+        .bind(now)
+        .bind(&edge.device_id)
+        .execute(&state.store.pool)
+        .await?;
+    match msg {
+        EdgeToServer::Auth { .. } => Err(AppError::bad_request("already authenticated")),
+        EdgeToServer::Status(s) => status(state, edge, s, now).await,
+        EdgeToServer::SessionKey {
+            session_id,
+            public_key,
+        } => {
+            if desired::wg_key(&public_key).is_none() {
+                return Err(AppError::invalid(
+                    "public_key is not a base64 WireGuard key",
+                ));
+            }
+            let st = session_of_edge(state, edge, &session_id).await?;
+            if !matches!(st, SessionState::Active | SessionState::PendingApproval) {
+                return Err(AppError::conflict("the session is not running"));
+            }
+            sqlx::query("UPDATE session_devices SET edge_public_key = $1 WHERE session_id = $2 AND device_id = $3")
+                .bind(&public_key)
+                .bind(&session_id)
+                .bind(&edge.device_id)
+                .execute(&state.store.pool)
+                .await?;
+            notify(state, &session_id).await
+        }
+        EdgeToServer::Signal {
+            session_id,
+            peer,
+            data,
+        } => {
+            if data.len() > MAX_SIGNAL_LEN || peer.len() > 64 {
+                return Err(AppError::invalid("signal too large"));
+            }
+            session_of_edge(state, edge, &session_id).await?;
+            state.hub.to_client(
+                &session_id,
+                &peer,
+                ServerToClient::Signal {
+                    device_id: edge.device_id.clone(),
+                    data,
+                },
+            );
+            Ok(())
+        }
+        EdgeToServer::Decision {
+            session_id,
+            approve,
+        } => {
+            let st = session_of_edge(state, edge, &session_id).await?;
+            if st != SessionState::PendingApproval {
+                return Err(AppError::conflict(
+                    "the session is not waiting for approval",
+                ));
+            }
+            let mut tx = state.store.begin().await?;
+            sessions::decide(
+                &mut tx,
+                &edge.account_id,
+                &session_id,
+                approve,
+                &edge.actor(),
+                now,
+            )
+            .await?;
+            let ev = edge
+                .event(
+                    if approve {
+                        "session.approve"
+                    } else {
+                        "session.refuse"
+                    },
+                    &format!("session:{session_id}"),
+                )
+                .details(serde_json::json!({ "on_site": true }));
+            audit::append(&mut tx, now, &ev).await?;
+            tx.commit().await?;
+            notify(state, &session_id).await
+        }
+        EdgeToServer::Tunnel(report) => {
+            tunnel_report(state, Some(&edge.device_id), &report, now).await
+        }
+    }
+}
+
+async fn status(state: &AppState, edge: &Edge, s: EdgeStatus, now: i64) -> AppResult<()> {
+    if s.agent_version.len() > 64
+        || s.endpoints.len() > 8
+        || s.endpoints.iter().any(|e| e.len() > 64)
+    {
+        return Err(AppError::invalid("status out of bounds"));
+    }
+    let was_on: i64 = sqlx::query_scalar("SELECT switch_on FROM devices WHERE id = $1")
+        .bind(&edge.device_id)
+        .fetch_one(&state.store.pool)
+        .await?;
+    let mut tx = state.store.begin().await?;
+    sqlx::query("UPDATE devices SET switch_on = $1, agent_version = $2, public_endpoint = $3, online = 1 WHERE id = $4")
+        .bind(i64::from(s.switch_on))
+        .bind(&s.agent_version)
+        .bind(s.endpoints.first())
+        .bind(&edge.device_id)
+        .execute(&mut *tx)
+        .await?;
+    let mut ended = Vec::new();
+    if (was_on != 0) != s.switch_on {
+        let ev = edge
+            .event("device.switch", &edge.actor())
+            .details(serde_json::json!({ "on": s.switch_on }));
+        audit::append(&mut tx, now, &ev).await?;
+        if !s.switch_on {
+            // Site consent withdrawn: every running session of this edge ends now.
+            let ids: Vec<String> = sqlx::query_scalar(
+                "SELECT s.id FROM sessions s JOIN session_devices sd ON sd.session_id = s.id
+                 WHERE sd.device_id = $1 AND s.state IN ('active', 'pending_approval')",
+            )
+            .bind(&edge.device_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            for id in ids {
+                if sessions::end(
+                    &mut tx,
+                    &edge.account_id,
+                    &id,
+                    &edge.actor(),
+                    EndReason::SiteSwitch,
+                    now,
+                )
+                .await?
+                {
+                    let ev = edge
+                        .event("session.end", &format!("session:{id}"))
+                        .details(serde_json::json!({ "reason": "site_switch" }));
+                    audit::append(&mut tx, now, &ev).await?;
+                    ended.push(id);
+                }
+            }
+        }
+    }
+    tx.commit().await?;
+    for id in ended {
+        notify(state, &id).await?;
+    }
+    Ok(())
+}
+
+/// Records a tunnel's path and byte counts (from the edge or the client).
+pub async fn tunnel_report(
+    state: &AppState,
+    device: Option<&str>,
+    r: &TunnelReport,
+    now: i64,
+) -> AppResult<()> {
+    if r.path.len() > 16 || r.reason.len() > 128 || r.peer.len() > 64 || r.session_id.len() > 64 {
+        return Err(AppError::invalid("report out of bounds"));
+    }
+    let bytes_to = i64::try_from(r.bytes_to_device).unwrap_or(i64::MAX);
+    let bytes_from = i64::try_from(r.bytes_from_device).unwrap_or(i64::MAX);
+    let before: Option<i64> = {
+        let q = if device.is_some() {
+            "SELECT CAST(SUM(bytes_to_device + bytes_from_device) AS BIGINT) FROM tunnels
+             WHERE session_id = $1 AND client_public_key = $2 AND ended_at IS NULL AND device_id = $3"
+        } else {
+            "SELECT CAST(SUM(bytes_to_device + bytes_from_device) AS BIGINT) FROM tunnels
+             WHERE session_id = $1 AND client_public_key = $2 AND ended_at IS NULL AND $3 = $3"
+        };
+        sqlx::query_scalar(q)
+            .bind(&r.session_id)
+            .bind(&r.peer)
+            .bind(device.unwrap_or(""))
+            .fetch_one(&state.store.pool)
+            .await?
+    };
+    let Some(before) = before else {
+        return Ok(()); // no open tunnel with this key: nothing to record
+    };
+    let q = if device.is_some() {
+        "UPDATE tunnels SET path = $4, path_reason = $5, bytes_to_device = $6, bytes_from_device = $7
+         WHERE session_id = $1 AND client_public_key = $2 AND ended_at IS NULL AND device_id = $3"
+    } else {
+        "UPDATE tunnels SET path = $4, path_reason = $5, bytes_to_device = $6, bytes_from_device = $7
+         WHERE session_id = $1 AND client_public_key = $2 AND ended_at IS NULL AND $3 = $3"
+    };
+    sqlx::query(q)
+        .bind(&r.session_id)
+        .bind(&r.peer)
+        .bind(device.unwrap_or(""))
+        .bind(&r.path)
+        .bind(&r.reason)
+        .bind(bytes_to)
+        .bind(bytes_from)
+        .execute(&state.store.pool)
+        .await?;
+    if bytes_to.saturating_add(bytes_from) > before {
+        // Traffic moved: the session is not idle.
+        sqlx::query("UPDATE sessions SET last_activity = $1 WHERE id = $2")
+            .bind(now)
+            .bind(&r.session_id)
+            .execute(&state.store.pool)
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! Live sessions: the edge channel, the client join and channel, and the hub
+//! that tells connected edges and clients when something they run changed.
+//!
+//! The database is the truth. A change commits first, then calls
+//! [`Hub::session_changed`] / [`Hub::device_changed`]; each connected edge or
+//! client task then re-reads its desired state from the database and sends it.
+//! (Several replicas would carry these pokes over PostgreSQL LISTEN/NOTIFY;
+//! today the hub is per process.)
+
+pub mod client;
+pub mod edge;
+pub mod state;
+
+use drawbridge_proto::channel::{ServerToClient, ServerToEdge};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::mpsc;
+
+/// An edge counts as online while its channel is up and it was heard from this recently.
+pub const ONLINE_WINDOW_SECS: i64 = 90;
+/// Queue of pokes per connection; a full queue means a refresh is already pending.
+const QUEUE: usize = 64;
+
+/// What a connection task is asked to do.
+#[derive(Debug, Clone)]
+pub enum Poke<M> {
+    /// Re-read the desired state and send it.
+    Refresh,
+    /// Pass this message on as is.
+    Send(M),
+}
+
+struct Reg<M> {
+    conn: u64,
+    tx: mpsc::Sender<Poke<M>>,
+}
+
+/// A client connection: the tunnel's client key and its queue.
+type ClientReg = (String, Reg<ServerToClient>);
+
+/// Who is connected to this process.
+#[derive(Default)]
+pub struct Hub {
+    next: AtomicU64,
+    edges: Mutex<HashMap<String, Reg<ServerToEdge>>>,
+    /// Client channels by session id; each carries the tunnel's client key.
+    clients: Mutex<HashMap<String, Vec<ClientReg>>>,
+}
+
+fn poke<M>(reg: &Reg<M>, p: Poke<M>) {
+    // A full queue already holds a refresh; dropping a duplicate loses nothing,
+    // and a slow connection never blocks the caller.
+    let _ = reg.tx.try_send(p);
+}
+
+impl Hub {
+    fn conn_id(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Registers an edge connection; a newer connection of the same device replaces the older.
+    pub fn register_edge(&self, device_id: &str) -> (u64, mpsc::Receiver<Poke<ServerToEdge>>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let conn = self.conn_id();
+        let old = self
+            .edges
+            .lock()
+            .expect("hub lock")
+            .insert(device_id.to_string(), Reg { conn, tx });
+        drop(old); // dropping its sender ends the older connection's loop
+        (conn, rx)
+    }
+
+    /// Removes the edge's registration if it is still this connection's. Returns whether it was.
+    pub fn unregister_edge(&self, device_id: &str, conn: u64) -> bool {
+        let mut edges = self.edges.lock().expect("hub lock");
+        if edges.get(device_id).is_some_and(|r| r.conn == conn) {
+            edges.remove(device_id);
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn register_client(
+        &self,
+        session_id: &str,
+        client_key: &str,
+    ) -> (u64, mpsc::Receiver<Poke<ServerToClient>>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let conn = self.conn_id();
+        self.clients
+            .lock()
+            .expect("hub lock")
+            .entry(session_id.to_string())
+            .or_default()
+            .push((client_key.to_string(), Reg { conn, tx }));
+        (conn, rx)
+    }
+
+    pub fn unregister_client(&self, session_id: &str, conn: u64) {
+        let mut clients = self.clients.lock().expect("hub lock");
+        if let Some(v) = clients.get_mut(session_id) {
+            v.retain(|(_, r)| r.conn != conn);
+            if v.is_empty() {
+                clients.remove(session_id);
+            }
+        }
+    }
+
+    pub fn device_changed(&self, device_id: &str) {
+        if let Some(r) = self.edges.lock().expect("hub lock").get(device_id) {
+            poke(r, Poke::Refresh);
+        }
+    }
+
+    /// Every edge of the session and every client in it re-read their state.
+    pub fn session_changed(&self, device_ids: &[String], session_id: &str) {
+        for d in device_ids {
+            self.device_changed(d);
+        }
+        if let Some(v) = self.clients.lock().expect("hub lock").get(session_id) {
+            for (_, r) in v {
+                poke(r, Poke::Refresh);
+            }
+        }
+    }
+
+    pub fn to_edge(&self, device_id: &str, msg: ServerToEdge) {
+        if let Some(r) = self.edges.lock().expect("hub lock").get(device_id) {
+            poke(r, Poke::Send(msg));
+        }
+    }
+
+    /// Sends to the session's client connections holding `client_key`.
+    pub fn to_client(&self, session_id: &str, client_key: &str, msg: ServerToClient) {
+        if let Some(v) = self.clients.lock().expect("hub lock").get(session_id) {
+            for (k, r) in v {
+                if k == client_key {
+                    poke(r, Poke::Send(msg.clone()));
+                }
+            }
+        }
+    }
+
+    pub fn edge_connected(&self, device_id: &str) -> bool {
+        self.edges.lock().expect("hub lock").contains_key(device_id)
+    }
+}
+
+/// After a commit: every edge and client of these sessions re-reads its state.
+pub async fn notify_sessions(
+    state: &crate::state::AppState,
+    session_ids: &[String],
+) -> crate::error::AppResult<()> {
+    if session_ids.is_empty() {
+        return Ok(());
+    }
+    let mut conn = state.store.pool.acquire().await?;
+    for id in session_ids {
+        let devices = self::state::session_device_ids(&mut conn, id).await?;
+        state.hub.session_changed(&devices, id);
+    }
+    Ok(())
+}

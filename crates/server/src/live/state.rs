@@ -1,0 +1,238 @@
+//! Desired state, read from the database: what an edge must run and what a
+//! joined client needs. Relay tokens are minted here, naming exactly the keys
+//! of the same session on the other side.
+
+use crate::error::{AppError, AppResult};
+use crate::records;
+use crate::state::AppState;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use drawbridge_proto::channel::{EdgePeer, EdgeSession, JoinDevice, JoinResponse};
+use drawbridge_proto::{NatMapping, SessionState, Target};
+use sqlx::{AnyConnection, Row};
+
+/// A WireGuard public key in base64 → 32 bytes.
+pub fn wg_key(b64: &str) -> Option<[u8; 32]> {
+    if b64.len() > 64 {
+        return None;
+    }
+    STANDARD.decode(b64).ok()?.try_into().ok()
+}
+
+pub fn relay_url(state: &AppState) -> String {
+    let base = state.public_url.trim_end_matches('/');
+    let ws = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.to_string()
+    };
+    format!("{ws}{}", drawbridge_relay::RELAY_PATH)
+}
+
+fn token(
+    state: &AppState,
+    session_id: &str,
+    me: &str,
+    peers: &[String],
+    until: i64,
+) -> Option<String> {
+    let peer = wg_key(me)?;
+    let allowed: Vec<[u8; 32]> = peers.iter().filter_map(|p| wg_key(p)).take(64).collect();
+    let claims = drawbridge_relay::Claims {
+        session_id: session_id.to_string(),
+        peer,
+        allowed_peers: allowed,
+        expires_at: u64::try_from(until).unwrap_or(0),
+    };
+    drawbridge_relay::token::issue(&state.relay_key, &claims).ok()
+}
+
+/// Device ids of a session (for hub notifications).
+pub async fn session_device_ids(
+    conn: &mut AnyConnection,
+    session_id: &str,
+) -> AppResult<Vec<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT device_id FROM session_devices WHERE session_id = $1")
+            .bind(session_id)
+            .fetch_all(conn)
+            .await?,
+    )
+}
+
+/// Maps real targets to what the client routes: with 1:1 NAT, a target inside a
+/// real subnet is reached at the same offset in the virtual subnet.
+pub fn client_view(targets: &[Target], nat: &[NatMapping]) -> Vec<Target> {
+    targets
+        .iter()
+        .map(|t| {
+            for m in nat {
+                if m.real.contains(&t.address)
+                    && let Some(v) = translate(&t.address, m)
+                {
+                    let mut t = t.clone();
+                    t.address = v;
+                    return t;
+                }
+            }
+            t.clone()
+        })
+        .collect()
+}
+
+fn translate(net: &ipnet::IpNet, m: &NatMapping) -> Option<ipnet::IpNet> {
+    use std::net::IpAddr;
+    let offset = match (net.network(), m.real.network()) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => u128::from(u32::from(a) - u32::from(b)),
+        (IpAddr::V6(a), IpAddr::V6(b)) => u128::from(a) - u128::from(b),
+        _ => return None,
+    };
+    let addr = match m.virtual_subnet.network() {
+        IpAddr::V4(v) => IpAddr::V4(std::net::Ipv4Addr::from(
+            u32::from(v).checked_add(u32::try_from(offset).ok()?)?,
+        )),
+        IpAddr::V6(v) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v).checked_add(offset)?)),
+    };
+    ipnet::IpNet::new(addr, net.prefix_len()).ok()
+}
+
+/// Everything the edge must run: active sessions and sessions waiting for its approval.
+pub async fn edge_sessions(state: &AppState, device_id: &str) -> AppResult<Vec<EdgeSession>> {
+    let mut conn = state.store.pool.acquire().await?;
+    let rows = sqlx::query(
+        "SELECT s.id, s.name, s.state, s.valid_until, sd.targets, sd.edge_public_key, d.nat
+         FROM sessions s JOIN session_devices sd ON sd.session_id = s.id JOIN devices d ON d.id = sd.device_id
+         WHERE sd.device_id = $1 AND s.account_id = d.account_id AND s.state IN ('active', 'pending_approval')
+         ORDER BY s.id",
+    )
+    .bind(device_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut out = Vec::new();
+    for r in rows {
+        let session_id: String = r.try_get("id")?;
+        let valid_until: i64 = r.try_get("valid_until")?;
+        let edge_key: Option<String> = r.try_get("edge_public_key")?;
+        let peers_rows = sqlx::query(
+            "SELECT t.client_public_key, t.overlay_ip, u.username FROM tunnels t JOIN users u ON u.id = t.user_id
+             WHERE t.session_id = $1 AND t.device_id = $2 AND t.ended_at IS NULL ORDER BY t.started_at",
+        )
+        .bind(&session_id)
+        .bind(device_id)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut peers = Vec::new();
+        for p in peers_rows {
+            peers.push(EdgePeer {
+                public_key: p.try_get(0)?,
+                overlay_ip: p.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
+                user: p.try_get(2)?,
+            });
+        }
+        let st: SessionState = r
+            .try_get::<String, _>("state")?
+            .parse()
+            .map_err(|_| AppError::internal(anyhow::anyhow!("session state")))?;
+        let keys: Vec<String> = peers.iter().map(|p| p.public_key.clone()).collect();
+        let relay_token = match (&edge_key, st) {
+            (Some(k), SessionState::Active) => token(state, &session_id, k, &keys, valid_until),
+            _ => None,
+        };
+        out.push(EdgeSession {
+            session_id,
+            name: r.try_get("name")?,
+            state: st,
+            valid_until,
+            targets: records::json_col(&r, "targets")?,
+            nat: records::json_col(&r, "nat")?,
+            peers,
+            relay_url: relay_url(state),
+            relay_token,
+            stun: state.stun_servers(),
+        });
+    }
+    Ok(out)
+}
+
+/// The join data of one client tunnel (by the client's key) in a session.
+pub async fn join_data(
+    state: &AppState,
+    account_id: &str,
+    session_id: &str,
+    client_key: &str,
+) -> AppResult<JoinResponse> {
+    let mut conn = state.store.pool.acquire().await?;
+    let s = crate::sessions::load(&mut conn, account_id, session_id).await?;
+    let tunnel = sqlx::query(
+        "SELECT id, overlay_ip FROM tunnels WHERE session_id = $1 AND client_public_key = $2 ORDER BY started_at DESC LIMIT 1",
+    )
+    .bind(session_id)
+    .bind(client_key)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| AppError::not_found("tunnel"))?;
+    let rows = sqlx::query(
+        "SELECT sd.device_id, sd.targets, sd.edge_public_key, d.name, d.nat, d.online, d.last_seen
+         FROM session_devices sd JOIN devices d ON d.id = sd.device_id WHERE sd.session_id = $1 ORDER BY d.name",
+    )
+    .bind(session_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let now = state.now();
+    let mut devices = Vec::new();
+    let mut edge_keys = Vec::new();
+    for r in rows {
+        let targets: Vec<Target> = records::json_col(&r, "targets")?;
+        let nat: Vec<NatMapping> = records::json_col(&r, "nat")?;
+        let key: Option<String> = r.try_get("edge_public_key")?;
+        if let Some(k) = &key {
+            edge_keys.push(k.clone());
+        }
+        let last_seen: Option<i64> = r.try_get("last_seen")?;
+        devices.push(JoinDevice {
+            device_id: r.try_get("device_id")?,
+            name: r.try_get("name")?,
+            edge_public_key: key,
+            targets: client_view(&targets, &nat),
+            online: r.try_get::<i64, _>("online")? != 0
+                && last_seen.is_some_and(|t| now - t < super::ONLINE_WINDOW_SECS),
+        });
+    }
+    let valid_until = s.valid_until.unix_timestamp();
+    let relay_token = if s.state == SessionState::Active && !edge_keys.is_empty() {
+        token(state, session_id, client_key, &edge_keys, valid_until)
+    } else {
+        None
+    };
+    Ok(JoinResponse {
+        tunnel_id: tunnel.try_get(0)?,
+        session_id: session_id.to_string(),
+        state: s.state,
+        overlay_ip: tunnel.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
+        relay_url: relay_url(state),
+        relay_token,
+        stun: state.stun_servers(),
+        devices,
+        valid_until,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_to_one_nat_moves_targets_into_the_virtual_subnet() {
+        let nat = vec![NatMapping {
+            real: "192.168.1.0/24".parse().unwrap(),
+            virtual_subnet: "10.77.1.0/24".parse().unwrap(),
+        }];
+        let t: Target = "tcp:192.168.1.10:502".parse().unwrap();
+        let other: Target = "tcp:192.168.2.10:502".parse().unwrap();
+        let v = client_view(&[t, other.clone()], &nat);
+        assert_eq!(v[0].to_string(), "tcp:10.77.1.10:502");
+        assert_eq!(v[1], other, "outside the mapping: unchanged");
+    }
+}

@@ -1,0 +1,940 @@
+//! Live sessions over real TLS WebSockets: the edge channel (authentication by
+//! the enrolled key, status, switch, approvals, per-session keys), the client
+//! join and channel, candidate exchange, relay tokens, and teardown on both
+//! ends. Each runs on SQLite and PostgreSQL.
+
+mod common;
+
+use axum::http::{Method, StatusCode};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use common::TestApp;
+use drawbridge_proto::api::ENROLL_CONTEXT;
+use drawbridge_proto::channel::{
+    ClientToServer, EDGE_AUTH_CONTEXT, EdgeStatus, EdgeToServer, ServerToClient, ServerToEdge,
+    TunnelReport,
+};
+use futures_util::{SinkExt, StreamExt};
+use ring::rand::SystemRandom;
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+store_tests!(
+    an_edge_authenticates_with_its_enrolled_key_only,
+    sessions_start_only_with_the_edge_online_and_its_switch_on,
+    switching_off_ends_every_session_of_the_edge_within_seconds,
+    dual_control_waits_for_approval_on_site_or_by_another_approver,
+    a_joined_client_and_the_edge_exchange_keys_candidates_and_relay_tokens,
+    ending_or_disabling_tears_down_both_ends_and_records_the_tunnel,
+);
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The test app served over TLS on a loopback port.
+struct Live {
+    app: TestApp,
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+    server: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn live(app: TestApp) -> Live {
+    let dir = tempfile::tempdir().unwrap();
+    let files = drawbridge_server::pki::ensure_self_signed(dir.path(), &[]).unwrap();
+    let cfg = Arc::new(drawbridge_server::pki::server_config(&files.cert, &files.key).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(drawbridge_server::serve::serve_tls(
+        listener,
+        cfg,
+        app.app.clone(),
+        std::future::pending(),
+    ));
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut std::fs::read(&files.ca_cert).unwrap().as_slice()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Live {
+        app,
+        port,
+        tls: Arc::new(tls),
+        server,
+        _dir: dir,
+    }
+}
+
+impl Live {
+    async fn ws(
+        &self,
+        path: &str,
+        token: Option<&str>,
+    ) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+        let mut req = format!("wss://127.0.0.1:{}{path}", self.port)
+            .into_client_request()
+            .unwrap();
+        if let Some(t) = token {
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        let connector = tokio_tungstenite::Connector::Rustls(self.tls.clone());
+        tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector))
+            .await
+            .map(|(ws, _)| ws)
+    }
+}
+
+async fn recv<T: serde::de::DeserializeOwned>(ws: &mut Ws) -> Option<T> {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .ok()??
+            .ok()?;
+        match m {
+            Message::Text(t) => {
+                return Some(serde_json::from_str(&t).expect("server message parses"));
+            }
+            Message::Ping(_) | Message::Pong(_) => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// Waits (at most 5 s) for a message the predicate accepts, skipping others.
+async fn until<T: serde::de::DeserializeOwned + std::fmt::Debug>(
+    ws: &mut Ws,
+    mut want: impl FnMut(&T) -> bool,
+) -> T {
+    loop {
+        let m: T = recv(ws).await.expect("message within 5 s");
+        if want(&m) {
+            return m;
+        }
+    }
+}
+
+async fn send<T: serde::Serialize>(ws: &mut Ws, m: &T) {
+    ws.send(Message::Text(serde_json::to_string(m).unwrap().into()))
+        .await
+        .unwrap();
+}
+
+/// An enrolled device with its identity key.
+struct Device {
+    id: String,
+    key: Ed25519KeyPair,
+}
+
+async fn enrolled(l: &Live, acct: &common::Account, name: &str) -> Device {
+    let (id, activation) = l.app.device(acct, name).await;
+    l.app.edge_state(&id, false, false).await;
+    let key = Ed25519KeyPair::from_pkcs8(
+        Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+            .unwrap()
+            .as_ref(),
+    )
+    .unwrap();
+    let mut msg = ENROLL_CONTEXT.to_vec();
+    msg.extend_from_slice(activation.as_bytes());
+    let body = json!({
+        "activation_key": activation,
+        "public_key": STANDARD.encode(key.public_key().as_ref()),
+        "signature": STANDARD.encode(key.sign(&msg).as_ref()),
+    });
+    let (s, v) = l
+        .app
+        .call(Method::POST, "/api/v1/enroll", None, Some(body))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    Device { id, key }
+}
+
+/// Connects and authenticates an edge; returns the channel after `welcome` and the first `sessions`.
+async fn edge(l: &Live, d: &Device, switch_on: bool) -> Ws {
+    let mut ws = l.ws("/api/v1/edge/channel", None).await.unwrap();
+    let ServerToEdge::Challenge { nonce } = recv(&mut ws).await.unwrap() else {
+        panic!("challenge first")
+    };
+    let mut msg = EDGE_AUTH_CONTEXT.to_vec();
+    msg.extend_from_slice(nonce.as_bytes());
+    msg.extend_from_slice(d.id.as_bytes());
+    send(
+        &mut ws,
+        &EdgeToServer::Auth {
+            device_id: d.id.clone(),
+            signature: STANDARD.encode(d.key.sign(&msg).as_ref()),
+        },
+    )
+    .await;
+    assert!(matches!(
+        recv(&mut ws).await,
+        Some(ServerToEdge::Welcome { .. })
+    ));
+    assert!(matches!(
+        recv(&mut ws).await,
+        Some(ServerToEdge::Sessions { .. })
+    ));
+    send(
+        &mut ws,
+        &EdgeToServer::Status(EdgeStatus {
+            switch_on,
+            agent_version: "test".into(),
+            endpoints: vec![],
+        }),
+    )
+    .await;
+    // The status is processed in order; wait until the server has it.
+    for _ in 0..100 {
+        let on: i64 = sqlx::query_scalar("SELECT switch_on FROM devices WHERE id = $1")
+            .bind(&d.id)
+            .fetch_one(&l.app.state.store.pool)
+            .await
+            .unwrap();
+        if (on != 0) == switch_on {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ws
+}
+
+fn wg_key(n: u8) -> String {
+    STANDARD.encode([n; 32])
+}
+
+fn sessions_of(m: &ServerToEdge) -> Option<&Vec<drawbridge_proto::channel::EdgeSession>> {
+    match m {
+        ServerToEdge::Sessions { sessions } => Some(sessions),
+        _ => None,
+    }
+}
+
+async fn an_edge_authenticates_with_its_enrolled_key_only(app: TestApp) {
+    let l = live(app).await;
+    let acct = l.app.account("acme").await;
+    let d = enrolled(&l, &acct, "press-1").await;
+    // A key that is not the enrolled one.
+    let mut ws = l.ws("/api/v1/edge/channel", None).await.unwrap();
+    let ServerToEdge::Challenge { nonce } = recv(&mut ws).await.unwrap() else {
+        panic!()
+    };
+    let other = Ed25519KeyPair::from_pkcs8(
+        Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+            .unwrap()
+            .as_ref(),
+    )
+    .unwrap();
+    let mut msg = EDGE_AUTH_CONTEXT.to_vec();
+    msg.extend_from_slice(nonce.as_bytes());
+    msg.extend_from_slice(d.id.as_bytes());
+    send(
+        &mut ws,
+        &EdgeToServer::Auth {
+            device_id: d.id.clone(),
+            signature: STANDARD.encode(other.sign(&msg).as_ref()),
+        },
+    )
+    .await;
+    assert!(
+        matches!(recv::<ServerToEdge>(&mut ws).await, Some(ServerToEdge::Error { code, .. }) if code == "unauthenticated")
+    );
+    // A replayed signature over another challenge fails too.
+    let mut ws2 = l.ws("/api/v1/edge/channel", None).await.unwrap();
+    let _: ServerToEdge = recv(&mut ws2).await.unwrap();
+    send(
+        &mut ws2,
+        &EdgeToServer::Auth {
+            device_id: d.id.clone(),
+            signature: STANDARD.encode(d.key.sign(&msg).as_ref()),
+        },
+    )
+    .await;
+    assert!(matches!(
+        recv::<ServerToEdge>(&mut ws2).await,
+        Some(ServerToEdge::Error { .. })
+    ));
+    let dev = l
+        .app
+        .ok(
+            Method::GET,
+            &format!("/api/v1/devices/{}", d.id),
+            &acct.admin,
+            None,
+        )
+        .await;
+    assert_eq!(dev["status"]["online"], false);
+    let (_, audit) = l
+        .app
+        .get("/api/v1/audit?action=device.auth", &acct.admin)
+        .await;
+    assert_eq!(
+        audit.as_array().unwrap().len(),
+        2,
+        "failed edge logins are on the record"
+    );
+    // The enrolled key works; the device shows online with the switch it reports.
+    let mut ws = edge(&l, &d, true).await;
+    let dev = l
+        .app
+        .ok(
+            Method::GET,
+            &format!("/api/v1/devices/{}", d.id),
+            &acct.admin,
+            None,
+        )
+        .await;
+    assert_eq!(dev["status"]["online"], true);
+    assert_eq!(dev["status"]["switch_on"], true);
+    assert_eq!(dev["status"]["agent_version"], "test");
+    // Garbage closes the connection; the device goes offline.
+    ws.send(Message::Text("{\"type\":\"nonsense\"}".into()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        recv::<ServerToEdge>(&mut ws).await,
+        Some(ServerToEdge::Error { .. })
+    ));
+    for _ in 0..100 {
+        let dev = l
+            .app
+            .ok(
+                Method::GET,
+                &format!("/api/v1/devices/{}", d.id),
+                &acct.admin,
+                None,
+            )
+            .await;
+        if dev["status"]["online"] == false {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the device stayed online after its channel closed");
+}
+
+async fn sessions_start_only_with_the_edge_online_and_its_switch_on(app: TestApp) {
+    let l = live(app).await;
+    let acct = l.app.account("acme").await;
+    let d = enrolled(&l, &acct, "press-1").await;
+    let s = l.app.session(&acct.admin, &d.id, &[&acct.admin_id]).await;
+    let (st, v) = l
+        .app
+        .post(
+            &format!("/api/v1/sessions/{s}/start"),
+            &acct.admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT, "offline: {v}");
+    assert!(v["message"].as_str().unwrap().contains("offline"));
+    let mut ws = edge(&l, &d, false).await;
+    let (st, v) = l
+        .app
+        .post(
+            &format!("/api/v1/sessions/{s}/start"),
+            &acct.admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT, "switch off: {v}");
+    assert!(v["message"].as_str().unwrap().contains("switched off"));
+    send(
+        &mut ws,
+        &EdgeToServer::Status(EdgeStatus {
+            switch_on: true,
+            agent_version: "test".into(),
+            endpoints: vec![],
+        }),
+    )
+    .await;
+    let mut started = false;
+    for _ in 0..100 {
+        let (st, _) = l
+            .app
+            .post(
+                &format!("/api/v1/sessions/{s}/start"),
+                &acct.admin,
+                json!({}),
+            )
+            .await;
+        if st == StatusCode::OK {
+            started = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(started, "starts once the switch is on");
+    let m: ServerToEdge = until(&mut ws, |m: &ServerToEdge| {
+        sessions_of(m).is_some_and(|s| !s.is_empty())
+    })
+    .await;
+    let sessions = sessions_of(&m).unwrap();
+    assert_eq!(sessions[0].session_id, s);
+    assert_eq!(sessions[0].targets[0].to_string(), "tcp:192.168.1.10:502");
+    let (_, audit) = l
+        .app
+        .get("/api/v1/audit?action=device.switch", &acct.admin)
+        .await;
+    assert_eq!(
+        audit.as_array().unwrap().len(),
+        1,
+        "the switch change is on the record"
+    );
+}
+
+/// An active session on device `d` with admin joined as client key `n`; returns (session, client channel).
+async fn running(l: &Live, acct: &common::Account, d: &Device, n: u8) -> (String, Ws) {
+    let s = l.app.session(&acct.admin, &d.id, &[&acct.admin_id]).await;
+    l.app
+        .ok(
+            Method::POST,
+            &format!("/api/v1/sessions/{s}/start"),
+            &acct.admin,
+            None,
+        )
+        .await;
+    l.app
+        .ok(
+            Method::POST,
+            &format!("/api/v1/sessions/{s}/join"),
+            &acct.admin,
+            Some(json!({"public_key": wg_key(n)})),
+        )
+        .await;
+    let key = wg_key(n)
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D");
+    let mut c = l
+        .ws(
+            &format!("/api/v1/sessions/{s}/channel?key={key}"),
+            Some(&acct.admin),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        recv::<ServerToClient>(&mut c).await,
+        Some(ServerToClient::Update(_))
+    ));
+    (s, c)
+}
+
+async fn switching_off_ends_every_session_of_the_edge_within_seconds(app: TestApp) {
+    let l = live(app).await;
+    let acct = l.app.account("acme").await;
+    let d = enrolled(&l, &acct, "press-1").await;
+    let mut ws = edge(&l, &d, true).await;
+    let (s1, mut c1) = running(&l, &acct, &d, 1).await;
+    let (s2, _c2) = running(&l, &acct, &d, 2).await;
+    until(&mut ws, |m: &ServerToEdge| {
+        sessions_of(m).is_some_and(|s| s.len() == 2)
+    })
+    .await;
+    send(
+        &mut ws,
+        &EdgeToServer::Status(EdgeStatus {
+            switch_on: false,
+            agent_version: "test".into(),
+            endpoints: vec![],
+        }),
+    )
+    .await;
+    // Within seconds: the edge is told to run nothing, the client is told it ended.
+    until(&mut ws, |m: &ServerToEdge| {
+        sessions_of(m).is_some_and(|s| s.is_empty())
+    })
+    .await;
+    let end = until(&mut c1, |m: &ServerToClient| {
+        matches!(m, ServerToClient::Ended { .. })
+    })
+    .await;
+    assert_eq!(
+        end,
+        ServerToClient::Ended {
+            reason: "site_switch".into()
+        }
+    );
+    for s in [s1, s2] {
+        let v = l
+            .app
+            .ok(
+                Method::GET,
+                &format!("/api/v1/sessions/{s}"),
+                &acct.admin,
+                None,
+            )
+            .await;
+        assert_eq!(v["state"], "ended");
+        assert_eq!(v["end_reason"], "site_switch");
+    }
+    let (st, _) = l
+        .app
+        .post(
+            &format!(
+                "/api/v1/sessions/{}/start",
+                l.app.session(&acct.admin, &d.id, &[&acct.admin_id]).await
+            ),
+            &acct.admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        st,
+        StatusCode::CONFLICT,
+        "no new session while the switch is off"
+    );
+}
+
+async fn dual_control_waits_for_approval_on_site_or_by_another_approver(app: TestApp) {
+    let l = live(app).await;
+    let acct = l.app.account("acme").await;
+    let (_, second_admin) = l.app.user(&acct, "approver", "admin").await;
+    l.app
+        .ok(
+            Method::PATCH,
+            "/api/v1/account",
+            &acct.admin,
+            Some(json!({"settings": {"dual_control": true}})),
+        )
+        .await;
+    let d = enrolled(&l, &acct, "press-1").await;
+    let mut ws = edge(&l, &d, true).await;
+    // On-site approval.
+    let s = l.app.session(&acct.admin, &d.id, &[&acct.admin_id]).await;
+    let v = l
+        .app
+        .ok(
+            Method::POST,
+            &format!("/api/v1/sessions/{s}/start"),
+            &acct.admin,
+            None,
+        )
+        .await;
+    assert_eq!(v["state"], "pending_approval");
+    let (st, _) = l
+        .app
+        .post(
+            &format!("/api/v1/sessions/{s}/join"),
+            &acct.admin,
+            json!({"public_key": wg_key(1)}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT, "no tunnel before approval");
+    let m = until(&mut ws, |m: &ServerToEdge| {
+        sessions_of(m).is_some_and(|s| !s.is_empty())
+    })
+    .await;
+    assert_eq!(
+        sessions_of(&m).unwrap()[0].state,
+        drawbridge_proto::SessionState::PendingApproval
+    );
+    assert!(sessions_of(&m).unwrap()[0].relay_token.is_none());
+    send(
+        &mut ws,
+        &EdgeToServer::Decision {
+            session_id: s.clone(),
+            approve: true,
+        },
+    )
+    .await;
+    until(&mut ws, |m: &ServerToEdge| {
+        sessions_of(m).is_some_and(|x| {
+            x.first()
+                .is_some_and(|x| x.state == drawbridge_proto::SessionState::Active)
+        })
+    })
+    .await;
+    l.app
+        .ok(
+            Method::POST,
+            &format!("/api/v1/sessions/{s}/join"),
+            &acct.admin,
+            Some(json!({"public_key": wg_key(1)})),
+        )
+        .await;
+    // Cloud approval: not by the one who started it, but by another approver.
+    let s2 = l.app.session(&acct.admin, &d.id, &[&acct.admin_id]).await;
+    l.app
+        .ok(
+            Method::POST,
+            &format!("/api/v1/sessions/{s2}/start"),
+            &acct.admin,
+            None,
+        )
+        .await;
+    let (st, _) = l
+        .app
+        .post(
+            &format!("/api/v1/sessions/{s2}/approve"),
+            &acct.admin,
+            json!({"approve": true}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "four eyes");
+    let v = l
+        .app
+        .ok(
+            Method::POST,
+            &format!("/api/v1/sessions/{s2}/approve"),
+            &second_admin,
+            Some(json!({"approve": false})),
+        )
+        .await;
+    assert_eq!(v["state"], "ended");
+    assert_eq!(v["end_reason"], "refused");
+    // Nobody decides: the start lapses.
+    let s3 = l.app.session(&acct.admin, &d.id, &[&acct.admin_id]).await;
+    l.app
+        .ok(
+            Method::POST,
+            &format!("/api/v1/sessions/{s3}/start"),
+            &acct.admin,
+            None,
+        )
+        .await;
+    l.app
+        .clock()
+        .advance(drawbridge_server::sessions::APPROVAL_WINDOW_SECS + 1);
+    let ended = drawbridge_server::background::sweep(&l.app.state)
+        .await
+        .unwrap();
+    assert!(ended.contains(&s3));
+    let token = l.app.token("acme", "approver").await;
+    let v = l
+        .app
+        .ok(Method::GET, &format!("/api/v1/sessions/{s3}"), &token, None)
+        .await;
+    assert_eq!(v["end_reason"], "approval_timeout");
+    let (_, audit) = l.app.get("/api/v1/audit?action=session.", &token).await;
+    let actions: Vec<_> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_string())
+        .collect();
+    for a in ["session.approve", "session.refuse"] {
+        assert!(
+            actions.iter().any(|x| x == a),
+            "{a} on the record: {actions:?}"
+        );
+    }
+}
+
+async fn a_joined_client_and_the_edge_exchange_keys_candidates_and_relay_tokens(app: TestApp) {
+    let l = live(app).await;
+    let acct = l.app.account("acme").await;
+    let d = enrolled(&l, &acct, "press-1").await;
+    let mut ws = edge(&l, &d, true).await;
+    let s = l.app.session(&acct.admin, &d.id, &[&acct.admin_id]).await;
+    l.app
+        .ok(
+            Method::POST,
+            &format!("/api/v1/sessions/{s}/start"),
+            &acct.admin,
+            None,
+        )
+        .await;
+    let join = l
+        .app
+        .ok(
+            Method::POST,
+            &format!("/api/v1/sessions/{s}/join"),
+            &acct.admin,
+            Some(json!({"public_key": wg_key(7)})),
+        )
+        .await;
+    assert_eq!(join["overlay_ip"], "100.64.0.2");
+    assert!(join["relay_url"].as_str().unwrap().ends_with("/relay/v1"));
+    assert!(join["relay_token"].is_null(), "no edge key yet");
+    assert_eq!(join["devices"][0]["online"], true);
+    let (st, _) = l
+        .app
+        .post(
+            &format!("/api/v1/sessions/{s}/join"),
+            &acct.admin,
+            json!({"public_key": wg_key(7)}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT, "a key is used once");
+    // The edge learns the peer, then announces its own key for the session.
+    let m = until(&mut ws, |m: &ServerToEdge| {
+        sessions_of(m).is_some_and(|x| x.first().is_some_and(|x| !x.peers.is_empty()))
+    })
+    .await;
+    let es = sessions_of(&m).unwrap()[0].clone();
+    assert_eq!(es.peers[0].public_key, wg_key(7));
+    assert_eq!(es.peers[0].overlay_ip, "100.64.0.2");
+    let key = wg_key(7)
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D");
+    let mut c = l
+        .ws(
+            &format!("/api/v1/sessions/{s}/channel?key={key}"),
+            Some(&acct.admin),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        recv::<ServerToClient>(&mut c).await,
+        Some(ServerToClient::Update(_))
+    ));
+    send(
+        &mut ws,
+        &EdgeToServer::SessionKey {
+            session_id: s.clone(),
+            public_key: wg_key(9),
+        },
+    )
+    .await;
+    let ServerToClient::Update(u) = until(
+        &mut c,
+        |m: &ServerToClient| matches!(m, ServerToClient::Update(u) if u.relay_token.is_some()),
+    )
+    .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        u.devices[0].edge_public_key.as_deref(),
+        Some(wg_key(9).as_str())
+    );
+    let vk = l.app.state.relay_key.verifying_key();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let ct = drawbridge_relay::token::verify(&vk, u.relay_token.as_deref().unwrap(), now).unwrap();
+    assert_eq!(
+        (ct.session_id.as_str(), ct.peer, ct.allowed_peers.clone()),
+        (s.as_str(), [7; 32], vec![[9; 32]])
+    );
+    let m = until(&mut ws, |m: &ServerToEdge| {
+        sessions_of(m).is_some_and(|x| x.first().is_some_and(|x| x.relay_token.is_some()))
+    })
+    .await;
+    let et = drawbridge_relay::token::verify(
+        &vk,
+        sessions_of(&m).unwrap()[0].relay_token.as_deref().unwrap(),
+        now,
+    )
+    .unwrap();
+    assert_eq!((et.peer, et.allowed_peers), ([9; 32], vec![[7; 32]]));
+    // Candidates both ways, addressed by key and device.
+    send(
+        &mut c,
+        &ClientToServer::Signal {
+            device_id: d.id.clone(),
+            data: "from-client".into(),
+        },
+    )
+    .await;
+    let m = until(&mut ws, |m: &ServerToEdge| {
+        matches!(m, ServerToEdge::Signal { .. })
+    })
+    .await;
+    assert_eq!(
+        m,
+        ServerToEdge::Signal {
+            session_id: s.clone(),
+            peer: wg_key(7),
+            data: "from-client".into()
+        }
+    );
+    send(
+        &mut ws,
+        &EdgeToServer::Signal {
+            session_id: s.clone(),
+            peer: wg_key(7),
+            data: "from-edge".into(),
+        },
+    )
+    .await;
+    let m = until(&mut c, |m: &ServerToClient| {
+        matches!(m, ServerToClient::Signal { .. })
+    })
+    .await;
+    assert_eq!(
+        m,
+        ServerToClient::Signal {
+            device_id: d.id.clone(),
+            data: "from-edge".into()
+        }
+    );
+    // A signal to a device outside the session goes nowhere (and nothing breaks).
+    send(
+        &mut c,
+        &ClientToServer::Signal {
+            device_id: "not-mine".into(),
+            data: "x".into(),
+        },
+    )
+    .await;
+    // Figures from the edge land on the tunnel; leaving records them.
+    let report = TunnelReport {
+        session_id: s.clone(),
+        peer: wg_key(7),
+        path: "direct".into(),
+        reason: "direct ok".into(),
+        bytes_to_device: 1000,
+        bytes_from_device: 5000,
+    };
+    send(&mut ws, &EdgeToServer::Tunnel(report)).await;
+    for _ in 0..100 {
+        let b: i64 =
+            sqlx::query_scalar("SELECT bytes_from_device FROM tunnels WHERE session_id = $1")
+                .bind(&s)
+                .fetch_one(&l.app.state.store.pool)
+                .await
+                .unwrap();
+        if b == 5000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.close(None).await.unwrap();
+    until(&mut ws, |m: &ServerToEdge| {
+        sessions_of(m).is_some_and(|x| x.first().is_some_and(|x| x.peers.is_empty()))
+    })
+    .await;
+    let (_, audit) = l
+        .app
+        .get("/api/v1/audit?action=tunnel.down", &acct.admin)
+        .await;
+    let e = &audit.as_array().unwrap()[0];
+    assert_eq!(e["details"]["bytes_from_device"], 5000);
+    assert_eq!(e["details"]["path"], "direct");
+}
+
+async fn ending_or_disabling_tears_down_both_ends_and_records_the_tunnel(app: TestApp) {
+    let l = live(app).await;
+    let acct = l.app.account("acme").await;
+    let d = enrolled(&l, &acct, "press-1").await;
+    let mut ws = edge(&l, &d, true).await;
+    let (s, mut c) = running(&l, &acct, &d, 3).await;
+    until(&mut ws, |m: &ServerToEdge| {
+        sessions_of(m).is_some_and(|x| x.len() == 1)
+    })
+    .await;
+    l.app
+        .ok(
+            Method::POST,
+            &format!("/api/v1/sessions/{s}/end"),
+            &acct.admin,
+            None,
+        )
+        .await;
+    assert_eq!(
+        until(&mut c, |m: &ServerToClient| matches!(
+            m,
+            ServerToClient::Ended { .. }
+        ))
+        .await,
+        ServerToClient::Ended {
+            reason: "user".into()
+        }
+    );
+    until(&mut ws, |m: &ServerToEdge| {
+        sessions_of(m).is_some_and(|x| x.is_empty())
+    })
+    .await;
+    // Disabling a user closes their tunnels in running sessions too.
+    let (anna, anna_token) = l.app.user(&acct, "anna", "user").await;
+    l.app
+        .grant(&acct, &[&anna], &[&d.id], "full", json!([]))
+        .await;
+    let s2 = l.app.session(&acct.admin, &d.id, &[&anna]).await;
+    l.app
+        .ok(
+            Method::POST,
+            &format!("/api/v1/sessions/{s2}/start"),
+            &anna_token,
+            None,
+        )
+        .await;
+    l.app
+        .ok(
+            Method::POST,
+            &format!("/api/v1/sessions/{s2}/join"),
+            &anna_token,
+            Some(json!({"public_key": wg_key(4)})),
+        )
+        .await;
+    let key = wg_key(4)
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D");
+    let mut c2 = l
+        .ws(
+            &format!("/api/v1/sessions/{s2}/channel?key={key}"),
+            Some(&anna_token),
+        )
+        .await
+        .unwrap();
+    until(&mut c2, |m: &ServerToClient| {
+        matches!(m, ServerToClient::Update(_))
+    })
+    .await;
+    until(&mut ws, |m: &ServerToEdge| {
+        sessions_of(m).is_some_and(|x| x.first().is_some_and(|x| !x.peers.is_empty()))
+    })
+    .await;
+    l.app
+        .ok(
+            Method::PATCH,
+            &format!("/api/v1/users/{anna}"),
+            &acct.admin,
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    assert!(matches!(
+        until(&mut c2, |m: &ServerToClient| matches!(
+            m,
+            ServerToClient::Ended { .. }
+        ))
+        .await,
+        ServerToClient::Ended { .. }
+    ));
+    until(&mut ws, |m: &ServerToEdge| {
+        sessions_of(m).is_some_and(|x| x.is_empty())
+    })
+    .await;
+    let v = l
+        .app
+        .ok(
+            Method::GET,
+            &format!("/api/v1/sessions/{s2}"),
+            &acct.admin,
+            None,
+        )
+        .await;
+    assert_eq!(v["end_reason"], "user_disabled");
+    // Another user of the account cannot open someone else's channel.
+    let (_, bob) = l.app.user(&acct, "bob", "user").await;
+    assert!(
+        l.ws(
+            &format!("/api/v1/sessions/{s2}/channel?key={key}"),
+            Some(&bob)
+        )
+        .await
+        .is_err()
+    );
+}
