@@ -36,8 +36,8 @@ fn seqs(sim: &Sim, host: usize) -> Vec<u32> {
 #[test]
 fn nat_matrix_goes_direct_where_hole_punching_can_work_and_stays_on_relay_otherwise() {
     let mut failures = Vec::new();
-    for (i, a) in ALL.iter().enumerate() {
-        for b in &ALL[i..] {
+    for a in &ALL {
+        for b in &ALL {
             let mut sim = Sim::new(7, [*a, *b], LinkConfig::default());
             sim.send_ip(0, &numbered_packet(0, 1, 1));
             sim.send_ip(1, &numbered_packet(1, 0, 2));
