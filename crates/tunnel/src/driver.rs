@@ -84,6 +84,7 @@ enum Command {
         oneshot::Sender<Result<(), crate::engine::PeerError>>,
     ),
     RemovePeer(PeerId),
+    SetPeerRelay(PeerId, Option<RelayId>),
     Signal(PeerId, Signal),
     Stats(PeerId, oneshot::Sender<Option<PeerStats>>),
     LocalSignal(oneshot::Sender<Signal>),
@@ -195,6 +196,18 @@ impl Tunnel {
     pub async fn remove_peer(&self, peer: PeerId) -> Result<(), Stopped> {
         self.cmd
             .send(Command::RemovePeer(peer))
+            .await
+            .map_err(|_| Stopped)
+    }
+
+    /// Moves `peer` to another relay connection of this tunnel (sessions are kept).
+    pub async fn set_peer_relay(
+        &self,
+        peer: PeerId,
+        relay: Option<RelayId>,
+    ) -> Result<(), Stopped> {
+        self.cmd
+            .send(Command::SetPeerRelay(peer, relay))
             .await
             .map_err(|_| Stopped)
     }
@@ -333,6 +346,7 @@ impl Driver {
                 let _ = reply.send(self.node.add_peer(now, p));
             }
             Command::RemovePeer(p) => self.node.remove_peer(&p),
+            Command::SetPeerRelay(p, r) => self.node.set_peer_relay(now, &p, r),
             Command::Signal(p, s) => self.node.handle_signal(now, &p, s),
             Command::Stats(p, reply) => {
                 let _ = reply.send(self.node.peer_stats(&p));

@@ -671,6 +671,23 @@ impl Node {
         Ok(())
     }
 
+    /// Moves a peer to another relay connection (or none) without touching its session,
+    /// e.g. when the control plane reassigns the session to another relay.
+    pub fn set_peer_relay(&mut self, now: Instant, id: &PeerId, relay: Option<RelayId>) {
+        self.set_time(now);
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
+        peer.relay = relay;
+        peer.relay_rtt = None;
+        peer.next_relay_ping = Some(now);
+        match (peer.path, relay) {
+            (Path::Relay, None) => peer.path = Path::None,
+            (Path::None, Some(_)) => peer.path = Path::Relay,
+            _ => {}
+        }
+    }
+
     /// Forgets a peer.
     pub fn remove_peer(&mut self, id: &PeerId) {
         if self.peers.remove(id).is_some() {
@@ -1654,6 +1671,35 @@ mod tests {
             }
         }
         assert_eq!(delivered, 1);
+    }
+
+    #[test]
+    fn a_peer_moved_to_another_relay_keeps_its_session_and_uses_the_new_relay() {
+        let now = Instant::now();
+        let (mut a, mut b) = (node(1), node(2));
+        let cfg = |k| PeerConfig {
+            public_key: k,
+            allowed_ips: vec![IpNet::new(IpAddr::from([100, 64, 0, 2]), 32)],
+            relay: Some(0),
+            persistent_keepalive: None,
+        };
+        a.add_peer(now, cfg(b.public_key())).unwrap();
+        b.add_peer(now, cfg(a.public_key())).unwrap();
+        for _ in 0..4 {
+            relay_pump(&mut a, &mut b, now);
+            relay_pump(&mut b, &mut a, now);
+        }
+        let hs = a.peer_stats(&b.public_key()).unwrap().last_handshake;
+        a.set_peer_relay(now, &b.public_key(), Some(7));
+        a.send_ip(now, &ipv4([100, 64, 0, 2], 60)).unwrap();
+        let relays: Vec<RelayId> = std::iter::from_fn(|| a.poll_output())
+            .filter_map(|o| match o {
+                Output::Relay { relay, .. } => Some(relay),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(relays, vec![7]);
+        assert_eq!(a.peer_stats(&b.public_key()).unwrap().last_handshake, hs);
     }
 
     #[test]
