@@ -2059,7 +2059,9 @@ async fn account(ctx: &Ctx, cmd: AccountCmd) -> Result<()> {
                         .as_deref()
                         .map(|n| name(n, "account name"))
                         .transpose()?,
-                    settings: Some(s),
+                    settings: Some(
+                        serde_json::to_value(&s).map_err(|e| Error::user(e.to_string()))?,
+                    ),
                 }
             };
             let a = c.update_account(&req).await?;

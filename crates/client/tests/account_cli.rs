@@ -458,6 +458,7 @@ fn admin_prepares_a_session_and_the_user_sees_starts_and_ends_only_theirs() {
         "only the granted device: {seen}"
     );
 
+    server.edge_up("press-3");
     let out = user.ok(&["session", "start", "Fix press 3"]);
     assert!(out.contains("is active"), "{out}");
     let shown = user
@@ -925,6 +926,7 @@ fn devices_logbook_fleet_keys_added_devices_and_adhoc_sessions() {
         .to_string();
     assert!(err.contains("forbidden"), "{err}");
     admin.ok(&["account", "set", "adhoc_allowed=true"]);
+    server.edge_up("hmi");
     let s = admin
         .run(&["session", "adhoc", "hmi", "--json"], None)
         .json();

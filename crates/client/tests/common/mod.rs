@@ -289,3 +289,36 @@ impl Cli {
         self.run(&args, Some(&format!("{password}\n")))
     }
 }
+
+impl Server {
+    /// Marks a device (by name) as if its edge were connected with the site
+    /// switch on, straight in the server's database: sessions start only then.
+    /// A stand-in until these tests run a real edge agent.
+    pub fn edge_up(&self, device: &str) {
+        use sqlx::Connection;
+        let db = self.dir.path().join("data").join("drawbridge.db");
+        let url = format!("sqlite://{}", db.display());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut c = sqlx::sqlite::SqliteConnection::connect(&url)
+                .await
+                .expect("open the server's database");
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs() as i64;
+            let r = sqlx::query(
+                "UPDATE devices SET online = 1, switch_on = 1, last_seen = $1 WHERE name = $2",
+            )
+            .bind(now)
+            .bind(device)
+            .execute(&mut c)
+            .await
+            .expect("update device");
+            assert_eq!(r.rows_affected(), 1, "no device named {device}");
+        });
+    }
+}
