@@ -405,6 +405,10 @@ async fn relay_task(
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
+        // The driver is gone (tunnel dropped): stop reconnecting.
+        if to_engine.is_closed() {
+            return;
+        }
         let token_now = token.borrow().clone();
         let request = ep.url.as_str().into_client_request().map(|mut r| {
             if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token_now}")) {
