@@ -160,5 +160,11 @@ fn internal(msg: String) -> Answer {
 
 /// Percent-encodes one path segment or query value.
 pub fn enc(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    /// Everything but RFC 3986's unreserved characters.
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(s, SET).to_string()
 }

@@ -38,7 +38,9 @@ pub async fn security_headers(mut res: Response) -> Response {
     };
     set(h, header::CONTENT_SECURITY_POLICY, CSP);
     set(h, header::X_FRAME_OPTIONS, "DENY");
-    set(h, header::REFERRER_POLICY, "no-referrer");
+    // Same-origin requests keep their referrer and a real `Origin` (which the
+    // CSRF check reads); other sites learn nothing of our URLs.
+    set(h, header::REFERRER_POLICY, "same-origin");
     set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(
         h,
@@ -219,12 +221,16 @@ fn headers_with_host(parts: &Parts) -> HeaderMap {
 /// True when the request says it comes from another site.
 fn cross_site(parts: &Parts) -> bool {
     let headers = &parts.headers;
-    if let Some(s) = headers.get("sec-fetch-site") {
-        if s.as_bytes() != b"same-origin" {
-            return true;
-        }
+    let fetch_site = headers.get("sec-fetch-site");
+    if fetch_site.is_some_and(|s| s.as_bytes() != b"same-origin") {
+        return true;
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
+        // A browser that says same-origin may still send an opaque `null`
+        // origin (privacy settings); without Sec-Fetch-Site, `null` is refused.
+        if origin.as_bytes() == b"null" {
+            return fetch_site.is_none();
+        }
         let host = request_host(parts);
         let host = host.as_str();
         let Ok(origin) = origin.to_str() else {

@@ -17,7 +17,7 @@ async fn pages_carry_the_security_headers_and_the_login_cookie_is_strict() {
     assert!(csp.contains("form-action 'self'"), "{csp}");
     assert!(!csp.contains("unsafe-inline"), "{csp}");
     assert_eq!(login.header("x-frame-options"), "DENY");
-    assert_eq!(login.header("referrer-policy"), "no-referrer");
+    assert_eq!(login.header("referrer-policy"), "same-origin");
     assert_eq!(login.header("x-content-type-options"), "nosniff");
     assert!(!login.body.contains("<script"), "no script at all");
     assert!(!login.body.contains("style=\""), "no inline styles");

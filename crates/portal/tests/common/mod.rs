@@ -15,6 +15,8 @@ pub struct TestServer {
     pub url: String,
     pub state: AppState,
     pub ca_pem: PathBuf,
+    /// The server's certificate chain (leaf first).
+    pub cert_pem: PathBuf,
     pub dir: tempfile::TempDir,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -58,6 +60,7 @@ impl TestServer {
             url,
             state,
             ca_pem: files.ca_cert,
+            cert_pem: files.cert,
             dir,
             _stop: tx,
         }
@@ -77,6 +80,16 @@ impl TestServer {
                 .await
                 .expect("audit");
         rows
+    }
+
+    /// Marks a device online with its site switch on, as its edge would report.
+    pub async fn edge_online(&self, name: &str) {
+        sqlx::query("UPDATE devices SET online = 1, switch_on = 1, last_seen = $1 WHERE name = $2")
+            .bind(self.state.clock.unix())
+            .bind(name)
+            .execute(&self.state.store.pool)
+            .await
+            .expect("device online");
     }
 
     pub async fn count(&self, table: &str) -> i64 {
