@@ -1,0 +1,538 @@
+//! `drawbridge-edge run`: the edge channel and the per-session tunnels.
+//!
+//! One outbound WebSocket to the control plane, re-established forever with
+//! backoff and jitter. The server sends the complete set of sessions this edge
+//! must run; the agent reconciles: a fresh WireGuard key per session (only its
+//! public half is sent), a tunnel once the session is active and the relay
+//! token has come, peers as clients join and leave, candidates both ways.
+//! Running tunnels survive a lost control plane until their session's end; the
+//! switch is enforced locally too — turning it off stops every tunnel at once,
+//! reachable control plane or not.
+
+use crate::local::{PeerStatus, SessionStatus, StateDir, Status, SwitchSource};
+use anyhow::Context;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use drawbridge_proto::SessionState;
+use drawbridge_proto::channel::{
+    EDGE_AUTH_CONTEXT, EdgeSession, EdgeStatus, EdgeToServer, MAX_CHANNEL_FRAME, ServerToEdge,
+    TunnelReport,
+};
+use drawbridge_tunnel::driver::{Connector, DriverConfig, DriverEvent, RelayEndpoint, Tunnel};
+use drawbridge_tunnel::{IpNet, NodeConfig, PeerConfig, Signal, keys};
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng;
+use ring::signature::Ed25519KeyPair;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+const TICK: Duration = Duration::from_secs(1);
+const STATUS_EVERY: u32 = 15;
+const REPORT_EVERY: u32 = 5;
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn b64_key(k: &[u8; 32]) -> String {
+    STANDARD.encode(k)
+}
+
+fn parse_key(s: &str) -> Option<[u8; 32]> {
+    STANDARD.decode(s).ok()?.try_into().ok()
+}
+
+/// One session this edge runs.
+struct Running {
+    info: EdgeSession,
+    private_key: [u8; 32],
+    public: String,
+    key_sent: bool,
+    tunnel: Option<Tunnel>,
+    /// Clients currently configured as peers (base64 keys).
+    peers: Vec<String>,
+    token: Option<String>,
+    pump: Option<tokio::task::JoinHandle<()>>,
+    stats: HashMap<String, PeerStatus>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(p) = self.pump.take() {
+            p.abort();
+        }
+    }
+}
+
+/// All sessions, and the queue of messages for the control plane.
+struct Agent {
+    dir: StateDir,
+    device_id: String,
+    switch: SwitchSource,
+    switch_on: bool,
+    connected: bool,
+    sessions: HashMap<String, Running>,
+    out_tx: mpsc::Sender<EdgeToServer>,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl Agent {
+    fn send(&self, m: EdgeToServer) {
+        // Only while connected; what is lost is re-sent on reconnect (status, keys) or re-emitted by the engine.
+        if self.connected {
+            let _ = self.out_tx.try_send(m);
+        }
+    }
+
+    fn status_msg(&self) -> EdgeToServer {
+        EdgeToServer::Status(EdgeStatus {
+            switch_on: self.switch_on,
+            agent_version: VERSION.into(),
+            endpoints: vec![],
+        })
+    }
+
+    /// Reconciles with the server's complete list.
+    async fn apply(&mut self, list: Vec<EdgeSession>) {
+        let wanted: Vec<String> = list.iter().map(|s| s.session_id.clone()).collect();
+        self.sessions.retain(|id, _| wanted.contains(id));
+        for info in list {
+            let id = info.session_id.clone();
+            let r = self.sessions.entry(id.clone()).or_insert_with(|| {
+                let private_key = keys::generate_private_key();
+                let public = b64_key(&keys::public_key(&private_key));
+                Running {
+                    info: info.clone(),
+                    private_key,
+                    public,
+                    key_sent: false,
+                    tunnel: None,
+                    peers: Vec::new(),
+                    token: None,
+                    pump: None,
+                    stats: HashMap::new(),
+                }
+            });
+            r.info = info;
+        }
+        for (id, r) in self.sessions.iter_mut() {
+            if !r.key_sent && self.connected {
+                let _ = self.out_tx.try_send(EdgeToServer::SessionKey {
+                    session_id: id.clone(),
+                    public_key: r.public.clone(),
+                });
+                r.key_sent = true;
+            }
+        }
+        self.converge().await;
+    }
+
+    /// Starts, updates or stops tunnels so that they match the sessions, the switch and the time.
+    async fn converge(&mut self) {
+        let now = now();
+        let switch_on = self.switch_on;
+        let tls = self.tls.clone();
+        let out = self.out_tx.clone();
+        for (id, r) in self.sessions.iter_mut() {
+            let allowed =
+                switch_on && r.info.state == SessionState::Active && now < r.info.valid_until;
+            if !allowed {
+                if r.tunnel.take().is_some() {
+                    tracing::info!(session = %id, "tunnel stopped");
+                }
+                if let Some(p) = r.pump.take() {
+                    p.abort();
+                }
+                r.peers.clear();
+                continue;
+            }
+            let Some(token) = r.info.relay_token.clone() else {
+                continue;
+            };
+            if r.tunnel.is_none() {
+                match start_tunnel(r, &token, tls.clone(), out.clone()).await {
+                    Ok(()) => tracing::info!(session = %id, "tunnel up"),
+                    Err(e) => {
+                        tracing::warn!(session = %id, error = %e, "tunnel start failed");
+                        continue;
+                    }
+                }
+            }
+            let Some(t) = &r.tunnel else { continue };
+            if r.token.as_deref() != Some(token.as_str()) {
+                let _ = t.set_relay_token(0, token.clone()).await;
+                r.token = Some(token);
+            }
+            let wanted: Vec<String> = r.info.peers.iter().map(|p| p.public_key.clone()).collect();
+            for gone in r.peers.iter().filter(|p| !wanted.contains(p)) {
+                if let Some(k) = parse_key(gone) {
+                    let _ = t.remove_peer(k).await;
+                }
+            }
+            for p in &r.info.peers {
+                if r.peers.contains(&p.public_key) {
+                    continue;
+                }
+                let (Some(k), Ok(ip)) = (
+                    parse_key(&p.public_key),
+                    p.overlay_ip.parse::<std::net::IpAddr>(),
+                ) else {
+                    continue;
+                };
+                let cfg = PeerConfig {
+                    public_key: k,
+                    allowed_ips: vec![IpNet::new(ip, if ip.is_ipv4() { 32 } else { 128 })],
+                    relay: Some(0),
+                    persistent_keepalive: Some(25),
+                };
+                if t.add_peer(cfg).await.is_ok()
+                    && let Ok(sig) = t.local_signal().await
+                {
+                    let _ = out.try_send(EdgeToServer::Signal {
+                        session_id: id.clone(),
+                        peer: p.public_key.clone(),
+                        data: STANDARD.encode(sig.encode()),
+                    });
+                }
+            }
+            r.peers = wanted;
+        }
+    }
+
+    async fn signal(&mut self, session_id: &str, peer: &str, data: &str) {
+        let Some(r) = self.sessions.get(session_id) else {
+            return;
+        };
+        let (Some(t), Some(k)) = (&r.tunnel, parse_key(peer)) else {
+            return;
+        };
+        let Some(sig) = STANDARD
+            .decode(data)
+            .ok()
+            .and_then(|b| Signal::decode(&b).ok())
+        else {
+            tracing::debug!("undecodable signal ignored");
+            return;
+        };
+        let _ = t.signal(k, sig).await;
+    }
+
+    /// Per-peer figures: to the control plane and into status.json.
+    async fn report(&mut self) {
+        let mut reports = Vec::new();
+        for (id, r) in self.sessions.iter_mut() {
+            let Some(t) = &r.tunnel else { continue };
+            for p in &r.info.peers {
+                let Some(k) = parse_key(&p.public_key) else {
+                    continue;
+                };
+                let Ok(Some(s)) = t.stats(k).await else {
+                    continue;
+                };
+                let path = format!("{:?}", s.path).to_lowercase();
+                let reason = s.reason.to_string();
+                r.stats.insert(
+                    p.public_key.clone(),
+                    PeerStatus {
+                        user: p.user.clone(),
+                        overlay_ip: p.overlay_ip.clone(),
+                        path: path.clone(),
+                        reason: reason.clone(),
+                        bytes_to_device: s.rx_bytes,
+                        bytes_from_device: s.tx_bytes,
+                        drops: s.drops,
+                    },
+                );
+                reports.push(EdgeToServer::Tunnel(TunnelReport {
+                    session_id: id.clone(),
+                    peer: p.public_key.clone(),
+                    path,
+                    reason,
+                    bytes_to_device: s.rx_bytes,
+                    bytes_from_device: s.tx_bytes,
+                }));
+            }
+        }
+        for m in reports {
+            self.send(m);
+        }
+    }
+
+    fn save_status(&self) {
+        let mut sessions: Vec<SessionStatus> = self
+            .sessions
+            .values()
+            .map(|r| SessionStatus {
+                session_id: r.info.session_id.clone(),
+                name: r.info.name.clone(),
+                state: if r.tunnel.is_some() {
+                    "running".into()
+                } else {
+                    r.info.state.as_str().into()
+                },
+                valid_until: r.info.valid_until,
+                targets: r.info.targets.iter().map(|t| t.to_string()).collect(),
+                peers: r
+                    .info
+                    .peers
+                    .iter()
+                    .map(|p| {
+                        r.stats.get(&p.public_key).cloned().unwrap_or(PeerStatus {
+                            user: p.user.clone(),
+                            overlay_ip: p.overlay_ip.clone(),
+                            path: "connecting".into(),
+                            ..Default::default()
+                        })
+                    })
+                    .collect(),
+            })
+            .collect();
+        sessions.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+        let s = Status {
+            device_id: self.device_id.clone(),
+            connected: self.connected,
+            switch_on: self.switch_on,
+            updated_at: now(),
+            sessions,
+        };
+        if let Err(e) = self.dir.save_status(&s) {
+            tracing::warn!(error = %e, "writing status.json");
+        }
+    }
+
+    /// Local duties every tick: the switch, on-site decisions, session ends.
+    async fn tick(&mut self) {
+        let on = self.dir.switch_on(&self.switch);
+        if on != self.switch_on {
+            self.switch_on = on;
+            tracing::info!(on, "remote-access switch changed");
+            self.send(self.status_msg());
+        }
+        for (session_id, approve) in self.dir.take_decisions() {
+            tracing::info!(%session_id, approve, "on-site decision");
+            self.send(EdgeToServer::Decision {
+                session_id,
+                approve,
+            });
+        }
+        self.converge().await;
+    }
+}
+
+async fn start_tunnel(
+    r: &mut Running,
+    token: &str,
+    tls: Arc<rustls::ClientConfig>,
+    out: mpsc::Sender<EdgeToServer>,
+) -> anyhow::Result<()> {
+    let mut stun = Vec::new();
+    for s in r.info.stun.iter().take(4) {
+        if let Ok(mut addrs) = tokio::net::lookup_host(s.as_str()).await
+            && let Some(a) = addrs.next()
+        {
+            stun.push(a);
+        }
+    }
+    let (tunnel, mut io) = Tunnel::start(DriverConfig {
+        node: NodeConfig {
+            private_key: r.private_key,
+            stun_servers: stun,
+            local_addrs: vec![],
+            seed: None,
+        },
+        bind: "0.0.0.0:0".parse().expect("static address"),
+        relays: vec![RelayEndpoint {
+            id: 0,
+            url: r.info.relay_url.clone(),
+            token: token.to_string(),
+            connector: Some(Connector::Rustls(tls)),
+        }],
+        peers: vec![],
+        queue: 1024,
+    })
+    .await
+    .context("starting the tunnel")?;
+    let session_id = r.info.session_id.clone();
+    r.pump = Some(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                ev = io.events.recv() => match ev {
+                    Some(DriverEvent::Signal { peer, signal }) => {
+                        let _ = out.try_send(EdgeToServer::Signal {
+                            session_id: session_id.clone(),
+                            peer: b64_key(&peer),
+                            data: STANDARD.encode(signal.encode()),
+                        });
+                    }
+                    Some(_) => {}
+                    None => return,
+                },
+                pkt = io.incoming.recv() => match pkt {
+                    // Forwarding to the LAN is the userspace stack's job (crates/netstack);
+                    // until it is wired in, client packets are dropped here.
+                    Some((_peer, _packet)) => {}
+                    None => return,
+                },
+            }
+        }
+    }));
+    r.tunnel = Some(tunnel);
+    r.token = Some(token.to_string());
+    Ok(())
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(server: &str, tls: Arc<rustls::ClientConfig>) -> anyhow::Result<Ws> {
+    let url = format!(
+        "{}/api/v1/edge/channel",
+        server.replacen("https://", "wss://", 1)
+    );
+    let mut cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
+    cfg.max_message_size = Some(MAX_CHANNEL_FRAME);
+    cfg.max_frame_size = Some(MAX_CHANNEL_FRAME);
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio_tungstenite::connect_async_tls_with_config(
+            url,
+            Some(cfg),
+            false,
+            Some(Connector::Rustls(tls)),
+        ),
+    )
+    .await
+    .context("connecting timed out")??;
+    Ok(ws)
+}
+
+async fn recv(ws: &mut Ws) -> anyhow::Result<Option<ServerToEdge>> {
+    loop {
+        match ws.next().await {
+            None => return Ok(None),
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(Message::Text(t))) => {
+                return Ok(Some(
+                    serde_json::from_str(&t).context("unexpected message")?,
+                ));
+            }
+            Some(Ok(Message::Close(_))) => return Ok(None),
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, m: &EdgeToServer) -> anyhow::Result<()> {
+    ws.send(Message::Text(serde_json::to_string(m)?.into()))
+        .await?;
+    Ok(())
+}
+
+/// One connection's life: authenticate, then serve until it drops.
+async fn session(
+    agent: &mut Agent,
+    key: &Ed25519KeyPair,
+    server: &str,
+    out_rx: &mut mpsc::Receiver<EdgeToServer>,
+) -> anyhow::Result<()> {
+    let mut ws = connect(server, agent.tls.clone()).await?;
+    let Some(ServerToEdge::Challenge { nonce }) = recv(&mut ws).await? else {
+        anyhow::bail!("the server did not send a challenge");
+    };
+    let mut msg = EDGE_AUTH_CONTEXT.to_vec();
+    msg.extend_from_slice(nonce.as_bytes());
+    msg.extend_from_slice(agent.device_id.as_bytes());
+    send(
+        &mut ws,
+        &EdgeToServer::Auth {
+            device_id: agent.device_id.clone(),
+            signature: STANDARD.encode(key.sign(&msg).as_ref()),
+        },
+    )
+    .await?;
+    match recv(&mut ws).await? {
+        Some(ServerToEdge::Welcome { .. }) => {}
+        Some(ServerToEdge::Error { code, message }) => anyhow::bail!("refused: {code}: {message}"),
+        other => anyhow::bail!("unexpected answer to auth: {other:?}"),
+    }
+    tracing::info!("connected to the control plane");
+    agent.connected = true;
+    while out_rx.try_recv().is_ok() {} // stale messages from before
+    for r in agent.sessions.values_mut() {
+        r.key_sent = false; // re-announce keys after a reconnect
+    }
+    send(&mut ws, &agent.status_msg()).await?;
+    let mut tick = tokio::time::interval(TICK);
+    let mut n: u32 = 0;
+    loop {
+        tokio::select! {
+            m = recv(&mut ws) => match m? {
+                None => return Ok(()),
+                Some(ServerToEdge::Sessions { sessions }) => {
+                    agent.apply(sessions).await;
+                    agent.save_status();
+                }
+                Some(ServerToEdge::Signal { session_id, peer, data }) => agent.signal(&session_id, &peer, &data).await,
+                Some(ServerToEdge::Error { code, message }) => tracing::warn!(%code, %message, "control plane reported an error"),
+                Some(_) => {}
+            },
+            Some(m) = out_rx.recv() => send(&mut ws, &m).await?,
+            _ = tick.tick() => {
+                n = n.wrapping_add(1);
+                agent.tick().await;
+                if n.is_multiple_of(REPORT_EVERY) {
+                    agent.report().await;
+                }
+                if n.is_multiple_of(STATUS_EVERY) {
+                    send(&mut ws, &agent.status_msg()).await?;
+                }
+                agent.save_status();
+            }
+        }
+    }
+}
+
+/// Runs until the process is stopped.
+pub async fn run(dir: StateDir, switch: SwitchSource) -> anyhow::Result<()> {
+    let device = dir.device()?;
+    let key = dir.identity()?;
+    let mut tls = drawbridge::api::tls_config(device.ca_file.as_deref())?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()]; // WebSockets upgrade over HTTP/1.1
+    let (out_tx, mut out_rx) = mpsc::channel(1024);
+    let mut agent = Agent {
+        switch_on: dir.switch_on(&switch),
+        dir,
+        device_id: device.device_id.clone(),
+        switch,
+        connected: false,
+        sessions: HashMap::new(),
+        out_tx,
+        tls: Arc::new(tls),
+    };
+    tracing::info!(device = %agent.device_id, server = %device.server, switch_on = agent.switch_on, "edge agent starting");
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let started = std::time::Instant::now();
+        if let Err(e) = session(&mut agent, &key, &device.server, &mut out_rx).await {
+            tracing::warn!(error = %format!("{e:#}"), "control plane connection failed");
+        }
+        agent.connected = false;
+        agent.save_status();
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff = Duration::from_secs(1);
+        }
+        // Keep enforcing the switch and session ends while disconnected.
+        let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 2);
+        let until = tokio::time::Instant::now() + backoff + Duration::from_millis(jitter);
+        while tokio::time::Instant::now() < until {
+            tokio::time::sleep(TICK.min(until - tokio::time::Instant::now())).await;
+            agent.tick().await;
+            agent.save_status();
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+}

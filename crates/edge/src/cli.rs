@@ -1,0 +1,180 @@
+//! The `drawbridge-edge` command line.
+
+use crate::enroll::{EnrollFile, Secret};
+use crate::local::{StateDir, SwitchSource};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "drawbridge-edge", version, about = "Drawbridge edge agent.")]
+pub struct Cli {
+    /// State directory (identity key, enrolment, switch, status).
+    #[arg(long, global = true, env = "DRAWBRIDGE_EDGE_DIR")]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Enrol this edge with an activation key (or a USB/SD config file, or the fleet key).
+    Enroll {
+        #[arg(long, required_unless_present = "config")]
+        server: Option<String>,
+        #[arg(long, conflicts_with_all = ["config", "fleet_key"])]
+        activation_key: Option<String>,
+        /// Register with the account's fleet key; an admin approves the device.
+        #[arg(long, requires = "name", conflicts_with = "config")]
+        fleet_key: Option<String>,
+        /// Device name (fleet enrolment).
+        #[arg(long)]
+        name: Option<String>,
+        /// A TOML file with `server` and `activation_key` (USB/SD deployment).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// CA certificate to trust for the server (besides the system roots).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+    },
+    /// Run the agent: the edge channel, the tunnels, the forwarding.
+    Run {
+        /// Read the remote-access switch from this file (`1`/`on` or `0`/`off`, e.g. a GPIO value).
+        #[arg(long)]
+        switch_file: Option<PathBuf>,
+    },
+    /// The remote-access switch: `on`, `off` or `status`.
+    Switch {
+        #[arg(value_parser = ["on", "off", "status"])]
+        state: String,
+    },
+    /// Approve a session waiting for on-site approval.
+    Approve { session: String },
+    /// Refuse a session waiting for on-site approval.
+    Refuse { session: String },
+    /// Show the connection, the switch and the sessions with their tunnels.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn main() -> anyhow::Result<u8> {
+    let cli = Cli::parse();
+    let dir = StateDir::resolve(cli.state_dir);
+    match cli.command {
+        Command::Enroll {
+            server,
+            activation_key,
+            fleet_key,
+            name,
+            config,
+            ca_file,
+        } => {
+            let (server, secret, ca_file) = match config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let f: EnrollFile = toml::from_str(&text)
+                        .with_context(|| format!("parsing {}", path.display()))?;
+                    let secret = match (f.activation_key, f.fleet_key, f.name) {
+                        (Some(k), None, _) => Secret::Activation(k),
+                        (None, Some(key), Some(name)) => Secret::Fleet { key, name },
+                        _ => anyhow::bail!(
+                            "{}: give activation_key, or fleet_key with name",
+                            path.display()
+                        ),
+                    };
+                    (f.server, secret, ca_file.or(f.ca_file))
+                }
+                None => {
+                    let server = server.context("--server is required")?;
+                    let secret = match (activation_key, fleet_key, name) {
+                        (Some(k), None, _) => Secret::Activation(k),
+                        (None, Some(key), Some(name)) => Secret::Fleet { key, name },
+                        _ => anyhow::bail!("give --activation-key, or --fleet-key with --name"),
+                    };
+                    (server, secret, ca_file)
+                }
+            };
+            let d = crate::enroll::enroll(&dir, &server, ca_file, secret).await?;
+            println!(
+                "enrolled as device {} of account {}",
+                d.device_id, d.account_id
+            );
+            println!(
+                "the remote-access switch is OFF; turn it on with `drawbridge-edge switch on`"
+            );
+            Ok(0)
+        }
+        Command::Run { switch_file } => {
+            let source = switch_file
+                .map(SwitchSource::File)
+                .unwrap_or(SwitchSource::Local);
+            crate::agent::run(dir, source).await?;
+            Ok(0)
+        }
+        Command::Switch { state } => {
+            match state.as_str() {
+                "on" => dir.set_switch(true)?,
+                "off" => dir.set_switch(false)?,
+                _ => {}
+            }
+            let on = dir.switch_on(&SwitchSource::Local);
+            println!(
+                "remote access is switched {}",
+                if on { "ON" } else { "OFF" }
+            );
+            Ok(0)
+        }
+        Command::Approve { session } => {
+            dir.decide(&session, true)?;
+            println!("approval of {session} recorded; the running agent sends it");
+            Ok(0)
+        }
+        Command::Refuse { session } => {
+            dir.decide(&session, false)?;
+            println!("refusal of {session} recorded; the running agent sends it");
+            Ok(0)
+        }
+        Command::Status { json } => {
+            let s = dir.status()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+                return Ok(0);
+            }
+            println!("device {}", s.device_id);
+            println!(
+                "control plane: {}",
+                if s.connected {
+                    "connected"
+                } else {
+                    "unreachable"
+                }
+            );
+            println!("remote access: {}", if s.switch_on { "ON" } else { "OFF" });
+            if s.sessions.is_empty() {
+                println!("no sessions");
+            }
+            for x in &s.sessions {
+                println!(
+                    "session {} ({}) {} until {}",
+                    x.name, x.session_id, x.state, x.valid_until
+                );
+                for p in &x.peers {
+                    println!(
+                        "  {} {} via {} ({}) ↓{} B ↑{} B dropped {}",
+                        p.user,
+                        p.overlay_ip,
+                        p.path,
+                        p.reason,
+                        p.bytes_to_device,
+                        p.bytes_from_device,
+                        p.drops
+                    );
+                }
+            }
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Enrolment: prove the one-time activation key (or the fleet key) and the
+//! locally generated identity key; keep the certificate the server signs.
+
+use crate::local::{DeviceRecord, StateDir};
+use anyhow::Context;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use drawbridge_proto::api::{ENROLL_CONTEXT, EnrollRequest, EnrollResponse, EnrollStatus};
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// The file for USB/SD deployment (the portal offers it for download).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollFile {
+    pub server: String,
+    #[serde(default)]
+    pub activation_key: Option<String>,
+    #[serde(default)]
+    pub fleet_key: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+pub enum Secret {
+    Activation(String),
+    Fleet { key: String, name: String },
+}
+
+pub async fn enroll(
+    dir: &StateDir,
+    server: &str,
+    ca_file: Option<PathBuf>,
+    secret: Secret,
+) -> anyhow::Result<DeviceRecord> {
+    let ca_file = ca_file
+        .map(|p| std::fs::canonicalize(&p).with_context(|| format!("CA file {}", p.display())))
+        .transpose()?;
+    let key = dir.identity()?;
+    let client = drawbridge::Client::new(server, ca_file.as_deref())?;
+    let (activation_key, fleet_key, name, text) = match secret {
+        Secret::Activation(k) => (Some(k.clone()), None, None, k),
+        Secret::Fleet { key, name } => (None, Some(key.clone()), Some(name), key),
+    };
+    let mut msg = ENROLL_CONTEXT.to_vec();
+    msg.extend_from_slice(text.trim().as_bytes());
+    let req = EnrollRequest {
+        activation_key: activation_key.map(|k| k.trim().to_string()),
+        fleet_key: fleet_key.map(|k| k.trim().to_string()),
+        name: name
+            .map(|n| drawbridge_proto::Name::try_from(n).map_err(|e| anyhow::anyhow!("name: {e}")))
+            .transpose()?,
+        serial: None,
+        public_key: StateDir::public_key_b64(&key),
+        signature: STANDARD.encode(key.sign(&msg).as_ref()),
+    };
+    let resp: EnrollResponse = client.post("/enroll", &req).await?;
+    let record = DeviceRecord {
+        server: client.server().to_string(),
+        ca_file,
+        device_id: resp.device_id.clone(),
+        account_id: resp.account_id.clone(),
+        certificate: resp.certificate.clone(),
+        ca_certificate: resp.ca_certificate.clone(),
+    };
+    dir.save_device(&record)?;
+    if resp.status == EnrollStatus::PendingApproval {
+        eprintln!(
+            "registered as device {}; waiting for an admin's approval",
+            resp.device_id
+        );
+    }
+    Ok(record)
+}

@@ -1,0 +1,369 @@
+//! The real `drawbridge-edge` against the real `drawbridge-server` on loopback:
+//! enrolment, the outbound channel, the site switch (sessions only while it is
+//! on; off ends them within seconds), on-site approval, reconnection after the
+//! control plane restarts.
+
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PASSWORD: &str = "Blue-Tractor-42";
+const PROXY_VARS: &[&str] = &[
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+fn edge_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_drawbridge-edge"))
+}
+
+fn server_bin() -> PathBuf {
+    let dir = edge_bin().parent().expect("bin dir").to_path_buf();
+    let bin = dir.join("drawbridge-server");
+    if !bin.exists() {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "-p", "drawbridge-server"])
+            .env("CARGO_TARGET_DIR", dir.parent().expect("target dir"))
+            .status()
+            .expect("cargo build");
+        assert!(status.success());
+    }
+    bin
+}
+
+/// A child process killed by its own handle when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Server {
+    proc: Option<Proc>,
+    data: PathBuf,
+    port: u16,
+}
+
+impl Server {
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    fn start(data: &Path, port: u16) -> Server {
+        let mut cmd = Command::new(server_bin());
+        for v in PROXY_VARS {
+            cmd.env_remove(v);
+        }
+        let child = cmd
+            .args([
+                "run",
+                "--no-stun",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(data)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start server");
+        let s = Server {
+            proc: Some(Proc(child)),
+            data: data.to_path_buf(),
+            port,
+        };
+        wait("the server answers", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        s
+    }
+
+    fn stop(&mut self) {
+        self.proc.take();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait(what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// Blocking API calls as the admin.
+struct Api {
+    http: reqwest::blocking::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    fn login(s: &Server) -> Api {
+        let ca = std::fs::read(s.data.join("ca.pem")).unwrap();
+        let http = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .build()
+            .unwrap();
+        let v: Value = http
+            .post(format!("{}/api/v1/auth/login", s.url()))
+            .json(&json!({"account": "acme", "username": "root", "password": PASSWORD}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        Api {
+            http,
+            base: s.url(),
+            token: v["token"].as_str().expect("token").to_string(),
+        }
+    }
+    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut r = self
+            .http
+            .request(method, format!("{}/api/v1{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let res = r.send().unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().unwrap_or(Value::Null))
+    }
+    fn get(&self, path: &str) -> Value {
+        self.call(reqwest::Method::GET, path, None).1
+    }
+    fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body))
+    }
+}
+
+fn edge(state: &Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(edge_bin());
+    for v in PROXY_VARS {
+        cmd.env_remove(v);
+    }
+    cmd.arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .output()
+        .expect("run drawbridge-edge")
+}
+
+fn edge_run(state: &Path) -> Proc {
+    let mut cmd = Command::new(edge_bin());
+    for v in PROXY_VARS {
+        cmd.env_remove(v);
+    }
+    Proc(
+        cmd.arg("--state-dir")
+            .arg(state)
+            .arg("run")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start edge"),
+    )
+}
+
+/// Server with account acme/root, a device, an enrolled edge state dir; returns (server, api, device id, edge dir).
+fn setup(dir: &Path) -> (Server, Api, String, PathBuf) {
+    let data = dir.join("server");
+    let pw = dir.join("pw");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    let out = Command::new(server_bin())
+        .args([
+            "init",
+            "--account",
+            "acme",
+            "--admin-user",
+            "root",
+            "--admin-password-file",
+        ])
+        .arg(&pw)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server = Server::start(&data, free_port());
+    let api = Api::login(&server);
+    let (s, v) = api.post(
+        "/devices",
+        json!({"name": "press-1", "lan_subnets": ["192.168.1.0/24"], "firewall": [{"address": "192.168.1.10", "protocol": "tcp", "ports": "502"}]}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let device = v["device"]["id"].as_str().unwrap().to_string();
+    let key = v["activation"]["key"].as_str().unwrap().to_string();
+    let state = dir.join("edge");
+    let ca = data.join("ca.pem");
+    let out = edge(
+        &state,
+        &[
+            "enroll",
+            "--server",
+            &server.url(),
+            "--activation-key",
+            &key,
+            "--ca-file",
+            ca.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "enroll: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&device));
+    // The key was single use.
+    let again = edge(
+        &dir.join("edge2"),
+        &[
+            "enroll",
+            "--server",
+            &server.url(),
+            "--activation-key",
+            &key,
+            "--ca-file",
+            ca.to_str().unwrap(),
+        ],
+    );
+    assert!(!again.status.success());
+    (server, api, device, state)
+}
+
+fn session(api: &Api, device: &str, admin_id: &str) -> String {
+    let (s, v) = api.post(
+        "/sessions",
+        json!({"name": "fix", "devices": [{"device_id": device, "targets": [{"address": "192.168.1.10", "protocol": "tcp", "ports": "502"}]}], "users": [admin_id]}),
+    );
+    assert_eq!(s, 200, "{v}");
+    v["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn the_switch_gates_sessions_and_turning_it_off_ends_them_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, api, device, state) = setup(dir.path());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(state.join("identity.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the identity key is private");
+    }
+    let _agent = edge_run(&state);
+    wait("the device is online", || {
+        api.get(&format!("/devices/{device}"))["status"]["online"] == true
+    });
+    let me = api.get("/me")["user"]["id"].as_str().unwrap().to_string();
+    let s = session(&api, &device, &me);
+    let (code, v) = api.post(&format!("/sessions/{s}/start"), json!({}));
+    assert_eq!(code, 409, "the switch is OFF after enrolment: {v}");
+    let out = edge(&state, &["switch", "on"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ON"));
+    wait("the server sees the switch on", || {
+        api.get(&format!("/devices/{device}"))["status"]["switch_on"] == true
+    });
+    let (code, v) = api.post(&format!("/sessions/{s}/start"), json!({}));
+    assert_eq!(code, 200, "{v}");
+    wait("the edge runs the session", || {
+        let out = edge(&state, &["status", "--json"]);
+        serde_json::from_slice::<Value>(&out.stdout)
+            .is_ok_and(|v| v["sessions"].as_array().is_some_and(|a| a.len() == 1))
+    });
+    let off = Instant::now();
+    edge(&state, &["switch", "off"]);
+    let mut ended = false;
+    while off.elapsed() < Duration::from_secs(5) {
+        if api.get(&format!("/sessions/{s}"))["state"] == "ended" {
+            ended = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ended, "switching off ends the session within 5 s");
+    assert_eq!(
+        api.get(&format!("/sessions/{s}"))["end_reason"],
+        "site_switch"
+    );
+}
+
+#[test]
+fn on_site_approval_and_reconnection_after_the_control_plane_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, api, device, state) = setup(dir.path());
+    edge(&state, &["switch", "on"]);
+    let _agent = edge_run(&state);
+    wait("online with the switch on", || {
+        let d = api.get(&format!("/devices/{device}"));
+        d["status"]["online"] == true && d["status"]["switch_on"] == true
+    });
+    let (code, _) = api.call(
+        reqwest::Method::PATCH,
+        "/account",
+        Some(json!({"settings": {"dual_control": true}})),
+    );
+    assert_eq!(code, 200);
+    let me = api.get("/me")["user"]["id"].as_str().unwrap().to_string();
+    let s = session(&api, &device, &me);
+    let (_, v) = api.post(&format!("/sessions/{s}/start"), json!({}));
+    assert_eq!(v["state"], "pending_approval");
+    wait("the edge shows the pending session", || {
+        let out = edge(&state, &["status", "--json"]);
+        serde_json::from_slice::<Value>(&out.stdout)
+            .is_ok_and(|v| v["sessions"][0]["state"] == "pending_approval")
+    });
+    let out = edge(&state, &["approve", &s]);
+    assert!(out.status.success());
+    wait("approved on site", || {
+        api.get(&format!("/sessions/{s}"))["state"] == "active"
+    });
+    let (_, audit) = api.call(reqwest::Method::GET, "/audit?action=session.approve", None);
+    assert_eq!(audit[0]["actor"], format!("device:{device}"));
+    // The control plane goes away: the edge keeps its session, says so, and comes back.
+    server.stop();
+    wait("the edge notices", || {
+        let out = edge(&state, &["status", "--json"]);
+        serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|v| {
+            v["connected"] == false && v["sessions"].as_array().is_some_and(|a| a.len() == 1)
+        })
+    });
+    let server = Server::start(&server.data.clone(), server.port);
+    let api = Api::login(&server);
+    wait("the edge reconnects", || {
+        api.get(&format!("/devices/{device}"))["status"]["online"] == true
+    });
+    wait("and is connected again", || {
+        let out = edge(&state, &["status", "--json"]);
+        serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|v| v["connected"] == true)
+    });
+}
