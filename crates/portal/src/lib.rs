@@ -86,6 +86,8 @@ pub fn router(api: Router) -> Router {
         .route(&p("/totp/confirm"), post(login::enroll_confirm))
         .route(&p("/me"), get(me::page))
         .route(&p("/me/password"), post(me::password))
+        .route(&p("/me/tokens"), post(me::create_token))
+        .route(&p("/me/tokens/{id}/revoke"), post(me::revoke_token))
         .route(&p("/devices"), get(devices::list).post(devices::create))
         .route(
             &p("/devices/{id}"),

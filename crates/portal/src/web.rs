@@ -210,10 +210,10 @@ pub fn request_host(parts: &Parts) -> String {
 /// The request's headers, with `Host` filled in from the HTTP/2 authority.
 fn headers_with_host(parts: &Parts) -> HeaderMap {
     let mut h = parts.headers.clone();
-    if !h.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(&request_host(parts)) {
-            h.insert(header::HOST, v);
-        }
+    if !h.contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(&request_host(parts))
+    {
+        h.insert(header::HOST, v);
     }
     h
 }

@@ -509,6 +509,14 @@ async fn story(ui: &Ui, server: &TestServer, downloads: &Path) {
         format!("drawbridge connect {sid} --server {}", server.url)
     );
     ui.shot("session-active").await;
+    ui.go("/portal/").await;
+    let dash = ui.text("main").await;
+    assert!(
+        dash.contains("PLC maintenance") && dash.contains("1 of 1 online"),
+        "{dash}"
+    );
+    ui.shot("dashboard").await;
+    ui.go(&format!("/portal/sessions/{sid}")).await;
     ui.submit("#end").await;
     assert_eq!(ui.text("#session-state").await, "ended");
     assert!(ui.flash().await.contains("ended"));
@@ -572,8 +580,5 @@ async fn story(ui: &Ui, server: &TestServer, downloads: &Path) {
     }
     ui.go("/portal/").await;
     ui.shot("dashboard-phone").await;
-    ui.c.set_window_size(1280, 900).await.expect("resize");
-    ui.go("/portal/").await;
-    ui.shot("dashboard").await;
     let _ = keys;
 }

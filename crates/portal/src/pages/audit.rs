@@ -124,7 +124,10 @@ pub async fn page(v: Viewer, Query(f): Query<Filter>) -> Response {
                             time: super::when(&e.time),
                             actor: names.actor(&e.actor),
                             action: e.action.clone(),
-                            object: e.object.clone(),
+                            object: match e.object.strip_prefix("user:") {
+                                Some(_) => format!("{} ({})", names.actor(&e.object), e.object),
+                                None => e.object.clone(),
+                            },
                             result: e.result.clone(),
                             source: e.source.clone(),
                             details: {

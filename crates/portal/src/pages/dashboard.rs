@@ -105,7 +105,7 @@ pub async fn page(v: Viewer) -> Response {
         prepared: rows(&|s| mine(&s) && s.state == SessionState::Prepared, 50),
         active: rows(&|s| mine(&s) && is_active(s), 50),
         recent: rows(&|s| mine(&s) && s.state == SessionState::Ended, 5),
-        others_active: rows(&|s| !mine(&s) && is_active(s), 50),
+        others_active: rows(&|s| !mine(&s) && s.state != SessionState::Ended, 50),
         sees_all: v.can(Action::ViewAllSessions),
         online: devices.iter().filter(|d| d.status.online).count(),
         devices: devices.iter().map(DeviceRow::of).collect(),

@@ -61,7 +61,13 @@ pub fn targets_text(ts: &[Target]) -> String {
 }
 
 pub fn target_str(t: &Target) -> String {
-    let mut s = format!("{}:{}", t.protocol.as_str(), t.address);
+    // A single host is written without its /32 or /128.
+    let addr = if t.address.prefix_len() == t.address.max_prefix_len() {
+        t.address.addr().to_string()
+    } else {
+        t.address.to_string()
+    };
+    let mut s = format!("{}:{addr}", t.protocol.as_str());
     if let Some(p) = t.ports {
         s.push_str(&format!(":{p}"));
     }
@@ -83,4 +89,47 @@ pub fn parse_targets(text: &str) -> Result<Vec<Target>, String> {
 /// A short id for display.
 pub fn short(id: &str) -> String {
     id.chars().take(8).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_round_trip_through_the_form_text() {
+        let ts = parse_targets(
+            "tcp:192.168.1.10:502\n udp:10.0.0.0/24:1000-2000, icmp:192.168.1.10\n\n",
+        )
+        .unwrap();
+        assert_eq!(ts.len(), 3);
+        assert_eq!(
+            targets_text(&ts),
+            "tcp:192.168.1.10:502\nudp:10.0.0.0/24:1000-2000\nicmp:192.168.1.10"
+        );
+        assert_eq!(parse_targets(&targets_text(&ts)).unwrap(), ts);
+        let e = parse_targets("tcp:192.168.1.10:0").unwrap_err();
+        assert!(e.contains("tcp:192.168.1.10:0"), "{e}");
+        assert!(parse_targets("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_policy_is_described_from_its_own_numbers() {
+        let p = PasswordPolicy {
+            min_length: 12,
+            min_classes: 3,
+            expiry_days: 90,
+            history: 4,
+            deny_common: true,
+        };
+        let d = describe_policy(&p);
+        for part in [
+            "At least 12 characters",
+            "at least 3 of",
+            "last 4 passwords",
+            "90 days",
+            "commonly used",
+        ] {
+            assert!(d.contains(part), "{d}");
+        }
+    }
 }

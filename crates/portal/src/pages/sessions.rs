@@ -190,7 +190,7 @@ pub async fn new_form(v: Viewer) -> Response {
             .collect(),
         users: users
             .iter()
-            .filter(|u| !u.disabled)
+            .filter(|u| !u.disabled && u.role.permits(Action::UseSessions))
             .map(|u| {
                 (
                     u.id.clone(),
