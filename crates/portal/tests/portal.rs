@@ -246,3 +246,347 @@ async fn the_api_decides_what_a_role_may_do_and_the_audit_keeps_the_real_source(
         "{actions:?}"
     );
 }
+
+/// The admin's settings form with every field, as the account page sends it.
+fn settings_form<'a>(csrf: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut f = vec![
+        ("csrf", csrf),
+        ("name", "Plant"),
+        ("min_length", "10"),
+        ("min_classes", "3"),
+        ("expiry_days", "0"),
+        ("history", "5"),
+        ("deny_common", "on"),
+        ("lockout_threshold", "3"),
+        ("lockout_minutes", "15"),
+        ("login_idle_minutes", "30"),
+        ("login_absolute_hours", "12"),
+        ("max_session_minutes", "480"),
+        ("session_idle_minutes", "60"),
+    ];
+    for (k, v) in extra {
+        f.retain(|(fk, _)| fk != k);
+        f.push((k, v));
+    }
+    f
+}
+
+fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
+    let i = text
+        .find(start)
+        .unwrap_or_else(|| panic!("{start} in {text}"))
+        + start.len();
+    text[i..].split(end).next().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockout_is_reported_to_admins_and_lifted_from_the_users_page() {
+    let server = TestServer::start().await;
+    let mut admin = Browser::new(&server);
+    admin.setup(&server.setup_token().await, "Plant").await;
+    let dash = admin.login("Plant", "admin", PASSWORD).await;
+    let csrf = dash.csrf();
+    let r = admin
+        .post("/portal/account", &settings_form(&csrf, &[]))
+        .await;
+    assert_eq!(admin.follow(&r).await.status, 200);
+    admin
+        .post(
+            "/portal/users",
+            &[
+                ("csrf", &csrf),
+                ("username", "lena"),
+                ("role", "user"),
+                ("password", PASSWORD),
+            ],
+        )
+        .await;
+
+    let mut lena = Browser::new(&server);
+    for _ in 0..3 {
+        let form = lena.get("/portal/login").await;
+        let r = lena
+            .post(
+                "/portal/login",
+                &[
+                    ("csrf", &form.csrf()),
+                    ("account", "Plant"),
+                    ("username", "lena"),
+                    ("password", "wrong-Password-1"),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 401);
+        assert!(r.body.contains("Login failed"), "{}", r.body);
+        assert!(r.body.contains("lock"), "the lockout rule is explained");
+    }
+    // Now even the right password fails, with the same message.
+    let form = lena.get("/portal/login").await;
+    let r = lena
+        .post(
+            "/portal/login",
+            &[
+                ("csrf", &form.csrf()),
+                ("account", "Plant"),
+                ("username", "lena"),
+                ("password", PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 401);
+
+    let dash = admin.get("/portal/").await;
+    assert!(
+        dash.body.contains("lockout") && dash.body.contains("User lena was locked"),
+        "{}",
+        dash.body
+    );
+    let users = admin.get("/portal/users").await;
+    assert!(users.body.contains("locked until"));
+    // Only lena is locked: her row has the one unlock button.
+    let unlock_at = users
+        .body
+        .find("value=\"unlock\"")
+        .expect("an unlock button");
+    let action = between(
+        users.body[..unlock_at].rsplit_once("<form").unwrap().1,
+        "action=\"",
+        "\"",
+    )
+    .to_string();
+    assert!(action.starts_with("/portal/users/"));
+    let r = admin
+        .post(&action, &[("csrf", &users.csrf()), ("action", "unlock")])
+        .await;
+    assert!(
+        admin
+            .follow(&r)
+            .await
+            .body
+            .contains("User lena was updated")
+    );
+    let page = lena.login("Plant", "lena", PASSWORD).await;
+    assert!(page.body.contains("Dashboard"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mandatory_totp_and_an_expired_password_are_finished_in_the_portal() {
+    let server = TestServer::start().await;
+    let mut admin = Browser::new(&server);
+    admin.setup(&server.setup_token().await, "Plant").await;
+    let dash = admin.login("Plant", "admin", PASSWORD).await;
+    let csrf = dash.csrf();
+    admin
+        .post(
+            "/portal/users",
+            &[
+                ("csrf", &csrf),
+                ("username", "tom"),
+                ("role", "user"),
+                ("password", PASSWORD),
+            ],
+        )
+        .await;
+    let r = admin
+        .post(
+            "/portal/account",
+            &settings_form(&csrf, &[("require_totp", "on"), ("expiry_days", "30")]),
+        )
+        .await;
+    assert!(admin.follow(&r).await.body.contains("saved"));
+
+    // TOTP is mandatory: the login goes to the enrolment page first.
+    let mut tom = Browser::new(&server);
+    let form = tom.get("/portal/login").await;
+    let r = tom
+        .post(
+            "/portal/login",
+            &[
+                ("csrf", &form.csrf()),
+                ("account", "Plant"),
+                ("username", "tom"),
+                ("password", PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(r.location(), "/portal/login/enroll");
+    // Until then, no page of the portal.
+    let blocked = tom.get("/portal/devices").await;
+    assert_eq!(blocked.location(), "/portal/login/enroll");
+    let start = tom.follow(&r).await;
+    let qr = tom
+        .post("/portal/totp/enroll", &[("csrf", &start.csrf())])
+        .await;
+    assert_eq!(qr.status, 200, "{}", qr.body);
+    assert!(qr.body.contains("data:image/svg+xml;base64,"));
+    let secret = between(&qr.body, "id=\"totp-secret\">", "<").to_string();
+    let wrong = tom
+        .post(
+            "/portal/totp/confirm",
+            &[
+                ("csrf", &qr.csrf()),
+                ("secret", &secret),
+                ("uri", "otpauth://x"),
+                ("code", "000000"),
+            ],
+        )
+        .await;
+    assert!(
+        wrong.body.contains("wrong"),
+        "a wrong code shows the QR again"
+    );
+    let code = drawbridge_server::totp::code_at(&secret, server.state.clock.unix()).unwrap();
+    let ok = tom
+        .post(
+            "/portal/totp/confirm",
+            &[
+                ("csrf", &wrong.csrf()),
+                ("secret", &secret),
+                ("uri", "otpauth://x"),
+                ("code", &code),
+            ],
+        )
+        .await;
+    assert_eq!(ok.location(), "/portal/", "{}", ok.body);
+    assert!(
+        tom.follow(&ok)
+            .await
+            .body
+            .contains("Two-factor login is on")
+    );
+
+    // 31 days later the password has expired: password, code, then a new password.
+    server.state.clock.advance(31 * 86_400);
+    let form = tom.get("/portal/login").await;
+    let r = tom
+        .post(
+            "/portal/login",
+            &[
+                ("csrf", &form.csrf()),
+                ("account", "Plant"),
+                ("username", "tom"),
+                ("password", PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(r.location(), "/portal/login/totp");
+    let totp = tom.follow(&r).await;
+    let code = drawbridge_server::totp::code_at(&secret, server.state.clock.unix()).unwrap();
+    let r = tom
+        .post(
+            "/portal/login/totp",
+            &[("csrf", &totp.csrf()), ("code", &code)],
+        )
+        .await;
+    assert_eq!(r.location(), "/portal/login/password");
+    let pw = tom.follow(&r).await;
+    let weak = tom
+        .post(
+            "/portal/login/password",
+            &[
+                ("csrf", &pw.csrf()),
+                ("current_password", PASSWORD),
+                ("new_password", "short"),
+                ("new_password2", "short"),
+            ],
+        )
+        .await;
+    assert_eq!(weak.status, 400);
+    assert!(
+        weak.body.contains("flash error"),
+        "the policy's message is shown"
+    );
+    let new_pw = "Green-Harvester-77";
+    let r = tom
+        .post(
+            "/portal/login/password",
+            &[
+                ("csrf", &weak.csrf()),
+                ("current_password", PASSWORD),
+                ("new_password", new_pw),
+                ("new_password2", new_pw),
+            ],
+        )
+        .await;
+    assert_eq!(r.location(), "/portal/", "{}", r.body);
+    let dash = tom.follow(&r).await;
+    assert!(dash.body.contains("password was changed"), "{}", dash.body);
+    // My account shows the policy in words.
+    let me = tom.get("/portal/me").await;
+    assert!(me.body.contains("expires after 30 days"), "{}", me.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_of_someone_else_is_not_found_and_an_idle_login_ends() {
+    let server = TestServer::start().await;
+    let mut admin = Browser::new(&server);
+    admin.setup(&server.setup_token().await, "Plant").await;
+    let dash = admin.login("Plant", "admin", PASSWORD).await;
+    let csrf = dash.csrf();
+    for u in ["ann", "bob"] {
+        admin
+            .post(
+                "/portal/users",
+                &[
+                    ("csrf", &csrf),
+                    ("username", u),
+                    ("role", "user"),
+                    ("password", PASSWORD),
+                ],
+            )
+            .await;
+    }
+    // The admin prepares a session for themself only.
+    let devices = admin.get("/portal/devices").await;
+    admin
+        .post(
+            "/portal/devices",
+            &[
+                ("csrf", &devices.csrf()),
+                ("name", "Mixer"),
+                ("firewall", "tcp:10.0.0.5:502"),
+            ],
+        )
+        .await;
+    let new = admin.get("/portal/sessions/new").await;
+    let device_id = between(&new.body, "name=\"device\" value=\"", "\"").to_string();
+    let admin_id = between(&new.body, "name=\"user\" value=\"", "\"").to_string();
+    let targets_field = format!("targets_{device_id}");
+    let r = admin
+        .post(
+            "/portal/sessions",
+            &[
+                ("csrf", &csrf),
+                ("name", "Admin only"),
+                ("device", &device_id),
+                (&targets_field, "tcp:10.0.0.5:502"),
+                ("user", &admin_id),
+            ],
+        )
+        .await;
+    let to = r.location().to_string();
+    assert!(
+        to.starts_with("/portal/sessions/"),
+        "{} {}",
+        r.status,
+        admin.follow(&r).await.body
+    );
+
+    let mut ann = Browser::new(&server);
+    ann.login("Plant", "ann", PASSWORD).await;
+    let page = ann.get(&to).await;
+    assert_eq!(
+        page.status, 404,
+        "not found, not forbidden: no hint it exists"
+    );
+    let list = ann.get("/portal/sessions").await;
+    assert!(!list.body.contains("Admin only"));
+
+    // After the account's idle timeout the login ends, with the API's message.
+    server.state.clock.advance(31 * 60);
+    let r = ann.get("/portal/").await;
+    assert_eq!(r.location(), "/portal/login");
+    let login = ann.follow(&r).await;
+    assert!(login.body.contains("timed out"), "{}", login.body);
+    assert!(!ann.cookies.contains_key("db_session"));
+}
