@@ -413,16 +413,17 @@ pub fn login_redirect(e: &ApiError, headers: &HeaderMap) -> Option<Response> {
 
 /// A page-level API failure: a login redirect or an error page.
 pub fn api_failure(e: &ApiError, headers: &HeaderMap) -> Response {
-    login_redirect(e, headers).unwrap_or_else(|| {
-        let status = match e.code {
-            ErrorCode::NotFound => StatusCode::NOT_FOUND,
-            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        error_page(status, &e.message)
-    })
+    login_redirect(e, headers).unwrap_or_else(|| error_page(status_of(e), &e.message))
+}
+
+fn status_of(e: &ApiError) -> StatusCode {
+    match e.code {
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    }
 }
 
 /// After a form: back to `to` with the API's error, or on with a message.
@@ -459,6 +460,22 @@ impl Viewer {
             }),
         }
     }
+    /// A page-level API failure, inside the portal's frame.
+    pub fn fail(&self, e: &ApiError) -> Response {
+        if let Some(r) = login_redirect(e, &self.headers) {
+            return r;
+        }
+        render(
+            status_of(e),
+            &ErrorPage {
+                l: self.layout("Something went wrong"),
+                status: status_of(e).as_u16(),
+                message: e.message.clone(),
+            },
+            false,
+        )
+    }
+
     /// `https://host` as the browser reached us.
     pub fn base_url(&self) -> String {
         base_url(&self.headers)

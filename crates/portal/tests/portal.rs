@@ -572,12 +572,27 @@ async fn a_session_of_someone_else_is_not_found_and_an_idle_login_ends() {
         admin.follow(&r).await.body
     );
 
+    // The history's filters.
+    let hit = admin.get("/portal/sessions?state=prepared&q=admin").await;
+    assert!(hit.body.contains("Admin only"));
+    for miss in [
+        "/portal/sessions?state=ended",
+        "/portal/sessions?q=nothing-like-it",
+        "/portal/sessions?to=2000-01-01T00%3A00",
+    ] {
+        assert!(!admin.get(miss).await.body.contains("Admin only"), "{miss}");
+    }
+
     let mut ann = Browser::new(&server);
     ann.login("Plant", "ann", PASSWORD).await;
     let page = ann.get(&to).await;
     assert_eq!(
         page.status, 404,
         "not found, not forbidden: no hint it exists"
+    );
+    assert!(
+        page.body.contains("id=\"logout\""),
+        "the error is inside the portal's frame"
     );
     let list = ann.get("/portal/sessions").await;
     assert!(!list.body.contains("Admin only"));

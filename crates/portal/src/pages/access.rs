@@ -3,7 +3,7 @@
 use super::sessions::Names;
 use crate::PREFIX;
 use crate::apiclient::enc;
-use crate::web::{Flash, Layout, Posted, Viewer, after, api_failure, render};
+use crate::web::{Flash, Layout, Posted, Viewer, after, render};
 use askama::Template;
 use axum::extract::Path;
 use axum::http::{Method, StatusCode};
@@ -42,15 +42,15 @@ struct AccessPage {
 pub async fn page(v: Viewer) -> Response {
     let groups: Vec<Group> = match v.api.get("/api/v1/groups").await {
         Ok(g) => g,
-        Err(e) => return api_failure(&e, &v.headers),
+        Err(e) => return v.fail(&e),
     };
     let pools: Vec<Pool> = match v.api.get("/api/v1/pools").await {
         Ok(p) => p,
-        Err(e) => return api_failure(&e, &v.headers),
+        Err(e) => return v.fail(&e),
     };
     let grants: Vec<Grant> = match v.api.get("/api/v1/grants").await {
         Ok(g) => g,
-        Err(e) => return api_failure(&e, &v.headers),
+        Err(e) => return v.fail(&e),
     };
     let devices: Vec<Device> = v.api.get("/api/v1/devices").await.unwrap_or_default();
     let users: Vec<User> = v.api.get("/api/v1/users").await.unwrap_or_default();

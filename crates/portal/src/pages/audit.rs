@@ -2,7 +2,7 @@
 
 use super::sessions::Names;
 use crate::apiclient::enc;
-use crate::web::{Layout, Viewer, api_failure, download, render};
+use crate::web::{Layout, Viewer, download, render};
 use askama::Template;
 use axum::extract::Query;
 use axum::http::{Method, StatusCode};
@@ -101,7 +101,7 @@ struct AuditPage {
 pub async fn page(v: Viewer, Query(f): Query<Filter>) -> Response {
     let chain = match v.api.get::<AuditVerify>("/api/v1/audit/verify").await {
         Ok(c) => Some(c),
-        Err(e) => return api_failure(&e, &v.headers),
+        Err(e) => return v.fail(&e),
     };
     let devices: Vec<Device> = v.api.get("/api/v1/devices").await.unwrap_or_default();
     let names = Names::load(&v, &devices).await;
@@ -184,7 +184,7 @@ pub async fn export(v: Viewer, Query(f): Query<Filter>) -> Response {
         .raw(Method::GET, &format!("/api/v1/audit?{}", qs(&q)), None)
         .await;
     if let Some(e) = a.error() {
-        return api_failure(&e, &v.headers);
+        return v.fail(&e);
     }
     download(name, ctype, a.body)
 }

@@ -1,7 +1,7 @@
 //! The dashboard: my sessions, devices online/offline with their switch, notifications.
 
 use super::sessions::{Names, SessionRow};
-use crate::web::{Viewer, api_failure, render};
+use crate::web::{Viewer, render};
 use askama::Template;
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -56,11 +56,11 @@ pub struct NoteRow {
 pub async fn page(v: Viewer) -> Response {
     let sessions: Vec<Session> = match v.api.get("/api/v1/sessions").await {
         Ok(s) => s,
-        Err(e) => return api_failure(&e, &v.headers),
+        Err(e) => return v.fail(&e),
     };
     let devices: Vec<Device> = match v.api.get("/api/v1/devices").await {
         Ok(d) => d,
-        Err(e) => return api_failure(&e, &v.headers),
+        Err(e) => return v.fail(&e),
     };
     let names = Names::load(&v, &devices).await;
     let me = v.me.user.id.clone();
@@ -95,7 +95,7 @@ pub async fn page(v: Viewer) -> Response {
                     })
                     .collect(),
             ),
-            Err(e) => return api_failure(&e, &v.headers),
+            Err(e) => return v.fail(&e),
         }
     } else {
         None

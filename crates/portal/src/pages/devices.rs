@@ -3,7 +3,7 @@
 
 use super::dashboard::DeviceRow;
 use crate::apiclient::enc;
-use crate::web::{Flash, Layout, Posted, Viewer, after, api_failure, download, render};
+use crate::web::{Flash, Layout, Posted, Viewer, after, download, render};
 use crate::{PREFIX, Portal};
 use askama::Template;
 use axum::extract::{Path, State};
@@ -24,7 +24,7 @@ struct ListPage {
 pub async fn list(v: Viewer) -> Response {
     let devices: Vec<Device> = match v.api.get("/api/v1/devices").await {
         Ok(d) => d,
-        Err(e) => return api_failure(&e, &v.headers),
+        Err(e) => return v.fail(&e),
     };
     let page = ListPage {
         l: v.layout("Devices"),
@@ -137,7 +137,7 @@ struct DetailPage {
 pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
     let d: Device = match v.api.get(&format!("/api/v1/devices/{}", enc(&id))).await {
         Ok(d) => d,
-        Err(e) => return api_failure(&e, &v.headers),
+        Err(e) => return v.fail(&e),
     };
     let log: Vec<LogEntry> = match v
         .api
@@ -145,7 +145,7 @@ pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
         .await
     {
         Ok(l) => l,
-        Err(e) => return api_failure(&e, &v.headers),
+        Err(e) => return v.fail(&e),
     };
     let pools: Vec<Pool> = if v.role() != Role::User {
         v.api.get("/api/v1/pools").await.unwrap_or_default()

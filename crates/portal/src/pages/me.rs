@@ -30,7 +30,7 @@ pub async fn page(v: Viewer) -> Response {
 async fn render_me(v: &Viewer, new_token: Option<String>) -> Response {
     let tokens: Vec<ApiToken> = match v.api.get("/api/v1/tokens").await {
         Ok(t) => t,
-        Err(e) => return crate::web::api_failure(&e, &v.headers),
+        Err(e) => return v.fail(&e),
     };
     let u = &v.me.user;
     let page = MePage {

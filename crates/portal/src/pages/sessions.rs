@@ -3,7 +3,7 @@
 
 use crate::PREFIX;
 use crate::apiclient::enc;
-use crate::web::{Layout, Posted, Viewer, after, api_failure, render};
+use crate::web::{Layout, Posted, Viewer, after, render};
 use askama::Template;
 use axum::extract::{Path, Query};
 use axum::http::{Method, StatusCode};
@@ -105,6 +105,11 @@ pub struct Filter {
     user: String,
     #[serde(default)]
     q: String,
+    /// Sessions whose validity window overlaps [from, to] (UTC, datetime-local).
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    to: String,
 }
 
 #[derive(Template)]
@@ -126,19 +131,26 @@ pub async fn list(v: Viewer, Query(f): Query<Filter>) -> Response {
     };
     let sessions: Vec<Session> = match v.api.get(&path).await {
         Ok(s) => s,
-        Err(e) => return api_failure(&e, &v.headers),
+        Err(e) => return v.fail(&e),
     };
     let devices: Vec<Device> = match v.api.get("/api/v1/devices").await {
         Ok(d) => d,
-        Err(e) => return api_failure(&e, &v.headers),
+        Err(e) => return v.fail(&e),
     };
     let names = Names::load(&v, &devices).await;
     let q = f.q.trim().to_lowercase();
+    let bound = |v: &str| -> Option<time::OffsetDateTime> {
+        let t = local_to_rfc3339(v).ok()??;
+        time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).ok()
+    };
+    let (from, to) = (bound(&f.from), bound(&f.to));
     let rows = sessions
         .iter()
         .filter(|s| f.device.is_empty() || s.devices.iter().any(|d| d.device_id == f.device))
         .filter(|s| f.user.is_empty() || s.users.contains(&f.user))
         .filter(|s| q.is_empty() || s.name.as_str().to_lowercase().contains(&q))
+        .filter(|s| from.is_none_or(|t| s.valid_until >= t))
+        .filter(|s| to.is_none_or(|t| s.valid_from <= t))
         .map(|s| SessionRow::of(s, &names))
         .collect();
     let mut dl: Vec<(String, String)> = names.devices.clone().into_iter().collect();
@@ -170,11 +182,11 @@ struct NewPage {
 pub async fn new_form(v: Viewer) -> Response {
     let devices: Vec<Device> = match v.api.get("/api/v1/devices").await {
         Ok(d) => d,
-        Err(e) => return api_failure(&e, &v.headers),
+        Err(e) => return v.fail(&e),
     };
     let users: Vec<User> = match v.api.get("/api/v1/users").await {
         Ok(u) => u,
-        Err(e) => return api_failure(&e, &v.headers),
+        Err(e) => return v.fail(&e),
     };
     let page = NewPage {
         l: v.layout("Prepare a session"),
@@ -288,11 +300,11 @@ struct DetailPage {
 pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
     let s: Session = match v.api.get(&format!("/api/v1/sessions/{}", enc(&id))).await {
         Ok(s) => s,
-        Err(e) => return api_failure(&e, &v.headers),
+        Err(e) => return v.fail(&e),
     };
     let devices: Vec<Device> = match v.api.get("/api/v1/devices").await {
         Ok(d) => d,
-        Err(e) => return api_failure(&e, &v.headers),
+        Err(e) => return v.fail(&e),
     };
     let names = Names::load(&v, &devices).await;
     let assigned = s.users.contains(&v.me.user.id);

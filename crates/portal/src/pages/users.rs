@@ -2,7 +2,7 @@
 
 use crate::PREFIX;
 use crate::apiclient::enc;
-use crate::web::{Flash, Layout, Posted, Viewer, after, api_failure, render};
+use crate::web::{Flash, Layout, Posted, Viewer, after, render};
 use askama::Template;
 use axum::extract::Path;
 use axum::http::StatusCode;
@@ -34,7 +34,7 @@ struct ListPage {
 pub async fn list(v: Viewer) -> Response {
     let users: Vec<User> = match v.api.get("/api/v1/users").await {
         Ok(u) => u,
-        Err(e) => return api_failure(&e, &v.headers),
+        Err(e) => return v.fail(&e),
     };
     let page = ListPage {
         l: v.layout("Users"),
