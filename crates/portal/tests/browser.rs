@@ -520,6 +520,27 @@ async fn story(ui: &Ui, server: &TestServer, downloads: &Path) {
     ui.submit("#end").await;
     assert_eq!(ui.text("#session-state").await, "ended");
     assert!(ui.flash().await.contains("ended"));
+
+    // On the device's page she writes into the logbook and connects ad hoc
+    // (the account allows it).
+    ui.submit("a[href^='/portal/devices/']").await;
+    ui.fill(
+        "textarea[name=text]",
+        "Replaced the pressure sensor on axis 2.",
+    )
+    .await;
+    ui.submit("form[action$='/logbook'] button").await;
+    assert!(ui.flash().await.contains("logbook"));
+    assert!(ui.text("ul.log").await.contains("pressure sensor"));
+    ui.submit("#adhoc").await;
+    assert_eq!(ui.text("#session-state").await, "active");
+    assert!(
+        ui.text("#connect-command")
+            .await
+            .starts_with("drawbridge connect ")
+    );
+    ui.submit("#end").await;
+    assert_eq!(ui.text("#session-state").await, "ended");
     ui.logout().await;
 
     // ---- the auditor: the trail, the chain, the export.
@@ -529,6 +550,8 @@ async fn story(ui: &Ui, server: &TestServer, downloads: &Path) {
     assert!(ui.text("#chain-status").await.contains("chain intact"));
     let table = ui.text("#audit-table").await;
     for action in [
+        "session.adhoc",
+        "logbook.write",
         "session.prepare",
         "session.start",
         "session.end",

@@ -605,3 +605,101 @@ async fn a_session_of_someone_else_is_not_found_and_an_idle_login_ends() {
     assert!(login.body.contains("timed out"), "{}", login.body);
     assert!(!ann.cookies.contains_key("db_session"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_network_edits_dual_control_and_csv_export() {
+    let server = TestServer::start().await;
+    let mut admin = Browser::new(&server);
+    admin.setup(&server.setup_token().await, "Plant").await;
+    let dash = admin.login("Plant", "admin", PASSWORD).await;
+    let csrf = dash.csrf();
+    let created = admin
+        .post(
+            "/portal/devices",
+            &[
+                ("csrf", &csrf),
+                ("name", "Press"),
+                ("firewall", "tcp:192.168.1.10:502"),
+            ],
+        )
+        .await;
+    let id = between(&created.body, "action=\"/portal/devices/", "/config\"").to_string();
+    // Firewall, LAN subnets and 1:1 NAT from the edit form.
+    let r = admin
+        .post(
+            &format!("/portal/devices/{id}"),
+            &[
+                ("csrf", &csrf),
+                ("name", "Press 1"),
+                ("lan_subnets", "192.168.1.0/24"),
+                ("firewall", "tcp:192.168.1.10:502\nicmp:192.168.1.0/24"),
+                ("nat", "192.168.1.0/24 -> 10.77.1.0/24"),
+            ],
+        )
+        .await;
+    let page = admin.follow(&r).await;
+    assert!(page.body.contains("The device was saved"), "{}", page.body);
+    assert!(page.body.contains("192.168.1.0/24 ↔ 10.77.1.0/24"));
+    assert!(page.body.contains("icmp:192.168.1.0/24"));
+    // A bad NAT line is the API's error, and nothing changes.
+    let r = admin
+        .post(
+            &format!("/portal/devices/{id}"),
+            &[
+                ("csrf", &csrf),
+                ("name", "Press 1"),
+                ("firewall", "tcp:192.168.1.10:502"),
+                ("nat", "192.168.1.0/24 -> 10.77.0.0/16"),
+            ],
+        )
+        .await;
+    let page = admin.follow(&r).await;
+    assert!(page.body.contains("flash error"), "{}", page.body);
+    assert!(page.body.contains("192.168.1.0/24 ↔ 10.77.1.0/24"));
+
+    // Dual control: a started session waits for approval.
+    let r = admin
+        .post(
+            "/portal/account",
+            &settings_form(&csrf, &[("dual_control", "on")]),
+        )
+        .await;
+    assert!(admin.follow(&r).await.body.contains("saved"));
+    let new = admin.get("/portal/sessions/new").await;
+    let admin_id = between(&new.body, "name=\"user\" value=\"", "\"").to_string();
+    let field = format!("targets_{id}");
+    let r = admin
+        .post(
+            "/portal/sessions",
+            &[
+                ("csrf", &csrf),
+                ("name", "Needs consent"),
+                ("device", &id),
+                (&field, "tcp:192.168.1.10:502"),
+                ("user", &admin_id),
+            ],
+        )
+        .await;
+    let session = r.location().to_string();
+    server.edge_online("Press 1").await;
+    let r = admin
+        .post(&format!("{session}/start"), &[("csrf", &csrf)])
+        .await;
+    let page = admin.follow(&r).await;
+    assert!(page.body.contains("pending_approval"), "{}", page.body);
+    assert!(page.body.contains("waits for approval"));
+    assert!(page.body.contains("id=\"connect-command\""));
+
+    // The audit export as CSV, filtered by device.
+    let csv = admin
+        .get(&format!("/portal/audit/export?format=csv&device={id}"))
+        .await;
+    assert_eq!(csv.status, 200);
+    assert!(
+        csv.header("content-disposition")
+            .contains("drawbridge-audit.csv")
+    );
+    assert!(csv.body.lines().count() >= 2, "{}", csv.body);
+    assert!(csv.body.contains("device.update"), "{}", csv.body);
+    assert!(!csv.body.contains("user.create"));
+}
