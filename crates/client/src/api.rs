@@ -174,6 +174,8 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    /// The TLS settings, for the WebSocket channel and the relay.
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl std::fmt::Debug for Client {
@@ -190,6 +192,8 @@ impl Client {
     pub fn new(server: &str, ca_file: Option<&Path>) -> Result<Self> {
         let base = normalize_server(server)?;
         let tls = tls_config(ca_file)?;
+        let mut ws_tls = tls.clone();
+        ws_tls.alpn_protocols = vec![b"http/1.1".to_vec()]; // WebSockets upgrade over HTTP/1.1
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .https_only(true)
@@ -203,6 +207,7 @@ impl Client {
             http,
             base,
             token: None,
+            tls: Arc::new(ws_tls),
         })
     }
 
@@ -217,6 +222,15 @@ impl Client {
 
     pub fn server(&self) -> &str {
         &self.base
+    }
+
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// TLS settings for WebSockets (channel, relay): the same trust, HTTP/1.1 only.
+    pub fn ws_tls(&self) -> Arc<rustls::ClientConfig> {
+        self.tls.clone()
     }
 
     fn url(&self, path: &str) -> String {

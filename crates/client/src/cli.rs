@@ -112,6 +112,10 @@ pub enum Command {
     /// Export and verify the audit log (admins and auditors).
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Bring a tunnel up into a session (starting it if needed) and stay in the foreground.
+    Connect(crate::connect::ConnectArgs),
+    /// Show the tunnels `drawbridge connect` has up on this computer.
+    Status,
 }
 
 #[derive(Args, Debug)]
@@ -567,9 +571,9 @@ fn name(s: &str, what: &str) -> Result<Name> {
 // ------------------------------------------------------------------ context
 
 /// Resolved connection for a command: the client and how to print.
-struct Ctx {
-    client: Client,
-    json: bool,
+pub(crate) struct Ctx {
+    pub(crate) client: Client,
+    pub(crate) json: bool,
     /// The stored login in use (none when DRAWBRIDGE_TOKEN is used).
     stored: Option<Credentials>,
 }
@@ -700,7 +704,7 @@ impl Ctx {
         .clone())
     }
 
-    async fn device_id(&self, input: &str) -> Result<String> {
+    pub(crate) async fn device_id(&self, input: &str) -> Result<String> {
         Ok(self.device(input).await?.id)
     }
 
@@ -751,7 +755,7 @@ impl Ctx {
     }
 
     /// A session by id, or by name (preferring the one that has not ended).
-    async fn session_id(&self, input: &str) -> Result<String> {
+    pub(crate) async fn session_id(&self, input: &str) -> Result<String> {
         let all = self.client.sessions(None).await?;
         if all.iter().any(|s| s.id == input) {
             return Ok(input.to_string());
@@ -862,6 +866,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Account(cmd) => account(&connect(&g)?, cmd).await,
         Command::Notifications => notifications(&connect(&g)?).await,
         Command::Audit(cmd) => audit(&connect(&g)?, cmd).await,
+        Command::Connect(args) => crate::connect::run(&connect(&g)?, args).await,
+        Command::Status => crate::connect::status(g.json),
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod connect;
 mod prompt;
 mod show;
 pub mod table;

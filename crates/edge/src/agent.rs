@@ -245,6 +245,7 @@ impl Agent {
                         bytes_to_device: s.rx_bytes,
                         bytes_from_device: s.tx_bytes,
                         drops: s.drops,
+                        handshake_secs_ago: s.last_handshake.map(|t| t.elapsed().as_secs()),
                     },
                 );
                 reports.push(EdgeToServer::Tunnel(TunnelReport {

@@ -63,6 +63,9 @@ pub struct PeerStatus {
     pub bytes_to_device: u64,
     pub bytes_from_device: u64,
     pub drops: u64,
+    /// Seconds since the last WireGuard handshake with this client, if any.
+    #[serde(default)]
+    pub handshake_secs_ago: Option<u64>,
 }
 
 /// The snapshot `run` writes and `status` prints.

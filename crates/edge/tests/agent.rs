@@ -367,3 +367,128 @@ fn on_site_approval_and_reconnection_after_the_control_plane_restarts() {
         serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|v| v["connected"] == true)
     });
 }
+
+fn client_bin() -> PathBuf {
+    let dir = edge_bin().parent().expect("bin dir").to_path_buf();
+    let bin = dir.join("drawbridge");
+    if !bin.exists() {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "-p", "drawbridge"])
+            .env("CARGO_TARGET_DIR", dir.parent().expect("target dir"))
+            .status()
+            .expect("cargo build");
+        assert!(status.success());
+    }
+    bin
+}
+
+fn client(config: &Path) -> Command {
+    let mut cmd = Command::new(client_bin());
+    for v in PROXY_VARS {
+        cmd.env_remove(v);
+    }
+    for v in [
+        "DRAWBRIDGE_SERVER",
+        "DRAWBRIDGE_CA_FILE",
+        "DRAWBRIDGE_TOKEN",
+    ] {
+        cmd.env_remove(v);
+    }
+    cmd.env("DRAWBRIDGE_CONFIG_DIR", config);
+    cmd
+}
+
+#[test]
+fn a_client_connects_to_the_edge_through_the_relay_and_the_session_end_tears_it_down() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, api, device, state) = setup(dir.path());
+    edge(&state, &["switch", "on"]);
+    let _agent = edge_run(&state);
+    wait("online with the switch on", || {
+        let d = api.get(&format!("/devices/{device}"));
+        d["status"]["online"] == true && d["status"]["switch_on"] == true
+    });
+    let me = api.get("/me")["user"]["id"].as_str().unwrap().to_string();
+    let s = session(&api, &device, &me);
+    let config = dir.path().join("client");
+    let mut login = client(&config)
+        .args([
+            "login",
+            "--server",
+            &server.url(),
+            "--account",
+            "acme",
+            "--user",
+            "root",
+            "--password-stdin",
+            "--ca-file",
+        ])
+        .arg(server.data.join("ca.pem"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    login
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{PASSWORD}\n").as_bytes())
+        .unwrap();
+    let out = login.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "login: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `connect` starts the prepared session itself and stays in the foreground.
+    let connect = Proc(
+        client(&config)
+            .args(["connect", &s, "--for-seconds", "60"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait("the session is active", || {
+        api.get(&format!("/sessions/{s}"))["state"] == "active"
+    });
+    // A WireGuard session forms between the client and the edge: both report a handshake on a path.
+    wait("the edge sees the client's tunnel", || {
+        let out = edge(&state, &["status", "--json"]);
+        serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|v| {
+            let p = &v["sessions"][0]["peers"][0];
+            (p["path"] == "relay" || p["path"] == "direct") && p["handshake_secs_ago"].is_u64()
+        })
+    });
+    wait("the client shows its tunnel", || {
+        let out = client(&config).args(["status", "--json"]).output().unwrap();
+        serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|v| {
+            let d = &v[0]["devices"][0];
+            (d["path"] == "relay" || d["path"] == "direct") && d["handshake_secs_ago"].is_u64()
+        })
+    });
+    // Ending the session ends the client's tunnel and the edge's.
+    let (code, _) = api.post(&format!("/sessions/{s}/end"), json!({}));
+    assert_eq!(code, 200);
+    let mut connect = connect;
+    wait("connect exits", || connect.0.try_wait().unwrap().is_some());
+    wait("the edge drops the session", || {
+        let out = edge(&state, &["status", "--json"]);
+        serde_json::from_slice::<Value>(&out.stdout)
+            .is_ok_and(|v| v["sessions"].as_array().is_some_and(|a| a.is_empty()))
+    });
+    let (_, audit) = api.call(reqwest::Method::GET, "/audit?action=tunnel.", None);
+    let actions: Vec<_> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        actions,
+        vec!["tunnel.up", "tunnel.down"],
+        "the tunnel is on the record"
+    );
+}

@@ -399,7 +399,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(15);
 
 async fn relay_task(
     ep: RelayEndpoint,
-    token: watch::Receiver<String>,
+    mut token: watch::Receiver<String>,
     to_engine: mpsc::Sender<(RelayId, RelayMsg)>,
     mut from_engine: mpsc::Receiver<Vec<u8>>,
 ) {
@@ -409,7 +409,7 @@ async fn relay_task(
         if to_engine.is_closed() {
             return;
         }
-        let token_now = token.borrow().clone();
+        let token_now = token.borrow_and_update().clone();
         let request = ep.url.as_str().into_client_request().map(|mut r| {
             if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token_now}")) {
                 r.headers_mut().insert("authorization", v);
@@ -463,6 +463,15 @@ async fn relay_task(
                             if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
                                 break;
                             }
+                        }
+                        // A new token (e.g. naming a peer that joined later) only counts
+                        // from the next connection: reconnect with it now.
+                        changed = token.changed() => {
+                            if changed.is_err() {
+                                return; // the driver is gone
+                            }
+                            let _ = sink.send(Message::Close(None)).await;
+                            break;
                         }
                     }
                 }

@@ -240,6 +240,10 @@ async fn serve(
     if !refresh(state, caller, session_id, key, ws).await? {
         return Ok(());
     }
+    // Candidates the edges sent before this channel was open.
+    for (device_id, data) in state.hub.signals_for_client(session_id, key) {
+        send(ws, &ServerToClient::Signal { device_id, data }).await?;
+    }
     let mut ping = tokio::time::interval(Duration::from_secs(20));
     loop {
         tokio::select! {
@@ -260,6 +264,7 @@ async fn serve(
                             desired::session_device_ids(&mut conn, session_id).await?
                         };
                         if devices.contains(&device_id) {
+                            state.hub.keep_signal(session_id, key, &device_id, false, &data);
                             state.hub.to_edge(&device_id, ServerToEdge::Signal {
                                 session_id: session_id.to_string(),
                                 peer: key.to_string(),

@@ -216,6 +216,18 @@ async fn serve(
         },
     )
     .await?;
+    // Candidates clients sent while this edge was away.
+    for (session_id, peer, data) in state.hub.signals_for_edge(&edge.device_id) {
+        send(
+            ws,
+            &ServerToEdge::Signal {
+                session_id,
+                peer,
+                data,
+            },
+        )
+        .await?;
+    }
     let mut ping = tokio::time::interval(Duration::from_secs(20));
     loop {
         tokio::select! {
@@ -319,6 +331,9 @@ async fn handle(state: &AppState, edge: &Edge, msg: EdgeToServer) -> AppResult<(
                 return Err(AppError::invalid("signal too large"));
             }
             session_of_edge(state, edge, &session_id).await?;
+            state
+                .hub
+                .keep_signal(&session_id, &peer, &edge.device_id, true, &data);
             state.hub.to_client(
                 &session_id,
                 &peer,

@@ -46,6 +46,8 @@ pub struct Hub {
     edges: Mutex<HashMap<String, Reg<ServerToEdge>>>,
     /// Client channels by session id; each carries the tunnel's client key.
     clients: Mutex<HashMap<String, Vec<ClientReg>>>,
+    /// Latest candidates per (session, client key, device, sent by the edge).
+    signals: Mutex<HashMap<(String, String, String, bool), String>>,
 }
 
 fn poke<M>(reg: &Reg<M>, p: Poke<M>) {
@@ -144,6 +146,49 @@ impl Hub {
         }
     }
 
+    /// Remembers the latest candidates one side sent the other, so that a side
+    /// whose channel (re)connects later still gets them. Key: (session, client key, device).
+    pub fn keep_signal(
+        &self,
+        session_id: &str,
+        client_key: &str,
+        device_id: &str,
+        from_edge: bool,
+        data: &str,
+    ) {
+        let mut m = self.signals.lock().expect("hub lock");
+        if m.len() >= 16_384 {
+            m.clear(); // bounded: a burst of stale entries is simply forgotten
+        }
+        m.insert(
+            (
+                session_id.to_string(),
+                client_key.to_string(),
+                device_id.to_string(),
+                from_edge,
+            ),
+            data.to_string(),
+        );
+    }
+
+    /// Candidates the edges of a session sent to `client_key`: (device, data).
+    pub fn signals_for_client(&self, session_id: &str, client_key: &str) -> Vec<(String, String)> {
+        let m = self.signals.lock().expect("hub lock");
+        m.iter()
+            .filter(|((s, k, _, from_edge), _)| s == session_id && k == client_key && *from_edge)
+            .map(|((_, _, d, _), v)| (d.clone(), v.clone()))
+            .collect()
+    }
+
+    /// Candidates clients sent to `device_id`: (session, client key, data).
+    pub fn signals_for_edge(&self, device_id: &str) -> Vec<(String, String, String)> {
+        let m = self.signals.lock().expect("hub lock");
+        m.iter()
+            .filter(|((_, _, d, from_edge), _)| d == device_id && !*from_edge)
+            .map(|((s, k, _, _), v)| (s.clone(), k.clone(), v.clone()))
+            .collect()
+    }
+
     pub fn edge_connected(&self, device_id: &str) -> bool {
         self.edges.lock().expect("hub lock").contains_key(device_id)
     }
@@ -161,6 +206,14 @@ pub async fn notify_sessions(
     for id in session_ids {
         let devices = self::state::session_device_ids(&mut conn, id).await?;
         state.hub.session_changed(&devices, id);
+        let st: Option<String> = sqlx::query_scalar("SELECT state FROM sessions WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if st.as_deref() == Some("ended") {
+            // Relay connections of an ended session close now, not at token expiry.
+            state.relay.disconnect_session(id);
+        }
     }
     Ok(())
 }

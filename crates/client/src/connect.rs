@@ -1,0 +1,509 @@
+//! `drawbridge connect`: start the session if needed, register a fresh
+//! WireGuard key, bring the tunnel up through the relay at once (and direct
+//! when a UDP path answers), show its status in the foreground, and tear it
+//! down on Ctrl-C or when the session ends.
+
+use crate::Error;
+use crate::cli::Ctx;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use clap::Args;
+use drawbridge_proto::SessionState;
+use drawbridge_proto::api::{AdhocSession, Session};
+use drawbridge_proto::channel::{
+    ClientToServer, JoinRequest, JoinResponse, MAX_CHANNEL_FRAME, ServerToClient, TunnelReport,
+};
+use drawbridge_tunnel::driver::{
+    Connector, DriverConfig, DriverEvent, RelayEndpoint, Tunnel, TunnelIo,
+};
+use drawbridge_tunnel::{IpNet, NodeConfig, PeerConfig, Signal, keys};
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Args, Debug)]
+pub struct ConnectArgs {
+    /// The session (id or name); with --adhoc, a device to connect to ad hoc.
+    pub session: String,
+    /// Create and start a session for yourself on this device (where the account allows it).
+    #[arg(long)]
+    pub adhoc: bool,
+    /// Forward a local port to a released target: [ADDR:]PORT:TARGET:PORT (repeatable).
+    #[arg(short = 'L', long = "local", value_name = "[ADDR:]PORT:TARGET:PORT")]
+    pub forwards: Vec<String>,
+    /// Run a SOCKS5 proxy reaching only the released targets: [ADDR:]PORT.
+    #[arg(long, value_name = "[ADDR:]PORT")]
+    pub socks5: Option<String>,
+    /// Stop after this many seconds (for scripts and tests).
+    #[arg(long, hide = true)]
+    pub for_seconds: Option<u64>,
+}
+
+/// A `-L` forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub listen: SocketAddr,
+    pub target: SocketAddr,
+}
+
+/// `[ADDR:]PORT:TARGET:PORT`; the listen address defaults to 127.0.0.1.
+pub fn parse_forward(s: &str) -> Result<Forward> {
+    let bad = || Error::user(format!("-L {s:?}: expected [ADDR:]PORT:TARGET:PORT"));
+    let parts: Vec<&str> = s.rsplitn(3, ':').collect();
+    let [tport, thost, listen] = parts.as_slice() else {
+        return Err(bad());
+    };
+    let target: SocketAddr = format!("{thost}:{tport}").parse().map_err(|_| bad())?;
+    let listen = parse_listen(listen).ok_or_else(bad)?;
+    Ok(Forward { listen, target })
+}
+
+/// `[ADDR:]PORT`, default address 127.0.0.1.
+pub fn parse_listen(s: &str) -> Option<SocketAddr> {
+    if let Ok(p) = s.parse::<u16>() {
+        return Some(SocketAddr::from(([127, 0, 0, 1], p)));
+    }
+    s.parse().ok()
+}
+
+/// What `drawbridge status` shows, one file per live tunnel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TunnelStatus {
+    pub session_id: String,
+    pub session: String,
+    pub overlay_ip: String,
+    pub pid: u32,
+    pub updated_at: i64,
+    pub devices: Vec<DeviceStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    pub device: String,
+    pub path: String,
+    pub reason: String,
+    pub rtt_ms: Option<u64>,
+    pub bytes_to_device: u64,
+    pub bytes_from_device: u64,
+    /// Seconds since the last WireGuard handshake with the edge, if any.
+    pub handshake_secs_ago: Option<u64>,
+    pub targets: Vec<String>,
+}
+
+fn status_dir() -> Result<PathBuf> {
+    Ok(crate::config::config_dir()?.join("tunnels"))
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// `drawbridge status`.
+pub fn status(json: bool) -> Result<()> {
+    let dir = status_dir()?;
+    let mut live = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten().take(256) {
+            let Ok(text) = std::fs::read_to_string(e.path()) else {
+                continue;
+            };
+            let Ok(s) = serde_json::from_str::<TunnelStatus>(&text) else {
+                continue;
+            };
+            if unix_now() - s.updated_at <= 10 {
+                live.push(s);
+            }
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&live).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    if live.is_empty() {
+        println!("no tunnels are up");
+    }
+    for s in live {
+        println!("{} ({}) as {}", s.session, s.session_id, s.overlay_ip);
+        for d in s.devices {
+            let rtt = d.rtt_ms.map(|r| format!(", {r} ms")).unwrap_or_default();
+            println!(
+                "  {}: {} ({}{rtt}), {} B sent, {} B received; {}",
+                d.device,
+                d.path,
+                d.reason,
+                d.bytes_to_device,
+                d.bytes_from_device,
+                d.targets.join(" ")
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn wait_until_active(ctx: &Ctx, id: &str) -> Result<Session> {
+    let mut told = false;
+    loop {
+        let s: Session = ctx.client.get(&format!("/sessions/{id}")).await?;
+        match s.state {
+            SessionState::Active => return Ok(s),
+            SessionState::Ended => {
+                let why = s.end_reason.map(|r| r.as_str()).unwrap_or("ended");
+                return Err(Error::user(format!("the session ended ({why})")));
+            }
+            SessionState::PendingApproval if !told => {
+                eprintln!("waiting for the site (or an approver) to approve the session…");
+                told = true;
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// The live parts of one connection.
+struct Live {
+    tunnel: Option<(Tunnel, TunnelIo)>,
+    join: JoinResponse,
+    private_key: [u8; 32],
+    /// device id → edge key (bytes) once known.
+    edges: HashMap<String, [u8; 32]>,
+    token: Option<String>,
+}
+
+fn key_bytes(s: &str) -> Option<[u8; 32]> {
+    STANDARD.decode(s).ok()?.try_into().ok()
+}
+
+impl Live {
+    async fn apply(
+        &mut self,
+        j: JoinResponse,
+        tls: &std::sync::Arc<rustls::ClientConfig>,
+    ) -> Result<()> {
+        self.join = j;
+        let Some(token) = self.join.relay_token.clone() else {
+            return Ok(());
+        };
+        if self.tunnel.is_none() {
+            let mut stun = Vec::new();
+            for s in self.join.stun.iter().take(4) {
+                if let Ok(mut a) = tokio::net::lookup_host(s.as_str()).await
+                    && let Some(a) = a.next()
+                {
+                    stun.push(a);
+                }
+            }
+            let started = Tunnel::start(DriverConfig {
+                node: NodeConfig {
+                    private_key: self.private_key,
+                    stun_servers: stun,
+                    local_addrs: vec![],
+                    seed: None,
+                },
+                bind: "0.0.0.0:0".parse().expect("static address"),
+                relays: vec![RelayEndpoint {
+                    id: 0,
+                    url: self.join.relay_url.clone(),
+                    token: token.clone(),
+                    connector: Some(Connector::Rustls(tls.clone())),
+                }],
+                peers: vec![],
+                queue: 1024,
+            })
+            .await
+            .map_err(|e| Error::user(format!("starting the tunnel: {e}")))?;
+            self.tunnel = Some(started);
+            self.token = Some(token.clone());
+        }
+        let Some((t, _)) = &self.tunnel else {
+            return Ok(());
+        };
+        if self.token.as_deref() != Some(token.as_str()) {
+            let _ = t.set_relay_token(0, token.clone()).await;
+            self.token = Some(token);
+        }
+        for d in &self.join.devices {
+            let Some(k) = d.edge_public_key.as_deref().and_then(key_bytes) else {
+                continue;
+            };
+            if self.edges.get(&d.device_id) == Some(&k) {
+                continue;
+            }
+            let allowed = d
+                .targets
+                .iter()
+                .map(|t| IpNet::new(t.address.addr(), t.address.prefix_len()))
+                .collect();
+            let cfg = PeerConfig {
+                public_key: k,
+                allowed_ips: allowed,
+                relay: Some(0),
+                persistent_keepalive: Some(25),
+            };
+            if t.add_peer(cfg).await.is_ok() {
+                self.edges.insert(d.device_id.clone(), k);
+            }
+        }
+        Ok(())
+    }
+
+    fn device_of(&self, key: &[u8; 32]) -> Option<String> {
+        self.edges
+            .iter()
+            .find(|(_, k)| *k == key)
+            .map(|(d, _)| d.clone())
+    }
+}
+
+/// `drawbridge connect`.
+pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
+    let forwards = args
+        .forwards
+        .iter()
+        .map(|f| parse_forward(f))
+        .collect::<Result<Vec<_>>>()?;
+    let socks = args
+        .socks5
+        .as_deref()
+        .map(|s| {
+            parse_listen(s)
+                .ok_or_else(|| Error::user(format!("--socks5 {s:?}: expected [ADDR:]PORT")))
+        })
+        .transpose()?;
+    if !forwards.is_empty() || socks.is_some() {
+        return Err(Error::user(
+            "port forwards and SOCKS5 need the userspace network stack, which this build does not have yet",
+        ));
+    }
+    let id = if args.adhoc {
+        let device_id = ctx.device_id(&args.session).await?;
+        let s: Session = ctx
+            .client
+            .post(
+                "/sessions/adhoc",
+                &AdhocSession {
+                    device_id,
+                    targets: None,
+                },
+            )
+            .await?;
+        s.id
+    } else {
+        ctx.session_id(&args.session).await?
+    };
+    let s: Session = ctx.client.get(&format!("/sessions/{id}")).await?;
+    if s.state == SessionState::Prepared {
+        let _: Session = ctx
+            .client
+            .post(&format!("/sessions/{id}/start"), &serde_json::json!({}))
+            .await?;
+    }
+    let s = wait_until_active(ctx, &id).await?;
+    let private_key = keys::generate_private_key();
+    let public = STANDARD.encode(keys::public_key(&private_key));
+    let join: JoinResponse = ctx
+        .client
+        .post(
+            &format!("/sessions/{id}/join"),
+            &JoinRequest {
+                public_key: public.clone(),
+            },
+        )
+        .await?;
+    eprintln!(
+        "joined {} as {}; bringing the tunnel up…",
+        s.name, join.overlay_ip
+    );
+
+    let tls = ctx.client.ws_tls();
+    let base = ctx.client.server().replacen("https://", "wss://", 1);
+    let key_q = public
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D");
+    let mut req = format!("{base}/api/v1/sessions/{id}/channel?key={key_q}")
+        .into_client_request()
+        .map_err(|e| Error::user(e.to_string()))?;
+    if let Some(t) = ctx.client.token() {
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {t}")
+                .parse()
+                .map_err(|_| Error::user("bad token"))?,
+        );
+    }
+    let mut cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
+    cfg.max_message_size = Some(MAX_CHANNEL_FRAME);
+    let (mut ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+        req,
+        Some(cfg),
+        false,
+        Some(Connector::Rustls(tls.clone())),
+    )
+    .await
+    .map_err(|e| Error::user(format!("opening the session channel: {e}")))?;
+
+    let mut live = Live {
+        tunnel: None,
+        join,
+        private_key,
+        edges: HashMap::new(),
+        token: None,
+    };
+    let status_path = status_dir()?.join(format!("{id}.json"));
+    let _ = std::fs::create_dir_all(status_dir()?);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let deadline = args
+        .for_seconds
+        .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
+    let mut n: u64 = 0;
+    let outcome = loop {
+        let events = async {
+            match live.tunnel.as_mut() {
+                Some((_, io)) => io.events.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break Ok("interrupted".to_string()),
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break Ok("time is up".to_string()),
+            m = ws.next() => match m {
+                Some(Ok(Message::Text(t))) => match serde_json::from_str::<ServerToClient>(&t) {
+                    Ok(ServerToClient::Update(j)) => live.apply(j, &tls).await?,
+                    Ok(ServerToClient::Signal { device_id, data }) => {
+                        if let (Some((t, _)), Some(k)) = (&live.tunnel, live.edges.get(&device_id))
+                            && let Some(sig) = STANDARD.decode(&data).ok().and_then(|b| Signal::decode(&b).ok())
+                        {
+                            let _ = t.signal(*k, sig).await;
+                        }
+                    }
+                    Ok(ServerToClient::Ended { reason }) => break Ok(format!("the session ended ({reason})")),
+                    Err(_) => {}
+                },
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break Err(Error::user(format!("the session channel failed: {e}"))),
+                None => break Ok("the server closed the session channel".to_string()),
+            },
+            ev = events => {
+                if let Some(DriverEvent::Signal { peer, signal }) = ev
+                    && let Some(device_id) = live.device_of(&peer)
+                {
+                    let m = ClientToServer::Signal { device_id, data: STANDARD.encode(signal.encode()) };
+                    let _ = ws.send(Message::Text(serde_json::to_string(&m).unwrap_or_default().into())).await;
+                }
+            }
+            _ = tick.tick() => {
+                n += 1;
+                let st = snapshot(&live, &s, &id).await;
+                let _ = std::fs::write(&status_path, serde_json::to_vec_pretty(&st).unwrap_or_default());
+                if !ctx.json {
+                    let line: Vec<String> = st.devices.iter().map(|d| format!("{}: {} ({}) ↑{} ↓{}", d.device, d.path, d.reason, d.bytes_to_device, d.bytes_from_device)).collect();
+                    if n.is_multiple_of(5) || n == 2 {
+                        eprintln!("{}", if line.is_empty() { "waiting for the edge…".to_string() } else { line.join("; ") });
+                    }
+                }
+                if n.is_multiple_of(5) {
+                    for d in &st.devices {
+                        let r = ClientToServer::Tunnel(TunnelReport {
+                            session_id: id.clone(),
+                            peer: public.clone(),
+                            path: d.path.clone(),
+                            reason: d.reason.clone(),
+                            bytes_to_device: d.bytes_to_device,
+                            bytes_from_device: d.bytes_from_device,
+                        });
+                        let _ = ws.send(Message::Text(serde_json::to_string(&r).unwrap_or_default().into())).await;
+                    }
+                }
+            }
+        }
+    };
+    let _ = ws.close(None).await;
+    let _ = std::fs::remove_file(&status_path);
+    drop(live);
+    let why = outcome?;
+    eprintln!("tunnel down: {why}");
+    Ok(())
+}
+
+async fn snapshot(live: &Live, s: &Session, id: &str) -> TunnelStatus {
+    let mut devices = Vec::new();
+    for d in &live.join.devices {
+        let mut st = DeviceStatus {
+            device: d.name.clone(),
+            path: "connecting".into(),
+            reason: if d.online {
+                "waiting for the edge".into()
+            } else {
+                "the edge is offline".into()
+            },
+            rtt_ms: None,
+            bytes_to_device: 0,
+            bytes_from_device: 0,
+            handshake_secs_ago: None,
+            targets: d.targets.iter().map(|t| t.to_string()).collect(),
+        };
+        if let (Some((t, _)), Some(k)) = (&live.tunnel, live.edges.get(&d.device_id))
+            && let Ok(Some(p)) = t.stats(*k).await
+        {
+            st.path = format!("{:?}", p.path).to_lowercase();
+            st.reason = p.reason.to_string();
+            st.rtt_ms = p.rtt.map(|r| r.as_millis() as u64);
+            st.bytes_to_device = p.tx_bytes;
+            st.bytes_from_device = p.rx_bytes;
+            st.handshake_secs_ago = p.last_handshake.map(|t| t.elapsed().as_secs());
+        }
+        devices.push(st);
+    }
+    TunnelStatus {
+        session_id: id.to_string(),
+        session: s.name.to_string(),
+        overlay_ip: live.join.overlay_ip.clone(),
+        pid: std::process::id(),
+        updated_at: unix_now(),
+        devices,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwards_parse_with_and_without_a_listen_address() {
+        assert_eq!(
+            parse_forward("1502:192.168.1.10:502").unwrap(),
+            Forward {
+                listen: "127.0.0.1:1502".parse().unwrap(),
+                target: "192.168.1.10:502".parse().unwrap()
+            }
+        );
+        assert_eq!(
+            parse_forward("0.0.0.0:8080:10.0.0.5:80").unwrap().listen,
+            "0.0.0.0:8080".parse().unwrap()
+        );
+        for bad in [
+            "",
+            "1502",
+            "x:192.168.1.10:502",
+            "1502:host:502",
+            "1502:192.168.1.10:99999",
+        ] {
+            assert!(parse_forward(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_listen("1080").unwrap(),
+            "127.0.0.1:1080".parse().unwrap()
+        );
+    }
+}
