@@ -204,7 +204,7 @@ pub async fn main() -> anyhow::Result<i32> {
             let token = crate::bootstrap::new_setup_token(&state)
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", e.message))?;
-            println!("{}/setup?token={token}", state.public_url);
+            println!("{}/portal/setup?token={token}", state.public_url);
             Ok(0)
         }
         Some(Command::Audit {
@@ -314,7 +314,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         println!(
             "  No account exists yet. Open this one-time setup link (valid 24 h) to create the first account and admin:"
         );
-        println!("    {public_url}/setup?token={token}");
+        println!("    {public_url}/portal/setup?token={token}");
         println!(
             "  or: drawbridge-server init --account NAME --admin-user USER --admin-password-file FILE"
         );

@@ -20,7 +20,6 @@ pub mod rights;
 pub mod secret;
 pub mod serve;
 pub mod sessions;
-pub mod setup_page;
 pub mod state;
 pub mod totp;
 

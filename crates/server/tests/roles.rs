@@ -58,6 +58,7 @@ enum Act {
     AddDeviceOutsideGrants,
     StartOwn,
     StartOthers,
+    JoinOwn,
     Adhoc,
     EndOthers,
     EndOwn,
@@ -102,6 +103,7 @@ const MATRIX: &[(&str, Act, [Cell; 4])] = &[
     // §3 "start and use a session prepared for them"
     ("start a session prepared for the caller",               Act::StartOwn,               [Y, Y, Y, N]),
     ("start a session prepared for someone else",             Act::StartOthers,            [N, N, H, N]),
+    ("use a session prepared for the caller (join)",          Act::JoinOwn,                [Y, Y, Y, N]),
     ("ad-hoc connect (create and start) on a covered device", Act::Adhoc,                  [Y, Y, Y, N]),
     // §3 "end sessions": all | all | own only | no
     ("end someone else's session",                            Act::EndOthers,              [Y, Y, H, N]),
@@ -340,7 +342,7 @@ impl Fx {
                 self.end(&id, &self.other.1).await;
                 vec![id]
             }
-            Act::EndOwn => {
+            Act::EndOwn | Act::JoinOwn => {
                 let (uid, tok) = self.own_or_other(role);
                 let id = self.prepare(&self.d_in, &[uid.as_str()]).await;
                 self.start(&id, tok).await;
@@ -458,6 +460,19 @@ impl Fx {
             ),
             Act::StartOwn | Act::StartOthers => {
                 (Method::POST, format!("/api/v1/sessions/{id}/start"), None)
+            }
+            Act::JoinOwn => {
+                // A fresh WireGuard public key (32 bytes, base64) per cell.
+                let key: Vec<u8> = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()]
+                    .iter()
+                    .flat_map(|u| *u.as_bytes())
+                    .collect();
+                let body = json!({"public_key": STANDARD.encode(key)});
+                (
+                    Method::POST,
+                    format!("/api/v1/sessions/{id}/join"),
+                    Some(body),
+                )
             }
             Act::Adhoc => (
                 Method::POST,
@@ -578,6 +593,14 @@ impl Fx {
             | Act::StartOthers
             | Act::EndOthers
             | Act::EndOwn => admin_get(format!("/api/v1/sessions/{id}")).await,
+            Act::JoinOwn => json!(
+                scalar(
+                    app,
+                    "SELECT COUNT(*) FROM tunnels WHERE session_id = $1",
+                    &[id]
+                )
+                .await
+            ),
             Act::SeeOthersActive
             | Act::SeeOthersEnded
             | Act::ListShowsOthers

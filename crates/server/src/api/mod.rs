@@ -125,14 +125,14 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 pub fn app(state: AppState) -> Router {
     let (api, _) = routes();
     let relay = drawbridge_relay::router(state.relay.clone());
-    Router::new()
+    let api: Router = Router::new()
         .merge(api)
-        .merge(crate::setup_page::router())
-        .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(security_headers))
-        .with_state(state)
-        .merge(relay)
+        .with_state(state);
+    // The portal renders pages by calling this same API in-process.
+    let portal = drawbridge_portal::router(api.clone());
+    api.merge(portal).merge(relay).fallback(not_found)
 }
 
 fn meta_routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
