@@ -703,3 +703,139 @@ async fn device_network_edits_dual_control_and_csv_export() {
     assert!(csv.body.contains("device.update"), "{}", csv.body);
     assert!(!csv.body.contains("user.create"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_admin_prepares_within_their_grants_and_manages_nothing_else() {
+    let server = TestServer::start().await;
+    let mut admin = Browser::new(&server);
+    admin.setup(&server.setup_token().await, "Plant").await;
+    let dash = admin.login("Plant", "admin", PASSWORD).await;
+    let csrf = dash.csrf();
+    for (u, role) in [("sam", "session_admin"), ("uwe", "user")] {
+        admin
+            .post(
+                "/portal/users",
+                &[
+                    ("csrf", &csrf),
+                    ("username", u),
+                    ("role", role),
+                    ("password", PASSWORD),
+                ],
+            )
+            .await;
+    }
+    let mut ids = Vec::new();
+    for name in ["Granted", "Elsewhere"] {
+        let created = admin
+            .post(
+                "/portal/devices",
+                &[
+                    ("csrf", &csrf),
+                    ("name", name),
+                    ("firewall", "tcp:10.1.0.0/24"),
+                ],
+            )
+            .await;
+        ids.push(between(&created.body, "action=\"/portal/devices/", "/config\"").to_string());
+    }
+    admin
+        .post(
+            "/portal/access/groups",
+            &[("csrf", &csrf), ("name", "Crew")],
+        )
+        .await;
+    admin
+        .post("/portal/access/pools", &[("csrf", &csrf), ("name", "Hall")])
+        .await;
+    let access = admin.get("/portal/access").await;
+    let group = between(&access.body, "action=\"/portal/access/groups/", "/").to_string();
+    let pool = between(&access.body, "action=\"/portal/access/pools/", "/").to_string();
+    let users = admin.get("/portal/users").await;
+    let user_ids: Vec<String> = users
+        .body
+        .match_indices("action=\"/portal/users/")
+        .map(|(i, m)| {
+            users.body[i + m.len()..]
+                .split('"')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for u in &user_ids {
+        admin
+            .post(
+                &format!("/portal/access/groups/{group}/members"),
+                &[("csrf", &csrf), ("user_id", u)],
+            )
+            .await;
+    }
+    admin
+        .post(
+            &format!("/portal/access/pools/{pool}/devices"),
+            &[("csrf", &csrf), ("device_id", &ids[0])],
+        )
+        .await;
+    let r = admin
+        .post(
+            "/portal/access/grants",
+            &[
+                ("csrf", &csrf),
+                ("group_id", &group),
+                ("pool_id", &pool),
+                ("level", "full"),
+                ("targets", ""),
+            ],
+        )
+        .await;
+    assert!(admin.follow(&r).await.body.contains("grant was created"));
+
+    let mut sam = Browser::new(&server);
+    let dash = sam.login("Plant", "sam", PASSWORD).await;
+    assert!(dash.body.contains("id=\"prepare-link\""));
+    let users = sam.get("/portal/users").await;
+    assert!(users.body.contains("uwe") && !users.body.contains("Add a user"));
+    let access = sam.get("/portal/access").await;
+    assert!(access.body.contains("Crew") && !access.body.contains("Create group"));
+    let account = sam.get("/portal/account").await;
+    assert!(
+        !account.body.contains("Save settings"),
+        "settings are read-only"
+    );
+    let new = sam.get("/portal/sessions/new").await;
+    let before = &new.body[..new.body.find("id=\"user-uwe\"").expect("uwe can be chosen")];
+    let uwe = before
+        .rsplit_once("value=\"")
+        .unwrap()
+        .1
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let scsrf = new.csrf();
+    let prepare = |device: &str| {
+        let field = format!("targets_{device}");
+        vec![
+            ("csrf".to_string(), scsrf.clone()),
+            ("name".to_string(), "Job".to_string()),
+            ("device".to_string(), device.to_string()),
+            (field, "tcp:10.1.0.7:80".to_string()),
+            ("user".to_string(), uwe.clone()),
+        ]
+    };
+    let f = prepare(&ids[0]);
+    let f: Vec<(&str, &str)> = f.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let r = sam.post("/portal/sessions", &f).await;
+    assert!(
+        r.location().starts_with("/portal/sessions/") && r.location() != "/portal/sessions/new"
+    );
+    assert!(sam.follow(&r).await.body.contains("is prepared"));
+    // The device outside sam's grants: the API says no, the portal shows it.
+    let f = prepare(&ids[1]);
+    let f: Vec<(&str, &str)> = f.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let r = sam.post("/portal/sessions", &f).await;
+    assert_eq!(r.location(), "/portal/sessions/new");
+    let back = sam.follow(&r).await;
+    assert!(back.body.contains("flash error"), "{}", back.body);
+    assert_eq!(server.count("sessions").await, 1);
+}

@@ -43,10 +43,14 @@ impl TestServer {
         let files = drawbridge_server::pki::ensure_self_signed(&dir.path().join("tls"), &[])
             .expect("certificates");
         let tls = drawbridge_server::pki::server_config(&files.cert, &files.key).expect("tls");
-        // Exactly the integration proposed for the server's `app()`.
+        // The API with its state, and the portal over it, as the server's
+        // `app()` merges them. (Not `app()` itself: once the server merges
+        // the portal, this test crate would add a second copy of its routes.)
         let (api, _) = drawbridge_server::api::routes();
-        let app = drawbridge_server::app(state.clone())
-            .merge(drawbridge_portal::router(api.with_state(state.clone())));
+        let api = api.with_state(state.clone());
+        let app = axum::Router::new()
+            .merge(api.clone())
+            .merge(drawbridge_portal::router(api));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(drawbridge_server::serve::serve_tls(
             listener,
