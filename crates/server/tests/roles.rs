@@ -862,6 +862,45 @@ async fn session_admins_release_only_devices_and_targets_inside_their_grants(app
         )
         .await;
     assert_eq!(v["devices"].as_array().unwrap().len(), 2, "{v}");
+    // The users they assign must be covered too, even where the session admin is.
+    let (covered, _) = app.user(&acct, "carl", "user").await;
+    let (bare, _) = app.user(&acct, "bert", "user").await;
+    let (narrow, _) = app.user(&acct, "nora", "user").await;
+    app.grant(&acct, &[&covered], &[&d_full], "full", json!([]))
+        .await;
+    let port_502 = t("192.168.1.10", "tcp", Some("502"));
+    app.grant(
+        &acct,
+        &[&narrow],
+        &[&d_full],
+        "restricted",
+        json!([port_502.clone()]),
+    )
+    .await;
+    let body = prepare_body(&d_full, json!([port_502.clone()]), &[&covered, &narrow]);
+    app.ok(Method::POST, "/api/v1/sessions", &sam_t, Some(body))
+        .await;
+    let port_80 = t("192.168.1.10", "tcp", Some("80"));
+    for (what, target, user) in [
+        ("a user without any grant", port_502, &bare),
+        (
+            "a restricted user, a port outside their grant",
+            port_80,
+            &narrow,
+        ),
+    ] {
+        let before = session_counts(&app).await;
+        let body = prepare_body(&d_full, json!([target]), &[user]);
+        let r = app.post("/api/v1/sessions", &sam_t, body).await;
+        assert_refused(
+            &app,
+            &sam,
+            &format!("session admin assigns {what}"),
+            r,
+            before,
+        )
+        .await;
+    }
     // An admin is bounded by the device firewall only.
     let v = app
         .ok(
