@@ -1,0 +1,212 @@
+//! Client side without root: a smoltcp interface with the client's overlay address that
+//! originates TCP connections into the tunnel, for `-L` port forwards and SOCKS5.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use drawbridge_proto::model::{PortRange, Protocol, Target};
+use ipnet::{IpNet, Ipv4Net};
+use smoltcp::socket::tcp;
+use smoltcp::wire::{IpProtocol, Ipv4Packet};
+use tokio::sync::mpsc;
+
+use crate::stack::{Shared, SockMeta, StackStream, orphan, wait_established};
+
+/// A TCP connection through the tunnel.
+pub type DialedStream = StackStream;
+
+/// Most TCP connections a dialer keeps at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Per-connection smoltcp buffer, each direction.
+pub const DIALER_BUFFER: usize = 256 * 1024;
+/// A connection attempt through the tunnel gives up after this long.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Originates TCP connections from the client's overlay address (cheap to clone).
+#[derive(Clone)]
+pub struct Dialer {
+    shared: Arc<Shared>,
+    overlay_ip: Ipv4Addr,
+    routes: Arc<Vec<Target>>,
+    next_port: Arc<AtomicU16>,
+}
+
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dialer")
+            .field("overlay_ip", &self.overlay_ip)
+            .finish_non_exhaustive()
+    }
+}
+
+const EPHEMERAL: std::ops::RangeInclusive<u16> = 49152..=65535;
+
+impl Dialer {
+    /// `routes` are the released targets the session gave the client (in the addresses
+    /// the client dials, i.e. virtual ones under 1:1 NAT).
+    pub fn new(overlay_ip: Ipv4Addr, routes: Vec<Target>) -> Dialer {
+        let start = EPHEMERAL.start() + rand::random::<u16>() % 16000;
+        Dialer {
+            shared: Shared::new(overlay_ip, false, DIALER_BUFFER),
+            overlay_ip,
+            routes: Arc::new(routes),
+            next_port: Arc::new(AtomicU16::new(start)),
+        }
+    }
+
+    pub fn overlay_ip(&self) -> Ipv4Addr {
+        self.overlay_ip
+    }
+
+    /// True when the released routes cover TCP to `dst`.
+    pub fn allows(&self, dst: SocketAddr) -> bool {
+        let SocketAddr::V4(v4) = dst else {
+            return false;
+        };
+        if v4.port() == 0 {
+            return false;
+        }
+        let want = Target {
+            address: IpNet::V4(Ipv4Net::from(*v4.ip())),
+            protocol: Protocol::Tcp,
+            ports: Some(PortRange::single(v4.port())),
+        };
+        self.routes.iter().any(|t| t.covers(&want))
+    }
+
+    /// Opens a TCP connection to `dst` through the tunnel. Destinations outside the
+    /// released routes fail with `PermissionDenied` and send nothing.
+    pub async fn connect(&self, dst: SocketAddr) -> io::Result<DialedStream> {
+        if !self.allows(dst) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{dst} is not a released target"),
+            ));
+        }
+        let SocketAddr::V4(dst4) = dst else {
+            unreachable!("allows() accepts IPv4 only")
+        };
+        let (handle, local) = {
+            let mut g = self.shared.lock();
+            if g.meta.len() >= MAX_CONNECTIONS {
+                return Err(io::Error::other("too many connections through the tunnel"));
+            }
+            let mut sock = self.shared.new_socket();
+            let mut port = 0;
+            for _ in 0..EPHEMERAL.len() {
+                let p = self.next_port.fetch_add(1, Ordering::Relaxed);
+                let p = if p < *EPHEMERAL.start() {
+                    self.next_port
+                        .store(EPHEMERAL.start() + 1, Ordering::Relaxed);
+                    *EPHEMERAL.start()
+                } else {
+                    p
+                };
+                let used = g.sockets.iter().any(|(_, s)| {
+                    let smoltcp::socket::Socket::Tcp(t) = s;
+                    t.listen_endpoint().port == p || t.local_endpoint().is_some_and(|e| e.port == p)
+                });
+                if !used {
+                    port = p;
+                    break;
+                }
+            }
+            if port == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "no free local port",
+                ));
+            }
+            let inner = &mut *g;
+            sock.connect(inner.iface.context(), (*dst4.ip(), dst4.port()), port)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{e:?}")))?;
+            let h = inner.sockets.add(sock);
+            inner.meta.insert(
+                h,
+                SockMeta {
+                    key: None,
+                    orphaned: None,
+                    last_active: Instant::now(),
+                },
+            );
+            (h, SocketAddr::V4(SocketAddrV4::new(self.overlay_ip, port)))
+        };
+        let stream = StackStream {
+            shared: self.shared.clone(),
+            handle,
+            local,
+            peer: dst,
+        };
+        self.shared.notify.notify_one();
+        match tokio::time::timeout(CONNECT_TIMEOUT, wait_established(&self.shared, handle)).await {
+            Ok(Ok(())) => Ok(stream),
+            Ok(Err(e)) => {
+                orphan(&self.shared, handle, true);
+                Err(e)
+            }
+            Err(_) => {
+                orphan(&self.shared, handle, true);
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connecting to {dst} timed out"),
+                ))
+            }
+        }
+    }
+
+    /// Moves packets between the stack and the tunnel until `from_tunnel` closes.
+    /// Inbound packets not addressed to the overlay address, or not TCP, are dropped.
+    pub async fn run(self, mut from_tunnel: mpsc::Receiver<Bytes>, to_tunnel: mpsc::Sender<Bytes>) {
+        let shared = self.shared.clone();
+        let mut sweep = tokio::time::interval(Duration::from_millis(500));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut blocked = false;
+        loop {
+            let delay = shared.poll_delay();
+            tokio::select! {
+                p = from_tunnel.recv() => {
+                    let Some(p) = p else { break };
+                    self.inbound(p);
+                    for _ in 0..63 {
+                        match from_tunnel.try_recv() {
+                            Ok(p) => self.inbound(p),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = shared.notify.notified() => {}
+                _ = tokio::time::sleep(delay) => {}
+                p = to_tunnel.reserve(), if blocked => { drop(p); }
+                _ = sweep.tick() => { shared.sweep(None); }
+            }
+            blocked = shared.egress(&to_tunnel);
+        }
+        let mut g = shared.lock();
+        for (_, s) in g.sockets.iter_mut() {
+            let smoltcp::socket::Socket::Tcp(t) = s;
+            t.abort();
+        }
+    }
+
+    fn inbound(&self, p: Bytes) {
+        let ok = Ipv4Packet::new_checked(&p[..]).is_ok_and(|ip| {
+            ip.verify_checksum()
+                && ip.dst_addr() == self.overlay_ip
+                && ip.next_header() == IpProtocol::Tcp
+                && !ip.more_frags()
+                && ip.frag_offset() == 0
+        });
+        if !ok {
+            return;
+        }
+        let mut g = self.shared.lock();
+        self.shared.ingress(&mut g, p.into());
+    }
+}
+
+#[allow(dead_code)]
+fn _unused(_: tcp::State) {}

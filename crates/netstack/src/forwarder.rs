@@ -1,0 +1,572 @@
+//! Edge side: terminates the client's TCP, UDP and ICMP echo flows and opens ordinary
+//! sockets to the released LAN targets (DESIGN §2, §6).
+//!
+//! Every inbound packet is classified by [`crate::policy::classify`] first; only packets
+//! that pass reach smoltcp (TCP) or a per-flow UDP socket / ICMP echo socket. Replies
+//! are emitted only for flows the client opened, with the client-visible (virtual)
+//! address as source, so nothing the LAN sends can reach the overlay on its own.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use drawbridge_proto::model::{NatMapping, Target};
+use ipnet::IpNet;
+use smoltcp::socket::tcp;
+use smoltcp::wire::IpListenEndpoint;
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::policy::{DropReason, FlowKey, Policy, Verdict, classify};
+use crate::stack::{Shared, SockMeta, StackStream, orphan, wait_established};
+use crate::wire;
+
+/// Bounds and timeouts of a forwarder.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// TCP + UDP flows at once.
+    pub max_flows: usize,
+    /// Receive and send buffer of each smoltcp TCP socket (bytes, each direction).
+    pub tcp_buffer: usize,
+    /// A TCP flow with no data either way for this long is reset.
+    pub tcp_idle: Duration,
+    /// A UDP flow with no datagram either way for this long is closed.
+    pub udp_idle: Duration,
+    /// Connecting to the LAN target gives up after this long (the client gets a RST).
+    pub connect_timeout: Duration,
+    /// ICMP echo requests in flight at once; more are dropped (`too_many_flows`).
+    pub max_pings: usize,
+    /// How long to wait for a LAN echo reply.
+    pub ping_timeout: Duration,
+    /// Datagrams queued towards one UDP flow's socket.
+    pub udp_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_flows: 1024,
+            tcp_buffer: 128 * 1024,
+            tcp_idle: Duration::from_secs(30 * 60),
+            udp_idle: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(10),
+            max_pings: 64,
+            ping_timeout: Duration::from_secs(2),
+            udp_queue: 64,
+        }
+    }
+}
+
+/// Forwarder settings.
+#[derive(Debug, Clone)]
+pub struct ForwarderConfig {
+    /// The edge's own overlay address (the smoltcp interface address).
+    pub local_ip: Ipv4Addr,
+    /// Released targets, in real LAN addresses.
+    pub targets: Vec<Target>,
+    /// 1:1 NAT mappings (the client addresses the virtual subnet).
+    pub nat: Vec<NatMapping>,
+    /// Client overlay addresses that may send (e.g. `100.64.0.2/32`).
+    pub allowed_sources: Vec<IpNet>,
+    pub limits: Limits,
+}
+
+impl ForwarderConfig {
+    fn policy(&self) -> Policy {
+        Policy {
+            targets: self.targets.clone(),
+            nat: self.nat.clone(),
+            allowed_sources: self.allowed_sources.clone(),
+        }
+    }
+}
+
+/// A snapshot of the forwarder's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForwarderStats {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    /// Packets handed to the tunnel.
+    pub packets_out: u64,
+    pub dropped_malformed: u64,
+    pub dropped_bad_source: u64,
+    pub dropped_not_released: u64,
+    pub dropped_unsupported_protocol: u64,
+    pub dropped_fragment: u64,
+    pub dropped_too_many_flows: u64,
+    /// Outbound packets dropped because the tunnel channel was full.
+    pub dropped_queue_full: u64,
+    /// ICMP echo requests for released targets that could not be sent because the OS
+    /// refuses unprivileged ICMP sockets (`net.ipv4.ping_group_range`).
+    pub icmp_unavailable: u64,
+    pub icmp_echo_answered: u64,
+    pub tcp_flows: u64,
+    pub udp_flows: u64,
+    pub tcp_flows_total: u64,
+    pub udp_flows_total: u64,
+    pub lan_connect_failed: u64,
+    /// Flows cut because a policy update no longer allows them.
+    pub flows_revoked: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    packets_in: AtomicU64,
+    bytes_in: AtomicU64,
+    packets_out: AtomicU64,
+    drops: [AtomicU64; 6],
+    icmp_unavailable: AtomicU64,
+    icmp_echo_answered: AtomicU64,
+    tcp_flows: AtomicUsize,
+    udp_flows: AtomicUsize,
+    tcp_flows_total: AtomicU64,
+    udp_flows_total: AtomicU64,
+    lan_connect_failed: AtomicU64,
+    flows_revoked: AtomicU64,
+}
+
+fn drop_index(r: DropReason) -> usize {
+    match r {
+        DropReason::Malformed => 0,
+        DropReason::BadSource => 1,
+        DropReason::NotReleased => 2,
+        DropReason::UnsupportedProtocol => 3,
+        DropReason::Fragment => 4,
+        DropReason::TooManyFlows => 5,
+    }
+}
+
+struct Common {
+    counters: Counters,
+    shared: Arc<Shared>,
+    policy: RwLock<Policy>,
+    policy_tx: watch::Sender<u64>,
+}
+
+impl Common {
+    fn count_drop(&self, r: DropReason) {
+        self.counters.drops[drop_index(r)].fetch_add(1, Ordering::Relaxed);
+        tracing::trace!(reason = r.as_str(), "forwarder dropped a packet");
+    }
+}
+
+/// Control handle of a running forwarder (cheap to clone).
+#[derive(Clone)]
+pub struct ForwarderHandle {
+    common: Arc<Common>,
+}
+
+impl ForwarderHandle {
+    pub fn stats(&self) -> ForwarderStats {
+        let c = &self.common.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ForwarderStats {
+            packets_in: l(&c.packets_in),
+            bytes_in: l(&c.bytes_in),
+            packets_out: l(&c.packets_out),
+            dropped_malformed: l(&c.drops[0]),
+            dropped_bad_source: l(&c.drops[1]),
+            dropped_not_released: l(&c.drops[2]),
+            dropped_unsupported_protocol: l(&c.drops[3]),
+            dropped_fragment: l(&c.drops[4]),
+            dropped_too_many_flows: l(&c.drops[5]),
+            dropped_queue_full: l(&self.common.shared.tx_dropped),
+            icmp_unavailable: l(&c.icmp_unavailable),
+            icmp_echo_answered: l(&c.icmp_echo_answered),
+            tcp_flows: c.tcp_flows.load(Ordering::Relaxed) as u64,
+            udp_flows: c.udp_flows.load(Ordering::Relaxed) as u64,
+            tcp_flows_total: l(&c.tcp_flows_total),
+            udp_flows_total: l(&c.udp_flows_total),
+            lan_connect_failed: l(&c.lan_connect_failed),
+            flows_revoked: l(&c.flows_revoked),
+        }
+    }
+
+    /// Replaces the released targets, NAT mappings and allowed sources (a session
+    /// changed). Flows the new policy no longer allows are cut at once (TCP: RST).
+    pub fn update_config(
+        &self,
+        targets: Vec<Target>,
+        nat: Vec<NatMapping>,
+        allowed_sources: Vec<IpNet>,
+    ) {
+        *self
+            .common
+            .policy
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Policy {
+            targets,
+            nat,
+            allowed_sources,
+        };
+        self.common.policy_tx.send_modify(|v| *v += 1);
+    }
+}
+
+/// The edge's userspace forwarder. Run it with [`Forwarder::run`].
+pub struct Forwarder {
+    common: Arc<Common>,
+    limits: Limits,
+    policy_rx: watch::Receiver<u64>,
+}
+
+struct UdpFlow {
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl Forwarder {
+    pub fn new(config: ForwarderConfig) -> (Forwarder, ForwarderHandle) {
+        let shared = Shared::new(config.local_ip, true, config.limits.tcp_buffer.max(4096));
+        let (policy_tx, policy_rx) = watch::channel(0);
+        let common = Arc::new(Common {
+            counters: Counters::default(),
+            shared,
+            policy: RwLock::new(config.policy()),
+            policy_tx,
+        });
+        (
+            Forwarder {
+                common: common.clone(),
+                limits: config.limits,
+                policy_rx,
+            },
+            ForwarderHandle { common },
+        )
+    }
+
+    /// Moves packets until `from_tunnel` closes. Packets for the client go to
+    /// `to_tunnel` with `try_send` (a full channel drops and counts, never stalls).
+    pub async fn run(
+        mut self,
+        mut from_tunnel: mpsc::Receiver<Bytes>,
+        to_tunnel: mpsc::Sender<Bytes>,
+    ) {
+        let shared = self.common.shared.clone();
+        let mut udp: HashMap<FlowKey, UdpFlow> = HashMap::new();
+        let pings = Arc::new(Semaphore::new(self.limits.max_pings));
+        let mut sweep = tokio::time::interval(Duration::from_millis(500));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut blocked = false;
+        loop {
+            let delay = shared.poll_delay();
+            tokio::select! {
+                p = from_tunnel.recv() => {
+                    let Some(p) = p else { break };
+                    self.inbound(p, &mut udp, &pings, &to_tunnel);
+                    for _ in 0..63 {
+                        match from_tunnel.try_recv() {
+                            Ok(p) => self.inbound(p, &mut udp, &pings, &to_tunnel),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = shared.notify.notified() => {}
+                _ = tokio::time::sleep(delay) => {}
+                p = to_tunnel.reserve(), if blocked => { drop(p); }
+                r = self.policy_rx.changed() => {
+                    if r.is_ok() {
+                        self.revoke(&mut udp);
+                    }
+                }
+                _ = sweep.tick() => {
+                    for _ in shared.sweep(Some(self.limits.tcp_idle)) {
+                        self.common.counters.tcp_flows.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    udp.retain(|_, f| !f.tx.is_closed());
+                    self.common.counters.udp_flows.store(udp.len(), Ordering::Relaxed);
+                }
+            }
+            let before = to_tunnel.capacity();
+            blocked = shared.egress(&to_tunnel);
+            let sent = before.saturating_sub(to_tunnel.capacity());
+            self.common
+                .counters
+                .packets_out
+                .fetch_add(sent as u64, Ordering::Relaxed);
+        }
+        // Tunnel gone: reset every TCP flow, stop the UDP flows.
+        shared.abort_where(|_| true);
+        udp.clear();
+    }
+
+    fn revoke(&self, udp: &mut HashMap<FlowKey, UdpFlow>) {
+        let policy = self
+            .common
+            .policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let n = self.common.shared.abort_where(|k| !policy.allows_flow(k));
+        let before = udp.len();
+        udp.retain(|k, _| policy.allows_flow(k));
+        let n = n + (before - udp.len());
+        self.common
+            .counters
+            .flows_revoked
+            .fetch_add(n as u64, Ordering::Relaxed);
+        self.common.shared.notify.notify_one();
+    }
+
+    fn flows(&self, udp: &HashMap<FlowKey, UdpFlow>) -> usize {
+        self.common.counters.tcp_flows.load(Ordering::Relaxed) + udp.len()
+    }
+
+    fn inbound(
+        &self,
+        packet: Bytes,
+        udp: &mut HashMap<FlowKey, UdpFlow>,
+        pings: &Arc<Semaphore>,
+        to_tunnel: &mpsc::Sender<Bytes>,
+    ) {
+        let c = &self.common.counters;
+        c.packets_in.fetch_add(1, Ordering::Relaxed);
+        c.bytes_in.fetch_add(packet.len() as u64, Ordering::Relaxed);
+        let verdict = {
+            let policy = self.common.policy.read().unwrap_or_else(|e| e.into_inner());
+            classify(&policy, &packet)
+        };
+        match verdict {
+            Err(r) => self.common.count_drop(r),
+            Ok(Verdict::Tcp { key, syn }) => self.tcp(packet, key, syn, udp),
+            Ok(Verdict::Udp { key, payload }) => {
+                let data = packet.slice(payload);
+                if let Some(f) = udp.get(&key) {
+                    if !f.tx.is_closed() {
+                        // A full per-flow queue drops the datagram (UDP semantics).
+                        let _ = f.tx.try_send(data);
+                        return;
+                    }
+                    udp.remove(&key);
+                }
+                if self.flows(udp) >= self.limits.max_flows {
+                    self.common.count_drop(DropReason::TooManyFlows);
+                    return;
+                }
+                let (tx, rx) = mpsc::channel(self.limits.udp_queue.max(1));
+                let _ = tx.try_send(data);
+                udp.insert(key, UdpFlow { tx });
+                c.udp_flows.store(udp.len(), Ordering::Relaxed);
+                c.udp_flows_total.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(udp_flow(
+                    key,
+                    rx,
+                    to_tunnel.clone(),
+                    self.limits.udp_idle,
+                    self.common.clone(),
+                ));
+            }
+            Ok(Verdict::IcmpEcho {
+                key,
+                ident,
+                seq,
+                data,
+            }) => {
+                let Ok(permit) = pings.clone().try_acquire_owned() else {
+                    self.common.count_drop(DropReason::TooManyFlows);
+                    return;
+                };
+                let data = packet.slice(data);
+                let common = self.common.clone();
+                let to = to_tunnel.clone();
+                let timeout = self.limits.ping_timeout;
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match icmp_echo(key.real, &data, timeout).await {
+                        Ok(Some(reply_data)) => {
+                            let reply =
+                                wire::icmp_echo(key.dst, key.src, ident, seq, &reply_data, true);
+                            if to.try_send(Bytes::from(reply)).is_ok() {
+                                common.counters.packets_out.fetch_add(1, Ordering::Relaxed);
+                                common
+                                    .counters
+                                    .icmp_echo_answered
+                                    .fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                common.shared.tx_dropped.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::debug!(error = %e, "no unprivileged ICMP echo socket");
+                            common
+                                .counters
+                                .icmp_unavailable
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    fn tcp(&self, packet: Bytes, key: FlowKey, syn: bool, udp: &HashMap<FlowKey, UdpFlow>) {
+        let shared = &self.common.shared;
+        let mut g = shared.lock();
+        if let Some(h) = g.by_key.get(&key).copied() {
+            if let Some(m) = g.meta.get_mut(&h) {
+                m.last_active = Instant::now();
+            }
+            shared.ingress(&mut g, packet.into());
+            return;
+        }
+        if syn {
+            if self.flows(udp) >= self.limits.max_flows {
+                drop(g);
+                self.common.count_drop(DropReason::TooManyFlows);
+                return;
+            }
+            let mut sock = shared.new_socket();
+            if sock
+                .listen(IpListenEndpoint {
+                    addr: Some(key.dst.into()),
+                    port: key.dst_port_raw,
+                })
+                .is_err()
+            {
+                drop(g);
+                self.common.count_drop(DropReason::Malformed);
+                return;
+            }
+            let handle = g.sockets.add(sock);
+            g.meta.insert(
+                handle,
+                SockMeta {
+                    key: Some(key),
+                    orphaned: None,
+                    last_active: Instant::now(),
+                },
+            );
+            g.by_key.insert(key, handle);
+            shared.ingress(&mut g, packet.into());
+            drop(g);
+            let c = &self.common.counters;
+            c.tcp_flows.fetch_add(1, Ordering::Relaxed);
+            c.tcp_flows_total.fetch_add(1, Ordering::Relaxed);
+            let stream = StackStream {
+                shared: shared.clone(),
+                handle,
+                local: SocketAddr::V4(SocketAddrV4::new(key.dst, key.dst_port_raw)),
+                peer: SocketAddr::V4(SocketAddrV4::new(key.src, key.src_port)),
+            };
+            tokio::spawn(tcp_flow(
+                key,
+                stream,
+                self.limits.connect_timeout,
+                self.common.clone(),
+            ));
+        } else {
+            // No flow: smoltcp answers with a RST (the target is released, so the
+            // client may learn that the connection is gone).
+            shared.ingress(&mut g, packet.into());
+        }
+    }
+}
+
+async fn tcp_flow(key: FlowKey, mut stream: StackStream, timeout: Duration, common: Arc<Common>) {
+    let lan = SocketAddr::V4(SocketAddrV4::new(key.real, key.dst_port_raw));
+    let connected = tokio::time::timeout(timeout, TcpStream::connect(lan)).await;
+    let mut lan_stream = match connected {
+        Ok(Ok(s)) => s,
+        Ok(Err(_)) | Err(_) => {
+            common
+                .counters
+                .lan_connect_failed
+                .fetch_add(1, Ordering::Relaxed);
+            // Reset the client's connection; dropping the stream then only marks it.
+            orphan(&stream.shared, stream.handle, true);
+            return;
+        }
+    };
+    let _ = lan_stream.set_nodelay(true);
+    match tokio::time::timeout(timeout, wait_established(&stream.shared, stream.handle)).await {
+        Ok(Ok(())) => {}
+        _ => return,
+    }
+    let _ = tokio::io::copy_bidirectional(&mut stream, &mut lan_stream).await;
+}
+
+async fn udp_flow(
+    key: FlowKey,
+    mut rx: mpsc::Receiver<Bytes>,
+    to: mpsc::Sender<Bytes>,
+    idle: Duration,
+    common: Arc<Common>,
+) {
+    let lan = SocketAddr::V4(SocketAddrV4::new(key.real, key.dst_port_raw));
+    let sock = match UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], 0))).await {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    if sock.connect(lan).await.is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; crate::stack::MTU - 28];
+    loop {
+        tokio::select! {
+            d = rx.recv() => {
+                let Some(d) = d else { return };
+                let _ = sock.send(&d).await;
+            }
+            r = sock.recv(&mut buf) => {
+                // A connected UDP socket only receives from the target itself.
+                let Ok(n) = r else { continue };
+                let pkt = wire::udp(key.dst, key.dst_port_raw, key.src, key.src_port, &buf[..n]);
+                if to.try_send(Bytes::from(pkt)).is_ok() {
+                    common.counters.packets_out.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    common.shared.tx_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            _ = tokio::time::sleep(idle) => return,
+        }
+    }
+}
+
+/// Sends one ICMP echo to `dst` through an unprivileged ICMP datagram socket and waits
+/// for the reply. `Ok(None)`: no reply in time; `Err`: the OS refuses the socket.
+async fn icmp_echo(
+    dst: Ipv4Addr,
+    data: &[u8],
+    timeout: Duration,
+) -> std::io::Result<Option<Vec<u8>>> {
+    use socket2::{Domain, Protocol as SProto, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(SProto::ICMPV4))?;
+    s.set_nonblocking(true)?;
+    let sock = UdpSocket::from_std(std::net::UdpSocket::from(s))?;
+    sock.connect(SocketAddr::V4(SocketAddrV4::new(dst, 0)))
+        .await?;
+    // The kernel sets the identifier (our socket's "port") and checks replies against it.
+    let seq: u16 = rand::random();
+    let mut req = vec![8u8, 0, 0, 0, 0, 0, (seq >> 8) as u8, seq as u8];
+    req.extend_from_slice(data);
+    sock.send(&req).await?;
+    let mut buf = vec![0u8; 8 + data.len().max(64) + 64];
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
+            Err(_) => return Ok(None),
+            Ok(Err(_)) => return Ok(None),
+            Ok(Ok(n)) => {
+                if n >= 8 && buf[0] == 0 && buf[6..8] == req[6..8] {
+                    return Ok(Some(buf[8..n].to_vec()));
+                }
+            }
+        }
+    }
+}
+
+/// Which of `tcp`, `udp` and `icmp` flows policy would allow (for diagnostics).
+pub fn would_forward(policy: &Policy, packet: &[u8]) -> Result<(), DropReason> {
+    classify(policy, packet).map(|_| ())
+}
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn s<T: Send>() {}
+    s::<Forwarder>();
+    s::<ForwarderHandle>();
+    let _ = tcp::State::Closed;
+}

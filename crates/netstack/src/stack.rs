@@ -1,0 +1,437 @@
+//! The shared smoltcp machinery: one `Interface` (IP medium) and its TCP sockets behind a
+//! mutex, an in-memory device whose transmit side is bounded by the tunnel channel's free
+//! capacity, and [`StackStream`], an `AsyncRead + AsyncWrite` over one smoltcp TCP socket.
+//!
+//! The lock is never held across an `.await`; wakers registered on the sockets are woken
+//! by smoltcp while the driver polls the interface.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::Ipv4Addr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use smoltcp::socket::tcp;
+use smoltcp::wire::{HardwareAddress, IpCidr};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{Notify, mpsc};
+
+use crate::policy::FlowKey;
+
+/// MTU of the inner packets (WireGuard's default tunnel MTU).
+pub const MTU: usize = 1420;
+
+/// In-memory device: at most one pending received packet (fed right before
+/// `poll_ingress_single`), and a transmit queue limited by `tx_budget`.
+pub(crate) struct QueueDevice {
+    rx: Option<Vec<u8>>,
+    pub(crate) tx: VecDeque<Bytes>,
+    pub(crate) tx_budget: usize,
+    pub(crate) tx_blocked: bool,
+}
+
+pub(crate) struct Rx(Vec<u8>);
+pub(crate) struct Tx<'a>(&'a mut QueueDevice);
+
+impl RxToken for Rx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl TxToken for Tx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut buf = vec![0u8; len];
+        let r = f(&mut buf);
+        self.0.tx.push_back(Bytes::from(buf));
+        r
+    }
+}
+
+impl Device for QueueDevice {
+    type RxToken<'a> = Rx;
+    type TxToken<'a> = Tx<'a>;
+
+    fn receive(
+        &mut self,
+        _ts: smoltcp::time::Instant,
+    ) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        // A reply (e.g. a RST) to the received packet is allowed even over budget.
+        let pkt = self.rx.take()?;
+        Some((Rx(pkt), Tx(self)))
+    }
+
+    fn transmit(&mut self, _ts: smoltcp::time::Instant) -> Option<Self::TxToken<'_>> {
+        if self.tx.len() >= self.tx_budget {
+            self.tx_blocked = true;
+            return None;
+        }
+        Some(Tx(self))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ip;
+        caps.max_transmission_unit = MTU;
+        caps.max_burst_size = None;
+        caps
+    }
+}
+
+/// Bookkeeping of one TCP socket.
+pub(crate) struct SockMeta {
+    /// Forwarder flows: the client-side key.
+    pub key: Option<FlowKey>,
+    /// Set when the application side let go; the socket is removed once closed.
+    pub orphaned: Option<Instant>,
+    pub last_active: Instant,
+}
+
+pub(crate) struct Inner {
+    pub iface: Interface,
+    pub sockets: SocketSet<'static>,
+    pub dev: QueueDevice,
+    pub meta: HashMap<SocketHandle, SockMeta>,
+    pub by_key: HashMap<FlowKey, SocketHandle>,
+}
+
+pub(crate) struct Shared {
+    inner: Mutex<Inner>,
+    /// Wakes the driver: the application read or wrote, so smoltcp has something to send.
+    pub notify: Notify,
+    epoch: Instant,
+    pub buffer: usize,
+    pub tx_dropped: AtomicU64,
+}
+
+/// How long an orphaned (application-closed) socket may linger before it is aborted.
+const ORPHAN_LINGER: Duration = Duration::from_secs(30);
+
+impl Shared {
+    pub fn new(addr: Ipv4Addr, any_ip: bool, buffer: usize) -> Arc<Shared> {
+        let mut dev = QueueDevice {
+            rx: None,
+            tx: VecDeque::new(),
+            tx_budget: 0,
+            tx_blocked: false,
+        };
+        let mut cfg = Config::new(HardwareAddress::Ip);
+        cfg.random_seed = rand::random();
+        let epoch = Instant::now();
+        let mut iface = Interface::new(cfg, &mut dev, smoltcp::time::Instant::from_micros(0));
+        // Prefix 0: every destination is on-link (the tunnel is a point-to-point link).
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(addr.into(), 0));
+        });
+        iface.set_any_ip(any_ip);
+        Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                iface,
+                sockets: SocketSet::new(vec![]),
+                dev,
+                meta: HashMap::new(),
+                by_key: HashMap::new(),
+            }),
+            notify: Notify::new(),
+            epoch,
+            buffer,
+            tx_dropped: AtomicU64::new(0),
+        })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn now(&self) -> smoltcp::time::Instant {
+        smoltcp::time::Instant::from_micros(self.epoch.elapsed().as_micros() as i64)
+    }
+
+    pub fn new_socket(&self) -> tcp::Socket<'static> {
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; self.buffer]),
+            tcp::SocketBuffer::new(vec![0; self.buffer]),
+        );
+        s.set_nagle_enabled(false);
+        s.set_ack_delay(None);
+        s.set_keep_alive(Some(smoltcp::time::Duration::from_secs(30)));
+        // Connection attempts and unacknowledged data give up after this long.
+        s.set_timeout(Some(smoltcp::time::Duration::from_secs(120)));
+        s
+    }
+
+    /// Feeds one inbound packet to smoltcp.
+    pub fn ingress(&self, inner: &mut Inner, packet: Vec<u8>) {
+        let now = self.now();
+        inner.dev.rx = Some(packet);
+        let Inner {
+            iface,
+            sockets,
+            dev,
+            ..
+        } = inner;
+        let _ = iface.poll_ingress_single(now, dev, sockets);
+        dev.rx = None;
+    }
+
+    /// Lets smoltcp transmit (at most `budget` packets are queued) and sends what it
+    /// produced with `try_send`. Returns true when smoltcp had more to send.
+    pub fn egress(&self, to: &mpsc::Sender<Bytes>) -> bool {
+        let (out, blocked) = {
+            let mut g = self.lock();
+            let now = self.now();
+            let Inner {
+                iface,
+                sockets,
+                dev,
+                ..
+            } = &mut *g;
+            dev.tx_budget = to.capacity();
+            dev.tx_blocked = false;
+            iface.poll_maintenance(now);
+            let _ = iface.poll_egress(now, dev, sockets);
+            (std::mem::take(&mut dev.tx), dev.tx_blocked)
+        };
+        for p in out {
+            if to.try_send(p).is_err() {
+                self.tx_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        blocked
+    }
+
+    /// When smoltcp next needs polling.
+    pub fn poll_delay(&self) -> Duration {
+        let mut g = self.lock();
+        let now = self.now();
+        let Inner { iface, sockets, .. } = &mut *g;
+        match iface.poll_delay(now, sockets) {
+            Some(d) => Duration::from_micros(d.total_micros()).min(Duration::from_secs(1)),
+            None => Duration::from_secs(1),
+        }
+    }
+
+    /// Removes closed orphaned sockets and aborts lingering ones. Returns the removed keys.
+    pub fn sweep(&self, idle: Option<Duration>) -> Vec<FlowKey> {
+        let mut g = self.lock();
+        let now = Instant::now();
+        let inner = &mut *g;
+        let mut removed = Vec::new();
+        let handles: Vec<SocketHandle> = inner.meta.keys().copied().collect();
+        for h in handles {
+            let Some(meta) = inner.meta.get(&h) else {
+                continue;
+            };
+            let sock = inner.sockets.get_mut::<tcp::Socket>(h);
+            let state = sock.state();
+            if let Some(t) = meta.orphaned {
+                // An aborted socket keeps its tuple until its RST went out.
+                let done = match state {
+                    tcp::State::Closed => sock.remote_endpoint().is_none(),
+                    tcp::State::TimeWait => true,
+                    _ => false,
+                };
+                if done {
+                    inner.sockets.remove(h);
+                    if let Some(m) = inner.meta.remove(&h)
+                        && let Some(k) = m.key
+                    {
+                        inner.by_key.remove(&k);
+                        removed.push(k);
+                    }
+                } else if now.duration_since(t) > ORPHAN_LINGER {
+                    sock.abort();
+                }
+            } else if let Some(idle) = idle
+                && now.duration_since(meta.last_active) > idle
+            {
+                sock.abort();
+            }
+        }
+        removed
+    }
+
+    /// Aborts the sockets whose key `keep` rejects (policy update).
+    pub fn abort_where(&self, mut reject: impl FnMut(&FlowKey) -> bool) -> usize {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let mut n = 0;
+        for (k, h) in &inner.by_key {
+            if reject(k) {
+                inner.sockets.get_mut::<tcp::Socket>(*h).abort();
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// Waits until the socket is established; errors when it closes first.
+pub(crate) async fn wait_established(shared: &Shared, handle: SocketHandle) -> io::Result<()> {
+    std::future::poll_fn(|cx| {
+        let mut g = shared.lock();
+        let s = g.sockets.get_mut::<tcp::Socket>(handle);
+        match s.state() {
+            tcp::State::Established => Poll::Ready(Ok(())),
+            tcp::State::Listen | tcp::State::SynSent | tcp::State::SynReceived => {
+                s.register_recv_waker(cx.waker());
+                s.register_send_waker(cx.waker());
+                Poll::Pending
+            }
+            // CloseWait and later: the peer connected and already closed; still usable
+            // for reading what was sent and writing until we close.
+            tcp::State::CloseWait => Poll::Ready(Ok(())),
+            _ => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                "connection refused or reset",
+            ))),
+        }
+    })
+    .await
+}
+
+/// A TCP connection terminated in smoltcp, as an `AsyncRead + AsyncWrite`.
+/// Dropping it closes the connection gracefully (FIN) and lets the driver reclaim the
+/// socket once it is closed.
+pub struct StackStream {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) handle: SocketHandle,
+    pub(crate) local: std::net::SocketAddr,
+    pub(crate) peer: std::net::SocketAddr,
+}
+
+impl StackStream {
+    /// The local (overlay) address of this connection.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.local
+    }
+    /// The remote address of this connection.
+    pub fn peer_addr(&self) -> std::net::SocketAddr {
+        self.peer
+    }
+}
+
+impl std::fmt::Debug for StackStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StackStream")
+            .field("local", &self.local)
+            .field("peer", &self.peer)
+            .finish()
+    }
+}
+
+impl AsyncRead for StackStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let mut g = this.shared.lock();
+        let s = g.sockets.get_mut::<tcp::Socket>(this.handle);
+        if s.can_recv() {
+            let dst = buf.initialize_unfilled();
+            match s.recv_slice(dst) {
+                Ok(n) => {
+                    buf.advance(n);
+                    if let Some(m) = g.meta.get_mut(&this.handle) {
+                        m.last_active = Instant::now();
+                    }
+                    drop(g);
+                    // The window opened: let the driver send a window update.
+                    this.shared.notify.notify_one();
+                    return Poll::Ready(Ok(()));
+                }
+                Err(_) => return Poll::Ready(Ok(())),
+            }
+        }
+        if !s.may_recv() {
+            // FIN received, or reset/aborted: end of stream.
+            return Poll::Ready(Ok(()));
+        }
+        s.register_recv_waker(cx.waker());
+        Poll::Pending
+    }
+}
+
+impl AsyncWrite for StackStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let mut g = this.shared.lock();
+        let s = g.sockets.get_mut::<tcp::Socket>(this.handle);
+        if !s.may_send() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "connection closed",
+            )));
+        }
+        if s.can_send() {
+            match s.send_slice(data) {
+                Ok(n) => {
+                    if let Some(m) = g.meta.get_mut(&this.handle) {
+                        m.last_active = Instant::now();
+                    }
+                    drop(g);
+                    this.shared.notify.notify_one();
+                    return Poll::Ready(Ok(n));
+                }
+                Err(_) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "connection closed",
+                    )));
+                }
+            }
+        }
+        s.register_send_waker(cx.waker());
+        Poll::Pending
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.shared
+            .lock()
+            .sockets
+            .get_mut::<tcp::Socket>(this.handle)
+            .close();
+        this.shared.notify.notify_one();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for StackStream {
+    fn drop(&mut self) {
+        orphan(&self.shared, self.handle, false);
+    }
+}
+
+/// Hands a socket back to the driver: closes it (or aborts it) and marks it for removal.
+pub(crate) fn orphan(shared: &Shared, handle: SocketHandle, abort: bool) {
+    {
+        let mut g = shared.lock();
+        let s = g.sockets.get_mut::<tcp::Socket>(handle);
+        if abort {
+            s.abort();
+        } else {
+            s.close();
+        }
+        if let Some(m) = g.meta.get_mut(&handle) {
+            m.orphaned.get_or_insert_with(Instant::now);
+        }
+    }
+    shared.notify.notify_one();
+}
