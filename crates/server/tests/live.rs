@@ -30,6 +30,7 @@ store_tests!(
     dual_control_waits_for_approval_on_site_or_by_another_approver,
     a_joined_client_and_the_edge_exchange_keys_candidates_and_relay_tokens,
     ending_or_disabling_tears_down_both_ends_and_records_the_tunnel,
+    joining_is_for_assigned_users_whose_grants_still_cover_the_session,
 );
 
 type Ws =
@@ -937,4 +938,49 @@ async fn ending_or_disabling_tears_down_both_ends_and_records_the_tunnel(app: Te
         .await
         .is_err()
     );
+}
+
+async fn joining_is_for_assigned_users_whose_grants_still_cover_the_session(app: TestApp) {
+    let acct = app.account("acme").await;
+    let (d, _) = app.device(&acct, "press-1").await;
+    let (anna, anna_token) = app.user(&acct, "anna", "user").await;
+    let (group, _) = app.grant(&acct, &[&anna], &[&d], "full", json!([])).await;
+    let s = app.session(&acct.admin, &d, &[&anna]).await;
+    app.ok(
+        Method::POST,
+        &format!("/api/v1/sessions/{s}/start"),
+        &anna_token,
+        None,
+    )
+    .await;
+    // The admin sees the session but it was not prepared for them: refused and recorded.
+    let (st, v) = app
+        .post(
+            &format!("/api/v1/sessions/{s}/join"),
+            &acct.admin,
+            json!({"public_key": wg_key(1)}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    let (_, audit) = app
+        .get("/api/v1/audit?action=session.join", &acct.admin)
+        .await;
+    assert_eq!(audit[0]["result"], "denied");
+    // Once anna's grant is gone, she cannot bring a new tunnel into the running session.
+    app.ok(
+        Method::DELETE,
+        &format!("/api/v1/groups/{group}"),
+        &acct.admin,
+        None,
+    )
+    .await;
+    let (st, v) = app
+        .post(
+            &format!("/api/v1/sessions/{s}/join"),
+            &anna_token,
+            json!({"public_key": wg_key(2)}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
+    assert_eq!(app.count("tunnels").await, 0);
 }

@@ -41,6 +41,11 @@ async fn own_session(
     let mut conn = state.store.pool.acquire().await?;
     let s = crate::sessions::load(&mut conn, &caller.account_id, id).await?;
     if !s.users.contains(&caller.user_id) {
+        drop(conn);
+        if caller.role.permits(Action::ViewAllSessions) {
+            // Visible to the caller, but not prepared for them: a refusal, on the record.
+            return caller.denied(state, "session.join").await;
+        }
         return Err(AppError::not_found("session"));
     }
     Ok(s)
@@ -76,6 +81,18 @@ async fn join(
         return Err(AppError::invalid(
             "public_key is not a base64 WireGuard key",
         ));
+    }
+    {
+        // Grants may have changed since the session started.
+        let mut conn = state.store.pool.acquire().await?;
+        crate::sessions::check_assignment(
+            &mut conn,
+            &caller.account_id,
+            Some((&caller.user_id, caller.role)),
+            &s.devices,
+            &[],
+        )
+        .await?;
     }
     let now = state.now();
     let mut tx = state.store.begin().await?;
@@ -134,6 +151,7 @@ async fn join(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ChannelQuery {
     /// The client's WireGuard key the tunnel joined with.
