@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use drawbridge_proto::model::{PortRange, Protocol, Target};
 use ipnet::{IpNet, Ipv4Net};
-use smoltcp::socket::tcp;
 use smoltcp::wire::{IpProtocol, Ipv4Packet};
 use tokio::sync::mpsc;
 
@@ -183,7 +182,10 @@ impl Dialer {
                 p = to_tunnel.reserve(), if blocked => { drop(p); }
                 _ = sweep.tick() => { shared.sweep(None); }
             }
-            blocked = shared.egress(&to_tunnel);
+            let me = self.overlay_ip;
+            blocked = shared.egress(&to_tunnel, |p| {
+                crate::wire::addrs(p).is_some_and(|(src, _)| src == me)
+            });
         }
         let mut g = shared.lock();
         for (_, s) in g.sockets.iter_mut() {
@@ -207,6 +209,3 @@ impl Dialer {
         self.shared.ingress(&mut g, p.into());
     }
 }
-
-#[allow(dead_code)]
-fn _unused(_: tcp::State) {}

@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use drawbridge_proto::model::{NatMapping, Target};
 use ipnet::IpNet;
-use smoltcp::socket::tcp;
-use smoltcp::wire::IpListenEndpoint;
+use smoltcp::wire::{Icmpv4Message, Icmpv4Packet, IpListenEndpoint, IpProtocol, Ipv4Packet};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -110,6 +109,8 @@ pub struct ForwarderStats {
     pub lan_connect_failed: u64,
     /// Flows cut because a policy update no longer allows them.
     pub flows_revoked: u64,
+    /// Outbound TCP packets not addressed to an allowed client (never expected).
+    pub egress_refused: u64,
 }
 
 #[derive(Default)]
@@ -182,6 +183,7 @@ impl ForwarderHandle {
             udp_flows_total: l(&c.udp_flows_total),
             lan_connect_failed: l(&c.lan_connect_failed),
             flows_revoked: l(&c.flows_revoked),
+            egress_refused: l(&self.common.shared.egress_refused),
         }
     }
 
@@ -280,7 +282,11 @@ impl Forwarder {
                 }
             }
             let before = to_tunnel.capacity();
-            blocked = shared.egress(&to_tunnel);
+            // Defence in depth: whatever smoltcp emits goes only to an allowed client.
+            let policy = self.common.policy.read().unwrap_or_else(|e| e.into_inner());
+            blocked = shared.egress(&to_tunnel, |p| {
+                crate::wire::addrs(p).is_some_and(|(_, dst)| policy.source_allowed(dst))
+            });
             let sent = before.saturating_sub(to_tunnel.capacity());
             self.common
                 .counters
@@ -525,48 +531,65 @@ async fn udp_flow(
     }
 }
 
-/// Sends one ICMP echo to `dst` through an unprivileged ICMP datagram socket and waits
-/// for the reply. `Ok(None)`: no reply in time; `Err`: the OS refuses the socket.
+/// Sends one ICMP echo to `dst` and waits for the reply: through an unprivileged ICMP
+/// datagram socket when `net.ipv4.ping_group_range` allows it, else through a raw ICMP
+/// socket when the process has CAP_NET_RAW. `Ok(None)`: no reply in time; `Err`: the OS
+/// allows neither (the request is dropped, never answered by the edge itself).
 async fn icmp_echo(
     dst: Ipv4Addr,
     data: &[u8],
     timeout: Duration,
 ) -> std::io::Result<Option<Vec<u8>>> {
     use socket2::{Domain, Protocol as SProto, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(SProto::ICMPV4))?;
+    let (s, raw) = match Socket::new(Domain::IPV4, Type::DGRAM, Some(SProto::ICMPV4)) {
+        Ok(s) => (s, false),
+        Err(_) => (
+            Socket::new(Domain::IPV4, Type::RAW, Some(SProto::ICMPV4))?,
+            true,
+        ),
+    };
     s.set_nonblocking(true)?;
     let sock = UdpSocket::from_std(std::net::UdpSocket::from(s))?;
     sock.connect(SocketAddr::V4(SocketAddrV4::new(dst, 0)))
         .await?;
-    // The kernel sets the identifier (our socket's "port") and checks replies against it.
+    // A datagram socket's identifier is set and checked by the kernel; a raw socket sees
+    // every ICMP packet of the host, so it matches source, identifier and sequence itself.
+    let ident: u16 = rand::random();
     let seq: u16 = rand::random();
-    let mut req = vec![8u8, 0, 0, 0, 0, 0, (seq >> 8) as u8, seq as u8];
-    req.extend_from_slice(data);
-    sock.send(&req).await?;
-    let mut buf = vec![0u8; 8 + data.len().max(64) + 64];
+    sock.send(&wire::icmp_echo_body(ident, seq, data, false))
+        .await?;
+    let mut buf = vec![0u8; 20 + 8 + data.len() + 64];
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        match tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
-            Err(_) => return Ok(None),
-            Ok(Err(_)) => return Ok(None),
-            Ok(Ok(n)) => {
-                if n >= 8 && buf[0] == 0 && buf[6..8] == req[6..8] {
-                    return Ok(Some(buf[8..n].to_vec()));
+        let n = match tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
+            Err(_) | Ok(Err(_)) => return Ok(None),
+            Ok(Ok(n)) => n,
+        };
+        let icmp = if raw {
+            match Ipv4Packet::new_checked(&buf[..n]) {
+                Ok(ip) if ip.src_addr() == dst && ip.next_header() == IpProtocol::Icmp => {
+                    &buf[ip.header_len() as usize..n]
                 }
+                _ => continue,
             }
+        } else {
+            &buf[..n]
+        };
+        let Ok(p) = Icmpv4Packet::new_checked(icmp) else {
+            continue;
+        };
+        if p.msg_type() == Icmpv4Message::EchoReply
+            && p.echo_seq_no() == seq
+            && (!raw || p.echo_ident() == ident)
+        {
+            return Ok(Some(p.data().to_vec()));
         }
     }
 }
 
-/// Which of `tcp`, `udp` and `icmp` flows policy would allow (for diagnostics).
-pub fn would_forward(policy: &Policy, packet: &[u8]) -> Result<(), DropReason> {
-    classify(policy, packet).map(|_| ())
-}
-
 #[allow(dead_code)]
-fn _assert_send() {
-    fn s<T: Send>() {}
+fn assert_send() {
+    fn s<T: Send + 'static>() {}
     s::<Forwarder>();
     s::<ForwarderHandle>();
-    let _ = tcp::State::Closed;
 }

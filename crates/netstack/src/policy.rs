@@ -371,6 +371,39 @@ mod tests {
     }
 
     #[test]
+    fn random_input_never_panics() {
+        let p = policy();
+        let valid = [
+            wire::tcp_syn(C, 40000, "10.77.1.10".parse().unwrap(), 502),
+            wire::udp(C, 5000, "10.77.1.20".parse().unwrap(), 161, b"hello"),
+            wire::icmp_echo(C, "10.77.1.10".parse().unwrap(), 1, 1, b"ping", false),
+        ];
+        for i in 0..50_000usize {
+            let mut v = if i % 2 == 0 {
+                let n = rand::random::<usize>() % 200;
+                (0..n).map(|_| rand::random::<u8>()).collect::<Vec<u8>>()
+            } else {
+                valid[i % 3].clone()
+            };
+            if !v.is_empty() {
+                for _ in 0..1 + i % 3 {
+                    let at = rand::random::<usize>() % v.len();
+                    v[at] = rand::random();
+                }
+                if i % 5 == 0 {
+                    v.truncate(rand::random::<usize>() % v.len());
+                }
+            }
+            // Whatever it says, a verdict's ranges lie inside the packet.
+            match classify(&p, &v) {
+                Ok(Verdict::Udp { payload, .. }) => assert!(payload.end <= v.len()),
+                Ok(Verdict::IcmpEcho { data, .. }) => assert!(data.end <= v.len()),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
     fn flow_recheck_after_update() {
         let mut p = policy();
         let pkt = wire::tcp_syn(C, 40000, "10.77.1.10".parse().unwrap(), 502);

@@ -108,6 +108,8 @@ pub(crate) struct Shared {
     epoch: Instant,
     pub buffer: usize,
     pub tx_dropped: AtomicU64,
+    /// Outbound packets the egress check refused (never expected; defence in depth).
+    pub egress_refused: AtomicU64,
 }
 
 /// How long an orphaned (application-closed) socket may linger before it is aborted.
@@ -142,6 +144,7 @@ impl Shared {
             epoch,
             buffer,
             tx_dropped: AtomicU64::new(0),
+            egress_refused: AtomicU64::new(0),
         })
     }
 
@@ -181,8 +184,9 @@ impl Shared {
     }
 
     /// Lets smoltcp transmit (at most `budget` packets are queued) and sends what it
-    /// produced with `try_send`. Returns true when smoltcp had more to send.
-    pub fn egress(&self, to: &mpsc::Sender<Bytes>) -> bool {
+    /// produced and `allow` accepts with `try_send`. Returns true when smoltcp had more
+    /// to send.
+    pub fn egress(&self, to: &mpsc::Sender<Bytes>, allow: impl Fn(&[u8]) -> bool) -> bool {
         let (out, blocked) = {
             let mut g = self.lock();
             let now = self.now();
@@ -199,6 +203,10 @@ impl Shared {
             (std::mem::take(&mut dev.tx), dev.tx_blocked)
         };
         for p in out {
+            if !allow(&p) {
+                self.egress_refused.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             if to.try_send(p).is_err() {
                 self.tx_dropped.fetch_add(1, Ordering::Relaxed);
             }

@@ -71,6 +71,29 @@ pub fn icmp_echo(
     buf
 }
 
+/// Just the ICMP part of an echo request or reply (checksum filled in).
+pub fn icmp_echo_body(ident: u16, seq_no: u16, data: &[u8], reply: bool) -> Vec<u8> {
+    let repr = if reply {
+        Icmpv4Repr::EchoReply {
+            ident,
+            seq_no,
+            data,
+        }
+    } else {
+        Icmpv4Repr::EchoRequest {
+            ident,
+            seq_no,
+            data,
+        }
+    };
+    let mut buf = vec![0u8; repr.buffer_len()];
+    repr.emit(
+        &mut Icmpv4Packet::new_unchecked(&mut buf[..]),
+        &ChecksumCapabilities::default(),
+    );
+    buf
+}
+
 /// A TCP SYN (for tests and forged-packet checks).
 pub fn tcp_syn(src: Ipv4Addr, src_port: u16, dst: Ipv4Addr, dst_port: u16) -> Vec<u8> {
     let repr = TcpRepr {

@@ -399,10 +399,12 @@ async fn icmp_echo_only_for_released_targets() {
             let e = Ipv4Packet::new_checked(&expect[..]).unwrap();
             assert_eq!(ip.payload(), e.payload());
             assert_eq!(st.icmp_echo_answered, 1);
+            eprintln!("ICMP echo answered through an ICMP socket");
         }
         _ => {
             // net.ipv4.ping_group_range excludes us: no reply is invented.
             assert_eq!(st.icmp_unavailable, 1, "{st:?}");
+            eprintln!("no ICMP socket available here: echo dropped, not invented");
         }
     }
 }
