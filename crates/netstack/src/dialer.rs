@@ -3,8 +3,8 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -30,7 +30,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Dialer {
     shared: Arc<Shared>,
     overlay_ip: Ipv4Addr,
-    routes: Arc<Vec<Target>>,
+    routes: Arc<RwLock<Vec<Target>>>,
     next_port: Arc<AtomicU16>,
 }
 
@@ -52,7 +52,7 @@ impl Dialer {
         Dialer {
             shared: Shared::new(overlay_ip, false, DIALER_BUFFER),
             overlay_ip,
-            routes: Arc::new(routes),
+            routes: Arc::new(RwLock::new(routes)),
             next_port: Arc::new(AtomicU16::new(start)),
         }
     }
@@ -74,7 +74,17 @@ impl Dialer {
             protocol: Protocol::Tcp,
             ports: Some(PortRange::single(v4.port())),
         };
-        self.routes.iter().any(|t| t.covers(&want))
+        self.routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|t| t.covers(&want))
+    }
+
+    /// Replaces the released routes (the session changed). Open connections stay; the
+    /// edge cuts those it no longer allows.
+    pub fn set_routes(&self, routes: Vec<Target>) {
+        *self.routes.write().unwrap_or_else(|e| e.into_inner()) = routes;
     }
 
     /// Opens a TCP connection to `dst` through the tunnel. Destinations outside the
@@ -183,7 +193,7 @@ impl Dialer {
                 _ = sweep.tick() => { shared.sweep(None); }
             }
             let me = self.overlay_ip;
-            blocked = shared.egress(&to_tunnel, |p| {
+            (blocked, _) = shared.egress(&to_tunnel, |p| {
                 crate::wire::addrs(p).is_some_and(|(src, _)| src == me)
             });
         }

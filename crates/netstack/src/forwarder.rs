@@ -20,7 +20,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::policy::{DropReason, FlowKey, Policy, Verdict, classify};
-use crate::stack::{Shared, SockMeta, StackStream, orphan, wait_established};
+use crate::stack::{Shared, SockMeta, StackStream, wait_established};
 use crate::wire;
 
 /// Bounds and timeouts of a forwarder.
@@ -98,8 +98,9 @@ pub struct ForwarderStats {
     pub dropped_too_many_flows: u64,
     /// Outbound packets dropped because the tunnel channel was full.
     pub dropped_queue_full: u64,
-    /// ICMP echo requests for released targets that could not be sent because the OS
-    /// refuses unprivileged ICMP sockets (`net.ipv4.ping_group_range`).
+    /// ICMP echo requests for released targets that could not be sent: the OS allows
+    /// neither an unprivileged ICMP socket (`net.ipv4.ping_group_range`) nor a raw one
+    /// (CAP_NET_RAW). The edge never answers an echo itself.
     pub icmp_unavailable: u64,
     pub icmp_echo_answered: u64,
     pub tcp_flows: u64,
@@ -247,8 +248,15 @@ impl Forwarder {
         to_tunnel: mpsc::Sender<Bytes>,
     ) {
         let shared = self.common.shared.clone();
-        let mut udp: HashMap<FlowKey, UdpFlow> = HashMap::new();
-        let pings = Arc::new(Semaphore::new(self.limits.max_pings));
+        let (conn_tx, mut conn_rx) = mpsc::channel(self.limits.max_flows.max(1));
+        let mut st = RunState {
+            udp: HashMap::new(),
+            pending: HashMap::new(),
+            pings: Arc::new(Semaphore::new(self.limits.max_pings)),
+            conn_tx,
+            to_tunnel,
+        };
+        let to_reserve = st.to_tunnel.clone();
         let mut sweep = tokio::time::interval(Duration::from_millis(500));
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut blocked = false;
@@ -257,58 +265,71 @@ impl Forwarder {
             tokio::select! {
                 p = from_tunnel.recv() => {
                     let Some(p) = p else { break };
-                    self.inbound(p, &mut udp, &pings, &to_tunnel);
+                    self.inbound(&mut st, p);
                     for _ in 0..63 {
                         match from_tunnel.try_recv() {
-                            Ok(p) => self.inbound(p, &mut udp, &pings, &to_tunnel),
+                            Ok(p) => self.inbound(&mut st, p),
                             Err(_) => break,
                         }
                     }
                 }
+                Some((key, lan)) = conn_rx.recv() => self.lan_connected(&mut st, key, lan),
                 _ = shared.notify.notified() => {}
                 _ = tokio::time::sleep(delay) => {}
-                p = to_tunnel.reserve(), if blocked => { drop(p); }
+                p = to_reserve.reserve(), if blocked => { drop(p); }
                 r = self.policy_rx.changed() => {
                     if r.is_ok() {
-                        self.revoke(&mut udp);
+                        self.revoke(&mut st);
                     }
                 }
                 _ = sweep.tick() => {
                     for _ in shared.sweep(Some(self.limits.tcp_idle)) {
                         self.common.counters.tcp_flows.fetch_sub(1, Ordering::Relaxed);
                     }
-                    udp.retain(|_, f| !f.tx.is_closed());
-                    self.common.counters.udp_flows.store(udp.len(), Ordering::Relaxed);
+                    st.udp.retain(|_, f| !f.tx.is_closed());
+                    self.common.counters.udp_flows.store(st.udp.len(), Ordering::Relaxed);
                 }
             }
-            let before = to_tunnel.capacity();
             // Defence in depth: whatever smoltcp emits goes only to an allowed client.
             let policy = self.common.policy.read().unwrap_or_else(|e| e.into_inner());
-            blocked = shared.egress(&to_tunnel, |p| {
+            let sent;
+            (blocked, sent) = shared.egress(&st.to_tunnel, |p| {
                 crate::wire::addrs(p).is_some_and(|(_, dst)| policy.source_allowed(dst))
             });
-            let sent = before.saturating_sub(to_tunnel.capacity());
             self.common
                 .counters
                 .packets_out
-                .fetch_add(sent as u64, Ordering::Relaxed);
+                .fetch_add(sent, Ordering::Relaxed);
         }
         // Tunnel gone: reset every TCP flow, stop the UDP flows.
         shared.abort_where(|_| true);
-        udp.clear();
+        st.udp.clear();
     }
 
-    fn revoke(&self, udp: &mut HashMap<FlowKey, UdpFlow>) {
+    fn revoke(&self, st: &mut RunState) {
         let policy = self
             .common
             .policy
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let n = self.common.shared.abort_where(|k| !policy.allows_flow(k));
-        let before = udp.len();
-        udp.retain(|k, _| policy.allows_flow(k));
-        let n = n + (before - udp.len());
+        let mut n = self.common.shared.abort_where(|k| !policy.allows_flow(k));
+        let before = st.udp.len();
+        st.udp.retain(|k, _| policy.allows_flow(k));
+        n += before - st.udp.len();
+        let before = st.pending.len();
+        st.pending.retain(|k, _| policy.allows_flow(k));
+        let gone = before - st.pending.len();
+        // Their connect results are discarded in `lan_connected`.
+        self.common
+            .counters
+            .tcp_flows
+            .fetch_sub(gone, Ordering::Relaxed);
+        n += gone;
+        self.common
+            .counters
+            .udp_flows
+            .store(st.udp.len(), Ordering::Relaxed);
         self.common
             .counters
             .flows_revoked
@@ -316,17 +337,12 @@ impl Forwarder {
         self.common.shared.notify.notify_one();
     }
 
-    fn flows(&self, udp: &HashMap<FlowKey, UdpFlow>) -> usize {
-        self.common.counters.tcp_flows.load(Ordering::Relaxed) + udp.len()
+    /// TCP flows (pending, live and closing) plus UDP flows.
+    fn flows(&self, st: &RunState) -> usize {
+        self.common.counters.tcp_flows.load(Ordering::Relaxed) + st.udp.len()
     }
 
-    fn inbound(
-        &self,
-        packet: Bytes,
-        udp: &mut HashMap<FlowKey, UdpFlow>,
-        pings: &Arc<Semaphore>,
-        to_tunnel: &mpsc::Sender<Bytes>,
-    ) {
+    fn inbound(&self, st: &mut RunState, packet: Bytes) {
         let c = &self.common.counters;
         c.packets_in.fetch_add(1, Ordering::Relaxed);
         c.bytes_in.fetch_add(packet.len() as u64, Ordering::Relaxed);
@@ -336,30 +352,30 @@ impl Forwarder {
         };
         match verdict {
             Err(r) => self.common.count_drop(r),
-            Ok(Verdict::Tcp { key, syn }) => self.tcp(packet, key, syn, udp),
+            Ok(Verdict::Tcp { key, syn }) => self.tcp(st, packet, key, syn),
             Ok(Verdict::Udp { key, payload }) => {
                 let data = packet.slice(payload);
-                if let Some(f) = udp.get(&key) {
+                if let Some(f) = st.udp.get(&key) {
                     if !f.tx.is_closed() {
                         // A full per-flow queue drops the datagram (UDP semantics).
                         let _ = f.tx.try_send(data);
                         return;
                     }
-                    udp.remove(&key);
+                    st.udp.remove(&key);
                 }
-                if self.flows(udp) >= self.limits.max_flows {
+                if self.flows(st) >= self.limits.max_flows {
                     self.common.count_drop(DropReason::TooManyFlows);
                     return;
                 }
                 let (tx, rx) = mpsc::channel(self.limits.udp_queue.max(1));
                 let _ = tx.try_send(data);
-                udp.insert(key, UdpFlow { tx });
-                c.udp_flows.store(udp.len(), Ordering::Relaxed);
+                st.udp.insert(key, UdpFlow { tx });
+                c.udp_flows.store(st.udp.len(), Ordering::Relaxed);
                 c.udp_flows_total.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(udp_flow(
                     key,
                     rx,
-                    to_tunnel.clone(),
+                    st.to_tunnel.clone(),
                     self.limits.udp_idle,
                     self.common.clone(),
                 ));
@@ -370,13 +386,13 @@ impl Forwarder {
                 seq,
                 data,
             }) => {
-                let Ok(permit) = pings.clone().try_acquire_owned() else {
+                let Ok(permit) = st.pings.clone().try_acquire_owned() else {
                     self.common.count_drop(DropReason::TooManyFlows);
                     return;
                 };
                 let data = packet.slice(data);
                 let common = self.common.clone();
-                let to = to_tunnel.clone();
+                let to = st.to_tunnel.clone();
                 let timeout = self.limits.ping_timeout;
                 tokio::spawn(async move {
                     let _permit = permit;
@@ -408,8 +424,16 @@ impl Forwarder {
         }
     }
 
-    fn tcp(&self, packet: Bytes, key: FlowKey, syn: bool, udp: &HashMap<FlowKey, UdpFlow>) {
+    fn tcp(&self, st: &mut RunState, packet: Bytes, key: FlowKey, syn: bool) {
         let shared = &self.common.shared;
+        if let Some(stored) = st.pending.get_mut(&key) {
+            // Still connecting to the LAN: keep the latest SYN (a retransmission), drop
+            // anything else.
+            if syn {
+                *stored = packet;
+            }
+            return;
+        }
         let mut g = shared.lock();
         if let Some(h) = g.by_key.get(&key).copied() {
             if let Some(m) = g.meta.get_mut(&h) {
@@ -418,80 +442,103 @@ impl Forwarder {
             shared.ingress(&mut g, packet.into());
             return;
         }
-        if syn {
-            if self.flows(udp) >= self.limits.max_flows {
-                drop(g);
-                self.common.count_drop(DropReason::TooManyFlows);
-                return;
-            }
-            let mut sock = shared.new_socket();
-            if sock
-                .listen(IpListenEndpoint {
-                    addr: Some(key.dst.into()),
-                    port: key.dst_port_raw,
-                })
-                .is_err()
-            {
-                drop(g);
-                self.common.count_drop(DropReason::Malformed);
-                return;
-            }
-            let handle = g.sockets.add(sock);
-            g.meta.insert(
-                handle,
-                SockMeta {
-                    key: Some(key),
-                    orphaned: None,
-                    last_active: Instant::now(),
-                },
-            );
-            g.by_key.insert(key, handle);
-            shared.ingress(&mut g, packet.into());
-            drop(g);
-            let c = &self.common.counters;
-            c.tcp_flows.fetch_add(1, Ordering::Relaxed);
-            c.tcp_flows_total.fetch_add(1, Ordering::Relaxed);
-            let stream = StackStream {
-                shared: shared.clone(),
-                handle,
-                local: SocketAddr::V4(SocketAddrV4::new(key.dst, key.dst_port_raw)),
-                peer: SocketAddr::V4(SocketAddrV4::new(key.src, key.src_port)),
-            };
-            tokio::spawn(tcp_flow(
-                key,
-                stream,
-                self.limits.connect_timeout,
-                self.common.clone(),
-            ));
-        } else {
+        if !syn {
             // No flow: smoltcp answers with a RST (the target is released, so the
             // client may learn that the connection is gone).
             shared.ingress(&mut g, packet.into());
+            return;
         }
+        drop(g);
+        if self.flows(st) >= self.limits.max_flows {
+            self.common.count_drop(DropReason::TooManyFlows);
+            return;
+        }
+        // Connect to the LAN first; the client's SYN is answered only once the target
+        // accepted (a refused or unreachable target gets the client a RST).
+        let c = &self.common.counters;
+        c.tcp_flows.fetch_add(1, Ordering::Relaxed);
+        c.tcp_flows_total.fetch_add(1, Ordering::Relaxed);
+        st.pending.insert(key, packet);
+        let lan = SocketAddr::V4(SocketAddrV4::new(key.real, key.dst_port_raw));
+        let timeout = self.limits.connect_timeout;
+        let done = st.conn_tx.clone();
+        tokio::spawn(async move {
+            let r = match tokio::time::timeout(timeout, TcpStream::connect(lan)).await {
+                Ok(Ok(s)) => Some(s),
+                _ => None,
+            };
+            let _ = done.send((key, r)).await;
+        });
+    }
+
+    fn lan_connected(&self, st: &mut RunState, key: FlowKey, lan: Option<TcpStream>) {
+        let Some(syn) = st.pending.remove(&key) else {
+            // Revoked meanwhile (already uncounted).
+            return;
+        };
+        let c = &self.common.counters;
+        let Some(lan) = lan else {
+            c.lan_connect_failed.fetch_add(1, Ordering::Relaxed);
+            c.tcp_flows.fetch_sub(1, Ordering::Relaxed);
+            if let Some(rst) = wire::tcp_rst_for_syn(&syn)
+                && st.to_tunnel.try_send(Bytes::from(rst)).is_ok()
+            {
+                c.packets_out.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        };
+        let shared = &self.common.shared;
+        let mut g = shared.lock();
+        let mut sock = shared.new_socket();
+        if sock
+            .listen(IpListenEndpoint {
+                addr: Some(key.dst.into()),
+                port: key.dst_port_raw,
+            })
+            .is_err()
+        {
+            c.tcp_flows.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let handle = g.sockets.add(sock);
+        g.meta.insert(
+            handle,
+            SockMeta {
+                key: Some(key),
+                orphaned: None,
+                last_active: Instant::now(),
+            },
+        );
+        g.by_key.insert(key, handle);
+        // One packet, right after creating the socket: it can only take its own SYN.
+        shared.ingress(&mut g, syn.into());
+        drop(g);
+        let stream = StackStream {
+            shared: shared.clone(),
+            handle,
+            local: SocketAddr::V4(SocketAddrV4::new(key.dst, key.dst_port_raw)),
+            peer: SocketAddr::V4(SocketAddrV4::new(key.src, key.src_port)),
+        };
+        tokio::spawn(tcp_flow(stream, lan, self.limits.connect_timeout));
     }
 }
 
-async fn tcp_flow(key: FlowKey, mut stream: StackStream, timeout: Duration, common: Arc<Common>) {
-    let lan = SocketAddr::V4(SocketAddrV4::new(key.real, key.dst_port_raw));
-    let connected = tokio::time::timeout(timeout, TcpStream::connect(lan)).await;
-    let mut lan_stream = match connected {
-        Ok(Ok(s)) => s,
-        Ok(Err(_)) | Err(_) => {
-            common
-                .counters
-                .lan_connect_failed
-                .fetch_add(1, Ordering::Relaxed);
-            // Reset the client's connection; dropping the stream then only marks it.
-            orphan(&stream.shared, stream.handle, true);
-            return;
-        }
-    };
-    let _ = lan_stream.set_nodelay(true);
+struct RunState {
+    udp: HashMap<FlowKey, UdpFlow>,
+    /// TCP flows whose LAN connect is in progress: the client's latest SYN.
+    pending: HashMap<FlowKey, Bytes>,
+    pings: Arc<Semaphore>,
+    conn_tx: mpsc::Sender<(FlowKey, Option<TcpStream>)>,
+    to_tunnel: mpsc::Sender<Bytes>,
+}
+
+async fn tcp_flow(mut stream: StackStream, mut lan: TcpStream, timeout: Duration) {
+    let _ = lan.set_nodelay(true);
     match tokio::time::timeout(timeout, wait_established(&stream.shared, stream.handle)).await {
         Ok(Ok(())) => {}
         _ => return,
     }
-    let _ = tokio::io::copy_bidirectional(&mut stream, &mut lan_stream).await;
+    let _ = tokio::io::copy_bidirectional(&mut stream, &mut lan).await;
 }
 
 async fn udp_flow(

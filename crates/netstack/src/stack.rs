@@ -184,9 +184,9 @@ impl Shared {
     }
 
     /// Lets smoltcp transmit (at most `budget` packets are queued) and sends what it
-    /// produced and `allow` accepts with `try_send`. Returns true when smoltcp had more
-    /// to send.
-    pub fn egress(&self, to: &mpsc::Sender<Bytes>, allow: impl Fn(&[u8]) -> bool) -> bool {
+    /// produced and `allow` accepts with `try_send`. Returns (smoltcp had more to send,
+    /// packets sent).
+    pub fn egress(&self, to: &mpsc::Sender<Bytes>, allow: impl Fn(&[u8]) -> bool) -> (bool, u64) {
         let (out, blocked) = {
             let mut g = self.lock();
             let now = self.now();
@@ -202,6 +202,7 @@ impl Shared {
             let _ = iface.poll_egress(now, dev, sockets);
             (std::mem::take(&mut dev.tx), dev.tx_blocked)
         };
+        let mut sent = 0;
         for p in out {
             if !allow(&p) {
                 self.egress_refused.fetch_add(1, Ordering::Relaxed);
@@ -209,9 +210,11 @@ impl Shared {
             }
             if to.try_send(p).is_err() {
                 self.tx_dropped.fetch_add(1, Ordering::Relaxed);
+            } else {
+                sent += 1;
             }
         }
-        blocked
+        (blocked, sent)
     }
 
     /// When smoltcp next needs polling.

@@ -128,3 +128,36 @@ pub fn addrs(packet: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr)> {
     let ip = Ipv4Packet::new_checked(packet).ok()?;
     Some((ip.src_addr(), ip.dst_addr()))
 }
+
+/// The RST+ACK refusing a TCP SYN (`syn` is the client's IPv4 packet), as a host with
+/// nothing listening would send it.
+pub fn tcp_rst_for_syn(syn: &[u8]) -> Option<Vec<u8>> {
+    let ip = Ipv4Packet::new_checked(syn).ok()?;
+    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+    let (src, dst) = (ip.dst_addr(), ip.src_addr());
+    let repr = TcpRepr {
+        src_port: tcp.dst_port(),
+        dst_port: tcp.src_port(),
+        control: TcpControl::Rst,
+        seq_number: TcpSeqNumber(0),
+        ack_number: Some(tcp.seq_number() + 1),
+        window_len: 0,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None, None, None],
+        timestamp: None,
+        payload: &[],
+    };
+    let len = repr.buffer_len();
+    let mut buf = vec![0u8; 20 + len];
+    ip_header(&mut buf, src, dst, IpProtocol::Tcp, len);
+    let mut pkt = TcpPacket::new_unchecked(&mut buf[20..]);
+    repr.emit(
+        &mut pkt,
+        &IpAddress::Ipv4(src),
+        &IpAddress::Ipv4(dst),
+        &ChecksumCapabilities::default(),
+    );
+    Some(buf)
+}

@@ -577,17 +577,19 @@ async fn lan_refusal_resets_the_client() {
         config(vec![port_target("tcp", closed)], vec![]),
         vec![port_target("tcp", closed)],
     );
-    let r = tokio::time::timeout(Duration::from_secs(5), async {
-        match dialer.connect(closed).await {
-            Err(_) => true,
-            Ok(mut s) => {
-                let mut b = Vec::new();
-                matches!(s.read_to_end(&mut b).await, Ok(0) | Err(_))
-            }
-        }
-    })
-    .await
-    .unwrap();
-    assert!(r);
-    assert_eq!(handle.stats().lan_connect_failed, 1);
+    // The edge connects to the LAN before it answers the SYN: the client is refused.
+    let e = tokio::time::timeout(Duration::from_secs(5), dialer.connect(closed))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+    let st = handle.stats();
+    assert_eq!(st.lan_connect_failed, 1);
+    assert_eq!(st.tcp_flows, 0);
+    // Through SOCKS5 that is reply 0x05 (connection refused).
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = l.local_addr().unwrap();
+    tokio::spawn(servers::socks5_on(l, dialer));
+    let SocketAddr::V4(c) = closed else { panic!() };
+    assert_eq!(socks_connect(proxy, c).await, 0x05);
 }
