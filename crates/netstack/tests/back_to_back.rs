@@ -593,3 +593,123 @@ async fn lan_refusal_resets_the_client() {
     let SocketAddr::V4(c) = closed else { panic!() };
     assert_eq!(socks_connect(proxy, c).await, 0x05);
 }
+
+/// Data the LAN sends after the client's FIN still reaches the client (half-close).
+#[tokio::test]
+async fn half_close_both_ways() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap(); // until the client's FIN
+        s.write_all(format!("got {} bytes", got.len()).as_bytes())
+            .await
+            .unwrap();
+        s.shutdown().await.unwrap();
+    });
+    let (dialer, _) = link(
+        config(vec![port_target("tcp", server)], vec![]),
+        vec![port_target("tcp", server)],
+    );
+    let mut s = dialer.connect(server).await.unwrap();
+    s.write_all(&[7u8; 100_000]).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut reply = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply, "got 100000 bytes");
+}
+
+/// Datagrams from the LAN that are not replies of the target (another port) are never
+/// emitted; idle UDP flows end.
+#[tokio::test]
+async fn udp_only_replies_and_idle_timeout() {
+    let target = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let taddr = target.local_addr().unwrap();
+    let mut cfg = config(vec![port_target("udp", taddr)], vec![]);
+    cfg.limits.udp_idle = Duration::from_millis(300);
+    let (inject, mut out, handle) = forwarder(cfg);
+    inject
+        .send(Bytes::from(wire::udp(
+            CLIENT,
+            5000,
+            Ipv4Addr::LOCALHOST,
+            taddr.port(),
+            b"q",
+        )))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let (_, edge) = tokio::time::timeout(Duration::from_secs(5), target.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    // Another LAN socket sends to the edge's flow socket: the kernel drops it (connected).
+    let intruder = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    intruder.send_to(b"unsolicited", edge).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        out.try_recv().is_err(),
+        "an unsolicited datagram was emitted"
+    );
+    // The real reply goes through.
+    target.send_to(b"a", edge).await.unwrap();
+    let p = tokio::time::timeout(Duration::from_secs(5), out.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(wire::addrs(&p), Some((Ipv4Addr::LOCALHOST, CLIENT)));
+    assert_eq!(handle.stats().udp_flows, 1);
+    // Idle: the flow ends and is reclaimed.
+    let mut flows = 1;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        flows = handle.stats().udp_flows;
+        if flows == 0 {
+            break;
+        }
+    }
+    assert_eq!(flows, 0);
+}
+
+/// TCP through a link that loses packets still delivers every byte in order.
+#[tokio::test]
+async fn tcp_survives_packet_loss() {
+    let (server, _) = tcp_echo(Ipv4Addr::LOCALHOST).await;
+    let (fwd, _handle) = Forwarder::new(config(vec![port_target("tcp", server)], vec![]));
+    let dialer = Dialer::new(CLIENT, vec![port_target("tcp", server)]);
+    let (a_tx, mut a_rx) = mpsc::channel::<Bytes>(1024);
+    let (b_tx, mut b_rx) = mpsc::channel::<Bytes>(1024);
+    let (fa_tx, fa_rx) = mpsc::channel(1024);
+    let (fb_tx, fb_rx) = mpsc::channel(1024);
+    // Lossy relays: drop 1 packet in 100 each way (deterministically).
+    tokio::spawn(async move {
+        let mut n = 0u32;
+        while let Some(p) = a_rx.recv().await {
+            n += 1;
+            if n % 100 != 37 {
+                let _ = fa_tx.try_send(p);
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut n = 0u32;
+        while let Some(p) = b_rx.recv().await {
+            n += 1;
+            if n % 100 != 53 {
+                let _ = fb_tx.try_send(p);
+            }
+        }
+    });
+    tokio::spawn(fwd.run(fa_rx, b_tx));
+    tokio::spawn(dialer.clone().run(fb_rx, a_tx));
+    let s = dialer.connect(server).await.unwrap();
+    let data = pattern(1024 * 1024);
+    let got = tokio::time::timeout(Duration::from_secs(40), echo_roundtrip(s, data.clone()))
+        .await
+        .expect("transfer over a lossy link timed out");
+    assert!(got == data, "echo differs");
+}
