@@ -175,7 +175,12 @@ impl Dialer {
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut blocked = false;
         loop {
-            let delay = shared.poll_delay();
+            let mut delay = shared.poll_delay();
+            if blocked {
+                // smoltcp wants to send now but the tunnel is full: wait for room
+                // (the reserve branch) instead of spinning on a zero delay.
+                delay = delay.max(Duration::from_millis(20));
+            }
             tokio::select! {
                 p = from_tunnel.recv() => {
                     let Some(p) = p else { break };

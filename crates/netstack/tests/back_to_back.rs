@@ -713,3 +713,44 @@ async fn tcp_survives_packet_loss() {
         .expect("transfer over a lossy link timed out");
     assert!(got == data, "echo differs");
 }
+
+/// A narrow, slow tunnel (channels of 4, a consumer that pauses) exercises the transmit
+/// back-pressure: smoltcp keeps the data instead of dropping it, nothing stalls.
+#[tokio::test]
+async fn tcp_through_a_narrow_slow_link() {
+    let (server, _) = tcp_echo(Ipv4Addr::LOCALHOST).await;
+    let (fwd, handle) = Forwarder::new(config(vec![port_target("tcp", server)], vec![]));
+    let dialer = Dialer::new(CLIENT, vec![port_target("tcp", server)]);
+    let (a_tx, mut a_rx) = mpsc::channel::<Bytes>(4);
+    let (b_tx, mut b_rx) = mpsc::channel::<Bytes>(4);
+    let (fa_tx, fa_rx) = mpsc::channel(4);
+    let (fb_tx, fb_rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut n = 0u32;
+        while let Some(p) = a_rx.recv().await {
+            n += 1;
+            if n % 64 == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            if fa_tx.send(p).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(p) = b_rx.recv().await {
+            if fb_tx.send(p).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::spawn(fwd.run(fa_rx, b_tx));
+    tokio::spawn(dialer.clone().run(fb_rx, a_tx));
+    let s = dialer.connect(server).await.unwrap();
+    let data = pattern(1024 * 1024);
+    let got = tokio::time::timeout(Duration::from_secs(40), echo_roundtrip(s, data.clone()))
+        .await
+        .expect("transfer over a narrow link timed out");
+    assert!(got == data, "echo differs");
+    assert_eq!(handle.stats().dropped_queue_full, 0);
+}
