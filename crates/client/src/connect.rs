@@ -7,7 +7,9 @@ use crate::Error;
 use crate::cli::Ctx;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
 use clap::Args;
+use drawbridge_netstack::{Dialer, forward_local_on, socks5_on};
 use drawbridge_proto::SessionState;
 use drawbridge_proto::api::{AdhocSession, Session};
 use drawbridge_proto::channel::{
@@ -22,7 +24,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -172,7 +176,12 @@ async fn wait_until_active(ctx: &Ctx, id: &str) -> Result<Session> {
 
 /// The live parts of one connection.
 struct Live {
-    tunnel: Option<(Tunnel, TunnelIo)>,
+    tunnel: Option<Arc<Tunnel>>,
+    events: Option<mpsc::Receiver<DriverEvent>>,
+    /// The dialer's packets for the tunnel, taken by the pump when the tunnel starts.
+    from_dialer: Option<mpsc::Receiver<Bytes>>,
+    to_dialer: mpsc::Sender<Bytes>,
+    pump: Option<tokio::task::JoinHandle<()>>,
     join: JoinResponse,
     private_key: [u8; 32],
     /// device id → edge key (bytes) once known.
@@ -222,10 +231,35 @@ impl Live {
             })
             .await
             .map_err(|e| Error::user(format!("starting the tunnel: {e}")))?;
-            self.tunnel = Some(started);
+            let (tunnel, io) = started;
+            let TunnelIo {
+                mut incoming,
+                events,
+            } = io;
+            let tunnel = Arc::new(tunnel);
+            let t = tunnel.clone();
+            let to_dialer = self.to_dialer.clone();
+            if let Some(mut from_dialer) = self.from_dialer.take() {
+                self.pump = Some(tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            p = incoming.recv() => match p {
+                                Some((_, packet)) => { let _ = to_dialer.try_send(Bytes::from(packet)); }
+                                None => return,
+                            },
+                            p = from_dialer.recv() => match p {
+                                Some(packet) => { let _ = t.try_send_ip(packet.to_vec()); }
+                                None => return,
+                            },
+                        }
+                    }
+                }));
+            }
+            self.events = Some(events);
+            self.tunnel = Some(tunnel);
             self.token = Some(token.clone());
         }
-        let Some((t, _)) = &self.tunnel else {
+        let Some(t) = &self.tunnel else {
             return Ok(());
         };
         if self.token.as_deref() != Some(token.as_str()) {
@@ -280,11 +314,6 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
                 .ok_or_else(|| Error::user(format!("--socks5 {s:?}: expected [ADDR:]PORT")))
         })
         .transpose()?;
-    if !forwards.is_empty() || socks.is_some() {
-        return Err(Error::user(
-            "port forwards and SOCKS5 need the userspace network stack, which this build does not have yet",
-        ));
-    }
     let id = if args.adhoc {
         let device_id = ctx.device_id(&args.session).await?;
         let s: Session = ctx
@@ -353,8 +382,68 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     .await
     .map_err(|e| Error::user(format!("opening the session channel: {e}")))?;
 
+    // The userspace stack: local forwards and SOCKS5 dial into the tunnel
+    // from the overlay address, and only to the released targets.
+    let overlay: std::net::Ipv4Addr = join
+        .overlay_ip
+        .parse()
+        .map_err(|_| Error::user("the server gave no usable overlay address"))?;
+    let routes: Vec<drawbridge_proto::Target> = join
+        .devices
+        .iter()
+        .flat_map(|d| d.targets.clone())
+        .collect();
+    let dialer = Dialer::new(overlay, routes);
+    let (to_dialer, dialer_in) = mpsc::channel::<Bytes>(1024);
+    let (dialer_out, from_dialer) = mpsc::channel::<Bytes>(1024);
+    let mut tasks = vec![tokio::spawn(dialer.clone().run(dialer_in, dialer_out))];
+    for f in &forwards {
+        if !dialer.allows(f.target) {
+            return Err(Error::user(format!(
+                "-L: {} is not a released target of this session",
+                f.target
+            )));
+        }
+        let listener = tokio::net::TcpListener::bind(f.listen)
+            .await
+            .map_err(|e| Error::user(format!("-L: cannot listen on {}: {e}", f.listen)))?;
+        eprintln!(
+            "forwarding {} → {}",
+            listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            f.target
+        );
+        tasks.push(tokio::spawn({
+            let (d, target) = (dialer.clone(), f.target);
+            async move {
+                let _ = forward_local_on(listener, target, d).await;
+            }
+        }));
+    }
+    if let Some(addr) = socks {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::user(format!("--socks5: cannot listen on {addr}: {e}")))?;
+        eprintln!(
+            "SOCKS5 proxy on {} (released targets only)",
+            listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        );
+        let d = dialer.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = socks5_on(listener, d).await;
+        }));
+    }
     let mut live = Live {
         tunnel: None,
+        events: None,
+        from_dialer: Some(from_dialer),
+        to_dialer,
+        pump: None,
         join,
         private_key,
         edges: HashMap::new(),
@@ -369,8 +458,8 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     let mut n: u64 = 0;
     let outcome = loop {
         let events = async {
-            match live.tunnel.as_mut() {
-                Some((_, io)) => io.events.recv().await,
+            match live.events.as_mut() {
+                Some(ev) => ev.recv().await,
                 None => std::future::pending().await,
             }
         };
@@ -381,7 +470,7 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
                 Some(Ok(Message::Text(t))) => match serde_json::from_str::<ServerToClient>(&t) {
                     Ok(ServerToClient::Update(j)) => live.apply(j, &tls).await?,
                     Ok(ServerToClient::Signal { device_id, data }) => {
-                        if let (Some((t, _)), Some(k)) = (&live.tunnel, live.edges.get(&device_id))
+                        if let (Some(t), Some(k)) = (&live.tunnel, live.edges.get(&device_id))
                             && let Some(sig) = STANDARD.decode(&data).ok().and_then(|b| Signal::decode(&b).ok())
                         {
                             let _ = t.signal(*k, sig).await;
@@ -430,6 +519,12 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     };
     let _ = ws.close(None).await;
     let _ = std::fs::remove_file(&status_path);
+    for t in tasks {
+        t.abort();
+    }
+    if let Some(p) = live.pump.take() {
+        p.abort();
+    }
     drop(live);
     let why = outcome?;
     eprintln!("tunnel down: {why}");
@@ -453,7 +548,7 @@ async fn snapshot(live: &Live, s: &Session, id: &str) -> TunnelStatus {
             handshake_secs_ago: None,
             targets: d.targets.iter().map(|t| t.to_string()).collect(),
         };
-        if let (Some((t, _)), Some(k)) = (&live.tunnel, live.edges.get(&d.device_id))
+        if let (Some(t), Some(k)) = (&live.tunnel, live.edges.get(&d.device_id))
             && let Ok(Some(p)) = t.stats(*k).await
         {
             st.path = format!("{:?}", p.path).to_lowercase();

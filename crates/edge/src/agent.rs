@@ -13,6 +13,8 @@ use crate::local::{PeerStatus, SessionStatus, StateDir, Status, SwitchSource};
 use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use drawbridge_netstack::{Forwarder, ForwarderConfig, ForwarderHandle, Limits};
 use drawbridge_proto::SessionState;
 use drawbridge_proto::channel::{
     EDGE_AUTH_CONTEXT, EdgeSession, EdgeStatus, EdgeToServer, MAX_CHANNEL_FRAME, ServerToEdge,
@@ -30,6 +32,8 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The edge's own address inside a session's overlay (clients get .2 onwards).
+const EDGE_OVERLAY_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(100, 64, 0, 1);
 const TICK: Duration = Duration::from_secs(1);
 const STATUS_EVERY: u32 = 15;
 const REPORT_EVERY: u32 = 5;
@@ -52,7 +56,9 @@ struct Running {
     private_key: [u8; 32],
     public: String,
     key_sent: bool,
-    tunnel: Option<Tunnel>,
+    tunnel: Option<Arc<Tunnel>>,
+    /// The userspace stack terminating the clients' flows towards the LAN.
+    forwarder: Option<(ForwarderHandle, tokio::task::JoinHandle<()>)>,
     /// Clients currently configured as peers (base64 keys).
     peers: Vec<String>,
     token: Option<String>,
@@ -60,11 +66,40 @@ struct Running {
     stats: HashMap<String, PeerStatus>,
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
+impl Running {
+    fn stop(&mut self) {
         if let Some(p) = self.pump.take() {
             p.abort();
         }
+        if let Some((_, f)) = self.forwarder.take() {
+            f.abort();
+        }
+        self.tunnel = None;
+        self.peers.clear();
+    }
+
+    /// The forwarder's policy from the session: released targets, NAT, the clients' overlay addresses.
+    fn policy(
+        &self,
+    ) -> (
+        Vec<drawbridge_proto::Target>,
+        Vec<drawbridge_proto::NatMapping>,
+        Vec<ipnet::IpNet>,
+    ) {
+        let sources = self
+            .info
+            .peers
+            .iter()
+            .filter_map(|p| p.overlay_ip.parse::<std::net::IpAddr>().ok())
+            .map(ipnet::IpNet::from)
+            .collect();
+        (self.info.targets.clone(), self.info.nat.clone(), sources)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -111,6 +146,7 @@ impl Agent {
                     public,
                     key_sent: false,
                     tunnel: None,
+                    forwarder: None,
                     peers: Vec::new(),
                     token: None,
                     pump: None,
@@ -141,13 +177,10 @@ impl Agent {
             let allowed =
                 switch_on && r.info.state == SessionState::Active && now < r.info.valid_until;
             if !allowed {
-                if r.tunnel.take().is_some() {
+                if r.tunnel.is_some() {
                     tracing::info!(session = %id, "tunnel stopped");
                 }
-                if let Some(p) = r.pump.take() {
-                    p.abort();
-                }
-                r.peers.clear();
+                r.stop();
                 continue;
             }
             let Some(token) = r.info.relay_token.clone() else {
@@ -198,6 +231,12 @@ impl Agent {
                         data: STANDARD.encode(sig.encode()),
                     });
                 }
+            }
+            if r.peers != wanted
+                && let Some((f, _)) = &r.forwarder
+            {
+                let (targets, nat, sources) = r.policy();
+                f.update_config(targets, nat, sources);
             }
             r.peers = wanted;
         }
@@ -357,7 +396,22 @@ async fn start_tunnel(
     })
     .await
     .context("starting the tunnel")?;
+    let tunnel = Arc::new(tunnel);
+    // Client packets go to the userspace stack, which opens ordinary sockets to
+    // the released targets only; its replies go back into the tunnel.
+    let (targets, nat, sources) = r.policy();
+    let (fwd, handle) = Forwarder::new(ForwarderConfig {
+        local_ip: EDGE_OVERLAY_IP,
+        targets,
+        nat,
+        allowed_sources: sources,
+        limits: Limits::default(),
+    });
+    let (to_fwd, from_tunnel) = mpsc::channel::<Bytes>(1024);
+    let (to_tunnel, mut from_fwd) = mpsc::channel::<Bytes>(1024);
+    let fwd_task = tokio::spawn(fwd.run(from_tunnel, to_tunnel));
     let session_id = r.info.session_id.clone();
+    let t = tunnel.clone();
     r.pump = Some(tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -373,14 +427,18 @@ async fn start_tunnel(
                     None => return,
                 },
                 pkt = io.incoming.recv() => match pkt {
-                    // Forwarding to the LAN is the userspace stack's job (crates/netstack);
-                    // until it is wired in, client packets are dropped here.
-                    Some((_peer, _packet)) => {}
+                    // A full stack queue drops (and TCP retransmits): never stall the tunnel.
+                    Some((_peer, packet)) => { let _ = to_fwd.try_send(Bytes::from(packet)); }
+                    None => return,
+                },
+                pkt = from_fwd.recv() => match pkt {
+                    Some(packet) => { let _ = t.try_send_ip(packet.to_vec()); }
                     None => return,
                 },
             }
         }
     }));
+    r.forwarder = Some((handle, fwd_task));
     r.tunnel = Some(tunnel);
     r.token = Some(token.to_string());
     Ok(())

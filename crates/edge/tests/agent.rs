@@ -492,3 +492,159 @@ fn a_client_connects_to_the_edge_through_the_relay_and_the_session_end_tears_it_
         "the tunnel is on the record"
     );
 }
+
+/// A "machine LAN" TCP device on loopback: echoes what it receives.
+fn echo_server() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = c.try_clone().unwrap();
+                let mut w = c;
+                let _ = std::io::copy(&mut r, &mut w);
+            });
+        }
+    });
+    addr
+}
+
+fn login(server: &Server, config: &Path) {
+    use std::io::Write;
+    let mut login = client(config)
+        .args([
+            "login",
+            "--server",
+            &server.url(),
+            "--account",
+            "acme",
+            "--user",
+            "root",
+            "--password-stdin",
+            "--ca-file",
+        ])
+        .arg(server.data.join("ca.pem"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    login
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{PASSWORD}\n").as_bytes())
+        .unwrap();
+    let out = login.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "login: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A SOCKS5 CONNECT to `dst` through the proxy at `proxy`; returns the reply code.
+fn socks_connect(
+    proxy: std::net::SocketAddr,
+    dst: std::net::SocketAddr,
+) -> (u8, std::net::TcpStream) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&[5, 1, 0]).unwrap();
+    let mut hello = [0u8; 2];
+    s.read_exact(&mut hello).unwrap();
+    assert_eq!(hello, [5, 0]);
+    let std::net::SocketAddr::V4(v4) = dst else {
+        panic!("v4 only")
+    };
+    let mut req = vec![5, 1, 0, 1];
+    req.extend_from_slice(&v4.ip().octets());
+    req.extend_from_slice(&v4.port().to_be_bytes());
+    s.write_all(&req).unwrap();
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).unwrap();
+    (reply[1], s)
+}
+
+#[test]
+fn released_targets_are_reachable_through_the_tunnel_by_forward_and_socks5_and_nothing_else() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let (server, api, device, state) = setup(dir.path());
+    let plc = echo_server();
+    let other = echo_server(); // on the same "LAN", but not released
+    let (code, v) = api.call(
+        reqwest::Method::PATCH,
+        &format!("/devices/{device}"),
+        Some(json!({"firewall": [{"address": "127.0.0.1", "protocol": "tcp", "ports": plc.port().to_string()}]})),
+    );
+    assert_eq!(code, 200, "{v}");
+    edge(&state, &["switch", "on"]);
+    let _agent = edge_run(&state);
+    wait("online with the switch on", || {
+        let d = api.get(&format!("/devices/{device}"));
+        d["status"]["online"] == true && d["status"]["switch_on"] == true
+    });
+    let me = api.get("/me")["user"]["id"].as_str().unwrap().to_string();
+    let (s, v) = api.post(
+        "/sessions",
+        json!({"name": "plc", "devices": [{"device_id": device, "targets": [{"address": "127.0.0.1", "protocol": "tcp", "ports": plc.port().to_string()}]}], "users": [me]}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let sid = v["id"].as_str().unwrap().to_string();
+    let config = dir.path().join("client");
+    login(&server, &config);
+    let lport = free_port();
+    let sport = free_port();
+    let _connect = Proc(
+        client(&config)
+            .args(["connect", &sid, "--for-seconds", "60", "-L"])
+            .arg(format!("127.0.0.1:{lport}:{plc}"))
+            .args(["--socks5", &format!("127.0.0.1:{sport}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait("the client shows its tunnel with a handshake", || {
+        let out = client(&config).args(["status", "--json"]).output().unwrap();
+        serde_json::from_slice::<Value>(&out.stdout)
+            .is_ok_and(|v| v[0]["devices"][0]["handshake_secs_ago"].is_u64())
+    });
+    // Through the -L forward: a 1 MB round trip, byte for byte.
+    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", lport)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut w = c.try_clone().unwrap();
+    let data = payload.clone();
+    let writer = std::thread::spawn(move || w.write_all(&data).unwrap());
+    let mut back = vec![0u8; payload.len()];
+    c.read_exact(&mut back).unwrap();
+    writer.join().unwrap();
+    assert!(back == payload, "the echo through the tunnel is exact");
+    // Through SOCKS5: the released target works, the other port and another address do not.
+    let (code, mut s5) = socks_connect(([127, 0, 0, 1], sport).into(), plc);
+    assert_eq!(code, 0, "released target via SOCKS5");
+    s5.write_all(b"modbus?").unwrap();
+    let mut buf = [0u8; 7];
+    s5.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"modbus?");
+    let (code, _) = socks_connect(([127, 0, 0, 1], sport).into(), other);
+    assert_ne!(code, 0, "a port that is not released is unreachable");
+    let (code, _) = socks_connect(
+        ([127, 0, 0, 1], sport).into(),
+        ([127, 0, 0, 2], plc.port()).into(),
+    );
+    assert_ne!(code, 0, "an address that is not released is unreachable");
+    // The edge counted the traffic.
+    wait("the edge reports bytes", || {
+        let out = edge(&state, &["status", "--json"]);
+        serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|v| {
+            v["sessions"][0]["peers"][0]["bytes_to_device"]
+                .as_u64()
+                .unwrap_or(0)
+                > 1_000_000
+        })
+    });
+}
