@@ -729,7 +729,7 @@ async fn tcp_through_a_narrow_slow_link() {
         let mut n = 0u32;
         while let Some(p) = a_rx.recv().await {
             n += 1;
-            if n % 64 == 0 {
+            if n.is_multiple_of(64) {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             if fa_tx.send(p).await.is_err() {
