@@ -13,7 +13,7 @@ use ipnet::{IpNet, Ipv4Net};
 use smoltcp::wire::{IpProtocol, Ipv4Packet};
 use tokio::sync::mpsc;
 
-use crate::stack::{Shared, SockMeta, StackStream, orphan, wait_established};
+use crate::stack::{Shared, SockMeta, StackStream, wait_established};
 
 /// A TCP connection through the tunnel.
 pub type DialedStream = StackStream;
@@ -144,21 +144,23 @@ impl Dialer {
             );
             (h, SocketAddr::V4(SocketAddrV4::new(self.overlay_ip, port)))
         };
-        let stream = StackStream {
+        let mut stream = StackStream {
             shared: self.shared.clone(),
             handle,
             local,
             peer: dst,
+            abort: false,
         };
         self.shared.notify.notify_one();
-        match tokio::time::timeout(CONNECT_TIMEOUT, wait_established(&self.shared, handle)).await {
+        let r = tokio::time::timeout(CONNECT_TIMEOUT, wait_established(&self.shared, handle)).await;
+        match r {
             Ok(Ok(())) => Ok(stream),
             Ok(Err(e)) => {
-                orphan(&self.shared, handle, true);
+                stream.abort_on_drop();
                 Err(e)
             }
             Err(_) => {
-                orphan(&self.shared, handle, true);
+                stream.abort_on_drop();
                 Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("connecting to {dst} timed out"),

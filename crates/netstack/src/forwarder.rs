@@ -523,6 +523,7 @@ impl Forwarder {
             handle,
             local: SocketAddr::V4(SocketAddrV4::new(key.dst, key.dst_port_raw)),
             peer: SocketAddr::V4(SocketAddrV4::new(key.src, key.src_port)),
+            abort: false,
         };
         tokio::spawn(tcp_flow(stream, lan, self.limits.connect_timeout));
     }

@@ -310,14 +310,23 @@ pub(crate) async fn wait_established(shared: &Shared, handle: SocketHandle) -> i
 /// A TCP connection terminated in smoltcp, as an `AsyncRead + AsyncWrite`.
 /// Dropping it closes the connection gracefully (FIN) and lets the driver reclaim the
 /// socket once it is closed.
+///
+/// Invariant: each socket has exactly one `StackStream`, and the driver removes a socket
+/// only after its stream was dropped, so the handle is always valid here.
 pub struct StackStream {
     pub(crate) shared: Arc<Shared>,
     pub(crate) handle: SocketHandle,
     pub(crate) local: std::net::SocketAddr,
     pub(crate) peer: std::net::SocketAddr,
+    pub(crate) abort: bool,
 }
 
 impl StackStream {
+    /// Reset (RST) instead of closing (FIN) when dropped.
+    pub fn abort_on_drop(&mut self) {
+        self.abort = true;
+    }
+
     /// The local (overlay) address of this connection.
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.local
@@ -426,12 +435,13 @@ impl AsyncWrite for StackStream {
 
 impl Drop for StackStream {
     fn drop(&mut self) {
-        orphan(&self.shared, self.handle, false);
+        orphan(&self.shared, self.handle, self.abort);
     }
 }
 
 /// Hands a socket back to the driver: closes it (or aborts it) and marks it for removal.
-pub(crate) fn orphan(shared: &Shared, handle: SocketHandle, abort: bool) {
+/// Only `StackStream::drop` calls this.
+fn orphan(shared: &Shared, handle: SocketHandle, abort: bool) {
     {
         let mut g = shared.lock();
         let s = g.sockets.get_mut::<tcp::Socket>(handle);

@@ -754,3 +754,52 @@ async fn tcp_through_a_narrow_slow_link() {
     assert!(got == data, "echo differs");
     assert_eq!(handle.stats().dropped_queue_full, 0);
 }
+
+/// The client stack survives hostile input from the tunnel too.
+#[tokio::test]
+async fn dialer_survives_random_packets() {
+    let (server, _) = tcp_echo(Ipv4Addr::LOCALHOST).await;
+    let (fwd, _) = Forwarder::new(config(vec![port_target("tcp", server)], vec![]));
+    let dialer = Dialer::new(CLIENT, vec![port_target("tcp", server)]);
+    let (a_tx, a_rx) = mpsc::channel::<Bytes>(1024);
+    let (b_tx, mut b_rx) = mpsc::channel::<Bytes>(1024);
+    let (d_tx, d_rx) = mpsc::channel::<Bytes>(1024);
+    // Everything the edge sends, plus random garbage, reaches the dialer.
+    let noise = d_tx.clone();
+    tokio::spawn(async move {
+        while let Some(p) = b_rx.recv().await {
+            let _ = d_tx.send(p).await;
+        }
+    });
+    tokio::spawn(fwd.run(a_rx, b_tx));
+    tokio::spawn(dialer.clone().run(d_rx, a_tx));
+    let mut s = dialer.connect(server).await.unwrap();
+    let SocketAddr::V4(sv4) = server else {
+        panic!()
+    };
+    let local_port = s.local_addr().port();
+    for i in 0..3000u32 {
+        let p = if i % 2 == 0 {
+            let n = rand::random::<usize>() % 1500;
+            (0..n).map(|_| rand::random::<u8>()).collect::<Vec<u8>>()
+        } else {
+            // Well-formed TCP SYNs at the dialer's own connection and port.
+            wire::tcp_syn(
+                *sv4.ip(),
+                sv4.port(),
+                CLIENT,
+                local_port.wrapping_add((i % 3) as u16),
+            )
+        };
+        noise.send(Bytes::from(p)).await.unwrap();
+    }
+    s.write_all(b"still here").await.unwrap();
+    let mut b = [0u8; 10];
+    // A forged in-window segment may legitimately reset that connection; either way the
+    // stack itself must live on.
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut b)).await;
+    drop(s);
+    let s2 = dialer.connect(server).await.unwrap();
+    let got = echo_roundtrip(s2, b"fresh".to_vec()).await;
+    assert_eq!(got, b"fresh");
+}
