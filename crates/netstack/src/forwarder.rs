@@ -84,7 +84,7 @@ impl ForwarderConfig {
 }
 
 /// A snapshot of the forwarder's counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ForwarderStats {
     pub packets_in: u64,
     pub bytes_in: u64,
