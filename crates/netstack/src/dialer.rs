@@ -57,6 +57,11 @@ impl Dialer {
         }
     }
 
+    /// TCP sockets the dialer holds (open, closing or not yet reclaimed).
+    pub fn connections(&self) -> usize {
+        self.shared.lock().meta.len()
+    }
+
     pub fn overlay_ip(&self) -> Ipv4Addr {
         self.overlay_ip
     }

@@ -803,3 +803,31 @@ async fn dialer_survives_random_packets() {
     let got = echo_roundtrip(s2, b"fresh".to_vec()).await;
     assert_eq!(got, b"fresh");
 }
+
+/// Closed connections are reclaimed on both stacks (no socket or flow leak).
+#[tokio::test]
+async fn closed_flows_are_reclaimed() {
+    let (server, _) = tcp_echo(Ipv4Addr::LOCALHOST).await;
+    let (dialer, handle) = link(
+        config(vec![port_target("tcp", server)], vec![]),
+        vec![port_target("tcp", server)],
+    );
+    for i in 0..40u32 {
+        let s = dialer.connect(server).await.unwrap();
+        let msg = format!("conn {i}");
+        assert_eq!(
+            echo_roundtrip(s, msg.clone().into_bytes()).await,
+            msg.as_bytes()
+        );
+    }
+    let mut left = (u64::MAX, usize::MAX);
+    for _ in 0..50 {
+        left = (handle.stats().tcp_flows, dialer.connections());
+        if left == (0, 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, (0, 0), "flows/sockets left over");
+    assert_eq!(handle.stats().tcp_flows_total, 40);
+}
