@@ -28,6 +28,9 @@ use crate::wire;
 pub struct Limits {
     /// TCP + UDP flows at once.
     pub max_flows: usize,
+    /// TCP + UDP flows at once from one client address (so one client of a shared
+    /// session cannot starve the others).
+    pub max_flows_per_source: usize,
     /// Receive and send buffer of each smoltcp TCP socket (bytes, each direction).
     pub tcp_buffer: usize,
     /// A TCP flow with no data either way for this long is reset.
@@ -48,6 +51,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_flows: 1024,
+            max_flows_per_source: 512,
             tcp_buffer: 128 * 1024,
             tcp_idle: Duration::from_secs(30 * 60),
             udp_idle: Duration::from_secs(60),
@@ -347,6 +351,24 @@ impl Forwarder {
         self.common.counters.tcp_flows.load(Ordering::Relaxed) + st.udp.len()
     }
 
+    /// May `src` open one more flow? (Linear in the flows: runs only for new flows.)
+    fn room_for(&self, st: &RunState, src: Ipv4Addr) -> bool {
+        if self.flows(st) >= self.limits.max_flows {
+            return false;
+        }
+        let mine = st.udp.keys().filter(|k| k.src == src).count()
+            + st.pending.keys().filter(|k| k.src == src).count()
+            + self
+                .common
+                .shared
+                .lock()
+                .by_key
+                .keys()
+                .filter(|k| k.src == src)
+                .count();
+        mine < self.limits.max_flows_per_source
+    }
+
     fn inbound(&self, st: &mut RunState, packet: Bytes) {
         let c = &self.common.counters;
         c.packets_in.fetch_add(1, Ordering::Relaxed);
@@ -368,7 +390,7 @@ impl Forwarder {
                     }
                     st.udp.remove(&key);
                 }
-                if self.flows(st) >= self.limits.max_flows {
+                if !self.room_for(st, key.src) {
                     self.common.count_drop(DropReason::TooManyFlows);
                     return;
                 }
@@ -454,7 +476,7 @@ impl Forwarder {
             return;
         }
         drop(g);
-        if self.flows(st) >= self.limits.max_flows {
+        if !self.room_for(st, key.src) {
             self.common.count_drop(DropReason::TooManyFlows);
             return;
         }

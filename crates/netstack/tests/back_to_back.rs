@@ -462,6 +462,45 @@ async fn flow_limit_holds() {
 }
 
 #[tokio::test]
+async fn per_source_flow_limit_leaves_room_for_others() {
+    let userver = udp_echo(Ipv4Addr::LOCALHOST).await;
+    let mut cfg = config(vec![port_target("udp", userver)], vec![]);
+    cfg.allowed_sources = vec!["100.64.0.0/24".parse().unwrap()];
+    cfg.limits.max_flows = 10;
+    cfg.limits.max_flows_per_source = 3;
+    let (inject, _out, handle) = forwarder(cfg);
+    let other: Ipv4Addr = "100.64.0.3".parse().unwrap();
+    for i in 0..5 {
+        inject
+            .send(Bytes::from(wire::udp(
+                CLIENT,
+                43000 + i,
+                Ipv4Addr::LOCALHOST,
+                userver.port(),
+                b"u",
+            )))
+            .await
+            .unwrap();
+    }
+    for i in 0..2 {
+        inject
+            .send(Bytes::from(wire::udp(
+                other,
+                43000 + i,
+                Ipv4Addr::LOCALHOST,
+                userver.port(),
+                b"u",
+            )))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let st = handle.stats();
+    assert_eq!(st.udp_flows_total, 5, "{st:?}");
+    assert_eq!(st.dropped_too_many_flows, 2);
+}
+
+#[tokio::test]
 async fn random_packets_never_panic() {
     let server = udp_echo(Ipv4Addr::LOCALHOST).await;
     let (tcp_server, _) = tcp_echo(Ipv4Addr::LOCALHOST).await;
