@@ -270,8 +270,13 @@ impl Live {
             let Some(k) = d.edge_public_key.as_deref().and_then(key_bytes) else {
                 continue;
             };
-            if self.edges.get(&d.device_id) == Some(&k) {
-                continue;
+            match self.edges.get(&d.device_id) {
+                Some(old) if *old == k => continue,
+                // The edge restarted with a fresh key: its routes move to the new one.
+                Some(old) => {
+                    let _ = t.remove_peer(*old).await;
+                }
+                None => {}
             }
             let allowed = d
                 .targets
@@ -360,27 +365,13 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
         .replace('+', "%2B")
         .replace('/', "%2F")
         .replace('=', "%3D");
-    let mut req = format!("{base}/api/v1/sessions/{id}/channel?key={key_q}")
-        .into_client_request()
-        .map_err(|e| Error::user(e.to_string()))?;
-    if let Some(t) = ctx.client.token() {
-        req.headers_mut().insert(
-            "authorization",
-            format!("Bearer {t}")
-                .parse()
-                .map_err(|_| Error::user("bad token"))?,
-        );
-    }
-    let mut cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
-    cfg.max_message_size = Some(MAX_CHANNEL_FRAME);
-    let (mut ws, _) = tokio_tungstenite::connect_async_tls_with_config(
-        req,
-        Some(cfg),
-        false,
-        Some(Connector::Rustls(tls.clone())),
-    )
-    .await
-    .map_err(|e| Error::user(format!("opening the session channel: {e}")))?;
+    let channel_url = format!("{base}/api/v1/sessions/{id}/channel?key={key_q}");
+    let token = ctx.client.token().map(str::to_string);
+    let mut ws = Some(open_channel(&channel_url, token.as_deref(), &tls).await?);
+    let mut retry = Duration::from_secs(1);
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let valid_until = tokio::time::Instant::now()
+        + Duration::from_secs(u64::try_from(join.valid_until - unix_now()).unwrap_or(0));
 
     // The userspace stack: local forwards and SOCKS5 dial into the tunnel
     // from the overlay address, and only to the released targets.
@@ -456,7 +447,7 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
         .for_seconds
         .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
     let mut n: u64 = 0;
-    let outcome = loop {
+    let outcome: Result<String> = loop {
         let events = async {
             match live.events.as_mut() {
                 Some(ev) => ev.recv().await,
@@ -466,7 +457,23 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break Ok("interrupted".to_string()),
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break Ok("time is up".to_string()),
-            m = ws.next() => match m {
+            _ = tokio::time::sleep_until(valid_until) => break Ok("the session's time is over".to_string()),
+            _ = async { match retry_at { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
+                // The tunnel kept running; now try to get the session channel back.
+                match open_channel(&channel_url, token.as_deref(), &tls).await {
+                    Ok(c) => {
+                        eprintln!("the control plane is back");
+                        ws = Some(c);
+                        retry_at = None;
+                        retry = Duration::from_secs(1);
+                    }
+                    Err(_) => {
+                        retry = (retry * 2).min(Duration::from_secs(30));
+                        retry_at = Some(tokio::time::Instant::now() + retry);
+                    }
+                }
+            }
+            m = async { match ws.as_mut() { Some(w) => w.next().await, None => std::future::pending().await } } => match m {
                 Some(Ok(Message::Text(t))) => match serde_json::from_str::<ServerToClient>(&t) {
                     Ok(ServerToClient::Update(j)) => live.apply(j, &tls).await?,
                     Ok(ServerToClient::Signal { device_id, data }) => {
@@ -480,15 +487,22 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
                     Err(_) => {}
                 },
                 Some(Ok(_)) => {}
-                Some(Err(e)) => break Err(Error::user(format!("the session channel failed: {e}"))),
-                None => break Ok("the server closed the session channel".to_string()),
+                // The control plane is unreachable: existing tunnels go on until the
+                // session's end; the channel is re-opened with backoff.
+                Some(Err(_)) | None => {
+                    eprintln!("lost the control plane; the tunnel stays up until the session ends");
+                    ws = None;
+                    retry_at = Some(tokio::time::Instant::now() + retry);
+                }
             },
             ev = events => {
                 if let Some(DriverEvent::Signal { peer, signal }) = ev
                     && let Some(device_id) = live.device_of(&peer)
                 {
                     let m = ClientToServer::Signal { device_id, data: STANDARD.encode(signal.encode()) };
-                    let _ = ws.send(Message::Text(serde_json::to_string(&m).unwrap_or_default().into())).await;
+                    if let Some(w) = ws.as_mut() {
+                        let _ = w.send(Message::Text(serde_json::to_string(&m).unwrap_or_default().into())).await;
+                    }
                 }
             }
             _ = tick.tick() => {
@@ -511,13 +525,17 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
                             bytes_to_device: d.bytes_to_device,
                             bytes_from_device: d.bytes_from_device,
                         });
-                        let _ = ws.send(Message::Text(serde_json::to_string(&r).unwrap_or_default().into())).await;
+                        if let Some(w) = ws.as_mut() {
+                            let _ = w.send(Message::Text(serde_json::to_string(&r).unwrap_or_default().into())).await;
+                        }
                     }
                 }
             }
         }
     };
-    let _ = ws.close(None).await;
+    if let Some(mut w) = ws {
+        let _ = w.close(None).await;
+    }
     let _ = std::fs::remove_file(&status_path);
     for t in tasks {
         t.abort();
@@ -529,6 +547,43 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     let why = outcome?;
     eprintln!("tunnel down: {why}");
     Ok(())
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens the session channel (bearer token, our TLS trust, bounded frames).
+async fn open_channel(
+    url: &str,
+    token: Option<&str>,
+    tls: &Arc<rustls::ClientConfig>,
+) -> Result<Ws> {
+    let mut req = url
+        .into_client_request()
+        .map_err(|e| Error::user(e.to_string()))?;
+    if let Some(t) = token {
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {t}")
+                .parse()
+                .map_err(|_| Error::user("bad token"))?,
+        );
+    }
+    let mut cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
+    cfg.max_message_size = Some(MAX_CHANNEL_FRAME);
+    let (ws, _) = tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio_tungstenite::connect_async_tls_with_config(
+            req,
+            Some(cfg),
+            false,
+            Some(Connector::Rustls(tls.clone())),
+        ),
+    )
+    .await
+    .map_err(|_| Error::user("opening the session channel timed out"))?
+    .map_err(|e| Error::user(format!("opening the session channel: {e}")))?;
+    Ok(ws)
 }
 
 async fn snapshot(live: &Live, s: &Session, id: &str) -> TunnelStatus {
@@ -551,7 +606,7 @@ async fn snapshot(live: &Live, s: &Session, id: &str) -> TunnelStatus {
         if let (Some(t), Some(k)) = (&live.tunnel, live.edges.get(&d.device_id))
             && let Ok(Some(p)) = t.stats(*k).await
         {
-            st.path = format!("{:?}", p.path).to_lowercase();
+            st.path = p.path.kind().to_string();
             st.reason = p.reason.to_string();
             st.rtt_ms = p.rtt.map(|r| r.as_millis() as u64);
             st.bytes_to_device = p.tx_bytes;

@@ -272,7 +272,7 @@ impl Agent {
                 let Ok(Some(s)) = t.stats(k).await else {
                     continue;
                 };
-                let path = format!("{:?}", s.path).to_lowercase();
+                let path = s.path.kind().to_string();
                 let reason = s.reason.to_string();
                 r.stats.insert(
                     p.public_key.clone(),

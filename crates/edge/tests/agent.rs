@@ -65,9 +65,10 @@ impl Server {
         let child = cmd
             .args([
                 "run",
-                "--no-stun",
                 "--listen",
                 &format!("127.0.0.1:{port}"),
+                "--stun-listen",
+                &format!("127.0.0.1:{}", free_udp_port()),
                 "--data-dir",
             ])
             .arg(data)
@@ -90,6 +91,14 @@ impl Server {
     fn stop(&mut self) {
         self.proc.take();
     }
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn free_port() -> u16 {
@@ -647,4 +656,154 @@ fn released_targets_are_reachable_through_the_tunnel_by_forward_and_socks5_and_n
                 > 1_000_000
         })
     });
+}
+
+/// A Modbus TCP PLC simulator on loopback (tokio-modbus): holding registers
+/// 0..16 hold 1000 + address; register 100 counts the reads it has answered.
+fn plc_simulator() -> std::net::SocketAddr {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    use tokio_modbus::prelude::*;
+    use tokio_modbus::server::tcp::{Server as ModbusServer, accept_tcp_connection};
+
+    #[derive(Clone)]
+    struct Plc(std::sync::Arc<AtomicU16>);
+    impl tokio_modbus::server::Service for Plc {
+        type Request = Request<'static>;
+        type Response = Response;
+        type Exception = ExceptionCode;
+        type Future = std::future::Ready<Result<Response, ExceptionCode>>;
+        fn call(&self, req: Request<'static>) -> Self::Future {
+            std::future::ready(match req {
+                Request::ReadHoldingRegisters(100, 1) => Ok(Response::ReadHoldingRegisters(vec![
+                    self.0.fetch_add(1, Ordering::Relaxed),
+                ])),
+                Request::ReadHoldingRegisters(a, n) if u32::from(a) + u32::from(n) <= 16 => Ok(
+                    Response::ReadHoldingRegisters((a..a + n).map(|x| 1000 + x).collect()),
+                ),
+                _ => Err(ExceptionCode::IllegalDataAddress),
+            })
+        }
+    }
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = std_listener.local_addr().unwrap();
+    std_listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+            let plc = Plc(std::sync::Arc::new(AtomicU16::new(0)));
+            let server = ModbusServer::new(listener);
+            let on_connected = |stream, socket_addr| {
+                let plc = plc.clone();
+                async move { accept_tcp_connection(stream, socket_addr, move |_| Ok(Some(plc.clone()))) }
+            };
+            let _ = server.serve(&on_connected, |_e| {}).await;
+        });
+    });
+    addr
+}
+
+/// Reads holding registers 0..4 over Modbus TCP at `addr`.
+async fn read_registers(addr: std::net::SocketAddr) -> anyhow_like::Result<Vec<u16>> {
+    use tokio_modbus::prelude::*;
+    let mut ctx = tokio::time::timeout(Duration::from_secs(5), tcp::connect(addr)).await??;
+    let regs =
+        tokio::time::timeout(Duration::from_secs(5), ctx.read_holding_registers(0, 4)).await???;
+    Ok(regs)
+}
+
+/// The smallest error plumbing the Modbus helpers need.
+mod anyhow_like {
+    pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+}
+
+#[test]
+fn modbus_polling_goes_on_when_the_control_plane_dies_and_the_tunnel_comes_back_after_an_edge_restart()
+ {
+    use tokio_modbus::prelude::*;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, api, device, state) = setup(dir.path());
+    let plc = plc_simulator();
+    let target =
+        json!([{"address": "127.0.0.1", "protocol": "tcp", "ports": plc.port().to_string()}]);
+    let (code, _) = api.call(
+        reqwest::Method::PATCH,
+        &format!("/devices/{device}"),
+        Some(json!({"firewall": target})),
+    );
+    assert_eq!(code, 200);
+    edge(&state, &["switch", "on"]);
+    let agent = edge_run(&state);
+    wait("online with the switch on", || {
+        let d = api.get(&format!("/devices/{device}"));
+        d["status"]["online"] == true && d["status"]["switch_on"] == true
+    });
+    let me = api.get("/me")["user"]["id"].as_str().unwrap().to_string();
+    let (_, v) = api.post("/sessions", json!({"name": "plc", "devices": [{"device_id": device, "targets": target}], "users": [me]}));
+    let sid = v["id"].as_str().unwrap().to_string();
+    let config = dir.path().join("client");
+    login(&server, &config);
+    let lport = free_port();
+    let sport = free_port();
+    let _connect = Proc(
+        client(&config)
+            .args(["connect", &sid, "--for-seconds", "120", "-L"])
+            .arg(format!("{lport}:{plc}"))
+            .args(["--socks5", &sport.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let local: std::net::SocketAddr = ([127, 0, 0, 1], lport).into();
+    wait("the PLC answers through the -L forward", || {
+        rt.block_on(read_registers(local))
+            .is_ok_and(|r| r == vec![1000, 1001, 1002, 1003])
+    });
+    // Through SOCKS5 as well: the Modbus client speaks over the proxied stream.
+    let (code, s5) = socks_connect(([127, 0, 0, 1], sport).into(), plc);
+    assert_eq!(code, 0);
+    s5.set_nonblocking(true).unwrap();
+    let regs = rt.block_on(async {
+        let stream = tokio::net::TcpStream::from_std(s5).unwrap();
+        let mut ctx = tcp::attach(stream);
+        ctx.read_holding_registers(2, 2).await
+    });
+    assert_eq!(regs.unwrap().unwrap(), vec![1002, 1003]);
+    // With STUN on loopback both ends find each other directly.
+    wait("the tunnel goes direct", || {
+        let out = client(&config).args(["status", "--json"]).output().unwrap();
+        serde_json::from_slice::<Value>(&out.stdout)
+            .is_ok_and(|v| v[0]["devices"][0]["path"] == "direct")
+    });
+    // Keep one Modbus connection polling while the control plane (and its relay) goes away.
+    let mut ctx = rt.block_on(tcp::connect(local)).unwrap();
+    server.stop();
+    let mut last = 0;
+    for _ in 0..20 {
+        let v = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), ctx.read_holding_registers(100, 1)).await
+        });
+        let v = v
+            .expect("answer in time")
+            .expect("transport")
+            .expect("no exception")[0];
+        assert!(v >= last, "the PLC's counter moves on");
+        last = v;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The control plane comes back; then the edge restarts: the tunnel comes back on a new key.
+    let server = Server::start(&server.data.clone(), server.port);
+    let api = Api::login(&server);
+    wait("the edge reconnects", || {
+        api.get(&format!("/devices/{device}"))["status"]["online"] == true
+    });
+    drop(agent);
+    let _agent = edge_run(&state);
+    wait("polling works again after the edge restart", || {
+        rt.block_on(read_registers(local))
+            .is_ok_and(|r| r.len() == 4)
+    });
+    assert_eq!(api.get(&format!("/sessions/{sid}"))["state"], "active");
 }

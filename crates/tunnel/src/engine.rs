@@ -201,6 +201,17 @@ pub enum Path {
     None,
 }
 
+impl Path {
+    /// `relay`, `direct` or `none`: the path's kind, for reports and status lines.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Path::Relay => "relay",
+            Path::Direct(_) => "direct",
+            Path::None => "none",
+        }
+    }
+}
+
 impl fmt::Display for Path {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

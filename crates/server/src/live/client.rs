@@ -294,7 +294,13 @@ async fn serve(
                         // A client reports only on its own tunnel.
                         r.session_id = session_id.to_string();
                         r.peer = key.to_string();
-                        super::edge::tunnel_report(state, None, &r, state.now()).await?;
+                        // A report out of bounds is ignored; the channel stays up.
+                        if let Err(e) = super::edge::tunnel_report(state, None, &r, state.now()).await {
+                            if e.code == drawbridge_proto::ErrorCode::Internal {
+                                return Err(e);
+                            }
+                            tracing::debug!(error = %e.message, "client report ignored");
+                        }
                     }
                     Err(_) => return Ok(()), // malformed: close this connection only
                 }
