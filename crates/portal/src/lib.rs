@@ -124,6 +124,7 @@ pub fn router(api: Router) -> Router {
         .route(&p("/sessions/{id}"), get(sessions::detail))
         .route(&p("/sessions/{id}/start"), post(sessions::start))
         .route(&p("/sessions/{id}/end"), post(sessions::end))
+        .route(&p("/sessions/{id}/approve"), post(sessions::approve))
         .route(&p("/sessions/{id}/devices"), post(sessions::add_device))
         .route(&p("/audit"), get(audit::page))
         .route(&p("/audit/export"), get(audit::export))

@@ -689,6 +689,42 @@ async fn device_network_edits_dual_control_and_csv_export() {
     assert!(page.body.contains("pending_approval"), "{}", page.body);
     assert!(page.body.contains("waits for approval"));
     assert!(page.body.contains("id=\"connect-command\""));
+    assert!(
+        !page.body.contains("value=\"approve\""),
+        "whoever started it cannot approve it"
+    );
+    // Another admin approves it in the portal (four eyes).
+    let r = admin
+        .post(
+            "/portal/users",
+            &[
+                ("csrf", &csrf),
+                ("username", "ada"),
+                ("role", "admin"),
+                ("password", PASSWORD),
+            ],
+        )
+        .await;
+    admin.follow(&r).await;
+    let mut ada = Browser::new(&server);
+    let ada_dash = ada.login("Plant", "ada", PASSWORD).await;
+    let ada_csrf = ada_dash.csrf();
+    let pending = ada.get(&session).await;
+    assert!(
+        pending.body.contains("value=\"approve\""),
+        "{}",
+        pending.body
+    );
+    let r = ada
+        .post(
+            &format!("{session}/approve"),
+            &[("csrf", &ada_csrf), ("decision", "approve")],
+        )
+        .await;
+    let page = ada.follow(&r).await;
+    assert!(page.body.contains("Approved"), "{}", page.body);
+    assert!(page.body.contains("active"));
+    assert!(page.body.contains("No client has joined this session yet."));
 
     // The audit export as CSV, filtered by device.
     let csv = admin

@@ -546,3 +546,25 @@ pub struct Notification {
 pub struct Decision {
     pub approve: bool,
 }
+
+/// One client tunnel of a session (one row per client join and device).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TunnelInfo {
+    pub id: String,
+    pub user: String,
+    pub device_id: String,
+    pub overlay_ip: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub ended_at: Option<OffsetDateTime>,
+    /// `relay` or `direct`, once reported.
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub path_reason: Option<String>,
+    pub bytes_to_device: i64,
+    pub bytes_from_device: i64,
+    #[serde(default)]
+    pub end_reason: Option<String>,
+}

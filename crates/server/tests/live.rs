@@ -811,11 +811,33 @@ async fn a_joined_client_and_the_edge_exchange_keys_candidates_and_relay_tokens(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let t = l
+        .app
+        .ok(
+            Method::GET,
+            &format!("/api/v1/sessions/{s}/tunnels"),
+            &acct.admin,
+            None,
+        )
+        .await;
+    assert_eq!(t[0]["path"], "direct");
+    assert_eq!(t[0]["bytes_from_device"], 5000);
+    assert!(t[0]["ended_at"].is_null());
     c.close(None).await.unwrap();
     until(&mut ws, |m: &ServerToEdge| {
         sessions_of(m).is_some_and(|x| x.first().is_some_and(|x| x.peers.is_empty()))
     })
     .await;
+    let t = l
+        .app
+        .ok(
+            Method::GET,
+            &format!("/api/v1/sessions/{s}/tunnels"),
+            &acct.admin,
+            None,
+        )
+        .await;
+    assert_eq!(t[0]["end_reason"], "client_left");
     let (_, audit) = l
         .app
         .get("/api/v1/audit?action=tunnel.down", &acct.admin)

@@ -295,6 +295,21 @@ struct DetailPage {
     assigned: bool,
     connect: String,
     addable: Vec<(String, String, String)>,
+    /// An approver (admin or session admin) who did not start it may decide.
+    can_approve: bool,
+    tunnels: Vec<TunnelRow>,
+}
+
+/// One client tunnel as the session page lists it.
+struct TunnelRow {
+    user: String,
+    device: String,
+    overlay_ip: String,
+    since: String,
+    ended: String,
+    path: String,
+    bytes_to: i64,
+    bytes_from: i64,
 }
 
 pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
@@ -307,6 +322,15 @@ pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
         Err(e) => return v.fail(&e),
     };
     let names = Names::load(&v, &devices).await;
+    let tunnels: Vec<drawbridge_proto::api::TunnelInfo> = v
+        .api
+        .get(&format!("/api/v1/sessions/{}/tunnels", enc(&id)))
+        .await
+        .unwrap_or_default();
+    let me_actor = format!("user:{}", v.me.user.id);
+    let can_approve = s.state == SessionState::PendingApproval
+        && v.can(Action::EndAnySession)
+        && s.started_by.as_deref() != Some(me_actor.as_str());
     let assigned = s.users.contains(&v.me.user.id);
     let open = s.state != SessionState::Ended;
     let can_add = s.state == SessionState::Prepared && v.can(Action::AddSessionDevices);
@@ -358,6 +382,24 @@ pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
         } else {
             Vec::new()
         },
+        can_approve,
+        tunnels: tunnels
+            .iter()
+            .map(|t| TunnelRow {
+                user: t.user.clone(),
+                device: names.device(&t.device_id),
+                overlay_ip: t.overlay_ip.clone(),
+                since: super::when(&t.started_at),
+                ended: super::when_opt(&t.ended_at),
+                path: match (&t.path, &t.path_reason) {
+                    (Some(p), Some(r)) if !r.is_empty() => format!("{p} ({r})"),
+                    (Some(p), _) => p.clone(),
+                    _ => "connecting".into(),
+                },
+                bytes_to: t.bytes_to_device,
+                bytes_from: t.bytes_from_device,
+            })
+            .collect(),
         s: SessionRow::of(&s, &names),
     };
     render(StatusCode::OK, &page, v.flash.is_some())
@@ -432,4 +474,27 @@ pub async fn adhoc(Path(id): Path<String>, p: Posted) -> Response {
             .redirect(&format!("{PREFIX}/sessions/{}", enc(&s.id))),
         Err(e) => after::<()>(Err(e), &p.headers, &back, ""),
     }
+}
+
+/// An approver's decision on a session waiting for approval (dual control).
+pub async fn approve(Path(id): Path<String>, p: Posted) -> Response {
+    let approve = p.form.get("decision") == "approve";
+    let r = p
+        .api
+        .call::<Session>(
+            Method::POST,
+            &format!("/api/v1/sessions/{}/approve", enc(&id)),
+            Some(serde_json::json!({ "approve": approve })),
+        )
+        .await;
+    after(
+        r,
+        &p.headers,
+        &format!("{PREFIX}/sessions/{}", enc(&id)),
+        if approve {
+            "Approved: the session is active."
+        } else {
+            "Refused: the session has ended."
+        },
+    )
 }

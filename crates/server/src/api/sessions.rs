@@ -23,6 +23,7 @@ pub fn routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(end))
         .routes(routes!(adhoc))
         .routes(routes!(approve))
+        .routes(routes!(tunnels))
 }
 
 fn is_assigned(s: &Session, caller: &Caller) -> bool {
@@ -458,4 +459,43 @@ async fn approve(
     tx.commit().await?;
     crate::live::notify_sessions(&state, std::slice::from_ref(&s.id)).await?;
     Ok(Json(s))
+}
+
+/// The session's client tunnels: who, to which device, since when, path and bytes.
+#[utoipa::path(get, path = "/api/v1/sessions/{id}/tunnels", tag = "sessions", params(("id" = String, Path)),
+    responses((status = 200, body = Vec<drawbridge_proto::api::TunnelInfo>), (status = 404, body = ApiError)))]
+async fn tunnels(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> AppResult<Json<Vec<drawbridge_proto::api::TunnelInfo>>> {
+    use sqlx::Row;
+    visible(&state, &caller, &id).await?;
+    let rows = sqlx::query(
+        "SELECT t.id, u.username, t.device_id, t.overlay_ip, t.started_at, t.ended_at, t.path, t.path_reason,
+                t.bytes_to_device, t.bytes_from_device, t.end_reason
+         FROM tunnels t JOIN users u ON u.id = t.user_id
+         WHERE t.session_id = $1 AND t.account_id = $2 ORDER BY t.started_at DESC, t.id LIMIT 500",
+    )
+    .bind(&id)
+    .bind(&caller.account_id)
+    .fetch_all(&state.store.pool)
+    .await?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(drawbridge_proto::api::TunnelInfo {
+            id: r.try_get(0)?,
+            user: r.try_get(1)?,
+            device_id: r.try_get(2)?,
+            overlay_ip: r.try_get::<Option<String>, _>(3)?.unwrap_or_default(),
+            started_at: crate::clock::from_unix(r.try_get(4)?),
+            ended_at: r.try_get::<Option<i64>, _>(5)?.map(crate::clock::from_unix),
+            path: r.try_get(6)?,
+            path_reason: r.try_get(7)?,
+            bytes_to_device: r.try_get(8)?,
+            bytes_from_device: r.try_get(9)?,
+            end_reason: r.try_get(10)?,
+        });
+    }
+    Ok(Json(out))
 }
