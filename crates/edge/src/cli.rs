@@ -161,6 +161,18 @@ pub async fn main() -> anyhow::Result<u8> {
                     "session {} ({}) {} until {}",
                     x.name, x.session_id, x.state, x.valid_until
                 );
+                if let Some(f) = &x.forwarder {
+                    println!(
+                        "  flows: {} tcp, {} udp; dropped: {} not released, {} bad source, {} malformed, {} unsupported, {} over the flow limit",
+                        f.tcp_flows,
+                        f.udp_flows,
+                        f.dropped_not_released,
+                        f.dropped_bad_source,
+                        f.dropped_malformed,
+                        f.dropped_unsupported_protocol,
+                        f.dropped_too_many_flows
+                    );
+                }
                 for p in &x.peers {
                     println!(
                         "  {} {} via {} ({}) ↓{} B ↑{} B dropped {}",

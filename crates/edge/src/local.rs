@@ -44,7 +44,7 @@ pub enum SwitchSource {
 }
 
 /// One session as `status` shows it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct SessionStatus {
     pub session_id: String,
     pub name: String,
@@ -52,6 +52,9 @@ pub struct SessionStatus {
     pub valid_until: i64,
     pub targets: Vec<String>,
     pub peers: Vec<PeerStatus>,
+    /// The userspace stack's counters: flows, packets, drops by reason.
+    #[serde(default)]
+    pub forwarder: Option<drawbridge_netstack::ForwarderStats>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -69,7 +72,7 @@ pub struct PeerStatus {
 }
 
 /// The snapshot `run` writes and `status` prints.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Status {
     pub device_id: String,
     pub connected: bool,

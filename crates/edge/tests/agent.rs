@@ -654,6 +654,10 @@ fn released_targets_are_reachable_through_the_tunnel_by_forward_and_socks5_and_n
                 .as_u64()
                 .unwrap_or(0)
                 > 1_000_000
+                && v["sessions"][0]["forwarder"]["tcp_flows_total"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    >= 2
         })
     });
 }
