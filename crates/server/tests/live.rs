@@ -31,6 +31,7 @@ store_tests!(
     a_joined_client_and_the_edge_exchange_keys_candidates_and_relay_tokens,
     ending_or_disabling_tears_down_both_ends_and_records_the_tunnel,
     joining_is_for_assigned_users_whose_grants_still_cover_the_session,
+    concurrent_joins_get_distinct_overlay_addresses,
 );
 
 type Ws =
@@ -1005,4 +1006,43 @@ async fn joining_is_for_assigned_users_whose_grants_still_cover_the_session(app:
         .await;
     assert_eq!(st, StatusCode::FORBIDDEN, "{v}");
     assert_eq!(app.count("tunnels").await, 0);
+}
+
+async fn concurrent_joins_get_distinct_overlay_addresses(app: TestApp) {
+    let acct = app.account("acme").await;
+    let (d, _) = app.device(&acct, "press-1").await;
+    let s = app.session(&acct.admin, &d, &[&acct.admin_id]).await;
+    app.ok(
+        Method::POST,
+        &format!("/api/v1/sessions/{s}/start"),
+        &acct.admin,
+        None,
+    )
+    .await;
+    let app = std::sync::Arc::new(app);
+    let mut tasks = Vec::new();
+    for n in 10..30u8 {
+        let (app, s, tok) = (app.clone(), s.clone(), acct.admin.clone());
+        tasks.push(tokio::spawn(async move {
+            let (st, v) = app
+                .post(
+                    &format!("/api/v1/sessions/{s}/join"),
+                    &tok,
+                    json!({"public_key": wg_key(n)}),
+                )
+                .await;
+            assert_eq!(st, StatusCode::OK, "{v}");
+            v["overlay_ip"].as_str().unwrap().to_string()
+        }));
+    }
+    let mut ips = Vec::new();
+    for t in tasks {
+        ips.push(t.await.unwrap());
+    }
+    let unique: std::collections::HashSet<_> = ips.iter().collect();
+    assert_eq!(unique.len(), ips.len(), "{ips:?}");
+    assert!(
+        !ips.contains(&"100.64.0.1".to_string()),
+        "the edge's address is never handed out"
+    );
 }

@@ -106,14 +106,18 @@ async fn join(
             "this key was used before; generate a fresh key per session",
         ));
     }
-    // Overlay addresses are per session: the n-th client gets 100.64.0.(n+2), and so on.
-    let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(DISTINCT client_public_key) FROM tunnels WHERE session_id = $1",
-    )
-    .bind(&id)
-    .fetch_one(&mut *tx)
-    .await?;
-    let host = u32::try_from(n + 2).map_err(|_| AppError::conflict("too many clients"))?;
+    // Overlay addresses are per session: the n-th join gets 100.64.0.(n+1) (the
+    // edge is .1). The counter is bumped first, which takes the session's row
+    // lock on PostgreSQL: concurrent joins get distinct addresses.
+    sqlx::query("UPDATE sessions SET join_seq = join_seq + 1 WHERE id = $1")
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+    let n: i64 = sqlx::query_scalar("SELECT join_seq FROM sessions WHERE id = $1")
+        .bind(&id)
+        .fetch_one(&mut *tx)
+        .await?;
+    let host = u32::try_from(n + 1).map_err(|_| AppError::conflict("too many clients"))?;
     if host >= (1 << 22) - 1 {
         return Err(AppError::conflict("too many clients in this session"));
     }
