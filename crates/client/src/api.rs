@@ -194,7 +194,19 @@ impl Client {
         let tls = tls_config(ca_file)?;
         let mut ws_tls = tls.clone();
         ws_tls.alpn_protocols = vec![b"http/1.1".to_vec()]; // WebSockets upgrade over HTTP/1.1
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        // HTTPS_PROXY is honoured by reqwest itself; DRAWBRIDGE_PROXY names ours explicitly.
+        if let Ok(p) = std::env::var("DRAWBRIDGE_PROXY")
+            && !p.trim().is_empty()
+        {
+            let proxy = reqwest::Proxy::all(p.trim()).map_err(|_| {
+                Error::Tls(
+                    "DRAWBRIDGE_PROXY is not a proxy URL (http://[user:password@]host:port)".into(),
+                )
+            })?;
+            builder = builder.proxy(proxy);
+        }
+        let http = builder
             .use_preconfigured_tls(tls)
             .https_only(true)
             .connect_timeout(Duration::from_secs(10))

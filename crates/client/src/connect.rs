@@ -225,6 +225,7 @@ impl Live {
                     url: self.join.relay_url.clone(),
                     token: token.clone(),
                     connector: Some(Connector::Rustls(tls.clone())),
+                    proxy: drawbridge_tunnel::proxy::Proxy::from_env().ok().flatten(),
                 }],
                 peers: vec![],
                 queue: 1024,
@@ -549,8 +550,9 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     Ok(())
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = tokio_tungstenite::WebSocketStream<
+    tokio_tungstenite::MaybeTlsStream<Box<dyn drawbridge_tunnel::proxy::Io>>,
+>;
 
 /// Opens the session channel (bearer token, our TLS trust, bounded frames).
 async fn open_channel(
@@ -571,13 +573,16 @@ async fn open_channel(
     }
     let mut cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
     cfg.max_message_size = Some(MAX_CHANNEL_FRAME);
-    let (ws, _) = tokio::time::timeout(
+    // Through the plant's HTTP proxy when DRAWBRIDGE_PROXY / HTTPS_PROXY says so.
+    let proxy =
+        drawbridge_tunnel::proxy::Proxy::from_env().map_err(|e| Error::user(e.to_string()))?;
+    let ws = tokio::time::timeout(
         Duration::from_secs(15),
-        tokio_tungstenite::connect_async_tls_with_config(
+        drawbridge_tunnel::proxy::websocket(
             req,
             Some(cfg),
-            false,
             Some(Connector::Rustls(tls.clone())),
+            proxy.as_ref(),
         ),
     )
     .await

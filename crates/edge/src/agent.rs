@@ -391,6 +391,7 @@ async fn start_tunnel(
             url: r.info.relay_url.clone(),
             token: token.to_string(),
             connector: Some(Connector::Rustls(tls)),
+            proxy: drawbridge_tunnel::proxy::Proxy::from_env().ok().flatten(),
         }],
         peers: vec![],
         queue: 1024,
@@ -445,10 +446,12 @@ async fn start_tunnel(
     Ok(())
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = tokio_tungstenite::WebSocketStream<
+    tokio_tungstenite::MaybeTlsStream<Box<dyn drawbridge_tunnel::proxy::Io>>,
+>;
 
 async fn connect(server: &str, tls: Arc<rustls::ClientConfig>) -> anyhow::Result<Ws> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let url = format!(
         "{}/api/v1/edge/channel",
         server.replacen("https://", "wss://", 1)
@@ -456,13 +459,15 @@ async fn connect(server: &str, tls: Arc<rustls::ClientConfig>) -> anyhow::Result
     let mut cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
     cfg.max_message_size = Some(MAX_CHANNEL_FRAME);
     cfg.max_frame_size = Some(MAX_CHANNEL_FRAME);
-    let (ws, _) = tokio::time::timeout(
+    // Through the plant's HTTP proxy when DRAWBRIDGE_PROXY / HTTPS_PROXY says so.
+    let proxy = drawbridge_tunnel::proxy::Proxy::from_env()?;
+    let ws = tokio::time::timeout(
         Duration::from_secs(15),
-        tokio_tungstenite::connect_async_tls_with_config(
-            url,
+        drawbridge_tunnel::proxy::websocket(
+            url.into_client_request()?,
             Some(cfg),
-            false,
             Some(Connector::Rustls(tls)),
+            proxy.as_ref(),
         ),
     )
     .await

@@ -811,3 +811,152 @@ fn modbus_polling_goes_on_when_the_control_plane_dies_and_the_tunnel_comes_back_
     });
     assert_eq!(api.get(&format!("/sessions/{sid}"))["state"], "active");
 }
+
+/// A test HTTP proxy on loopback that only does CONNECT with basic auth
+/// (`plant:secret`); counts the tunnels it opened and the refusals.
+fn connect_proxy() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let ok = std::sync::Arc::new(AtomicUsize::new(0));
+    let refused = std::sync::Arc::new(AtomicUsize::new(0));
+    let (ok2, refused2) = (ok.clone(), refused.clone());
+    // base64("plant:secret")
+    const AUTH: &str = "Basic cGxhbnQ6c2VjcmV0";
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            let (ok, refused) = (ok2.clone(), refused2.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(c.try_clone().unwrap());
+                let mut head = Vec::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                    head.push(line.trim_end().to_string());
+                }
+                let target = head
+                    .first()
+                    .and_then(|l| l.strip_prefix("CONNECT "))
+                    .and_then(|l| l.split(' ').next())
+                    .map(str::to_string);
+                let authed = head.iter().any(|h| {
+                    h.to_ascii_lowercase().starts_with("proxy-authorization:") && h.ends_with(AUTH)
+                });
+                let mut w = c.try_clone().unwrap();
+                let (Some(target), true) = (target, authed) else {
+                    refused.fetch_add(1, Ordering::SeqCst);
+                    let _ = w.write_all(
+                        b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n",
+                    );
+                    return;
+                };
+                let Ok(up) = std::net::TcpStream::connect(target.as_str()) else {
+                    return;
+                };
+                ok.fetch_add(1, Ordering::SeqCst);
+                let _ = w.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+                let (mut up_r, mut up_w) = (up.try_clone().unwrap(), up);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut up_r, &mut w);
+                });
+                let _ = std::io::copy(&mut reader, &mut up_w);
+            });
+        }
+    });
+    (addr, ok, refused)
+}
+
+#[test]
+fn the_edge_and_the_client_reach_the_server_through_an_http_proxy_with_basic_auth() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, api, device, state) = setup(dir.path());
+    let (proxy, tunnels, refusals) = connect_proxy();
+    let plc = echo_server();
+    let target =
+        json!([{"address": "127.0.0.1", "protocol": "tcp", "ports": plc.port().to_string()}]);
+    api.call(
+        reqwest::Method::PATCH,
+        &format!("/devices/{device}"),
+        Some(json!({"firewall": target})),
+    );
+    edge(&state, &["switch", "on"]);
+    // Wrong credentials: the proxy refuses and the edge stays offline.
+    let bad = Proc(
+        Command::new(edge_bin())
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("run")
+            .env("DRAWBRIDGE_PROXY", format!("http://plant:wrong@{proxy}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait("the proxy refuses the wrong credentials", || {
+        refusals.load(Ordering::SeqCst) > 0
+    });
+    assert_eq!(
+        api.get(&format!("/devices/{device}"))["status"]["online"],
+        false
+    );
+    drop(bad);
+    let _agent = Proc(
+        Command::new(edge_bin())
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("run")
+            .env("DRAWBRIDGE_PROXY", format!("http://plant:secret@{proxy}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait("online through the proxy", || {
+        let d = api.get(&format!("/devices/{device}"));
+        d["status"]["online"] == true && d["status"]["switch_on"] == true
+    });
+    assert!(tunnels.load(Ordering::SeqCst) >= 1);
+    let me = api.get("/me")["user"]["id"].as_str().unwrap().to_string();
+    let (_, v) = api.post("/sessions", json!({"name": "plc", "devices": [{"device_id": device, "targets": target}], "users": [me]}));
+    let sid = v["id"].as_str().unwrap().to_string();
+    let config = dir.path().join("client");
+    login(&server, &config);
+    let before = tunnels.load(Ordering::SeqCst);
+    let lport = free_port();
+    let _connect = Proc(
+        client(&config)
+            .env("DRAWBRIDGE_PROXY", format!("http://plant:secret@{proxy}"))
+            .args(["connect", &sid, "--for-seconds", "60", "-L"])
+            .arg(format!("{lport}:{plc}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait("data flows", || {
+        let Ok(mut c) = std::net::TcpStream::connect(("127.0.0.1", lport)) else {
+            return false;
+        };
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 5];
+        c.write_all(b"hello").is_ok() && c.read_exact(&mut buf).is_ok() && &buf == b"hello"
+    });
+    // The client's API calls, session channel and relay connection, and the edge's relay, all went through it.
+    assert!(
+        tunnels.load(Ordering::SeqCst) >= before + 3,
+        "{} tunnels",
+        tunnels.load(Ordering::SeqCst)
+    );
+}

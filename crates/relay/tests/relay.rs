@@ -327,6 +327,7 @@ async fn driver(s: &Server, private: [u8; 32], peer: [u8; 32], index: usize) -> 
             url: s.url(),
             token: s.token("s1", me, &[peer], 600),
             connector: None,
+            proxy: None,
         }],
         peers: vec![PeerConfig {
             public_key: peer,
@@ -440,6 +441,7 @@ async fn driver_reconnects_to_a_restarted_relay() {
             url: format!("ws://{addr}/relay/v1"),
             token: tok(me, peer),
             connector: None,
+            proxy: None,
         }],
         peers: vec![PeerConfig {
             public_key: peer,
@@ -534,6 +536,7 @@ async fn two_drivers_talk_through_the_relay_over_tls() {
             )
             .unwrap(),
             connector: Some(connector.clone()),
+            proxy: None,
         }],
         peers: vec![PeerConfig {
             public_key: peer,

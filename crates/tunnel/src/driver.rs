@@ -36,6 +36,8 @@ pub struct RelayEndpoint {
     pub token: String,
     /// TLS settings for `wss://` (None: tokio-tungstenite's default for the scheme).
     pub connector: Option<Connector>,
+    /// Reach the relay through this HTTP proxy (CONNECT).
+    pub proxy: Option<crate::proxy::Proxy>,
 }
 
 impl std::fmt::Debug for RelayEndpoint {
@@ -419,15 +421,12 @@ async fn relay_task(
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_FRAME))
             .max_frame_size(Some(MAX_FRAME));
+        // Directly, or through the plant's HTTP proxy; TLS and WebSocket on top either way.
         let result = match request {
             Ok(r) => {
-                tokio_tungstenite::connect_async_tls_with_config(
-                    r,
-                    Some(config),
-                    true,
-                    ep.connector.clone(),
-                )
-                .await
+                crate::proxy::websocket(r, Some(config), ep.connector.clone(), ep.proxy.as_ref())
+                    .await
+                    .map(|ws| (ws, ()))
             }
             Err(e) => Err(e),
         };

@@ -31,6 +31,7 @@ pub mod driver;
 pub mod engine;
 pub mod frame;
 pub mod keys;
+pub mod proxy;
 pub mod sim;
 pub mod stun;
 
