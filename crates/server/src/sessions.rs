@@ -383,6 +383,8 @@ pub async fn decide(
         }
     } else if !end(tx, account_id, id, by, EndReason::Refused, now).await? {
         return Err(AppError::conflict("the session has ended already"));
+    } else {
+        notify_failed_approval(tx, account_id, id, "was refused", now).await?;
     }
     Ok(())
 }
@@ -419,9 +421,37 @@ pub async fn end_stale(store: &Store, now: i64) -> AppResult<Vec<(String, String
             let ev = Event::new(&account, "system", "session.end", &format!("session:{id}"))
                 .details(serde_json::json!({ "reason": reason.as_str() }));
             audit::append(&mut tx, now, &ev).await?;
+            if reason == EndReason::ApprovalTimeout {
+                notify_failed_approval(&mut tx, &account, &id, "was not approved in time", now)
+                    .await?;
+            }
             out.push((account, id));
         }
         tx.commit().await?;
     }
     Ok(out)
+}
+
+/// Tells the account's admins (the portal's notifications) that a start was not approved.
+async fn notify_failed_approval(
+    tx: &mut Tx<'_>,
+    account_id: &str,
+    id: &str,
+    what: &str,
+    now: i64,
+) -> AppResult<()> {
+    let name: String = sqlx::query_scalar("SELECT name FROM sessions WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut **tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO notifications (id, account_id, kind, message, created_at) VALUES ($1, $2, 'approval', $3, $4)",
+    )
+    .bind(crate::secret::new_id())
+    .bind(account_id)
+    .bind(format!("The start of session {name} {what}."))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

@@ -625,6 +625,24 @@ async fn dual_control_waits_for_approval_on_site_or_by_another_approver(app: Tes
         .ok(Method::GET, &format!("/api/v1/sessions/{s3}"), &token, None)
         .await;
     assert_eq!(v["end_reason"], "approval_timeout");
+    // Failed approvals reach the admins' notifications.
+    let notes = l
+        .app
+        .ok(Method::GET, "/api/v1/notifications", &token, None)
+        .await;
+    let msgs: Vec<String> = notes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["kind"] == "approval")
+        .map(|n| n["message"].as_str().unwrap().to_string())
+        .collect();
+    assert!(msgs.iter().any(|m| m.ends_with("was refused.")), "{msgs:?}");
+    assert!(
+        msgs.iter()
+            .any(|m| m.ends_with("was not approved in time.")),
+        "{msgs:?}"
+    );
     let (_, audit) = l.app.get("/api/v1/audit?action=session.", &token).await;
     let actions: Vec<_> = audit
         .as_array()
