@@ -16,6 +16,8 @@ pub enum Backend {
 pub struct Store {
     pub pool: AnyPool,
     pub backend: Backend,
+    /// The URL it was opened with (replicas' listeners connect with it too).
+    pub url: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +82,11 @@ impl Store {
             }
         };
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            url: url.to_string(),
+        })
     }
 
     pub async fn begin(&self) -> Result<Tx<'static>, sqlx::Error> {

@@ -43,7 +43,7 @@ impl AppState {
         let relay = drawbridge_relay::RelayState::new(drawbridge_relay::RelayConfig::new(
             relay_key.verifying_key(),
         ));
-        Ok(AppState(Arc::new(Inner {
+        let state = AppState(Arc::new(Inner {
             store,
             clock,
             device_ca,
@@ -53,7 +53,9 @@ impl AppState {
             relay,
             hub: crate::live::Hub::default(),
             stun: std::sync::RwLock::new(Vec::new()),
-        })))
+        }));
+        crate::live::spawn_listener(state.clone());
+        Ok(state)
     }
 
     pub fn now(&self) -> i64 {

@@ -32,6 +32,7 @@ store_tests!(
     ending_or_disabling_tears_down_both_ends_and_records_the_tunnel,
     joining_is_for_assigned_users_whose_grants_still_cover_the_session,
     concurrent_joins_get_distinct_overlay_addresses,
+    a_change_on_one_replica_reaches_an_edge_connected_to_another,
 );
 
 type Ws =
@@ -1063,4 +1064,67 @@ async fn concurrent_joins_get_distinct_overlay_addresses(app: TestApp) {
         !ips.contains(&"100.64.0.1".to_string()),
         "the edge's address is never handed out"
     );
+}
+
+async fn a_change_on_one_replica_reaches_an_edge_connected_to_another(app: TestApp) {
+    if app.backend != "postgres" {
+        eprintln!("replicas share PostgreSQL; SQLite serves one node: nothing to test here");
+        return;
+    }
+    let url = app.state.store.url.clone();
+    let l = live(app).await; // replica A, with the edge connected to it
+    let store_b = drawbridge_server::db::Store::open(&url).await.unwrap();
+    let state_b = drawbridge_server::state::AppState::new(
+        store_b,
+        drawbridge_server::clock::Clock::default(),
+        "https://127.0.0.1".into(),
+    )
+    .await
+    .unwrap();
+    let app_b = drawbridge_server::app(state_b);
+    let call_b = |method: Method, path: String, token: String| {
+        let app_b = app_b.clone();
+        async move {
+            let req = axum::http::Request::builder()
+                .method(method)
+                .uri(path)
+                .header("authorization", format!("Bearer {token}"))
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let res = tower::ServiceExt::oneshot(app_b, req).await.unwrap();
+            res.status()
+        }
+    };
+    let acct = l.app.account("acme").await;
+    let d = enrolled(&l, &acct, "press-1").await;
+    let mut ws = edge(&l, &d, true).await;
+    let s = l.app.session(&acct.admin, &d.id, &[&acct.admin_id]).await;
+    // Started on replica B: the edge on replica A learns of it.
+    assert_eq!(
+        call_b(
+            Method::POST,
+            format!("/api/v1/sessions/{s}/start"),
+            acct.admin.clone()
+        )
+        .await,
+        StatusCode::OK
+    );
+    until(&mut ws, |m: &ServerToEdge| {
+        sessions_of(m).is_some_and(|x| x.len() == 1)
+    })
+    .await;
+    // Ended on replica B: the edge on replica A is told to stop.
+    assert_eq!(
+        call_b(
+            Method::POST,
+            format!("/api/v1/sessions/{s}/end"),
+            acct.admin.clone()
+        )
+        .await,
+        StatusCode::OK
+    );
+    until(&mut ws, |m: &ServerToEdge| {
+        sessions_of(m).is_some_and(|x| x.is_empty())
+    })
+    .await;
 }

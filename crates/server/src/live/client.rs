@@ -147,8 +147,7 @@ async fn join(
         }));
     audit::append(&mut tx, now, &ev).await?;
     tx.commit().await?;
-    let devices: Vec<String> = s.devices.iter().map(|d| d.device_id.clone()).collect();
-    state.hub.session_changed(&devices, &id);
+    crate::live::notify_sessions(&state, std::slice::from_ref(&id)).await?;
     Ok(Json(
         desired::join_data(&state, &caller.account_id, &id, &req.public_key).await?,
     ))
@@ -287,7 +286,7 @@ async fn serve(
                         };
                         if devices.contains(&device_id) {
                             state.hub.keep_signal(session_id, key, &device_id, false, &data);
-                            state.hub.to_edge(&device_id, ServerToEdge::Signal {
+                            crate::live::to_edge(state, &device_id, ServerToEdge::Signal {
                                 session_id: session_id.to_string(),
                                 peer: key.to_string(),
                                 data,
@@ -369,8 +368,6 @@ async fn leave(state: &AppState, caller: &Caller, session_id: &str, key: &str) -
             "reason": reason.unwrap_or_else(|| "client_left".into()),
         }));
     audit::append(&mut tx, now, &ev).await?;
-    let devices = desired::session_device_ids(&mut tx, session_id).await?;
     tx.commit().await?;
-    state.hub.session_changed(&devices, session_id);
-    Ok(())
+    crate::live::notify_sessions(state, &[session_id.to_string()]).await
 }

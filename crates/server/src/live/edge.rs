@@ -285,10 +285,7 @@ async fn session_of_edge(
 }
 
 async fn notify(state: &AppState, session_id: &str) -> AppResult<()> {
-    let mut conn = state.store.pool.acquire().await?;
-    let devices = desired::session_device_ids(&mut conn, session_id).await?;
-    state.hub.session_changed(&devices, session_id);
-    Ok(())
+    crate::live::notify_sessions(state, &[session_id.to_string()]).await
 }
 
 async fn handle(state: &AppState, edge: &Edge, msg: EdgeToServer) -> AppResult<()> {
@@ -334,7 +331,8 @@ async fn handle(state: &AppState, edge: &Edge, msg: EdgeToServer) -> AppResult<(
             state
                 .hub
                 .keep_signal(&session_id, &peer, &edge.device_id, true, &data);
-            state.hub.to_client(
+            crate::live::to_client(
+                state,
                 &session_id,
                 &peer,
                 ServerToClient::Signal {

@@ -40,8 +40,9 @@ struct Reg<M> {
 type ClientReg = (String, Reg<ServerToClient>);
 
 /// Who is connected to this process.
-#[derive(Default)]
 pub struct Hub {
+    /// This process's id on the replica bus (its own notifications are skipped).
+    origin: String,
     next: AtomicU64,
     edges: Mutex<HashMap<String, Reg<ServerToEdge>>>,
     /// Client channels by session id; each carries the tunnel's client key.
@@ -54,6 +55,18 @@ fn poke<M>(reg: &Reg<M>, p: Poke<M>) {
     // A full queue already holds a refresh; dropping a duplicate loses nothing,
     // and a slow connection never blocks the caller.
     let _ = reg.tx.try_send(p);
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            origin: crate::secret::new_id(),
+            next: AtomicU64::new(0),
+            edges: Mutex::default(),
+            clients: Mutex::default(),
+            signals: Mutex::default(),
+        }
+    }
 }
 
 impl Hub {
@@ -204,6 +217,7 @@ pub async fn notify_sessions(
     }
     let mut conn = state.store.pool.acquire().await?;
     for id in session_ids {
+        publish(state, serde_json::json!({ "k": "session", "session": id }));
         let devices = self::state::session_device_ids(&mut conn, id).await?;
         state.hub.session_changed(&devices, id);
         let st: Option<String> = sqlx::query_scalar("SELECT state FROM sessions WHERE id = $1")
@@ -216,4 +230,117 @@ pub async fn notify_sessions(
         }
     }
     Ok(())
+}
+
+// ------------------------------------------------------------------ replicas
+//
+// With several control-plane replicas over one PostgreSQL, an edge or client
+// may be connected to another replica than the one where a change happened.
+// Every poke and relayed signal is therefore also published with
+// PostgreSQL NOTIFY; each replica LISTENs and applies what others published.
+
+const CHANNEL: &str = "drawbridge_live";
+
+/// Publishes to the other replicas (PostgreSQL only; a single SQLite node has none).
+fn publish(state: &crate::state::AppState, mut msg: serde_json::Value) {
+    if state.store.backend != crate::db::Backend::Postgres {
+        return;
+    }
+    msg["o"] = state.hub.origin.clone().into();
+    let pool = state.store.pool.clone();
+    tokio::spawn(async move {
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(msg.to_string())
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!(error = %e, "publishing to the other replicas failed");
+        }
+    });
+}
+
+/// Candidates for an edge, wherever it is connected.
+pub fn to_edge(state: &crate::state::AppState, device_id: &str, msg: ServerToEdge) {
+    publish(
+        state,
+        serde_json::json!({ "k": "to_edge", "device": device_id, "msg": msg }),
+    );
+    state.hub.to_edge(device_id, msg);
+}
+
+/// Candidates for a client, wherever it is connected.
+pub fn to_client(
+    state: &crate::state::AppState,
+    session_id: &str,
+    client_key: &str,
+    msg: ServerToClient,
+) {
+    publish(
+        state,
+        serde_json::json!({ "k": "to_client", "session": session_id, "key": client_key, "msg": msg }),
+    );
+    state.hub.to_client(session_id, client_key, msg);
+}
+
+/// Listens for the other replicas' notifications (PostgreSQL only), reconnecting forever.
+pub fn spawn_listener(state: crate::state::AppState) {
+    if state.store.backend != crate::db::Backend::Postgres {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            match sqlx::postgres::PgListener::connect(&state.store.url).await {
+                Ok(mut l) => {
+                    if l.listen(CHANNEL).await.is_ok() {
+                        while let Ok(n) = l.recv().await {
+                            apply(&state, n.payload()).await;
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "replica listener cannot connect"),
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    });
+}
+
+async fn apply(state: &crate::state::AppState, payload: &str) {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(payload) else {
+        return;
+    };
+    if v["o"].as_str() == Some(state.hub.origin.as_str()) {
+        return; // our own
+    }
+    match v["k"].as_str() {
+        Some("session") => {
+            let Some(id) = v["session"].as_str() else {
+                return;
+            };
+            let Ok(mut conn) = state.store.pool.acquire().await else {
+                return;
+            };
+            if let Ok(devices) = self::state::session_device_ids(&mut conn, id).await {
+                state.hub.session_changed(&devices, id);
+            }
+        }
+        Some("to_edge") => {
+            if let (Some(d), Ok(m)) = (
+                v["device"].as_str(),
+                serde_json::from_value::<ServerToEdge>(v["msg"].clone()),
+            ) {
+                state.hub.to_edge(d, m);
+            }
+        }
+        Some("to_client") => {
+            if let (Some(s), Some(k), Ok(m)) = (
+                v["session"].as_str(),
+                v["key"].as_str(),
+                serde_json::from_value::<ServerToClient>(v["msg"].clone()),
+            ) {
+                state.hub.to_client(s, k, m);
+            }
+        }
+        _ => {}
+    }
 }
