@@ -4,8 +4,9 @@
 //! The database is the truth. A change commits first, then calls
 //! [`Hub::session_changed`] / [`Hub::device_changed`]; each connected edge or
 //! client task then re-reads its desired state from the database and sends it.
-//! (Several replicas would carry these pokes over PostgreSQL LISTEN/NOTIFY;
-//! today the hub is per process.)
+//! With several replicas over PostgreSQL, pokes and relayed candidates also
+//! travel by LISTEN/NOTIFY (see the end of this file), so an edge connected to
+//! one replica hears about changes made on another.
 
 pub mod client;
 pub mod edge;
