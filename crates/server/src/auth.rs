@@ -350,6 +350,18 @@ pub async fn register_failure(
 /// Password login. Unknown account, unknown user, wrong password, disabled and
 /// locked users all get the same error after the same argon2 work.
 pub async fn login(state: &AppState, req: &LoginRequest, source: &str) -> AppResult<LoginResponse> {
+    let r = login_inner(state, req, source).await;
+    if matches!(&r, Err(e) if e.code == ErrorCode::LoginFailed) {
+        metrics::counter!("logins_total", "result" => "failed").increment(1);
+    }
+    r
+}
+
+async fn login_inner(
+    state: &AppState,
+    req: &LoginRequest,
+    source: &str,
+) -> AppResult<LoginResponse> {
     let now = state.now();
     let sane = |s: &str, max: usize| !s.is_empty() && s.len() <= max;
     if !sane(&req.account, 256)
@@ -450,6 +462,7 @@ pub async fn login(state: &AppState, req: &LoginRequest, source: &str) -> AppRes
             .await?;
     }
     let resp = issue_login_token(&mut tx, &user, &settings, stage, now).await?;
+    metrics::counter!("logins_total", "result" => "ok").increment(1);
     let ev = Event::new(&user.account_id, &actor, "login.ok", &actor)
         .source(source)
         .details(serde_json::json!({ "username": user.username, "stage": stage_str(stage) }));

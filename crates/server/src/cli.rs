@@ -356,6 +356,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         "  relay: {}/relay/v1",
         public_url.replacen("https://", "wss://", 1)
     );
+    if let Some(addr) = cfg.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics address {addr}"))?;
+        println!("  metrics: http://{}/metrics", listener.local_addr()?);
+        crate::metrics::serve(listener)?;
+    }
     crate::background::spawn(state.clone());
     let app = crate::app(state);
     println!("Ready.");

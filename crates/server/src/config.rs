@@ -18,6 +18,7 @@ pub struct FileConfig {
     pub public_url: Option<String>,
     pub hostnames: Option<Vec<String>>,
     pub stun_listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl FileConfig {
@@ -41,6 +42,8 @@ pub struct Config {
     pub hostnames: Vec<String>,
     /// UDP address of the STUN service; None turns it off.
     pub stun_listen: Option<SocketAddr>,
+    /// Plain-HTTP address for Prometheus metrics (`/metrics`); off when None.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub const DEFAULT_STUN_LISTEN: &str = "127.0.0.1:3478";
@@ -80,6 +83,9 @@ pub struct Overrides {
     /// Do not run the STUN service.
     #[arg(long)]
     pub no_stun: bool,
+    /// Serve Prometheus metrics over plain HTTP at ADDR/metrics (keep it on a private address).
+    #[arg(long, env = "DRAWBRIDGE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Overrides {
@@ -127,6 +133,7 @@ impl Overrides {
             )
         };
         Ok(Config {
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
             stun_listen,
             listen,
             data_dir,

@@ -13,6 +13,7 @@ pub mod db;
 pub mod error;
 pub mod keys;
 pub mod live;
+pub mod metrics;
 pub mod password;
 pub mod pki;
 pub mod records;

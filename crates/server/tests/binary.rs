@@ -236,3 +236,91 @@ async fn init_creates_the_admin_and_audit_verify_exits_nonzero_on_a_tampered_cha
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[tokio::test]
+async fn metrics_are_served_on_their_own_listener_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "Blue-Tractor-42\n").unwrap();
+    let data = dir.path().join("data");
+    let out = Command::new(BIN)
+        .args([
+            "init",
+            "--account",
+            "acme",
+            "--admin-user",
+            "root",
+            "--admin-password-file",
+        ])
+        .arg(&pw)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--no-stun",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            &format!("127.0.0.1:{metrics_port}"),
+            "--data-dir",
+        ])
+        .arg(&data)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines: Vec<String> = BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .take_while(|l| l != "Ready.")
+        .collect();
+    let server = Server {
+        child,
+        url: lines[0].rsplit(' ').next().unwrap().to_string(),
+        lines: lines.clone(),
+    };
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("metrics: http://127.0.0.1:{metrics_port}/metrics"))),
+        "{lines:?}"
+    );
+    let http = client(&data);
+    for pw in ["wrong-password-1", "Blue-Tractor-42"] {
+        http.post(format!("{}/api/v1/auth/login", server.url))
+            .json(&serde_json::json!({"account": "acme", "username": "root", "password": pw}))
+            .send()
+            .await
+            .unwrap();
+    }
+    let text = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("logins_total{result=\"ok\"} 1"), "{text}");
+    assert!(text.contains("logins_total{result=\"failed\"} 1"), "{text}");
+    // The API port does not serve them.
+    let api = http
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status().as_u16(), 404);
+}

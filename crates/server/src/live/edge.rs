@@ -189,7 +189,9 @@ async fn run(state: AppState, mut ws: WebSocket, source: String) -> AppResult<()
         .await?;
     audit::append(&mut tx, now, &edge.event("device.online", &edge.actor())).await?;
     tx.commit().await?;
+    metrics::gauge!("edges_connected").increment(1.0);
     let result = serve(&state, &edge, &mut ws, &mut pokes).await;
+    metrics::gauge!("edges_connected").decrement(1.0);
     if state.hub.unregister_edge(&edge.device_id, conn) {
         let now = state.now();
         let mut tx = state.store.begin().await?;
