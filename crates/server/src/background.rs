@@ -19,6 +19,8 @@ pub fn spawn(state: AppState) {
 
 /// One pass; returns the ids of the sessions it ended.
 pub async fn sweep(state: &AppState) -> crate::error::AppResult<Vec<String>> {
+    // Forget addresses whose allowance is full again (bounds the limiter's memory).
+    state.attempts.retain_recent();
     let now = state.now();
     let mut ended = crate::sessions::expire_due(&state.store, now).await?;
     ended.extend(

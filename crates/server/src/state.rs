@@ -23,6 +23,9 @@ pub struct Inner {
     pub hub: crate::live::Hub,
     /// STUN servers handed to edges and clients (`host:port`).
     pub stun: std::sync::RwLock<Vec<String>>,
+    /// Attempts at the unauthenticated routes (login, second factor, enrolment,
+    /// setup) per remote address; shared by the API and the portal, which calls it.
+    pub attempts: governor::DefaultKeyedRateLimiter<String>,
 }
 
 #[derive(Clone)]
@@ -53,6 +56,9 @@ impl AppState {
             relay,
             hub: crate::live::Hub::default(),
             stun: std::sync::RwLock::new(Vec::new()),
+            attempts: governor::RateLimiter::keyed(
+                governor::Quota::per_minute(ATTEMPTS_PER_MINUTE).allow_burst(ATTEMPTS_BURST),
+            ),
         }));
         crate::live::spawn_listener(state.clone());
         Ok(state)
@@ -63,7 +69,26 @@ impl AppState {
     }
 }
 
+/// Sustained attempts per minute and address at the unauthenticated routes.
+const ATTEMPTS_PER_MINUTE: std::num::NonZeroU32 = std::num::NonZeroU32::new(30).expect("non-zero");
+/// How many may come at once before the rate applies.
+const ATTEMPTS_BURST: std::num::NonZeroU32 = std::num::NonZeroU32::new(60).expect("non-zero");
+
 impl AppState {
+    /// Refuses an unauthenticated attempt from `source` over the rate limit.
+    pub fn attempt(&self, source: &str) -> crate::error::AppResult<()> {
+        match self.attempts.check_key(&source.to_string()) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                metrics::counter!("rate_limited_total").increment(1);
+                Err(crate::error::AppError::new(
+                    drawbridge_proto::ErrorCode::RateLimited,
+                    "too many attempts from your address; wait a minute and try again",
+                ))
+            }
+        }
+    }
+
     pub fn stun_servers(&self) -> Vec<String> {
         self.stun.read().map(|v| v.clone()).unwrap_or_default()
     }

@@ -18,6 +18,7 @@ store_tests!(
     expired_password_must_be_changed_before_anything_else,
     api_tokens_expire_can_be_revoked_and_read_only_ones_cannot_write,
     login_tokens_end_on_idle_absolute_timeout_logout_disable_and_password_change,
+    too_many_attempts_from_one_address_are_refused_while_other_addresses_go_on,
 );
 
 async fn first_start_has_no_default_credentials_and_setup_tokens_work_once(app: TestApp) {
@@ -514,4 +515,63 @@ async fn login_tokens_end_on_idle_absolute_timeout_logout_disable_and_password_c
     .await;
     let (s, _) = app.get("/api/v1/me", &fresh).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "disabled");
+}
+
+async fn login_from(
+    app: &TestApp,
+    from: [u8; 4],
+    password: &str,
+) -> (StatusCode, serde_json::Value) {
+    let body = json!({"account": "acme", "username": "anna", "password": password});
+    let mut req = axum::http::Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/auth/login")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body.to_string()))
+        .unwrap();
+    // The listener puts the peer's address here; a loopback alias stands for a remote host.
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            from, 40000,
+        ))));
+    app.send(req).await
+}
+
+async fn too_many_attempts_from_one_address_are_refused_while_other_addresses_go_on(app: TestApp) {
+    let acct = app.account("acme").await;
+    app.user(&acct, "anna", "user").await;
+    // Unlock between guesses so only the address limit can refuse.
+    let mut limited = 0;
+    for i in 0..80 {
+        let (s, v) = login_from(&app, [127, 0, 0, 2], "Wrong-Password-1").await;
+        if s == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(v["code"], "rate_limited");
+            limited += 1;
+        }
+        if i % 4 == 3 {
+            let users = app.get("/api/v1/users", &acct.admin).await.1;
+            let anna = users
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|u| u["username"] == "anna")
+                .unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            app.ok(
+                Method::PATCH,
+                &format!("/api/v1/users/{anna}"),
+                &acct.admin,
+                Some(json!({"unlock": true})),
+            )
+            .await;
+        }
+    }
+    assert!(
+        limited >= 15,
+        "only {limited} of 80 rapid attempts were refused"
+    );
+    let (s, v) = login_from(&app, [127, 0, 0, 3], PASSWORD).await;
+    assert_eq!(s, StatusCode::OK, "another address is not affected: {v}");
 }

@@ -65,6 +65,7 @@ async fn enroll(
     Source(source): Source,
     ApiJson(req): ApiJson<EnrollRequest>,
 ) -> AppResult<Json<EnrollResponse>> {
+    state.attempt(&source)?;
     let public = decode_key(&req.public_key)?;
     let (secret_key, fleet) = match (&req.activation_key, &req.fleet_key) {
         (Some(k), None) => (k.as_str(), false),

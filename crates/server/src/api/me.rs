@@ -37,6 +37,7 @@ async fn login(
     Source(source): Source,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> AppResult<Json<LoginResponse>> {
+    state.attempt(&source)?;
     Ok(Json(auth::login(&state, &req, &source).await?))
 }
 
@@ -50,6 +51,7 @@ async fn totp(
     ApiJson(req): ApiJson<TotpCode>,
 ) -> AppResult<Json<LoginResponse>> {
     let caller = caller.at(&[LoginStage::TotpRequired])?;
+    state.attempt(&caller.source)?;
     Ok(Json(auth::finish_totp(&state, &caller, &req.code).await?))
 }
 

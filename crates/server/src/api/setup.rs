@@ -24,6 +24,7 @@ async fn setup(
     Source(source): Source,
     ApiJson(req): ApiJson<SetupRequest>,
 ) -> AppResult<Json<SetupResponse>> {
+    state.attempt(&source)?;
     let resp = crate::bootstrap::setup_with_token(
         &state,
         &req.token,
