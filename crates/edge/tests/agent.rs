@@ -409,7 +409,6 @@ fn client(config: &Path) -> Command {
 
 #[test]
 fn a_client_connects_to_the_edge_through_the_relay_and_the_session_end_tears_it_down() {
-    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
     let (server, api, device, state) = setup(dir.path());
     edge(&state, &["switch", "on"]);
@@ -421,36 +420,7 @@ fn a_client_connects_to_the_edge_through_the_relay_and_the_session_end_tears_it_
     let me = api.get("/me")["user"]["id"].as_str().unwrap().to_string();
     let s = session(&api, &device, &me);
     let config = dir.path().join("client");
-    let mut login = client(&config)
-        .args([
-            "login",
-            "--server",
-            &server.url(),
-            "--account",
-            "acme",
-            "--user",
-            "root",
-            "--password-stdin",
-            "--ca-file",
-        ])
-        .arg(server.data.join("ca.pem"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    login
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{PASSWORD}\n").as_bytes())
-        .unwrap();
-    let out = login.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "login: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    login(&server, &config);
     // `connect` starts the prepared session itself and stays in the foreground.
     let connect = Proc(
         client(&config)
