@@ -279,6 +279,10 @@ pub async fn end(
     .execute(&mut **tx)
     .await?;
     if r.rows_affected() == 1 {
+        sqlx::query("DELETE FROM tunnel_signals WHERE session_id = $1")
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
         sqlx::query("UPDATE tunnels SET ended_at = $1, end_reason = $2 WHERE session_id = $3 AND ended_at IS NULL")
             .bind(now)
             .bind(reason.as_str())

@@ -33,6 +33,7 @@ store_tests!(
     joining_is_for_assigned_users_whose_grants_still_cover_the_session,
     concurrent_joins_get_distinct_overlay_addresses,
     a_change_on_one_replica_reaches_an_edge_connected_to_another,
+    candidates_sent_before_a_channel_opens_are_replayed_to_it,
 );
 
 type Ws =
@@ -1127,4 +1128,75 @@ async fn a_change_on_one_replica_reaches_an_edge_connected_to_another(app: TestA
         sessions_of(m).is_some_and(|x| x.is_empty())
     })
     .await;
+}
+
+async fn candidates_sent_before_a_channel_opens_are_replayed_to_it(app: TestApp) {
+    let l = live(app).await;
+    let acct = l.app.account("acme").await;
+    let d = enrolled(&l, &acct, "press-1").await;
+    let mut ws = edge(&l, &d, true).await;
+    let s = l.app.session(&acct.admin, &d.id, &[&acct.admin_id]).await;
+    l.app
+        .ok(
+            Method::POST,
+            &format!("/api/v1/sessions/{s}/start"),
+            &acct.admin,
+            None,
+        )
+        .await;
+    l.app
+        .ok(
+            Method::POST,
+            &format!("/api/v1/sessions/{s}/join"),
+            &acct.admin,
+            Some(json!({"public_key": wg_key(5)})),
+        )
+        .await;
+    until(&mut ws, |m: &ServerToEdge| {
+        sessions_of(m).is_some_and(|x| x.first().is_some_and(|x| !x.peers.is_empty()))
+    })
+    .await;
+    // The edge answers before the client has opened its channel.
+    send(
+        &mut ws,
+        &EdgeToServer::Signal {
+            session_id: s.clone(),
+            peer: wg_key(5),
+            data: "early".into(),
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let key = wg_key(5)
+        .replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D");
+    let mut c = l
+        .ws(
+            &format!("/api/v1/sessions/{s}/channel?key={key}"),
+            Some(&acct.admin),
+        )
+        .await
+        .unwrap();
+    let m = until(&mut c, |m: &ServerToClient| {
+        matches!(m, ServerToClient::Signal { .. })
+    })
+    .await;
+    assert_eq!(
+        m,
+        ServerToClient::Signal {
+            device_id: d.id.clone(),
+            data: "early".into()
+        }
+    );
+    // Ending the session forgets them.
+    l.app
+        .ok(
+            Method::POST,
+            &format!("/api/v1/sessions/{s}/end"),
+            &acct.admin,
+            None,
+        )
+        .await;
+    assert_eq!(l.app.count("tunnel_signals").await, 0);
 }

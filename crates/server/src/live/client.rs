@@ -262,7 +262,7 @@ async fn serve(
         return Ok(());
     }
     // Candidates the edges sent before this channel was open.
-    for (device_id, data) in state.hub.signals_for_client(session_id, key) {
+    for (device_id, data) in crate::live::signals_for_client(state, session_id, key).await? {
         send(ws, &ServerToClient::Signal { device_id, data }).await?;
     }
     let mut ping = tokio::time::interval(Duration::from_secs(20));
@@ -285,7 +285,7 @@ async fn serve(
                             desired::session_device_ids(&mut conn, session_id).await?
                         };
                         if devices.contains(&device_id) {
-                            state.hub.keep_signal(session_id, key, &device_id, false, &data);
+                            crate::live::keep_signal(state, session_id, key, &device_id, false, &data).await?;
                             crate::live::to_edge(state, &device_id, ServerToEdge::Signal {
                                 session_id: session_id.to_string(),
                                 peer: key.to_string(),

@@ -219,7 +219,7 @@ async fn serve(
     )
     .await?;
     // Candidates clients sent while this edge was away.
-    for (session_id, peer, data) in state.hub.signals_for_edge(&edge.device_id) {
+    for (session_id, peer, data) in crate::live::signals_for_edge(state, &edge.device_id).await? {
         send(
             ws,
             &ServerToEdge::Signal {
@@ -330,9 +330,8 @@ async fn handle(state: &AppState, edge: &Edge, msg: EdgeToServer) -> AppResult<(
                 return Err(AppError::invalid("signal too large"));
             }
             session_of_edge(state, edge, &session_id).await?;
-            state
-                .hub
-                .keep_signal(&session_id, &peer, &edge.device_id, true, &data);
+            crate::live::keep_signal(state, &session_id, &peer, &edge.device_id, true, &data)
+                .await?;
             crate::live::to_client(
                 state,
                 &session_id,

@@ -48,8 +48,6 @@ pub struct Hub {
     edges: Mutex<HashMap<String, Reg<ServerToEdge>>>,
     /// Client channels by session id; each carries the tunnel's client key.
     clients: Mutex<HashMap<String, Vec<ClientReg>>>,
-    /// Latest candidates per (session, client key, device, sent by the edge).
-    signals: Mutex<HashMap<(String, String, String, bool), String>>,
 }
 
 fn poke<M>(reg: &Reg<M>, p: Poke<M>) {
@@ -65,7 +63,6 @@ impl Default for Hub {
             next: AtomicU64::new(0),
             edges: Mutex::default(),
             clients: Mutex::default(),
-            signals: Mutex::default(),
         }
     }
 }
@@ -158,49 +155,6 @@ impl Hub {
                 }
             }
         }
-    }
-
-    /// Remembers the latest candidates one side sent the other, so that a side
-    /// whose channel (re)connects later still gets them. Key: (session, client key, device).
-    pub fn keep_signal(
-        &self,
-        session_id: &str,
-        client_key: &str,
-        device_id: &str,
-        from_edge: bool,
-        data: &str,
-    ) {
-        let mut m = self.signals.lock().expect("hub lock");
-        if m.len() >= 16_384 {
-            m.clear(); // bounded: a burst of stale entries is simply forgotten
-        }
-        m.insert(
-            (
-                session_id.to_string(),
-                client_key.to_string(),
-                device_id.to_string(),
-                from_edge,
-            ),
-            data.to_string(),
-        );
-    }
-
-    /// Candidates the edges of a session sent to `client_key`: (device, data).
-    pub fn signals_for_client(&self, session_id: &str, client_key: &str) -> Vec<(String, String)> {
-        let m = self.signals.lock().expect("hub lock");
-        m.iter()
-            .filter(|((s, k, _, from_edge), _)| s == session_id && k == client_key && *from_edge)
-            .map(|((_, _, d, _), v)| (d.clone(), v.clone()))
-            .collect()
-    }
-
-    /// Candidates clients sent to `device_id`: (session, client key, data).
-    pub fn signals_for_edge(&self, device_id: &str) -> Vec<(String, String, String)> {
-        let m = self.signals.lock().expect("hub lock");
-        m.iter()
-            .filter(|((_, _, d, from_edge), _)| d == device_id && !*from_edge)
-            .map(|((s, k, _, _), v)| (s.clone(), k.clone(), v.clone()))
-            .collect()
     }
 
     pub fn edge_connected(&self, device_id: &str) -> bool {
@@ -344,4 +298,71 @@ async fn apply(state: &crate::state::AppState, payload: &str) {
         }
         _ => {}
     }
+}
+
+// ------------------------------------------------------------------ candidates
+//
+// The latest candidates per tunnel and direction live in the database, so a
+// channel that connects later, or to another replica, still gets them.
+
+/// Remembers the latest candidates one side sent the other.
+pub async fn keep_signal(
+    state: &crate::state::AppState,
+    session_id: &str,
+    client_key: &str,
+    device_id: &str,
+    from_edge: bool,
+    data: &str,
+) -> crate::error::AppResult<()> {
+    sqlx::query(
+        "INSERT INTO tunnel_signals (session_id, client_key, device_id, from_edge, data, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (session_id, client_key, device_id, from_edge) DO UPDATE SET data = $5, updated_at = $6",
+    )
+    .bind(session_id)
+    .bind(client_key)
+    .bind(device_id)
+    .bind(i64::from(from_edge))
+    .bind(data)
+    .bind(state.now())
+    .execute(&state.store.pool)
+    .await?;
+    Ok(())
+}
+
+/// Candidates the edges of a session sent to `client_key`: (device, data).
+pub async fn signals_for_client(
+    state: &crate::state::AppState,
+    session_id: &str,
+    client_key: &str,
+) -> crate::error::AppResult<Vec<(String, String)>> {
+    use sqlx::Row;
+    let rows = sqlx::query(
+        "SELECT device_id, data FROM tunnel_signals WHERE session_id = $1 AND client_key = $2 AND from_edge = 1",
+    )
+    .bind(session_id)
+    .bind(client_key)
+    .fetch_all(&state.store.pool)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}
+
+/// Candidates clients of running sessions sent to `device_id`: (session, client key, data).
+pub async fn signals_for_edge(
+    state: &crate::state::AppState,
+    device_id: &str,
+) -> crate::error::AppResult<Vec<(String, String, String)>> {
+    use sqlx::Row;
+    let rows = sqlx::query(
+        "SELECT g.session_id, g.client_key, g.data FROM tunnel_signals g JOIN sessions s ON s.id = g.session_id
+         WHERE g.device_id = $1 AND g.from_edge = 0 AND s.state = 'active' LIMIT 256",
+    )
+    .bind(device_id)
+    .fetch_all(&state.store.pool)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect()
 }
