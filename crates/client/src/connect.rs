@@ -362,10 +362,7 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
 
     let tls = ctx.client.ws_tls();
     let base = ctx.client.server().replacen("https://", "wss://", 1);
-    let key_q = public
-        .replace('+', "%2B")
-        .replace('/', "%2F")
-        .replace('=', "%3D");
+    let key_q: String = url::form_urlencoded::byte_serialize(public.as_bytes()).collect();
     let channel_url = format!("{base}/api/v1/sessions/{id}/channel?key={key_q}");
     let token = ctx.client.token().map(str::to_string);
     let mut ws = Some(open_channel(&channel_url, token.as_deref(), &tls).await?);

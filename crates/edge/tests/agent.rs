@@ -22,18 +22,24 @@ fn edge_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_drawbridge-edge"))
 }
 
-fn server_bin() -> PathBuf {
+/// A binary of the workspace next to this test's; built once when missing
+/// (`cargo test --workspace` has built them all already).
+fn sibling_bin(name: &str) -> PathBuf {
     let dir = edge_bin().parent().expect("bin dir").to_path_buf();
-    let bin = dir.join("drawbridge-server");
+    let bin = dir.join(name);
     if !bin.exists() {
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "-p", "drawbridge-server"])
+            .args(["build", "-p", name])
             .env("CARGO_TARGET_DIR", dir.parent().expect("target dir"))
             .status()
             .expect("cargo build");
         assert!(status.success());
     }
     bin
+}
+
+fn server_bin() -> PathBuf {
+    sibling_bin("drawbridge-server")
 }
 
 /// A child process killed by its own handle when dropped.
@@ -378,17 +384,7 @@ fn on_site_approval_and_reconnection_after_the_control_plane_restarts() {
 }
 
 fn client_bin() -> PathBuf {
-    let dir = edge_bin().parent().expect("bin dir").to_path_buf();
-    let bin = dir.join("drawbridge");
-    if !bin.exists() {
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "-p", "drawbridge"])
-            .env("CARGO_TARGET_DIR", dir.parent().expect("target dir"))
-            .status()
-            .expect("cargo build");
-        assert!(status.success());
-    }
-    bin
+    sibling_bin("drawbridge")
 }
 
 fn client(config: &Path) -> Command {

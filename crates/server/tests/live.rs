@@ -220,6 +220,11 @@ async fn edge(l: &Live, d: &Device, switch_on: bool) -> Ws {
     ws
 }
 
+/// A client key as it goes into the channel's query string.
+fn key_query(n: u8) -> String {
+    url::form_urlencoded::byte_serialize(wg_key(n).as_bytes()).collect()
+}
+
 fn wg_key(n: u8) -> String {
     STANDARD.encode([n; 32])
 }
@@ -423,10 +428,7 @@ async fn running(l: &Live, acct: &common::Account, d: &Device, n: u8) -> (String
             Some(json!({"public_key": wg_key(n)})),
         )
         .await;
-    let key = wg_key(n)
-        .replace('+', "%2B")
-        .replace('/', "%2F")
-        .replace('=', "%3D");
+    let key = key_query(n);
     let mut c = l
         .ws(
             &format!("/api/v1/sessions/{s}/channel?key={key}"),
@@ -704,10 +706,7 @@ async fn a_joined_client_and_the_edge_exchange_keys_candidates_and_relay_tokens(
     let es = sessions_of(&m).unwrap()[0].clone();
     assert_eq!(es.peers[0].public_key, wg_key(7));
     assert_eq!(es.peers[0].overlay_ip, "100.64.0.2");
-    let key = wg_key(7)
-        .replace('+', "%2B")
-        .replace('/', "%2F")
-        .replace('=', "%3D");
+    let key = key_query(7);
     let mut c = l
         .ws(
             &format!("/api/v1/sessions/{s}/channel?key={key}"),
@@ -922,10 +921,7 @@ async fn ending_or_disabling_tears_down_both_ends_and_records_the_tunnel(app: Te
             Some(json!({"public_key": wg_key(4)})),
         )
         .await;
-    let key = wg_key(4)
-        .replace('+', "%2B")
-        .replace('/', "%2F")
-        .replace('=', "%3D");
+    let key = key_query(4);
     let mut c2 = l
         .ws(
             &format!("/api/v1/sessions/{s2}/channel?key={key}"),
@@ -1167,10 +1163,7 @@ async fn candidates_sent_before_a_channel_opens_are_replayed_to_it(app: TestApp)
     )
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let key = wg_key(5)
-        .replace('+', "%2B")
-        .replace('/', "%2F")
-        .replace('=', "%3D");
+    let key = key_query(5);
     let mut c = l
         .ws(
             &format!("/api/v1/sessions/{s}/channel?key={key}"),

@@ -382,7 +382,7 @@ fn probes(a: &Tenant, b: &Tenant) -> (Vec<Probe>, Vec<String>) {
                     continue;
                 }
                 match query_value(name) {
-                    Some(v) => query.push(format!("{name}={}", v.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D"))),
+                    Some(v) => query.push(format!("{name}={}", url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>())),
                     None => unmapped.push(format!(
                         "{method} {path}: the required query parameter {name:?} has no value in the probe"
                     )),
