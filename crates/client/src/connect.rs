@@ -32,6 +32,10 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 type Result<T> = std::result::Result<T, Error>;
 
+/// Inner MTU of the TUN interface: room for WireGuard's 80 bytes of overhead (IPv6
+/// outer header) within a 1500-byte path, as wg-quick does.
+const TUN_MTU: u16 = 1420;
+
 #[derive(Args, Debug)]
 pub struct ConnectArgs {
     /// The session (id or name); with --adhoc, a device to connect to ad hoc.
@@ -45,6 +49,10 @@ pub struct ConnectArgs {
     /// Run a SOCKS5 proxy reaching only the released targets: [ADDR:]PORT.
     #[arg(long, value_name = "[ADDR:]PORT")]
     pub socks5: Option<String>,
+    /// Route the released targets through a TUN interface (split tunnel; needs root).
+    /// The default when running as root without -L or --socks5.
+    #[arg(long, conflicts_with_all = ["forwards", "socks5"])]
+    pub tun: bool,
     /// Stop after this many seconds (for scripts and tests).
     #[arg(long, hide = true)]
     pub for_seconds: Option<u64>,
@@ -83,6 +91,9 @@ pub struct TunnelStatus {
     pub session_id: String,
     pub session: String,
     pub overlay_ip: String,
+    /// The TUN interface, in TUN mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
     pub pid: u32,
     pub updated_at: i64,
     pub devices: Vec<DeviceStatus>,
@@ -137,7 +148,15 @@ pub fn status(json: bool) -> Result<()> {
         println!("no tunnels are up");
     }
     for s in live {
-        println!("{} ({}) as {}", s.session, s.session_id, s.overlay_ip);
+        let via = s
+            .interface
+            .as_deref()
+            .map(|i| format!(" on {i}"))
+            .unwrap_or_default();
+        println!(
+            "{} ({}) as {}{via}",
+            s.session, s.session_id, s.overlay_ip
+        );
         for d in s.devices {
             let rtt = d.rtt_ms.map(|r| format!(", {r} ms")).unwrap_or_default();
             println!(
@@ -187,6 +206,8 @@ struct Live {
     /// device id → edge key (bytes) once known.
     edges: HashMap<String, [u8; 32]>,
     token: Option<String>,
+    /// The TUN interface, in TUN mode.
+    interface: Option<String>,
 }
 
 fn key_bytes(s: &str) -> Option<[u8; 32]> {
@@ -382,50 +403,29 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
         .iter()
         .flat_map(|d| d.targets.clone())
         .collect();
-    let dialer = Dialer::new(overlay, routes);
+    let use_tun = args.tun
+        || (forwards.is_empty() && socks.is_none() && drawbridge_tun::have_privileges());
     let (to_dialer, dialer_in) = mpsc::channel::<Bytes>(1024);
     let (dialer_out, from_dialer) = mpsc::channel::<Bytes>(1024);
-    let mut tasks = vec![tokio::spawn(dialer.clone().run(dialer_in, dialer_out))];
-    for f in &forwards {
-        if !dialer.allows(f.target) {
-            return Err(Error::user(format!(
-                "-L: {} is not a released target of this session",
-                f.target
-            )));
+    let mut tasks = Vec::new();
+    let mut interface = None;
+    if use_tun {
+        // Kernel mode: the released targets, and nothing else, are routed into a
+        // TUN interface; its packets go into the tunnel as they are.
+        let tun = tun_mode(overlay, &routes, dialer_in, dialer_out).await?;
+        interface = Some(tun.0);
+        tasks.push(tun.1);
+    } else {
+        // Userspace mode: local forwards and SOCKS5 dial into the tunnel from the
+        // overlay address, and only to the released targets.
+        let dialer = Dialer::new(overlay, routes);
+        tasks.push(tokio::spawn(dialer.clone().run(dialer_in, dialer_out)));
+        start_userspace(&dialer, &forwards, socks, &mut tasks).await?;
+        if forwards.is_empty() && socks.is_none() {
+            eprintln!(
+                "nothing to reach the targets with: add -L [ADDR:]PORT:TARGET:PORT or --socks5 [ADDR:]PORT (or run as root for TUN mode)"
+            );
         }
-        let listener = tokio::net::TcpListener::bind(f.listen)
-            .await
-            .map_err(|e| Error::user(format!("-L: cannot listen on {}: {e}", f.listen)))?;
-        eprintln!(
-            "forwarding {} → {}",
-            listener
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-            f.target
-        );
-        tasks.push(tokio::spawn({
-            let (d, target) = (dialer.clone(), f.target);
-            async move {
-                let _ = forward_local_on(listener, target, d).await;
-            }
-        }));
-    }
-    if let Some(addr) = socks {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| Error::user(format!("--socks5: cannot listen on {addr}: {e}")))?;
-        eprintln!(
-            "SOCKS5 proxy on {} (released targets only)",
-            listener
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default()
-        );
-        let d = dialer.clone();
-        tasks.push(tokio::spawn(async move {
-            let _ = socks5_on(listener, d).await;
-        }));
     }
     let mut live = Live {
         tunnel: None,
@@ -437,6 +437,7 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
         private_key,
         edges: HashMap::new(),
         token: None,
+        interface,
     };
     let status_path = status_dir()?.join(format!("{id}.json"));
     let _ = std::fs::create_dir_all(status_dir()?);
@@ -547,6 +548,103 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     Ok(())
 }
 
+/// Opens the `-L` forwards and the SOCKS5 proxy on the userspace dialer.
+async fn start_userspace(
+    dialer: &Dialer,
+    forwards: &[Forward],
+    socks: Option<SocketAddr>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Result<()> {
+    for f in forwards {
+        if !dialer.allows(f.target) {
+            return Err(Error::user(format!(
+                "-L: {} is not a released target of this session",
+                f.target
+            )));
+        }
+        let listener = tokio::net::TcpListener::bind(f.listen)
+            .await
+            .map_err(|e| Error::user(format!("-L: cannot listen on {}: {e}", f.listen)))?;
+        eprintln!(
+            "forwarding {} → {}",
+            listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            f.target
+        );
+        tasks.push(tokio::spawn({
+            let (d, target) = (dialer.clone(), f.target);
+            async move {
+                let _ = forward_local_on(listener, target, d).await;
+            }
+        }));
+    }
+    if let Some(addr) = socks {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::user(format!("--socks5: cannot listen on {addr}: {e}")))?;
+        eprintln!(
+            "SOCKS5 proxy on {} (released targets only)",
+            listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        );
+        let d = dialer.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = socks5_on(listener, d).await;
+        }));
+    }
+    Ok(())
+}
+
+/// Brings up the TUN interface with routes to the released targets only and
+/// moves packets between it and the tunnel channels. Returns the interface name
+/// and the task; dropping the device (task aborted) removes interface and routes.
+async fn tun_mode(
+    overlay: std::net::Ipv4Addr,
+    routes: &[drawbridge_proto::Target],
+    mut from_tunnel: mpsc::Receiver<Bytes>,
+    to_tunnel: mpsc::Sender<Bytes>,
+) -> Result<(String, tokio::task::JoinHandle<()>)> {
+    let prefixes: Vec<ipnet::IpNet> = routes.iter().map(|t| t.address).collect();
+    let dev = drawbridge_tun::TunDevice::create(&drawbridge_tun::TunConfig {
+        name: None,
+        address: overlay,
+        mtu: TUN_MTU,
+        routes: prefixes.clone(),
+    })
+    .await
+    .map_err(|e| Error::user(format!("TUN mode: {e}")))?;
+    let name = dev.name().to_string();
+    let shown: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
+    eprintln!(
+        "TUN interface {name} up as {overlay}; routes: {}",
+        if shown.is_empty() { "none".to_string() } else { shown.join(", ") }
+    );
+    let task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            tokio::select! {
+                n = dev.recv(&mut buf) => match n {
+                    Ok(n) if n > 0 => { let _ = to_tunnel.try_send(Bytes::copy_from_slice(&buf[..n])); }
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("reading the TUN interface failed: {e}");
+                        return;
+                    }
+                },
+                p = from_tunnel.recv() => match p {
+                    Some(p) => { let _ = dev.send(&p).await; }
+                    None => return,
+                },
+            }
+        }
+    });
+    Ok((name, task))
+}
+
 type Ws = tokio_tungstenite::WebSocketStream<
     tokio_tungstenite::MaybeTlsStream<Box<dyn drawbridge_tunnel::proxy::Io>>,
 >;
@@ -621,6 +719,7 @@ async fn snapshot(live: &Live, s: &Session, id: &str) -> TunnelStatus {
         session_id: id.to_string(),
         session: s.name.to_string(),
         overlay_ip: live.join.overlay_ip.clone(),
+        interface: live.interface.clone(),
         pid: std::process::id(),
         updated_at: unix_now(),
         devices,

@@ -420,7 +420,8 @@ fn a_client_connects_to_the_edge_through_the_relay_and_the_session_end_tears_it_
     // `connect` starts the prepared session itself and stays in the foreground.
     let connect = Proc(
         client(&config)
-            .args(["connect", &s, "--for-seconds", "60"])
+            // Userspace mode (no TUN even when the tests run as root).
+            .args(["connect", &s, "--for-seconds", "60", "--socks5", "127.0.0.1:0"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

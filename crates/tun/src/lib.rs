@@ -1,0 +1,204 @@
+//! Kernel TUN interfaces for Drawbridge tunnels (Linux; needs root or CAP_NET_ADMIN).
+//!
+//! [`TunDevice::create`] makes a TUN interface (`tun-rs`), gives it the overlay address,
+//! brings it up and adds one route per prefix through it (rtnetlink, no shell, no
+//! `ip` binary). Split tunnel only: nothing but the given prefixes is routed into it,
+//! never a default route. The kernel removes the interface and every route through it
+//! when the device is dropped, so a process that exits (or crashes) leaves the host's
+//! routing table as it was.
+
+use ipnet::IpNet;
+use rtnetlink::RouteMessageBuilder;
+use rtnetlink::packet_route::route::RouteScope;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use thiserror::Error;
+
+/// Most routes one device accepts (a session's released targets, bounded by the server).
+pub const MAX_ROUTES: usize = 256;
+
+/// Why a TUN device could not be set up.
+#[derive(Debug, Error)]
+pub enum TunError {
+    #[error("TUN mode needs root (or CAP_NET_ADMIN): {0}")]
+    Permission(std::io::Error),
+    #[error("creating the TUN interface: {0}")]
+    Create(std::io::Error),
+    #[error("netlink: {0}")]
+    Netlink(String),
+    #[error("too many routes ({0}; at most {MAX_ROUTES})")]
+    TooManyRoutes(usize),
+    #[error("invalid interface name {0:?}")]
+    BadName(String),
+}
+
+/// What the interface looks like.
+#[derive(Debug, Clone)]
+pub struct TunConfig {
+    /// Interface name (at most 15 bytes of `[A-Za-z0-9_-]`); `None` lets the kernel pick.
+    pub name: Option<String>,
+    /// The local (overlay) address; a /32 on the interface.
+    pub address: Ipv4Addr,
+    pub mtu: u16,
+    /// Prefixes routed into the interface.
+    pub routes: Vec<IpNet>,
+}
+
+/// A TUN interface; removed with its routes when dropped.
+pub struct TunDevice {
+    dev: tun_rs::AsyncDevice,
+    name: String,
+    index: u32,
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 15
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl TunDevice {
+    /// Creates the interface, addresses it, brings it up and adds the routes.
+    pub async fn create(cfg: &TunConfig) -> Result<Self, TunError> {
+        if cfg.routes.len() > MAX_ROUTES {
+            return Err(TunError::TooManyRoutes(cfg.routes.len()));
+        }
+        let mut b = tun_rs::DeviceBuilder::new()
+            .ipv4(cfg.address, 32u8, None)
+            .mtu(cfg.mtu);
+        if let Some(n) = &cfg.name {
+            if !valid_name(n) {
+                return Err(TunError::BadName(n.clone()));
+            }
+            b = b.name(n.clone());
+        }
+        let dev = b.build_async().map_err(|e| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                TunError::Permission(e)
+            } else {
+                TunError::Create(e)
+            }
+        })?;
+        let name = dev.name().map_err(TunError::Create)?;
+        let index = dev.if_index().map_err(TunError::Create)?;
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| TunError::Netlink(e.to_string()))?;
+        let task = tokio::spawn(conn);
+        let result = async {
+            handle
+                .link()
+                .set(
+                    rtnetlink::LinkUnspec::new_with_index(index)
+                        .up()
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(|e| TunError::Netlink(format!("bringing {name} up: {e}")))?;
+            for r in dedup(&cfg.routes) {
+                let msg = match r {
+                    IpNet::V4(n) => RouteMessageBuilder::<Ipv4Addr>::new()
+                        .destination_prefix(n.network(), n.prefix_len())
+                        .output_interface(index)
+                        .scope(RouteScope::Link)
+                        .build(),
+                    IpNet::V6(n) => RouteMessageBuilder::<Ipv6Addr>::new()
+                        .destination_prefix(n.network(), n.prefix_len())
+                        .output_interface(index)
+                        .build(),
+                };
+                handle
+                    .route()
+                    .add(msg)
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(|e| TunError::Netlink(format!("route {r} via {name}: {e}")))?;
+            }
+            Ok::<(), TunError>(())
+        }
+        .await;
+        task.abort();
+        result?;
+        tracing::info!(interface = %name, address = %cfg.address, routes = cfg.routes.len(), "TUN interface up");
+        Ok(TunDevice { dev, name, index })
+    }
+
+    /// The interface name the kernel gave.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The interface index.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// Reads one IP packet (waits for one).
+    pub async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.dev.recv(buf).await
+    }
+
+    /// Writes one IP packet.
+    pub async fn send(&self, packet: &[u8]) -> std::io::Result<usize> {
+        self.dev.send(packet).await
+    }
+}
+
+/// The networks of `routes`, each once, host bits cleared.
+fn dedup(routes: &[IpNet]) -> Vec<IpNet> {
+    let mut out: Vec<IpNet> = Vec::new();
+    for r in routes {
+        let n = r.trunc();
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    out
+}
+
+/// Whether this process may create TUN interfaces (root, or CAP_NET_ADMIN in a
+/// namespace that owns the network), as a cheap check before trying.
+pub fn have_privileges() -> bool {
+    // Effective capabilities from /proc: CAP_NET_ADMIN is bit 12.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << 12) != 0)
+        && std::path::Path::new("/dev/net/tun").exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_deduplicated_by_network() {
+        let r: Vec<IpNet> = ["10.1.2.3/32", "10.1.2.3/32", "192.168.1.7/24", "192.168.1.0/24"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let d = dedup(&r);
+        assert_eq!(
+            d,
+            vec![
+                "10.1.2.3/32".parse::<IpNet>().unwrap(),
+                "192.168.1.0/24".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn interface_names_are_checked() {
+        assert!(valid_name("db0"));
+        assert!(valid_name("drawbridge-0123"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("a-name-that-is-too-long"));
+        assert!(!valid_name("db 0"));
+        assert!(!valid_name("db/0"));
+    }
+}
