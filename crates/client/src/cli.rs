@@ -242,6 +242,14 @@ pub enum SessionCmd {
         #[arg(long = "device", short = 'd', value_name = "DEVICE=TARGETS")]
         device: String,
     },
+    /// Write a standard WireGuard (wg-quick) config for a session: for machines where
+    /// only a stock WireGuard client may run. Starts the session if needed.
+    ExportWireguard {
+        session: String,
+        /// Write the config to this new file (mode 0600) instead of standard output.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Create and start a session for yourself on one device, where the account allows it.
     Adhoc {
         device: String,
@@ -1482,6 +1490,9 @@ async fn session(ctx: &Ctx, cmd: SessionCmd) -> Result<()> {
             emit(ctx, &s, || {
                 format!("Added the device to session {} ({}).\n", s.name, s.id)
             })
+        }
+        SessionCmd::ExportWireguard { session, output } => {
+            crate::wgexport::run(ctx, &session, output.as_deref()).await
         }
         SessionCmd::Adhoc { device, target } => {
             let id = ctx.device_id(&device).await?;

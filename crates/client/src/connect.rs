@@ -173,7 +173,7 @@ pub fn status(json: bool) -> Result<()> {
     Ok(())
 }
 
-async fn wait_until_active(ctx: &Ctx, id: &str) -> Result<Session> {
+pub(crate) async fn wait_until_active(ctx: &Ctx, id: &str) -> Result<Session> {
     let mut told = false;
     loop {
         let s: Session = ctx.client.get(&format!("/sessions/{id}")).await?;
@@ -373,6 +373,7 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
             &format!("/sessions/{id}/join"),
             &JoinRequest {
                 public_key: public.clone(),
+                standard_client: false,
             },
         )
         .await?;

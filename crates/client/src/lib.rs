@@ -9,6 +9,7 @@ pub mod connect;
 mod prompt;
 mod show;
 pub mod table;
+pub mod wgexport;
 
 pub use api::Client;
 

@@ -83,6 +83,10 @@ pub struct EdgePeer {
     /// The client's overlay address (inner source of its packets).
     pub overlay_ip: String,
     pub user: String,
+    /// A standard WireGuard client (an exported wg-quick config) that reaches the
+    /// edge through the relay's UDP bridge; it speaks plain WireGuard only.
+    #[serde(default)]
+    pub bridged: bool,
 }
 
 /// A session as the edge must run it.
@@ -150,6 +154,10 @@ pub struct JoinDevice {
 pub struct JoinRequest {
     /// The client's fresh WireGuard public key for this session (base64).
     pub public_key: String,
+    /// The key belongs to a standard WireGuard client (`session export-wireguard`)
+    /// that reaches the edges through the relay's UDP bridge.
+    #[serde(default)]
+    pub standard_client: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -166,6 +174,9 @@ pub struct JoinResponse {
     pub stun: Vec<String>,
     pub devices: Vec<JoinDevice>,
     pub valid_until: i64,
+    /// The relay's UDP bridge for standard WireGuard clients (`host:port`), if it runs.
+    #[serde(default)]
+    pub bridge_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

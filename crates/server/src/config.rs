@@ -18,6 +18,7 @@ pub struct FileConfig {
     pub public_url: Option<String>,
     pub hostnames: Option<Vec<String>>,
     pub stun_listen: Option<SocketAddr>,
+    pub bridge_listen: Option<SocketAddr>,
     pub metrics_listen: Option<SocketAddr>,
 }
 
@@ -42,11 +43,14 @@ pub struct Config {
     pub hostnames: Vec<String>,
     /// UDP address of the STUN service; None turns it off.
     pub stun_listen: Option<SocketAddr>,
+    /// UDP address of the relay's bridge for standard WireGuard clients; None turns it off.
+    pub bridge_listen: Option<SocketAddr>,
     /// Plain-HTTP address for Prometheus metrics (`/metrics`); off when None.
     pub metrics_listen: Option<SocketAddr>,
 }
 
 pub const DEFAULT_STUN_LISTEN: &str = "127.0.0.1:3478";
+pub const DEFAULT_BRIDGE_LISTEN: &str = "127.0.0.1:51820";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 pub const DEFAULT_DATA_DIR: &str = "drawbridge-data";
 
@@ -83,6 +87,13 @@ pub struct Overrides {
     /// Do not run the STUN service.
     #[arg(long)]
     pub no_stun: bool,
+    /// UDP address of the relay's bridge for standard WireGuard clients
+    /// (`drawbridge session export-wireguard`; default 127.0.0.1:51820).
+    #[arg(long, env = "DRAWBRIDGE_BRIDGE_LISTEN")]
+    pub bridge_listen: Option<SocketAddr>,
+    /// Do not run the relay's UDP bridge for standard WireGuard clients.
+    #[arg(long)]
+    pub no_bridge: bool,
     /// Serve Prometheus metrics over plain HTTP at ADDR/metrics (keep it on a private address).
     #[arg(long, env = "DRAWBRIDGE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -132,7 +143,17 @@ impl Overrides {
                     .unwrap_or_else(|| DEFAULT_STUN_LISTEN.parse().expect("static address")),
             )
         };
+        let bridge_listen = if self.no_bridge {
+            None
+        } else {
+            Some(
+                self.bridge_listen
+                    .or(file.bridge_listen)
+                    .unwrap_or_else(|| DEFAULT_BRIDGE_LISTEN.parse().expect("static address")),
+            )
+        };
         Ok(Config {
+            bridge_listen,
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
             stun_listen,
             listen,

@@ -23,6 +23,8 @@ pub struct Inner {
     pub hub: crate::live::Hub,
     /// STUN servers handed to edges and clients (`host:port`).
     pub stun: std::sync::RwLock<Vec<String>>,
+    /// The relay's UDP bridge for standard WireGuard clients (`host:port`), when it runs.
+    pub bridge: std::sync::RwLock<Option<String>>,
     /// Attempts at the unauthenticated routes (login, second factor, enrolment,
     /// setup) per remote address; shared by the API and the portal, which calls it.
     pub attempts: governor::DefaultKeyedRateLimiter<String>,
@@ -56,6 +58,7 @@ impl AppState {
             relay,
             hub: crate::live::Hub::default(),
             stun: std::sync::RwLock::new(Vec::new()),
+            bridge: std::sync::RwLock::new(None),
             attempts: governor::RateLimiter::keyed(
                 governor::Quota::per_minute(ATTEMPTS_PER_MINUTE).allow_burst(ATTEMPTS_BURST),
             ),
@@ -91,6 +94,16 @@ impl AppState {
 
     pub fn stun_servers(&self) -> Vec<String> {
         self.stun.read().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    pub fn bridge_endpoint(&self) -> Option<String> {
+        self.bridge.read().ok().and_then(|v| v.clone())
+    }
+
+    pub fn set_bridge_endpoint(&self, endpoint: Option<String>) {
+        if let Ok(mut v) = self.bridge.write() {
+            *v = endpoint;
+        }
     }
 
     pub fn set_stun_servers(&self, servers: Vec<String>) {

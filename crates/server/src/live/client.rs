@@ -82,6 +82,26 @@ async fn join(
             "public_key is not a base64 WireGuard key",
         ));
     }
+    if req.standard_client {
+        if state.bridge_endpoint().is_none() {
+            return Err(AppError::conflict(
+                "this server's relay runs no UDP bridge for standard WireGuard clients (bridge_listen)",
+            ));
+        }
+        // A standard client's config names the edges' keys: they must be known now.
+        let mut conn = state.store.pool.acquire().await?;
+        let missing: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM session_devices WHERE session_id = $1 AND edge_public_key IS NULL",
+        )
+        .bind(&id)
+        .fetch_one(&mut *conn)
+        .await?;
+        if missing > 0 {
+            return Err(AppError::conflict(
+                "an edge of this session has not announced its session key yet; try again in a few seconds",
+            ));
+        }
+    }
     {
         // Grants may have changed since the session started.
         let mut conn = state.store.pool.acquire().await?;
@@ -126,8 +146,8 @@ async fn join(
             .to_string();
     for d in &s.devices {
         sqlx::query(
-            "INSERT INTO tunnels (id, account_id, session_id, device_id, user_id, client_public_key, started_at, overlay_ip)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO tunnels (id, account_id, session_id, device_id, user_id, client_public_key, started_at, overlay_ip, standard_client)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(secret::new_id())
         .bind(&caller.account_id)
@@ -137,13 +157,15 @@ async fn join(
         .bind(&req.public_key)
         .bind(now)
         .bind(&overlay)
+        .bind(i64::from(req.standard_client))
         .execute(&mut *tx)
         .await?;
     }
     let ev = caller
         .event("tunnel.up", &format!("session:{id}"))
         .details(serde_json::json!({
-            "username": caller.username, "public_key": req.public_key, "overlay_ip": overlay
+            "username": caller.username, "public_key": req.public_key, "overlay_ip": overlay,
+            "standard_client": req.standard_client,
         }));
     audit::append(&mut tx, now, &ev).await?;
     tx.commit().await?;

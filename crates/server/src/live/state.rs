@@ -116,7 +116,7 @@ pub async fn edge_sessions(state: &AppState, device_id: &str) -> AppResult<Vec<E
         let valid_until: i64 = r.try_get("valid_until")?;
         let edge_key: Option<String> = r.try_get("edge_public_key")?;
         let peers_rows = sqlx::query(
-            "SELECT t.client_public_key, t.overlay_ip, u.username FROM tunnels t JOIN users u ON u.id = t.user_id
+            "SELECT t.client_public_key, t.overlay_ip, u.username, t.standard_client FROM tunnels t JOIN users u ON u.id = t.user_id
              WHERE t.session_id = $1 AND t.device_id = $2 AND t.ended_at IS NULL ORDER BY t.started_at",
         )
         .bind(&session_id)
@@ -129,6 +129,7 @@ pub async fn edge_sessions(state: &AppState, device_id: &str) -> AppResult<Vec<E
                 public_key: p.try_get(0)?,
                 overlay_ip: p.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
                 user: p.try_get(2)?,
+                bridged: p.try_get::<i64, _>(3)? != 0,
             });
         }
         let st: SessionState = r
@@ -216,6 +217,7 @@ pub async fn join_data(
         stun: state.stun_servers(),
         devices,
         valid_until,
+        bridge_endpoint: state.bridge_endpoint(),
     })
 }
 
