@@ -9,9 +9,13 @@
 pub mod netns;
 pub mod plc;
 pub mod procs;
+pub mod stream;
+pub mod topology;
 
 pub use netns::{Netns, NsRuntime, veth};
 pub use procs::{Api, Client, Edge, Proc, Server, wait};
+pub use stream::Stream;
+pub use topology::{Lab, Nat};
 
 /// Whether the lab can run here; prints why not (or panics when it is required).
 pub fn available(test: &str) -> bool {

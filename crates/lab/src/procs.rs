@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 pub const PASSWORD: &str = "Blue-Tractor-42";
 /// Where the server listens inside its namespace.
-pub const SERVER_PORT: u16 = 8443;
+pub const SERVER_PORT: u16 = 443;
 pub const STUN_PORT: u16 = 3478;
 
 /// A binary of the workspace, next to the test executable's directory; built
@@ -100,7 +100,22 @@ fn scrub(cmd: &mut Command) -> &mut Command {
     ] {
         cmd.env_remove(v);
     }
-    cmd.env("RUST_LOG", "warn")
+    // DRAWBRIDGE_LAB_LOG=debug turns the binaries' logs up (they go to files
+    // in the lab's directory; DRAWBRIDGE_LAB_KEEP=1 keeps it).
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("DRAWBRIDGE_LAB_LOG").unwrap_or_else(|_| "warn".into()),
+    )
+}
+
+/// A log file for a process (appended to across restarts).
+pub fn log_file(path: &Path) -> Stdio {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null())
 }
 
 /// A control plane (with its relay and STUN) in a namespace, on `ip`.
@@ -171,7 +186,7 @@ impl Server {
             ])
             .arg(&self.data)
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(log_file(&self.data.with_extension("log")));
         self.proc = Some(Proc::spawn(&mut cmd));
         let addr: SocketAddr = format!("{}:{SERVER_PORT}", self.ip).parse().expect("addr");
         let rt = self.rt.clone();
@@ -317,7 +332,7 @@ impl Edge {
             Self::cmd(&self.ns_name, &self.state)
                 .arg("run")
                 .stdout(Stdio::null())
-                .stderr(Stdio::null()),
+                .stderr(log_file(&self.state.with_extension("log"))),
         ));
     }
 
