@@ -321,7 +321,7 @@ async fn connection(state: RelayState, claims: Claims, socket: WebSocket) {
                                 let _ = tx.try_send(Bytes::from(p));
                             }
                         }
-                        Ok(Frame::Pong(_)) | Err(_) => {
+                        Ok(Frame::Pong(_) | Frame::Bridge { .. }) | Err(_) => {
                             state.inner.counters.closed_malformed.fetch_add(1, Ordering::Relaxed);
                             drop_reason("malformed");
                             break;
