@@ -358,6 +358,10 @@ pub struct PeerConfig {
     /// The relay connection that carries this peer, if any.
     pub relay: Option<RelayId>,
     pub persistent_keepalive: Option<u16>,
+    /// A standard WireGuard client (wg-quick, wireguard-go, ...) reached through the relay's
+    /// UDP bridge ([`Frame::Bridge`] on `relay`); it speaks plain WireGuard only: no relay
+    /// frames of its own, no probes, no candidates.
+    pub bridged: bool,
 }
 
 /// The node's configuration.
@@ -1656,6 +1660,7 @@ mod tests {
             allowed_ips: vec![IpNet::new(IpAddr::from(net), 32)],
             relay: Some(0),
             persistent_keepalive: None,
+            bridged: false,
         };
         a.add_peer(now, cfg(b.public_key(), [100, 64, 0, 2]))
             .unwrap();
@@ -1693,6 +1698,7 @@ mod tests {
             allowed_ips: vec![IpNet::new(IpAddr::from([100, 64, 0, 2]), 32)],
             relay: Some(0),
             persistent_keepalive: None,
+            bridged: false,
         };
         a.add_peer(now, cfg(b.public_key())).unwrap();
         b.add_peer(now, cfg(a.public_key())).unwrap();
@@ -1725,6 +1731,7 @@ mod tests {
                 allowed_ips: vec![IpNet::new(IpAddr::from([100, 64, 0, 2]), 32)],
                 relay: Some(0),
                 persistent_keepalive: None,
+                bridged: false,
             },
         )
         .unwrap();
@@ -1745,6 +1752,7 @@ mod tests {
                     allowed_ips: vec![],
                     relay: None,
                     persistent_keepalive: None,
+                    bridged: false,
                 }
             ),
             Err(PeerError::SelfPeer)

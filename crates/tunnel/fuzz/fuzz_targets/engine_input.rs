@@ -23,6 +23,7 @@ fuzz_target!(|data: &[u8]| {
             allowed_ips: vec![],
             relay: Some(0),
             persistent_keepalive: None,
+            bridged: false,
         },
     );
     let from = "127.0.0.1:3478".parse().expect("literal");
