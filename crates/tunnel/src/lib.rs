@@ -34,6 +34,7 @@ pub mod keys;
 pub mod proxy;
 pub mod sim;
 pub mod stun;
+pub mod wgmac;
 
 pub use engine::{
     Event, IpNet, NatKind, Node, NodeConfig, Output, Path, PathReason, PeerConfig, PeerId,
