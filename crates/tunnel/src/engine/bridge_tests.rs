@@ -360,3 +360,23 @@ fn bridge_pseudo_addresses_are_distinct_per_relay_and_tag() {
     assert_ne!(a, bridge_pseudo_addr(1, 8));
     assert!(matches!(a.ip(), IpAddr::V6(v6) if v6.segments()[0] == 0xfd00));
 }
+
+#[test]
+fn random_bridge_frames_never_panic_and_never_get_an_answer() {
+    use rand::{Rng, SeedableRng};
+    let (mut a, mut b, _, now) = connected(1);
+    while a.poll_output().is_some() {}
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    for i in 0..5000 {
+        let len = rng.gen_range(1..300);
+        let mut p: Vec<u8> = (0..len).map(|_| rng.r#gen()).collect();
+        // Mostly WireGuard-shaped headers, so the deeper paths run too.
+        if i % 2 == 0 {
+            p[0] = rng.gen_range(1..=4);
+            p[1..4.min(len)].fill(0);
+        }
+        b.handle_relay_frame(now, RELAY, &bridge_frame(rng.r#gen(), &p));
+    }
+    assert!(std::iter::from_fn(|| b.poll_output()).all(|o| !matches!(o, Output::Relay { .. })));
+    assert_eq!(b.peers[&a.public_key()].bridge_tag, Some(1));
+}
