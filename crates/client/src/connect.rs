@@ -310,6 +310,7 @@ impl Live {
                 allowed_ips: allowed,
                 relay: Some(0),
                 persistent_keepalive: Some(25),
+                bridged: false,
             };
             if t.add_peer(cfg).await.is_ok() {
                 self.edges.insert(d.device_id.clone(), k);

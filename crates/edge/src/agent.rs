@@ -221,6 +221,7 @@ impl Agent {
                     allowed_ips: vec![IpNet::new(ip, if ip.is_ipv4() { 32 } else { 128 })],
                     relay: Some(0),
                     persistent_keepalive: Some(25),
+                    bridged: false,
                 };
                 if t.add_peer(cfg).await.is_ok()
                     && let Ok(sig) = t.local_signal().await

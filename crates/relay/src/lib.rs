@@ -7,7 +7,11 @@
 //! session. The relay rewrites the frame's key to the sender's and never sees plaintext.
 //! Every length is bounded; a malformed or oversized frame closes that one connection; a
 //! receiver whose queue is full is disconnected rather than buffered without bound.
+//!
+//! The relay also bridges standard WireGuard clients from a UDP port to edges whose token
+//! has the `bridge` claim ([`bridge`], [`RelayState::serve_bridge`]).
 
+pub mod bridge;
 pub mod stun;
 pub mod token;
 
@@ -25,6 +29,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use drawbridge_tunnel::frame::{Frame, KEY_LEN, MAX_FRAME, rewrite_data_source};
+use drawbridge_tunnel::wgmac;
 use futures_util::{SinkExt, StreamExt};
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, watch};
@@ -71,6 +76,9 @@ struct Counters {
     drop_no_route: AtomicU64,
     drop_slow_receiver: AtomicU64,
     closed_malformed: AtomicU64,
+    bridge_datagrams_in: AtomicU64,
+    bridge_datagrams_out: AtomicU64,
+    bridge_drops: AtomicU64,
 }
 
 /// A snapshot of the relay's counters.
@@ -85,14 +93,34 @@ pub struct RelayStats {
     pub drop_no_route: u64,
     pub drop_slow_receiver: u64,
     pub closed_malformed: u64,
+    /// UDP bridge: client datagrams handed to an edge.
+    pub bridge_datagrams_in: u64,
+    /// UDP bridge: edge packets sent to a client endpoint.
+    pub bridge_datagrams_out: u64,
+    /// UDP bridge: datagrams or frames dropped (malformed, no route, not allowed, ...).
+    pub bridge_drops: u64,
+    /// UDP bridge: client endpoints currently tracked.
+    pub bridge_tags: u64,
 }
 
 struct Conn {
     id: u64,
     session: String,
     allowed: HashSet<Key>,
+    /// The `mac1` key of this peer's public key when its token has the `bridge` claim: the
+    /// UDP bridge hands it the handshakes addressed to it.
+    bridge: Option<[u8; 32]>,
     tx: mpsc::Sender<Bytes>,
     kill: watch::Sender<bool>,
+}
+
+/// What became of a frame queued for a connection.
+enum Push {
+    Sent,
+    /// The receiver's queue was full: it was disconnected.
+    Slow,
+    /// No such connection, or it is closing.
+    Gone,
 }
 
 struct Inner {
@@ -100,6 +128,7 @@ struct Inner {
     conns: Mutex<HashMap<Key, Conn>>,
     next_id: AtomicU64,
     counters: Counters,
+    bridge: bridge::Bridge,
 }
 
 /// Shared relay state; cheap to clone.
@@ -127,6 +156,7 @@ impl RelayState {
                 conns: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 counters: Counters::default(),
+                bridge: bridge::Bridge::new(),
             }),
         }
     }
@@ -144,6 +174,10 @@ impl RelayState {
             drop_no_route: c.drop_no_route.load(Ordering::Relaxed),
             drop_slow_receiver: c.drop_slow_receiver.load(Ordering::Relaxed),
             closed_malformed: c.closed_malformed.load(Ordering::Relaxed),
+            bridge_datagrams_in: c.bridge_datagrams_in.load(Ordering::Relaxed),
+            bridge_datagrams_out: c.bridge_datagrams_out.load(Ordering::Relaxed),
+            bridge_drops: c.bridge_drops.load(Ordering::Relaxed),
+            bridge_tags: self.inner.bridge.table().len() as u64,
         }
     }
 
@@ -213,27 +247,43 @@ impl RelayState {
             drop_reason("not_allowed");
             return;
         }
-        match target.tx.try_send(Bytes::from(frame)) {
-            Ok(()) => {
+        match self.push(&mut conns, &dst, Bytes::from(frame)) {
+            Push::Sent => {
                 c.frames_forwarded.fetch_add(1, Ordering::Relaxed);
                 c.bytes_forwarded.fetch_add(len, Ordering::Relaxed);
                 metrics::counter!("relay_frames_forwarded_total").increment(1);
                 metrics::counter!("relay_bytes_forwarded_total").increment(len);
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                // A slow receiver is dropped rather than buffered without bound.
-                c.drop_slow_receiver.fetch_add(1, Ordering::Relaxed);
-                drop_reason("slow_receiver");
-                if let Some(t) = conns.remove(&dst) {
-                    let _ = t.kill.send(true);
-                    tracing::info!(peer = %short(&dst), "relay: slow receiver disconnected");
-                }
-                metrics::gauge!("relay_connections").set(conns.len() as f64);
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            Push::Slow => {}
+            Push::Gone => {
                 c.drop_no_route.fetch_add(1, Ordering::Relaxed);
                 drop_reason("no_route");
             }
+        }
+    }
+
+    /// Queues `frame` for connection `dst` without waiting. A receiver whose queue is full
+    /// is disconnected (and counted) rather than buffered without bound.
+    fn push(&self, conns: &mut HashMap<Key, Conn>, dst: &Key, frame: Bytes) -> Push {
+        let Some(target) = conns.get(dst) else {
+            return Push::Gone;
+        };
+        match target.tx.try_send(frame) {
+            Ok(()) => Push::Sent,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.inner
+                    .counters
+                    .drop_slow_receiver
+                    .fetch_add(1, Ordering::Relaxed);
+                drop_reason("slow_receiver");
+                if let Some(t) = conns.remove(dst) {
+                    let _ = t.kill.send(true);
+                    tracing::info!(peer = %short(dst), "relay: slow receiver disconnected");
+                }
+                metrics::gauge!("relay_connections").set(conns.len() as f64);
+                Push::Slow
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Push::Gone,
         }
     }
 }
@@ -287,6 +337,7 @@ async fn connection(state: RelayState, claims: Claims, socket: WebSocket) {
                 id,
                 session: claims.session_id.clone(),
                 allowed: allowed.clone(),
+                bridge: claims.bridge.then(|| wgmac::mac1_key(&me)),
                 tx: tx.clone(),
                 kill: kill_tx,
             },
@@ -320,6 +371,9 @@ async fn connection(state: RelayState, claims: Claims, socket: WebSocket) {
                             if let Ok(p) = Frame::Pong(x).encode() {
                                 let _ = tx.try_send(Bytes::from(p));
                             }
+                        }
+                        Ok(Frame::Bridge { tag, payload }) => {
+                            state.bridge_from_edge(&me, claims.bridge, tag, payload);
                         }
                         Ok(Frame::Pong(_)) | Err(_) => {
                             state.inner.counters.closed_malformed.fetch_add(1, Ordering::Relaxed);
@@ -368,6 +422,9 @@ pub struct StandaloneConfig {
     pub relay_listen: SocketAddr,
     /// UDP address of the STUN service.
     pub stun_listen: SocketAddr,
+    /// UDP address of the bridge for standard WireGuard clients ([`RelayState::serve_bridge`]);
+    /// `None` runs no bridge.
+    pub bridge_listen: Option<SocketAddr>,
     pub relay: RelayConfig,
     /// TLS for the relay listener (`wss://`); `None` serves plain `ws://` (tests, or behind
     /// a TLS-terminating proxy).
@@ -379,29 +436,45 @@ impl std::fmt::Debug for StandaloneConfig {
         f.debug_struct("StandaloneConfig")
             .field("relay_listen", &self.relay_listen)
             .field("stun_listen", &self.stun_listen)
+            .field("bridge_listen", &self.bridge_listen)
             .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
 
-/// Runs the relay and the STUN service until one fails.
+/// Runs the relay, the STUN service and (when configured) the UDP bridge until one fails.
 pub async fn run_standalone(config: StandaloneConfig) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.relay_listen).await?;
     let udp = tokio::net::UdpSocket::bind(config.stun_listen).await?;
+    let bridge_udp = match config.bridge_listen {
+        Some(a) => Some(tokio::net::UdpSocket::bind(a).await?),
+        None => None,
+    };
     let state = RelayState::new(config.relay);
     tracing::info!(relay = %listener.local_addr()?, stun = %udp.local_addr()?, tls = config.tls.is_some(), "relay and STUN listening");
+    let bridge = {
+        let state = state.clone();
+        async move {
+            match bridge_udp {
+                Some(sock) => state.serve_bridge(sock).await,
+                None => std::future::pending().await,
+            }
+        }
+    };
     let app = router(state);
     match config.tls {
         Some(tls) => {
             tokio::select! {
                 r = serve_tls(listener, app, tls) => r,
                 r = stun::serve(udp) => r,
+                r = bridge => r,
             }
         }
         None => {
             tokio::select! {
                 r = axum::serve(listener, app) => r,
                 r = stun::serve(udp) => r,
+                r = bridge => r,
             }
         }
     }

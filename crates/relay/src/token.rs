@@ -30,6 +30,10 @@ pub struct Claims {
     pub allowed_peers: Vec<[u8; 32]>,
     /// Expiry, unix seconds.
     pub expires_at: u64,
+    /// The holder (an edge) accepts standard WireGuard clients bridged from the relay's UDP
+    /// port: the relay may hand it handshakes addressed to its key (by `mac1`) and send
+    /// its answers to those clients' endpoints.
+    pub bridge: bool,
 }
 
 /// Why a token was refused (or could not be made).
@@ -56,6 +60,13 @@ struct Wire {
     pk: String,
     allow: Vec<String>,
     exp: u64,
+    /// [`Claims::bridge`]; absent means false (older tokens stay valid and unchanged).
+    #[serde(default, skip_serializing_if = "is_false")]
+    br: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The control plane's Ed25519 signing key.
@@ -122,6 +133,7 @@ pub fn issue(key: &SigningKey, claims: &Claims) -> Result<String, TokenError> {
         pk: B64.encode(claims.peer),
         allow: claims.allowed_peers.iter().map(|k| B64.encode(k)).collect(),
         exp: claims.expires_at,
+        br: claims.bridge,
     };
     let json = serde_json::to_vec(&wire).map_err(|_| TokenError::Malformed)?;
     let signed = format!("{PREFIX}.{}", B64.encode(json));
@@ -169,6 +181,7 @@ pub fn verify(key: &VerifyingKey, token: &str, now: u64) -> Result<Claims, Token
             .map(|s| key32(s))
             .collect::<Result<_, _>>()?,
         expires_at: wire.exp,
+        bridge: wire.br,
     };
     check_bounds(&claims)?;
     if claims.expires_at <= now {
@@ -187,6 +200,7 @@ mod tests {
             peer: [1; 32],
             allowed_peers: vec![[2; 32], [3; 32]],
             expires_at: 1_000,
+            bridge: false,
         }
     }
 
@@ -195,6 +209,45 @@ mod tests {
         let (k, _) = SigningKey::generate().unwrap();
         let t = issue(&k, &claims()).unwrap();
         assert_eq!(verify(&k.verifying_key(), &t, 999).unwrap(), claims());
+    }
+
+    #[test]
+    fn bridge_claim_round_trips_and_is_absent_from_tokens_without_it() {
+        let (k, _) = SigningKey::generate().unwrap();
+        let body = |t: &str| {
+            let b64 = t.split('.').nth(1).unwrap();
+            String::from_utf8(B64.decode(b64).unwrap()).unwrap()
+        };
+        let plain = issue(&k, &claims()).unwrap();
+        assert!(!body(&plain).contains("\"br\""), "{}", body(&plain));
+        let mut c = claims();
+        c.bridge = true;
+        let t = issue(&k, &c).unwrap();
+        assert!(body(&t).contains("\"br\":true"), "{}", body(&t));
+        assert_eq!(verify(&k.verifying_key(), &t, 999).unwrap(), c);
+    }
+
+    #[test]
+    fn unknown_claim_fields_are_still_refused() {
+        let (k, _) = SigningKey::generate().unwrap();
+        let sign = |json: String| {
+            let signed = format!("{PREFIX}.{}", B64.encode(json));
+            let sig = k.0.sign(signed.as_bytes());
+            format!("{signed}.{}", B64.encode(sig.as_ref()))
+        };
+        let pk = B64.encode([1u8; 32]);
+        let t = sign(format!(
+            r#"{{"sid":"s","pk":"{pk}","allow":[],"exp":1000,"zz":1}}"#
+        ));
+        assert_eq!(
+            verify(&k.verifying_key(), &t, 0),
+            Err(TokenError::Malformed)
+        );
+        // The same body without the unknown field verifies, without the bridge claim.
+        let t = sign(format!(
+            r#"{{"sid":"s","pk":"{pk}","allow":[],"exp":1000}}"#
+        ));
+        assert!(!verify(&k.verifying_key(), &t, 0).unwrap().bridge);
     }
 
     #[test]

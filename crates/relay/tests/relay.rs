@@ -84,6 +84,7 @@ impl Server {
                 peer,
                 allowed_peers: allowed.to_vec(),
                 expires_at: (now() as i64 + ttl) as u64,
+                bridge: false,
             },
         )
         .unwrap()
@@ -155,6 +156,7 @@ async fn wrong_or_expired_tokens_are_refused() {
             peer: A,
             allowed_peers: vec![B],
             expires_at: now() + 60,
+            bridge: false,
         },
     )
     .unwrap();
@@ -334,6 +336,7 @@ async fn driver(s: &Server, private: [u8; 32], peer: [u8; 32], index: usize) -> 
             allowed_ips: vec![IpNet::new(IpAddr::V4(overlay_ip(1 - index)), 32)],
             relay: Some(0),
             persistent_keepalive: None,
+            bridged: false,
         }],
         queue: 256,
     })
@@ -424,6 +427,7 @@ async fn driver_reconnects_to_a_restarted_relay() {
                 peer: me,
                 allowed_peers: vec![peer],
                 expires_at: now() + 600,
+                bridge: false,
             },
         )
         .unwrap()
@@ -448,6 +452,7 @@ async fn driver_reconnects_to_a_restarted_relay() {
             allowed_ips: vec![IpNet::new(IpAddr::V4(overlay_ip(1 - index)), 32)],
             relay: Some(0),
             persistent_keepalive: None,
+            bridged: false,
         }],
         queue: 256,
     };
@@ -532,6 +537,7 @@ async fn two_drivers_talk_through_the_relay_over_tls() {
                     peer: me,
                     allowed_peers: vec![peer],
                     expires_at: now() + 600,
+                    bridge: false,
                 },
             )
             .unwrap(),
@@ -543,6 +549,7 @@ async fn two_drivers_talk_through_the_relay_over_tls() {
             allowed_ips: vec![IpNet::new(IpAddr::V4(overlay_ip(1 - index)), 32)],
             relay: Some(0),
             persistent_keepalive: None,
+            bridged: false,
         }],
         queue: 256,
     };

@@ -186,6 +186,7 @@ pub async fn main() -> anyhow::Result<i32> {
             drawbridge_relay::run_standalone(drawbridge_relay::StandaloneConfig {
                 relay_listen: listen,
                 stun_listen,
+                bridge_listen: None,
                 relay: drawbridge_relay::RelayConfig::new(key),
                 tls,
             })

@@ -16,6 +16,7 @@ fn token(key: &SigningKey, peer: u8, now: u64) -> String {
             peer: [peer; 32],
             allowed_peers: vec![[9; 32]],
             expires_at: now + 60,
+            bridge: false,
         },
     )
     .unwrap()

@@ -13,10 +13,17 @@
 //! sent to moves the peer to the direct path; a direct path whose pongs stop falls back to the
 //! relay, and the packets sent on it during the silence are re-sent through the relay
 //! (WireGuard's replay window drops the ones that had arrived).
+//!
+//! Bridged peers ([`PeerConfig::bridged`]) are standard WireGuard clients that know nothing
+//! of relays: the relay receives their plain datagrams on its UDP bridge and hands them to
+//! this node as [`Frame::Bridge`] frames tagged with the client's endpoint. Such a peer has
+//! exactly one path (the relay it is configured on), answers go back as Bridge frames with
+//! the tag of the latest authenticated packet (WireGuard's roaming rule), and nothing of
+//! ours (probes, relay pings, candidates, direct attempts) is ever sent to it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -242,6 +249,8 @@ pub enum PathReason {
     DirectLost,
     /// No relay configured and no direct path.
     NoPath,
+    /// A standard WireGuard client through the relay's UDP bridge (the only path it has).
+    Bridged,
 }
 
 impl fmt::Display for PathReason {
@@ -255,6 +264,7 @@ impl fmt::Display for PathReason {
             PathReason::NoDirectAnswer => "no direct path answered",
             PathReason::DirectLost => "direct path stopped answering",
             PathReason::NoPath => "no relay and no direct path",
+            PathReason::Bridged => "standard WireGuard via the relay's UDP bridge",
         })
     }
 }
@@ -358,6 +368,10 @@ pub struct PeerConfig {
     /// The relay connection that carries this peer, if any.
     pub relay: Option<RelayId>,
     pub persistent_keepalive: Option<u16>,
+    /// A standard WireGuard client (wg-quick, wireguard-go, ...) reached through the relay's
+    /// UDP bridge ([`Frame::Bridge`] on `relay`); it speaks plain WireGuard only: no relay
+    /// frames of its own, no probes, no candidates.
+    pub bridged: bool,
 }
 
 /// The node's configuration.
@@ -408,6 +422,10 @@ struct Peer {
     tunn: Tunn<rand_09::rngs::StdRng>,
     allowed_ips: Vec<IpNet>,
     relay: Option<RelayId>,
+    /// A standard WireGuard client behind the relay's UDP bridge ([`PeerConfig::bridged`]).
+    bridged: bool,
+    /// The bridge tag of the client's endpoint, from the latest authenticated packet.
+    bridge_tag: Option<u64>,
     path: Path,
     reason: PathReason,
     remote_candidates: Vec<SocketAddr>,
@@ -515,6 +533,16 @@ fn to_vec(kind: WgKind) -> Vec<u8> {
 enum Via {
     Udp(SocketAddr),
     Relay,
+    /// Through the relay's UDP bridge, from the client endpoint this tag names.
+    Bridge(u64),
+}
+
+/// The address a bridged datagram counts as for WireGuard's handshake rate limiter and
+/// cookies: one per (relay, tag), i.e. per client endpoint, so one noisy client cannot use
+/// up another's handshake budget. A unique-local IPv6 address that is never routed.
+fn bridge_pseudo_addr(relay: RelayId, tag: u64) -> SocketAddr {
+    let ip = (0xfd00_u128 << 112) | (u128::from(relay) << 64) | u128::from(tag);
+    SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), 0)
 }
 
 impl Node {
@@ -639,16 +667,19 @@ impl Node {
         } else {
             Path::None
         };
+        let bridged = cfg.bridged;
         let mut peer = Peer {
             id: cfg.public_key,
             tunn,
             allowed_ips: cfg.allowed_ips.into_iter().take(64).collect(),
             relay: cfg.relay,
+            bridged,
+            bridge_tag: None,
             path,
-            reason: if cfg.relay.is_some() {
-                PathReason::AwaitingCandidates
-            } else {
-                PathReason::NoPath
+            reason: match (cfg.relay.is_some(), bridged) {
+                (false, _) => PathReason::NoPath,
+                (true, true) => PathReason::Bridged,
+                (true, false) => PathReason::AwaitingCandidates,
             },
             remote_candidates: Vec::new(),
             remote_nat: NatKind::Unknown,
@@ -660,7 +691,8 @@ impl Node {
             direct_last_ping: None,
             direct_rtt: None,
             relay_rtt: None,
-            next_relay_ping: Some(now),
+            // Bridged clients are never pinged (they would not understand it).
+            next_relay_ping: (!bridged).then_some(now),
             hold_until: None,
             hold: VecDeque::new(),
             resend: VecDeque::new(),
@@ -669,8 +701,14 @@ impl Node {
             last_handshake: None,
             drops: 0,
         };
-        let init = peer.tunn.format_handshake_initiation(false);
         let id = peer.id;
+        if bridged {
+            // A bridged client is reachable only once it has written to us (we learn its
+            // bridge tag then), and it gets no candidates: it only answers WireGuard.
+            self.peers.insert(id, peer);
+            return Ok(());
+        }
+        let init = peer.tunn.format_handshake_initiation(false);
         self.peers.insert(id, peer);
         if let Some(init) = init {
             let kind: WgKind = init.into();
@@ -689,9 +727,13 @@ impl Node {
         let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
+        if peer.relay != relay {
+            // A bridge tag is meaningful only on the relay that chose it.
+            peer.bridge_tag = None;
+        }
         peer.relay = relay;
         peer.relay_rtt = None;
-        peer.next_relay_ping = Some(now);
+        peer.next_relay_ping = (!peer.bridged).then_some(now);
         match (peer.path, relay) {
             (Path::Relay, None) => peer.path = Path::None,
             (Path::None, Some(_)) => peer.path = Path::Relay,
@@ -827,7 +869,8 @@ impl Node {
             WgKind::CookieReply(p) => self.by_idx.get(&p.receiver_idx.get()).copied(),
             WgKind::Data(p) => self.by_idx.get(&p.header.receiver_idx.get()).copied(),
         };
-        let Some(id) = id.filter(|id| self.peers.contains_key(id)) else {
+        // A bridged client is reached only through the relay's bridge.
+        let Some(id) = id.filter(|id| self.peers.get(id).is_some_and(|p| !p.bridged)) else {
             return;
         };
         self.handle_wg(id, kind, Via::Udp(from));
@@ -836,10 +879,20 @@ impl Node {
     /// A frame arrived on relay connection `relay`.
     pub fn handle_relay_frame(&mut self, now: Instant, relay: RelayId, frame: &[u8]) {
         self.set_time(now);
-        let Ok(Frame::Data { peer, payload }) = Frame::decode(frame) else {
-            return;
+        let (peer, payload) = match Frame::decode(frame) {
+            Ok(Frame::Data { peer, payload }) => (peer, payload),
+            Ok(Frame::Bridge { tag, payload }) => {
+                self.handle_bridge_frame(relay, tag, payload);
+                return;
+            }
+            _ => return,
         };
-        if self.peers.get(&peer).and_then(|p| p.relay) != Some(relay) {
+        // Bridged clients never speak our relay protocol.
+        if !self
+            .peers
+            .get(&peer)
+            .is_some_and(|p| p.relay == Some(relay) && !p.bridged)
+        {
             return;
         }
         // The relay vouches for the source key; the WireGuard session still authenticates it.
@@ -871,6 +924,51 @@ impl Node {
         self.handle_wg(peer, kind, Via::Relay);
     }
 
+    /// A datagram from a standard WireGuard client, through relay `relay`'s UDP bridge.
+    /// The relay only chose the tag; which peer this is comes from WireGuard itself (the
+    /// handshake's static key, or our receiver index), and only a peer configured as
+    /// bridged on this very relay is accepted.
+    fn handle_bridge_frame(&mut self, relay: RelayId, tag: u64, payload: &[u8]) {
+        let pseudo = bridge_pseudo_addr(relay, tag);
+        let kind = match self
+            .rate_limiter
+            .verify_packet(pseudo, Packet::from_bytes(BytesMut::from(payload)))
+        {
+            Ok(k) => k,
+            Err(TunnResult::WriteToNetwork(cookie)) => {
+                // Under load: the cookie goes back to the same endpoint.
+                let cookie = to_vec(cookie);
+                if let Ok(frame) = (Frame::Bridge {
+                    tag,
+                    payload: &cookie,
+                })
+                .encode()
+                {
+                    self.push(Output::Relay { relay, frame });
+                }
+                return;
+            }
+            Err(_) => return,
+        };
+        let id = match &kind {
+            WgKind::HandshakeInit(p) => parse_handshake_anon(&self.secret, &self.public, p)
+                .ok()
+                .map(|h| h.peer_static_public),
+            WgKind::HandshakeResp(p) => self.by_idx.get(&p.receiver_idx.get()).copied(),
+            WgKind::CookieReply(p) => self.by_idx.get(&p.receiver_idx.get()).copied(),
+            WgKind::Data(p) => self.by_idx.get(&p.header.receiver_idx.get()).copied(),
+        };
+        let Some(id) = id.filter(|id| {
+            self.peers
+                .get(id)
+                .is_some_and(|p| p.bridged && p.relay == Some(relay))
+        }) else {
+            tracing::trace!(relay, "bridged datagram for no bridged peer dropped");
+            return;
+        };
+        self.handle_wg(id, kind, Via::Bridge(tag));
+    }
+
     fn handle_wg(&mut self, id: PeerId, kind: WgKind, via: Via) {
         let now = self.now;
         let is_handshake = matches!(kind, WgKind::HandshakeInit(_) | WgKind::HandshakeResp(_));
@@ -878,6 +976,18 @@ impl Node {
             return;
         };
         let res = peer.tunn.handle_incoming_packet(kind);
+        // WireGuard's roaming: the endpoint of the latest authenticated packet is where
+        // answers go, starting with the answer to this very packet.
+        if let Via::Bridge(tag) = via
+            && matches!(
+                res,
+                TunnResult::WriteToNetwork(_) | TunnResult::WriteToTunnel(_)
+            )
+            && peer.bridge_tag != Some(tag)
+        {
+            tracing::debug!(peer = %hex::encode(&id[..4]), tag, "bridged client endpoint");
+            peer.bridge_tag = Some(tag);
+        }
         let mut authenticated = false;
         match res {
             TunnResult::Done => {}
@@ -927,6 +1037,7 @@ impl Node {
             // Measure the relay as soon as there is a session (needed for a clean upgrade).
             if let Some(p) = self.peers.get_mut(&id)
                 && p.relay_rtt.is_none()
+                && !p.bridged
             {
                 p.next_relay_ping = Some(now);
             }
@@ -951,6 +1062,10 @@ impl Node {
         };
         let packet = &packet[..len];
         if let Some((kind, nonce)) = parse_probe(packet) {
+            if matches!(via, Via::Bridge(_)) {
+                // We never probe a bridged client, and it has no business probing us.
+                return;
+            }
             match kind {
                 PROBE_PING => {
                     // Answer on the path the ping came in on.
@@ -972,6 +1087,7 @@ impl Node {
                         Via::Relay => {
                             self.send_inner_relay(id, &pong);
                         }
+                        Via::Bridge(_) => {}
                     }
                 }
                 PROBE_PONG => self.handle_pong(id, nonce, via),
@@ -1125,6 +1241,23 @@ impl Node {
                     payload: bytes,
                 });
             }
+            Path::Relay if peer.bridged => {
+                // Plain WireGuard to the client's endpoint, through the relay's bridge. No tag
+                // yet (the client has not written): nowhere to send it.
+                let (Some(relay), Some(tag)) = (peer.relay, peer.bridge_tag) else {
+                    peer.drops += 1;
+                    return;
+                };
+                match (Frame::Bridge {
+                    tag,
+                    payload: &bytes,
+                })
+                .encode()
+                {
+                    Ok(frame) => self.push(Output::Relay { relay, frame }),
+                    Err(_) => peer.drops += 1,
+                }
+            }
             Path::Relay => {
                 let Some(relay) = peer.relay else {
                     peer.drops += 1;
@@ -1188,7 +1321,12 @@ impl Node {
     }
 
     fn send_inner_relay(&mut self, id: PeerId, inner: &[u8]) -> bool {
-        let Some(relay) = self.peers.get(&id).and_then(|p| p.relay) else {
+        let Some(relay) = self
+            .peers
+            .get(&id)
+            .filter(|p| !p.bridged)
+            .and_then(|p| p.relay)
+        else {
             return false;
         };
         if let Some(b) = self.encapsulate_inner(id, inner)
@@ -1229,7 +1367,8 @@ impl Node {
     /// Candidates for a peer, from the control plane.
     pub fn handle_signal(&mut self, now: Instant, id: &PeerId, signal: Signal) {
         self.set_time(now);
-        let Some(peer) = self.peers.get_mut(id) else {
+        // A bridged client has no candidates of ours to use, nor we of its.
+        let Some(peer) = self.peers.get_mut(id).filter(|p| !p.bridged) else {
             return;
         };
         let mut cands: Vec<SocketAddr> = Vec::new();
@@ -1314,7 +1453,12 @@ impl Node {
         if cands != self.candidates || nat_before != self.nat {
             self.candidates = cands;
             let signal = self.local_signal();
-            let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+            let ids: Vec<PeerId> = self
+                .peers
+                .values()
+                .filter(|p| !p.bridged)
+                .map(|p| p.id)
+                .collect();
             for peer in ids {
                 self.push(Output::Signal {
                     peer,
@@ -1346,7 +1490,8 @@ impl Node {
         let ids: Vec<PeerId> = self
             .peers
             .values()
-            .filter(|p| p.relay == Some(relay))
+            // A bridged client is answered, not called: it initiates through the bridge.
+            .filter(|p| p.relay == Some(relay) && !p.bridged)
             .map(|p| p.id)
             .collect();
         for id in ids {
@@ -1390,6 +1535,9 @@ impl Node {
         if now >= self.next_tick {
             self.next_tick = now + TICK;
             self.tick_stun();
+            // Forget last second's per-source handshake counts (bounded by traffic, and
+            // bridged clients each count under their own pseudo address).
+            self.rate_limiter.try_reset_count();
             self.by_idx.retain(|idx, _| self.index_table.in_use(*idx));
             let ids: Vec<PeerId> = self.peers.keys().copied().collect();
             for id in ids {
@@ -1447,6 +1595,15 @@ impl Node {
         let Some(peer) = self.peers.get_mut(&id) else {
             return;
         };
+        if peer.bridged {
+            // Only WireGuard's own timers (above): no pings, probes or path changes.
+            peer.reason = if peer.relay.is_some() {
+                PathReason::Bridged
+            } else {
+                PathReason::NoPath
+            };
+            return;
+        }
         let expired: Vec<u64> = peer
             .pings
             .iter()
@@ -1554,6 +1711,9 @@ impl Node {
 }
 
 #[cfg(test)]
+mod bridge_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -1656,6 +1816,7 @@ mod tests {
             allowed_ips: vec![IpNet::new(IpAddr::from(net), 32)],
             relay: Some(0),
             persistent_keepalive: None,
+            bridged: false,
         };
         a.add_peer(now, cfg(b.public_key(), [100, 64, 0, 2]))
             .unwrap();
@@ -1693,6 +1854,7 @@ mod tests {
             allowed_ips: vec![IpNet::new(IpAddr::from([100, 64, 0, 2]), 32)],
             relay: Some(0),
             persistent_keepalive: None,
+            bridged: false,
         };
         a.add_peer(now, cfg(b.public_key())).unwrap();
         b.add_peer(now, cfg(a.public_key())).unwrap();
@@ -1725,6 +1887,7 @@ mod tests {
                 allowed_ips: vec![IpNet::new(IpAddr::from([100, 64, 0, 2]), 32)],
                 relay: Some(0),
                 persistent_keepalive: None,
+                bridged: false,
             },
         )
         .unwrap();
@@ -1745,6 +1908,7 @@ mod tests {
                     allowed_ips: vec![],
                     relay: None,
                     persistent_keepalive: None,
+                    bridged: false,
                 }
             ),
             Err(PeerError::SelfPeer)

@@ -8,8 +8,15 @@
 //! | `0x01` DATA | relay → peer | 32-byte *source* public key (rewritten by the relay), then the packet |
 //! | `0x02` PING | peer → relay | 8 opaque bytes |
 //! | `0x03` PONG | relay → peer | the 8 bytes of the ping |
+//! | `0x04` BRIDGE | relay → edge | 8-byte tag (u64 big-endian), then one WireGuard datagram that arrived on the relay's UDP bridge from the endpoint the tag names |
+//! | `0x04` BRIDGE | edge → relay | 8-byte tag, then one WireGuard packet for the relay to send to that endpoint |
 //!
-//! The payload of a DATA frame is bounded by [`MAX_PAYLOAD`]; anything else is malformed.
+//! A BRIDGE tag is chosen by the relay and names one standard WireGuard client's UDP
+//! endpoint as seen by one edge; it carries no authority of its own (the relay checks that
+//! it belongs to the connection using it, and WireGuard authenticates the packet).
+//!
+//! The payload of a DATA or BRIDGE frame is non-empty and bounded by [`MAX_PAYLOAD`];
+//! anything else is malformed.
 
 use thiserror::Error;
 
@@ -23,6 +30,9 @@ pub const MAX_FRAME: usize = 1 + KEY_LEN + MAX_PAYLOAD;
 const T_DATA: u8 = 0x01;
 const T_PING: u8 = 0x02;
 const T_PONG: u8 = 0x03;
+const T_BRIDGE: u8 = 0x04;
+/// Length of a BRIDGE frame's tag.
+pub const TAG_LEN: usize = 8;
 
 /// A decoded relay frame borrowing from the input buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +46,9 @@ pub enum Frame<'a> {
     Ping([u8; 8]),
     /// The relay's answer to [`Frame::Ping`].
     Pong([u8; 8]),
+    /// A plain WireGuard datagram to or from a standard WireGuard client that reaches the
+    /// edge through the relay's UDP bridge; `tag` names the client's endpoint.
+    Bridge { tag: u64, payload: &'a [u8] },
 }
 
 /// Why a frame could not be decoded.
@@ -49,7 +62,7 @@ pub enum FrameError {
     UnknownType(u8),
     #[error("truncated frame")]
     Truncated,
-    #[error("data frame without payload")]
+    #[error("frame without payload")]
     EmptyPayload,
 }
 
@@ -81,11 +94,25 @@ impl<'a> Frame<'a> {
                     Frame::Pong(v)
                 })
             }
+            T_BRIDGE => {
+                let (tag, payload) = rest
+                    .split_at_checked(TAG_LEN)
+                    .ok_or(FrameError::Truncated)?;
+                if payload.is_empty() {
+                    return Err(FrameError::EmptyPayload);
+                }
+                if payload.len() > MAX_PAYLOAD {
+                    return Err(FrameError::TooLong(buf.len()));
+                }
+                let tag = u64::from_be_bytes(tag.try_into().map_err(|_| FrameError::Truncated)?);
+                Ok(Frame::Bridge { tag, payload })
+            }
             other => Err(FrameError::UnknownType(other)),
         }
     }
 
-    /// Encodes the frame. Fails only when a data payload exceeds [`MAX_PAYLOAD`] or is empty.
+    /// Encodes the frame. Fails only when a data or bridge payload exceeds [`MAX_PAYLOAD`]
+    /// or is empty.
     pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
         match self {
             Frame::Data { peer, payload } => {
@@ -98,6 +125,19 @@ impl<'a> Frame<'a> {
                 let mut v = Vec::with_capacity(1 + KEY_LEN + payload.len());
                 v.push(T_DATA);
                 v.extend_from_slice(peer);
+                v.extend_from_slice(payload);
+                Ok(v)
+            }
+            Frame::Bridge { tag, payload } => {
+                if payload.is_empty() {
+                    return Err(FrameError::EmptyPayload);
+                }
+                if payload.len() > MAX_PAYLOAD {
+                    return Err(FrameError::TooLong(1 + TAG_LEN + payload.len()));
+                }
+                let mut v = Vec::with_capacity(1 + TAG_LEN + payload.len());
+                v.push(T_BRIDGE);
+                v.extend_from_slice(&tag.to_be_bytes());
                 v.extend_from_slice(payload);
                 Ok(v)
             }
@@ -166,6 +206,64 @@ mod tests {
     }
 
     #[test]
+    fn bridge_frame_round_trips_with_a_big_endian_tag() {
+        let f = Frame::Bridge {
+            tag: 0x0102_0304_0506_0708,
+            payload: b"wg",
+        };
+        let bytes = f.encode().unwrap();
+        assert_eq!(bytes, [4, 1, 2, 3, 4, 5, 6, 7, 8, b'w', b'g']);
+        assert_eq!(Frame::decode(&bytes).unwrap(), f);
+    }
+
+    #[test]
+    fn bridge_frame_bounds_are_enforced() {
+        // Tag cut short, or no payload after it.
+        assert_eq!(Frame::decode(&[4, 1, 2, 3]), Err(FrameError::Truncated));
+        assert_eq!(Frame::decode(&[4; 9]), Err(FrameError::EmptyPayload));
+        // The largest payload fits; one byte more does not, either way.
+        let max = vec![1u8; MAX_PAYLOAD];
+        let f = Frame::Bridge {
+            tag: 9,
+            payload: &max,
+        };
+        let bytes = f.encode().unwrap();
+        assert_eq!(bytes.len(), 1 + TAG_LEN + MAX_PAYLOAD);
+        assert_eq!(Frame::decode(&bytes).unwrap(), f);
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(
+            Frame::decode(&long),
+            Err(FrameError::TooLong(2 + TAG_LEN + MAX_PAYLOAD))
+        );
+        let over = vec![1u8; MAX_PAYLOAD + 1];
+        assert!(
+            Frame::Bridge {
+                tag: 9,
+                payload: &over
+            }
+            .encode()
+            .is_err()
+        );
+        assert_eq!(
+            Frame::Bridge {
+                tag: 9,
+                payload: &[]
+            }
+            .encode(),
+            Err(FrameError::EmptyPayload)
+        );
+        // A bridge frame is not a data frame: the relay's rewrite refuses it.
+        let mut b = Frame::Bridge {
+            tag: 1,
+            payload: &[0; 40],
+        }
+        .encode()
+        .unwrap();
+        assert!(rewrite_data_source(&mut b, &[0; 32]).is_err());
+    }
+
+    #[test]
     fn rewrite_replaces_destination_with_source() {
         let mut b = Frame::Data {
             peer: [1; 32],
@@ -191,7 +289,7 @@ mod tests {
             let len = rng.gen_range(0..200);
             let mut buf: Vec<u8> = (0..len).map(|_| rng.r#gen()).collect();
             if let Some(b) = buf.first_mut() {
-                *b %= 5;
+                *b %= 6;
             }
             let _ = Frame::decode(&buf);
             let _ = rewrite_data_source(&mut buf, &[0; 32]);

@@ -17,7 +17,7 @@
 //!         token,                                      // from the control plane
 //!         connector: Some(Connector::Rustls(tls)),    // always pass one for wss://
 //!     }],
-//!     peers: vec![PeerConfig { public_key: edge_key, allowed_ips, relay: Some(0), persistent_keepalive: None }],
+//!     peers: vec![PeerConfig { public_key: edge_key, allowed_ips, relay: Some(0), persistent_keepalive: None, bridged: false }],
 //!     queue: 1024,
 //! }).await?;
 //! // Carry `DriverEvent::Signal { peer, signal }` to the peer through the control plane
@@ -34,6 +34,7 @@ pub mod keys;
 pub mod proxy;
 pub mod sim;
 pub mod stun;
+pub mod wgmac;
 
 pub use engine::{
     Event, IpNet, NatKind, Node, NodeConfig, Output, Path, PathReason, PeerConfig, PeerId,

@@ -252,6 +252,7 @@ impl Sim {
                 allowed_ips: vec![IpNet::new(IpAddr::V4(overlay_ip(other)), 32)],
                 relay: Some(0),
                 persistent_keepalive: None,
+                bridged: false,
             };
             let now = sim.now;
             sim.hosts[i]

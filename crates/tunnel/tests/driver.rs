@@ -30,6 +30,7 @@ async fn start(me: u8, other: u8, index: usize) -> (Tunnel, TunnelIo) {
             allowed_ips: vec![IpNet::new(IpAddr::V4(overlay_ip(1 - index)), 32)],
             relay: None,
             persistent_keepalive: None,
+            bridged: false,
         }],
         queue: 256,
     })

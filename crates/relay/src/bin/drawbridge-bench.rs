@@ -88,6 +88,7 @@ fn bench_engine(n: u64) {
         allowed_ips: vec![],
         relay: Some(0),
         persistent_keepalive: None,
+        bridged: false,
     };
     a.add_peer(t0, peer(kb)).expect("peer");
     b.add_peer(t0, peer(ka)).expect("peer");
@@ -152,6 +153,7 @@ async fn bench_relay(n: u64) {
                 peer: me,
                 allowed_peers: vec![other],
                 expires_at: exp,
+                bridge: false,
             },
         )
         .expect("token");

@@ -45,6 +45,7 @@ fn token(
         peer,
         allowed_peers: allowed,
         expires_at: u64::try_from(until).unwrap_or(0),
+        bridge: false,
     };
     drawbridge_relay::token::issue(&state.relay_key, &claims).ok()
 }

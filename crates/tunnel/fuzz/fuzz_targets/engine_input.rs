@@ -1,5 +1,6 @@
 #![no_main]
-//! Hostile datagrams and relay frames fed to an engine with one peer: never panics.
+//! Hostile datagrams and relay frames fed to an engine with a relay peer and a bridged
+//! peer: never panics.
 use std::time::Instant;
 
 use drawbridge_tunnel::engine::{Node, NodeConfig, PeerConfig};
@@ -23,6 +24,18 @@ fuzz_target!(|data: &[u8]| {
             allowed_ips: vec![],
             relay: Some(0),
             persistent_keepalive: None,
+            bridged: false,
+        },
+    );
+    // A bridged client on the same relay: BRIDGE frames reach the bridged path.
+    let _ = n.add_peer(
+        now,
+        PeerConfig {
+            public_key: [8; 32],
+            allowed_ips: vec![],
+            relay: Some(0),
+            persistent_keepalive: None,
+            bridged: true,
         },
     );
     let from = "127.0.0.1:3478".parse().expect("literal");
