@@ -153,10 +153,7 @@ pub fn status(json: bool) -> Result<()> {
             .as_deref()
             .map(|i| format!(" on {i}"))
             .unwrap_or_default();
-        println!(
-            "{} ({}) as {}{via}",
-            s.session, s.session_id, s.overlay_ip
-        );
+        println!("{} ({}) as {}{via}", s.session, s.session_id, s.overlay_ip);
         for d in s.devices {
             let rtt = d.rtt_ms.map(|r| format!(", {r} ms")).unwrap_or_default();
             println!(
@@ -405,8 +402,8 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
         .iter()
         .flat_map(|d| d.targets.clone())
         .collect();
-    let use_tun = args.tun
-        || (forwards.is_empty() && socks.is_none() && drawbridge_tun::have_privileges());
+    let use_tun =
+        args.tun || (forwards.is_empty() && socks.is_none() && drawbridge_tun::have_privileges());
     let (to_dialer, dialer_in) = mpsc::channel::<Bytes>(1024);
     let (dialer_out, from_dialer) = mpsc::channel::<Bytes>(1024);
     let mut tasks = Vec::new();
@@ -623,7 +620,11 @@ async fn tun_mode(
     let shown: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
     eprintln!(
         "TUN interface {name} up as {overlay}; routes: {}",
-        if shown.is_empty() { "none".to_string() } else { shown.join(", ") }
+        if shown.is_empty() {
+            "none".to_string()
+        } else {
+            shown.join(", ")
+        }
     );
     let task = tokio::spawn(async move {
         let mut buf = vec![0u8; 65536];

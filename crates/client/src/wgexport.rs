@@ -44,9 +44,10 @@ pub fn render(private_key: &[u8; 32], session: &str, join: &JoinResponse) -> Res
         join.overlay_ip,
     );
     for d in &join.devices {
-        let key = d.edge_public_key.as_deref().ok_or_else(|| {
-            Error::user(format!("device {} has no session key yet", d.name))
-        })?;
+        let key = d
+            .edge_public_key
+            .as_deref()
+            .ok_or_else(|| Error::user(format!("device {} has no session key yet", d.name)))?;
         let mut allowed: Vec<String> = Vec::new();
         for t in &d.targets {
             let net = t.address.trunc().to_string();

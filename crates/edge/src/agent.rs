@@ -220,10 +220,13 @@ impl Agent {
                     public_key: k,
                     allowed_ips: vec![IpNet::new(ip, if ip.is_ipv4() { 32 } else { 128 })],
                     relay: Some(0),
-                    persistent_keepalive: Some(25),
-                    bridged: false,
+                    // A standard WireGuard client keeps its own keepalive; it
+                    // comes in through the relay's UDP bridge only.
+                    persistent_keepalive: (!p.bridged).then_some(25),
+                    bridged: p.bridged,
                 };
                 if t.add_peer(cfg).await.is_ok()
+                    && !p.bridged
                     && let Ok(sig) = t.local_signal().await
                 {
                     let _ = out.try_send(EdgeToServer::Signal {

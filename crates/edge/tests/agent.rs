@@ -421,7 +421,14 @@ fn a_client_connects_to_the_edge_through_the_relay_and_the_session_end_tears_it_
     let connect = Proc(
         client(&config)
             // Userspace mode (no TUN even when the tests run as root).
-            .args(["connect", &s, "--for-seconds", "60", "--socks5", "127.0.0.1:0"])
+            .args([
+                "connect",
+                &s,
+                "--for-seconds",
+                "60",
+                "--socks5",
+                "127.0.0.1:0",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

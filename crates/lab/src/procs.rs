@@ -14,6 +14,8 @@ pub const PASSWORD: &str = "Blue-Tractor-42";
 /// Where the server listens inside its namespace.
 pub const SERVER_PORT: u16 = 443;
 pub const STUN_PORT: u16 = 3478;
+/// The relay's UDP bridge for standard WireGuard clients.
+pub const BRIDGE_PORT: u16 = 51820;
 
 /// A binary of the workspace, next to the test executable's directory; built
 /// when missing (`cargo test --workspace` has built them all already).
@@ -178,6 +180,8 @@ impl Server {
                 &format!("{}:{SERVER_PORT}", self.ip),
                 "--stun-listen",
                 &format!("{}:{STUN_PORT}", self.ip),
+                "--bridge-listen",
+                &format!("{}:{BRIDGE_PORT}", self.ip),
                 "--hostname",
                 &self.ip,
                 "--public-url",

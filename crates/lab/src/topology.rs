@@ -61,7 +61,13 @@ impl Site {
             &host,
             &format!("192.168.{}.2/24", n * 10),
         );
-        host.ip(&["route", "add", "default", "via", &format!("192.168.{}.1", n * 10)]);
+        host.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("192.168.{}.1", n * 10),
+        ]);
         router.ip(&["route", "add", "default", "via", &format!("10.0.{n}.1")]);
         router.sysctl("net.ipv4.ip_forward=1");
         let masquerade = match nat {

@@ -11,7 +11,11 @@ use std::time::{Duration, Instant};
 
 /// Logs in on the office PC and runs `drawbridge connect --tun` for the session.
 fn connect(lab: &Lab, sid: &str) -> (Client, Proc) {
-    let client = Client::login(&lab.office.host, &lab.server, &lab.dir.path().join("client"));
+    let client = Client::login(
+        &lab.office.host,
+        &lab.server,
+        &lab.dir.path().join("client"),
+    );
     let log = std::fs::File::create(lab.dir.path().join("connect.log")).unwrap();
     let p = Proc::spawn(
         client
@@ -177,5 +181,8 @@ fn the_machine_lan_reaches_nothing_but_released_targets_and_never_the_client() {
     ));
     assert!(!probe(format!("{overlay}:7100")), "LAN → overlay blocked");
     assert!(!probe("192.168.10.2:7100".into()), "LAN → office blocked");
-    assert!(!probe("10.0.0.1:443".into()), "LAN → internet via the edge blocked");
+    assert!(
+        !probe("10.0.0.1:443".into()),
+        "LAN → internet via the edge blocked"
+    );
 }

@@ -56,6 +56,9 @@ enum Command {
         /// UDP address of the STUN service.
         #[arg(long, default_value = "127.0.0.1:3478")]
         stun_listen: std::net::SocketAddr,
+        /// UDP address of the bridge for standard WireGuard clients (off by default).
+        #[arg(long)]
+        bridge_listen: Option<std::net::SocketAddr>,
         /// The control plane's token verifying key (print it with `drawbridge-server relay-key`).
         #[arg(long, env = "DRAWBRIDGE_RELAY_VERIFYING_KEY")]
         verifying_key: String,
@@ -170,6 +173,7 @@ pub async fn main() -> anyhow::Result<i32> {
         Some(Command::Relay {
             listen,
             stun_listen,
+            bridge_listen,
             verifying_key,
             tls_cert,
             tls_key,
@@ -186,7 +190,7 @@ pub async fn main() -> anyhow::Result<i32> {
             drawbridge_relay::run_standalone(drawbridge_relay::StandaloneConfig {
                 relay_listen: listen,
                 stun_listen,
-                bridge_listen: None,
+                bridge_listen,
                 relay: drawbridge_relay::RelayConfig::new(key),
                 tls,
             })
@@ -325,20 +329,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             Ok(sock) => {
                 let local = sock.local_addr()?;
                 println!("  STUN: udp {local}");
-                // Peers need an address they can reach: the public host when bound to all interfaces.
-                let advertised = if local.ip().is_unspecified() {
-                    let host = url::Url::parse(&public_url)
-                        .ok()
-                        .and_then(|u| u.host_str().map(str::to_string));
-                    format!(
-                        "{}:{}",
-                        host.unwrap_or_else(|| "127.0.0.1".into()),
-                        local.port()
-                    )
-                } else {
-                    local.to_string()
-                };
-                state.set_stun_servers(vec![advertised]);
+                state.set_stun_servers(vec![advertised(local, &public_url)]);
                 tokio::spawn(async move {
                     if let Err(e) = drawbridge_relay::stun::serve(sock).await {
                         tracing::error!(error = %e, "STUN service stopped");
@@ -352,6 +343,28 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             }
         },
         None => println!("  STUN: off"),
+    }
+    match cfg.bridge_listen {
+        Some(addr) => match tokio::net::UdpSocket::bind(addr).await {
+            Ok(sock) => {
+                let local = sock.local_addr()?;
+                let endpoint = advertised(local, &public_url);
+                println!("  WireGuard bridge (standard clients): udp {local}, endpoint {endpoint}");
+                state.set_bridge_endpoint(Some(endpoint));
+                let relay = state.relay.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = relay.serve_bridge(sock).await {
+                        tracing::error!(error = %e, "WireGuard bridge stopped");
+                    }
+                });
+            }
+            Err(e) => {
+                println!(
+                    "  WireGuard bridge: not started, udp {addr} is unavailable ({e}); session export-wireguard is off"
+                );
+            }
+        },
+        None => println!("  WireGuard bridge: off"),
     }
     println!(
         "  relay: {}/relay/v1",
@@ -370,6 +383,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     crate::serve::serve_tls(listener, tls, app, shutdown_signal()).await;
     println!("Drawbridge server stopped");
     Ok(())
+}
+
+/// The `host:port` peers are told to use for a UDP service bound at `local`: the
+/// public URL's host when bound to all interfaces.
+fn advertised(local: std::net::SocketAddr, public_url: &str) -> String {
+    if local.ip().is_unspecified() {
+        let host = url::Url::parse(public_url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string));
+        format!(
+            "{}:{}",
+            host.unwrap_or_else(|| "127.0.0.1".into()),
+            local.port()
+        )
+    } else {
+        local.to_string()
+    }
 }
 
 async fn shutdown_signal() {

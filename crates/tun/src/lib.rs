@@ -87,11 +87,7 @@ impl TunDevice {
         let result = async {
             handle
                 .link()
-                .set(
-                    rtnetlink::LinkUnspec::new_with_index(index)
-                        .up()
-                        .build(),
-                )
+                .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
                 .execute()
                 .await
                 .map_err(|e| TunError::Netlink(format!("bringing {name} up: {e}")))?;
@@ -178,10 +174,15 @@ mod tests {
 
     #[test]
     fn routes_are_deduplicated_by_network() {
-        let r: Vec<IpNet> = ["10.1.2.3/32", "10.1.2.3/32", "192.168.1.7/24", "192.168.1.0/24"]
-            .iter()
-            .map(|s| s.parse().unwrap())
-            .collect();
+        let r: Vec<IpNet> = [
+            "10.1.2.3/32",
+            "10.1.2.3/32",
+            "192.168.1.7/24",
+            "192.168.1.0/24",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
         let d = dedup(&r);
         assert_eq!(
             d,

@@ -37,6 +37,7 @@ fn token(
     me: &str,
     peers: &[String],
     until: i64,
+    bridge: bool,
 ) -> Option<String> {
     let peer = wg_key(me)?;
     let allowed: Vec<[u8; 32]> = peers.iter().filter_map(|p| wg_key(p)).take(64).collect();
@@ -45,7 +46,7 @@ fn token(
         peer,
         allowed_peers: allowed,
         expires_at: u64::try_from(until).unwrap_or(0),
-        bridge: false,
+        bridge,
     };
     drawbridge_relay::token::issue(&state.relay_key, &claims).ok()
 }
@@ -139,7 +140,12 @@ pub async fn edge_sessions(state: &AppState, device_id: &str) -> AppResult<Vec<E
             .map_err(|_| AppError::internal(anyhow::anyhow!("session state")))?;
         let keys: Vec<String> = peers.iter().map(|p| p.public_key.clone()).collect();
         let relay_token = match (&edge_key, st) {
-            (Some(k), SessionState::Active) => token(state, &session_id, k, &keys, valid_until),
+            (Some(k), SessionState::Active) => {
+                // The edge takes standard clients from the relay's UDP bridge only
+                // when the session has one.
+                let bridge = peers.iter().any(|p| p.bridged);
+                token(state, &session_id, k, &keys, valid_until, bridge)
+            }
             _ => None,
         };
         out.push(EdgeSession {
@@ -204,7 +210,14 @@ pub async fn join_data(
     }
     let valid_until = s.valid_until.unix_timestamp();
     let relay_token = if s.state == SessionState::Active && !edge_keys.is_empty() {
-        token(state, session_id, client_key, &edge_keys, valid_until)
+        token(
+            state,
+            session_id,
+            client_key,
+            &edge_keys,
+            valid_until,
+            false,
+        )
     } else {
         None
     };
