@@ -118,7 +118,7 @@ fn a_standard_wireguard_client_reads_the_plc_through_the_relay_bridge_with_its_r
     });
 
     // The same config with any other private key is not admitted.
-    let other = run(&mut Command::new("wg").arg("genkey"));
+    let other = run(Command::new("wg").arg("genkey"));
     let key_file = lab.dir.path().join("other.key");
     std::fs::write(&key_file, other.trim()).unwrap();
     run(ns
