@@ -1,6 +1,6 @@
 //! A Modbus TCP PLC simulator (tokio-modbus) and a reader for it.
 //!
-//! Holding registers 0..16 hold `1000 + address`; register 100 counts the reads
+//! Holding registers 0..16 hold `1000 + address` (or another base); register 100 counts the reads
 //! it has answered, so a poller can tell that every request reached the PLC once.
 
 use std::net::SocketAddr;
@@ -13,7 +13,7 @@ use tokio_modbus::server::tcp::{Server, accept_tcp_connection};
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 #[derive(Clone)]
-struct Plc(Arc<AtomicU16>);
+struct Plc(Arc<AtomicU16>, u16);
 
 impl tokio_modbus::server::Service for Plc {
     type Request = Request<'static>;
@@ -26,7 +26,7 @@ impl tokio_modbus::server::Service for Plc {
                 self.0.fetch_add(1, Ordering::Relaxed),
             ])),
             Request::ReadHoldingRegisters(a, n) if u32::from(a) + u32::from(n) <= 16 => Ok(
-                Response::ReadHoldingRegisters((a..a + n).map(|x| 1000 + x).collect()),
+                Response::ReadHoldingRegisters((a..a + n).map(|x| self.1 + x).collect()),
             ),
             _ => Err(ExceptionCode::IllegalDataAddress),
         })
@@ -36,8 +36,14 @@ impl tokio_modbus::server::Service for Plc {
 /// Serves the simulator on `addr` until the task is dropped (run it on the
 /// runtime of the namespace the PLC lives in).
 pub async fn serve(addr: SocketAddr) -> Result<()> {
+    serve_with_base(addr, 1000).await
+}
+
+/// Like [`serve`], with registers 0..16 holding `base + address`: tells two
+/// PLCs at the same address apart.
+pub async fn serve_with_base(addr: SocketAddr, base: u16) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    let plc = Plc(Arc::new(AtomicU16::new(0)));
+    let plc = Plc(Arc::new(AtomicU16::new(0)), base);
     let server = Server::new(listener);
     let on_connected = |stream, peer| {
         let plc = plc.clone();

@@ -179,7 +179,7 @@ impl Server {
                 "--listen",
                 &format!("{}:{SERVER_PORT}", self.ip),
                 "--stun-listen",
-                &format!("{}:{STUN_PORT}", self.ip),
+                &format!("{0}:{STUN_PORT},{0}:{1}", self.ip, STUN_PORT + 1),
                 "--bridge-listen",
                 &format!("{}:{BRIDGE_PORT}", self.ip),
                 "--hostname",

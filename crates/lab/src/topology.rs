@@ -189,6 +189,69 @@ impl Lab {
     }
 }
 
+/// Another plant with its own edge and a machine LAN that may use the same
+/// addresses as the first (reached through 1:1 NAT).
+pub struct Plant {
+    pub edge: Edge,
+    pub device_id: String,
+    pub lan_rt: NsRuntime,
+    pub lan: Netns,
+    pub site: Site,
+}
+
+impl Lab {
+    /// Adds plant number `n` (2 < n < 25) behind `nat`, its LAN `192.168.1.0/24`
+    /// with a PLC at 192.168.1.10 whose registers start at `plc_base`, published
+    /// to clients as `virtual_subnet` (1:1 NAT) when given.
+    pub fn add_plant(
+        &self,
+        n: u8,
+        name: &str,
+        nat: Nat,
+        virtual_subnet: Option<&str>,
+        plc_base: u16,
+    ) -> Plant {
+        let site = Site::new(&format!("p{n}"), &self.inet, n, nat);
+        let lan = Netns::new(&format!("l{n}"));
+        veth(&site.host, "192.168.1.1/24", &lan, &format!("{PLC_IP}/24"));
+        lan.ip(&["route", "add", "default", "via", "192.168.1.1"]);
+        let lan_rt = lan.runtime();
+        lan_rt.spawn(crate::plc::serve_with_base(
+            PLC.parse().expect("addr"),
+            plc_base,
+        ));
+        let nat_json = match virtual_subnet {
+            Some(v) => json!([{"real": "192.168.1.0/24", "virtual_subnet": v}]),
+            None => json!([]),
+        };
+        let (s, v) = self.api.post(
+            "/devices",
+            json!({"name": name, "lan_subnets": ["192.168.1.0/24"], "nat": nat_json,
+                   "firewall": [{"address": "192.168.1.0/24", "protocol": "tcp", "ports": "1-65535"}]}),
+        );
+        assert_eq!(s, 200, "{v}");
+        let device_id = v["device"]["id"].as_str().expect("id").to_string();
+        let key = v["activation"]["key"].as_str().expect("key").to_string();
+        let edge = Edge::enroll_and_run(
+            &site.host,
+            &self.server,
+            &key,
+            &self.dir.path().join(format!("edge{n}")),
+        );
+        wait("the second edge is online with its switch on", || {
+            let d = self.api.get(&format!("/devices/{device_id}"));
+            d["status"]["online"] == true && d["status"]["switch_on"] == true
+        });
+        Plant {
+            edge,
+            device_id,
+            lan_rt,
+            lan,
+            site,
+        }
+    }
+}
+
 /// A TCP echo service (the "numbered stream" partner).
 pub async fn echo(addr: SocketAddr) -> std::io::Result<()> {
     let l = tokio::net::TcpListener::bind(addr).await?;

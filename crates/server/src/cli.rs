@@ -324,26 +324,28 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             "  or: drawbridge-server init --account NAME --admin-user USER --admin-password-file FILE"
         );
     }
-    match cfg.stun_listen {
-        Some(addr) => match tokio::net::UdpSocket::bind(addr).await {
+    let mut stun = Vec::new();
+    for addr in cfg.stun_listen.iter().take(4) {
+        match tokio::net::UdpSocket::bind(addr).await {
             Ok(sock) => {
                 let local = sock.local_addr()?;
                 println!("  STUN: udp {local}");
-                state.set_stun_servers(vec![advertised(local, &public_url)]);
+                stun.push(advertised(local, &public_url));
                 tokio::spawn(async move {
                     if let Err(e) = drawbridge_relay::stun::serve(sock).await {
                         tracing::error!(error = %e, "STUN service stopped");
                     }
                 });
             }
-            Err(e) => {
-                println!(
-                    "  STUN: not started, udp {addr} is unavailable ({e}); clients fall back to the relay"
-                );
-            }
-        },
-        None => println!("  STUN: off"),
+            Err(e) => println!(
+                "  STUN: not started on udp {addr}, it is unavailable ({e}); clients fall back to the relay"
+            ),
+        }
     }
+    if cfg.stun_listen.is_empty() {
+        println!("  STUN: off");
+    }
+    state.set_stun_servers(stun);
     match cfg.bridge_listen {
         Some(addr) => match tokio::net::UdpSocket::bind(addr).await {
             Ok(sock) => {

@@ -17,9 +17,26 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     pub public_url: Option<String>,
     pub hostnames: Option<Vec<String>>,
-    pub stun_listen: Option<SocketAddr>,
+    pub stun_listen: Option<OneOrMany>,
     pub bridge_listen: Option<SocketAddr>,
     pub metrics_listen: Option<SocketAddr>,
+}
+
+/// A TOML value that is one address or a list of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(SocketAddr),
+    Many(Vec<SocketAddr>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<SocketAddr> {
+        match self {
+            OneOrMany::One(a) => vec![a],
+            OneOrMany::Many(v) => v,
+        }
+    }
 }
 
 impl FileConfig {
@@ -41,15 +58,16 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub public_url: String,
     pub hostnames: Vec<String>,
-    /// UDP address of the STUN service; None turns it off.
-    pub stun_listen: Option<SocketAddr>,
+    /// UDP addresses of the STUN service (empty: off). Two addresses (or ports)
+    /// let peers tell an endpoint-independent NAT from a symmetric one.
+    pub stun_listen: Vec<SocketAddr>,
     /// UDP address of the relay's bridge for standard WireGuard clients; None turns it off.
     pub bridge_listen: Option<SocketAddr>,
     /// Plain-HTTP address for Prometheus metrics (`/metrics`); off when None.
     pub metrics_listen: Option<SocketAddr>,
 }
 
-pub const DEFAULT_STUN_LISTEN: &str = "127.0.0.1:3478";
+pub const DEFAULT_STUN_LISTEN: [&str; 2] = ["127.0.0.1:3478", "127.0.0.1:3479"];
 pub const DEFAULT_BRIDGE_LISTEN: &str = "127.0.0.1:51820";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 pub const DEFAULT_DATA_DIR: &str = "drawbridge-data";
@@ -81,9 +99,10 @@ pub struct Overrides {
     /// Extra DNS names or IPs for the self-signed certificate (repeatable).
     #[arg(long = "hostname")]
     pub hostnames: Vec<String>,
-    /// UDP address of the STUN service (default 127.0.0.1:3478).
-    #[arg(long, env = "DRAWBRIDGE_STUN_LISTEN")]
-    pub stun_listen: Option<SocketAddr>,
+    /// UDP address of the STUN service, repeatable or comma-separated (default
+    /// 127.0.0.1:3478 and :3479; two let peers recognise symmetric NAT).
+    #[arg(long, env = "DRAWBRIDGE_STUN_LISTEN", value_delimiter = ',')]
+    pub stun_listen: Vec<SocketAddr>,
     /// Do not run the STUN service.
     #[arg(long)]
     pub no_stun: bool,
@@ -135,13 +154,16 @@ impl Overrides {
         let mut hostnames = file.hostnames.unwrap_or_default();
         hostnames.extend(self.hostnames.iter().cloned());
         let stun_listen = if self.no_stun {
-            None
+            Vec::new()
+        } else if !self.stun_listen.is_empty() {
+            self.stun_listen.clone()
+        } else if let Some(f) = file.stun_listen {
+            f.into_vec()
         } else {
-            Some(
-                self.stun_listen
-                    .or(file.stun_listen)
-                    .unwrap_or_else(|| DEFAULT_STUN_LISTEN.parse().expect("static address")),
-            )
+            DEFAULT_STUN_LISTEN
+                .iter()
+                .map(|a| a.parse().expect("static address"))
+                .collect()
         };
         let bridge_listen = if self.no_bridge {
             None
