@@ -493,6 +493,10 @@ fn echo_server() -> std::net::SocketAddr {
 }
 
 fn login(server: &Server, config: &Path) {
+    login_as(server, config, "acme", "root");
+}
+
+fn login_as(server: &Server, config: &Path, account: &str, user: &str) {
     use std::io::Write;
     let mut login = client(config)
         .args([
@@ -500,9 +504,9 @@ fn login(server: &Server, config: &Path) {
             "--server",
             &server.url(),
             "--account",
-            "acme",
+            account,
             "--user",
-            "root",
+            user,
             "--password-stdin",
             "--ca-file",
         ])
@@ -932,5 +936,187 @@ fn the_edge_and_the_client_reach_the_server_through_an_http_proxy_with_basic_aut
         tunnels.load(Ordering::SeqCst) >= before + 3,
         "{} tunnels",
         tunnels.load(Ordering::SeqCst)
+    );
+}
+
+/// An operator panel's web server on a machine-LAN address (127.0.0.7).
+fn hmi_server() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.7:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let mut buf = [0u8; 2048];
+            let _ = c.read(&mut buf);
+            let body = "<html><title>press-1 HMI</title><body>cycle count 4711</body></html>";
+            let _ = write!(
+                c,
+                "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn an_hmi_is_reached_over_http_only_by_the_sessions_user_and_no_other_account_sees_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, api, device, state) = setup(dir.path());
+    let hmi = hmi_server();
+    let target = json!([{"address": hmi.ip().to_string(), "protocol": "tcp", "ports": hmi.port().to_string()}]);
+    let (code, _) = api.call(
+        reqwest::Method::PATCH,
+        &format!("/devices/{device}"),
+        Some(json!({"firewall": target})),
+    );
+    assert_eq!(code, 200);
+    // alice (role user) may use the device; bob (role user) too, but the session is alice's.
+    let mut ids = Vec::new();
+    for name in ["alice", "bob"] {
+        let (code, v) = api.post(
+            "/users",
+            json!({"username": name, "role": "user", "password": PASSWORD}),
+        );
+        assert_eq!(code, 200, "{v}");
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    let (_, g) = api.post("/groups", json!({"name": "service"}));
+    let (_, p) = api.post("/pools", json!({"name": "presses"}));
+    let (g, p) = (g["id"].as_str().unwrap(), p["id"].as_str().unwrap());
+    for u in &ids {
+        let (code, _) = api.call(
+            reqwest::Method::PUT,
+            &format!("/groups/{g}/members/{u}"),
+            None,
+        );
+        assert!(code == 200 || code == 204, "{code}");
+    }
+    let (code, _) = api.call(
+        reqwest::Method::PUT,
+        &format!("/pools/{p}/devices/{device}"),
+        None,
+    );
+    assert!(code == 200 || code == 204, "{code}");
+    let (code, v) = api.post(
+        "/grants",
+        json!({"group_id": g, "pool_id": p, "level": "restricted", "targets": target}),
+    );
+    assert_eq!(code, 200, "{v}");
+    edge(&state, &["switch", "on"]);
+    let _agent = edge_run(&state);
+    wait("online with the switch on", || {
+        let d = api.get(&format!("/devices/{device}"));
+        d["status"]["online"] == true && d["status"]["switch_on"] == true
+    });
+    let (code, v) = api.post(
+        "/sessions",
+        json!({"name": "hmi-check", "devices": [{"device_id": device, "targets": target}], "users": [ids[0]]}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let sid = v["id"].as_str().unwrap().to_string();
+
+    // A second account on the same server, with its own admin.
+    let pw = dir.path().join("rival.pw");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    let out = Command::new(server_bin())
+        .args([
+            "init",
+            "--account",
+            "rival",
+            "--admin-user",
+            "boss",
+            "--admin-password-file",
+        ])
+        .arg(&pw)
+        .arg("--data-dir")
+        .arg(&server.data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rival = dir.path().join("rival");
+    login_as(&server, &rival, "rival", "boss");
+    let listed = client(&rival).args(["sessions"]).output().unwrap();
+    assert!(listed.status.success());
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains("hmi-check"));
+    for args in [
+        vec!["session", "show", sid.as_str()],
+        vec!["session", "start", sid.as_str()],
+        vec![
+            "connect",
+            sid.as_str(),
+            "--for-seconds",
+            "5",
+            "--socks5",
+            "127.0.0.1:0",
+        ],
+    ] {
+        let out = client(&rival).args(&args).output().unwrap();
+        assert!(!out.status.success(), "another account: {args:?} must fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("no session") || err.contains("not found"),
+            "{args:?}: the session does not exist for them: {err}"
+        );
+    }
+
+    // alice connects and reads the HMI page through a local forward.
+    let alice = dir.path().join("alice");
+    login_as(&server, &alice, "acme", "alice");
+    let lport = free_port();
+    let _connect = Proc(
+        client(&alice)
+            .args(["connect", &sid, "--for-seconds", "60", "-L"])
+            .arg(format!("{lport}:{hmi}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let http = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap();
+    wait("the HMI page comes through the tunnel", || {
+        http.get(format!("http://127.0.0.1:{lport}/"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .and_then(|r| r.text())
+            .is_ok_and(|t| t.contains("press-1 HMI") && t.contains("4711"))
+    });
+    // bob, a user of the same account, may neither join nor end alice's session.
+    let bob = dir.path().join("bob");
+    login_as(&server, &bob, "acme", "bob");
+    let out = client(&bob)
+        .args(["session", "end", &sid])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "bob cannot end alice's session");
+    let out = client(&bob)
+        .args([
+            "connect",
+            &sid,
+            "--for-seconds",
+            "5",
+            "--socks5",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "bob cannot join alice's session");
+    assert_eq!(api.get(&format!("/sessions/{sid}"))["state"], "active");
+    // alice can end her own.
+    let out = client(&alice)
+        .args(["session", "end", &sid])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
