@@ -50,6 +50,37 @@ fn parse_key(s: &str) -> Option<[u8; 32]> {
     STANDARD.decode(s).ok()?.try_into().ok()
 }
 
+/// How a session's packets reach the LAN.
+enum LanPath {
+    Userspace(ForwarderHandle),
+    Kernel(crate::kernel::KernelHandle),
+}
+
+impl LanPath {
+    fn stats(&self) -> drawbridge_netstack::ForwarderStats {
+        match self {
+            LanPath::Userspace(f) => f.stats(),
+            LanPath::Kernel(k) => k.stats(),
+        }
+    }
+
+    fn update(
+        &self,
+        targets: Vec<drawbridge_proto::Target>,
+        nat: Vec<drawbridge_proto::NatMapping>,
+        allowed_sources: Vec<ipnet::IpNet>,
+    ) {
+        match self {
+            LanPath::Userspace(f) => f.update_config(targets, nat, allowed_sources),
+            LanPath::Kernel(k) => k.update_policy(drawbridge_netstack::Policy {
+                targets,
+                nat,
+                allowed_sources,
+            }),
+        }
+    }
+}
+
 /// One session this edge runs.
 struct Running {
     info: EdgeSession,
@@ -57,8 +88,9 @@ struct Running {
     public: String,
     key_sent: bool,
     tunnel: Option<Arc<Tunnel>>,
-    /// The userspace stack terminating the clients' flows towards the LAN.
-    forwarder: Option<(ForwarderHandle, tokio::task::JoinHandle<()>)>,
+    /// The path towards the LAN: the userspace stack terminating the clients'
+    /// flows, or the kernel path (`run --tun`).
+    forwarder: Option<(LanPath, tokio::task::JoinHandle<()>)>,
     /// Clients currently configured as peers (base64 keys).
     peers: Vec<String>,
     token: Option<String>,
@@ -113,6 +145,8 @@ struct Agent {
     sessions: HashMap<String, Running>,
     out_tx: mpsc::Sender<EdgeToServer>,
     tls: Arc<rustls::ClientConfig>,
+    /// The kernel path, with `run --tun`.
+    gateway: Option<crate::kernel::Gateway>,
 }
 
 impl Agent {
@@ -173,6 +207,7 @@ impl Agent {
         let switch_on = self.switch_on;
         let tls = self.tls.clone();
         let out = self.out_tx.clone();
+        let gateway = self.gateway.clone();
         for (id, r) in self.sessions.iter_mut() {
             let allowed =
                 switch_on && r.info.state == SessionState::Active && now < r.info.valid_until;
@@ -187,7 +222,7 @@ impl Agent {
                 continue;
             };
             if r.tunnel.is_none() {
-                match start_tunnel(r, &token, tls.clone(), out.clone()).await {
+                match start_tunnel(r, &token, tls.clone(), out.clone(), gateway.as_ref()).await {
                     Ok(()) => tracing::info!(session = %id, "tunnel up"),
                     Err(e) => {
                         tracing::warn!(session = %id, error = %e, "tunnel start failed");
@@ -240,7 +275,7 @@ impl Agent {
                 && let Some((f, _)) = &r.forwarder
             {
                 let (targets, nat, sources) = r.policy();
-                f.update_config(targets, nat, sources);
+                f.update(targets, nat, sources);
             }
             r.peers = wanted;
         }
@@ -343,6 +378,10 @@ impl Agent {
             switch_on: self.switch_on,
             updated_at: now(),
             sessions,
+            forwarding: match &self.gateway {
+                Some(g) => format!("kernel ({})", g.interface()),
+                None => "userspace".into(),
+            },
         };
         if let Err(e) = self.dir.save_status(&s) {
             tracing::warn!(error = %e, "writing status.json");
@@ -373,6 +412,7 @@ async fn start_tunnel(
     token: &str,
     tls: Arc<rustls::ClientConfig>,
     out: mpsc::Sender<EdgeToServer>,
+    gateway: Option<&crate::kernel::Gateway>,
 ) -> anyhow::Result<()> {
     let mut stun = Vec::new();
     for s in r.info.stun.iter().take(4) {
@@ -404,18 +444,35 @@ async fn start_tunnel(
     .context("starting the tunnel")?;
     let tunnel = Arc::new(tunnel);
     // Client packets go to the userspace stack, which opens ordinary sockets to
-    // the released targets only; its replies go back into the tunnel.
+    // the released targets only (or, in kernel mode, through the policy check
+    // to the TUN); the replies go back into the tunnel.
     let (targets, nat, sources) = r.policy();
-    let (fwd, handle) = Forwarder::new(ForwarderConfig {
-        local_ip: EDGE_OVERLAY_IP,
-        targets,
-        nat,
-        allowed_sources: sources,
-        limits: Limits::default(),
-    });
     let (to_fwd, from_tunnel) = mpsc::channel::<Bytes>(1024);
     let (to_tunnel, mut from_fwd) = mpsc::channel::<Bytes>(1024);
-    let fwd_task = tokio::spawn(fwd.run(from_tunnel, to_tunnel));
+    let (lan, fwd_task) = match gateway {
+        Some(g) => {
+            let policy = drawbridge_netstack::Policy {
+                targets,
+                nat,
+                allowed_sources: sources,
+            };
+            let (h, task) = g.attach(policy, from_tunnel, to_tunnel)?;
+            (LanPath::Kernel(h), task)
+        }
+        None => {
+            let (fwd, handle) = Forwarder::new(ForwarderConfig {
+                local_ip: EDGE_OVERLAY_IP,
+                targets,
+                nat,
+                allowed_sources: sources,
+                limits: Limits::default(),
+            });
+            (
+                LanPath::Userspace(handle),
+                tokio::spawn(fwd.run(from_tunnel, to_tunnel)),
+            )
+        }
+    };
     let session_id = r.info.session_id.clone();
     let t = tunnel.clone();
     r.pump = Some(tokio::spawn(async move {
@@ -444,7 +501,7 @@ async fn start_tunnel(
             }
         }
     }));
-    r.forwarder = Some((handle, fwd_task));
+    r.forwarder = Some((lan, fwd_task));
     r.tunnel = Some(tunnel);
     r.token = Some(token.to_string());
     Ok(())
@@ -566,7 +623,8 @@ async fn session(
 }
 
 /// Runs until the process is stopped.
-pub async fn run(dir: StateDir, switch: SwitchSource) -> anyhow::Result<()> {
+/// Runs the agent forever; `kernel` forwards through a TUN interface (root).
+pub async fn run(dir: StateDir, switch: SwitchSource, kernel: bool) -> anyhow::Result<()> {
     let device = dir.device()?;
     let key = dir.identity()?;
     let mut tls = drawbridge::api::tls_config(device.ca_file.as_deref())?;
@@ -581,6 +639,11 @@ pub async fn run(dir: StateDir, switch: SwitchSource) -> anyhow::Result<()> {
         sessions: HashMap::new(),
         out_tx,
         tls: Arc::new(tls),
+        gateway: if kernel {
+            Some(crate::kernel::Gateway::start().await?)
+        } else {
+            None
+        },
     };
     tracing::info!(device = %agent.device_id, server = %device.server, switch_on = agent.switch_on, "edge agent starting");
     let mut backoff = Duration::from_secs(1);

@@ -42,6 +42,10 @@ enum Command {
         /// Read the remote-access switch from this file (`1`/`on` or `0`/`off`, e.g. a GPIO value).
         #[arg(long)]
         switch_file: Option<PathBuf>,
+        /// Kernel forwarding: packets the session releases go through a TUN
+        /// interface and the host's kernel (root, nftables); default: userspace.
+        #[arg(long)]
+        tun: bool,
     },
     /// The remote-access switch: `on`, `off` or `status`.
     Switch {
@@ -107,11 +111,16 @@ pub async fn main() -> anyhow::Result<u8> {
             );
             Ok(0)
         }
-        Command::Run { switch_file } => {
+        Command::Run { switch_file, tun } => {
             let source = switch_file
                 .map(SwitchSource::File)
                 .unwrap_or(SwitchSource::Local);
-            crate::agent::run(dir, source).await?;
+            // A clean stop on Ctrl-C / SIGTERM: kernel mode removes its interface
+            // and nftables table then.
+            tokio::select! {
+                r = crate::agent::run(dir, source, tun) => r?,
+                _ = shutdown_signal() => tracing::info!("stopping"),
+            }
             Ok(0)
         }
         Command::Switch { state } => {
@@ -189,4 +198,22 @@ pub async fn main() -> anyhow::Result<u8> {
             Ok(0)
         }
     }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }

@@ -9,4 +9,5 @@
 pub mod agent;
 pub mod cli;
 pub mod enroll;
+pub mod kernel;
 pub mod local;

@@ -79,6 +79,9 @@ pub struct Status {
     pub switch_on: bool,
     pub updated_at: i64,
     pub sessions: Vec<SessionStatus>,
+    /// `userspace`, or `kernel (IFACE)` with `run --tun`.
+    #[serde(default)]
+    pub forwarding: String,
 }
 
 fn write_atomic(path: &Path, data: &[u8], private: bool) -> anyhow::Result<()> {

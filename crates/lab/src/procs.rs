@@ -299,6 +299,8 @@ pub struct Edge {
     pub state: PathBuf,
     pub proc: Option<Proc>,
     ns_name: String,
+    /// Extra arguments for `run` (e.g. `--tun`).
+    run_args: Vec<String>,
 }
 
 impl Edge {
@@ -314,6 +316,17 @@ impl Edge {
 
     /// Enrols with the activation key, turns the switch on and starts the agent.
     pub fn enroll_and_run(ns: &Netns, server: &Server, key: &str, state: &Path) -> Edge {
+        Self::enroll_and_run_with(ns, server, key, state, &[])
+    }
+
+    /// Like [`Edge::enroll_and_run`], with extra arguments for `run`.
+    pub fn enroll_and_run_with(
+        ns: &Netns,
+        server: &Server,
+        key: &str,
+        state: &Path,
+        run_args: &[&str],
+    ) -> Edge {
         crate::netns::run(
             Self::cmd(ns.name(), state)
                 .args(["enroll", "--server", &server.url(), "--activation-key", key])
@@ -325,6 +338,7 @@ impl Edge {
             state: state.to_path_buf(),
             proc: None,
             ns_name: ns.name().to_string(),
+            run_args: run_args.iter().map(|a| a.to_string()).collect(),
         };
         e.restart();
         e
@@ -335,9 +349,21 @@ impl Edge {
         self.proc = Some(Proc::spawn(
             Self::cmd(&self.ns_name, &self.state)
                 .arg("run")
+                .args(&self.run_args)
                 .stdout(Stdio::null())
                 .stderr(log_file(&self.state.with_extension("log"))),
         ));
+    }
+
+    /// Stops the agent as an operator would (SIGTERM) and waits for it.
+    pub fn terminate(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p.0.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            wait("the edge exits after SIGTERM", || p.exited());
+        }
     }
 
     /// `drawbridge-edge status --json`.

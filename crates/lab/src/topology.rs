@@ -116,6 +116,11 @@ pub struct Lab {
 
 impl Lab {
     pub fn new(office_nat: Nat, plant_nat: Nat) -> Lab {
+        Self::with_edge_args(office_nat, plant_nat, &[])
+    }
+
+    /// Like [`Lab::new`], with extra arguments for the edge's `run` (e.g. `--tun`).
+    pub fn with_edge_args(office_nat: Nat, plant_nat: Nat, edge_args: &[&str]) -> Lab {
         let mut dir = tempfile::tempdir().expect("tempdir");
         if std::env::var("DRAWBRIDGE_LAB_KEEP").is_ok_and(|v| v == "1") {
             dir.disable_cleanup(true);
@@ -144,7 +149,13 @@ impl Lab {
             "192.168.1.0/24",
             json!([{"address": "192.168.1.0/24", "protocol": "tcp", "ports": "1-65535"}]),
         );
-        let edge = Edge::enroll_and_run(&plant.host, &server, &key, &dir.path().join("edge"));
+        let edge = Edge::enroll_and_run_with(
+            &plant.host,
+            &server,
+            &key,
+            &dir.path().join("edge"),
+            edge_args,
+        );
         wait("the edge is online with its switch on", || {
             let d = api.get(&format!("/devices/{device_id}"));
             d["status"]["online"] == true && d["status"]["switch_on"] == true

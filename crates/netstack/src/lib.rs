@@ -22,6 +22,7 @@
 pub mod dialer;
 pub mod forwarder;
 pub mod policy;
+pub mod rewrite;
 pub mod servers;
 pub mod stack;
 pub mod wire;
