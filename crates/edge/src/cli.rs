@@ -162,6 +162,9 @@ pub async fn main() -> anyhow::Result<u8> {
                 }
             );
             println!("remote access: {}", if s.switch_on { "ON" } else { "OFF" });
+            if !s.forwarding.is_empty() {
+                println!("forwarding: {}", s.forwarding);
+            }
             if s.sessions.is_empty() {
                 println!("no sessions");
             }
