@@ -170,7 +170,20 @@ pub fn status(json: bool) -> Result<()> {
     Ok(())
 }
 
-pub(crate) async fn wait_until_active(ctx: &Ctx, id: &str) -> Result<Session> {
+/// Starts the session if it is only prepared, then waits until it is active
+/// (approval included).
+pub(crate) async fn start_and_wait(ctx: &Ctx, id: &str) -> Result<Session> {
+    let s: Session = ctx.client.get(&format!("/sessions/{id}")).await?;
+    if s.state == SessionState::Prepared {
+        let _: Session = ctx
+            .client
+            .post(&format!("/sessions/{id}/start"), &serde_json::json!({}))
+            .await?;
+    }
+    wait_until_active(ctx, id).await
+}
+
+async fn wait_until_active(ctx: &Ctx, id: &str) -> Result<Session> {
     let mut told = false;
     loop {
         let s: Session = ctx.client.get(&format!("/sessions/{id}")).await?;
@@ -355,14 +368,7 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     } else {
         ctx.session_id(&args.session).await?
     };
-    let s: Session = ctx.client.get(&format!("/sessions/{id}")).await?;
-    if s.state == SessionState::Prepared {
-        let _: Session = ctx
-            .client
-            .post(&format!("/sessions/{id}/start"), &serde_json::json!({}))
-            .await?;
-    }
-    let s = wait_until_active(ctx, &id).await?;
+    let s = start_and_wait(ctx, &id).await?;
     let private_key = keys::generate_private_key();
     let public = STANDARD.encode(keys::public_key(&private_key));
     let join: JoinResponse = ctx

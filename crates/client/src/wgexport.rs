@@ -8,9 +8,8 @@ use crate::Error;
 use crate::cli::Ctx;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use drawbridge_proto::api::Session;
+use drawbridge_proto::ErrorCode;
 use drawbridge_proto::channel::{JoinRequest, JoinResponse};
-use drawbridge_proto::{ErrorCode, SessionState};
 use drawbridge_tunnel::keys;
 use std::io::Write;
 use std::path::Path;
@@ -115,14 +114,7 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
 /// `drawbridge session export-wireguard SESSION [--output FILE]`.
 pub(crate) async fn run(ctx: &Ctx, session: &str, output: Option<&Path>) -> Result<()> {
     let id = ctx.session_id(session).await?;
-    let s: Session = ctx.client.get(&format!("/sessions/{id}")).await?;
-    if s.state == SessionState::Prepared {
-        let _: Session = ctx
-            .client
-            .post(&format!("/sessions/{id}/start"), &serde_json::json!({}))
-            .await?;
-    }
-    let s = crate::connect::wait_until_active(ctx, &id).await?;
+    let s = crate::connect::start_and_wait(ctx, &id).await?;
     let private_key = keys::generate_private_key();
     let public = STANDARD.encode(keys::public_key(&private_key));
     let j = join(ctx, &id, &public).await?;
@@ -144,6 +136,7 @@ pub(crate) async fn run(ctx: &Ctx, session: &str, output: Option<&Path>) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use drawbridge_proto::SessionState;
     use drawbridge_proto::channel::JoinDevice;
 
     fn join(bridge: Option<&str>) -> JoinResponse {

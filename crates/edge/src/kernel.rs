@@ -121,13 +121,6 @@ fn ruleset(table: &str, tun: &str, isolate_forwarding: bool) -> String {
     )
 }
 
-fn valid_ifname(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 15
-        && n.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
 impl Gateway {
     /// Creates the TUN interface, its route and the nftables table.
     pub async fn start() -> anyhow::Result<Gateway> {
@@ -146,7 +139,10 @@ impl Gateway {
         })
         .await?;
         let name = tun.name().to_string();
-        anyhow::ensure!(valid_ifname(&name), "unexpected interface name {name:?}");
+        anyhow::ensure!(
+            drawbridge_tun::valid_name(&name),
+            "unexpected interface name {name:?}"
+        );
         // One table per host, so a crashed agent's rules are replaced at the next start.
         let table = TABLE.to_string();
         let was_on = std::fs::read_to_string(FORWARD_SYSCTL)
@@ -333,8 +329,8 @@ mod tests {
 
     #[test]
     fn interface_names_are_checked_before_they_reach_a_ruleset() {
-        assert!(valid_ifname("tun0"));
-        assert!(!valid_ifname("tun0\"; flush"));
-        assert!(!valid_ifname(""));
+        assert!(drawbridge_tun::valid_name("tun0"));
+        assert!(!drawbridge_tun::valid_name("tun0\"; flush"));
+        assert!(!drawbridge_tun::valid_name(""));
     }
 }

@@ -50,7 +50,8 @@ pub struct TunDevice {
     index: u32,
 }
 
-fn valid_name(n: &str) -> bool {
+/// Whether `n` is a safe interface name: 1–15 bytes of `[A-Za-z0-9_-]`.
+pub fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 15
         && n.bytes()
