@@ -220,17 +220,30 @@ impl Table {
     }
 }
 
+/// Handshake initiations accepted per second from one client IP address (after a
+/// burst of twice as many): a stock client needs one every two minutes; the limit
+/// keeps one source from flooding edges (and the tag table) with initiations.
+pub const INITIATIONS_PER_SECOND: u32 = 10;
+
 /// The bridge's share of the relay state.
 pub(crate) struct Bridge {
     table: Mutex<Table>,
     socket: Mutex<Option<Arc<UdpSocket>>>,
+    initiations: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
 }
 
 impl Bridge {
     pub(crate) fn new() -> Self {
+        let rate =
+            std::num::NonZeroU32::new(INITIATIONS_PER_SECOND).unwrap_or(std::num::NonZeroU32::MIN);
+        let burst =
+            rate.saturating_mul(std::num::NonZeroU32::new(2).unwrap_or(std::num::NonZeroU32::MIN));
         Bridge {
             table: Mutex::new(Table::new(MAX_TAGS)),
             socket: Mutex::new(None),
+            initiations: governor::RateLimiter::keyed(
+                governor::Quota::per_second(rate).allow_burst(burst),
+            ),
         }
     }
 
@@ -271,6 +284,7 @@ impl RelayState {
                     Err(e) => return Err(e),
                 },
                 _ = sweep.tick() => {
+                    self.inner.bridge.initiations.retain_recent();
                     let mut t = self.inner.bridge.table();
                     t.expire(Instant::now());
                     metrics::gauge!("relay_bridge_tags").set(t.len() as f64);
@@ -295,6 +309,14 @@ impl RelayState {
         };
         let now = Instant::now();
         let found = if ty == 1 {
+            if self.inner.bridge.initiations.check_key(&from.ip()).is_err() {
+                self.inner
+                    .counters
+                    .bridge_rate_limited
+                    .fetch_add(1, Ordering::Relaxed);
+                self.bridge_drop("bridge_rate_limited");
+                return;
+            }
             // A handshake initiation: for the bridging edge whose public key it is keyed to.
             let edge = self
                 .lock()
@@ -402,6 +424,28 @@ impl RelayState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flood_of_initiations_from_one_address_is_cut_off_and_others_are_not() {
+        let state = RelayState::new(crate::RelayConfig::new(crate::VerifyingKey::from_bytes(
+            [0u8; 32],
+        )));
+        let mut init = vec![0u8; wgmac::HANDSHAKE_INIT_LEN];
+        init[0] = 1;
+        let burst = 2 * INITIATIONS_PER_SECOND as u64;
+        for _ in 0..burst + 30 {
+            state.bridge_datagram(ep(40000), &init);
+        }
+        let limited = state.stats().bridge_rate_limited;
+        assert!(
+            limited >= 30 - INITIATIONS_PER_SECOND as u64,
+            "limited {limited}"
+        );
+        // Another address is not affected.
+        let other: SocketAddr = "127.0.0.2:40000".parse().unwrap();
+        state.bridge_datagram(other, &init);
+        assert_eq!(state.stats().bridge_rate_limited, limited);
+    }
 
     fn ep(port: u16) -> SocketAddr {
         SocketAddr::from(([192, 0, 2, 1], port))

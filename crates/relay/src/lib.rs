@@ -79,6 +79,7 @@ struct Counters {
     bridge_datagrams_in: AtomicU64,
     bridge_datagrams_out: AtomicU64,
     bridge_drops: AtomicU64,
+    bridge_rate_limited: AtomicU64,
 }
 
 /// A snapshot of the relay's counters.
@@ -99,6 +100,8 @@ pub struct RelayStats {
     pub bridge_datagrams_out: u64,
     /// UDP bridge: datagrams or frames dropped (malformed, no route, not allowed, ...).
     pub bridge_drops: u64,
+    /// Handshake initiations refused by the per-address limit (also in `bridge_drops`).
+    pub bridge_rate_limited: u64,
     /// UDP bridge: client endpoints currently tracked.
     pub bridge_tags: u64,
 }
@@ -177,6 +180,7 @@ impl RelayState {
             bridge_datagrams_in: c.bridge_datagrams_in.load(Ordering::Relaxed),
             bridge_datagrams_out: c.bridge_datagrams_out.load(Ordering::Relaxed),
             bridge_drops: c.bridge_drops.load(Ordering::Relaxed),
+            bridge_rate_limited: c.bridge_rate_limited.load(Ordering::Relaxed),
             bridge_tags: self.inner.bridge.table().len() as u64,
         }
     }
