@@ -34,6 +34,7 @@ store_tests!(
     concurrent_joins_get_distinct_overlay_addresses,
     a_change_on_one_replica_reaches_an_edge_connected_to_another,
     candidates_sent_before_a_channel_opens_are_replayed_to_it,
+    a_message_larger_than_the_read_buffer_arrives_whole,
 );
 
 type Ws =
@@ -1192,4 +1193,34 @@ async fn candidates_sent_before_a_channel_opens_are_replayed_to_it(app: TestApp)
         )
         .await;
     assert_eq!(l.app.count("tunnel_signals").await, 0);
+}
+
+async fn a_message_larger_than_the_read_buffer_arrives_whole(app: TestApp) {
+    let l = live(app).await;
+    let acct = l.app.account("acme").await;
+    let d = enrolled(&l, &acct, "press-1").await;
+    let mut ws = edge(&l, &d, false).await;
+    // 100 KiB of JSON whitespace around a status: many reads of the channel's
+    // small read buffer, one message.
+    let status = serde_json::to_string(&EdgeToServer::Status(EdgeStatus {
+        switch_on: true,
+        agent_version: "test".into(),
+        endpoints: vec![],
+    }))
+    .unwrap();
+    let padded = format!("{}{status}", " ".repeat(100 * 1024));
+    ws.send(Message::Text(padded.into())).await.unwrap();
+    let mut on = 0i64;
+    for _ in 0..100 {
+        on = sqlx::query_scalar("SELECT switch_on FROM devices WHERE id = $1")
+            .bind(&d.id)
+            .fetch_one(&l.app.state.store.pool)
+            .await
+            .unwrap();
+        if on != 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(on, 1, "the padded status was read whole and applied");
 }

@@ -31,6 +31,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes read from the connection per call. The WebSocket library's default
+/// (128 KiB) is allocated and zero-filled for every connection, i.e. 128 KiB
+/// of resident memory per connected edge; edges send small messages, and a
+/// larger one (up to `MAX_CHANNEL_FRAME`) still arrives whole, its buffer
+/// grown for it.
+const READ_BUFFER: usize = 8 * 1024;
 
 pub fn routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
     r.routes(routes!(channel))
@@ -46,6 +52,7 @@ async fn channel(
 ) -> Response {
     ws.max_message_size(MAX_CHANNEL_FRAME)
         .max_frame_size(MAX_CHANNEL_FRAME)
+        .read_buffer_size(READ_BUFFER)
         .on_upgrade(move |socket| async move {
             if let Err(e) = run(state, socket, source).await {
                 tracing::debug!(error = %e.message, "edge channel ended");
