@@ -92,7 +92,7 @@ impl Fleet {
             .lock()
             .map(|e| e.iter().map(|(k, v)| (k.clone(), *v)).collect())
             .unwrap_or_default();
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|e| std::cmp::Reverse(e.1));
         v.truncate(8);
         v
     }
