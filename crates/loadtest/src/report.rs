@@ -239,14 +239,15 @@ pub fn phase_cpu(
         _ => 0.0,
     };
     let server_cpu = server.map(|(a, b)| b.cpu_secs - a.cpu_secs);
+    let round2 = |v: f64| (v * 100.0).round() / 100.0;
     PhaseCpu {
         phase,
-        wall_secs: wall,
-        server_cpu_secs: server_cpu.map(|c| (c * 100.0).round() / 100.0),
+        wall_secs: round2(wall),
+        server_cpu_secs: server_cpu.map(round2),
         server_cpu_percent: server_cpu
             .filter(|_| wall > 0.0)
             .map(|c| (c / wall * 1000.0).round() / 10.0),
-        tool_cpu_secs: tool.1.cpu_secs - tool.0.cpu_secs,
+        tool_cpu_secs: round2(tool.1.cpu_secs - tool.0.cpu_secs),
     }
 }
 
