@@ -45,8 +45,8 @@ struct Args {
     #[arg(long, default_value_t = 16)]
     provision_concurrency: usize,
     /// Seconds measured with every edge connected and idle (15 = one status period).
-    #[arg(long, default_value_t = 15.0)]
-    idle_secs: f64,
+    #[arg(long, default_value = "15", value_parser = seconds)]
+    idle_secs: Duration,
     /// Give up waiting for every edge to come online after this many seconds.
     #[arg(long, default_value_t = 600)]
     connect_timeout_secs: u64,
@@ -80,6 +80,14 @@ struct Args {
     /// Print the figures as one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// A number of seconds, fractions allowed.
+fn seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .and_then(|v| Duration::try_from_secs_f64(v).ok())
+        .ok_or_else(|| format!("{s:?} is not a number of seconds ≥ 0"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -373,7 +381,7 @@ async fn measure(
     // ------------------------------------------------------------ idle
     let out0 = fleet.messages_out.load(Ordering::Relaxed);
     let t = Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(args.idle_secs.max(0.0))).await;
+    tokio::time::sleep(args.idle_secs).await;
     let idle_secs = t.elapsed().as_secs_f64();
     let idle_messages_per_sec =
         (fleet.messages_out.load(Ordering::Relaxed) - out0) as f64 / idle_secs.max(1e-9);
