@@ -507,11 +507,41 @@ async fn start_tunnel(
     Ok(())
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<
+/// The edge channel: one WebSocket over TLS, directly or through the plant's proxy.
+pub type Channel = tokio_tungstenite::WebSocketStream<
     tokio_tungstenite::MaybeTlsStream<Box<dyn drawbridge_tunnel::proxy::Io>>,
 >;
 
-async fn connect(server: &str, tls: Arc<rustls::ClientConfig>) -> anyhow::Result<Ws> {
+/// Why the edge channel could not be opened, or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("connecting timed out")]
+    Timeout,
+    #[error("the server did not send a challenge")]
+    NoChallenge,
+    #[error("refused: {code}: {message}")]
+    Refused { code: String, message: String },
+    #[error("unexpected answer to auth: {0}")]
+    Unexpected(String),
+    #[error("malformed message: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    WebSocket(Box<tokio_tungstenite::tungstenite::Error>),
+}
+
+impl From<tokio_tungstenite::tungstenite::Error> for ChannelError {
+    fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
+        ChannelError::WebSocket(Box::new(e))
+    }
+}
+
+/// Opens the edge channel (`GET /api/v1/edge/channel`) to `server` (`https://…`),
+/// not yet authenticated; see [`authenticate`].
+pub async fn connect(
+    server: &str,
+    tls: Arc<rustls::ClientConfig>,
+    proxy: Option<&drawbridge_tunnel::proxy::Proxy>,
+) -> Result<Channel, ChannelError> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let url = format!(
         "{}/api/v1/edge/channel",
@@ -520,39 +550,63 @@ async fn connect(server: &str, tls: Arc<rustls::ClientConfig>) -> anyhow::Result
     let mut cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
     cfg.max_message_size = Some(MAX_CHANNEL_FRAME);
     cfg.max_frame_size = Some(MAX_CHANNEL_FRAME);
-    // Through the plant's HTTP proxy when DRAWBRIDGE_PROXY / HTTPS_PROXY says so.
-    let proxy = drawbridge_tunnel::proxy::Proxy::from_env()?;
     let ws = tokio::time::timeout(
         Duration::from_secs(15),
         drawbridge_tunnel::proxy::websocket(
             url.into_client_request()?,
             Some(cfg),
             Some(Connector::Rustls(tls)),
-            proxy.as_ref(),
+            proxy,
         ),
     )
     .await
-    .context("connecting timed out")??;
+    .map_err(|_| ChannelError::Timeout)??;
     Ok(ws)
 }
 
-async fn recv(ws: &mut Ws) -> anyhow::Result<Option<ServerToEdge>> {
+/// Answers the server's challenge: signs `EDGE_AUTH_CONTEXT || nonce || device_id`
+/// with the identity key and waits for the welcome.
+pub async fn authenticate(
+    ws: &mut Channel,
+    device_id: &str,
+    key: &Ed25519KeyPair,
+) -> Result<(), ChannelError> {
+    let Some(ServerToEdge::Challenge { nonce }) = recv(ws).await? else {
+        return Err(ChannelError::NoChallenge);
+    };
+    let mut msg = EDGE_AUTH_CONTEXT.to_vec();
+    msg.extend_from_slice(nonce.as_bytes());
+    msg.extend_from_slice(device_id.as_bytes());
+    send(
+        ws,
+        &EdgeToServer::Auth {
+            device_id: device_id.to_string(),
+            signature: STANDARD.encode(key.sign(&msg).as_ref()),
+        },
+    )
+    .await?;
+    match recv(ws).await? {
+        Some(ServerToEdge::Welcome { .. }) => Ok(()),
+        Some(ServerToEdge::Error { code, message }) => Err(ChannelError::Refused { code, message }),
+        other => Err(ChannelError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+/// The next message from the server; None when the channel closed.
+pub async fn recv(ws: &mut Channel) -> Result<Option<ServerToEdge>, ChannelError> {
     loop {
         match ws.next().await {
             None => return Ok(None),
             Some(Err(e)) => return Err(e.into()),
-            Some(Ok(Message::Text(t))) => {
-                return Ok(Some(
-                    serde_json::from_str(&t).context("unexpected message")?,
-                ));
-            }
+            Some(Ok(Message::Text(t))) => return Ok(Some(serde_json::from_str(&t)?)),
             Some(Ok(Message::Close(_))) => return Ok(None),
             Some(Ok(_)) => continue,
         }
     }
 }
 
-async fn send(ws: &mut Ws, m: &EdgeToServer) -> anyhow::Result<()> {
+/// Sends one message to the server.
+pub async fn send(ws: &mut Channel, m: &EdgeToServer) -> Result<(), ChannelError> {
     ws.send(Message::Text(serde_json::to_string(m)?.into()))
         .await?;
     Ok(())
@@ -565,26 +619,10 @@ async fn session(
     server: &str,
     out_rx: &mut mpsc::Receiver<EdgeToServer>,
 ) -> anyhow::Result<()> {
-    let mut ws = connect(server, agent.tls.clone()).await?;
-    let Some(ServerToEdge::Challenge { nonce }) = recv(&mut ws).await? else {
-        anyhow::bail!("the server did not send a challenge");
-    };
-    let mut msg = EDGE_AUTH_CONTEXT.to_vec();
-    msg.extend_from_slice(nonce.as_bytes());
-    msg.extend_from_slice(agent.device_id.as_bytes());
-    send(
-        &mut ws,
-        &EdgeToServer::Auth {
-            device_id: agent.device_id.clone(),
-            signature: STANDARD.encode(key.sign(&msg).as_ref()),
-        },
-    )
-    .await?;
-    match recv(&mut ws).await? {
-        Some(ServerToEdge::Welcome { .. }) => {}
-        Some(ServerToEdge::Error { code, message }) => anyhow::bail!("refused: {code}: {message}"),
-        other => anyhow::bail!("unexpected answer to auth: {other:?}"),
-    }
+    // Through the plant's HTTP proxy when DRAWBRIDGE_PROXY / HTTPS_PROXY says so.
+    let proxy = drawbridge_tunnel::proxy::Proxy::from_env()?;
+    let mut ws = connect(server, agent.tls.clone(), proxy.as_ref()).await?;
+    authenticate(&mut ws, &agent.device_id, key).await?;
     tracing::info!("connected to the control plane");
     agent.connected = true;
     while out_rx.try_recv().is_ok() {} // stale messages from before

@@ -6,6 +6,7 @@ use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use drawbridge_proto::api::{ENROLL_CONTEXT, EnrollRequest, EnrollResponse, EnrollStatus};
+use ring::signature::Ed25519KeyPair;
 use serde::Deserialize;
 use std::path::PathBuf;
 
@@ -29,6 +30,40 @@ pub enum Secret {
     Fleet { key: String, name: String },
 }
 
+/// Why the server did not enrol the device.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error("name: {0}")]
+    Name(#[from] drawbridge_proto::text::TextError),
+    #[error(transparent)]
+    Api(#[from] drawbridge::api::Error),
+}
+
+/// Proves `secret` and the identity `key` to the server behind `client`;
+/// returns its answer and keeps nothing. [`enroll`] stores the result in the
+/// state directory; a load generator simulating many edges keeps it in memory.
+pub async fn request(
+    client: &drawbridge::Client,
+    key: &Ed25519KeyPair,
+    secret: Secret,
+) -> Result<EnrollResponse, EnrollError> {
+    let (activation_key, fleet_key, name, text) = match secret {
+        Secret::Activation(k) => (Some(k.clone()), None, None, k),
+        Secret::Fleet { key, name } => (None, Some(key.clone()), Some(name), key),
+    };
+    let mut msg = ENROLL_CONTEXT.to_vec();
+    msg.extend_from_slice(text.trim().as_bytes());
+    let req = EnrollRequest {
+        activation_key: activation_key.map(|k| k.trim().to_string()),
+        fleet_key: fleet_key.map(|k| k.trim().to_string()),
+        name: name.map(drawbridge_proto::Name::try_from).transpose()?,
+        serial: None,
+        public_key: StateDir::public_key_b64(key),
+        signature: STANDARD.encode(key.sign(&msg).as_ref()),
+    };
+    Ok(client.post("/enroll", &req).await?)
+}
+
 pub async fn enroll(
     dir: &StateDir,
     server: &str,
@@ -40,23 +75,7 @@ pub async fn enroll(
         .transpose()?;
     let key = dir.identity()?;
     let client = drawbridge::Client::new(server, ca_file.as_deref())?;
-    let (activation_key, fleet_key, name, text) = match secret {
-        Secret::Activation(k) => (Some(k.clone()), None, None, k),
-        Secret::Fleet { key, name } => (None, Some(key.clone()), Some(name), key),
-    };
-    let mut msg = ENROLL_CONTEXT.to_vec();
-    msg.extend_from_slice(text.trim().as_bytes());
-    let req = EnrollRequest {
-        activation_key: activation_key.map(|k| k.trim().to_string()),
-        fleet_key: fleet_key.map(|k| k.trim().to_string()),
-        name: name
-            .map(|n| drawbridge_proto::Name::try_from(n).map_err(|e| anyhow::anyhow!("name: {e}")))
-            .transpose()?,
-        serial: None,
-        public_key: StateDir::public_key_b64(&key),
-        signature: STANDARD.encode(key.sign(&msg).as_ref()),
-    };
-    let resp: EnrollResponse = client.post("/enroll", &req).await?;
+    let resp = request(&client, &key, secret).await?;
     let record = DeviceRecord {
         server: client.server().to_string(),
         ca_file,

@@ -291,7 +291,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     } else {
         cfg.public_url.clone()
     };
-    let state = AppState::new(store, Clock::default(), public_url.clone()).await?;
+    let state = AppState::with_auth_attempts(
+        store,
+        Clock::default(),
+        public_url.clone(),
+        cfg.auth_attempts_per_minute,
+    )
+    .await?;
     let (cert, key, ca) = match &cfg.tls {
         Some((c, k)) => (c.clone(), k.clone(), None),
         None => {
@@ -309,6 +315,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         );
     }
     println!("  database: {}", crate::db::redact(&cfg.database_url));
+    if cfg.auth_attempts_per_minute != crate::config::DEFAULT_AUTH_ATTEMPTS_PER_MINUTE {
+        println!(
+            "  login/enrolment attempts: {} per minute and address (default {})",
+            cfg.auth_attempts_per_minute,
+            crate::config::DEFAULT_AUTH_ATTEMPTS_PER_MINUTE
+        );
+    }
     if !crate::bootstrap::has_accounts(&state)
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.message))?

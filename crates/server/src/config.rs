@@ -4,6 +4,7 @@
 use anyhow::Context;
 use serde::Deserialize;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
 /// The TOML file's shape; every key is optional.
@@ -20,6 +21,7 @@ pub struct FileConfig {
     pub stun_listen: Option<OneOrMany>,
     pub bridge_listen: Option<SocketAddr>,
     pub metrics_listen: Option<SocketAddr>,
+    pub auth_attempts_per_minute: Option<NonZeroU32>,
 }
 
 /// A TOML value that is one address or a list of them.
@@ -65,7 +67,13 @@ pub struct Config {
     pub bridge_listen: Option<SocketAddr>,
     /// Plain-HTTP address for Prometheus metrics (`/metrics`); off when None.
     pub metrics_listen: Option<SocketAddr>,
+    /// Sustained attempts per minute and remote address at the unauthenticated
+    /// routes (login, second factor, enrolment, setup); twice as many may come at once.
+    pub auth_attempts_per_minute: NonZeroU32,
 }
+
+/// The default allowance at the unauthenticated routes, per minute and address.
+pub const DEFAULT_AUTH_ATTEMPTS_PER_MINUTE: NonZeroU32 = NonZeroU32::new(30).expect("non-zero");
 
 pub const DEFAULT_STUN_LISTEN: [&str; 2] = ["127.0.0.1:3478", "127.0.0.1:3479"];
 pub const DEFAULT_BRIDGE_LISTEN: &str = "127.0.0.1:51820";
@@ -116,6 +124,11 @@ pub struct Overrides {
     /// Serve Prometheus metrics over plain HTTP at ADDR/metrics (keep it on a private address).
     #[arg(long, env = "DRAWBRIDGE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Attempts per minute and remote address at login, second factor, enrolment
+    /// and setup (default 30, bursts of twice that). Raise it only for many
+    /// devices enrolling at once from one address (one NAT, a load test).
+    #[arg(long, env = "DRAWBRIDGE_AUTH_ATTEMPTS_PER_MINUTE")]
+    pub auth_attempts_per_minute: Option<NonZeroU32>,
 }
 
 impl Overrides {
@@ -177,6 +190,10 @@ impl Overrides {
         Ok(Config {
             bridge_listen,
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            auth_attempts_per_minute: self
+                .auth_attempts_per_minute
+                .or(file.auth_attempts_per_minute)
+                .unwrap_or(DEFAULT_AUTH_ATTEMPTS_PER_MINUTE),
             stun_listen,
             listen,
             data_dir,
@@ -185,5 +202,38 @@ impl Overrides {
             public_url,
             hostnames,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_attempts_default_file_and_flag() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let o = Overrides::default();
+        assert_eq!(
+            o.resolve().expect("resolve").auth_attempts_per_minute.get(),
+            30
+        );
+        let file = dir.path().join("drawbridge.toml");
+        std::fs::write(&file, "auth_attempts_per_minute = 600\n").expect("write");
+        let mut o = Overrides {
+            config: Some(file.clone()),
+            ..Overrides::default()
+        };
+        assert_eq!(
+            o.resolve().expect("resolve").auth_attempts_per_minute.get(),
+            600
+        );
+        o.auth_attempts_per_minute = NonZeroU32::new(5000);
+        assert_eq!(
+            o.resolve().expect("resolve").auth_attempts_per_minute.get(),
+            5000
+        );
+        std::fs::write(&file, "auth_attempts_per_minute = 0\n").expect("write");
+        o.auth_attempts_per_minute = None;
+        assert!(o.resolve().is_err(), "zero is refused");
     }
 }

@@ -41,7 +41,25 @@ impl Deref for AppState {
 }
 
 impl AppState {
+    /// The state with the default allowance at the unauthenticated routes.
     pub async fn new(store: Store, clock: Clock, public_url: String) -> anyhow::Result<AppState> {
+        Self::with_auth_attempts(
+            store,
+            clock,
+            public_url,
+            crate::config::DEFAULT_AUTH_ATTEMPTS_PER_MINUTE,
+        )
+        .await
+    }
+
+    /// The state allowing `per_minute` attempts per minute and remote address at
+    /// the unauthenticated routes (bursts of twice that).
+    pub async fn with_auth_attempts(
+        store: Store,
+        clock: Clock,
+        public_url: String,
+        per_minute: std::num::NonZeroU32,
+    ) -> anyhow::Result<AppState> {
         let device_ca = DeviceCa::load_or_create(&store, clock.unix()).await?;
         let dummy_hash = crate::password::hash(&crate::secret::new_token(""));
         let relay_key = crate::keys::relay_signing_key(&store, clock.unix()).await?;
@@ -60,7 +78,9 @@ impl AppState {
             stun: std::sync::RwLock::new(Vec::new()),
             bridge: std::sync::RwLock::new(None),
             attempts: governor::RateLimiter::keyed(
-                governor::Quota::per_minute(ATTEMPTS_PER_MINUTE).allow_burst(ATTEMPTS_BURST),
+                governor::Quota::per_minute(per_minute).allow_burst(
+                    per_minute.saturating_mul(std::num::NonZeroU32::new(2).expect("non-zero")),
+                ),
             ),
         }));
         crate::live::spawn_listener(state.clone());
@@ -71,11 +91,6 @@ impl AppState {
         self.clock.unix()
     }
 }
-
-/// Sustained attempts per minute and address at the unauthenticated routes.
-const ATTEMPTS_PER_MINUTE: std::num::NonZeroU32 = std::num::NonZeroU32::new(30).expect("non-zero");
-/// How many may come at once before the rate applies.
-const ATTEMPTS_BURST: std::num::NonZeroU32 = std::num::NonZeroU32::new(60).expect("non-zero");
 
 impl AppState {
     /// Refuses an unauthenticated attempt from `source` over the rate limit.
@@ -110,5 +125,35 @@ impl AppState {
         if let Ok(mut v) = self.stun.write() {
             *v = servers;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn state(per_minute: u32) -> (AppState, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = Store::open(&url).await.expect("store");
+        let per_minute = std::num::NonZeroU32::new(per_minute).expect("non-zero");
+        let state =
+            AppState::with_auth_attempts(store, Clock::default(), "https://x".into(), per_minute)
+                .await
+                .expect("state");
+        (state, dir)
+    }
+
+    fn allowed(state: &AppState, source: &str, tries: usize) -> usize {
+        (0..tries).filter(|_| state.attempt(source).is_ok()).count()
+    }
+
+    #[tokio::test]
+    async fn the_attempt_allowance_is_the_configured_rate_with_twice_as_many_at_once() {
+        let (default, _d1) = state(30).await;
+        assert_eq!(allowed(&default, "192.0.2.1", 100), 60);
+        assert_eq!(allowed(&default, "192.0.2.2", 100), 60, "per address");
+        let (raised, _d2) = state(1000).await;
+        assert_eq!(allowed(&raised, "192.0.2.1", 3000), 2000);
     }
 }

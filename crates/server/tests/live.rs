@@ -34,6 +34,8 @@ store_tests!(
     concurrent_joins_get_distinct_overlay_addresses,
     a_change_on_one_replica_reaches_an_edge_connected_to_another,
     candidates_sent_before_a_channel_opens_are_replayed_to_it,
+    a_message_larger_than_the_read_buffer_arrives_whole,
+    a_heartbeat_status_keeps_the_edge_heard_from,
 );
 
 type Ws =
@@ -1192,4 +1194,95 @@ async fn candidates_sent_before_a_channel_opens_are_replayed_to_it(app: TestApp)
         )
         .await;
     assert_eq!(l.app.count("tunnel_signals").await, 0);
+}
+
+async fn a_message_larger_than_the_read_buffer_arrives_whole(app: TestApp) {
+    let l = live(app).await;
+    let acct = l.app.account("acme").await;
+    let d = enrolled(&l, &acct, "press-1").await;
+    let mut ws = edge(&l, &d, false).await;
+    // 100 KiB of JSON whitespace around a status: many reads of the channel's
+    // small read buffer, one message.
+    let status = serde_json::to_string(&EdgeToServer::Status(EdgeStatus {
+        switch_on: true,
+        agent_version: "test".into(),
+        endpoints: vec![],
+    }))
+    .unwrap();
+    let padded = format!("{}{status}", " ".repeat(100 * 1024));
+    ws.send(Message::Text(padded.into())).await.unwrap();
+    let mut on = 0i64;
+    for _ in 0..100 {
+        on = sqlx::query_scalar("SELECT switch_on FROM devices WHERE id = $1")
+            .bind(&d.id)
+            .fetch_one(&l.app.state.store.pool)
+            .await
+            .unwrap();
+        if on != 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(on, 1, "the padded status was read whole and applied");
+}
+
+async fn a_heartbeat_status_keeps_the_edge_heard_from(app: TestApp) {
+    let l = live(app).await;
+    let acct = l.app.account("acme").await;
+    let d = enrolled(&l, &acct, "press-1").await;
+    let mut ws = edge(&l, &d, true).await;
+    let last_seen = |pool: sqlx::AnyPool, id: String| async move {
+        sqlx::query_as::<_, (Option<i64>, i64, Option<String>)>(
+            "SELECT last_seen, switch_on, agent_version FROM devices WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let pool = l.app.state.store.pool.clone();
+    let before = last_seen(pool.clone(), d.id.clone()).await;
+    l.app.clock().advance(60);
+    // The same switch state: the one-statement path.
+    send(
+        &mut ws,
+        &EdgeToServer::Status(EdgeStatus {
+            switch_on: true,
+            agent_version: "test-2".into(),
+            endpoints: vec![],
+        }),
+    )
+    .await;
+    let want = l.app.state.now();
+    let mut after = before.clone();
+    for _ in 0..100 {
+        after = last_seen(pool.clone(), d.id.clone()).await;
+        if after.2.as_deref() == Some("test-2") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        after,
+        (Some(want), 1, Some("test-2".into())),
+        "before: {before:?}"
+    );
+    // An out-of-bounds status is refused, but the edge was still heard from.
+    l.app.clock().advance(60);
+    send(
+        &mut ws,
+        &EdgeToServer::Status(EdgeStatus {
+            switch_on: true,
+            agent_version: "x".repeat(65),
+            endpoints: vec![],
+        }),
+    )
+    .await;
+    let err: ServerToEdge = until(&mut ws, |m| matches!(m, ServerToEdge::Error { .. })).await;
+    assert!(
+        matches!(err, ServerToEdge::Error { ref code, .. } if code == "invalid"),
+        "{err:?}"
+    );
+    let now = l.app.state.now();
+    assert_eq!(last_seen(pool, d.id.clone()).await.0, Some(now));
 }

@@ -1,0 +1,185 @@
+//! The `drawbridge-server` under test: started by the tool (a fresh data
+//! directory, `init` with an account and admin, then `run` on a free
+//! 127.0.0.1 port), or one that is already running.
+
+use anyhow::{Context, bail};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Proxy variables a child must not inherit: everything here is on loopback.
+const PROXY_VARS: &[&str] = &[
+    "DRAWBRIDGE_PROXY",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// The unauthenticated-route allowance the tool gives its own server, so that
+/// N edges can enrol from 127.0.0.1 at once (the default is 30 a minute).
+pub const LOADTEST_AUTH_ATTEMPTS_PER_MINUTE: u32 = 1_000_000;
+
+/// Where the admin logs in.
+pub struct Target {
+    pub url: String,
+    pub ca_file: PathBuf,
+    pub account: String,
+    pub admin_user: String,
+    pub password: String,
+    /// For RSS and CPU figures; None when the server runs elsewhere and no PID was given.
+    pub pid: Option<u32>,
+}
+
+/// A server the tool started; killed when dropped.
+pub struct Started {
+    pub target: Target,
+    child: Child,
+    /// The data directory (and the server's stderr in `server.log`).
+    pub data: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Started {
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.data.join("server.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+/// `drawbridge-server` next to this executable (the same target directory).
+pub fn default_binary() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe().context("locating this executable")?;
+    let dir = me.parent().context("this executable has no directory")?;
+    let bin = dir.join("drawbridge-server");
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it with the same profile (cargo build [--release] -p drawbridge-server) or pass --server-bin",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn command(bin: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    for v in PROXY_VARS {
+        cmd.env_remove(v);
+    }
+    cmd
+}
+
+/// A password the default policy accepts.
+fn new_password() -> String {
+    let r: u64 = rand::random();
+    format!("Load-{r:016x}-Test")
+}
+
+/// Initialises a fresh data directory and starts the server on 127.0.0.1.
+pub async fn start(
+    bin: &Path,
+    database: Option<&str>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<Started> {
+    let (data, temp) = match data_dir {
+        Some(d) => {
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+            (d, None)
+        }
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("drawbridge-loadtest-")
+                .tempdir()
+                .context("creating a temporary data directory")?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let password = new_password();
+    let pw_file = data.join("admin-password");
+    std::fs::write(&pw_file, format!("{password}\n")).context("writing the password file")?;
+    let (account, admin_user) = ("loadtest".to_string(), "admin".to_string());
+    let mut db_args: Vec<String> = vec!["--data-dir".into(), data.display().to_string()];
+    if let Some(url) = database {
+        db_args.extend(["--database".into(), url.to_string()]);
+    }
+    let out = command(bin)
+        .args(["init", "--account", &account, "--admin-user", &admin_user])
+        .arg("--admin-password-file")
+        .arg(&pw_file)
+        .args(&db_args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .with_context(|| format!("running {} init", bin.display()))?;
+    if !out.status.success() {
+        bail!(
+            "drawbridge-server init failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let log = std::fs::File::create(data.join("server.log")).context("creating server.log")?;
+    let mut child = command(bin)
+        .args(["run", "--listen", "127.0.0.1:0", "--no-stun", "--no-bridge"])
+        .arg("--auth-attempts-per-minute")
+        .arg(LOADTEST_AUTH_ATTEMPTS_PER_MINUTE.to_string())
+        .args(&db_args)
+        .env(
+            "RUST_LOG",
+            std::env::var("LOADTEST_SERVER_LOG").unwrap_or("warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let pid = child.id();
+    let stdout = child.stdout.take().context("server stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut url = None;
+    let ready = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(u) = line.strip_prefix("Drawbridge server listening on ") {
+                url = Some(u.trim().to_string());
+            }
+            if line == "Ready." {
+                return Ok::<bool, std::io::Error>(true);
+            }
+        }
+        Ok(false)
+    })
+    .await;
+    let started = Started {
+        target: Target {
+            url: url.unwrap_or_default(),
+            ca_file: data.join("ca.pem"),
+            account,
+            admin_user,
+            password,
+            pid,
+        },
+        child,
+        data,
+        _temp: temp,
+    };
+    match ready {
+        Ok(Ok(true)) if !started.target.url.is_empty() => {}
+        _ => bail!(
+            "the server did not become ready; its log:\n{}",
+            started.log_tail()
+        ),
+    }
+    // Keep draining stdout so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(started)
+}
