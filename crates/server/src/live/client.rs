@@ -208,6 +208,8 @@ async fn channel(
     Ok(ws
         .max_message_size(MAX_CHANNEL_FRAME)
         .max_frame_size(MAX_CHANNEL_FRAME)
+        // Small messages, like the edge channel's (see `edge::READ_BUFFER`).
+        .read_buffer_size(super::edge::READ_BUFFER)
         .on_upgrade(move |socket| async move {
             if let Err(e) = run(state, socket, caller, id, q.key).await {
                 tracing::debug!(error = %e.message, "client channel ended");

@@ -36,7 +36,7 @@ const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// of resident memory per connected edge; edges send small messages, and a
 /// larger one (up to `MAX_CHANNEL_FRAME`) still arrives whole, its buffer
 /// grown for it.
-const READ_BUFFER: usize = 8 * 1024;
+pub(crate) const READ_BUFFER: usize = 8 * 1024;
 
 pub fn routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
     r.routes(routes!(channel))
