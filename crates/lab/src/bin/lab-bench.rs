@@ -637,7 +637,7 @@ fn direct_upgrade(lab: &Lab, since: OffsetDateTime) -> Result<(Duration, OffsetD
 }
 
 /// How many sessions are started for the timing figures (per lab).
-const SAMPLES: usize = 3;
+const SAMPLES: usize = 5;
 
 /// One session start.
 #[derive(Debug, Default)]
