@@ -17,20 +17,33 @@ pub const STUN_PORT: u16 = 3478;
 /// The relay's UDP bridge for standard WireGuard clients.
 pub const BRIDGE_PORT: u16 = 51820;
 
-/// A binary of the workspace, next to the test executable's directory; built
-/// when missing (`cargo test --workspace` has built them all already).
+/// A binary of the workspace. `DRAWBRIDGE_BIN_DIR` names its directory when set;
+/// otherwise it is the current executable's profile directory (`target/<profile>`,
+/// whether that executable is a test in `target/<profile>/deps` or a binary such as
+/// `lab-bench` in `target/<profile>`). Built when missing (`cargo test --workspace`
+/// has built them all already).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    // target/<profile>/deps/<test> → target/<profile>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .to_path_buf();
+    let dir = match std::env::var_os("DRAWBRIDGE_BIN_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => {
+            let exe = std::env::current_exe().expect("current executable");
+            let dir = exe.parent().expect("executable's directory");
+            // target/<profile>/deps/<test> → target/<profile>
+            if dir.file_name().is_some_and(|n| n == "deps") {
+                dir.parent().expect("target dir").to_path_buf()
+            } else {
+                dir.to_path_buf()
+            }
+        }
+    };
     let path = dir.join(name);
     if !path.exists() {
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--bin", name])
+        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cargo.args(["build", "--bin", name]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cargo.arg("--release");
+        }
+        let status = cargo
             .env("CARGO_TARGET_DIR", dir.parent().expect("target dir"))
             .status()
             .expect("cargo build");

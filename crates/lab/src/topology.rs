@@ -178,13 +178,23 @@ impl Lab {
 
     /// A session for the admin on the edge, releasing the PLC and the echo port.
     pub fn session(&self, name: &str) -> String {
+        self.session_with(
+            name,
+            json!([
+                {"address": PLC_IP, "protocol": "tcp", "ports": "502"},
+                {"address": PLC_IP, "protocol": "tcp", "ports": "7000"}
+            ]),
+        )
+    }
+
+    /// A session for the admin on the edge, releasing `targets` (a JSON list of
+    /// `{"address", "protocol", "ports"}`; they must be within the device's firewall).
+    pub fn session_with(&self, name: &str, targets: Value) -> String {
         let me = self.api.me();
         let (s, v) = self.api.post(
             "/sessions",
-            json!({"name": name, "devices": [{"device_id": self.device_id, "targets": [
-                {"address": PLC_IP, "protocol": "tcp", "ports": "502"},
-                {"address": PLC_IP, "protocol": "tcp", "ports": "7000"}
-            ]}], "users": [me]}),
+            json!({"name": name, "devices": [{"device_id": self.device_id, "targets": targets}],
+                   "users": [me]}),
         );
         assert_eq!(s, 200, "{v}");
         v["id"].as_str().expect("id").to_string()
