@@ -217,6 +217,27 @@ impl RelayState {
         token::verify(&self.inner.config.verifying_key, token, unix_now())
     }
 
+    /// Verifies a token sent on connection `id` (held by `current`'s key): valid,
+    /// for the same key and session. Then the connection's grants become the new
+    /// token's. `None` refuses it (the connection is closed).
+    fn refresh(&self, id: u64, current: &Claims, token: &[u8]) -> Option<Claims> {
+        let text = std::str::from_utf8(token).ok()?;
+        let fresh = token::verify(&self.inner.config.verifying_key, text, unix_now()).ok()?;
+        let same_session: bool = fresh
+            .session_id
+            .as_bytes()
+            .ct_eq(current.session_id.as_bytes())
+            .into();
+        if fresh.peer != current.peer || !same_session {
+            return None;
+        }
+        let mut conns = self.lock();
+        let c = conns.get_mut(&fresh.peer).filter(|c| c.id == id)?;
+        c.allowed = fresh.allowed_peers.iter().copied().collect();
+        c.bridge = fresh.bridge.then(|| wgmac::mac1_key(&fresh.peer));
+        Some(fresh)
+    }
+
     /// Routes one DATA frame from `src` (never waits: a full receiver is disconnected).
     fn forward(
         &self,
@@ -331,7 +352,8 @@ async fn connection(state: RelayState, claims: Claims, socket: WebSocket) {
     let id = state.inner.next_id.fetch_add(1, Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel::<Bytes>(state.inner.config.send_queue.max(1));
     let (kill_tx, mut kill_rx) = watch::channel(false);
-    let allowed: HashSet<Key> = claims.allowed_peers.iter().copied().collect();
+    let mut claims = claims;
+    let mut allowed: HashSet<Key> = claims.allowed_peers.iter().copied().collect();
     let me = claims.peer;
     {
         let mut conns = state.lock();
@@ -378,6 +400,22 @@ async fn connection(state: RelayState, claims: Claims, socket: WebSocket) {
                         }
                         Ok(Frame::Bridge { tag, payload }) => {
                             state.bridge_from_edge(&me, claims.bridge, tag, payload);
+                        }
+                        Ok(Frame::Token(t)) => {
+                            // A fresh token for this key and session replaces the grants.
+                            match state.refresh(id, &claims, t) {
+                                Some(fresh) => {
+                                    allowed = fresh.allowed_peers.iter().copied().collect();
+                                    let left = Duration::from_secs(fresh.expires_at.saturating_sub(unix_now()));
+                                    expiry.as_mut().reset(tokio::time::Instant::now() + left);
+                                    claims = fresh;
+                                }
+                                None => {
+                                    state.inner.counters.refused.fetch_add(1, Ordering::Relaxed);
+                                    drop_reason("refused_token");
+                                    break;
+                                }
+                            }
                         }
                         Ok(Frame::Pong(_)) | Err(_) => {
                             state.inner.counters.closed_malformed.fetch_add(1, Ordering::Relaxed);

@@ -145,6 +145,82 @@ async fn relay_forwards_between_allowed_peers_and_rewrites_the_source() {
     assert_eq!(st.bytes_forwarded, 1 + 32 + 10);
 }
 
+fn token_frame(t: &str) -> Message {
+    Message::Binary(Frame::Token(t.as_bytes()).encode().unwrap().into())
+}
+
+#[tokio::test]
+async fn a_fresh_token_on_the_open_connection_grants_a_new_peer_without_a_reconnect() {
+    let s = server().await;
+    // A (the edge) connected before B (a client) joined: its token names nobody.
+    let mut a = s.connect(&s.token("s1", A, &[], 60)).await.unwrap();
+    let mut b = s.connect(&s.token("s1", B, &[A], 60)).await.unwrap();
+    wait_connections(&s, 2).await;
+    b.send(data(A, b"early")).await.unwrap();
+    assert!(
+        recv_data(&mut a, Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    // The control plane's new token for A names B: sent in-band, both ways work.
+    a.send(token_frame(&s.token("s1", A, &[B], 60)))
+        .await
+        .unwrap();
+    let mut delivered = None;
+    for _ in 0..20 {
+        b.send(data(A, b"after")).await.unwrap();
+        delivered = recv_data(&mut a, Duration::from_millis(100)).await;
+        if delivered.is_some() {
+            break;
+        }
+    }
+    assert_eq!(delivered.unwrap(), (B, b"after".to_vec()));
+    a.send(data(B, b"back")).await.unwrap();
+    assert_eq!(
+        recv_data(&mut b, Duration::from_secs(2)).await.unwrap(),
+        (A, b"back".to_vec())
+    );
+    assert_eq!(s.state.stats().connections_total, 2, "no reconnect");
+}
+
+#[tokio::test]
+async fn a_token_for_another_key_or_session_or_a_forged_one_closes_the_connection() {
+    let s = server().await;
+    let (other, _) = SigningKey::generate().unwrap();
+    let forged = token::issue(
+        &other,
+        &Claims {
+            session_id: "s1".into(),
+            peer: A,
+            allowed_peers: vec![B, C],
+            expires_at: now() + 60,
+            bridge: false,
+        },
+    )
+    .unwrap();
+    for bad in [
+        s.token("s1", C, &[B], 60),
+        s.token("s2", A, &[B], 60),
+        forged,
+        "garbage".to_string(),
+    ] {
+        let mut a = s.connect(&s.token("s1", A, &[B], 60)).await.unwrap();
+        a.send(token_frame(&bad)).await.unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                match a.next().await {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
+                    Some(Ok(_)) => continue,
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        assert!(closed, "a bad token ends the connection");
+    }
+    assert!(s.state.stats().refused >= 4);
+}
+
 #[tokio::test]
 async fn wrong_or_expired_tokens_are_refused() {
     let s = server().await;

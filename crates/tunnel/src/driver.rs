@@ -24,7 +24,7 @@ pub use tokio_tungstenite::Connector;
 use crate::engine::{
     Event, Node, NodeConfig, Output, PeerConfig, PeerId, PeerStats, RelayId, SendError, Signal,
 };
-use crate::frame::MAX_FRAME;
+use crate::frame::{Frame, MAX_FRAME};
 
 /// One relay connection.
 #[derive(Clone)]
@@ -463,14 +463,26 @@ async fn relay_task(
                                 break;
                             }
                         }
-                        // A new token (e.g. naming a peer that joined later) only counts
-                        // from the next connection: reconnect with it now.
+                        // A new token (e.g. naming a peer that joined later) replaces
+                        // the connection's grants in place: no reconnect, no gap in which
+                        // a handshake could be lost. (A relay that cannot do that closes
+                        // the connection, and the next one uses the new token.)
                         changed = token.changed() => {
                             if changed.is_err() {
                                 return; // the driver is gone
                             }
-                            let _ = sink.send(Message::Close(None)).await;
-                            break;
+                            let fresh = token.borrow_and_update().clone();
+                            match (Frame::Token(fresh.as_bytes())).encode() {
+                                Ok(f) => {
+                                    if sink.send(Message::Binary(f.into())).await.is_err() {
+                                        break;
+                                    }
+                                }
+                                Err(_) => {
+                                    let _ = sink.send(Message::Close(None)).await;
+                                    break;
+                                }
+                            }
                         }
                     }
                 }

@@ -10,6 +10,7 @@
 //! | `0x03` PONG | relay → peer | the 8 bytes of the ping |
 //! | `0x04` BRIDGE | relay → edge | 8-byte tag (u64 big-endian), then one WireGuard datagram that arrived on the relay's UDP bridge from the endpoint the tag names |
 //! | `0x04` BRIDGE | edge → relay | 8-byte tag, then one WireGuard packet for the relay to send to that endpoint |
+//! | `0x05` TOKEN | peer → relay | a fresh admission token for the same key and session (e.g. naming a client that joined later); replaces the connection's grants without a reconnect |
 //!
 //! A BRIDGE tag is chosen by the relay and names one standard WireGuard client's UDP
 //! endpoint as seen by one edge; it carries no authority of its own (the relay checks that
@@ -31,6 +32,7 @@ const T_DATA: u8 = 0x01;
 const T_PING: u8 = 0x02;
 const T_PONG: u8 = 0x03;
 const T_BRIDGE: u8 = 0x04;
+const T_TOKEN: u8 = 0x05;
 /// Length of a BRIDGE frame's tag.
 pub const TAG_LEN: usize = 8;
 
@@ -49,6 +51,8 @@ pub enum Frame<'a> {
     /// A plain WireGuard datagram to or from a standard WireGuard client that reaches the
     /// edge through the relay's UDP bridge; `tag` names the client's endpoint.
     Bridge { tag: u64, payload: &'a [u8] },
+    /// A fresh admission token (its text) for the connection it is sent on.
+    Token(&'a [u8]),
 }
 
 /// Why a frame could not be decoded.
@@ -107,12 +111,21 @@ impl<'a> Frame<'a> {
                 let tag = u64::from_be_bytes(tag.try_into().map_err(|_| FrameError::Truncated)?);
                 Ok(Frame::Bridge { tag, payload })
             }
+            T_TOKEN => {
+                if rest.is_empty() {
+                    return Err(FrameError::EmptyPayload);
+                }
+                if rest.len() > MAX_PAYLOAD {
+                    return Err(FrameError::TooLong(buf.len()));
+                }
+                Ok(Frame::Token(rest))
+            }
             other => Err(FrameError::UnknownType(other)),
         }
     }
 
-    /// Encodes the frame. Fails only when a data or bridge payload exceeds [`MAX_PAYLOAD`]
-    /// or is empty.
+    /// Encodes the frame. Fails only when a data, bridge or token payload exceeds
+    /// [`MAX_PAYLOAD`] or is empty.
     pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
         match self {
             Frame::Data { peer, payload } => {
@@ -140,6 +153,15 @@ impl<'a> Frame<'a> {
                 v.extend_from_slice(&tag.to_be_bytes());
                 v.extend_from_slice(payload);
                 Ok(v)
+            }
+            Frame::Token(t) => {
+                if t.is_empty() {
+                    return Err(FrameError::EmptyPayload);
+                }
+                if t.len() > MAX_PAYLOAD {
+                    return Err(FrameError::TooLong(1 + t.len()));
+                }
+                Ok([&[T_TOKEN][..], t].concat())
             }
             Frame::Ping(b) => Ok([&[T_PING][..], &b[..]].concat()),
             Frame::Pong(b) => Ok([&[T_PONG][..], &b[..]].concat()),
@@ -203,6 +225,18 @@ mod tests {
             .encode()
             .is_err()
         );
+    }
+
+    #[test]
+    fn token_frame_round_trips_and_is_bounded() {
+        let f = Frame::Token(b"drt1.abc.def");
+        let enc = f.encode().unwrap();
+        assert_eq!(enc[0], 0x05);
+        assert_eq!(Frame::decode(&enc).unwrap(), f);
+        assert_eq!(Frame::decode(&[0x05]), Err(FrameError::EmptyPayload));
+        let big = vec![b'a'; MAX_PAYLOAD + 1];
+        assert!(Frame::Token(&big).encode().is_err());
+        assert!(Frame::decode(&[&[0x05][..], &big[..]].concat()).is_err());
     }
 
     #[test]
