@@ -294,7 +294,7 @@ fn session_sample(
     Ok((conn, sid, s))
 }
 
-fn drawbridge_targets() -> Value {
+pub(crate) fn drawbridge_targets() -> Value {
     json!([
         {"address": PLC_IP, "protocol": "tcp", "ports": "502"},
         {"address": PLC_IP, "protocol": "tcp", "ports": IPERF_PORT.to_string()},

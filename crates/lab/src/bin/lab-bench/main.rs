@@ -148,11 +148,15 @@ fn real_main() -> Result<()> {
 
     if RowKind::ALL
         .into_iter()
-        .any(|k| k != RowKind::Relay && opts.wants(k))
+        .any(|k| k != RowKind::Relay && k != RowKind::DirectKernel && opts.wants(k))
     {
         eprintln!("== lab with cone NAT on both sides (direct path, baselines)");
         cone_lab(&tools, &opts, &mut report)?;
         report.contention.push(contention("after the cone lab"));
+    }
+    if opts.wants(RowKind::DirectKernel) {
+        eprintln!("== lab with cone NAT on both sides, the edge in kernel mode");
+        kernel_lab(&opts, &mut report)?;
     }
     if opts.wants(RowKind::Relay) {
         eprintln!("== lab with symmetric NAT on both sides (relay)");
@@ -305,6 +309,32 @@ fn cone_lab(tools: &Tools, opts: &Opts, report: &mut Report) -> Result<()> {
             .rows
             .push(Row::new(RowKind::Openvpn, base.openvpn(&lab, opts.seconds)));
     }
+    Ok(())
+}
+
+fn kernel_lab(opts: &Opts, report: &mut Report) -> Result<()> {
+    let lab = Lab::with_edge_args(Nat::Cone, Nat::Cone, &["--tun"]);
+    release_icmp(&lab)?;
+    let _iperf = start_iperf_server(&lab)?;
+    let client = Client::login(
+        &lab.office.host,
+        &lab.server,
+        &lab.dir.path().join("client"),
+    );
+    eprintln!("-- Drawbridge direct (TUN; edge kernel mode)");
+    let sid = lab.session_with("bench-kernel", crate::drawbridge::drawbridge_targets());
+    start_session(&lab, &sid)?;
+    let mut conn = connect(&lab, &client, &sid, &["--tun"], "connect-kernel.log");
+    let _ = until(
+        "the client reports the direct path",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || path_of(&client).0 == "direct",
+    );
+    let f = drawbridge_row(&lab, &client, PLC_IP, IPERF_PORT, opts.seconds, true);
+    report.rows.push(Row::new(RowKind::DirectKernel, f));
+    conn.interrupt();
+    end_session(&lab, &sid);
     Ok(())
 }
 
