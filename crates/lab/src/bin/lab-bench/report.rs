@@ -203,11 +203,10 @@ impl Report {
         self.row(k).and_then(|f| f.mbps)
     }
 
-    /// Drawbridge's direct figure for the ratios: TUN mode at both ends (the
-    /// edge's kernel forwarding) when measured, else the default edge's.
+    /// Drawbridge's direct figure for the ratios: client in TUN mode, the edge
+    /// as it runs by default (the kernel-mode row is shown beside it).
     fn direct_mbps(&self) -> Option<f64> {
-        self.mbps(RowKind::DirectKernel)
-            .or_else(|| self.mbps(RowKind::Direct))
+        self.mbps(RowKind::Direct)
     }
 
     pub(crate) fn ratios(&self) -> String {
@@ -388,8 +387,8 @@ impl Report {
         let _ = writeln!(
             s,
             "\nReading the figures:\n\n\
-             - The ratios take Drawbridge's direct figure with TUN mode at both ends (the edge's `run --tun`) when \
-             that row was measured, else the default edge's.\n\
+             - The ratios take Drawbridge's direct figure with the client in TUN mode and the edge as it runs by \
+             default; the row with the edge's kernel forwarding (`run --tun`) is shown beside it.\n\
              - By default Drawbridge's edge terminates the tunnel's TCP in smoltcp and opens its own TCP connection to the LAN \
              (split TCP), so the office's TCP sender talks to the edge, not to the LAN host; the baselines forward IP \
              packets end to end. The retransmit column counts the office sender's retransmissions: for the baselines \
