@@ -88,8 +88,10 @@ impl Server {
             data: data.to_path_buf(),
             port,
         };
+        // The port opens before a first start has written the CA: wait for both.
         wait("the server answers", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            data.join("ca.pem").exists()
+                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
         s
     }

@@ -207,8 +207,10 @@ impl Server {
         self.proc = Some(Proc::spawn(&mut cmd));
         let addr: SocketAddr = format!("{}:{SERVER_PORT}", self.ip).parse().expect("addr");
         let rt = self.rt.clone();
+        // The port opens before a first start has written the CA: wait for both.
+        let ca = self.ca();
         wait(&format!("the server answers in {}", self.ns_name), || {
-            rt.run(async move { tokio::net::TcpStream::connect(addr).await.is_ok() })
+            ca.exists() && rt.run(async move { tokio::net::TcpStream::connect(addr).await.is_ok() })
         });
     }
 
