@@ -43,6 +43,8 @@ type Key = [u8; KEY_LEN];
 
 /// Longest a single WebSocket write may take before the connection is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames written to one connection before a flush.
+const SEND_BATCH: usize = 64;
 
 /// Relay settings.
 #[derive(Debug, Clone)]
@@ -434,8 +436,19 @@ async fn connection(state: RelayState, claims: Claims, socket: WebSocket) {
             }
             out = rx.recv() => {
                 let Some(out) = out else { break };
-                // A client that stops reading must not pin this task forever.
-                let write = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Binary(out)));
+                // A client that stops reading must not pin this task forever. What
+                // is queued already goes out with the same flush (fewer TLS records).
+                let batch = async {
+                    sink.feed(Message::Binary(out)).await?;
+                    for _ in 1..SEND_BATCH {
+                        match rx.try_recv() {
+                            Ok(more) => sink.feed(Message::Binary(more)).await?,
+                            Err(_) => break,
+                        }
+                    }
+                    sink.flush().await
+                };
+                let write = tokio::time::timeout(WRITE_TIMEOUT, batch);
                 tokio::select! {
                     r = write => if !matches!(r, Ok(Ok(()))) { break },
                     _ = kill_rx.changed() => break,
