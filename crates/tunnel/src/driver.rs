@@ -144,12 +144,15 @@ impl Tunnel {
         for p in config.peers {
             let _ = node.add_peer(Instant::now(), p);
         }
+        let gso = gso_state(&socket);
         let driver = Driver {
             node,
             socket: Arc::new(socket),
+            gso,
             relays,
             incoming: in_tx,
             events: ev_tx,
+            udp_out: Vec::new(),
         };
         let task = tokio::spawn(async move {
             driver.run(cmd_rx, ip_rx, relay_in_rx).await;
@@ -287,9 +290,29 @@ type RelayHandles = HashMap<RelayId, (mpsc::Sender<Vec<u8>>, watch::Sender<Strin
 struct Driver {
     node: Node,
     socket: Arc<UdpSocket>,
+    /// Segmentation offload for the socket, where the OS has it.
+    gso: Option<quinn_udp::UdpSocketState>,
     relays: RelayHandles,
     incoming: mpsc::Sender<(PeerId, Vec<u8>)>,
     events: mpsc::Sender<DriverEvent>,
+    /// Datagrams of one flush, sent together.
+    udp_out: Vec<(SocketAddr, Vec<u8>)>,
+}
+
+/// Work taken from one source per wake-up before the outputs are flushed.
+const DRAIN: usize = 64;
+
+/// GSO state for `socket`, with receive offload kept off (datagrams are read one
+/// by one). `None` where segmentation offload is not available.
+fn gso_state(socket: &UdpSocket) -> Option<quinn_udp::UdpSocketState> {
+    let state = quinn_udp::UdpSocketState::new(socket.into()).ok()?;
+    #[cfg(target_os = "linux")]
+    {
+        use nix::sys::socket::{setsockopt, sockopt::UdpGroSegment};
+        // quinn-udp turns GRO on; our receive path expects single datagrams.
+        setsockopt(socket, UdpGroSegment, &false).ok()?;
+    }
+    (state.max_gso_segments() > 1).then_some(state)
 }
 
 impl Driver {
@@ -306,7 +329,16 @@ impl Driver {
             let deadline = tokio::time::Instant::from_std(self.node.poll_timeout());
             tokio::select! {
                 r = socket.recv_from(&mut buf) => match r {
-                    Ok((n, from)) => self.node.handle_udp(Instant::now(), from, &buf[..n]),
+                    Ok((n, from)) => {
+                        self.node.handle_udp(Instant::now(), from, &buf[..n]);
+                        // Whatever else has arrived, before flushing the answers together.
+                        for _ in 1..DRAIN {
+                            match socket.try_recv_from(&mut buf) {
+                                Ok((n, from)) => self.node.handle_udp(Instant::now(), from, &buf[..n]),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     Err(e) => tracing::debug!(error = %e, "udp recv"),
                 },
                 Some((relay, msg)) = relay_rx.recv() => match msg {
@@ -323,10 +355,13 @@ impl Driver {
                 },
                 p = ip_rx.recv() => match p {
                     Some(p) => {
-                        if let Err(e) = self.node.send_ip(Instant::now(), &p)
-                            && e != SendError::NoRoute
-                        {
-                            tracing::trace!(error = %e, "packet from app refused");
+                        self.send_ip(&p);
+                        // The packets queued behind it go out in the same flush (GSO).
+                        for _ in 1..DRAIN {
+                            match ip_rx.try_recv() {
+                                Ok(p) => self.send_ip(&p),
+                                Err(_) => break,
+                            }
                         }
                     }
                     None => return,
@@ -364,13 +399,76 @@ impl Driver {
         }
     }
 
+    fn send_ip(&mut self, p: &[u8]) {
+        if let Err(e) = self.node.send_ip(Instant::now(), p)
+            && e != SendError::NoRoute
+        {
+            tracing::trace!(error = %e, "packet from app refused");
+        }
+    }
+
+    /// Sends the collected datagrams: runs of equal-sized ones to the same
+    /// address (the last may be shorter) as one GSO send each. Never waits on
+    /// the socket: a full send buffer drops datagrams, as a router would.
+    fn send_udp(&mut self) {
+        let out = std::mem::take(&mut self.udp_out);
+        let max = self
+            .gso
+            .as_ref()
+            .map(|g| g.max_gso_segments().min(DRAIN))
+            .unwrap_or(1);
+        let mut i = 0;
+        while i < out.len() {
+            let (dst, first) = &out[i];
+            let seg = first.len();
+            let mut j = i + 1;
+            while j < out.len()
+                && j - i < max
+                && out[j].0 == *dst
+                && out[j].1.len() <= seg
+                && (j - i + 1) * seg <= 60_000
+            {
+                j += 1;
+                if out[j - 1].1.len() < seg {
+                    break;
+                }
+            }
+            let sent = match (&self.gso, j - i) {
+                (Some(g), n) if n > 1 => {
+                    let contents: Vec<u8> = out[i..j]
+                        .iter()
+                        .flat_map(|(_, p)| p.iter().copied())
+                        .collect();
+                    let t = quinn_udp::Transmit {
+                        destination: *dst,
+                        ecn: None,
+                        contents: &contents,
+                        segment_size: Some(seg),
+                        src_ip: None,
+                    };
+                    g.try_send((&*self.socket).into(), &t).is_ok()
+                }
+                _ => false,
+            };
+            if !sent {
+                for (dst, p) in &out[i..j] {
+                    let _ = self.socket.try_send_to(p, *dst);
+                }
+            }
+            i = j;
+        }
+        self.udp_out = out;
+        self.udp_out.clear();
+    }
+
     fn flush(&mut self) {
         while let Some(o) = self.node.poll_output() {
+            if !matches!(o, Output::Udp { .. }) && !self.udp_out.is_empty() {
+                // Keep the order of datagrams and everything else.
+                self.send_udp();
+            }
             match o {
-                Output::Udp { dst, payload } => {
-                    // Never wait on the socket: a full send buffer drops the datagram.
-                    let _ = self.socket.try_send_to(&payload, dst);
-                }
+                Output::Udp { dst, payload } => self.udp_out.push((dst, payload)),
                 Output::Relay { relay, frame } => {
                     if let Some((tx, _)) = self.relays.get(&relay) {
                         let _ = tx.try_send(frame);
@@ -386,6 +484,9 @@ impl Driver {
                     let _ = self.events.try_send(DriverEvent::Engine(e));
                 }
             }
+        }
+        if !self.udp_out.is_empty() {
+            self.send_udp();
         }
     }
 }
