@@ -341,18 +341,16 @@ impl Driver {
                     }
                     Err(e) => tracing::debug!(error = %e, "udp recv"),
                 },
-                Some((relay, msg)) = relay_rx.recv() => match msg {
-                    RelayMsg::Frame(frame) => {
-                        self.node.handle_relay_frame(Instant::now(), relay, &frame);
+                Some((relay, msg)) = relay_rx.recv() => {
+                    self.relay_msg(relay, msg);
+                    // Frames that arrived meanwhile, before flushing the answers together.
+                    for _ in 1..DRAIN {
+                        match relay_rx.try_recv() {
+                            Ok((relay, msg)) => self.relay_msg(relay, msg),
+                            Err(_) => break,
+                        }
                     }
-                    RelayMsg::Up => {
-                        self.node.relay_connected(Instant::now(), relay);
-                        let _ = self.events.try_send(DriverEvent::RelayConnected { relay });
-                    }
-                    RelayMsg::Down => {
-                        let _ = self.events.try_send(DriverEvent::RelayDisconnected { relay });
-                    }
-                },
+                }
                 p = ip_rx.recv() => match p {
                     Some(p) => {
                         self.send_ip(&p);
@@ -395,6 +393,23 @@ impl Driver {
                 if let Some((_, tok)) = self.relays.get(&r) {
                     let _ = tok.send(t);
                 }
+            }
+        }
+    }
+
+    fn relay_msg(&mut self, relay: RelayId, msg: RelayMsg) {
+        match msg {
+            RelayMsg::Frame(frame) => {
+                self.node.handle_relay_frame(Instant::now(), relay, &frame);
+            }
+            RelayMsg::Up => {
+                self.node.relay_connected(Instant::now(), relay);
+                let _ = self.events.try_send(DriverEvent::RelayConnected { relay });
+            }
+            RelayMsg::Down => {
+                let _ = self
+                    .events
+                    .try_send(DriverEvent::RelayDisconnected { relay });
             }
         }
     }
