@@ -94,6 +94,21 @@ pub fn icmp_echo_body(ident: u16, seq_no: u16, data: &[u8], reply: bool) -> Vec<
     buf
 }
 
+/// An IPv4 packet carrying the TCP segment `repr`, checksums filled in.
+fn tcp_packet(src: Ipv4Addr, dst: Ipv4Addr, repr: &TcpRepr<'_>) -> Vec<u8> {
+    let len = repr.buffer_len();
+    let mut buf = vec![0u8; 20 + len];
+    ip_header(&mut buf, src, dst, IpProtocol::Tcp, len);
+    let mut pkt = TcpPacket::new_unchecked(&mut buf[20..]);
+    repr.emit(
+        &mut pkt,
+        &IpAddress::Ipv4(src),
+        &IpAddress::Ipv4(dst),
+        &ChecksumCapabilities::default(),
+    );
+    buf
+}
+
 /// A TCP SYN (for tests and forged-packet checks).
 pub fn tcp_syn(src: Ipv4Addr, src_port: u16, dst: Ipv4Addr, dst_port: u16) -> Vec<u8> {
     let repr = TcpRepr {
@@ -110,17 +125,7 @@ pub fn tcp_syn(src: Ipv4Addr, src_port: u16, dst: Ipv4Addr, dst_port: u16) -> Ve
         timestamp: None,
         payload: &[],
     };
-    let len = repr.buffer_len();
-    let mut buf = vec![0u8; 20 + len];
-    ip_header(&mut buf, src, dst, IpProtocol::Tcp, len);
-    let mut pkt = TcpPacket::new_unchecked(&mut buf[20..]);
-    repr.emit(
-        &mut pkt,
-        &IpAddress::Ipv4(src),
-        &IpAddress::Ipv4(dst),
-        &ChecksumCapabilities::default(),
-    );
-    buf
+    tcp_packet(src, dst, &repr)
 }
 
 /// Source and destination of an IPv4 packet, if it parses.
@@ -149,15 +154,5 @@ pub fn tcp_rst_for_syn(syn: &[u8]) -> Option<Vec<u8>> {
         timestamp: None,
         payload: &[],
     };
-    let len = repr.buffer_len();
-    let mut buf = vec![0u8; 20 + len];
-    ip_header(&mut buf, src, dst, IpProtocol::Tcp, len);
-    let mut pkt = TcpPacket::new_unchecked(&mut buf[20..]);
-    repr.emit(
-        &mut pkt,
-        &IpAddress::Ipv4(src),
-        &IpAddress::Ipv4(dst),
-        &ChecksumCapabilities::default(),
-    );
-    Some(buf)
+    Some(tcp_packet(src, dst, &repr))
 }
