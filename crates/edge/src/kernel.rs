@@ -45,14 +45,20 @@ struct Slot {
 }
 
 struct Inner {
-    tun: drawbridge_tun::TunDevice,
+    tun: Arc<drawbridge_tun::TunDevice>,
     slots: Mutex<Vec<Option<Slot>>>,
+    /// The task reading replies from the TUN; it holds only a weak reference, so
+    /// dropping the last `Gateway` stops it and cleans up at once.
+    reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
     table: String,
     restore_forwarding: bool,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        if let Some(r) = self.reader.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            r.abort();
+        }
         let _ = nft(&format!("delete table ip {}\n", self.table));
         if self.restore_forwarding {
             let _ = std::fs::write(FORWARD_SYSCTL, "0\n");
@@ -155,25 +161,27 @@ impl Gateway {
             std::fs::write(FORWARD_SYSCTL, "1\n").context("turning on IPv4 forwarding")?;
         }
         tracing::info!(interface = %name, "kernel forwarding mode");
+        let tun = Arc::new(tun);
         let inner = Arc::new(Inner {
-            tun,
+            tun: tun.clone(),
             slots: Mutex::new((0..SLOTS).map(|_| None).collect()),
             table,
             restore_forwarding: !was_on,
+            reader: Mutex::new(None),
         });
         // Replies from the LAN: find the session by the destination's slot.
         let weak = Arc::downgrade(&inner);
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut buf = vec![0u8; 65536];
             loop {
-                let Some(inner) = weak.upgrade() else { return };
-                let n = match inner.tun.recv(&mut buf).await {
+                let n = match tun.recv(&mut buf).await {
                     Ok(n) => n,
                     Err(e) => {
                         tracing::warn!(error = %e, "reading the TUN interface");
                         return;
                     }
                 };
+                let Some(inner) = weak.upgrade() else { return };
                 let packet = &buf[..n];
                 let Some(slot) = rewrite::slot_of(packet) else {
                     continue;
@@ -198,6 +206,7 @@ impl Gateway {
                 }
             }
         });
+        *inner.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(reader);
         Ok(Gateway { inner })
     }
 
