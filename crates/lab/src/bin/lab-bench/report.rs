@@ -227,7 +227,7 @@ impl Report {
         let _ = writeln!(s, "# Benchmarks\n");
         let _ = writeln!(
             s,
-            "Figures of one run of `bench/run` (driver: `crates/lab/src/bin/lab-bench.rs`), {}.\n",
+            "Figures of one run of `bench/run` (driver: `crates/lab/src/bin/lab-bench/`), {}.\n",
             m.date
         );
         let _ = writeln!(
