@@ -20,11 +20,45 @@ type Result<T> = std::result::Result<T, Error>;
 /// The interface MTU written into the config (WireGuard's usual 1420).
 const MTU: u16 = 1420;
 
-/// Renders the wg-quick config: one `[Peer]` per device of the session.
+/// Text from the server that goes into a comment: one line, printable only.
+fn comment(s: &str) -> String {
+    s.chars()
+        .take(128)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// `host:port` with nothing but host-name and address characters, so no value
+/// from the server can add lines (wg-quick runs `PostUp` lines as root).
+fn endpoint_ok(e: &str) -> bool {
+    let Some((host, port)) = e.rsplit_once(':') else {
+        return false;
+    };
+    !host.is_empty()
+        && e.len() <= 255
+        && port.parse::<u16>().is_ok_and(|p| p != 0)
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+}
+
+/// Renders the wg-quick config: one `[Peer]` per device of the session. Every
+/// value from the server is parsed or checked first.
 pub fn render(private_key: &[u8; 32], session: &str, join: &JoinResponse) -> Result<String> {
     let endpoint = join.bridge_endpoint.as_deref().ok_or_else(|| {
         Error::user("the server's relay runs no UDP bridge for standard WireGuard clients")
     })?;
+    if !endpoint_ok(endpoint) {
+        return Err(Error::user(format!(
+            "the server gave an unusable bridge endpoint {:?}",
+            comment(endpoint)
+        )));
+    }
+    let overlay: std::net::Ipv4Addr = join
+        .overlay_ip
+        .parse()
+        .map_err(|_| Error::user("the server gave no usable overlay address"))?;
+    let session = comment(session);
     let mut out = format!(
         "# Drawbridge session {session} ({}), valid until {}.\n\
          # Standard WireGuard client through the relay's UDP bridge: wg-quick up <this file>\n\
@@ -32,7 +66,7 @@ pub fn render(private_key: &[u8; 32], session: &str, join: &JoinResponse) -> Res
          PrivateKey = {}\n\
          Address = {}/32\n\
          MTU = {MTU}\n",
-        join.session_id,
+        comment(&join.session_id),
         time::OffsetDateTime::from_unix_timestamp(join.valid_until)
             .ok()
             .and_then(|t| t
@@ -40,13 +74,19 @@ pub fn render(private_key: &[u8; 32], session: &str, join: &JoinResponse) -> Res
                 .ok())
             .unwrap_or_else(|| join.valid_until.to_string()),
         STANDARD.encode(private_key),
-        join.overlay_ip,
+        overlay,
     );
+
     for d in &join.devices {
         let key = d
             .edge_public_key
             .as_deref()
-            .ok_or_else(|| Error::user(format!("device {} has no session key yet", d.name)))?;
+            .and_then(|k| STANDARD.decode(k).ok())
+            .and_then(|k| <[u8; 32]>::try_from(k).ok())
+            .map(|k| STANDARD.encode(k))
+            .ok_or_else(|| {
+                Error::user(format!("device {} has no usable session key yet", d.name))
+            })?;
         let mut allowed: Vec<String> = Vec::new();
         for t in &d.targets {
             let net = t.address.trunc().to_string();
@@ -59,7 +99,7 @@ pub fn render(private_key: &[u8; 32], session: &str, join: &JoinResponse) -> Res
         }
         out.push_str(&format!(
             "\n# {}\n[Peer]\nPublicKey = {key}\nAllowedIPs = {}\nEndpoint = {endpoint}\nPersistentKeepalive = 25\n",
-            d.name,
+            comment(&d.name.to_string()),
             allowed.join(", ")
         ));
     }
@@ -172,6 +212,23 @@ mod tests {
         assert!(text.contains(&format!("PublicKey = {}", STANDARD.encode([7u8; 32]))));
         assert!(text.contains("AllowedIPs = 192.168.1.10/32, 10.77.1.0/24\n"));
         assert!(text.contains("Endpoint = relay.example:51820\n"));
+    }
+
+    #[test]
+    fn server_values_cannot_add_lines_to_the_config() {
+        let mut j = join(Some("relay.example:51820\nPostUp = rm -rf /"));
+        assert!(render(&[1u8; 32], "s", &j).is_err());
+        j = join(Some("relay.example:51820"));
+        j.devices[0].edge_public_key = Some("AAAA\nPostUp = id".into());
+        assert!(render(&[1u8; 32], "s", &j).is_err());
+        j = join(Some("relay.example:51820"));
+        j.overlay_ip = "100.64.0.2/32\nPostUp = id".into();
+        assert!(render(&[1u8; 32], "s", &j).is_err());
+        j = join(Some("relay.example:51820"));
+        j.session_id = "s1\nPostUp = id".into();
+        let text = render(&[1u8; 32], "name\nPostUp = id", &j).unwrap();
+        assert!(!text.lines().any(|l| l.starts_with("PostUp")), "{text}");
+        assert!(render(&[1u8; 32], "s", &join(Some("[::1]:51820"))).is_ok());
     }
 
     #[test]
