@@ -29,6 +29,8 @@ pub enum TunError {
     TooManyRoutes(usize),
     #[error("invalid interface name {0:?}")]
     BadName(String),
+    #[error("refusing the route {0}: split tunnel only, never a default route")]
+    DefaultRoute(IpNet),
 }
 
 /// What the interface looks like.
@@ -63,6 +65,9 @@ impl TunDevice {
     pub async fn create(cfg: &TunConfig) -> Result<Self, TunError> {
         if cfg.routes.len() > MAX_ROUTES {
             return Err(TunError::TooManyRoutes(cfg.routes.len()));
+        }
+        if let Some(r) = cfg.routes.iter().find(|r| r.prefix_len() == 0) {
+            return Err(TunError::DefaultRoute(*r));
         }
         let mut b = tun_rs::DeviceBuilder::new()
             .ipv4(cfg.address, 32u8, None)
@@ -192,6 +197,23 @@ mod tests {
                 "192.168.1.0/24".parse().unwrap()
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_default_route_is_refused_before_anything_is_created() {
+        let cfg = TunConfig {
+            name: Some("dbtest0".into()),
+            address: Ipv4Addr::new(100, 64, 0, 2),
+            mtu: 1420,
+            routes: vec![
+                "192.168.1.10/32".parse().unwrap(),
+                "0.0.0.0/0".parse().unwrap(),
+            ],
+        };
+        assert!(matches!(
+            TunDevice::create(&cfg).await,
+            Err(TunError::DefaultRoute(_))
+        ));
     }
 
     #[test]
