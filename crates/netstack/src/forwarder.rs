@@ -20,7 +20,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::policy::{DropReason, FlowKey, Policy, Verdict, classify};
-use crate::stack::{Shared, SockMeta, StackStream, wait_established};
+use crate::stack::{COPY_BUF, Shared, SockMeta, StackStream, wait_established};
 use crate::wire;
 
 /// Bounds and timeouts of a forwarder.
@@ -566,7 +566,8 @@ async fn tcp_flow(mut stream: StackStream, mut lan: TcpStream, timeout: Duration
         Ok(Ok(())) => {}
         _ => return,
     }
-    let _ = tokio::io::copy_bidirectional(&mut stream, &mut lan).await;
+    let _ =
+        tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut lan, COPY_BUF, COPY_BUF).await;
 }
 
 async fn udp_flow(

@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::dialer::Dialer;
+use crate::stack::COPY_BUF;
 
 /// Local connections served at once by one server; further ones wait in the backlog.
 pub const MAX_LOCAL_CONNECTIONS: usize = 256;
@@ -61,7 +62,13 @@ pub async fn forward_local_on(
             let _ = local.set_nodelay(true);
             match dialer.connect(target).await {
                 Ok(mut remote) => {
-                    let _ = tokio::io::copy_bidirectional(&mut local, &mut remote).await;
+                    let _ = tokio::io::copy_bidirectional_with_sizes(
+                        &mut local,
+                        &mut remote,
+                        COPY_BUF,
+                        COPY_BUF,
+                    )
+                    .await;
                 }
                 Err(e) => tracing::info!(%from, %target, error = %e, "forward failed"),
             }
@@ -233,7 +240,8 @@ async fn serve_socks5(local: &mut TcpStream, dialer: &Dialer) -> io::Result<()> 
             local
                 .write_all(&encode_reply(reply::SUCCEEDED, bound))
                 .await?;
-            tokio::io::copy_bidirectional(local, &mut remote).await?;
+            tokio::io::copy_bidirectional_with_sizes(local, &mut remote, COPY_BUF, COPY_BUF)
+                .await?;
             Ok(())
         }
         Err(e) => {

@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{HardwareAddress, IpCidr};
@@ -26,6 +26,11 @@ use crate::policy::FlowKey;
 
 /// MTU of the inner packets (WireGuard's default tunnel MTU).
 pub const MTU: usize = 1420;
+
+/// Buffer of each direction when a stack connection is spliced to a kernel socket: one
+/// lock of the stack moves up to this much (tokio's default of 8 KiB costs a lock and a
+/// driver wake-up per 8 KiB).
+pub const COPY_BUF: usize = 64 * 1024;
 
 /// In-memory device: at most one pending received packet (fed right before
 /// `poll_ingress_single`), and a transmit queue limited by `tx_budget`.
@@ -199,7 +204,9 @@ impl Shared {
             dev.tx_budget = to.capacity();
             dev.tx_blocked = false;
             iface.poll_maintenance(now);
-            let _ = iface.poll_egress(now, dev, sockets);
+            // smoltcp emits at most one packet per socket per call: keep calling while
+            // it makes progress (bounded by the device budget, which stops it).
+            while iface.poll_egress(now, dev, sockets) != PollResult::None && !dev.tx_blocked {}
             (std::mem::take(&mut dev.tx), dev.tx_blocked)
         };
         let mut sent = 0;
@@ -455,4 +462,58 @@ fn orphan(shared: &Shared, handle: SocketHandle, abort: bool) {
         }
     }
     shared.notify.notify_one();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Moves every queued packet from `from` to `to` (one `egress`, then `ingress` each).
+    fn deliver(from: &Shared, to: &Shared) -> u64 {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let (_, sent) = from.egress(&tx, |_| true);
+        while let Ok(p) = rx.try_recv() {
+            let mut g = to.lock();
+            to.ingress(&mut g, p.to_vec());
+        }
+        sent
+    }
+
+    #[test]
+    fn one_egress_sends_all_the_window_allows_not_one_packet() {
+        let a = Shared::new(Ipv4Addr::new(10, 0, 0, 1), false, 64 * 1024);
+        let b = Shared::new(Ipv4Addr::new(10, 0, 0, 2), false, 64 * 1024);
+        let mut listener = b.new_socket();
+        listener.listen(80).unwrap();
+        b.lock().sockets.add(listener);
+        let h = {
+            let mut g = a.lock();
+            let mut s = a.new_socket();
+            let inner = &mut *g;
+            s.connect(
+                inner.iface.context(),
+                (Ipv4Addr::new(10, 0, 0, 2), 80),
+                50000,
+            )
+            .unwrap();
+            inner.sockets.add(s)
+        };
+        for _ in 0..4 {
+            deliver(&a, &b);
+            deliver(&b, &a);
+        }
+        let data = vec![7u8; 32 * 1024];
+        {
+            let mut g = a.lock();
+            let s = g.sockets.get_mut::<tcp::Socket>(h);
+            assert_eq!(s.state(), tcp::State::Established);
+            assert_eq!(s.send_slice(&data).unwrap(), data.len());
+        }
+        // 32 KiB in segments of at most MTU - 40 bytes: all of it in one call.
+        let sent = deliver(&a, &b);
+        assert!(
+            sent as usize >= data.len().div_ceil(MTU - 40),
+            "one egress sent only {sent} packets"
+        );
+    }
 }

@@ -117,6 +117,7 @@ impl Tunnel {
     /// Binds the socket, connects the relays and starts the engine.
     pub async fn start(mut config: DriverConfig) -> io::Result<(Tunnel, TunnelIo)> {
         let socket = UdpSocket::bind(config.bind).await?;
+        size_buffers(&socket);
         let local_addr = socket.local_addr()?;
         if config.node.local_addrs.is_empty() {
             config.node.local_addrs = host_candidates(local_addr, &config.node.stun_servers);
@@ -301,6 +302,33 @@ struct Driver {
 
 /// Work taken from one source per wake-up before the outputs are flushed.
 const DRAIN: usize = 64;
+
+/// Socket buffers of the tunnel's UDP socket, each direction. The default (about
+/// 200 KiB, some 90 datagrams) overflows under one TCP window's burst; the kernel drops
+/// what does not fit and the inner TCP slows down.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Enlarges the socket's buffers to [`SOCKET_BUFFER`]: beyond `net.core.rmem_max` /
+/// `wmem_max` when the process may (CAP_NET_ADMIN), else up to those limits.
+fn size_buffers(socket: &UdpSocket) {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+        if setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+            let _ = setsockopt(socket, sockopt::RcvBuf, &SOCKET_BUFFER);
+        }
+        if setsockopt(socket, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+            let _ = setsockopt(socket, sockopt::SndBuf, &SOCKET_BUFFER);
+        }
+        tracing::debug!(
+            rcvbuf = getsockopt(socket, sockopt::RcvBuf).unwrap_or(0),
+            sndbuf = getsockopt(socket, sockopt::SndBuf).unwrap_or(0),
+            "tunnel socket buffers"
+        );
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = socket;
+}
 
 /// GSO state for `socket`, with receive offload kept off (datagrams are read one
 /// by one). `None` where segmentation offload is not available.
