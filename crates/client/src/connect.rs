@@ -633,19 +633,37 @@ async fn tun_mode(
         }
     );
     let task = tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
+        let mut rx = drawbridge_tun::RecvBatch::default();
+        let mut tx = drawbridge_tun::SendBatch::default();
+        // Reads that fail one after another: the interface is gone.
+        let mut failures = 0u32;
         loop {
             tokio::select! {
-                n = dev.recv(&mut buf) => match n {
-                    Ok(n) if n > 0 => { let _ = to_tunnel.try_send(Bytes::copy_from_slice(&buf[..n])); }
-                    Ok(_) => {}
+                n = dev.recv_batch(&mut rx) => match n {
+                    Ok(_) => {
+                        failures = 0;
+                        for p in rx.packets() {
+                            let _ = to_tunnel.try_send(Bytes::copy_from_slice(p));
+                        }
+                    }
                     Err(e) => {
-                        eprintln!("reading the TUN interface failed: {e}");
-                        return;
+                        failures += 1;
+                        if failures >= 100 {
+                            eprintln!("reading the TUN interface failed: {e}");
+                            return;
+                        }
                     }
                 },
                 p = from_tunnel.recv() => match p {
-                    Some(p) => { let _ = dev.send(&p).await; }
+                    Some(p) => {
+                        tx.push(&p);
+                        while !tx.is_full() {
+                            let Ok(p) = from_tunnel.try_recv() else { break };
+                            tx.push(&p);
+                        }
+                        // A packet the kernel refuses is lost like on a wire.
+                        let _ = dev.send_batch(&mut tx).await;
+                    }
                     None => return,
                 },
             }

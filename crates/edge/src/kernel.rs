@@ -17,6 +17,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use drawbridge_netstack::rewrite::{self, MAPPED_NET, SLOTS};
 use drawbridge_netstack::{DropReason, ForwarderStats, Policy};
+use drawbridge_tun::{RecvBatch, SendBatch};
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
@@ -52,6 +53,34 @@ struct Inner {
     reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
     table: String,
     restore_forwarding: bool,
+}
+
+impl Inner {
+    /// A packet the kernel routed into the TUN (a reply from the LAN): to the session
+    /// its destination's slot names, if that session's policy lets it through.
+    fn reply(&self, packet: &[u8]) {
+        let Some(slot) = rewrite::slot_of(packet) else {
+            return;
+        };
+        let target = {
+            let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots.get(usize::from(slot)).and_then(|s| {
+                s.as_ref()
+                    .map(|s| (s.policy.clone(), s.to_tunnel.clone(), s.counters.clone()))
+            })
+        };
+        let Some((policy, to_tunnel, counters)) = target else {
+            return;
+        };
+        let out = {
+            let p = policy.read().unwrap_or_else(|e| e.into_inner());
+            rewrite::to_client(&p, packet)
+        };
+        if let Some(out) = out {
+            counters.packets_out.fetch_add(1, Ordering::Relaxed);
+            let _ = to_tunnel.try_send(Bytes::from(out));
+        }
+    }
 }
 
 impl Drop for Inner {
@@ -172,37 +201,22 @@ impl Gateway {
         // Replies from the LAN: find the session by the destination's slot.
         let weak = Arc::downgrade(&inner);
         let reader = tokio::spawn(async move {
-            let mut buf = vec![0u8; 65536];
+            let mut batch = RecvBatch::default();
+            // Reads that fail one after another: the interface is gone.
+            let mut failures = 0u32;
             loop {
-                let n = match tun.recv(&mut buf).await {
-                    Ok(n) => n,
-                    Err(e) => {
+                if let Err(e) = tun.recv_batch(&mut batch).await {
+                    failures += 1;
+                    if failures >= 100 {
                         tracing::warn!(error = %e, "reading the TUN interface");
                         return;
                     }
-                };
+                    continue;
+                }
+                failures = 0;
                 let Some(inner) = weak.upgrade() else { return };
-                let packet = &buf[..n];
-                let Some(slot) = rewrite::slot_of(packet) else {
-                    continue;
-                };
-                let target = {
-                    let slots = inner.slots.lock().unwrap_or_else(|e| e.into_inner());
-                    slots.get(usize::from(slot)).and_then(|s| {
-                        s.as_ref()
-                            .map(|s| (s.policy.clone(), s.to_tunnel.clone(), s.counters.clone()))
-                    })
-                };
-                let Some((policy, to_tunnel, counters)) = target else {
-                    continue;
-                };
-                let out = {
-                    let p = policy.read().unwrap_or_else(|e| e.into_inner());
-                    rewrite::to_client(&p, packet)
-                };
-                if let Some(out) = out {
-                    counters.packets_out.fetch_add(1, Ordering::Relaxed);
-                    let _ = to_tunnel.try_send(Bytes::from(out));
+                for packet in batch.packets() {
+                    inner.reply(packet);
                 }
             }
         });
@@ -256,23 +270,32 @@ impl Gateway {
                 }
             }
             let release = Release(inner, slot);
-            while let Some(packet) = from_tunnel.recv().await {
-                counters.packets_in.fetch_add(1, Ordering::Relaxed);
-                counters
-                    .bytes_in
-                    .fetch_add(packet.len() as u64, Ordering::Relaxed);
-                let out = {
-                    let p = policy.read().unwrap_or_else(|e| e.into_inner());
-                    rewrite::to_lan(&p, slot, &packet)
-                };
-                match out {
-                    Ok(out) => {
-                        let _ = release.0.tun.send(&out).await;
+            let mut batch = SendBatch::default();
+            while let Some(first) = from_tunnel.recv().await {
+                let mut next = Some(first);
+                while let Some(packet) = next.take() {
+                    counters.packets_in.fetch_add(1, Ordering::Relaxed);
+                    counters
+                        .bytes_in
+                        .fetch_add(packet.len() as u64, Ordering::Relaxed);
+                    let out = {
+                        let p = policy.read().unwrap_or_else(|e| e.into_inner());
+                        rewrite::to_lan(&p, slot, &packet)
+                    };
+                    match out {
+                        Ok(out) => {
+                            batch.push(&out);
+                        }
+                        Err(reason) => {
+                            counters.drops[drop_index(reason)].fetch_add(1, Ordering::Relaxed);
+                        }
                     }
-                    Err(reason) => {
-                        counters.drops[drop_index(reason)].fetch_add(1, Ordering::Relaxed);
+                    if !batch.is_full() {
+                        next = from_tunnel.try_recv().ok();
                     }
                 }
+                // A packet the kernel refuses is lost like on a wire.
+                let _ = release.0.tun.send_batch(&mut batch).await;
             }
         });
         Ok((handle, task))

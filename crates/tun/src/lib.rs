@@ -7,6 +7,9 @@
 //! when the device is dropped, so a process that exits (or crashes) leaves the host's
 //! routing table as it was.
 
+mod batch;
+
+pub use batch::{BATCH, RecvBatch, SendBatch};
 use ipnet::IpNet;
 use rtnetlink::RouteMessageBuilder;
 use rtnetlink::packet_route::route::RouteScope;
@@ -50,6 +53,7 @@ pub struct TunDevice {
     dev: tun_rs::AsyncDevice,
     name: String,
     index: u32,
+    offload: bool,
 }
 
 /// Whether `n` is a safe interface name: 1–15 bytes of `[A-Za-z0-9_-]`.
@@ -69,22 +73,39 @@ impl TunDevice {
         if let Some(r) = cfg.routes.iter().find(|r| r.prefix_len() == 0) {
             return Err(TunError::DefaultRoute(*r));
         }
-        let mut b = tun_rs::DeviceBuilder::new()
-            .ipv4(cfg.address, 32u8, None)
-            .mtu(cfg.mtu);
-        if let Some(n) = &cfg.name {
-            if !valid_name(n) {
-                return Err(TunError::BadName(n.clone()));
-            }
-            b = b.name(n.clone());
+        if let Some(n) = &cfg.name
+            && !valid_name(n)
+        {
+            return Err(TunError::BadName(n.clone()));
         }
-        let dev = b.build_async().map_err(|e| {
-            if e.kind() == std::io::ErrorKind::PermissionDenied {
-                TunError::Permission(e)
-            } else {
-                TunError::Create(e)
+        let build = |offload: bool| {
+            let mut b = tun_rs::DeviceBuilder::new()
+                .ipv4(cfg.address, 32u8, None)
+                .mtu(cfg.mtu)
+                .offload(offload);
+            if let Some(n) = &cfg.name {
+                b = b.name(n.clone());
             }
-        })?;
+            b.build_async()
+        };
+        // Offloads (TSO on reads, GRO on writes) when the kernel has them; else plain.
+        let (dev, offload) = match build(true) {
+            Ok(d) => (d, true),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(TunError::Permission(e));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "TUN offloads unavailable; one packet per system call");
+                let d = build(false).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::PermissionDenied {
+                        TunError::Permission(e)
+                    } else {
+                        TunError::Create(e)
+                    }
+                })?;
+                (d, false)
+            }
+        };
         let name = dev.name().map_err(TunError::Create)?;
         let index = dev.if_index().map_err(TunError::Create)?;
         let (conn, handle, _) =
@@ -122,8 +143,13 @@ impl TunDevice {
         .await;
         task.abort();
         result?;
-        tracing::info!(interface = %name, address = %cfg.address, routes = cfg.routes.len(), "TUN interface up");
-        Ok(TunDevice { dev, name, index })
+        tracing::info!(interface = %name, address = %cfg.address, routes = cfg.routes.len(), offload, "TUN interface up");
+        Ok(TunDevice {
+            dev,
+            name,
+            index,
+            offload,
+        })
     }
 
     /// The interface name the kernel gave.
@@ -136,14 +162,34 @@ impl TunDevice {
         self.index
     }
 
-    /// Reads one IP packet (waits for one).
-    pub async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.dev.recv(buf).await
+    /// Whether the kernel's offloads are on (batched reads and writes).
+    pub fn offload(&self) -> bool {
+        self.offload
     }
 
-    /// Writes one IP packet.
-    pub async fn send(&self, packet: &[u8]) -> std::io::Result<usize> {
-        self.dev.send(packet).await
+    /// Waits for the next read and splits it into IP packets (many with offloads on:
+    /// see [`RecvBatch`]). Returns how many `batch.packets()` yields. An error is about
+    /// this read only (e.g. a malformed offload header) unless it repeats.
+    pub async fn recv_batch(&self, batch: &mut RecvBatch) -> std::io::Result<usize> {
+        batch.set_count(0);
+        let (raw, bufs, sizes) = batch.parts();
+        let n = self.dev.recv_multiple(raw, bufs, sizes, 0).await?;
+        batch.set_count(n);
+        Ok(n)
+    }
+
+    /// Writes the queued packets, coalescing consecutive segments of a TCP flow into
+    /// one write when offloads are on; empties the batch. Errors of single writes are
+    /// reported after all were tried.
+    pub async fn send_batch(&self, batch: &mut SendBatch) -> std::io::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let (bufs, gro) = batch.take();
+        self.dev
+            .send_multiple(gro, bufs, batch::SEND_OFFSET)
+            .await
+            .map(|_| ())
     }
 }
 
