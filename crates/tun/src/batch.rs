@@ -56,20 +56,11 @@ impl RecvBatch {
 
 /// Packets queued for one [`crate::TunDevice::send_batch`]; each buffer keeps room in
 /// front for the virtio header the kernel expects with offloads on.
+#[derive(Default)]
 pub struct SendBatch {
     bufs: Vec<Vec<u8>>,
     len: usize,
     pub(crate) gro: GROTable,
-}
-
-impl Default for SendBatch {
-    fn default() -> Self {
-        SendBatch {
-            bufs: Vec::new(),
-            len: 0,
-            gro: GROTable::default(),
-        }
-    }
 }
 
 impl SendBatch {
