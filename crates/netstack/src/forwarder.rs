@@ -52,7 +52,7 @@ impl Default for Limits {
         Self {
             max_flows: 1024,
             max_flows_per_source: 512,
-            tcp_buffer: 128 * 1024,
+            tcp_buffer: 512 * 1024,
             tcp_idle: Duration::from_secs(30 * 60),
             udp_idle: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),

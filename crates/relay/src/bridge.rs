@@ -353,7 +353,7 @@ impl RelayState {
                     .fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("relay_bridge_datagrams_in_total").increment(1);
             }
-            Push::Slow | Push::Gone => {
+            Push::Full | Push::Gone => {
                 drop(conns);
                 self.bridge_drop("bridge_no_route");
             }

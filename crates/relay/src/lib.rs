@@ -51,8 +51,12 @@ const SEND_BATCH: usize = 64;
 pub struct RelayConfig {
     /// The control plane's token verifying key.
     pub verifying_key: VerifyingKey,
-    /// Frames queued per receiving connection before it counts as slow and is dropped.
+    /// Frames queued per receiving connection. A frame that finds the queue full is
+    /// dropped (tail drop, as a router does: the tunnel's TCP slows down).
     pub send_queue: usize,
+    /// A receiver whose queue stays full this long (it takes nothing off it) is
+    /// disconnected as slow instead of being buffered for.
+    pub slow_after: Duration,
     /// Most simultaneous connections.
     pub max_connections: usize,
 }
@@ -61,7 +65,8 @@ impl RelayConfig {
     pub fn new(verifying_key: VerifyingKey) -> Self {
         RelayConfig {
             verifying_key,
-            send_queue: 256,
+            send_queue: 1024,
+            slow_after: Duration::from_secs(2),
             max_connections: 10_000,
         }
     }
@@ -77,6 +82,7 @@ struct Counters {
     drop_not_allowed: AtomicU64,
     drop_no_route: AtomicU64,
     drop_slow_receiver: AtomicU64,
+    drop_queue_full: AtomicU64,
     closed_malformed: AtomicU64,
     bridge_datagrams_in: AtomicU64,
     bridge_datagrams_out: AtomicU64,
@@ -95,6 +101,8 @@ pub struct RelayStats {
     pub drop_not_allowed: u64,
     pub drop_no_route: u64,
     pub drop_slow_receiver: u64,
+    /// Frames dropped because the receiver's queue was full (it stays connected).
+    pub drop_queue_full: u64,
     pub closed_malformed: u64,
     /// UDP bridge: client datagrams handed to an edge.
     pub bridge_datagrams_in: u64,
@@ -117,13 +125,16 @@ struct Conn {
     bridge: Option<[u8; 32]>,
     tx: mpsc::Sender<Bytes>,
     kill: watch::Sender<bool>,
+    /// Since when every frame for this connection found its queue full.
+    full_since: Option<std::time::Instant>,
 }
 
 /// What became of a frame queued for a connection.
 enum Push {
     Sent,
-    /// The receiver's queue was full: it was disconnected.
-    Slow,
+    /// The receiver's queue was full: the frame was dropped (and the receiver
+    /// disconnected if that has lasted `slow_after`).
+    Full,
     /// No such connection, or it is closing.
     Gone,
 }
@@ -178,6 +189,7 @@ impl RelayState {
             drop_not_allowed: c.drop_not_allowed.load(Ordering::Relaxed),
             drop_no_route: c.drop_no_route.load(Ordering::Relaxed),
             drop_slow_receiver: c.drop_slow_receiver.load(Ordering::Relaxed),
+            drop_queue_full: c.drop_queue_full.load(Ordering::Relaxed),
             closed_malformed: c.closed_malformed.load(Ordering::Relaxed),
             bridge_datagrams_in: c.bridge_datagrams_in.load(Ordering::Relaxed),
             bridge_datagrams_out: c.bridge_datagrams_out.load(Ordering::Relaxed),
@@ -281,7 +293,7 @@ impl RelayState {
                 metrics::counter!("relay_frames_forwarded_total").increment(1);
                 metrics::counter!("relay_bytes_forwarded_total").increment(len);
             }
-            Push::Slow => {}
+            Push::Full => {}
             Push::Gone => {
                 c.drop_no_route.fetch_add(1, Ordering::Relaxed);
                 drop_reason("no_route");
@@ -289,26 +301,34 @@ impl RelayState {
         }
     }
 
-    /// Queues `frame` for connection `dst` without waiting. A receiver whose queue is full
-    /// is disconnected (and counted) rather than buffered without bound.
+    /// Queues `frame` for connection `dst` without waiting. A full queue drops the frame
+    /// (counted); a receiver whose queue has stayed full for `slow_after` is disconnected
+    /// (and counted) rather than buffered for without bound.
     fn push(&self, conns: &mut HashMap<Key, Conn>, dst: &Key, frame: Bytes) -> Push {
-        let Some(target) = conns.get(dst) else {
+        let Some(target) = conns.get_mut(dst) else {
             return Push::Gone;
         };
         match target.tx.try_send(frame) {
-            Ok(()) => Push::Sent,
+            Ok(()) => {
+                target.full_since = None;
+                Push::Sent
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.inner
-                    .counters
-                    .drop_slow_receiver
-                    .fetch_add(1, Ordering::Relaxed);
-                drop_reason("slow_receiver");
-                if let Some(t) = conns.remove(dst) {
-                    let _ = t.kill.send(true);
-                    tracing::info!(peer = %short(dst), "relay: slow receiver disconnected");
+                let c = &self.inner.counters;
+                c.drop_queue_full.fetch_add(1, Ordering::Relaxed);
+                drop_reason("queue_full");
+                let now = std::time::Instant::now();
+                let since = *target.full_since.get_or_insert(now);
+                if now.duration_since(since) >= self.inner.config.slow_after {
+                    c.drop_slow_receiver.fetch_add(1, Ordering::Relaxed);
+                    drop_reason("slow_receiver");
+                    if let Some(t) = conns.remove(dst) {
+                        let _ = t.kill.send(true);
+                        tracing::info!(peer = %short(dst), "relay: slow receiver disconnected");
+                    }
+                    metrics::gauge!("relay_connections").set(conns.len() as f64);
                 }
-                metrics::gauge!("relay_connections").set(conns.len() as f64);
-                Push::Slow
+                Push::Full
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Push::Gone,
         }
@@ -368,6 +388,7 @@ async fn connection(state: RelayState, claims: Claims, socket: WebSocket) {
                 bridge: claims.bridge.then(|| wgmac::mac1_key(&me)),
                 tx: tx.clone(),
                 kill: kill_tx,
+                full_since: None,
             },
         ) {
             // The same key connected again: the newer connection wins.

@@ -331,16 +331,17 @@ async fn a_slow_receiver_is_disconnected_instead_of_buffered() {
     let _b_never_reads = s.connect(&s.token("s1", B, &[A], 60)).await.unwrap();
     wait_connections(&s, 2).await;
     let payload = vec![0u8; 4000];
-    for _ in 0..20_000 {
+    // The queue fills and stays full: after `slow_after` (2 s) B is cut off.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while s.state.stats().drop_slow_receiver == 0 && tokio::time::Instant::now() < deadline {
         if a.send(data(B, &payload)).await.is_err() {
             break;
         }
-        if s.state.stats().drop_slow_receiver > 0 {
-            break;
-        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     wait_connections(&s, 1).await;
     assert!(s.state.stats().drop_slow_receiver >= 1);
+    assert!(s.state.stats().drop_queue_full >= 1);
     // The sender is unaffected and reaches a receiver that keeps up.
     let mut b2 = s.connect(&s.token("s1", B, &[A], 60)).await.unwrap();
     wait_connections(&s, 2).await;
@@ -353,6 +354,39 @@ async fn a_slow_receiver_is_disconnected_instead_of_buffered() {
             break;
         }
     }
+}
+
+#[tokio::test]
+async fn a_burst_beyond_the_queue_is_tail_dropped_and_the_receiver_stays() {
+    let s = server_with(4).await;
+    let mut a = s.connect(&s.token("s1", A, &[B], 60)).await.unwrap();
+    let mut b = s.connect(&s.token("s1", B, &[A], 60)).await.unwrap();
+    wait_connections(&s, 2).await;
+    // B reads nothing while A sends a burst far larger than B's queue of 4 frames
+    // and B's socket buffers.
+    let payload = vec![0u8; 4000];
+    let mut sent = 0;
+    while s.state.stats().drop_queue_full == 0 && sent < 20_000 {
+        a.send(data(B, &payload)).await.unwrap();
+        sent += 1;
+    }
+    assert!(
+        s.state.stats().drop_queue_full >= 1,
+        "the burst overflowed the queue"
+    );
+    // Now B reads again: it is still connected and gets what follows.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.send(data(B, b"after the burst")).await.unwrap();
+    loop {
+        let (_, p) = recv_data(&mut b, Duration::from_secs(5))
+            .await
+            .expect("b is still connected after a burst");
+        if p == b"after the burst" {
+            break;
+        }
+    }
+    assert_eq!(s.state.stats().drop_slow_receiver, 0);
+    assert_eq!(s.state.stats().connections, 2);
 }
 
 #[tokio::test]
