@@ -13,7 +13,7 @@ use ipnet::{IpNet, Ipv4Net};
 use smoltcp::wire::{IpProtocol, Ipv4Packet};
 use tokio::sync::mpsc;
 
-use crate::stack::{Shared, SockMeta, StackStream, wait_established};
+use crate::stack::{Buffers, Shared, SockMeta, StackStream, wait_established};
 
 /// A TCP connection through the tunnel.
 pub type DialedStream = StackStream;
@@ -50,7 +50,7 @@ impl Dialer {
     pub fn new(overlay_ip: Ipv4Addr, routes: Vec<Target>) -> Dialer {
         let start = EPHEMERAL.start() + rand::random::<u16>() % 16000;
         Dialer {
-            shared: Shared::new(overlay_ip, false, DIALER_BUFFER),
+            shared: Shared::new(overlay_ip, false, Buffers::uniform(DIALER_BUFFER)),
             overlay_ip,
             routes: Arc::new(RwLock::new(routes)),
             next_port: Arc::new(AtomicU16::new(start)),
@@ -109,7 +109,7 @@ impl Dialer {
             if g.meta.len() >= MAX_CONNECTIONS {
                 return Err(io::Error::other("too many connections through the tunnel"));
             }
-            let mut sock = self.shared.new_socket();
+            let (mut sock, large) = self.shared.new_socket(&g);
             let mut port = 0;
             for _ in 0..EPHEMERAL.len() {
                 let p = self.next_port.fetch_add(1, Ordering::Relaxed);
@@ -145,6 +145,7 @@ impl Dialer {
                     key: None,
                     orphaned: None,
                     last_active: Instant::now(),
+                    large,
                 },
             );
             (h, SocketAddr::V4(SocketAddrV4::new(self.overlay_ip, port)))

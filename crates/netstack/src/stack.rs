@@ -89,6 +89,26 @@ impl Device for QueueDevice {
     }
 }
 
+/// Sizes of the sockets' buffers (each direction): the first `large_sockets` open at
+/// once get `large` (a window for full speed), the rest `small`, so memory stays bounded
+/// however many flows a peer opens.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Buffers {
+    pub large: usize,
+    pub small: usize,
+    pub large_sockets: usize,
+}
+
+impl Buffers {
+    pub fn uniform(size: usize) -> Buffers {
+        Buffers {
+            large: size,
+            small: size,
+            large_sockets: 0,
+        }
+    }
+}
+
 /// Bookkeeping of one TCP socket.
 pub(crate) struct SockMeta {
     /// Forwarder flows: the client-side key.
@@ -96,6 +116,8 @@ pub(crate) struct SockMeta {
     /// Set when the application side let go; the socket is removed once closed.
     pub orphaned: Option<Instant>,
     pub last_active: Instant,
+    /// The socket has `Buffers::large` buffers.
+    pub large: bool,
 }
 
 pub(crate) struct Inner {
@@ -111,7 +133,7 @@ pub(crate) struct Shared {
     /// Wakes the driver: the application read or wrote, so smoltcp has something to send.
     pub notify: Notify,
     epoch: Instant,
-    pub buffer: usize,
+    pub buffers: Buffers,
     pub tx_dropped: AtomicU64,
     /// Outbound packets the egress check refused (never expected; defence in depth).
     pub egress_refused: AtomicU64,
@@ -121,7 +143,7 @@ pub(crate) struct Shared {
 const ORPHAN_LINGER: Duration = Duration::from_secs(30);
 
 impl Shared {
-    pub fn new(addr: Ipv4Addr, any_ip: bool, buffer: usize) -> Arc<Shared> {
+    pub fn new(addr: Ipv4Addr, any_ip: bool, buffers: Buffers) -> Arc<Shared> {
         let mut dev = QueueDevice {
             rx: None,
             tx: VecDeque::new(),
@@ -147,7 +169,7 @@ impl Shared {
             }),
             notify: Notify::new(),
             epoch,
-            buffer,
+            buffers,
             tx_dropped: AtomicU64::new(0),
             egress_refused: AtomicU64::new(0),
         })
@@ -161,17 +183,25 @@ impl Shared {
         smoltcp::time::Instant::from_micros(self.epoch.elapsed().as_micros() as i64)
     }
 
-    pub fn new_socket(&self) -> tcp::Socket<'static> {
+    /// A new TCP socket and whether it got the large buffers (record it in its
+    /// [`SockMeta`]); `inner` is the stack it will join.
+    pub fn new_socket(&self, inner: &Inner) -> (tcp::Socket<'static>, bool) {
+        let b = self.buffers;
+        let large = inner.meta.values().filter(|m| m.large).count() < b.large_sockets;
+        let size = if large { b.large } else { b.small };
         let mut s = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; self.buffer]),
-            tcp::SocketBuffer::new(vec![0; self.buffer]),
+            tcp::SocketBuffer::new(vec![0; size]),
+            tcp::SocketBuffer::new(vec![0; size]),
         );
         s.set_nagle_enabled(false);
         s.set_ack_delay(None);
+        // Without congestion control smoltcp sends its whole window at once: on a real
+        // WAN a bottleneck's queue overflows and the flow stalls on timeouts.
+        s.set_congestion_control(tcp::CongestionControl::Cubic);
         s.set_keep_alive(Some(smoltcp::time::Duration::from_secs(30)));
         // Connection attempts and unacknowledged data give up after this long.
         s.set_timeout(Some(smoltcp::time::Duration::from_secs(120)));
-        s
+        (s, large)
     }
 
     /// Feeds one inbound packet to smoltcp.
@@ -481,14 +511,25 @@ mod tests {
 
     #[test]
     fn one_egress_sends_all_the_window_allows_not_one_packet() {
-        let a = Shared::new(Ipv4Addr::new(10, 0, 0, 1), false, 64 * 1024);
-        let b = Shared::new(Ipv4Addr::new(10, 0, 0, 2), false, 64 * 1024);
-        let mut listener = b.new_socket();
-        listener.listen(80).unwrap();
-        b.lock().sockets.add(listener);
+        let a = Shared::new(
+            Ipv4Addr::new(10, 0, 0, 1),
+            false,
+            Buffers::uniform(64 * 1024),
+        );
+        let b = Shared::new(
+            Ipv4Addr::new(10, 0, 0, 2),
+            false,
+            Buffers::uniform(64 * 1024),
+        );
+        {
+            let mut g = b.lock();
+            let (mut listener, _) = b.new_socket(&g);
+            listener.listen(80).unwrap();
+            g.sockets.add(listener);
+        }
         let h = {
             let mut g = a.lock();
-            let mut s = a.new_socket();
+            let (mut s, _) = a.new_socket(&g);
             let inner = &mut *g;
             s.connect(
                 inner.iface.context(),
@@ -515,5 +556,43 @@ mod tests {
             sent as usize >= data.len().div_ceil(MTU - 40),
             "one egress sent only {sent} packets"
         );
+    }
+
+    #[test]
+    fn only_the_first_flows_get_large_buffers_and_a_freed_one_is_reused() {
+        let shared = Shared::new(
+            Ipv4Addr::new(10, 0, 0, 1),
+            false,
+            Buffers {
+                large: 1 << 20,
+                small: 64 << 10,
+                large_sockets: 2,
+            },
+        );
+        let mut g = shared.lock();
+        let mut handles = Vec::new();
+        for _ in 0..4 {
+            let (s, large) = shared.new_socket(&g);
+            let cap = s.recv_capacity();
+            let h = g.sockets.add(s);
+            g.meta.insert(
+                h,
+                SockMeta {
+                    key: None,
+                    orphaned: None,
+                    last_active: Instant::now(),
+                    large,
+                },
+            );
+            handles.push((h, cap));
+        }
+        let caps: Vec<usize> = handles.iter().map(|&(_, c)| c).collect();
+        assert_eq!(caps, vec![1 << 20, 1 << 20, 64 << 10, 64 << 10]);
+        // A large flow goes away: the next one gets its share.
+        g.sockets.remove(handles[0].0);
+        g.meta.remove(&handles[0].0);
+        let (s, large) = shared.new_socket(&g);
+        assert!(large);
+        assert_eq!(s.recv_capacity(), 1 << 20);
     }
 }
