@@ -20,8 +20,6 @@ pub type DialedStream = StackStream;
 
 /// Most TCP connections a dialer keeps at once.
 pub const MAX_CONNECTIONS: usize = 1024;
-/// Per-connection smoltcp buffer, each direction.
-pub const DIALER_BUFFER: usize = 256 * 1024;
 /// A connection attempt through the tunnel gives up after this long.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -50,7 +48,7 @@ impl Dialer {
     pub fn new(overlay_ip: Ipv4Addr, routes: Vec<Target>) -> Dialer {
         let start = EPHEMERAL.start() + rand::random::<u16>() % 16000;
         Dialer {
-            shared: Shared::new(overlay_ip, false, Buffers::uniform(DIALER_BUFFER)),
+            shared: Shared::new(overlay_ip, false, Buffers::DEFAULT),
             overlay_ip,
             routes: Arc::new(RwLock::new(routes)),
             next_port: Arc::new(AtomicU16::new(start)),

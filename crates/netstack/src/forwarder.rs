@@ -60,9 +60,9 @@ impl Default for Limits {
         Self {
             max_flows: 1024,
             max_flows_per_source: 512,
-            tcp_buffer: 1024 * 1024,
-            tcp_large_flows: 32,
-            tcp_buffer_small: 64 * 1024,
+            tcp_buffer: Buffers::DEFAULT.large,
+            tcp_large_flows: Buffers::DEFAULT.large_sockets,
+            tcp_buffer_small: Buffers::DEFAULT.small,
             tcp_idle: Duration::from_secs(30 * 60),
             udp_idle: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
