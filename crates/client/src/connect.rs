@@ -635,23 +635,17 @@ async fn tun_mode(
     let task = tokio::spawn(async move {
         let mut rx = drawbridge_tun::RecvBatch::default();
         let mut tx = drawbridge_tun::SendBatch::default();
-        // Reads that fail one after another: the interface is gone.
-        let mut failures = 0u32;
         loop {
             tokio::select! {
                 n = dev.recv_batch(&mut rx) => match n {
                     Ok(_) => {
-                        failures = 0;
                         for p in rx.packets() {
                             let _ = to_tunnel.try_send(Bytes::copy_from_slice(p));
                         }
                     }
                     Err(e) => {
-                        failures += 1;
-                        if failures >= 100 {
-                            eprintln!("reading the TUN interface failed: {e}");
-                            return;
-                        }
+                        eprintln!("reading the TUN interface failed: {e}");
+                        return;
                     }
                 },
                 p = from_tunnel.recv() => match p {

@@ -202,18 +202,11 @@ impl Gateway {
         let weak = Arc::downgrade(&inner);
         let reader = tokio::spawn(async move {
             let mut batch = RecvBatch::default();
-            // Reads that fail one after another: the interface is gone.
-            let mut failures = 0u32;
             loop {
                 if let Err(e) = tun.recv_batch(&mut batch).await {
-                    failures += 1;
-                    if failures >= 100 {
-                        tracing::warn!(error = %e, "reading the TUN interface");
-                        return;
-                    }
-                    continue;
+                    tracing::warn!(error = %e, "reading the TUN interface");
+                    return;
                 }
-                failures = 0;
                 let Some(inner) = weak.upgrade() else { return };
                 for packet in batch.packets() {
                     inner.reply(packet);

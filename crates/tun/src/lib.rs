@@ -16,6 +16,9 @@ use rtnetlink::packet_route::route::RouteScope;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use thiserror::Error;
 
+/// Reads failing one after another before [`TunDevice::recv_batch`] gives up.
+pub const MAX_FAILED_READS: u32 = 100;
+
 /// Most routes one device accepts (a session's released targets, bounded by the server).
 pub const MAX_ROUTES: usize = 256;
 
@@ -168,14 +171,28 @@ impl TunDevice {
     }
 
     /// Waits for the next read and splits it into IP packets (many with offloads on:
-    /// see [`RecvBatch`]). Returns how many `batch.packets()` yields. An error is about
-    /// this read only (e.g. a malformed offload header) unless it repeats.
+    /// see [`RecvBatch`]). Returns how many `batch.packets()` yields. A read that cannot
+    /// be used (e.g. a malformed offload header) is skipped; an error means reads failed
+    /// [`MAX_FAILED_READS`] times in a row: the interface is gone.
     pub async fn recv_batch(&self, batch: &mut RecvBatch) -> std::io::Result<usize> {
         batch.set_count(0);
-        let (raw, bufs, sizes) = batch.parts();
-        let n = self.dev.recv_multiple(raw, bufs, sizes, 0).await?;
-        batch.set_count(n);
-        Ok(n)
+        let mut failures = 0;
+        loop {
+            let (raw, bufs, sizes) = batch.parts();
+            match self.dev.recv_multiple(raw, bufs, sizes, 0).await {
+                Ok(n) => {
+                    batch.set_count(n);
+                    return Ok(n);
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures >= MAX_FAILED_READS {
+                        return Err(e);
+                    }
+                    tracing::debug!(interface = %self.name, error = %e, "TUN read skipped");
+                }
+            }
+        }
     }
 
     /// Writes the queued packets, coalescing consecutive segments of a TCP flow into
