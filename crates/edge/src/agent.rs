@@ -169,10 +169,12 @@ impl Agent {
     async fn apply(&mut self, list: Vec<EdgeSession>) {
         let wanted: Vec<String> = list.iter().map(|s| s.session_id.clone()).collect();
         self.sessions.retain(|id, _| wanted.contains(id));
+        self.dir.forget_session_keys(&wanted);
         for info in list {
             let id = info.session_id.clone();
+            let dir = &self.dir;
             let r = self.sessions.entry(id.clone()).or_insert_with(|| {
-                let private_key = keys::generate_private_key();
+                let private_key = dir.session_key(&id);
                 let public = b64_key(&keys::public_key(&private_key));
                 Running {
                     info: info.clone(),

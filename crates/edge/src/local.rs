@@ -6,6 +6,8 @@
 //! device.json      server URL, CA file, device and account ids, certificate
 //! switch           "on" or "off" (written by `drawbridge-edge switch`); OFF when absent
 //! decisions/ID     "approve" or "refuse" for a session waiting for approval
+//! session-keys/ID  a session's WireGuard private key (base64), mode 0600; removed
+//!                  when the session is gone from the server's list
 //! status.json      what `drawbridge-edge status` shows (written by `run`)
 //! ```
 
@@ -82,6 +84,11 @@ pub struct Status {
     /// `userspace`, or `kernel (IFACE)` with `run --tun`.
     #[serde(default)]
     pub forwarding: String,
+}
+
+/// A session id safe to use as a file name: 1–64 of `[A-Za-z0-9-]`.
+fn valid_session_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
 fn write_atomic(path: &Path, data: &[u8], private: bool) -> anyhow::Result<()> {
@@ -198,12 +205,7 @@ impl StateDir {
 
     /// Records an on-site decision for `run` to send.
     pub fn decide(&self, session_id: &str, approve: bool) -> anyhow::Result<()> {
-        if session_id.is_empty()
-            || session_id.len() > 64
-            || !session_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-')
-        {
+        if !valid_session_id(session_id) {
             bail!("{session_id:?} is not a session id");
         }
         self.create()?;
@@ -212,6 +214,56 @@ impl StateDir {
             if approve { b"approve\n" } else { b"refuse\n" },
             false,
         )
+    }
+
+    /// The WireGuard private key of a session, kept in `session-keys/` so that the
+    /// edge's public key stays the same across restarts (a standard WireGuard config
+    /// exported for the session names it). Made on first use; a missing or unreadable
+    /// file gets a fresh key. An id that is no safe file name gets a key that is not kept.
+    pub fn session_key(&self, session_id: &str) -> [u8; 32] {
+        use base64::Engine;
+        use base64::engine::general_purpose::STANDARD;
+        if !valid_session_id(session_id) {
+            return drawbridge_tunnel::keys::generate_private_key();
+        }
+        let path = self.path("session-keys").join(session_id);
+        if let Ok(text) = std::fs::read_to_string(&path)
+            && let Ok(bytes) = STANDARD.decode(text.trim())
+            && let Ok(key) = <[u8; 32]>::try_from(bytes)
+        {
+            return key;
+        }
+        let key = drawbridge_tunnel::keys::generate_private_key();
+        let saved = self
+            .create()
+            .and_then(|()| {
+                std::fs::create_dir_all(self.path("session-keys"))
+                    .with_context(|| "creating session-keys")
+            })
+            .and_then(|()| {
+                write_atomic(
+                    &path,
+                    format!("{}\n", STANDARD.encode(key)).as_bytes(),
+                    true,
+                )
+            });
+        if let Err(e) = saved {
+            tracing::warn!(session = %session_id, error = %e, "the session key is not kept: an exported WireGuard config will need exporting again after a restart");
+        }
+        key
+    }
+
+    /// Deletes the kept keys of sessions not in `keep` (they ended).
+    pub fn forget_session_keys(&self, keep: &[String]) {
+        let Ok(entries) = std::fs::read_dir(self.path("session-keys")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if !keep.contains(&name) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 
     /// Takes the pending decisions (deleting their files).
@@ -294,5 +346,40 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn a_session_key_is_kept_privately_until_the_session_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir(dir.path().join("edge"));
+        let a = s.session_key("s-1");
+        assert_eq!(s.session_key("s-1"), a, "the same key after a restart");
+        let b = s.session_key("s-2");
+        assert_ne!(a, b);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(s.0.join("session-keys/s-1"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        s.forget_session_keys(&["s-2".to_string()]);
+        assert!(!s.0.join("session-keys/s-1").exists());
+        assert_eq!(s.session_key("s-2"), b);
+        assert_ne!(
+            s.session_key("s-1"),
+            a,
+            "a forgotten session gets a new key"
+        );
+        // A hostile id is never a path: the key is not kept anywhere.
+        let k = s.session_key("../identity");
+        assert_ne!(s.session_key("../identity"), k);
+        assert!(!s.0.join("identity").exists());
+        // A damaged file is replaced by a fresh key.
+        std::fs::write(s.0.join("session-keys/s-2"), "not a key").unwrap();
+        let c = s.session_key("s-2");
+        assert_eq!(s.session_key("s-2"), c);
     }
 }

@@ -777,19 +777,41 @@ fn modbus_polling_goes_on_when_the_control_plane_dies_and_the_tunnel_comes_back_
         last = v;
         std::thread::sleep(Duration::from_millis(100));
     }
-    // The control plane comes back; then the edge restarts: the tunnel comes back on a new key.
+    // The control plane comes back; then the edge restarts: the tunnel comes back, on
+    // the same session key (kept in the state directory, private to the agent).
     let server = Server::start(&server.data.clone(), server.port);
     let api = Api::login(&server);
     wait("the edge reconnects", || {
         api.get(&format!("/devices/{device}"))["status"]["online"] == true
     });
+    let key_file = state.join("session-keys").join(&sid);
+    let key_before = std::fs::read_to_string(&key_file).expect("the session key is kept");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "the session key is readable by others: {mode:o}"
+        );
+    }
     drop(agent);
     let _agent = edge_run(&state);
     wait("polling works again after the edge restart", || {
         rt.block_on(read_registers(local))
             .is_ok_and(|r| r.len() == 4)
     });
+    assert_eq!(
+        std::fs::read_to_string(&key_file).unwrap(),
+        key_before,
+        "the edge kept its session key across the restart"
+    );
     assert_eq!(api.get(&format!("/sessions/{sid}"))["state"], "active");
+    // The session ends: its key is deleted.
+    let (code, _) = api.post(&format!("/sessions/{sid}/end"), json!({}));
+    assert_eq!(code, 200);
+    wait("the ended session's key is deleted", || !key_file.exists());
 }
 
 /// A test HTTP proxy on loopback that only does CONNECT with basic auth
