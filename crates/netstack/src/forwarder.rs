@@ -39,7 +39,7 @@ pub struct Limits {
     pub tcp_large_flows: usize,
     /// Buffers of the flows beyond `tcp_large_flows`, so that memory stays bounded
     /// (`tcp_large_flows × 2 × tcp_buffer + (max_flows − tcp_large_flows) × 2 ×
-    /// tcp_buffer_small`: 64 MiB + 124 MiB by default, touched only as used).
+    /// tcp_buffer_small`: 64 MiB + 124 MiB by default).
     pub tcp_buffer_small: usize,
     /// A TCP flow with no data either way for this long is reset.
     pub tcp_idle: Duration,

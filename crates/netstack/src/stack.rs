@@ -102,7 +102,7 @@ pub struct Buffers {
 impl Buffers {
     /// 1 MiB each way for the first 32 sockets (the TCP window: a few Gbit/s at a
     /// LAN-like round trip, ~170 Mbit/s at 50 ms), 64 KiB for the rest: at most
-    /// 64 MiB + 124 MiB for 1024 sockets, touched only as data passes.
+    /// at most 64 MiB + 124 MiB for 1024 sockets (allocated zeroed when a socket opens).
     pub const DEFAULT: Buffers = Buffers {
         large: 1 << 20,
         small: 64 << 10,
