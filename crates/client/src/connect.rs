@@ -451,6 +451,8 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
         .for_seconds
         .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
     let mut n: u64 = 0;
+    let stop = drawbridge_tunnel::shutdown_signal();
+    tokio::pin!(stop);
     let outcome: Result<String> = loop {
         let events = async {
             match live.events.as_mut() {
@@ -459,7 +461,7 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
             }
         };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break Ok("interrupted".to_string()),
+            _ = &mut stop => break Ok("interrupted".to_string()),
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break Ok("time is up".to_string()),
             _ = tokio::time::sleep_until(valid_until) => break Ok("the session's time is over".to_string()),
             _ = async { match retry_at { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {

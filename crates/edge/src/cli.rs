@@ -119,7 +119,7 @@ pub async fn main() -> anyhow::Result<u8> {
             // and nftables table then.
             tokio::select! {
                 r = crate::agent::run(dir, source, tun) => r?,
-                _ = shutdown_signal() => tracing::info!("stopping"),
+                _ = drawbridge_tunnel::shutdown_signal() => tracing::info!("stopping"),
             }
             Ok(0)
         }
@@ -201,22 +201,4 @@ pub async fn main() -> anyhow::Result<u8> {
             Ok(0)
         }
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }

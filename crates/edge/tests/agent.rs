@@ -1092,7 +1092,7 @@ fn an_hmi_is_reached_over_http_only_by_the_sessions_user_and_no_other_account_se
     let alice = dir.path().join("alice");
     login_as(&server, &alice, "acme", "alice");
     let lport = free_port();
-    let _connect = Proc(
+    let mut connect = Proc(
         client(&alice)
             .args(["connect", &sid, "--for-seconds", "60", "-L"])
             .arg(format!("{lport}:{hmi}"))
@@ -1133,6 +1133,22 @@ fn an_hmi_is_reached_over_http_only_by_the_sessions_user_and_no_other_account_se
         .unwrap();
     assert!(!out.status.success(), "bob cannot join alice's session");
     assert_eq!(api.get(&format!("/sessions/{sid}"))["state"], "active");
+    // A service manager stops alice's `connect` (SIGTERM): it takes the same clean way
+    // out as Ctrl-C and exits 0 instead of dying by the signal.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(connect.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    wait("connect exits after SIGTERM", || {
+        connect.0.try_wait().unwrap().is_some()
+    });
+    let status = connect.0.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "connect stopped cleanly: {status:?}"
+    );
     // alice can end her own.
     let out = client(&alice)
         .args(["session", "end", &sid])

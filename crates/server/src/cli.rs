@@ -395,7 +395,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     crate::background::spawn(state.clone());
     let app = crate::app(state);
     println!("Ready.");
-    crate::serve::serve_tls(listener, tls, app, shutdown_signal()).await;
+    crate::serve::serve_tls(listener, tls, app, drawbridge_tunnel::shutdown_signal()).await;
     println!("Drawbridge server stopped");
     Ok(())
 }
@@ -415,22 +415,4 @@ fn advertised(local: std::net::SocketAddr, public_url: &str) -> String {
     } else {
         local.to_string()
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }

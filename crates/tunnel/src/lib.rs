@@ -32,9 +32,12 @@ pub mod engine;
 pub mod frame;
 pub mod keys;
 pub mod proxy;
+pub mod shutdown;
 pub mod sim;
 pub mod stun;
 pub mod wgmac;
+
+pub use shutdown::shutdown_signal;
 
 pub use engine::{
     Event, IpNet, NatKind, Node, NodeConfig, Output, Path, PathReason, PeerConfig, PeerId,
