@@ -82,6 +82,7 @@ impl Store {
             }
         };
         sqlx::migrate!("./migrations").run(&pool).await?;
+        guard_audit_log(&pool, backend).await?;
         Ok(Store {
             pool,
             backend,
@@ -92,6 +93,69 @@ impl Store {
     pub async fn begin(&self) -> Result<Tx<'static>, sqlx::Error> {
         self.pool.begin().await
     }
+}
+
+/// Makes the audit log append-only in the database itself, not only in our code:
+/// triggers refuse every `UPDATE` and `DELETE` of `audit_log` (and `TRUNCATE` on
+/// PostgreSQL). Checked on every start; the statements differ by dialect, so they live
+/// here instead of in the shared migrations. (The database's owner can still drop the
+/// triggers; the hash chain then still shows what was changed.)
+async fn guard_audit_log(pool: &AnyPool, backend: Backend) -> Result<(), sqlx::Error> {
+    match backend {
+        Backend::Sqlite => {
+            for (name, event) in [
+                ("audit_log_no_update", "UPDATE"),
+                ("audit_log_no_delete", "DELETE"),
+            ] {
+                sqlx::query(&format!(
+                    "CREATE TRIGGER IF NOT EXISTS {name} BEFORE {event} ON audit_log \
+                     BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END"
+                ))
+                .execute(pool)
+                .await?;
+            }
+        }
+        Backend::Postgres => {
+            let mut tx = pool.begin().await?;
+            // Serialises servers starting at once (CREATE TRIGGER has no IF NOT EXISTS).
+            sqlx::query("LOCK TABLE audit_log IN SHARE ROW EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "CREATE OR REPLACE FUNCTION drawbridge_audit_append_only() RETURNS trigger \
+                 LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'audit_log is append-only'; END $$",
+            )
+            .execute(&mut *tx)
+            .await?;
+            for (name, timing) in [
+                (
+                    "audit_log_append_only",
+                    "BEFORE UPDATE OR DELETE ON audit_log FOR EACH ROW",
+                ),
+                (
+                    "audit_log_no_truncate",
+                    "BEFORE TRUNCATE ON audit_log FOR EACH STATEMENT",
+                ),
+            ] {
+                let exists: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM pg_trigger \
+                     WHERE tgname = $1 AND tgrelid = 'audit_log'::regclass",
+                )
+                .bind(name)
+                .fetch_one(&mut *tx)
+                .await?;
+                if exists == 0 {
+                    sqlx::query(&format!(
+                        "CREATE TRIGGER {name} {timing} EXECUTE FUNCTION drawbridge_audit_append_only()"
+                    ))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            tx.commit().await?;
+        }
+    }
+    Ok(())
 }
 
 /// A database URL with any password removed, for messages and logs.

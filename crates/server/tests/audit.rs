@@ -8,6 +8,7 @@ use common::TestApp;
 use serde_json::json;
 
 store_tests!(
+    the_database_itself_refuses_to_edit_or_delete_audit_entries,
     an_intact_chain_verifies_and_every_tampering_is_found_at_its_sequence_number,
     exports_filter_by_time_actor_device_and_action_in_json_lines_and_csv,
     chains_are_per_account_and_concurrent_appends_keep_them_intact,
@@ -18,6 +19,38 @@ async fn verify(app: &TestApp, account: &str) -> (bool, Option<i64>) {
         .await
         .unwrap();
     (v.ok, v.first_broken_seq)
+}
+
+async fn the_database_itself_refuses_to_edit_or_delete_audit_entries(app: TestApp) {
+    let acct = app.account("acme").await;
+    app.device(&acct, "press").await;
+    let pool = &app.state.store.pool;
+    let before = app.count("audit_log").await;
+    assert!(before >= 2);
+    let update = sqlx::query("UPDATE audit_log SET actor = 'someone-else' WHERE account_id = $1")
+        .bind(&acct.id)
+        .execute(pool)
+        .await;
+    assert!(update.is_err(), "an audit entry was edited");
+    let delete = sqlx::query("DELETE FROM audit_log WHERE account_id = $1")
+        .bind(&acct.id)
+        .execute(pool)
+        .await;
+    assert!(delete.is_err(), "audit entries were deleted");
+    if app.state.store.backend == drawbridge_server::db::Backend::Postgres {
+        let truncate = sqlx::query("TRUNCATE audit_log").execute(pool).await;
+        assert!(truncate.is_err(), "the audit log was truncated");
+    }
+    assert_eq!(app.count("audit_log").await, before);
+    assert_eq!(verify(&app, &acct.id).await, (true, None));
+    // Appending goes on, and opening the store again keeps the guard (no error either).
+    app.device(&acct, "press-2").await;
+    assert!(app.count("audit_log").await > before);
+    drawbridge_server::db::Store::open(&app.state.store.url)
+        .await
+        .expect("reopening with the guard in place");
+    let again = sqlx::query("DELETE FROM audit_log").execute(pool).await;
+    assert!(again.is_err());
 }
 
 async fn an_intact_chain_verifies_and_every_tampering_is_found_at_its_sequence_number(
@@ -34,6 +67,8 @@ async fn an_intact_chain_verifies_and_every_tampering_is_found_at_its_sequence_n
     let n = v["entries"].as_i64().unwrap();
     assert!(n >= 8);
     let pool = &app.state.store.pool;
+    // Someone with the database owner's rights lifts the guard first.
+    app.lift_audit_guard().await;
     // Edit an entry in the middle.
     sqlx::query("UPDATE audit_log SET result = 'failed' WHERE account_id = $1 AND seq = 4")
         .bind(&acct.id)
@@ -63,6 +98,7 @@ async fn an_intact_chain_verifies_and_every_tampering_is_found_at_its_sequence_n
     let acct2 = app2.account("acme").await;
     app2.device(&acct2, "press").await;
     app2.device(&acct2, "press-2").await;
+    app2.lift_audit_guard().await;
     let pool2 = &app2.state.store.pool;
     sqlx::query("UPDATE audit_log SET hash = '00' WHERE account_id = $1 AND seq = 2")
         .bind(&acct2.id)
@@ -74,6 +110,7 @@ async fn an_intact_chain_verifies_and_every_tampering_is_found_at_its_sequence_n
     let app3 = TestApp::sqlite().await;
     let acct3 = app3.account("acme").await;
     app3.device(&acct3, "press").await;
+    app3.lift_audit_guard().await;
     let last: i64 = sqlx::query_scalar("SELECT MAX(seq) FROM audit_log WHERE account_id = $1")
         .bind(&acct3.id)
         .fetch_one(&app3.state.store.pool)

@@ -222,6 +222,17 @@ async fn init_creates_the_admin_and_audit_verify_exits_nonzero_on_a_tampered_cha
     {
         use sqlx::Connection;
         let mut c = sqlx::sqlite::SqliteConnection::connect(&url).await.unwrap();
+        // The database refuses the edit until its owner drops the guard.
+        assert!(
+            sqlx::query("UPDATE audit_log SET actor = 'someone-else' WHERE seq = 2")
+                .execute(&mut c)
+                .await
+                .is_err()
+        );
+        sqlx::query("DROP TRIGGER audit_log_no_update")
+            .execute(&mut c)
+            .await
+            .unwrap();
         sqlx::query("UPDATE audit_log SET actor = 'someone-else' WHERE seq = 2")
             .execute(&mut c)
             .await

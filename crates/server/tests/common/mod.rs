@@ -328,6 +328,25 @@ impl TestApp {
         v["id"].as_str().expect("id").to_string()
     }
 
+    /// Drops the triggers that keep `audit_log` append-only, as the database's owner
+    /// could: for tests of what the hash chain still finds after that.
+    pub async fn lift_audit_guard(&self) {
+        let pool = &self.state.store.pool;
+        let statements: &[&str] = match self.state.store.backend {
+            drawbridge_server::db::Backend::Sqlite => &[
+                "DROP TRIGGER audit_log_no_update",
+                "DROP TRIGGER audit_log_no_delete",
+            ],
+            drawbridge_server::db::Backend::Postgres => &[
+                "DROP TRIGGER audit_log_append_only ON audit_log",
+                "DROP TRIGGER audit_log_no_truncate ON audit_log",
+            ],
+        };
+        for s in statements {
+            sqlx::query(s).execute(pool).await.expect(s);
+        }
+    }
+
     /// Row count of a table, straight from the database.
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
