@@ -432,7 +432,10 @@ async fn login_inner(
     }
     let stage = match (&user.totp_secret, &req.totp) {
         (Some(secret), Some(code)) => {
-            match crate::totp::check(secret, code, now, user.totp_last_step) {
+            let secret = state
+                .store
+                .unseal(&crate::sealed::totp_context(&user.id, false), secret)?;
+            match crate::totp::check(&secret, code, now, user.totp_last_step) {
                 Some(step) => {
                     sqlx::query("UPDATE users SET totp_last_step = $1 WHERE id = $2")
                         .bind(step)
@@ -497,8 +500,11 @@ pub async fn finish_totp(
     let account = records::account(&mut tx, &caller.account_id).await?;
     let secret = user
         .totp_secret
-        .clone()
+        .as_deref()
         .ok_or_else(|| AppError::conflict("no second factor is set up"))?;
+    let secret = state
+        .store
+        .unseal(&crate::sealed::totp_context(&user.id, false), secret)?;
     let locked = user.locked_until.is_some_and(|t| t > now);
     let step = if locked {
         None

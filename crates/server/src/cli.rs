@@ -125,10 +125,16 @@ async fn open(db: &Overrides) -> anyhow::Result<(Config, Store)> {
     let cfg = db.resolve()?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
-    let store = Store::open(&cfg.database_url)
-        .await
-        .with_context(|| format!("opening {}", crate::db::redact(&cfg.database_url)))?;
+    let store = open_store(&cfg).await?;
     Ok((cfg, store))
+}
+
+/// The database, its secrets sealed with the configured key.
+async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
+    let key = crate::sealed::SecretsKey::load_or_create(&cfg.secrets_key_file)?;
+    Store::open_sealed(&cfg.database_url, key)
+        .await
+        .with_context(|| format!("opening {}", crate::db::redact(&cfg.database_url)))
 }
 
 /// Runs the command line; returns the process exit code.
@@ -279,9 +285,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700));
     }
-    let store = Store::open(&cfg.database_url)
-        .await
-        .with_context(|| format!("opening {}", crate::db::redact(&cfg.database_url)))?;
+    let store = open_store(&cfg).await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;

@@ -22,6 +22,7 @@ pub struct FileConfig {
     pub bridge_listen: Option<SocketAddr>,
     pub metrics_listen: Option<SocketAddr>,
     pub auth_attempts_per_minute: Option<NonZeroU32>,
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 /// A TOML value that is one address or a list of them.
@@ -55,6 +56,9 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub database_url: String,
+    /// The key that seals the database's secrets (made on first start; every replica
+    /// needs the same one; keep it apart from database backups).
+    pub secrets_key_file: PathBuf,
     /// Production certificate and key; when absent a self-signed CA and
     /// certificate are generated in the data directory.
     pub tls: Option<(PathBuf, PathBuf)>,
@@ -129,6 +133,10 @@ pub struct Overrides {
     /// devices enrolling at once from one address (one NAT, a load test).
     #[arg(long, env = "DRAWBRIDGE_AUTH_ATTEMPTS_PER_MINUTE")]
     pub auth_attempts_per_minute: Option<NonZeroU32>,
+    /// Key file that seals the secrets in the database (default: secrets.key in the
+    /// data dir, made on first start; every replica needs the same one).
+    #[arg(long, env = "DRAWBRIDGE_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 impl Overrides {
@@ -187,7 +195,13 @@ impl Overrides {
                     .unwrap_or_else(|| DEFAULT_BRIDGE_LISTEN.parse().expect("static address")),
             )
         };
+        let secrets_key_file = self
+            .secrets_key_file
+            .clone()
+            .or(file.secrets_key_file)
+            .unwrap_or_else(|| data_dir.join("secrets.key"));
         Ok(Config {
+            secrets_key_file,
             bridge_listen,
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
             auth_attempts_per_minute: self

@@ -1,6 +1,7 @@
 //! The database: one connection pool over SQLite or PostgreSQL, one set of
 //! migrations, portable SQL everywhere (numbered `$n` parameters work on both).
 
+use crate::sealed::{self, SecretsKey};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions};
 use std::str::FromStr;
@@ -18,6 +19,9 @@ pub struct Store {
     pub backend: Backend,
     /// The URL it was opened with (replicas' listeners connect with it too).
     pub url: String,
+    /// Seals the secrets the database holds ([`Store::open_sealed`]); without it they
+    /// are written as they are (tests and tools that hold no secrets).
+    pub secrets: Option<std::sync::Arc<SecretsKey>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -28,9 +32,14 @@ pub enum StoreError {
     Sqlx(#[from] sqlx::Error),
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Sealed(String),
 }
 
 pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
+
+/// The `server_secrets` row that proves which secrets key sealed the database.
+const KEY_CHECK: &str = "secrets_key_check";
 
 impl Store {
     /// Connects and brings the schema up to date.
@@ -87,7 +96,116 @@ impl Store {
             pool,
             backend,
             url: url.to_string(),
+            secrets: None,
         })
+    }
+
+    /// [`Store::open`], then every secret in the database is sealed with `key`: the
+    /// database must have been sealed with the same key (a check value says so), and
+    /// secrets written before sealing existed are sealed now.
+    pub async fn open_sealed(url: &str, key: SecretsKey) -> Result<Store, StoreError> {
+        let mut store = Store::open(url).await?;
+        store.secrets = Some(std::sync::Arc::new(key));
+        store.check_secrets_key().await?;
+        store.seal_plain_secrets().await?;
+        Ok(store)
+    }
+
+    /// `plaintext` as it is stored at `context` (see [`crate::sealed`]).
+    pub fn seal(&self, context: &str, plaintext: &str) -> String {
+        match &self.secrets {
+            Some(k) => k.seal(context, plaintext.as_bytes()),
+            None => plaintext.to_string(),
+        }
+    }
+
+    /// A value read from `context`, opened if sealed.
+    pub fn unseal(&self, context: &str, stored: &str) -> Result<String, StoreError> {
+        if !sealed::is_sealed(stored) {
+            return Ok(stored.to_string());
+        }
+        let key = self.secrets.as_ref().ok_or_else(|| {
+            StoreError::Sealed(
+                "the database's secrets are sealed; this needs the secrets key".into(),
+            )
+        })?;
+        let plain = key
+            .open(context, stored)
+            .map_err(|e| StoreError::Sealed(format!("{context}: {e}")))?;
+        String::from_utf8(plain).map_err(|_| StoreError::Sealed(format!("{context}: not text")))
+    }
+
+    async fn check_secrets_key(&self) -> Result<(), StoreError> {
+        let context = sealed::server_secret_context(KEY_CHECK);
+        sqlx::query(
+            "INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(KEY_CHECK)
+        .bind(self.seal(&context, KEY_CHECK))
+        .bind(0i64)
+        .execute(&self.pool)
+        .await?;
+        let stored: String = sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
+            .bind(KEY_CHECK)
+            .fetch_one(&self.pool)
+            .await?;
+        match self.unseal(&context, &stored) {
+            Ok(v) if v == KEY_CHECK => Ok(()),
+            _ => Err(StoreError::Sealed(
+                "the database's secrets were sealed with another secrets key: give this server \
+                 the key file the database was first used with (secrets_key_file; every replica \
+                 needs the same one)"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Seals what was stored before sealing existed (a compare-and-set per value, so
+    /// replicas starting at once do not race).
+    async fn seal_plain_secrets(&self) -> Result<(), StoreError> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT name, value FROM server_secrets WHERE name IN ($1, $2)")
+                .bind(crate::pki::CA_KEY_NAME)
+                .bind(crate::keys::RELAY_KEY_NAME)
+                .fetch_all(&self.pool)
+                .await?;
+        for (name, value) in rows {
+            if sealed::is_sealed(&value) {
+                continue;
+            }
+            sqlx::query("UPDATE server_secrets SET value = $1 WHERE name = $2 AND value = $3")
+                .bind(self.seal(&sealed::server_secret_context(&name), &value))
+                .bind(&name)
+                .bind(&value)
+                .execute(&self.pool)
+                .await?;
+        }
+        for pending in [false, true] {
+            let column = if pending {
+                "totp_pending_secret"
+            } else {
+                "totp_secret"
+            };
+            let rows: Vec<(String, String)> = sqlx::query_as(&format!(
+                "SELECT id, {column} FROM users WHERE {column} IS NOT NULL"
+            ))
+            .fetch_all(&self.pool)
+            .await?;
+            for (id, value) in rows {
+                if sealed::is_sealed(&value) {
+                    continue;
+                }
+                sqlx::query(&format!(
+                    "UPDATE users SET {column} = $1 WHERE id = $2 AND {column} = $3"
+                ))
+                .bind(self.seal(&sealed::totp_context(&id, pending), &value))
+                .bind(&id)
+                .bind(&value)
+                .execute(&self.pool)
+                .await?;
+            }
+        }
+        Ok(())
     }
 
     pub async fn begin(&self) -> Result<Tx<'static>, sqlx::Error> {

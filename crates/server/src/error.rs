@@ -91,6 +91,12 @@ impl From<sqlx::Error> for AppError {
     }
 }
 
+impl From<crate::db::StoreError> for AppError {
+    fn from(e: crate::db::StoreError) -> Self {
+        AppError::internal(e)
+    }
+}
+
 impl From<anyhow::Error> for AppError {
     fn from(e: anyhow::Error) -> Self {
         AppError::internal(e)

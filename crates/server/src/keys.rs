@@ -7,14 +7,16 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use drawbridge_relay::SigningKey;
 
-const NAME: &str = "relay_signing_key";
+/// Its `server_secrets` row (sealed, see [`crate::sealed`]).
+pub const RELAY_KEY_NAME: &str = "relay_signing_key";
 
 /// Loads the key, creating it once (race-safe across replicas).
 pub async fn relay_signing_key(store: &Store, now: i64) -> anyhow::Result<SigningKey> {
+    let context = crate::sealed::server_secret_context(RELAY_KEY_NAME);
     let load = || async {
         let v: Option<String> =
             sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
-                .bind(NAME)
+                .bind(RELAY_KEY_NAME)
                 .fetch_optional(&store.pool)
                 .await?;
         anyhow::Ok(v)
@@ -24,13 +26,14 @@ pub async fn relay_signing_key(store: &Store, now: i64) -> anyhow::Result<Signin
         sqlx::query(
             "INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
         )
-        .bind(NAME)
-        .bind(STANDARD.encode(&pkcs8))
+        .bind(RELAY_KEY_NAME)
+        .bind(store.seal(&context, &STANDARD.encode(&pkcs8)))
         .bind(now)
         .execute(&store.pool)
         .await?;
     }
     let v = load().await?.context("relay key vanished after creation")?;
+    let v = store.unseal(&context, &v)?;
     let pkcs8 = STANDARD
         .decode(v)
         .context("stored relay key is not base64")?;

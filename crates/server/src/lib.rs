@@ -18,6 +18,7 @@ pub mod password;
 pub mod pki;
 pub mod records;
 pub mod rights;
+pub mod sealed;
 pub mod secret;
 pub mod serve;
 pub mod sessions;

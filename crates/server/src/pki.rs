@@ -151,6 +151,9 @@ pub struct DeviceCa {
     key: KeyPair,
 }
 
+/// The `server_secrets` row of the device CA's private key (sealed, see [`crate::sealed`]).
+pub const CA_KEY_NAME: &str = "device_ca_key";
+
 impl DeviceCa {
     /// Loads the device CA from the database, creating it once (race-safe across replicas).
     pub async fn load_or_create(store: &Store, now: i64) -> anyhow::Result<DeviceCa> {
@@ -159,10 +162,11 @@ impl DeviceCa {
         }
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let cert = ca_params("Drawbridge device CA", 20)?.self_signed(&key)?;
-        for (name, value) in [
-            ("device_ca_cert", cert.pem()),
-            ("device_ca_key", key.serialize_pem()),
-        ] {
+        let sealed_key = store.seal(
+            &crate::sealed::server_secret_context(CA_KEY_NAME),
+            &key.serialize_pem(),
+        );
+        for (name, value) in [("device_ca_cert", cert.pem()), (CA_KEY_NAME, sealed_key)] {
             sqlx::query(
                 "INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
             )
@@ -196,6 +200,7 @@ impl DeviceCa {
         let (Some(cert_pem), Some(key_pem)) = (cert_pem, key_pem) else {
             return Ok(None);
         };
+        let key_pem = store.unseal(&crate::sealed::server_secret_context(CA_KEY_NAME), &key_pem)?;
         let key = KeyPair::from_pem(&key_pem)?;
         // rcgen signs with issuer parameters; re-deriving them from the stored
         // certificate keeps subject and key identifier identical.

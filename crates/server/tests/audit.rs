@@ -46,9 +46,7 @@ async fn the_database_itself_refuses_to_edit_or_delete_audit_entries(app: TestAp
     // Appending goes on, and opening the store again keeps the guard (no error either).
     app.device(&acct, "press-2").await;
     assert!(app.count("audit_log").await > before);
-    drawbridge_server::db::Store::open(&app.state.store.url)
-        .await
-        .expect("reopening with the guard in place");
+    app.reopen_store().await;
     let again = sqlx::query("DELETE FROM audit_log").execute(pool).await;
     assert!(again.is_err());
 }

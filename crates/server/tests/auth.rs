@@ -19,6 +19,7 @@ store_tests!(
     api_tokens_expire_can_be_revoked_and_read_only_ones_cannot_write,
     login_tokens_end_on_idle_absolute_timeout_logout_disable_and_password_change,
     too_many_attempts_from_one_address_are_refused_while_other_addresses_go_on,
+    secrets_are_sealed_at_rest_bound_to_their_row_and_need_the_servers_key,
 );
 
 async fn first_start_has_no_default_credentials_and_setup_tokens_work_once(app: TestApp) {
@@ -574,4 +575,85 @@ async fn too_many_attempts_from_one_address_are_refused_while_other_addresses_go
     );
     let (s, v) = login_from(&app, [127, 0, 0, 3], PASSWORD).await;
     assert_eq!(s, StatusCode::OK, "another address is not affected: {v}");
+}
+
+/// Second step of a login with the current code of `secret`: the final stage.
+async fn totp_login(app: &TestApp, user: &str, secret: &str) -> String {
+    app.clock().advance(30);
+    let (s, v) = app.login("acme", user, PASSWORD).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["stage"], "totp_required");
+    let pending = v["token"].as_str().unwrap().to_string();
+    let code = drawbridge_server::totp::code_at(secret, app.state.now()).unwrap();
+    let (_, v) = app
+        .post("/api/v1/auth/totp", &pending, json!({"code": code}))
+        .await;
+    v["stage"].as_str().unwrap_or("refused").to_string()
+}
+
+async fn secrets_are_sealed_at_rest_bound_to_their_row_and_need_the_servers_key(app: TestApp) {
+    use drawbridge_server::sealed::is_sealed;
+    let pool = &app.state.store.pool;
+    let acct = app.account("acme").await;
+    let (anna_id, anna) = app.user(&acct, "anna", "user").await;
+    let (bert_id, bert) = app.user(&acct, "bert", "user").await;
+    let (anna_secret, _) = enable_totp(&app, &anna).await;
+    let (bert_secret, _) = enable_totp(&app, &bert).await;
+    // Nothing secret is in the database in the clear.
+    let stored: Vec<(String, String)> = sqlx::query_as(
+        "SELECT name, value FROM server_secrets WHERE name IN ('device_ca_key', 'relay_signing_key')",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(stored.len(), 2);
+    for (name, value) in &stored {
+        assert!(is_sealed(value), "{name} is stored in the clear");
+        assert!(!value.contains("PRIVATE KEY"), "{name}");
+    }
+    let anna_stored: String = sqlx::query_scalar("SELECT totp_secret FROM users WHERE id = $1")
+        .bind(&anna_id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert!(is_sealed(&anna_stored) && !anna_stored.contains(&anna_secret));
+    assert_eq!(totp_login(&app, "anna", &anna_secret).await, "complete");
+    // Bert's sealed secret copied into anna's row does not open there: codes of
+    // neither secret let anyone in as anna.
+    let bert_stored: String = sqlx::query_scalar("SELECT totp_secret FROM users WHERE id = $1")
+        .bind(&bert_id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE users SET totp_secret = $1 WHERE id = $2")
+        .bind(&bert_stored)
+        .bind(&anna_id)
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_ne!(totp_login(&app, "anna", &bert_secret).await, "complete");
+    assert_ne!(totp_login(&app, "anna", &anna_secret).await, "complete");
+    // A secret stored before sealing existed (in the clear) is sealed at the next start
+    // and keeps working.
+    sqlx::query("UPDATE users SET totp_secret = $1 WHERE id = $2")
+        .bind(&anna_secret)
+        .bind(&anna_id)
+        .execute(pool)
+        .await
+        .unwrap();
+    app.reopen_store().await;
+    let resealed: String = sqlx::query_scalar("SELECT totp_secret FROM users WHERE id = $1")
+        .bind(&anna_id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert!(is_sealed(&resealed));
+    assert_eq!(totp_login(&app, "anna", &anna_secret).await, "complete");
+    // Another key (a replica or a restored backup given the wrong file) is refused
+    // at the start, with a message that says why.
+    let other = drawbridge_server::sealed::SecretsKey::from_bytes(&[9; 32]);
+    let err = drawbridge_server::db::Store::open_sealed(&app.state.store.url, other)
+        .await
+        .expect_err("another secrets key must be refused");
+    assert!(err.to_string().contains("another secrets key"), "{err}");
 }

@@ -1070,9 +1070,8 @@ async fn a_change_on_one_replica_reaches_an_edge_connected_to_another(app: TestA
         eprintln!("replicas share PostgreSQL; SQLite serves one node: nothing to test here");
         return;
     }
-    let url = app.state.store.url.clone();
+    let store_b = app.reopen_store().await;
     let l = live(app).await; // replica A, with the edge connected to it
-    let store_b = drawbridge_server::db::Store::open(&url).await.unwrap();
     let state_b = drawbridge_server::state::AppState::new(
         store_b,
         drawbridge_server::clock::Clock::default(),

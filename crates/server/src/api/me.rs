@@ -201,7 +201,11 @@ async fn totp_enroll(
     }
     let secret = crate::totp::new_secret();
     sqlx::query("UPDATE users SET totp_pending_secret = $1 WHERE id = $2")
-        .bind(&secret)
+        .bind(
+            state
+                .store
+                .seal(&crate::sealed::totp_context(&user.id, true), &secret),
+        )
         .bind(&user.id)
         .execute(&mut *conn)
         .await?;
@@ -230,15 +234,22 @@ async fn totp_confirm(
     let account = records::account(&mut tx, &caller.account_id).await?;
     let pending = user
         .totp_pending_secret
-        .clone()
+        .as_deref()
         .ok_or_else(|| AppError::conflict("start with /me/totp/enroll"))?;
+    let pending = state
+        .store
+        .unseal(&crate::sealed::totp_context(&user.id, true), pending)?;
     let Some(step) = crate::totp::check(&pending, &req.code, now, 0) else {
         return Err(AppError::invalid_code());
     };
     sqlx::query(
         "UPDATE users SET totp_secret = $1, totp_pending_secret = NULL, totp_last_step = $2 WHERE id = $3",
     )
-    .bind(&pending)
+    .bind(
+        state
+            .store
+            .seal(&crate::sealed::totp_context(&user.id, false), &pending),
+    )
     .bind(step)
     .bind(&user.id)
     .execute(&mut *tx)

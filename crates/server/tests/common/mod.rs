@@ -24,6 +24,8 @@ pub struct TestApp {
     pub state: AppState,
     pub app: Router,
     pub backend: &'static str,
+    /// The key file sealing the database's secrets, as the server binary keeps it.
+    pub secrets_key_file: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -51,7 +53,10 @@ macro_rules! store_tests {
 
 impl TestApp {
     async fn with_url(url: &str, backend: &'static str, dir: tempfile::TempDir) -> TestApp {
-        let store = Store::open(url).await.expect("open store");
+        let secrets_key_file = dir.path().join("secrets.key");
+        let key = drawbridge_server::sealed::SecretsKey::load_or_create(&secrets_key_file)
+            .expect("secrets key");
+        let store = Store::open_sealed(url, key).await.expect("open store");
         let state = AppState::new(store, Clock::default(), "https://127.0.0.1:8443".into())
             .await
             .expect("state");
@@ -60,8 +65,18 @@ impl TestApp {
             state,
             app,
             backend,
+            secrets_key_file,
             _dir: dir,
         }
+    }
+
+    /// The same database opened again, as another replica or a restart would.
+    pub async fn reopen_store(&self) -> Store {
+        let key = drawbridge_server::sealed::SecretsKey::load_or_create(&self.secrets_key_file)
+            .expect("secrets key");
+        Store::open_sealed(&self.state.store.url, key)
+            .await
+            .expect("reopen store")
     }
 
     pub async fn sqlite() -> TestApp {
