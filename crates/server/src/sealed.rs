@@ -80,24 +80,31 @@ impl SecretsKey {
                 std::fs::create_dir_all(dir)
                     .with_context(|| format!("creating {}", dir.display()))?;
             }
+            // Written aside, then linked into place: the link never replaces a key
+            // another process made at the same time, and nobody reads half a file.
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
             let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create_new(true);
+            opts.write(true).create(true).truncate(true);
             #[cfg(unix)]
             {
                 use std::os::unix::fs::OpenOptionsExt;
                 opts.mode(0o600);
             }
-            match opts.open(path) {
-                Ok(mut f) => {
-                    use std::io::Write;
-                    f.write_all(format!("{}\n", STANDARD.encode(bytes)).as_bytes())?;
-                    f.sync_all()?;
-                }
+            {
+                use std::io::Write;
+                let mut f = opts
+                    .open(&tmp)
+                    .with_context(|| format!("creating {}", tmp.display()))?;
+                f.write_all(format!("{}\n", STANDARD.encode(bytes)).as_bytes())?;
+                f.sync_all()?;
+            }
+            let linked = std::fs::hard_link(&tmp, path);
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => {}
                 // Another process made it first: use theirs.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => {
-                    return Err(e).with_context(|| format!("creating {}", path.display()));
-                }
+                Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
             }
         }
         let text = std::fs::read_to_string(path)
