@@ -35,7 +35,7 @@ pub(crate) struct Portal(Arc<Inner>);
 pub(crate) struct Inner {
     /// The server's JSON API, fully stated.
     pub api: Router,
-    /// Key of the CSRF tokens' HMAC; made at start.
+    /// Key of the CSRF tokens' HMAC (the server keeps it, the same on every replica).
     pub csrf_key: ring::hmac::Key,
 }
 
@@ -51,11 +51,11 @@ pub const PREFIX: &str = "/portal";
 
 /// The portal's routes (under `/portal`, plus `/` redirecting there), to be
 /// merged next to the API. `api` is the server's JSON API router with its
-/// state applied; the portal calls it in-process for every page.
-pub fn router(api: Router) -> Router {
-    let rng = ring::rand::SystemRandom::new();
-    let csrf_key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
-        .expect("the system random source works");
+/// state applied; the portal calls it in-process for every page. `csrf_key` keys
+/// the forms' CSRF tokens (at least 32 random bytes; the same on every replica, so a
+/// form from one is accepted by another).
+pub fn router(api: Router, csrf_key: &[u8]) -> Router {
+    let csrf_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, csrf_key);
     let portal = Portal(Arc::new(Inner { api, csrf_key }));
     let p = |s: &str| format!("{PREFIX}{s}");
     use pages::*;

@@ -164,9 +164,10 @@ impl Store {
     /// replicas starting at once do not race).
     async fn seal_plain_secrets(&self) -> Result<(), StoreError> {
         let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT name, value FROM server_secrets WHERE name IN ($1, $2)")
+            sqlx::query_as("SELECT name, value FROM server_secrets WHERE name IN ($1, $2, $3)")
                 .bind(crate::pki::CA_KEY_NAME)
                 .bind(crate::keys::RELAY_KEY_NAME)
+                .bind(crate::keys::PORTAL_KEY_NAME)
                 .fetch_all(&self.pool)
                 .await?;
         for (name, value) in rows {

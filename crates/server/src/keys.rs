@@ -10,34 +10,66 @@ use drawbridge_relay::SigningKey;
 /// Its `server_secrets` row (sealed, see [`crate::sealed`]).
 pub const RELAY_KEY_NAME: &str = "relay_signing_key";
 
-/// Loads the key, creating it once (race-safe across replicas).
-pub async fn relay_signing_key(store: &Store, now: i64) -> anyhow::Result<SigningKey> {
-    let context = crate::sealed::server_secret_context(RELAY_KEY_NAME);
+/// The portal's CSRF key's `server_secrets` row: one key for every replica, so a form
+/// rendered by one is accepted by another.
+pub const PORTAL_KEY_NAME: &str = "portal_csrf_key";
+
+/// A secret every replica shares: read from `server_secrets` (sealed), made once with
+/// `make` when missing (race-safe across replicas: the first insert wins).
+pub async fn shared_secret(
+    store: &Store,
+    name: &str,
+    now: i64,
+    make: impl FnOnce() -> anyhow::Result<Vec<u8>>,
+) -> anyhow::Result<Vec<u8>> {
+    let context = crate::sealed::server_secret_context(name);
     let load = || async {
         let v: Option<String> =
             sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = $1")
-                .bind(RELAY_KEY_NAME)
+                .bind(name)
                 .fetch_optional(&store.pool)
                 .await?;
         anyhow::Ok(v)
     };
     if load().await?.is_none() {
-        let (_, pkcs8) = SigningKey::generate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let fresh = make()?;
         sqlx::query(
             "INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
         )
-        .bind(RELAY_KEY_NAME)
-        .bind(store.seal(&context, &STANDARD.encode(&pkcs8)))
+        .bind(name)
+        .bind(store.seal(&context, &STANDARD.encode(&fresh)))
         .bind(now)
         .execute(&store.pool)
         .await?;
     }
-    let v = load().await?.context("relay key vanished after creation")?;
+    let v = load()
+        .await?
+        .with_context(|| format!("{name} vanished after creation"))?;
     let v = store.unseal(&context, &v)?;
-    let pkcs8 = STANDARD
+    STANDARD
         .decode(v)
-        .context("stored relay key is not base64")?;
+        .with_context(|| format!("stored {name} is not base64"))
+}
+
+/// Loads the relay signing key, creating it once (race-safe across replicas).
+pub async fn relay_signing_key(store: &Store, now: i64) -> anyhow::Result<SigningKey> {
+    let pkcs8 = shared_secret(store, RELAY_KEY_NAME, now, || {
+        let (_, pkcs8) = SigningKey::generate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(pkcs8)
+    })
+    .await?;
     SigningKey::from_pkcs8(&pkcs8).map_err(|e| anyhow::anyhow!("stored relay key: {e}"))
+}
+
+/// The portal's CSRF key (32 bytes), the same on every replica.
+pub async fn portal_key(store: &Store, now: i64) -> anyhow::Result<Vec<u8>> {
+    shared_secret(store, PORTAL_KEY_NAME, now, || {
+        let mut k = vec![0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k)
+            .map_err(|_| anyhow::anyhow!("no randomness for the portal key"))?;
+        Ok(k)
+    })
+    .await
 }
 
 /// The public half as base64, for `drawbridge-server relay --verifying-key`.

@@ -17,6 +17,8 @@ pub struct Inner {
     pub public_url: String,
     /// Signs relay admission tokens.
     pub relay_key: drawbridge_relay::SigningKey,
+    /// The portal's CSRF key, shared by every replica.
+    pub portal_key: Vec<u8>,
     /// The relay served on this server's TLS port.
     pub relay: drawbridge_relay::RelayState,
     /// Connected edges and clients.
@@ -63,6 +65,7 @@ impl AppState {
         let device_ca = DeviceCa::load_or_create(&store, clock.unix()).await?;
         let dummy_hash = crate::password::hash(&crate::secret::new_token(""));
         let relay_key = crate::keys::relay_signing_key(&store, clock.unix()).await?;
+        let portal_key = crate::keys::portal_key(&store, clock.unix()).await?;
         let relay = drawbridge_relay::RelayState::new(drawbridge_relay::RelayConfig::new(
             relay_key.verifying_key(),
         ));
@@ -73,6 +76,7 @@ impl AppState {
             dummy_hash,
             public_url,
             relay_key,
+            portal_key,
             relay,
             hub: crate::live::Hub::default(),
             stun: std::sync::RwLock::new(Vec::new()),

@@ -601,12 +601,12 @@ async fn secrets_are_sealed_at_rest_bound_to_their_row_and_need_the_servers_key(
     let (bert_secret, _) = enable_totp(&app, &bert).await;
     // Nothing secret is in the database in the clear.
     let stored: Vec<(String, String)> = sqlx::query_as(
-        "SELECT name, value FROM server_secrets WHERE name IN ('device_ca_key', 'relay_signing_key')",
+        "SELECT name, value FROM server_secrets WHERE name IN ('device_ca_key', 'relay_signing_key', 'portal_csrf_key')",
     )
     .fetch_all(pool)
     .await
     .unwrap();
-    assert_eq!(stored.len(), 2);
+    assert_eq!(stored.len(), 3);
     for (name, value) in &stored {
         assert!(is_sealed(value), "{name} is stored in the clear");
         assert!(!value.contains("PRIVATE KEY"), "{name}");
@@ -649,6 +649,21 @@ async fn secrets_are_sealed_at_rest_bound_to_their_row_and_need_the_servers_key(
         .unwrap();
     assert!(is_sealed(&resealed));
     assert_eq!(totp_login(&app, "anna", &anna_secret).await, "complete");
+    // A replica (same database, same key file) signs and checks with the same keys:
+    // the portal's forms and the relay's tokens work across replicas.
+    let replica = drawbridge_server::state::AppState::new(
+        app.reopen_store().await,
+        drawbridge_server::clock::Clock::default(),
+        "https://127.0.0.1".into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(replica.portal_key, app.state.portal_key);
+    assert_eq!(replica.portal_key.len(), 32);
+    assert_eq!(
+        replica.relay_key.verifying_key().as_bytes(),
+        app.state.relay_key.verifying_key().as_bytes()
+    );
     // Another key (a replica or a restored backup given the wrong file) is refused
     // at the start, with a message that says why.
     let other = drawbridge_server::sealed::SecretsKey::from_bytes(&[9; 32]);

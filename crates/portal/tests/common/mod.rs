@@ -50,7 +50,7 @@ impl TestServer {
         let api = api.with_state(state.clone());
         let app = axum::Router::new()
             .merge(api.clone())
-            .merge(drawbridge_portal::router(api));
+            .merge(drawbridge_portal::router(api, &state.portal_key));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(drawbridge_server::serve::serve_tls(
             listener,

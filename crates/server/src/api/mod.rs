@@ -125,13 +125,14 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 pub fn app(state: AppState) -> Router {
     let (api, _) = routes();
     let relay = drawbridge_relay::router(state.relay.clone());
+    let portal_key = state.portal_key.clone();
     let api: Router = Router::new()
         .merge(api)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state);
     // The portal renders pages by calling this same API in-process.
-    let portal = drawbridge_portal::router(api.clone());
+    let portal = drawbridge_portal::router(api.clone(), &portal_key);
     api.merge(portal).merge(relay).fallback(not_found)
 }
 
