@@ -319,6 +319,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         );
     }
     println!("  database: {}", crate::db::redact(&cfg.database_url));
+    println!(
+        "  secrets key: {} (seals the database's secrets; back it up apart from the database)",
+        cfg.secrets_key_file.display()
+    );
     if cfg.auth_attempts_per_minute != crate::config::DEFAULT_AUTH_ATTEMPTS_PER_MINUTE {
         println!(
             "  login/enrolment attempts: {} per minute and address (default {})",
