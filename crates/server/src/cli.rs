@@ -78,6 +78,15 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Seal the database's secrets with a new key (after the key file may have leaked).
+    /// Stop every server first; start them again with the new key file.
+    RotateSecretsKey {
+        #[command(flatten)]
+        db: Overrides,
+        /// Where to write the new key (must not exist yet).
+        #[arg(long)]
+        new_key_file: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -201,6 +210,25 @@ pub async fn main() -> anyhow::Result<i32> {
                 tls,
             })
             .await?;
+            Ok(0)
+        }
+        Some(Command::RotateSecretsKey { db, new_key_file }) => {
+            if new_key_file.exists() {
+                anyhow::bail!(
+                    "{} exists already: name a new file for the new key",
+                    new_key_file.display()
+                );
+            }
+            let (cfg, store) = open(&db).await?;
+            let new = crate::sealed::SecretsKey::load_or_create(&new_key_file)?;
+            let n = store.reseal(&new).await?;
+            println!(
+                "{n} secrets sealed with the new key {}.\nPut it in place of {} (or set \
+                 secrets_key_file) on every server before starting them; the old key opens \
+                 nothing any more.",
+                new_key_file.display(),
+                cfg.secrets_key_file.display()
+            );
             Ok(0)
         }
         Some(Command::RelayKey { db }) => {

@@ -160,6 +160,69 @@ impl Store {
         }
     }
 
+    /// Seals every secret again with `new` in one transaction (key rotation): opened
+    /// with this store's key, sealed with `new`, the check value too. Every server
+    /// must be stopped meanwhile and restarted with the new key file. Returns how many
+    /// values were sealed again.
+    pub async fn reseal(&self, new: &SecretsKey) -> Result<usize, StoreError> {
+        let old = self
+            .secrets
+            .as_ref()
+            .ok_or_else(|| StoreError::Sealed("rotating needs the current secrets key".into()))?;
+        let open = |context: &str, stored: &str| -> Result<Vec<u8>, StoreError> {
+            if sealed::is_sealed(stored) {
+                old.open(context, stored)
+                    .map_err(|e| StoreError::Sealed(format!("{context}: {e}")))
+            } else {
+                Ok(stored.as_bytes().to_vec())
+            }
+        };
+        let mut tx = self.pool.begin().await?;
+        let mut n = 0;
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT name, value FROM server_secrets WHERE name IN ($1, $2, $3, $4)")
+                .bind(KEY_CHECK)
+                .bind(crate::pki::CA_KEY_NAME)
+                .bind(crate::keys::RELAY_KEY_NAME)
+                .bind(crate::keys::PORTAL_KEY_NAME)
+                .fetch_all(&mut *tx)
+                .await?;
+        for (name, value) in rows {
+            let context = sealed::server_secret_context(&name);
+            let plain = open(&context, &value)?;
+            sqlx::query("UPDATE server_secrets SET value = $1 WHERE name = $2")
+                .bind(new.seal(&context, &plain))
+                .bind(&name)
+                .execute(&mut *tx)
+                .await?;
+            n += 1;
+        }
+        for pending in [false, true] {
+            let column = if pending {
+                "totp_pending_secret"
+            } else {
+                "totp_secret"
+            };
+            let rows: Vec<(String, String)> = sqlx::query_as(&format!(
+                "SELECT id, {column} FROM users WHERE {column} IS NOT NULL"
+            ))
+            .fetch_all(&mut *tx)
+            .await?;
+            for (id, value) in rows {
+                let context = sealed::totp_context(&id, pending);
+                let plain = open(&context, &value)?;
+                sqlx::query(&format!("UPDATE users SET {column} = $1 WHERE id = $2"))
+                    .bind(new.seal(&context, &plain))
+                    .bind(&id)
+                    .execute(&mut *tx)
+                    .await?;
+                n += 1;
+            }
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+
     /// Seals what was stored before sealing existed (a compare-and-set per value, so
     /// replicas starting at once do not race).
     async fn seal_plain_secrets(&self) -> Result<(), StoreError> {

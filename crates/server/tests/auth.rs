@@ -671,4 +671,50 @@ async fn secrets_are_sealed_at_rest_bound_to_their_row_and_need_the_servers_key(
         .await
         .expect_err("another secrets key must be refused");
     assert!(err.to_string().contains("another secrets key"), "{err}");
+    // Rotation: everything is sealed again with a new key, in one transaction; then
+    // the new key opens the database and the old one no longer does.
+    use drawbridge_server::sealed::SecretsKey;
+    let n = app
+        .state
+        .store
+        .reseal(&SecretsKey::from_bytes(&[5; 32]))
+        .await
+        .unwrap();
+    assert!(
+        n >= 6,
+        "check value, three server keys, two TOTP secrets: {n}"
+    );
+    let old_key = SecretsKey::load_or_create(&app.secrets_key_file).unwrap();
+    assert!(
+        drawbridge_server::db::Store::open_sealed(&app.state.store.url, old_key)
+            .await
+            .is_err()
+    );
+    let rotated = drawbridge_server::db::Store::open_sealed(
+        &app.state.store.url,
+        SecretsKey::from_bytes(&[5; 32]),
+    )
+    .await
+    .unwrap();
+    let stored: String = sqlx::query_scalar("SELECT totp_secret FROM users WHERE id = $1")
+        .bind(&anna_id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        rotated
+            .unseal(
+                &drawbridge_server::sealed::totp_context(&anna_id, false),
+                &stored
+            )
+            .unwrap(),
+        anna_secret
+    );
+    drawbridge_server::state::AppState::new(
+        rotated,
+        drawbridge_server::clock::Clock::default(),
+        "https://127.0.0.1".into(),
+    )
+    .await
+    .expect("a server with the new key starts");
 }

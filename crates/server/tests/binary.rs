@@ -335,3 +335,71 @@ async fn metrics_are_served_on_their_own_listener_when_asked() {
         .unwrap();
     assert_eq!(api.status().as_u16(), 404);
 }
+
+#[test]
+fn rotating_the_secrets_key_leaves_the_old_key_useless_and_the_new_one_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "Blue-Tractor-42\n").unwrap();
+    let data = dir.path().join("data");
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .env("RUST_LOG", "error")
+            .output()
+            .expect("run")
+    };
+    let out = run(&[
+        "init",
+        "--account",
+        "acme",
+        "--admin-user",
+        "root",
+        "--admin-password-file",
+        pw.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        data.join("secrets.key").exists(),
+        "the first start made the key"
+    );
+    let new_key = dir.path().join("new.key");
+    let new = new_key.to_str().unwrap();
+    let out = run(&["rotate-secrets-key", "--new-key-file", new]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sealed with the new key"));
+    // The old key file (still the default) no longer opens the database...
+    let out = run(&["audit", "verify"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another secrets key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // ...the new one does.
+    let out = run(&["audit", "verify", "--secrets-key-file", new]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A rotation never overwrites an existing key file.
+    let out = run(&[
+        "rotate-secrets-key",
+        "--secrets-key-file",
+        new,
+        "--new-key-file",
+        new,
+    ]);
+    assert!(!out.status.success());
+}
