@@ -138,6 +138,16 @@ async fn open(db: &Overrides) -> anyhow::Result<(Config, Store)> {
     Ok((cfg, store))
 }
 
+/// The database for tools that read no secret (the audit commands): no secrets key
+/// needed, none made, nothing sealed, so running them elsewhere (a backup host) can
+/// never seal the database with a stray key.
+async fn open_unsealed(db: &Overrides) -> anyhow::Result<Store> {
+    let cfg = db.resolve()?;
+    Store::open(&cfg.database_url)
+        .await
+        .with_context(|| format!("opening {}", crate::db::redact(&cfg.database_url)))
+}
+
 /// The database, its secrets sealed with the configured key.
 async fn open_store(cfg: &Config) -> anyhow::Result<Store> {
     let key = crate::sealed::SecretsKey::load_or_create(&cfg.secrets_key_file)?;
@@ -249,7 +259,7 @@ pub async fn main() -> anyhow::Result<i32> {
         Some(Command::Audit {
             command: AuditCommand::Verify { db },
         }) => {
-            let (_, store) = open(&db).await?;
+            let store = open_unsealed(&db).await?;
             let mut bad = false;
             for (account, v) in audit::verify_all(&store).await? {
                 match v.first_broken_seq {
@@ -278,7 +288,7 @@ pub async fn main() -> anyhow::Result<i32> {
                     action,
                 },
         }) => {
-            let (_, store) = open(&db).await?;
+            let store = open_unsealed(&db).await?;
             let id: String = sqlx::query_scalar("SELECT id FROM accounts WHERE name = $1")
                 .bind(&account)
                 .fetch_optional(&store.pool)

@@ -179,15 +179,14 @@ impl Store {
         };
         let mut tx = self.pool.begin().await?;
         let mut n = 0;
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT name, value FROM server_secrets WHERE name IN ($1, $2, $3, $4)")
-                .bind(KEY_CHECK)
-                .bind(crate::pki::CA_KEY_NAME)
-                .bind(crate::keys::RELAY_KEY_NAME)
-                .bind(crate::keys::PORTAL_KEY_NAME)
-                .fetch_all(&mut *tx)
-                .await?;
+        // Every sealed row, whatever made it (`keys::shared_secret` may add more).
+        let rows: Vec<(String, String)> = sqlx::query_as("SELECT name, value FROM server_secrets")
+            .fetch_all(&mut *tx)
+            .await?;
         for (name, value) in rows {
+            if !sealed::is_sealed(&value) {
+                continue;
+            }
             let context = sealed::server_secret_context(&name);
             let plain = open(&context, &value)?;
             sqlx::query("UPDATE server_secrets SET value = $1 WHERE name = $2")

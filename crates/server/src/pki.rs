@@ -166,6 +166,9 @@ impl DeviceCa {
             &crate::sealed::server_secret_context(CA_KEY_NAME),
             &key.serialize_pem(),
         );
+        // Both rows in one transaction: replicas starting at once keep one pair
+        // (a cert of one and the key of another would sign nothing valid).
+        let mut tx = store.begin().await?;
         for (name, value) in [("device_ca_cert", cert.pem()), (CA_KEY_NAME, sealed_key)] {
             sqlx::query(
                 "INSERT INTO server_secrets (name, value, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
@@ -173,9 +176,10 @@ impl DeviceCa {
             .bind(name)
             .bind(value)
             .bind(now)
-            .execute(&store.pool)
+            .execute(&mut *tx)
             .await?;
         }
+        tx.commit().await?;
         Self::load(store)
             .await?
             .context("device CA vanished after creation")
