@@ -75,6 +75,17 @@ fn tun_mode_routes_only_the_released_targets_and_cleans_up_on_ctrl_c() {
         "routes via {iface}: {routes}"
     );
     assert!(!office.ip(&["route", "show"]).contains("default"));
+    // With offloads, one read is at most as many segments as tun-rs splits at once.
+    let link = office.ip(&["-d", "link", "show", "dev", &iface]);
+    let segs: Option<usize> = link
+        .split_whitespace()
+        .skip_while(|w| *w != "gso_max_segs")
+        .nth(1)
+        .and_then(|v| v.parse().ok());
+    assert!(
+        segs.is_some_and(|n| n <= drawbridge_tun::BATCH),
+        "gso_max_segs of {iface}: {link}"
+    );
 
     let office_rt = office.runtime();
     let plc: SocketAddr = PLC.parse().unwrap();

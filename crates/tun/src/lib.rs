@@ -16,7 +16,7 @@ use rtnetlink::packet_route::route::RouteScope;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use thiserror::Error;
 
-/// Reads failing one after another before [`TunDevice::recv_batch`] gives up.
+/// Reads the kernel fails one after another before [`TunDevice::recv_batch`] gives up.
 pub const MAX_FAILED_READS: u32 = 100;
 
 /// Most routes one device accepts (a session's released targets, bounded by the server).
@@ -141,6 +141,18 @@ impl TunDevice {
                     .await
                     .map_err(|e| TunError::Netlink(format!("route {r} via {name}: {e}")))?;
             }
+            if offload {
+                // Super-packets of at most BATCH segments, so that tun-rs can always
+                // split what one read returns (the kernel segments bigger ones).
+                let msg = rtnetlink::LinkUnspec::new_with_index(index)
+                    .append_extra_attribute(
+                        rtnetlink::packet_route::link::LinkAttribute::GsoMaxSegs(BATCH as u32),
+                    )
+                    .build();
+                if let Err(e) = handle.link().set(msg).execute().await {
+                    tracing::debug!(interface = %name, error = %e, "gso_max_segs not set; larger super-packets are dropped");
+                }
+            }
             Ok::<(), TunError>(())
         }
         .await;
@@ -171,9 +183,10 @@ impl TunDevice {
     }
 
     /// Waits for the next read and splits it into IP packets (many with offloads on:
-    /// see [`RecvBatch`]). Returns how many `batch.packets()` yields. A read that cannot
-    /// be used (e.g. a malformed offload header) is skipped; an error means reads failed
-    /// [`MAX_FAILED_READS`] times in a row: the interface is gone.
+    /// see [`RecvBatch`]). Returns how many `batch.packets()` yields. A packet that
+    /// cannot be split (e.g. a malformed offload header) is dropped and reading goes on;
+    /// an error means the kernel failed [`MAX_FAILED_READS`] reads in a row: the
+    /// interface is gone.
     pub async fn recv_batch(&self, batch: &mut RecvBatch) -> std::io::Result<usize> {
         batch.set_count(0);
         let mut failures = 0;
@@ -184,12 +197,18 @@ impl TunDevice {
                     batch.set_count(n);
                     return Ok(n);
                 }
-                Err(e) => {
+                // The read failed in the kernel: the interface may be gone.
+                Err(e) if e.raw_os_error().is_some() => {
                     failures += 1;
                     if failures >= MAX_FAILED_READS {
                         return Err(e);
                     }
-                    tracing::debug!(interface = %self.name, error = %e, "TUN read skipped");
+                    tracing::debug!(interface = %self.name, error = %e, "TUN read failed");
+                }
+                // A packet tun-rs could not split (a bad offload header, too many
+                // segments): that packet is lost, like on a wire; reading goes on.
+                Err(e) => {
+                    tracing::debug!(interface = %self.name, error = %e, "TUN packet dropped");
                 }
             }
         }
