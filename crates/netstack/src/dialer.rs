@@ -102,7 +102,7 @@ impl Dialer {
         let SocketAddr::V4(dst4) = dst else {
             unreachable!("allows() accepts IPv4 only")
         };
-        let (handle, local) = {
+        let (handle, local, large) = {
             let mut g = self.shared.lock();
             if g.meta.len() >= MAX_CONNECTIONS {
                 return Err(io::Error::other("too many connections through the tunnel"));
@@ -146,7 +146,11 @@ impl Dialer {
                     large,
                 },
             );
-            (h, SocketAddr::V4(SocketAddrV4::new(self.overlay_ip, port)))
+            (
+                h,
+                SocketAddr::V4(SocketAddrV4::new(self.overlay_ip, port)),
+                large,
+            )
         };
         let mut stream = StackStream {
             shared: self.shared.clone(),
@@ -154,6 +158,7 @@ impl Dialer {
             local,
             peer: dst,
             abort: false,
+            large,
         };
         self.shared.notify.notify_one();
         let r = tokio::time::timeout(CONNECT_TIMEOUT, wait_established(&self.shared, handle)).await;

@@ -20,7 +20,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::policy::{DropReason, FlowKey, Policy, Verdict, classify};
-use crate::stack::{Buffers, COPY_BUF, Shared, SockMeta, StackStream, wait_established};
+use crate::stack::{Buffers, Shared, SockMeta, StackStream, wait_established};
 use crate::wire;
 
 /// Bounds and timeouts of a forwarder.
@@ -563,6 +563,7 @@ impl Forwarder {
             local: SocketAddr::V4(SocketAddrV4::new(key.dst, key.dst_port_raw)),
             peer: SocketAddr::V4(SocketAddrV4::new(key.src, key.src_port)),
             abort: false,
+            large,
         };
         tokio::spawn(tcp_flow(stream, lan, self.limits.connect_timeout));
     }
@@ -583,8 +584,8 @@ async fn tcp_flow(mut stream: StackStream, mut lan: TcpStream, timeout: Duration
         Ok(Ok(())) => {}
         _ => return,
     }
-    let _ =
-        tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut lan, COPY_BUF, COPY_BUF).await;
+    let n = stream.copy_buffer();
+    let _ = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut lan, n, n).await;
 }
 
 async fn udp_flow(

@@ -11,7 +11,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::dialer::Dialer;
-use crate::stack::COPY_BUF;
 
 /// Local connections served at once by one server; further ones wait in the backlog.
 pub const MAX_LOCAL_CONNECTIONS: usize = 256;
@@ -62,13 +61,9 @@ pub async fn forward_local_on(
             let _ = local.set_nodelay(true);
             match dialer.connect(target).await {
                 Ok(mut remote) => {
-                    let _ = tokio::io::copy_bidirectional_with_sizes(
-                        &mut local,
-                        &mut remote,
-                        COPY_BUF,
-                        COPY_BUF,
-                    )
-                    .await;
+                    let n = remote.copy_buffer();
+                    let _ = tokio::io::copy_bidirectional_with_sizes(&mut local, &mut remote, n, n)
+                        .await;
                 }
                 Err(e) => tracing::info!(%from, %target, error = %e, "forward failed"),
             }
@@ -240,8 +235,8 @@ async fn serve_socks5(local: &mut TcpStream, dialer: &Dialer) -> io::Result<()> 
             local
                 .write_all(&encode_reply(reply::SUCCEEDED, bound))
                 .await?;
-            tokio::io::copy_bidirectional_with_sizes(local, &mut remote, COPY_BUF, COPY_BUF)
-                .await?;
+            let n = remote.copy_buffer();
+            tokio::io::copy_bidirectional_with_sizes(local, &mut remote, n, n).await?;
             Ok(())
         }
         Err(e) => {

@@ -27,10 +27,13 @@ use crate::policy::FlowKey;
 /// MTU of the inner packets (WireGuard's default tunnel MTU).
 pub const MTU: usize = 1420;
 
-/// Buffer of each direction when a stack connection is spliced to a kernel socket: one
-/// lock of the stack moves up to this much (tokio's default of 8 KiB costs a lock and a
-/// driver wake-up per 8 KiB).
+/// Buffer of each direction when a stack connection with large socket buffers is
+/// spliced to a kernel socket: one lock of the stack moves up to this much (tokio's
+/// default of 8 KiB costs a lock and a driver wake-up per 8 KiB). Connections with
+/// small socket buffers splice with [`COPY_BUF_SMALL`].
 pub const COPY_BUF: usize = 64 * 1024;
+/// Splice buffer of the connections beyond the large-buffer ones (tokio's default).
+pub const COPY_BUF_SMALL: usize = 8 * 1024;
 
 /// In-memory device: at most one pending received packet (fed right before
 /// `poll_ingress_single`), and a transmit queue limited by `tx_budget`.
@@ -148,6 +151,10 @@ pub(crate) struct Shared {
     pub egress_refused: AtomicU64,
 }
 
+/// Most `poll_egress` rounds per [`Shared::egress`]: each round walks every socket, so
+/// with many idle flows an unbounded loop would cost rounds × sockets under the lock.
+const EGRESS_ROUNDS: usize = 64;
+
 /// How long an orphaned (application-closed) socket may linger before it is aborted.
 const ORPHAN_LINGER: Duration = Duration::from_secs(30);
 
@@ -243,9 +250,14 @@ impl Shared {
             dev.tx_budget = to.capacity();
             dev.tx_blocked = false;
             iface.poll_maintenance(now);
-            // smoltcp emits at most one packet per socket per call: keep calling while
-            // it makes progress (bounded by the device budget, which stops it).
-            while iface.poll_egress(now, dev, sockets) != PollResult::None && !dev.tx_blocked {}
+            // smoltcp emits at most one packet per socket per call (and each call walks
+            // every socket): keep calling while it makes progress, at most EGRESS_ROUNDS
+            // times; the driver comes back at once when smoltcp has more.
+            for _ in 0..EGRESS_ROUNDS {
+                if iface.poll_egress(now, dev, sockets) == PollResult::None || dev.tx_blocked {
+                    break;
+                }
+            }
             (std::mem::take(&mut dev.tx), dev.tx_blocked)
         };
         let mut sent = 0;
@@ -365,9 +377,18 @@ pub struct StackStream {
     pub(crate) local: std::net::SocketAddr,
     pub(crate) peer: std::net::SocketAddr,
     pub(crate) abort: bool,
+    /// The socket has the large buffers ([`Buffers::large`]).
+    pub(crate) large: bool,
 }
 
 impl StackStream {
+    /// The buffer size to splice this connection with (each direction): 64 KiB for a
+    /// connection with large socket buffers, 8 KiB for the others, so that memory
+    /// stays bounded however many connections there are.
+    pub fn copy_buffer(&self) -> usize {
+        if self.large { COPY_BUF } else { COPY_BUF_SMALL }
+    }
+
     /// Reset (RST) instead of closing (FIN) when dropped.
     pub fn abort_on_drop(&mut self) {
         self.abort = true;

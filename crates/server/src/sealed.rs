@@ -82,9 +82,13 @@ impl SecretsKey {
             }
             // Written aside, then linked into place: the link never replaces a key
             // another process made at the same time, and nobody reads half a file.
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            let mut tag = [0u8; 8];
+            SystemRandom::new()
+                .fill(&mut tag)
+                .map_err(|_| anyhow::anyhow!("no randomness for the secrets key"))?;
+            let tmp = path.with_extension(format!("tmp-{}", hex::encode(tag)));
             let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create(true).truncate(true);
+            opts.write(true).create_new(true);
             #[cfg(unix)]
             {
                 use std::os::unix::fs::OpenOptionsExt;
@@ -104,7 +108,21 @@ impl SecretsKey {
                 Ok(()) => {}
                 // Another process made it first: use theirs.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+                // A file system without hard links: create it in place instead (still
+                // never replacing one that exists).
+                Err(_) => {
+                    use std::io::Write;
+                    match opts.open(path) {
+                        Ok(mut f) => {
+                            f.write_all(format!("{}\n", STANDARD.encode(bytes)).as_bytes())?;
+                            f.sync_all()?;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                        Err(e) => {
+                            return Err(e).with_context(|| format!("creating {}", path.display()));
+                        }
+                    }
+                }
             }
         }
         let text = std::fs::read_to_string(path)

@@ -174,7 +174,9 @@ mod tests {
     }
 
     /// What the tunnel hands to `send_batch` comes from the peer: tun-rs's coalescing
-    /// must neither panic nor merge what does not belong together, whatever the bytes.
+    /// must not panic and must only name buffers of the batch, whatever the bytes.
+    /// (Whether it merges correctly is the next test's subject; a batch it refuses as
+    /// a whole is dropped like any unwritable packet.)
     #[test]
     fn coalescing_survives_hostile_packets() {
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
