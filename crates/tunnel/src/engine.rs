@@ -1655,7 +1655,8 @@ impl Node {
                     }
                     return;
                 }
-                if peer.next_probe.is_some_and(|t| now >= t) {
+                let probe_now = peer.next_probe.is_some_and(|t| now >= t);
+                if probe_now {
                     peer.probe_round = peer.probe_round.saturating_add(1);
                     let fast = peer.probe_round <= PROBE_FAST_ROUNDS;
                     peer.next_probe = Some(
@@ -1665,19 +1666,24 @@ impl Node {
                             PROBE_SLOW_INTERVAL
                         },
                     );
-                    if peer.reason != PathReason::DirectLost || !fast {
-                        peer.reason = if local_nat == NatKind::UdpBlocked
-                            || peer.remote_nat == NatKind::UdpBlocked
-                        {
-                            PathReason::UdpBlocked
-                        } else if fast {
-                            PathReason::Probing
-                        } else if local_nat == NatKind::Hard && peer.remote_nat == NatKind::Hard {
-                            PathReason::SymmetricNatBothSides
-                        } else {
-                            PathReason::NoDirectAnswer
-                        };
-                    }
+                }
+                // The reason follows what is known now (every tick, not only at a probe:
+                // a NAT classification that arrives after the fast rounds shows at once).
+                let fast = peer.probe_round <= PROBE_FAST_ROUNDS;
+                if peer.probe_round > 0 && (peer.reason != PathReason::DirectLost || !fast) {
+                    peer.reason = if local_nat == NatKind::UdpBlocked
+                        || peer.remote_nat == NatKind::UdpBlocked
+                    {
+                        PathReason::UdpBlocked
+                    } else if fast {
+                        PathReason::Probing
+                    } else if local_nat == NatKind::Hard && peer.remote_nat == NatKind::Hard {
+                        PathReason::SymmetricNatBothSides
+                    } else {
+                        PathReason::NoDirectAnswer
+                    };
+                }
+                if probe_now {
                     let cands = peer.remote_candidates.clone();
                     for c in cands {
                         self.ping_udp(id, c);
