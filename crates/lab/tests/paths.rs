@@ -111,10 +111,11 @@ fn udp_blocked_at_the_office_goes_through_the_relay_on_tcp_443() {
     tunnel_up(&client);
     let stream = Stream::start(&lab.office_rt, Lab::addr(ECHO)).unwrap();
     stream.advances(200, "the stream flows");
-    std::thread::sleep(Duration::from_secs(3));
-    let (path, reason) = path_of(&client);
-    assert_eq!(path, "relay", "{reason}");
-    assert_eq!(reason, "UDP blocked");
+    wait("the client reports UDP blocked", || {
+        let (path, reason) = path_of(&client);
+        assert_eq!(path, "relay", "{reason}");
+        reason == "UDP blocked"
+    });
     stream.finish();
 }
 
