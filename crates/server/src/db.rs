@@ -169,111 +169,115 @@ impl Store {
             .secrets
             .as_ref()
             .ok_or_else(|| StoreError::Sealed("rotating needs the current secrets key".into()))?;
-        let open = |context: &str, stored: &str| -> Result<Vec<u8>, StoreError> {
-            if sealed::is_sealed(stored) {
-                old.open(context, stored)
-                    .map_err(|e| StoreError::Sealed(format!("{context}: {e}")))
-            } else {
-                Ok(stored.as_bytes().to_vec())
-            }
-        };
         let mut tx = self.pool.begin().await?;
         let mut n = 0;
-        // Every sealed row, whatever made it (`keys::shared_secret` may add more).
-        let rows: Vec<(String, String)> = sqlx::query_as("SELECT name, value FROM server_secrets")
-            .fetch_all(&mut *tx)
-            .await?;
-        for (name, value) in rows {
-            if !sealed::is_sealed(&value) {
+        for slot in secret_slots(&mut tx).await? {
+            let plain = if sealed::is_sealed(&slot.value) {
+                old.open(&slot.context, &slot.value)
+                    .map_err(|e| StoreError::Sealed(format!("{}: {e}", slot.context)))?
+            } else if slot.secret {
+                slot.value.as_bytes().to_vec()
+            } else {
                 continue;
-            }
-            let context = sealed::server_secret_context(&name);
-            let plain = open(&context, &value)?;
-            sqlx::query("UPDATE server_secrets SET value = $1 WHERE name = $2")
-                .bind(new.seal(&context, &plain))
-                .bind(&name)
-                .execute(&mut *tx)
+            };
+            slot.replace(&mut tx, &new.seal(&slot.context, &plain))
                 .await?;
             n += 1;
-        }
-        for pending in [false, true] {
-            let column = if pending {
-                "totp_pending_secret"
-            } else {
-                "totp_secret"
-            };
-            let rows: Vec<(String, String)> = sqlx::query_as(&format!(
-                "SELECT id, {column} FROM users WHERE {column} IS NOT NULL"
-            ))
-            .fetch_all(&mut *tx)
-            .await?;
-            for (id, value) in rows {
-                let context = sealed::totp_context(&id, pending);
-                let plain = open(&context, &value)?;
-                sqlx::query(&format!("UPDATE users SET {column} = $1 WHERE id = $2"))
-                    .bind(new.seal(&context, &plain))
-                    .bind(&id)
-                    .execute(&mut *tx)
-                    .await?;
-                n += 1;
-            }
         }
         tx.commit().await?;
         Ok(n)
     }
 
-    /// Seals what was stored before sealing existed (a compare-and-set per value, so
+    /// Seals what was stored before sealing existed (each a compare-and-set, so
     /// replicas starting at once do not race).
     async fn seal_plain_secrets(&self) -> Result<(), StoreError> {
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT name, value FROM server_secrets WHERE name IN ($1, $2, $3)")
-                .bind(crate::pki::CA_KEY_NAME)
-                .bind(crate::keys::RELAY_KEY_NAME)
-                .bind(crate::keys::PORTAL_KEY_NAME)
-                .fetch_all(&self.pool)
-                .await?;
-        for (name, value) in rows {
-            if sealed::is_sealed(&value) {
-                continue;
-            }
-            sqlx::query("UPDATE server_secrets SET value = $1 WHERE name = $2 AND value = $3")
-                .bind(self.seal(&sealed::server_secret_context(&name), &value))
-                .bind(&name)
-                .bind(&value)
-                .execute(&self.pool)
-                .await?;
-        }
-        for pending in [false, true] {
-            let column = if pending {
-                "totp_pending_secret"
-            } else {
-                "totp_secret"
-            };
-            let rows: Vec<(String, String)> = sqlx::query_as(&format!(
-                "SELECT id, {column} FROM users WHERE {column} IS NOT NULL"
-            ))
-            .fetch_all(&self.pool)
-            .await?;
-            for (id, value) in rows {
-                if sealed::is_sealed(&value) {
-                    continue;
-                }
-                sqlx::query(&format!(
-                    "UPDATE users SET {column} = $1 WHERE id = $2 AND {column} = $3"
-                ))
-                .bind(self.seal(&sealed::totp_context(&id, pending), &value))
-                .bind(&id)
-                .bind(&value)
-                .execute(&self.pool)
-                .await?;
+        let mut tx = self.pool.begin().await?;
+        for slot in secret_slots(&mut tx).await? {
+            if slot.secret && !sealed::is_sealed(&slot.value) {
+                let sealed = self.seal(&slot.context, &slot.value);
+                slot.replace(&mut tx, &sealed).await?;
             }
         }
+        tx.commit().await?;
         Ok(())
     }
 
     pub async fn begin(&self) -> Result<Tx<'static>, sqlx::Error> {
         self.pool.begin().await
     }
+}
+
+/// One stored value of the places that hold secrets: every `server_secrets` row and
+/// every user's TOTP secrets.
+struct SecretSlot {
+    /// `UPDATE … SET value = $1 WHERE key = $2 AND value = $3`.
+    update: String,
+    key: String,
+    value: String,
+    /// Where it is stored: the associated data of its sealing.
+    context: String,
+    /// A secret by its place (sealed when found in the clear); `server_secrets` also
+    /// holds public values (the CA certificate).
+    secret: bool,
+}
+
+impl SecretSlot {
+    /// Replaces the value, if it is still the one read (compare-and-set).
+    async fn replace(&self, tx: &mut Tx<'_>, value: &str) -> Result<(), StoreError> {
+        sqlx::query(&self.update)
+            .bind(value)
+            .bind(&self.key)
+            .bind(&self.value)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The `server_secrets` rows that are secrets (the others are public, e.g. the CA's
+/// certificate).
+const SECRET_NAMES: [&str; 3] = [
+    crate::pki::CA_KEY_NAME,
+    crate::keys::RELAY_KEY_NAME,
+    crate::keys::PORTAL_KEY_NAME,
+];
+
+async fn secret_slots(tx: &mut Tx<'_>) -> Result<Vec<SecretSlot>, StoreError> {
+    let mut slots = Vec::new();
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT name, value FROM server_secrets")
+        .fetch_all(&mut **tx)
+        .await?;
+    for (name, value) in rows {
+        slots.push(SecretSlot {
+            update: "UPDATE server_secrets SET value = $1 WHERE name = $2 AND value = $3".into(),
+            context: sealed::server_secret_context(&name),
+            secret: SECRET_NAMES.contains(&name.as_str()),
+            key: name,
+            value,
+        });
+    }
+    for pending in [false, true] {
+        let column = if pending {
+            "totp_pending_secret"
+        } else {
+            "totp_secret"
+        };
+        let rows: Vec<(String, String)> = sqlx::query_as(&format!(
+            "SELECT id, {column} FROM users WHERE {column} IS NOT NULL"
+        ))
+        .fetch_all(&mut **tx)
+        .await?;
+        for (id, value) in rows {
+            slots.push(SecretSlot {
+                update: format!("UPDATE users SET {column} = $1 WHERE id = $2 AND {column} = $3"),
+                context: sealed::totp_context(&id, pending),
+                secret: true,
+                key: id,
+                value,
+            });
+        }
+    }
+    Ok(slots)
 }
 
 /// Makes the audit log append-only in the database itself, not only in our code:
