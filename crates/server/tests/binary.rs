@@ -154,35 +154,46 @@ async fn first_start_prints_ca_fingerprint_and_a_one_time_setup_link_that_create
     assert!(!again.lines.join("\n").contains("setup?token="));
 }
 
-#[tokio::test]
-async fn init_creates_the_admin_and_audit_verify_exits_nonzero_on_a_tampered_chain() {
-    let dir = tempfile::tempdir().unwrap();
-    let pw = dir.path().join("pw");
+/// Runs a subcommand of the binary on the data directory `data`.
+fn cli(data: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run")
+}
+
+/// `init` of the account acme with its admin root (password file in `dir`).
+fn init_acme(dir: &Path, data: &Path) {
+    let pw = dir.join("pw");
     std::fs::write(&pw, "Blue-Tractor-42\n").unwrap();
-    let data = dir.path().join("data");
-    let run = |args: &[&str]| {
-        Command::new(BIN)
-            .args(args)
-            .arg("--data-dir")
-            .arg(&data)
-            .env("RUST_LOG", "error")
-            .output()
-            .expect("run")
-    };
-    let out = run(&[
-        "init",
-        "--account",
-        "acme",
-        "--admin-user",
-        "root",
-        "--admin-password-file",
-        pw.to_str().unwrap(),
-    ]);
+    let out = cli(
+        data,
+        &[
+            "init",
+            "--account",
+            "acme",
+            "--admin-user",
+            "root",
+            "--admin-password-file",
+            pw.to_str().unwrap(),
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[tokio::test]
+async fn init_creates_the_admin_and_audit_verify_exits_nonzero_on_a_tampered_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let run = |args: &[&str]| cli(&data, args);
+    init_acme(dir.path(), &data);
     let weak = dir.path().join("weak");
     std::fs::write(&weak, "password\n").unwrap();
     let out = run(&[
@@ -339,32 +350,9 @@ async fn metrics_are_served_on_their_own_listener_when_asked() {
 #[test]
 fn rotating_the_secrets_key_leaves_the_old_key_useless_and_the_new_one_working() {
     let dir = tempfile::tempdir().unwrap();
-    let pw = dir.path().join("pw");
-    std::fs::write(&pw, "Blue-Tractor-42\n").unwrap();
     let data = dir.path().join("data");
-    let run = |args: &[&str]| {
-        Command::new(BIN)
-            .args(args)
-            .arg("--data-dir")
-            .arg(&data)
-            .env("RUST_LOG", "error")
-            .output()
-            .expect("run")
-    };
-    let out = run(&[
-        "init",
-        "--account",
-        "acme",
-        "--admin-user",
-        "root",
-        "--admin-password-file",
-        pw.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let run = |args: &[&str]| cli(&data, args);
+    init_acme(dir.path(), &data);
     assert!(
         data.join("secrets.key").exists(),
         "the first start made the key"
