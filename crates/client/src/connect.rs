@@ -280,7 +280,8 @@ impl Live {
                                 None => return,
                             },
                             p = from_dialer.recv() => match p {
-                                Some(packet) => { let _ = t.try_send_ip(packet.to_vec()); }
+                                // Our packets are the only owner of their buffer: no copy.
+                                Some(packet) => { let _ = t.try_send_ip(Vec::from(packet)); }
                                 None => return,
                             },
                         }

@@ -497,7 +497,8 @@ async fn start_tunnel(
                     None => return,
                 },
                 pkt = from_fwd.recv() => match pkt {
-                    Some(packet) => { let _ = t.try_send_ip(packet.to_vec()); }
+                    // The forwarder's packets own their buffer: taken without a copy.
+                    Some(packet) => { let _ = t.try_send_ip(Vec::from(packet)); }
                     None => return,
                 },
             }
