@@ -33,8 +33,8 @@ use crate::exec::until;
 use crate::load::{contention, start_cpu_sampler};
 use crate::report::{Machine, Report, Row, RowKind};
 use anyhow::{Context, Result, bail};
-use drawbridge_lab::Client;
 use drawbridge_lab::topology::{Lab, Nat, PLC_IP};
+use drawbridge_lab::{Client, Proc};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -234,13 +234,7 @@ pub(crate) fn version(prog: &Path, arg: &str) -> String {
 
 fn cone_lab(tools: &Tools, opts: &Opts, report: &mut Report) -> Result<()> {
     let lab = Lab::new(Nat::Cone, Nat::Cone);
-    release_icmp(&lab)?;
-    let _iperf = start_iperf_server(&lab)?;
-    let client = Client::login(
-        &lab.office.host,
-        &lab.server,
-        &lab.dir.path().join("client"),
-    );
+    let (_iperf, client) = prepare(&lab)?;
 
     if opts.wants(RowKind::Direct) {
         // Drawbridge, TUN mode, direct path; the last session start is measured.
@@ -312,15 +306,22 @@ fn cone_lab(tools: &Tools, opts: &Opts, report: &mut Report) -> Result<()> {
     Ok(())
 }
 
-fn kernel_lab(opts: &Opts, report: &mut Report) -> Result<()> {
-    let lab = Lab::with_edge_args(Nat::Cone, Nat::Cone, &["--tun"]);
-    release_icmp(&lab)?;
-    let _iperf = start_iperf_server(&lab)?;
+/// What every Drawbridge row's lab needs: ICMP released (for ping), `iperf3 -s` on the
+/// machine LAN, and the engineer logged in on the office host.
+fn prepare(lab: &Lab) -> Result<(Proc, Client)> {
+    release_icmp(lab)?;
+    let iperf = start_iperf_server(lab)?;
     let client = Client::login(
         &lab.office.host,
         &lab.server,
         &lab.dir.path().join("client"),
     );
+    Ok((iperf, client))
+}
+
+fn kernel_lab(opts: &Opts, report: &mut Report) -> Result<()> {
+    let lab = Lab::with_edge_args(Nat::Cone, Nat::Cone, &["--tun"]);
+    let (_iperf, client) = prepare(&lab)?;
     eprintln!("-- Drawbridge direct (TUN; edge kernel mode)");
     let sid = lab.session_with("bench-kernel", crate::drawbridge::drawbridge_targets());
     start_session(&lab, &sid)?;
@@ -340,13 +341,7 @@ fn kernel_lab(opts: &Opts, report: &mut Report) -> Result<()> {
 
 fn relay_lab(opts: &Opts, report: &mut Report) -> Result<()> {
     let lab = Lab::new(Nat::Symmetric, Nat::Symmetric);
-    release_icmp(&lab)?;
-    let _iperf = start_iperf_server(&lab)?;
-    let client = Client::login(
-        &lab.office.host,
-        &lab.server,
-        &lab.dir.path().join("client"),
-    );
+    let (_iperf, client) = prepare(&lab)?;
     eprintln!("-- Drawbridge via relay (TUN)");
     let (mut conn, sid) = samples(&lab, &client, "relay", false, &mut report.timings.relay)?;
     // Give hole punching its chance to (not) happen before measuring.
