@@ -16,12 +16,11 @@
 use anyhow::Context;
 use bytes::Bytes;
 use drawbridge_netstack::rewrite::{self, MAPPED_NET, SLOTS};
-use drawbridge_netstack::{DropReason, ForwarderStats, Policy};
+use drawbridge_netstack::{ForwarderStats, PacketCounters, Policy};
 use drawbridge_tun::{RecvBatch, SendBatch};
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::mpsc;
 
@@ -31,18 +30,10 @@ const TABLE: &str = "drawbridge_edge";
 /// The TUN's own (link-local) address; clients' packets never use it.
 const TUN_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 77, 1);
 
-#[derive(Default)]
-struct Counters {
-    packets_in: AtomicU64,
-    bytes_in: AtomicU64,
-    packets_out: AtomicU64,
-    drops: [AtomicU64; 6],
-}
-
 struct Slot {
     policy: Arc<RwLock<Policy>>,
     to_tunnel: mpsc::Sender<Bytes>,
-    counters: Arc<Counters>,
+    counters: Arc<PacketCounters>,
 }
 
 struct Inner {
@@ -77,7 +68,7 @@ impl Inner {
             rewrite::to_client(&p, packet)
         };
         if let Some(out) = out {
-            counters.packets_out.fetch_add(1, Ordering::Relaxed);
+            counters.outbound(1);
             let _ = to_tunnel.try_send(Bytes::from(out));
         }
     }
@@ -232,7 +223,7 @@ impl Gateway {
         to_tunnel: mpsc::Sender<Bytes>,
     ) -> anyhow::Result<(KernelHandle, tokio::task::JoinHandle<()>)> {
         let policy = Arc::new(RwLock::new(policy));
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(PacketCounters::default());
         let slot = {
             let mut slots = self.inner.slots.lock().unwrap_or_else(|e| e.into_inner());
             let free = slots
@@ -267,10 +258,7 @@ impl Gateway {
             while let Some(first) = from_tunnel.recv().await {
                 let mut next = Some(first);
                 while let Some(packet) = next.take() {
-                    counters.packets_in.fetch_add(1, Ordering::Relaxed);
-                    counters
-                        .bytes_in
-                        .fetch_add(packet.len() as u64, Ordering::Relaxed);
+                    counters.inbound(packet.len());
                     let out = {
                         let p = policy.read().unwrap_or_else(|e| e.into_inner());
                         rewrite::to_lan(&p, slot, &packet)
@@ -280,7 +268,7 @@ impl Gateway {
                             batch.push(&out);
                         }
                         Err(reason) => {
-                            counters.drops[drop_index(reason)].fetch_add(1, Ordering::Relaxed);
+                            counters.dropped(reason);
                         }
                     }
                     if !batch.is_full() {
@@ -295,22 +283,11 @@ impl Gateway {
     }
 }
 
-fn drop_index(r: DropReason) -> usize {
-    match r {
-        DropReason::Malformed => 0,
-        DropReason::BadSource => 1,
-        DropReason::NotReleased => 2,
-        DropReason::UnsupportedProtocol => 3,
-        DropReason::Fragment => 4,
-        DropReason::TooManyFlows => 5,
-    }
-}
-
 /// One session's view of the kernel path: its policy and counters.
 #[derive(Clone)]
 pub struct KernelHandle {
     policy: Arc<RwLock<Policy>>,
-    counters: Arc<Counters>,
+    counters: Arc<PacketCounters>,
 }
 
 impl KernelHandle {
@@ -320,20 +297,7 @@ impl KernelHandle {
 
     /// The same figures the userspace forwarder reports (flows are the kernel's).
     pub fn stats(&self) -> ForwarderStats {
-        let c = &self.counters;
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        ForwarderStats {
-            packets_in: l(&c.packets_in),
-            bytes_in: l(&c.bytes_in),
-            packets_out: l(&c.packets_out),
-            dropped_malformed: l(&c.drops[0]),
-            dropped_bad_source: l(&c.drops[1]),
-            dropped_not_released: l(&c.drops[2]),
-            dropped_unsupported_protocol: l(&c.drops[3]),
-            dropped_fragment: l(&c.drops[4]),
-            dropped_too_many_flows: l(&c.drops[5]),
-            ..ForwarderStats::default()
-        }
+        self.counters.stats()
     }
 }
 

@@ -128,12 +128,62 @@ pub struct ForwarderStats {
     pub egress_refused: u64,
 }
 
-#[derive(Default)]
-struct Counters {
+/// The packet counters every forwarding path keeps: this forwarder and the edge's
+/// kernel mode (which reports the same [`ForwarderStats`]).
+#[derive(Debug, Default)]
+pub struct PacketCounters {
     packets_in: AtomicU64,
     bytes_in: AtomicU64,
     packets_out: AtomicU64,
     drops: [AtomicU64; 6],
+}
+
+impl PacketCounters {
+    /// A packet of `len` bytes came from the tunnel.
+    pub fn inbound(&self, len: usize) {
+        self.packets_in.fetch_add(1, Ordering::Relaxed);
+        self.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
+    }
+
+    /// `n` packets went to the tunnel.
+    pub fn outbound(&self, n: u64) {
+        self.packets_out.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A packet was dropped for `r`.
+    pub fn dropped(&self, r: DropReason) {
+        let i = match r {
+            DropReason::Malformed => 0,
+            DropReason::BadSource => 1,
+            DropReason::NotReleased => 2,
+            DropReason::UnsupportedProtocol => 3,
+            DropReason::Fragment => 4,
+            DropReason::TooManyFlows => 5,
+        };
+        self.drops[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// These figures as stats (the ones they do not cover are zero).
+    pub fn stats(&self) -> ForwarderStats {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ForwarderStats {
+            packets_in: l(&self.packets_in),
+            bytes_in: l(&self.bytes_in),
+            packets_out: l(&self.packets_out),
+            dropped_malformed: l(&self.drops[0]),
+            dropped_bad_source: l(&self.drops[1]),
+            dropped_not_released: l(&self.drops[2]),
+            dropped_unsupported_protocol: l(&self.drops[3]),
+            dropped_fragment: l(&self.drops[4]),
+            dropped_too_many_flows: l(&self.drops[5]),
+            ..ForwarderStats::default()
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    packets: PacketCounters,
     icmp_unavailable: AtomicU64,
     icmp_echo_answered: AtomicU64,
     tcp_flows: AtomicUsize,
@@ -142,17 +192,6 @@ struct Counters {
     udp_flows_total: AtomicU64,
     lan_connect_failed: AtomicU64,
     flows_revoked: AtomicU64,
-}
-
-fn drop_index(r: DropReason) -> usize {
-    match r {
-        DropReason::Malformed => 0,
-        DropReason::BadSource => 1,
-        DropReason::NotReleased => 2,
-        DropReason::UnsupportedProtocol => 3,
-        DropReason::Fragment => 4,
-        DropReason::TooManyFlows => 5,
-    }
 }
 
 struct Common {
@@ -164,7 +203,7 @@ struct Common {
 
 impl Common {
     fn count_drop(&self, r: DropReason) {
-        self.counters.drops[drop_index(r)].fetch_add(1, Ordering::Relaxed);
+        self.counters.packets.dropped(r);
         tracing::trace!(reason = r.as_str(), "forwarder dropped a packet");
     }
 }
@@ -180,15 +219,6 @@ impl ForwarderHandle {
         let c = &self.common.counters;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         ForwarderStats {
-            packets_in: l(&c.packets_in),
-            bytes_in: l(&c.bytes_in),
-            packets_out: l(&c.packets_out),
-            dropped_malformed: l(&c.drops[0]),
-            dropped_bad_source: l(&c.drops[1]),
-            dropped_not_released: l(&c.drops[2]),
-            dropped_unsupported_protocol: l(&c.drops[3]),
-            dropped_fragment: l(&c.drops[4]),
-            dropped_too_many_flows: l(&c.drops[5]),
             dropped_queue_full: l(&self.common.shared.tx_dropped),
             icmp_unavailable: l(&c.icmp_unavailable),
             icmp_echo_answered: l(&c.icmp_echo_answered),
@@ -199,6 +229,7 @@ impl ForwarderHandle {
             lan_connect_failed: l(&c.lan_connect_failed),
             flows_revoked: l(&c.flows_revoked),
             egress_refused: l(&self.common.shared.egress_refused),
+            ..c.packets.stats()
         }
     }
 
@@ -321,10 +352,7 @@ impl Forwarder {
             (blocked, sent) = shared.egress(&st.to_tunnel, |p| {
                 crate::wire::addrs(p).is_some_and(|(_, dst)| policy.source_allowed(dst))
             });
-            self.common
-                .counters
-                .packets_out
-                .fetch_add(sent, Ordering::Relaxed);
+            self.common.counters.packets.outbound(sent);
         }
         // Tunnel gone: reset every TCP flow, stop the UDP flows.
         shared.abort_where(|_| true);
@@ -387,8 +415,7 @@ impl Forwarder {
 
     fn inbound(&self, st: &mut RunState, packet: Bytes) {
         let c = &self.common.counters;
-        c.packets_in.fetch_add(1, Ordering::Relaxed);
-        c.bytes_in.fetch_add(packet.len() as u64, Ordering::Relaxed);
+        c.packets.inbound(packet.len());
         let verdict = {
             let policy = self.common.policy.read().unwrap_or_else(|e| e.into_inner());
             classify(&policy, &packet)
@@ -444,7 +471,7 @@ impl Forwarder {
                             let reply =
                                 wire::icmp_echo(key.dst, key.src, ident, seq, &reply_data, true);
                             if to.try_send(Bytes::from(reply)).is_ok() {
-                                common.counters.packets_out.fetch_add(1, Ordering::Relaxed);
+                                common.counters.packets.outbound(1);
                                 common
                                     .counters
                                     .icmp_echo_answered
@@ -526,7 +553,7 @@ impl Forwarder {
             if let Some(rst) = wire::tcp_rst_for_syn(&syn)
                 && st.to_tunnel.try_send(Bytes::from(rst)).is_ok()
             {
-                c.packets_out.fetch_add(1, Ordering::Relaxed);
+                c.packets.outbound(1);
             }
             return;
         };
@@ -615,7 +642,7 @@ async fn udp_flow(
                 let Ok(n) = r else { continue };
                 let pkt = wire::udp(key.dst, key.dst_port_raw, key.src, key.src_port, &buf[..n]);
                 if to.try_send(Bytes::from(pkt)).is_ok() {
-                    common.counters.packets_out.fetch_add(1, Ordering::Relaxed);
+                    common.counters.packets.outbound(1);
                 } else {
                     common.shared.tx_dropped.fetch_add(1, Ordering::Relaxed);
                 }

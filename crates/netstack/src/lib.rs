@@ -28,7 +28,9 @@ pub mod stack;
 pub mod wire;
 
 pub use dialer::{DialedStream, Dialer};
-pub use forwarder::{Forwarder, ForwarderConfig, ForwarderHandle, ForwarderStats, Limits};
+pub use forwarder::{
+    Forwarder, ForwarderConfig, ForwarderHandle, ForwarderStats, Limits, PacketCounters,
+};
 pub use policy::{DropReason, FlowKey, Policy, Verdict, classify};
 pub use servers::{forward_local, forward_local_on, socks5, socks5_on};
 pub use stack::{MTU, StackStream};
