@@ -1,0 +1,383 @@
+//! The harness the edge agent's end-to-end tests share: the real
+//! `drawbridge-server`, `drawbridge-edge` and `drawbridge` binaries on loopback,
+//! blocking API calls as the admin, and small "machine LAN" devices.
+#![allow(dead_code)]
+
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const PASSWORD: &str = "Blue-Tractor-42";
+pub const PROXY_VARS: &[&str] = &[
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+pub fn edge_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_drawbridge-edge"))
+}
+
+/// A binary of the workspace next to this test's; built once when missing
+/// (`cargo test --workspace` has built them all already).
+pub fn sibling_bin(name: &str) -> PathBuf {
+    let dir = edge_bin().parent().expect("bin dir").to_path_buf();
+    let bin = dir.join(name);
+    if !bin.exists() {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "-p", name])
+            .env("CARGO_TARGET_DIR", dir.parent().expect("target dir"))
+            .status()
+            .expect("cargo build");
+        assert!(status.success());
+    }
+    bin
+}
+
+pub fn server_bin() -> PathBuf {
+    sibling_bin("drawbridge-server")
+}
+
+/// A child process killed by its own handle when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub struct Server {
+    pub proc: Option<Proc>,
+    pub data: PathBuf,
+    pub port: u16,
+}
+
+impl Server {
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    pub fn start(data: &Path, port: u16) -> Server {
+        let mut cmd = Command::new(server_bin());
+        for v in PROXY_VARS {
+            cmd.env_remove(v);
+        }
+        let child = cmd
+            .args([
+                "run",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--stun-listen",
+                &format!("127.0.0.1:{}", free_udp_port()),
+                "--data-dir",
+            ])
+            .arg(data)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start server");
+        let s = Server {
+            proc: Some(Proc(child)),
+            data: data.to_path_buf(),
+            port,
+        };
+        // The port opens before a first start has written the CA: wait for both.
+        wait("the server answers", || {
+            data.join("ca.pem").exists()
+                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        s
+    }
+
+    pub fn stop(&mut self) {
+        self.proc.take();
+    }
+}
+
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait(what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting until {what}");
+}
+
+/// Blocking API calls as the admin.
+pub struct Api {
+    pub http: reqwest::blocking::Client,
+    pub base: String,
+    pub token: String,
+}
+
+impl Api {
+    pub fn login(s: &Server) -> Api {
+        let ca = std::fs::read(s.data.join("ca.pem")).unwrap();
+        let http = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .build()
+            .unwrap();
+        let v: Value = http
+            .post(format!("{}/api/v1/auth/login", s.url()))
+            .json(&json!({"account": "acme", "username": "root", "password": PASSWORD}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        Api {
+            http,
+            base: s.url(),
+            token: v["token"].as_str().expect("token").to_string(),
+        }
+    }
+    pub fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut r = self
+            .http
+            .request(method, format!("{}/api/v1{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let res = r.send().unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().unwrap_or(Value::Null))
+    }
+    pub fn get(&self, path: &str) -> Value {
+        self.call(reqwest::Method::GET, path, None).1
+    }
+    pub fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body))
+    }
+}
+
+pub fn edge(state: &Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(edge_bin());
+    for v in PROXY_VARS {
+        cmd.env_remove(v);
+    }
+    cmd.arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .output()
+        .expect("run drawbridge-edge")
+}
+
+pub fn edge_run(state: &Path) -> Proc {
+    let mut cmd = Command::new(edge_bin());
+    for v in PROXY_VARS {
+        cmd.env_remove(v);
+    }
+    Proc(
+        cmd.arg("--state-dir")
+            .arg(state)
+            .arg("run")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start edge"),
+    )
+}
+
+/// Server with account acme/root, a device, an enrolled edge state dir; returns (server, api, device id, edge dir).
+pub fn setup(dir: &Path) -> (Server, Api, String, PathBuf) {
+    let data = dir.join("server");
+    let pw = dir.join("pw");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    let out = Command::new(server_bin())
+        .args([
+            "init",
+            "--account",
+            "acme",
+            "--admin-user",
+            "root",
+            "--admin-password-file",
+        ])
+        .arg(&pw)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server = Server::start(&data, free_port());
+    let api = Api::login(&server);
+    let (s, v) = api.post(
+        "/devices",
+        json!({"name": "press-1", "lan_subnets": ["192.168.1.0/24"], "firewall": [{"address": "192.168.1.10", "protocol": "tcp", "ports": "502"}]}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let device = v["device"]["id"].as_str().unwrap().to_string();
+    let key = v["activation"]["key"].as_str().unwrap().to_string();
+    let state = dir.join("edge");
+    let ca = data.join("ca.pem");
+    let out = edge(
+        &state,
+        &[
+            "enroll",
+            "--server",
+            &server.url(),
+            "--activation-key",
+            &key,
+            "--ca-file",
+            ca.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "enroll: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&device));
+    // The key was single use.
+    let again = edge(
+        &dir.join("edge2"),
+        &[
+            "enroll",
+            "--server",
+            &server.url(),
+            "--activation-key",
+            &key,
+            "--ca-file",
+            ca.to_str().unwrap(),
+        ],
+    );
+    assert!(!again.status.success());
+    (server, api, device, state)
+}
+
+pub fn session(api: &Api, device: &str, admin_id: &str) -> String {
+    let (s, v) = api.post(
+        "/sessions",
+        json!({"name": "fix", "devices": [{"device_id": device, "targets": [{"address": "192.168.1.10", "protocol": "tcp", "ports": "502"}]}], "users": [admin_id]}),
+    );
+    assert_eq!(s, 200, "{v}");
+    v["id"].as_str().unwrap().to_string()
+}
+
+pub fn client_bin() -> PathBuf {
+    sibling_bin("drawbridge")
+}
+
+pub fn client(config: &Path) -> Command {
+    let mut cmd = Command::new(client_bin());
+    for v in PROXY_VARS {
+        cmd.env_remove(v);
+    }
+    for v in [
+        "DRAWBRIDGE_SERVER",
+        "DRAWBRIDGE_CA_FILE",
+        "DRAWBRIDGE_TOKEN",
+    ] {
+        cmd.env_remove(v);
+    }
+    cmd.env("DRAWBRIDGE_CONFIG_DIR", config);
+    cmd
+}
+
+/// A "machine LAN" TCP device on loopback: echoes what it receives.
+pub fn echo_server() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = c.try_clone().unwrap();
+                let mut w = c;
+                let _ = std::io::copy(&mut r, &mut w);
+            });
+        }
+    });
+    addr
+}
+
+pub fn login(server: &Server, config: &Path) {
+    login_as(server, config, "acme", "root");
+}
+
+pub fn login_as(server: &Server, config: &Path, account: &str, user: &str) {
+    use std::io::Write;
+    let mut login = client(config)
+        .args([
+            "login",
+            "--server",
+            &server.url(),
+            "--account",
+            account,
+            "--user",
+            user,
+            "--password-stdin",
+            "--ca-file",
+        ])
+        .arg(server.data.join("ca.pem"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    login
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{PASSWORD}\n").as_bytes())
+        .unwrap();
+    let out = login.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "login: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A SOCKS5 CONNECT to `dst` through the proxy at `proxy`; returns the reply code.
+pub fn socks_connect(
+    proxy: std::net::SocketAddr,
+    dst: std::net::SocketAddr,
+) -> (u8, std::net::TcpStream) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&[5, 1, 0]).unwrap();
+    let mut hello = [0u8; 2];
+    s.read_exact(&mut hello).unwrap();
+    assert_eq!(hello, [5, 0]);
+    let std::net::SocketAddr::V4(v4) = dst else {
+        panic!("v4 only")
+    };
+    let mut req = vec![5, 1, 0, 1];
+    req.extend_from_slice(&v4.ip().octets());
+    req.extend_from_slice(&v4.port().to_be_bytes());
+    s.write_all(&req).unwrap();
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).unwrap();
+    (reply[1], s)
+}
