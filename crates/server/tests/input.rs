@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 store_tests!(
     bad_json_unknown_fields_wrong_types_and_oversized_bodies_are_refused_without_change,
     every_documented_route_exists_and_unknown_routes_get_json_errors,
+    every_route_refuses_a_body_that_is_not_a_json_object_and_changes_nothing,
+    approving_or_refusing_a_session_not_waiting_for_approval_is_the_same_conflict,
 );
 
 async fn raw(
@@ -366,4 +368,204 @@ async fn every_documented_route_exists_and_unknown_routes_get_json_errors(app: T
     ] {
         assert!(res.headers().contains_key(h), "{h}");
     }
+}
+
+/// Counts that move when anything is created, ended, revoked, disabled or
+/// recorded: a refused request must leave all of them as they were.
+async fn fingerprint(app: &TestApp) -> Vec<(String, i64)> {
+    let mut v = Vec::new();
+    for t in [
+        "accounts",
+        "users",
+        "users WHERE disabled <> 0",
+        "devices",
+        "devices WHERE pending_approval <> 0",
+        "groups_",
+        "group_members",
+        "pools",
+        "pool_devices",
+        "grants",
+        "sessions",
+        "sessions WHERE state = 'ended'",
+        "sessions WHERE state = 'active'",
+        "session_devices",
+        "tunnels",
+        "auth_tokens",
+        "auth_tokens WHERE revoked_at IS NOT NULL",
+        "activation_keys",
+        "fleet_keys",
+        "logbook",
+        "setup_tokens",
+        "audit_log",
+    ] {
+        v.push((t.to_string(), app.count(t).await));
+    }
+    v
+}
+
+async fn every_route_refuses_a_body_that_is_not_a_json_object_and_changes_nothing(app: TestApp) {
+    let acct = app.account("acme").await;
+    let (device, _) = app.device(&acct, "press-1").await;
+    let (user, user_token) = app.user(&acct, "ute", "user").await;
+    let (group, pool) = app
+        .grant(&acct, &[&user], &[&device], "full", json!([]))
+        .await;
+    let grant = app
+        .ok(Method::GET, "/api/v1/grants", &acct.admin, None)
+        .await[0]["id"]
+        .as_str()
+        .expect("grant id")
+        .to_string();
+    let session = app.session(&acct.admin, &device, &[&user]).await;
+    let api_token = app
+        .ok(
+            Method::POST,
+            "/api/v1/tokens",
+            &acct.admin,
+            Some(json!({"name": "ci", "expires_in_days": 30})),
+        )
+        .await["info"]["id"]
+        .as_str()
+        .expect("token id")
+        .to_string();
+    let fleet_key = app
+        .ok(
+            Method::POST,
+            "/api/v1/fleet-keys",
+            &acct.admin,
+            Some(json!({"name": "line", "expires_in_days": 30})),
+        )
+        .await["info"]["id"]
+        .as_str()
+        .expect("fleet key id")
+        .to_string();
+    let before = fingerprint(&app).await;
+
+    let (_, doc) = drawbridge_server::api::routes();
+    let mut n = 0;
+    for (path, item) in &doc.paths.paths {
+        let ops = [
+            (Method::GET, item.get.is_some()),
+            (Method::POST, item.post.is_some()),
+            (Method::PUT, item.put.is_some()),
+            (Method::PATCH, item.patch.is_some()),
+            (Method::DELETE, item.delete.is_some()),
+        ];
+        // Real objects, so a route that ignored the body would act on them.
+        let id = [
+            ("/api/v1/devices/", &device),
+            ("/api/v1/users/", &user),
+            ("/api/v1/groups/", &group),
+            ("/api/v1/pools/", &pool),
+            ("/api/v1/grants/", &grant),
+            ("/api/v1/sessions/", &session),
+            ("/api/v1/tokens/", &api_token),
+            ("/api/v1/fleet-keys/", &fleet_key),
+        ]
+        .iter()
+        .find(|(p, _)| path.starts_with(p))
+        .map_or("x", |(_, id)| id.as_str());
+        let concrete = path
+            .replace("{id}", id)
+            .replace("{user_id}", &user)
+            .replace("{device_id}", &device);
+        assert!(
+            !concrete.contains('{'),
+            "no value for a parameter of {path}"
+        );
+        for (m, present) in ops {
+            if !present {
+                continue;
+            }
+            for body in [
+                &br#"["x"]"#[..],
+                br#"["press-2", [], [], []]"#,
+                b"[]",
+                b"\"x\"",
+                b"null",
+                b"true",
+                b"42",
+            ] {
+                n += 1;
+                for token in [&acct.admin, &user_token] {
+                    let (s, v) = raw(
+                        &app,
+                        m.clone(),
+                        &concrete,
+                        token,
+                        Some("application/json"),
+                        body.to_vec(),
+                    )
+                    .await;
+                    let shown = String::from_utf8_lossy(body);
+                    assert_eq!(s, StatusCode::BAD_REQUEST, "{m} {path} {shown}: {v}");
+                    assert_eq!(v["code"], "bad_request", "{m} {path} {shown}: {v}");
+                    assert!(
+                        v["message"]
+                            .as_str()
+                            .is_some_and(|t| t.contains("JSON object")),
+                        "{m} {path} {shown}: {v}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(n >= 45 * 7, "requests: {n}");
+    assert_eq!(fingerprint(&app).await, before, "nothing changed");
+    // The same objects still answer to proper requests: both tokens are live.
+    for token in [&acct.admin, &user_token] {
+        let (s, v) = app.get("/api/v1/me", token).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let (s, v) = app
+        .get(&format!("/api/v1/sessions/{session}"), &acct.admin)
+        .await;
+    assert_eq!(
+        (s, v["state"].clone()),
+        (StatusCode::OK, json!("prepared")),
+        "{v}"
+    );
+}
+
+async fn approving_or_refusing_a_session_not_waiting_for_approval_is_the_same_conflict(
+    app: TestApp,
+) {
+    let acct = app.account("acme").await;
+    let (device, _) = app.device(&acct, "press-1").await;
+    let (_, approver) = app.user(&acct, "approver", "admin").await;
+    let prepared = app.session(&acct.admin, &device, &[&acct.admin_id]).await;
+    let active = app.session(&acct.admin, &device, &[&acct.admin_id]).await;
+    app.ok(
+        Method::POST,
+        &format!("/api/v1/sessions/{active}/start"),
+        &acct.admin,
+        None,
+    )
+    .await;
+    let before = fingerprint(&app).await;
+    for (id, state) in [(&prepared, "prepared"), (&active, "active")] {
+        for approve in [false, true] {
+            let (s, v) = app
+                .post(
+                    &format!("/api/v1/sessions/{id}/approve"),
+                    &approver,
+                    json!({ "approve": approve }),
+                )
+                .await;
+            assert_eq!(
+                (s, v["code"].clone()),
+                (StatusCode::CONFLICT, json!("conflict")),
+                "approve={approve} on a {state} session: {v}"
+            );
+            assert_eq!(
+                v["message"], "the session is not waiting for approval",
+                "{v}"
+            );
+        }
+        let (_, v) = app
+            .get(&format!("/api/v1/sessions/{id}"), &acct.admin)
+            .await;
+        assert_eq!(v["state"], state, "{v}");
+    }
+    assert_eq!(fingerprint(&app).await, before, "nothing changed");
 }

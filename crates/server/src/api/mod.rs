@@ -128,12 +128,64 @@ pub fn app(state: AppState) -> Router {
     let portal_key = state.portal_key.clone();
     let api: Router = Router::new()
         .merge(api)
+        .layer(axum::middleware::from_fn(object_bodies_only))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state);
     // The portal renders pages by calling this same API in-process.
     let portal = drawbridge_portal::router(api.clone(), &portal_key);
     api.merge(portal).merge(relay).fallback(not_found)
+}
+
+/// Every request body the API accepts is a JSON object with named fields.
+///
+/// serde maps a JSON array onto a struct by position (`["x"]` would be a
+/// `CreateDevice` named "x"), and routes without a body would ignore whatever
+/// was sent. This layer sees every API request before its handler: a non-empty
+/// body that is not one JSON object is refused with `bad_request`, so no handler
+/// runs and nothing changes. Empty bodies pass (routes that take no body).
+async fn object_bodies_only(req: Request, next: axum::middleware::Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return AppError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("the request body is larger than {MAX_BODY} bytes"),
+            )
+            .into_response();
+        }
+    };
+    if !bytes.is_empty() {
+        if let Err(e) = check_object(&bytes) {
+            return e.into_response();
+        }
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
+}
+
+/// `Ok` when `body` is exactly one JSON object (values are not looked at here;
+/// the route's typed extractor checks them).
+fn check_object(body: &[u8]) -> Result<(), AppError> {
+    use serde::de::IgnoredAny;
+    use serde_json::error::Category;
+    match serde_json::from_slice::<std::collections::HashMap<String, IgnoredAny>>(body) {
+        Ok(_) => Ok(()),
+        Err(e) if e.classify() == Category::Data => {
+            let got = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+                Some(b'[') => "an array",
+                Some(b'"') => "a string",
+                Some(b'n') => "null",
+                Some(b't' | b'f') => "a boolean",
+                _ => "a number",
+            };
+            Err(AppError::bad_request(format!(
+                "the request body must be a JSON object with named fields, not {got}"
+            )))
+        }
+        Err(_) => Err(AppError::bad_request("the request body is not valid JSON")),
+    }
 }
 
 fn meta_routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {

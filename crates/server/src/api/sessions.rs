@@ -435,6 +435,22 @@ async fn approve(
     }
     let now = state.now();
     let mut tx = state.store.begin().await?;
+    // Approving and refusing are answers to a request for approval: on a
+    // session that is not waiting for one, both are the same conflict and
+    // change nothing (refusing must not become a way to end a session). The
+    // no-op update checks the state and holds the row until commit.
+    let pending = sqlx::query(
+        "UPDATE sessions SET state = state WHERE id = $1 AND account_id = $2 AND state = 'pending_approval'",
+    )
+    .bind(&id)
+    .bind(&caller.account_id)
+    .execute(&mut *tx)
+    .await?;
+    if pending.rows_affected() != 1 {
+        return Err(AppError::conflict(
+            "the session is not waiting for approval",
+        ));
+    }
     crate::sessions::decide(
         &mut tx,
         &caller.account_id,
