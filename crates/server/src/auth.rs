@@ -126,7 +126,7 @@ async fn resolve(state: &AppState, parts: &Parts) -> AppResult<Caller> {
     let now = state.now();
     let row = sqlx::query(
         "SELECT t.id, t.account_id, t.user_id, t.kind, t.stage, t.read_only, t.last_used_at, t.expires_at,
-                t.revoked_at, u.username, u.role, u.disabled, a.settings
+                t.revoked_at, u.username, u.role, u.disabled, u.totp_secret, a.settings
          FROM auth_tokens t JOIN users u ON u.id = t.user_id JOIN accounts a ON a.id = t.account_id
          WHERE t.token_hash = $1",
     )
@@ -145,6 +145,17 @@ async fn resolve(state: &AppState, parts: &Parts) -> AppResult<Caller> {
         return Err(AppError::unauthenticated());
     }
     let id: String = row.try_get("id")?;
+    // Mandatory second factor: a user without one has no API access until
+    // they enrol (their logins were revoked when it became mandatory).
+    if kind == "api"
+        && settings.require_totp
+        && row.try_get::<Option<String>, _>("totp_secret")?.is_none()
+    {
+        return Err(AppError::new(
+            ErrorCode::Unauthenticated,
+            "this account requires a second factor: log in and set one up; your API tokens work again after that",
+        ));
+    }
     if kind == "login" && now - last_used >= idle_limit {
         return Err(AppError::new(
             ErrorCode::Unauthenticated,
@@ -304,47 +315,114 @@ pub fn next_stage(user: &UserRow, settings: &AccountSettings, now: i64) -> Login
     }
 }
 
-/// Counts a failed attempt; locks the user at the account's threshold, tells
-/// the admins and puts it on the record.
+/// What counting a failed attempt did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Counted; the user is not locked.
+    Counted,
+    /// This failure reached the threshold and locked the user.
+    LockedNow,
+    /// The user was already locked (by a concurrent attempt): not counted.
+    AlreadyLocked,
+}
+
+/// Counts a failed attempt in SQL (`failed_logins + 1 … RETURNING`), so
+/// concurrent failures all count; the one that reaches the account's
+/// threshold locks the user, tells the admins and puts it on the record.
+/// Failures while locked are not counted (one lockout, however many arrive).
 pub async fn register_failure(
     tx: &mut Tx<'_>,
     user: &UserRow,
     settings: &AccountSettings,
     now: i64,
     source: &str,
-) -> AppResult<()> {
-    let failures = user.failed_logins + 1;
-    if failures >= i64::from(settings.lockout_threshold) {
-        let until = now + i64::from(settings.lockout_minutes) * 60;
-        sqlx::query("UPDATE users SET failed_logins = 0, locked_until = $1 WHERE id = $2")
-            .bind(until)
-            .bind(&user.id)
-            .execute(&mut **tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO notifications (id, account_id, kind, message, created_at) VALUES ($1, $2, 'lockout', $3, $4)",
-        )
-        .bind(secret::new_id())
-        .bind(&user.account_id)
-        .bind(format!(
-            "User {} was locked for {} minutes after {} failed logins (last from {source}).",
-            user.username, settings.lockout_minutes, failures
-        ))
-        .bind(now)
+) -> AppResult<Failure> {
+    let failures: Option<i64> = sqlx::query_scalar(
+        "UPDATE users SET failed_logins = failed_logins + 1
+         WHERE id = $1 AND (locked_until IS NULL OR locked_until <= $2) RETURNING failed_logins",
+    )
+    .bind(&user.id)
+    .bind(now)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(failures) = failures else {
+        return Ok(Failure::AlreadyLocked);
+    };
+    if failures < i64::from(settings.lockout_threshold) {
+        return Ok(Failure::Counted);
+    }
+    let until = now + i64::from(settings.lockout_minutes) * 60;
+    sqlx::query("UPDATE users SET failed_logins = 0, locked_until = $1 WHERE id = $2")
+        .bind(until)
+        .bind(&user.id)
         .execute(&mut **tx)
         .await?;
-        let ev = Event::new(&user.account_id, "system", "user.lockout", &format!("user:{}", user.id))
-            .source(source)
-            .details(serde_json::json!({ "username": user.username, "failures": failures, "minutes": settings.lockout_minutes }));
-        audit::append(tx, now, &ev).await?;
-    } else {
-        sqlx::query("UPDATE users SET failed_logins = $1 WHERE id = $2")
-            .bind(failures)
-            .bind(&user.id)
+    sqlx::query(
+        "INSERT INTO notifications (id, account_id, kind, message, created_at) VALUES ($1, $2, 'lockout', $3, $4)",
+    )
+    .bind(secret::new_id())
+    .bind(&user.account_id)
+    .bind(format!(
+        "User {} was locked for {} minutes after {} failed logins (last from {source}).",
+        user.username, settings.lockout_minutes, failures
+    ))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    let ev = Event::new(&user.account_id, "system", "user.lockout", &format!("user:{}", user.id))
+        .source(source)
+        .details(serde_json::json!({ "username": user.username, "failures": failures, "minutes": settings.lockout_minutes }));
+    audit::append(tx, now, &ev).await?;
+    Ok(Failure::LockedNow)
+}
+
+/// Clears the failure count after a complete login, unless a concurrent
+/// failure locked the user meanwhile (then false: the login must fail).
+async fn clear_failures(tx: &mut Tx<'_>, user_id: &str, now: i64) -> AppResult<bool> {
+    let r = sqlx::query(
+        "UPDATE users SET failed_logins = 0, locked_until = NULL
+         WHERE id = $1 AND (locked_until IS NULL OR locked_until <= $2)",
+    )
+    .bind(user_id)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Marks a TOTP time step used, only if it is later than the last used one,
+/// in one conditional update: of concurrent logins with the same code,
+/// exactly one gets true.
+async fn use_totp_step(tx: &mut Tx<'_>, user_id: &str, step: i64) -> AppResult<bool> {
+    let r =
+        sqlx::query("UPDATE users SET totp_last_step = $1 WHERE id = $2 AND totp_last_step < $1")
+            .bind(step)
+            .bind(user_id)
             .execute(&mut **tx)
             .await?;
-    }
-    Ok(())
+    Ok(r.rows_affected() == 1)
+}
+
+/// Revokes the login tokens of the account's users who have no second factor
+/// (when TOTP becomes mandatory), except `keep` (the admin's own current
+/// login that made the change). Returns how many were revoked.
+pub async fn revoke_logins_without_totp(
+    tx: &mut Tx<'_>,
+    account_id: &str,
+    keep: &str,
+    now: i64,
+) -> AppResult<u64> {
+    let r = sqlx::query(
+        "UPDATE auth_tokens SET revoked_at = $1
+         WHERE account_id = $2 AND kind = 'login' AND revoked_at IS NULL AND id <> $3
+           AND user_id IN (SELECT id FROM users WHERE account_id = $2 AND totp_secret IS NULL)",
+    )
+    .bind(now)
+    .bind(account_id)
+    .bind(keep)
+    .execute(&mut **tx)
+    .await?;
+    Ok(r.rows_affected())
 }
 
 /// Password login. Unknown account, unknown user, wrong password, disabled and
@@ -368,7 +446,7 @@ async fn login_inner(
         || !sane(&req.username, 256)
         || req.password.len() > crate::password::MAX_PASSWORD_LEN
     {
-        crate::password::verify(&req.password, &state.dummy_hash);
+        crate::password::verify_async(&req.password, &state.dummy_hash).await?;
         return Err(AppError::login_failed());
     }
     let account = sqlx::query(&format!(
@@ -394,7 +472,7 @@ async fn login_inner(
         None => None,
     };
     let (Some(account), Some(user)) = (account, user) else {
-        crate::password::verify(&req.password, &state.dummy_hash);
+        crate::password::verify_async(&req.password, &state.dummy_hash).await?;
         let chain = state_chain_for_unknown(&req.account, state).await?;
         let ev = Event::new(&chain, "anonymous", "login.failed", "-")
             .result("failed")
@@ -405,7 +483,8 @@ async fn login_inner(
     };
     let settings = account.settings;
     // Hash first, whatever the user's state: equal work for every failure.
-    let password_ok = crate::password::verify(&req.password, &user.password_hash);
+    // Off the async workers, at most a few at once (`password::Hashing`).
+    let password_ok = crate::password::verify_async(&req.password, &user.password_hash).await?;
     let actor = format!("user:{}", user.id);
     let fail = |reason: &str, action: &str| {
         Event::new(&user.account_id, &actor, action, &actor)
@@ -414,6 +493,8 @@ async fn login_inner(
             .details(serde_json::json!({ "username": user.username, "reason": reason }))
     };
     let mut tx = state.store.begin().await?;
+    // A first look at the state read before hashing; the counting below
+    // decides again in SQL, so concurrent attempts cannot slip past a lockout.
     if user.disabled {
         audit::append(&mut tx, now, &fail("user disabled", "login.failed")).await?;
         tx.commit().await?;
@@ -425,8 +506,12 @@ async fn login_inner(
         return Err(AppError::login_failed());
     }
     if !password_ok {
-        register_failure(&mut tx, &user, &settings, now, source).await?;
-        audit::append(&mut tx, now, &fail("wrong password", "login.failed")).await?;
+        let f = register_failure(&mut tx, &user, &settings, now, source).await?;
+        let ev = match f {
+            Failure::AlreadyLocked => fail("user locked", "login.locked"),
+            _ => fail("wrong password", "login.failed"),
+        };
+        audit::append(&mut tx, now, &ev).await?;
         tx.commit().await?;
         return Err(AppError::login_failed());
     }
@@ -435,34 +520,33 @@ async fn login_inner(
             let secret = state
                 .store
                 .unseal(&crate::sealed::totp_context(&user.id, false), secret)?;
-            match crate::totp::check(&secret, code, now, user.totp_last_step) {
-                Some(step) => {
-                    sqlx::query("UPDATE users SET totp_last_step = $1 WHERE id = $2")
-                        .bind(step)
-                        .bind(&user.id)
-                        .execute(&mut *tx)
-                        .await?;
-                    next_stage(&user, &settings, now)
-                }
-                None => {
-                    register_failure(&mut tx, &user, &settings, now, source).await?;
-                    audit::append(&mut tx, now, &fail("wrong second factor", "login.failed"))
-                        .await?;
-                    tx.commit().await?;
-                    return Err(AppError::login_failed());
-                }
+            let used = match crate::totp::check(&secret, code, now, user.totp_last_step) {
+                // Of concurrent logins with the same code only one marks its step.
+                Some(step) => use_totp_step(&mut tx, &user.id, step).await?,
+                None => false,
+            };
+            if !used {
+                let f = register_failure(&mut tx, &user, &settings, now, source).await?;
+                let ev = match f {
+                    Failure::AlreadyLocked => fail("user locked", "login.locked"),
+                    _ => fail("wrong second factor", "login.failed"),
+                };
+                audit::append(&mut tx, now, &ev).await?;
+                tx.commit().await?;
+                return Err(AppError::login_failed());
             }
+            next_stage(&user, &settings, now)
         }
         (Some(_), None) => LoginStage::TotpRequired,
         (None, _) => next_stage(&user, &settings, now),
     };
-    if stage != LoginStage::TotpRequired {
-        // Only a login through every factor clears the failure count; otherwise
-        // a known password would allow unlimited guesses at the second factor.
-        sqlx::query("UPDATE users SET failed_logins = 0, locked_until = NULL WHERE id = $1")
-            .bind(&user.id)
-            .execute(&mut *tx)
-            .await?;
+    // Only a login through every factor clears the failure count; otherwise
+    // a known password would allow unlimited guesses at the second factor.
+    if stage != LoginStage::TotpRequired && !clear_failures(&mut tx, &user.id, now).await? {
+        // Locked by a concurrent failure after the first look above.
+        drop(tx);
+        audit::record(&state.store, now, &fail("user locked", "login.locked")).await?;
+        return Err(AppError::login_failed());
     }
     let resp = issue_login_token(&mut tx, &user, &settings, stage, now).await?;
     metrics::counter!("logins_total", "result" => "ok").increment(1);
@@ -505,33 +589,40 @@ pub async fn finish_totp(
     let secret = state
         .store
         .unseal(&crate::sealed::totp_context(&user.id, false), secret)?;
-    let locked = user.locked_until.is_some_and(|t| t > now);
-    let step = if locked {
-        None
-    } else {
-        crate::totp::check(&secret, code, now, user.totp_last_step)
+    let mut locked = user.locked_until.is_some_and(|t| t > now);
+    let used = match crate::totp::check(&secret, code, now, user.totp_last_step) {
+        // Of concurrent second steps with the same code only one marks its step.
+        Some(step) if !locked => use_totp_step(&mut tx, &user.id, step).await?,
+        _ => false,
+    };
+    // A lock taken by a concurrent failure since the read above refuses too.
+    let ok = used && {
+        let cleared = clear_failures(&mut tx, &user.id, now).await?;
+        locked = !cleared;
+        cleared
     };
     let actor = caller.actor();
-    let Some(step) = step else {
-        if !locked {
-            register_failure(&mut tx, &user, &account.settings, now, &caller.source).await?;
+    if !ok {
+        if !locked
+            && register_failure(&mut tx, &user, &account.settings, now, &caller.source).await?
+                == Failure::AlreadyLocked
+        {
+            locked = true;
         }
         revoke_token(&mut tx, &caller.token_id, now).await?;
+        let reason = if locked {
+            "user locked"
+        } else {
+            "wrong second factor"
+        };
         let ev = Event::new(&caller.account_id, &actor, "login.failed", &actor)
             .result("failed")
             .source(&caller.source)
-            .details(
-                serde_json::json!({ "username": user.username, "reason": "wrong second factor" }),
-            );
+            .details(serde_json::json!({ "username": user.username, "reason": reason }));
         audit::append(&mut tx, now, &ev).await?;
         tx.commit().await?;
         return Err(AppError::login_failed());
-    };
-    sqlx::query("UPDATE users SET totp_last_step = $1, failed_logins = 0 WHERE id = $2")
-        .bind(step)
-        .bind(&user.id)
-        .execute(&mut *tx)
-        .await?;
+    }
     revoke_token(&mut tx, &caller.token_id, now).await?;
     let stage = next_stage(&user, &account.settings, now);
     let resp = issue_login_token(&mut tx, &user, &account.settings, stage, now).await?;

@@ -3,6 +3,10 @@
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use drawbridge_proto::PasswordPolicy;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+use tokio::sync::Semaphore;
 
 /// The longest password we hash (argon2 is costly; this bounds the work).
 pub const MAX_PASSWORD_LEN: usize = 256;
@@ -32,6 +36,143 @@ pub fn verify(password: &str, stored: &str) -> bool {
         Ok(h) => hasher().verify_password(password.as_bytes(), &h).is_ok(),
         Err(_) => false,
     }
+}
+
+/// Why an argon2 computation did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// Every slot was taken for longer than the wait, or too many were waiting.
+    #[error("the server is busy checking passwords; try again in a moment")]
+    Busy,
+    /// The blocking task failed (a panic inside argon2).
+    #[error("password hashing failed")]
+    Failed,
+}
+
+impl From<HashError> for crate::error::AppError {
+    fn from(e: HashError) -> Self {
+        match e {
+            HashError::Busy => {
+                metrics::counter!("password_hashing_busy_total").increment(1);
+                crate::error::AppError::new(drawbridge_proto::ErrorCode::RateLimited, e.to_string())
+            }
+            HashError::Failed => crate::error::AppError::internal(anyhow::anyhow!(e)),
+        }
+    }
+}
+
+/// Runs argon2 off the async workers (`spawn_blocking`) with at most `limit`
+/// computations at once, so a burst of logins cannot occupy every core and
+/// stall edge channels, relay traffic or the API. Excess callers wait up to
+/// `wait` for a slot; beyond `max_waiting` waiting callers are refused at once.
+pub struct Hashing {
+    permits: Arc<Semaphore>,
+    limit: usize,
+    max_waiting: usize,
+    wait: Duration,
+    waiting: AtomicUsize,
+    running: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
+}
+
+impl Hashing {
+    pub fn new(limit: usize, max_waiting: usize, wait: Duration) -> Self {
+        let limit = limit.max(1);
+        Hashing {
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+            max_waiting,
+            wait,
+            waiting: AtomicUsize::new(0),
+            running: Arc::new(AtomicUsize::new(0)),
+            peak: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// The process-wide pool: one slot fewer than the cores (at least one, at
+    /// most 8), so one core stays free for everything else; 64 waiters per
+    /// slot, each waiting at most 5 s.
+    pub fn global() -> &'static Hashing {
+        static POOL: LazyLock<Hashing> = LazyLock::new(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let limit = cores.saturating_sub(1).clamp(1, 8);
+            Hashing::new(limit, 64 * limit, Duration::from_secs(5))
+        });
+        &POOL
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// The most computations that ever ran at once.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+
+    /// Runs `f` on the blocking pool once a slot is free. The slot is held by
+    /// the blocking task itself, so a caller that gives up (a dropped request)
+    /// does not free it while the computation still runs.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, HashError> {
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return Err(HashError::Busy);
+        }
+        let permit =
+            tokio::time::timeout(self.wait, Arc::clone(&self.permits).acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        let Ok(Ok(permit)) = permit else {
+            return Err(HashError::Busy);
+        };
+        let running = Arc::clone(&self.running);
+        let peak = Arc::clone(&self.peak);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            let out = f();
+            running.fetch_sub(1, Ordering::SeqCst);
+            out
+        })
+        .await
+        .map_err(|_| HashError::Failed)
+    }
+}
+
+/// [`verify`] on the global [`Hashing`] pool.
+pub async fn verify_async(password: &str, stored: &str) -> Result<bool, HashError> {
+    if password.len() > MAX_PASSWORD_LEN {
+        return Ok(false);
+    }
+    let (password, stored) = (password.to_string(), stored.to_string());
+    Hashing::global()
+        .run(move || verify(&password, &stored))
+        .await
+}
+
+/// [`verify`] of one password against several hashes (the history) in one slot.
+pub async fn verify_any_async(password: &str, stored: Vec<String>) -> Result<bool, HashError> {
+    if password.len() > MAX_PASSWORD_LEN {
+        return Ok(false);
+    }
+    let password = password.to_string();
+    Hashing::global()
+        .run(move || {
+            // Check all of them: the time does not tell which one matched.
+            stored
+                .iter()
+                .fold(false, |any, h| verify(&password, h) | any)
+        })
+        .await
+}
+
+/// [`hash`] on the global [`Hashing`] pool.
+pub async fn hash_async(password: &str) -> Result<String, HashError> {
+    let password = password.to_string();
+    Hashing::global().run(move || hash(&password)).await
 }
 
 /// Why a password was refused; the message is shown to the user.
@@ -83,6 +224,74 @@ pub fn check_policy(policy: &PasswordPolicy, username: &str, password: &str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_hashing_completes_with_at_most_limit_at_once() {
+        let pool = Arc::new(Hashing::new(2, 100, Duration::from_secs(30)));
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let pool = Arc::clone(&pool);
+            tasks.push(tokio::spawn(async move {
+                pool.run(|| std::thread::sleep(Duration::from_millis(10)))
+                    .await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().expect("every call completes");
+        }
+        assert_eq!(pool.peak(), 2, "never more than the limit at once");
+        // The real thing through the global pool: a burst of verifications.
+        let stored = hash("Correct-Horse-9");
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let stored = stored.clone();
+            tasks.push(tokio::spawn(async move {
+                let pw = if i % 2 == 0 {
+                    "Correct-Horse-9"
+                } else {
+                    "wrong"
+                };
+                (i, verify_async(pw, &stored).await.unwrap())
+            }));
+        }
+        for t in tasks {
+            let (i, ok) = t.await.unwrap();
+            assert_eq!(ok, i % 2 == 0);
+        }
+        assert!(Hashing::global().peak() <= Hashing::global().limit());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn excess_callers_are_refused_as_busy_instead_of_queueing_without_bound() {
+        let pool = Arc::new(Hashing::new(1, 1, Duration::from_secs(2)));
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move {
+                pool.run(move || {
+                    let _ = hold.recv();
+                })
+                .await
+            })
+        };
+        while pool.peak() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // One may wait (and gives up after the wait); a second waiter is refused at once.
+        let waiter = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move { pool.run(|| ()).await })
+        };
+        while pool.waiting.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(pool.run(|| ()).await, Err(HashError::Busy)));
+        assert!(matches!(waiter.await.unwrap(), Err(HashError::Busy)));
+        release.send(()).unwrap();
+        holder.await.unwrap().unwrap();
+        pool.run(|| ()).await.expect("free again");
+        assert_eq!(pool.peak(), 1);
+    }
 
     #[test]
     fn hashes_are_argon2id_salted_and_verify() {

@@ -57,6 +57,7 @@ async fn update_account(
             });
         }
     }
+    let mut logins_revoked = 0;
     if let Some(patch) = &req.settings {
         let settings = merge_settings(&before.settings, patch)?;
         sqlx::query("UPDATE accounts SET settings = $1 WHERE id = $2")
@@ -64,6 +65,18 @@ async fn update_account(
             .bind(&caller.account_id)
             .execute(&mut *tx)
             .await?;
+        if settings.require_totp && !before.settings.require_totp {
+            // Password-only logins end now (the next login enrols a second
+            // factor); API tokens of such users are refused until they enrol
+            // (`auth::resolve`). The admin's own current login stays.
+            logins_revoked = crate::auth::revoke_logins_without_totp(
+                &mut tx,
+                &caller.account_id,
+                &caller.token_id,
+                now,
+            )
+            .await?;
+        }
     }
     let after = records::account(&mut tx, &caller.account_id).await?;
     let ev = caller
@@ -72,6 +85,7 @@ async fn update_account(
             "username": caller.username,
             "before": { "name": before.name, "settings": before.settings },
             "after": { "name": after.name, "settings": after.settings },
+            "logins_revoked": logins_revoked,
         }));
     audit::append(&mut tx, now, &ev).await?;
     tx.commit().await?;

@@ -86,36 +86,56 @@ async fn whoami(State(state): State<AppState>, caller: Caller) -> AppResult<Json
 }
 
 /// Change the caller's own password. Ends every login and API token of the
-/// user and answers with a fresh login.
+/// user and answers with a fresh login. Wrong current passwords count towards
+/// the lockout like failed logins; a locked user and an address over the
+/// attempt limit are refused before any password is checked.
 #[utoipa::path(post, path = "/api/v1/me/password", tag = "auth",
     request_body = PasswordChangeRequest,
-    responses((status = 200, body = LoginResponse), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
+    responses((status = 200, body = LoginResponse), (status = 400, body = ApiError), (status = 401, body = ApiError), (status = 429, body = ApiError)))]
 async fn change_password(
     State(state): State<AppState>,
     caller: LoginCaller,
     ApiJson(req): ApiJson<PasswordChangeRequest>,
 ) -> AppResult<Json<LoginResponse>> {
     let caller = caller.at(&[LoginStage::Complete, LoginStage::PasswordChangeRequired])?;
+    state.attempt(&caller.source)?;
     let now = state.now();
     let mut conn = state.store.pool.acquire().await?;
     let user = records::user(&mut conn, &caller.account_id, &caller.user_id).await?;
     let account = records::account(&mut conn, &caller.account_id).await?;
     drop(conn);
-    if !crate::password::verify(&req.current_password, &user.password_hash) {
+    if user.locked_until.is_some_and(|t| t > now) {
+        return Err(locked_error());
+    }
+    // Every argon2 computation runs before the write transaction.
+    if !crate::password::verify_async(&req.current_password, &user.password_hash).await? {
         let mut tx = state.store.begin().await?;
-        auth::register_failure(&mut tx, &user, &account.settings, now, &caller.source).await?;
+        let f =
+            auth::register_failure(&mut tx, &user, &account.settings, now, &caller.source).await?;
         let ev = caller
             .event("user.password_change", &caller.actor())
             .result("failed");
         audit::append(&mut tx, now, &ev).await?;
         tx.commit().await?;
+        if f == auth::Failure::AlreadyLocked {
+            return Err(locked_error());
+        }
         return Err(AppError::new(
             ErrorCode::InvalidCode,
             "the current password is wrong",
         ));
     }
+    let new = prepare_password(&state, &user, &account.settings, &req.new_password).await?;
     let mut tx = state.store.begin().await?;
-    set_password(&mut tx, &user, &account.settings, &req.new_password, now).await?;
+    // A lock taken meanwhile (a concurrent wrong password) refuses the change.
+    let locked: Option<i64> = sqlx::query_scalar("SELECT locked_until FROM users WHERE id = $1")
+        .bind(&user.id)
+        .fetch_one(&mut *tx)
+        .await?;
+    if locked.is_some_and(|t| t > now) {
+        return Err(locked_error());
+    }
+    set_password(&mut tx, &user, &new, now).await?;
     let mut user = user;
     user.password_changed_at = now;
     let stage = auth::next_stage(&user, &account.settings, now);
@@ -130,14 +150,29 @@ async fn change_password(
     Ok(Json(resp))
 }
 
-/// Sets a new password after the policy and history checks; revokes every token of the user.
-pub async fn set_password(
-    tx: &mut crate::db::Tx<'_>,
+fn locked_error() -> AppError {
+    AppError::new(
+        ErrorCode::RateLimited,
+        "too many wrong passwords: this user is locked for now; try again later or ask an admin to unlock it",
+    )
+}
+
+/// A new password that passed the policy and history checks, hashed; made
+/// before the write transaction so that no argon2 work holds it.
+pub struct NewPassword {
+    hash: String,
+    /// The hash it replaces: the change applies only if it is still current.
+    replaces: String,
+}
+
+/// Checks a new password against the policy and the history (argon2 off the
+/// async workers, outside any transaction) and hashes it.
+pub async fn prepare_password(
+    state: &AppState,
     user: &records::UserRow,
     settings: &drawbridge_proto::AccountSettings,
     new_password: &str,
-    now: i64,
-) -> AppResult<()> {
+) -> AppResult<NewPassword> {
     let policy = &settings.password_policy;
     crate::password::check_policy(policy, &user.username, new_password)
         .map_err(|m| AppError::new(ErrorCode::PasswordPolicy, m))?;
@@ -147,14 +182,13 @@ pub async fn set_password(
         )
         .bind(&user.id)
         .bind(i64::from(policy.history))
-        .fetch_all(&mut **tx)
+        .fetch_all(&state.store.pool)
         .await?;
-        let mut reused = crate::password::verify(new_password, &user.password_hash);
+        let mut hashes = vec![user.password_hash.clone()];
         for r in rows {
-            let h: String = r.try_get(0)?;
-            reused |= crate::password::verify(new_password, &h);
+            hashes.push(r.try_get(0)?);
         }
-        if reused {
+        if crate::password::verify_any_async(new_password, hashes).await? {
             return Err(AppError::new(
                 ErrorCode::PasswordPolicy,
                 format!(
@@ -164,18 +198,39 @@ pub async fn set_password(
             ));
         }
     }
-    let hash = crate::password::hash(new_password);
-    sqlx::query("UPDATE users SET password_hash = $1, password_changed_at = $2 WHERE id = $3")
-        .bind(&hash)
-        .bind(now)
-        .bind(&user.id)
-        .execute(&mut **tx)
-        .await?;
+    Ok(NewPassword {
+        hash: crate::password::hash_async(new_password).await?,
+        replaces: user.password_hash.clone(),
+    })
+}
+
+/// Sets a password made by [`prepare_password`] and revokes every token of the
+/// user; refused if the password changed since it was prepared.
+pub async fn set_password(
+    tx: &mut crate::db::Tx<'_>,
+    user: &records::UserRow,
+    new: &NewPassword,
+    now: i64,
+) -> AppResult<()> {
+    let r = sqlx::query(
+        "UPDATE users SET password_hash = $1, password_changed_at = $2 WHERE id = $3 AND password_hash = $4",
+    )
+    .bind(&new.hash)
+    .bind(now)
+    .bind(&user.id)
+    .bind(&new.replaces)
+    .execute(&mut **tx)
+    .await?;
+    if r.rows_affected() != 1 {
+        return Err(AppError::conflict(
+            "the password was changed meanwhile; try again",
+        ));
+    }
     sqlx::query(
         "INSERT INTO password_history (user_id, password_hash, created_at) VALUES ($1, $2, $3)",
     )
     .bind(&user.id)
-    .bind(&hash)
+    .bind(&new.hash)
     .bind(now)
     .execute(&mut **tx)
     .await?;

@@ -114,9 +114,26 @@ async fn update(
         .require(&state, Action::ManageUsers, "user.update")
         .await?;
     let now = state.now();
+    // A new password is checked and hashed before the write transaction
+    // (argon2 must not hold it); `set_password` applies it only if unchanged.
+    let new_password = match &req.password {
+        Some(password) => {
+            let mut conn = state.store.pool.acquire().await?;
+            let user = records::user(&mut conn, &caller.account_id, &id).await?;
+            let account = records::account(&mut conn, &caller.account_id).await?;
+            drop(conn);
+            Some(super::me::prepare_password(&state, &user, &account.settings, password).await?)
+        }
+        None => None,
+    };
     let mut tx = state.store.begin().await?;
     let user = records::user(&mut tx, &caller.account_id, &id).await?;
-    let account = records::account(&mut tx, &caller.account_id).await?;
+    if req.reset_totp == Some(true) && user.totp_secret.is_none() {
+        // Resetting nothing would still end every login and API token of the user.
+        return Err(AppError::conflict(
+            "this user has no second factor to reset; nothing was changed",
+        ));
+    }
     let demoted = req.role.is_some_and(|r| r != Role::Admin) && user.role == Role::Admin;
     let disabling = req.disabled == Some(true) && !user.disabled;
     if (demoted || disabling) && user.role == Role::Admin {
@@ -172,8 +189,8 @@ async fn update(
             touched = ended;
         }
     }
-    if let Some(password) = &req.password {
-        super::me::set_password(&mut tx, &user, &account.settings, password, now).await?;
+    if let Some(new) = &new_password {
+        super::me::set_password(&mut tx, &user, new, now).await?;
         changes.insert("password".into(), "reset".into());
     }
     if req.unlock == Some(true) {
