@@ -15,8 +15,9 @@ use std::time::Duration;
 /// Everything that can go wrong talking to the server.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The server answered with its JSON error body.
-    #[error("{}: {message}", code.as_str())]
+    /// The server answered with its JSON error body: its message is for people
+    /// (the stable code is for programs: `code()`, and `--json` callers).
+    #[error("{}", human(*code, message))]
     Api {
         status: u16,
         code: ErrorCode,
@@ -42,6 +43,34 @@ pub enum Error {
     Unexpected { status: u16, detail: String },
     #[error("request failed: {0}")]
     Http(String),
+}
+
+/// An API error as a line for people: the server's message, led in by what
+/// happened where the message alone would not say it.
+fn human(code: ErrorCode, message: &str) -> String {
+    let lead = match code {
+        ErrorCode::BadRequest => "the server could not read the request",
+        ErrorCode::PayloadTooLarge => "the request is too large",
+        ErrorCode::Internal => "the server failed",
+        _ if message.trim().is_empty() => match code {
+            ErrorCode::Invalid => "a value was not accepted",
+            ErrorCode::Unauthenticated => "not logged in",
+            ErrorCode::LoginFailed => "login failed",
+            ErrorCode::LoginIncomplete => "the login is not finished",
+            ErrorCode::Forbidden => "your role or grants do not allow this",
+            ErrorCode::NotFound => "not found",
+            ErrorCode::Conflict => "not possible in the current state",
+            ErrorCode::PasswordPolicy => "the password does not meet the policy",
+            ErrorCode::RateLimited => "too many attempts; try again later",
+            _ => "the code or key was not accepted",
+        },
+        _ => return message.to_string(),
+    };
+    if message.trim().is_empty() || message == lead {
+        lead.to_string()
+    } else {
+        format!("{lead}: {message}")
+    }
 }
 
 impl Error {
@@ -648,6 +677,52 @@ mod erased {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_errors_read_as_messages_without_raw_codes() {
+        let e = |code, message: &str| {
+            Error::Api {
+                status: 400,
+                code,
+                message: message.into(),
+            }
+            .to_string()
+        };
+        let shown = e(
+            ErrorCode::InvalidCode,
+            "the code or key is wrong, expired or already used",
+        );
+        assert_eq!(shown, "the code or key is wrong, expired or already used");
+        assert_eq!(
+            e(ErrorCode::Forbidden, ""),
+            "your role or grants do not allow this"
+        );
+        assert_eq!(
+            e(ErrorCode::BadRequest, "missing field `name`"),
+            "the server could not read the request: missing field `name`"
+        );
+        for code in [
+            ErrorCode::BadRequest,
+            ErrorCode::Invalid,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::Unauthenticated,
+            ErrorCode::LoginFailed,
+            ErrorCode::LoginIncomplete,
+            ErrorCode::Forbidden,
+            ErrorCode::NotFound,
+            ErrorCode::Conflict,
+            ErrorCode::PasswordPolicy,
+            ErrorCode::InvalidCode,
+            ErrorCode::RateLimited,
+            ErrorCode::Internal,
+        ] {
+            for m in ["", "some message"] {
+                let shown = e(code, m);
+                assert!(!shown.contains(code.as_str()), "{shown}");
+                assert!(!shown.is_empty());
+            }
+        }
+    }
 
     #[test]
     fn server_urls_are_normalised_and_https_only() {

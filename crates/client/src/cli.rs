@@ -699,7 +699,7 @@ fn listing_refused(e: &api::Error) -> bool {
 }
 
 impl Ctx {
-    async fn device(&self, input: &str) -> Result<Device> {
+    pub(crate) async fn device(&self, input: &str) -> Result<Device> {
         let all = self.client.devices().await?;
         Ok(pick(
             &all,

@@ -15,6 +15,7 @@ use drawbridge_proto::api::{AdhocSession, Session};
 use drawbridge_proto::channel::{
     ClientToServer, JoinRequest, JoinResponse, MAX_CHANNEL_FRAME, ServerToClient, TunnelReport,
 };
+use drawbridge_proto::{NatMapping, PortRange, Protocol, Target};
 use drawbridge_tunnel::driver::{
     Connector, DriverConfig, DriverEvent, RelayEndpoint, Tunnel, TunnelIo,
 };
@@ -22,7 +23,7 @@ use drawbridge_tunnel::{IpNet, NodeConfig, PeerConfig, Signal, keys};
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +38,7 @@ type Result<T> = std::result::Result<T, Error>;
 const TUN_MTU: u16 = 1420;
 
 #[derive(Args, Debug)]
+#[command(after_help = EXIT_CODES)]
 pub struct ConnectArgs {
     /// The session (id or name); with --adhoc, a device to connect to ad hoc.
     pub session: String,
@@ -57,6 +59,22 @@ pub struct ConnectArgs {
     #[arg(long, hide = true)]
     pub for_seconds: Option<u64>,
 }
+
+/// `connect --help`'s exit codes; the numbers come from `crate::exit_code_for_end`
+/// (a unit test keeps them in step) and docs/client.md repeats them.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0   you stopped it: Ctrl-C, SIGTERM or --for-seconds
+  1   an error (nothing started, or the tunnel failed)
+  2   a usage error
+  3   a user of the session ended it (reason user)
+  4   an administrator ended it, or your user was disabled (admin, user_disabled)
+  5   the site switched remote access off (site_switch)
+  6   the session's time is over (expiry)
+  7   the session was idle too long (idle_timeout)
+  8   the edge went offline (edge_offline)
+  9   the start was refused or not approved in time (refused, approval_timeout)
+  10  the session ended for another reason";
 
 /// A `-L` forward.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,8 +208,10 @@ async fn wait_until_active(ctx: &Ctx, id: &str) -> Result<Session> {
         match s.state {
             SessionState::Active => return Ok(s),
             SessionState::Ended => {
-                let why = s.end_reason.map(|r| r.as_str()).unwrap_or("ended");
-                return Err(Error::user(format!("the session ended ({why})")));
+                let reason = s.end_reason.map(|r| r.as_str()).unwrap_or("ended");
+                return Err(Error::SessionEnded {
+                    reason: reason.to_string(),
+                });
             }
             SessionState::PendingApproval if !told => {
                 eprintln!("waiting for the site (or an approver) to approve the session…");
@@ -353,8 +373,13 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
                 .ok_or_else(|| Error::user(format!("--socks5 {s:?}: expected [ADDR:]PORT")))
         })
         .transpose()?;
+    // The -L targets are checked against what the session releases before anything
+    // is started or recorded (a wrong -L must leave the session as it was).
     let id = if args.adhoc {
-        let device_id = ctx.device_id(&args.session).await?;
+        let device = ctx.device(&args.session).await?;
+        let released = client_view(&device.firewall, &device.nat);
+        check_forwards(&forwards, &released)?;
+        let device_id = device.id;
         let s: Session = ctx
             .client
             .post(
@@ -367,7 +392,28 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
             .await?;
         s.id
     } else {
-        ctx.session_id(&args.session).await?
+        let id = ctx.session_id(&args.session).await?;
+        if !forwards.is_empty() {
+            let s: Session = ctx.client.get(&format!("/sessions/{id}")).await?;
+            // The devices' 1:1 NAT decides the addresses the client dials; a device
+            // the caller cannot list is taken without NAT (the join's view decides later).
+            let nat: HashMap<String, Vec<NatMapping>> = match ctx.client.devices().await {
+                Ok(all) => all.into_iter().map(|d| (d.id, d.nat)).collect(),
+                Err(_) => HashMap::new(),
+            };
+            let released: Vec<Target> = s
+                .devices
+                .iter()
+                .flat_map(|d| {
+                    client_view(
+                        &d.targets,
+                        nat.get(&d.device_id).map(Vec::as_slice).unwrap_or(&[]),
+                    )
+                })
+                .collect();
+            check_forwards(&forwards, &released)?;
+        }
+        id
     };
     let s = start_and_wait(ctx, &id).await?;
     let private_key = keys::generate_private_key();
@@ -454,7 +500,7 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     let mut n: u64 = 0;
     let stop = drawbridge_tunnel::shutdown_signal();
     tokio::pin!(stop);
-    let outcome: Result<String> = loop {
+    let outcome: Result<Stop> = loop {
         let events = async {
             match live.events.as_mut() {
                 Some(ev) => ev.recv().await,
@@ -462,9 +508,9 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
             }
         };
         tokio::select! {
-            _ = &mut stop => break Ok("interrupted".to_string()),
-            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break Ok("time is up".to_string()),
-            _ = tokio::time::sleep_until(valid_until) => break Ok("the session's time is over".to_string()),
+            _ = &mut stop => break Ok(Stop::Asked("interrupted")),
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break Ok(Stop::Asked("time is up")),
+            _ = tokio::time::sleep_until(valid_until) => break Ok(Stop::Ended("expiry".to_string())),
             _ = async { match retry_at { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {
                 // The tunnel kept running; now try to get the session channel back.
                 match open_channel(&channel_url, token.as_deref(), &tls).await {
@@ -490,7 +536,7 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
                             let _ = t.signal(*k, sig).await;
                         }
                     }
-                    Ok(ServerToClient::Ended { reason }) => break Ok(format!("the session ended ({reason})")),
+                    Ok(ServerToClient::Ended { reason }) => break Ok(Stop::Ended(reason)),
                     Err(_) => {}
                 },
                 Some(Ok(_)) => {}
@@ -551,8 +597,71 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
         p.abort();
     }
     drop(live);
-    let why = outcome?;
-    eprintln!("tunnel down: {why}");
+    match outcome? {
+        Stop::Asked(why) => {
+            eprintln!("tunnel down: {why}");
+            Ok(())
+        }
+        Stop::Ended(reason) => {
+            eprintln!("tunnel down");
+            Err(Error::SessionEnded { reason })
+        }
+    }
+}
+
+/// Why the foreground loop of `connect` stopped.
+enum Stop {
+    /// This process was asked to stop (exit code 0).
+    Asked(&'static str),
+    /// The session ended on its own (the server's end reason; its own exit code).
+    Ended(String),
+}
+
+/// The targets as the client dials them: with 1:1 NAT, a target inside a real
+/// subnet is reached at the same offset in the virtual subnet (the server's
+/// join answer uses the same rule).
+fn client_view(targets: &[Target], nat: &[NatMapping]) -> Vec<Target> {
+    targets
+        .iter()
+        .map(|t| {
+            let mut t = t.clone();
+            if let Some(v) = nat
+                .iter()
+                .filter(|m| m.real.contains(&t.address))
+                .find_map(|m| translate(&t.address, m))
+            {
+                t.address = v;
+            }
+            t
+        })
+        .collect()
+}
+
+fn translate(net: &ipnet::IpNet, m: &NatMapping) -> Option<ipnet::IpNet> {
+    let (IpAddr::V4(a), IpAddr::V4(b), IpAddr::V4(v)) =
+        (net.network(), m.real.network(), m.virtual_subnet.network())
+    else {
+        return None;
+    };
+    let addr = u32::from(v).checked_add(u32::from(a).checked_sub(u32::from(b))?)?;
+    ipnet::IpNet::new(IpAddr::V4(addr.into()), net.prefix_len()).ok()
+}
+
+/// Refuses a `-L` whose target the session does not release (TCP, that address and port).
+fn check_forwards(forwards: &[Forward], released: &[Target]) -> Result<()> {
+    for f in forwards {
+        let want = Target {
+            address: ipnet::IpNet::from(f.target.ip()),
+            protocol: Protocol::Tcp,
+            ports: Some(PortRange::single(f.target.port())),
+        };
+        if !released.iter().any(|t| t.covers(&want)) {
+            return Err(Error::user(format!(
+                "-L: {} is not a released target of this session",
+                f.target
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -753,6 +862,46 @@ async fn snapshot(live: &Live, s: &Session, id: &str) -> TunnelStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_help_lists_the_exit_code_of_every_end_reason() {
+        for r in [
+            "user",
+            "admin",
+            "user_disabled",
+            "site_switch",
+            "expiry",
+            "idle_timeout",
+            "edge_offline",
+            "refused",
+            "approval_timeout",
+        ] {
+            let code = crate::exit_code_for_end(r);
+            assert!(code > 2, "{r}");
+            let line = EXIT_CODES
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("{code} ")))
+                .unwrap_or_else(|| panic!("no line for {code}"));
+            assert!(line.contains(r), "{r} not on {line:?}");
+        }
+    }
+
+    #[test]
+    fn forwards_are_checked_against_the_released_targets_through_nat() {
+        let t = |s: &str| s.parse::<Target>().unwrap();
+        let f = |s: &str| parse_forward(s).unwrap();
+        let released = vec![t("tcp:192.168.1.10:502")];
+        assert!(check_forwards(&[f("1502:192.168.1.10:502")], &released).is_ok());
+        assert!(check_forwards(&[f("1502:192.168.1.11:502")], &released).is_err());
+        assert!(check_forwards(&[f("1502:192.168.1.10:503")], &released).is_err());
+        let nat = vec![NatMapping {
+            real: "192.168.1.0/24".parse().unwrap(),
+            virtual_subnet: "10.9.1.0/24".parse().unwrap(),
+        }];
+        let seen = client_view(&released, &nat);
+        assert!(check_forwards(&[f("1502:10.9.1.10:502")], &seen).is_ok());
+        assert!(check_forwards(&[f("1502:192.168.1.10:502")], &seen).is_err());
+    }
 
     #[test]
     fn forwards_parse_with_and_without_a_listen_address() {

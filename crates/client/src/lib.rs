@@ -23,6 +23,10 @@ pub enum Error {
     /// Bad input or a state the user must fix; the message says how.
     #[error("{0}")]
     User(String),
+    /// The session ended while we waited for it or ran its tunnel, without this
+    /// process being asked to stop (`reason` is the server's end reason).
+    #[error("the session ended: {}", end_text(reason))]
+    SessionEnded { reason: String },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -34,6 +38,15 @@ pub enum Error {
 impl Error {
     pub fn user(msg: impl Into<String>) -> Self {
         Error::User(msg.into())
+    }
+
+    /// The process exit code for this error: 1 in general, and for a session
+    /// that ended on its own one code per kind of end (see [`exit_code_for_end`]).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::SessionEnded { reason } => exit_code_for_end(reason),
+            _ => 1,
+        }
     }
 
     /// A hint printed after the error, when one helps.
@@ -63,3 +76,36 @@ macro_rules! fail {
     };
 }
 pub(crate) use fail;
+
+/// Exit codes of `drawbridge connect` (and `session start`) for session ends the
+/// user did not ask for; 0 is a stop this process was asked for (Ctrl-C, SIGTERM,
+/// `--for-seconds`), 1 an error, 2 a usage error. Documented in `connect --help`
+/// and docs/client.md; keep the three in step.
+pub fn exit_code_for_end(reason: &str) -> u8 {
+    match reason {
+        "user" => 3,
+        "admin" | "user_disabled" => 4,
+        "site_switch" => 5,
+        "expiry" => 6,
+        "idle_timeout" => 7,
+        "edge_offline" => 8,
+        "refused" | "approval_timeout" => 9,
+        _ => 10,
+    }
+}
+
+/// A session end reason in words.
+fn end_text(reason: &str) -> String {
+    match reason {
+        "user" => "a user of the session ended it".into(),
+        "admin" => "an administrator ended it".into(),
+        "user_disabled" => "your user was disabled".into(),
+        "site_switch" => "the site switched remote access off".into(),
+        "expiry" => "its time is over".into(),
+        "idle_timeout" => "it was idle too long".into(),
+        "edge_offline" => "the edge went offline".into(),
+        "refused" => "the start was refused".into(),
+        "approval_timeout" => "nobody approved the start in time".into(),
+        other => format!("{other:?}"),
+    }
+}

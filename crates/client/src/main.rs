@@ -17,13 +17,19 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(drawbridge::cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // A session that ended on its own is no error of ours: its own exit code.
+        Err(e @ drawbridge::Error::SessionEnded { .. }) => {
+            eprintln!("{e}");
+            ExitCode::from(e.exit_code())
+        }
         Err(e) => {
             let hint = e.hint();
+            let code = e.exit_code();
             eprintln!("error: {:#}", anyhow::Error::from(e));
             if let Some(h) = hint {
                 eprintln!("hint: {h}");
             }
-            ExitCode::FAILURE
+            ExitCode::from(code)
         }
     }
 }

@@ -147,7 +147,7 @@ pub async fn main() -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Status { json } => {
-            let s = dir.status()?;
+            let s = load_status(&dir)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
                 return Ok(0);
@@ -200,5 +200,29 @@ pub async fn main() -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+    }
+}
+
+/// The agent's last status; a never-enrolled edge is told to enrol (not to run
+/// the agent, which would fail the same way).
+fn load_status(dir: &StateDir) -> anyhow::Result<crate::local::Status> {
+    dir.device().context(
+        "this edge is not enrolled yet: enrol it with `drawbridge-edge enroll --server URL --activation-key KEY` (or --config FILE, or --fleet-key KEY --name NAME), then start `drawbridge-edge run`",
+    )?;
+    dir.status()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_of_a_never_enrolled_edge_says_to_enrol() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::resolve(Some(tmp.path().join("edge")));
+        let err = format!("{:#}", load_status(&dir).unwrap_err());
+        assert!(err.contains("not enrolled"), "{err}");
+        assert!(err.contains("drawbridge-edge enroll"), "{err}");
+        assert!(!err.contains("is `drawbridge-edge run` running"), "{err}");
     }
 }
