@@ -265,6 +265,10 @@ pub struct Device {
     pub status: DeviceStatus,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// This machine always needs on-site approval: a session's start reaches it
+    /// only after the edge's local approval (an approver in the cloud cannot approve it).
+    #[serde(default)]
+    pub onsite_approval: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -310,6 +314,9 @@ pub struct UpdateDevice {
     pub nat: Option<Vec<NatMapping>>,
     #[serde(default)]
     pub firewall: Option<Vec<Target>>,
+    /// This machine always needs on-site approval (see `Device::onsite_approval`).
+    #[serde(default)]
+    pub onsite_approval: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -443,6 +450,21 @@ pub struct Session {
     pub ended_by: Option<String>,
     #[serde(default)]
     pub end_reason: Option<EndReason>,
+    /// Each device's approval, once started (dual control per device).
+    #[serde(default)]
+    pub approvals: Vec<DeviceApproval>,
+}
+
+/// One device's approval in a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeviceApproval {
+    pub device_id: String,
+    pub state: ApprovalState,
+    /// `device:<id>` for the site's own decision, `user:<id>`/`api:<id>` for an approver, `system` for a timeout.
+    #[serde(default)]
+    pub decided_by: Option<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub decided_at: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -545,6 +567,10 @@ pub struct Notification {
 #[serde(deny_unknown_fields)]
 pub struct Decision {
     pub approve: bool,
+    /// The device to decide for; without it, every device still waiting that
+    /// an approver may decide (not those that need on-site approval).
+    #[serde(default)]
+    pub device_id: Option<String>,
 }
 
 /// One client tunnel of a session (one row per client join and device).

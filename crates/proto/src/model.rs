@@ -497,6 +497,42 @@ impl FromStr for SessionState {
     }
 }
 
+/// Where one device of a session stands with its approval (dual control per
+/// device): each device's site decides for itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalState {
+    /// Approved (or no approval needed): the session runs on this device.
+    Approved,
+    /// Waiting for the site or an approver.
+    Pending,
+    /// Refused: the device was dropped from the session.
+    Refused,
+    /// Nobody decided in time: the device was dropped from the session.
+    TimedOut,
+}
+
+impl ApprovalState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalState::Approved => "approved",
+            ApprovalState::Pending => "pending",
+            ApprovalState::Refused => "refused",
+            ApprovalState::TimedOut => "timed_out",
+        }
+    }
+}
+
+impl FromStr for ApprovalState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        [Self::Approved, Self::Pending, Self::Refused, Self::TimedOut]
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| format!("unknown approval state {s:?}"))
+    }
+}
+
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

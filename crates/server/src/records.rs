@@ -108,7 +108,7 @@ pub async fn user(conn: &mut AnyConnection, account_id: &str, id: &str) -> AppRe
     user_row(&row)
 }
 
-pub const DEVICE_COLS: &str = "id, account_id, name, serial, lan_subnets, nat, firewall, enrolled, pending_approval, online, switch_on, agent_version, last_seen, public_endpoint, created_at";
+pub const DEVICE_COLS: &str = "id, account_id, name, serial, lan_subnets, nat, firewall, enrolled, pending_approval, online, switch_on, agent_version, last_seen, public_endpoint, created_at, onsite_approval";
 
 pub fn device_from(row: &AnyRow) -> AppResult<Device> {
     Ok(Device {
@@ -128,6 +128,7 @@ pub fn device_from(row: &AnyRow) -> AppResult<Device> {
             public_endpoint: row.try_get("public_endpoint")?,
         },
         created_at: from_unix(row.try_get("created_at")?),
+        onsite_approval: row.try_get::<i64, _>("onsite_approval")? != 0,
     })
 }
 

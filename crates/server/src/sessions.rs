@@ -7,8 +7,8 @@ use crate::db::{Store, Tx};
 use crate::error::{AppError, AppResult};
 use crate::records;
 use crate::rights;
-use drawbridge_proto::api::{MAX_LIST, Session, SessionDevice};
-use drawbridge_proto::{EndReason, Name, Role, SessionState};
+use drawbridge_proto::api::{DeviceApproval, MAX_LIST, Session, SessionDevice};
+use drawbridge_proto::{ApprovalState, EndReason, Name, Role, SessionState};
 use sqlx::{AnyConnection, Row};
 
 pub const SESSION_COLS: &str = "id, name, state, adhoc, created_by, created_at, valid_from, valid_until, started_at, started_by, ended_at, ended_by, end_reason";
@@ -40,6 +40,11 @@ pub async fn load(conn: &mut AnyConnection, account_id: &str, id: &str) -> AppRe
         })
     })
     .collect::<AppResult<Vec<_>>>()?;
+    let approvals = if row.try_get::<Option<i64>, _>("started_at")?.is_some() {
+        approvals(conn, id).await?
+    } else {
+        Vec::new()
+    };
     let users: Vec<String> = sqlx::query_scalar(
         "SELECT user_id FROM session_users WHERE session_id = $1 ORDER BY user_id",
     )
@@ -71,7 +76,32 @@ pub async fn load(conn: &mut AnyConnection, account_id: &str, id: &str) -> AppRe
             .map(|s| s.parse())
             .transpose()
             .map_err(|_| bad("end reason"))?,
+        approvals,
     })
+}
+
+/// Each device's approval in a session (dual control per device).
+async fn approvals(conn: &mut AnyConnection, id: &str) -> AppResult<Vec<DeviceApproval>> {
+    sqlx::query(
+        "SELECT device_id, approval, decided_by, decided_at FROM session_devices
+         WHERE session_id = $1 ORDER BY device_id",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(DeviceApproval {
+            device_id: r.try_get("device_id")?,
+            state: r
+                .try_get::<String, _>("approval")?
+                .parse()
+                .map_err(|_| bad("approval"))?,
+            decided_by: r.try_get("decided_by")?,
+            decided_at: r.try_get::<Option<i64>, _>("decided_at")?.map(from_unix),
+        })
+    })
+    .collect()
 }
 
 /// Who prepares checks the devices and targets against their own grants (session
@@ -202,7 +232,9 @@ pub async fn add_device(tx: &mut Tx<'_>, session_id: &str, d: &SessionDevice) ->
     }
 }
 
-/// Moves a prepared session to active (or pending approval under dual control).
+/// Moves a prepared session to active, or to pending approval when no device
+/// may run yet. Under dual control every device waits for its own approval; a
+/// device flagged "always needs on-site approval" waits whatever the account says.
 pub async fn start(
     tx: &mut Tx<'_>,
     account_id: &str,
@@ -213,13 +245,14 @@ pub async fn start(
 ) -> AppResult<SessionState> {
     // Site consent: every device of the session must be online with its switch on.
     let devices = sqlx::query(
-        "SELECT d.name, d.online, d.switch_on, d.last_seen FROM session_devices sd JOIN devices d ON d.id = sd.device_id
+        "SELECT d.name, d.online, d.switch_on, d.last_seen, d.id, d.onsite_approval FROM session_devices sd JOIN devices d ON d.id = sd.device_id
          WHERE sd.session_id = $1 AND d.account_id = $2",
     )
     .bind(id)
     .bind(account_id)
     .fetch_all(&mut **tx)
     .await?;
+    let mut approved = 0;
     for d in devices {
         let name: String = d.try_get(0)?;
         let last_seen: Option<i64> = d.try_get(3)?;
@@ -233,14 +266,30 @@ pub async fn start(
                 "remote access is switched off at the site of device {name}"
             )));
         }
+        let waits = dual_control || d.try_get::<i64, _>(5)? != 0;
+        let approval = if waits {
+            ApprovalState::Pending
+        } else {
+            approved += 1;
+            ApprovalState::Approved
+        };
+        sqlx::query(
+            "UPDATE session_devices SET approval = $1, decided_by = NULL, decided_at = NULL
+             WHERE session_id = $2 AND device_id = $3",
+        )
+        .bind(approval.as_str())
+        .bind(id)
+        .bind(d.try_get::<String, _>(4)?)
+        .execute(&mut **tx)
+        .await?;
     }
-    let next = if dual_control {
-        SessionState::PendingApproval
-    } else {
+    let next = if approved > 0 {
         SessionState::Active
+    } else {
+        SessionState::PendingApproval
     };
     let r = sqlx::query(
-        "UPDATE sessions SET state = $1, started_at = $2, started_by = $3
+        "UPDATE sessions SET state = $1, started_at = $2, started_by = $3, last_activity = $2
          WHERE id = $4 AND account_id = $5 AND state = 'prepared' AND valid_from <= $2 AND valid_until > $2",
     )
     .bind(next.as_str())
@@ -359,43 +408,269 @@ pub async fn expire_due(store: &Store, now: i64) -> AppResult<Vec<String>> {
     Ok(ended)
 }
 
-/// How long a start may wait for approval (dual control).
+/// How long a device may wait for its approval (dual control).
 pub const APPROVAL_WINDOW_SECS: i64 = 10 * 60;
 
-/// Approves (→ active) or refuses (→ ended) a session waiting for approval.
+/// Who decides on devices' approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decider<'a> {
+    /// The device's own edge, on site: decides for that device only.
+    OnSite(&'a str),
+    /// An approver in the cloud (API, portal, CLI): one device, or (`None`)
+    /// every waiting device an approver may decide. Devices that always need
+    /// on-site approval cannot be approved this way.
+    Cloud(Option<&'a str>),
+}
+
+/// What a decision changed.
+#[derive(Debug, Default)]
+pub struct Decided {
+    /// The devices whose approval was decided.
+    pub devices: Vec<String>,
+    /// The session ended: no device approved and none left waiting.
+    pub ended: bool,
+}
+
+/// Approves or refuses devices of a started session that wait for their
+/// approval. An approval lets those devices run (and makes a waiting session
+/// active); a refusal drops them from the session. When no device is approved
+/// and none waits any more, the session ends (reason refused).
 pub async fn decide(
     tx: &mut Tx<'_>,
     account_id: &str,
     id: &str,
+    decider: Decider<'_>,
     approve: bool,
     by: &str,
     now: i64,
+) -> AppResult<Decided> {
+    // Approving and refusing are answers to a request for approval: on a
+    // session with no device waiting for one, both are the same conflict and
+    // change nothing (refusing must not become a way to end a session). The
+    // no-op update checks the state and holds the session's row until commit.
+    let not_waiting = || AppError::conflict("the session is not waiting for approval");
+    let running = sqlx::query(
+        "UPDATE sessions SET state = state WHERE id = $1 AND account_id = $2 AND state IN ('pending_approval', 'active')",
+    )
+    .bind(id)
+    .bind(account_id)
+    .execute(&mut **tx)
+    .await?;
+    if running.rows_affected() != 1 {
+        return Err(not_waiting());
+    }
+    let (one, cloud) = match decider {
+        Decider::OnSite(d) => (Some(d), false),
+        Decider::Cloud(d) => (d, true),
+    };
+    let rows = sqlx::query(
+        "SELECT sd.device_id, d.name, d.onsite_approval FROM session_devices sd JOIN devices d ON d.id = sd.device_id
+         WHERE sd.session_id = $1 AND sd.approval = 'pending' ORDER BY d.name",
+    )
+    .bind(id)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut chosen = Vec::new();
+    let mut onsite_only = None;
+    for r in rows {
+        let device: String = r.try_get(0)?;
+        if one.is_some_and(|o| o != device) {
+            continue;
+        }
+        if cloud && approve && r.try_get::<i64, _>(2)? != 0 {
+            onsite_only = Some(r.try_get::<String, _>(1)?);
+            continue;
+        }
+        chosen.push(device);
+    }
+    if chosen.is_empty() {
+        return Err(match (onsite_only, one) {
+            (Some(name), _) => AppError::new(
+                drawbridge_proto::ErrorCode::Forbidden,
+                format!(
+                    "device {name} always needs on-site approval: only its site can approve it"
+                ),
+            ),
+            (None, Some(_)) => {
+                AppError::conflict("the device is not waiting for approval in this session")
+            }
+            (None, None) => not_waiting(),
+        });
+    }
+    let reason = EndReason::Refused;
+    let approval = if approve {
+        ApprovalState::Approved
+    } else {
+        ApprovalState::Refused
+    };
+    for device in &chosen {
+        set_approval(tx, id, device, approval, reason, by, now).await?;
+        if !approve {
+            notify_dropped(tx, account_id, id, device, "was refused", now).await?;
+        }
+    }
+    let ended = settle(tx, account_id, id, reason, by, now).await?;
+    Ok(Decided {
+        devices: chosen,
+        ended,
+    })
+}
+
+/// Decides one waiting device; a device that no longer runs loses its tunnels.
+async fn set_approval(
+    tx: &mut Tx<'_>,
+    session_id: &str,
+    device_id: &str,
+    approval: ApprovalState,
+    reason: EndReason,
+    by: &str,
+    now: i64,
 ) -> AppResult<()> {
-    if approve {
-        let r = sqlx::query(
-            "UPDATE sessions SET state = 'active', last_activity = $1 WHERE id = $2 AND account_id = $3 AND state = 'pending_approval'",
+    let r = sqlx::query(
+        "UPDATE session_devices SET approval = $1, decided_by = $2, decided_at = $3
+         WHERE session_id = $4 AND device_id = $5 AND approval = 'pending'",
+    )
+    .bind(approval.as_str())
+    .bind(by)
+    .bind(now)
+    .bind(session_id)
+    .bind(device_id)
+    .execute(&mut **tx)
+    .await?;
+    if r.rows_affected() != 1 {
+        return Err(AppError::conflict(
+            "the device is not waiting for approval in this session",
+        ));
+    }
+    if approval != ApprovalState::Approved {
+        sqlx::query("UPDATE tunnels SET ended_at = $1, end_reason = $2 WHERE session_id = $3 AND device_id = $4 AND ended_at IS NULL")
+            .bind(now)
+            .bind(reason.as_str())
+            .bind(session_id)
+            .bind(device_id)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("DELETE FROM tunnel_signals WHERE session_id = $1 AND device_id = $2")
+            .bind(session_id)
+            .bind(device_id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// After devices' approval changed: a waiting session with an approved device
+/// becomes active; one with no device approved and none waiting ends. Returns
+/// whether it ended.
+async fn settle(
+    tx: &mut Tx<'_>,
+    account_id: &str,
+    id: &str,
+    reason: EndReason,
+    by: &str,
+    now: i64,
+) -> AppResult<bool> {
+    let count = |approval: &'static str| {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM session_devices WHERE session_id = $1 AND approval = $2",
+        )
+        .bind(id)
+        .bind(approval)
+    };
+    let approved = count("approved").fetch_one(&mut **tx).await?;
+    if approved > 0 {
+        sqlx::query(
+            "UPDATE sessions SET state = 'active', last_activity = $1
+             WHERE id = $2 AND account_id = $3 AND state = 'pending_approval'",
         )
         .bind(now)
         .bind(id)
         .bind(account_id)
         .execute(&mut **tx)
         .await?;
-        if r.rows_affected() != 1 {
-            return Err(AppError::conflict(
-                "the session is not waiting for approval",
-            ));
-        }
-    } else if !end(tx, account_id, id, by, EndReason::Refused, now).await? {
-        return Err(AppError::conflict("the session has ended already"));
-    } else {
-        notify_failed_approval(tx, account_id, id, "was refused", now).await?;
+        return Ok(false);
     }
-    Ok(())
+    if count("pending").fetch_one(&mut **tx).await? > 0
+        || !end(tx, account_id, id, by, reason, now).await?
+    {
+        return Ok(false);
+    }
+    let ev = Event::new(account_id, by, "session.end", &format!("session:{id}"))
+        .details(serde_json::json!({ "reason": reason.as_str() }));
+    audit::append(tx, now, &ev).await?;
+    let what = if reason == EndReason::ApprovalTimeout {
+        "was not approved in time"
+    } else {
+        "was refused"
+    };
+    notify_failed_approval(tx, account_id, id, what, now).await?;
+    Ok(true)
 }
 
-/// Ends sessions whose approval did not come in time, and active sessions idle
-/// for longer than their account allows. Returns (account, session) pairs ended.
+/// Drops the devices whose approval did not come within `APPROVAL_WINDOW_SECS`
+/// of the start (one transaction and audit entry each); a session left with no
+/// device ends (reason approval_timeout). Returns the (account, session) pairs changed.
+async fn time_out_pending(store: &Store, now: i64) -> AppResult<Vec<(String, String)>> {
+    let rows = sqlx::query(
+        "SELECT s.id, s.account_id, sd.device_id FROM session_devices sd JOIN sessions s ON s.id = sd.session_id
+         WHERE sd.approval = 'pending' AND s.state IN ('active', 'pending_approval') AND s.started_at <= $1
+         ORDER BY s.started_at LIMIT 2000",
+    )
+    .bind(now - APPROVAL_WINDOW_SECS)
+    .fetch_all(&store.pool)
+    .await?;
+    let mut out = Vec::new();
+    for r in rows {
+        let id: String = r.try_get(0)?;
+        let account: String = r.try_get(1)?;
+        let device: String = r.try_get(2)?;
+        let mut tx = store.begin().await?;
+        let reason = EndReason::ApprovalTimeout;
+        match set_approval(
+            &mut tx,
+            &id,
+            &device,
+            ApprovalState::TimedOut,
+            reason,
+            "system",
+            now,
+        )
+        .await
+        {
+            Err(e) if e.code == drawbridge_proto::ErrorCode::Conflict => continue, // decided meanwhile
+            r => r?,
+        }
+        let ev = Event::new(
+            &account,
+            "system",
+            "session.approval_timeout",
+            &format!("session:{id}"),
+        )
+        .device(&device)
+        .details(serde_json::json!({ "device_id": device }));
+        audit::append(&mut tx, now, &ev).await?;
+        if !settle(&mut tx, &account, &id, reason, "system", now).await? {
+            notify_dropped(
+                &mut tx,
+                &account,
+                &id,
+                &device,
+                "was not approved in time",
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        out.push((account, id));
+    }
+    Ok(out)
+}
+
+/// Drops devices whose approval did not come in time (see `time_out_pending`),
+/// and ends active sessions idle for longer than their account allows. Returns
+/// the (account, session) pairs ended or changed.
 pub async fn end_stale(store: &Store, now: i64) -> AppResult<Vec<(String, String)>> {
+    let mut out = time_out_pending(store, now).await?;
     let rows = sqlx::query(
         "SELECT s.id, s.account_id, s.state, s.started_at, s.last_activity, a.settings
          FROM sessions s JOIN accounts a ON a.id = s.account_id
@@ -403,7 +678,6 @@ pub async fn end_stale(store: &Store, now: i64) -> AppResult<Vec<(String, String
     )
     .fetch_all(&store.pool)
     .await?;
-    let mut out = Vec::new();
     for r in rows {
         let id: String = r.try_get(0)?;
         let account: String = r.try_get(1)?;
@@ -411,9 +685,7 @@ pub async fn end_stale(store: &Store, now: i64) -> AppResult<Vec<(String, String
         let started: i64 = r.try_get::<Option<i64>, _>(3)?.unwrap_or(now);
         let activity: i64 = r.try_get::<Option<i64>, _>(4)?.unwrap_or(started);
         let settings: drawbridge_proto::AccountSettings = records::json_col(&r, "settings")?;
-        let reason = if state == "pending_approval" && now - started >= APPROVAL_WINDOW_SECS {
-            EndReason::ApprovalTimeout
-        } else if state == "active"
+        let reason = if state == "active"
             && now - activity >= i64::from(settings.session_idle_minutes) * 60
         {
             EndReason::IdleTimeout
@@ -425,15 +697,37 @@ pub async fn end_stale(store: &Store, now: i64) -> AppResult<Vec<(String, String
             let ev = Event::new(&account, "system", "session.end", &format!("session:{id}"))
                 .details(serde_json::json!({ "reason": reason.as_str() }));
             audit::append(&mut tx, now, &ev).await?;
-            if reason == EndReason::ApprovalTimeout {
-                notify_failed_approval(&mut tx, &account, &id, "was not approved in time", now)
-                    .await?;
-            }
             out.push((account, id));
         }
         tx.commit().await?;
     }
     Ok(out)
+}
+
+/// Tells the account's admins that a device was dropped from a session.
+async fn notify_dropped(
+    tx: &mut Tx<'_>,
+    account_id: &str,
+    id: &str,
+    device_id: &str,
+    what: &str,
+    now: i64,
+) -> AppResult<()> {
+    let device: String = sqlx::query_scalar("SELECT name FROM devices WHERE id = $1")
+        .bind(device_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    let session: String = sqlx::query_scalar("SELECT name FROM sessions WHERE id = $1")
+        .bind(id)
+        .fetch_one(&mut **tx)
+        .await?;
+    notify_admins(
+        tx,
+        account_id,
+        &format!("Device {device} in session {session} {what}."),
+        now,
+    )
+    .await
 }
 
 /// Tells the account's admins (the portal's notifications) that a start was not approved.
@@ -448,12 +742,28 @@ async fn notify_failed_approval(
         .bind(id)
         .fetch_one(&mut **tx)
         .await?;
+    notify_admins(
+        tx,
+        account_id,
+        &format!("The start of session {name} {what}."),
+        now,
+    )
+    .await
+}
+
+/// A notification (kind `approval`) for the account's admins.
+async fn notify_admins(
+    tx: &mut Tx<'_>,
+    account_id: &str,
+    message: &str,
+    now: i64,
+) -> AppResult<()> {
     sqlx::query(
         "INSERT INTO notifications (id, account_id, kind, message, created_at) VALUES ($1, $2, 'approval', $3, $4)",
     )
     .bind(crate::secret::new_id())
     .bind(account_id)
-    .bind(format!("The start of session {name} {what}."))
+    .bind(message)
     .bind(now)
     .execute(&mut **tx)
     .await?;

@@ -237,6 +237,14 @@ async fn update(
             e.into()
         });
     }
+    if let Some(on) = req.onsite_approval {
+        sqlx::query("UPDATE devices SET onsite_approval = $1 WHERE id = $2 AND account_id = $3")
+            .bind(i64::from(on))
+            .bind(&id)
+            .bind(&caller.account_id)
+            .execute(&mut *tx)
+            .await?;
+    }
     let after = records::device(&mut tx, &caller.account_id, &id).await?;
     let ev = caller
         .event("device.update", &format!("device:{id}"))

@@ -413,9 +413,11 @@ async fn adhoc(
     Ok(Json(s))
 }
 
-/// Approve or refuse a session waiting for approval (dual control) as an
-/// approver in the cloud: an admin or session admin other than the person who
-/// started it. The site can decide on the edge as well.
+/// Approve or refuse devices of a session waiting for their approval (dual
+/// control per device) as an approver in the cloud: an admin or session admin
+/// other than the person who started it. `device_id` picks one device; without
+/// it, every waiting device an approver may decide. A device that always needs
+/// on-site approval is approved only by its site (403 here).
 #[utoipa::path(post, path = "/api/v1/sessions/{id}/approve", tag = "sessions", params(("id" = String, Path)),
     request_body = drawbridge_proto::api::Decision,
     responses((status = 200, body = Session), (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
@@ -433,44 +435,38 @@ async fn approve(
         // Four eyes: whoever asked cannot also approve.
         return caller.denied(&state, "session.approve").await;
     }
-    let now = state.now();
-    let mut tx = state.store.begin().await?;
-    // Approving and refusing are answers to a request for approval: on a
-    // session that is not waiting for one, both are the same conflict and
-    // change nothing (refusing must not become a way to end a session). The
-    // no-op update checks the state and holds the row until commit.
-    let pending = sqlx::query(
-        "UPDATE sessions SET state = state WHERE id = $1 AND account_id = $2 AND state = 'pending_approval'",
-    )
-    .bind(&id)
-    .bind(&caller.account_id)
-    .execute(&mut *tx)
-    .await?;
-    if pending.rows_affected() != 1 {
-        return Err(AppError::conflict(
-            "the session is not waiting for approval",
-        ));
-    }
-    crate::sessions::decide(
-        &mut tx,
-        &caller.account_id,
-        &id,
-        req.approve,
-        &caller.actor(),
-        now,
-    )
-    .await?;
     let action = if req.approve {
         "session.approve"
     } else {
         "session.refuse"
     };
-    audit::append(
+    let now = state.now();
+    let mut tx = state.store.begin().await?;
+    let decided = match crate::sessions::decide(
         &mut tx,
+        &caller.account_id,
+        &id,
+        sessions::Decider::Cloud(req.device_id.as_deref()),
+        req.approve,
+        &caller.actor(),
         now,
-        &caller.event(action, &format!("session:{id}")),
     )
-    .await?;
+    .await
+    {
+        Ok(d) => d,
+        Err(e) => {
+            // A device that always needs on-site approval: a refusal, on the record.
+            drop(tx);
+            return refused(&state, &caller, action, &format!("session:{id}"), e).await;
+        }
+    };
+    let mut ev = caller
+        .event(action, &format!("session:{id}"))
+        .details(serde_json::json!({ "username": caller.username, "devices": decided.devices }));
+    if let [d] = decided.devices.as_slice() {
+        ev = ev.device(d);
+    }
+    audit::append(&mut tx, now, &ev).await?;
     let s = sessions::load(&mut tx, &caller.account_id, &id).await?;
     tx.commit().await?;
     crate::live::notify_sessions(&state, std::slice::from_ref(&s.id)).await?;

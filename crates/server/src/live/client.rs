@@ -91,7 +91,7 @@ async fn join(
         // A standard client's config names the edges' keys: they must be known now.
         let mut conn = state.store.pool.acquire().await?;
         let missing: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM session_devices WHERE session_id = $1 AND edge_public_key IS NULL",
+            "SELECT COUNT(*) FROM session_devices WHERE session_id = $1 AND edge_public_key IS NULL AND approval = 'approved'",
         )
         .bind(&id)
         .fetch_one(&mut *conn)
@@ -144,7 +144,19 @@ async fn join(
     let overlay =
         std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(100, 64, 0, 0)) + host)
             .to_string();
-    for d in &s.devices {
+    // Devices refused or timed out are out of the session; those still
+    // waiting get the tunnel's record now and run it once approved.
+    let dropped = |d: &str| {
+        s.approvals.iter().any(|a| {
+            a.device_id == d
+                && matches!(
+                    a.state,
+                    drawbridge_proto::ApprovalState::Refused
+                        | drawbridge_proto::ApprovalState::TimedOut
+                )
+        })
+    };
+    for d in s.devices.iter().filter(|d| !dropped(&d.device_id)) {
         sqlx::query(
             "INSERT INTO tunnels (id, account_id, session_id, device_id, user_id, client_public_key, started_at, overlay_ip, standard_client)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",

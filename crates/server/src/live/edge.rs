@@ -354,17 +354,14 @@ async fn handle(state: &AppState, edge: &Edge, msg: EdgeToServer) -> AppResult<(
             session_id,
             approve,
         } => {
-            let st = session_of_edge(state, edge, &session_id).await?;
-            if st != SessionState::PendingApproval {
-                return Err(AppError::conflict(
-                    "the session is not waiting for approval",
-                ));
-            }
+            // The site decides for its own device only (dual control per device).
+            session_of_edge(state, edge, &session_id).await?;
             let mut tx = state.store.begin().await?;
             sessions::decide(
                 &mut tx,
                 &edge.account_id,
                 &session_id,
+                sessions::Decider::OnSite(&edge.device_id),
                 approve,
                 &edge.actor(),
                 now,
@@ -379,7 +376,7 @@ async fn handle(state: &AppState, edge: &Edge, msg: EdgeToServer) -> AppResult<(
                     },
                     &format!("session:{session_id}"),
                 )
-                .details(serde_json::json!({ "on_site": true }));
+                .details(serde_json::json!({ "on_site": true, "devices": [edge.device_id] }));
             audit::append(&mut tx, now, &ev).await?;
             tx.commit().await?;
             notify(state, &session_id).await

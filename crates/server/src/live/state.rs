@@ -100,13 +100,17 @@ fn translate(net: &ipnet::IpNet, m: &NatMapping) -> Option<ipnet::IpNet> {
     ipnet::IpNet::new(addr, net.prefix_len()).ok()
 }
 
-/// Everything the edge must run: active sessions and sessions waiting for its approval.
+/// Everything the edge must run: sessions approved for this device (active)
+/// and sessions waiting for this device's approval (pending, whatever the
+/// session's other devices did). A device refused or timed out is not told
+/// about the session any more.
 pub async fn edge_sessions(state: &AppState, device_id: &str) -> AppResult<Vec<EdgeSession>> {
     let mut conn = state.store.pool.acquire().await?;
     let rows = sqlx::query(
-        "SELECT s.id, s.name, s.state, s.valid_until, sd.targets, sd.edge_public_key, d.nat
+        "SELECT s.id, s.name, s.state, s.valid_until, sd.targets, sd.edge_public_key, sd.approval, d.nat
          FROM sessions s JOIN session_devices sd ON sd.session_id = s.id JOIN devices d ON d.id = sd.device_id
          WHERE sd.device_id = $1 AND s.account_id = d.account_id AND s.state IN ('active', 'pending_approval')
+         AND sd.approval IN ('approved', 'pending')
          ORDER BY s.id",
     )
     .bind(device_id)
@@ -134,10 +138,13 @@ pub async fn edge_sessions(state: &AppState, device_id: &str) -> AppResult<Vec<E
                 bridged: p.try_get::<i64, _>(3)? != 0,
             });
         }
-        let st: SessionState = r
-            .try_get::<String, _>("state")?
-            .parse()
-            .map_err(|_| AppError::internal(anyhow::anyhow!("session state")))?;
+        let st: SessionState = if r.try_get::<String, _>("approval")? == "pending" {
+            SessionState::PendingApproval
+        } else {
+            r.try_get::<String, _>("state")?
+                .parse()
+                .map_err(|_| AppError::internal(anyhow::anyhow!("session state")))?
+        };
         let keys: Vec<String> = peers.iter().map(|p| p.public_key.clone()).collect();
         let relay_token = match (&edge_key, st) {
             (Some(k), SessionState::Active) => {
@@ -164,7 +171,9 @@ pub async fn edge_sessions(state: &AppState, device_id: &str) -> AppResult<Vec<E
     Ok(out)
 }
 
-/// The join data of one client tunnel (by the client's key) in a session.
+/// The join data of one client tunnel (by the client's key) in a session:
+/// routes, keys and relay grants for the devices approved so far only (the
+/// others arrive in an update when they are approved).
 pub async fn join_data(
     state: &AppState,
     account_id: &str,
@@ -183,7 +192,8 @@ pub async fn join_data(
     .ok_or_else(|| AppError::not_found("tunnel"))?;
     let rows = sqlx::query(
         "SELECT sd.device_id, sd.targets, sd.edge_public_key, d.name, d.nat, d.online, d.last_seen
-         FROM session_devices sd JOIN devices d ON d.id = sd.device_id WHERE sd.session_id = $1 ORDER BY d.name",
+         FROM session_devices sd JOIN devices d ON d.id = sd.device_id
+         WHERE sd.session_id = $1 AND sd.approval = 'approved' ORDER BY d.name",
     )
     .bind(session_id)
     .fetch_all(&mut *conn)
