@@ -24,6 +24,10 @@ const PROXY_VARS: &[&str] = &[
 /// N edges can enrol from 127.0.0.1 at once (the default is 30 a minute).
 pub const LOADTEST_AUTH_ATTEMPTS_PER_MINUTE: u32 = 1_000_000;
 
+/// The connection caps the tool gives its own server: every simulated edge
+/// holds one connection from 127.0.0.1 (the default is 256 per address).
+pub const LOADTEST_MAX_CONNECTIONS: u32 = 1_000_000;
+
 /// Where the admin logs in.
 pub struct Target {
     pub url: String,
@@ -132,6 +136,10 @@ pub async fn start(
         .args(["run", "--listen", "127.0.0.1:0", "--no-stun", "--no-bridge"])
         .arg("--auth-attempts-per-minute")
         .arg(LOADTEST_AUTH_ATTEMPTS_PER_MINUTE.to_string())
+        .arg("--max-connections")
+        .arg(LOADTEST_MAX_CONNECTIONS.to_string())
+        .arg("--max-connections-per-address")
+        .arg(LOADTEST_MAX_CONNECTIONS.to_string())
         .args(&db_args)
         .env(
             "RUST_LOG",

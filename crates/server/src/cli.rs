@@ -43,7 +43,8 @@ enum Command {
         #[arg(long)]
         admin_password_file: PathBuf,
     },
-    /// Print a new one-time setup link (when no account exists yet).
+    /// Print a new one-time setup link: for the first account while none
+    /// exists, else for another account (valid 1 h).
     SetupLink {
         #[command(flatten)]
         db: Overrides,
@@ -249,11 +250,35 @@ pub async fn main() -> anyhow::Result<i32> {
         }
         Some(Command::SetupLink { db }) => {
             let (cfg, store) = open(&db).await?;
+            let explicit = cfg.public_url != format!("https://{}", cfg.listen);
             let state = AppState::new(store, Clock::default(), cfg.public_url).await?;
-            let token = crate::bootstrap::new_setup_token(&state)
+            let err = |e: crate::error::AppError| anyhow::anyhow!("{}", e.message);
+            // The address the running server noted at its start, unless one is given here.
+            let url = match crate::bootstrap::recorded_public_url(&state)
                 .await
-                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
-            println!("{}/portal/setup?token={token}", state.public_url);
+                .map_err(err)?
+            {
+                Some(u) if !explicit => u,
+                _ => state.public_url.clone(),
+            };
+            let link = crate::bootstrap::new_setup_link(&state)
+                .await
+                .map_err(err)?;
+            let until = crate::clock::from_unix(link.expires_at)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            match link.kind {
+                crate::bootstrap::SetupKind::FirstAccount => println!(
+                    "No account exists yet. This one-time link creates the first account and its admin (valid until {until}):"
+                ),
+                crate::bootstrap::SetupKind::AnotherAccount => println!(
+                    "Accounts exist already. This one-time link creates ANOTHER account with its own admin\n\
+                     (users of an existing account are added by its admins instead). Anyone holding it can\n\
+                     create an account: hand it over privately. It expires in {} minutes, at {until}:",
+                    crate::bootstrap::MORE_SETUP_TTL / 60
+                ),
+            }
+            println!("  {url}/portal/setup?token={}", link.token);
             Ok(0)
         }
         Some(Command::Audit {
@@ -340,6 +365,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.auth_attempts_per_minute,
     )
     .await?;
+    crate::bootstrap::record_public_url(&state, &public_url)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     let (cert, key, ca) = match &cfg.tls {
         Some((c, k)) => (c.clone(), k.clone(), None),
         None => {
@@ -376,7 +404,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("{}", e.message))?;
         println!(
-            "  No account exists yet. Open this one-time setup link (valid 24 h) to create the first account and admin:"
+            "  No account exists yet. Open this one-time setup link (valid 24 h, dead once any account exists) to create the first account and admin:"
         );
         println!("    {public_url}/portal/setup?token={token}");
         println!(
@@ -441,7 +469,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     crate::background::spawn(state.clone());
     let app = crate::app(state);
     println!("Ready.");
-    crate::serve::serve_tls(listener, tls, app, drawbridge_tunnel::shutdown_signal()).await;
+    crate::serve::serve_tls_with(
+        listener,
+        tls,
+        app,
+        cfg.listener.clone(),
+        drawbridge_tunnel::shutdown_signal(),
+    )
+    .await;
     println!("Drawbridge server stopped");
     Ok(())
 }

@@ -4,7 +4,7 @@
 use anyhow::Context;
 use serde::Deserialize;
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 
 /// The TOML file's shape; every key is optional.
@@ -23,6 +23,11 @@ pub struct FileConfig {
     pub metrics_listen: Option<SocketAddr>,
     pub auth_attempts_per_minute: Option<NonZeroU32>,
     pub secrets_key_file: Option<PathBuf>,
+    pub header_read_timeout_secs: Option<NonZeroU64>,
+    pub idle_timeout_secs: Option<NonZeroU64>,
+    pub max_connections: Option<NonZeroUsize>,
+    pub max_connections_per_address: Option<NonZeroUsize>,
+    pub hsts_max_age_secs: Option<u64>,
 }
 
 /// A TOML value that is one address or a list of them.
@@ -74,6 +79,8 @@ pub struct Config {
     /// Sustained attempts per minute and remote address at the unauthenticated
     /// routes (login, second factor, enrolment, setup); twice as many may come at once.
     pub auth_attempts_per_minute: NonZeroU32,
+    /// Timeouts and connection caps of the HTTPS listener, and its HSTS max-age.
+    pub listener: crate::serve::ListenerOptions,
 }
 
 /// The default allowance at the unauthenticated routes, per minute and address.
@@ -137,6 +144,24 @@ pub struct Overrides {
     /// data dir, made on first start; every replica needs the same one).
     #[arg(long, env = "DRAWBRIDGE_SECRETS_KEY_FILE")]
     pub secrets_key_file: Option<PathBuf>,
+    /// Seconds a connection gets for its TLS handshake and each request head (default 10).
+    #[arg(long, env = "DRAWBRIDGE_HEADER_READ_TIMEOUT_SECS")]
+    pub header_read_timeout_secs: Option<NonZeroU64>,
+    /// Seconds without a byte after which a connection is closed (default 120;
+    /// WebSockets are kept alive by their own pings).
+    #[arg(long, env = "DRAWBRIDGE_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<NonZeroU64>,
+    /// Open HTTPS connections in all (default 10000); more are closed at once.
+    #[arg(long, env = "DRAWBRIDGE_MAX_CONNECTIONS")]
+    pub max_connections: Option<NonZeroUsize>,
+    /// Open HTTPS connections per remote address, IPv6 per /64 (default 256;
+    /// raise it when many edges share one NAT address).
+    #[arg(long, env = "DRAWBRIDGE_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub max_connections_per_address: Option<NonZeroUsize>,
+    /// Strict-Transport-Security max-age in seconds on every HTTPS response
+    /// (default one year; 0 tells browsers to forget it).
+    #[arg(long, env = "DRAWBRIDGE_HSTS_MAX_AGE_SECS")]
+    pub hsts_max_age_secs: Option<u64>,
 }
 
 impl Overrides {
@@ -200,7 +225,32 @@ impl Overrides {
             .clone()
             .or(file.secrets_key_file)
             .unwrap_or_else(|| data_dir.join("secrets.key"));
+        let d = crate::serve::ListenerOptions::default();
+        let secs = std::time::Duration::from_secs;
+        let listener = crate::serve::ListenerOptions {
+            header_read_timeout: self
+                .header_read_timeout_secs
+                .or(file.header_read_timeout_secs)
+                .map_or(d.header_read_timeout, |v| secs(v.get())),
+            idle_timeout: self
+                .idle_timeout_secs
+                .or(file.idle_timeout_secs)
+                .map_or(d.idle_timeout, |v| secs(v.get())),
+            max_connections: self
+                .max_connections
+                .or(file.max_connections)
+                .map_or(d.max_connections, NonZeroUsize::get),
+            max_connections_per_address: self
+                .max_connections_per_address
+                .or(file.max_connections_per_address)
+                .map_or(d.max_connections_per_address, NonZeroUsize::get),
+            hsts_max_age: self
+                .hsts_max_age_secs
+                .or(file.hsts_max_age_secs)
+                .map_or(d.hsts_max_age, secs),
+        };
         Ok(Config {
+            listener,
             secrets_key_file,
             bridge_listen,
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
@@ -249,5 +299,46 @@ mod tests {
         std::fs::write(&file, "auth_attempts_per_minute = 0\n").expect("write");
         o.auth_attempts_per_minute = None;
         assert!(o.resolve().is_err(), "zero is refused");
+    }
+
+    #[test]
+    fn listener_limits_default_file_and_flag() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let l = Overrides::default().resolve().expect("resolve").listener;
+        assert_eq!(l.header_read_timeout.as_secs(), 10);
+        assert_eq!(l.idle_timeout.as_secs(), 120);
+        assert_eq!(l.max_connections, 10_000);
+        assert_eq!(l.max_connections_per_address, 256);
+        assert_eq!(l.hsts_max_age.as_secs(), 31_536_000);
+        let file = dir.path().join("drawbridge.toml");
+        std::fs::write(
+            &file,
+            "header_read_timeout_secs = 3\nidle_timeout_secs = 30\nmax_connections = 50\nmax_connections_per_address = 5\nhsts_max_age_secs = 0\n",
+        )
+        .expect("write");
+        let mut o = Overrides {
+            config: Some(file.clone()),
+            ..Overrides::default()
+        };
+        let l = o.resolve().expect("resolve").listener;
+        assert_eq!(
+            (
+                l.header_read_timeout.as_secs(),
+                l.idle_timeout.as_secs(),
+                l.max_connections,
+                l.max_connections_per_address,
+                l.hsts_max_age.as_secs()
+            ),
+            (3, 30, 50, 5, 0)
+        );
+        o.max_connections_per_address = NonZeroUsize::new(7);
+        o.hsts_max_age_secs = Some(60);
+        let l = o.resolve().expect("resolve").listener;
+        assert_eq!(
+            (l.max_connections_per_address, l.hsts_max_age.as_secs()),
+            (7, 60)
+        );
+        std::fs::write(&file, "idle_timeout_secs = 0\n").expect("write");
+        assert!(o.resolve().is_err(), "a zero timeout is refused");
     }
 }

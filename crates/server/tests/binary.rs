@@ -23,8 +23,15 @@ impl Drop for Server {
 }
 
 fn start(data: &Path) -> Server {
+    start_with(data, &[])
+}
+
+/// `start` with more flags for `run`.
+fn start_with(data: &Path, extra: &[&str]) -> Server {
     let mut child = Command::new(BIN)
-        .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["run", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .arg("--data-dir")
         .arg(data)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -88,6 +95,11 @@ async fn first_start_prints_ca_fingerprint_and_a_one_time_setup_link_that_create
         })
         .expect("setup link")
         .to_string();
+    // The README shows the same link.
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("README");
+    assert!(readme.contains("https://127.0.0.1:8443/portal/setup?token=dbx_"));
+    assert!(!readme.contains("8443/setup?token"));
     let http = client(dir.path());
     let page = http
         .get(format!("{}/portal/setup?token={link}", server.url))
@@ -405,4 +417,267 @@ fn rotating_the_secrets_key_leaves_the_old_key_useless_and_the_new_one_working()
         new,
     ]);
     assert!(!out.status.success());
+}
+
+/// A TLS connection to the server from `local` (any port), trusting its CA.
+async fn tls_from(
+    data: &Path,
+    url: &str,
+    local: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tcp_from(url, local).await?;
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(data.join("ca.pem")).expect("CA file");
+    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(c.expect("CA")).expect("CA");
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+}
+
+/// A plain TCP connection to the server from the loopback address `local`.
+async fn tcp_from(url: &str, local: &str) -> std::io::Result<tokio::net::TcpStream> {
+    let addr: std::net::SocketAddr = url.trim_start_matches("https://").parse().expect("address");
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(format!("{local}:0").parse().expect("local address"))?;
+    sock.connect(addr).await
+}
+
+/// Reads until the server closes the stream; true when it did within `within`.
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(s: &mut S, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(end, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_and_silent_connections_are_closed_after_the_header_and_idle_timeouts() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    init_acme(dir.path(), &data);
+    let server = start_with(
+        &data,
+        &[
+            "--no-stun",
+            "--no-bridge",
+            "--header-read-timeout-secs",
+            "1",
+            "--idle-timeout-secs",
+            "2",
+        ],
+    );
+    // A partial request line, then nothing.
+    let mut partial = tls_from(&data, &server.url, "127.0.0.1").await.unwrap();
+    partial.write_all(b"GET /healthz HT").await.unwrap();
+    partial.flush().await.unwrap();
+    // A TLS handshake and not one byte more; and a TCP connection without TLS.
+    let mut silent_tls = tls_from(&data, &server.url, "127.0.0.1").await.unwrap();
+    let mut silent_tcp = tcp_from(&server.url, "127.0.0.1").await.unwrap();
+    // One complete request, then an idle keep-alive connection.
+    let mut idle = tls_from(&data, &server.url, "127.0.0.1").await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    idle.flush().await.unwrap();
+    let mut answer = Vec::new();
+    {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 1024];
+        while !String::from_utf8_lossy(&answer).contains("\"ok\"") {
+            let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf))
+                .await
+                .expect("answer in time")
+                .unwrap();
+            assert!(n > 0, "answered before closing");
+            answer.extend_from_slice(&buf[..n]);
+        }
+    }
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    let deadline = Duration::from_secs(8);
+    assert!(
+        closed_within(&mut partial, deadline).await,
+        "partial request line"
+    );
+    assert!(
+        closed_within(&mut silent_tls, deadline).await,
+        "silent after TLS"
+    );
+    assert!(closed_within(&mut silent_tcp, deadline).await, "silent TCP");
+    assert!(closed_within(&mut idle, deadline).await, "idle keep-alive");
+    // The server itself goes on.
+    let ok = client(&data)
+        .get(format!("{}/healthz", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(ok.status().is_success());
+}
+
+#[tokio::test]
+async fn connections_beyond_the_per_address_cap_are_closed_while_another_client_logs_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    init_acme(dir.path(), &data);
+    let server = start_with(
+        &data,
+        &[
+            "--no-stun",
+            "--no-bridge",
+            "--max-connections-per-address",
+            "3",
+            "--header-read-timeout-secs",
+            "30",
+        ],
+    );
+    // Three silent connections hold 127.0.0.1's slots (well within the timeout).
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tls_from(&data, &server.url, "127.0.0.1").await.unwrap());
+    }
+    // A fourth from the same address is closed at once, before TLS.
+    for _ in 0..3 {
+        let mut extra = tcp_from(&server.url, "127.0.0.1").await.unwrap();
+        assert!(
+            closed_within(&mut extra, Duration::from_secs(5)).await,
+            "a connection beyond the cap is closed"
+        );
+        assert!(tls_from(&data, &server.url, "127.0.0.1").await.is_err());
+    }
+    // Another address logs in meanwhile.
+    let other = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(data.join("ca.pem")).unwrap()).unwrap(),
+        )
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let login = other
+        .post(format!("{}/api/v1/auth/login", server.url))
+        .json(&serde_json::json!({"account": "acme", "username": "root", "password": "Blue-Tractor-42"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(login.status().is_success(), "{}", login.status());
+    // The held connections were not disturbed, and a slot given back is free again.
+    assert!(!closed_within(&mut held[0], Duration::from_millis(300)).await);
+    drop(held.pop());
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if tls_from(&data, &server.url, "127.0.0.1").await.is_ok() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < end, "the slot came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn every_https_response_carries_strict_transport_security_with_the_configured_max_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    init_acme(dir.path(), &data);
+    let server = start_with(
+        &data,
+        &["--no-stun", "--no-bridge", "--hsts-max-age-secs", "600"],
+    );
+    let c = client(&data);
+    for path in [
+        "/healthz",
+        "/api/v1/openapi.json",
+        "/api/v1/devices",
+        "/no-such-route",
+        "/portal/login",
+        "/relay/v1",
+    ] {
+        let res = c.get(format!("{}{path}", server.url)).send().await.unwrap();
+        assert_eq!(
+            res.headers()
+                .get("strict-transport-security")
+                .map(|v| v.to_str().unwrap().to_string()),
+            Some("max-age=600".to_string()),
+            "{path} ({})",
+            res.status()
+        );
+    }
+    drop(server);
+    let server = start_with(&data, &["--no-stun", "--no-bridge"]);
+    let res = client(&data)
+        .get(format!("{}/healthz", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.headers()["strict-transport-security"],
+        "max-age=31536000",
+        "one year by default"
+    );
+}
+
+#[tokio::test]
+async fn the_first_start_setup_link_dies_after_init_and_setup_link_makes_a_short_lived_one_for_another_account()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = start_with(&data, &["--no-stun", "--no-bridge"]);
+    let printed = server
+        .lines
+        .iter()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix(&format!("{}/portal/setup?token=", server.url))
+        })
+        .expect("setup link in the banner")
+        .to_string();
+    // The operator creates the first account on the command line instead.
+    init_acme(dir.path(), &data);
+    let http = client(&data);
+    let setup = |token: String, account: &str| {
+        http.post(format!("{}/api/v1/setup", server.url))
+            .json(&serde_json::json!({"token": token, "account": account, "admin_username": "admin", "admin_password": "Blue-Tractor-42"}))
+            .send()
+    };
+    let res = setup(printed.clone(), "intruder").await.unwrap();
+    assert_eq!(res.status().as_u16(), 401, "the start log's link is dead");
+    // A link for another account is made on purpose, says so and names the
+    // running server's real address (it listens on a port chosen at start).
+    let out = cli(&data, &["setup-link"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("ANOTHER account"), "{text}");
+    assert!(text.contains("expires in 60 minutes"), "{text}");
+    let token = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix(&format!("{}/portal/setup?token=", server.url))
+        })
+        .unwrap_or_else(|| panic!("a link to {}: {text}", server.url))
+        .to_string();
+    assert!(token.starts_with("dbxa_"));
+    let res = setup(token.clone(), "second").await.unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let res = setup(token, "third").await.unwrap();
+    assert_eq!(res.status().as_u16(), 401, "works once");
 }

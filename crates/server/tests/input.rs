@@ -14,6 +14,8 @@ store_tests!(
     every_documented_route_exists_and_unknown_routes_get_json_errors,
     every_route_refuses_a_body_that_is_not_a_json_object_and_changes_nothing,
     approving_or_refusing_a_session_not_waiting_for_approval_is_the_same_conflict,
+    a_first_account_setup_link_dies_once_any_account_exists,
+    a_setup_link_for_another_account_works_once_and_expires_within_an_hour,
 );
 
 async fn raw(
@@ -568,4 +570,110 @@ async fn approving_or_refusing_a_session_not_waiting_for_approval_is_the_same_co
         assert_eq!(v["state"], state, "{v}");
     }
     assert_eq!(fingerprint(&app).await, before, "nothing changed");
+}
+
+async fn setup(app: &TestApp, token: &str, account: &str) -> (StatusCode, Value) {
+    app.call(
+        Method::POST,
+        "/api/v1/setup",
+        None,
+        Some(json!({"token": token, "account": account, "admin_username": "admin", "admin_password": common::PASSWORD})),
+    )
+    .await
+}
+
+async fn a_first_account_setup_link_dies_once_any_account_exists(app: TestApp) {
+    use drawbridge_server::bootstrap::{SetupKind, new_setup_link};
+    // Two links printed while no account exists (two starts, or two replicas).
+    let first = new_setup_link(&app.state).await.unwrap();
+    let second = new_setup_link(&app.state).await.unwrap();
+    assert_eq!(first.kind, SetupKind::FirstAccount);
+    assert_eq!(second.kind, SetupKind::FirstAccount);
+    let (s, v) = setup(&app, &first.token, "acme").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = setup(&app, &second.token, "intruder").await;
+    assert_eq!(
+        (s, v["code"].clone()),
+        (StatusCode::UNAUTHORIZED, json!("invalid_code")),
+        "{v}"
+    );
+    // A first-account link left unused while an account exists (as a server
+    // of an earlier version left them): refused.
+    let third = {
+        let token = drawbridge_server::secret::new_token("dbx_");
+        sqlx::query(
+            "INSERT INTO setup_tokens (token_hash, created_at, expires_at) VALUES ($1, $2, $3)",
+        )
+        .bind(drawbridge_server::secret::token_hash(&token))
+        .bind(app.state.now())
+        .bind(app.state.now() + 3600)
+        .execute(&app.state.store.pool)
+        .await
+        .unwrap();
+        token
+    };
+    let (s, v) = setup(&app, &third, "intruder").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "an account exists: {v}");
+    let name = drawbridge_proto::Name::try_from("other".to_string()).unwrap();
+    let user = drawbridge_proto::Username::try_from("root".to_string()).unwrap();
+    // `init` (create_account) uses up the first-account links made before it.
+    let fourth = drawbridge_server::secret::new_token("dbx_");
+    sqlx::query(
+        "INSERT INTO setup_tokens (token_hash, created_at, expires_at) VALUES ($1, $2, $3)",
+    )
+    .bind(drawbridge_server::secret::token_hash(&fourth))
+    .bind(app.state.now())
+    .bind(app.state.now() + 3600)
+    .execute(&app.state.store.pool)
+    .await
+    .unwrap();
+    let mut tx = app.state.store.begin().await.unwrap();
+    drawbridge_server::bootstrap::create_account(
+        &mut tx,
+        app.state.now(),
+        &name,
+        &user,
+        common::PASSWORD,
+        "local",
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let unused: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM setup_tokens WHERE used_at IS NULL")
+        .fetch_one(&app.state.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        unused, 0,
+        "creating an account used up every first-account link"
+    );
+    let (s, _) = setup(&app, &fourth, "intruder").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.count("accounts").await,
+        2,
+        "acme and other, no intruder"
+    );
+}
+
+async fn a_setup_link_for_another_account_works_once_and_expires_within_an_hour(app: TestApp) {
+    use drawbridge_server::bootstrap::{MORE_SETUP_TTL, SetupKind, new_setup_link};
+    app.account("acme").await;
+    let link = new_setup_link(&app.state).await.unwrap();
+    assert_eq!(link.kind, SetupKind::AnotherAccount);
+    assert_eq!(link.expires_at, app.state.now() + MORE_SETUP_TTL);
+    assert!(MORE_SETUP_TTL <= 3600);
+    let (s, v) = setup(&app, &link.token, "second").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, _) = setup(&app, &link.token, "third").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "once");
+    // Such a link is no first-account link: no first-account form of it works.
+    let forged = link.token.replacen("dbxa_", "dbx_", 1);
+    let (s, _) = setup(&app, &forged, "third").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let late = new_setup_link(&app.state).await.unwrap();
+    app.clock().advance(MORE_SETUP_TTL + 1);
+    let (s, _) = setup(&app, &late.token, "late").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "expired");
+    assert_eq!(app.count("accounts").await, 2);
 }
