@@ -661,8 +661,12 @@ async fn a_setup_link_for_another_account_works_once_and_expires_within_an_hour(
     app.account("acme").await;
     let link = new_setup_link(&app.state).await.unwrap();
     assert_eq!(link.kind, SetupKind::AnotherAccount);
-    assert_eq!(link.expires_at, app.state.now() + MORE_SETUP_TTL);
-    assert!(MORE_SETUP_TTL <= 3600);
+    let left = link.expires_at - app.state.now();
+    assert!(
+        (MORE_SETUP_TTL - 2..=MORE_SETUP_TTL).contains(&left),
+        "{left}"
+    );
+    const { assert!(MORE_SETUP_TTL <= 3600) };
     let (s, v) = setup(&app, &link.token, "second").await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let (s, _) = setup(&app, &link.token, "third").await;

@@ -156,10 +156,10 @@ async fn object_bodies_only(req: Request, next: axum::middleware::Next) -> Respo
             .into_response();
         }
     };
-    if !bytes.is_empty() {
-        if let Err(e) = check_object(&bytes) {
-            return e.into_response();
-        }
+    if !bytes.is_empty()
+        && let Err(e) = check_object(&bytes)
+    {
+        return e.into_response();
     }
     next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
         .await
