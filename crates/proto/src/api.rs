@@ -17,9 +17,12 @@ pub const MAX_LIST: usize = 256;
 #[serde(deny_unknown_fields)]
 pub struct SetupRequest {
     /// The one-time token from the setup link the server printed on first start.
+    #[schema(min_length = 1, max_length = 128)]
     pub token: String,
     pub account: Name,
     pub admin_username: Username,
+    /// Must meet the default password policy (at least 10 characters of 3 classes).
+    #[schema(min_length = 10, max_length = 256)]
     pub admin_password: String,
 }
 
@@ -32,12 +35,16 @@ pub struct SetupResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
+    #[schema(min_length = 1, max_length = 64)]
     pub account: String,
+    #[schema(min_length = 1, max_length = 64)]
     pub username: String,
+    #[schema(min_length = 1, max_length = 256)]
     pub password: String,
     /// The current TOTP code, when the user has a second factor; may also be sent
     /// in a second step to `/auth/totp`.
     #[serde(default)]
+    #[schema(pattern = "^[0-9]{6}$")]
     pub totp: Option<String>,
 }
 
@@ -67,6 +74,8 @@ pub struct LoginResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TotpCode {
+    /// Six digits.
+    #[schema(pattern = "^[0-9]{6}$", min_length = 6, max_length = 6)]
     pub code: String,
 }
 
@@ -81,7 +90,11 @@ pub struct TotpEnrollResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordChangeRequest {
+    #[schema(min_length = 1, max_length = 256)]
     pub current_password: String,
+    /// Must meet the account's password policy (at least 8 characters whatever
+    /// the policy; at most 256 bytes).
+    #[schema(min_length = 8, max_length = 256)]
     pub new_password: String,
 }
 
@@ -137,7 +150,9 @@ pub struct User {
 pub struct CreateUser {
     pub username: Username,
     pub role: Role,
-    /// Initial password; must meet the account's policy.
+    /// Initial password; must meet the account's policy (at least 8 characters
+    /// whatever the policy; at most 256 bytes).
+    #[schema(min_length = 8, max_length = 256)]
     pub password: String,
 }
 
@@ -151,6 +166,7 @@ pub struct UpdateUser {
     pub disabled: Option<bool>,
     /// Set a new password (admin reset); ends the user's logins.
     #[serde(default)]
+    #[schema(min_length = 8, max_length = 256)]
     pub password: Option<String>,
     /// Lift a lockout now.
     #[serde(default)]
@@ -178,6 +194,7 @@ pub struct ApiToken {
 pub struct CreateApiToken {
     pub name: Name,
     /// 1-365 days.
+    #[schema(minimum = 1, maximum = 365)]
     pub expires_in_days: u32,
     /// A read-only token can only call GET routes.
     #[serde(default)]
@@ -230,6 +247,7 @@ pub struct CreateGrant {
     pub pool_id: String,
     pub level: GrantLevel,
     #[serde(default)]
+    #[schema(max_items = 256)]
     pub targets: Vec<Target>,
 }
 
@@ -278,11 +296,13 @@ pub struct CreateDevice {
     #[serde(default)]
     pub serial: Option<Name>,
     #[serde(default)]
-    #[schema(value_type = Vec<String>)]
+    #[schema(value_type = Vec<String>, max_items = 256)]
     pub lan_subnets: Vec<ipnet::IpNet>,
     #[serde(default)]
+    #[schema(max_items = 256)]
     pub nat: Vec<NatMapping>,
     #[serde(default)]
+    #[schema(max_items = 256)]
     pub firewall: Vec<Target>,
 }
 
@@ -308,11 +328,13 @@ pub struct UpdateDevice {
     #[serde(default)]
     pub serial: Option<Name>,
     #[serde(default)]
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(value_type = Option<Vec<String>>, max_items = 256)]
     pub lan_subnets: Option<Vec<ipnet::IpNet>>,
     #[serde(default)]
+    #[schema(max_items = 256)]
     pub nat: Option<Vec<NatMapping>>,
     #[serde(default)]
+    #[schema(max_items = 256)]
     pub firewall: Option<Vec<Target>>,
     /// This machine always needs on-site approval (see `Device::onsite_approval`).
     #[serde(default)]
@@ -349,6 +371,7 @@ pub struct FleetKey {
 pub struct CreateFleetKey {
     pub name: Name,
     /// 1-365 days.
+    #[schema(minimum = 1, maximum = 365)]
     pub expires_in_days: u32,
 }
 
@@ -381,6 +404,7 @@ pub struct EnrollRequest {
     #[serde(default)]
     pub serial: Option<Name>,
     /// The device's Ed25519 public key, base64 (32 bytes).
+    #[schema(min_length = 44, max_length = 44)]
     pub public_key: String,
     /// Ed25519 signature, base64, of `ENROLL_CONTEXT || key`.
     pub signature: String,
@@ -422,6 +446,7 @@ pub struct CertificateFetch {
 pub struct SessionDevice {
     pub device_id: String,
     /// The released targets on this device.
+    #[schema(min_items = 1, max_items = 256)]
     pub targets: Vec<Target>,
 }
 
@@ -471,8 +496,10 @@ pub struct DeviceApproval {
 #[serde(deny_unknown_fields)]
 pub struct PrepareSession {
     pub name: Name,
+    #[schema(min_items = 1, max_items = 256)]
     pub devices: Vec<SessionDevice>,
     /// User ids allowed to start and use the session.
+    #[schema(max_items = 256)]
     pub users: Vec<String>,
     /// Defaults to now.
     #[serde(default, with = "time::serde::rfc3339::option")]
@@ -488,6 +515,7 @@ pub struct AdhocSession {
     pub device_id: String,
     /// Defaults to everything the caller's grant allows on the device.
     #[serde(default)]
+    #[schema(min_items = 1, max_items = 256)]
     pub targets: Option<Vec<Target>>,
 }
 

@@ -169,7 +169,10 @@ impl PortRange {
 
 crate::string_schema!(
     PortRange,
-    "A port (`502`) or inclusive port range (`8000-8080`)."
+    "A port (`502`) or inclusive port range (`8000-8080`), ports 1-65535.",
+    Some(1),
+    Some(11),
+    Some("^[0-9]{1,5}(-[0-9]{1,5})?$")
 );
 
 impl FromStr for PortRange {
@@ -224,7 +227,7 @@ impl fmt::Display for PortRange {
 #[serde(deny_unknown_fields, try_from = "TargetWire")]
 pub struct Target {
     /// Address or CIDR, e.g. `192.168.1.10/32` or `192.168.1.0/24`.
-    #[schema(value_type = String, example = "192.168.1.10/32")]
+    #[schema(value_type = String, example = "192.168.1.10/32", min_length = 2, max_length = 43)]
     pub address: IpNet,
     pub protocol: Protocol,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -372,13 +375,17 @@ impl NatMapping {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PasswordPolicy {
-    /// Minimum length in characters (at least 8).
+    /// Minimum length in characters (8-256).
+    #[schema(minimum = 8, maximum = 256)]
     pub min_length: u32,
     /// How many of the classes lower case, upper case, digit, other must appear (0-4).
+    #[schema(minimum = 0, maximum = 4)]
     pub min_classes: u32,
-    /// Days after which a password must be changed; 0 = never.
+    /// Days after which a password must be changed; 0 = never (0-3650).
+    #[schema(minimum = 0, maximum = 3650)]
     pub expiry_days: u32,
     /// How many previous passwords may not be reused (0-24).
+    #[schema(minimum = 0, maximum = 24)]
     pub history: u32,
     /// Refuse passwords from the built-in list of common passwords.
     pub deny_common: bool,
@@ -404,20 +411,26 @@ pub struct AccountSettings {
     /// Every user must use a TOTP second factor.
     pub require_totp: bool,
     /// Failed logins in a row that lock a user (1-100).
+    #[schema(minimum = 1, maximum = 100)]
     pub lockout_threshold: u32,
     /// How long a lockout lasts, in minutes (1-1440).
+    #[schema(minimum = 1, maximum = 1440)]
     pub lockout_minutes: u32,
     /// Login sessions end after this much inactivity, in minutes (1-1440).
+    #[schema(minimum = 1, maximum = 1440)]
     pub login_idle_minutes: u32,
     /// Login sessions end this long after login whatever happens, in hours (1-720).
+    #[schema(minimum = 1, maximum = 720)]
     pub login_absolute_hours: u32,
     /// Users may create-and-start a session on a device their grant covers.
     pub adhoc_allowed: bool,
     /// Each session start must be approved on site or by an approver.
     pub dual_control: bool,
     /// Longest allowed session, in minutes (1-43200).
+    #[schema(minimum = 1, maximum = 43200)]
     pub max_session_minutes: u32,
     /// A session with no tunnel traffic ends after this many minutes (1-1440).
+    #[schema(minimum = 1, maximum = 1440)]
     pub session_idle_minutes: u32,
 }
 

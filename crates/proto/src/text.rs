@@ -15,15 +15,22 @@ pub enum TextError {
     Charset,
 }
 
-/// Implements utoipa's schema traits for a type that travels as a JSON string.
+/// Implements utoipa's schema traits for a type that travels as a JSON string;
+/// the longer form also states its length bounds and pattern in the document.
 #[macro_export]
 macro_rules! string_schema {
     ($ty:ident, $desc:expr) => {
+        $crate::string_schema!($ty, $desc, None, None, None::<&str>);
+    };
+    ($ty:ident, $desc:expr, $min:expr, $max:expr, $pattern:expr) => {
         impl utoipa::PartialSchema for $ty {
             fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
                 utoipa::openapi::ObjectBuilder::new()
                     .schema_type(utoipa::openapi::schema::Type::String)
                     .description(Some($desc))
+                    .min_length($min)
+                    .max_length($max)
+                    .pattern($pattern)
                     .into()
             }
         }
@@ -47,12 +54,18 @@ fn check(s: &str, max: usize, allow_newlines: bool) -> Result<(), TextError> {
 }
 
 macro_rules! bounded_text {
-    ($(#[$doc:meta])* $name:ident, $max:expr, $newlines:expr, $extra:expr) => {
+    ($(#[$doc:meta])* $name:ident, $max:expr, $newlines:expr, $pattern:expr, $extra:expr) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
-        crate::string_schema!($name, concat!("Text of at most ", stringify!($max), " characters."));
+        crate::string_schema!(
+            $name,
+            concat!("Text of 1 to ", stringify!($max), " characters, not only spaces, no control characters."),
+            Some(1),
+            Some($max),
+            $pattern
+        );
 
         impl $name {
             pub const MAX: usize = $max;
@@ -93,17 +106,20 @@ macro_rules! bounded_text {
     };
 }
 
+/// What a [`Username`] may hold, as the OpenAPI document states it.
+pub const USERNAME_PATTERN: &str = "^[A-Za-z0-9._@-]+$";
+
 bounded_text!(
     /// A display name: 1..=64 characters, no control characters.
-    Name, 64, false, |_| Ok(())
+    Name, 64, false, None::<&str>, |_| Ok(())
 );
 bounded_text!(
     /// Free text such as a logbook note: 1..=4096 characters.
-    LongText, 4096, true, |_| Ok(())
+    LongText, 4096, true, None::<&str>, |_| Ok(())
 );
 bounded_text!(
     /// A login name: 1..=64 of `[A-Za-z0-9._@-]`.
-    Username, 64, false, |s| {
+    Username, 64, false, Some(USERNAME_PATTERN), |s| {
         if s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-')) {
             Ok(())
         } else {

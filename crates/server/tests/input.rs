@@ -16,6 +16,7 @@ store_tests!(
     approving_or_refusing_a_session_not_waiting_for_approval_is_the_same_conflict,
     a_first_account_setup_link_dies_once_any_account_exists,
     a_setup_link_for_another_account_works_once_and_expires_within_an_hour,
+    the_openapi_document_states_the_bounds_the_server_enforces,
 );
 
 async fn raw(
@@ -680,4 +681,113 @@ async fn a_setup_link_for_another_account_works_once_and_expires_within_an_hour(
     let (s, _) = setup(&app, &late.token, "late").await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "expired");
     assert_eq!(app.count("accounts").await, 2);
+}
+
+async fn the_openapi_document_states_the_bounds_the_server_enforces(app: TestApp) {
+    let acct = app.account("acme").await;
+    let (s, doc) = app
+        .call(Method::GET, "/api/v1/openapi.json", None, None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let schemas = &doc["components"]["schemas"];
+    let prop = |schema: &str, field: &str| schemas[schema]["properties"][field].clone();
+    // Names: 1 to 64 characters; user names with their pattern.
+    assert_eq!(schemas["Name"]["minLength"], 1, "{}", schemas["Name"]);
+    assert_eq!(schemas["Name"]["maxLength"], 64);
+    assert_eq!(schemas["LongText"]["maxLength"], 4096);
+    assert_eq!(schemas["Username"]["maxLength"], 64);
+    assert_eq!(
+        schemas["Username"]["pattern"],
+        drawbridge_proto::text::USERNAME_PATTERN
+    );
+    assert!(schemas["PortRange"]["pattern"].is_string());
+    // Lists are bounded.
+    for (schema, field) in [
+        ("CreateDevice", "lan_subnets"),
+        ("CreateDevice", "nat"),
+        ("CreateDevice", "firewall"),
+        ("CreateGrant", "targets"),
+        ("PrepareSession", "devices"),
+        ("PrepareSession", "users"),
+        ("SessionDevice", "targets"),
+    ] {
+        assert_eq!(
+            prop(schema, field)["maxItems"],
+            256,
+            "{schema}.{field}: {}",
+            prop(schema, field)
+        );
+    }
+    assert_eq!(prop("PrepareSession", "devices")["minItems"], 1);
+    // Enums, password policy minimums, codes.
+    assert_eq!(
+        schemas["Role"]["enum"],
+        json!(["admin", "session_admin", "user", "auditor"])
+    );
+    assert_eq!(
+        schemas["GrantLevel"]["enum"],
+        json!(["full", "restricted", "monitor"])
+    );
+    assert_eq!(prop("PasswordPolicy", "min_length")["minimum"], 8);
+    assert_eq!(prop("PasswordPolicy", "min_classes")["maximum"], 4);
+    assert_eq!(prop("AccountSettings", "lockout_threshold")["minimum"], 1);
+    assert_eq!(prop("CreateUser", "password")["minLength"], 8);
+    assert_eq!(prop("CreateUser", "password")["maxLength"], 256);
+    assert_eq!(prop("TotpCode", "code")["pattern"], "^[0-9]{6}$");
+    assert_eq!(prop("CreateApiToken", "expires_in_days")["maximum"], 365);
+
+    // The stated bounds are the server's: at the bound accepted, past it refused.
+    let max_name = schemas["Name"]["maxLength"].as_u64().unwrap() as usize;
+    let (s, v) = app
+        .post(
+            "/api/v1/devices",
+            &acct.admin,
+            json!({"name": "n".repeat(max_name)}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, _) = app
+        .post(
+            "/api/v1/devices",
+            &acct.admin,
+            json!({"name": "n".repeat(max_name + 1)}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let max_items = prop("CreateDevice", "lan_subnets")["maxItems"]
+        .as_u64()
+        .unwrap() as usize;
+    let nets = |n: usize| {
+        (0..n)
+            .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256))
+            .collect::<Vec<_>>()
+    };
+    let (s, v) = app
+        .post(
+            "/api/v1/devices",
+            &acct.admin,
+            json!({"name": "many", "lan_subnets": nets(max_items)}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, _) = app
+        .post(
+            "/api/v1/devices",
+            &acct.admin,
+            json!({"name": "too-many", "lan_subnets": nets(max_items + 1)}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let min_pw = prop("CreateUser", "password")["minLength"]
+        .as_u64()
+        .unwrap() as usize;
+    assert!(min_pw <= 8, "no policy allows shorter ones");
+    let (s, _) = app
+        .post(
+            "/api/v1/users",
+            &acct.admin,
+            json!({"username": "not a match", "role": "user", "password": common::PASSWORD}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "outside the pattern");
 }
