@@ -6,6 +6,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+/// Set to `1` for `run` to let released targets on this host's loopback through
+/// (tests and single-host demos whose "machine LAN" is 127.0.0.x).
+pub const LOOPBACK_LAN_VAR: &str = "DRAWBRIDGE_EDGE_LOOPBACK_LAN";
+
 #[derive(Parser, Debug)]
 #[command(name = "drawbridge-edge", version, about = "Drawbridge edge agent.")]
 pub struct Cli {
@@ -112,6 +116,14 @@ pub async fn main() -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Run { switch_file, tun } => {
+            // Tests and single-host demos, whose "machine LAN" is this host's
+            // loopback; otherwise loopback is never a target (netstack::policy).
+            if std::env::var(LOOPBACK_LAN_VAR).is_ok_and(|v| v == "1") {
+                tracing::warn!(
+                    "{LOOPBACK_LAN_VAR}=1: released targets on this host's loopback are reachable (tests only)"
+                );
+                drawbridge_netstack::policy::allow_loopback_lan();
+            }
             let source = switch_file
                 .map(SwitchSource::File)
                 .unwrap_or(SwitchSource::Local);

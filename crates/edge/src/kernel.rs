@@ -27,6 +27,10 @@ use tokio::sync::mpsc;
 const FORWARD_SYSCTL: &str = "/proc/sys/net/ipv4/ip_forward";
 /// Our nftables table.
 const TABLE: &str = "drawbridge_edge";
+/// What `netstack::policy::never_forwarded` refuses, as an nftables set: this
+/// network, the overlay, loopback, link-local, multicast, reserved and broadcast.
+const NEVER_FORWARDED: &str =
+    "{ 0.0.0.0/8, 100.64.0.0/10, 127.0.0.0/8, 169.254.0.0/16, 224.0.0.0/3 }";
 /// The TUN's own (link-local) address; clients' packets never use it.
 const TUN_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 77, 1);
 
@@ -124,15 +128,24 @@ fn ruleset(table: &str, tun: &str, isolate_forwarding: bool) -> String {
     } else {
         String::new()
     };
+    // Behind the userspace check (`Policy::released`), the kernel refuses the same
+    // never-forwarded destinations, and never routes one session's packet into another.
+    let never = NEVER_FORWARDED;
     format!(
         "table ip {table} {{\n\
          \x20 chain forward {{\n\
          \x20   type filter hook forward priority -10; policy accept;\n\
+         \x20   iifname \"{tun}\" oifname \"{tun}\" drop\n\
+         \x20   iifname \"{tun}\" ip daddr {never} drop\n\
          \x20   iifname \"{tun}\" ip saddr {net}/{len} accept\n\
          \x20   iifname \"{tun}\" drop\n\
          \x20   oifname \"{tun}\" ct state established,related accept\n\
          \x20   oifname \"{tun}\" drop\n\
          {others}\
+         \x20 }}\n\
+         \x20 chain input {{\n\
+         \x20   type filter hook input priority -10; policy accept;\n\
+         \x20   iifname \"{tun}\" ip daddr {never} drop\n\
          \x20 }}\n\
          \x20 chain output {{\n\
          \x20   type filter hook output priority -10; policy accept;\n\
@@ -314,6 +327,24 @@ mod tests {
         assert!(r.contains("masquerade"));
         let r = ruleset(TABLE, "tun0", false);
         assert!(!r.contains("iifname != \"tun0\" oifname != \"tun0\" drop"));
+        // One session's packets never come back into another; the never-forwarded
+        // destinations are refused by the kernel too, routed or local.
+        assert!(r.contains("iifname \"tun0\" oifname \"tun0\" drop"));
+        assert_eq!(
+            r.matches(&format!("ip daddr {NEVER_FORWARDED} drop"))
+                .count(),
+            2
+        );
+        for net in [
+            "100.64.0.0/10",
+            "127.0.0.0/8",
+            "169.254.0.0/16",
+            "0.0.0.0/8",
+        ] {
+            assert!(NEVER_FORWARDED.contains(net));
+            let first = net.split('/').next().unwrap().parse().unwrap();
+            assert!(drawbridge_netstack::policy::never_forwarded(first));
+        }
     }
 
     #[test]

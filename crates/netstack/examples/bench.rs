@@ -57,6 +57,8 @@ async fn main() {
         .parse()
         .unwrap();
     let client = Ipv4Addr::new(100, 64, 0, 2);
+    // The "LAN device" is a server on 127.0.0.1.
+    drawbridge_netstack::policy::allow_loopback_lan();
     let (fwd, handle) = Forwarder::new(ForwarderConfig {
         local_ip: Ipv4Addr::new(100, 64, 0, 1),
         targets: vec![target.clone()],

@@ -3,7 +3,8 @@
 //! [`classify`] parses one inner IPv4 packet from the tunnel with length and checksum
 //! checks and decides, against a [`Policy`], whether it may reach the LAN and where.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use drawbridge_proto::model::{NatMapping, PortRange, Protocol, Target};
 use ipnet::{IpNet, Ipv4Net};
@@ -37,6 +38,56 @@ impl DropReason {
             DropReason::TooManyFlows => "too_many_flows",
         }
     }
+}
+
+/// The client overlay range (RFC 6598 shared address space): every session's
+/// clients, the edge's own overlay address and, in kernel mode, every session's
+/// slot block live here. Never a LAN target.
+pub const OVERLAY_NET: (Ipv4Addr, u8) = (Ipv4Addr::new(100, 64, 0, 0), 10);
+
+static LOOPBACK_LAN: AtomicBool = AtomicBool::new(false);
+
+/// Tests and single-host demos only: from now on this process lets released
+/// targets on the host's loopback (127.0.0.0/8) through, because there the
+/// "LAN devices" are servers on 127.0.0.x. One way (it cannot be turned off);
+/// never called by the edge unless `DRAWBRIDGE_EDGE_LOOPBACK_LAN=1` is set.
+pub fn allow_loopback_lan() {
+    LOOPBACK_LAN.store(true, Ordering::Relaxed);
+}
+
+/// Destinations no packet is ever forwarded to, whatever a released target
+/// covers (a target as wide as `0.0.0.0/0` included): the overlay range
+/// (`100.64.0.0/10`: other clients, other sessions' kernel-mode blocks, the edge
+/// itself), this network (`0.0.0.0/8`), loopback (`127.0.0.0/8`, `::1`; see
+/// [`allow_loopback_lan`]), link-local (`169.254.0.0/16`, `fe80::/10`), multicast,
+/// the reserved `240.0.0.0/4` with the broadcast address, and the IPv6
+/// unspecified address; IPv4-mapped IPv6 addresses are judged as IPv4.
+pub fn never_forwarded(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => never_forwarded_v4(a),
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => never_forwarded_v4(v4),
+            None => never_forwarded_v6(a),
+        },
+    }
+}
+
+fn never_forwarded_v4(a: Ipv4Addr) -> bool {
+    let (overlay, len) = OVERLAY_NET;
+    let in_overlay = Ipv4Net::new(overlay, len).is_ok_and(|n| n.contains(&a));
+    in_overlay
+        || a.octets()[0] == 0
+        || (a.is_loopback() && !LOOPBACK_LAN.load(Ordering::Relaxed))
+        || a.is_link_local()
+        || a.is_multicast()
+        || a.octets()[0] >= 240
+}
+
+fn never_forwarded_v6(a: Ipv6Addr) -> bool {
+    a.is_unspecified()
+        || (a.is_loopback() && !LOOPBACK_LAN.load(Ordering::Relaxed))
+        || a.is_unicast_link_local()
+        || a.is_multicast()
 }
 
 /// The whitelist the edge enforces: released targets (real LAN addresses), 1:1 NAT and
@@ -73,9 +124,10 @@ impl Policy {
     }
 
     /// True when a released target covers `real` (a real LAN address), `proto`, `port`.
-    /// Destinations inside the allowed client sources (the overlay) are never released.
+    /// Destinations inside the allowed client sources and every [`never_forwarded`]
+    /// address (overlay, loopback, link-local, multicast, broadcast, …) are never released.
     pub fn released(&self, real: Ipv4Addr, proto: Protocol, port: Option<u16>) -> bool {
-        if self.source_allowed(real) || real.is_broadcast() || real.is_multicast() {
+        if self.source_allowed(real) || never_forwarded(IpAddr::V4(real)) {
             return false;
         }
         let want = Target {
@@ -316,6 +368,134 @@ mod tests {
         assert_eq!(classify(&p, &pkt), Err(DropReason::NotReleased));
         let pkt = wire::udp(C, 5, "224.0.0.1".parse().unwrap(), 161, b"x");
         assert_eq!(classify(&p, &pkt), Err(DropReason::NotReleased));
+    }
+
+    /// A policy that releases everything, as a careless admin might.
+    fn wide_open() -> Policy {
+        Policy {
+            targets: vec![
+                "tcp:0.0.0.0/0".parse().unwrap(),
+                "udp:0.0.0.0/0".parse().unwrap(),
+                "icmp:0.0.0.0/0".parse().unwrap(),
+            ],
+            nat: vec![],
+            allowed_sources: vec!["100.64.0.2/32".parse().unwrap()],
+        }
+    }
+
+    fn all_protocols(p: &Policy, dst: Ipv4Addr) -> Vec<Result<Verdict, DropReason>> {
+        vec![
+            classify(p, &wire::tcp_syn(C, 40000, dst, 22)),
+            classify(p, &wire::udp(C, 5000, dst, 53, b"x")),
+            classify(p, &wire::icmp_echo(C, dst, 1, 1, b"ping", false)),
+        ]
+    }
+
+    #[test]
+    fn a_release_of_everything_still_reaches_no_overlay_loopback_or_link_local_address() {
+        let p = wide_open();
+        for dst in [
+            // Other sessions' kernel-mode blocks and other clients, the edge's overlay address.
+            "100.65.0.2",
+            "100.64.0.3",
+            "100.64.0.1",
+            "100.127.255.254",
+            // The edge's own loopback and the link-local range (kernel mode's TUN address).
+            "127.0.0.1",
+            "127.1.2.3",
+            "169.254.77.1",
+            "169.254.169.254",
+            // This network, multicast, reserved and broadcast.
+            "0.0.0.0",
+            "0.1.2.3",
+            "224.0.0.1",
+            "239.255.255.250",
+            "240.0.0.1",
+            "255.255.255.255",
+        ] {
+            let dst: Ipv4Addr = dst.parse().unwrap();
+            for verdict in all_protocols(&p, dst) {
+                assert_eq!(verdict, Err(DropReason::NotReleased), "{dst}");
+            }
+        }
+        // What the release is for still passes: any ordinary LAN or routed address.
+        for dst in [
+            "192.168.1.10",
+            "10.0.0.1",
+            "100.63.255.255",
+            "100.128.0.1",
+            "8.8.8.8",
+        ] {
+            let dst: Ipv4Addr = dst.parse().unwrap();
+            for verdict in all_protocols(&p, dst) {
+                assert!(verdict.is_ok(), "{dst}: {verdict:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn one_to_one_nat_cannot_lead_into_loopback_or_the_overlay() {
+        let mut p = wide_open();
+        p.nat = vec![
+            NatMapping {
+                real: "127.0.0.0/24".parse().unwrap(),
+                virtual_subnet: "10.77.1.0/24".parse().unwrap(),
+            },
+            NatMapping {
+                real: "100.65.0.0/24".parse().unwrap(),
+                virtual_subnet: "10.77.2.0/24".parse().unwrap(),
+            },
+        ];
+        for dst in ["10.77.1.1", "10.77.2.2"] {
+            let dst: Ipv4Addr = dst.parse().unwrap();
+            for verdict in all_protocols(&p, dst) {
+                assert_eq!(verdict, Err(DropReason::NotReleased), "{dst}");
+            }
+        }
+    }
+
+    #[test]
+    fn never_forwarded_covers_ipv6_loopback_link_local_and_mapped_ipv4() {
+        for a in [
+            "::1",
+            "::",
+            "fe80::1",
+            "febf::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:100.64.0.2",
+            "::ffff:169.254.1.1",
+        ] {
+            assert!(never_forwarded(a.parse().unwrap()), "{a}");
+        }
+        for a in [
+            "2001:db8::1",
+            "fd00::1",
+            "::ffff:192.168.1.10",
+            "192.168.1.10",
+        ] {
+            assert!(!never_forwarded(a.parse().unwrap()), "{a}");
+        }
+    }
+
+    #[test]
+    fn flows_to_never_forwarded_addresses_are_not_allowed_after_an_update_either() {
+        let p = wide_open();
+        let key = FlowKey {
+            proto: Protocol::Tcp,
+            src: C,
+            src_port: 40000,
+            dst: "100.65.0.2".parse().unwrap(),
+            dst_port_raw: 22,
+            real: "100.65.0.2".parse().unwrap(),
+        };
+        assert!(!p.allows_flow(&key));
+        let lan = FlowKey {
+            dst: "192.168.1.10".parse().unwrap(),
+            real: "192.168.1.10".parse().unwrap(),
+            ..key
+        };
+        assert!(p.allows_flow(&lan));
     }
 
     #[test]

@@ -179,6 +179,36 @@ mod tests {
     }
 
     #[test]
+    fn a_client_released_everything_reaches_no_other_session_block_nor_the_edge_itself() {
+        let mut p = policy();
+        p.targets = vec![
+            "tcp:0.0.0.0/0".parse().unwrap(),
+            "udp:0.0.0.0/0".parse().unwrap(),
+            "icmp:0.0.0.0/0".parse().unwrap(),
+        ];
+        let c = Ipv4Addr::new(100, 64, 0, 2);
+        // Session slot 0's client aims at slot 1's and slot 63's clients, the edge's
+        // loopback and the TUN's own link-local address.
+        for dst in [
+            mapped(1, c).unwrap(),
+            mapped(SLOTS - 1, c).unwrap(),
+            Ipv4Addr::new(100, 64, 0, 3),
+            Ipv4Addr::LOCALHOST,
+            Ipv4Addr::new(169, 254, 77, 1),
+        ] {
+            for pkt in [
+                wire::tcp_syn(c, 40000, dst, 22),
+                wire::udp(c, 5000, dst, 53, b"x"),
+                wire::icmp_echo(c, dst, 1, 1, b"x", false),
+            ] {
+                assert_eq!(to_lan(&p, 0, &pkt), Err(DropReason::NotReleased), "{dst}");
+            }
+        }
+        let lan = wire::tcp_syn(c, 40000, Ipv4Addr::new(192, 168, 7, 7), 22);
+        assert!(to_lan(&p, 0, &lan).is_ok());
+    }
+
+    #[test]
     fn what_is_not_released_is_never_rewritten() {
         let p = policy();
         let other_port = wire::tcp_syn(

@@ -21,6 +21,8 @@ fn t(s: &str) -> Target {
 }
 
 fn config(targets: Vec<Target>, nat: Vec<NatMapping>) -> ForwarderConfig {
+    // The "LAN devices" here are servers on 127.0.0.x.
+    drawbridge_netstack::policy::allow_loopback_lan();
     ForwarderConfig {
         local_ip: EDGE,
         targets,

@@ -198,6 +198,8 @@ pub fn edge_run(state: &Path) -> Proc {
             .arg(state)
             .arg("run")
             .env("RUST_LOG", "warn")
+            // The "LAN devices" of these tests are servers on 127.0.0.1.
+            .env("DRAWBRIDGE_EDGE_LOOPBACK_LAN", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
