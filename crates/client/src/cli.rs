@@ -1238,6 +1238,7 @@ async fn device(ctx: &Ctx, cmd: DeviceCmd) -> Result<()> {
                 lan_subnets: list(spec.lan_subnet, clear_lan_subnets),
                 nat: list(spec.nat, clear_nat),
                 firewall: list(spec.allow, clear_firewall),
+                onsite_approval: None,
             };
             if req.name.is_none()
                 && req.serial.is_none()
