@@ -153,6 +153,41 @@ pub async fn append(tx: &mut Tx<'_>, now: i64, ev: &Event) -> Result<i64, sqlx::
     Ok(seq)
 }
 
+/// A refused enrolment is recorded at most once per device (activation key) or
+/// account (fleet key) in this many seconds (`api::enroll`).
+pub const ENROLL_REFUSAL_WINDOW: i64 = 600;
+
+/// Appends unless an entry with the same action, object and result was made in
+/// the last `window_secs` (then returns `None`): for events a stranger can cause
+/// at will (refused enrolments), so they cannot flood an account's log. The
+/// chain's head row is locked first, so concurrent callers see each other's entry.
+pub async fn append_coalesced(
+    tx: &mut Tx<'_>,
+    now: i64,
+    ev: &Event,
+    window_secs: i64,
+) -> Result<Option<i64>, sqlx::Error> {
+    ensure_chain(tx, &ev.account_id).await?;
+    sqlx::query("UPDATE audit_heads SET seq = seq WHERE account_id = $1")
+        .bind(&ev.account_id)
+        .execute(&mut **tx)
+        .await?;
+    let recent: Option<i64> = sqlx::query_scalar(
+        "SELECT seq FROM audit_log WHERE account_id = $1 AND action = $2 AND object = $3 AND result = $4 AND ts > $5 LIMIT 1",
+    )
+    .bind(&ev.account_id)
+    .bind(&ev.action)
+    .bind(&ev.object)
+    .bind(&ev.result)
+    .bind(now - window_secs)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if recent.is_some() {
+        return Ok(None);
+    }
+    append(tx, now, ev).await.map(Some)
+}
+
 /// Appends in a transaction of its own (for events with no other change).
 pub async fn record(store: &Store, now: i64, ev: &Event) -> Result<i64, sqlx::Error> {
     let mut tx = store.begin().await?;

@@ -92,7 +92,7 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum AuditCommand {
-    /// Check every account's hash chain; exit 1 if any is broken.
+    /// Check every account's hash chain (accounts by name); exit 1 if any is broken.
     Verify {
         #[command(flatten)]
         db: Overrides,
@@ -286,7 +286,19 @@ pub async fn main() -> anyhow::Result<i32> {
         }) => {
             let store = open_unsealed(&db).await?;
             let mut bad = false;
-            for (account, v) in audit::verify_all(&store).await? {
+            // Accounts by name, as `audit export --account` takes them.
+            let names: std::collections::HashMap<String, String> =
+                sqlx::query_as::<_, (String, String)>("SELECT id, name FROM accounts")
+                    .fetch_all(&store.pool)
+                    .await?
+                    .into_iter()
+                    .collect();
+            for (id, v) in audit::verify_all(&store).await? {
+                let account = match names.get(&id) {
+                    Some(name) => name.clone(),
+                    None if id == audit::SYSTEM_ACCOUNT => "(no account)".to_string(),
+                    None => format!("(account id {id})"),
+                };
                 match v.first_broken_seq {
                     None => println!("{account}: ok ({} entries)", v.entries),
                     Some(seq) => {

@@ -12,6 +12,7 @@ store_tests!(
     an_intact_chain_verifies_and_every_tampering_is_found_at_its_sequence_number,
     exports_filter_by_time_actor_device_and_action_in_json_lines_and_csv,
     chains_are_per_account_and_concurrent_appends_keep_them_intact,
+    refused_enrolments_are_audited_in_the_keys_account_coalesced_per_device,
 );
 
 async fn verify(app: &TestApp, account: &str) -> (bool, Option<i64>) {
@@ -266,4 +267,118 @@ async fn chains_are_per_account_and_concurrent_appends_keep_them_intact(app: Tes
             "gapless per account"
         );
     }
+}
+
+fn keypair() -> ring::signature::Ed25519KeyPair {
+    let pkcs8 =
+        ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()
+}
+
+/// An enrolment request with `key`, signed by `signer`, presenting `shown`'s public key.
+fn enroll_body(
+    key: &str,
+    signer: &ring::signature::Ed25519KeyPair,
+    shown: &ring::signature::Ed25519KeyPair,
+) -> serde_json::Value {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use ring::signature::KeyPair;
+    let mut msg = drawbridge_proto::api::ENROLL_CONTEXT.to_vec();
+    msg.extend_from_slice(key.as_bytes());
+    json!({
+        "activation_key": key,
+        "public_key": STANDARD.encode(shown.public_key().as_ref()),
+        "signature": STANDARD.encode(signer.sign(&msg).as_ref()),
+    })
+}
+
+async fn refusals(app: &TestApp, admin: &str) -> Vec<serde_json::Value> {
+    let all = app
+        .ok(
+            Method::GET,
+            "/api/v1/audit?action=device.enroll",
+            admin,
+            None,
+        )
+        .await;
+    all.as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["result"] == "denied")
+        .cloned()
+        .collect()
+}
+
+async fn refused_enrolments_are_audited_in_the_keys_account_coalesced_per_device(app: TestApp) {
+    let acct = app.account("acme").await;
+    let (device, key) = app.device(&acct, "press-1").await;
+    let enroll = |body| app.call(Method::POST, "/api/v1/enroll", None, Some(body));
+
+    // The right key with a signature that does not match the presented identity key.
+    let (s, _) = enroll(enroll_body(&key, &keypair(), &keypair())).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let r = refusals(&app, &acct.admin).await;
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0]["object"], format!("device:{device}"));
+    assert_eq!(r[0]["details"]["reason"], "signature");
+
+    // Enrolled; then the used key again: within the window nothing more is written,
+    // however many attempts arrive at once.
+    let kp = keypair();
+    let (s, v) = enroll(enroll_body(&key, &kp, &kp)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let app = std::sync::Arc::new(app);
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let app = app.clone();
+        let kp = keypair();
+        let body = enroll_body(&key, &kp, &kp);
+        tasks.push(tokio::spawn(async move {
+            app.call(Method::POST, "/api/v1/enroll", None, Some(body))
+                .await
+                .0
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(refusals(&app, &acct.admin).await.len(), 1);
+
+    // After the window, a used key is recorded again (once), with its reason.
+    app.clock()
+        .advance(drawbridge_server::audit::ENROLL_REFUSAL_WINDOW + 1);
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let app = app.clone();
+        let kp = keypair();
+        let body = enroll_body(&key, &kp, &kp);
+        tasks.push(tokio::spawn(async move {
+            app.call(Method::POST, "/api/v1/enroll", None, Some(body))
+                .await
+                .0
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::UNAUTHORIZED);
+    }
+    let r = refusals(&app, &acct.admin).await;
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert_eq!(r[1]["details"]["reason"], "used");
+    assert_eq!(r[1]["actor"], "anonymous");
+
+    // A key nobody issued belongs to no account: no log anywhere grows.
+    let before = app.count("audit_log").await;
+    let kp = keypair();
+    let (s, _) = app
+        .call(
+            Method::POST,
+            "/api/v1/enroll",
+            None,
+            Some(enroll_body("dba_not-a-key-anyone-made", &kp, &kp)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.count("audit_log").await, before);
+    assert_eq!(verify(&app, &acct.id).await, (true, None));
 }

@@ -66,7 +66,12 @@ async fn fifty_concurrent_enrolments_with_one_activation_key_yield_exactly_one_d
     let (_, audit) = app
         .get("/api/v1/audit?action=device.enroll", &acct.admin)
         .await;
-    assert_eq!(audit.as_array().unwrap().len(), 1);
+    let done = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["result"] == "ok");
+    assert_eq!(done.count(), 1);
 }
 
 async fn enrolment_needs_a_valid_unexpired_key_and_proof_of_the_identity_key(app: TestApp) {

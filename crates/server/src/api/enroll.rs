@@ -57,6 +57,87 @@ fn refused() -> AppError {
     )
 }
 
+/// Records a refused enrolment in the account the key belongs to (coalesced: see
+/// [`audit::ENROLL_REFUSAL_WINDOW`]), then returns the refusal. A key the server does not
+/// know belongs to no account: nothing is audited (only a server log line), so
+/// strangers guessing keys cannot write to any account's log; the per-address
+/// limit bounds their attempts.
+async fn refuse(state: &AppState, source: &str, now: i64, key: &str, fleet: bool) -> AppError {
+    if let Err(e) = audit_refusal(state, source, now, key, fleet).await {
+        tracing::warn!(error = %e, "recording a refused enrolment failed");
+    }
+    refused()
+}
+
+async fn audit_refusal(
+    state: &AppState,
+    source: &str,
+    now: i64,
+    key: &str,
+    fleet: bool,
+) -> Result<(), sqlx::Error> {
+    let hash = secret::token_hash(key);
+    let (account_id, device_id, why) = if fleet {
+        let row = sqlx::query(
+            "SELECT account_id, revoked, expires_at FROM fleet_keys WHERE key_hash = $1",
+        )
+        .bind(&hash)
+        .fetch_optional(&state.store.pool)
+        .await?;
+        let Some(row) = row else {
+            tracing::info!(%source, "enrolment refused: unknown fleet key");
+            return Ok(());
+        };
+        let why = if row.try_get::<i64, _>(1)? != 0 {
+            "revoked"
+        } else if row.try_get::<i64, _>(2)? <= now {
+            "expired"
+        } else {
+            "signature"
+        };
+        (row.try_get::<String, _>(0)?, None, why)
+    } else {
+        let row = sqlx::query("SELECT account_id, device_id, used_at, expires_at FROM activation_keys WHERE key_hash = $1")
+            .bind(&hash)
+            .fetch_optional(&state.store.pool)
+            .await?;
+        let Some(row) = row else {
+            tracing::info!(%source, "enrolment refused: unknown activation key");
+            return Ok(());
+        };
+        let why = if row.try_get::<Option<i64>, _>(2)?.is_some() {
+            "used"
+        } else if row.try_get::<i64, _>(3)? <= now {
+            "expired"
+        } else {
+            "signature"
+        };
+        (
+            row.try_get::<String, _>(0)?,
+            Some(row.try_get::<String, _>(1)?),
+            why,
+        )
+    };
+    let (action, object) = match &device_id {
+        Some(d) => ("device.enroll", format!("device:{d}")),
+        None => ("device.register", "fleet_key".to_string()),
+    };
+    let mut ev = Event::new(&account_id, "anonymous", action, &object)
+        .result("denied")
+        .source(source)
+        .details(serde_json::json!({
+            "reason": why,
+            "method": if fleet { "fleet_key" } else { "activation_key" },
+            "coalesced_secs": audit::ENROLL_REFUSAL_WINDOW,
+        }));
+    if let Some(d) = &device_id {
+        ev = ev.device(d);
+    }
+    let mut tx = state.store.begin().await?;
+    audit::append_coalesced(&mut tx, now, &ev, audit::ENROLL_REFUSAL_WINDOW).await?;
+    tx.commit().await
+}
+
 /// Enrol a device with its activation key (or self-register with the fleet key).
 #[utoipa::path(post, path = "/api/v1/enroll", tag = "enrolment", security(()), request_body = EnrollRequest,
     responses((status = 200, body = EnrollResponse), (status = 400, body = ApiError), (status = 401, body = ApiError)))]
@@ -79,12 +160,12 @@ async fn enroll(
     if secret_key.len() > 128 {
         return Err(refused());
     }
+    let now = state.now();
     let mut msg = ENROLL_CONTEXT.to_vec();
     msg.extend_from_slice(secret_key.as_bytes());
     if !verify_sig(&public, &msg, &req.signature) {
-        return Err(refused());
+        return Err(refuse(&state, &source, now, secret_key, fleet).await);
     }
-    let now = state.now();
     let hash = secret::token_hash(secret_key);
     if fleet {
         return enroll_fleet(&state, &req, &hash, &source, now)
@@ -103,7 +184,7 @@ async fn enroll(
     .await?;
     if claimed.rows_affected() != 1 {
         drop(tx);
-        return Err(refused());
+        return Err(refuse(&state, &source, now, secret_key, false).await);
     }
     let row = sqlx::query("SELECT account_id, device_id FROM activation_keys WHERE key_hash = $1")
         .bind(&hash)
@@ -171,7 +252,9 @@ async fn enroll_fleet(
     .fetch_optional(&mut *tx)
     .await?;
     let Some(account_id) = account_id else {
-        return Err(refused());
+        drop(tx);
+        let key = req.fleet_key.as_deref().unwrap_or_default();
+        return Err(refuse(state, source, now, key, true).await);
     };
     let device_id = secret::new_id();
     let r = sqlx::query(
