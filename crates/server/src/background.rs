@@ -1,5 +1,5 @@
 //! Periodic work: ending sessions whose validity window passed, whose approval
-//! did not come in time, or that were idle too long — and telling their edges
+//! did not come in time, that were idle too long, or whose edge stayed offline — and telling their edges
 //! and clients at once.
 
 use crate::state::AppState;
@@ -29,10 +29,12 @@ pub async fn sweep(state: &AppState) -> crate::error::AppResult<Vec<String>> {
             .into_iter()
             .map(|(_, id)| id),
     );
+    ended
+        .extend(crate::sessions::end_for_offline_edges(&state.store, state.started_at, now).await?);
     if !ended.is_empty() {
         tracing::info!(
             sessions = ended.len(),
-            "ended sessions (expiry, approval timeout or idle)"
+            "ended sessions (expiry, approval timeout, idle or edge offline)"
         );
         crate::live::notify_sessions(state, &ended).await?;
     }

@@ -408,6 +408,64 @@ pub async fn expire_due(store: &Store, now: i64) -> AppResult<Vec<String>> {
     Ok(ended)
 }
 
+/// How long an edge may stay unheard-from before its running sessions end
+/// (reason `edge_offline`). Generous: a tunnel may well keep working while its
+/// edge cannot reach the control plane, and the edge learns of the end only
+/// when it is back.
+pub const EDGE_OFFLINE_GRACE_SECS: i64 = 5 * 60;
+
+/// Ends the running sessions with a device whose edge has not been heard from
+/// for longer than [`EDGE_OFFLINE_GRACE_SECS`]. Nothing ends until this process
+/// has been up for the grace period itself (`up_since`): after the control
+/// plane's own outage, edges get their chance to reconnect first.
+pub async fn end_for_offline_edges(
+    store: &Store,
+    up_since: i64,
+    now: i64,
+) -> AppResult<Vec<String>> {
+    if now - up_since < EDGE_OFFLINE_GRACE_SECS {
+        return Ok(Vec::new());
+    }
+    let cutoff = now - EDGE_OFFLINE_GRACE_SECS;
+    let rows = sqlx::query(
+        "SELECT DISTINCT s.id, s.account_id, d.id FROM sessions s
+         JOIN session_devices sd ON sd.session_id = s.id
+         JOIN devices d ON d.id = sd.device_id AND d.account_id = s.account_id
+         WHERE s.state IN ('active', 'pending_approval') AND (d.last_seen IS NULL OR d.last_seen < $1)",
+    )
+    .bind(cutoff)
+    .fetch_all(&store.pool)
+    .await?;
+    let mut ended = Vec::new();
+    for row in rows {
+        let id: String = row.try_get(0)?;
+        let account: String = row.try_get(1)?;
+        let device: String = row.try_get(2)?;
+        let mut tx = store.begin().await?;
+        if end(
+            &mut tx,
+            &account,
+            &id,
+            "system",
+            EndReason::EdgeOffline,
+            now,
+        )
+        .await?
+        {
+            let ev = Event::new(&account, "system", "session.end", &format!("session:{id}"))
+                .details(serde_json::json!({
+                    "reason": EndReason::EdgeOffline.as_str(),
+                    "device_id": device,
+                    "offline_for_secs_at_least": EDGE_OFFLINE_GRACE_SECS,
+                }));
+            audit::append(&mut tx, now, &ev).await?;
+            ended.push(id);
+        }
+        tx.commit().await?;
+    }
+    Ok(ended)
+}
+
 /// How long a device may wait for its approval (dual control).
 pub const APPROVAL_WINDOW_SECS: i64 = 10 * 60;
 

@@ -30,6 +30,10 @@ pub struct Inner {
     /// Attempts at the unauthenticated routes (login, second factor, enrolment,
     /// setup) per remote address; shared by the API and the portal, which calls it.
     pub attempts: governor::DefaultKeyedRateLimiter<String>,
+    /// When this process started (unix seconds, by `clock`): an edge is judged
+    /// offline for good only after this replica has itself been up for the grace
+    /// period, so a control plane that was down itself ends nothing on its return.
+    pub started_at: i64,
 }
 
 #[derive(Clone)]
@@ -69,7 +73,9 @@ impl AppState {
         let relay = drawbridge_relay::RelayState::new(drawbridge_relay::RelayConfig::new(
             relay_key.verifying_key(),
         ));
+        let started_at = clock.unix();
         let state = AppState(Arc::new(Inner {
+            started_at,
             store,
             clock,
             device_ca,
