@@ -189,6 +189,11 @@ pub fn edge(state: &Path, args: &[&str]) -> std::process::Output {
 }
 
 pub fn edge_run(state: &Path) -> Proc {
+    edge_run_with(state, &[])
+}
+
+/// `drawbridge-edge run` with extra arguments (e.g. `--switch-file FILE`).
+pub fn edge_run_with(state: &Path, extra: &[&str]) -> Proc {
     let mut cmd = Command::new(edge_bin());
     for v in PROXY_VARS {
         cmd.env_remove(v);
@@ -197,6 +202,7 @@ pub fn edge_run(state: &Path) -> Proc {
         cmd.arg("--state-dir")
             .arg(state)
             .arg("run")
+            .args(extra)
             .env("RUST_LOG", "warn")
             // The "LAN devices" of these tests are servers on 127.0.0.1.
             .env("DRAWBRIDGE_EDGE_LOOPBACK_LAN", "1")
