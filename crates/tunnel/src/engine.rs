@@ -442,6 +442,8 @@ struct Peer {
     next_relay_ping: Option<Instant>,
     hold_until: Option<Instant>,
     hold: VecDeque<Vec<u8>>,
+    /// When the last data packet left through the relay (what a hold waits for).
+    relay_data_at: Option<Instant>,
     resend: VecDeque<(Instant, Vec<u8>)>,
     tx_bytes: u64,
     rx_bytes: u64,
@@ -695,6 +697,7 @@ impl Node {
             next_relay_ping: (!bridged).then_some(now),
             hold_until: None,
             hold: VecDeque::new(),
+            relay_data_at: None,
             resend: VecDeque::new(),
             tx_bytes: 0,
             rx_bytes: 0,
@@ -1125,7 +1128,13 @@ impl Node {
         };
         let rtt = now.saturating_duration_since(sent);
         match (to, via) {
-            (None, Via::Relay) => peer.relay_rtt = Some(rtt),
+            (None, Via::Relay) => {
+                peer.relay_rtt = Some(rtt);
+                // A hold guessed without the relay's latency shrinks to the real need.
+                if peer.hold_until.is_some() {
+                    peer.hold_until = peer.hold_until.min(relay_hold_until(peer));
+                }
+            }
             (Some(addr), Via::Udp(from)) if addr == *from => {
                 if now.saturating_duration_since(sent) > PING_VALID {
                     return;
@@ -1154,16 +1163,7 @@ impl Node {
         peer.direct_last_ping = Some(now);
         peer.resend.clear();
         if was_relay {
-            // Packets still in flight on the slower relay must land first: hold new direct
-            // packets for the difference of the one-way delays.
-            let hold = match (peer.relay_rtt, peer.direct_rtt) {
-                (Some(r), Some(d)) => {
-                    (r.saturating_sub(d) / 2 + Duration::from_millis(5)).min(HOLD_MAX)
-                }
-                // Relay latency unknown yet: be conservative.
-                _ => HOLD_MAX,
-            };
-            peer.hold_until = Some(now + hold);
+            peer.hold_until = relay_hold_until(peer).filter(|t| *t > now);
         }
         tracing::debug!(peer = %hex::encode(&id[..4]), %addr, "path: direct");
         self.event(Event::PathChanged {
@@ -1263,6 +1263,9 @@ impl Node {
                     peer.drops += 1;
                     return;
                 };
+                if is_data {
+                    peer.relay_data_at = Some(now);
+                }
                 // Handshake initiations also go to the peer's candidates: if the relay is
                 // down the session can still form directly. The duplicate is harmless
                 // (WireGuard rejects a replayed initiation timestamp).
@@ -1714,6 +1717,21 @@ impl Node {
             self.push(Output::Udp { dst, payload });
         }
     }
+}
+
+/// Until when new direct packets wait after an upgrade from the relay, so that the
+/// data still in flight on the slower relay lands first: the last relay data packet
+/// plus the difference of the one-way delays (`HOLD_MAX` while the relay's latency is
+/// unknown). `None` when no data went through the relay: nothing to wait for.
+fn relay_hold_until(peer: &Peer) -> Option<Instant> {
+    let sent = peer.relay_data_at?;
+    let hold = match (peer.relay_rtt, peer.direct_rtt) {
+        (Some(r), d) => {
+            (r.saturating_sub(d.unwrap_or_default()) / 2 + Duration::from_millis(5)).min(HOLD_MAX)
+        }
+        (None, _) => HOLD_MAX,
+    };
+    Some(sent + hold)
 }
 
 #[cfg(test)]

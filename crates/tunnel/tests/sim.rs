@@ -402,3 +402,50 @@ fn direct_path_stays_up_across_rekeys_for_ten_minutes() {
         assert!(matches!(sim.stats(host).path, Path::Direct(_)));
     }
 }
+
+/// A request/response exchange as a new TCP flow makes it (SYN, SYN-ACK, request,
+/// response, …): host 0 sends, host 1 answers each packet as soon as it arrives.
+/// Returns the virtual time each round trip took.
+fn exchanges(sim: &mut Sim, rounds: u32) -> Vec<Duration> {
+    let mut took = Vec::new();
+    for seq in 0..rounds {
+        let start = sim.elapsed();
+        sim.send_ip(0, &numbered_packet(0, 1, seq));
+        let mut answered = false;
+        for _ in 0..2000 {
+            sim.run_for(Duration::from_millis(1));
+            if !answered && seqs(sim, 1).contains(&seq) {
+                sim.send_ip(1, &numbered_packet(1, 0, seq));
+                answered = true;
+            }
+            if seqs(sim, 0).contains(&seq) {
+                break;
+            }
+        }
+        assert!(seqs(sim, 0).contains(&seq), "round {seq} never completed");
+        took.push(sim.elapsed() - start);
+    }
+    took
+}
+
+#[test]
+fn the_first_flow_is_not_held_back_when_the_path_turns_direct_under_it() {
+    // The flow starts on the relay the moment the tunnel is up and the direct path
+    // opens during its first round trips, before either side has measured the relay.
+    for seed in [21, 22, 23, 24] {
+        let mut sim = Sim::new(
+            seed,
+            [EndpointIndependent, EndpointIndependent],
+            LinkConfig::default(),
+        );
+        let took = exchanges(&mut sim, 12);
+        assert!(matches!(sim.stats(0).path, Path::Direct(_)), "seed {seed}");
+        assert!(matches!(sim.stats(1).path, Path::Direct(_)), "seed {seed}");
+        // A relay round trip is 80 ms here; nothing may wait for a 500 ms hold.
+        let slowest = took.iter().max().unwrap();
+        assert!(
+            *slowest < Duration::from_millis(300),
+            "seed {seed}: round trips {took:?}"
+        );
+    }
+}
