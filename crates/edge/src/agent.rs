@@ -81,6 +81,13 @@ impl LanPath {
     }
 }
 
+/// A forwarder policy: released targets, 1:1 NAT, the clients' overlay addresses.
+type PolicyParts = (
+    Vec<drawbridge_proto::Target>,
+    Vec<drawbridge_proto::NatMapping>,
+    Vec<ipnet::IpNet>,
+);
+
 /// One session this edge runs.
 struct Running {
     info: EdgeSession,
@@ -91,6 +98,9 @@ struct Running {
     /// The path towards the LAN: the userspace stack terminating the clients'
     /// flows, or the kernel path (`run --tun`).
     forwarder: Option<(LanPath, tokio::task::JoinHandle<()>)>,
+    /// The policy the forwarder runs with: any change of targets, NAT or
+    /// clients is applied at once (flows no longer allowed are cut).
+    applied: Option<PolicyParts>,
     /// Clients currently configured as peers (base64 keys).
     peers: Vec<String>,
     token: Option<String>,
@@ -108,16 +118,11 @@ impl Running {
         }
         self.tunnel = None;
         self.peers.clear();
+        self.applied = None;
     }
 
     /// The forwarder's policy from the session: released targets, NAT, the clients' overlay addresses.
-    fn policy(
-        &self,
-    ) -> (
-        Vec<drawbridge_proto::Target>,
-        Vec<drawbridge_proto::NatMapping>,
-        Vec<ipnet::IpNet>,
-    ) {
+    fn policy(&self) -> PolicyParts {
         let sources = self
             .info
             .peers
@@ -183,6 +188,7 @@ impl Agent {
                     key_sent: false,
                     tunnel: None,
                     forwarder: None,
+                    applied: None,
                     peers: Vec::new(),
                     token: None,
                     pump: None,
@@ -273,11 +279,14 @@ impl Agent {
                     });
                 }
             }
-            if r.peers != wanted
+            // Targets, NAT and clients: a narrower policy cuts the flows it no longer allows.
+            let policy = r.policy();
+            if r.applied.as_ref() != Some(&policy)
                 && let Some((f, _)) = &r.forwarder
             {
-                let (targets, nat, sources) = r.policy();
+                let (targets, nat, sources) = policy.clone();
                 f.update(targets, nat, sources);
+                r.applied = Some(policy);
             }
             r.peers = wanted;
         }
@@ -448,6 +457,7 @@ async fn start_tunnel(
     // Client packets go to the userspace stack, which opens ordinary sockets to
     // the released targets only (or, in kernel mode, through the policy check
     // to the TUN); the replies go back into the tunnel.
+    r.applied = Some(r.policy());
     let (targets, nat, sources) = r.policy();
     let (to_fwd, from_tunnel) = mpsc::channel::<Bytes>(1024);
     let (to_tunnel, mut from_fwd) = mpsc::channel::<Bytes>(1024);

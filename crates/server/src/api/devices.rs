@@ -253,7 +253,32 @@ async fn update(
             serde_json::json!({ "username": caller.username, "before": before, "after": after }),
         );
     audit::append(&mut tx, now, &ev).await?;
+    let mut touched = Vec::new();
+    if before.firewall != after.firewall || before.nat != after.nat {
+        // A narrower firewall narrows running sessions and may close tunnels; a
+        // new 1:1 NAT changes what the edge forwards and what clients route.
+        touched = crate::live::revoke::revalidate(
+            &mut tx,
+            &caller.account_id,
+            &caller.actor(),
+            "device.update",
+            now,
+        )
+        .await?;
+        touched.extend(
+            sqlx::query_scalar::<_, String>(
+                "SELECT s.id FROM sessions s JOIN session_devices sd ON sd.session_id = s.id
+                 WHERE sd.device_id = $1 AND s.state IN ('active', 'pending_approval')",
+            )
+            .bind(&id)
+            .fetch_all(&mut *tx)
+            .await?,
+        );
+        touched.sort();
+        touched.dedup();
+    }
     tx.commit().await?;
+    crate::live::notify_sessions(&state, &touched).await?;
     Ok(Json(after))
 }
 

@@ -4,6 +4,7 @@ use super::ApiJson;
 use crate::audit;
 use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
+use crate::live::revoke;
 use crate::records;
 use crate::secret;
 use crate::state::AppState;
@@ -158,13 +159,18 @@ async fn delete_named(
     if r.rows_affected() != 1 {
         return Err(AppError::not_found(kind));
     }
+    let action = format!("{kind}.delete");
     audit::append(
         &mut tx,
         now,
-        &caller.event(&format!("{kind}.delete"), &format!("{kind}:{id}")),
+        &caller.event(&action, &format!("{kind}:{id}")),
     )
     .await?;
+    // Whatever the group, pool or grant gave is gone: live tunnels follow at once.
+    let touched =
+        revoke::revalidate(&mut tx, &caller.account_id, &caller.actor(), &action, now).await?;
     tx.commit().await?;
+    crate::live::notify_sessions(state, &touched).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -222,7 +228,14 @@ async fn link(
         ev = ev.device(child_id);
     }
     audit::append(&mut tx, now, &ev).await?;
+    // A removal may narrow someone's rights: live tunnels follow at once.
+    let touched = if add {
+        Vec::new()
+    } else {
+        revoke::revalidate(&mut tx, &caller.account_id, &caller.actor(), &action, now).await?
+    };
     tx.commit().await?;
+    crate::live::notify_sessions(state, &touched).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

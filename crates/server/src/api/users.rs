@@ -216,6 +216,21 @@ async fn update(
         .event("user.update", &format!("user:{id}"))
         .details(changes.into());
     audit::append(&mut tx, now, &ev).await?;
+    if req.role.is_some_and(|r| r != user.role) {
+        // A new role may reach less: live tunnels follow at once.
+        touched.extend(
+            crate::live::revoke::revalidate(
+                &mut tx,
+                &caller.account_id,
+                &caller.actor(),
+                "user.update",
+                now,
+            )
+            .await?,
+        );
+        touched.sort();
+        touched.dedup();
+    }
     let after = records::user(&mut tx, &caller.account_id, &id).await?;
     tx.commit().await?;
     crate::live::notify_sessions(&state, &touched).await?;

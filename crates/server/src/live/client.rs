@@ -7,7 +7,7 @@
 use super::{Poke, state as desired};
 use crate::api::{ApiJson, ApiQuery};
 use crate::audit;
-use crate::auth::Caller;
+use crate::auth::{Caller, Via};
 use crate::error::{AppError, AppResult};
 use crate::secret;
 use crate::state::AppState;
@@ -19,7 +19,7 @@ use drawbridge_proto::channel::{
     ClientToServer, JoinRequest, JoinResponse, MAX_CHANNEL_FRAME, MAX_SIGNAL_LEN, ServerToClient,
     ServerToEdge,
 };
-use drawbridge_proto::{Action, ApiError, SessionState};
+use drawbridge_proto::{Action, ApiError, ErrorCode, SessionState};
 use serde::Deserialize;
 use sqlx::Row;
 use std::time::Duration;
@@ -205,6 +205,21 @@ async fn channel(
     ApiQuery(q): ApiQuery<ChannelQuery>,
     ws: WebSocketUpgrade,
 ) -> AppResult<Response> {
+    // The channel changes things (candidates, tunnel records), although it opens
+    // with a GET: a read-only API token may not open it, nor a role without sessions.
+    if caller.via == (Via::ApiToken { read_only: true }) {
+        let ev = caller
+            .event("session.channel", &format!("session:{id}"))
+            .result("denied");
+        audit::record(&state.store, state.now(), &ev).await?;
+        return Err(AppError::new(
+            ErrorCode::Forbidden,
+            "this API token is read-only",
+        ));
+    }
+    caller
+        .require(&state, Action::UseSessions, "session.channel")
+        .await?;
     own_session(&state, &caller, &id).await?;
     let open: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM tunnels WHERE session_id = $1 AND user_id = $2 AND client_public_key = $3 AND ended_at IS NULL",

@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod edge;
+pub mod revoke;
 pub mod state;
 
 use drawbridge_proto::channel::{ServerToClient, ServerToEdge};
