@@ -10,20 +10,17 @@ use axum::http::{Method, StatusCode};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use common::TestApp;
-use drawbridge_proto::api::ENROLL_CONTEXT;
 use drawbridge_proto::channel::{
     ClientToServer, EDGE_AUTH_CONTEXT, EdgeStatus, EdgeToServer, ServerToClient, ServerToEdge,
     TunnelReport,
 };
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use live_support::*;
 use ring::rand::SystemRandom;
-use ring::signature::{Ed25519KeyPair, KeyPair};
+use ring::signature::Ed25519KeyPair;
 use serde_json::json;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 store_tests!(
     an_edge_authenticates_with_its_enrolled_key_only,
