@@ -4,7 +4,7 @@
 //! ends. Each runs on SQLite and PostgreSQL.
 
 mod common;
-mod live_support;
+mod live_harness;
 
 use axum::http::{Method, StatusCode};
 use base64::Engine;
@@ -15,7 +15,7 @@ use drawbridge_proto::channel::{
     TunnelReport,
 };
 use futures_util::SinkExt;
-use live_support::*;
+use live_harness::*;
 use ring::rand::SystemRandom;
 use ring::signature::Ed25519KeyPair;
 use serde_json::json;

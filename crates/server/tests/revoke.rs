@@ -5,12 +5,12 @@
 //! read-only API tokens. Each runs on SQLite and PostgreSQL.
 
 mod common;
-mod live_support;
+mod live_harness;
 
 use axum::http::{Method, StatusCode};
 use common::TestApp;
 use drawbridge_proto::channel::{EdgeSession, ServerToClient, ServerToEdge};
-use live_support::*;
+use live_harness::*;
 use serde_json::{Value, json};
 use std::time::Duration;
 

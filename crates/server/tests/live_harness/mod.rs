@@ -1,6 +1,7 @@
 //! The live-channel harness shared by the tests that drive edges and clients
 //! over real TLS WebSockets: the app served on a loopback port, enrolled
-//! devices with their identity keys, an authenticated edge channel.
+//! devices with their identity keys, an authenticated edge channel, a running
+//! session with a joined client channel.
 #![allow(dead_code)]
 
 use crate::common::{self, TestApp};
@@ -8,7 +9,9 @@ use axum::http::{Method, StatusCode};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use drawbridge_proto::api::ENROLL_CONTEXT;
-use drawbridge_proto::channel::{EDGE_AUTH_CONTEXT, EdgeStatus, EdgeToServer, ServerToEdge};
+use drawbridge_proto::channel::{
+    EDGE_AUTH_CONTEXT, EdgeStatus, EdgeToServer, ServerToClient, ServerToEdge,
+};
 use futures_util::{SinkExt, StreamExt};
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
@@ -216,4 +219,38 @@ pub fn sessions_of(m: &ServerToEdge) -> Option<&Vec<drawbridge_proto::channel::E
         ServerToEdge::Sessions { sessions } => Some(sessions),
         _ => None,
     }
+}
+
+/// An active session on device `d` with admin joined as client key `n`; returns (session, client channel).
+pub async fn running(l: &Live, acct: &common::Account, d: &Device, n: u8) -> (String, Ws) {
+    let s = l.app.session(&acct.admin, &d.id, &[&acct.admin_id]).await;
+    l.app
+        .ok(
+            Method::POST,
+            &format!("/api/v1/sessions/{s}/start"),
+            &acct.admin,
+            None,
+        )
+        .await;
+    l.app
+        .ok(
+            Method::POST,
+            &format!("/api/v1/sessions/{s}/join"),
+            &acct.admin,
+            Some(json!({"public_key": wg_key(n)})),
+        )
+        .await;
+    let key = key_query(n);
+    let mut c = l
+        .ws(
+            &format!("/api/v1/sessions/{s}/channel?key={key}"),
+            Some(&acct.admin),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        recv::<ServerToClient>(&mut c).await,
+        Some(ServerToClient::Update(_))
+    ));
+    (s, c)
 }
