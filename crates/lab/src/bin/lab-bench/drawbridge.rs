@@ -87,7 +87,16 @@ pub(crate) fn path_of(client: &Client) -> (String, String) {
 /// Reads registers from the office every 50 ms (each try on its own, so a lost
 /// SYN does not hide a later success) until one answers; the time since `start`.
 fn first_modbus(rt: &NsRuntime, start: Instant, limit: Duration) -> Result<Duration> {
-    let addr = Lab::addr(PLC);
+    first_modbus_at(rt, Lab::addr(PLC), start, limit)
+}
+
+/// [`first_modbus`] to another address (e.g. a `-L` forward on the office host).
+fn first_modbus_at(
+    rt: &NsRuntime,
+    addr: std::net::SocketAddr,
+    start: Instant,
+    limit: Duration,
+) -> Result<Duration> {
     rt.run(async move {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Instant>(1);
         let mut tick = tokio::time::interval(Duration::from_millis(50));
@@ -186,6 +195,9 @@ pub(crate) struct Sample {
     pub(crate) status_direct: Option<Duration>,
     /// First Modbus reply − the edge's switch to direct (negative: before).
     pub(crate) reply_after_direct_ms: Option<i64>,
+    /// A second client joins the already active session: its `drawbridge connect
+    /// -L` starts → the first Modbus reply through that forward.
+    pub(crate) second_client: Option<Result<Duration, String>>,
     /// The session's relay connections and disconnections (edge and client):
     /// (ms after the start request, what, peer).
     pub(crate) relay_events: Vec<(i64, &'static str, String)>,
@@ -318,11 +330,38 @@ pub(crate) fn samples(
             c.interrupt();
             end_session(lab, &sid);
         }
-        let (c, sid, s) = session_sample(lab, client, &format!("{prefix}-{i}"), &targets, direct)?;
+        let (c, sid, mut s) =
+            session_sample(lab, client, &format!("{prefix}-{i}"), &targets, direct)?;
+        s.second_client = Some(second_client(lab, client, &sid, &format!("{prefix}-{i}")));
+        eprintln!("   {prefix}-{i} second client: {:?}", s.second_client);
         out.push(s);
         last = Some((c, sid));
     }
     last.ok_or_else(|| anyhow!("no session"))
+}
+
+/// The office's local port of the second client's `-L` forward to the PLC's Modbus.
+const SECOND_CLIENT_PORT: u16 = 15202;
+
+/// A second `drawbridge connect` (userspace `-L`) into the session that is already
+/// active with the first client's tunnel up: its start → the first Modbus reply
+/// through the forward. Once slow (~0.5 s: a hold on the upgrade to the direct
+/// path while the relay's latency was unknown, `crates/tunnel/src/engine.rs`).
+fn second_client(lab: &Lab, client: &Client, sid: &str, name: &str) -> Result<Duration, String> {
+    let fwd = format!("127.0.0.1:{SECOND_CLIENT_PORT}:{PLC_IP}:502");
+    let t0 = Instant::now();
+    let mut conn = connect(
+        lab,
+        client,
+        sid,
+        &["-L", &fwd],
+        &format!("connect-{name}-second.log"),
+    );
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], SECOND_CLIENT_PORT));
+    let r = first_modbus_at(&lab.office_rt, addr, t0, Duration::from_secs(30))
+        .map_err(|e| format!("{e:#}"));
+    conn.interrupt();
+    r
 }
 
 /// Measures through a running `drawbridge connect`, noting the path before and after.

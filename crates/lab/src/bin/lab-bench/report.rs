@@ -304,7 +304,7 @@ impl Report {
             s,
             "\n| Drawbridge timing ({SAMPLES} session starts each) | median | each |\n|---|---:|---|"
         );
-        let rows: [(&str, &[Sample], Getter); 5] = [
+        let rows: [(&str, &[Sample], Getter); 7] = [
             (
                 "session start (API) → first Modbus reply, cone NAT, TUN (a read every 50 ms)",
                 &t.direct,
@@ -324,6 +324,16 @@ impl Report {
                 "first Modbus reply − the edge's switch to direct (negative: the reply came first)",
                 &t.direct,
                 |x| x.reply_after_direct_ms.map(|ms| Ok(ms as f64 / 1000.0)),
+            ),
+            (
+                "second client on the active session, cone NAT: `drawbridge connect -L` start → first Modbus reply through the forward",
+                &t.direct,
+                |x| secs(&x.second_client),
+            ),
+            (
+                "second client on the active session, symmetric NAT (relay): `connect -L` start → first Modbus reply",
+                &t.relay,
+                |x| secs(&x.second_client),
             ),
             (
                 "session start → the client's `drawbridge status` says direct (status file rewritten every 1 s)",
