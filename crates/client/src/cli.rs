@@ -433,9 +433,12 @@ pub struct PasswordArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum TotpCmd {
-    /// Set up a second factor: prints the secret, then asks for a code from the app.
+    /// Set up a second factor. Without --code: makes a new key, prints it for your
+    /// authenticator app, then asks for a code (the key waits on the server until a
+    /// code confirms it, so you can also confirm later with --code).
     Enable {
-        /// The code, when you already have the secret in your app (otherwise asked for).
+        /// Confirm the key printed by an earlier `drawbridge totp enable` with a code
+        /// from your app (no new key is made).
         #[arg(long)]
         code: Option<String>,
     },
@@ -1100,18 +1103,57 @@ fn replace_stored_token(ctx: &Ctx, resp: &LoginResponse) -> Result<()> {
 }
 
 async fn totp_enable(ctx: &Ctx, code: Option<String>) -> Result<()> {
-    let e = ctx.client.totp_enroll().await?;
-    if code.is_none() {
-        print_totp_secret(&e)?;
-    }
     let code = match code {
         Some(c) => c,
-        None => prompt::line("Code from your authenticator app: ", "TOTP code")?,
+        None => {
+            // A new key, kept on the server (not active) until a code confirms it.
+            let e = ctx.client.totp_enroll().await?;
+            if ctx.json {
+                print_json(&e)?;
+            } else {
+                print_totp_secret(&e)?;
+            }
+            eprint!("Code from your authenticator app: ");
+            let _ = std::io::stderr().flush();
+            match prompt::stdin_line()? {
+                Some(c) if !c.trim().is_empty() => c.trim().to_string(),
+                _ => {
+                    eprintln!(
+                        "\nNot enabled yet: the key waits on the server until you confirm it with \
+                         `drawbridge totp enable --code CODE` (a code from your app)."
+                    );
+                    return Ok(());
+                }
+            }
+        }
     };
-    let resp = ctx.client.totp_confirm(&code).await?;
+    let resp = match ctx.client.totp_confirm(&code).await {
+        Err(e) if e.code() == Some(ErrorCode::Conflict) => {
+            if ctx.client.me().await.is_ok_and(|me| me.user.totp_enabled) {
+                fail!("a second factor is already active; an admin can reset it");
+            }
+            fail!(
+                "no key is waiting for a code ({}): run `drawbridge totp enable` without --code first to get one",
+                api_message(&e)
+            )
+        }
+        Err(e) if e.code() == Some(ErrorCode::InvalidCode) => fail!(
+            "the code does not match the key waiting on the server: use the newest key from \
+             `drawbridge totp enable` and check the time on the device running the app"
+        ),
+        r => r?,
+    };
     replace_stored_token(ctx, &resp)?;
     eprintln!("Second factor enabled: logins now ask for a code from your app.");
     Ok(())
+}
+
+/// The server's message of an API error (or the whole error).
+fn api_message(e: &api::Error) -> String {
+    match e {
+        api::Error::Api { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
 }
 
 // ------------------------------------------------------------------ devices

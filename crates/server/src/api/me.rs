@@ -287,10 +287,13 @@ async fn totp_confirm(
     let mut tx = state.store.begin().await?;
     let user = records::user(&mut tx, &caller.account_id, &caller.user_id).await?;
     let account = records::account(&mut tx, &caller.account_id).await?;
-    let pending = user
-        .totp_pending_secret
-        .as_deref()
-        .ok_or_else(|| AppError::conflict("start with /me/totp/enroll"))?;
+    let pending = user.totp_pending_secret.as_deref().ok_or_else(|| {
+        AppError::conflict(if user.totp_secret.is_some() {
+            "a second factor is already active; an admin can reset it"
+        } else {
+            "no second factor is being set up: start with /me/totp/enroll"
+        })
+    })?;
     let pending = state
         .store
         .unseal(&crate::sealed::totp_context(&user.id, true), pending)?;
