@@ -388,10 +388,22 @@ pub async fn end_for_user(
 
 /// Ends every session whose validity window has passed; returns their ids.
 pub async fn expire_due(store: &Store, now: i64) -> AppResult<Vec<String>> {
-    let due = sqlx::query("SELECT id, account_id FROM sessions WHERE state <> 'ended' AND valid_until <= $1 LIMIT 500")
+    let mut due = Vec::new();
+    let mut after = String::new();
+    // Every one, in pages (keyset on the id), however many there are.
+    loop {
+        let page = sqlx::query(
+            "SELECT id, account_id FROM sessions WHERE state <> 'ended' AND valid_until <= $1 AND id > $2
+             ORDER BY id LIMIT 500",
+        )
         .bind(now)
+        .bind(&after)
         .fetch_all(&store.pool)
         .await?;
+        let Some(last) = page.last() else { break };
+        after = last.try_get(0)?;
+        due.extend(page);
+    }
     let mut ended = Vec::new();
     for row in due {
         let id: String = row.try_get(0)?;
@@ -729,35 +741,42 @@ async fn time_out_pending(store: &Store, now: i64) -> AppResult<Vec<(String, Str
 /// the (account, session) pairs ended or changed.
 pub async fn end_stale(store: &Store, now: i64) -> AppResult<Vec<(String, String)>> {
     let mut out = time_out_pending(store, now).await?;
-    let rows = sqlx::query(
-        "SELECT s.id, s.account_id, s.state, s.started_at, s.last_activity, a.settings
-         FROM sessions s JOIN accounts a ON a.id = s.account_id
-         WHERE s.state IN ('active', 'pending_approval') LIMIT 2000",
-    )
-    .fetch_all(&store.pool)
-    .await?;
-    for r in rows {
-        let id: String = r.try_get(0)?;
-        let account: String = r.try_get(1)?;
-        let state: String = r.try_get(2)?;
-        let started: i64 = r.try_get::<Option<i64>, _>(3)?.unwrap_or(now);
-        let activity: i64 = r.try_get::<Option<i64>, _>(4)?.unwrap_or(started);
-        let settings: drawbridge_proto::AccountSettings = records::json_col(&r, "settings")?;
-        let reason = if state == "active"
-            && now - activity >= i64::from(settings.session_idle_minutes) * 60
-        {
-            EndReason::IdleTimeout
-        } else {
-            continue;
-        };
-        let mut tx = store.begin().await?;
-        if end(&mut tx, &account, &id, "system", reason, now).await? {
-            let ev = Event::new(&account, "system", "session.end", &format!("session:{id}"))
-                .details(serde_json::json!({ "reason": reason.as_str() }));
-            audit::append(&mut tx, now, &ev).await?;
-            out.push((account, id));
+    // Every running session, a page at a time (keyset on the id), however many there are.
+    let mut after = String::new();
+    loop {
+        let page = sqlx::query(
+            "SELECT s.id, s.account_id, s.state, s.started_at, s.last_activity, a.settings
+             FROM sessions s JOIN accounts a ON a.id = s.account_id
+             WHERE s.state = 'active' AND s.id > $1 ORDER BY s.id LIMIT 500",
+        )
+        .bind(&after)
+        .fetch_all(&store.pool)
+        .await?;
+        let Some(last) = page.last() else { break };
+        after = last.try_get(0)?;
+        for r in page {
+            let id: String = r.try_get(0)?;
+            let account: String = r.try_get(1)?;
+            let state: String = r.try_get(2)?;
+            let started: i64 = r.try_get::<Option<i64>, _>(3)?.unwrap_or(now);
+            let activity: i64 = r.try_get::<Option<i64>, _>(4)?.unwrap_or(started);
+            let settings: drawbridge_proto::AccountSettings = records::json_col(&r, "settings")?;
+            let reason = if state == "active"
+                && now - activity >= i64::from(settings.session_idle_minutes) * 60
+            {
+                EndReason::IdleTimeout
+            } else {
+                continue;
+            };
+            let mut tx = store.begin().await?;
+            if end(&mut tx, &account, &id, "system", reason, now).await? {
+                let ev = Event::new(&account, "system", "session.end", &format!("session:{id}"))
+                    .details(serde_json::json!({ "reason": reason.as_str() }));
+                audit::append(&mut tx, now, &ev).await?;
+                out.push((account, id));
+            }
+            tx.commit().await?;
         }
-        tx.commit().await?;
     }
     Ok(out)
 }
