@@ -121,7 +121,14 @@ async fn join(
             .bind(&req.public_key)
             .fetch_one(&mut *tx)
             .await?;
-    if taken > 0 {
+    // Nor may it be an edge's session key (any account): the relay admits one
+    // connection per key, so reusing an edge's key would knock that edge off it.
+    let edge_taken: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM session_devices WHERE edge_public_key = $1")
+            .bind(&req.public_key)
+            .fetch_one(&mut *tx)
+            .await?;
+    if taken > 0 || edge_taken > 0 {
         return Err(AppError::conflict(
             "this key was used before; generate a fresh key per session",
         ));

@@ -320,6 +320,13 @@ async fn handle(state: &AppState, edge: &Edge, msg: EdgeToServer) -> AppResult<(
             if !matches!(st, SessionState::Active | SessionState::PendingApproval) {
                 return Err(AppError::conflict("the session is not running"));
             }
+            // A key is unique among peers (any account): another peer's key would
+            // let this edge knock that peer off the relay, and the reverse.
+            if key_in_use(state, &public_key, &session_id, &edge.device_id).await? {
+                return Err(AppError::conflict(
+                    "this key is in use by another peer; make a fresh key for the session",
+                ));
+            }
             sqlx::query("UPDATE session_devices SET edge_public_key = $1 WHERE session_id = $2 AND device_id = $3")
                 .bind(&public_key)
                 .bind(&session_id)
@@ -464,6 +471,29 @@ async fn status(state: &AppState, edge: &Edge, s: EdgeStatus, now: i64) -> AppRe
         notify(state, &id).await?;
     }
     Ok(())
+}
+
+/// Is `key` a client's key or another edge session's key (any account)?
+async fn key_in_use(
+    state: &AppState,
+    key: &str,
+    session_id: &str,
+    device_id: &str,
+) -> AppResult<bool> {
+    let clients: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM tunnels WHERE client_public_key = $1")
+            .bind(key)
+            .fetch_one(&state.store.pool)
+            .await?;
+    let edges: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM session_devices WHERE edge_public_key = $1 AND NOT (session_id = $2 AND device_id = $3)",
+    )
+    .bind(key)
+    .bind(session_id)
+    .bind(device_id)
+    .fetch_one(&state.store.pool)
+    .await?;
+    Ok(clients + edges > 0)
 }
 
 /// The edge was heard from now.
