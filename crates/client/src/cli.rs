@@ -2175,6 +2175,8 @@ async fn audit(ctx: &Ctx, cmd: AuditCmd) -> Result<()> {
                 action,
                 format: Some(format),
                 limit,
+                after_seq: None,
+                order: None,
             };
             let body = c.audit_export(&q).await?;
             match output {

@@ -567,9 +567,17 @@ pub struct AuditQuery {
     /// `json` (default, an array), `jsonl` or `csv`.
     #[serde(default)]
     pub format: Option<String>,
-    /// At most this many entries (default and maximum 10000).
+    /// At most this many entries (default and maximum 10000). When more match, the
+    /// answer's `x-next-after-seq` header is the cursor for the next page.
     #[serde(default)]
     pub limit: Option<u32>,
+    /// Cursor: only entries after this sequence number in the chosen order (above
+    /// it oldest-first, below it newest-first).
+    #[serde(default)]
+    pub after_seq: Option<i64>,
+    /// `asc` (default: oldest first) or `desc` (newest first).
+    #[serde(default)]
+    pub order: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -305,12 +305,72 @@ pub async fn verify_all(store: &Store) -> Result<Vec<(String, AuditVerify)>, sql
 /// Most entries one query returns.
 pub const MAX_EXPORT: u32 = 10_000;
 
-/// Entries of one account matching the filter, oldest first.
-pub async fn query(
+/// One page of entries and the cursor (`after_seq`) of the next, if more match.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub entries: Vec<AuditEntry>,
+    pub next_after_seq: Option<i64>,
+}
+
+/// `order` of an [`AuditQuery`]: newest first?
+pub fn newest_first(q: &AuditQuery) -> Result<bool, String> {
+    match q.order.as_deref() {
+        None | Some("asc") => Ok(false),
+        Some("desc") => Ok(true),
+        Some(_) => Err("order is asc or desc".into()),
+    }
+}
+
+/// Entries of one account matching the filter, one page (at most `limit`, by
+/// default [`MAX_EXPORT`]) in the query's order, after its cursor. Nothing is cut
+/// silently: when more match, the page says where the next one starts.
+pub async fn query_page(
+    store: &Store,
+    account_id: &str,
+    q: &AuditQuery,
+) -> Result<Page, sqlx::Error> {
+    let limit = q.limit.unwrap_or(MAX_EXPORT).clamp(1, MAX_EXPORT) as usize;
+    let mut entries = query(store, account_id, q).await?;
+    let next_after_seq = if entries.len() > limit {
+        entries.truncate(limit);
+        entries.last().map(|e| e.seq)
+    } else {
+        None
+    };
+    Ok(Page {
+        entries,
+        next_after_seq,
+    })
+}
+
+/// Every entry matching the filter (all pages), in the query's order; for exports
+/// that must be complete (the server's `audit export`).
+pub async fn query_all(
     store: &Store,
     account_id: &str,
     q: &AuditQuery,
 ) -> Result<Vec<AuditEntry>, sqlx::Error> {
+    let mut q = q.clone();
+    q.limit = Some(MAX_EXPORT);
+    let mut all = Vec::new();
+    loop {
+        let page = query_page(store, account_id, &q).await?;
+        all.extend(page.entries);
+        match page.next_after_seq {
+            Some(next) => q.after_seq = Some(next),
+            None => return Ok(all),
+        }
+    }
+}
+
+/// Entries of one account matching the filter, in the query's order after its
+/// cursor: at most `limit` + 1 (the one more tells [`query_page`] a next page exists).
+async fn query(
+    store: &Store,
+    account_id: &str,
+    q: &AuditQuery,
+) -> Result<Vec<AuditEntry>, sqlx::Error> {
+    let desc = newest_first(q).unwrap_or(false);
     let mut sql = format!("SELECT {COLUMNS} FROM audit_log WHERE account_id = $1");
     let mut n = 1;
     let mut next = || {
@@ -332,8 +392,12 @@ pub async fn query(
     if q.action.is_some() {
         sql += &format!(" AND action LIKE {}", next());
     }
-    let limit = q.limit.unwrap_or(MAX_EXPORT).clamp(1, MAX_EXPORT);
-    sql += &format!(" ORDER BY seq LIMIT {limit}");
+    if q.after_seq.is_some() {
+        sql += &format!(" AND seq {} {}", if desc { "<" } else { ">" }, next());
+    }
+    let limit = q.limit.unwrap_or(MAX_EXPORT).clamp(1, MAX_EXPORT) + 1;
+    let dir = if desc { "DESC" } else { "ASC" };
+    sql += &format!(" ORDER BY seq {dir} LIMIT {limit}");
     let mut query = sqlx::query(&sql).bind(account_id);
     if let Some(f) = q.from {
         query = query.bind(f.unix_timestamp());
@@ -351,6 +415,9 @@ pub async fn query(
         // Prefix match; LIKE wildcards in the input are taken literally by stripping them.
         let clean: String = a.chars().filter(|c| *c != '%' && *c != '_').collect();
         query = query.bind(format!("{clean}%"));
+    }
+    if let Some(s) = q.after_seq {
+        query = query.bind(s);
     }
     let rows = query.fetch_all(&store.pool).await?;
     rows.iter()

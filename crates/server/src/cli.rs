@@ -339,8 +339,11 @@ pub async fn main() -> anyhow::Result<i32> {
                 action,
                 format: None,
                 limit: None,
+                after_seq: None,
+                order: None,
             };
-            let entries = audit::query(&store, &id, &q).await?;
+            // Every page: an export is complete, however long the log.
+            let entries = audit::query_all(&store, &id, &q).await?;
             match format.as_str() {
                 "jsonl" => print!("{}", audit::to_jsonl(&entries)),
                 "csv" => print!("{}", audit::to_csv(&entries)),

@@ -18,7 +18,12 @@ pub fn routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
     r.routes(routes!(export)).routes(routes!(verify))
 }
 
-/// The account's audit entries, filtered; as a JSON array, JSON lines or CSV.
+/// The response header with the next page's `after_seq` when more entries match.
+pub const NEXT_AFTER_SEQ: &str = "x-next-after-seq";
+
+/// The account's audit entries, filtered, one page (`limit`, `after_seq`, `order`);
+/// as a JSON array, JSON lines or CSV. When more match, the `x-next-after-seq`
+/// header holds the cursor of the next page.
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery),
     responses((status = 200, body = Vec<AuditEntry>, description = "JSON array; `format=jsonl` gives JSON lines, `format=csv` CSV"), (status = 403, body = ApiError)))]
 async fn export(
@@ -33,13 +38,19 @@ async fn export(
     if !matches!(format.as_str(), "json" | "jsonl" | "csv") {
         return Err(AppError::invalid("format is json, jsonl or csv"));
     }
-    let entries = audit::query(&state.store, &caller.account_id, &q).await?;
+    audit::newest_first(&q).map_err(AppError::invalid)?;
+    let page = audit::query_page(&state.store, &caller.account_id, &q).await?;
+    let entries = page.entries;
+    // More than one page matches: the cursor of the next one (nothing is cut silently).
+    let next = page
+        .next_after_seq
+        .map(|s| [(NEXT_AFTER_SEQ, s.to_string())]);
     if format != "json" {
         // Exports are themselves on the record.
         let ev = caller.event("audit.export", "audit").details(serde_json::json!({ "username": caller.username, "format": format, "entries": entries.len() }));
         audit::record(&state.store, state.now(), &ev).await?;
     }
-    Ok(match format.as_str() {
+    let mut r = match format.as_str() {
         "jsonl" => (
             [(header::CONTENT_TYPE, "application/x-ndjson")],
             audit::to_jsonl(&entries),
@@ -51,7 +62,13 @@ async fn export(
         )
             .into_response(),
         _ => Json(entries).into_response(),
-    })
+    };
+    if let Some([(name, value)]) = next
+        && let Ok(v) = header::HeaderValue::from_str(&value)
+    {
+        r.headers_mut().insert(name, v);
+    }
+    Ok(r)
 }
 
 /// Check the account's hash chain.
