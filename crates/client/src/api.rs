@@ -597,6 +597,15 @@ impl Client {
         self.post_empty_body(&format!("/sessions/{}/end", seg(id)))
             .await
     }
+    /// An approver's decision on devices waiting for approval (one, or every one an approver may decide).
+    pub async fn decide_session(
+        &self,
+        id: &str,
+        req: &drawbridge_proto::api::Decision,
+    ) -> Result<Session> {
+        self.post(&format!("/sessions/{}/approve", seg(id)), req)
+            .await
+    }
     pub async fn adhoc_session(&self, req: &AdhocSession) -> Result<Session> {
         self.post("/sessions/adhoc", req).await
     }

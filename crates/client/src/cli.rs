@@ -166,6 +166,10 @@ pub enum DeviceCmd {
         /// Remove every firewall entry (nothing on the device is reachable).
         #[arg(long, conflicts_with = "allow")]
         clear_firewall: bool,
+        /// `on`: this machine always needs on-site approval (only its edge's
+        /// local approval lets a session reach it); `off`: the account's rule.
+        #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+        onsite_approval: Option<bool>,
     },
     /// Remove a device that was never used in a session (admins).
     Delete { device: String },
@@ -235,6 +239,21 @@ pub enum SessionCmd {
     Start { session: String },
     /// End a session.
     End { session: String },
+    /// Approve a session's start for its devices waiting for approval, as an
+    /// approver other than who started it (not devices that need on-site approval).
+    Approve {
+        session: String,
+        /// Only this device (default: every device waiting that an approver may decide).
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Refuse a session's start for its devices waiting for approval (they are dropped).
+    Refuse {
+        session: String,
+        /// Only this device (default: every device waiting).
+        #[arg(long)]
+        device: Option<String>,
+    },
     /// Add a device to a prepared session (admins, session admins).
     AddDevice {
         session: String,
@@ -518,6 +537,15 @@ pub fn parse_time(s: &str) -> std::result::Result<OffsetDateTime, String> {
         .map_err(|_| {
             format!("{s:?} is not a time: use RFC 3339 (2026-11-22T14:00:00Z) or YYYY-MM-DD")
         })
+}
+
+/// `on`/`off` (also `true`/`false`, `yes`/`no`).
+pub fn parse_on_off(s: &str) -> std::result::Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("{s:?}: use on or off")),
+    }
 }
 
 /// `90m`, `2h`, `1d`, `1h30m`, `45s`.
@@ -1258,6 +1286,7 @@ async fn device(ctx: &Ctx, cmd: DeviceCmd) -> Result<()> {
             clear_lan_subnets,
             clear_nat,
             clear_firewall,
+            onsite_approval,
         } => {
             let id = ctx.device_id(&device).await?;
             fn list<T>(v: Vec<T>, clear: bool) -> Option<Vec<T>> {
@@ -1280,13 +1309,14 @@ async fn device(ctx: &Ctx, cmd: DeviceCmd) -> Result<()> {
                 lan_subnets: list(spec.lan_subnet, clear_lan_subnets),
                 nat: list(spec.nat, clear_nat),
                 firewall: list(spec.allow, clear_firewall),
-                onsite_approval: None,
+                onsite_approval,
             };
             if req.name.is_none()
                 && req.serial.is_none()
                 && req.lan_subnets.is_none()
                 && req.nat.is_none()
                 && req.firewall.is_none()
+                && req.onsite_approval.is_none()
             {
                 fail!("nothing to change: see `drawbridge device update --help`");
             }
@@ -1420,8 +1450,15 @@ async fn session_fields(ctx: &Ctx, s: &Session) -> String {
         .lines(
             "Devices",
             s.devices.iter().map(|d| {
+                let approval = s
+                    .approvals
+                    .iter()
+                    .find(|a| a.device_id == d.device_id)
+                    .filter(|a| a.state != drawbridge_proto::ApprovalState::Approved)
+                    .map(|a| format!(" [{}]", a.state.as_str().replace('_', " ")))
+                    .unwrap_or_default();
                 format!(
-                    "{}: {}",
+                    "{}: {}{approval}",
                     name_of(&devices, &d.device_id),
                     show::targets(&d.targets)
                 )
@@ -1454,6 +1491,36 @@ async fn session_fields(ctx: &Ctx, s: &Session) -> String {
         );
     }
     f.render()
+}
+
+/// `session approve|refuse`: an approver's decision on devices waiting for approval.
+async fn decide(ctx: &Ctx, session: &str, device: Option<String>, approve: bool) -> Result<()> {
+    let id = ctx.session_id(session).await?;
+    let device_id = match device {
+        Some(d) => Some(ctx.device_id(&d).await?),
+        None => None,
+    };
+    let req = drawbridge_proto::api::Decision { approve, device_id };
+    let s = ctx.client.decide_session(&id, &req).await?;
+    let waiting = s
+        .approvals
+        .iter()
+        .filter(|a| a.state == drawbridge_proto::ApprovalState::Pending)
+        .count();
+    emit(ctx, &s, || {
+        format!(
+            "{} for session {} ({}); it is {}{}.\n",
+            if approve { "Approved" } else { "Refused" },
+            s.name,
+            s.id,
+            s.state.as_str(),
+            if waiting > 0 {
+                format!(", {waiting} device(s) still waiting")
+            } else {
+                String::new()
+            }
+        )
+    })
 }
 
 async fn session(ctx: &Ctx, cmd: SessionCmd) -> Result<()> {
@@ -1526,6 +1593,8 @@ async fn session(ctx: &Ctx, cmd: SessionCmd) -> Result<()> {
                 format!("Session {} ({}) ended.\n", s.name, s.id)
             })
         }
+        SessionCmd::Approve { session, device } => decide(ctx, &session, device, true).await,
+        SessionCmd::Refuse { session, device } => decide(ctx, &session, device, false).await,
         SessionCmd::AddDevice { session, device } => {
             let id = ctx.session_id(&session).await?;
             let mut d = ctx.session_devices(std::slice::from_ref(&device)).await?;

@@ -238,6 +238,9 @@ struct Live {
     token: Option<String>,
     /// The TUN interface, in TUN mode.
     interface: Option<String>,
+    /// The userspace dialer (not in TUN mode): its routes follow the devices
+    /// approved so far (dual control per device).
+    dialer: Option<Dialer>,
 }
 
 fn key_bytes(s: &str) -> Option<[u8; 32]> {
@@ -251,6 +254,15 @@ impl Live {
         tls: &std::sync::Arc<rustls::ClientConfig>,
     ) -> Result<()> {
         self.join = j;
+        if let Some(d) = &self.dialer {
+            d.set_routes(
+                self.join
+                    .devices
+                    .iter()
+                    .flat_map(|d| d.targets.clone())
+                    .collect(),
+            );
+        }
         let Some(token) = self.join.relay_token.clone() else {
             return Ok(());
         };
@@ -461,6 +473,7 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     let (dialer_out, from_dialer) = mpsc::channel::<Bytes>(1024);
     let mut tasks = Vec::new();
     let mut interface = None;
+    let mut userspace = None;
     if use_tun {
         // Kernel mode: the released targets, and nothing else, are routed into a
         // TUN interface; its packets go into the tunnel as they are.
@@ -478,6 +491,7 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
                 "nothing to reach the targets with: add -L [ADDR:]PORT:TARGET:PORT or --socks5 [ADDR:]PORT (or run as root for TUN mode)"
             );
         }
+        userspace = Some(dialer);
     }
     let mut live = Live {
         tunnel: None,
@@ -490,6 +504,7 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
         edges: HashMap::new(),
         token: None,
         interface,
+        dialer: userspace,
     };
     let status_path = status_dir()?.join(format!("{id}.json"));
     let _ = std::fs::create_dir_all(status_dir()?);
@@ -672,13 +687,10 @@ async fn start_userspace(
     socks: Option<SocketAddr>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> Result<()> {
+    // The targets were checked against the session's released targets before
+    // the start (`check_forwards`); the dialer may not route all of them yet
+    // (devices still waiting for approval): their connections fail until then.
     for f in forwards {
-        if !dialer.allows(f.target) {
-            return Err(Error::user(format!(
-                "-L: {} is not a released target of this session",
-                f.target
-            )));
-        }
         let listener = tokio::net::TcpListener::bind(f.listen)
             .await
             .map_err(|e| Error::user(format!("-L: cannot listen on {}: {e}", f.listen)))?;

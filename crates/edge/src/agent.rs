@@ -365,6 +365,7 @@ impl Agent {
                     r.info.state.as_str().into()
                 },
                 valid_until: r.info.valid_until,
+                requested_by: r.info.requested_by.clone(),
                 forwarder: r.forwarder.as_ref().map(|(f, _)| f.stats()),
                 targets: r.info.targets.iter().map(|t| t.to_string()).collect(),
                 peers: r

@@ -56,8 +56,18 @@ enum Command {
         #[arg(value_parser = ["on", "off", "status"])]
         state: String,
     },
-    /// Approve a session waiting for on-site approval.
-    Approve { session: String },
+    /// Approve a session waiting for on-site approval (for this device only).
+    Approve {
+        /// The session's id (with --wait: optional, or its name).
+        #[arg(required_unless_present = "wait")]
+        session: Option<String>,
+        /// Wait until a session asks this edge for approval, then approve it.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds (exit code 1).
+        #[arg(long, requires = "wait", value_name = "SECONDS")]
+        timeout: Option<u64>,
+    },
     /// Refuse a session waiting for on-site approval.
     Refuse { session: String },
     /// Show the connection, the switch and the sessions with their tunnels.
@@ -148,11 +158,19 @@ pub async fn main() -> anyhow::Result<u8> {
             );
             Ok(0)
         }
-        Command::Approve { session } => {
+        Command::Approve {
+            session,
+            wait: false,
+            ..
+        } => {
+            let session = session.context("name the session")?;
             dir.decide(&session, true)?;
             println!("approval of {session} recorded; the running agent sends it");
             Ok(0)
         }
+        Command::Approve {
+            session, timeout, ..
+        } => approve_wait(&dir, session.as_deref(), timeout).await,
         Command::Refuse { session } => {
             dir.decide(&session, false)?;
             println!("refusal of {session} recorded; the running agent sends it");
@@ -185,6 +203,13 @@ pub async fn main() -> anyhow::Result<u8> {
                     "session {} ({}) {} until {}",
                     x.name, x.session_id, x.state, x.valid_until
                 );
+                if x.state == "pending_approval" {
+                    println!(
+                        "  waits for on-site approval (requested by {}): `drawbridge-edge approve {id}` or `drawbridge-edge refuse {id}`",
+                        x.requested_by.as_deref().unwrap_or("someone"),
+                        id = x.session_id
+                    );
+                }
                 if let Some(f) = &x.forwarder {
                     println!(
                         "  flows: {} tcp, {} udp; dropped: {} not released, {} bad source, {} malformed, {} unsupported, {} over the flow limit",
@@ -213,6 +238,42 @@ pub async fn main() -> anyhow::Result<u8> {
             Ok(0)
         }
     }
+}
+
+/// `approve --wait`: blocks until a session asks, approves it, and reports
+/// whether the agent passed the decision on.
+async fn approve_wait(
+    dir: &StateDir,
+    session: Option<&str>,
+    timeout: Option<u64>,
+) -> anyhow::Result<u8> {
+    use crate::approval;
+    use std::time::Duration;
+    load_status(dir)?;
+    eprintln!(
+        "waiting for {} to ask for on-site approval…",
+        session.unwrap_or("a session")
+    );
+    let poll = Duration::from_millis(250);
+    let Some(s) =
+        approval::approve_when_asked(dir, session, timeout.map(Duration::from_secs), poll).await?
+    else {
+        anyhow::bail!(
+            "no session asked for approval within {} s",
+            timeout.unwrap_or(0)
+        );
+    };
+    let who = s.requested_by.as_deref().unwrap_or("someone");
+    println!(
+        "approved session {} ({}) requested by {who}",
+        s.name, s.session_id
+    );
+    if approval::settled(dir, &s.session_id, Duration::from_secs(15), poll).await {
+        println!("the control plane has the approval");
+    } else {
+        println!("approval recorded; the running agent sends it once connected");
+    }
+    Ok(0)
 }
 
 /// The agent's last status; a never-enrolled edge is told to enrol (not to run

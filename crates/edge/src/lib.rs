@@ -7,6 +7,7 @@
 //! plant side.
 
 pub mod agent;
+pub mod approval;
 pub mod cli;
 pub mod enroll;
 pub mod kernel;

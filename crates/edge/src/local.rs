@@ -57,6 +57,9 @@ pub struct SessionStatus {
     /// The userspace stack's counters: flows, packets, drops by reason.
     #[serde(default)]
     pub forwarder: Option<drawbridge_netstack::ForwarderStats>,
+    /// Who started the session (shown while it waits for on-site approval).
+    #[serde(default)]
+    pub requested_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

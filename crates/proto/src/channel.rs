@@ -109,6 +109,9 @@ pub struct EdgeSession {
     /// STUN servers (`host:port`).
     #[serde(default)]
     pub stun: Vec<String>,
+    /// Who started the session (user name), for the site deciding on it.
+    #[serde(default)]
+    pub requested_by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -443,7 +443,8 @@ pub async fn end_for_offline_edges(
         "SELECT DISTINCT s.id, s.account_id, d.id FROM sessions s
          JOIN session_devices sd ON sd.session_id = s.id
          JOIN devices d ON d.id = sd.device_id AND d.account_id = s.account_id
-         WHERE s.state IN ('active', 'pending_approval') AND (d.last_seen IS NULL OR d.last_seen < $1)",
+         WHERE s.state IN ('active', 'pending_approval') AND (d.last_seen IS NULL OR d.last_seen < $1)
+         AND sd.approval IN ('approved', 'pending')",
     )
     .bind(cutoff)
     .fetch_all(&store.pool)

@@ -69,7 +69,7 @@ async fn session(l: &Live, token: &str, s: &str) -> Value {
 }
 
 /// Waits for the edge's list to show session `s` in `state` (None: not listed).
-async fn edge_sees(ws: &mut Ws, s: &str, state: Option<SessionState>) -> EdgeSession {
+async fn edge_sees(ws: &mut Ws, s: &str, state: Option<SessionState>) -> Option<EdgeSession> {
     let m = until(ws, |m: &ServerToEdge| {
         sessions_of(m).is_some_and(|x| {
             let found = x.iter().find(|e| e.session_id == s);
@@ -82,18 +82,6 @@ async fn edge_sees(ws: &mut Ws, s: &str, state: Option<SessionState>) -> EdgeSes
         .iter()
         .find(|e| e.session_id == s)
         .cloned()
-        .unwrap_or_else(|| EdgeSession {
-            session_id: String::new(),
-            name: String::new(),
-            state: SessionState::Ended,
-            valid_until: 0,
-            targets: vec![],
-            nat: vec![],
-            peers: vec![],
-            relay_url: String::new(),
-            relay_token: None,
-            stun: vec![],
-        })
 }
 
 fn decision(s: &str, approve: bool) -> EdgeToServer {
@@ -151,7 +139,14 @@ async fn each_device_runs_once_its_own_site_or_an_approver_approves_it(app: Test
         StatusCode::CONFLICT,
         "no device approved: nothing to join"
     );
-    edge_sees(&mut wa, &s, Some(SessionState::PendingApproval)).await;
+    let ea = edge_sees(&mut wa, &s, Some(SessionState::PendingApproval))
+        .await
+        .unwrap();
+    assert_eq!(
+        ea.requested_by.as_deref(),
+        Some("admin"),
+        "the site sees who asks"
+    );
     edge_sees(&mut wb, &s, Some(SessionState::PendingApproval)).await;
     for (ws, n) in [(&mut wa, 10), (&mut wb, 11)] {
         send(
@@ -166,7 +161,9 @@ async fn each_device_runs_once_its_own_site_or_an_approver_approves_it(app: Test
 
     // Site A approves: A runs, the session is active, B still waits.
     send(&mut wa, &decision(&s, true)).await;
-    let ea = edge_sees(&mut wa, &s, Some(SessionState::Active)).await;
+    let ea = edge_sees(&mut wa, &s, Some(SessionState::Active))
+        .await
+        .unwrap();
     assert!(
         ea.relay_token.is_some(),
         "an approved edge gets its relay grant"
@@ -210,7 +207,9 @@ async fn each_device_runs_once_its_own_site_or_an_approver_approves_it(app: Test
         "the relay lets the client reach A only"
     );
     // B, still waiting, runs nothing: no relay grant for its key.
-    let eb = edge_sees(&mut wb, &s, Some(SessionState::PendingApproval)).await;
+    let eb = edge_sees(&mut wb, &s, Some(SessionState::PendingApproval))
+        .await
+        .unwrap();
     assert!(eb.relay_token.is_none());
     let mut c = l
         .ws(
@@ -220,7 +219,7 @@ async fn each_device_runs_once_its_own_site_or_an_approver_approves_it(app: Test
         .await
         .unwrap();
     let first: ServerToClient = recv(&mut c).await.unwrap();
-    assert_eq!(routed(&first).unwrap(), [a.id.clone()]);
+    assert_eq!(routed(&first).unwrap(), std::slice::from_ref(&a.id));
 
     // Approving again (A) is a conflict, for approve and refuse alike.
     send(&mut wa, &decision(&s, false)).await;
@@ -250,7 +249,9 @@ async fn each_device_runs_once_its_own_site_or_an_approver_approves_it(app: Test
         )
         .await;
     assert_eq!(approval(&v, &b), "approved");
-    let eb = edge_sees(&mut wb, &s, Some(SessionState::Active)).await;
+    let eb = edge_sees(&mut wb, &s, Some(SessionState::Active))
+        .await
+        .unwrap();
     assert!(eb.relay_token.is_some());
     assert_eq!(
         eb.peers[0].public_key,
@@ -318,16 +319,33 @@ async fn a_refused_or_timed_out_device_is_dropped_while_the_others_keep_running(
             Some(json!({"public_key": wg_key(1)})),
         )
         .await;
+    let mut c = l
+        .ws(
+            &format!("/api/v1/sessions/{s}/channel?key={}", key_query(1)),
+            Some(&acct.admin),
+        )
+        .await
+        .unwrap();
+    let first: ServerToClient = recv(&mut c).await.unwrap();
+    assert_eq!(routed(&first).unwrap(), std::slice::from_ref(&a.id));
     edge_sees(&mut wb, &s, Some(SessionState::PendingApproval)).await;
     send(&mut wb, &decision(&s, false)).await;
     edge_sees(&mut wb, &s, None).await;
+    let next: ServerToClient = recv(&mut c).await.unwrap();
+    assert_eq!(
+        routed(&next),
+        Some(vec![a.id.clone()]),
+        "the client keeps its tunnel to A: {next:?}"
+    );
     let v = session(&l, &acct.admin, &s).await;
     assert_eq!(v["state"], "active", "A goes on");
     assert_eq!(
         (approval(&v, &a), approval(&v, &b)),
         ("approved".into(), "refused".into())
     );
-    let ea = edge_sees(&mut wa, &s, Some(SessionState::Active)).await;
+    let ea = edge_sees(&mut wa, &s, Some(SessionState::Active))
+        .await
+        .unwrap();
     assert_eq!(ea.peers.len(), 1, "A keeps its client");
     let open: Vec<String> = sqlx::query_scalar(
         "SELECT device_id FROM tunnels WHERE session_id = $1 AND ended_at IS NULL",
@@ -338,7 +356,7 @@ async fn a_refused_or_timed_out_device_is_dropped_while_the_others_keep_running(
     .unwrap();
     assert_eq!(
         open,
-        [a.id.clone()],
+        std::slice::from_ref(&a.id),
         "B's tunnel record ended with its refusal"
     );
     let (st, _) = l
@@ -373,6 +391,12 @@ async fn a_refused_or_timed_out_device_is_dropped_while_the_others_keep_running(
     l.app
         .clock()
         .advance(drawbridge_server::sessions::APPROVAL_WINDOW_SECS + 1);
+    // The edges' heartbeats keep them heard from; the test's clock jumped.
+    sqlx::query("UPDATE devices SET last_seen = $1")
+        .bind(l.app.state.now())
+        .execute(&l.app.state.store.pool)
+        .await
+        .unwrap();
     drawbridge_server::background::sweep(&l.app.state)
         .await
         .unwrap();

@@ -281,7 +281,11 @@ async fn refresh(
     ws: &mut WebSocket,
 ) -> AppResult<bool> {
     let closed: Option<String> = sqlx::query_scalar(
-        "SELECT end_reason FROM tunnels WHERE session_id = $1 AND client_public_key = $2 AND ended_at IS NOT NULL LIMIT 1",
+        // Closed when no device's record of it is open any more: one device
+        // dropped from the session (refused, timed out) leaves the others.
+        "SELECT end_reason FROM tunnels WHERE session_id = $1 AND client_public_key = $2 AND ended_at IS NOT NULL
+         AND NOT EXISTS (SELECT 1 FROM tunnels o WHERE o.session_id = $1 AND o.client_public_key = $2 AND o.ended_at IS NULL)
+         LIMIT 1",
     )
     .bind(session_id)
     .bind(key)

@@ -107,8 +107,9 @@ fn translate(net: &ipnet::IpNet, m: &NatMapping) -> Option<ipnet::IpNet> {
 pub async fn edge_sessions(state: &AppState, device_id: &str) -> AppResult<Vec<EdgeSession>> {
     let mut conn = state.store.pool.acquire().await?;
     let rows = sqlx::query(
-        "SELECT s.id, s.name, s.state, s.valid_until, sd.targets, sd.edge_public_key, sd.approval, d.nat
+        "SELECT s.id, s.name, s.state, s.valid_until, sd.targets, sd.edge_public_key, sd.approval, d.nat, u.username AS requested_by
          FROM sessions s JOIN session_devices sd ON sd.session_id = s.id JOIN devices d ON d.id = sd.device_id
+         LEFT JOIN users u ON s.started_by = 'user:' || u.id
          WHERE sd.device_id = $1 AND s.account_id = d.account_id AND s.state IN ('active', 'pending_approval')
          AND sd.approval IN ('approved', 'pending')
          ORDER BY s.id",
@@ -166,6 +167,7 @@ pub async fn edge_sessions(state: &AppState, device_id: &str) -> AppResult<Vec<E
             relay_url: relay_url(state),
             relay_token,
             stun: state.stun_servers(),
+            requested_by: r.try_get("requested_by")?,
         });
     }
     Ok(out)
