@@ -4,6 +4,7 @@
 //!
 //! A benchmark tool, not part of the test suite; see docs/loadtest.md.
 
+mod dos;
 mod edges;
 mod procfs;
 mod report;
@@ -80,6 +81,16 @@ struct Args {
     /// Print the figures as one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Instead of N edges: one edge channel and the API, idle and under a login
+    /// flood, then a login with many silent connections open (docs/loadtest.md).
+    #[arg(long)]
+    dos: bool,
+    /// Wrong logins a second during `--dos`.
+    #[arg(long, default_value_t = 200)]
+    dos_logins_per_sec: u32,
+    /// Silent TCP connections held open during `--dos`.
+    #[arg(long, default_value_t = 2000)]
+    dos_silent: usize,
 }
 
 /// A number of seconds, fractions allowed.
@@ -104,7 +115,11 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (report, complete) = rt.block_on(run(&args, nofile, hard))?;
+    let Some((report, complete)) = rt.block_on(run(&args, nofile, hard))? else {
+        // --dos printed its figures.
+        rt.shutdown_timeout(Duration::from_secs(1));
+        return Ok(());
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -172,7 +187,7 @@ fn target_device(name: &str) -> serde_json::Value {
     })
 }
 
-async fn run(args: &Args, nofile: u64, hard: u64) -> anyhow::Result<(Report, bool)> {
+async fn run(args: &Args, nofile: u64, hard: u64) -> anyhow::Result<Option<(Report, bool)>> {
     let n = args.edges as usize;
     let need = n as u64 + 256;
     if nofile < need {
@@ -233,7 +248,16 @@ async fn run(args: &Args, nofile: u64, hard: u64) -> anyhow::Result<(Report, boo
             (None, t, "running server".to_string())
         }
     };
-    let result = measure(args, &target, proxy, nofile, database).await;
+    let result = if args.dos {
+        dos_mode(args, &target).await.map(|text| {
+            print!("{text}");
+            None
+        })
+    } else {
+        measure(args, &target, proxy, nofile, database)
+            .await
+            .map(Some)
+    };
     if let Some(s) = started {
         if result.is_err() {
             eprintln!("server log (last lines):\n{}", s.log_tail());
@@ -244,6 +268,26 @@ async fn run(args: &Args, nofile: u64, hard: u64) -> anyhow::Result<(Report, boo
         s.stop().await;
     }
     result
+}
+
+/// `--dos`: logs in as the admin and runs [`dos::run`].
+async fn dos_mode(args: &Args, target: &server::Target) -> anyhow::Result<String> {
+    let anon = drawbridge::Client::new(&target.url, Some(&target.ca_file))?;
+    let login = anon
+        .login(&LoginRequest {
+            account: target.account.clone(),
+            username: target.admin_user.clone(),
+            password: target.password.clone(),
+            totp: None,
+        })
+        .await
+        .context("logging in as the admin")?;
+    let admin = anon.clone().with_token(login.token);
+    let opts = dos::Options {
+        logins_per_sec: args.dos_logins_per_sec,
+        silent: args.dos_silent,
+    };
+    dos::run(&opts, target, &anon, &admin).await
 }
 
 async fn measure(
