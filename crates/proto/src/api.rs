@@ -268,6 +268,12 @@ pub struct DeviceStatus {
     pub last_seen: Option<OffsetDateTime>,
     #[serde(default)]
     pub public_endpoint: Option<String>,
+    /// Disabled by an admin: its edge channel and relay connections are refused.
+    #[serde(default)]
+    pub disabled: bool,
+    /// Archived: out of service for good, hidden from the device list, kept for its history.
+    #[serde(default)]
+    pub archived: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -304,6 +310,15 @@ pub struct CreateDevice {
     #[serde(default)]
     #[schema(max_items = 256)]
     pub firewall: Vec<Target>,
+}
+
+/// Query of `GET /api/v1/devices`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceFilter {
+    /// true: archived devices only; false or absent: devices in service only.
+    #[serde(default)]
+    pub archived: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

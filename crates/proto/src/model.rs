@@ -560,6 +560,10 @@ pub enum EndReason {
     Refused,
     /// Nobody approved the start in time (dual control).
     ApprovalTimeout,
+    /// An admin disabled or archived one of the session's devices.
+    DeviceDisabled,
+    /// A replacement gateway enrolled for one of the session's devices.
+    DeviceReplaced,
 }
 
 impl EndReason {
@@ -574,6 +578,8 @@ impl EndReason {
             EndReason::UserDisabled => "user_disabled",
             EndReason::Refused => "refused",
             EndReason::ApprovalTimeout => "approval_timeout",
+            EndReason::DeviceDisabled => "device_disabled",
+            EndReason::DeviceReplaced => "device_replaced",
         }
     }
 }
@@ -591,6 +597,8 @@ impl FromStr for EndReason {
             Self::UserDisabled,
             Self::Refused,
             Self::ApprovalTimeout,
+            Self::DeviceDisabled,
+            Self::DeviceReplaced,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)

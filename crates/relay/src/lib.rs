@@ -45,6 +45,8 @@ type Key = [u8; KEY_LEN];
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames written to one connection before a flush.
 const SEND_BATCH: usize = 64;
+/// Most revoked sessions remembered at once (each only until its tokens expire).
+const MAX_REVOKED: usize = 100_000;
 
 /// Relay settings.
 #[derive(Debug, Clone)]
@@ -145,6 +147,9 @@ struct Inner {
     next_id: AtomicU64,
     counters: Counters,
     bridge: bridge::Bridge,
+    /// Sessions the control plane revoked (ended, or a device of theirs disabled),
+    /// each with the time after which no token of the session can be valid.
+    revoked: Mutex<HashMap<String, u64>>,
 }
 
 /// Shared relay state; cheap to clone.
@@ -173,6 +178,7 @@ impl RelayState {
                 next_id: AtomicU64::new(1),
                 counters: Counters::default(),
                 bridge: bridge::Bridge::new(),
+                revoked: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -213,6 +219,46 @@ impl RelayState {
         metrics::gauge!("relay_connections").set(conns.len() as f64);
     }
 
+    /// Revokes a session: its connections close now, and until `until` (unix seconds;
+    /// the latest expiry any of its tokens can have) its tokens are refused, both for
+    /// new connections and as `TOKEN` refreshes. Only this relay process knows: a
+    /// relay that is not told (a standalone one) admits the tokens until they expire.
+    pub fn revoke_session(&self, session_id: &str, until: u64) {
+        {
+            let mut revoked = self.revoked();
+            if revoked.len() >= MAX_REVOKED && !revoked.contains_key(session_id) {
+                let now = unix_now();
+                revoked.retain(|_, u| *u > now);
+                if revoked.len() >= MAX_REVOKED {
+                    // Still full: forget the one whose tokens expire first.
+                    if let Some(k) = revoked
+                        .iter()
+                        .min_by_key(|(_, u)| **u)
+                        .map(|(k, _)| k.clone())
+                    {
+                        revoked.remove(&k);
+                    }
+                }
+            }
+            let e = revoked.entry(session_id.to_string()).or_insert(until);
+            *e = (*e).max(until);
+        }
+        // After the entry exists: a connection admitted meanwhile is closed here or
+        // sees the entry itself (`connection` checks after registering).
+        self.disconnect_session(session_id);
+    }
+
+    /// Whether the session's tokens are refused now.
+    fn is_revoked(&self, session_id: &str) -> bool {
+        self.revoked()
+            .get(session_id)
+            .is_some_and(|until| *until >= unix_now())
+    }
+
+    fn revoked(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.inner.revoked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Conn>> {
         // A poisoned map is still consistent (every mutation is a single insert/remove).
         self.inner.conns.lock().unwrap_or_else(|e| e.into_inner())
@@ -242,7 +288,7 @@ impl RelayState {
             .as_bytes()
             .ct_eq(current.session_id.as_bytes())
             .into();
-        if fresh.peer != current.peer || !same_session {
+        if fresh.peer != current.peer || !same_session || self.is_revoked(&fresh.session_id) {
             return None;
         }
         let mut conns = self.lock();
@@ -360,6 +406,12 @@ async fn ws_handler(
             return (StatusCode::UNAUTHORIZED, "invalid relay token").into_response();
         }
     };
+    if state.is_revoked(&claims.session_id) {
+        state.inner.counters.refused.fetch_add(1, Ordering::Relaxed);
+        drop_reason("revoked");
+        tracing::info!(session = %claims.session_id, "relay: connection of a revoked session refused");
+        return (StatusCode::UNAUTHORIZED, "relay token revoked").into_response();
+    }
     if state.lock().len() >= state.inner.config.max_connections {
         state.inner.counters.refused.fetch_add(1, Ordering::Relaxed);
         drop_reason("too_many_connections");
@@ -395,6 +447,14 @@ async fn connection(state: RelayState, claims: Claims, socket: WebSocket) {
             let _ = old.kill.send(true);
         }
         metrics::gauge!("relay_connections").set(conns.len() as f64);
+    }
+    if state.is_revoked(&claims.session_id) {
+        // Revoked between the admission check and the registration above.
+        let mut conns = state.lock();
+        if conns.get(&me).is_some_and(|c| c.id == id) {
+            conns.remove(&me);
+        }
+        return;
     }
     state
         .inner

@@ -696,3 +696,50 @@ async fn a_connection_is_closed_when_its_token_expires() {
     assert!(closed.is_ok(), "connection outlived its token");
     wait_connections(&s, 0).await;
 }
+
+async fn closed_within(ws: &mut Ws, within: Duration) -> bool {
+    tokio::time::timeout(within, async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn a_revoked_session_is_disconnected_and_its_valid_tokens_are_refused() {
+    let s = server().await;
+    let mut a = s.connect(&s.token("s1", A, &[B], 600)).await.unwrap();
+    let mut b = s.connect(&s.token("s1", B, &[A], 600)).await.unwrap();
+    let mut other = s.connect(&s.token("s2", C, &[], 600)).await.unwrap();
+    wait_connections(&s, 3).await;
+    s.state.revoke_session("s1", now() + 600);
+    assert!(closed_within(&mut a, Duration::from_secs(5)).await);
+    assert!(closed_within(&mut b, Duration::from_secs(5)).await);
+    wait_connections(&s, 1).await;
+    // The tokens are still signed and unexpired, but the session is revoked.
+    for t in [s.token("s1", A, &[B], 600), s.token("s1", B, &[A], 600)] {
+        match s.connect(&t).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 401)
+            }
+            other => panic!("revoked token admitted: {:?}", other.map(|_| ())),
+        }
+    }
+    // Nor can another session's open connection switch to it with a TOKEN frame.
+    other
+        .send(token_frame(&s.token("s1", C, &[A], 600)))
+        .await
+        .unwrap();
+    assert!(closed_within(&mut other, Duration::from_secs(5)).await);
+    // Other sessions are untouched; an entry whose tokens have all expired is forgotten.
+    let mut d = s.connect(&s.token("s3", C, &[], 600)).await.unwrap();
+    wait_connections(&s, 1).await;
+    d.send(Message::Ping(Vec::new().into())).await.unwrap();
+    s.state.revoke_session("s4", now() - 1);
+    assert!(s.connect(&s.token("s4", A, &[], 600)).await.is_ok());
+}

@@ -108,7 +108,7 @@ pub async fn user(conn: &mut AnyConnection, account_id: &str, id: &str) -> AppRe
     user_row(&row)
 }
 
-pub const DEVICE_COLS: &str = "id, account_id, name, serial, lan_subnets, nat, firewall, enrolled, pending_approval, online, switch_on, agent_version, last_seen, public_endpoint, created_at, onsite_approval";
+pub const DEVICE_COLS: &str = "id, account_id, name, serial, lan_subnets, nat, firewall, enrolled, pending_approval, online, switch_on, agent_version, last_seen, public_endpoint, created_at, onsite_approval, disabled, archived";
 
 pub fn device_from(row: &AnyRow) -> AppResult<Device> {
     Ok(Device {
@@ -126,6 +126,8 @@ pub fn device_from(row: &AnyRow) -> AppResult<Device> {
             agent_version: row.try_get("agent_version")?,
             last_seen: row.try_get::<Option<i64>, _>("last_seen")?.map(from_unix),
             public_endpoint: row.try_get("public_endpoint")?,
+            disabled: row.try_get::<i64, _>("disabled")? != 0,
+            archived: row.try_get::<i64, _>("archived")? != 0,
         },
         created_at: from_unix(row.try_get("created_at")?),
         onsite_approval: row.try_get::<i64, _>("onsite_approval")? != 0,

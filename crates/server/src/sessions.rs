@@ -154,6 +154,17 @@ pub async fn check_assignment(
     }
     for d in devices {
         let device = records::device(conn, account_id, &d.device_id).await?;
+        if device.status.archived || device.status.disabled {
+            return Err(AppError::conflict(format!(
+                "device {} is {}",
+                device.name,
+                if device.status.archived {
+                    "archived"
+                } else {
+                    "disabled"
+                }
+            )));
+        }
         for (user_id, role, name) in &checks {
             let access = rights::access(conn, account_id, user_id, *role, &device.id).await?;
             for t in &d.targets {
@@ -245,7 +256,7 @@ pub async fn start(
 ) -> AppResult<SessionState> {
     // Site consent: every device of the session must be online with its switch on.
     let devices = sqlx::query(
-        "SELECT d.name, d.online, d.switch_on, d.last_seen, d.id, d.onsite_approval FROM session_devices sd JOIN devices d ON d.id = sd.device_id
+        "SELECT d.name, d.online, d.switch_on, d.last_seen, d.id, d.onsite_approval, d.disabled + d.archived FROM session_devices sd JOIN devices d ON d.id = sd.device_id
          WHERE sd.session_id = $1 AND d.account_id = $2",
     )
     .bind(id)
@@ -258,6 +269,11 @@ pub async fn start(
         let last_seen: Option<i64> = d.try_get(3)?;
         let online = d.try_get::<i64, _>(1)? != 0
             && last_seen.is_some_and(|t| now - t < crate::live::ONLINE_WINDOW_SECS);
+        if d.try_get::<i64, _>(6)? != 0 {
+            return Err(AppError::conflict(format!(
+                "device {name} is disabled or archived"
+            )));
+        }
         if !online {
             return Err(AppError::conflict(format!("device {name} is offline")));
         }

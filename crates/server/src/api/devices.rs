@@ -1,7 +1,11 @@
 //! Devices (edge gateways): records, firewall, 1:1 NAT, activation keys,
 //! fleet keys, approval of self-registered devices, and the logbook.
 
-use super::ApiJson;
+mod lifecycle;
+
+pub(crate) use lifecycle::{after_commit, replaced_on_enrolment};
+
+use super::{ApiJson, ApiQuery};
 use crate::audit;
 use crate::auth::Caller;
 use crate::clock::from_unix;
@@ -15,7 +19,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use drawbridge_proto::api::{
     ActivationKey, CreateDevice, CreateFleetKey, CreateLogEntry, CreatedDevice, CreatedFleetKey,
-    Device, FleetKey, LogEntry, MAX_LIST, UpdateDevice,
+    Device, DeviceFilter, FleetKey, LogEntry, MAX_LIST, UpdateDevice,
 };
 use drawbridge_proto::{Action, ApiError, LongText, Name, NatMapping, Role, Target};
 use sqlx::Row;
@@ -26,7 +30,8 @@ use utoipa_axum::routes;
 pub const ACTIVATION_TTL: i64 = 7 * 86_400;
 
 pub fn routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
-    r.routes(routes!(list, create))
+    lifecycle::routes(r)
+        .routes(routes!(list, create))
         .routes(routes!(get_device, update, delete))
         .routes(routes!(new_activation_key))
         .routes(routes!(approve))
@@ -77,17 +82,23 @@ pub async fn visible_device(state: &AppState, caller: &Caller, id: &str) -> AppR
 }
 
 /// Devices the caller can see: admins and auditors all, others those their grants cover.
-#[utoipa::path(get, path = "/api/v1/devices", tag = "devices",
+/// Archived devices only with `?archived=true` (and then only they).
+#[utoipa::path(get, path = "/api/v1/devices", tag = "devices", params(DeviceFilter),
     responses((status = 200, body = Vec<Device>), (status = 401, body = ApiError)))]
-async fn list(State(state): State<AppState>, caller: Caller) -> AppResult<Json<Vec<Device>>> {
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(f): ApiQuery<DeviceFilter>,
+) -> AppResult<Json<Vec<Device>>> {
     let mut conn = state.store.pool.acquire().await?;
     let visible =
         rights::visible_devices(&mut conn, &caller.account_id, &caller.user_id, caller.role)
             .await?;
     let rows = sqlx::query(&format!(
-        "SELECT {DEVICE_COLS} FROM devices WHERE account_id = $1 ORDER BY name"
+        "SELECT {DEVICE_COLS} FROM devices WHERE account_id = $1 AND archived = $2 ORDER BY name"
     ))
     .bind(&caller.account_id)
+    .bind(i64::from(f.archived.unwrap_or(false)))
     .fetch_all(&mut *conn)
     .await?;
     let mut out = Vec::new();
@@ -100,7 +111,7 @@ async fn list(State(state): State<AppState>, caller: Caller) -> AppResult<Json<V
     Ok(Json(out))
 }
 
-async fn insert_activation_key(
+pub(crate) async fn insert_activation_key(
     tx: &mut crate::db::Tx<'_>,
     account: &str,
     device: &str,
@@ -302,7 +313,7 @@ async fn delete(
         .await?;
     if used > 0 {
         return Err(AppError::conflict(
-            "the device appears in sessions; its record must stay",
+            "the device appears in sessions, so its record and history must stay: archive it instead (POST /api/v1/devices/{id}/archive, `drawbridge device archive NAME`)",
         ));
     }
     sqlx::query("DELETE FROM devices WHERE id = $1 AND account_id = $2")
@@ -333,7 +344,12 @@ async fn new_activation_key(
     let mut tx = state.store.begin().await?;
     let d = records::device(&mut tx, &caller.account_id, &id).await?;
     if d.status.enrolled {
-        return Err(AppError::conflict("the device is enrolled already"));
+        return Err(AppError::conflict(
+            "the device is enrolled already; for a replacement gateway use replace (POST /api/v1/devices/{id}/replace)",
+        ));
+    }
+    if d.status.archived {
+        return Err(AppError::conflict("the device is archived"));
     }
     sqlx::query("UPDATE activation_keys SET used_at = $1 WHERE device_id = $2 AND used_at IS NULL")
         .bind(now)

@@ -193,6 +193,13 @@ async fn enroll(
     let account_id: String = row.try_get(0)?;
     let device_id: String = row.try_get(1)?;
     let cert = state.device_ca.issue(&device_id, &account_id, public)?;
+    // A key from `replace` for a device that has an identity key: the new one takes over.
+    let old_key: Option<String> =
+        sqlx::query_scalar("SELECT public_key FROM devices WHERE id = $1")
+            .bind(&device_id)
+            .fetch_one(&mut *tx)
+            .await?;
+    let replaced = old_key.is_some_and(|k| k != req.public_key);
     let r = sqlx::query(
         "UPDATE devices SET public_key = $1, certificate = $2, enrolled = $3, pending_approval = $4 WHERE id = $5 AND account_id = $6",
     )
@@ -219,9 +226,18 @@ async fn enroll(
     )
     .source(&source)
     .device(&device_id)
-    .details(serde_json::json!({ "public_key": req.public_key, "method": "activation_key" }));
+    .details(serde_json::json!({ "public_key": req.public_key, "method": "activation_key", "replaced": replaced }));
     audit::append(&mut tx, now, &ev).await?;
+    let ended = if replaced {
+        super::devices::replaced_on_enrolment(&mut tx, &account_id, &device_id, now).await?
+    } else {
+        Vec::new()
+    };
     tx.commit().await?;
+    if replaced {
+        // The old identity key's live channel closes, wherever it is connected.
+        super::devices::after_commit(&state, &device_id, &ended).await?;
+    }
     Ok(Json(EnrollResponse {
         device_id,
         account_id,

@@ -94,6 +94,37 @@ struct Edge {
     device_id: String,
     account_id: String,
     source: String,
+    /// The identity key this channel authenticated with.
+    public_key: String,
+}
+
+/// Why a device may not (or no longer) hold a channel, for the edge.
+const DISABLED: &str = "the device is disabled or archived by an admin of its account";
+const REPLACED: &str = "the device's identity key was replaced or withdrawn";
+
+/// Whether the edge may keep its channel: the device still exists with the key
+/// the channel authenticated with, enrolled, neither disabled nor archived.
+/// `Some((code, message))` when not.
+async fn still_admitted(
+    state: &AppState,
+    edge: &Edge,
+) -> AppResult<Option<(&'static str, &'static str)>> {
+    let row =
+        sqlx::query("SELECT public_key, enrolled, disabled, archived FROM devices WHERE id = $1")
+            .bind(&edge.device_id)
+            .fetch_optional(&state.store.pool)
+            .await?;
+    let Some(row) = row else {
+        return Ok(Some(("unauthenticated", REPLACED)));
+    };
+    let key: Option<String> = row.try_get(0)?;
+    if key.as_deref() != Some(edge.public_key.as_str()) || row.try_get::<i64, _>(1)? == 0 {
+        return Ok(Some(("unauthenticated", REPLACED)));
+    }
+    if row.try_get::<i64, _>(2)? != 0 || row.try_get::<i64, _>(3)? != 0 {
+        return Ok(Some(("device_disabled", DISABLED)));
+    }
+    Ok(None)
 }
 
 impl Edge {
@@ -132,7 +163,9 @@ async fn authenticate(
         return Ok(None);
     };
     let row = if device_id.len() <= 64 {
-        sqlx::query("SELECT account_id, public_key, enrolled FROM devices WHERE id = $1")
+        sqlx::query(
+            "SELECT account_id, public_key, enrolled, disabled, archived FROM devices WHERE id = $1",
+        )
             .bind(&device_id)
             .fetch_optional(&state.store.pool)
             .await?
@@ -147,6 +180,7 @@ async fn authenticate(
     let account_id: String = row.try_get(0)?;
     let key: Option<String> = row.try_get(1)?;
     let enrolled = row.try_get::<i64, _>(2)? != 0;
+    let out_of_service = row.try_get::<i64, _>(3)? != 0 || row.try_get::<i64, _>(4)? != 0;
     let mut msg = EDGE_AUTH_CONTEXT.to_vec();
     msg.extend_from_slice(nonce.as_bytes());
     msg.extend_from_slice(device_id.as_bytes());
@@ -164,11 +198,23 @@ async fn authenticate(
         device_id,
         account_id,
         source: source.to_string(),
+        public_key: key.unwrap_or_default(),
     };
     if !ok {
         let ev = edge.event("device.auth", &edge.actor()).result("failed");
         audit::record(&state.store, state.now(), &ev).await?;
         fail(ws, "unauthenticated", refused).await;
+        return Ok(None);
+    }
+    if out_of_service {
+        // The right key, but an admin took the device out of service: on the
+        // record (where a stolen gateway calls from), and told so.
+        let ev = edge
+            .event("device.auth", &edge.actor())
+            .result("refused")
+            .details(serde_json::json!({ "reason": "device_disabled" }));
+        audit::record(&state.store, state.now(), &ev).await?;
+        fail(ws, "device_disabled", DISABLED).await;
         return Ok(None);
     }
     Ok(Some(edge))
@@ -218,6 +264,11 @@ async fn serve(
     ws: &mut WebSocket,
     pokes: &mut tokio::sync::mpsc::Receiver<Poke<ServerToEdge>>,
 ) -> AppResult<()> {
+    // Disabled or replaced between authentication and registration (its poke found no channel).
+    if let Some((code, message)) = still_admitted(state, edge).await? {
+        fail(ws, code, message).await;
+        return Ok(());
+    }
     send(
         ws,
         &ServerToEdge::Sessions {
@@ -260,12 +311,21 @@ async fn serve(
                     return Ok(());
                 }
                 Some(Poke::Refresh) => {
+                    if let Some((code, message)) = still_admitted(state, edge).await? {
+                        fail(ws, code, message).await;
+                        return Ok(());
+                    }
                     let sessions = desired::edge_sessions(state, &edge.device_id).await?;
                     send(ws, &ServerToEdge::Sessions { sessions }).await?;
                 }
                 Some(Poke::Send(m)) => send(ws, &m).await?,
             },
             _ = ping.tick() => {
+                // Also a backstop for a lost replica notification.
+                if let Some((code, message)) = still_admitted(state, edge).await? {
+                    fail(ws, code, message).await;
+                    return Ok(());
+                }
                 if ws.send(Message::Ping(Vec::new().into())).await.is_err() {
                     return Ok(());
                 }

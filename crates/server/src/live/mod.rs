@@ -176,16 +176,41 @@ pub async fn notify_sessions(
         publish(state, serde_json::json!({ "k": "session", "session": id }));
         let devices = self::state::session_device_ids(&mut conn, id).await?;
         state.hub.session_changed(&devices, id);
-        let st: Option<String> = sqlx::query_scalar("SELECT state FROM sessions WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
-        if st.as_deref() == Some("ended") {
-            // Relay connections of an ended session close now, not at token expiry.
-            state.relay.disconnect_session(id);
-        }
+        close_on_relay_if_ended(state, &mut conn, id).await?;
     }
     Ok(())
+}
+
+/// An ended session's connections to this process's relay close now, and its
+/// still unexpired tokens are refused from now on (not only at token expiry).
+async fn close_on_relay_if_ended(
+    state: &crate::state::AppState,
+    conn: &mut sqlx::AnyConnection,
+    id: &str,
+) -> crate::error::AppResult<()> {
+    use sqlx::Row;
+    let row = sqlx::query("SELECT state, valid_until FROM sessions WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some(r) = row
+        && r.try_get::<String, _>(0)? == "ended"
+    {
+        // No token of the session expires later than its validity.
+        let until = u64::try_from(r.try_get::<i64, _>(1)?).unwrap_or(0);
+        state.relay.revoke_session(id, until);
+    }
+    Ok(())
+}
+
+/// After a commit that changed whether a device may stay connected (disabled,
+/// archived, replaced): its edge channel re-checks, on whichever replica it is.
+pub fn device_changed(state: &crate::state::AppState, device_id: &str) {
+    publish(
+        state,
+        serde_json::json!({ "k": "device", "device": device_id }),
+    );
+    state.hub.device_changed(device_id);
 }
 
 // ------------------------------------------------------------------ replicas
@@ -278,6 +303,12 @@ async fn apply(state: &crate::state::AppState, payload: &str) {
             };
             if let Ok(devices) = self::state::session_device_ids(&mut conn, id).await {
                 state.hub.session_changed(&devices, id);
+            }
+            let _ = close_on_relay_if_ended(state, &mut conn, id).await;
+        }
+        Some("device") => {
+            if let Some(d) = v["device"].as_str() {
+                state.hub.device_changed(d);
             }
         }
         Some("to_edge") => {
