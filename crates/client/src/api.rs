@@ -547,6 +547,19 @@ impl Client {
         self.post_empty_body(&format!("/devices/{}/approve", seg(id)))
             .await
     }
+    /// Archived devices (hidden from `devices`).
+    pub async fn archived_devices(&self) -> Result<Vec<Device>> {
+        self.get("/devices?archived=true").await
+    }
+    /// `disable`, `enable` or `archive` a device.
+    pub async fn device_service(&self, id: &str, verb: &str) -> Result<Device> {
+        self.post_empty_body(&format!("/devices/{}/{verb}", seg(id)))
+            .await
+    }
+    pub async fn replace_device(&self, id: &str) -> Result<ActivationKey> {
+        self.post_empty_body(&format!("/devices/{}/replace", seg(id)))
+            .await
+    }
     pub async fn new_activation_key(&self, id: &str) -> Result<ActivationKey> {
         self.post_empty_body(&format!("/devices/{}/activation-key", seg(id)))
             .await

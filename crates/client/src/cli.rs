@@ -181,6 +181,19 @@ pub enum DeviceCmd {
     Log { device: String, text: String },
     /// Show the device's logbook, newest first.
     Logbook { device: String },
+    /// Take a device out of service (admins), e.g. a stolen gateway: its edge is
+    /// refused and disconnected, its running sessions end, their relay connections close.
+    Disable { device: String },
+    /// Put a disabled device back into service (admins).
+    Enable { device: String },
+    /// Issue an activation key for a replacement gateway of the same device (admins).
+    /// When the new gateway enrols with it, the old one's key stops working at once.
+    Replace { device: String },
+    /// Archive a device that was used in sessions instead of deleting it (admins):
+    /// out of service for good, hidden from lists, its history kept.
+    Archive { device: String },
+    /// List archived devices.
+    Archived,
 }
 
 #[derive(Args, Debug, Default)]
@@ -731,7 +744,14 @@ fn listing_refused(e: &api::Error) -> bool {
 
 impl Ctx {
     pub(crate) async fn device(&self, input: &str) -> Result<Device> {
-        let all = self.client.devices().await?;
+        let mut all = self.client.devices().await?;
+        if !all
+            .iter()
+            .any(|d| d.id == input || d.name.as_str().eq_ignore_ascii_case(input))
+        {
+            // Archived devices are hidden from the list but can still be named.
+            all.extend(self.client.archived_devices().await.unwrap_or_default());
+        }
         Ok(pick(
             &all,
             input,
@@ -1249,6 +1269,13 @@ fn activation_text(key: &ActivationKey) -> String {
     )
 }
 
+/// `disable`, `enable` or `archive`, then says what became of the device.
+async fn device_service(ctx: &Ctx, device: &str, verb: &str, text: &str) -> Result<()> {
+    let id = ctx.device_id(device).await?;
+    let d = ctx.client.device_service(&id, verb).await?;
+    emit(ctx, &d, || format!("Device {} ({}) {text}\n", d.name, d.id))
+}
+
 async fn device(ctx: &Ctx, cmd: DeviceCmd) -> Result<()> {
     let c = &ctx.client;
     match cmd {
@@ -1322,6 +1349,40 @@ async fn device(ctx: &Ctx, cmd: DeviceCmd) -> Result<()> {
             }
             let d = c.update_device(&id, &req).await?;
             emit(ctx, &d, || device_fields(&d))
+        }
+        DeviceCmd::Disable { device } => {
+            let text = "is disabled: its edge is refused and its running sessions ended.";
+            device_service(ctx, &device, "disable", text).await
+        }
+        DeviceCmd::Enable { device } => {
+            device_service(ctx, &device, "enable", "is enabled again.").await
+        }
+        DeviceCmd::Archive { device } => {
+            let text = "is archived: out of service for good, its history kept (`drawbridge device archived`).";
+            device_service(ctx, &device, "archive", text).await
+        }
+        DeviceCmd::Replace { device } => {
+            let id = ctx.device_id(&device).await?;
+            let key = c.replace_device(&id).await?;
+            emit(ctx, &key, || {
+                format!(
+                    "Enrol the replacement gateway with this key; the old gateway's key stops working when it does.\n\
+                     (If the old gateway was stolen, disable the device now: `drawbridge device disable {device}`,\n\
+                     then enable it once the replacement is enrolled.)\n{}",
+                    activation_text(&key)
+                )
+            })
+        }
+        DeviceCmd::Archived => {
+            let all = c.archived_devices().await?;
+            if ctx.json {
+                return print_json(&all);
+            }
+            let mut t = Table::new(["NAME", "ID", "CREATED"]);
+            for d in &all {
+                t.row([d.name.to_string(), d.id.clone(), show::time(&d.created_at)]);
+            }
+            print_table(&t, "No archived devices.")
         }
         DeviceCmd::Delete { device } => {
             let d = ctx.device(&device).await?;

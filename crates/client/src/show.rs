@@ -44,7 +44,11 @@ pub fn targets(ts: &[Target]) -> String {
 
 pub fn device_state(d: &Device) -> &'static str {
     let s = &d.status;
-    if s.pending_approval {
+    if s.archived {
+        "archived"
+    } else if s.disabled {
+        "disabled"
+    } else if s.pending_approval {
         "pending approval"
     } else if !s.enrolled {
         "not enrolled"

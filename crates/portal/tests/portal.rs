@@ -875,3 +875,73 @@ async fn a_session_admin_prepares_within_their_grants_and_manages_nothing_else()
     assert!(back.body.contains("flash error"), "{}", back.body);
     assert_eq!(server.count("sessions").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_page_disables_enables_replaces_and_archives_with_csrf() {
+    let server = TestServer::start().await;
+    let mut admin = Browser::new(&server);
+    admin.setup(&server.setup_token().await, "Plant").await;
+    let dash = admin.login("Plant", "admin", PASSWORD).await;
+    let csrf = dash.csrf();
+    let created = admin
+        .post(
+            "/portal/devices",
+            &[
+                ("csrf", &csrf),
+                ("name", "Press"),
+                ("firewall", "tcp:192.168.1.10:502"),
+            ],
+        )
+        .await;
+    let id = between(&created.body, "action=\"/portal/devices/", "/config\"").to_string();
+    let page = admin.get(&format!("/portal/devices/{id}")).await;
+    assert!(page.body.contains("id=\"device-disable\""), "{}", page.body);
+    // Without the CSRF token nothing changes.
+    let r = admin
+        .post(
+            &format!("/portal/devices/{id}/disable"),
+            &[("csrf", "forged")],
+        )
+        .await;
+    assert_ne!(r.status, 303);
+    let page = admin.get(&format!("/portal/devices/{id}")).await;
+    assert!(!page.body.contains("id=\"device-enable\""));
+    // Disable, then enable.
+    let r = admin
+        .post(&format!("/portal/devices/{id}/disable"), &[("csrf", &csrf)])
+        .await;
+    let page = admin.follow(&r).await;
+    assert!(
+        page.body.contains("The device is disabled"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("id=\"device-enable\""));
+    let r = admin
+        .post(&format!("/portal/devices/{id}/enable"), &[("csrf", &csrf)])
+        .await;
+    let page = admin.follow(&r).await;
+    assert!(page.body.contains("enabled again"), "{}", page.body);
+    // Replace shows a key for the replacement gateway once.
+    let r = admin
+        .post(&format!("/portal/devices/{id}/replace"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("replacement gateway"), "{}", r.body);
+    assert!(r.body.contains("dba_"), "the key is shown");
+    // Archive hides it from the list; the archived list and its page still show it.
+    let r = admin
+        .post(&format!("/portal/devices/{id}/archive"), &[("csrf", &csrf)])
+        .await;
+    let page = admin.follow(&r).await;
+    assert!(page.body.contains("archived"), "{}", page.body);
+    assert!(!page.body.contains("id=\"device-disable\""));
+    let list = admin.get("/portal/devices").await;
+    assert!(!list.body.contains(&format!("/portal/devices/{id}\"")));
+    let list = admin.get("/portal/devices?archived=true").await;
+    assert!(
+        list.body.contains(&format!("/portal/devices/{id}\"")),
+        "{}",
+        list.body
+    );
+}

@@ -6,7 +6,7 @@ use crate::apiclient::enc;
 use crate::web::{Flash, Layout, Posted, Viewer, after, download, render};
 use crate::{PREFIX, Portal};
 use askama::Template;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use drawbridge_proto::api::{ActivationKey, CreatedDevice, Device, LogEntry, Pool};
@@ -19,17 +19,36 @@ struct ListPage {
     l: Layout,
     devices: Vec<DeviceRow>,
     can_manage: bool,
+    /// The list of archived devices (`?archived=true`) instead of those in service.
+    archived: bool,
 }
 
-pub async fn list(v: Viewer) -> Response {
-    let devices: Vec<Device> = match v.api.get("/api/v1/devices").await {
+#[derive(serde::Deserialize, Default)]
+pub struct ListQuery {
+    #[serde(default)]
+    archived: Option<bool>,
+}
+
+pub async fn list(v: Viewer, Query(q): Query<ListQuery>) -> Response {
+    let archived = q.archived.unwrap_or(false);
+    let path = if archived {
+        "/api/v1/devices?archived=true"
+    } else {
+        "/api/v1/devices"
+    };
+    let devices: Vec<Device> = match v.api.get(path).await {
         Ok(d) => d,
         Err(e) => return v.fail(&e),
     };
     let page = ListPage {
-        l: v.layout("Devices"),
+        l: v.layout(if archived {
+            "Archived devices"
+        } else {
+            "Devices"
+        }),
         devices: devices.iter().map(DeviceRow::of).collect(),
-        can_manage: v.can(Action::ManageDevices),
+        can_manage: v.can(Action::ManageDevices) && !archived,
+        archived,
     };
     render(StatusCode::OK, &page, v.flash.is_some())
 }
@@ -132,6 +151,8 @@ struct DetailPage {
     can_manage: bool,
     can_write_log: bool,
     can_connect: bool,
+    disabled: bool,
+    archived: bool,
 }
 
 pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
@@ -198,7 +219,12 @@ pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
             .collect(),
         can_manage: v.can(Action::ManageDevices),
         can_write_log: v.role() != Role::Auditor,
-        can_connect: v.can(Action::UseSessions) && v.me.account.settings.adhoc_allowed,
+        can_connect: v.can(Action::UseSessions)
+            && v.me.account.settings.adhoc_allowed
+            && !d.status.disabled
+            && !d.status.archived,
+        disabled: d.status.disabled,
+        archived: d.status.archived,
         d: DeviceRow::of(&d),
     };
     render(StatusCode::OK, &page, v.flash.is_some())
@@ -229,7 +255,65 @@ pub async fn add_log(Path(id): Path<String>, p: Posted) -> Response {
     after(r, &p.headers, &back, "The note is in the logbook.")
 }
 
+/// Disable, enable or archive (the API's verbs), back to the device page.
+async fn service(id: &str, p: Posted, verb: &str, done: &str) -> Response {
+    let r = p
+        .api
+        .call::<Device>(
+            Method::POST,
+            &format!("/api/v1/devices/{}/{verb}", enc(id)),
+            None,
+        )
+        .await;
+    after(
+        r,
+        &p.headers,
+        &format!("{PREFIX}/devices/{}", enc(id)),
+        done,
+    )
+}
+
+pub async fn disable(Path(id): Path<String>, p: Posted) -> Response {
+    service(&id, p, "disable", "The device is disabled: its gateway is refused and disconnected, its running sessions ended.").await
+}
+
+pub async fn enable(Path(id): Path<String>, p: Posted) -> Response {
+    service(&id, p, "enable", "The device is enabled again.").await
+}
+
+pub async fn archive(Path(id): Path<String>, p: Posted) -> Response {
+    service(
+        &id,
+        p,
+        "archive",
+        "The device is archived: out of service for good, its history kept.",
+    )
+    .await
+}
+
 pub async fn new_key(State(portal): State<Portal>, Path(id): Path<String>, p: Posted) -> Response {
+    activation_key(portal, id, p, "activation-key", "New activation key").await
+}
+
+/// An activation key for a replacement gateway of the same device.
+pub async fn replace(State(portal): State<Portal>, Path(id): Path<String>, p: Posted) -> Response {
+    activation_key(
+        portal,
+        id,
+        p,
+        "replace",
+        "Activation key for a replacement gateway",
+    )
+    .await
+}
+
+async fn activation_key(
+    portal: Portal,
+    id: String,
+    p: Posted,
+    verb: &str,
+    title: &str,
+) -> Response {
     let back = format!("{PREFIX}/devices/{}", enc(&id));
     let v = match p.viewer(&portal).await {
         Ok(v) => v,
@@ -239,7 +323,7 @@ pub async fn new_key(State(portal): State<Portal>, Path(id): Path<String>, p: Po
         .api
         .call::<ActivationKey>(
             Method::POST,
-            &format!("/api/v1/devices/{}/activation-key", enc(&id)),
+            &format!("/api/v1/devices/{}/{verb}", enc(&id)),
             None,
         )
         .await;
@@ -251,7 +335,7 @@ pub async fn new_key(State(portal): State<Portal>, Path(id): Path<String>, p: Po
                 .await
                 .map(|d| d.name.to_string())
                 .unwrap_or_default();
-            key_page(&v, &id, &name, &k, "New activation key")
+            key_page(&v, &id, &name, &k, title)
         }
         Err(e) => after::<()>(Err(e), &p.headers, &back, ""),
     }
