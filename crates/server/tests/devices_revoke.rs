@@ -5,8 +5,7 @@
 //! Only admins, only in their own account. Each runs on SQLite and PostgreSQL.
 
 mod common;
-#[path = "common/live.rs"]
-mod live;
+mod live_harness;
 
 use axum::http::{Method, StatusCode};
 use base64::Engine;
@@ -15,7 +14,9 @@ use common::TestApp;
 use drawbridge_proto::api::ENROLL_CONTEXT;
 use drawbridge_proto::channel::{EDGE_AUTH_CONTEXT, EdgeToServer, ServerToClient, ServerToEdge};
 use futures_util::StreamExt;
-use live::{Device, Live, Ws, edge, enrolled, recv, running, send, sessions_of, until, wg_key};
+use live_harness::{
+    Device, Live, Ws, edge, enrolled, recv, running, send, sessions_of, until, wg_key,
+};
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::json;
@@ -174,7 +175,7 @@ async fn session_end_reason(app: &TestApp, token: &str, s: &str) -> serde_json::
 }
 
 async fn a_disabled_edge_loses_its_channel_sessions_and_relay_within_seconds(app: TestApp) {
-    let l = live::live(app).await;
+    let l = live_harness::live(app).await;
     let acct = l.app.account("acme").await;
     let d = enrolled(&l, &acct, "press-1").await;
     let other = enrolled(&l, &acct, "press-2").await;
@@ -276,7 +277,7 @@ async fn a_disabled_edge_loses_its_channel_sessions_and_relay_within_seconds(app
 }
 
 async fn enable_lets_a_disabled_edge_back_in(app: TestApp) {
-    let l = live::live(app).await;
+    let l = live_harness::live(app).await;
     let acct = l.app.account("acme").await;
     let d = enrolled(&l, &acct, "press-1").await;
     let path = format!("/api/v1/devices/{}", d.id);
@@ -311,7 +312,7 @@ async fn enable_lets_a_disabled_edge_back_in(app: TestApp) {
 }
 
 async fn a_replaced_edge_s_old_key_is_refused_at_once(app: TestApp) {
-    let l = live::live(app).await;
+    let l = live_harness::live(app).await;
     let acct = l.app.account("acme").await;
     let d = enrolled(&l, &acct, "press-1").await;
     let path = format!("/api/v1/devices/{}", d.id);
