@@ -566,7 +566,7 @@ async fn touch(state: &AppState, edge: &Edge, now: i64) -> AppResult<()> {
     Ok(())
 }
 
-/// Records a tunnel's path and byte counts (from the edge or the client).
+/// Records a tunnel's path and, from the edge only, its byte counts and the session's activity.
 pub async fn tunnel_report(
     state: &AppState,
     device: Option<&str>,
@@ -576,6 +576,23 @@ pub async fn tunnel_report(
     if r.path.len() > 16 || r.reason.len() > 128 || r.peer.len() > 64 || r.session_id.len() > 64 {
         return Err(AppError::invalid("report out of bounds"));
     }
+    let Some(device) = device else {
+        // A client's report shows its path only: the figures on the record, and
+        // the activity that keeps a session from its idle timeout, are what the
+        // edge forwarded, never what a client claims.
+        sqlx::query(
+            "UPDATE tunnels SET path = $1, path_reason = $2
+             WHERE session_id = $3 AND client_public_key = $4 AND ended_at IS NULL",
+        )
+        .bind(&r.path)
+        .bind(&r.reason)
+        .bind(&r.session_id)
+        .bind(&r.peer)
+        .execute(&state.store.pool)
+        .await?;
+        return Ok(());
+    };
+    let device = Some(device);
     let bytes_to = i64::try_from(r.bytes_to_device).unwrap_or(i64::MAX);
     let bytes_from = i64::try_from(r.bytes_from_device).unwrap_or(i64::MAX);
     let before: Option<i64> = {
