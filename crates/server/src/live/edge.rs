@@ -592,44 +592,33 @@ pub async fn tunnel_report(
         .await?;
         return Ok(());
     };
-    let device = Some(device);
     let bytes_to = i64::try_from(r.bytes_to_device).unwrap_or(i64::MAX);
     let bytes_from = i64::try_from(r.bytes_from_device).unwrap_or(i64::MAX);
-    let before: Option<i64> = {
-        let q = if device.is_some() {
-            "SELECT CAST(SUM(bytes_to_device + bytes_from_device) AS BIGINT) FROM tunnels
-             WHERE session_id = $1 AND client_public_key = $2 AND ended_at IS NULL AND device_id = $3"
-        } else {
-            "SELECT CAST(SUM(bytes_to_device + bytes_from_device) AS BIGINT) FROM tunnels
-             WHERE session_id = $1 AND client_public_key = $2 AND ended_at IS NULL AND $3 = $3"
-        };
-        sqlx::query_scalar(q)
-            .bind(&r.session_id)
-            .bind(&r.peer)
-            .bind(device.unwrap_or(""))
-            .fetch_one(&state.store.pool)
-            .await?
-    };
+    let before: Option<i64> = sqlx::query_scalar(
+        "SELECT CAST(SUM(bytes_to_device + bytes_from_device) AS BIGINT) FROM tunnels
+         WHERE session_id = $1 AND client_public_key = $2 AND ended_at IS NULL AND device_id = $3",
+    )
+    .bind(&r.session_id)
+    .bind(&r.peer)
+    .bind(device)
+    .fetch_one(&state.store.pool)
+    .await?;
     let Some(before) = before else {
         return Ok(()); // no open tunnel with this key: nothing to record
     };
-    let q = if device.is_some() {
+    sqlx::query(
         "UPDATE tunnels SET path = $4, path_reason = $5, bytes_to_device = $6, bytes_from_device = $7
-         WHERE session_id = $1 AND client_public_key = $2 AND ended_at IS NULL AND device_id = $3"
-    } else {
-        "UPDATE tunnels SET path = $4, path_reason = $5, bytes_to_device = $6, bytes_from_device = $7
-         WHERE session_id = $1 AND client_public_key = $2 AND ended_at IS NULL AND $3 = $3"
-    };
-    sqlx::query(q)
-        .bind(&r.session_id)
-        .bind(&r.peer)
-        .bind(device.unwrap_or(""))
-        .bind(&r.path)
-        .bind(&r.reason)
-        .bind(bytes_to)
-        .bind(bytes_from)
-        .execute(&state.store.pool)
-        .await?;
+         WHERE session_id = $1 AND client_public_key = $2 AND ended_at IS NULL AND device_id = $3",
+    )
+    .bind(&r.session_id)
+    .bind(&r.peer)
+    .bind(device)
+    .bind(&r.path)
+    .bind(&r.reason)
+    .bind(bytes_to)
+    .bind(bytes_from)
+    .execute(&state.store.pool)
+    .await?;
     if bytes_to.saturating_add(bytes_from) > before {
         // Traffic moved: the session is not idle.
         sqlx::query("UPDATE sessions SET last_activity = $1 WHERE id = $2")
