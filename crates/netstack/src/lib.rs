@@ -21,6 +21,8 @@
 
 pub mod dialer;
 pub mod forwarder;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod policy;
 pub mod rewrite;
 pub mod servers;

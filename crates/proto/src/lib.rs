@@ -7,6 +7,8 @@
 pub mod api;
 pub mod channel;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod model;
 pub mod text;
 

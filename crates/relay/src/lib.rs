@@ -12,6 +12,8 @@
 //! has the `bridge` claim ([`bridge`], [`RelayState::serve_bridge`]).
 
 pub mod bridge;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod stun;
 pub mod token;
 

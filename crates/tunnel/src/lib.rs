@@ -30,6 +30,8 @@
 pub mod driver;
 pub mod engine;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod keys;
 pub mod proxy;
 pub mod shutdown;

@@ -1,0 +1,46 @@
+//! Replays what `cargo fuzz` found for this crate (`fuzz/`, run by `scripts/fuzz`)
+//! on stable Rust, through the same bodies the fuzz targets call
+//! (`drawbridge_tunnel::fuzz`): the stored, minimised seeds (`fuzz/seeds/<target>/`) and
+//! every crash ever found (`fuzz/regressions/<target>/`, kept after the fix).
+
+use std::path::Path;
+
+fn replay(target: &str, body: fn(&[u8])) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut seeds = 0;
+    for dir in ["seeds", "regressions"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else {
+            continue;
+        };
+        let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for path in paths {
+            let data = std::fs::read(&path).expect("read a stored input");
+            if std::panic::catch_unwind(|| body(&data)).is_err() {
+                panic!("{} fails again", path.display());
+            }
+            seeds += usize::from(dir == "seeds");
+        }
+    }
+    assert!(seeds > 0, "no stored seeds for {target}");
+}
+
+#[test]
+fn stored_relay_frame_inputs_pass() {
+    replay("relay_frame", drawbridge_tunnel::fuzz::relay_frame);
+}
+
+#[test]
+fn stored_stun_inputs_pass() {
+    replay("stun", drawbridge_tunnel::fuzz::stun);
+}
+
+#[test]
+fn stored_engine_input_inputs_pass() {
+    replay("engine_input", drawbridge_tunnel::fuzz::engine_input);
+}
+
+#[test]
+fn stored_signal_inputs_pass() {
+    replay("signal", drawbridge_tunnel::fuzz::signal);
+}
