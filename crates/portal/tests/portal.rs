@@ -945,3 +945,70 @@ async fn device_page_disables_enables_replaces_and_archives_with_csrf() {
         list.body
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_page_shows_the_newest_first_in_pages_with_names_and_labelled_details() {
+    let server = TestServer::start().await;
+    let mut admin = Browser::new(&server);
+    admin.setup(&server.setup_token().await, "Plant").await;
+    let dash = admin.login("Plant", "admin", PASSWORD).await;
+    let mut ids = Vec::new();
+    for name in ["Press", "Lathe", "Mill"] {
+        let created = admin
+            .post(
+                "/portal/devices",
+                &[
+                    ("csrf", &dash.csrf()),
+                    ("name", name),
+                    ("firewall", "tcp:192.168.1.10:502"),
+                ],
+            )
+            .await;
+        assert_eq!(created.status, 200, "{}", created.body);
+        ids.push(between(&created.body, "action=\"/portal/devices/", "/config\"").to_string());
+    }
+    let seqs = |body: &str| -> Vec<i64> {
+        body.split("<tr class=\"")
+            .skip(1)
+            .filter_map(|r| r.split("<td>").nth(1)?.split('<').next()?.parse().ok())
+            .collect()
+    };
+    let page = admin.get("/portal/audit?per_page=2").await;
+    assert_eq!(page.status, 200);
+    let first = seqs(&page.body);
+    assert_eq!(first.len(), 2, "{}", page.body);
+    assert!(first[0] > first[1], "newest first: {first:?}");
+    // The newest entry is the last device's creation: by name, its id on hover,
+    // its details as labelled fields rather than JSON.
+    let top = page.body.split("<tr class=\"").nth(1).unwrap();
+    assert!(top.contains(">Mill<"), "{top}");
+    assert!(
+        top.contains(&format!("title=\"device:{}\"", ids[2])),
+        "{top}"
+    );
+    assert!(top.contains("<b>"), "labelled details: {top}");
+    assert!(!top.contains("{&#34;"), "raw JSON: {top}");
+    // The older page continues where this one stopped, and the pages end.
+    let mut all = first.clone();
+    let mut body = page.body.clone();
+    while let Some(end) = body.find("\" id=\"audit-older\"") {
+        let link = body[..end]
+            .rsplit("href=\"")
+            .next()
+            .unwrap()
+            .replace("&#38;", "&")
+            .replace("&amp;", "&");
+        let next = admin.get(&link).await;
+        assert_eq!(next.status, 200);
+        let s = seqs(&next.body);
+        assert!(
+            !s.is_empty() && s[0] < *all.last().unwrap(),
+            "{s:?} after {all:?}"
+        );
+        all.extend(s);
+        body = next.body;
+        assert!(all.len() < 100);
+    }
+    let n = *all.first().unwrap();
+    assert_eq!(all, (1..=n).rev().collect::<Vec<_>>(), "every entry once");
+}

@@ -7,8 +7,9 @@ use askama::Template;
 use axum::extract::Query;
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
-use drawbridge_proto::api::{AuditEntry, AuditVerify, Device};
+use drawbridge_proto::api::{AuditEntry, AuditVerify, Device, Session};
 use serde::Deserialize;
+use std::collections::HashMap;
 
 /// Most entries shown on the page (exports take the API's maximum).
 const PAGE_LIMIT: u32 = 500;
@@ -27,6 +28,12 @@ pub struct Filter {
     action: String,
     #[serde(default)]
     format: String,
+    /// Cursor: show the entries older than this sequence number.
+    #[serde(default)]
+    before: String,
+    /// Entries per page (1 to `PAGE_LIMIT`).
+    #[serde(default)]
+    per_page: String,
 }
 
 impl Filter {
@@ -77,11 +84,104 @@ pub struct Row {
     pub seq: i64,
     pub time: String,
     pub actor: String,
+    /// The raw actor (`user:<id>`, …), shown on hover.
+    pub actor_id: String,
     pub action: String,
     pub object: String,
+    pub object_id: String,
     pub result: String,
     pub source: String,
-    pub details: String,
+    /// The details as labelled fields.
+    pub details: Vec<(String, String)>,
+}
+
+/// A name for an `actor` or `object` reference, the raw reference kept for hover.
+fn named(names: &Names, sessions: &HashMap<String, String>, r: &str) -> String {
+    if let Some(id) = r.strip_prefix("device:") {
+        return names.device(id);
+    }
+    if let Some(id) = r.strip_prefix("session:") {
+        return session_name(sessions, id);
+    }
+    names.actor(r)
+}
+
+fn session_name(sessions: &HashMap<String, String>, id: &str) -> String {
+    match sessions.get(id) {
+        Some(n) => format!("session {n}"),
+        None => format!("session {}", super::short(id)),
+    }
+}
+
+/// A details object as (label, value) pairs; nested objects are flattened into
+/// dotted labels, lists into comma-separated values, ids of users, devices and
+/// sessions become names.
+fn fields(
+    names: &Names,
+    sessions: &HashMap<String, String>,
+    d: &serde_json::Value,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    match d {
+        serde_json::Value::Null => {}
+        serde_json::Value::Object(_) => flatten(names, sessions, "", d, &mut out),
+        other => out.push(("details".into(), clip(plain(other)))),
+    }
+    out.truncate(30);
+    out
+}
+
+fn clip(s: String) -> String {
+    if s.chars().count() > 120 {
+        format!("{}…", s.chars().take(120).collect::<String>())
+    } else {
+        s
+    }
+}
+
+/// A value as text without JSON quoting: objects as `key=value` pairs.
+fn plain(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(a) => a.iter().map(plain).collect::<Vec<_>>().join(", "),
+        serde_json::Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| format!("{k}={}", plain(v)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => other.to_string(),
+    }
+}
+
+fn flatten(
+    names: &Names,
+    sessions: &HashMap<String, String>,
+    prefix: &str,
+    v: &serde_json::Value,
+    out: &mut Vec<(String, String)>,
+) {
+    let serde_json::Value::Object(m) = v else {
+        return;
+    };
+    for (k, v) in m.iter().take(30) {
+        let label = if prefix.is_empty() {
+            k.replace('_', " ")
+        } else {
+            format!("{prefix} {}", k.replace('_', " "))
+        };
+        match (k.as_str(), v) {
+            ("user_id", serde_json::Value::String(id)) => out.push((label, names.user(id))),
+            ("device_id", serde_json::Value::String(id)) => out.push((label, names.device(id))),
+            ("session_id", serde_json::Value::String(id)) => {
+                out.push((label, session_name(sessions, id)))
+            }
+            (_, serde_json::Value::Object(_)) if prefix.is_empty() => {
+                flatten(names, sessions, &label, v, out)
+            }
+            (_, serde_json::Value::Null) => {}
+            _ => out.push((label, clip(plain(v)))),
+        }
+    }
 }
 
 #[derive(Template)]
@@ -96,6 +196,8 @@ struct AuditPage {
     devices: Vec<(String, String)>,
     export_query: String,
     limit: u32,
+    /// The link to the next (older) page, when there is one.
+    older: Option<String>,
 }
 
 pub async fn page(v: Viewer, Query(f): Query<Filter>) -> Response {
@@ -105,43 +207,65 @@ pub async fn page(v: Viewer, Query(f): Query<Filter>) -> Response {
     };
     let devices: Vec<Device> = v.api.get("/api/v1/devices").await.unwrap_or_default();
     let names = Names::load(&v, &devices).await;
+    let sessions: HashMap<String, String> = v
+        .api
+        .get::<Vec<Session>>("/api/v1/sessions")
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| (s.id, s.name.to_string()))
+        .collect();
+    let mut older = None;
+    let per_page = f
+        .per_page
+        .trim()
+        .parse::<u32>()
+        .map_or(PAGE_LIMIT, |n| n.clamp(1, PAGE_LIMIT));
     let (rows, error) = match f.api_query() {
         Err(e) => (Vec::new(), Some(e)),
-        Ok(q) => {
-            // The API answers oldest first (up to its maximum); the page shows the newest.
+        Ok(mut q) => {
+            // One page, newest first, from the cursor on; one entry more than shown
+            // tells whether an older page exists.
+            q.push(("order".into(), "desc".into()));
+            q.push(("limit".into(), (per_page + 1).to_string()));
+            if let Ok(before) = f.before.trim().parse::<i64>() {
+                q.push(("after_seq".into(), before.to_string()));
+            }
             match v
                 .api
                 .get::<Vec<AuditEntry>>(&format!("/api/v1/audit?{}", qs(&q)))
                 .await
             {
-                Ok(entries) => (
-                    entries
-                        .iter()
-                        .rev()
-                        .take(PAGE_LIMIT as usize)
-                        .map(|e| Row {
-                            seq: e.seq,
-                            time: super::when(&e.time),
-                            actor: names.actor(&e.actor),
-                            action: e.action.clone(),
-                            object: match e.object.strip_prefix("user:") {
-                                Some(_) => format!("{} ({})", names.actor(&e.object), e.object),
-                                None => e.object.clone(),
-                            },
-                            result: e.result.clone(),
-                            source: e.source.clone(),
-                            details: {
-                                let d = e.details.to_string();
-                                if d.chars().count() > 200 {
-                                    format!("{}…", d.chars().take(200).collect::<String>())
-                                } else {
-                                    d
-                                }
-                            },
-                        })
-                        .collect(),
-                    None,
-                ),
+                Ok(mut entries) => {
+                    if entries.len() > per_page as usize {
+                        entries.truncate(per_page as usize);
+                        if let Some(last) = entries.last() {
+                            older = Some(format!(
+                                "/portal/audit?before={}&per_page={per_page}{}",
+                                last.seq,
+                                f.page_query()
+                            ));
+                        }
+                    }
+                    (
+                        entries
+                            .iter()
+                            .map(|e| Row {
+                                seq: e.seq,
+                                time: super::when(&e.time),
+                                actor: named(&names, &sessions, &e.actor),
+                                actor_id: e.actor.clone(),
+                                action: e.action.clone(),
+                                object: named(&names, &sessions, &e.object),
+                                object_id: e.object.clone(),
+                                result: e.result.clone(),
+                                source: e.source.clone(),
+                                details: fields(&names, &sessions, &e.details),
+                            })
+                            .collect(),
+                        None,
+                    )
+                }
                 Err(e) => (Vec::new(), Some(e.message)),
             }
         }
@@ -164,7 +288,8 @@ pub async fn page(v: Viewer, Query(f): Query<Filter>) -> Response {
             .iter()
             .map(|d| (d.id.clone(), d.name.to_string()))
             .collect(),
-        limit: PAGE_LIMIT,
+        limit: per_page,
+        older,
     };
     render(StatusCode::OK, &page, v.flash.is_some())
 }
