@@ -641,6 +641,10 @@ async fn device_network_edits_dual_control_and_csv_export() {
     assert!(page.body.contains("The device was saved"), "{}", page.body);
     assert!(page.body.contains("192.168.1.0/24 ↔ 10.77.1.0/24"));
     assert!(page.body.contains("icmp:192.168.1.0/24"));
+    assert!(
+        page.body.contains("id=\"onsite-approval\">"),
+        "the on-site approval flag stays off unless ticked"
+    );
     // A bad NAT line is the API's error, and nothing changes.
     let r = admin
         .post(
@@ -713,6 +717,13 @@ async fn device_network_edits_dual_control_and_csv_export() {
     assert!(
         pending.body.contains("value=\"approve\""),
         "{}",
+        pending.body
+    );
+    assert!(
+        pending
+            .body
+            .contains(&format!("name=\"device_id\" value=\"{id}\"")),
+        "one decision per waiting device: {}",
         pending.body
     );
     let r = ada

@@ -153,6 +153,8 @@ struct DetailPage {
     can_connect: bool,
     disabled: bool,
     archived: bool,
+    /// This machine always needs on-site approval.
+    onsite: bool,
 }
 
 pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
@@ -225,6 +227,7 @@ pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
             && !d.status.archived,
         disabled: d.status.disabled,
         archived: d.status.archived,
+        onsite: d.onsite_approval,
         d: DeviceRow::of(&d),
     };
     render(StatusCode::OK, &page, v.flash.is_some())
@@ -232,10 +235,11 @@ pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
 
 pub async fn update(Path(id): Path<String>, p: Posted) -> Response {
     let back = format!("{PREFIX}/devices/{}", enc(&id));
-    let body = match device_body(&p) {
+    let mut body = match device_body(&p) {
         Ok(b) => b,
         Err(e) => return Flash::error(e).redirect(&back),
     };
+    body["onsite_approval"] = (p.form.get("onsite_approval") == "on").into();
     let r = p
         .api
         .patch::<Device>(&format!("/api/v1/devices/{}", enc(&id)), &body)

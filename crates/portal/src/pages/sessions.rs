@@ -9,7 +9,7 @@ use axum::extract::{Path, Query};
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use drawbridge_proto::api::{Device, Session, User};
-use drawbridge_proto::{Action, SessionState};
+use drawbridge_proto::{Action, ApprovalState, SessionState};
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::HashMap;
@@ -273,6 +273,9 @@ pub struct DeviceTargets {
     pub id: String,
     pub name: String,
     pub targets: Vec<String>,
+    /// Its approval when not (yet) approved: `pending`, `refused`, `timed out`.
+    pub approval: String,
+    pub waiting: bool,
 }
 
 #[derive(Template)]
@@ -328,7 +331,19 @@ pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
         .await
         .unwrap_or_default();
     let me_actor = format!("user:{}", v.me.user.id);
-    let can_approve = s.state == SessionState::PendingApproval
+    let approval = |id: &str| {
+        s.approvals
+            .iter()
+            .find(|a| a.device_id == id)
+            .map(|a| a.state)
+            .unwrap_or(ApprovalState::Approved)
+    };
+    // Dual control per device: the session waits while any device does.
+    let waiting = s.state != SessionState::Ended
+        && s.approvals
+            .iter()
+            .any(|a| a.state == ApprovalState::Pending);
+    let can_approve = waiting
         && v.can(Action::EndAnySession)
         && s.started_by.as_deref() != Some(me_actor.as_str());
     let assigned = s.users.contains(&v.me.user.id);
@@ -343,6 +358,11 @@ pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
                 id: d.device_id.clone(),
                 name: names.device(&d.device_id),
                 targets: d.targets.iter().map(super::target_str).collect(),
+                approval: match approval(&d.device_id) {
+                    ApprovalState::Approved => String::new(),
+                    a => a.as_str().replace('_', " "),
+                },
+                waiting: approval(&d.device_id) == ApprovalState::Pending,
             })
             .collect(),
         created_by: names.actor(&s.created_by),
@@ -363,7 +383,7 @@ pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
         can_end: open
             && ((assigned && v.can(Action::EndOwnSession)) || v.can(Action::EndAnySession)),
         can_add,
-        pending: s.state == SessionState::PendingApproval,
+        pending: waiting,
         active: s.state == SessionState::Active,
         assigned,
         connect: format!("drawbridge connect {} --server {}", s.id, v.base_url()),
@@ -479,12 +499,17 @@ pub async fn adhoc(Path(id): Path<String>, p: Posted) -> Response {
 /// An approver's decision on a session waiting for approval (dual control).
 pub async fn approve(Path(id): Path<String>, p: Posted) -> Response {
     let approve = p.form.get("decision") == "approve";
+    let mut body = serde_json::json!({ "approve": approve });
+    let device = p.form.get("device_id");
+    if !device.is_empty() {
+        body["device_id"] = device.into();
+    }
     let r = p
         .api
         .call::<Session>(
             Method::POST,
             &format!("/api/v1/sessions/{}/approve", enc(&id)),
-            Some(serde_json::json!({ "approve": approve })),
+            Some(body),
         )
         .await;
     after(
@@ -492,9 +517,9 @@ pub async fn approve(Path(id): Path<String>, p: Posted) -> Response {
         &p.headers,
         &format!("{PREFIX}/sessions/{}", enc(&id)),
         if approve {
-            "Approved: the session is active."
+            "Approved: the device joins the session."
         } else {
-            "Refused: the session has ended."
+            "Refused: the device is dropped from the session."
         },
     )
 }
