@@ -321,6 +321,19 @@ impl Client {
         query: &[(&str, String)],
         body: Option<&dyn erased::Json>,
     ) -> Result<(StatusCode, Vec<u8>)> {
+        self.send_full(method, path, query, body)
+            .await
+            .map(|(status, _, bytes)| (status, bytes))
+    }
+
+    /// [`Self::send`], also handing back the response headers.
+    async fn send_full(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&dyn erased::Json>,
+    ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>)> {
         let mut req = self.http.request(method, self.url(path));
         if !query.is_empty() {
             req = req.query(query);
@@ -335,9 +348,10 @@ impl Client {
         }
         let resp = req.send().await.map_err(|e| self.transport_error(e))?;
         let status = resp.status();
+        let headers = resp.headers().clone();
         let bytes = resp.bytes().await.map_err(|e| self.transport_error(e))?;
         if status.is_success() {
-            return Ok((status, bytes.to_vec()));
+            return Ok((status, headers, bytes.to_vec()));
         }
         match serde_json::from_slice::<drawbridge_proto::ApiError>(&bytes) {
             Ok(e) => Err(Error::Api {
@@ -625,8 +639,12 @@ impl Client {
 
     // ------------------------------------------------------------ audit
 
-    /// The raw export body (`json`, `jsonl` or `csv`), exactly as the server sent it.
-    pub async fn audit_export(&self, q: &AuditQuery) -> Result<Vec<u8>> {
+    /// The export (`json`, `jsonl` or `csv`) in the server's format. With a
+    /// `limit`, one page of at most that many entries; without, every page the
+    /// server has (it says where the next one starts in `x-next-after-seq`),
+    /// joined into one document: one JSON array, JSON lines, or CSV with one header.
+    /// `page_size` sets how many entries each request asks for while reading every page.
+    pub async fn audit_export(&self, q: &AuditQuery, page_size: Option<u32>) -> Result<Vec<u8>> {
         let fmt_time = |t: &time::OffsetDateTime| {
             t.format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default()
@@ -650,15 +668,94 @@ impl Client {
         if let Some(v) = &q.format {
             query.push(("format", v.clone()));
         }
-        if let Some(v) = q.limit {
+        if let Some(v) = &q.order {
+            query.push(("order", v.clone()));
+        }
+        if let Some(v) = q.limit.or(page_size) {
             query.push(("limit", v.to_string()));
         }
-        self.send(Method::GET, "/audit", &query, None)
-            .await
-            .map(|(_, b)| b)
+        let format = q.format.as_deref().unwrap_or("json");
+        let mut pages = AuditPages::new(format);
+        let mut after = q.after_seq;
+        loop {
+            let mut page_query = query.clone();
+            if let Some(seq) = after {
+                page_query.push(("after_seq", seq.to_string()));
+            }
+            let (_, headers, body) = self
+                .send_full(Method::GET, "/audit", &page_query, None)
+                .await?;
+            pages.push(&body)?;
+            let next = headers
+                .get(AUDIT_NEXT_AFTER_SEQ)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i64>().ok());
+            match next {
+                // A cursor that does not move on would loop forever: stop there.
+                Some(seq) if q.limit.is_none() && after != Some(seq) => after = Some(seq),
+                _ => break,
+            }
+        }
+        pages.finish()
     }
     pub async fn audit_verify(&self) -> Result<AuditVerify> {
         self.get("/audit/verify").await
+    }
+}
+
+/// The header in which the server names the cursor of the next audit page.
+const AUDIT_NEXT_AFTER_SEQ: &str = "x-next-after-seq";
+
+/// Audit export pages joined into one document of their format.
+struct AuditPages {
+    format: String,
+    out: Vec<u8>,
+    entries: Vec<serde_json::Value>,
+    pages: usize,
+}
+
+impl AuditPages {
+    fn new(format: &str) -> AuditPages {
+        AuditPages {
+            format: format.to_string(),
+            out: Vec::new(),
+            entries: Vec::new(),
+            pages: 0,
+        }
+    }
+
+    fn push(&mut self, page: &[u8]) -> Result<()> {
+        self.pages += 1;
+        match self.format.as_str() {
+            "json" => {
+                let v: Vec<serde_json::Value> =
+                    serde_json::from_slice(page).map_err(|_| Error::Unexpected {
+                        status: 200,
+                        detail: "the audit page is not a JSON array".into(),
+                    })?;
+                self.entries.extend(v);
+            }
+            "csv" if self.pages > 1 => {
+                // Every page starts with the header line; keep the first one only.
+                let body = match page.iter().position(|&b| b == b'\n') {
+                    Some(i) => &page[i + 1..],
+                    None => &[][..],
+                };
+                self.out.extend_from_slice(body);
+            }
+            _ => self.out.extend_from_slice(page),
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<Vec<u8>> {
+        if self.format == "json" {
+            return serde_json::to_vec(&self.entries).map_err(|_| Error::Unexpected {
+                status: 200,
+                detail: "the audit entries do not serialise".into(),
+            });
+        }
+        Ok(self.out)
     }
 }
 

@@ -513,9 +513,13 @@ pub enum AuditCmd {
         /// Entries whose action starts with this, e.g. `login` or `session.`.
         #[arg(long)]
         action: Option<String>,
-        /// At most this many entries (server maximum 10000).
+        /// At most this many entries, in one request (server maximum 10000).
+        /// Without it every matching entry is read, page by page.
         #[arg(long)]
         limit: Option<u32>,
+        /// Entries per request while reading every page (default: the server's maximum).
+        #[arg(long, value_name = "N", conflicts_with = "limit", value_parser = clap::value_parser!(u32).range(1..=10000))]
+        page_size: Option<u32>,
         /// Write to this file instead of standard output.
         #[arg(long, short = 'o', value_name = "FILE")]
         output: Option<PathBuf>,
@@ -2285,6 +2289,7 @@ async fn audit(ctx: &Ctx, cmd: AuditCmd) -> Result<()> {
             device,
             action,
             limit,
+            page_size,
             output,
         } => {
             let actor = match actor {
@@ -2308,7 +2313,7 @@ async fn audit(ctx: &Ctx, cmd: AuditCmd) -> Result<()> {
                 after_seq: None,
                 order: None,
             };
-            let body = c.audit_export(&q).await?;
+            let body = c.audit_export(&q, page_size).await?;
             match output {
                 Some(path) => write_file(&path, &body),
                 None => {

@@ -535,6 +535,41 @@ fn admin_prepares_a_session_and_the_user_sees_starts_and_ends_only_theirs() {
         assert!(e["action"].as_str().unwrap().starts_with("session."));
         assert_eq!(e["actor"], format!("user:{anna_id}"));
     }
+    // Read in pages of 3 (the server names each next page's cursor), every
+    // format comes out whole: the same entries as from one request, one CSV header.
+    for format in ["csv", "jsonl", "json"] {
+        let whole = admin.ok(&[
+            "audit", "export", "--format", format, "--action", "session.",
+        ]);
+        let paged = admin.ok(&[
+            "audit",
+            "export",
+            "--format",
+            format,
+            "--action",
+            "session.",
+            "--page-size",
+            "3",
+        ]);
+        assert_eq!(paged, whole, "{format} read in pages of 3");
+    }
+    let session_entries: Vec<serde_json::Value> = serde_json::from_str(&admin.ok(&[
+        "audit",
+        "export",
+        "--format",
+        "json",
+        "--action",
+        "session.",
+        "--page-size",
+        "2",
+    ]))
+    .unwrap();
+    assert!(
+        session_entries.len() > 4,
+        "several pages: {session_entries:?}"
+    );
+    let one_page = admin.ok(&["audit", "export", "--format", "jsonl", "--limit", "2"]);
+    assert_eq!(one_page.lines().count(), 2, "--limit is one request");
     assert!(admin.ok(&["audit", "verify"]).contains("intact"));
     let err = user
         .run(&["audit", "export"], None)

@@ -230,16 +230,31 @@ fn raw(row: &sqlx::any::AnyRow) -> Result<Raw, sqlx::Error> {
     })
 }
 
-/// Checks one account's chain from its first entry to its head.
+/// Checks the whole of an account's hash chain, from its first entry.
 pub async fn verify(store: &Store, account_id: &str) -> Result<AuditVerify, sqlx::Error> {
+    verify_from(store, account_id, None).await.map(|(v, _)| v)
+}
+
+/// Where a check found the chain intact: the last entry's sequence number and hash.
+pub type VerifiedHead = (i64, String);
+
+/// Checks an account's chain from `from` (a head an earlier check found intact:
+/// only the entries after it are read) or from the first entry, and the chain
+/// head. Returns the result and, when intact, the head to start from next time.
+pub async fn verify_from(
+    store: &Store,
+    account_id: &str,
+    from: Option<VerifiedHead>,
+) -> Result<(AuditVerify, Option<VerifiedHead>), sqlx::Error> {
+    let (checked_seq, mut prev) = from.unwrap_or((0, GENESIS.to_string()));
     let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM audit_log WHERE account_id = $1 ORDER BY seq"
+        "SELECT {COLUMNS} FROM audit_log WHERE account_id = $1 AND seq > $2 ORDER BY seq"
     ))
     .bind(account_id)
+    .bind(checked_seq)
     .fetch_all(&store.pool)
     .await?;
-    let mut expected_seq = 1i64;
-    let mut prev = GENESIS.to_string();
+    let mut expected_seq = checked_seq + 1;
     let mut broken = None;
     for row in &rows {
         let r = raw(row)?;
@@ -281,11 +296,55 @@ pub async fn verify(store: &Store, account_id: &str) -> Result<AuditVerify, sqlx
             }
         }
     }
-    Ok(AuditVerify {
+    let verified = AuditVerify {
         ok: broken.is_none(),
-        entries: rows.len() as i64,
+        entries: checked_seq + rows.len() as i64,
         first_broken_seq: broken,
-    })
+    };
+    let head = broken.is_none().then_some((expected_seq - 1, prev));
+    Ok((verified, head))
+}
+
+/// The heads this process found intact, per account, so that a page view checks
+/// only the entries written since (`verify_from`). Bounded by the number of
+/// accounts; a broken result is never kept.
+#[derive(Default)]
+pub struct VerifiedHeads(std::sync::Mutex<std::collections::HashMap<String, VerifiedHead>>);
+
+impl VerifiedHeads {
+    /// Checks the account's chain from its cached head (or in full when `full`
+    /// or nothing is cached) and caches the new head when intact.
+    pub async fn verify(
+        &self,
+        store: &Store,
+        account_id: &str,
+        full: bool,
+    ) -> Result<AuditVerify, sqlx::Error> {
+        let from = if full {
+            None
+        } else {
+            self.lock().get(account_id).cloned()
+        };
+        let (v, head) = verify_from(store, account_id, from).await?;
+        let mut heads = self.lock();
+        match head {
+            Some(h) => {
+                // Two checks at once: keep the further one.
+                let further = heads.get(account_id).is_none_or(|(seq, _)| h.0 >= *seq);
+                if further {
+                    heads.insert(account_id.to_string(), h);
+                }
+            }
+            None => {
+                heads.remove(account_id);
+            }
+        }
+        Ok(v)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, VerifiedHead>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Every chain in the database: (account id, result).

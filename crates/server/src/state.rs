@@ -34,6 +34,8 @@ pub struct Inner {
     /// offline for good only after this replica has itself been up for the grace
     /// period, so a control plane that was down itself ends nothing on its return.
     pub started_at: i64,
+    /// Audit chain heads this process found intact (page views check only what is new).
+    pub audit_verified: crate::audit::VerifiedHeads,
 }
 
 #[derive(Clone)]
@@ -76,6 +78,7 @@ impl AppState {
         let started_at = clock.unix();
         let state = AppState(Arc::new(Inner {
             started_at,
+            audit_verified: Default::default(),
             store,
             clock,
             device_ca,

@@ -14,6 +14,7 @@ store_tests!(
     chains_are_per_account_and_concurrent_appends_keep_them_intact,
     refused_enrolments_are_audited_in_the_keys_account_coalesced_per_device,
     audit_pages_with_a_cursor_both_ways_and_says_when_more_entries_match,
+    an_incremental_check_reads_only_new_entries_and_still_finds_their_tampering,
 );
 
 async fn verify(app: &TestApp, account: &str) -> (bool, Option<i64>) {
@@ -472,4 +473,64 @@ async fn audit_pages_with_a_cursor_both_ways_and_says_when_more_entries_match(ap
 
     let (s, _) = app.get("/api/v1/audit?order=sideways", &acct.admin).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+async fn an_incremental_check_reads_only_new_entries_and_still_finds_their_tampering(app: TestApp) {
+    let acct = app.account("acme").await;
+    app.device(&acct, "press-1").await;
+    let incremental = "/api/v1/audit/verify?incremental=true";
+    let v = app.ok(Method::GET, incremental, &acct.admin, None).await;
+    assert_eq!(v["ok"], true, "{v}");
+    let checked = v["entries"].as_i64().unwrap();
+    app.device(&acct, "press-2").await;
+    app.device(&acct, "press-3").await;
+    let v = app.ok(Method::GET, incremental, &acct.admin, None).await;
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(
+        v["entries"].as_i64().unwrap() > checked,
+        "counts the whole chain: {v}"
+    );
+    let pool = &app.state.store.pool;
+    app.lift_audit_guard().await;
+    // An entry written after the last check is edited: the incremental check finds it.
+    app.device(&acct, "press-4").await;
+    let newest: i64 = sqlx::query_scalar("SELECT MAX(seq) FROM audit_log WHERE account_id = $1")
+        .bind(&acct.id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_log SET result = 'failed' WHERE account_id = $1 AND seq = $2")
+        .bind(&acct.id)
+        .bind(newest)
+        .execute(pool)
+        .await
+        .unwrap();
+    let v = app.ok(Method::GET, incremental, &acct.admin, None).await;
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["first_broken_seq"], newest);
+    sqlx::query("UPDATE audit_log SET result = 'ok' WHERE account_id = $1 AND seq = $2")
+        .bind(&acct.id)
+        .bind(newest)
+        .execute(pool)
+        .await
+        .unwrap();
+    // An old entry is edited: pages check only what is new, a full check (the
+    // default, the CLI's `audit verify`) reads the whole chain and finds it.
+    let v = app.ok(Method::GET, incremental, &acct.admin, None).await;
+    assert_eq!(v["ok"], true, "{v}");
+    sqlx::query("UPDATE audit_log SET result = 'failed' WHERE account_id = $1 AND seq = 2")
+        .bind(&acct.id)
+        .execute(pool)
+        .await
+        .unwrap();
+    let v = app.ok(Method::GET, incremental, &acct.admin, None).await;
+    assert_eq!(v["ok"], true, "the page view reads only new entries: {v}");
+    let v = app
+        .ok(Method::GET, "/api/v1/audit/verify", &acct.admin, None)
+        .await;
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["first_broken_seq"], 2);
+    // After a broken result nothing is cached: the next page view checks in full.
+    let v = app.ok(Method::GET, incremental, &acct.admin, None).await;
+    assert_eq!(v["first_broken_seq"], 2, "{v}");
 }

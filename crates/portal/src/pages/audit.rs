@@ -201,7 +201,11 @@ struct AuditPage {
 }
 
 pub async fn page(v: Viewer, Query(f): Query<Filter>) -> Response {
-    let chain = match v.api.get::<AuditVerify>("/api/v1/audit/verify").await {
+    let chain = match v
+        .api
+        .get::<AuditVerify>("/api/v1/audit/verify?incremental=true")
+        .await
+    {
         Ok(c) => Some(c),
         Err(e) => return v.fail(&e),
     };
