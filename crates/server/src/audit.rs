@@ -157,10 +157,16 @@ pub async fn append(tx: &mut Tx<'_>, now: i64, ev: &Event) -> Result<i64, sqlx::
 /// account (fleet key) in this many seconds (`api::enroll`).
 pub const ENROLL_REFUSAL_WINDOW: i64 = 600;
 
+/// A failed or refused edge authentication is recorded at most once per device
+/// and result in this many seconds (`live::edge`).
+pub const EDGE_AUTH_REFUSAL_WINDOW: i64 = 600;
+
 /// Appends unless an entry with the same action, object and result was made in
 /// the last `window_secs` (then returns `None`): for events a stranger can cause
-/// at will (refused enrolments), so they cannot flood an account's log. The
-/// chain's head row is locked first, so concurrent callers see each other's entry.
+/// at will (refused enrolments, failed edge authentications), so they cannot
+/// flood an account's log; a skipped repeat adds one to the entry's count
+/// ([`coalesced_count`]). The chain's head row is locked first, so concurrent
+/// callers see each other's entry.
 pub async fn append_coalesced(
     tx: &mut Tx<'_>,
     now: i64,
@@ -182,10 +188,41 @@ pub async fn append_coalesced(
     .bind(now - window_secs)
     .fetch_optional(&mut **tx)
     .await?;
-    if recent.is_some() {
+    if let Some(seq) = recent {
+        sqlx::query(
+            "INSERT INTO audit_coalesced (account_id, seq, count) VALUES ($1, $2, 2)
+             ON CONFLICT (account_id, seq) DO UPDATE SET count = audit_coalesced.count + 1",
+        )
+        .bind(&ev.account_id)
+        .bind(seq)
+        .execute(&mut **tx)
+        .await?;
         return Ok(None);
     }
-    append(tx, now, ev).await.map(Some)
+    let seq = append(tx, now, ev).await?;
+    sqlx::query("INSERT INTO audit_coalesced (account_id, seq, count) VALUES ($1, $2, 1)")
+        .bind(&ev.account_id)
+        .bind(seq)
+        .execute(&mut **tx)
+        .await?;
+    Ok(Some(seq))
+}
+
+/// How many events the entry `seq` of an account stands for: 1 for an entry
+/// written by [`append`], more for one written by [`append_coalesced`] whose
+/// repeats within its window were counted instead of written.
+pub async fn coalesced_count(
+    store: &Store,
+    account_id: &str,
+    seq: i64,
+) -> Result<i64, sqlx::Error> {
+    let n: Option<i64> =
+        sqlx::query_scalar("SELECT count FROM audit_coalesced WHERE account_id = $1 AND seq = $2")
+            .bind(account_id)
+            .bind(seq)
+            .fetch_optional(&store.pool)
+            .await?;
+    Ok(n.unwrap_or(1))
 }
 
 /// Appends in a transaction of its own (for events with no other change).

@@ -162,6 +162,13 @@ async fn authenticate(
         fail(ws, "bad_request", "expected an auth message").await;
         return Ok(None);
     };
+    // Every attempt from an address counts against its allowance at the
+    // unauthenticated routes, before any lookup or signature check: a stranger
+    // hammering the channel costs little and soon gets refused.
+    if let Err(e) = state.attempt(source) {
+        fail(ws, "rate_limited", &e.message).await;
+        return Ok(None);
+    }
     let row = if device_id.len() <= 64 {
         sqlx::query(
             "SELECT account_id, public_key, enrolled, disabled, archived FROM devices WHERE id = $1",
@@ -201,8 +208,11 @@ async fn authenticate(
         public_key: key.unwrap_or_default(),
     };
     if !ok {
-        let ev = edge.event("device.auth", &edge.actor()).result("failed");
-        audit::record(&state.store, state.now(), &ev).await?;
+        let ev = edge
+            .event("device.auth", &edge.actor())
+            .result("failed")
+            .details(serde_json::json!({ "coalesced_secs": audit::EDGE_AUTH_REFUSAL_WINDOW }));
+        record_refusal(state, &ev).await?;
         fail(ws, "unauthenticated", refused).await;
         return Ok(None);
     }
@@ -212,12 +222,25 @@ async fn authenticate(
         let ev = edge
             .event("device.auth", &edge.actor())
             .result("refused")
-            .details(serde_json::json!({ "reason": "device_disabled" }));
-        audit::record(&state.store, state.now(), &ev).await?;
+            .details(serde_json::json!({
+                "reason": "device_disabled",
+                "coalesced_secs": audit::EDGE_AUTH_REFUSAL_WINDOW,
+            }));
+        record_refusal(state, &ev).await?;
         fail(ws, "device_disabled", DISABLED).await;
         return Ok(None);
     }
     Ok(Some(edge))
+}
+
+/// Records a failed or refused authentication, at most once per device and
+/// result in [`audit::EDGE_AUTH_REFUSAL_WINDOW`] (the entry counts the rest):
+/// anyone who knows a device id can cause these at will.
+async fn record_refusal(state: &AppState, ev: &Event) -> AppResult<()> {
+    let mut tx = state.store.begin().await?;
+    audit::append_coalesced(&mut tx, state.now(), ev, audit::EDGE_AUTH_REFUSAL_WINDOW).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 async fn run(state: AppState, mut ws: WebSocket, source: String) -> AppResult<()> {
