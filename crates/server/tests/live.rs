@@ -35,7 +35,60 @@ store_tests!(
     candidates_sent_before_a_channel_opens_are_replayed_to_it,
     a_message_larger_than_the_read_buffer_arrives_whole,
     a_heartbeat_status_keeps_the_edge_heard_from,
+    kept_candidates_per_session_and_edge_stay_bounded_whatever_the_edge_sends,
 );
+
+async fn kept_candidates_per_session_and_edge_stay_bounded_whatever_the_edge_sends(app: TestApp) {
+    let l = live(app).await;
+    let acct = l.app.account("acme").await;
+    let d = enrolled(&l, &acct, "press-1").await;
+    let mut ws = edge(&l, &d, true).await;
+    let (s, _c) = running(&l, &acct, &d, 5).await;
+    let bound = drawbridge_server::live::MAX_SIGNAL_ROWS;
+    let rows = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM tunnel_signals WHERE session_id = $1")
+            .bind(&s)
+            .fetch_one(&l.app.state.store.pool)
+            .await
+            .unwrap()
+    };
+    // Many distinct peers, each several times: one row per peer, up to the bound.
+    for round in 0..2 {
+        for i in 0..(bound + 36) {
+            send(
+                &mut ws,
+                &EdgeToServer::Signal {
+                    session_id: s.clone(),
+                    peer: format!("peer-{i}"),
+                    data: format!("candidates {round}"),
+                },
+            )
+            .await;
+        }
+    }
+    // The refusals come back as errors, in order; the last one marks the end.
+    let mut refused = 0;
+    while refused < 2 * 36 {
+        if let ServerToEdge::Error { code, .. } = until(&mut ws, |m: &ServerToEdge| {
+            matches!(m, ServerToEdge::Error { .. })
+        })
+        .await
+        {
+            assert_eq!(code, "conflict");
+            refused += 1;
+        }
+    }
+    assert_eq!(rows().await, bound, "one row per peer, at most the bound");
+    // A peer already kept still gets its latest candidates replaced.
+    let latest: String = sqlx::query_scalar(
+        "SELECT data FROM tunnel_signals WHERE session_id = $1 AND client_key = 'peer-0'",
+    )
+    .bind(&s)
+    .fetch_one(&l.app.state.store.pool)
+    .await
+    .unwrap();
+    assert_eq!(latest, "candidates 1");
+}
 
 async fn an_edge_authenticates_with_its_enrolled_key_only(app: TestApp) {
     let l = live(app).await;

@@ -337,7 +337,14 @@ async fn apply(state: &crate::state::AppState, payload: &str) {
 // The latest candidates per tunnel and direction live in the database, so a
 // channel that connects later, or to another replica, still gets them.
 
-/// Remembers the latest candidates one side sent the other.
+/// At most this many kept candidate rows per session, device and direction
+/// (i.e. peers an edge keeps candidates for in one session, or client keys
+/// that keep candidates for one device of a session), whatever a hostile edge
+/// or client sends: each (session, client key, device, direction) has one row,
+/// replaced by the latest, and a new peer beyond the bound is refused.
+pub const MAX_SIGNAL_ROWS: i64 = 64;
+
+/// Remembers the latest candidates one side sent the other (see [`MAX_SIGNAL_ROWS`]).
 pub async fn keep_signal(
     state: &crate::state::AppState,
     session_id: &str,
@@ -346,6 +353,20 @@ pub async fn keep_signal(
     from_edge: bool,
     data: &str,
 ) -> crate::error::AppResult<()> {
+    let others: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM tunnel_signals WHERE session_id = $1 AND device_id = $2 AND from_edge = $3 AND client_key <> $4",
+    )
+    .bind(session_id)
+    .bind(device_id)
+    .bind(i64::from(from_edge))
+    .bind(client_key)
+    .fetch_one(&state.store.pool)
+    .await?;
+    if others >= MAX_SIGNAL_ROWS {
+        return Err(crate::error::AppError::conflict(
+            "too many peers with candidates in this session",
+        ));
+    }
     sqlx::query(
         "INSERT INTO tunnel_signals (session_id, client_key, device_id, from_edge, data, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6)
