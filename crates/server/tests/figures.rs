@@ -5,12 +5,17 @@
 mod common;
 mod live_harness;
 
+use axum::http::Method;
 use common::TestApp;
 use drawbridge_proto::channel::{ClientToServer, EdgeToServer, TunnelReport};
 use live_harness::*;
+use serde_json::json;
 use std::time::Duration;
 
-store_tests!(client_reports_neither_set_the_figures_nor_keep_a_session_alive,);
+store_tests!(
+    client_reports_neither_set_the_figures_nor_keep_a_session_alive,
+    an_exported_standard_client_gets_tunnel_up_and_down_with_the_edges_figures,
+);
 
 async fn figures(l: &Live, s: &str) -> (i64, i64, Option<i64>) {
     let b: (i64, i64) = sqlx::query_as(
@@ -74,4 +79,96 @@ async fn client_reports_neither_set_the_figures_nor_keep_a_session_alive(app: Te
     let (to, from, after) = figures(&l, &s).await;
     assert_eq!((to, from), (4096, 4096));
     assert_ne!(after, before, "the edge's traffic counts as activity");
+}
+
+async fn an_exported_standard_client_gets_tunnel_up_and_down_with_the_edges_figures(app: TestApp) {
+    let l = live(app).await;
+    let acct = l.app.account("acme").await;
+    let d = enrolled(&l, &acct, "press-1").await;
+    let mut ws = edge(&l, &d, true).await;
+    // The relay's UDP bridge standard clients are pointed at (no packet goes there here).
+    *l.app.state.bridge.write().unwrap() = Some("127.0.0.1:51820".into());
+    let s = l.app.session(&acct.admin, &d.id, &[&acct.admin_id]).await;
+    l.app
+        .ok(
+            Method::POST,
+            &format!("/api/v1/sessions/{s}/start"),
+            &acct.admin,
+            None,
+        )
+        .await;
+    // The edge announces its session key; a standard client (wg-quick) joins.
+    send(
+        &mut ws,
+        &EdgeToServer::SessionKey {
+            session_id: s.clone(),
+            public_key: wg_key(9),
+        },
+    )
+    .await;
+    let mut joined = None;
+    let mut last = None;
+    for _ in 0..100 {
+        let (st, v) = l
+            .app
+            .post(
+                &format!("/api/v1/sessions/{s}/join"),
+                &acct.admin,
+                json!({"public_key": wg_key(1), "standard_client": true}),
+            )
+            .await;
+        if st.is_success() {
+            joined = Some(v);
+            break;
+        }
+        last = Some((st, v));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        joined.is_some(),
+        "the standard client joins once the edge's key is known: {last:?}"
+    );
+    // The edge forwards for it and reports what it forwarded.
+    send(&mut ws, &EdgeToServer::Tunnel(report(&s, 2048))).await;
+    for _ in 0..100 {
+        if figures(&l, &s).await.0 == 2048 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    l.app.clock().advance(90);
+    l.app
+        .ok(
+            Method::POST,
+            &format!("/api/v1/sessions/{s}/end"),
+            &acct.admin,
+            None,
+        )
+        .await;
+    let entries = l
+        .app
+        .ok(
+            Method::GET,
+            "/api/v1/audit?action=tunnel.",
+            &acct.admin,
+            None,
+        )
+        .await;
+    let ours: Vec<&serde_json::Value> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["object"] == format!("session:{s}"))
+        .collect();
+    let actions: Vec<&str> = ours.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, vec!["tunnel.up", "tunnel.down"], "{ours:?}");
+    let down = &ours[1]["details"];
+    assert_eq!(down["standard_client"], true, "{down}");
+    assert_eq!(down["bytes_to_device"], 2048, "{down}");
+    assert_eq!(down["bytes_from_device"], 2048, "{down}");
+    assert_eq!(
+        down["reason"], "user",
+        "the session's own user ended it: {down}"
+    );
+    assert!(down["seconds"].as_i64().unwrap() >= 90, "{down}");
 }
