@@ -100,3 +100,28 @@ pub fn api_requests(data: &[u8]) {
         let _ = s.check();
     });
 }
+
+/// Replays the stored inputs of one fuzz target of the crate at `crate_dir`
+/// (`fuzz/seeds/<target>/`, the minimised corpus, and `fuzz/regressions/<target>/`,
+/// every crash ever found) through `body` on stable Rust; panics naming the first
+/// input that fails, or when the target has no stored seeds. Each crate's
+/// `tests/fuzz_corpus.rs` calls it with its own targets.
+pub fn replay_stored(crate_dir: &str, target: &str, body: fn(&[u8])) {
+    let root = std::path::Path::new(crate_dir).join("fuzz");
+    let mut seeds = 0;
+    for dir in ["seeds", "regressions"] {
+        let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else {
+            continue;
+        };
+        let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for path in paths {
+            let data = std::fs::read(&path).expect("read a stored input");
+            if std::panic::catch_unwind(|| body(&data)).is_err() {
+                panic!("{} fails again", path.display());
+            }
+            seeds += usize::from(dir == "seeds");
+        }
+    }
+    assert!(seeds > 0, "no stored seeds for {target}");
+}
