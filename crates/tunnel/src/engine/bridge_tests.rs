@@ -7,7 +7,12 @@
 //! client behind the bridge sends, and everything B does for that peer is its bridged logic.
 //! (A's own relay pings travel as ordinary WireGuard data too; B must ignore them.)
 
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
 use super::*;
+use crate::frame::Frame;
+use wg::{bridge_pseudo_addr, to_vec};
 
 /// The edge's relay connection that carries the bridge.
 const RELAY: RelayId = 3;
@@ -186,7 +191,11 @@ fn a_bridged_client_and_its_edge_exchange_packets_in_bridge_frames_only() {
     assert!(seen.b_stray.is_empty(), "stray outputs: {:?}", seen.b_stray);
     assert!(!seen.b_tags.is_empty() && seen.b_tags.iter().all(|&t| t == 7));
     let p = &b.peers[&ka];
-    assert!(p.pings.is_empty() && p.next_probe.is_none() && p.next_relay_ping.is_none());
+    assert!(
+        p.agent.pings.is_empty()
+            && p.agent.next_probe.is_none()
+            && p.agent.next_relay_ping.is_none()
+    );
     assert_eq!(b.peer_stats(&ka).unwrap().path, Path::Relay);
 
     // Still working after the client's relay pings went through (and were ignored).
@@ -282,7 +291,7 @@ fn a_roaming_client_moves_the_edges_replies_to_its_new_tag() {
     forged[8..16].copy_from_slice(&1000u64.to_le_bytes());
     b.handle_relay_frame(now, RELAY, &bridge_frame(4, &forged));
     assert!(std::iter::from_fn(|| b.poll_output()).all(|o| !matches!(o, Output::Relay { .. })));
-    assert_eq!(b.peers[&ka].bridge_tag, Some(2));
+    assert_eq!(b.peers[&ka].agent.bridge_tag, Some(2));
     seen.b_tags.clear();
     b.send_ip(now, &ip(2, 1, 60, 4)).unwrap();
     pump(&mut a, &mut b, 2, RELAY, now, &mut seen);
@@ -378,5 +387,5 @@ fn random_bridge_frames_never_panic_and_never_get_an_answer() {
         b.handle_relay_frame(now, RELAY, &bridge_frame(rng.r#gen(), &p));
     }
     assert!(std::iter::from_fn(|| b.poll_output()).all(|o| !matches!(o, Output::Relay { .. })));
-    assert_eq!(b.peers[&a.public_key()].bridge_tag, Some(1));
+    assert_eq!(b.peers[&a.public_key()].agent.bridge_tag, Some(1));
 }
