@@ -6,29 +6,6 @@ use std::cell::RefCell;
 use std::time::Instant;
 
 use crate::engine::{Node, NodeConfig, PeerConfig, Signal};
-use crate::frame::{Frame, rewrite_data_source};
-use crate::stun::{answer_binding_request, parse_binding_response};
-
-/// `fuzz_targets/relay_frame.rs`: the relay frame decoder and source rewrite never
-/// panic, and a decoded frame re-encodes to the same bytes.
-pub fn relay_frame(data: &[u8]) {
-    if let Ok(f) = Frame::decode(data) {
-        let again = f.encode().expect("a decoded frame re-encodes");
-        assert_eq!(again, data);
-    }
-    let mut buf = data.to_vec();
-    let _ = rewrite_data_source(&mut buf, &[7; 32]);
-}
-
-/// `fuzz_targets/stun.rs`: STUN parsing on both sides (server answering, client
-/// reading responses) never panics; an answer parses.
-pub fn stun(data: &[u8]) {
-    let from = "127.0.0.1:3478".parse().expect("literal");
-    if let Some(resp) = answer_binding_request(data, from) {
-        assert!(parse_binding_response(&resp).is_some());
-    }
-    let _ = parse_binding_response(data);
-}
 
 /// `fuzz_targets/signal.rs`: the candidate signal codec (what the control plane
 /// carries from the other side) never panics; a decoded signal re-encodes to the

@@ -29,15 +29,14 @@
 
 pub mod driver;
 pub mod engine;
-pub mod frame;
 #[doc(hidden)]
 pub mod fuzz;
-pub mod keys;
 pub mod proxy;
 pub mod shutdown;
 pub mod sim;
-pub mod stun;
-pub mod wgmac;
+
+/// The pure wire formats live in `drawbridge-wire` (the relay links only that crate).
+pub use drawbridge_wire::{frame, keys, stun, wgmac};
 
 pub use shutdown::shutdown_signal;
 

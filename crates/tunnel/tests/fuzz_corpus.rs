@@ -8,16 +8,6 @@ fn replay(target: &str, body: fn(&[u8])) {
 }
 
 #[test]
-fn stored_relay_frame_inputs_pass() {
-    replay("relay_frame", drawbridge_tunnel::fuzz::relay_frame);
-}
-
-#[test]
-fn stored_stun_inputs_pass() {
-    replay("stun", drawbridge_tunnel::fuzz::stun);
-}
-
-#[test]
 fn stored_engine_input_inputs_pass() {
     replay("engine_input", drawbridge_tunnel::fuzz::engine_input);
 }

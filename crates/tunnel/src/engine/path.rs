@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::{MAX_CANDIDATES, NatKind, Path, PathReason, RelayId, Signal};
+use crate::wgmac::HANDSHAKE_INIT_LEN;
 
 pub(super) const TICK: Duration = Duration::from_millis(100);
 const PROBE_FAST_INTERVAL: Duration = Duration::from_millis(500);
@@ -25,8 +26,6 @@ const HOLD_MAX: Duration = Duration::from_millis(500);
 const HOLD_QUEUE: usize = 512;
 const RESEND_RING: usize = 512;
 const MAX_PENDING_PINGS: usize = 32;
-/// Length of a WireGuard handshake initiation (type 1).
-const HANDSHAKE_INIT_LEN: usize = 148;
 
 /// Where an authenticated packet came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

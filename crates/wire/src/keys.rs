@@ -1,7 +1,7 @@
-//! WireGuard key helpers (x25519 via gotatun's re-exported `x25519-dalek`).
+//! WireGuard key helpers (x25519 via `x25519-dalek`, the implementation gotatun uses).
 
-use gotatun::x25519::{PublicKey, StaticSecret};
 use rand::RngCore;
+use x25519_dalek::{PublicKey, StaticSecret};
 
 /// A fresh private key from the operating system's CSPRNG.
 pub fn generate_private_key() -> [u8; 32] {

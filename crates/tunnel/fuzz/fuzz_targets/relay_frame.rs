@@ -1,5 +1,0 @@
-#![no_main]
-//! See `drawbridge_tunnel::fuzz::relay_frame` (the body, shared with the replay test).
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| drawbridge_tunnel::fuzz::relay_frame(data));
