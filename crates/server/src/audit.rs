@@ -190,11 +190,12 @@ pub async fn append_coalesced(
     .await?;
     if let Some(seq) = recent {
         sqlx::query(
-            "INSERT INTO audit_coalesced (account_id, seq, count) VALUES ($1, $2, 2)
-             ON CONFLICT (account_id, seq) DO UPDATE SET count = audit_coalesced.count + 1",
+            "INSERT INTO audit_coalesced (account_id, seq, count, last_ts) VALUES ($1, $2, 2, $3)
+             ON CONFLICT (account_id, seq) DO UPDATE SET count = audit_coalesced.count + 1, last_ts = $3",
         )
         .bind(&ev.account_id)
         .bind(seq)
+        .bind(now)
         .execute(&mut **tx)
         .await?;
         return Ok(None);

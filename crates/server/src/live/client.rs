@@ -178,7 +178,16 @@ async fn join(
         .bind(&overlay)
         .bind(i64::from(req.standard_client))
         .execute(&mut *tx)
-        .await?;
+        .await
+        .map_err(|e| {
+            // Another join took the key at the same moment (the database's
+            // unique index on live keys, migration 0009): the same answer.
+            if crate::db::is_unique_violation(&e) {
+                AppError::conflict("this key was used before; generate a fresh key per session")
+            } else {
+                e.into()
+            }
+        })?;
     }
     let ev = caller
         .event("tunnel.up", &format!("session:{id}"))

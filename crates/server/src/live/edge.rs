@@ -415,7 +415,17 @@ async fn handle(state: &AppState, edge: &Edge, msg: EdgeToServer) -> AppResult<(
                 .bind(&session_id)
                 .bind(&edge.device_id)
                 .execute(&state.store.pool)
-                .await?;
+                .await
+                .map_err(|e| {
+                    // Taken at the same moment by another edge (unique index, migration 0009).
+                    if crate::db::is_unique_violation(&e) {
+                        AppError::conflict(
+                            "this key is in use by another peer; make a fresh key for the session",
+                        )
+                    } else {
+                        e.into()
+                    }
+                })?;
             notify(state, &session_id).await
         }
         EdgeToServer::Signal {
