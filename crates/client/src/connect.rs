@@ -4,7 +4,7 @@
 //! down on Ctrl-C or when the session ends.
 
 use crate::Error;
-use crate::cli::Ctx;
+use crate::cli::context::Ctx;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;

@@ -5,7 +5,7 @@
 //! client by that registered key alone.
 
 use crate::Error;
-use crate::cli::Ctx;
+use crate::cli::context::Ctx;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use drawbridge_proto::ErrorCode;

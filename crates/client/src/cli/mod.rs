@@ -1,0 +1,67 @@
+//! The command line: the clap types ([`args`]), what every command shares
+//! ([`context`]: connection, name resolution, output) and one module per
+//! resource, named like the server's `api/` and the portal's `pages/`.
+
+mod account;
+pub mod args;
+mod audit;
+pub(crate) mod context;
+mod devices;
+mod grants;
+mod groups;
+mod login;
+mod pools;
+mod sessions;
+mod tokens;
+mod users;
+
+use crate::Result;
+pub use account::apply_setting;
+pub use args::*;
+use context::connect;
+
+/// Runs one command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    let g = cli.global;
+    match cli.command {
+        Command::Login(args) => login::login(&g, args).await,
+        Command::Logout => login::logout(&g).await,
+        Command::Whoami => login::whoami(&connect(&g)?).await,
+        Command::Devices | Command::Device(DeviceCmd::List) => {
+            devices::devices(&connect(&g)?).await
+        }
+        Command::Device(cmd) => devices::device(&connect(&g)?, cmd).await,
+        Command::Sessions { state } | Command::Session(SessionCmd::List { state }) => {
+            sessions::sessions(&connect(&g)?, state).await
+        }
+        Command::Session(cmd) => sessions::session(&connect(&g)?, cmd).await,
+        Command::Users | Command::User(UserCmd::List) => users::users(&connect(&g)?).await,
+        Command::User(cmd) => users::user(&connect(&g)?, cmd).await,
+        Command::Groups | Command::Group(GroupCmd::List) => groups::groups(&connect(&g)?).await,
+        Command::Group(cmd) => groups::group(&connect(&g)?, cmd).await,
+        Command::Pools | Command::Pool(PoolCmd::List) => pools::pools(&connect(&g)?).await,
+        Command::Pool(cmd) => pools::pool(&connect(&g)?, cmd).await,
+        Command::Grants | Command::Grant(GrantCmd::List) => grants::grants(&connect(&g)?).await,
+        Command::Grant(cmd) => grants::grant(&connect(&g)?, cmd).await,
+        Command::FleetKey(cmd) => devices::fleet_key(&connect(&g)?, cmd).await,
+        Command::Token(cmd) => tokens::token(&connect(&g)?, cmd).await,
+        Command::Password(args) => login::password(&connect(&g)?, args).await,
+        Command::Totp(TotpCmd::Enable { code }) => login::totp_enable(&connect(&g)?, code).await,
+        Command::Account(cmd) => account::account(&connect(&g)?, cmd).await,
+        Command::Notifications => account::notifications(&connect(&g)?).await,
+        Command::Audit(cmd) => audit::audit(&connect(&g)?, cmd).await,
+        Command::Connect(args) => crate::connect::run(&connect(&g)?, args).await,
+        Command::Status => crate::connect::status(g.json),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}
