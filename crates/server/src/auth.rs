@@ -357,18 +357,11 @@ pub async fn register_failure(
         .bind(&user.id)
         .execute(&mut **tx)
         .await?;
-    sqlx::query(
-        "INSERT INTO notifications (id, account_id, kind, message, created_at) VALUES ($1, $2, 'lockout', $3, $4)",
-    )
-    .bind(secret::new_id())
-    .bind(&user.account_id)
-    .bind(format!(
+    let message = format!(
         "User {} was locked for {} minutes after {} failed logins (last from {source}).",
         user.username, settings.lockout_minutes, failures
-    ))
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
+    );
+    crate::notifications::add(tx, &user.account_id, "lockout", &message, now).await?;
     let ev = Event::new(&user.account_id, "system", "user.lockout", &format!("user:{}", user.id))
         .source(source)
         .details(serde_json::json!({ "username": user.username, "failures": failures, "minutes": settings.lockout_minutes }));

@@ -91,6 +91,13 @@ pub async fn setup_with_token(
     password: &str,
     source: &str,
 ) -> AppResult<SetupResponse> {
+    // Hashed before the write transaction: no argon2 work holds it.
+    let password = new_password(
+        &AccountSettings::default().password_policy,
+        username,
+        password,
+    )
+    .await?;
     let now = state.now();
     let mut tx = state.store.begin().await?;
     let used = if token.starts_with(MORE_PREFIX) {
@@ -131,23 +138,41 @@ pub async fn setup_with_token(
     if !used {
         return Err(AppError::invalid_code());
     }
-    let resp = create_account(&mut tx, now, account, username, password, source).await?;
+    let resp = create_account(&mut tx, now, account, username, &password, source).await?;
     tx.commit().await?;
     Ok(resp)
 }
 
-/// Creates an account with default settings and its first admin.
+/// A new user's password that passed the policy, hashed: made with
+/// [`new_password`] before the write transaction, so that no argon2 work runs
+/// inside it (on SQLite it is the one writer).
+pub struct NewUserPassword(String);
+
+/// Checks a new user's password against the policy and hashes it (off the
+/// async workers, in the bounded `password::Hashing` pool).
+pub async fn new_password(
+    policy: &drawbridge_proto::PasswordPolicy,
+    username: &Username,
+    password: &str,
+) -> AppResult<NewUserPassword> {
+    crate::password::check_policy(policy, username.as_str(), password)
+        .map_err(|m| AppError::new(ErrorCode::PasswordPolicy, m))?;
+    Ok(NewUserPassword(
+        crate::password::hash_async(password).await?,
+    ))
+}
+
+/// Creates an account with default settings and its first admin, whose
+/// password [`new_password`] checked against the default policy.
 pub async fn create_account(
     tx: &mut crate::db::Tx<'_>,
     now: i64,
     account: &Name,
     username: &Username,
-    password: &str,
+    password: &NewUserPassword,
     source: &str,
 ) -> AppResult<SetupResponse> {
     let settings = AccountSettings::default();
-    crate::password::check_policy(&settings.password_policy, username.as_str(), password)
-        .map_err(|m| AppError::new(ErrorCode::PasswordPolicy, m))?;
     let account_id = secret::new_id();
     let r = sqlx::query(
         "INSERT INTO accounts (id, name, settings, created_at) VALUES ($1, $2, $3, $4)",
@@ -203,17 +228,17 @@ pub async fn create_account(
     })
 }
 
-/// Inserts a user whose password already passed the policy check.
+/// Inserts a user with a password made by [`new_password`].
 pub async fn insert_user(
     tx: &mut crate::db::Tx<'_>,
     account_id: &str,
     username: &Username,
     role: Role,
-    password: &str,
+    password: &NewUserPassword,
     now: i64,
 ) -> AppResult<UserRow> {
     let id = secret::new_id();
-    let hash = crate::password::hash(password);
+    let hash = &password.0;
     let r = sqlx::query(
         "INSERT INTO users (id, account_id, username, role, password_hash, password_changed_at, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $6)",

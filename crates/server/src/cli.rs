@@ -178,6 +178,14 @@ pub async fn main() -> anyhow::Result<i32> {
             let user =
                 Username::try_from(admin_user).map_err(|e| anyhow::anyhow!("admin user: {e}"))?;
             let state = AppState::new(store, Clock::default(), cfg.public_url).await?;
+            // Checked and hashed before the write transaction.
+            let password = crate::bootstrap::new_password(
+                &drawbridge_proto::AccountSettings::default().password_policy,
+                &user,
+                &password,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
             let mut tx = state.store.begin().await?;
             let r = crate::bootstrap::create_account(
                 &mut tx,

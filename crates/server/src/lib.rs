@@ -14,6 +14,7 @@ pub mod error;
 pub mod keys;
 pub mod live;
 pub mod metrics;
+pub mod notifications;
 pub mod password;
 pub mod pki;
 pub mod records;

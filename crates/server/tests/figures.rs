@@ -15,6 +15,7 @@ use std::time::Duration;
 store_tests!(
     client_reports_neither_set_the_figures_nor_keep_a_session_alive,
     an_exported_standard_client_gets_tunnel_up_and_down_with_the_edges_figures,
+    a_standard_client_cut_by_revocation_gets_tunnel_down_with_the_edges_figures,
 );
 
 async fn figures(l: &Live, s: &str) -> (i64, i64, Option<i64>) {
@@ -81,19 +82,25 @@ async fn client_reports_neither_set_the_figures_nor_keep_a_session_alive(app: Te
     assert_ne!(after, before, "the edge's traffic counts as activity");
 }
 
-async fn an_exported_standard_client_gets_tunnel_up_and_down_with_the_edges_figures(app: TestApp) {
-    let l = live(app).await;
-    let acct = l.app.account("acme").await;
-    let d = enrolled(&l, &acct, "press-1").await;
-    let mut ws = edge(&l, &d, true).await;
+/// A running session of `acct` on `d` for `user` (token `user_token`), joined by
+/// a standard WireGuard client (key 1) for which the edge reported 2048 bytes
+/// each way; 90 s later. Returns the session id and the edge channel.
+async fn standard_client_with_traffic(
+    l: &Live,
+    acct: &common::Account,
+    d: &Device,
+    user: &str,
+    user_token: &str,
+) -> (String, Ws) {
+    let mut ws = edge(l, d, true).await;
     // The relay's UDP bridge standard clients are pointed at (no packet goes there here).
     *l.app.state.bridge.write().unwrap() = Some("127.0.0.1:51820".into());
-    let s = l.app.session(&acct.admin, &d.id, &[&acct.admin_id]).await;
+    let s = l.app.session(&acct.admin, &d.id, &[user]).await;
     l.app
         .ok(
             Method::POST,
             &format!("/api/v1/sessions/{s}/start"),
-            &acct.admin,
+            user_token,
             None,
         )
         .await;
@@ -113,7 +120,7 @@ async fn an_exported_standard_client_gets_tunnel_up_and_down_with_the_edges_figu
             .app
             .post(
                 &format!("/api/v1/sessions/{s}/join"),
-                &acct.admin,
+                user_token,
                 json!({"public_key": wg_key(1), "standard_client": true}),
             )
             .await;
@@ -131,20 +138,17 @@ async fn an_exported_standard_client_gets_tunnel_up_and_down_with_the_edges_figu
     // The edge forwards for it and reports what it forwarded.
     send(&mut ws, &EdgeToServer::Tunnel(report(&s, 2048))).await;
     for _ in 0..100 {
-        if figures(&l, &s).await.0 == 2048 {
+        if figures(l, &s).await.0 == 2048 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     l.app.clock().advance(90);
-    l.app
-        .ok(
-            Method::POST,
-            &format!("/api/v1/sessions/{s}/end"),
-            &acct.admin,
-            None,
-        )
-        .await;
+    (s, ws)
+}
+
+/// The session's `tunnel.*` entries, oldest first.
+async fn tunnel_entries(l: &Live, acct: &common::Account, s: &str) -> Vec<serde_json::Value> {
     let entries = l
         .app
         .ok(
@@ -154,21 +158,80 @@ async fn an_exported_standard_client_gets_tunnel_up_and_down_with_the_edges_figu
             None,
         )
         .await;
-    let ours: Vec<&serde_json::Value> = entries
+    entries
         .as_array()
         .unwrap()
         .iter()
         .filter(|e| e["object"] == format!("session:{s}"))
-        .collect();
-    let actions: Vec<&str> = ours.iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert_eq!(actions, vec!["tunnel.up", "tunnel.down"], "{ours:?}");
-    let down = &ours[1]["details"];
+        .cloned()
+        .collect()
+}
+
+/// `tunnel.down` of the standard client: the edge's figures, the duration, the reason.
+fn assert_down_with_figures(down: &serde_json::Value, reason: &str) {
     assert_eq!(down["standard_client"], true, "{down}");
     assert_eq!(down["bytes_to_device"], 2048, "{down}");
     assert_eq!(down["bytes_from_device"], 2048, "{down}");
-    assert_eq!(
-        down["reason"], "user",
-        "the session's own user ended it: {down}"
-    );
+    assert_eq!(down["reason"], reason, "{down}");
     assert!(down["seconds"].as_i64().unwrap() >= 90, "{down}");
+}
+
+async fn an_exported_standard_client_gets_tunnel_up_and_down_with_the_edges_figures(app: TestApp) {
+    let l = live(app).await;
+    let acct = l.app.account("acme").await;
+    let d = enrolled(&l, &acct, "press-1").await;
+    let (s, _ws) = standard_client_with_traffic(&l, &acct, &d, &acct.admin_id, &acct.admin).await;
+    l.app
+        .ok(
+            Method::POST,
+            &format!("/api/v1/sessions/{s}/end"),
+            &acct.admin,
+            None,
+        )
+        .await;
+    let ours = tunnel_entries(&l, &acct, &s).await;
+    let actions: Vec<&str> = ours.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, vec!["tunnel.up", "tunnel.down"], "{ours:?}");
+    // The session's own user ended it.
+    assert_down_with_figures(&ours[1]["details"], "user");
+}
+
+async fn a_standard_client_cut_by_revocation_gets_tunnel_down_with_the_edges_figures(app: TestApp) {
+    let l = live(app).await;
+    let acct = l.app.account("acme").await;
+    let d = enrolled(&l, &acct, "press-1").await;
+    let (anna, anna_token) = l.app.user(&acct, "anna", "user").await;
+    l.app
+        .grant(&acct, &[&anna], &[&d.id], "full", json!([]))
+        .await;
+    let (s, _ws) = standard_client_with_traffic(&l, &acct, &d, &anna, &anna_token).await;
+    // Anna becomes an auditor: her tunnel is cut, the session goes on.
+    let (st, v) = l
+        .app
+        .patch(
+            &format!("/api/v1/users/{anna}"),
+            &acct.admin,
+            json!({"role": "auditor"}),
+        )
+        .await;
+    assert!(st.is_success(), "{v}");
+    let ours = tunnel_entries(&l, &acct, &s).await;
+    let actions: Vec<&str> = ours.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(
+        actions,
+        vec!["tunnel.up", "tunnel.down", "tunnel.cut"],
+        "{ours:?}"
+    );
+    assert_eq!(ours[1]["actor"], format!("user:{anna}"));
+    assert_down_with_figures(&ours[1]["details"], "access_revoked");
+    // The session's end later writes no second record for the same tunnel.
+    l.app
+        .ok(
+            Method::POST,
+            &format!("/api/v1/sessions/{s}/end"),
+            &acct.admin,
+            None,
+        )
+        .await;
+    assert_eq!(tunnel_entries(&l, &acct, &s).await.len(), 3);
 }

@@ -628,13 +628,17 @@ async fn a_first_account_setup_link_dies_once_any_account_exists(app: TestApp) {
     .execute(&app.state.store.pool)
     .await
     .unwrap();
+    let policy = drawbridge_proto::AccountSettings::default().password_policy;
+    let password = drawbridge_server::bootstrap::new_password(&policy, &user, common::PASSWORD)
+        .await
+        .unwrap();
     let mut tx = app.state.store.begin().await.unwrap();
     drawbridge_server::bootstrap::create_account(
         &mut tx,
         app.state.now(),
         &name,
         &user,
-        common::PASSWORD,
+        &password,
         "local",
     )
     .await

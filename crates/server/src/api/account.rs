@@ -3,7 +3,6 @@
 use super::ApiJson;
 use crate::audit;
 use crate::auth::Caller;
-use crate::clock::from_unix;
 use crate::error::{AppError, AppResult};
 use crate::records;
 use crate::state::AppState;
@@ -11,7 +10,6 @@ use axum::Json;
 use axum::extract::State;
 use drawbridge_proto::api::{Account, Notification, UpdateAccount};
 use drawbridge_proto::{AccountSettings, Action, ApiError};
-use sqlx::Row;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -102,22 +100,9 @@ async fn notifications(
     caller
         .require(&state, Action::ManageUsers, "notification.list")
         .await?;
-    let rows = sqlx::query(
-        "SELECT id, kind, message, created_at FROM notifications WHERE account_id = $1 ORDER BY created_at DESC LIMIT 200",
-    )
-    .bind(&caller.account_id)
-    .fetch_all(&state.store.pool)
-    .await?;
-    let mut out = Vec::new();
-    for r in rows {
-        out.push(Notification {
-            id: r.try_get("id")?,
-            kind: r.try_get("kind")?,
-            message: r.try_get("message")?,
-            created_at: from_unix(r.try_get("created_at")?),
-        });
-    }
-    Ok(Json(out))
+    Ok(Json(
+        crate::notifications::list(&state.store, &caller.account_id).await?,
+    ))
 }
 
 /// Applies a JSON merge patch (RFC 7396) to the current settings; the result

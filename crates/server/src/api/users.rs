@@ -9,7 +9,7 @@ use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, State};
 use drawbridge_proto::api::{CreateUser, UpdateUser, User};
-use drawbridge_proto::{Action, ApiError, EndReason, ErrorCode, Role};
+use drawbridge_proto::{Action, ApiError, EndReason, Role};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -72,21 +72,23 @@ async fn create(
     caller
         .require(&state, Action::ManageUsers, "user.create")
         .await?;
+    // Checked and hashed before the write transaction (argon2 must not hold it).
+    let policy = {
+        let mut conn = state.store.pool.acquire().await?;
+        records::account(&mut conn, &caller.account_id)
+            .await?
+            .settings
+            .password_policy
+    };
+    let password = crate::bootstrap::new_password(&policy, &req.username, &req.password).await?;
     let now = state.now();
     let mut tx = state.store.begin().await?;
-    let account = records::account(&mut tx, &caller.account_id).await?;
-    crate::password::check_policy(
-        &account.settings.password_policy,
-        req.username.as_str(),
-        &req.password,
-    )
-    .map_err(|m| AppError::new(ErrorCode::PasswordPolicy, m))?;
     let user = crate::bootstrap::insert_user(
         &mut tx,
         &caller.account_id,
         &req.username,
         req.role,
-        &req.password,
+        &password,
         now,
     )
     .await?;

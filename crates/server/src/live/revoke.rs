@@ -115,18 +115,16 @@ pub async fn revalidate(
             let Some(why) = verdicts[&user_id].clone() else {
                 continue;
             };
-            let r = sqlx::query(
-                "UPDATE tunnels SET ended_at = $1, end_reason = $2
-                 WHERE session_id = $3 AND user_id = $4 AND client_public_key = $5 AND ended_at IS NULL",
-            )
-            .bind(now)
-            .bind(ACCESS_REVOKED)
-            .bind(&session_id)
-            .bind(&user_id)
-            .bind(&key)
-            .execute(&mut **tx)
-            .await?;
-            if r.rows_affected() == 0 {
+            // Closed as a session's end closes tunnels (`tunnel.down` for a
+            // standard WireGuard client, which has no channel to record it).
+            let which = crate::sessions::tunnels::Which::Client {
+                session_id: &session_id,
+                user_id: &user_id,
+                key: &key,
+            };
+            let closed =
+                crate::sessions::tunnels::close(tx, account_id, which, ACCESS_REVOKED, now).await?;
+            if closed.is_empty() {
                 continue;
             }
             sqlx::query("DELETE FROM tunnel_signals WHERE session_id = $1 AND client_key = $2")

@@ -278,13 +278,15 @@ async fn notify_dropped(
         .bind(id)
         .fetch_one(&mut **tx)
         .await?;
-    notify_admins(
+    crate::notifications::add(
         tx,
         account_id,
+        "approval",
         &format!("Device {device} in session {session} {what}."),
         now,
     )
-    .await
+    .await?;
+    Ok(())
 }
 
 /// Tells the account's admins (the portal's notifications) that a start was not approved.
@@ -299,30 +301,13 @@ async fn notify_failed_approval(
         .bind(id)
         .fetch_one(&mut **tx)
         .await?;
-    notify_admins(
+    crate::notifications::add(
         tx,
         account_id,
+        "approval",
         &format!("The start of session {name} {what}."),
         now,
     )
-    .await
-}
-
-/// A notification (kind `approval`) for the account's admins.
-async fn notify_admins(
-    tx: &mut Tx<'_>,
-    account_id: &str,
-    message: &str,
-    now: i64,
-) -> AppResult<()> {
-    sqlx::query(
-        "INSERT INTO notifications (id, account_id, kind, message, created_at) VALUES ($1, $2, 'approval', $3, $4)",
-    )
-    .bind(crate::secret::new_id())
-    .bind(account_id)
-    .bind(message)
-    .bind(now)
-    .execute(&mut **tx)
     .await?;
     Ok(())
 }

@@ -14,6 +14,7 @@ use drawbridge_proto::{ApprovalState, EndReason, Name, Role, SessionState};
 use sqlx::{AnyConnection, Row};
 
 mod approval;
+pub mod tunnels;
 use approval::time_out_pending;
 pub use approval::{APPROVAL_WINDOW_SECS, Decided, Decider, decide};
 
@@ -354,45 +355,14 @@ pub async fn end(
             .bind(id)
             .execute(&mut **tx)
             .await?;
-        // Standard WireGuard clients have no channel whose close records their
-        // tunnel's end: the session's end does, with the edge's figures.
-        let standard = sqlx::query(
-            "SELECT t.user_id, u.username, t.client_public_key, t.started_at, t.bytes_to_device, t.bytes_from_device, t.path, t.device_id
-             FROM tunnels t JOIN users u ON u.id = t.user_id
-             WHERE t.session_id = $1 AND t.ended_at IS NULL AND t.standard_client = 1",
+        tunnels::close(
+            tx,
+            account_id,
+            tunnels::Which::Session(id),
+            reason.as_str(),
+            now,
         )
-        .bind(id)
-        .fetch_all(&mut **tx)
         .await?;
-        sqlx::query("UPDATE tunnels SET ended_at = $1, end_reason = $2 WHERE session_id = $3 AND ended_at IS NULL")
-            .bind(now)
-            .bind(reason.as_str())
-            .bind(id)
-            .execute(&mut **tx)
-            .await?;
-        for t in standard {
-            let user: String = t.try_get(0)?;
-            let started: i64 = t.try_get(3)?;
-            let device: String = t.try_get(7)?;
-            let ev = Event::new(
-                account_id,
-                &format!("user:{user}"),
-                "tunnel.down",
-                &format!("session:{id}"),
-            )
-            .device(&device)
-            .details(serde_json::json!({
-                "username": t.try_get::<String, _>(1)?,
-                "public_key": t.try_get::<String, _>(2)?,
-                "standard_client": true,
-                "seconds": now - started,
-                "bytes_to_device": t.try_get::<i64, _>(4)?,
-                "bytes_from_device": t.try_get::<i64, _>(5)?,
-                "path": t.try_get::<Option<String>, _>(6)?,
-                "reason": reason.as_str(),
-            }));
-            audit::append(tx, now, &ev).await?;
-        }
     }
     Ok(r.rows_affected() == 1)
 }
@@ -407,20 +377,14 @@ pub async fn end_for_user(
     now: i64,
 ) -> AppResult<Vec<String>> {
     // The user's own tunnels in any session close too.
-    let mut touched: Vec<String> = sqlx::query_scalar(
-        "SELECT DISTINCT session_id FROM tunnels WHERE account_id = $1 AND user_id = $2 AND ended_at IS NULL",
+    let mut touched = tunnels::close(
+        tx,
+        account_id,
+        tunnels::Which::User(user_id),
+        reason.as_str(),
+        now,
     )
-    .bind(account_id)
-    .bind(user_id)
-    .fetch_all(&mut **tx)
     .await?;
-    sqlx::query("UPDATE tunnels SET ended_at = $1, end_reason = $2 WHERE account_id = $3 AND user_id = $4 AND ended_at IS NULL")
-        .bind(now)
-        .bind(reason.as_str())
-        .bind(account_id)
-        .bind(user_id)
-        .execute(&mut **tx)
-        .await?;
     let ids: Vec<String> = sqlx::query_scalar(
         "SELECT id FROM sessions WHERE account_id = $1 AND started_by = $2 AND state IN ('active', 'pending_approval')",
     )
