@@ -247,7 +247,7 @@ pub async fn insert_user(
     .bind(account_id)
     .bind(username.as_str())
     .bind(role.as_str())
-    .bind(&hash)
+    .bind(hash)
     .bind(now)
     .execute(&mut **tx)
     .await;
@@ -262,7 +262,7 @@ pub async fn insert_user(
         "INSERT INTO password_history (user_id, password_hash, created_at) VALUES ($1, $2, $3)",
     )
     .bind(&id)
-    .bind(&hash)
+    .bind(hash)
     .bind(now)
     .execute(&mut **tx)
     .await?;
