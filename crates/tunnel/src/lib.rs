@@ -1,5 +1,5 @@
 //! Drawbridge data plane: a sans-IO WireGuard peer engine with relay and direct paths,
-//! a thin tokio driver, and a deterministic simulated network for tests.
+//! and a thin tokio driver (the simulated network for tests is `drawbridge-testnet`).
 //!
 //! Typical use (client or edge):
 //!
@@ -33,7 +33,6 @@ pub mod engine;
 pub mod fuzz;
 pub mod proxy;
 pub mod shutdown;
-pub mod sim;
 
 /// The pure wire formats live in `drawbridge-wire` (the relay links only that crate).
 pub use drawbridge_wire::{frame, keys, stun, wgmac};

@@ -3,9 +3,9 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use drawbridge_testnet::sim::{numbered_packet, overlay_ip, packet_seq};
 use drawbridge_tunnel::driver::{DriverConfig, DriverEvent, Tunnel, TunnelIo};
 use drawbridge_tunnel::engine::{IpNet, NodeConfig, Path, PeerConfig};
-use drawbridge_tunnel::sim::{numbered_packet, overlay_ip, packet_seq};
 
 fn key(seed: u8) -> [u8; 32] {
     [seed; 32]

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use drawbridge_testnet::sim::{LinkConfig, NatType, Sim, numbered_packet, packet_seq};
 use drawbridge_tunnel::engine::{Event, Path, PathReason};
-use drawbridge_tunnel::sim::{LinkConfig, NatType, Sim, numbered_packet, packet_seq};
 
 use NatType::*;
 

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use drawbridge_relay::token::{self, Claims, SigningKey};
 use drawbridge_relay::{RelayConfig, RelayState, router};
+use drawbridge_testnet::sim::{numbered_packet, overlay_ip, packet_seq};
 use drawbridge_tunnel::driver::{DriverConfig, RelayEndpoint, Tunnel, TunnelIo};
 use drawbridge_tunnel::engine::{IpNet, Node, NodeConfig, Output, Path, PathReason, PeerConfig};
 use drawbridge_tunnel::frame::Frame;
 use drawbridge_tunnel::keys::public_key;
-use drawbridge_tunnel::sim::{numbered_packet, overlay_ip, packet_seq};
 use drawbridge_tunnel::wgmac;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};

@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::engine::{
+use drawbridge_tunnel::engine::{
     Event, IpNet, Node, NodeConfig, Output, PeerConfig, PeerId, PeerStats, Signal,
 };
-use crate::frame::{Frame, rewrite_data_source};
-use crate::stun;
+use drawbridge_tunnel::frame::{Frame, rewrite_data_source};
+use drawbridge_tunnel::stun;
 
 /// How a host is attached to the (simulated) internet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,10 +6,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use drawbridge_relay::token::{self, Claims, SigningKey};
 use drawbridge_relay::{RelayConfig, RelayState, router};
+use drawbridge_testnet::sim::{numbered_packet, overlay_ip, packet_seq};
 use drawbridge_tunnel::driver::{DriverConfig, DriverEvent, RelayEndpoint, Tunnel, TunnelIo};
 use drawbridge_tunnel::engine::{IpNet, NodeConfig, Path, PeerConfig};
 use drawbridge_tunnel::frame::{Frame, MAX_FRAME};
-use drawbridge_tunnel::sim::{numbered_packet, overlay_ip, packet_seq};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_tungstenite::tungstenite::Message;

@@ -2,7 +2,7 @@
 //! 1. WireGuard encapsulate + decapsulate through two engines in one process, and
 //! 2. relay forwarding of data frames over WebSocket on loopback.
 //!
-//! Run: `cargo run --release -p drawbridge-relay --bin drawbridge-bench -- [packets]`
+//! Run: `cargo run --release -p drawbridge-testnet --bin drawbridge-bench -- [packets]`
 
 use std::net::SocketAddr;
 use std::sync::Arc;
