@@ -26,8 +26,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use drawbridge_tunnel::frame::{Frame, MAX_PAYLOAD};
-use drawbridge_tunnel::wgmac;
+use drawbridge_wire::frame::{Frame, MAX_PAYLOAD};
+use drawbridge_wire::wgmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::net::UdpSocket;
 
@@ -318,11 +318,7 @@ impl RelayState {
                 return;
             }
             // A handshake initiation: for the bridging edge whose public key it is keyed to.
-            let edge = self
-                .lock()
-                .iter()
-                .find(|(_, c)| c.bridge.is_some_and(|k| wgmac::mac1_matches(&k, data)))
-                .map(|(key, _)| *key);
+            let edge = self.lock().bridge_edge_for(data);
             edge.and_then(|edge| {
                 let tag = self.inner.bridge.table().tag_for(from, edge, now)?;
                 Some((tag, edge))
@@ -340,7 +336,7 @@ impl RelayState {
         };
         let mut conns = self.lock();
         // The edge must still be connected with a token that bridges.
-        if conns.get(&edge).is_none_or(|c| c.bridge.is_none()) {
+        if !conns.bridges(&edge) {
             drop(conns);
             self.bridge_drop("bridge_no_route");
             return;

@@ -5,10 +5,11 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use drawbridge_tunnel::frame::Frame;
-use drawbridge_tunnel::wgmac;
+use drawbridge_wire::frame::Frame;
+use drawbridge_wire::wgmac;
 use tokio::sync::{mpsc, watch};
 
+use crate::switchboard::Grant;
 use crate::token::{VerifyingKey, verify};
 use crate::{Conn, RelayConfig, RelayState};
 
@@ -92,17 +93,13 @@ pub fn bridge_input(data: &[u8]) {
 fn connect(state: &RelayState, key: [u8; 32], bridge: bool) -> mpsc::Receiver<axum::body::Bytes> {
     let (tx, rx) = mpsc::channel(64);
     let (kill, _) = watch::channel(false);
-    state.lock().insert(
-        key,
-        Conn {
-            id: u64::from(key[0]),
-            session: "s".into(),
-            allowed: HashSet::new(),
-            bridge: bridge.then(|| wgmac::mac1_key(&key)),
-            tx,
-            kill,
-            full_since: None,
-        },
-    );
+    let grant = Grant {
+        session: "s".into(),
+        allowed: HashSet::new(),
+        bridge: bridge.then(|| wgmac::mac1_key(&key)),
+    };
+    state
+        .lock()
+        .admit(key, u64::from(key[0]), grant, Conn { tx, kill });
     rx
 }

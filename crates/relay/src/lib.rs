@@ -15,9 +15,10 @@ pub mod bridge;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod stun;
+pub mod switchboard;
 pub mod token;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,18 +31,17 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use drawbridge_tunnel::frame::{Frame, KEY_LEN, MAX_FRAME, rewrite_data_source};
-use drawbridge_tunnel::wgmac;
+use drawbridge_wire::frame::{Frame, MAX_FRAME};
 use futures_util::{SinkExt, StreamExt};
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, watch};
+
+use switchboard::{Full, Grant, Key, Switchboard};
 
 pub use token::{Claims, SigningKey, TokenError, VerifyingKey};
 
 /// Path of the relay WebSocket endpoint.
 pub const RELAY_PATH: &str = "/relay/v1";
-
-type Key = [u8; KEY_LEN];
 
 /// Longest a single WebSocket write may take before the connection is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -120,17 +120,11 @@ pub struct RelayStats {
     pub bridge_tags: u64,
 }
 
+/// The shell's side of one connection: its queue and its kill switch (the rules about it
+/// live in the [`Switchboard`]).
 struct Conn {
-    id: u64,
-    session: String,
-    allowed: HashSet<Key>,
-    /// The `mac1` key of this peer's public key when its token has the `bridge` claim: the
-    /// UDP bridge hands it the handshakes addressed to it.
-    bridge: Option<[u8; 32]>,
     tx: mpsc::Sender<Bytes>,
     kill: watch::Sender<bool>,
-    /// Since when every frame for this connection found its queue full.
-    full_since: Option<std::time::Instant>,
 }
 
 /// What became of a frame queued for a connection.
@@ -145,7 +139,7 @@ enum Push {
 
 struct Inner {
     config: RelayConfig,
-    conns: Mutex<HashMap<Key, Conn>>,
+    conns: Mutex<Switchboard<Conn>>,
     next_id: AtomicU64,
     counters: Counters,
     bridge: bridge::Bridge,
@@ -176,7 +170,7 @@ impl RelayState {
         RelayState {
             inner: Arc::new(Inner {
                 config,
-                conns: Mutex::new(HashMap::new()),
+                conns: Mutex::new(Switchboard::default()),
                 next_id: AtomicU64::new(1),
                 counters: Counters::default(),
                 bridge: bridge::Bridge::new(),
@@ -210,14 +204,9 @@ impl RelayState {
     /// Disconnects every peer of a session (e.g. when the control plane ends it).
     pub fn disconnect_session(&self, session_id: &str) {
         let mut conns = self.lock();
-        conns.retain(|_, c| {
-            if c.session == session_id {
-                let _ = c.kill.send(true);
-                false
-            } else {
-                true
-            }
-        });
+        for c in conns.remove_session(session_id) {
+            let _ = c.kill.send(true);
+        }
         metrics::gauge!("relay_connections").set(conns.len() as f64);
     }
 
@@ -261,7 +250,7 @@ impl RelayState {
         self.inner.revoked.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Conn>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Switchboard<Conn>> {
         // A poisoned map is still consistent (every mutation is a single insert/remove).
         self.inner.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -293,47 +282,31 @@ impl RelayState {
         if fresh.peer != current.peer || !same_session || self.is_revoked(&fresh.session_id) {
             return None;
         }
-        let mut conns = self.lock();
-        let c = conns.get_mut(&fresh.peer).filter(|c| c.id == id)?;
-        c.allowed = fresh.allowed_peers.iter().copied().collect();
-        c.bridge = fresh.bridge.then(|| wgmac::mac1_key(&fresh.peer));
-        Some(fresh)
+        self.lock()
+            .regrant(&fresh.peer, id, Grant::from_claims(&fresh))
+            .then_some(fresh)
     }
 
-    /// Routes one DATA frame from `src` (never waits: a full receiver is disconnected).
-    fn forward(
-        &self,
-        src: &Key,
-        src_session: &str,
-        src_allowed: &HashSet<Key>,
-        mut frame: Vec<u8>,
-    ) {
+    /// Routes one DATA frame from `src` by the [`Switchboard`]'s rules (never waits: a full
+    /// receiver is disconnected).
+    fn forward(&self, src: &Key, src_grant: &Grant, mut frame: Vec<u8>) {
         let c = &self.inner.counters;
-        let Ok(dst) = rewrite_data_source(&mut frame, src) else {
-            return;
-        };
-        if !src_allowed.contains(&dst) {
-            c.drop_not_allowed.fetch_add(1, Ordering::Relaxed);
-            drop_reason("not_allowed");
-            return;
-        }
-        let len = frame.len() as u64;
         let mut conns = self.lock();
-        let Some(target) = conns.get(&dst) else {
-            c.drop_no_route.fetch_add(1, Ordering::Relaxed);
-            drop_reason("no_route");
-            return;
+        let dst = match conns.route(src, src_grant, &mut frame) {
+            Ok(dst) => dst,
+            Err(drop) => {
+                match drop {
+                    switchboard::Drop::NotAllowed => &c.drop_not_allowed,
+                    switchboard::Drop::NoRoute => &c.drop_no_route,
+                    // Only decoded DATA frames come here.
+                    switchboard::Drop::Malformed => return,
+                }
+                .fetch_add(1, Ordering::Relaxed);
+                drop_reason(drop.reason());
+                return;
+            }
         };
-        let same_session: bool = target
-            .session
-            .as_bytes()
-            .ct_eq(src_session.as_bytes())
-            .into();
-        if !same_session || !target.allowed.contains(src) {
-            c.drop_not_allowed.fetch_add(1, Ordering::Relaxed);
-            drop_reason("not_allowed");
-            return;
-        }
+        let len = frame.len() as u64;
         match self.push(&mut conns, &dst, Bytes::from(frame)) {
             Push::Sent => {
                 c.frames_forwarded.fetch_add(1, Ordering::Relaxed);
@@ -352,13 +325,13 @@ impl RelayState {
     /// Queues `frame` for connection `dst` without waiting. A full queue drops the frame
     /// (counted); a receiver whose queue has stayed full for `slow_after` is disconnected
     /// (and counted) rather than buffered for without bound.
-    fn push(&self, conns: &mut HashMap<Key, Conn>, dst: &Key, frame: Bytes) -> Push {
-        let Some(target) = conns.get_mut(dst) else {
+    fn push(&self, conns: &mut Switchboard<Conn>, dst: &Key, frame: Bytes) -> Push {
+        let Some(target) = conns.get(dst) else {
             return Push::Gone;
         };
-        match target.tx.try_send(frame) {
+        match target.handle.tx.try_send(frame) {
             Ok(()) => {
-                target.full_since = None;
+                conns.queued(dst);
                 Push::Sent
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -366,14 +339,13 @@ impl RelayState {
                 c.drop_queue_full.fetch_add(1, Ordering::Relaxed);
                 drop_reason("queue_full");
                 let now = std::time::Instant::now();
-                let since = *target.full_since.get_or_insert(now);
-                if now.duration_since(since) >= self.inner.config.slow_after {
+                if let Full::Disconnected(t) =
+                    conns.queue_full(dst, now, self.inner.config.slow_after)
+                {
                     c.drop_slow_receiver.fetch_add(1, Ordering::Relaxed);
                     drop_reason("slow_receiver");
-                    if let Some(t) = conns.remove(dst) {
-                        let _ = t.kill.send(true);
-                        tracing::info!(peer = %short(dst), "relay: slow receiver disconnected");
-                    }
+                    let _ = t.kill.send(true);
+                    tracing::info!(peer = %short(dst), "relay: slow receiver disconnected");
                     metrics::gauge!("relay_connections").set(conns.len() as f64);
                 }
                 Push::Full
@@ -429,22 +401,15 @@ async fn connection(state: RelayState, claims: Claims, socket: WebSocket) {
     let (tx, mut rx) = mpsc::channel::<Bytes>(state.inner.config.send_queue.max(1));
     let (kill_tx, mut kill_rx) = watch::channel(false);
     let mut claims = claims;
-    let mut allowed: HashSet<Key> = claims.allowed_peers.iter().copied().collect();
+    let mut grant = Grant::from_claims(&claims);
     let me = claims.peer;
     {
         let mut conns = state.lock();
-        if let Some(old) = conns.insert(
-            me,
-            Conn {
-                id,
-                session: claims.session_id.clone(),
-                allowed: allowed.clone(),
-                bridge: claims.bridge.then(|| wgmac::mac1_key(&me)),
-                tx: tx.clone(),
-                kill: kill_tx,
-                full_since: None,
-            },
-        ) {
+        let handle = Conn {
+            tx: tx.clone(),
+            kill: kill_tx,
+        };
+        if let Some(old) = conns.admit(me, id, grant.clone(), handle) {
             // The same key connected again: the newer connection wins.
             let _ = old.kill.send(true);
         }
@@ -452,10 +417,7 @@ async fn connection(state: RelayState, claims: Claims, socket: WebSocket) {
     }
     if state.is_revoked(&claims.session_id) {
         // Revoked between the admission check and the registration above.
-        let mut conns = state.lock();
-        if conns.get(&me).is_some_and(|c| c.id == id) {
-            conns.remove(&me);
-        }
+        state.lock().leave(&me, id);
         return;
     }
     state
@@ -476,7 +438,7 @@ async fn connection(state: RelayState, claims: Claims, socket: WebSocket) {
                 match msg {
                     Message::Binary(b) => match Frame::decode(&b) {
                         Ok(Frame::Data { .. }) => {
-                            state.forward(&me, &claims.session_id, &allowed, b.to_vec());
+                            state.forward(&me, &grant, b.to_vec());
                         }
                         Ok(Frame::Ping(x)) => {
                             if let Ok(p) = Frame::Pong(x).encode() {
@@ -490,7 +452,7 @@ async fn connection(state: RelayState, claims: Claims, socket: WebSocket) {
                             // A fresh token for this key and session replaces the grants.
                             match state.refresh(id, &claims, t) {
                                 Some(fresh) => {
-                                    allowed = fresh.allowed_peers.iter().copied().collect();
+                                    grant = Grant::from_claims(&fresh);
                                     let left = Duration::from_secs(fresh.expires_at.saturating_sub(unix_now()));
                                     expiry.as_mut().reset(tokio::time::Instant::now() + left);
                                     claims = fresh;
@@ -546,9 +508,7 @@ async fn connection(state: RelayState, claims: Claims, socket: WebSocket) {
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
     let mut conns = state.lock();
-    if conns.get(&me).is_some_and(|c| c.id == id) {
-        conns.remove(&me);
-    }
+    conns.leave(&me, id);
     metrics::gauge!("relay_connections").set(conns.len() as f64);
     tracing::debug!(peer = %short(&me), "relay: disconnected");
 }

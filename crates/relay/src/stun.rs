@@ -1,5 +1,5 @@
 //! STUN binding service (RFC 5389/8489) on UDP; the codec is `stun_codec` via
-//! `drawbridge_tunnel::stun`. Malformed packets and non-binding messages are ignored.
+//! `drawbridge_wire::stun`. Malformed packets and non-binding messages are ignored.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +28,7 @@ pub async fn serve_with_stats(socket: UdpSocket, stats: Arc<StunStats>) -> std::
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => continue,
             Err(e) => return Err(e),
         };
-        match drawbridge_tunnel::stun::answer_binding_request(&buf[..n], from) {
+        match drawbridge_wire::stun::answer_binding_request(&buf[..n], from) {
             Some(resp) => {
                 stats.answered.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("stun_requests_answered_total").increment(1);

@@ -1,5 +1,6 @@
 //! Test support for the data plane, never shipped (`publish = false`, only a
-//! dev-dependency): [`sim`], a deterministic simulated network. Its `tests/` run the
+//! dev-dependency): [`sim`], a deterministic simulated network whose relay is the real
+//! relay [`Switchboard`](drawbridge_relay::switchboard::Switchboard). Its `tests/` run the
 //! relay with real tunnel drivers over loopback sockets; `src/bin/drawbridge-bench` is the
 //! throughput bench.
 

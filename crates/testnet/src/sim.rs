@@ -2,6 +2,8 @@
 //!
 //! Two hosts run one [`Node`] each, optionally behind a NAT. Two STUN servers (at different
 //! public addresses), a relay and a "control plane" that carries signals complete the picture.
+//! The relay is the real relay's [`Switchboard`]: the hosts are admitted with grants naming
+//! each other in one session, and every DATA frame is routed (or dropped) by its rules.
 //! All addresses here are simulated values; nothing ever reaches a real socket.
 //!
 //! NAT models (RFC 4787 terms):
@@ -19,10 +21,11 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use drawbridge_relay::switchboard::{Grant, Switchboard};
 use drawbridge_tunnel::engine::{
     Event, IpNet, Node, NodeConfig, Output, PeerConfig, PeerId, PeerStats, Signal,
 };
-use drawbridge_tunnel::frame::{Frame, rewrite_data_source};
+use drawbridge_tunnel::frame::Frame;
 use drawbridge_tunnel::stun;
 
 /// How a host is attached to the (simulated) internet.
@@ -123,7 +126,6 @@ struct Host {
     key: PeerId,
     private: SocketAddr,
     nat: Nat,
-    relay_connected: bool,
     delivered: Vec<Vec<u8>>,
     events: Vec<(Duration, Event)>,
 }
@@ -152,7 +154,8 @@ pub struct Sim {
     link: LinkConfig,
     hosts: Vec<Host>,
     stun_servers: [SocketAddr; 2],
-    relay_up: bool,
+    /// The relay: who is connected, and what may reach whom (handle: the host's index).
+    relay: Switchboard<usize>,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     events: BTreeMap<u64, Ev>,
     seq: u64,
@@ -227,7 +230,6 @@ impl Sim {
                     out: BTreeMap::new(),
                     contacted: BTreeMap::new(),
                 },
-                relay_connected: true,
                 delivered: Vec::new(),
                 events: Vec::new(),
             });
@@ -239,7 +241,7 @@ impl Sim {
             link,
             hosts,
             stun_servers,
-            relay_up: true,
+            relay: Switchboard::default(),
             queue: BinaryHeap::new(),
             events: BTreeMap::new(),
             seq: 0,
@@ -260,10 +262,24 @@ impl Sim {
                 .add_peer(now, cfg)
                 .expect("distinct random keys");
         }
+        sim.set_relay_up(true);
         for i in 0..2 {
             sim.drain(i);
         }
         sim
+    }
+
+    /// What host `i`'s relay token grants: the other host, in the one session.
+    fn grant(&self, i: usize) -> Grant {
+        Grant {
+            session: "sim".into(),
+            allowed: [self.hosts[1 - i].key].into(),
+            bridge: None,
+        }
+    }
+
+    fn relay_connected(&self, i: usize) -> bool {
+        self.relay.get(&self.hosts[i].key).is_some()
     }
 
     /// Virtual time elapsed since the start.
@@ -315,9 +331,14 @@ impl Sim {
 
     /// Takes the relay down (all connections dropped) or brings it back up.
     pub fn set_relay_up(&mut self, up: bool) {
-        self.relay_up = up;
-        for h in &mut self.hosts {
-            h.relay_connected = up;
+        for i in 0..self.hosts.len() {
+            let key = self.hosts[i].key;
+            if up {
+                let grant = self.grant(i);
+                self.relay.admit(key, i as u64, grant, i);
+            } else {
+                self.relay.leave(&key, i as u64);
+            }
         }
     }
 
@@ -374,23 +395,20 @@ impl Sim {
     }
 
     fn relay_out(&mut self, i: usize, mut frame: Vec<u8>) {
-        if !self.relay_up || !self.hosts[i].relay_connected {
-            return;
-        }
         let src = self.hosts[i].key;
+        let Some(grant) = self.relay.get(&src).map(|m| m.grant.clone()) else {
+            return;
+        };
         match Frame::decode(&frame) {
             Ok(Frame::Data { .. }) => {}
             _ => return,
         }
-        let Ok(dst) = rewrite_data_source(&mut frame, &src) else {
+        let Ok(dst) = self.relay.route(&src, &grant, &mut frame) else {
             return;
         };
-        let Some(target) = self.hosts.iter().position(|h| h.key == dst) else {
+        let Some(&target) = self.relay.get(&dst).map(|m| &m.handle) else {
             return;
         };
-        if !self.hosts[target].relay_connected {
-            return;
-        }
         let at = self.now + self.link.relay_delay;
         self.schedule(
             at,
@@ -467,7 +485,7 @@ impl Sim {
                 match ev {
                     Ev::Udp { src, dst, payload } => self.deliver_udp(src, dst, payload),
                     Ev::Relay { host, frame } => {
-                        if self.relay_up && self.hosts[host].relay_connected {
+                        if self.relay_connected(host) {
                             self.hosts[host].node.handle_relay_frame(now, 0, &frame);
                             self.drain(host);
                         }
