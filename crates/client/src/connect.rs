@@ -58,6 +58,11 @@ pub struct ConnectArgs {
     /// Stop after this many seconds (for scripts and tests).
     #[arg(long, hide = true)]
     pub for_seconds: Option<u64>,
+    /// Keep the tunnel on the relay: send no address candidates and ignore the
+    /// edge's, so no direct path forms (benchmarks and tests of the relay path
+    /// on one host, where a direct path always works).
+    #[arg(long, hide = true)]
+    pub relay_only: bool,
 }
 
 /// `connect --help`'s exit codes; the numbers come from `crate::exit_code_for_end`
@@ -545,7 +550,8 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
                 Some(Ok(Message::Text(t))) => match serde_json::from_str::<ServerToClient>(&t) {
                     Ok(ServerToClient::Update(j)) => live.apply(j, &tls).await?,
                     Ok(ServerToClient::Signal { device_id, data }) => {
-                        if let (Some(t), Some(k)) = (&live.tunnel, live.edges.get(&device_id))
+                        if !args.relay_only
+                            && let (Some(t), Some(k)) = (&live.tunnel, live.edges.get(&device_id))
                             && let Some(sig) = STANDARD.decode(&data).ok().and_then(|b| Signal::decode(&b).ok())
                         {
                             let _ = t.signal(*k, sig).await;
@@ -565,6 +571,7 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
             },
             ev = events => {
                 if let Some(DriverEvent::Signal { peer, signal }) = ev
+                    && !args.relay_only
                     && let Some(device_id) = live.device_of(&peer)
                 {
                     let m = ClientToServer::Signal { device_id, data: STANDARD.encode(signal.encode()) };

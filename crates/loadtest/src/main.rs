@@ -4,6 +4,7 @@
 //!
 //! A benchmark tool, not part of the test suite; see docs/loadtest.md.
 
+mod dataplane;
 mod dos;
 mod edges;
 mod procfs;
@@ -91,6 +92,9 @@ struct Args {
     /// Silent TCP connections held open during `--dos`.
     #[arg(long, default_value_t = 2000)]
     dos_silent: usize,
+    /// Idle and loaded phases during `--dos` (alternating; medians are reported).
+    #[arg(long, default_value_t = 5)]
+    dos_rounds: usize,
 }
 
 /// A number of seconds, fractions allowed.
@@ -286,6 +290,7 @@ async fn dos_mode(args: &Args, target: &server::Target) -> anyhow::Result<String
     let opts = dos::Options {
         logins_per_sec: args.dos_logins_per_sec,
         silent: args.dos_silent,
+        rounds: args.dos_rounds,
     };
     dos::run(&opts, target, &anon, &admin).await
 }
