@@ -271,6 +271,66 @@ fn released_targets_are_reachable_through_the_tunnel_by_forward_and_socks5_and_n
     });
 }
 
+#[test]
+fn a_relay_only_client_keeps_its_tunnel_on_the_relay_where_a_direct_path_would_work() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let (server, api, device, state) = setup(dir.path());
+    let plc = echo_server();
+    let (code, v) = api.call(
+        reqwest::Method::PATCH,
+        &format!("/devices/{device}"),
+        Some(json!({"firewall": [{"address": "127.0.0.1", "protocol": "tcp", "ports": plc.port().to_string()}]})),
+    );
+    assert_eq!(code, 200, "{v}");
+    edge(&state, &["switch", "on"]);
+    let _agent = edge_run(&state);
+    wait("online with the switch on", || {
+        let d = api.get(&format!("/devices/{device}"));
+        d["status"]["online"] == true && d["status"]["switch_on"] == true
+    });
+    let me = api.get("/me")["user"]["id"].as_str().unwrap().to_string();
+    let (s, v) = api.post(
+        "/sessions",
+        json!({"name": "plc", "devices": [{"device_id": device, "targets": [{"address": "127.0.0.1", "protocol": "tcp", "ports": plc.port().to_string()}]}], "users": [me]}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let sid = v["id"].as_str().unwrap().to_string();
+    let config = dir.path().join("client");
+    login(&server, &config);
+    let lport = free_port();
+    let _connect = Proc(
+        client(&config)
+            .args(["connect", &sid, "--relay-only", "--for-seconds", "60", "-L"])
+            .arg(format!("127.0.0.1:{lport}:{plc}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait("the client shows its tunnel with a handshake", || {
+        let out = client(&config).args(["status", "--json"]).output().unwrap();
+        serde_json::from_slice::<Value>(&out.stdout)
+            .is_ok_and(|v| v[0]["devices"][0]["handshake_secs_ago"].is_u64())
+    });
+    let payload = vec![7u8; 200_000];
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", lport)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(&payload).unwrap();
+    let mut back = vec![0u8; payload.len()];
+    c.read_exact(&mut back).unwrap();
+    assert!(back == payload, "the echo through the tunnel is exact");
+    // On one host a direct path answers within a second or two when candidates
+    // are exchanged (the direct-path upgrade takes about 0.1 s); give it longer.
+    std::thread::sleep(Duration::from_secs(4));
+    let out = client(&config).args(["status", "--json"]).output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["devices"][0]["path"], "relay", "{v}");
+    let out = edge(&state, &["status", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["sessions"][0]["peers"][0]["path"], "relay", "{v}");
+}
+
 /// A Modbus TCP PLC simulator on loopback (tokio-modbus): holding registers
 /// 0..16 hold 1000 + address; register 100 counts the reads it has answered.
 fn plc_simulator() -> std::net::SocketAddr {

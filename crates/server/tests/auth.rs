@@ -19,6 +19,7 @@ store_tests!(
     api_tokens_expire_can_be_revoked_and_read_only_ones_cannot_write,
     login_tokens_end_on_idle_absolute_timeout_logout_disable_and_password_change,
     too_many_attempts_from_one_address_are_refused_while_other_addresses_go_on,
+    logins_over_the_address_limit_are_refused_before_any_check_or_write,
     secrets_are_sealed_at_rest_bound_to_their_row_and_need_the_servers_key,
 );
 
@@ -575,6 +576,48 @@ async fn too_many_attempts_from_one_address_are_refused_while_other_addresses_go
     );
     let (s, v) = login_from(&app, [127, 0, 0, 3], PASSWORD).await;
     assert_eq!(s, StatusCode::OK, "another address is not affected: {v}");
+}
+
+async fn logins_over_the_address_limit_are_refused_before_any_check_or_write(app: TestApp) {
+    let acct = app.account("acme").await;
+    app.user(&acct, "anna", "user").await;
+    // Use up the address's allowance (wrong passwords: anna ends up locked).
+    let mut tries = 0;
+    loop {
+        let (s, _) = login_from(&app, [127, 0, 0, 4], "Wrong-Password-1").await;
+        if s == StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+        tries += 1;
+        assert!(tries < 1000, "the address limit never refused");
+    }
+    let pool = &app.state.store.pool;
+    let audit = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM audit_log")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    };
+    let state = || async {
+        sqlx::query_as::<_, (i64, Option<i64>)>(
+            "SELECT CAST(failed_logins AS BIGINT), CAST(locked_until AS BIGINT) FROM users WHERE username = 'anna'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    };
+    let (before, user_before) = (audit().await, state().await);
+    // Further attempts from it, right or wrong, for a known or unknown user:
+    // refused at the door, nothing checked, nothing written.
+    for password in ["Wrong-Password-1", PASSWORD, "x"] {
+        for _ in 0..5 {
+            let (s, v) = login_from(&app, [127, 0, 0, 4], password).await;
+            assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+            assert_eq!(v["code"], "rate_limited");
+        }
+    }
+    assert_eq!(audit().await, before, "no audit entry for a refused attempt");
+    assert_eq!(state().await, user_before, "no failure counted");
 }
 
 /// Second step of a login with the current code of `secret`: the final stage.
