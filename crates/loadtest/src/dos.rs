@@ -189,7 +189,9 @@ struct Cores {
 impl Meter {
     fn start(server: Option<String>, ours: Vec<String>) -> Meter {
         Meter {
-            server0: server.as_ref().map_or(0.0, |p| cpu_secs(&[p.clone()])),
+            server0: server
+                .as_ref()
+                .map_or(0.0, |p| cpu_secs(std::slice::from_ref(p))),
             ours0: cpu_secs(&ours),
             machine0: machine_ticks(),
             t: Instant::now(),
@@ -199,7 +201,10 @@ impl Meter {
     }
     fn stop(self) -> Cores {
         let dt = self.t.elapsed().as_secs_f64().max(1e-3);
-        let server = self.server.as_ref().map_or(0.0, |p| cpu_secs(&[p.clone()]));
+        let server = self
+            .server
+            .as_ref()
+            .map_or(0.0, |p| cpu_secs(std::slice::from_ref(p)));
         let ours = cpu_secs(&self.ours);
         let (b1, t1) = machine_ticks();
         let (b0, t0) = self.machine0;

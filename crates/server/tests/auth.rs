@@ -616,7 +616,11 @@ async fn logins_over_the_address_limit_are_refused_before_any_check_or_write(app
             assert_eq!(v["code"], "rate_limited");
         }
     }
-    assert_eq!(audit().await, before, "no audit entry for a refused attempt");
+    assert_eq!(
+        audit().await,
+        before,
+        "no audit entry for a refused attempt"
+    );
     assert_eq!(state().await, user_before, "no failure counted");
 }
 
