@@ -86,9 +86,8 @@ fn a_silent_peer_neither_blocks_nor_grows_without_bound_and_others_still_flow() 
     assert_eq!(delivered, 1);
 }
 
-#[test]
-fn a_peer_moved_to_another_relay_keeps_its_session_and_uses_the_new_relay() {
-    let now = Instant::now();
+/// Two nodes, each the other's peer on relay 0, with a session formed through it.
+fn relay_pair(now: Instant) -> (Node, Node) {
     let (mut a, mut b) = (node(1), node(2));
     let cfg = |k| PeerConfig {
         public_key: k,
@@ -103,6 +102,13 @@ fn a_peer_moved_to_another_relay_keeps_its_session_and_uses_the_new_relay() {
         relay_pump(&mut a, &mut b, now);
         relay_pump(&mut b, &mut a, now);
     }
+    (a, b)
+}
+
+#[test]
+fn a_peer_moved_to_another_relay_keeps_its_session_and_uses_the_new_relay() {
+    let now = Instant::now();
+    let (mut a, b) = relay_pair(now);
     let hs = a.peer_stats(&b.public_key()).unwrap().last_handshake;
     a.set_peer_relay(now, &b.public_key(), Some(7));
     a.send_ip(now, &ipv4([100, 64, 0, 2], 60)).unwrap();
@@ -186,20 +192,7 @@ fn garbage_datagrams_and_frames_are_ignored() {
 #[test]
 fn a_full_data_queue_never_drops_a_candidate_signal() {
     let now = Instant::now();
-    let (mut a, mut b) = (node(1), node(2));
-    let cfg = |k| PeerConfig {
-        public_key: k,
-        allowed_ips: vec![IpNet::new(IpAddr::from([100, 64, 0, 2]), 32)],
-        relay: Some(0),
-        persistent_keepalive: None,
-        bridged: false,
-    };
-    a.add_peer(now, cfg(b.public_key())).unwrap();
-    b.add_peer(now, cfg(a.public_key())).unwrap();
-    for _ in 0..4 {
-        relay_pump(&mut a, &mut b, now);
-        relay_pump(&mut b, &mut a, now);
-    }
+    let (mut a, b) = relay_pair(now);
     assert!(
         a.peer_stats(&b.public_key())
             .unwrap()
