@@ -13,6 +13,7 @@ use ipnet::{IpNet, Ipv4Net};
 use smoltcp::wire::{IpProtocol, Ipv4Packet};
 use tokio::sync::mpsc;
 
+use crate::pump::{self, Side};
 use crate::stack::{Buffers, Shared, SockMeta, StackStream, wait_established};
 
 /// A TCP connection through the tunnel.
@@ -180,39 +181,9 @@ impl Dialer {
 
     /// Moves packets between the stack and the tunnel until `from_tunnel` closes.
     /// Inbound packets not addressed to the overlay address, or not TCP, are dropped.
-    pub async fn run(self, mut from_tunnel: mpsc::Receiver<Bytes>, to_tunnel: mpsc::Sender<Bytes>) {
+    pub async fn run(mut self, from_tunnel: mpsc::Receiver<Bytes>, to_tunnel: mpsc::Sender<Bytes>) {
         let shared = self.shared.clone();
-        let mut sweep = tokio::time::interval(Duration::from_millis(500));
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut blocked = false;
-        loop {
-            let mut delay = shared.poll_delay();
-            if blocked {
-                // smoltcp wants to send now but the tunnel is full: wait for room
-                // (the reserve branch) instead of spinning on a zero delay.
-                delay = delay.max(Duration::from_millis(20));
-            }
-            tokio::select! {
-                p = from_tunnel.recv() => {
-                    let Some(p) = p else { break };
-                    self.inbound(p);
-                    for _ in 0..63 {
-                        match from_tunnel.try_recv() {
-                            Ok(p) => self.inbound(p),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                _ = shared.notify.notified() => {}
-                _ = tokio::time::sleep(delay) => {}
-                p = to_tunnel.reserve(), if blocked => { drop(p); }
-                _ = sweep.tick() => { shared.sweep(None); }
-            }
-            let me = self.overlay_ip;
-            (blocked, _) = shared.egress(&to_tunnel, |p| {
-                crate::wire::addrs(p).is_some_and(|(src, _)| src == me)
-            });
-        }
+        pump::run(&shared, &mut self, from_tunnel, &to_tunnel).await;
         let mut g = shared.lock();
         for (_, s) in g.sockets.iter_mut() {
             let smoltcp::socket::Socket::Tcp(t) = s;
@@ -233,5 +204,35 @@ impl Dialer {
         }
         let mut g = self.shared.lock();
         self.shared.ingress(&mut g, p.into());
+    }
+}
+
+/// The client's side of the pump: no wake-ups of its own; only packets from the
+/// overlay address leave.
+impl Side for Dialer {
+    type Wake = std::convert::Infallible;
+
+    fn inbound(&mut self, packet: Bytes) {
+        Dialer::inbound(self, packet);
+    }
+
+    fn wake(&mut self) -> impl std::future::Future<Output = Self::Wake> + Send {
+        std::future::pending()
+    }
+
+    fn on_wake(&mut self, wake: Self::Wake) {
+        match wake {}
+    }
+
+    fn sweep(&mut self) {
+        self.shared.sweep(None);
+    }
+
+    fn egress(&mut self, to_tunnel: &mpsc::Sender<Bytes>) -> bool {
+        let me = self.overlay_ip;
+        let (blocked, _) = self.shared.egress(to_tunnel, |p| {
+            crate::wire::addrs(p).is_some_and(|(src, _)| src == me)
+        });
+        blocked
     }
 }

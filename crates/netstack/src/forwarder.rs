@@ -20,6 +20,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::policy::{DropReason, FlowKey, Policy, Verdict, classify};
+use crate::pump::{self, Side};
 use crate::stack::{Buffers, Shared, SockMeta, StackStream, wait_established};
 use crate::wire;
 
@@ -293,70 +294,24 @@ impl Forwarder {
 
     /// Moves packets until `from_tunnel` closes. Packets for the client go to
     /// `to_tunnel` with `try_send` (a full channel drops and counts, never stalls).
-    pub async fn run(
-        mut self,
-        mut from_tunnel: mpsc::Receiver<Bytes>,
-        to_tunnel: mpsc::Sender<Bytes>,
-    ) {
+    pub async fn run(mut self, from_tunnel: mpsc::Receiver<Bytes>, to_tunnel: mpsc::Sender<Bytes>) {
         let shared = self.common.shared.clone();
-        let (conn_tx, mut conn_rx) = mpsc::channel(self.limits.max_flows.max(1));
-        let mut st = RunState {
-            udp: HashMap::new(),
-            pending: HashMap::new(),
-            pings: Arc::new(Semaphore::new(self.limits.max_pings)),
-            conn_tx,
-            to_tunnel,
+        let (conn_tx, conn_rx) = mpsc::channel(self.limits.max_flows.max(1));
+        let mut turn = Turn {
+            st: RunState {
+                udp: HashMap::new(),
+                pending: HashMap::new(),
+                pings: Arc::new(Semaphore::new(self.limits.max_pings)),
+                conn_tx,
+                to_tunnel: to_tunnel.clone(),
+            },
+            fwd: &mut self,
+            conn_rx,
         };
-        let to_reserve = st.to_tunnel.clone();
-        let mut sweep = tokio::time::interval(Duration::from_millis(500));
-        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut blocked = false;
-        loop {
-            let mut delay = shared.poll_delay();
-            if blocked {
-                // smoltcp wants to send now but the tunnel is full: wait for room
-                // (the reserve branch) instead of spinning on a zero delay.
-                delay = delay.max(Duration::from_millis(20));
-            }
-            tokio::select! {
-                p = from_tunnel.recv() => {
-                    let Some(p) = p else { break };
-                    self.inbound(&mut st, p);
-                    for _ in 0..63 {
-                        match from_tunnel.try_recv() {
-                            Ok(p) => self.inbound(&mut st, p),
-                            Err(_) => break,
-                        }
-                    }
-                }
-                Some((key, lan)) = conn_rx.recv() => self.lan_connected(&mut st, key, lan),
-                _ = shared.notify.notified() => {}
-                _ = tokio::time::sleep(delay) => {}
-                p = to_reserve.reserve(), if blocked => { drop(p); }
-                r = self.policy_rx.changed() => {
-                    if r.is_ok() {
-                        self.revoke(&mut st);
-                    }
-                }
-                _ = sweep.tick() => {
-                    for _ in shared.sweep(Some(self.limits.tcp_idle)) {
-                        self.common.counters.tcp_flows.fetch_sub(1, Ordering::Relaxed);
-                    }
-                    st.udp.retain(|_, f| !f.tx.is_closed());
-                    self.common.counters.udp_flows.store(st.udp.len(), Ordering::Relaxed);
-                }
-            }
-            // Defence in depth: whatever smoltcp emits goes only to an allowed client.
-            let policy = self.common.policy.read().unwrap_or_else(|e| e.into_inner());
-            let sent;
-            (blocked, sent) = shared.egress(&st.to_tunnel, |p| {
-                crate::wire::addrs(p).is_some_and(|(_, dst)| policy.source_allowed(dst))
-            });
-            self.common.counters.packets.outbound(sent);
-        }
+        pump::run(&shared, &mut turn, from_tunnel, &to_tunnel).await;
         // Tunnel gone: reset every TCP flow, stop the UDP flows.
         shared.abort_where(|_| true);
-        st.udp.clear();
+        turn.st.udp.clear();
     }
 
     fn revoke(&self, st: &mut RunState) {
@@ -593,6 +548,68 @@ impl Forwarder {
             large,
         };
         tokio::spawn(tcp_flow(stream, lan, self.limits.connect_timeout));
+    }
+}
+
+/// The forwarder's side of the pump: LAN connects that finished and policy
+/// updates wake it; only packets to an allowed client leave.
+struct Turn<'a> {
+    fwd: &'a mut Forwarder,
+    st: RunState,
+    conn_rx: mpsc::Receiver<(FlowKey, Option<TcpStream>)>,
+}
+
+enum Wake {
+    LanConnected(FlowKey, Option<TcpStream>),
+    PolicyChanged,
+}
+
+impl Side for Turn<'_> {
+    type Wake = Wake;
+
+    fn inbound(&mut self, packet: Bytes) {
+        self.fwd.inbound(&mut self.st, packet);
+    }
+
+    fn wake(&mut self) -> impl std::future::Future<Output = Wake> + Send {
+        let (conn_rx, policy_rx) = (&mut self.conn_rx, &mut self.fwd.policy_rx);
+        async move {
+            tokio::select! {
+                Some((key, lan)) = conn_rx.recv() => Wake::LanConnected(key, lan),
+                Ok(()) = policy_rx.changed() => Wake::PolicyChanged,
+                else => std::future::pending().await,
+            }
+        }
+    }
+
+    fn on_wake(&mut self, wake: Wake) {
+        match wake {
+            Wake::LanConnected(key, lan) => self.fwd.lan_connected(&mut self.st, key, lan),
+            Wake::PolicyChanged => self.fwd.revoke(&mut self.st),
+        }
+    }
+
+    fn sweep(&mut self) {
+        let common = &self.fwd.common;
+        for _ in common.shared.sweep(Some(self.fwd.limits.tcp_idle)) {
+            common.counters.tcp_flows.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.st.udp.retain(|_, f| !f.tx.is_closed());
+        common
+            .counters
+            .udp_flows
+            .store(self.st.udp.len(), Ordering::Relaxed);
+    }
+
+    fn egress(&mut self, to_tunnel: &mpsc::Sender<Bytes>) -> bool {
+        let common = &self.fwd.common;
+        // Defence in depth: whatever smoltcp emits goes only to an allowed client.
+        let policy = common.policy.read().unwrap_or_else(|e| e.into_inner());
+        let (blocked, sent) = common.shared.egress(to_tunnel, |p| {
+            crate::wire::addrs(p).is_some_and(|(_, dst)| policy.source_allowed(dst))
+        });
+        common.counters.packets.outbound(sent);
+        blocked
     }
 }
 

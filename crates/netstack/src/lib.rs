@@ -24,6 +24,7 @@ pub mod forwarder;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod policy;
+mod pump;
 pub mod rewrite;
 pub mod servers;
 pub mod stack;
