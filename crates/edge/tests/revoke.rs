@@ -250,3 +250,103 @@ fn a_narrower_firewall_cuts_running_flows_to_the_removed_target_within_5_s() {
 fn a_removed_nat_mapping_cuts_running_flows_through_it_within_5_s() {
     revocation_stops_traffic_within_5_s(Change::Nat);
 }
+
+/// A session narrowed on request (`POST /sessions/{id}/narrow`): anna's session
+/// releases two machines and she has a connection open to each; the admin removes
+/// one from the session. Within 5 s the connection to the removed machine stops
+/// carrying traffic and a new one gets nothing, while the other machine of the
+/// same session keeps working, and bob's session on the same edge is untouched.
+#[test]
+fn narrowing_a_session_cuts_flows_to_the_removed_target_within_5_s() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, api, device, state) = setup(dir.path());
+    let plc = echo_on([127, 0, 0, 1]);
+    let hmi = echo_on([127, 0, 0, 2]);
+    let drive = echo_on([127, 0, 0, 3]);
+    let (code, v) = api.call(
+        reqwest::Method::PATCH,
+        &format!("/devices/{device}"),
+        Some(json!({"firewall": [tcp_target(plc), tcp_target(hmi), tcp_target(drive)]})),
+    );
+    ok(code, &v);
+    let (anna, _, _) = user_with_grant(&api, "anna", &device);
+    let (bob, _, _) = user_with_grant(&api, "bob", &device);
+    edge(&state, &["switch", "on"]);
+    let _agent = edge_run(&state);
+    wait("online with the switch on", || {
+        let d = api.get(&format!("/devices/{device}"));
+        d["status"]["online"] == true && d["status"]["switch_on"] == true
+    });
+    let mut procs = Vec::new();
+    let mut session_of = Vec::new();
+    let mut ports = Vec::new();
+    for (name, id, targets) in [("anna", &anna, vec![plc, drive]), ("bob", &bob, vec![hmi])] {
+        let t: Vec<Value> = targets.iter().map(|a| tcp_target(*a)).collect();
+        let (code, v) = api.post(
+            "/sessions",
+            json!({"name": name, "devices": [{"device_id": device, "targets": t}], "users": [id]}),
+        );
+        ok(code, &v);
+        let sid = v["id"].as_str().unwrap().to_string();
+        let config = dir.path().join(name);
+        login_as(&server, &config, "acme", name);
+        let mut cmd = client(&config);
+        cmd.args(["connect", &sid, "--for-seconds", "120"]);
+        for a in &targets {
+            let lport = free_port();
+            cmd.arg("-L").arg(format!("127.0.0.1:{lport}:{a}"));
+            ports.push(lport);
+        }
+        procs.push(Proc(
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ));
+        session_of.push(sid);
+    }
+    let (plc_port, drive_port, hmi_port) = (ports[0], ports[1], ports[2]);
+    let mut plc_flow = flowing(plc_port);
+    let mut drive_flow = flowing(drive_port);
+    let mut hmi_flow = flowing(hmi_port);
+
+    let started = Instant::now();
+    let (code, v) = api.post(
+        &format!("/sessions/{}/narrow", session_of[0]),
+        json!({"devices": [{"device_id": device, "targets": [tcp_target(plc)]}]}),
+    );
+    ok(code, &v);
+    while echoes(&mut drive_flow) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the flow to the removed target still carries traffic after 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if let Ok(mut s) = TcpStream::connect(("127.0.0.1", drive_port)) {
+        assert!(
+            !echoes(&mut s),
+            "a new connection to the removed target gets through"
+        );
+    }
+    // The target anna keeps still works, running and new; bob is untouched.
+    assert!(
+        echoes(&mut plc_flow),
+        "the kept target's running flow was cut"
+    );
+    let mut again = TcpStream::connect(("127.0.0.1", plc_port)).unwrap();
+    assert!(
+        echoes(&mut again),
+        "the kept target refuses a new connection"
+    );
+    assert!(echoes(&mut hmi_flow), "bob's running connection was cut");
+    let mut again = TcpStream::connect(("127.0.0.1", hmi_port)).unwrap();
+    assert!(echoes(&mut again), "bob cannot open a new connection");
+    let (_, audit) = api.call(reqwest::Method::GET, "/audit?action=session.narrow", None);
+    assert!(
+        audit.as_array().is_some_and(|a| a
+            .iter()
+            .any(|e| e["object"] == format!("session:{}", session_of[0]))),
+        "no session.narrow on the record: {audit}"
+    );
+}

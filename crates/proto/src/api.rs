@@ -524,6 +524,17 @@ pub struct PrepareSession {
     pub valid_until: Option<OffsetDateTime>,
 }
 
+/// Narrow a session's targets (`POST /sessions/{id}/narrow`): for each listed
+/// device, the targets it keeps. Every kept target must lie inside one the device
+/// has in the session now (a narrower address or port range, or fewer targets);
+/// nothing can be widened. Devices not listed keep their targets.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NarrowSession {
+    #[schema(min_items = 1, max_items = 256)]
+    pub devices: Vec<SessionDevice>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdhocSession {

@@ -300,6 +300,8 @@ struct DetailPage {
     addable: Vec<(String, String, String)>,
     /// An approver (admin or session admin) who did not start it may decide.
     can_approve: bool,
+    /// The requester or an account admin may remove targets while it is open.
+    can_narrow: bool,
     tunnels: Vec<TunnelRow>,
 }
 
@@ -403,6 +405,11 @@ pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
             Vec::new()
         },
         can_approve,
+        can_narrow: open
+            && (v.role() == drawbridge_proto::Role::Admin
+                || (v.can(Action::EndOwnSession)
+                    && (s.started_by.as_deref() == Some(me_actor.as_str())
+                        || s.created_by == me_actor))),
         tunnels: tunnels
             .iter()
             .map(|t| TunnelRow {
@@ -480,6 +487,37 @@ pub async fn add_device(Path(id): Path<String>, p: Posted) -> Response {
         )
         .await;
     after(r, &p.headers, &back, "The device was added.")
+}
+
+/// Removes one target from a device of the session (`/narrow` with the rest):
+/// running tunnels lose it within seconds.
+pub async fn narrow(Path(id): Path<String>, p: Posted) -> Response {
+    let back = format!("{PREFIX}/sessions/{}", enc(&id));
+    let f = &p.form;
+    let Ok(gone) = f.get("target").parse::<drawbridge_proto::Target>() else {
+        return crate::web::Flash::error("not a target").redirect(&back);
+    };
+    let s: Session = match p.api.get(&format!("/api/v1/sessions/{}", enc(&id))).await {
+        Ok(s) => s,
+        Err(e) => return after::<()>(Err(e), &p.headers, &back, ""),
+    };
+    let Some(d) = s.devices.iter().find(|d| d.device_id == f.get("device_id")) else {
+        return crate::web::Flash::error("that device is not in the session").redirect(&back);
+    };
+    let kept: Vec<_> = d.targets.iter().filter(|t| **t != gone).collect();
+    let r = p
+        .api
+        .post::<Session>(
+            &format!("/api/v1/sessions/{}/narrow", enc(&id)),
+            &json!({ "devices": [{ "device_id": d.device_id, "targets": kept }] }),
+        )
+        .await;
+    after(
+        r,
+        &p.headers,
+        &back,
+        "The target was removed: running tunnels lose it within seconds.",
+    )
 }
 
 /// Ad-hoc connect from a device's page.

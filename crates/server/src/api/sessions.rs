@@ -10,8 +10,10 @@ use crate::sessions;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, State};
-use drawbridge_proto::api::{AdhocSession, PrepareSession, Session, SessionDevice, SessionFilter};
-use drawbridge_proto::{Action, ApiError, EndReason, ErrorCode, Name};
+use drawbridge_proto::api::{
+    AdhocSession, NarrowSession, PrepareSession, Session, SessionDevice, SessionFilter,
+};
+use drawbridge_proto::{Action, ApiError, EndReason, ErrorCode, Name, Role};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -24,6 +26,7 @@ pub fn routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(adhoc))
         .routes(routes!(approve))
         .routes(routes!(tunnels))
+        .routes(routes!(narrow))
 }
 
 fn is_assigned(s: &Session, caller: &Caller) -> bool {
@@ -470,6 +473,60 @@ async fn approve(
     let s = sessions::load(&mut tx, &caller.account_id, &id).await?;
     tx.commit().await?;
     crate::live::notify_sessions(&state, std::slice::from_ref(&s.id)).await?;
+    Ok(Json(s))
+}
+
+/// Narrow a session's targets: per listed device, the targets it keeps (each
+/// inside one it has now; never wider). Running tunnels follow within seconds:
+/// the edge cuts flows to removed targets, clients lose their routes. The
+/// session's requester (who started or prepared it) and account admins may.
+#[utoipa::path(post, path = "/api/v1/sessions/{id}/narrow", tag = "sessions", params(("id" = String, Path)),
+    request_body = NarrowSession,
+    responses((status = 200, body = Session), (status = 400, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn narrow(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<NarrowSession>,
+) -> AppResult<Json<Session>> {
+    caller
+        .require(&state, Action::EndOwnSession, "session.narrow")
+        .await?;
+    sessions::narrow::check_request(&req.devices)?;
+    let s = visible(&state, &caller, &id).await?;
+    let actor = caller.actor();
+    let requester = s.started_by.as_deref() == Some(actor.as_str()) || s.created_by == actor;
+    if !requester && caller.role != Role::Admin {
+        return caller.denied(&state, "session.narrow").await;
+    }
+    let now = state.now();
+    let mut tx = state.store.begin().await?;
+    let s = sessions::load(&mut tx, &caller.account_id, &id).await?;
+    let changed = sessions::narrow::apply(
+        &mut tx,
+        &caller.account_id,
+        &id,
+        s.state,
+        &caller,
+        &req.devices,
+        now,
+    )
+    .await?;
+    if !changed {
+        // The same targets again: nothing to do, nothing on the record.
+        return Ok(Json(s));
+    }
+    // The live revocation path: tunnels whose users' grants no longer fit are
+    // cut, and every touched session is poked on every replica after the commit.
+    let mut touched =
+        crate::live::revoke::revalidate(&mut tx, &caller.account_id, &actor, "session.narrow", now)
+            .await?;
+    if !touched.contains(&id) {
+        touched.push(id.clone());
+    }
+    let s = sessions::load(&mut tx, &caller.account_id, &id).await?;
+    tx.commit().await?;
+    crate::live::notify_sessions(&state, &touched).await?;
     Ok(Json(s))
 }
 

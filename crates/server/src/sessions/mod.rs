@@ -14,6 +14,7 @@ use drawbridge_proto::{ApprovalState, EndReason, Name, Role, SessionState};
 use sqlx::{AnyConnection, Row};
 
 mod approval;
+pub mod narrow;
 pub mod tunnels;
 use approval::time_out_pending;
 pub use approval::{APPROVAL_WINDOW_SECS, Decided, Decider, decide};
