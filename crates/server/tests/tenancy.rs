@@ -270,6 +270,9 @@ fn body_for(method: &str, path: &str, own_device: &str) -> Option<Value> {
             json!({"device_id": own_device, "targets": [target_502()]})
         }
         ("POST", "/api/v1/sessions/{id}/approve") => json!({"approve": true}),
+        ("POST", "/api/v1/sessions/{id}/narrow") => {
+            json!({"devices": [{"device_id": own_device, "targets": [target_502()]}]})
+        }
         ("POST", "/api/v1/sessions/{id}/join") => {
             json!({"public_key": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="})
         }
