@@ -570,6 +570,22 @@ pub struct AuditEntry {
     pub source: String,
     pub details: serde_json::Value,
     pub hash: String,
+    /// Set when this entry stands for several events: repeats of a refused edge
+    /// authentication or enrolment within its window are counted on the first
+    /// entry instead of written (not part of the entry's hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeated: Option<AuditRepeated>,
+}
+
+/// How many events one audit entry stands for, and when the first and last were.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditRepeated {
+    /// Events counted, the entry's own included (at least 2).
+    pub count: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub first: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last: OffsetDateTime,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, IntoParams)]

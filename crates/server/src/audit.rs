@@ -8,7 +8,7 @@
 
 use crate::clock::from_unix;
 use crate::db::{Store, Tx};
-use drawbridge_proto::api::{AuditEntry, AuditQuery, AuditVerify};
+use drawbridge_proto::api::{AuditEntry, AuditQuery, AuditRepeated, AuditVerify};
 use ring::digest;
 use sqlx::Row;
 
@@ -428,6 +428,7 @@ pub async fn query_page(
 ) -> Result<Page, sqlx::Error> {
     let limit = q.limit.unwrap_or(MAX_EXPORT).clamp(1, MAX_EXPORT) as usize;
     let mut entries = query(store, account_id, q).await?;
+    add_repeats(store, account_id, &mut entries).await?;
     let next_after_seq = if entries.len() > limit {
         entries.truncate(limit);
         entries.last().map(|e| e.seq)
@@ -531,9 +532,48 @@ async fn query(
                 source: r.source,
                 details: serde_json::from_str(&r.details).unwrap_or(serde_json::Value::Null),
                 hash: r.hash,
+                repeated: None,
             })
         })
         .collect()
+}
+
+/// Fills in [`AuditEntry::repeated`] for the entries of one page that stand
+/// for several events (counted by [`append_coalesced`]).
+async fn add_repeats(
+    store: &Store,
+    account_id: &str,
+    entries: &mut [AuditEntry],
+) -> Result<(), sqlx::Error> {
+    let (Some(lo), Some(hi)) = (
+        entries.iter().map(|e| e.seq).min(),
+        entries.iter().map(|e| e.seq).max(),
+    ) else {
+        return Ok(());
+    };
+    let rows: Vec<(i64, i64, Option<i64>)> = sqlx::query_as(
+        "SELECT seq, count, last_ts FROM audit_coalesced
+         WHERE account_id = $1 AND seq >= $2 AND seq <= $3 AND count > 1",
+    )
+    .bind(account_id)
+    .bind(lo)
+    .bind(hi)
+    .fetch_all(&store.pool)
+    .await?;
+    let counts: std::collections::HashMap<i64, (i64, Option<i64>)> = rows
+        .into_iter()
+        .map(|(seq, count, last)| (seq, (count, last)))
+        .collect();
+    for e in entries.iter_mut() {
+        if let Some((count, last)) = counts.get(&e.seq) {
+            e.repeated = Some(AuditRepeated {
+                count: *count,
+                first: e.time,
+                last: last.map(from_unix).unwrap_or(e.time),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// JSON lines: one entry per line.
@@ -560,6 +600,8 @@ pub fn to_csv(entries: &[AuditEntry]) -> String {
         "source",
         "details",
         "hash",
+        "repeated",
+        "repeated_last",
     ]);
     for e in entries {
         let time = e
@@ -577,6 +619,18 @@ pub fn to_csv(entries: &[AuditEntry]) -> String {
             &e.source,
             &e.details.to_string(),
             &e.hash,
+            &e.repeated
+                .as_ref()
+                .map(|r| r.count.to_string())
+                .unwrap_or_default(),
+            &e.repeated
+                .as_ref()
+                .and_then(|r| {
+                    r.last
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_default(),
         ]);
     }
     String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()

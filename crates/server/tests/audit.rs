@@ -208,7 +208,7 @@ async fn exports_filter_by_time_actor_device_and_action_in_json_lines_and_csv(ap
     assert_eq!(s, StatusCode::OK);
     let csv = body.as_str().unwrap();
     assert!(
-        csv.starts_with("account_id,seq,time,actor,action,object,result,source,details,hash\n")
+        csv.starts_with("account_id,seq,time,actor,action,object,result,source,details,hash,repeated,repeated_last\n")
     );
     assert_eq!(csv.lines().count(), 3);
     let (s, v) = app.get("/api/v1/audit?format=xml", &acct.admin).await;

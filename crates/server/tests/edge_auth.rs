@@ -97,6 +97,40 @@ async fn a_stranger_hammering_an_edge_id_is_limited_and_recorded_once_with_a_cou
         entries[0].1, 30,
         "the entry counts the failures it stands for"
     );
+    // The count is shown where entries are read: the API's page (also the
+    // client's `audit export`) and the server's JSON-lines and CSV exports.
+    let account: String =
+        sqlx::query_scalar("SELECT account_id FROM audit_log WHERE action = 'device.auth'")
+            .fetch_one(&l.app.state.store.pool)
+            .await
+            .unwrap();
+    let q = drawbridge_proto::api::AuditQuery {
+        action: Some("device.auth".into()),
+        ..Default::default()
+    };
+    let page = drawbridge_server::audit::query_page(&l.app.state.store, &account, &q)
+        .await
+        .unwrap();
+    let rep = page.entries[0]
+        .repeated
+        .clone()
+        .expect("the entry shows its count");
+    assert_eq!(rep.count, 30);
+    assert!(rep.first <= rep.last && rep.first == page.entries[0].time);
+    let all = drawbridge_server::audit::query_all(&l.app.state.store, &account, &q)
+        .await
+        .unwrap();
+    let jsonl = drawbridge_server::audit::to_jsonl(&all);
+    assert!(jsonl.contains("\"repeated\":{\"count\":30"), "{jsonl}");
+    let csv = drawbridge_server::audit::to_csv(&all);
+    assert!(
+        csv.lines()
+            .next()
+            .unwrap()
+            .ends_with(",repeated,repeated_last"),
+        "{csv}"
+    );
+    assert!(csv.lines().nth(1).unwrap().contains(",30,"), "{csv}");
     // The address soon runs out of attempts, with a clear refusal.
     let mut limited = false;
     for _ in 0..100 {

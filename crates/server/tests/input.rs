@@ -695,6 +695,13 @@ async fn the_openapi_document_states_the_bounds_the_server_enforces(app: TestApp
     assert_eq!(s, StatusCode::OK);
     let schemas = &doc["components"]["schemas"];
     let prop = |schema: &str, field: &str| schemas[schema]["properties"][field].clone();
+    // An audit entry that stands for repeats says how many, first and last.
+    assert!(
+        prop("AuditEntry", "repeated").is_object(),
+        "{}",
+        schemas["AuditEntry"]
+    );
+    assert!(prop("AuditRepeated", "count").is_object());
     // Names: 1 to 64 characters; user names with their pattern.
     assert_eq!(schemas["Name"]["minLength"], 1, "{}", schemas["Name"]);
     assert_eq!(schemas["Name"]["maxLength"], 64);

@@ -93,6 +93,8 @@ pub struct Row {
     pub source: String,
     /// The details as labelled fields.
     pub details: Vec<(String, String)>,
+    /// For an entry that stands for several events: how many, and the last one's time.
+    pub repeated: Option<(i64, String)>,
 }
 
 /// A name for an `actor` or `object` reference, the raw reference kept for hover.
@@ -265,6 +267,10 @@ pub async fn page(v: Viewer, Query(f): Query<Filter>) -> Response {
                                 result: e.result.clone(),
                                 source: e.source.clone(),
                                 details: fields(&names, &sessions, &e.details),
+                                repeated: e
+                                    .repeated
+                                    .as_ref()
+                                    .map(|r| (r.count, super::when(&r.last))),
                             })
                             .collect(),
                         None,
