@@ -16,10 +16,9 @@ use drawbridge_proto::channel::{
     ClientToServer, JoinRequest, JoinResponse, MAX_CHANNEL_FRAME, ServerToClient, TunnelReport,
 };
 use drawbridge_proto::{NatMapping, PortRange, Protocol, Target};
-use drawbridge_tunnel::driver::{
-    Connector, DriverConfig, DriverEvent, RelayEndpoint, Tunnel, TunnelIo,
-};
-use drawbridge_tunnel::{IpNet, NodeConfig, PeerConfig, Signal, keys};
+use drawbridge_tunnel::driver::{Connector, DriverEvent, Tunnel};
+use drawbridge_tunnel::session::{self, SessionTunnel, SessionTunnelConfig};
+use drawbridge_tunnel::{IpNet, PeerConfig, Signal, keys};
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -271,60 +270,27 @@ impl Live {
         let Some(token) = self.join.relay_token.clone() else {
             return Ok(());
         };
-        if self.tunnel.is_none() {
-            let mut stun = Vec::new();
-            for s in self.join.stun.iter().take(4) {
-                if let Ok(mut a) = tokio::net::lookup_host(s.as_str()).await
-                    && let Some(a) = a.next()
-                {
-                    stun.push(a);
-                }
-            }
-            let started = Tunnel::start(DriverConfig {
-                node: NodeConfig {
+        if self.tunnel.is_none()
+            && let Some(from_dialer) = self.from_dialer.take()
+        {
+            let SessionTunnel {
+                tunnel,
+                events,
+                pump,
+            } = session::start(
+                SessionTunnelConfig {
                     private_key: self.private_key,
-                    stun_servers: stun,
-                    local_addrs: vec![],
-                    seed: None,
+                    stun: self.join.stun.clone(),
+                    relay_url: self.join.relay_url.clone(),
+                    relay_token: token.clone(),
+                    connector: Connector::Rustls(tls.clone()),
                 },
-                bind: "0.0.0.0:0".parse().expect("static address"),
-                relays: vec![RelayEndpoint {
-                    id: 0,
-                    url: self.join.relay_url.clone(),
-                    token: token.clone(),
-                    connector: Some(Connector::Rustls(tls.clone())),
-                    proxy: drawbridge_tunnel::proxy::Proxy::from_env().ok().flatten(),
-                }],
-                peers: vec![],
-                queue: 1024,
-            })
+                from_dialer,
+                self.to_dialer.clone(),
+            )
             .await
             .map_err(|e| Error::user(format!("starting the tunnel: {e}")))?;
-            let (tunnel, io) = started;
-            let TunnelIo {
-                mut incoming,
-                events,
-            } = io;
-            let tunnel = Arc::new(tunnel);
-            let t = tunnel.clone();
-            let to_dialer = self.to_dialer.clone();
-            if let Some(mut from_dialer) = self.from_dialer.take() {
-                self.pump = Some(tokio::spawn(async move {
-                    loop {
-                        tokio::select! {
-                            p = incoming.recv() => match p {
-                                Some((_, packet)) => { let _ = to_dialer.try_send(Bytes::from(packet)); }
-                                None => return,
-                            },
-                            p = from_dialer.recv() => match p {
-                                // Our packets are the only owner of their buffer: no copy.
-                                Some(packet) => { let _ = t.try_send_ip(Vec::from(packet)); }
-                                None => return,
-                            },
-                        }
-                    }
-                }));
-            }
+            self.pump = Some(pump);
             self.events = Some(events);
             self.tunnel = Some(tunnel);
             self.token = Some(token.clone());

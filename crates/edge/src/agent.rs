@@ -20,8 +20,9 @@ use drawbridge_proto::channel::{
     EDGE_AUTH_CONTEXT, EdgeSession, EdgeStatus, EdgeToServer, MAX_CHANNEL_FRAME, ServerToEdge,
     TunnelReport,
 };
-use drawbridge_tunnel::driver::{Connector, DriverConfig, DriverEvent, RelayEndpoint, Tunnel};
-use drawbridge_tunnel::{IpNet, NodeConfig, PeerConfig, Signal, keys};
+use drawbridge_tunnel::driver::{Connector, DriverEvent, Tunnel};
+use drawbridge_tunnel::session::{self, SessionTunnel, SessionTunnelConfig};
+use drawbridge_tunnel::{IpNet, PeerConfig, Signal, keys};
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use ring::signature::Ed25519KeyPair;
@@ -104,7 +105,10 @@ struct Running {
     /// Clients currently configured as peers (base64 keys).
     peers: Vec<String>,
     token: Option<String>,
+    /// Moves packets between the tunnel and the LAN path.
     pump: Option<tokio::task::JoinHandle<()>>,
+    /// Carries the tunnel's candidates to the control plane.
+    signals: Option<tokio::task::JoinHandle<()>>,
     stats: HashMap<String, PeerStatus>,
 }
 
@@ -112,6 +116,9 @@ impl Running {
     fn stop(&mut self) {
         if let Some(p) = self.pump.take() {
             p.abort();
+        }
+        if let Some(s) = self.signals.take() {
+            s.abort();
         }
         if let Some((_, f)) = self.forwarder.take() {
             f.abort();
@@ -192,6 +199,7 @@ impl Agent {
                     peers: Vec::new(),
                     token: None,
                     pump: None,
+                    signals: None,
                     stats: HashMap::new(),
                 }
             });
@@ -426,42 +434,31 @@ async fn start_tunnel(
     out: mpsc::Sender<EdgeToServer>,
     gateway: Option<&crate::kernel::Gateway>,
 ) -> anyhow::Result<()> {
-    let mut stun = Vec::new();
-    for s in r.info.stun.iter().take(4) {
-        if let Ok(mut addrs) = tokio::net::lookup_host(s.as_str()).await
-            && let Some(a) = addrs.next()
-        {
-            stun.push(a);
-        }
-    }
-    let (tunnel, mut io) = Tunnel::start(DriverConfig {
-        node: NodeConfig {
+    let (to_fwd, from_tunnel) = mpsc::channel::<Bytes>(1024);
+    let (to_tunnel, from_fwd) = mpsc::channel::<Bytes>(1024);
+    let started = session::start(
+        SessionTunnelConfig {
             private_key: r.private_key,
-            stun_servers: stun,
-            local_addrs: vec![],
-            seed: None,
+            stun: r.info.stun.clone(),
+            relay_url: r.info.relay_url.clone(),
+            relay_token: token.to_string(),
+            connector: Connector::Rustls(tls),
         },
-        bind: "0.0.0.0:0".parse().expect("static address"),
-        relays: vec![RelayEndpoint {
-            id: 0,
-            url: r.info.relay_url.clone(),
-            token: token.to_string(),
-            connector: Some(Connector::Rustls(tls)),
-            proxy: drawbridge_tunnel::proxy::Proxy::from_env().ok().flatten(),
-        }],
-        peers: vec![],
-        queue: 1024,
-    })
+        from_fwd,
+        to_fwd,
+    )
     .await
     .context("starting the tunnel")?;
-    let tunnel = Arc::new(tunnel);
+    let SessionTunnel {
+        tunnel,
+        mut events,
+        pump,
+    } = started;
     // Client packets go to the userspace stack, which opens ordinary sockets to
     // the released targets only (or, in kernel mode, through the policy check
     // to the TUN); the replies go back into the tunnel.
     r.applied = Some(r.policy());
     let (targets, nat, sources) = r.policy();
-    let (to_fwd, from_tunnel) = mpsc::channel::<Bytes>(1024);
-    let (to_tunnel, mut from_fwd) = mpsc::channel::<Bytes>(1024);
     let (lan, fwd_task) = match gateway {
         Some(g) => {
             let policy = drawbridge_netstack::Policy {
@@ -469,7 +466,13 @@ async fn start_tunnel(
                 nat,
                 allowed_sources: sources,
             };
-            let (h, task) = g.attach(policy, from_tunnel, to_tunnel)?;
+            let (h, task) = match g.attach(policy, from_tunnel, to_tunnel) {
+                Ok(attached) => attached,
+                Err(e) => {
+                    pump.abort();
+                    return Err(e);
+                }
+            };
             (LanPath::Kernel(h), task)
         }
         None => {
@@ -487,34 +490,18 @@ async fn start_tunnel(
         }
     };
     let session_id = r.info.session_id.clone();
-    let t = tunnel.clone();
-    r.pump = Some(tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                ev = io.events.recv() => match ev {
-                    Some(DriverEvent::Signal { peer, signal }) => {
-                        let _ = out.try_send(EdgeToServer::Signal {
-                            session_id: session_id.clone(),
-                            peer: b64_key(&peer),
-                            data: STANDARD.encode(signal.encode()),
-                        });
-                    }
-                    Some(_) => {}
-                    None => return,
-                },
-                pkt = io.incoming.recv() => match pkt {
-                    // A full stack queue drops (and TCP retransmits): never stall the tunnel.
-                    Some((_peer, packet)) => { let _ = to_fwd.try_send(Bytes::from(packet)); }
-                    None => return,
-                },
-                pkt = from_fwd.recv() => match pkt {
-                    // The forwarder's packets own their buffer: taken without a copy.
-                    Some(packet) => { let _ = t.try_send_ip(Vec::from(packet)); }
-                    None => return,
-                },
+    r.signals = Some(tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            if let DriverEvent::Signal { peer, signal } = ev {
+                let _ = out.try_send(EdgeToServer::Signal {
+                    session_id: session_id.clone(),
+                    peer: b64_key(&peer),
+                    data: STANDARD.encode(signal.encode()),
+                });
             }
         }
     }));
+    r.pump = Some(pump);
     r.forwarder = Some((lan, fwd_task));
     r.tunnel = Some(tunnel);
     r.token = Some(token.to_string());

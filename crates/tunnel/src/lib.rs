@@ -32,6 +32,7 @@ pub mod engine;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod proxy;
+pub mod session;
 pub mod shutdown;
 
 /// The pure wire formats live in `drawbridge-wire` (the relay links only that crate).

@@ -1,0 +1,107 @@
+//! The tunnel of one Drawbridge session, as the client (`drawbridge connect`) and the
+//! edge both run it: a fresh UDP socket on all addresses, the STUN servers the control
+//! plane names, one relay connection (id 0, through the plant's HTTP proxy when
+//! `DRAWBRIDGE_PROXY` / `HTTPS_PROXY` says so), no peers yet, and a task that moves IP
+//! packets between the tunnel and the application's userspace stack or TUN interface.
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::NodeConfig;
+use crate::driver::{Connector, DriverConfig, DriverEvent, RelayEndpoint, Tunnel, TunnelIo};
+
+/// STUN servers used at most (the control plane's list is cut there).
+pub const MAX_STUN: usize = 4;
+/// Bound of each of the driver's channels.
+pub const QUEUE: usize = 1024;
+
+/// What the control plane gave for one session's tunnel.
+pub struct SessionTunnelConfig {
+    /// This side's WireGuard key for the session (only its public half leaves).
+    pub private_key: [u8; 32],
+    /// STUN servers as `host:port`; the first [`MAX_STUN`] are resolved, those that
+    /// do not resolve are left out.
+    pub stun: Vec<String>,
+    pub relay_url: String,
+    pub relay_token: String,
+    /// TLS for the relay (the control plane's trust).
+    pub connector: Connector,
+}
+
+/// A started session tunnel.
+pub struct SessionTunnel {
+    pub tunnel: Arc<Tunnel>,
+    /// Candidates for the peers (to carry through the control plane) and engine events.
+    pub events: mpsc::Receiver<DriverEvent>,
+    /// Moves packets between the tunnel and the application until either side closes;
+    /// abort it to stop.
+    pub pump: JoinHandle<()>,
+}
+
+/// Starts the session's tunnel. Decrypted packets go to `to_app` and packets from
+/// `from_app` into the tunnel (routed by destination over the peers' allowed IPs),
+/// both without waiting: a full queue drops (TCP retransmits), it never stalls the
+/// tunnel.
+pub async fn start(
+    config: SessionTunnelConfig,
+    mut from_app: mpsc::Receiver<Bytes>,
+    to_app: mpsc::Sender<Bytes>,
+) -> io::Result<SessionTunnel> {
+    let mut stun = Vec::new();
+    for s in config.stun.iter().take(MAX_STUN) {
+        if let Ok(mut addrs) = tokio::net::lookup_host(s.as_str()).await
+            && let Some(a) = addrs.next()
+        {
+            stun.push(a);
+        }
+    }
+    let (tunnel, io) = Tunnel::start(DriverConfig {
+        node: NodeConfig {
+            private_key: config.private_key,
+            stun_servers: stun,
+            local_addrs: vec![],
+            seed: None,
+        },
+        bind: "0.0.0.0:0".parse().expect("static address"),
+        relays: vec![RelayEndpoint {
+            id: 0,
+            url: config.relay_url,
+            token: config.relay_token,
+            connector: Some(config.connector),
+            proxy: crate::proxy::Proxy::from_env().ok().flatten(),
+        }],
+        peers: vec![],
+        queue: QUEUE,
+    })
+    .await?;
+    let TunnelIo {
+        mut incoming,
+        events,
+    } = io;
+    let tunnel = Arc::new(tunnel);
+    let t = tunnel.clone();
+    let pump = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                p = incoming.recv() => match p {
+                    Some((_peer, packet)) => { let _ = to_app.try_send(Bytes::from(packet)); }
+                    None => return,
+                },
+                p = from_app.recv() => match p {
+                    // The application's packets own their buffer: taken without a copy.
+                    Some(packet) => { let _ = t.try_send_ip(Vec::from(packet)); }
+                    None => return,
+                },
+            }
+        }
+    });
+    Ok(SessionTunnel {
+        tunnel,
+        events,
+        pump,
+    })
+}
