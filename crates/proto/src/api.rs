@@ -122,11 +122,9 @@ pub struct Account {
 pub struct UpdateAccount {
     #[serde(default)]
     pub name: Option<Name>,
-    /// A partial settings object: only the keys given change (JSON merge patch);
-    /// unknown keys are refused.
+    /// Only the settings given change; unknown keys are refused.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
-    pub settings: Option<serde_json::Value>,
+    pub settings: Option<AccountSettingsPatch>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -476,6 +476,111 @@ impl AccountSettings {
     }
 }
 
+/// A change to an account's settings: only the keys given change (a JSON merge
+/// patch, RFC 7396, with the value types of [`AccountSettings`]); unknown keys and
+/// wrong types are refused when the body is parsed, bounds by [`AccountSettings::check`]
+/// on the result. A key given as `null` is left as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccountSettingsPatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_policy: Option<PasswordPolicyPatch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub require_totp: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100)]
+    pub lockout_threshold: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1440)]
+    pub lockout_minutes: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1440)]
+    pub login_idle_minutes: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 720)]
+    pub login_absolute_hours: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adhoc_allowed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dual_control: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 43200)]
+    pub max_session_minutes: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 1440)]
+    pub session_idle_minutes: Option<u32>,
+}
+
+/// A change to a password policy: only the keys given change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct PasswordPolicyPatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 8, maximum = 256)]
+    pub min_length: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 4)]
+    pub min_classes: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 3650)]
+    pub expiry_days: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 24)]
+    pub history: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deny_common: Option<bool>,
+}
+
+impl AccountSettingsPatch {
+    /// `current` with the given keys replaced; the caller checks the bounds.
+    pub fn apply(&self, current: &AccountSettings) -> AccountSettings {
+        let mut s = current.clone();
+        if let Some(p) = &self.password_policy {
+            let q = &mut s.password_policy;
+            q.min_length = p.min_length.unwrap_or(q.min_length);
+            q.min_classes = p.min_classes.unwrap_or(q.min_classes);
+            q.expiry_days = p.expiry_days.unwrap_or(q.expiry_days);
+            q.history = p.history.unwrap_or(q.history);
+            q.deny_common = p.deny_common.unwrap_or(q.deny_common);
+        }
+        s.require_totp = self.require_totp.unwrap_or(s.require_totp);
+        s.lockout_threshold = self.lockout_threshold.unwrap_or(s.lockout_threshold);
+        s.lockout_minutes = self.lockout_minutes.unwrap_or(s.lockout_minutes);
+        s.login_idle_minutes = self.login_idle_minutes.unwrap_or(s.login_idle_minutes);
+        s.login_absolute_hours = self.login_absolute_hours.unwrap_or(s.login_absolute_hours);
+        s.adhoc_allowed = self.adhoc_allowed.unwrap_or(s.adhoc_allowed);
+        s.dual_control = self.dual_control.unwrap_or(s.dual_control);
+        s.max_session_minutes = self.max_session_minutes.unwrap_or(s.max_session_minutes);
+        s.session_idle_minutes = self.session_idle_minutes.unwrap_or(s.session_idle_minutes);
+        s
+    }
+}
+
+impl From<&AccountSettings> for AccountSettingsPatch {
+    /// A patch that sets every key to `s`'s value.
+    fn from(s: &AccountSettings) -> Self {
+        let p = &s.password_policy;
+        Self {
+            password_policy: Some(PasswordPolicyPatch {
+                min_length: Some(p.min_length),
+                min_classes: Some(p.min_classes),
+                expiry_days: Some(p.expiry_days),
+                history: Some(p.history),
+                deny_common: Some(p.deny_common),
+            }),
+            require_totp: Some(s.require_totp),
+            lockout_threshold: Some(s.lockout_threshold),
+            lockout_minutes: Some(s.lockout_minutes),
+            login_idle_minutes: Some(s.login_idle_minutes),
+            login_absolute_hours: Some(s.login_absolute_hours),
+            adhoc_allowed: Some(s.adhoc_allowed),
+            dual_control: Some(s.dual_control),
+            max_session_minutes: Some(s.max_session_minutes),
+            session_idle_minutes: Some(s.session_idle_minutes),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SessionState {

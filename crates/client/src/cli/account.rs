@@ -100,9 +100,7 @@ pub(super) async fn account(ctx: &Ctx, cmd: AccountCmd) -> Result<()> {
                         .as_deref()
                         .map(|n| name(n, "account name"))
                         .transpose()?,
-                    settings: Some(
-                        serde_json::to_value(&s).map_err(|e| Error::user(e.to_string()))?,
-                    ),
+                    settings: Some((&s).into()),
                 }
             };
             let a = c.update_account(&req).await?;

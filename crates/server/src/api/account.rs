@@ -9,7 +9,7 @@ use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use drawbridge_proto::api::{Account, Notification, UpdateAccount};
-use drawbridge_proto::{AccountSettings, Action, ApiError};
+use drawbridge_proto::{AccountSettings, AccountSettingsPatch, Action, ApiError};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -105,34 +105,12 @@ async fn notifications(
     ))
 }
 
-/// Applies a JSON merge patch (RFC 7396) to the current settings; the result
-/// must parse (no unknown keys, right types) and be within bounds.
+/// The current settings with the patch applied; the result must be within bounds.
 fn merge_settings(
     current: &AccountSettings,
-    patch: &serde_json::Value,
+    patch: &AccountSettingsPatch,
 ) -> AppResult<AccountSettings> {
-    fn merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
-        match (target, patch) {
-            (serde_json::Value::Object(t), serde_json::Value::Object(p)) => {
-                for (k, v) in p {
-                    match t.get_mut(k) {
-                        Some(slot) if v.is_object() => merge(slot, v),
-                        _ => {
-                            t.insert(k.clone(), v.clone());
-                        }
-                    }
-                }
-            }
-            (t, p) => *t = p.clone(),
-        }
-    }
-    if !patch.is_object() {
-        return Err(AppError::bad_request("settings must be an object"));
-    }
-    let mut value = serde_json::to_value(current).map_err(AppError::internal)?;
-    merge(&mut value, patch);
-    let settings: AccountSettings = serde_json::from_value(value)
-        .map_err(|e| AppError::bad_request(format!("invalid settings: {e}")))?;
+    let settings = patch.apply(current);
     settings.check().map_err(AppError::invalid)?;
     Ok(settings)
 }
