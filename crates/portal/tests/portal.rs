@@ -1023,3 +1023,79 @@ async fn the_audit_page_shows_the_newest_first_in_pages_with_names_and_labelled_
     let n = *all.first().unwrap();
     assert_eq!(all, (1..=n).rev().collect::<Vec<_>>(), "every entry once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_page_names_groups_pools_grants_and_linked_devices() {
+    let server = TestServer::start().await;
+    let mut admin = Browser::new(&server);
+    admin.setup(&server.setup_token().await, "Plant").await;
+    let dash = admin.login("Plant", "admin", PASSWORD).await;
+    let csrf = dash.csrf();
+    let created = admin
+        .post(
+            "/portal/devices",
+            &[
+                ("csrf", &csrf),
+                ("name", "Press"),
+                ("firewall", "tcp:192.168.1.10:502"),
+            ],
+        )
+        .await;
+    let device = between(&created.body, "action=\"/portal/devices/", "/config\"").to_string();
+    admin
+        .post(
+            "/portal/access/groups",
+            &[("csrf", &csrf), ("name", "Crew")],
+        )
+        .await;
+    admin
+        .post("/portal/access/pools", &[("csrf", &csrf), ("name", "Hall")])
+        .await;
+    let access = admin.get("/portal/access").await;
+    let group = between(&access.body, "action=\"/portal/access/groups/", "/").to_string();
+    let pool = between(&access.body, "action=\"/portal/access/pools/", "/").to_string();
+    admin
+        .post(
+            &format!("/portal/access/pools/{pool}/devices"),
+            &[("csrf", &csrf), ("device_id", &device)],
+        )
+        .await;
+    let r = admin
+        .post(
+            "/portal/access/grants",
+            &[
+                ("csrf", &csrf),
+                ("group_id", &group),
+                ("pool_id", &pool),
+                ("level", "full"),
+                ("targets", ""),
+            ],
+        )
+        .await;
+    assert!(admin.follow(&r).await.body.contains("grant was created"));
+
+    let page = admin.get("/portal/audit").await;
+    assert_eq!(page.status, 200);
+    let row = |action: &str| -> String {
+        page.body
+            .split("<tr class=\"")
+            .find(|r| r.contains(&format!(">{action}<")))
+            .unwrap_or_else(|| panic!("no {action} row: {}", page.body))
+            .split("</tr>")
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    // Objects by name, the raw reference on hover.
+    let g = row("group.create");
+    assert!(g.contains(">group Crew<"), "{g}");
+    assert!(g.contains(&format!("title=\"group:{group}\"")), "{g}");
+    let p = row("pool.add");
+    assert!(p.contains(">pool Hall<"), "{p}");
+    // The linked device in the details is named, not an id.
+    assert!(p.contains("Press"), "{p}");
+    assert!(!p.contains(&format!("> {device}<")), "raw device id: {p}");
+    let grant = row("grant.create");
+    assert!(grant.contains("grant group id:</b> Crew"), "{grant}");
+    assert!(grant.contains("grant pool id:</b> Hall"), "{grant}");
+}

@@ -7,7 +7,9 @@ use askama::Template;
 use axum::extract::Query;
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
-use drawbridge_proto::api::{AuditEntry, AuditVerify, Device, Session};
+use drawbridge_proto::api::{
+    ApiToken, AuditEntry, AuditVerify, Device, FleetKey, Grant, Group, Pool, Session,
+};
 use serde::Deserialize;
 use std::collections::HashMap;
 
@@ -97,36 +99,121 @@ pub struct Row {
     pub repeated: Option<(i64, String)>,
 }
 
-/// A name for an `actor` or `object` reference, the raw reference kept for hover.
-fn named(names: &Names, sessions: &HashMap<String, String>, r: &str) -> String {
-    if let Some(id) = r.strip_prefix("device:") {
-        return names.device(id);
-    }
-    if let Some(id) = r.strip_prefix("session:") {
-        return session_name(sessions, id);
-    }
-    names.actor(r)
+/// Everything an audit row may name, loaded once per page from the viewer's own
+/// account (the API scopes every list, so another account's ids stay ids).
+struct Refs {
+    names: Names,
+    sessions: HashMap<String, String>,
+    groups: HashMap<String, String>,
+    pools: HashMap<String, String>,
+    /// `grant:<id>`, `token:<id>`, `fleet_key:<id>` → a label.
+    others: HashMap<String, String>,
 }
 
-fn session_name(sessions: &HashMap<String, String>, id: &str) -> String {
-    match sessions.get(id) {
-        Some(n) => format!("session {n}"),
-        None => format!("session {}", super::short(id)),
+impl Refs {
+    async fn load(v: &Viewer, devices: &[Device]) -> Refs {
+        let names = Names::load(v, devices).await;
+        let sessions = v.api.get::<Vec<Session>>("/api/v1/sessions").await;
+        let groups = v.api.get::<Vec<Group>>("/api/v1/groups").await;
+        let pools = v.api.get::<Vec<Pool>>("/api/v1/pools").await;
+        let grants = v.api.get::<Vec<Grant>>("/api/v1/grants").await;
+        let tokens = v.api.get::<Vec<ApiToken>>("/api/v1/tokens").await;
+        let fleet_keys = v.api.get::<Vec<FleetKey>>("/api/v1/fleet-keys").await;
+        // A list the viewer may not read leaves its ids as they are.
+        let groups: HashMap<String, String> = groups
+            .unwrap_or_default()
+            .into_iter()
+            .map(|g| (g.id, g.name.to_string()))
+            .collect();
+        let pools: HashMap<String, String> = pools
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| (p.id, p.name.to_string()))
+            .collect();
+        let mut others = HashMap::new();
+        for g in grants.unwrap_or_default() {
+            let side = |m: &HashMap<String, String>, id: &str| {
+                m.get(id).cloned().unwrap_or_else(|| super::short(id))
+            };
+            let label = format!(
+                "grant {} → {}",
+                side(&groups, &g.group_id),
+                side(&pools, &g.pool_id)
+            );
+            others.insert(format!("grant:{}", g.id), label);
+        }
+        for t in tokens.unwrap_or_default() {
+            others.insert(format!("token:{}", t.id), format!("token {}", t.name));
+        }
+        for k in fleet_keys.unwrap_or_default() {
+            others.insert(
+                format!("fleet_key:{}", k.id),
+                format!("fleet key {}", k.name),
+            );
+        }
+        Refs {
+            names,
+            sessions: sessions
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| (s.id, s.name.to_string()))
+                .collect(),
+            groups,
+            pools,
+            others,
+        }
+    }
+
+    /// A name for an `actor` or `object` reference (the raw reference is kept for hover).
+    fn named(&self, r: &str) -> String {
+        if let Some(id) = r.strip_prefix("device:") {
+            return self.names.device(id);
+        }
+        if let Some(id) = r.strip_prefix("session:") {
+            return self.session(id);
+        }
+        if let Some(n) = r.strip_prefix("group:").and_then(|id| self.groups.get(id)) {
+            return format!("group {n}");
+        }
+        if let Some(n) = r.strip_prefix("pool:").and_then(|id| self.pools.get(id)) {
+            return format!("pool {n}");
+        }
+        if let Some(n) = self.others.get(r) {
+            return n.clone();
+        }
+        self.names.actor(r)
+    }
+
+    fn session(&self, id: &str) -> String {
+        match self.sessions.get(id) {
+            Some(n) => format!("session {n}"),
+            None => format!("session {}", super::short(id)),
+        }
+    }
+
+    /// A details value that is an id of a known kind, as a name.
+    fn id_field(&self, key: &str, id: &str) -> Option<String> {
+        Some(match key {
+            "user_id" | "user" => self.names.user(id),
+            "device_id" | "device" => self.names.device(id),
+            "session_id" => self.session(id),
+            "group_id" | "group" => self.groups.get(id)?.clone(),
+            "pool_id" | "pool" => self.pools.get(id)?.clone(),
+            "grant_id" => self.named(&format!("grant:{id}")),
+            "token_id" => self.named(&format!("token:{id}")),
+            _ => return None,
+        })
     }
 }
 
 /// A details object as (label, value) pairs; nested objects are flattened into
-/// dotted labels, lists into comma-separated values, ids of users, devices and
-/// sessions become names.
-fn fields(
-    names: &Names,
-    sessions: &HashMap<String, String>,
-    d: &serde_json::Value,
-) -> Vec<(String, String)> {
+/// dotted labels, lists into comma-separated values, ids of users, devices,
+/// sessions, groups, pools, grants and tokens become names.
+fn fields(refs: &Refs, d: &serde_json::Value) -> Vec<(String, String)> {
     let mut out = Vec::new();
     match d {
         serde_json::Value::Null => {}
-        serde_json::Value::Object(_) => flatten(names, sessions, "", d, &mut out),
+        serde_json::Value::Object(_) => flatten(refs, "", d, &mut out),
         other => out.push(("details".into(), clip(plain(other)))),
     }
     out.truncate(30);
@@ -155,13 +242,7 @@ fn plain(v: &serde_json::Value) -> String {
     }
 }
 
-fn flatten(
-    names: &Names,
-    sessions: &HashMap<String, String>,
-    prefix: &str,
-    v: &serde_json::Value,
-    out: &mut Vec<(String, String)>,
-) {
+fn flatten(refs: &Refs, prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
     let serde_json::Value::Object(m) = v else {
         return;
     };
@@ -171,16 +252,15 @@ fn flatten(
         } else {
             format!("{prefix} {}", k.replace('_', " "))
         };
-        match (k.as_str(), v) {
-            ("user_id", serde_json::Value::String(id)) => out.push((label, names.user(id))),
-            ("device_id", serde_json::Value::String(id)) => out.push((label, names.device(id))),
-            ("session_id", serde_json::Value::String(id)) => {
-                out.push((label, session_name(sessions, id)))
-            }
-            (_, serde_json::Value::Object(_)) if prefix.is_empty() => {
-                flatten(names, sessions, &label, v, out)
-            }
-            (_, serde_json::Value::Null) => {}
+        if let serde_json::Value::String(id) = v
+            && let Some(name) = refs.id_field(k, id)
+        {
+            out.push((label, name));
+            continue;
+        }
+        match v {
+            serde_json::Value::Object(_) if prefix.is_empty() => flatten(refs, &label, v, out),
+            serde_json::Value::Null => {}
             _ => out.push((label, clip(plain(v)))),
         }
     }
@@ -212,15 +292,7 @@ pub async fn page(v: Viewer, Query(f): Query<Filter>) -> Response {
         Err(e) => return v.fail(&e),
     };
     let devices: Vec<Device> = v.api.get("/api/v1/devices").await.unwrap_or_default();
-    let names = Names::load(&v, &devices).await;
-    let sessions: HashMap<String, String> = v
-        .api
-        .get::<Vec<Session>>("/api/v1/sessions")
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|s| (s.id, s.name.to_string()))
-        .collect();
+    let refs = Refs::load(&v, &devices).await;
     let mut older = None;
     let per_page = f
         .per_page
@@ -259,14 +331,14 @@ pub async fn page(v: Viewer, Query(f): Query<Filter>) -> Response {
                             .map(|e| Row {
                                 seq: e.seq,
                                 time: super::when(&e.time),
-                                actor: named(&names, &sessions, &e.actor),
+                                actor: refs.named(&e.actor),
                                 actor_id: e.actor.clone(),
                                 action: e.action.clone(),
-                                object: named(&names, &sessions, &e.object),
+                                object: refs.named(&e.object),
                                 object_id: e.object.clone(),
                                 result: e.result.clone(),
                                 source: e.source.clone(),
-                                details: fields(&names, &sessions, &e.details),
+                                details: fields(&refs, &e.details),
                                 repeated: e
                                     .repeated
                                     .as_ref()
@@ -280,7 +352,8 @@ pub async fn page(v: Viewer, Query(f): Query<Filter>) -> Response {
             }
         }
     };
-    let mut users: Vec<(String, String)> = names
+    let mut users: Vec<(String, String)> = refs
+        .names
         .users
         .iter()
         .map(|(id, n)| (format!("user:{id}"), n.clone()))
