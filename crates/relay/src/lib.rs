@@ -12,6 +12,7 @@
 //! has the `bridge` claim ([`bridge`], [`RelayState::serve_bridge`]).
 
 pub mod bridge;
+pub mod feed;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod stun;
@@ -212,8 +213,9 @@ impl RelayState {
 
     /// Revokes a session: its connections close now, and until `until` (unix seconds;
     /// the latest expiry any of its tokens can have) its tokens are refused, both for
-    /// new connections and as `TOKEN` refreshes. Only this relay process knows: a
-    /// relay that is not told (a standalone one) admits the tokens until they expire.
+    /// new connections and as `TOKEN` refreshes. Only this relay process knows: the
+    /// server calls it for the relay it mounts, a standalone relay from the control
+    /// plane's revocation feed ([`feed`]).
     pub fn revoke_session(&self, session_id: &str, until: u64) {
         {
             let mut revoked = self.revoked();
@@ -527,6 +529,9 @@ pub struct StandaloneConfig {
     /// TLS for the relay listener (`wss://`); `None` serves plain `ws://` (tests, or behind
     /// a TLS-terminating proxy).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The control plane's revocation feed ([`feed`]); `None`: a revoked session's tokens
+    /// stay admitted here until they expire.
+    pub revocations: Option<feed::poll::RevocationFeed>,
 }
 
 impl std::fmt::Debug for StandaloneConfig {
@@ -536,46 +541,109 @@ impl std::fmt::Debug for StandaloneConfig {
             .field("stun_listen", &self.stun_listen)
             .field("bridge_listen", &self.bridge_listen)
             .field("tls", &self.tls.is_some())
+            .field("revocations", &self.revocations)
             .finish_non_exhaustive()
     }
 }
 
-/// Runs the relay, the STUN service and (when configured) the UDP bridge until one fails.
-pub async fn run_standalone(config: StandaloneConfig) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.relay_listen).await?;
-    let udp = tokio::net::UdpSocket::bind(config.stun_listen).await?;
-    let bridge_udp = match config.bridge_listen {
-        Some(a) => Some(tokio::net::UdpSocket::bind(a).await?),
-        None => None,
-    };
-    let state = RelayState::new(config.relay);
-    tracing::info!(relay = %listener.local_addr()?, stun = %udp.local_addr()?, tls = config.tls.is_some(), "relay and STUN listening");
-    let bridge = {
-        let state = state.clone();
-        async move {
-            match bridge_udp {
-                Some(sock) => state.serve_bridge(sock).await,
-                None => std::future::pending().await,
+/// A standalone relay with its sockets bound, not yet serving.
+pub struct Standalone {
+    listener: tokio::net::TcpListener,
+    udp: tokio::net::UdpSocket,
+    bridge_udp: Option<tokio::net::UdpSocket>,
+    state: RelayState,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    revocations: Option<feed::poll::RevocationFeed>,
+}
+
+impl Standalone {
+    /// Binds the relay listener, the STUN socket and (when configured) the bridge socket.
+    pub async fn bind(config: StandaloneConfig) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(config.relay_listen).await?;
+        let udp = tokio::net::UdpSocket::bind(config.stun_listen).await?;
+        let bridge_udp = match config.bridge_listen {
+            Some(a) => Some(tokio::net::UdpSocket::bind(a).await?),
+            None => None,
+        };
+        Ok(Standalone {
+            listener,
+            udp,
+            bridge_udp,
+            state: RelayState::new(config.relay),
+            tls: config.tls,
+            revocations: config.revocations,
+        })
+    }
+
+    /// The relay listener's address.
+    pub fn relay_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The relay's state.
+    pub fn state(&self) -> RelayState {
+        self.state.clone()
+    }
+
+    /// Serves until one of the services fails.
+    pub async fn run(self) -> std::io::Result<()> {
+        let Standalone {
+            listener,
+            udp,
+            bridge_udp,
+            state,
+            tls,
+            revocations,
+        } = self;
+        tracing::info!(relay = %listener.local_addr()?, stun = %udp.local_addr()?, tls = tls.is_some(), "relay and STUN listening");
+        let bridge = {
+            let state = state.clone();
+            async move {
+                match bridge_udp {
+                    Some(sock) => state.serve_bridge(sock).await,
+                    None => std::future::pending().await,
+                }
             }
-        }
-    };
-    let app = router(state);
-    match config.tls {
-        Some(tls) => {
-            tokio::select! {
-                r = serve_tls(listener, app, tls) => r,
-                r = stun::serve(udp) => r,
-                r = bridge => r,
+        };
+        let feed = {
+            let state = state.clone();
+            async move {
+                match revocations {
+                    Some(f) => f.run(state).await,
+                    None => tracing::warn!(
+                        "relay: no control-plane URL, so no revocation feed: a revoked \
+                         session's tokens are admitted here until they expire"
+                    ),
+                }
+                std::future::pending::<std::io::Result<()>>().await
             }
-        }
-        None => {
-            tokio::select! {
-                r = axum::serve(listener, app) => r,
-                r = stun::serve(udp) => r,
-                r = bridge => r,
+        };
+        let app = router(state);
+        match tls {
+            Some(tls) => {
+                tokio::select! {
+                    r = serve_tls(listener, app, tls) => r,
+                    r = stun::serve(udp) => r,
+                    r = bridge => r,
+                    r = feed => r,
+                }
+            }
+            None => {
+                tokio::select! {
+                    r = axum::serve(listener, app) => r,
+                    r = stun::serve(udp) => r,
+                    r = bridge => r,
+                    r = feed => r,
+                }
             }
         }
     }
+}
+
+/// Runs the relay, the STUN service, (when configured) the UDP bridge and the
+/// revocation feed until one fails.
+pub async fn run_standalone(config: StandaloneConfig) -> std::io::Result<()> {
+    Standalone::bind(config).await?.run().await
 }
 
 /// Serves `app` over TLS on `listener` (HTTP/1.1 and HTTP/2, with WebSocket upgrades).

@@ -88,6 +88,11 @@ impl SigningKey {
             .map_err(|_| TokenError::Key)
     }
 
+    /// Signs `msg` (for the other signed formats of this crate, each with its own prefix).
+    pub(crate) fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        self.0.sign(msg).as_ref().to_vec()
+    }
+
     /// The public half, for relays.
     pub fn verifying_key(&self) -> VerifyingKey {
         let mut k = [0u8; 32];
@@ -112,6 +117,12 @@ impl VerifyingKey {
     }
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
+    }
+    /// Whether `sig` is this key's signature of `msg`.
+    pub(crate) fn verifies(&self, msg: &[u8], sig: &[u8]) -> bool {
+        UnparsedPublicKey::new(&ED25519, self.0)
+            .verify(msg, sig)
+            .is_ok()
     }
 }
 

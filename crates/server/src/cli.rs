@@ -68,6 +68,30 @@ enum Command {
         tls_cert: Option<PathBuf>,
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// The control plane's URL (https://host:port), for its feed of revoked sessions:
+        /// their connections here close and their tokens are refused within seconds.
+        /// Without it a revoked session's tokens stay admitted until they expire.
+        #[arg(long, requires = "credential_file")]
+        control_url: Option<String>,
+        /// File holding this relay's credential for the feed (`drawbridge-server relay-credential`).
+        #[arg(long, requires = "control_url")]
+        credential_file: Option<PathBuf>,
+        /// PEM CA certificate(s) to trust for --control-url besides the system's (the
+        /// control plane's self-signed CA: its data directory's ca.pem).
+        #[arg(long, requires = "control_url")]
+        ca_file: Option<PathBuf>,
+    },
+    /// Print a credential with which a standalone relay reads the feed of revoked
+    /// sessions (`relay --credential-file`).
+    RelayCredential {
+        #[command(flatten)]
+        db: Overrides,
+        /// A name for the relay (shown in the control plane's log).
+        #[arg(long)]
+        name: String,
+        /// Days until it expires.
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        days: u32,
     },
     /// Print the control plane's relay-token verifying key (for standalone relays).
     RelayKey {
@@ -211,6 +235,9 @@ pub async fn main() -> anyhow::Result<i32> {
             verifying_key,
             tls_cert,
             tls_key,
+            control_url,
+            credential_file,
+            ca_file,
         }) => {
             let key = crate::keys::parse_verifying_key(&verifying_key)?;
             let tls = match (tls_cert, tls_key) {
@@ -221,14 +248,31 @@ pub async fn main() -> anyhow::Result<i32> {
                 "Drawbridge relay on {listen} (TLS: {}), STUN on udp {stun_listen}",
                 tls.is_some()
             );
+            let revocations = match (control_url, credential_file) {
+                (Some(url), Some(file)) => Some(revocation_feed(&key, &url, &file, ca_file)?),
+                _ => {
+                    println!(
+                        "  revocation feed: off (no --control-url): a revoked session's tokens are admitted until they expire"
+                    );
+                    None
+                }
+            };
             drawbridge_relay::run_standalone(drawbridge_relay::StandaloneConfig {
                 relay_listen: listen,
                 stun_listen,
                 bridge_listen,
                 relay: drawbridge_relay::RelayConfig::new(key),
                 tls,
+                revocations,
             })
             .await?;
+            Ok(0)
+        }
+        Some(Command::RelayCredential { db, name, days }) => {
+            let (_, store) = open(&db).await?;
+            let now = Clock::default().unix();
+            let key = crate::keys::relay_signing_key(&store, now).await?;
+            println!("{}", crate::relay_feed::credential(&key, &name, now, days)?);
             Ok(0)
         }
         Some(Command::RotateSecretsKey { db, new_key_file }) => {
@@ -502,6 +546,43 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     .await;
     println!("Drawbridge server stopped");
     Ok(())
+}
+
+/// The standalone relay's revocation feed, its credential checked against the
+/// relay's verifying key first (one from another control plane, or expired, is an
+/// error at start, not a stream of refusals later).
+fn revocation_feed(
+    key: &drawbridge_relay::VerifyingKey,
+    url: &str,
+    credential_file: &std::path::Path,
+    ca_file: Option<PathBuf>,
+) -> anyhow::Result<drawbridge_relay::feed::poll::RevocationFeed> {
+    let credential = std::fs::read_to_string(credential_file)
+        .with_context(|| format!("reading {}", credential_file.display()))?;
+    let now = u64::try_from(Clock::default().unix()).unwrap_or(0);
+    let cred =
+        drawbridge_relay::feed::verify_credential(key, credential.trim(), now).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: not a relay credential of this control plane ({e}); make one with \
+                 `drawbridge-server relay-credential`",
+                credential_file.display()
+            )
+        })?;
+    let ca = match &ca_file {
+        Some(f) => Some(std::fs::read(f).with_context(|| format!("reading {}", f.display()))?),
+        None => None,
+    };
+    let feed = drawbridge_relay::feed::poll::RevocationFeed::new(url, &credential, ca.as_deref())?;
+    let until = crate::clock::from_unix(i64::try_from(cred.expires_at).unwrap_or(i64::MAX))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    println!(
+        "  revocation feed: {} every {} s (relay {:?}, credential valid until {until})",
+        feed.url(),
+        drawbridge_relay::feed::POLL_EVERY.as_secs(),
+        cred.relay
+    );
+    Ok(feed)
 }
 
 /// The `host:port` peers are told to use for a UDP service bound at `local`: the

@@ -18,6 +18,7 @@ pub mod notifications;
 pub mod password;
 pub mod pki;
 pub mod records;
+pub mod relay_feed;
 pub mod rights;
 pub mod sealed;
 pub mod secret;

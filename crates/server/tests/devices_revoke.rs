@@ -13,16 +13,13 @@ use base64::engine::general_purpose::STANDARD;
 use common::TestApp;
 use drawbridge_proto::api::ENROLL_CONTEXT;
 use drawbridge_proto::channel::{EDGE_AUTH_CONTEXT, EdgeToServer, ServerToClient, ServerToEdge};
-use futures_util::StreamExt;
 use live_harness::{
-    Device, Live, Ws, edge, enrolled, recv, running, send, sessions_of, until, wg_key,
+    Device, Live, Ws, closed, edge, edge_relay_token, enrolled, recv, running, send, until,
 };
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::json;
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 store_tests!(
     a_disabled_edge_loses_its_channel_sessions_and_relay_within_seconds,
@@ -69,19 +66,6 @@ async fn cut_off(ws: &mut Ws, code: &str) {
     assert!(closed(ws).await, "the channel closes");
 }
 
-async fn closed(ws: &mut Ws) -> bool {
-    tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match ws.next().await {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
-                Some(Ok(_)) => continue,
-            }
-        }
-    })
-    .await
-    .unwrap_or(false)
-}
-
 fn new_key() -> Ed25519KeyPair {
     Ed25519KeyPair::from_pkcs8(
         Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
@@ -104,47 +88,6 @@ async fn enrol(l: &Live, activation: &str, key: &Ed25519KeyPair) -> StatusCode {
         .call(Method::POST, "/api/v1/enroll", None, Some(body))
         .await
         .0
-}
-
-/// The edge announces its session key; returns the edge's relay token for the session.
-async fn edge_relay_token(ws: &mut Ws, session: &str) -> String {
-    send(
-        ws,
-        &EdgeToServer::SessionKey {
-            session_id: session.to_string(),
-            public_key: wg_key(200),
-        },
-    )
-    .await;
-    let m = until(ws, |m: &ServerToEdge| {
-        sessions_of(m).is_some_and(|x| {
-            x.iter()
-                .any(|s| s.session_id == session && s.relay_token.is_some())
-        })
-    })
-    .await;
-    sessions_of(&m)
-        .unwrap()
-        .iter()
-        .find(|s| s.session_id == session)
-        .and_then(|s| s.relay_token.clone())
-        .unwrap()
-}
-
-/// Opens a relay connection with `token`: Ok, or the refusal's HTTP status.
-async fn relay(l: &Live, token: &str) -> Result<Ws, u16> {
-    let mut req = format!("wss://127.0.0.1:{}/relay/v1", l.port)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let connector = tokio_tungstenite::Connector::Rustls(l.tls.clone());
-    match tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector)).await
-    {
-        Ok((ws, _)) => Ok(ws),
-        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
-        Err(e) => panic!("relay connect: {e}"),
-    }
 }
 
 async fn device_json(l: &Live, acct: &common::Account, id: &str) -> serde_json::Value {
@@ -183,8 +126,8 @@ async fn a_disabled_edge_loses_its_channel_sessions_and_relay_within_seconds(app
     let mut ws_other = edge(&l, &other, true).await;
     let (s, mut client) = running(&l, &acct, &d, 1).await;
     let (s_other, _client_other) = running(&l, &acct, &other, 2).await;
-    let token = edge_relay_token(&mut ws, &s).await;
-    let mut relayed = relay(&l, &token).await.expect("admitted before");
+    let token = edge_relay_token(&mut ws, &s, 200).await;
+    let mut relayed = l.relay(&token).await.expect("admitted before");
 
     let v = l
         .app
@@ -209,7 +152,7 @@ async fn a_disabled_edge_loses_its_channel_sessions_and_relay_within_seconds(app
     );
     assert!(closed(&mut relayed).await, "the relay connection is closed");
     // Still within its validity, the token is refused now; so is the channel.
-    assert_eq!(relay(&l, &token).await.err(), Some(401));
+    assert_eq!(l.relay(&token).await.err(), Some(401));
     let m = auth_answer(&l, &d.id, &d.key).await;
     assert!(refused_with(&m, "device_disabled"), "{m:?}");
     assert_eq!(

@@ -125,6 +125,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 pub fn app(state: AppState) -> Router {
     let (api, _) = routes();
     let relay = drawbridge_relay::router(state.relay.clone());
+    let feed = crate::relay_feed::router(state.clone());
     let portal_key = state.portal_key.clone();
     let api: Router = Router::new()
         .merge(api)
@@ -134,7 +135,10 @@ pub fn app(state: AppState) -> Router {
         .with_state(state);
     // The portal renders pages by calling this same API in-process.
     let portal = drawbridge_portal::router(api.clone(), &portal_key);
-    api.merge(portal).merge(relay).fallback(not_found)
+    api.merge(portal)
+        .merge(relay)
+        .merge(feed)
+        .fallback(not_found)
 }
 
 /// Every request body the API accepts is a JSON object with named fields.

@@ -29,6 +29,8 @@ pub struct Live {
     pub app: TestApp,
     pub port: u16,
     pub tls: Arc<rustls::ClientConfig>,
+    /// The server's CA certificate (PEM), as `--ca-file` hands it to a standalone relay.
+    pub ca_pem: Vec<u8>,
     server: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
@@ -51,8 +53,9 @@ pub async fn live(app: TestApp) -> Live {
         app.app.clone(),
         std::future::pending(),
     ));
+    let ca_pem = std::fs::read(&files.ca_cert).unwrap();
     let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut std::fs::read(&files.ca_cert).unwrap().as_slice()) {
+    for c in rustls_pemfile::certs(&mut ca_pem.as_slice()) {
         roots.add(c.unwrap()).unwrap();
     }
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -66,6 +69,7 @@ pub async fn live(app: TestApp) -> Live {
         app,
         port,
         tls: Arc::new(tls),
+        ca_pem,
         server,
         _dir: dir,
     }
@@ -89,6 +93,67 @@ impl Live {
             .await
             .map(|(ws, _)| ws)
     }
+
+    /// Opens a connection to this server's relay with `token`: Ok, or the refusal's HTTP status.
+    pub async fn relay(&self, token: &str) -> Result<Ws, u16> {
+        self.relay_at(&format!("wss://127.0.0.1:{}/relay/v1", self.port), token)
+            .await
+    }
+
+    /// Opens a relay connection at `url` (`wss://` trusting this server's CA, or `ws://`)
+    /// with `token`: Ok, or the refusal's HTTP status.
+    pub async fn relay_at(&self, url: &str, token: &str) -> Result<Ws, u16> {
+        let mut req = url.into_client_request().unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let connector = tokio_tungstenite::Connector::Rustls(self.tls.clone());
+        match tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector))
+            .await
+        {
+            Ok((ws, _)) => Ok(ws),
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+            Err(e) => panic!("relay connect: {e}"),
+        }
+    }
+}
+
+/// Whether the connection closes within 5 s (messages before the close are skipped).
+pub async fn closed(ws: &mut Ws) -> bool {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// The edge announces session key `wg_key(n)`; returns the edge's relay token for the session.
+pub async fn edge_relay_token(ws: &mut Ws, session: &str, n: u8) -> String {
+    send(
+        ws,
+        &EdgeToServer::SessionKey {
+            session_id: session.to_string(),
+            public_key: wg_key(n),
+        },
+    )
+    .await;
+    let m = until(ws, |m: &ServerToEdge| {
+        sessions_of(m).is_some_and(|x| {
+            x.iter()
+                .any(|s| s.session_id == session && s.relay_token.is_some())
+        })
+    })
+    .await;
+    sessions_of(&m)
+        .unwrap()
+        .iter()
+        .find(|s| s.session_id == session)
+        .and_then(|s| s.relay_token.clone())
+        .unwrap()
 }
 
 pub async fn recv<T: serde::de::DeserializeOwned>(ws: &mut Ws) -> Option<T> {
