@@ -682,3 +682,99 @@ async fn the_first_start_setup_link_dies_after_init_and_setup_link_makes_a_short
     let res = setup(token, "third").await.unwrap();
     assert_eq!(res.status().as_u16(), 401, "works once");
 }
+
+/// `drawbridge-server relay ARGS`: the banner's first two lines while it runs, or
+/// its output when it stops at once.
+fn relay_start(args: &[&str]) -> Result<Vec<String>, String> {
+    let mut child = Command::new(BIN)
+        .arg("relay")
+        .args(["--listen", "127.0.0.1:0", "--stun-listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the relay");
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let lines: Vec<String> = (0..2)
+        .map_while(|_| rx.recv_timeout(Duration::from_secs(10)).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let running = child.try_wait().expect("relay status").is_none();
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("relay output");
+    if running {
+        Ok(lines)
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn a_standalone_relay_checks_its_feed_credential_at_start_and_says_when_it_has_no_feed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let stdout = |args: &[&str], data: &Path| {
+        let out = cli(data, args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let key = stdout(&["relay-key"], &data);
+    let cred = stdout(
+        &["relay-credential", "--name", "eu-1", "--days", "2"],
+        &data,
+    );
+    assert!(cred.starts_with("drf1."), "{cred}");
+    let foreign = stdout(
+        &["relay-credential", "--name", "x"],
+        &dir.path().join("other"),
+    );
+    let good_file = dir.path().join("relay.cred");
+    let foreign_file = dir.path().join("foreign.cred");
+    std::fs::write(&good_file, format!("{cred}\n")).unwrap();
+    std::fs::write(&foreign_file, &foreign).unwrap();
+    let with_feed = |file: &Path| {
+        relay_start(&[
+            "--verifying-key",
+            &key,
+            "--control-url",
+            "https://127.0.0.1:1",
+            "--credential-file",
+            file.to_str().unwrap(),
+        ])
+    };
+
+    let lines = with_feed(&good_file).expect("starts with its own credential");
+    assert!(
+        lines[1].contains("revocation feed: https://127.0.0.1:1/relay/v1/revoked every 2 s"),
+        "{lines:?}"
+    );
+    let err = with_feed(&foreign_file).expect_err("another control plane's credential");
+    assert!(
+        err.contains("not a relay credential of this control plane"),
+        "{err}"
+    );
+    let err = relay_start(&[
+        "--verifying-key",
+        &key,
+        "--control-url",
+        "https://127.0.0.1:1",
+    ])
+    .expect_err("a control URL needs a credential");
+    assert!(err.contains("--credential-file"), "{err}");
+
+    let lines = relay_start(&["--verifying-key", &key]).expect("starts without a feed");
+    assert!(lines[1].contains("revocation feed: off"), "{lines:?}");
+}
