@@ -1,8 +1,7 @@
-//! The `drawbridge` command as a library: a typed client for the control API
-//! ([`api`]), the stored login ([`config`]), text tables ([`table`]) and the
-//! command line itself ([`cli`]).
+//! The `drawbridge` command as a library: the stored login ([`config`]), text
+//! tables ([`table`]) and the command line itself ([`cli`]), over the typed API
+//! client of `drawbridge-api-client` ([`Client`]).
 
-pub mod api;
 pub mod cli;
 pub mod config;
 pub mod connect;
@@ -11,7 +10,8 @@ mod show;
 pub mod table;
 pub mod wgexport;
 
-pub use api::Client;
+use drawbridge_api_client as api;
+pub use drawbridge_api_client::Client;
 
 /// What a `drawbridge` command can fail with.
 #[derive(Debug, thiserror::Error)]

@@ -122,7 +122,7 @@ async fn join(ctx: &Ctx, id: &str, public: &str) -> Result<JoinResponse> {
             )
             .await;
         match r {
-            Err(crate::api::Error::Api {
+            Err(drawbridge_api_client::Error::Api {
                 code: ErrorCode::Conflict,
                 message,
                 ..

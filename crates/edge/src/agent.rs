@@ -666,7 +666,7 @@ async fn session(
 pub async fn run(dir: StateDir, switch: SwitchSource, kernel: bool) -> anyhow::Result<()> {
     let device = dir.device()?;
     let key = dir.identity()?;
-    let mut tls = drawbridge::api::tls_config(device.ca_file.as_deref())?;
+    let mut tls = drawbridge_api_client::tls_config(device.ca_file.as_deref())?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()]; // WebSockets upgrade over HTTP/1.1
     let (out_tx, mut out_rx) = mpsc::channel(1024);
     let mut agent = Agent {

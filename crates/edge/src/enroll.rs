@@ -36,14 +36,14 @@ pub enum EnrollError {
     #[error("name: {0}")]
     Name(#[from] drawbridge_proto::text::TextError),
     #[error(transparent)]
-    Api(#[from] drawbridge::api::Error),
+    Api(#[from] drawbridge_api_client::Error),
 }
 
 /// Proves `secret` and the identity `key` to the server behind `client`;
 /// returns its answer and keeps nothing. [`enroll`] stores the result in the
 /// state directory; a load generator simulating many edges keeps it in memory.
 pub async fn request(
-    client: &drawbridge::Client,
+    client: &drawbridge_api_client::Client,
     key: &Ed25519KeyPair,
     secret: Secret,
 ) -> Result<EnrollResponse, EnrollError> {
@@ -74,7 +74,7 @@ pub async fn enroll(
         .map(|p| std::fs::canonicalize(&p).with_context(|| format!("CA file {}", p.display())))
         .transpose()?;
     let key = dir.identity()?;
-    let client = drawbridge::Client::new(server, ca_file.as_deref())?;
+    let client = drawbridge_api_client::Client::new(server, ca_file.as_deref())?;
     let resp = request(&client, &key, secret).await?;
     let record = DeviceRecord {
         server: client.server().to_string(),

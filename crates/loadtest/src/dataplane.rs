@@ -120,7 +120,10 @@ where
 impl Relayed {
     /// Enrols a device, starts its edge and a relay-only client with a `-L`
     /// forward to the sink, and waits until bytes arrive through the tunnel.
-    pub async fn start(target: &Target, admin: &drawbridge::Client) -> anyhow::Result<Relayed> {
+    pub async fn start(
+        target: &Target,
+        admin: &drawbridge_api_client::Client,
+    ) -> anyhow::Result<Relayed> {
         let edge_bin = sibling("drawbridge-edge")?;
         let client_bin = sibling("drawbridge")?;
         let dir = tempfile::tempdir()?;

@@ -70,7 +70,7 @@ async fn ping_rtts(ws: &mut agent::Channel) -> anyhow::Result<Vec<Duration>> {
     Ok(out)
 }
 
-async fn api_rtts(admin: &drawbridge::Client) -> anyhow::Result<Vec<Duration>> {
+async fn api_rtts(admin: &drawbridge_api_client::Client) -> anyhow::Result<Vec<Duration>> {
     let mut out = Vec::with_capacity(SAMPLES);
     for _ in 0..SAMPLES {
         let t = Instant::now();
@@ -96,7 +96,7 @@ struct Counts {
 }
 
 fn flood(
-    anon: drawbridge::Client,
+    anon: drawbridge_api_client::Client,
     account: String,
     rate: u32,
     counts: Arc<Counts>,
@@ -132,8 +132,8 @@ fn flood(
                     }
                     Some(r) = running.next(), if !running.is_empty() => {
                         let c = match r {
-                            Err(drawbridge::api::Error::Api { status: 401, .. }) => &counts.unauthorized,
-                            Err(drawbridge::api::Error::Api { status: 429, .. }) => &counts.busy,
+                            Err(drawbridge_api_client::Error::Api { status: 401, .. }) => &counts.unauthorized,
+                            Err(drawbridge_api_client::Error::Api { status: 429, .. }) => &counts.busy,
                             _ => &counts.other,
                         };
                         c.fetch_add(1, Ordering::Relaxed);
@@ -234,7 +234,7 @@ struct Phase {
 
 async fn phase(
     ws: &mut agent::Channel,
-    admin: &drawbridge::Client,
+    admin: &drawbridge_api_client::Client,
     relayed: &Relayed,
     meter: Meter,
 ) -> anyhow::Result<Phase> {
@@ -291,8 +291,8 @@ fn loadavg() -> String {
 pub async fn run(
     opts: &Options,
     target: &Target,
-    anon: &drawbridge::Client,
-    admin: &drawbridge::Client,
+    anon: &drawbridge_api_client::Client,
+    admin: &drawbridge_api_client::Client,
 ) -> anyhow::Result<String> {
     use std::fmt::Write;
     let load_start = (loadavg(), compilers());
@@ -379,7 +379,7 @@ pub async fn run(
         }
     }
     let t = Instant::now();
-    let fresh = drawbridge::Client::new(&target.url, Some(&target.ca_file))?;
+    let fresh = drawbridge_api_client::Client::new(&target.url, Some(&target.ca_file))?;
     let login = fresh
         .login(&LoginRequest {
             account: target.account.clone(),

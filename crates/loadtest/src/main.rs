@@ -13,7 +13,7 @@ mod server;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use drawbridge::api::Error as ApiError;
+use drawbridge_api_client::Error as ApiError;
 use drawbridge_edge::enroll::{self, EnrollError, Secret};
 use drawbridge_proto::api::{CreatedDevice, LoginRequest, LoginStage, Session};
 use drawbridge_proto::{ErrorCode, SessionState};
@@ -276,7 +276,7 @@ async fn run(args: &Args, nofile: u64, hard: u64) -> anyhow::Result<Option<(Repo
 
 /// `--dos`: logs in as the admin and runs [`dos::run`].
 async fn dos_mode(args: &Args, target: &server::Target) -> anyhow::Result<String> {
-    let anon = drawbridge::Client::new(&target.url, Some(&target.ca_file))?;
+    let anon = drawbridge_api_client::Client::new(&target.url, Some(&target.ca_file))?;
     let login = anon
         .login(&LoginRequest {
             account: target.account.clone(),
@@ -304,7 +304,7 @@ async fn measure(
 ) -> anyhow::Result<(Report, bool)> {
     let n = args.edges as usize;
     let quiet = args.json;
-    let anon = drawbridge::Client::new(&target.url, Some(&target.ca_file))?;
+    let anon = drawbridge_api_client::Client::new(&target.url, Some(&target.ca_file))?;
     let login = anon
         .login(&LoginRequest {
             account: target.account.clone(),

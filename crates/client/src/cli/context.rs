@@ -3,10 +3,10 @@
 //! `--json`, confirmations).
 
 use super::args::{Global, TOKEN_ENV, parse_device_spec};
-use crate::api::{self, Client};
 use crate::config::{self, Credentials};
 use crate::table::Table;
 use crate::{Error, Result, fail};
+use drawbridge_api_client::{self as api, Client};
 use drawbridge_proto::api::*;
 use drawbridge_proto::{ErrorCode, Name, SessionState};
 use serde::Serialize;

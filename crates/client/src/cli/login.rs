@@ -2,10 +2,10 @@
 
 use super::args::{Global, LoginArgs, PasswordArgs, parse_time};
 use super::context::{Ctx, emit, out, print_json};
-use crate::api::{self, Client};
 use crate::config::{self, Credentials};
 use crate::show::{self, Fields};
 use crate::{Error, Result, fail, prompt};
+use drawbridge_api_client::{self as api, Client};
 use drawbridge_proto::ErrorCode;
 use drawbridge_proto::api::*;
 use std::io::Write;

@@ -1,0 +1,20 @@
+//! A typed client for the control API (`/api/v1`) over HTTPS, shared by the
+//! `drawbridge` command, the edge agent and the load tool.
+//!
+//! TLS is rustls with the ring provider. The client trusts the system's root
+//! certificates plus, optionally, one PEM file (the self-signed server's CA).
+//!
+//! - [`tls`]: the rustls configuration (system roots plus `--ca-file`).
+//! - [`error`]: what can go wrong, and transport errors turned into clear messages.
+//! - [`client`]: the [`Client`] (server address, token, request plumbing).
+//! - `resources`, `audit`: one method per API call, in the server's resource order.
+
+mod audit;
+pub mod client;
+pub mod error;
+mod resources;
+pub mod tls;
+
+pub use client::{Client, normalize_server};
+pub use error::{Error, Result};
+pub use tls::tls_config;
