@@ -381,6 +381,12 @@ impl Edge {
         }
     }
 
+    /// `drawbridge-edge approve SESSION`: the site approves a session that
+    /// waits for it (dual control); the running agent sends the decision.
+    pub fn approve(&self, session: &str) {
+        crate::netns::run(Self::cmd(&self.ns_name, &self.state).args(["approve", session]));
+    }
+
     /// `drawbridge-edge status --json`.
     pub fn status(&self) -> Value {
         let out = Self::cmd(&self.ns_name, &self.state)

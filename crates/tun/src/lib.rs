@@ -5,7 +5,8 @@
 //! `ip` binary). Split tunnel only: nothing but the given prefixes is routed into it,
 //! never a default route. The kernel removes the interface and every route through it
 //! when the device is dropped, so a process that exits (or crashes) leaves the host's
-//! routing table as it was.
+//! routing table as it was. [`TunDevice::routes`] changes the routes of a running
+//! interface ([`TunRoutes::set`]: what [`route_changes`] says, nothing else).
 
 mod batch;
 
@@ -57,6 +58,8 @@ pub struct TunDevice {
     name: String,
     index: u32,
     offload: bool,
+    /// The routes made at creation.
+    routes: Vec<IpNet>,
 }
 
 /// Whether `n` is a safe interface name: 1–15 bytes of `[A-Za-z0-9_-]`.
@@ -70,12 +73,7 @@ pub fn valid_name(n: &str) -> bool {
 impl TunDevice {
     /// Creates the interface, addresses it, brings it up and adds the routes.
     pub async fn create(cfg: &TunConfig) -> Result<Self, TunError> {
-        if cfg.routes.len() > MAX_ROUTES {
-            return Err(TunError::TooManyRoutes(cfg.routes.len()));
-        }
-        if let Some(r) = cfg.routes.iter().find(|r| r.prefix_len() == 0) {
-            return Err(TunError::DefaultRoute(*r));
-        }
+        check_routes(&cfg.routes)?;
         if let Some(n) = &cfg.name
             && !valid_name(n)
         {
@@ -122,24 +120,7 @@ impl TunDevice {
                 .await
                 .map_err(|e| TunError::Netlink(format!("bringing {name} up: {e}")))?;
             for r in dedup(&cfg.routes) {
-                let msg = match r {
-                    IpNet::V4(n) => RouteMessageBuilder::<Ipv4Addr>::new()
-                        .destination_prefix(n.network(), n.prefix_len())
-                        .output_interface(index)
-                        .scope(RouteScope::Link)
-                        .build(),
-                    IpNet::V6(n) => RouteMessageBuilder::<Ipv6Addr>::new()
-                        .destination_prefix(n.network(), n.prefix_len())
-                        .output_interface(index)
-                        .build(),
-                };
-                handle
-                    .route()
-                    .add(msg)
-                    .replace()
-                    .execute()
-                    .await
-                    .map_err(|e| TunError::Netlink(format!("route {r} via {name}: {e}")))?;
+                add_route(&handle, index, &name, r).await?;
             }
             if offload {
                 // Super-packets of at most BATCH segments, so that tun-rs can always
@@ -164,7 +145,18 @@ impl TunDevice {
             name,
             index,
             offload,
+            routes: dedup(&cfg.routes),
         })
+    }
+
+    /// A handle that changes the interface's routes while packets flow (the
+    /// device itself may be moved into its packet loop).
+    pub fn routes(&self) -> TunRoutes {
+        TunRoutes {
+            name: self.name.clone(),
+            index: self.index,
+            current: self.routes.clone(),
+        }
     }
 
     /// The interface name the kernel gave.
@@ -229,6 +221,148 @@ impl TunDevice {
     }
 }
 
+/// The split-tunnel rules every set of routes obeys: at most [`MAX_ROUTES`],
+/// never a default route.
+fn check_routes(routes: &[IpNet]) -> Result<(), TunError> {
+    if routes.len() > MAX_ROUTES {
+        return Err(TunError::TooManyRoutes(routes.len()));
+    }
+    if let Some(r) = routes.iter().find(|r| r.prefix_len() == 0) {
+        return Err(TunError::DefaultRoute(*r));
+    }
+    Ok(())
+}
+
+/// The netlink message of the route `r` through interface `index`.
+fn route_message(index: u32, r: IpNet) -> rtnetlink::packet_route::route::RouteMessage {
+    match r {
+        IpNet::V4(n) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(n.network(), n.prefix_len())
+            .output_interface(index)
+            .scope(RouteScope::Link)
+            .build(),
+        IpNet::V6(n) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(n.network(), n.prefix_len())
+            .output_interface(index)
+            .build(),
+    }
+}
+
+async fn add_route(
+    handle: &rtnetlink::Handle,
+    index: u32,
+    name: &str,
+    r: IpNet,
+) -> Result<(), TunError> {
+    handle
+        .route()
+        .add(route_message(index, r))
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| TunError::Netlink(format!("route {r} via {name}: {e}")))
+}
+
+/// Removes the route `r` through interface `index`; one that is gone already is
+/// no error.
+async fn remove_route(
+    handle: &rtnetlink::Handle,
+    index: u32,
+    name: &str,
+    r: IpNet,
+) -> Result<(), TunError> {
+    match handle.route().del(route_message(index, r)).execute().await {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == ESRCH => Ok(()),
+        Err(e) => Err(TunError::Netlink(format!(
+            "removing route {r} via {name}: {e}"
+        ))),
+    }
+}
+
+/// The kernel's "no such route" (ESRCH).
+const ESRCH: i32 = 3;
+
+/// What turns one set of routes into another: the networks to add and those to
+/// remove (each once, host bits cleared; a network in both sets is left alone,
+/// so flows to it are never disturbed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteChanges {
+    pub add: Vec<IpNet>,
+    pub remove: Vec<IpNet>,
+}
+
+impl RouteChanges {
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// The changes from the routes `old` to the routes `new`.
+pub fn route_changes(old: &[IpNet], new: &[IpNet]) -> RouteChanges {
+    let (old, new) = (dedup(old), dedup(new));
+    RouteChanges {
+        add: new.iter().filter(|n| !old.contains(n)).copied().collect(),
+        remove: old.iter().filter(|o| !new.contains(o)).copied().collect(),
+    }
+}
+
+/// The routes of a running TUN interface ([`TunDevice::routes`]): changed in
+/// place, without touching the interface or the routes that stay. Dropping the
+/// handle changes nothing; the routes go with the interface.
+#[derive(Debug, Clone)]
+pub struct TunRoutes {
+    name: String,
+    index: u32,
+    current: Vec<IpNet>,
+}
+
+impl TunRoutes {
+    /// The interface's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The routes through the interface now.
+    pub fn current(&self) -> &[IpNet] {
+        &self.current
+    }
+
+    /// Routes exactly `wanted` through the interface (same rules as at
+    /// creation): adds what is missing, removes what is no longer wanted,
+    /// leaves the rest. Returns what changed; on an error, what was done before
+    /// it stays done and [`TunRoutes::current`] says so.
+    pub async fn set(&mut self, wanted: &[IpNet]) -> Result<RouteChanges, TunError> {
+        check_routes(wanted)?;
+        let changes = route_changes(&self.current, wanted);
+        if changes.is_empty() {
+            return Ok(changes);
+        }
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| TunError::Netlink(e.to_string()))?;
+        let task = tokio::spawn(conn);
+        let result = async {
+            // Additions first: a wanted network is never without its route, not
+            // even for a moment (when a /24 becomes a /32, its packets would
+            // otherwise leave by the default route).
+            for r in &changes.add {
+                add_route(&handle, self.index, &self.name, *r).await?;
+                self.current.push(*r);
+            }
+            for r in &changes.remove {
+                remove_route(&handle, self.index, &self.name, *r).await?;
+                self.current.retain(|c| c != r);
+            }
+            Ok::<(), TunError>(())
+        }
+        .await;
+        task.abort();
+        result?;
+        tracing::info!(interface = %self.name, added = changes.add.len(), removed = changes.remove.len(), "TUN routes changed");
+        Ok(changes)
+    }
+}
+
 /// The networks of `routes`, each once, host bits cleared.
 fn dedup(routes: &[IpNet]) -> Vec<IpNet> {
     let mut out: Vec<IpNet> = Vec::new();
@@ -279,6 +413,52 @@ mod tests {
                 "192.168.1.0/24".parse().unwrap()
             ]
         );
+    }
+
+    fn nets(v: &[&str]) -> Vec<IpNet> {
+        v.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn route_changes_add_the_new_remove_the_gone_and_leave_the_kept() {
+        let old = nets(&["192.168.1.10/32", "10.0.0.0/24"]);
+        let new = nets(&["10.0.0.7/24", "192.168.2.10/32"]);
+        assert_eq!(
+            route_changes(&old, &new),
+            RouteChanges {
+                add: nets(&["192.168.2.10/32"]),
+                remove: nets(&["192.168.1.10/32"]),
+            },
+            "10.0.0.0/24 is kept (same network), the rest swapped"
+        );
+        assert!(route_changes(&old, &old).is_empty());
+        assert_eq!(route_changes(&[], &old).add, old);
+        assert_eq!(route_changes(&old, &[]).remove, old);
+        // A narrowed network is a different route: the /32 comes, the /24 goes.
+        let narrowed = route_changes(&nets(&["10.0.0.0/24"]), &nets(&["10.0.0.5/32"]));
+        assert_eq!(narrowed.add, nets(&["10.0.0.5/32"]));
+        assert_eq!(narrowed.remove, nets(&["10.0.0.0/24"]));
+    }
+
+    #[tokio::test]
+    async fn changed_routes_obey_the_split_tunnel_rules() {
+        let mut r = TunRoutes {
+            name: "dbtest0".into(),
+            index: 0,
+            current: vec![],
+        };
+        assert!(matches!(
+            r.set(&nets(&["192.168.1.10/32", "0.0.0.0/0"])).await,
+            Err(TunError::DefaultRoute(_))
+        ));
+        let many: Vec<IpNet> = (0..=MAX_ROUTES)
+            .map(|i| IpNet::new(Ipv4Addr::from(0x0a00_0000 + i as u32).into(), 32).unwrap())
+            .collect();
+        assert!(matches!(
+            r.set(&many).await,
+            Err(TunError::TooManyRoutes(_))
+        ));
+        assert!(r.current().is_empty());
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ pub use exit::EXIT_CODES;
 use exit::Stop;
 pub use forwards::{Forward, parse_forward, parse_listen};
 use forwards::{check_forwards, client_view, start_userspace};
-use live::{Live, open_channel};
+use live::{Live, active_devices, active_targets, open_channel};
 pub use status::{DeviceStatus, TunnelStatus, status};
 use status::{snapshot, status_dir, unix_now};
 use tun::tun_mode;
@@ -196,23 +196,20 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
         .overlay_ip
         .parse()
         .map_err(|_| Error::user("the server gave no usable overlay address"))?;
-    let routes: Vec<drawbridge_proto::Target> = join
-        .devices
-        .iter()
-        .flat_map(|d| d.targets.clone())
-        .collect();
+    let routes = active_targets(&active_devices(&join));
     let use_tun =
         args.tun || (forwards.is_empty() && socks.is_none() && drawbridge_tun::have_privileges());
     let (to_dialer, dialer_in) = mpsc::channel::<Bytes>(1024);
     let (dialer_out, from_dialer) = mpsc::channel::<Bytes>(1024);
     let mut tasks = Vec::new();
-    let mut interface = None;
+    let mut tun_routes = None;
     let mut userspace = None;
     if use_tun {
-        // Kernel mode: the released targets, and nothing else, are routed into a
-        // TUN interface; its packets go into the tunnel as they are.
+        // Kernel mode: the released targets of the active devices, and nothing
+        // else, are routed into a TUN interface; its packets go into the tunnel
+        // as they are. The routes follow the device list (`Live::apply`).
         let tun = tun_mode(overlay, &routes, dialer_in, dialer_out).await?;
-        interface = Some(tun.0);
+        tun_routes = Some(tun.0);
         tasks.push(tun.1);
     } else {
         // Userspace mode: local forwards and SOCKS5 dial into the tunnel from the
@@ -235,9 +232,9 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
         pump: None,
         join,
         private_key,
-        edges: HashMap::new(),
+        peers: HashMap::new(),
         token: None,
-        interface,
+        tun: tun_routes,
         dialer: userspace,
     };
     let status_path = status_dir()?.join(format!("{id}.json"));
@@ -280,10 +277,10 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
                     Ok(ServerToClient::Update(j)) => live.apply(j, &tls).await?,
                     Ok(ServerToClient::Signal { device_id, data }) => {
                         if !args.relay_only
-                            && let (Some(t), Some(k)) = (&live.tunnel, live.edges.get(&device_id))
+                            && let (Some(t), Some(k)) = (&live.tunnel, live.edge_key(&device_id))
                             && let Some(sig) = STANDARD.decode(&data).ok().and_then(|b| Signal::decode(&b).ok())
                         {
-                            let _ = t.signal(*k, sig).await;
+                            let _ = t.signal(k, sig).await;
                         }
                     }
                     Ok(ServerToClient::Ended { reason }) => break Ok(Stop::Ended(reason)),

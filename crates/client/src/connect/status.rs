@@ -2,7 +2,7 @@
 //! which shows the files updated in the last seconds.
 
 use super::Result;
-use super::live::Live;
+use super::live::{Live, active_devices};
 use drawbridge_proto::api::Session;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -94,7 +94,7 @@ pub fn status(json: bool) -> Result<()> {
 
 pub(super) async fn snapshot(live: &Live, s: &Session, id: &str) -> TunnelStatus {
     let mut devices = Vec::new();
-    for d in &live.join.devices {
+    for d in active_devices(&live.join) {
         let mut st = DeviceStatus {
             device: d.name.clone(),
             path: "connecting".into(),
@@ -109,8 +109,8 @@ pub(super) async fn snapshot(live: &Live, s: &Session, id: &str) -> TunnelStatus
             handshake_secs_ago: None,
             targets: d.targets.iter().map(|t| t.to_string()).collect(),
         };
-        if let (Some(t), Some(k)) = (&live.tunnel, live.edges.get(&d.device_id))
-            && let Ok(Some(p)) = t.stats(*k).await
+        if let (Some(t), Some(k)) = (&live.tunnel, live.edge_key(&d.device_id))
+            && let Ok(Some(p)) = t.stats(k).await
         {
             st.path = p.path.kind().to_string();
             st.reason = p.reason.to_string();
@@ -125,7 +125,7 @@ pub(super) async fn snapshot(live: &Live, s: &Session, id: &str) -> TunnelStatus
         session_id: id.to_string(),
         session: s.name.to_string(),
         overlay_ip: live.join.overlay_ip.clone(),
-        interface: live.interface.clone(),
+        interface: live.tun.as_ref().map(|r| r.name().to_string()),
         pid: std::process::id(),
         updated_at: unix_now(),
         devices,

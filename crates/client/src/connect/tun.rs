@@ -1,6 +1,7 @@
 //! TUN mode (kernel, root): a `drawbridge-tun` interface whose only routes are
-//! the released targets, and the loop that moves its packets to and from the
-//! tunnel.
+//! the released targets of the active devices, and the loop that moves its
+//! packets to and from the tunnel. The routes follow the session's device list
+//! afterwards (`Live::apply` through the returned `TunRoutes`).
 
 use super::Result;
 use crate::Error;
@@ -12,14 +13,15 @@ use tokio::sync::mpsc;
 const TUN_MTU: u16 = 1420;
 
 /// Brings up the TUN interface with routes to the released targets only and
-/// moves packets between it and the tunnel channels. Returns the interface name
-/// and the task; dropping the device (task aborted) removes interface and routes.
+/// moves packets between it and the tunnel channels. Returns the handle that
+/// changes its routes and the task; dropping the device (task aborted) removes
+/// interface and routes.
 pub(super) async fn tun_mode(
     overlay: std::net::Ipv4Addr,
     routes: &[drawbridge_proto::Target],
     mut from_tunnel: mpsc::Receiver<Bytes>,
     to_tunnel: mpsc::Sender<Bytes>,
-) -> Result<(String, tokio::task::JoinHandle<()>)> {
+) -> Result<(drawbridge_tun::TunRoutes, tokio::task::JoinHandle<()>)> {
     let prefixes: Vec<ipnet::IpNet> = routes.iter().map(|t| t.address).collect();
     let dev = drawbridge_tun::TunDevice::create(&drawbridge_tun::TunConfig {
         name: None,
@@ -30,6 +32,7 @@ pub(super) async fn tun_mode(
     .await
     .map_err(|e| Error::user(format!("TUN mode: {e}")))?;
     let name = dev.name().to_string();
+    let handle = dev.routes();
     let shown: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
     eprintln!(
         "TUN interface {name} up as {overlay}; routes: {}",
@@ -70,5 +73,5 @@ pub(super) async fn tun_mode(
             }
         }
     });
-    Ok((name, task))
+    Ok((handle, task))
 }
