@@ -1,5 +1,5 @@
-//! Who is calling: login, bearer tokens, lockout, and the request extractors
-//! that turn a token into a [`Caller`].
+//! Who is calling: login, bearer tokens, lockout, and a token resolved into a
+//! [`Caller`] (the request extractors that use it are in `extract.rs`).
 //!
 //! Tokens are opaque 256-bit random strings; only their SHA-256 is stored.
 //! A login that still needs a second factor, a TOTP enrolment or a password
@@ -12,13 +12,9 @@ use crate::error::{AppError, AppResult};
 use crate::records::{self, UserRow};
 use crate::secret;
 use crate::state::AppState;
-use axum::extract::{ConnectInfo, FromRequestParts};
-use axum::http::Method;
-use axum::http::request::Parts;
 use drawbridge_proto::api::{LoginRequest, LoginResponse, LoginStage};
 use drawbridge_proto::{AccountSettings, Action, ErrorCode, Role};
 use sqlx::Row;
-use std::net::SocketAddr;
 
 /// How long a half-finished login may take.
 const PENDING_SECS: i64 = 5 * 60;
@@ -71,35 +67,6 @@ impl Caller {
     }
 }
 
-/// The remote address of a request, or `unknown`.
-pub fn source_of(parts: &Parts) -> String {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
-/// The request's remote address as an extractor.
-pub struct Source(pub String);
-
-impl FromRequestParts<AppState> for Source {
-    type Rejection = AppError;
-    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> AppResult<Self> {
-        Ok(Source(source_of(parts)))
-    }
-}
-
-fn bearer(parts: &Parts) -> Option<&str> {
-    let v = parts
-        .headers
-        .get(axum::http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let t = v.strip_prefix("Bearer ")?.trim();
-    (!t.is_empty() && t.len() <= 128).then_some(t)
-}
-
 fn stage_str(s: LoginStage) -> &'static str {
     match s {
         LoginStage::Complete => "complete",
@@ -119,10 +86,9 @@ fn parse_stage(s: &str) -> Option<LoginStage> {
     })
 }
 
-/// Resolves a bearer token at any stage, enforcing expiry, idle timeout,
+/// Resolves a bearer token at any stage (`source`: the remote address), enforcing expiry, idle timeout,
 /// revocation and disabled users.
-async fn resolve(state: &AppState, parts: &Parts) -> AppResult<Caller> {
-    let token = bearer(parts).ok_or_else(AppError::unauthenticated)?;
+pub(crate) async fn resolve(state: &AppState, token: &str, source: String) -> AppResult<Caller> {
     let now = state.now();
     let row = sqlx::query(
         "SELECT t.id, t.account_id, t.user_id, t.kind, t.stage, t.read_only, t.last_used_at, t.expires_at,
@@ -189,65 +155,8 @@ async fn resolve(state: &AppState, parts: &Parts) -> AppResult<Caller> {
         token_id: id,
         via,
         stage,
-        source: source_of(parts),
+        source,
     })
-}
-
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = AppError;
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> AppResult<Self> {
-        let caller = resolve(state, parts).await?;
-        if caller.stage != LoginStage::Complete {
-            return Err(AppError::new(
-                ErrorCode::LoginIncomplete,
-                "finish logging in first (second factor, TOTP enrolment or password change)",
-            ));
-        }
-        if caller.via == (Via::ApiToken { read_only: true }) && parts.method != Method::GET {
-            return Err(AppError::new(
-                ErrorCode::Forbidden,
-                "this API token is read-only",
-            ));
-        }
-        Ok(caller)
-    }
-}
-
-/// A caller holding a login token at any stage; for the routes that finish a
-/// login. Handlers must check `stage` themselves.
-pub struct LoginCaller(pub Caller);
-
-impl FromRequestParts<AppState> for LoginCaller {
-    type Rejection = AppError;
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> AppResult<Self> {
-        let caller = resolve(state, parts).await?;
-        if caller.via != Via::Login {
-            return Err(AppError::new(
-                ErrorCode::Forbidden,
-                "this needs an interactive login, not an API token",
-            ));
-        }
-        Ok(LoginCaller(caller))
-    }
-}
-
-impl LoginCaller {
-    /// Only these stages may call the route.
-    pub fn at(self, allowed: &[LoginStage]) -> AppResult<Caller> {
-        if allowed.contains(&self.0.stage) {
-            Ok(self.0)
-        } else if self.0.stage == LoginStage::Complete {
-            Err(AppError::new(
-                ErrorCode::Conflict,
-                "the login is already complete",
-            ))
-        } else {
-            Err(AppError::new(
-                ErrorCode::LoginIncomplete,
-                "this login token can only finish the login",
-            ))
-        }
-    }
 }
 
 /// Creates a login token for a user at a stage, inside a transaction.

@@ -234,14 +234,6 @@ impl SecretSlot {
     }
 }
 
-/// The `server_secrets` rows that are secrets (the others are public, e.g. the CA's
-/// certificate).
-const SECRET_NAMES: [&str; 3] = [
-    crate::pki::CA_KEY_NAME,
-    crate::keys::RELAY_KEY_NAME,
-    crate::keys::PORTAL_KEY_NAME,
-];
-
 async fn secret_slots(tx: &mut Tx<'_>) -> Result<Vec<SecretSlot>, StoreError> {
     let mut slots = Vec::new();
     let rows: Vec<(String, String)> = sqlx::query_as("SELECT name, value FROM server_secrets")
@@ -251,7 +243,7 @@ async fn secret_slots(tx: &mut Tx<'_>) -> Result<Vec<SecretSlot>, StoreError> {
         slots.push(SecretSlot {
             update: "UPDATE server_secrets SET value = $1 WHERE name = $2 AND value = $3".into(),
             context: sealed::server_secret_context(&name),
-            secret: SECRET_NAMES.contains(&name.as_str()),
+            secret: sealed::SECRET_NAMES.contains(&name.as_str()),
             key: name,
             value,
         });

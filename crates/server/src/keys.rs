@@ -2,17 +2,11 @@
 //! every replica signs with the same key; relays hold only its public half.
 
 use crate::db::Store;
+use crate::sealed::{PORTAL_KEY_NAME, RELAY_KEY_NAME};
 use anyhow::Context;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use drawbridge_relay::SigningKey;
-
-/// Its `server_secrets` row (sealed, see [`crate::sealed`]).
-pub const RELAY_KEY_NAME: &str = "relay_signing_key";
-
-/// The portal's CSRF key's `server_secrets` row: one key for every replica, so a form
-/// rendered by one is accepted by another.
-pub const PORTAL_KEY_NAME: &str = "portal_csrf_key";
 
 /// A secret every replica shares: read from `server_secrets` (sealed), made once with
 /// `make` when missing (race-safe across replicas: the first insert wins).

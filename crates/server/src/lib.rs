@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod extract;
 pub mod keys;
 pub mod live;
 pub mod metrics;

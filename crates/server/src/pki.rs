@@ -4,7 +4,11 @@
 //! with the same CA).
 
 use crate::db::Store;
+use crate::error::{AppError, AppResult};
+use crate::sealed::CA_KEY_NAME;
 use anyhow::Context;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SignatureAlgorithm,
@@ -151,9 +155,6 @@ pub struct DeviceCa {
     key: KeyPair,
 }
 
-/// The `server_secrets` row of the device CA's private key (sealed, see [`crate::sealed`]).
-pub const CA_KEY_NAME: &str = "device_ca_key";
-
 impl DeviceCa {
     /// Loads the device CA from the database, creating it once (race-safe across replicas).
     pub async fn load_or_create(store: &Store, now: i64) -> anyhow::Result<DeviceCa> {
@@ -244,4 +245,16 @@ impl DeviceCa {
         let cert = params.signed_by(&Ed25519Public(public_key), &self.issuer, &self.key)?;
         Ok(cert.pem())
     }
+}
+
+/// A device's identity key: a base64 Ed25519 public key → 32 bytes.
+pub fn decode_key(b64: &str) -> AppResult<[u8; 32]> {
+    if b64.len() > 64 {
+        return Err(AppError::invalid("public_key is not a base64 Ed25519 key"));
+    }
+    STANDARD
+        .decode(b64)
+        .ok()
+        .and_then(|v| <[u8; 32]>::try_from(v).ok())
+        .ok_or_else(|| AppError::invalid("public_key is not a base64 Ed25519 key"))
 }

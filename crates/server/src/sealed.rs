@@ -22,6 +22,20 @@ pub fn server_secret_context(name: &str) -> String {
     format!("server_secrets:{name}")
 }
 
+/// The `server_secrets` row of the device CA's private key.
+pub const CA_KEY_NAME: &str = "device_ca_key";
+
+/// The `server_secrets` row of the relay-token signing key.
+pub const RELAY_KEY_NAME: &str = "relay_signing_key";
+
+/// The portal's CSRF key's `server_secrets` row: one key for every replica, so a form
+/// rendered by one is accepted by another.
+pub const PORTAL_KEY_NAME: &str = "portal_csrf_key";
+
+/// The `server_secrets` rows that are secrets, stored sealed (the others are public,
+/// e.g. the CA's certificate).
+pub const SECRET_NAMES: [&str; 3] = [CA_KEY_NAME, RELAY_KEY_NAME, PORTAL_KEY_NAME];
+
 /// Where a user's TOTP secret (or the one being set up) is stored.
 pub fn totp_context(user_id: &str, pending: bool) -> String {
     if pending {

@@ -1,9 +1,9 @@
 //! The caller's account: name, settings, admin notifications.
 
-use super::ApiJson;
 use crate::audit;
 use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
+use crate::extract::ApiJson;
 use crate::records;
 use crate::state::AppState;
 use axum::Json;

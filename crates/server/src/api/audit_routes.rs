@@ -1,9 +1,9 @@
 //! Reading, exporting and verifying the audit log (admins and auditors).
 
-use super::ApiQuery;
 use crate::audit;
 use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
+use crate::extract::ApiQuery;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;

@@ -5,11 +5,11 @@ mod lifecycle;
 
 pub(crate) use lifecycle::{after_commit, replaced_on_enrolment};
 
-use super::{ApiJson, ApiQuery};
 use crate::audit;
 use crate::auth::Caller;
 use crate::clock::from_unix;
 use crate::error::{AppError, AppResult};
+use crate::extract::{ApiJson, ApiQuery};
 use crate::records::{self, DEVICE_COLS};
 use crate::rights;
 use crate::secret;
@@ -395,7 +395,7 @@ async fn approve(
     let (true, Some(key)) = (pending, key) else {
         return Err(AppError::conflict("the device is not waiting for approval"));
     };
-    let raw = crate::api::enroll::decode_key(&key)?;
+    let raw = crate::pki::decode_key(&key)?;
     let cert = state.device_ca.issue(&id, &caller.account_id, raw)?;
     sqlx::query(
         "UPDATE devices SET pending_approval = $1, enrolled = $2, certificate = $3 WHERE id = $4",

@@ -2,10 +2,11 @@
 //! account's fleet key) and its own Ed25519 identity key, and receives a
 //! certificate binding the device id from the server's record to that key.
 
-use super::ApiJson;
 use crate::audit::{self, Event};
-use crate::auth::Source;
 use crate::error::{AppError, AppResult};
+use crate::extract::ApiJson;
+use crate::extract::Source;
+use crate::pki::decode_key;
 use crate::secret;
 use crate::state::AppState;
 use axum::Json;
@@ -24,18 +25,6 @@ use utoipa_axum::routes;
 
 pub fn routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
     r.routes(routes!(enroll)).routes(routes!(fetch_certificate))
-}
-
-/// A base64 Ed25519 public key → 32 bytes.
-pub fn decode_key(b64: &str) -> AppResult<[u8; 32]> {
-    if b64.len() > 64 {
-        return Err(AppError::invalid("public_key is not a base64 Ed25519 key"));
-    }
-    STANDARD
-        .decode(b64)
-        .ok()
-        .and_then(|v| <[u8; 32]>::try_from(v).ok())
-        .ok_or_else(|| AppError::invalid("public_key is not a base64 Ed25519 key"))
 }
 
 fn verify_sig(key: &[u8; 32], msg: &[u8], sig_b64: &str) -> bool {

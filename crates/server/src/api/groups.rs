@@ -1,9 +1,9 @@
 //! Groups of users, pools of devices, and grants of a level on a pool to a group.
 
-use super::ApiJson;
 use crate::audit;
 use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
+use crate::extract::ApiJson;
 use crate::live::revoke;
 use crate::records;
 use crate::secret;

@@ -1,9 +1,10 @@
 //! Login, logout, the caller's own profile, password and second factor.
 
-use super::ApiJson;
 use crate::audit;
-use crate::auth::{self, Caller, LoginCaller, Source, Via};
+use crate::auth::{self, Caller, Via};
 use crate::error::{AppError, AppResult};
+use crate::extract::ApiJson;
+use crate::extract::{LoginCaller, Source};
 use crate::records;
 use crate::state::AppState;
 use axum::Json;

@@ -16,70 +16,17 @@ mod tokens;
 mod users;
 
 use crate::error::AppError;
+use crate::extract::MAX_BODY;
 use crate::state::AppState;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::Request;
 use axum::http::StatusCode;
-use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use drawbridge_proto::ErrorCode;
-use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-
-/// Largest request body the API accepts.
-pub const MAX_BODY: usize = 64 * 1024;
-
-/// A JSON body parsed into `T`; any failure is a JSON error with a code.
-pub struct ApiJson<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
-    type Rejection = AppError;
-    async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(e) => Err(json_rejection(e)),
-        }
-    }
-}
-
-fn json_rejection(e: JsonRejection) -> AppError {
-    match e {
-        JsonRejection::JsonDataError(e) => {
-            AppError::bad_request(format!("invalid request body: {}", e.body_text()))
-        }
-        JsonRejection::JsonSyntaxError(_) => {
-            AppError::bad_request("the request body is not valid JSON")
-        }
-        JsonRejection::MissingJsonContentType(_) => {
-            AppError::bad_request("send the body as JSON (Content-Type: application/json)")
-        }
-        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => AppError::new(
-            ErrorCode::PayloadTooLarge,
-            format!("the request body is larger than {MAX_BODY} bytes"),
-        ),
-        other => AppError::bad_request(other.body_text()),
-    }
-}
-
-/// A query string parsed into `T`, with JSON errors.
-pub struct ApiQuery<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
-    type Rejection = AppError;
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
-        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
-            Ok(q) => Ok(ApiQuery(q.0)),
-            Err(e @ QueryRejection::FailedToDeserializeQueryString(_)) => Err(
-                AppError::bad_request(format!("invalid query: {}", e.body_text())),
-            ),
-            Err(e) => Err(AppError::bad_request(e.body_text())),
-        }
-    }
-}
 
 struct BearerAuth;
 

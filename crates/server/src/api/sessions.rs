@@ -1,9 +1,9 @@
 //! Sessions: prepare, add devices, start (or ad-hoc connect), end, list.
 
-use super::{ApiJson, ApiQuery};
 use crate::audit;
 use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
+use crate::extract::{ApiJson, ApiQuery};
 use crate::records;
 use crate::rights;
 use crate::sessions;

@@ -1,8 +1,8 @@
 //! `POST /api/v1/setup`: the first account and admin, with the one-time setup token.
 
-use super::ApiJson;
-use crate::auth::Source;
 use crate::error::AppResult;
+use crate::extract::ApiJson;
+use crate::extract::Source;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;

@@ -1,10 +1,10 @@
 //! API tokens for automation: named, expiring, revocable, acting with the owner's rights.
 
-use super::ApiJson;
 use crate::audit;
 use crate::auth::{Caller, Via};
 use crate::clock::from_unix;
 use crate::error::{AppError, AppResult};
+use crate::extract::ApiJson;
 use crate::secret;
 use crate::state::AppState;
 use axum::Json;

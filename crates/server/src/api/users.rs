@@ -1,9 +1,9 @@
 //! Users of the caller's account.
 
-use super::ApiJson;
 use crate::audit;
 use crate::auth::{self, Caller};
 use crate::error::{AppError, AppResult};
+use crate::extract::ApiJson;
 use crate::records::{self, USER_COLS};
 use crate::state::AppState;
 use axum::Json;

@@ -5,10 +5,10 @@
 //! client's candidates and tunnel figures.
 
 use super::{Poke, state as desired};
-use crate::api::{ApiJson, ApiQuery};
 use crate::audit;
 use crate::auth::{Caller, Via};
 use crate::error::{AppError, AppResult};
+use crate::extract::{ApiJson, ApiQuery};
 use crate::secret;
 use crate::state::AppState;
 use axum::Json;

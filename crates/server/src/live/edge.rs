@@ -9,8 +9,8 @@
 
 use super::{Poke, state as desired};
 use crate::audit::{self, Event};
-use crate::auth::Source;
 use crate::error::{AppError, AppResult};
+use crate::extract::Source;
 use crate::secret;
 use crate::sessions;
 use crate::state::AppState;
@@ -194,7 +194,7 @@ async fn authenticate(
     let ok = enrolled
         && key
             .as_deref()
-            .and_then(|k| crate::api::enroll::decode_key(k).ok())
+            .and_then(|k| crate::pki::decode_key(k).ok())
             .zip(STANDARD.decode(signature.as_bytes()).ok())
             .is_some_and(|(k, sig)| {
                 UnparsedPublicKey::new(&ED25519, k)

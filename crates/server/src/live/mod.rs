@@ -19,8 +19,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
 
-/// An edge counts as online while its channel is up and it was heard from this recently.
-pub const ONLINE_WINDOW_SECS: i64 = 90;
 /// Queue of pokes per connection; a full queue means a refresh is already pending.
 const QUEUE: usize = 64;
 

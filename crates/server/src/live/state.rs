@@ -217,7 +217,7 @@ pub async fn join_data(
             edge_public_key: key,
             targets: client_view(&targets, &nat),
             online: r.try_get::<i64, _>("online")? != 0
-                && last_seen.is_some_and(|t| now - t < super::ONLINE_WINDOW_SECS),
+                && last_seen.is_some_and(|t| now - t < crate::sessions::ONLINE_WINDOW_SECS),
         });
     }
     let valid_until = s.valid_until.unix_timestamp();

@@ -19,6 +19,9 @@ pub mod tunnels;
 use approval::time_out_pending;
 pub use approval::{APPROVAL_WINDOW_SECS, Decided, Decider, decide};
 
+/// An edge counts as online while its channel is up and it was heard from this recently.
+pub const ONLINE_WINDOW_SECS: i64 = 90;
+
 pub const SESSION_COLS: &str = "id, name, state, adhoc, created_by, created_at, valid_from, valid_until, started_at, started_by, ended_at, ended_by, end_reason";
 
 fn bad(what: &str) -> AppError {
@@ -275,8 +278,8 @@ pub async fn start(
     for d in devices {
         let name: String = d.try_get(0)?;
         let last_seen: Option<i64> = d.try_get(3)?;
-        let online = d.try_get::<i64, _>(1)? != 0
-            && last_seen.is_some_and(|t| now - t < crate::live::ONLINE_WINDOW_SECS);
+        let online =
+            d.try_get::<i64, _>(1)? != 0 && last_seen.is_some_and(|t| now - t < ONLINE_WINDOW_SECS);
         if d.try_get::<i64, _>(6)? != 0 {
             return Err(AppError::conflict(format!(
                 "device {name} is disabled or archived"
