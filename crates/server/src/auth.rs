@@ -342,13 +342,16 @@ async fn login_inner(
     req: &LoginRequest,
     source: &str,
 ) -> AppResult<LoginResponse> {
+    // A place in the hashing queue first: a login the pool cannot take is
+    // refused as busy before it reads or writes anything.
+    let place = crate::password::Hashing::global().place()?;
     let now = state.now();
     let sane = |s: &str, max: usize| !s.is_empty() && s.len() <= max;
     if !sane(&req.account, 256)
         || !sane(&req.username, 256)
         || req.password.len() > crate::password::MAX_PASSWORD_LEN
     {
-        crate::password::verify_async(&req.password, &state.dummy_hash).await?;
+        place.verify(&req.password, &state.dummy_hash).await?;
         return Err(AppError::login_failed());
     }
     let account = sqlx::query(&format!(
@@ -374,7 +377,7 @@ async fn login_inner(
         None => None,
     };
     let (Some(account), Some(user)) = (account, user) else {
-        crate::password::verify_async(&req.password, &state.dummy_hash).await?;
+        place.verify(&req.password, &state.dummy_hash).await?;
         let chain = state_chain_for_unknown(&req.account, state).await?;
         let ev = Event::new(&chain, "anonymous", "login.failed", "-")
             .result("failed")
@@ -386,7 +389,7 @@ async fn login_inner(
     let settings = account.settings;
     // Hash first, whatever the user's state: equal work for every failure.
     // Off the async workers, at most a few at once (`password::Hashing`).
-    let password_ok = crate::password::verify_async(&req.password, &user.password_hash).await?;
+    let password_ok = place.verify(&req.password, &user.password_hash).await?;
     let actor = format!("user:{}", user.id);
     let fail = |reason: &str, action: &str| {
         Event::new(&user.account_id, &actor, action, &actor)

@@ -168,25 +168,66 @@ impl Hashing {
         self.peak.load(Ordering::SeqCst)
     }
 
-    /// Runs `f` on a hashing thread once a slot is free. The slot is held by
-    /// the job itself, so a caller that gives up (a dropped request) does not
-    /// free it while the computation still runs.
-    pub async fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, HashError> {
+    /// Takes a place among the callers of this pool, before any other work of
+    /// a request that will hash: when the pool is full (`max_waiting` callers
+    /// already waiting) the request is refused here, having read and written
+    /// nothing; a login refused as busy costs no database access.
+    pub fn place(&self) -> Result<Place<'_>, HashError> {
         if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_waiting {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             return Err(HashError::Busy);
         }
+        Ok(Place { pool: self })
+    }
+
+    /// Callers holding a place and waiting for a slot.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    pub fn max_waiting(&self) -> usize {
+        self.max_waiting
+    }
+
+    /// Runs `f` on a hashing thread once a slot is free ([`Hashing::place`],
+    /// then [`Place::run`]).
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, HashError> {
+        self.place()?.run(f).await
+    }
+}
+
+/// A caller's place in a [`Hashing`] pool's queue, taken by [`Hashing::place`];
+/// given back when it runs or is dropped.
+pub struct Place<'a> {
+    pool: &'a Hashing,
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.pool.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Place<'_> {
+    /// Runs `f` on a hashing thread once a slot is free (waiting at most the
+    /// pool's wait). The slot is held by the job itself, so a caller that gives
+    /// up (a dropped request) does not free it while the computation still runs.
+    pub async fn run<T: Send + 'static>(
+        self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, HashError> {
+        let pool = self.pool;
         let permit =
-            tokio::time::timeout(self.wait, Arc::clone(&self.permits).acquire_owned()).await;
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
+            tokio::time::timeout(pool.wait, Arc::clone(&pool.permits).acquire_owned()).await;
+        drop(self);
         let Ok(Ok(permit)) = permit else {
             return Err(HashError::Busy);
         };
-        let running = Arc::clone(&self.running);
-        let peak = Arc::clone(&self.peak);
+        let running = Arc::clone(&pool.running);
+        let peak = Arc::clone(&pool.peak);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
             let _permit = permit;
@@ -196,11 +237,20 @@ impl Hashing {
             running.fetch_sub(1, Ordering::SeqCst);
             let _ = tx.send(out);
         });
-        self.jobs.send(job).map_err(|_| HashError::Failed)?;
+        pool.jobs.send(job).map_err(|_| HashError::Failed)?;
         match rx.await {
             Ok(Ok(out)) => Ok(out),
             _ => Err(HashError::Failed),
         }
+    }
+
+    /// [`verify`] in this place.
+    pub async fn verify(self, password: &str, stored: &str) -> Result<bool, HashError> {
+        if password.len() > MAX_PASSWORD_LEN {
+            return Ok(false);
+        }
+        let (password, stored) = (password.to_string(), stored.to_string());
+        self.run(move || verify(&password, &stored)).await
     }
 }
 
@@ -209,10 +259,7 @@ pub async fn verify_async(password: &str, stored: &str) -> Result<bool, HashErro
     if password.len() > MAX_PASSWORD_LEN {
         return Ok(false);
     }
-    let (password, stored) = (password.to_string(), stored.to_string());
-    Hashing::global()
-        .run(move || verify(&password, &stored))
-        .await
+    Hashing::global().place()?.verify(password, stored).await
 }
 
 /// [`verify`] of one password against several hashes (the history) in one slot.
@@ -353,6 +400,40 @@ mod tests {
         holder.await.unwrap().unwrap();
         pool.run(|| ()).await.expect("free again");
         assert_eq!(pool.peak(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_caller_dropped_while_waiting_gives_its_place_back() {
+        // A request dropped while it waits for a slot (its client went away,
+        // as a flood's do) must not keep its place: otherwise the queue stays
+        // full for good and every later login is refused as busy.
+        let pool = Arc::new(Hashing::new(1, 1, Duration::from_secs(30)));
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move {
+                pool.run(move || {
+                    let _ = hold.recv();
+                })
+                .await
+            })
+        };
+        while pool.peak() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let waiter = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move { pool.run(|| ()).await })
+        };
+        while pool.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        waiter.abort();
+        let _ = waiter.await;
+        assert_eq!(pool.waiting(), 0, "the dropped caller's place is free");
+        release.send(()).unwrap();
+        holder.await.unwrap().unwrap();
+        pool.run(|| ()).await.expect("not refused as busy");
     }
 
     #[cfg(target_os = "linux")]

@@ -4,6 +4,9 @@
 //! transaction is the one writer), and a create that finds no slot in time is
 //! refused with `rate_limited` having changed nothing, its setup link unused.
 //!
+//! A login that finds the pool's queue full is refused as busy before it reads
+//! anything (a flood of logins the pool cannot take costs the database nothing).
+//!
 //! The pool is process-wide, so this binary holds one test that runs on SQLite
 //! and then on PostgreSQL.
 
@@ -14,6 +17,7 @@ use common::{PASSWORD, TestApp};
 use drawbridge_server::password::Hashing;
 use serde_json::json;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Takes every slot of the global pool until the returned sender is dropped.
 async fn take_every_slot() -> std::sync::mpsc::Sender<()> {
@@ -116,10 +120,63 @@ async fn run(app: TestApp) {
     assert_eq!(users(&app).await, before + 2);
 }
 
+/// Every slot of the global pool taken (until the returned sender is dropped)
+/// and every place among its waiters too (each waiter gives up after the
+/// pool's wait of 5 s).
+async fn fill_the_queue() -> (
+    std::sync::mpsc::Sender<()>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    let hold = take_every_slot().await;
+    let pool = Hashing::global();
+    let waiters = (pool.waiting()..pool.max_waiting())
+        .map(|_| {
+            tokio::spawn(async {
+                let _ = Hashing::global().run(|| ()).await;
+            })
+        })
+        .collect();
+    while pool.waiting() < pool.max_waiting() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (hold, waiters)
+}
+
+/// A login that finds the hashing queue full is refused as busy before it
+/// touches the database: with every database connection held elsewhere it is
+/// still answered at once.
+async fn busy_logins_are_refused_before_any_database_access(app: TestApp) {
+    let acme = app.account("acme").await;
+    app.user(&acme, "anna", "user").await;
+    let (hold, waiters) = fill_the_queue().await;
+    let mut held = Vec::new();
+    while let Ok(Ok(c)) =
+        tokio::time::timeout(Duration::from_millis(300), app.state.store.pool.acquire()).await
+    {
+        held.push(c);
+    }
+    let refused = tokio::time::timeout(Duration::from_secs(2), app.login("acme", "anna", PASSWORD))
+        .await
+        .expect("refused without waiting for a database connection");
+    assert_eq!(refused.0, StatusCode::TOO_MANY_REQUESTS, "{}", refused.1);
+    assert_eq!(refused.1["code"], "rate_limited");
+    drop(held);
+    drop(hold);
+    for w in waiters {
+        w.await.unwrap();
+    }
+    let (s, v) = app.login("acme", "anna", PASSWORD).await;
+    assert_eq!(s, StatusCode::OK, "with the queue free again: {v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_user_passwords_are_hashed_in_the_bounded_pool_before_the_write_transaction() {
+async fn passwords_are_hashed_outside_writes_and_busy_logins_read_nothing() {
     run(TestApp::sqlite().await).await;
     if let Some(app) = TestApp::postgres("hashing_outside_writes").await {
         run(app).await;
+    }
+    busy_logins_are_refused_before_any_database_access(TestApp::sqlite().await).await;
+    if let Some(app) = TestApp::postgres("hashing_outside_writes_busy_login").await {
+        busy_logins_are_refused_before_any_database_access(app).await;
     }
 }
