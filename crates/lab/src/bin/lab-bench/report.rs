@@ -412,8 +412,9 @@ impl Report {
              internal broadcast bus).\n\
              - One run on a shared 2-core VM: the same row varies by tens of percent between runs; read the \
              \"other load\" column with each row.\n\
-             - \"First Modbus reply − the edge's switch to direct\" near +0.5 s: packets on a freshly switched \
-             direct path are held while the relay's RTT is still unknown (HOLD_MAX 500 ms in `crates/tunnel/src/engine.rs`)."
+             - \"First Modbus reply − the edge's switch to direct\": after a switch to the direct path, packets \
+             are held only behind data already sent through the relay, and at most `HOLD_MAX` (500 ms, \
+             `crates/tunnel/src/engine/path.rs`); a positive figure near +0.5 s would mean that hold is waiting."
         );
         let _ = writeln!(s, "\nVersions:\n");
         for (name, v) in &m.versions {
