@@ -61,7 +61,8 @@ impl From<HashError> for crate::error::AppError {
     }
 }
 
-/// The nice value of the hashing threads. Whenever tunnels, channels or the
+/// How many nice steps the hashing threads run below the rest of the server
+/// (nice 10 when the server runs at 0; see [`hashing_nice`]). Whenever tunnels, channels or the
 /// API want the CPU, the scheduler gives it to them first: a nice-10 thread
 /// gets about a tenth of a core against one busy nice-0 thread, so a flood of
 /// logins takes little from them, while hashing still progresses on a machine
@@ -90,16 +91,33 @@ pub struct Hashing {
     jobs: std::sync::mpsc::Sender<Job>,
 }
 
-/// Lowers the calling thread's priority to [`HASHING_NICE`] (Linux: the nice
-/// value is per thread). Best effort: where it fails the thread runs as it is.
+/// The nice value for a hashing thread of a process whose threads run at `base`:
+/// [`HASHING_NICE`] steps lower than the rest of the process (at most 19), so
+/// hashing never runs at a higher priority than the async workers, also when
+/// the server itself was started under `nice`.
+pub fn hashing_nice(base: i32) -> i32 {
+    base.saturating_add(HASHING_NICE).min(19)
+}
+
+/// Lowers the calling thread's priority by [`HASHING_NICE`] (Linux: the nice
+/// value is per thread; see [`hashing_nice`]). Best effort: where it fails the
+/// thread runs as it is.
 fn lower_own_priority() {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: gettid has no preconditions; setpriority changes only the
-        // scheduling priority of this thread.
+        // SAFETY: gettid has no preconditions; getpriority only reads and
+        // setpriority changes only the scheduling priority of this thread
+        // (errno is cleared first: -1 is a valid nice value).
         unsafe {
-            let tid = libc::gettid();
-            if libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, HASHING_NICE) != 0 {
+            let tid = libc::gettid() as libc::id_t;
+            *libc::__errno_location() = 0;
+            let base = libc::getpriority(libc::PRIO_PROCESS, tid);
+            let base = if base == -1 && *libc::__errno_location() != 0 {
+                0
+            } else {
+                base
+            };
+            if libc::setpriority(libc::PRIO_PROCESS, tid, hashing_nice(base)) != 0 {
                 tracing::warn!(
                     error = %std::io::Error::last_os_error(),
                     "could not lower the password hashing threads' priority"
@@ -457,17 +475,34 @@ mod tests {
             })
             .await
             .expect("runs");
+        // Also when the test itself runs under `nice`: HASHING_NICE steps below
+        // the workers, never above them.
         assert_eq!(
-            nice, HASHING_NICE,
-            "the hashing thread runs at HASHING_NICE"
+            nice,
+            hashing_nice(worker),
+            "the hashing thread runs HASHING_NICE below the workers"
         );
-        assert_ne!(worker, HASHING_NICE, "the async worker keeps its priority");
+        if worker < 19 {
+            assert!(nice > worker, "hashing yields to the async workers");
+        }
         assert!(
             name.is_some_and(|n| n.starts_with("argon2-")),
             "a thread of its own"
         );
         // The async worker's priority is untouched after hashing too.
         assert_eq!(nice_here(), worker);
+    }
+
+    #[test]
+    fn hashing_is_never_given_a_higher_priority_than_the_process() {
+        assert_eq!(hashing_nice(0), HASHING_NICE);
+        assert_eq!(hashing_nice(5), 5 + HASHING_NICE);
+        assert_eq!(hashing_nice(15), 19);
+        assert_eq!(hashing_nice(19), 19);
+        assert_eq!(hashing_nice(-5), -5 + HASHING_NICE);
+        for base in -20..=19 {
+            assert!(hashing_nice(base) >= base);
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
