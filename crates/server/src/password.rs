@@ -388,12 +388,18 @@ mod tests {
         assert!(Hashing::global().peak() <= Hashing::global().limit());
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn excess_callers_are_refused_as_busy_instead_of_queueing_without_bound() {
-        let pool = Arc::new(Hashing::new(1, 1, Duration::from_secs(2)));
+    /// Occupies `pool`'s only slot until the returned sender is used (or
+    /// dropped), then puts one more caller in its queue.
+    async fn hold_the_slot_and_queue_one(
+        pool: &Arc<Hashing>,
+    ) -> (
+        std::sync::mpsc::Sender<()>,
+        tokio::task::JoinHandle<Result<(), HashError>>,
+        tokio::task::JoinHandle<Result<(), HashError>>,
+    ) {
         let (release, hold) = std::sync::mpsc::channel::<()>();
         let holder = {
-            let pool = Arc::clone(&pool);
+            let pool = Arc::clone(pool);
             tokio::spawn(async move {
                 pool.run(move || {
                     let _ = hold.recv();
@@ -404,14 +410,21 @@ mod tests {
         while pool.peak() == 0 {
             tokio::task::yield_now().await;
         }
-        // One may wait (and gives up after the wait); a second waiter is refused at once.
         let waiter = {
-            let pool = Arc::clone(&pool);
+            let pool = Arc::clone(pool);
             tokio::spawn(async move { pool.run(|| ()).await })
         };
-        while pool.waiting.load(Ordering::SeqCst) == 0 {
+        while pool.waiting() == 0 {
             tokio::task::yield_now().await;
         }
+        (release, holder, waiter)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn excess_callers_are_refused_as_busy_instead_of_queueing_without_bound() {
+        let pool = Arc::new(Hashing::new(1, 1, Duration::from_secs(2)));
+        // One may wait (and gives up after the wait); a second waiter is refused at once.
+        let (release, holder, waiter) = hold_the_slot_and_queue_one(&pool).await;
         assert!(matches!(pool.run(|| ()).await, Err(HashError::Busy)));
         assert!(matches!(waiter.await.unwrap(), Err(HashError::Busy)));
         release.send(()).unwrap();
@@ -426,26 +439,7 @@ mod tests {
         // as a flood's do) must not keep its place: otherwise the queue stays
         // full for good and every later login is refused as busy.
         let pool = Arc::new(Hashing::new(1, 1, Duration::from_secs(30)));
-        let (release, hold) = std::sync::mpsc::channel::<()>();
-        let holder = {
-            let pool = Arc::clone(&pool);
-            tokio::spawn(async move {
-                pool.run(move || {
-                    let _ = hold.recv();
-                })
-                .await
-            })
-        };
-        while pool.peak() == 0 {
-            tokio::task::yield_now().await;
-        }
-        let waiter = {
-            let pool = Arc::clone(&pool);
-            tokio::spawn(async move { pool.run(|| ()).await })
-        };
-        while pool.waiting() == 0 {
-            tokio::task::yield_now().await;
-        }
+        let (release, holder, waiter) = hold_the_slot_and_queue_one(&pool).await;
         waiter.abort();
         let _ = waiter.await;
         assert_eq!(pool.waiting(), 0, "the dropped caller's place is free");
