@@ -346,7 +346,7 @@ const SECOND_CLIENT_PORT: u16 = 15202;
 /// A second `drawbridge connect` (userspace `-L`) into the session that is already
 /// active with the first client's tunnel up: its start → the first Modbus reply
 /// through the forward. Once slow (~0.5 s: a hold on the upgrade to the direct
-/// path while the relay's latency was unknown, `crates/tunnel/src/engine.rs`).
+/// path while the relay's latency was unknown, `crates/tunnel/src/engine/path.rs`).
 fn second_client(lab: &Lab, client: &Client, sid: &str, name: &str) -> Result<Duration, String> {
     let fwd = format!("127.0.0.1:{SECOND_CLIENT_PORT}:{PLC_IP}:502");
     let t0 = Instant::now();
