@@ -8,8 +8,8 @@ use crate::Error;
 use crate::cli::context::Ctx;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use drawbridge_proto::ErrorCode;
 use drawbridge_proto::channel::{JoinRequest, JoinResponse};
+use drawbridge_proto::{ErrorCode, WgKey};
 use drawbridge_tunnel::keys;
 use std::io::Write;
 use std::path::Path;
@@ -78,15 +78,10 @@ pub fn render(private_key: &[u8; 32], session: &str, join: &JoinResponse) -> Res
     );
 
     for d in &join.devices {
+        // A `WgKey` prints as exactly 44 base64 characters: nothing else can get in.
         let key = d
             .edge_public_key
-            .as_deref()
-            .and_then(|k| STANDARD.decode(k).ok())
-            .and_then(|k| <[u8; 32]>::try_from(k).ok())
-            .map(|k| STANDARD.encode(k))
-            .ok_or_else(|| {
-                Error::user(format!("device {} has no usable session key yet", d.name))
-            })?;
+            .ok_or_else(|| Error::user(format!("device {} has no session key yet", d.name)))?;
         let mut allowed: Vec<String> = Vec::new();
         for t in &d.targets {
             let net = t.address.trunc().to_string();
@@ -108,7 +103,7 @@ pub fn render(private_key: &[u8; 32], session: &str, join: &JoinResponse) -> Res
 
 /// Joins the session with a fresh key as a standard client; retries while an
 /// edge has not announced its session key yet.
-async fn join(ctx: &Ctx, id: &str, public: &str) -> Result<JoinResponse> {
+async fn join(ctx: &Ctx, id: &str, public: WgKey) -> Result<JoinResponse> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let r = ctx
@@ -116,7 +111,7 @@ async fn join(ctx: &Ctx, id: &str, public: &str) -> Result<JoinResponse> {
             .post(
                 &format!("/sessions/{id}/join"),
                 &JoinRequest {
-                    public_key: public.to_string(),
+                    public_key: public,
                     standard_client: true,
                 },
             )
@@ -156,8 +151,8 @@ pub(crate) async fn run(ctx: &Ctx, session: &str, output: Option<&Path>) -> Resu
     let id = ctx.session_id(session).await?;
     let s = crate::connect::start_and_wait(ctx, &id).await?;
     let private_key = keys::generate_private_key();
-    let public = STANDARD.encode(keys::public_key(&private_key));
-    let j = join(ctx, &id, &public).await?;
+    let public = WgKey::from_bytes(keys::public_key(&private_key));
+    let j = join(ctx, &id, public).await?;
     let text = render(&private_key, &s.name.to_string(), &j)?;
     match output {
         Some(path) => {
@@ -191,7 +186,7 @@ mod tests {
             devices: vec![JoinDevice {
                 device_id: "d1".into(),
                 name: "press-1".into(),
-                edge_public_key: Some(STANDARD.encode([7u8; 32])),
+                edge_public_key: Some(WgKey::from_bytes([7u8; 32])),
                 targets: vec![
                     "tcp:192.168.1.10:502".parse().unwrap(),
                     "icmp:192.168.1.10".parse().unwrap(),
@@ -218,9 +213,10 @@ mod tests {
     fn server_values_cannot_add_lines_to_the_config() {
         let mut j = join(Some("relay.example:51820\nPostUp = rm -rf /"));
         assert!(render(&[1u8; 32], "s", &j).is_err());
-        j = join(Some("relay.example:51820"));
-        j.devices[0].edge_public_key = Some("AAAA\nPostUp = id".into());
-        assert!(render(&[1u8; 32], "s", &j).is_err());
+        // An edge key with a line in it does not even parse.
+        let mut raw = serde_json::to_value(join(Some("relay.example:51820"))).unwrap();
+        raw["devices"][0]["edge_public_key"] = "AAAA\nPostUp = id".into();
+        assert!(serde_json::from_value::<JoinResponse>(raw).is_err());
         j = join(Some("relay.example:51820"));
         j.overlay_ip = "100.64.0.2/32\nPostUp = id".into();
         assert!(render(&[1u8; 32], "s", &j).is_err());

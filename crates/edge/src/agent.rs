@@ -15,11 +15,11 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use drawbridge_netstack::{Forwarder, ForwarderConfig, ForwarderHandle, Limits};
-use drawbridge_proto::SessionState;
 use drawbridge_proto::channel::{
     EDGE_AUTH_CONTEXT, EdgeSession, EdgeStatus, EdgeToServer, MAX_CHANNEL_FRAME, ServerToEdge,
     TunnelReport,
 };
+use drawbridge_proto::{SessionState, WgKey};
 use drawbridge_tunnel::driver::{Connector, DriverEvent, Tunnel};
 use drawbridge_tunnel::session::{self, SessionTunnel, SessionTunnelConfig};
 use drawbridge_tunnel::{IpNet, PeerConfig, Signal, keys};
@@ -41,14 +41,6 @@ const REPORT_EVERY: u32 = 5;
 
 fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
-fn b64_key(k: &[u8; 32]) -> String {
-    STANDARD.encode(k)
-}
-
-fn parse_key(s: &str) -> Option<[u8; 32]> {
-    STANDARD.decode(s).ok()?.try_into().ok()
 }
 
 /// How a session's packets reach the LAN.
@@ -93,7 +85,7 @@ type PolicyParts = (
 struct Running {
     info: EdgeSession,
     private_key: [u8; 32],
-    public: String,
+    public: WgKey,
     key_sent: bool,
     tunnel: Option<Arc<Tunnel>>,
     /// The path towards the LAN: the userspace stack terminating the clients'
@@ -103,13 +95,13 @@ struct Running {
     /// clients is applied at once (flows no longer allowed are cut).
     applied: Option<PolicyParts>,
     /// Clients currently configured as peers (base64 keys).
-    peers: Vec<String>,
+    peers: Vec<WgKey>,
     token: Option<String>,
     /// Moves packets between the tunnel and the LAN path.
     pump: Option<tokio::task::JoinHandle<()>>,
     /// Carries the tunnel's candidates to the control plane.
     signals: Option<tokio::task::JoinHandle<()>>,
-    stats: HashMap<String, PeerStatus>,
+    stats: HashMap<WgKey, PeerStatus>,
 }
 
 impl Running {
@@ -187,7 +179,7 @@ impl Agent {
             let dir = &self.dir;
             let r = self.sessions.entry(id.clone()).or_insert_with(|| {
                 let private_key = dir.session_key(&id);
-                let public = b64_key(&keys::public_key(&private_key));
+                let public = WgKey::from_bytes(keys::public_key(&private_key));
                 Running {
                     info: info.clone(),
                     private_key,
@@ -209,7 +201,7 @@ impl Agent {
             if !r.key_sent && self.connected {
                 let _ = self.out_tx.try_send(EdgeToServer::SessionKey {
                     session_id: id.clone(),
-                    public_key: r.public.clone(),
+                    public_key: r.public,
                 });
                 r.key_sent = true;
             }
@@ -251,24 +243,19 @@ impl Agent {
                 let _ = t.set_relay_token(0, token.clone()).await;
                 r.token = Some(token);
             }
-            let wanted: Vec<String> = r.info.peers.iter().map(|p| p.public_key.clone()).collect();
+            let wanted: Vec<WgKey> = r.info.peers.iter().map(|p| p.public_key).collect();
             for gone in r.peers.iter().filter(|p| !wanted.contains(p)) {
-                if let Some(k) = parse_key(gone) {
-                    let _ = t.remove_peer(k).await;
-                }
+                let _ = t.remove_peer(gone.to_bytes()).await;
             }
             for p in &r.info.peers {
                 if r.peers.contains(&p.public_key) {
                     continue;
                 }
-                let (Some(k), Ok(ip)) = (
-                    parse_key(&p.public_key),
-                    p.overlay_ip.parse::<std::net::IpAddr>(),
-                ) else {
+                let Ok(ip) = p.overlay_ip.parse::<std::net::IpAddr>() else {
                     continue;
                 };
                 let cfg = PeerConfig {
-                    public_key: k,
+                    public_key: p.public_key.to_bytes(),
                     allowed_ips: vec![IpNet::new(ip, if ip.is_ipv4() { 32 } else { 128 })],
                     relay: Some(0),
                     // A standard WireGuard client keeps its own keepalive; it
@@ -282,7 +269,7 @@ impl Agent {
                 {
                     let _ = out.try_send(EdgeToServer::Signal {
                         session_id: id.clone(),
-                        peer: p.public_key.clone(),
+                        peer: p.public_key,
                         data: STANDARD.encode(sig.encode()),
                     });
                 }
@@ -300,13 +287,14 @@ impl Agent {
         }
     }
 
-    async fn signal(&mut self, session_id: &str, peer: &str, data: &str) {
+    async fn signal(&mut self, session_id: &str, peer: WgKey, data: &str) {
         let Some(r) = self.sessions.get(session_id) else {
             return;
         };
-        let (Some(t), Some(k)) = (&r.tunnel, parse_key(peer)) else {
+        let Some(t) = &r.tunnel else {
             return;
         };
+        let k = peer.to_bytes();
         let Some(sig) = STANDARD
             .decode(data)
             .ok()
@@ -324,16 +312,13 @@ impl Agent {
         for (id, r) in self.sessions.iter_mut() {
             let Some(t) = &r.tunnel else { continue };
             for p in &r.info.peers {
-                let Some(k) = parse_key(&p.public_key) else {
-                    continue;
-                };
-                let Ok(Some(s)) = t.stats(k).await else {
+                let Ok(Some(s)) = t.stats(p.public_key.to_bytes()).await else {
                     continue;
                 };
                 let path = s.path.kind().to_string();
                 let reason = s.reason.to_string();
                 r.stats.insert(
-                    p.public_key.clone(),
+                    p.public_key,
                     PeerStatus {
                         user: p.user.clone(),
                         overlay_ip: p.overlay_ip.clone(),
@@ -347,7 +332,7 @@ impl Agent {
                 );
                 reports.push(EdgeToServer::Tunnel(TunnelReport {
                     session_id: id.clone(),
-                    peer: p.public_key.clone(),
+                    peer: p.public_key,
                     path,
                     reason,
                     bytes_to_device: s.rx_bytes,
@@ -495,7 +480,7 @@ async fn start_tunnel(
             if let DriverEvent::Signal { peer, signal } = ev {
                 let _ = out.try_send(EdgeToServer::Signal {
                     session_id: session_id.clone(),
-                    peer: b64_key(&peer),
+                    peer: WgKey::from_bytes(peer),
                     data: STANDARD.encode(signal.encode()),
                 });
             }
@@ -641,7 +626,7 @@ async fn session(
                     agent.apply(sessions).await;
                     agent.save_status();
                 }
-                Some(ServerToEdge::Signal { session_id, peer, data }) => agent.signal(&session_id, &peer, &data).await,
+                Some(ServerToEdge::Signal { session_id, peer, data }) => agent.signal(&session_id, peer, &data).await,
                 Some(ServerToEdge::Error { code, message }) => tracing::warn!(%code, %message, "control plane reported an error"),
                 Some(_) => {}
             },

@@ -4,8 +4,6 @@
 //! session key for every session it is told about, pongs through the WebSocket
 //! library) but running no tunnels.
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use drawbridge_edge::agent::{self, Channel, ChannelError};
 use drawbridge_proto::SessionState;
 use drawbridge_proto::channel::{EdgeSession, EdgeStatus, EdgeToServer, ServerToEdge};
@@ -156,7 +154,7 @@ async fn on_sessions(
             let key: [u8; 32] = rand::random();
             let m = EdgeToServer::SessionKey {
                 session_id: s.session_id,
-                public_key: STANDARD.encode(key),
+                public_key: drawbridge_proto::WgKey::from_bytes(key),
             };
             fleet.send(ws, &m).await?;
         }

@@ -8,6 +8,7 @@
 //! consumed by the tunnel engine.
 
 use crate::model::{NatMapping, SessionState, Target};
+use crate::wgkey::WgKey;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -37,7 +38,7 @@ pub struct EdgeStatus {
 pub struct TunnelReport {
     pub session_id: String,
     /// The other end's WireGuard public key (base64).
-    pub peer: String,
+    pub peer: WgKey,
     /// `direct` or `relay`.
     pub path: String,
     /// Why that path, in words (`direct ok`, `symmetric NAT on both sides`, …).
@@ -59,12 +60,12 @@ pub enum EdgeToServer {
     /// The edge's WireGuard public key (base64) for one session; it makes a fresh key per session.
     SessionKey {
         session_id: String,
-        public_key: String,
+        public_key: WgKey,
     },
     /// Path candidates for the client with key `peer`.
     Signal {
         session_id: String,
-        peer: String,
+        peer: WgKey,
         data: String,
     },
     /// On-site approval or refusal of a session waiting for it (dual control).
@@ -79,7 +80,7 @@ pub enum EdgeToServer {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct EdgePeer {
     /// The client's WireGuard public key (base64).
-    pub public_key: String,
+    pub public_key: WgKey,
     /// The client's overlay address (inner source of its packets).
     pub overlay_ip: String,
     pub user: String,
@@ -130,7 +131,7 @@ pub enum ServerToEdge {
     },
     Signal {
         session_id: String,
-        peer: String,
+        peer: WgKey,
         data: String,
     },
     Error {
@@ -146,7 +147,7 @@ pub struct JoinDevice {
     pub name: String,
     /// The edge's WireGuard key for this session (base64), once the edge announced it.
     #[serde(default)]
-    pub edge_public_key: Option<String>,
+    pub edge_public_key: Option<WgKey>,
     /// The addresses the client routes into the tunnel (virtual addresses where 1:1 NAT applies).
     pub targets: Vec<Target>,
     pub online: bool,
@@ -156,7 +157,7 @@ pub struct JoinDevice {
 #[serde(deny_unknown_fields)]
 pub struct JoinRequest {
     /// The client's fresh WireGuard public key for this session (base64).
-    pub public_key: String,
+    pub public_key: WgKey,
     /// The key belongs to a standard WireGuard client (`session export-wireguard`)
     /// that reaches the edges through the relay's UDP bridge.
     #[serde(default)]

@@ -11,10 +11,12 @@ pub mod error;
 pub mod fuzz;
 pub mod model;
 pub mod text;
+pub mod wgkey;
 
 pub use error::{ApiError, ErrorCode};
 pub use model::*;
 pub use text::{LongText, Name, Username};
+pub use wgkey::{WgKey, WgKeyError};
 
 /// Prefix of every versioned control API route.
 pub const API_PREFIX: &str = "/api/v1";

@@ -9,11 +9,13 @@ mod live_harness;
 
 use axum::http::StatusCode;
 use common::TestApp;
+use drawbridge_proto::WgKey;
 use drawbridge_proto::channel::{EdgeToServer, ServerToEdge};
 use live_harness::*;
 use serde_json::json;
 
 store_tests!(
+    malformed_wireguard_keys_are_refused_and_change_nothing,
     a_wireguard_key_in_use_by_one_peer_is_refused_to_every_other,
     concurrent_joins_with_one_key_have_one_winner_and_clean_conflicts,
     concurrent_edge_announcements_of_one_key_have_one_winner,
@@ -33,31 +35,16 @@ async fn edge_key(l: &Live, s: &str, d: &str) -> Option<String> {
 }
 
 /// Announces `key` for session `s`; returns the server's error code, if any, once it is processed.
-async fn announce(l: &Live, ws: &mut Ws, s: &str, d: &str, key: &str) -> Option<String> {
+async fn announce(l: &Live, ws: &mut Ws, s: &str, d: &str, key: &WgKey) -> Option<String> {
     send(
         ws,
         &EdgeToServer::SessionKey {
             session_id: s.to_string(),
-            public_key: key.to_string(),
+            public_key: *key,
         },
     )
     .await;
-    // Either an error comes back, or the key is stored.
-    for _ in 0..100 {
-        if edge_key(l, s, d).await.as_deref() == Some(key) {
-            return None;
-        }
-        if let Ok(Some(m)) = tokio::time::timeout(
-            std::time::Duration::from_millis(50),
-            recv::<ServerToEdge>(ws),
-        )
-        .await
-            && let ServerToEdge::Error { code, .. } = m
-        {
-            return Some(code);
-        }
-    }
-    panic!("the announcement was neither stored nor refused");
+    outcome(l, ws, s, d, key).await
 }
 
 async fn a_wireguard_key_in_use_by_one_peer_is_refused_to_every_other(app: TestApp) {
@@ -99,6 +86,67 @@ async fn a_wireguard_key_in_use_by_one_peer_is_refused_to_every_other(app: TestA
     }
     // A fresh key works.
     assert_eq!(announce(&l, &mut wr, &s2, &r.id, &wg_key(8)).await, None);
+}
+
+/// Keys that are not 32 bytes of canonical base64 never reach a handler: a join
+/// gets 400 and leaves no tunnel record; an edge announcing one is told the
+/// message is malformed and nothing is stored.
+async fn malformed_wireguard_keys_are_refused_and_change_nothing(app: TestApp) {
+    let l = live(app).await;
+    let acme = l.app.account("acme").await;
+    let d = enrolled(&l, &acme, "press-1").await;
+    let _wd = edge(&l, &d, true).await;
+    let s = started(&l, &acme, &d).await;
+    let good = wg_key(1).to_string();
+    let malformed = [
+        String::new(),
+        "AAAA".to_string(),
+        good[..43].to_string(),
+        format!("{good}A"),
+        // 44 characters, but the last one carries bits beyond the 32 bytes.
+        format!("{}B=", &good[..42]),
+        // Right length, not base64.
+        format!("{}!!", &good[..42]),
+        format!("{}\nPostUp = id", &good[..30]),
+        "A".repeat(10_000),
+    ];
+    for bad in &malformed {
+        let (st, v) = l
+            .app
+            .post(
+                &format!("/api/v1/sessions/{s}/join"),
+                &acme.admin,
+                json!({ "public_key": bad }),
+            )
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{bad:?}: {v}");
+        assert!(
+            v["message"].as_str().unwrap().contains("WireGuard key"),
+            "{v}"
+        );
+    }
+    let tunnels: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tunnels WHERE session_id = $1")
+        .bind(&s)
+        .fetch_one(&l.app.state.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(tunnels, 0, "a refused join left a tunnel record");
+    // The edge channel: the same key as raw JSON is a malformed message.
+    let mut wd = edge(&l, &d, true).await;
+    let text = json!({"type": "session_key", "session_id": s, "public_key": good[..43]});
+    send(&mut wd, &text).await;
+    let code = loop {
+        match recv::<ServerToEdge>(&mut wd).await {
+            Some(ServerToEdge::Error { code, .. }) => break code,
+            Some(_) => continue,
+            None => panic!("closed without an error"),
+        }
+    };
+    assert_eq!(code, "bad_request");
+    assert_eq!(edge_key(&l, &s, &d.id).await, None, "nothing stored");
+    // A real key still works afterwards (on a fresh channel).
+    let mut wd = edge(&l, &d, true).await;
+    assert_eq!(announce(&l, &mut wd, &s, &d.id, &wg_key(7)).await, None);
 }
 
 /// A started (not joined) session of `acct` on `d`.
@@ -157,7 +205,7 @@ async fn concurrent_joins_with_one_key_have_one_winner_and_clean_conflicts(app: 
         let open: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM tunnels WHERE client_public_key = $1 AND ended_at IS NULL",
         )
-        .bind(&key)
+        .bind(key.to_string())
         .fetch_one(&l.app.state.store.pool)
         .await
         .unwrap();
@@ -166,9 +214,9 @@ async fn concurrent_joins_with_one_key_have_one_winner_and_clean_conflicts(app: 
 }
 
 /// Waits until `key` is stored for (s, d) or the edge is told of an error.
-async fn outcome(l: &Live, ws: &mut Ws, s: &str, d: &str, key: &str) -> Option<String> {
+async fn outcome(l: &Live, ws: &mut Ws, s: &str, d: &str, key: &WgKey) -> Option<String> {
     for _ in 0..100 {
-        if edge_key(l, s, d).await.as_deref() == Some(key) {
+        if edge_key(l, s, d).await == Some(key.to_string()) {
             return None;
         }
         if let Ok(Some(m)) = tokio::time::timeout(
@@ -216,7 +264,7 @@ async fn concurrent_edge_announcements_of_one_key_have_one_winner(app: TestApp) 
         );
         let holders: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM session_devices WHERE edge_public_key = $1")
-                .bind(&key)
+                .bind(key.to_string())
                 .fetch_one(&l.app.state.store.pool)
                 .await
                 .unwrap();
@@ -251,12 +299,12 @@ async fn the_unique_key_migration_keeps_old_ended_rows_with_repeated_keys(app: T
         .bind(s)
         .bind(&d.id)
         .bind(&acme.admin_id)
-        .bind(wg_key(9))
+        .bind(wg_key(9).to_string())
         .execute(pool)
         .await
         .unwrap();
         sqlx::query("UPDATE session_devices SET edge_public_key = $1 WHERE session_id = $2")
-            .bind(wg_key(8))
+            .bind(wg_key(8).to_string())
             .bind(s)
             .execute(pool)
             .await
@@ -279,21 +327,21 @@ async fn the_unique_key_migration_keeps_old_ended_rows_with_repeated_keys(app: T
     let ended: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM tunnels WHERE client_public_key = $1 AND ended_at = 20",
     )
-    .bind(wg_key(9))
+    .bind(wg_key(9).to_string())
     .fetch_one(pool)
     .await
     .unwrap();
     assert_eq!(ended, 2);
     let holders: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM session_devices WHERE edge_public_key = $1")
-            .bind(wg_key(8))
+            .bind(wg_key(8).to_string())
             .fetch_one(pool)
             .await
             .unwrap();
     assert_eq!(holders, 1);
     // And the index holds from now on.
     let dup = sqlx::query("UPDATE session_devices SET edge_public_key = $1 WHERE session_id = $2")
-        .bind(wg_key(8))
+        .bind(wg_key(8).to_string())
         .bind(if edge_key(&l, &s1, &d.id).await.is_some() {
             &s2
         } else {

@@ -59,7 +59,7 @@ async fn kept_candidates_per_session_and_edge_stay_bounded_whatever_the_edge_sen
                 &mut ws,
                 &EdgeToServer::Signal {
                     session_id: s.clone(),
-                    peer: format!("peer-{i}"),
+                    peer: wg_key(u8::try_from(100 + i).unwrap()),
                     data: format!("candidates {round}"),
                 },
             )
@@ -554,10 +554,7 @@ async fn a_joined_client_and_the_edge_exchange_keys_candidates_and_relay_tokens(
     else {
         unreachable!()
     };
-    assert_eq!(
-        u.devices[0].edge_public_key.as_deref(),
-        Some(wg_key(9).as_str())
-    );
+    assert_eq!(u.devices[0].edge_public_key, Some(wg_key(9)));
     let vk = l.app.state.relay_key.verifying_key();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

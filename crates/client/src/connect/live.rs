@@ -5,8 +5,6 @@
 
 use super::Result;
 use crate::Error;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use drawbridge_netstack::Dialer;
 use drawbridge_proto::Target;
@@ -44,10 +42,6 @@ pub(super) struct Live {
 pub(super) struct EdgePeer {
     pub(super) key: [u8; 32],
     pub(super) targets: Vec<Target>,
-}
-
-fn key_bytes(s: &str) -> Option<[u8; 32]> {
-    STANDARD.decode(s).ok()?.try_into().ok()
 }
 
 /// The devices the client runs now, from the session's live device list: the
@@ -95,7 +89,7 @@ pub(super) fn peer_changes(
     let wanted: HashMap<&str, EdgePeer> = active
         .iter()
         .filter_map(|d| {
-            let key = d.edge_public_key.as_deref().and_then(key_bytes)?;
+            let key = d.edge_public_key?.to_bytes();
             Some((
                 d.device_id.as_str(),
                 EdgePeer {
@@ -299,7 +293,7 @@ mod tests {
         JoinDevice {
             device_id: id.into(),
             name: id.into(),
-            edge_public_key: key.map(|k| STANDARD.encode([k; 32])),
+            edge_public_key: key.map(|k| drawbridge_proto::WgKey::from_bytes([k; 32])),
             targets: targets.iter().map(|t| t.parse().unwrap()).collect(),
             online: true,
         }

@@ -25,12 +25,12 @@ use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use clap::Args;
 use drawbridge_netstack::Dialer;
-use drawbridge_proto::SessionState;
 use drawbridge_proto::api::{AdhocSession, Session};
 use drawbridge_proto::channel::{
     ClientToServer, JoinRequest, JoinResponse, ServerToClient, TunnelReport,
 };
 use drawbridge_proto::{NatMapping, Target};
+use drawbridge_proto::{SessionState, WgKey};
 use drawbridge_tunnel::driver::DriverEvent;
 use drawbridge_tunnel::{Signal, keys};
 use futures_util::{SinkExt, StreamExt};
@@ -163,13 +163,13 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     };
     let s = start_and_wait(ctx, &id).await?;
     let private_key = keys::generate_private_key();
-    let public = STANDARD.encode(keys::public_key(&private_key));
+    let public = WgKey::from_bytes(keys::public_key(&private_key));
     let join: JoinResponse = ctx
         .client
         .post(
             &format!("/sessions/{id}/join"),
             &JoinRequest {
-                public_key: public.clone(),
+                public_key: public,
                 standard_client: false,
             },
         )
@@ -181,7 +181,8 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
 
     let tls = ctx.client.ws_tls();
     let base = ctx.client.server().replacen("https://", "wss://", 1);
-    let key_q: String = url::form_urlencoded::byte_serialize(public.as_bytes()).collect();
+    let key_q: String =
+        url::form_urlencoded::byte_serialize(public.to_string().as_bytes()).collect();
     let channel_url = format!("{base}/api/v1/sessions/{id}/channel?key={key_q}");
     let token = ctx.client.token().map(str::to_string);
     let mut ws = Some(open_channel(&channel_url, token.as_deref(), &tls).await?);
@@ -320,7 +321,7 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
                     for d in &st.devices {
                         let r = ClientToServer::Tunnel(TunnelReport {
                             session_id: id.clone(),
-                            peer: public.clone(),
+                            peer: public,
                             path: d.path.clone(),
                             reason: d.reason.clone(),
                             bytes_to_device: d.bytes_to_device,

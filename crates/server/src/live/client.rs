@@ -19,7 +19,7 @@ use drawbridge_proto::channel::{
     ClientToServer, JoinRequest, JoinResponse, MAX_CHANNEL_FRAME, MAX_SIGNAL_LEN, ServerToClient,
     ServerToEdge,
 };
-use drawbridge_proto::{Action, ApiError, ErrorCode, SessionState};
+use drawbridge_proto::{Action, ApiError, ErrorCode, SessionState, WgKey};
 use serde::Deserialize;
 use sqlx::Row;
 use std::time::Duration;
@@ -77,11 +77,8 @@ async fn join(
             ));
         }
     }
-    if desired::wg_key(&req.public_key).is_none() {
-        return Err(AppError::invalid(
-            "public_key is not a base64 WireGuard key",
-        ));
-    }
+    // The key was parsed with the body (`WgKey`); it travels as text from here.
+    let public_key = req.public_key.to_string();
     if req.standard_client {
         if state.bridge_endpoint().is_none() {
             return Err(AppError::conflict(
@@ -118,14 +115,14 @@ async fn join(
     let mut tx = state.store.begin().await?;
     let taken: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM tunnels WHERE client_public_key = $1")
-            .bind(&req.public_key)
+            .bind(&public_key)
             .fetch_one(&mut *tx)
             .await?;
     // Nor may it be an edge's session key (any account): the relay admits one
     // connection per key, so reusing an edge's key would knock that edge off it.
     let edge_taken: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM session_devices WHERE edge_public_key = $1")
-            .bind(&req.public_key)
+            .bind(&public_key)
             .fetch_one(&mut *tx)
             .await?;
     if taken > 0 || edge_taken > 0 {
@@ -173,7 +170,7 @@ async fn join(
         .bind(&id)
         .bind(&d.device_id)
         .bind(&caller.user_id)
-        .bind(&req.public_key)
+        .bind(&public_key)
         .bind(now)
         .bind(&overlay)
         .bind(i64::from(req.standard_client))
@@ -192,14 +189,14 @@ async fn join(
     let ev = caller
         .event("tunnel.up", &format!("session:{id}"))
         .details(serde_json::json!({
-            "username": caller.username, "public_key": req.public_key, "overlay_ip": overlay,
+            "username": caller.username, "public_key": public_key, "overlay_ip": overlay,
             "standard_client": req.standard_client,
         }));
     audit::append(&mut tx, now, &ev).await?;
     tx.commit().await?;
     crate::live::notify_sessions(&state, std::slice::from_ref(&id)).await?;
     Ok(Json(
-        desired::join_data(&state, &caller.account_id, &id, &req.public_key).await?,
+        desired::join_data(&state, &caller.account_id, &id, &public_key).await?,
     ))
 }
 
@@ -208,7 +205,7 @@ async fn join(
 #[serde(deny_unknown_fields)]
 struct ChannelQuery {
     /// The client's WireGuard key the tunnel joined with.
-    key: String,
+    key: WgKey,
 }
 
 /// The client channel of a joined tunnel (WebSocket upgrade). Closing it ends the tunnel's record.
@@ -242,7 +239,7 @@ async fn channel(
     )
     .bind(&id)
     .bind(&caller.user_id)
-    .bind(&q.key)
+    .bind(q.key.to_string())
     .fetch_one(&state.store.pool)
     .await?;
     if open == 0 {
@@ -272,12 +269,13 @@ async fn run(
     mut ws: WebSocket,
     caller: Caller,
     session_id: String,
-    key: String,
+    key: WgKey,
 ) -> AppResult<()> {
-    let (conn, mut pokes) = state.hub.register_client(&session_id, &key);
-    let result = serve(&state, &caller, &session_id, &key, &mut ws, &mut pokes).await;
+    let text = key.to_string();
+    let (conn, mut pokes) = state.hub.register_client(&session_id, &text);
+    let result = serve(&state, &caller, &session_id, key, &mut ws, &mut pokes).await;
     state.hub.unregister_client(&session_id, conn);
-    leave(&state, &caller, &session_id, &key).await?;
+    leave(&state, &caller, &session_id, &text).await?;
     result
 }
 
@@ -325,15 +323,16 @@ async fn serve(
     state: &AppState,
     caller: &Caller,
     session_id: &str,
-    key: &str,
+    key: WgKey,
     ws: &mut WebSocket,
     pokes: &mut tokio::sync::mpsc::Receiver<Poke<ServerToClient>>,
 ) -> AppResult<()> {
-    if !refresh(state, caller, session_id, key, ws).await? {
+    let text = key.to_string();
+    if !refresh(state, caller, session_id, &text, ws).await? {
         return Ok(());
     }
     // Candidates the edges sent before this channel was open.
-    for (device_id, data) in crate::live::signals_for_client(state, session_id, key).await? {
+    for (device_id, data) in crate::live::signals_for_client(state, session_id, &text).await? {
         send(ws, &ServerToClient::Signal { device_id, data }).await?;
     }
     let mut ping = tokio::time::interval(Duration::from_secs(20));
@@ -356,10 +355,10 @@ async fn serve(
                             desired::session_device_ids(&mut conn, session_id).await?
                         };
                         if devices.contains(&device_id) {
-                            crate::live::keep_signal(state, session_id, key, &device_id, false, &data).await?;
+                            crate::live::keep_signal(state, session_id, &text, &device_id, false, &data).await?;
                             crate::live::to_edge(state, &device_id, ServerToEdge::Signal {
                                 session_id: session_id.to_string(),
-                                peer: key.to_string(),
+                                peer: key,
                                 data,
                             });
                         }
@@ -367,7 +366,7 @@ async fn serve(
                     Ok(ClientToServer::Tunnel(mut r)) => {
                         // A client reports only on its own tunnel.
                         r.session_id = session_id.to_string();
-                        r.peer = key.to_string();
+                        r.peer = key;
                         // A report out of bounds is ignored; the channel stays up.
                         if let Err(e) = super::edge::tunnel_report(state, None, &r, state.now()).await {
                             if e.code == drawbridge_proto::ErrorCode::Internal {
@@ -382,7 +381,7 @@ async fn serve(
             poke = pokes.recv() => match poke {
                 None => return Ok(()),
                 Some(Poke::Refresh) => {
-                    if !refresh(state, caller, session_id, key, ws).await? {
+                    if !refresh(state, caller, session_id, &text, ws).await? {
                         return Ok(());
                     }
                 }

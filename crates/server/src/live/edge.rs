@@ -394,11 +394,8 @@ async fn handle(state: &AppState, edge: &Edge, msg: EdgeToServer) -> AppResult<(
             session_id,
             public_key,
         } => {
-            if desired::wg_key(&public_key).is_none() {
-                return Err(AppError::invalid(
-                    "public_key is not a base64 WireGuard key",
-                ));
-            }
+            // Parsed with the message (`WgKey`); stored as text.
+            let public_key = public_key.to_string();
             let st = session_of_edge(state, edge, &session_id).await?;
             if !matches!(st, SessionState::Active | SessionState::PendingApproval) {
                 return Err(AppError::conflict("the session is not running"));
@@ -433,9 +430,10 @@ async fn handle(state: &AppState, edge: &Edge, msg: EdgeToServer) -> AppResult<(
             peer,
             data,
         } => {
-            if data.len() > MAX_SIGNAL_LEN || peer.len() > 64 {
+            if data.len() > MAX_SIGNAL_LEN {
                 return Err(AppError::invalid("signal too large"));
             }
+            let peer = peer.to_string();
             session_of_edge(state, edge, &session_id).await?;
             crate::live::keep_signal(state, &session_id, &peer, &edge.device_id, true, &data)
                 .await?;
@@ -606,7 +604,7 @@ pub async fn tunnel_report(
     r: &TunnelReport,
     now: i64,
 ) -> AppResult<()> {
-    if r.path.len() > 16 || r.reason.len() > 128 || r.peer.len() > 64 || r.session_id.len() > 64 {
+    if r.path.len() > 16 || r.reason.len() > 128 || r.session_id.len() > 64 {
         return Err(AppError::invalid("report out of bounds"));
     }
     let Some(device) = device else {
@@ -620,7 +618,7 @@ pub async fn tunnel_report(
         .bind(&r.path)
         .bind(&r.reason)
         .bind(&r.session_id)
-        .bind(&r.peer)
+        .bind(r.peer.to_string())
         .execute(&state.store.pool)
         .await?;
         return Ok(());
@@ -632,7 +630,7 @@ pub async fn tunnel_report(
          WHERE session_id = $1 AND client_public_key = $2 AND ended_at IS NULL AND device_id = $3",
     )
     .bind(&r.session_id)
-    .bind(&r.peer)
+    .bind(r.peer.to_string())
     .bind(device)
     .fetch_one(&state.store.pool)
     .await?;
@@ -644,7 +642,7 @@ pub async fn tunnel_report(
          WHERE session_id = $1 AND client_public_key = $2 AND ended_at IS NULL AND device_id = $3",
     )
     .bind(&r.session_id)
-    .bind(&r.peer)
+    .bind(r.peer.to_string())
     .bind(device)
     .bind(&r.path)
     .bind(&r.reason)

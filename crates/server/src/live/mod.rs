@@ -404,7 +404,7 @@ pub async fn signals_for_client(
 pub async fn signals_for_edge(
     state: &crate::state::AppState,
     device_id: &str,
-) -> crate::error::AppResult<Vec<(String, String, String)>> {
+) -> crate::error::AppResult<Vec<(String, drawbridge_proto::WgKey, String)>> {
     use sqlx::Row;
     let rows = sqlx::query(
         "SELECT g.session_id, g.client_key, g.data FROM tunnel_signals g JOIN sessions s ON s.id = g.session_id
@@ -413,7 +413,12 @@ pub async fn signals_for_edge(
     .bind(device_id)
     .fetch_all(&state.store.pool)
     .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-        .collect()
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        // Keys were parsed before they were stored; one that is not a key is skipped.
+        if let Ok(peer) = r.try_get::<String, _>(1)?.parse() {
+            out.push((r.try_get(0)?, peer, r.try_get(2)?));
+        }
+    }
+    Ok(out)
 }

@@ -5,18 +5,15 @@
 use crate::error::{AppError, AppResult};
 use crate::records;
 use crate::state::AppState;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use drawbridge_proto::channel::{EdgePeer, EdgeSession, JoinDevice, JoinResponse};
-use drawbridge_proto::{NatMapping, SessionState, Target};
+use drawbridge_proto::{NatMapping, SessionState, Target, WgKey};
 use sqlx::{AnyConnection, Row};
 
-/// A WireGuard public key in base64 → 32 bytes.
-pub fn wg_key(b64: &str) -> Option<[u8; 32]> {
-    if b64.len() > 64 {
-        return None;
-    }
-    STANDARD.decode(b64).ok()?.try_into().ok()
+/// A key column: parsed (`WgKey`) before it was stored, so one that does not
+/// parse now is a fault of the store.
+fn stored_key(text: String) -> AppResult<WgKey> {
+    text.parse()
+        .map_err(|e| AppError::internal(anyhow::anyhow!("stored WireGuard key: {e}")))
 }
 
 pub fn relay_url(state: &AppState) -> String {
@@ -34,16 +31,15 @@ pub fn relay_url(state: &AppState) -> String {
 fn token(
     state: &AppState,
     session_id: &str,
-    me: &str,
-    peers: &[String],
+    me: WgKey,
+    peers: &[WgKey],
     until: i64,
     bridge: bool,
 ) -> Option<String> {
-    let peer = wg_key(me)?;
-    let allowed: Vec<[u8; 32]> = peers.iter().filter_map(|p| wg_key(p)).take(64).collect();
+    let allowed: Vec<[u8; 32]> = peers.iter().map(|p| p.to_bytes()).take(64).collect();
     let claims = drawbridge_relay::Claims {
         session_id: session_id.to_string(),
-        peer,
+        peer: me.to_bytes(),
         allowed_peers: allowed,
         expires_at: u64::try_from(until).unwrap_or(0),
         bridge,
@@ -121,7 +117,10 @@ pub async fn edge_sessions(state: &AppState, device_id: &str) -> AppResult<Vec<E
     for r in rows {
         let session_id: String = r.try_get("id")?;
         let valid_until: i64 = r.try_get("valid_until")?;
-        let edge_key: Option<String> = r.try_get("edge_public_key")?;
+        let edge_key = r
+            .try_get::<Option<String>, _>("edge_public_key")?
+            .map(stored_key)
+            .transpose()?;
         let peers_rows = sqlx::query(
             "SELECT t.client_public_key, t.overlay_ip, u.username, t.standard_client FROM tunnels t JOIN users u ON u.id = t.user_id
              WHERE t.session_id = $1 AND t.device_id = $2 AND t.ended_at IS NULL ORDER BY t.started_at",
@@ -133,7 +132,7 @@ pub async fn edge_sessions(state: &AppState, device_id: &str) -> AppResult<Vec<E
         let mut peers = Vec::new();
         for p in peers_rows {
             peers.push(EdgePeer {
-                public_key: p.try_get(0)?,
+                public_key: stored_key(p.try_get(0)?)?,
                 overlay_ip: p.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
                 user: p.try_get(2)?,
                 bridged: p.try_get::<i64, _>(3)? != 0,
@@ -146,9 +145,10 @@ pub async fn edge_sessions(state: &AppState, device_id: &str) -> AppResult<Vec<E
                 .parse()
                 .map_err(|_| AppError::internal(anyhow::anyhow!("session state")))?
         };
-        let keys: Vec<String> = peers.iter().map(|p| p.public_key.clone()).collect();
+        let keys: Vec<WgKey> = peers.iter().map(|p| p.public_key).collect();
         let relay_token = match (&edge_key, st) {
             (Some(k), SessionState::Active) => {
+                let k = *k;
                 // The edge takes standard clients from the relay's UDP bridge only
                 // when the session has one.
                 let bridge = peers.iter().any(|p| p.bridged);
@@ -206,10 +206,11 @@ pub async fn join_data(
     for r in rows {
         let targets: Vec<Target> = records::json_col(&r, "targets")?;
         let nat: Vec<NatMapping> = records::json_col(&r, "nat")?;
-        let key: Option<String> = r.try_get("edge_public_key")?;
-        if let Some(k) = &key {
-            edge_keys.push(k.clone());
-        }
+        let key = r
+            .try_get::<Option<String>, _>("edge_public_key")?
+            .map(stored_key)
+            .transpose()?;
+        edge_keys.extend(key);
         let last_seen: Option<i64> = r.try_get("last_seen")?;
         devices.push(JoinDevice {
             device_id: r.try_get("device_id")?,
@@ -225,7 +226,7 @@ pub async fn join_data(
         token(
             state,
             session_id,
-            client_key,
+            stored_key(client_key.to_string())?,
             &edge_keys,
             valid_until,
             false,

@@ -272,11 +272,11 @@ pub async fn edge(l: &Live, d: &Device, switch_on: bool) -> Ws {
 
 /// A client key as it goes into the channel's query string.
 pub fn key_query(n: u8) -> String {
-    url::form_urlencoded::byte_serialize(wg_key(n).as_bytes()).collect()
+    url::form_urlencoded::byte_serialize(wg_key(n).to_string().as_bytes()).collect()
 }
 
-pub fn wg_key(n: u8) -> String {
-    STANDARD.encode([n; 32])
+pub fn wg_key(n: u8) -> drawbridge_proto::WgKey {
+    drawbridge_proto::WgKey::from_bytes([n; 32])
 }
 
 pub fn sessions_of(m: &ServerToEdge) -> Option<&Vec<drawbridge_proto::channel::EdgeSession>> {
