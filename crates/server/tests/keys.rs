@@ -181,7 +181,6 @@ async fn concurrent_joins_with_one_key_have_one_winner_and_clean_conflicts(app: 
             let l = l.clone();
             let s = sessions[i % sessions.len()].clone();
             let token = acme.admin.clone();
-            let key = key.clone();
             joins.push(tokio::spawn(async move {
                 l.app
                     .post(
@@ -246,7 +245,7 @@ async fn concurrent_edge_announcements_of_one_key_have_one_winner(app: TestApp) 
         let key = wg_key(100 + round);
         let msg = |s: &str| EdgeToServer::SessionKey {
             session_id: s.to_string(),
-            public_key: key.clone(),
+            public_key: key,
         };
         // Both edges announce the same key at the same moment.
         let (m1, m2) = (msg(&s1), msg(&s2));
