@@ -89,14 +89,38 @@ fn parse_stage(s: &str) -> Option<LoginStage> {
 /// Resolves a bearer token at any stage (`source`: the remote address), enforcing expiry, idle timeout,
 /// revocation and disabled users.
 pub(crate) async fn resolve(state: &AppState, token: &str, source: String) -> AppResult<Caller> {
+    resolve_by(state, TokenKey::Hash(secret::token_hash(token)), source).await
+}
+
+/// Resolves the token with this id (never shown to anyone; a device origin's
+/// cookie names the login it was opened with) with the same checks as
+/// [`resolve`]: a revoked, expired or idle login, or a disabled user, is refused.
+pub(crate) async fn resolve_id(
+    state: &AppState,
+    token_id: &str,
+    source: String,
+) -> AppResult<Caller> {
+    resolve_by(state, TokenKey::Id(token_id.to_string()), source).await
+}
+
+enum TokenKey {
+    Hash(String),
+    Id(String),
+}
+
+async fn resolve_by(state: &AppState, key: TokenKey, source: String) -> AppResult<Caller> {
     let now = state.now();
-    let row = sqlx::query(
+    let (column, value) = match key {
+        TokenKey::Hash(h) => ("t.token_hash", h),
+        TokenKey::Id(id) => ("t.id", id),
+    };
+    let row = sqlx::query(&format!(
         "SELECT t.id, t.account_id, t.user_id, t.kind, t.stage, t.read_only, t.last_used_at, t.expires_at,
                 t.revoked_at, u.username, u.role, u.disabled, u.totp_secret, a.settings
          FROM auth_tokens t JOIN users u ON u.id = t.user_id JOIN accounts a ON a.id = t.account_id
-         WHERE t.token_hash = $1",
-    )
-    .bind(secret::token_hash(token))
+         WHERE {column} = $1"
+    ))
+    .bind(value)
     .fetch_optional(&state.store.pool)
     .await?
     .ok_or_else(AppError::unauthenticated)?;

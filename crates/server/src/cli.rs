@@ -443,6 +443,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     };
     let tls = Arc::new(crate::pki::server_config(&cert, &key)?);
+    // Browser access: this replica's own peers reach the relay at the public
+    // URL, trusting the system roots and this server's CA or chain.
+    state.web.set_domain(&cfg.web_domain);
+    let own = std::fs::read(ca.as_ref().unwrap_or(&cert))
+        .with_context(|| format!("reading {}", ca.as_ref().unwrap_or(&cert).display()))?;
+    match drawbridge_relay::feed::poll::tls_config(Some(&own)) {
+        Ok(mut peer_tls) => {
+            peer_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+            state.web.set_tls(Arc::new(peer_tls));
+        }
+        Err(e) => println!("  browser access: off, no TLS trust for this server's own relay ({e})"),
+    }
     println!("Drawbridge server listening on {public_url}");
     if let Some(ca) = &ca {
         println!("  CA certificate: {}", ca.display());
@@ -451,6 +463,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             crate::pki::fingerprint(ca)?
         );
     }
+    println!("  device web pages: https://LABEL.{}", cfg.web_domain);
     println!("  database: {}", crate::db::redact(&cfg.database_url));
     println!(
         "  secrets key: {} (seals the database's secrets; back it up apart from the database)",

@@ -28,6 +28,7 @@ pub struct FileConfig {
     pub max_connections: Option<NonZeroUsize>,
     pub max_connections_per_address: Option<NonZeroUsize>,
     pub hsts_max_age_secs: Option<u64>,
+    pub web_domain: Option<String>,
 }
 
 /// A TOML value that is one address or a list of them.
@@ -69,6 +70,8 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub public_url: String,
     pub hostnames: Vec<String>,
+    /// Device web pages are served on `LABEL.web_domain` (browser access).
+    pub web_domain: String,
     /// UDP addresses of the STUN service (empty: off). Two addresses (or ports)
     /// let peers tell an endpoint-independent NAT from a symmetric one.
     pub stun_listen: Vec<SocketAddr>,
@@ -118,6 +121,11 @@ pub struct Overrides {
     /// Extra DNS names or IPs for the self-signed certificate (repeatable).
     #[arg(long = "hostname")]
     pub hostnames: Vec<String>,
+    /// The domain device web pages are served under, one origin each
+    /// (`LABEL.DOMAIN`; default web.localhost). In production a domain of its
+    /// own, with a wildcard DNS record and certificate (docs/deployment.md).
+    #[arg(long, env = "DRAWBRIDGE_WEB_DOMAIN")]
+    pub web_domain: Option<String>,
     /// UDP address of the STUN service, repeatable or comma-separated (default
     /// 127.0.0.1:3478 and :3479; two let peers recognise symmetric NAT).
     #[arg(long, env = "DRAWBRIDGE_STUN_LISTEN", value_delimiter = ',')]
@@ -199,6 +207,26 @@ impl Overrides {
             .unwrap_or_else(|| format!("https://{listen}"));
         let mut hostnames = file.hostnames.unwrap_or_default();
         hostnames.extend(self.hostnames.iter().cloned());
+        let web_domain = self
+            .web_domain
+            .clone()
+            .or(file.web_domain)
+            .unwrap_or_else(|| crate::web::DEFAULT_WEB_DOMAIN.to_string())
+            .trim_matches('.')
+            .to_ascii_lowercase();
+        if web_domain.is_empty()
+            || web_domain.len() > 200
+            || !web_domain
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            anyhow::bail!("web_domain must be a DNS name such as web.example.com");
+        }
+        // The self-signed certificate covers every device origin.
+        let wildcard = format!("*.{web_domain}");
+        if !hostnames.contains(&wildcard) {
+            hostnames.push(wildcard);
+        }
         let stun_listen = if self.no_stun {
             Vec::new()
         } else if !self.stun_listen.is_empty() {
@@ -265,6 +293,7 @@ impl Overrides {
             tls,
             public_url,
             hostnames,
+            web_domain,
         })
     }
 }

@@ -27,5 +27,6 @@ pub mod serve;
 pub mod sessions;
 pub mod state;
 pub mod totp;
+pub mod web;
 
 pub use api::app;

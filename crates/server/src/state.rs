@@ -23,6 +23,8 @@ pub struct Inner {
     pub relay: drawbridge_relay::RelayState,
     /// Connected edges and clients.
     pub hub: crate::live::Hub,
+    /// Browser access: web domain, peers' TLS trust, running peers.
+    pub web: crate::web::Web,
     /// STUN servers handed to edges and clients (`host:port`).
     pub stun: std::sync::RwLock<Vec<String>>,
     /// The relay's UDP bridge for standard WireGuard clients (`host:port`), when it runs.
@@ -88,6 +90,7 @@ impl AppState {
             portal_key,
             relay,
             hub: crate::live::Hub::default(),
+            web: crate::web::Web::default(),
             stun: std::sync::RwLock::new(Vec::new()),
             bridge: std::sync::RwLock::new(None),
             attempts: governor::RateLimiter::keyed(

@@ -9,19 +9,18 @@ mod live;
 mod status;
 mod tun;
 
+use drawbridge_peer::{SessionPeer, active_devices, active_targets};
 pub use exit::EXIT_CODES;
 use exit::Stop;
 pub use forwards::{Forward, parse_forward, parse_listen};
 use forwards::{check_forwards, client_view, start_userspace};
-use live::{Live, active_devices, active_targets, open_channel};
+use live::{Live, open_channel};
 pub use status::{DeviceStatus, TunnelStatus, status};
 use status::{snapshot, status_dir, unix_now};
 use tun::tun_mode;
 
 use crate::Error;
 use crate::cli::context::Ctx;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use clap::Args;
 use drawbridge_netstack::Dialer;
@@ -31,8 +30,7 @@ use drawbridge_proto::channel::{
 };
 use drawbridge_proto::{NatMapping, Target};
 use drawbridge_proto::{SessionState, WgKey};
-use drawbridge_tunnel::driver::DriverEvent;
-use drawbridge_tunnel::{Signal, keys};
+use drawbridge_tunnel::keys;
 use futures_util::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -226,15 +224,13 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
         userspace = Some(dialer);
     }
     let mut live = Live {
-        tunnel: None,
-        events: None,
-        from_dialer: Some(from_dialer),
-        to_dialer,
-        pump: None,
-        join,
-        private_key,
-        peers: HashMap::new(),
-        token: None,
+        peer: SessionPeer::new(
+            private_key,
+            join,
+            drawbridge_tunnel::driver::Connector::Rustls(tls.clone()),
+            from_dialer,
+            to_dialer,
+        ),
         tun: tun_routes,
         dialer: userspace,
     };
@@ -248,12 +244,6 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     let stop = drawbridge_tunnel::shutdown_signal();
     tokio::pin!(stop);
     let outcome: Result<Stop> = loop {
-        let events = async {
-            match live.events.as_mut() {
-                Some(ev) => ev.recv().await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             _ = &mut stop => break Ok(Stop::Asked("interrupted")),
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break Ok(Stop::Asked("time is up")),
@@ -275,13 +265,10 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
             }
             m = async { match ws.as_mut() { Some(w) => w.next().await, None => std::future::pending().await } } => match m {
                 Some(Ok(Message::Text(t))) => match serde_json::from_str::<ServerToClient>(&t) {
-                    Ok(ServerToClient::Update(j)) => live.apply(j, &tls).await?,
+                    Ok(ServerToClient::Update(j)) => live.apply(j).await?,
                     Ok(ServerToClient::Signal { device_id, data }) => {
-                        if !args.relay_only
-                            && let (Some(t), Some(k)) = (&live.tunnel, live.edge_key(&device_id))
-                            && let Some(sig) = STANDARD.decode(&data).ok().and_then(|b| Signal::decode(&b).ok())
-                        {
-                            let _ = t.signal(k, sig).await;
+                        if !args.relay_only {
+                            live.peer.signal(&device_id, &data).await;
                         }
                     }
                     Ok(ServerToClient::Ended { reason }) => break Ok(Stop::Ended(reason)),
@@ -296,12 +283,12 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
                     retry_at = Some(tokio::time::Instant::now() + retry);
                 }
             },
-            ev = events => {
-                if let Some(DriverEvent::Signal { peer, signal }) = ev
+            ev = live.peer.event() => {
+                if let Some(ev) = ev
                     && !args.relay_only
-                    && let Some(device_id) = live.device_of(&peer)
+                    && let Some((device_id, data)) = live.peer.outgoing_signal(&ev)
                 {
-                    let m = ClientToServer::Signal { device_id, data: STANDARD.encode(signal.encode()) };
+                    let m = ClientToServer::Signal { device_id, data };
                     if let Some(w) = ws.as_mut() {
                         let _ = w.send(Message::Text(serde_json::to_string(&m).unwrap_or_default().into())).await;
                     }
@@ -341,9 +328,6 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     let _ = std::fs::remove_file(&status_path);
     for t in tasks {
         t.abort();
-    }
-    if let Some(p) = live.pump.take() {
-        p.abort();
     }
     drop(live);
     exit::finish(outcome?)

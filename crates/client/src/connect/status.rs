@@ -2,7 +2,8 @@
 //! which shows the files updated in the last seconds.
 
 use super::Result;
-use super::live::{Live, active_devices};
+use super::live::Live;
+use drawbridge_peer::active_devices;
 use drawbridge_proto::api::Session;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -94,7 +95,7 @@ pub fn status(json: bool) -> Result<()> {
 
 pub(super) async fn snapshot(live: &Live, s: &Session, id: &str) -> TunnelStatus {
     let mut devices = Vec::new();
-    for d in active_devices(&live.join) {
+    for d in active_devices(live.peer.join()) {
         let mut st = DeviceStatus {
             device: d.name.clone(),
             path: "connecting".into(),
@@ -109,7 +110,7 @@ pub(super) async fn snapshot(live: &Live, s: &Session, id: &str) -> TunnelStatus
             handshake_secs_ago: None,
             targets: d.targets.iter().map(|t| t.to_string()).collect(),
         };
-        if let (Some(t), Some(k)) = (&live.tunnel, live.edge_key(&d.device_id))
+        if let (Some(t), Some(k)) = (live.peer.tunnel(), live.peer.edge_key(&d.device_id))
             && let Ok(Some(p)) = t.stats(k).await
         {
             st.path = p.path.kind().to_string();
@@ -124,7 +125,7 @@ pub(super) async fn snapshot(live: &Live, s: &Session, id: &str) -> TunnelStatus
     TunnelStatus {
         session_id: id.to_string(),
         session: s.name.to_string(),
-        overlay_ip: live.join.overlay_ip.clone(),
+        overlay_ip: live.peer.join().overlay_ip.clone(),
         interface: live.tun.as_ref().map(|r| r.name().to_string()),
         pid: std::process::id(),
         updated_at: unix_now(),

@@ -139,7 +139,7 @@ impl RevocationFeed {
 }
 
 /// The system's roots plus the certificates of `ca_pem`.
-fn tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, SetupError> {
+pub fn tls_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, SetupError> {
     let mut roots = rustls::RootCertStore::empty();
     // Missing system roots are not fatal: the CA file may be all that is needed.
     for cert in rustls_native_certs::load_native_certs().certs {

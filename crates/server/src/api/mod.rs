@@ -63,6 +63,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let router = audit_routes::routes(router);
     let router = crate::live::edge::routes(router);
     let router = crate::live::client::routes(router);
+    let router = crate::web::routes(router);
     let router = meta_routes(router);
     router.split_for_parts()
 }
@@ -74,6 +75,7 @@ pub fn app(state: AppState) -> Router {
     let relay = drawbridge_relay::router(state.relay.clone());
     let feed = crate::relay_feed::router(state.clone());
     let portal_key = state.portal_key.clone();
+    let web_state = state.clone();
     let api: Router = Router::new()
         .merge(api)
         .layer(axum::middleware::from_fn(object_bodies_only))
@@ -86,6 +88,10 @@ pub fn app(state: AppState) -> Router {
         .merge(relay)
         .merge(feed)
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            web_state,
+            crate::web::by_host,
+        ))
 }
 
 /// Every request body the API accepts is a JSON object with named fields.
@@ -96,6 +102,14 @@ pub fn app(state: AppState) -> Router {
 /// body that is not one JSON object is refused with `bad_request`, so no handler
 /// runs and nothing changes. Empty bodies pass (routes that take no body).
 async fn object_bodies_only(req: Request, next: axum::middleware::Next) -> Response {
+    // HTTP to a device carries whatever the device takes, streamed.
+    if req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .is_some_and(|m| m.as_str() == crate::web::HTTP_ROUTE)
+    {
+        return next.run(req).await;
+    }
     let (parts, body) = req.into_parts();
     let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,

@@ -62,10 +62,23 @@ async fn join(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<JoinRequest>,
 ) -> AppResult<Json<JoinResponse>> {
+    Ok(Json(join_tunnel(&state, &caller, &id, &req).await?))
+}
+
+/// Joins session `id` as `caller` with the key in `req`: checks the role, the
+/// assignment, the session's state and the key's uniqueness, records one
+/// tunnel per approved device, and answers the join data. The API's `join` and
+/// the server's own browser-access peer both come here.
+pub(crate) async fn join_tunnel(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    req: &JoinRequest,
+) -> AppResult<JoinResponse> {
     caller
-        .require(&state, Action::UseSessions, "session.join")
+        .require(state, Action::UseSessions, "session.join")
         .await?;
-    let s = own_session(&state, &caller, &id).await?;
+    let s = own_session(state, caller, id).await?;
     match s.state {
         SessionState::Active => {}
         SessionState::PendingApproval => {
@@ -90,7 +103,7 @@ async fn join(
         let missing: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM session_devices WHERE session_id = $1 AND edge_public_key IS NULL AND approval = 'approved'",
         )
-        .bind(&id)
+        .bind(id)
         .fetch_one(&mut *conn)
         .await?;
         if missing > 0 {
@@ -134,11 +147,11 @@ async fn join(
     // edge is .1). The counter is bumped first, which takes the session's row
     // lock on PostgreSQL: concurrent joins get distinct addresses.
     sqlx::query("UPDATE sessions SET join_seq = join_seq + 1 WHERE id = $1")
-        .bind(&id)
+        .bind(id)
         .execute(&mut *tx)
         .await?;
     let n: i64 = sqlx::query_scalar("SELECT join_seq FROM sessions WHERE id = $1")
-        .bind(&id)
+        .bind(id)
         .fetch_one(&mut *tx)
         .await?;
     let host = u32::try_from(n + 1).map_err(|_| AppError::conflict("too many clients"))?;
@@ -167,7 +180,7 @@ async fn join(
         )
         .bind(secret::new_id())
         .bind(&caller.account_id)
-        .bind(&id)
+        .bind(id)
         .bind(&d.device_id)
         .bind(&caller.user_id)
         .bind(&public_key)
@@ -194,10 +207,8 @@ async fn join(
         }));
     audit::append(&mut tx, now, &ev).await?;
     tx.commit().await?;
-    crate::live::notify_sessions(&state, std::slice::from_ref(&id)).await?;
-    Ok(Json(
-        desired::join_data(&state, &caller.account_id, &id, &public_key).await?,
-    ))
+    crate::live::notify_sessions(state, &[id.to_string()]).await?;
+    desired::join_data(state, &caller.account_id, id, &public_key).await
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -287,6 +298,21 @@ async fn refresh(
     key: &str,
     ws: &mut WebSocket,
 ) -> AppResult<bool> {
+    let m = latest(state, caller, session_id, key).await?;
+    let going_on = matches!(m, ServerToClient::Update(_));
+    send(ws, &m).await?;
+    Ok(going_on)
+}
+
+/// What a joined client must know now: the session's current join data, or
+/// its end (the tunnel was closed under the client, e.g. its user was
+/// disabled, or the session ended).
+pub(crate) async fn latest(
+    state: &AppState,
+    caller: &Caller,
+    session_id: &str,
+    key: &str,
+) -> AppResult<ServerToClient> {
     let closed: Option<String> = sqlx::query_scalar(
         // Closed when no device's record of it is open any more: one device
         // dropped from the session (refused, timed out) leaves the others.
@@ -300,9 +326,7 @@ async fn refresh(
     .await?
     .flatten();
     if let Some(reason) = closed {
-        // The tunnel was closed under the client (e.g. its user was disabled).
-        send(ws, &ServerToClient::Ended { reason }).await?;
-        return Ok(false);
+        return Ok(ServerToClient::Ended { reason });
     }
     let data = desired::join_data(state, &caller.account_id, session_id, key).await?;
     if data.state == SessionState::Ended {
@@ -312,11 +336,42 @@ async fn refresh(
             .end_reason
             .map(|r| r.as_str().to_string())
             .unwrap_or_else(|| "ended".into());
-        send(ws, &ServerToClient::Ended { reason }).await?;
-        return Ok(false);
+        return Ok(ServerToClient::Ended { reason });
     }
-    send(ws, &ServerToClient::Update(data)).await?;
-    Ok(true)
+    Ok(ServerToClient::Update(data))
+}
+
+/// A joined client's candidates for one of the session's devices: kept for an
+/// edge that is away, and sent to it (on whichever replica holds its channel).
+pub(crate) async fn signal_to_edge(
+    state: &AppState,
+    session_id: &str,
+    key: WgKey,
+    device_id: &str,
+    data: String,
+) -> AppResult<()> {
+    if data.len() > MAX_SIGNAL_LEN {
+        return Err(AppError::invalid("signal too large"));
+    }
+    // Only to the session's own devices.
+    let devices = {
+        let mut conn = state.store.pool.acquire().await?;
+        desired::session_device_ids(&mut conn, session_id).await?
+    };
+    if devices.iter().any(|d| d == device_id) {
+        crate::live::keep_signal(state, session_id, &key.to_string(), device_id, false, &data)
+            .await?;
+        crate::live::to_edge(
+            state,
+            device_id,
+            ServerToEdge::Signal {
+                session_id: session_id.to_string(),
+                peer: key,
+                data,
+            },
+        );
+    }
+    Ok(())
 }
 
 async fn serve(
@@ -346,21 +401,11 @@ async fn serve(
                 };
                 match serde_json::from_str::<ClientToServer>(&text) {
                     Ok(ClientToServer::Signal { device_id, data }) => {
-                        if data.len() > MAX_SIGNAL_LEN {
-                            return Ok(());
-                        }
-                        // Only to the session's own devices.
-                        let devices = {
-                            let mut conn = state.store.pool.acquire().await?;
-                            desired::session_device_ids(&mut conn, session_id).await?
-                        };
-                        if devices.contains(&device_id) {
-                            crate::live::keep_signal(state, session_id, &text, &device_id, false, &data).await?;
-                            crate::live::to_edge(state, &device_id, ServerToEdge::Signal {
-                                session_id: session_id.to_string(),
-                                peer: key,
-                                data,
-                            });
+                        if let Err(e) = signal_to_edge(state, session_id, key, &device_id, data).await {
+                            if e.code == drawbridge_proto::ErrorCode::Internal {
+                                return Err(e);
+                            }
+                            return Ok(()); // too large: close this connection only
                         }
                     }
                     Ok(ClientToServer::Tunnel(mut r)) => {
@@ -397,7 +442,12 @@ async fn serve(
 }
 
 /// Ends the tunnel's record (bytes and duration on the audit log) and tells the edges.
-async fn leave(state: &AppState, caller: &Caller, session_id: &str, key: &str) -> AppResult<()> {
+pub(crate) async fn leave(
+    state: &AppState,
+    caller: &Caller,
+    session_id: &str,
+    key: &str,
+) -> AppResult<()> {
     let now = state.now();
     let mut tx = state.store.begin().await?;
     let rows = sqlx::query(

@@ -1,0 +1,28 @@
+-- Browser access to device web UIs: one origin per (session, device, target, user),
+-- entered through a one-time handoff token that becomes a cookie of that origin.
+CREATE TABLE web_origins (
+    label TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    -- The address the server's peer dials (the client view: virtual under 1:1 NAT), `ip:port`.
+    target TEXT NOT NULL,
+    scheme TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    handoff_hash TEXT,
+    handoff_expires BIGINT,
+    handoff_token_id TEXT
+);
+CREATE INDEX web_origins_session ON web_origins (session_id);
+CREATE UNIQUE INDEX web_origins_one ON web_origins (session_id, device_id, target, user_id);
+
+-- A browser's cookie for one origin: the stored hash, and the login it was opened with
+-- (revoking that login, or the user, closes the origin too).
+CREATE TABLE web_cookies (
+    cookie_hash TEXT PRIMARY KEY,
+    label TEXT NOT NULL,
+    token_id TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX web_cookies_label ON web_cookies (label);

@@ -1,0 +1,353 @@
+//! Device origins: a random label per (session, device, target, user) under
+//! the configured web domain, the one-time handoff that lets a browser in,
+//! and the cookie that keeps it in (stored as a hash, tied to the login it
+//! was opened with).
+
+use crate::auth::Caller;
+use crate::error::{AppError, AppResult};
+use crate::secret;
+use crate::state::AppState;
+use drawbridge_proto::{Action, Protocol, SessionState, Target};
+use rand::Rng;
+use sqlx::Row;
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+
+/// How long a handoff token may wait for the browser.
+pub const HANDOFF_SECS: i64 = 60;
+/// Characters of a label: enough randomness that labels cannot be guessed
+/// (20 of 36 symbols ≈ 103 bits), short enough for a DNS label.
+pub const LABEL_LEN: usize = 20;
+/// The cookie a device origin sets for itself (`__Host-`: this origin only, Secure, Path=/).
+pub const COOKIE: &str = "__Host-drawbridge-web";
+/// The path on a device origin that takes the handoff token.
+pub const ENTER_PATH: &str = "/.drawbridge/enter";
+
+/// How the device serves its web UI.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+    fn parse(s: &str) -> Option<Scheme> {
+        match s {
+            "http" => Some(Scheme::Http),
+            "https" => Some(Scheme::Https),
+            _ => None,
+        }
+    }
+}
+
+/// One device origin as stored.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub label: String,
+    pub account_id: String,
+    pub session_id: String,
+    pub device_id: String,
+    pub target: SocketAddrV4,
+    pub scheme: Scheme,
+    pub user_id: String,
+}
+
+/// A fresh label: lowercase letters and digits only.
+pub fn new_label() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::thread_rng();
+    (0..LABEL_LEN)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// True for a string that can be a label (checked before any lookup).
+pub fn is_label(s: &str) -> bool {
+    s.len() == LABEL_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+/// The single TCP address a released target names, if it names exactly one
+/// host and one port.
+fn single_tcp(t: &Target) -> Option<SocketAddrV4> {
+    let IpAddr::V4(ip) = t.address.addr() else {
+        return None;
+    };
+    let ports = t.ports?;
+    (t.protocol == Protocol::Tcp && t.address.prefix_len() == 32 && ports.start == ports.end)
+        .then(|| SocketAddrV4::new(ip, ports.start))
+}
+
+/// Whether `target` (as the client dials it) is released by these client-view targets.
+pub fn released(targets: &[Target], target: SocketAddrV4) -> bool {
+    let want = Target {
+        address: ipnet::IpNet::V4(ipnet::Ipv4Net::from(*target.ip())),
+        protocol: Protocol::Tcp,
+        ports: Some(drawbridge_proto::PortRange::single(target.port())),
+    };
+    target.port() != 0 && targets.iter().any(|t| t.covers(&want))
+}
+
+/// The web targets a session releases on a device: its single-host TCP targets
+/// (client view), for the portal's "Open" buttons.
+pub fn web_targets(targets: &[Target]) -> Vec<SocketAddrV4> {
+    targets.iter().filter_map(single_tcp).collect()
+}
+
+/// Refuses unless the caller may use sessions, is assigned to the active
+/// session `session_id`, and the session releases TCP to `target` (as the
+/// client dials it) on `device_id`.
+pub async fn check_target(
+    state: &AppState,
+    caller: &Caller,
+    session_id: &str,
+    device_id: &str,
+    target: SocketAddrV4,
+) -> AppResult<()> {
+    caller
+        .require(state, Action::UseSessions, "session.web")
+        .await?;
+    let mut conn = state.store.pool.acquire().await?;
+    let s = crate::sessions::load(&mut conn, &caller.account_id, session_id).await?;
+    if !s.users.contains(&caller.user_id) {
+        return Err(AppError::not_found("session"));
+    }
+    if s.state != SessionState::Active {
+        return Err(AppError::conflict(
+            "only an active session reaches its devices; start it first",
+        ));
+    }
+    let Some(d) = s.devices.iter().find(|d| d.device_id == device_id) else {
+        return Err(AppError::not_found("device"));
+    };
+    let row = sqlx::query("SELECT nat FROM devices WHERE id = $1")
+        .bind(device_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    let nat: Vec<drawbridge_proto::NatMapping> = crate::records::json_col(&row, "nat")?;
+    let view = crate::live::state::client_view(&d.targets, &nat);
+    if !released(&view, target) {
+        return Err(AppError::invalid(format!(
+            "{target} is not a released TCP target of this device in this session"
+        )));
+    }
+    Ok(())
+}
+
+/// Opens (or re-opens) the caller's origin for `target` on `device_id` in
+/// session `session_id`, and makes a one-time handoff token for it. The caller
+/// must be assigned to the session, the session active, and the target
+/// released for the device.
+pub async fn open(
+    state: &AppState,
+    caller: &Caller,
+    session_id: &str,
+    device_id: &str,
+    target: SocketAddrV4,
+    scheme: Scheme,
+) -> AppResult<(String, String)> {
+    check_target(state, caller, session_id, device_id, target).await?;
+    let now = state.now();
+    let handoff = secret::new_token("dbw_");
+    let mut tx = state.store.begin().await?;
+    let existing: Option<String> = sqlx::query_scalar(
+        "SELECT label FROM web_origins WHERE session_id = $1 AND device_id = $2 AND target = $3 AND user_id = $4",
+    )
+    .bind(session_id)
+    .bind(device_id)
+    .bind(target.to_string())
+    .bind(&caller.user_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let label = match existing {
+        Some(l) => {
+            sqlx::query(
+                "UPDATE web_origins SET handoff_hash = $1, handoff_expires = $2, handoff_token_id = $3, scheme = $4 WHERE label = $5",
+            )
+            .bind(secret::token_hash(&handoff))
+            .bind(now + HANDOFF_SECS)
+            .bind(&caller.token_id)
+            .bind(scheme.as_str())
+            .bind(&l)
+            .execute(&mut *tx)
+            .await?;
+            l
+        }
+        None => {
+            let l = new_label();
+            sqlx::query(
+                "INSERT INTO web_origins (label, account_id, session_id, device_id, target, scheme, user_id, created_at, handoff_hash, handoff_expires, handoff_token_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(&l)
+            .bind(&caller.account_id)
+            .bind(session_id)
+            .bind(device_id)
+            .bind(target.to_string())
+            .bind(scheme.as_str())
+            .bind(&caller.user_id)
+            .bind(now)
+            .bind(secret::token_hash(&handoff))
+            .bind(now + HANDOFF_SECS)
+            .bind(&caller.token_id)
+            .execute(&mut *tx)
+            .await?;
+            l
+        }
+    };
+    let ev = caller
+        .event("web.open", &format!("session:{session_id}"))
+        .details(serde_json::json!({
+            "username": caller.username, "device_id": device_id,
+            "target": target.to_string(), "scheme": scheme.as_str(),
+        }));
+    crate::audit::append(&mut tx, now, &ev).await?;
+    tx.commit().await?;
+    Ok((label, handoff))
+}
+
+/// Takes a handoff token for `label` (once, before it expires) and answers the
+/// cookie value for the browser. Anything else is refused without a hint.
+pub async fn enter(state: &AppState, label: &str, handoff: &str) -> AppResult<String> {
+    let now = state.now();
+    let refused = || {
+        AppError::new(
+            drawbridge_proto::ErrorCode::Unauthenticated,
+            "this link was used or has expired; open the device again from the portal",
+        )
+    };
+    if handoff.len() > 128 {
+        return Err(refused());
+    }
+    let mut tx = state.store.begin().await?;
+    let token_id: Option<String> = sqlx::query_scalar(
+        "SELECT handoff_token_id FROM web_origins WHERE label = $1 AND handoff_hash = $2 AND handoff_expires >= $3",
+    )
+    .bind(label)
+    .bind(secret::token_hash(handoff))
+    .bind(now)
+    .fetch_optional(&mut *tx)
+    .await?
+    .flatten();
+    let Some(token_id) = token_id else {
+        return Err(refused());
+    };
+    // Conditional on the same hash: two browsers racing with one token get one cookie.
+    let taken = sqlx::query(
+        "UPDATE web_origins SET handoff_hash = NULL, handoff_expires = NULL WHERE label = $1 AND handoff_hash = $2",
+    )
+    .bind(label)
+    .bind(secret::token_hash(handoff))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if taken != 1 {
+        return Err(refused());
+    }
+    let cookie = secret::new_token("dbc_");
+    sqlx::query("INSERT INTO web_cookies (cookie_hash, label, token_id, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(secret::token_hash(&cookie))
+        .bind(label)
+        .bind(&token_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(cookie)
+}
+
+/// The origin and the caller behind a browser's cookie for `label`: the login
+/// the origin was opened with must still be valid (not revoked, expired or
+/// idle; the user not disabled).
+pub async fn lookup(
+    state: &AppState,
+    label: &str,
+    cookie: &str,
+    source: SocketAddr,
+) -> AppResult<(Origin, Caller)> {
+    let row = sqlx::query(
+        "SELECT o.label, o.account_id, o.session_id, o.device_id, o.target, o.scheme, o.user_id, c.token_id
+         FROM web_cookies c JOIN web_origins o ON o.label = c.label WHERE c.cookie_hash = $1 AND c.label = $2",
+    )
+    .bind(secret::token_hash(cookie))
+    .bind(label)
+    .fetch_optional(&state.store.pool)
+    .await?
+    .ok_or_else(AppError::unauthenticated)?;
+    let origin = Origin {
+        label: row.try_get("label")?,
+        account_id: row.try_get("account_id")?,
+        session_id: row.try_get("session_id")?,
+        device_id: row.try_get("device_id")?,
+        target: row
+            .try_get::<String, _>("target")?
+            .parse()
+            .map_err(|_| AppError::internal(anyhow::anyhow!("stored web target")))?,
+        scheme: Scheme::parse(&row.try_get::<String, _>("scheme")?)
+            .ok_or_else(|| AppError::internal(anyhow::anyhow!("stored web scheme")))?,
+        user_id: row.try_get("user_id")?,
+    };
+    let token_id: String = row.try_get("token_id")?;
+    let caller = crate::auth::resolve_id(state, &token_id, source.ip().to_string()).await?;
+    if caller.user_id != origin.user_id || caller.account_id != origin.account_id {
+        return Err(AppError::unauthenticated());
+    }
+    Ok((origin, caller))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_random_dns_safe_and_recognised() {
+        let a = new_label();
+        let b = new_label();
+        assert_ne!(a, b);
+        assert!(is_label(&a) && is_label(&b));
+        for bad in [
+            "",
+            "ABCDEFGHIJKLMNOPQRST",
+            "abc",
+            "abcdefghij-lmnopqrst",
+            "abcdefghijklmnopqrstu",
+        ] {
+            assert!(!is_label(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_a_released_single_tcp_port_is_a_web_target() {
+        let t: Vec<Target> = [
+            "tcp:192.168.1.10:80",
+            "tcp:192.168.1.0/24:502",
+            "udp:192.168.1.20:80",
+            "tcp:192.168.1.30:8000-8010",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        assert_eq!(web_targets(&t), vec!["192.168.1.10:80".parse().unwrap()]);
+        assert!(released(&t, "192.168.1.10:80".parse().unwrap()));
+        assert!(
+            released(&t, "192.168.1.77:502".parse().unwrap()),
+            "inside a released network"
+        );
+        assert!(released(&t, "192.168.1.30:8005".parse().unwrap()));
+        assert!(!released(&t, "192.168.1.10:81".parse().unwrap()));
+        assert!(
+            !released(&t, "192.168.1.20:80".parse().unwrap()),
+            "UDP only"
+        );
+        assert!(!released(&t, "192.168.1.10:0".parse().unwrap()));
+    }
+}
