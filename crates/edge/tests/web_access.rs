@@ -302,6 +302,12 @@ fn a_device_page_opens_on_its_own_origin_and_nothing_of_ours_reaches_the_device(
     let audit = api.get("/audit?action=tunnel.up");
     assert!(audit.to_string().contains("tunnel.up"), "{audit}");
 
+    // Each proxied request is counted for the session, with its bytes.
+    wait("the session counts the proxied requests", || {
+        let v = api.get(&format!("/sessions/{sid}"));
+        v["web_requests"].as_i64().unwrap_or(0) >= 5 && v["web_bytes"].as_i64().unwrap_or(0) > 100
+    });
+
     // Ending the session closes the origin within 5 s.
     let (code, v) = api.post(&format!("/sessions/{sid}/end"), json!({}));
     assert_eq!(code, 200, "{v}");

@@ -131,6 +131,7 @@ pub fn router(api: Router, csrf_key: &[u8]) -> Router {
         .route(&p("/sessions/{id}/approve"), post(sessions::approve))
         .route(&p("/sessions/{id}/devices"), post(sessions::add_device))
         .route(&p("/sessions/{id}/narrow"), post(sessions::narrow))
+        .route(&p("/sessions/{id}/web"), post(sessions::open_web))
         .route(&p("/audit"), get(audit::page))
         .route(&p("/audit/export"), get(audit::export))
         .layer(axum::middleware::map_response(web::security_headers))

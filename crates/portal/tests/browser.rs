@@ -13,106 +13,13 @@
 
 mod common;
 
-use base64::Engine;
 use common::{PASSWORD, TestServer};
 use fantoccini::{Client, ClientBuilder, Locator};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-
-/// chromedriver (and the Chromium it starts) in a process group of its own,
-/// killed by that group's id when dropped, also when the test fails.
-struct Driver {
-    child: Child,
-    port: u16,
-}
-
-impl Driver {
-    fn start() -> Driver {
-        use std::os::unix::process::CommandExt;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("start chromedriver");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Driver { child, port }
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        // The whole group that chromedriver leads (it and the browser it
-        // started), by that group's own id, never anything else.
-        let pgid = self.child.id() as libc::pid_t;
-        if pgid > 1 {
-            // SAFETY: killpg only sends a signal to the group `pgid`.
-            unsafe {
-                libc::killpg(pgid, libc::SIGKILL);
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// base64(SHA-256(SubjectPublicKeyInfo)) of the first certificate in a PEM
-/// file, for Chromium's `--ignore-certificate-errors-spki-list`: the browser
-/// then trusts exactly our server's key and nothing else.
-fn spki_hash(pem: &Path) -> String {
-    let text = std::fs::read_to_string(pem).expect("certificate");
-    let b64: String = text
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .expect("PEM");
-    // DER: (tag, whole element, content, rest).
-    fn tlv(b: &[u8]) -> (u8, &[u8], &[u8], &[u8]) {
-        let tag = b[0];
-        let (len, hdr) = if b[1] < 0x80 {
-            (b[1] as usize, 2)
-        } else {
-            let n = (b[1] & 0x7f) as usize;
-            (
-                b[2..2 + n]
-                    .iter()
-                    .fold(0usize, |a, x| (a << 8) | *x as usize),
-                2 + n,
-            )
-        };
-        (tag, &b[..hdr + len], &b[hdr..hdr + len], &b[hdr + len..])
-    }
-    let (_, _, cert, _) = tlv(&der);
-    let (_, _, tbs, _) = tlv(cert);
-    let mut rest = tbs;
-    if rest[0] == 0xa0 {
-        rest = tlv(rest).3; // version
-    }
-    for _ in 0..5 {
-        rest = tlv(rest).3; // serial, signature, issuer, validity, subject
-    }
-    let spki = tlv(rest).1;
-    let digest = ring::digest::digest(&ring::digest::SHA256, spki);
-    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
-}
+use drawbridge_testnet::browser::{Driver, chrome_caps, have_browser, spki_hash};
 
 struct Ui {
     c: Client,
@@ -244,13 +151,7 @@ async fn evil_site(target: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_user_and_auditor_do_their_whole_job_in_the_browser() {
-    if !(Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists()) {
-        if std::env::var("DRAWBRIDGE_REQUIRE_BROWSER").as_deref() == Ok("1") {
-            panic!("DRAWBRIDGE_REQUIRE_BROWSER=1 but {CHROMIUM} or {CHROMEDRIVER} is missing");
-        }
-        eprintln!(
-            "SKIPPED admin_user_and_auditor_do_their_whole_job_in_the_browser: no {CHROMIUM} / {CHROMEDRIVER} (install chromium chromium-driver)"
-        );
+    if !have_browser("admin_user_and_auditor_do_their_whole_job_in_the_browser") {
         return;
     }
     let server = TestServer::start().await;
@@ -258,26 +159,7 @@ async fn admin_user_and_auditor_do_their_whole_job_in_the_browser() {
     let downloads = tempfile::tempdir().expect("download dir");
     let driver = Driver::start();
     let spki = spki_hash(&server.cert_pem);
-    let caps = json!({
-        "browserName": "chrome",
-        "goog:chromeOptions": {
-            "binary": CHROMIUM,
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=1280,900",
-                format!("--user-data-dir={}", profile.path().display()),
-                format!("--ignore-certificate-errors-spki-list={spki}"),
-            ],
-            "prefs": {
-                "download.default_directory": downloads.path().display().to_string(),
-                "download.prompt_for_download": false,
-            }
-        }
-    });
-    let Value::Object(caps) = caps else {
-        unreachable!()
-    };
+    let caps = chrome_caps(profile.path(), &spki, Some(downloads.path()));
     let c = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(caps)
         .connect(&format!("http://127.0.0.1:{}", driver.port))

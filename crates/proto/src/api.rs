@@ -491,6 +491,12 @@ pub struct Session {
     /// Each device's approval, once started (dual control per device).
     #[serde(default)]
     pub approvals: Vec<DeviceApproval>,
+    /// Requests proxied to the session's devices by browser access and the API's
+    /// device HTTP route, and their bytes (both ways).
+    #[serde(default)]
+    pub web_requests: i64,
+    #[serde(default)]
+    pub web_bytes: i64,
 }
 
 /// One device's approval in a session.
@@ -669,4 +675,42 @@ pub struct TunnelInfo {
     pub bytes_from_device: i64,
     #[serde(default)]
     pub end_reason: Option<String>,
+}
+
+/// How a device serves a web UI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WebScheme {
+    Http,
+    Https,
+}
+
+impl WebScheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebScheme::Http => "http",
+            WebScheme::Https => "https",
+        }
+    }
+}
+
+/// Open a device's released web service in the browser (browser access).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenWeb {
+    #[schema(max_length = 64)]
+    pub device_id: String,
+    /// The released TCP target: the device's LAN address `ip:port`, as the session lists it.
+    #[schema(value_type = String, example = "192.168.1.10:80")]
+    pub target: std::net::SocketAddrV4,
+    /// How the device serves it (default `http`).
+    #[serde(default)]
+    pub scheme: Option<WebScheme>,
+}
+
+/// Where the browser goes: the device origin's one-time entry link (valid 60 s).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OpenedWeb {
+    pub url: String,
+    pub origin: String,
 }

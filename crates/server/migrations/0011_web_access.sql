@@ -5,7 +5,7 @@ CREATE TABLE web_origins (
     account_id TEXT NOT NULL,
     session_id TEXT NOT NULL,
     device_id TEXT NOT NULL,
-    -- The address the server's peer dials (the client view: virtual under 1:1 NAT), `ip:port`.
+    -- The device's real LAN address, `ip:port` (dialled at its virtual one under 1:1 NAT).
     target TEXT NOT NULL,
     scheme TEXT NOT NULL,
     user_id TEXT NOT NULL,
@@ -26,3 +26,8 @@ CREATE TABLE web_cookies (
     created_at BIGINT NOT NULL
 );
 CREATE INDEX web_cookies_label ON web_cookies (label);
+
+-- Requests proxied to a session's devices (browser access and the API's device HTTP
+-- route) and their bytes both ways, added up by the replicas that served them.
+ALTER TABLE sessions ADD COLUMN web_requests BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN web_bytes BIGINT NOT NULL DEFAULT 0;

@@ -81,9 +81,10 @@ async fn kept_candidates_per_session_and_edge_stay_bounded_whatever_the_edge_sen
     assert_eq!(rows().await, bound, "one row per peer, at most the bound");
     // A peer already kept still gets its latest candidates replaced.
     let latest: String = sqlx::query_scalar(
-        "SELECT data FROM tunnel_signals WHERE session_id = $1 AND client_key = 'peer-0'",
+        "SELECT data FROM tunnel_signals WHERE session_id = $1 AND client_key = $2",
     )
     .bind(&s)
+    .bind(wg_key(100).to_string())
     .fetch_one(&l.app.state.store.pool)
     .await
     .unwrap();

@@ -3,6 +3,8 @@
 //! relay [`Switchboard`](drawbridge_relay::switchboard::Switchboard). Its `tests/` run the
 //! relay with real tunnel drivers over loopback sockets, and `tests/tidy.rs` checks
 //! ARCHITECTURE.md and the workspace's architecture rules; `src/bin/drawbridge-bench` is
-//! the throughput bench.
+//! the throughput bench; [`browser`] runs real Chromium for the portal's and
+//! browser access's tests.
 
+pub mod browser;
 pub mod sim;

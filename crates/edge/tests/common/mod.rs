@@ -64,6 +64,11 @@ impl Server {
     }
 
     pub fn start(data: &Path, port: u16) -> Server {
+        Server::start_with(data, port, &[])
+    }
+
+    /// A server with more flags (`--database …`, `--public-url …`).
+    pub fn start_with(data: &Path, port: u16, extra: &[String]) -> Server {
         let mut cmd = Command::new(server_bin());
         for v in PROXY_VARS {
             cmd.env_remove(v);
@@ -78,6 +83,7 @@ impl Server {
                 "--data-dir",
             ])
             .arg(data)
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -215,6 +221,11 @@ pub fn edge_run_with(state: &Path, extra: &[&str]) -> Proc {
 
 /// Server with account acme/root, a device, an enrolled edge state dir; returns (server, api, device id, edge dir).
 pub fn setup(dir: &Path) -> (Server, Api, String, PathBuf) {
+    setup_with(dir, free_port(), &[])
+}
+
+/// `setup` on `port`, with more server flags (for `init` and `run` alike: `--database …`).
+pub fn setup_with(dir: &Path, port: u16, extra: &[String]) -> (Server, Api, String, PathBuf) {
     let data = dir.join("server");
     let pw = dir.join("pw");
     std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
@@ -230,6 +241,7 @@ pub fn setup(dir: &Path) -> (Server, Api, String, PathBuf) {
         .arg(&pw)
         .arg("--data-dir")
         .arg(&data)
+        .args(extra)
         .output()
         .unwrap();
     assert!(
@@ -237,7 +249,7 @@ pub fn setup(dir: &Path) -> (Server, Api, String, PathBuf) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let server = Server::start(&data, free_port());
+    let server = Server::start_with(&data, port, extra);
     let api = Api::login(&server);
     let (s, v) = api.post(
         "/devices",

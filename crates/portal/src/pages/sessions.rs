@@ -7,7 +7,7 @@ use crate::web::{Layout, Posted, Viewer, after, render};
 use askama::Template;
 use axum::extract::{Path, Query};
 use axum::http::{Method, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use drawbridge_proto::api::{Device, Session, User};
 use drawbridge_proto::{Action, ApprovalState, SessionState};
 use serde::Deserialize;
@@ -272,7 +272,9 @@ pub async fn prepare(p: Posted) -> Response {
 pub struct DeviceTargets {
     pub id: String,
     pub name: String,
-    pub targets: Vec<String>,
+    /// Each released target, with its `ip:port` when a browser can open it
+    /// (one TCP port on one IPv4 host: browser access).
+    pub targets: Vec<(String, Option<String>)>,
     /// Its approval when not (yet) approved: `pending`, `refused`, `timed out`.
     pub approval: String,
     pub waiting: bool,
@@ -359,7 +361,11 @@ pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
             .map(|d| DeviceTargets {
                 id: d.device_id.clone(),
                 name: names.device(&d.device_id),
-                targets: d.targets.iter().map(super::target_str).collect(),
+                targets: d
+                    .targets
+                    .iter()
+                    .map(|t| (super::target_str(t), web_target(t)))
+                    .collect(),
                 approval: match approval(&d.device_id) {
                     ApprovalState::Approved => String::new(),
                     a => a.as_str().replace('_', " "),
@@ -518,6 +524,64 @@ pub async fn narrow(Path(id): Path<String>, p: Posted) -> Response {
         &back,
         "The target was removed: running tunnels lose it within seconds.",
     )
+}
+
+/// A released target a browser can open: one TCP port on one IPv4 host.
+fn web_target(t: &drawbridge_proto::Target) -> Option<String> {
+    let std::net::IpAddr::V4(ip) = t.address.addr() else {
+        return None;
+    };
+    let p = t.ports?;
+    (t.protocol == drawbridge_proto::Protocol::Tcp
+        && t.address.prefix_len() == 32
+        && p.start == p.end)
+        .then(|| std::net::SocketAddrV4::new(ip, p.start).to_string())
+}
+
+/// "Open" next to a web target: the API opens the device's own origin and the
+/// browser goes to its one-time entry link.
+pub async fn open_web(Path(id): Path<String>, p: Posted) -> Response {
+    let back = format!("{PREFIX}/sessions/{}", enc(&id));
+    let f = &p.form;
+    let Ok(target) = f.get("target").parse::<std::net::SocketAddrV4>() else {
+        return crate::web::Flash::error("not a web target").redirect(&back);
+    };
+    let body = drawbridge_proto::api::OpenWeb {
+        device_id: f.get("device_id").to_string(),
+        target,
+        scheme: None,
+    };
+    match p
+        .api
+        .post::<drawbridge_proto::api::OpenedWeb>(
+            &format!("/api/v1/sessions/{}/web", enc(&id)),
+            &body,
+        )
+        .await
+    {
+        Ok(o) => entering(&o.url),
+        Err(e) => after::<()>(Err(e), &p.headers, &back, ""),
+    }
+}
+
+/// The page that sends the browser on to a device origin's entry link. A
+/// redirect would not do: the portal's `form-action 'self'` covers where a
+/// form's answer redirects to; a refresh and a link are plain navigations.
+fn entering(url: &str) -> Response {
+    let url = askama::filters::escape(url, askama::filters::Html)
+        .map(|u| u.to_string())
+        .unwrap_or_default();
+    let body = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"referrer\" content=\"no-referrer\">\
+         <meta http-equiv=\"refresh\" content=\"0;url={url}\"><title>Opening the device page</title></head>\
+         <body><p>Opening the device page… <a id=\"enter\" href=\"{url}\">continue</a></p></body></html>"
+    );
+    let mut r = (StatusCode::OK, axum::response::Html(body)).into_response();
+    r.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    r
 }
 
 /// Ad-hoc connect from a device's page.

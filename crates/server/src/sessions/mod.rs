@@ -22,7 +22,7 @@ pub use approval::{APPROVAL_WINDOW_SECS, Decided, Decider, decide};
 /// An edge counts as online while its channel is up and it was heard from this recently.
 pub const ONLINE_WINDOW_SECS: i64 = 90;
 
-pub const SESSION_COLS: &str = "id, name, state, adhoc, created_by, created_at, valid_from, valid_until, started_at, started_by, ended_at, ended_by, end_reason";
+pub const SESSION_COLS: &str = "id, name, state, adhoc, created_by, created_at, valid_from, valid_until, started_at, started_by, ended_at, ended_by, end_reason, web_requests, web_bytes";
 
 fn bad(what: &str) -> AppError {
     AppError::internal(anyhow::anyhow!("stored session {what} does not parse"))
@@ -88,6 +88,8 @@ pub async fn load(conn: &mut AnyConnection, account_id: &str, id: &str) -> AppRe
             .transpose()
             .map_err(|_| bad("end reason"))?,
         approvals,
+        web_requests: row.try_get("web_requests")?,
+        web_bytes: row.try_get("web_bytes")?,
     })
 }
 

@@ -23,17 +23,15 @@ use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use drawbridge_proto::api::{OpenWeb, OpenedWeb};
 use drawbridge_proto::{ApiError, ErrorCode};
 use origin::{COOKIE, ENTER_PATH, Scheme};
-use serde::{Deserialize, Serialize};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::{Arc, RwLock};
-use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -246,7 +244,7 @@ async fn to_device(
     origin_base: &str,
     req: Request,
 ) -> AppResult<Response> {
-    origin::check_target(state, caller, session_id, device_id, target).await?;
+    let dial = origin::check_target(state, caller, session_id, device_id, target).await?;
     if scheme == Scheme::Https {
         return Err(AppError::invalid(
             "HTTPS device web services are not supported yet; release the device's HTTP port",
@@ -256,7 +254,7 @@ async fn to_device(
     let device_base = proxy::device_base(scheme.as_str(), target);
     let stream = match tokio::time::timeout(
         proxy::CONNECT_TIMEOUT,
-        p.dialer.connect(SocketAddr::V4(target)),
+        p.dialer.connect(SocketAddr::V4(dial)),
     )
     .await
     {
@@ -276,41 +274,22 @@ async fn to_device(
     };
     // The same request (its extensions carry the browser side of a WebSocket
     // upgrade) with the head the device gets.
+    p.counted();
     let (mut parts, body) = req.into_parts();
+    let body = proxy::counted(body, p.bytes());
     parts.uri = proxy::path_only(&parts.uri);
     parts.version = axum::http::Version::HTTP_11;
     parts.headers = proxy::to_device(&parts.headers, origin_base, &device_base, &[COOKIE]);
-    let resp = match proxy::forward(stream, Request::from_parts(parts, body)).await {
+    let resp = match proxy::forward(stream, Request::from_parts(parts, body), p.bytes()).await {
         Ok(r) => r,
         Err(e) => return Ok(plain(e.status(), &e.to_string())),
     };
     p.touch(state.now());
     let (parts, body) = resp.into_parts();
-    let mut out = Response::new(Body::new(body));
+    let mut out = Response::new(proxy::counted(body, p.bytes()));
     *out.status_mut() = parts.status;
     *out.headers_mut() = proxy::to_browser(&parts.headers, origin_base, &device_base, &[COOKIE]);
     Ok(out)
-}
-
-/// Open a device's web service in the browser.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct OpenWeb {
-    #[schema(max_length = 64)]
-    pub device_id: String,
-    /// The released TCP target as the client dials it, `ip:port`.
-    #[schema(value_type = String, example = "192.168.1.10:80")]
-    pub target: SocketAddrV4,
-    /// How the device serves it (default `http`).
-    #[serde(default)]
-    pub scheme: Option<Scheme>,
-}
-
-/// Where the browser goes: the device origin's one-time entry link (valid 60 s).
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct OpenedWeb {
-    pub url: String,
-    pub origin: String,
 }
 
 pub fn routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
@@ -364,7 +343,7 @@ async fn open(
 /// answer stream through). For software holding an API token; a read-only
 /// token may only GET. The device never sees the token.
 #[utoipa::path(method(get, post, put, patch, delete), path = "/api/v1/sessions/{id}/devices/{device}/http/{target}/{path}", tag = "live",
-    params(("id" = String, Path), ("device" = String, Path), ("target" = String, Path, description = "ip:port as the client dials it"), ("path" = String, Path)),
+    params(("id" = String, Path), ("device" = String, Path), ("target" = String, Path, description = "the released target's LAN address, ip:port"), ("path" = String, Path)),
     responses((status = 200, description = "the device's answer, as it gave it"), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 502, description = "the device did not answer")))]
 async fn http(
     State(state): State<AppState>,

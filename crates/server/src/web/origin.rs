@@ -22,29 +22,13 @@ pub const COOKIE: &str = "__Host-drawbridge-web";
 /// The path on a device origin that takes the handoff token.
 pub const ENTER_PATH: &str = "/.drawbridge/enter";
 
-/// How the device serves its web UI.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Scheme {
-    Http,
-    Https,
-}
+pub use drawbridge_proto::api::WebScheme as Scheme;
 
-impl Scheme {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scheme::Http => "http",
-            Scheme::Https => "https",
-        }
-    }
-    fn parse(s: &str) -> Option<Scheme> {
-        match s {
-            "http" => Some(Scheme::Http),
-            "https" => Some(Scheme::Https),
-            _ => None,
-        }
+fn parse_scheme(s: &str) -> Option<Scheme> {
+    match s {
+        "http" => Some(Scheme::Http),
+        "https" => Some(Scheme::Https),
+        _ => None,
     }
 }
 
@@ -87,7 +71,7 @@ fn single_tcp(t: &Target) -> Option<SocketAddrV4> {
         .then(|| SocketAddrV4::new(ip, ports.start))
 }
 
-/// Whether `target` (as the client dials it) is released by these client-view targets.
+/// Whether TCP to `target` is released by these targets.
 pub fn released(targets: &[Target], target: SocketAddrV4) -> bool {
     let want = Target {
         address: ipnet::IpNet::V4(ipnet::Ipv4Net::from(*target.ip())),
@@ -97,22 +81,23 @@ pub fn released(targets: &[Target], target: SocketAddrV4) -> bool {
     target.port() != 0 && targets.iter().any(|t| t.covers(&want))
 }
 
-/// The web targets a session releases on a device: its single-host TCP targets
-/// (client view), for the portal's "Open" buttons.
+/// The web targets a session releases on a device: its single-host TCP
+/// targets, for the portal's "Open" buttons.
 pub fn web_targets(targets: &[Target]) -> Vec<SocketAddrV4> {
     targets.iter().filter_map(single_tcp).collect()
 }
 
 /// Refuses unless the caller may use sessions, is assigned to the active
-/// session `session_id`, and the session releases TCP to `target` (as the
-/// client dials it) on `device_id`.
+/// session `session_id`, and the session releases TCP to `target` (the
+/// device's real LAN address) on `device_id`. Answers the address the
+/// server's peer dials for it: the same, or its virtual one under 1:1 NAT.
 pub async fn check_target(
     state: &AppState,
     caller: &Caller,
     session_id: &str,
     device_id: &str,
     target: SocketAddrV4,
-) -> AppResult<()> {
+) -> AppResult<SocketAddrV4> {
     caller
         .require(state, Action::UseSessions, "session.web")
         .await?;
@@ -134,13 +119,23 @@ pub async fn check_target(
         .fetch_one(&mut *conn)
         .await?;
     let nat: Vec<drawbridge_proto::NatMapping> = crate::records::json_col(&row, "nat")?;
-    let view = crate::live::state::client_view(&d.targets, &nat);
-    if !released(&view, target) {
+    if !released(&d.targets, target) {
         return Err(AppError::invalid(format!(
             "{target} is not a released TCP target of this device in this session"
         )));
     }
-    Ok(())
+    let one = Target {
+        address: ipnet::IpNet::V4(ipnet::Ipv4Net::from(*target.ip())),
+        protocol: Protocol::Tcp,
+        ports: Some(drawbridge_proto::PortRange::single(target.port())),
+    };
+    let view = crate::live::state::client_view(&[one], &nat);
+    match view.first().map(|t| t.address.addr()) {
+        Some(IpAddr::V4(ip)) => Ok(SocketAddrV4::new(ip, target.port())),
+        _ => Err(AppError::internal(anyhow::anyhow!(
+            "1:1 NAT view of {target}"
+        ))),
+    }
 }
 
 /// Opens (or re-opens) the caller's origin for `target` on `device_id` in
@@ -292,7 +287,7 @@ pub async fn lookup(
             .try_get::<String, _>("target")?
             .parse()
             .map_err(|_| AppError::internal(anyhow::anyhow!("stored web target")))?,
-        scheme: Scheme::parse(&row.try_get::<String, _>("scheme")?)
+        scheme: parse_scheme(&row.try_get::<String, _>("scheme")?)
             .ok_or_else(|| AppError::internal(anyhow::anyhow!("stored web scheme")))?,
         user_id: row.try_get("user_id")?,
     };

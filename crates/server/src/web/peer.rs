@@ -37,6 +37,9 @@ pub struct WebPeer {
     alive: AtomicBool,
     /// Unix seconds of the last request through it.
     last_used: AtomicI64,
+    /// Requests and bytes (both ways) not yet added to the session's figures.
+    requests: AtomicI64,
+    bytes: Arc<AtomicI64>,
 }
 
 impl WebPeer {
@@ -45,6 +48,34 @@ impl WebPeer {
     }
     pub fn touch(&self, now: i64) {
         self.last_used.store(now, Ordering::Relaxed);
+    }
+    /// One more request through this peer.
+    pub fn counted(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Where the bytes of this peer's requests and answers are added.
+    pub fn bytes(&self) -> Arc<AtomicI64> {
+        self.bytes.clone()
+    }
+}
+
+/// Adds what `peer` counted since the last time to the session's figures.
+async fn flush(state: &AppState, session_id: &str, peer: &WebPeer) {
+    let requests = peer.requests.swap(0, Ordering::Relaxed);
+    let bytes = peer.bytes.swap(0, Ordering::Relaxed);
+    if requests == 0 && bytes == 0 {
+        return;
+    }
+    let r = sqlx::query(
+        "UPDATE sessions SET web_requests = web_requests + $1, web_bytes = web_bytes + $2 WHERE id = $3",
+    )
+    .bind(requests)
+    .bind(bytes)
+    .bind(session_id)
+    .execute(&state.store.pool)
+    .await;
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "adding browser access figures failed");
     }
 }
 
@@ -143,6 +174,8 @@ pub async fn peer_for(
         dialer,
         alive: AtomicBool::new(true),
         last_used: AtomicI64::new(state.now()),
+        requests: AtomicI64::new(0),
+        bytes: Arc::new(AtomicI64::new(0)),
     });
     state
         .web
@@ -172,6 +205,7 @@ pub async fn peer_for(
 
 async fn peer_stopped(run: &Run, conn: u64, key: (String, String)) {
     run.peer.alive.store(false, Ordering::Relaxed);
+    flush(&run.state, &run.session_id, &run.peer).await;
     run.state.web.peers.remove(&key, &run.peer);
     run.state.hub.unregister_client(&run.session_id, conn);
     if let Err(e) = crate::live::client::leave(
@@ -242,6 +276,7 @@ impl Run {
                     }
                 }
                 _ = tick.tick() => {
+                    flush(&self.state, &self.session_id, &self.peer).await;
                     let now = self.state.now();
                     if now - self.peer.last_used.load(Ordering::Relaxed) >= self.idle {
                         return "idle";

@@ -9,6 +9,8 @@ use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddrV4;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 /// Headers that belong to one connection and never cross the proxy
@@ -216,10 +218,11 @@ impl ProxyError {
 
 /// Sends `req` (head already rewritten by [`to_device`], URI a path) over
 /// `stream` and answers the device's response; a WebSocket upgrade is spliced
-/// through once the device agrees to it.
+/// through once the device agrees to it (its bytes added to `spliced`).
 pub async fn forward<S>(
     stream: S,
     mut req: Request<Body>,
+    spliced: Arc<AtomicI64>,
 ) -> Result<Response<hyper::body::Incoming>, ProxyError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -245,11 +248,31 @@ where
             if let (Ok(b), Ok(d)) = (browser.await, device.await) {
                 let mut b = TokioIo::new(b);
                 let mut d = TokioIo::new(d);
-                let _ = tokio::io::copy_bidirectional(&mut b, &mut d).await;
+                if let Ok((up, down)) = tokio::io::copy_bidirectional(&mut b, &mut d).await {
+                    let n = i64::try_from(up.saturating_add(down)).unwrap_or(i64::MAX);
+                    spliced.fetch_add(n, Ordering::Relaxed);
+                }
             }
         });
     }
     Ok(resp)
+}
+
+/// `body` as it streams, its data bytes added to `counter`.
+pub fn counted<B>(body: B, counter: Arc<AtomicI64>) -> Body
+where
+    B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    Body::new(http_body_util::BodyExt::map_frame(body, move |f| {
+        if let Some(d) = f.data_ref() {
+            counter.fetch_add(
+                i64::try_from(d.len()).unwrap_or(i64::MAX),
+                Ordering::Relaxed,
+            );
+        }
+        f
+    }))
 }
 
 /// The request line's target for the device: path and query only.
