@@ -186,10 +186,15 @@ fn a_hostile_device_page_cannot_reach_the_portal_the_api_or_another_device() {
         .iter()
         .map(|t| json!({"address": "127.0.0.1", "protocol": "tcp", "ports": t.port().to_string()}))
         .collect();
+    // The device marks its three web UIs (the portal offers "Open" for those only).
+    let web: Vec<Value> = [a, b, c]
+        .iter()
+        .map(|t| json!({"target": t.to_string(), "scheme": "http"}))
+        .collect();
     let (code, v) = api.call(
         reqwest::Method::PATCH,
         &format!("/devices/{device}"),
-        Some(json!({ "firewall": firewall })),
+        Some(json!({ "firewall": firewall, "web_services": web })),
     );
     assert_eq!(code, 200, "{v}");
     edge(&state, &["switch", "on"]);

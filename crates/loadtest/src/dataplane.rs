@@ -36,8 +36,11 @@ pub struct Relayed {
     client: Child,
     client_bin: PathBuf,
     client_env: Vec<(String, String)>,
-    /// The client's `-L` forward to the sink.
+    /// The client's `-L` forward to the LAN device.
     pub forward: SocketAddr,
+    /// The session and the device behind the edge.
+    pub session_id: String,
+    pub device_id: String,
     received: Arc<AtomicU64>,
     _dir: tempfile::TempDir,
 }
@@ -124,11 +127,25 @@ impl Relayed {
         target: &Target,
         admin: &drawbridge_api_client::Client,
     ) -> anyhow::Result<Relayed> {
+        Relayed::start_to(target, admin, None).await
+    }
+
+    /// Like [`Relayed::start`], with `lan` (an HTTP server on 127.0.0.1) as
+    /// the device instead of the sink, and a client free to go direct; waits
+    /// until the device answers through the forward.
+    pub async fn start_to(
+        target: &Target,
+        admin: &drawbridge_api_client::Client,
+        lan: Option<SocketAddr>,
+    ) -> anyhow::Result<Relayed> {
         let edge_bin = sibling("drawbridge-edge")?;
         let client_bin = sibling("drawbridge")?;
         let dir = tempfile::tempdir()?;
         let received = Arc::new(AtomicU64::new(0));
-        let sink = sink(received.clone()).await?;
+        let sink = match lan {
+            Some(a) => a,
+            None => sink(received.clone()).await?,
+        };
         let name = format!("lt-relay-{:08x}", rand::random::<u32>());
         let created: CreatedDevice = admin
             .post(
@@ -217,14 +234,9 @@ impl Relayed {
         }
         let client = cmd
             .envs(client_env.iter().map(|(k, v)| (k, v)))
-            .args([
-                "connect",
-                &sid,
-                "--relay-only",
-                "--for-seconds",
-                "36000",
-                "-L",
-            ])
+            .args(["connect", &sid, "--for-seconds", "36000"])
+            .args(lan.is_none().then_some("--relay-only"))
+            .arg("-L")
             .arg(format!("{forward}:{sink}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -238,9 +250,32 @@ impl Relayed {
             client_bin,
             client_env,
             forward,
+            session_id: sid,
+            device_id: device,
             received,
             _dir: dir,
         };
+        if lan.is_some() {
+            // The device answers an HTTP request through the forward: the tunnel is up.
+            poll("the device answering through the tunnel", 60, || async {
+                let Ok(Ok(mut c)) = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    tokio::net::TcpStream::connect(r.forward),
+                )
+                .await
+                else {
+                    return false;
+                };
+                let _ = c.write_all(b"GET / HTTP/1.0\r\n\r\n").await;
+                let mut buf = [0u8; 12];
+                matches!(
+                    tokio::time::timeout(Duration::from_secs(2), c.read_exact(&mut buf)).await,
+                    Ok(Ok(_)) if buf.starts_with(b"HTTP/1.")
+                )
+            })
+            .await?;
+            return Ok(r);
+        }
         // Bytes through the forward reach the sink: the tunnel is up.
         poll("bytes through the relayed tunnel", 60, || async {
             let before = r.received.load(Ordering::Relaxed);

@@ -10,6 +10,7 @@ mod edges;
 mod procfs;
 mod report;
 mod server;
+mod web;
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -95,6 +96,20 @@ struct Args {
     /// Idle and loaded phases during `--dos` (alternating; medians are reported).
     #[arg(long, default_value_t = 5)]
     dos_rounds: usize,
+    /// Instead of N edges: browser access to a device web page behind a real
+    /// edge: opening it, a download against `drawbridge connect -L`, many page
+    /// loads at once (docs/loadtest.md).
+    #[arg(long, conflicts_with = "dos")]
+    web: bool,
+    /// Megabytes of each `--web` download.
+    #[arg(long, default_value_t = 100)]
+    web_download_mb: u64,
+    /// Page loads at once during `--web`.
+    #[arg(long, default_value_t = 200)]
+    web_concurrent: usize,
+    /// Openings of the device page with the server's peer running (`--web`; the median is reported).
+    #[arg(long, default_value_t = 20)]
+    web_openings: usize,
 }
 
 /// A number of seconds, fractions allowed.
@@ -120,7 +135,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let Some((report, complete)) = rt.block_on(run(&args, nofile, hard))? else {
-        // --dos printed its figures.
+        // --dos or --web printed its figures.
         rt.shutdown_timeout(Duration::from_secs(1));
         return Ok(());
     };
@@ -252,7 +267,7 @@ async fn run(args: &Args, nofile: u64, hard: u64) -> anyhow::Result<Option<(Repo
             (None, t, "running server".to_string())
         }
     };
-    let result = if args.dos {
+    let result = if args.dos || args.web {
         dos_mode(args, &target).await.map(|text| {
             print!("{text}");
             None
@@ -274,7 +289,7 @@ async fn run(args: &Args, nofile: u64, hard: u64) -> anyhow::Result<Option<(Repo
     result
 }
 
-/// `--dos`: logs in as the admin and runs [`dos::run`].
+/// `--dos` and `--web`: logs in as the admin and runs [`dos::run`] or [`web::run`].
 async fn dos_mode(args: &Args, target: &server::Target) -> anyhow::Result<String> {
     let anon = drawbridge_api_client::Client::new(&target.url, Some(&target.ca_file))?;
     let login = anon
@@ -287,6 +302,14 @@ async fn dos_mode(args: &Args, target: &server::Target) -> anyhow::Result<String
         .await
         .context("logging in as the admin")?;
     let admin = anon.clone().with_token(login.token);
+    if args.web {
+        let opts = web::Options {
+            download_bytes: args.web_download_mb * 1_000_000,
+            concurrent: args.web_concurrent,
+            openings: args.web_openings,
+        };
+        return web::run(&opts, target, &admin).await;
+    }
     let opts = dos::Options {
         logins_per_sec: args.dos_logins_per_sec,
         silent: args.dos_silent,

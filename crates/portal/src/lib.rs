@@ -94,6 +94,10 @@ pub fn router(api: Router, csrf_key: &[u8]) -> Router {
             get(devices::detail).post(devices::update),
         )
         .route(&p("/devices/{id}/logbook"), post(devices::add_log))
+        .route(
+            &p("/devices/{id}/web-pins/accept"),
+            post(devices::accept_pin),
+        )
         .route(&p("/devices/{id}/activation-key"), post(devices::new_key))
         .route(&p("/devices/{id}/config"), post(devices::config_file))
         .route(&p("/devices/{id}/approve"), post(devices::approve))

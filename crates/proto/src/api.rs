@@ -291,6 +291,9 @@ pub struct Device {
     /// only after the edge's local approval (an approver in the cloud cannot approve it).
     #[serde(default)]
     pub onsite_approval: bool,
+    /// Web UIs on released targets, for browser access.
+    #[serde(default)]
+    pub web_services: Vec<WebService>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -352,6 +355,10 @@ pub struct UpdateDevice {
     /// This machine always needs on-site approval (see `Device::onsite_approval`).
     #[serde(default)]
     pub onsite_approval: Option<bool>,
+    /// Web UIs on released targets (see `Device::web_services`); replaces the list.
+    #[serde(default)]
+    #[schema(max_items = 64)]
+    pub web_services: Option<Vec<WebService>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -677,40 +684,4 @@ pub struct TunnelInfo {
     pub end_reason: Option<String>,
 }
 
-/// How a device serves a web UI.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum WebScheme {
-    Http,
-    Https,
-}
-
-impl WebScheme {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WebScheme::Http => "http",
-            WebScheme::Https => "https",
-        }
-    }
-}
-
-/// Open a device's released web service in the browser (browser access).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct OpenWeb {
-    #[schema(max_length = 64)]
-    pub device_id: String,
-    /// The released TCP target: the device's LAN address `ip:port`, as the session lists it.
-    #[schema(value_type = String, example = "192.168.1.10:80")]
-    pub target: std::net::SocketAddrV4,
-    /// How the device serves it (default `http`).
-    #[serde(default)]
-    pub scheme: Option<WebScheme>,
-}
-
-/// Where the browser goes: the device origin's one-time entry link (valid 60 s).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct OpenedWeb {
-    pub url: String,
-    pub origin: String,
-}
+pub use crate::web::{OpenWeb, OpenedWeb, WebScheme, WebService};

@@ -11,6 +11,7 @@ pub mod error;
 pub mod fuzz;
 pub mod model;
 pub mod text;
+pub mod web;
 pub mod wgconf;
 pub mod wgkey;
 

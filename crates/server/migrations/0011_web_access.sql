@@ -31,3 +31,21 @@ CREATE INDEX web_cookies_label ON web_cookies (label);
 -- route) and their bytes both ways, added up by the replicas that served them.
 ALTER TABLE sessions ADD COLUMN web_requests BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE sessions ADD COLUMN web_bytes BIGINT NOT NULL DEFAULT 0;
+
+-- Web UIs marked on a device's released targets (JSON list of {target, scheme, path}),
+-- and where an opened origin starts.
+ALTER TABLE devices ADD COLUMN web_services TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE web_origins ADD COLUMN path TEXT NOT NULL DEFAULT '/';
+
+-- HTTPS device web services: the certificate seen first is trusted for the target
+-- (SHA-256 of the leaf); another one is refused and kept as pending until an admin
+-- accepts it.
+CREATE TABLE web_pins (
+    device_id TEXT NOT NULL,
+    target TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    pinned_at BIGINT NOT NULL,
+    pending_sha256 TEXT,
+    pending_at BIGINT,
+    PRIMARY KEY (device_id, target)
+);

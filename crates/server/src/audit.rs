@@ -488,7 +488,7 @@ async fn query(
         sql += &format!(" AND device_id = {}", next());
     }
     if q.action.is_some() {
-        sql += &format!(" AND action LIKE {}", next());
+        sql += &format!(" AND action LIKE {} ESCAPE '\\'", next());
     }
     if q.after_seq.is_some() {
         sql += &format!(" AND seq {} {}", if desc { "<" } else { ">" }, next());
@@ -510,9 +510,17 @@ async fn query(
         query = query.bind(d.clone());
     }
     if let Some(a) = &q.action {
-        // Prefix match; LIKE wildcards in the input are taken literally by stripping them.
-        let clean: String = a.chars().filter(|c| *c != '%' && *c != '_').collect();
-        query = query.bind(format!("{clean}%"));
+        // Prefix match; LIKE's wildcards in the input are taken literally
+        // (escaped: `web.certificate_changed` has an underscore of its own).
+        let mut pattern = String::with_capacity(a.len() + 1);
+        for c in a.chars() {
+            if matches!(c, '%' | '_' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('%');
+        query = query.bind(pattern);
     }
     if let Some(s) = q.after_seq {
         query = query.bind(s);

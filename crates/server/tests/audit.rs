@@ -202,6 +202,24 @@ async fn exports_filter_by_time_actor_device_and_action_in_json_lines_and_csv(ap
         let e: serde_json::Value = serde_json::from_str(l).unwrap();
         assert_eq!(e["action"], "device.create");
     }
+    // The action is a literal prefix: `_` and `%` are not wildcards (actions
+    // such as `web.certificate_changed` hold an underscore of their own).
+    for (pattern, want) in [
+        ("device.creat_", 0),
+        ("device.cr%", 0),
+        ("%25", 0),
+        ("device.create", 2),
+    ] {
+        let v = app
+            .ok(
+                Method::GET,
+                &format!("/api/v1/audit?action={pattern}"),
+                &acct.admin,
+                None,
+            )
+            .await;
+        assert_eq!(v.as_array().unwrap().len(), want, "{pattern}");
+    }
     let (s, body) = app
         .get("/api/v1/audit?format=csv&action=device.create", &acct.admin)
         .await;

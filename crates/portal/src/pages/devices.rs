@@ -74,6 +74,25 @@ fn nat(text: &str) -> Result<Vec<Value>, String> {
         .collect()
 }
 
+/// `http 192.168.1.10:80 /hmi`, one per line (the path is optional).
+fn web_services(text: &str) -> Result<Vec<Value>, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let mut w = l.split_whitespace();
+            let (Some(scheme), Some(target)) = (w.next(), w.next()) else {
+                return Err(format!("web service {l:?}: write SCHEME ADDR:PORT [PATH]"));
+            };
+            let mut v = json!({ "scheme": scheme, "target": target });
+            if let Some(path) = w.next() {
+                v["path"] = path.into();
+            }
+            Ok(v)
+        })
+        .collect()
+}
+
 /// The device fields of a create or edit form, as API JSON.
 fn device_body(p: &Posted) -> Result<Value, String> {
     let f = &p.form;
@@ -145,6 +164,11 @@ struct DetailPage {
     nat: String,
     firewall: String,
     firewall_list: Vec<String>,
+    /// `scheme target path` per line, for the edit form; and for the page.
+    web: String,
+    web_list: Vec<String>,
+    /// HTTPS web services' pinned certificates: (target, pinned, pending).
+    pins: Vec<(String, String, Option<String>)>,
     nat_list: Vec<String>,
     log: Vec<(String, String, String)>,
     pools: Vec<String>,
@@ -169,6 +193,14 @@ pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
     {
         Ok(l) => l,
         Err(e) => return v.fail(&e),
+    };
+    let pins: Vec<Value> = if v.can(Action::ManageDevices) {
+        v.api
+            .get(&format!("/api/v1/devices/{}/web-pins", enc(&id)))
+            .await
+            .unwrap_or_default()
+    } else {
+        Vec::new()
     };
     let pools: Vec<Pool> = if v.role() != Role::User {
         v.api.get("/api/v1/pools").await.unwrap_or_default()
@@ -199,6 +231,27 @@ pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
             .join("\n"),
         firewall: super::targets_text(&d.firewall),
         firewall_list: d.firewall.iter().map(super::target_str).collect(),
+        web: d
+            .web_services
+            .iter()
+            .map(|w| format!("{} {} {}", w.scheme.as_str(), w.target, w.path))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        web_list: d
+            .web_services
+            .iter()
+            .map(|w| format!("{}://{}{}", w.scheme.as_str(), w.target, w.path))
+            .collect(),
+        pins: pins
+            .into_iter()
+            .map(|p| {
+                (
+                    p["target"].as_str().unwrap_or_default().to_string(),
+                    p["sha256"].as_str().unwrap_or_default().to_string(),
+                    p["pending_sha256"].as_str().map(str::to_string),
+                )
+            })
+            .collect(),
         nat_list: d
             .nat
             .iter()
@@ -240,11 +293,29 @@ pub async fn update(Path(id): Path<String>, p: Posted) -> Response {
         Err(e) => return Flash::error(e).redirect(&back),
     };
     body["onsite_approval"] = (p.form.get("onsite_approval") == "on").into();
+    body["web_services"] = match web_services(p.form.get("web_services")) {
+        Ok(w) => w.into(),
+        Err(e) => return Flash::error(e).redirect(&back),
+    };
     let r = p
         .api
         .patch::<Device>(&format!("/api/v1/devices/{}", enc(&id)), &body)
         .await;
     after(r, &p.headers, &back, "The device was saved.")
+}
+
+/// An admin trusts the certificate an HTTPS web service presents now.
+pub async fn accept_pin(Path(id): Path<String>, p: Posted) -> Response {
+    let back = format!("{PREFIX}/devices/{}", enc(&id));
+    let body = json!({ "target": p.form.get("target"), "sha256": p.form.get("sha256") });
+    let r = p
+        .api
+        .post::<Value>(
+            &format!("/api/v1/devices/{}/web-pins/accept", enc(&id)),
+            &body,
+        )
+        .await;
+    after(r, &p.headers, &back, "The new certificate is trusted.")
 }
 
 pub async fn add_log(Path(id): Path<String>, p: Posted) -> Response {

@@ -358,19 +358,26 @@ pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
         devices: s
             .devices
             .iter()
-            .map(|d| DeviceTargets {
-                id: d.device_id.clone(),
-                name: names.device(&d.device_id),
-                targets: d
-                    .targets
+            .map(|d| {
+                let web = devices
                     .iter()
-                    .map(|t| (super::target_str(t), web_target(t)))
-                    .collect(),
-                approval: match approval(&d.device_id) {
-                    ApprovalState::Approved => String::new(),
-                    a => a.as_str().replace('_', " "),
-                },
-                waiting: approval(&d.device_id) == ApprovalState::Pending,
+                    .find(|x| x.id == d.device_id)
+                    .map(|x| x.web_services.as_slice())
+                    .unwrap_or_default();
+                DeviceTargets {
+                    id: d.device_id.clone(),
+                    name: names.device(&d.device_id),
+                    targets: d
+                        .targets
+                        .iter()
+                        .map(|t| (super::target_str(t), web_target(t, web)))
+                        .collect(),
+                    approval: match approval(&d.device_id) {
+                        ApprovalState::Approved => String::new(),
+                        a => a.as_str().replace('_', " "),
+                    },
+                    waiting: approval(&d.device_id) == ApprovalState::Pending,
+                }
             })
             .collect(),
         created_by: names.actor(&s.created_by),
@@ -526,16 +533,22 @@ pub async fn narrow(Path(id): Path<String>, p: Posted) -> Response {
     )
 }
 
-/// A released target a browser can open: one TCP port on one IPv4 host.
-fn web_target(t: &drawbridge_proto::Target) -> Option<String> {
+/// A released target a browser can open: one TCP port on one IPv4 host that
+/// the device marks as a web service.
+fn web_target(
+    t: &drawbridge_proto::Target,
+    web: &[drawbridge_proto::api::WebService],
+) -> Option<String> {
     let std::net::IpAddr::V4(ip) = t.address.addr() else {
         return None;
     };
     let p = t.ports?;
+    let addr = std::net::SocketAddrV4::new(ip, p.start);
     (t.protocol == drawbridge_proto::Protocol::Tcp
         && t.address.prefix_len() == 32
-        && p.start == p.end)
-        .then(|| std::net::SocketAddrV4::new(ip, p.start).to_string())
+        && p.start == p.end
+        && web.iter().any(|w| w.target == addr))
+    .then(|| addr.to_string())
 }
 
 /// "Open" next to a web target: the API opens the device's own origin and the
@@ -549,7 +562,6 @@ pub async fn open_web(Path(id): Path<String>, p: Posted) -> Response {
     let body = drawbridge_proto::api::OpenWeb {
         device_id: f.get("device_id").to_string(),
         target,
-        scheme: None,
     };
     match p
         .api

@@ -191,7 +191,31 @@ async fn get_device(
     Ok(Json(visible_device(&state, &caller, &id).await?))
 }
 
-/// Change a device's name, serial, LAN subnets, 1:1 NAT or firewall (admins).
+/// Web services name released single TCP ports, each once, at most 64.
+fn check_web_services<'a>(
+    web: &'a [drawbridge_proto::api::WebService],
+    firewall: &[drawbridge_proto::Target],
+) -> AppResult<&'a [drawbridge_proto::api::WebService]> {
+    if web.len() > 64 {
+        return Err(AppError::invalid("at most 64 web services per device"));
+    }
+    for (i, w) in web.iter().enumerate() {
+        if web[..i].iter().any(|o| o.target == w.target) {
+            return Err(AppError::invalid(format!("{} is listed twice", w.target)));
+        }
+        if !crate::web::origin::released(firewall, w.target) {
+            return Err(AppError::invalid(format!(
+                "{} is not released by the device's firewall (tcp:{}:{})",
+                w.target,
+                w.target.ip(),
+                w.target.port()
+            )));
+        }
+    }
+    Ok(web)
+}
+
+/// Change a device's name, serial, LAN subnets, 1:1 NAT, firewall or web services (admins).
 #[utoipa::path(patch, path = "/api/v1/devices/{id}", tag = "devices", params(("id" = String, Path)), request_body = UpdateDevice,
     responses((status = 200, body = Device), (status = 400, body = ApiError), (status = 404, body = ApiError)))]
 async fn update(
@@ -247,6 +271,16 @@ async fn update(
         } else {
             e.into()
         });
+    }
+    if let Some(web) = &req.web_services {
+        let firewall = req.firewall.as_ref().unwrap_or(&before.firewall);
+        let text = json(serde_json::to_string(&check_web_services(web, firewall)?))?;
+        sqlx::query("UPDATE devices SET web_services = $1 WHERE id = $2 AND account_id = $3")
+            .bind(text)
+            .bind(&id)
+            .bind(&caller.account_id)
+            .execute(&mut *tx)
+            .await?;
     }
     if let Some(on) = req.onsite_approval {
         sqlx::query("UPDATE devices SET onsite_approval = $1 WHERE id = $2 AND account_id = $3")

@@ -17,6 +17,7 @@
 
 pub mod origin;
 pub mod peer;
+pub mod pins;
 pub mod proxy;
 
 use crate::auth::Caller;
@@ -185,10 +186,14 @@ async fn serve_origin(state: AppState, label: String, host: String, req: Request
             .map(|(_, v)| v.into_owned())
             .unwrap_or_default();
         return match origin::enter(&state, &label, &token).await {
-            Ok(cookie) => {
+            Ok((cookie, path)) => {
                 let mut r = (StatusCode::SEE_OTHER, ()).into_response();
                 let h = r.headers_mut();
-                h.insert(header::LOCATION, HeaderValue::from_static("/"));
+                // A `WebPath`: visible ASCII only, so always a valid header value.
+                h.insert(
+                    header::LOCATION,
+                    HeaderValue::from_str(&path).unwrap_or(HeaderValue::from_static("/")),
+                );
                 h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 if let Ok(v) = HeaderValue::from_str(&format!(
                     "{COOKIE}={cookie}; Path=/; Secure; HttpOnly; SameSite=Lax"
@@ -245,11 +250,6 @@ async fn to_device(
     req: Request,
 ) -> AppResult<Response> {
     let dial = origin::check_target(state, caller, session_id, device_id, target).await?;
-    if scheme == Scheme::Https {
-        return Err(AppError::invalid(
-            "HTTPS device web services are not supported yet; release the device's HTTP port",
-        ));
-    }
     let p = peer::peer_for(state, caller, session_id).await?;
     let device_base = proxy::device_base(scheme.as_str(), target);
     let stream = match tokio::time::timeout(
@@ -280,7 +280,26 @@ async fn to_device(
     parts.uri = proxy::path_only(&parts.uri);
     parts.version = axum::http::Version::HTTP_11;
     parts.headers = proxy::to_device(&parts.headers, origin_base, &device_base, &[COOKIE]);
-    let resp = match proxy::forward(stream, Request::from_parts(parts, body), p.bytes()).await {
+    let req = Request::from_parts(parts, body);
+    let sent = match scheme {
+        Scheme::Http => proxy::forward(stream, req, p.bytes()).await,
+        Scheme::Https => {
+            let (tls, seen) = match pins::handshake(stream, *dial.ip()).await {
+                Ok(v) => v,
+                Err(e) => {
+                    return Ok(plain(
+                        StatusCode::BAD_GATEWAY,
+                        &format!("TLS with the device failed: {e}"),
+                    ));
+                }
+            };
+            if let Err(e) = pins::check(state, caller, device_id, target, &seen).await {
+                return Ok(plain(StatusCode::BAD_GATEWAY, &e.message));
+            }
+            proxy::forward(tls, req, p.bytes()).await
+        }
+    };
+    let resp = match sent {
         Ok(r) => r,
         Err(e) => return Ok(plain(e.status(), &e.to_string())),
     };
@@ -293,7 +312,7 @@ async fn to_device(
 }
 
 pub fn routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
-    r.routes(routes!(open)).routes(routes!(http))
+    pins::routes(r.routes(routes!(open)).routes(routes!(http)))
 }
 
 /// The public port of this server, for device origins (`:8443`, or nothing for 443).
@@ -309,6 +328,26 @@ fn public_port(state: &AppState) -> String {
     }
 }
 
+/// The device's web service at `target`, or plain HTTP at `/` when the device
+/// marks none there.
+async fn web_service(
+    state: &AppState,
+    caller: &Caller,
+    device_id: &str,
+    target: SocketAddrV4,
+) -> AppResult<drawbridge_proto::api::WebService> {
+    let mut conn = state.store.pool.acquire().await?;
+    let d = crate::records::device(&mut conn, &caller.account_id, device_id).await?;
+    Ok(d.web_services
+        .into_iter()
+        .find(|w| w.target == target)
+        .unwrap_or(drawbridge_proto::api::WebService {
+            target,
+            scheme: Scheme::Http,
+            path: Default::default(),
+        }))
+}
+
 /// Opens a released web service of a device on its own origin and answers the
 /// one-time link that lets a browser in.
 #[utoipa::path(post, path = "/api/v1/sessions/{id}/web", tag = "live", params(("id" = String, Path)),
@@ -320,14 +359,17 @@ async fn open(
     Path(id): Path<String>,
     crate::extract::ApiJson(req): crate::extract::ApiJson<OpenWeb>,
 ) -> AppResult<Json<OpenedWeb>> {
-    let scheme = req.scheme.unwrap_or(Scheme::Http);
-    if scheme == Scheme::Https {
-        return Err(AppError::invalid(
-            "HTTPS device web services are not supported yet; release the device's HTTP port",
-        ));
-    }
-    let (label, handoff) =
-        origin::open(&state, &caller, &id, &req.device_id, req.target, scheme).await?;
+    let service = web_service(&state, &caller, &req.device_id, req.target).await?;
+    let (label, handoff) = origin::open(
+        &state,
+        &caller,
+        &id,
+        &req.device_id,
+        req.target,
+        service.scheme,
+        &service.path,
+    )
+    .await?;
     let origin = format!(
         "https://{label}.{}{}",
         state.web.domain(),
@@ -370,13 +412,14 @@ async fn http(
     };
     parts.uri = below.parse().map_err(|_| AppError::invalid("bad path"))?;
     let base = format!("{}{prefix}", state.public_url.trim_end_matches('/'));
+    let scheme = web_service(&state, &caller, &device, target).await?.scheme;
     to_device(
         &state,
         &caller,
         &id,
         &device,
         target,
-        Scheme::Http,
+        scheme,
         &base,
         Request::from_parts(parts, body),
     )

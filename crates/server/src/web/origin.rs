@@ -149,6 +149,7 @@ pub async fn open(
     device_id: &str,
     target: SocketAddrV4,
     scheme: Scheme,
+    path: &drawbridge_proto::web::WebPath,
 ) -> AppResult<(String, String)> {
     check_target(state, caller, session_id, device_id, target).await?;
     let now = state.now();
@@ -166,12 +167,13 @@ pub async fn open(
     let label = match existing {
         Some(l) => {
             sqlx::query(
-                "UPDATE web_origins SET handoff_hash = $1, handoff_expires = $2, handoff_token_id = $3, scheme = $4 WHERE label = $5",
+                "UPDATE web_origins SET handoff_hash = $1, handoff_expires = $2, handoff_token_id = $3, scheme = $4, path = $5 WHERE label = $6",
             )
             .bind(secret::token_hash(&handoff))
             .bind(now + HANDOFF_SECS)
             .bind(&caller.token_id)
             .bind(scheme.as_str())
+            .bind(path.as_str())
             .bind(&l)
             .execute(&mut *tx)
             .await?;
@@ -180,8 +182,8 @@ pub async fn open(
         None => {
             let l = new_label();
             sqlx::query(
-                "INSERT INTO web_origins (label, account_id, session_id, device_id, target, scheme, user_id, created_at, handoff_hash, handoff_expires, handoff_token_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                "INSERT INTO web_origins (label, account_id, session_id, device_id, target, scheme, user_id, created_at, handoff_hash, handoff_expires, handoff_token_id, path)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             )
             .bind(&l)
             .bind(&caller.account_id)
@@ -194,6 +196,7 @@ pub async fn open(
             .bind(secret::token_hash(&handoff))
             .bind(now + HANDOFF_SECS)
             .bind(&caller.token_id)
+            .bind(path.as_str())
             .execute(&mut *tx)
             .await?;
             l
@@ -211,8 +214,9 @@ pub async fn open(
 }
 
 /// Takes a handoff token for `label` (once, before it expires) and answers the
-/// cookie value for the browser. Anything else is refused without a hint.
-pub async fn enter(state: &AppState, label: &str, handoff: &str) -> AppResult<String> {
+/// cookie value for the browser and the path it starts at. Anything else is
+/// refused without a hint.
+pub async fn enter(state: &AppState, label: &str, handoff: &str) -> AppResult<(String, String)> {
     let now = state.now();
     let refused = || {
         AppError::new(
@@ -224,18 +228,21 @@ pub async fn enter(state: &AppState, label: &str, handoff: &str) -> AppResult<St
         return Err(refused());
     }
     let mut tx = state.store.begin().await?;
-    let token_id: Option<String> = sqlx::query_scalar(
-        "SELECT handoff_token_id FROM web_origins WHERE label = $1 AND handoff_hash = $2 AND handoff_expires >= $3",
+    let row = sqlx::query(
+        "SELECT handoff_token_id, path FROM web_origins WHERE label = $1 AND handoff_hash = $2 AND handoff_expires >= $3",
     )
     .bind(label)
     .bind(secret::token_hash(handoff))
     .bind(now)
     .fetch_optional(&mut *tx)
-    .await?
-    .flatten();
-    let Some(token_id) = token_id else {
+    .await?;
+    let Some(row) = row else {
         return Err(refused());
     };
+    let Some(token_id) = row.try_get::<Option<String>, _>(0)? else {
+        return Err(refused());
+    };
+    let path: String = row.try_get(1)?;
     // Conditional on the same hash: two browsers racing with one token get one cookie.
     let taken = sqlx::query(
         "UPDATE web_origins SET handoff_hash = NULL, handoff_expires = NULL WHERE label = $1 AND handoff_hash = $2",
@@ -257,7 +264,7 @@ pub async fn enter(state: &AppState, label: &str, handoff: &str) -> AppResult<St
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(cookie)
+    Ok((cookie, path))
 }
 
 /// The origin and the caller behind a browser's cookie for `label`: the login
