@@ -302,6 +302,40 @@ fn a_device_page_opens_on_its_own_origin_and_nothing_of_ours_reaches_the_device(
     let audit = api.get("/audit?action=tunnel.up");
     assert!(audit.to_string().contains("tunnel.up"), "{audit}");
 
+    // Another user of the account, not assigned to this session, opens nothing.
+    let (code, v) = api.post(
+        "/users",
+        json!({"username": "bob", "role": "user", "password": PASSWORD}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let bob: Value = api
+        .http
+        .post(format!("{}/api/v1/auth/login", server.url()))
+        .json(&json!({"account": "acme", "username": "bob", "password": PASSWORD}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let bob = bob["token"].as_str().unwrap().to_string();
+    let r = api
+        .http
+        .post(format!("{}/api/v1/sessions/{sid}/web", server.url()))
+        .bearer_auth(&bob)
+        .json(&json!({"device_id": device, "target": web.to_string()}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404, "a user of no session reaches its devices");
+    let r = api
+        .http
+        .get(format!(
+            "{}/api/v1/sessions/{sid}/devices/{device}/http/{web}/",
+            server.url()
+        ))
+        .bearer_auth(&bob)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
     // Each proxied request is counted for the session, with its bytes.
     wait("the session counts the proxied requests", || {
         let v = api.get(&format!("/sessions/{sid}"));

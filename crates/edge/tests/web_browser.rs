@@ -142,12 +142,21 @@ async fn text(c: &Client, css: &str) -> String {
 
 /// Clicks an "Open" button (a form with target=_blank) and switches to the tab it opens.
 async fn open_in_new_tab(c: &Client, target: SocketAddr) {
+    click_to_new_tab(c, &format!("button.open-web[data-target=\"{target}\"]")).await;
+}
+
+/// The same from a device's page (an ad-hoc session for that web page).
+async fn open_adhoc_in_new_tab(c: &Client, target: SocketAddr) {
+    click_to_new_tab(
+        c,
+        &format!("button.open-web-adhoc[data-target=\"{target}\"]"),
+    )
+    .await;
+}
+
+async fn click_to_new_tab(c: &Client, css: &str) {
     let before = c.windows().await.unwrap();
-    find(c, &format!("button.open-web[data-target=\"{target}\"]"))
-        .await
-        .click()
-        .await
-        .unwrap();
+    find(c, css).await.click().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let now = c.windows().await.unwrap();
@@ -211,6 +220,12 @@ fn a_hostile_device_page_cannot_reach_the_portal_the_api_or_another_device() {
     assert_eq!(s, 200, "{v}");
     let sid = v["id"].as_str().unwrap().to_string();
     *sid_cell.lock().unwrap() = sid.clone();
+    let (code, v) = api.call(
+        reqwest::Method::PATCH,
+        "/account",
+        Some(json!({"settings": {"adhoc_allowed": true}})),
+    );
+    assert_eq!(code, 200, "{v}");
     let (code, v) = api.post(&format!("/sessions/{sid}/start"), json!({}));
     assert_eq!(code, 200, "{v}");
     // Device C's origin, made for this user but never entered in this browser.
@@ -314,7 +329,7 @@ fn a_hostile_device_page_cannot_reach_the_portal_the_api_or_another_device() {
         );
 
         // Device B, opened properly: A's parent-domain cookie did not follow.
-        ch.switch_to_window(portal).await.unwrap();
+        ch.switch_to_window(portal.clone()).await.unwrap();
         open_in_new_tab(&ch, b).await;
         assert_eq!(text(&ch, "#title").await, "HMI B");
         let seen = text(&ch, "#cookies").await;
@@ -326,6 +341,15 @@ fn a_hostile_device_page_cannot_reach_the_portal_the_api_or_another_device() {
             !seen.contains("db_") && !seen.contains("drawbridge"),
             "our cookies reached a device: {seen}"
         );
+
+        // From the device's page, where the account allows ad-hoc connect: an
+        // ad-hoc session for that web page only, opened in a new tab.
+        ch.switch_to_window(portal.clone()).await.unwrap();
+        ch.goto(&format!("{base}/portal/devices/{device}"))
+            .await
+            .unwrap();
+        open_adhoc_in_new_tab(&ch, c).await;
+        assert_eq!(text(&ch, "#title").await, "HMI C");
         let _ = ch.close().await;
     });
     drop(driver);

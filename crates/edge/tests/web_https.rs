@@ -193,4 +193,19 @@ fn an_https_device_is_trusted_on_first_use_and_a_new_certificate_waits_for_an_ad
     let r = get();
     assert_eq!(r.status(), 200);
     assert!(r.text().unwrap().contains("HTTPS HMI"));
+
+    // The site switch goes off: the session ends and the origin stops answering within 5 s.
+    let off = std::time::Instant::now();
+    edge(&state, &["switch", "off"]);
+    while get().status() == 200 {
+        assert!(
+            off.elapsed() < std::time::Duration::from_secs(5),
+            "the origin still answers after the site switch went off"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        api.get(&format!("/sessions/{sid}"))["end_reason"],
+        "site_switch"
+    );
 }

@@ -107,6 +107,7 @@ pub fn router(api: Router, csrf_key: &[u8]) -> Router {
         .route(&p("/devices/{id}/replace"), post(devices::replace))
         .route(&p("/devices/{id}/archive"), post(devices::archive))
         .route(&p("/devices/{id}/connect"), post(sessions::adhoc))
+        .route(&p("/devices/{id}/web"), post(sessions::adhoc_web))
         .route(&p("/users"), get(users::list).post(users::create))
         .route(&p("/users/{id}"), post(users::update))
         .route(&p("/access"), get(access::page))

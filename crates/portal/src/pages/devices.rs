@@ -166,7 +166,8 @@ struct DetailPage {
     firewall_list: Vec<String>,
     /// `scheme target path` per line, for the edit form; and for the page.
     web: String,
-    web_list: Vec<String>,
+    /// (`scheme://target/path` as shown, `target` for the ad-hoc "Open" form).
+    web_list: Vec<(String, String)>,
     /// HTTPS web services' pinned certificates: (target, pinned, pending).
     pins: Vec<(String, String, Option<String>)>,
     nat_list: Vec<String>,
@@ -240,7 +241,12 @@ pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
         web_list: d
             .web_services
             .iter()
-            .map(|w| format!("{}://{}{}", w.scheme.as_str(), w.target, w.path))
+            .map(|w| {
+                (
+                    format!("{}://{}{}", w.scheme.as_str(), w.target, w.path),
+                    w.target.to_string(),
+                )
+            })
             .collect(),
         pins: pins
             .into_iter()

@@ -610,6 +610,45 @@ pub async fn adhoc(Path(id): Path<String>, p: Posted) -> Response {
     }
 }
 
+/// "Open in browser" from a device's page (where the account allows ad-hoc
+/// connect): an ad-hoc session releasing only that web service, started as
+/// `drawbridge connect --adhoc` would (dual control and the site switch as
+/// usual), then its device page; a session waiting for approval shows itself.
+pub async fn adhoc_web(Path(id): Path<String>, p: Posted) -> Response {
+    let back = format!("{PREFIX}/devices/{}", enc(&id));
+    let Ok(target) = p.form.get("target").parse::<std::net::SocketAddrV4>() else {
+        return crate::web::Flash::error("not a web target").redirect(&back);
+    };
+    let body = json!({
+        "device_id": id,
+        "targets": [{"address": target.ip().to_string(), "protocol": "tcp", "ports": target.port().to_string()}],
+    });
+    let s = match p.api.post::<Session>("/api/v1/sessions/adhoc", &body).await {
+        Ok(s) => s,
+        Err(e) => return after::<()>(Err(e), &p.headers, &back, ""),
+    };
+    let session = format!("{PREFIX}/sessions/{}", enc(&s.id));
+    if s.state != SessionState::Active {
+        return crate::web::Flash::ok("Ad-hoc session started; it waits for approval. Open the device page here once it is active.")
+            .redirect(&session);
+    }
+    let open = drawbridge_proto::api::OpenWeb {
+        device_id: id.clone(),
+        target,
+    };
+    match p
+        .api
+        .post::<drawbridge_proto::api::OpenedWeb>(
+            &format!("/api/v1/sessions/{}/web", enc(&s.id)),
+            &open,
+        )
+        .await
+    {
+        Ok(o) => entering(&o.url),
+        Err(e) => after::<()>(Err(e), &p.headers, &session, ""),
+    }
+}
+
 /// An approver's decision on a session waiting for approval (dual control).
 pub async fn approve(Path(id): Path<String>, p: Posted) -> Response {
     let approve = p.form.get("decision") == "approve";

@@ -251,6 +251,15 @@ async fn to_device(
 ) -> AppResult<Response> {
     let dial = origin::check_target(state, caller, session_id, device_id, target).await?;
     let p = peer::peer_for(state, caller, session_id).await?;
+    // A bounded number of requests at once per peer; the others wait a while.
+    let Ok(Ok(place)) =
+        tokio::time::timeout(proxy::RESPONSE_TIMEOUT, p.places.clone().acquire_owned()).await
+    else {
+        return Ok(plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests to this device at once; try again",
+        ));
+    };
     let device_base = proxy::device_base(scheme.as_str(), target);
     let stream = match tokio::time::timeout(
         proxy::CONNECT_TIMEOUT,
@@ -276,7 +285,7 @@ async fn to_device(
     // upgrade) with the head the device gets.
     p.counted();
     let (mut parts, body) = req.into_parts();
-    let body = proxy::counted(body, p.bytes());
+    let body = proxy::counted(body, p.bytes(), None);
     parts.uri = proxy::path_only(&parts.uri);
     parts.version = axum::http::Version::HTTP_11;
     parts.headers = proxy::to_device(&parts.headers, origin_base, &device_base, &[COOKIE]);
@@ -305,7 +314,7 @@ async fn to_device(
     };
     p.touch(state.now());
     let (parts, body) = resp.into_parts();
-    let mut out = Response::new(proxy::counted(body, p.bytes()));
+    let mut out = Response::new(proxy::counted(body, p.bytes(), Some(place)));
     *out.status_mut() = parts.status;
     *out.headers_mut() = proxy::to_browser(&parts.headers, origin_base, &device_base, &[COOKIE]);
     Ok(out)

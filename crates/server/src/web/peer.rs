@@ -24,6 +24,8 @@ use tokio::sync::mpsc;
 
 /// Peers per replica at most (each holds a tunnel and a userspace stack).
 pub const MAX_PEERS: usize = 256;
+/// Requests one peer carries at once (per session and user); more wait.
+pub const MAX_REQUESTS: usize = 64;
 
 /// This replica's running peers, by (session, user).
 #[derive(Default)]
@@ -40,6 +42,8 @@ pub struct WebPeer {
     /// Requests and bytes (both ways) not yet added to the session's figures.
     requests: AtomicI64,
     bytes: Arc<AtomicI64>,
+    /// Places for requests in flight ([`MAX_REQUESTS`]).
+    pub places: Arc<tokio::sync::Semaphore>,
 }
 
 impl WebPeer {
@@ -176,6 +180,7 @@ pub async fn peer_for(
         last_used: AtomicI64::new(state.now()),
         requests: AtomicI64::new(0),
         bytes: Arc::new(AtomicI64::new(0)),
+        places: Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS)),
     });
     state
         .web

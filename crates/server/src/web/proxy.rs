@@ -258,13 +258,20 @@ where
     Ok(resp)
 }
 
-/// `body` as it streams, its data bytes added to `counter`.
-pub fn counted<B>(body: B, counter: Arc<AtomicI64>) -> Body
+/// `body` as it streams, its data bytes added to `counter`; `hold` (a place
+/// among the requests one peer carries at once) is given back when the body
+/// is done or dropped.
+pub fn counted<B>(
+    body: B,
+    counter: Arc<AtomicI64>,
+    hold: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Body
 where
     B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
     Body::new(http_body_util::BodyExt::map_frame(body, move |f| {
+        let _held = &hold;
         if let Some(d) = f.data_ref() {
             counter.fetch_add(
                 i64::try_from(d.len()).unwrap_or(i64::MAX),
