@@ -62,3 +62,53 @@ fn devices_are_disabled_enabled_replaced_and_archived_by_name() {
         .json();
     assert_eq!(d["status"]["archived"], true);
 }
+
+#[test]
+fn a_device_marks_its_web_uis_on_released_ports_only() {
+    let server = Server::start();
+    let admin = server.cli();
+    admin.login("root", ADMIN_PASSWORD, &[]).expect_ok();
+    admin.ok(&[
+        "device",
+        "create",
+        "hmi",
+        "--allow",
+        "tcp:192.168.1.10:80",
+        "--allow",
+        "tcp:192.168.1.11:443",
+    ]);
+    admin.ok(&[
+        "device",
+        "update",
+        "hmi",
+        "--web",
+        "http://192.168.1.10:80/start",
+        "--web",
+        "https://192.168.1.11:443",
+    ]);
+    let d = admin.run(&["device", "show", "hmi", "--json"], None).json();
+    let web = d["web_services"].as_array().unwrap();
+    assert_eq!(web.len(), 2, "{d}");
+    assert_eq!(web[0]["path"], "/start");
+    assert_eq!(web[1]["scheme"], "https");
+    // A port the firewall does not release, a bad URL, a path with a space: refused.
+    for bad in [
+        "http://192.168.1.10:8080/",
+        "ftp://192.168.1.10:80/",
+        "http://192.168.1.10/",
+        "http://192.168.1.10:80/a b",
+    ] {
+        admin
+            .run(&["device", "update", "hmi", "--web", bad], None)
+            .expect_err();
+    }
+    let d = admin.run(&["device", "show", "hmi", "--json"], None).json();
+    assert_eq!(
+        d["web_services"].as_array().unwrap().len(),
+        2,
+        "nothing changed"
+    );
+    admin.ok(&["device", "update", "hmi", "--clear-web"]);
+    let d = admin.run(&["device", "show", "hmi", "--json"], None).json();
+    assert_eq!(d["web_services"].as_array().unwrap().len(), 0);
+}

@@ -158,6 +158,13 @@ pub enum DeviceCmd {
         /// local approval lets a session reach it); `off`: the account's rule.
         #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
         onsite_approval: Option<bool>,
+        /// A web UI on a released TCP port, opened in the browser from the portal
+        /// (repeatable; replaces the list): `http://192.168.1.10:80/hmi` or `https://…`.
+        #[arg(long = "web", value_name = "URL", value_parser = parse_web_service)]
+        web: Vec<drawbridge_proto::api::WebService>,
+        /// Remove every web service.
+        #[arg(long, conflicts_with = "web")]
+        clear_web: bool,
     },
     /// Remove a device that was never used in a session (admins).
     Delete { device: String },
@@ -517,6 +524,24 @@ pub enum AuditCmd {
 }
 
 // ------------------------------------------------------------------ parsers
+
+/// `http://ADDR:PORT[/PATH]` or `https://…` → a device web service.
+fn parse_web_service(s: &str) -> std::result::Result<drawbridge_proto::api::WebService, String> {
+    let (scheme, rest) = s
+        .split_once("://")
+        .ok_or_else(|| format!("{s:?}: write http://ADDR:PORT[/PATH] or https://…"))?;
+    let (target, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    Ok(drawbridge_proto::api::WebService {
+        scheme: scheme.parse()?,
+        target: target
+            .parse()
+            .map_err(|_| format!("{target:?} is not ADDR:PORT (IPv4)"))?,
+        path: drawbridge_proto::web::WebPath::try_from(path.to_string())?,
+    })
+}
 
 fn parse_nat(s: &str) -> std::result::Result<NatMapping, String> {
     let (real, virt) = s

@@ -118,6 +118,8 @@ pub(super) async fn device(ctx: &Ctx, cmd: DeviceCmd) -> Result<()> {
             clear_nat,
             clear_firewall,
             onsite_approval,
+            web,
+            clear_web,
         } => {
             let id = ctx.device_id(&device).await?;
             fn list<T>(v: Vec<T>, clear: bool) -> Option<Vec<T>> {
@@ -141,6 +143,7 @@ pub(super) async fn device(ctx: &Ctx, cmd: DeviceCmd) -> Result<()> {
                 nat: list(spec.nat, clear_nat),
                 firewall: list(spec.allow, clear_firewall),
                 onsite_approval,
+                web_services: list(web, clear_web),
             };
             if req.name.is_none()
                 && req.serial.is_none()
@@ -148,6 +151,7 @@ pub(super) async fn device(ctx: &Ctx, cmd: DeviceCmd) -> Result<()> {
                 && req.nat.is_none()
                 && req.firewall.is_none()
                 && req.onsite_approval.is_none()
+                && req.web_services.is_none()
             {
                 fail!("nothing to change: see `drawbridge device update --help`");
             }
