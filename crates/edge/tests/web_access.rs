@@ -52,6 +52,10 @@ fn hmi(rt: &tokio::runtime::Runtime) -> SocketAddr {
             }),
         )
         .route(
+            "/echo",
+            axum::routing::post(|body: axum::body::Bytes| async move { body }),
+        )
+        .route(
             "/go",
             axum::routing::get(move || async move {
                 (
@@ -196,6 +200,19 @@ fn a_device_page_opens_on_its_own_origin_and_nothing_of_ours_reaches_the_device(
     assert_eq!(seen["host"], web.to_string());
     assert!(seen.get("authorization").is_none(), "{seen}");
     assert_eq!(seen["cookie"], "hmi_session=abc", "{seen}");
+
+    // A body streamed without a length (chunked) goes to the device and back, byte for byte.
+    let payload: Vec<u8> = (0..2_000_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    let r = b
+        .post(format!("{origin}/echo"))
+        .header("cookie", &cookie)
+        .body(reqwest::blocking::Body::new(std::io::Cursor::new(
+            payload.clone(),
+        )))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().unwrap().as_ref(), payload.as_slice());
 
     // A redirect to the device's own address lands on its origin.
     let r = b
