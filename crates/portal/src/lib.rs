@@ -20,6 +20,7 @@
 mod apiclient;
 mod assets;
 mod pages;
+mod qr;
 mod web;
 
 use axum::Router;
@@ -133,6 +134,7 @@ pub fn router(api: Router, csrf_key: &[u8]) -> Router {
         .route(&p("/sessions/{id}"), get(sessions::detail))
         .route(&p("/sessions/{id}/start"), post(sessions::start))
         .route(&p("/sessions/{id}/end"), post(sessions::end))
+        .route(&p("/sessions/{id}/wireguard"), post(wireguard::make))
         .route(&p("/sessions/{id}/approve"), post(sessions::approve))
         .route(&p("/sessions/{id}/devices"), post(sessions::add_device))
         .route(&p("/sessions/{id}/narrow"), post(sessions::narrow))

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Browser, PASSWORD, TestServer};
+use common::{Browser, PASSWORD, TestServer, between};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_carry_the_security_headers_and_the_login_cookie_is_strict() {
@@ -271,14 +271,6 @@ fn settings_form<'a>(csrf: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a st
     f
 }
 
-fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
-    let i = text
-        .find(start)
-        .unwrap_or_else(|| panic!("{start} in {text}"))
-        + start.len();
-    text[i..].split(end).next().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lockout_is_reported_to_admins_and_lifted_from_the_users_page() {
     let server = TestServer::start().await;
@@ -524,17 +516,7 @@ async fn a_session_of_someone_else_is_not_found_and_an_idle_login_ends() {
     let dash = admin.login("Plant", "admin", PASSWORD).await;
     let csrf = dash.csrf();
     for u in ["ann", "bob"] {
-        admin
-            .post(
-                "/portal/users",
-                &[
-                    ("csrf", &csrf),
-                    ("username", u),
-                    ("role", "user"),
-                    ("password", PASSWORD),
-                ],
-            )
-            .await;
+        admin.create_user(&csrf, u, "user").await;
     }
     // The admin prepares a session for themself only.
     let devices = admin.get("/portal/devices").await;
@@ -551,26 +533,14 @@ async fn a_session_of_someone_else_is_not_found_and_an_idle_login_ends() {
     let new = admin.get("/portal/sessions/new").await;
     let device_id = between(&new.body, "name=\"device\" value=\"", "\"").to_string();
     let admin_id = between(&new.body, "name=\"user\" value=\"", "\"").to_string();
-    let targets_field = format!("targets_{device_id}");
-    let r = admin
-        .post(
-            "/portal/sessions",
-            &[
-                ("csrf", &csrf),
-                ("name", "Admin only"),
-                ("device", &device_id),
-                (&targets_field, "tcp:10.0.0.5:502"),
-                ("user", &admin_id),
-            ],
+    let to = admin
+        .prepare_session(
+            &csrf,
+            "Admin only",
+            (&device_id, "tcp:10.0.0.5:502"),
+            &admin_id,
         )
         .await;
-    let to = r.location().to_string();
-    assert!(
-        to.starts_with("/portal/sessions/"),
-        "{} {}",
-        r.status,
-        admin.follow(&r).await.body
-    );
 
     // The history's filters.
     let hit = admin.get("/portal/sessions?state=prepared&q=admin").await;
@@ -613,17 +583,9 @@ async fn device_network_edits_dual_control_and_csv_export() {
     admin.setup(&server.setup_token().await, "Plant").await;
     let dash = admin.login("Plant", "admin", PASSWORD).await;
     let csrf = dash.csrf();
-    let created = admin
-        .post(
-            "/portal/devices",
-            &[
-                ("csrf", &csrf),
-                ("name", "Press"),
-                ("firewall", "tcp:192.168.1.10:502"),
-            ],
-        )
+    let id = admin
+        .create_device(&csrf, "Press", "tcp:192.168.1.10:502")
         .await;
-    let id = between(&created.body, "action=\"/portal/devices/", "/config\"").to_string();
     // Firewall, LAN subnets and 1:1 NAT from the edit form.
     let r = admin
         .post(
@@ -671,20 +633,14 @@ async fn device_network_edits_dual_control_and_csv_export() {
     assert!(admin.follow(&r).await.body.contains("saved"));
     let new = admin.get("/portal/sessions/new").await;
     let admin_id = between(&new.body, "name=\"user\" value=\"", "\"").to_string();
-    let field = format!("targets_{id}");
-    let r = admin
-        .post(
-            "/portal/sessions",
-            &[
-                ("csrf", &csrf),
-                ("name", "Needs consent"),
-                ("device", &id),
-                (&field, "tcp:192.168.1.10:502"),
-                ("user", &admin_id),
-            ],
+    let session = admin
+        .prepare_session(
+            &csrf,
+            "Needs consent",
+            (&id, "tcp:192.168.1.10:502"),
+            &admin_id,
         )
         .await;
-    let session = r.location().to_string();
     server.edge_online("Press 1").await;
     let r = admin
         .post(&format!("{session}/start"), &[("csrf", &csrf)])
@@ -894,17 +850,9 @@ async fn device_page_disables_enables_replaces_and_archives_with_csrf() {
     admin.setup(&server.setup_token().await, "Plant").await;
     let dash = admin.login("Plant", "admin", PASSWORD).await;
     let csrf = dash.csrf();
-    let created = admin
-        .post(
-            "/portal/devices",
-            &[
-                ("csrf", &csrf),
-                ("name", "Press"),
-                ("firewall", "tcp:192.168.1.10:502"),
-            ],
-        )
+    let id = admin
+        .create_device(&csrf, "Press", "tcp:192.168.1.10:502")
         .await;
-    let id = between(&created.body, "action=\"/portal/devices/", "/config\"").to_string();
     let page = admin.get(&format!("/portal/devices/{id}")).await;
     assert!(page.body.contains("id=\"device-disable\""), "{}", page.body);
     // Without the CSRF token nothing changes.

@@ -245,21 +245,6 @@ struct EnrollPage {
     error: Option<String>,
 }
 
-/// A QR code of `text` as an SVG data URL (rendered here, no third party).
-pub fn qr_data_url(text: &str) -> Option<String> {
-    use base64::Engine;
-    let code = qrcode::QrCode::new(text.as_bytes()).ok()?;
-    let svg = code
-        .render::<qrcode::render::svg::Color>()
-        .min_dimensions(220, 220)
-        .quiet_zone(true)
-        .build();
-    Some(format!(
-        "data:image/svg+xml;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(svg)
-    ))
-}
-
 fn enroll_page(
     portal: &Portal,
     token: &str,
@@ -273,7 +258,7 @@ fn enroll_page(
             web::csrf_for_login(portal, token),
             None,
         ),
-        qr: qr_data_url(uri).unwrap_or_default(),
+        qr: crate::qr::data_url(uri, 220).unwrap_or_default(),
         secret: secret.to_string(),
         uri: uri.to_string(),
         error,

@@ -9,6 +9,7 @@ pub mod login;
 pub mod me;
 pub mod sessions;
 pub mod users;
+pub mod wireguard;
 
 use drawbridge_proto::{PasswordPolicy, Target};
 use time::OffsetDateTime;

@@ -298,6 +298,8 @@ struct DetailPage {
     pending: bool,
     active: bool,
     assigned: bool,
+    /// The viewer may fetch a config for the official WireGuard apps.
+    wg_app: bool,
     connect: String,
     addable: Vec<(String, String, String)>,
     /// An approver (admin or session admin) who did not start it may decide.
@@ -401,6 +403,9 @@ pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
         pending: waiting,
         active: s.state == SessionState::Active,
         assigned,
+        wg_app: assigned
+            && v.can(Action::UseSessions)
+            && matches!(s.state, SessionState::Prepared | SessionState::Active),
         connect: format!("drawbridge connect {} --server {}", s.id, v.base_url()),
         addable: if can_add {
             devices

@@ -263,6 +263,65 @@ impl Browser {
         assert!(done.body.contains("was created"), "{}", done.body);
     }
 
+    /// Creates a user with the password `PASSWORD` from the users page's form.
+    pub async fn create_user(&mut self, csrf: &str, username: &str, role: &str) {
+        let r = self
+            .post(
+                "/portal/users",
+                &[
+                    ("csrf", csrf),
+                    ("username", username),
+                    ("role", role),
+                    ("password", PASSWORD),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 303, "{}", r.body);
+    }
+
+    /// Creates a device from the devices page's form; returns its id.
+    pub async fn create_device(&mut self, csrf: &str, name: &str, firewall: &str) -> String {
+        let created = self
+            .post(
+                "/portal/devices",
+                &[("csrf", csrf), ("name", name), ("firewall", firewall)],
+            )
+            .await;
+        between(&created.body, "action=\"/portal/devices/", "/config\"").to_string()
+    }
+
+    /// Prepares a session of one device for one user from the portal's form;
+    /// returns the new session page's path.
+    pub async fn prepare_session(
+        &mut self,
+        csrf: &str,
+        name: &str,
+        (device, targets): (&str, &str),
+        user: &str,
+    ) -> String {
+        let field = format!("targets_{device}");
+        let r = self
+            .post(
+                "/portal/sessions",
+                &[
+                    ("csrf", csrf),
+                    ("name", name),
+                    ("device", device),
+                    (&field, targets),
+                    ("user", user),
+                ],
+            )
+            .await;
+        let to = r.location().to_string();
+        assert!(
+            to.starts_with("/portal/sessions/") && to != "/portal/sessions/new",
+            "{} {}",
+            r.status,
+            self.follow(&r).await.body
+        );
+        to
+    }
+
     /// Logs in with a password (no second factor); ends on the dashboard.
     pub async fn login(&mut self, account: &str, user: &str, password: &str) -> Page {
         let form = self.get("/portal/login").await;
@@ -281,4 +340,13 @@ impl Browser {
         assert_eq!(r.status, 303, "login: {}", r.body);
         self.follow(&r).await
     }
+}
+
+/// The text between the first `start` and the next `end`.
+pub fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
+    let i = text
+        .find(start)
+        .unwrap_or_else(|| panic!("{start} in {text}"))
+        + start.len();
+    text[i..].split(end).next().unwrap()
 }
