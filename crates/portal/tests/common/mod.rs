@@ -11,6 +11,28 @@ use std::sync::Arc;
 
 pub const PASSWORD: &str = "Blue-Tractor-42";
 
+/// Runs each named `async fn NAME(server: TestServer)` once on SQLite and once
+/// on PostgreSQL, as the tests `NAME::sqlite` and `NAME::postgres`.
+#[macro_export]
+macro_rules! store_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::common::TestServer::start().await).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if let Some(s) = $crate::common::TestServer::postgres(stringify!($name)).await {
+                        super::$name(s).await
+                    }
+                }
+            }
+        )*
+    };
+}
+
 pub struct TestServer {
     pub url: String,
     pub state: AppState,
@@ -18,18 +40,47 @@ pub struct TestServer {
     /// The server's certificate chain (leaf first).
     pub cert_pem: PathBuf,
     pub dir: tempfile::TempDir,
+    /// The store is the test PostgreSQL server's (else SQLite in `dir`).
+    pub postgres: bool,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl TestServer {
+    /// The server on SQLite (`test.db` in `dir`).
     pub async fn start() -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&format!(
-            "sqlite://{}",
-            dir.path().join("test.db").display()
-        ))
-        .await
-        .expect("store");
+        let url = format!("sqlite://{}", dir.path().join("test.db").display());
+        Self::start_on(&url, false, dir).await
+    }
+
+    /// The server on a fresh database of the test PostgreSQL server, or None
+    /// (with a visible message) when `DRAWBRIDGE_TEST_POSTGRES_URL` is not set
+    /// (`scripts/test` starts a server and sets it).
+    pub async fn postgres(test: &str) -> Option<TestServer> {
+        let Ok(base) = std::env::var("DRAWBRIDGE_TEST_POSTGRES_URL") else {
+            if std::env::var("DRAWBRIDGE_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+                panic!("DRAWBRIDGE_REQUIRE_POSTGRES=1 but DRAWBRIDGE_TEST_POSTGRES_URL is not set");
+            }
+            eprintln!("SKIPPED {test} on PostgreSQL: DRAWBRIDGE_TEST_POSTGRES_URL is not set");
+            return None;
+        };
+        let db = format!("t_{}", drawbridge_server::secret::new_id().replace('-', ""));
+        let pool = sqlx::PgPool::connect(&base)
+            .await
+            .expect("connect to the test PostgreSQL");
+        sqlx::query(&format!("CREATE DATABASE {db}"))
+            .execute(&pool)
+            .await
+            .expect("create test database");
+        pool.close().await;
+        let (server, _) = base.rsplit_once('/').expect("a database in the URL");
+        let url = format!("{server}/{db}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        Some(Self::start_on(&url, true, dir).await)
+    }
+
+    async fn start_on(store_url: &str, postgres: bool, dir: tempfile::TempDir) -> TestServer {
+        let store = Store::open(store_url).await.expect("store");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -66,6 +117,7 @@ impl TestServer {
             ca_pem: files.ca_cert,
             cert_pem: files.cert,
             dir,
+            postgres,
             _stop: tx,
         }
     }
@@ -94,6 +146,34 @@ impl TestServer {
             .execute(&self.state.store.pool)
             .await
             .expect("device online");
+    }
+
+    /// `table.column` of every value in the database whose text holds `needle`.
+    pub async fn find_text(&self, needle: &str) -> Vec<String> {
+        let pool = &self.state.store.pool;
+        let columns: Vec<(String, String)> = sqlx::query_as(if self.postgres {
+            "SELECT CAST(table_name AS TEXT), CAST(column_name AS TEXT) FROM information_schema.columns WHERE table_schema = 'public'"
+        } else {
+            "SELECT m.name, p.name FROM sqlite_master m JOIN pragma_table_info(m.name) p WHERE m.type = 'table'"
+        })
+        .fetch_all(pool)
+        .await
+        .expect("columns");
+        assert!(columns.len() > 20, "{columns:?}");
+        let mut found = Vec::new();
+        for (table, column) in columns {
+            let n: i64 = sqlx::query_scalar(&format!(
+                "SELECT COUNT(*) FROM \"{table}\" WHERE CAST(\"{column}\" AS TEXT) LIKE $1"
+            ))
+            .bind(format!("%{needle}%"))
+            .fetch_one(pool)
+            .await
+            .expect("search");
+            if n > 0 {
+                found.push(format!("{table}.{column}"));
+            }
+        }
+        found
     }
 
     pub async fn count(&self, table: &str) -> i64 {
