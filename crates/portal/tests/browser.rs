@@ -3,9 +3,10 @@
 //!
 //! One story, end to end: first-run setup → the admin creates users, a pool, a
 //! group, a grant and a device → prepares a session → a user turns on TOTP,
-//! logs in with it, sees only their session, starts and ends it → the auditor
-//! sees the trail, checks the chain and exports it. A form posted from another
-//! site is refused. The pages are checked at phone width too.
+//! logs in with it, sees only their session, starts it, gets a config for the
+//! official WireGuard app (text, QR code, download), ends it → the auditor sees
+//! the trail, checks the chain and exports it. A form posted from another site
+//! is refused. The pages are checked at phone width too.
 //!
 //! Without `/usr/bin/chromium` and `/usr/bin/chromedriver` the test prints a
 //! visible SKIPPED line, unless `DRAWBRIDGE_REQUIRE_BROWSER=1`. With
@@ -119,6 +120,18 @@ impl Ui {
             .expect("script")
             == Value::Bool(true)
     }
+}
+
+/// The text of the file `name` once the browser has downloaded it into `dir`.
+async fn downloaded(dir: &Path, name: &str) -> String {
+    let file = dir.join(name);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !file.exists() {
+        assert!(Instant::now() < deadline, "{name} did not download");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::read_to_string(&file).expect("the download")
 }
 
 /// A page on another origin with a form aimed at the portal (no CSRF token).
@@ -391,6 +404,27 @@ async fn story(ui: &Ui, server: &TestServer, downloads: &Path) {
         format!("drawbridge connect {sid} --server {}", server.url)
     );
     ui.shot("session-active").await;
+    // The official WireGuard app: a key made for her on one page, the config as
+    // text, a QR code and a download that is the same text.
+    server
+        .state
+        .set_bridge_endpoint(Some("127.0.0.1:51820".into()));
+    assert!(common::announce_edge_key(&server.state.store.pool, &sid, [9; 32]).await);
+    ui.submit("#wireguard-generate").await;
+    let config = ui.text("#wireguard-config").await;
+    assert!(
+        config.contains("PrivateKey = ") && config.contains("[Peer]"),
+        "{config}"
+    );
+    ui.find("#wireguard-qr svg").await;
+    ui.shot("wireguard-app").await;
+    ui.click("#wireguard-download").await;
+    assert_eq!(
+        downloaded(downloads, "drawbridge-PLC-maintenance.conf")
+            .await
+            .trim(),
+        config.trim()
+    );
     ui.go("/portal/").await;
     let dash = ui.text("main").await;
     assert!(
@@ -449,15 +483,8 @@ async fn story(ui: &Ui, server: &TestServer, downloads: &Path) {
     let filtered = ui.text("#audit-table").await;
     assert!(filtered.contains("session.start") && !filtered.contains("login.ok"));
     ui.click("#export-jsonl").await;
-    let file = downloads.join("drawbridge-audit.jsonl");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !file.exists() {
-        assert!(Instant::now() < deadline, "the export did not download");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let lines: Vec<Value> = std::fs::read_to_string(&file)
-        .unwrap()
+    let lines: Vec<Value> = downloaded(downloads, "drawbridge-audit.jsonl")
+        .await
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();

@@ -7,7 +7,7 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{Browser, PASSWORD, TestServer, between};
+use common::{Browser, PASSWORD, TestServer, announce_edge_key, between};
 
 store_tests!(
     a_key_made_for_me_starts_the_session_joins_as_a_standard_client_and_is_stored_nowhere,
@@ -60,18 +60,7 @@ fn edge_announces_its_key(server: &TestServer, session_id: &str) -> tokio::task:
     let id = session_id.to_string();
     tokio::spawn(async move {
         for _ in 0..400 {
-            let done = sqlx::query(
-                "UPDATE session_devices SET edge_public_key = $1 WHERE session_id = $2
-                 AND edge_public_key IS NULL
-                 AND EXISTS (SELECT 1 FROM sessions WHERE id = $2 AND state = 'active')",
-            )
-            .bind(STANDARD.encode(EDGE_KEY))
-            .bind(&id)
-            .execute(&pool)
-            .await
-            .expect("announce")
-            .rows_affected();
-            if done > 0 {
+            if announce_edge_key(&pool, &id, EDGE_KEY).await {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;

@@ -422,6 +422,25 @@ impl Browser {
     }
 }
 
+/// Records the session key of every device of `session` as its edge announces
+/// it (the edge channel's `SessionKey`), once the session is active; false
+/// while it is not.
+pub async fn announce_edge_key(pool: &sqlx::AnyPool, session: &str, key: [u8; 32]) -> bool {
+    use base64::Engine;
+    sqlx::query(
+        "UPDATE session_devices SET edge_public_key = $1 WHERE session_id = $2
+         AND edge_public_key IS NULL
+         AND EXISTS (SELECT 1 FROM sessions WHERE id = $2 AND state = 'active')",
+    )
+    .bind(base64::engine::general_purpose::STANDARD.encode(key))
+    .bind(session)
+    .execute(pool)
+    .await
+    .expect("announce the edge's key")
+    .rows_affected()
+        > 0
+}
+
 /// The text between the first `start` and the next `end`.
 pub fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
     let i = text
