@@ -85,18 +85,6 @@ fn hmi(rt: &tokio::runtime::Runtime) -> SocketAddr {
     addr
 }
 
-/// A "browser" that resolves `host` to the server on loopback and trusts its CA.
-fn browser(server: &Server, host: &str) -> reqwest::blocking::Client {
-    let ca = std::fs::read(server.data.join("ca.pem")).unwrap();
-    reqwest::blocking::Client::builder()
-        .no_proxy()
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .resolve(host, SocketAddr::from(([127, 0, 0, 1], server.port)))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn a_device_page_opens_on_its_own_origin_and_nothing_of_ours_reaches_the_device() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -104,27 +92,7 @@ fn a_device_page_opens_on_its_own_origin_and_nothing_of_ours_reaches_the_device(
     let (server, api, device, state) = setup(dir.path());
     let web = hmi(&rt);
     let other = hmi(&rt); // on the same "LAN", not released
-    let (code, v) = api.call(
-        reqwest::Method::PATCH,
-        &format!("/devices/{device}"),
-        Some(json!({"firewall": [{"address": "127.0.0.1", "protocol": "tcp", "ports": web.port().to_string()}]})),
-    );
-    assert_eq!(code, 200, "{v}");
-    edge(&state, &["switch", "on"]);
-    let _agent = edge_run(&state);
-    wait("online with the switch on", || {
-        let d = api.get(&format!("/devices/{device}"));
-        d["status"]["online"] == true && d["status"]["switch_on"] == true
-    });
-    let me = api.get("/me")["user"]["id"].as_str().unwrap().to_string();
-    let (s, v) = api.post(
-        "/sessions",
-        json!({"name": "hmi", "devices": [{"device_id": device, "targets": [{"address": "127.0.0.1", "protocol": "tcp", "ports": web.port().to_string()}]}], "users": [me]}),
-    );
-    assert_eq!(s, 200, "{v}");
-    let sid = v["id"].as_str().unwrap().to_string();
-    let (code, v) = api.post(&format!("/sessions/{sid}/start"), json!({}));
-    assert_eq!(code, 200, "{v}");
+    let (sid, _agent) = web_session(&api, &device, &state, &[web.port()], json!([]));
 
     // A port that is not released cannot be opened.
     let (code, v) = api.post(
@@ -140,14 +108,9 @@ fn a_device_page_opens_on_its_own_origin_and_nothing_of_ours_reaches_the_device(
     assert_eq!(code, 200, "{v}");
     let url = v["url"].as_str().unwrap().to_string();
     let origin = v["origin"].as_str().unwrap().to_string();
-    let host = origin
-        .trim_start_matches("https://")
-        .split(':')
-        .next()
-        .unwrap()
-        .to_string();
+    let host = origin_host(&origin);
     assert!(host.ends_with(".web.localhost"), "{host}");
-    let b = browser(&server, &host);
+    let b = web_browser(&server, &host);
 
     // Without the cookie the origin lets nobody in.
     let r = b.get(format!("{origin}/")).send().unwrap();
@@ -228,7 +191,7 @@ fn a_device_page_opens_on_its_own_origin_and_nothing_of_ours_reaches_the_device(
 
     // The cookie is this origin's only: another label does not take it.
     let stranger = format!("{}.web.localhost", "a".repeat(20));
-    let r = browser(&server, &stranger)
+    let r = web_browser(&server, &stranger)
         .get(format!("https://{stranger}:{}/", server.port))
         .header("cookie", &cookie)
         .send()
@@ -352,6 +315,36 @@ fn a_device_page_opens_on_its_own_origin_and_nothing_of_ours_reaches_the_device(
         .send()
         .unwrap();
     assert_eq!(r.status(), 404);
+
+    // Thirty opens of the same page at once: one origin, thirty entry links,
+    // each taking a browser in exactly once.
+    let opens: Vec<_> = (0..30)
+        .map(|_| {
+            let (http, base, token) = (api.http.clone(), api.base.clone(), api.token.clone());
+            let body = json!({"device_id": device, "target": web.to_string()});
+            let sid = sid.clone();
+            std::thread::spawn(move || {
+                let r = http
+                    .post(format!("{base}/api/v1/sessions/{sid}/web"))
+                    .bearer_auth(token)
+                    .json(&body)
+                    .send()
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                r.json::<Value>().unwrap()
+            })
+        })
+        .collect();
+    let opened: Vec<Value> = opens.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(
+        opened.iter().all(|o| o["origin"] == origin.as_str()),
+        "one origin per (session, device, target, user)"
+    );
+    for o in &opened {
+        let url = o["url"].as_str().unwrap();
+        assert_eq!(b.get(url).send().unwrap().status(), 303);
+        assert_eq!(b.get(url).send().unwrap().status(), 403, "once only");
+    }
 
     // Each proxied request is counted for the session, with its bytes.
     wait("the session counts the proxied requests", || {

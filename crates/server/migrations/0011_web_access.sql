@@ -9,13 +9,20 @@ CREATE TABLE web_origins (
     target TEXT NOT NULL,
     scheme TEXT NOT NULL,
     user_id TEXT NOT NULL,
-    created_at BIGINT NOT NULL,
-    handoff_hash TEXT,
-    handoff_expires BIGINT,
-    handoff_token_id TEXT
+    created_at BIGINT NOT NULL
 );
 CREATE INDEX web_origins_session ON web_origins (session_id);
 CREATE UNIQUE INDEX web_origins_one ON web_origins (session_id, device_id, target, user_id);
+
+-- One-time entry links (hash of the token), each taken once before it expires; several
+-- may wait for one origin (a user opening it twice at once gets two working links).
+CREATE TABLE web_handoffs (
+    handoff_hash TEXT PRIMARY KEY,
+    label TEXT NOT NULL,
+    token_id TEXT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+CREATE INDEX web_handoffs_expiry ON web_handoffs (expires_at);
 
 -- A browser's cookie for one origin: the stored hash, and the login it was opened with
 -- (revoking that login, or the user, closes the origin too).

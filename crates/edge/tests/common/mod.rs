@@ -401,3 +401,69 @@ pub fn socks_connect(
     s.read_exact(&mut reply).unwrap();
     (reply[1], s)
 }
+
+/// Browser access set-up: releases `ports` on 127.0.0.1 (with the device's
+/// `web_services`), turns the switch on, runs the edge until it is online, and
+/// starts a session of the admin releasing those ports. Answers the session and
+/// the running edge.
+pub fn web_session(
+    api: &Api,
+    device: &str,
+    state: &Path,
+    ports: &[u16],
+    web_services: Value,
+) -> (String, Proc) {
+    let targets: Vec<Value> = ports
+        .iter()
+        .map(|p| json!({"address": "127.0.0.1", "protocol": "tcp", "ports": p.to_string()}))
+        .collect();
+    let (code, v) = api.call(
+        reqwest::Method::PATCH,
+        &format!("/devices/{device}"),
+        Some(json!({ "firewall": targets, "web_services": web_services })),
+    );
+    assert_eq!(code, 200, "{v}");
+    edge(state, &["switch", "on"]);
+    let agent = edge_run(state);
+    wait("online with the switch on", || {
+        let d = api.get(&format!("/devices/{device}"));
+        d["status"]["online"] == true && d["status"]["switch_on"] == true
+    });
+    let me = api.get("/me")["user"]["id"].as_str().unwrap().to_string();
+    let (code, v) = api.post(
+        "/sessions",
+        json!({"name": "hmi", "devices": [{"device_id": device, "targets": targets}], "users": [me]}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let sid = v["id"].as_str().unwrap().to_string();
+    let (code, v) = api.post(&format!("/sessions/{sid}/start"), json!({}));
+    assert_eq!(code, 200, "{v}");
+    (sid, agent)
+}
+
+/// A "browser": trusts the server's CA, follows no redirects, and resolves
+/// `host` (a device origin) to loopback. The port comes from the URL, so a
+/// URL names the server (or replica) it goes to.
+pub fn web_browser(server: &Server, host: &str) -> reqwest::blocking::Client {
+    let ca = std::fs::read(server.data.join("ca.pem")).unwrap();
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .resolve(
+            host,
+            std::net::SocketAddr::from(([127, 0, 0, 1], server.port)),
+        )
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The host of a device origin `https://HOST:PORT`.
+pub fn origin_host(origin: &str) -> String {
+    origin
+        .trim_start_matches("https://")
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}

@@ -405,20 +405,19 @@ async fn http(
     let target: SocketAddrV4 = target
         .parse()
         .map_err(|_| AppError::invalid("target is ip:port"))?;
-    let prefix = format!("/api/v1/sessions/{id}/devices/{device}/http/{target}");
-    // The device sees the path below the prefix.
+    // The device sees the raw path below `/api/v1/sessions/ID/devices/DEV/http/TARGET`
+    // (the ninth `/` on), as the client encoded it, and the query.
     let (mut parts, body) = req.into_parts();
-    let below = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let below = below.strip_prefix(&prefix).unwrap_or("/");
-    let below = if below.starts_with('/') {
-        below.to_string()
-    } else {
-        format!("/{below}")
+    let raw = parts.uri.path();
+    let cut = raw.match_indices('/').nth(8).map_or(raw.len(), |(i, _)| i);
+    let (prefix, below) = raw.split_at(cut);
+    let below = match (below, parts.uri.query()) {
+        ("", None) => "/".to_string(),
+        ("", Some(q)) => format!("/?{q}"),
+        (b, None) => b.to_string(),
+        (b, Some(q)) => format!("{b}?{q}"),
     };
+    let prefix = prefix.to_string();
     parts.uri = below.parse().map_err(|_| AppError::invalid("bad path"))?;
     let base = format!("{}{prefix}", state.public_url.trim_end_matches('/'));
     let scheme = web_service(&state, &caller, &device, target).await?.scheme;

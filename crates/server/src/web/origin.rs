@@ -155,53 +155,47 @@ pub async fn open(
     let now = state.now();
     let handoff = secret::new_token("dbw_");
     let mut tx = state.store.begin().await?;
-    let existing: Option<String> = sqlx::query_scalar(
+    // One origin per (session, device, target, user), made by the first open;
+    // opens at the same moment meet in the unique index and share it.
+    sqlx::query(
+        "INSERT INTO web_origins (label, account_id, session_id, device_id, target, scheme, user_id, created_at, path)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (session_id, device_id, target, user_id) DO UPDATE SET scheme = excluded.scheme, path = excluded.path",
+    )
+    .bind(new_label())
+    .bind(&caller.account_id)
+    .bind(session_id)
+    .bind(device_id)
+    .bind(target.to_string())
+    .bind(scheme.as_str())
+    .bind(&caller.user_id)
+    .bind(now)
+    .bind(path.as_str())
+    .execute(&mut *tx)
+    .await?;
+    let label: String = sqlx::query_scalar(
         "SELECT label FROM web_origins WHERE session_id = $1 AND device_id = $2 AND target = $3 AND user_id = $4",
     )
     .bind(session_id)
     .bind(device_id)
     .bind(target.to_string())
     .bind(&caller.user_id)
-    .fetch_optional(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
-    let label = match existing {
-        Some(l) => {
-            sqlx::query(
-                "UPDATE web_origins SET handoff_hash = $1, handoff_expires = $2, handoff_token_id = $3, scheme = $4, path = $5 WHERE label = $6",
-            )
-            .bind(secret::token_hash(&handoff))
-            .bind(now + HANDOFF_SECS)
-            .bind(&caller.token_id)
-            .bind(scheme.as_str())
-            .bind(path.as_str())
-            .bind(&l)
-            .execute(&mut *tx)
-            .await?;
-            l
-        }
-        None => {
-            let l = new_label();
-            sqlx::query(
-                "INSERT INTO web_origins (label, account_id, session_id, device_id, target, scheme, user_id, created_at, handoff_hash, handoff_expires, handoff_token_id, path)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            )
-            .bind(&l)
-            .bind(&caller.account_id)
-            .bind(session_id)
-            .bind(device_id)
-            .bind(target.to_string())
-            .bind(scheme.as_str())
-            .bind(&caller.user_id)
-            .bind(now)
-            .bind(secret::token_hash(&handoff))
-            .bind(now + HANDOFF_SECS)
-            .bind(&caller.token_id)
-            .bind(path.as_str())
-            .execute(&mut *tx)
-            .await?;
-            l
-        }
-    };
+    // Expired links go as new ones come: the table holds no more than a minute's opens.
+    sqlx::query("DELETE FROM web_handoffs WHERE expires_at < $1")
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO web_handoffs (handoff_hash, label, token_id, expires_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(secret::token_hash(&handoff))
+    .bind(&label)
+    .bind(&caller.token_id)
+    .bind(now + HANDOFF_SECS)
+    .execute(&mut *tx)
+    .await?;
     let ev = caller
         .event("web.open", &format!("session:{session_id}"))
         .details(serde_json::json!({
@@ -228,30 +222,27 @@ pub async fn enter(state: &AppState, label: &str, handoff: &str) -> AppResult<(S
         return Err(refused());
     }
     let mut tx = state.store.begin().await?;
+    let hash = secret::token_hash(handoff);
     let row = sqlx::query(
-        "SELECT handoff_token_id, path FROM web_origins WHERE label = $1 AND handoff_hash = $2 AND handoff_expires >= $3",
+        "SELECT h.token_id, o.path FROM web_handoffs h JOIN web_origins o ON o.label = h.label
+         WHERE h.handoff_hash = $1 AND h.label = $2 AND h.expires_at >= $3",
     )
+    .bind(&hash)
     .bind(label)
-    .bind(secret::token_hash(handoff))
     .bind(now)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else {
         return Err(refused());
     };
-    let Some(token_id) = row.try_get::<Option<String>, _>(0)? else {
-        return Err(refused());
-    };
+    let token_id: String = row.try_get(0)?;
     let path: String = row.try_get(1)?;
-    // Conditional on the same hash: two browsers racing with one token get one cookie.
-    let taken = sqlx::query(
-        "UPDATE web_origins SET handoff_hash = NULL, handoff_expires = NULL WHERE label = $1 AND handoff_hash = $2",
-    )
-    .bind(label)
-    .bind(secret::token_hash(handoff))
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    // Taken once: of two browsers racing with one link, one deletes the row.
+    let taken = sqlx::query("DELETE FROM web_handoffs WHERE handoff_hash = $1")
+        .bind(&hash)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
     if taken != 1 {
         return Err(refused());
     }
