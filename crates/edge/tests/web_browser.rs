@@ -191,42 +191,24 @@ fn a_hostile_device_page_cannot_reach_the_portal_the_api_or_another_device() {
     let (server, api, device, state) = setup(dir.path());
     let sid_cell = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let (a, b, c) = hmis(&rt, server.url(), sid_cell.clone());
-    let firewall: Vec<Value> = [a, b, c]
-        .iter()
-        .map(|t| json!({"address": "127.0.0.1", "protocol": "tcp", "ports": t.port().to_string()}))
-        .collect();
     // The device marks its three web UIs (the portal offers "Open" for those only).
     let web: Vec<Value> = [a, b, c]
         .iter()
         .map(|t| json!({"target": t.to_string(), "scheme": "http"}))
         .collect();
-    let (code, v) = api.call(
-        reqwest::Method::PATCH,
-        &format!("/devices/{device}"),
-        Some(json!({ "firewall": firewall, "web_services": web })),
+    let (sid, _agent) = web_session(
+        &api,
+        &device,
+        &state,
+        &[a.port(), b.port(), c.port()],
+        json!(web),
     );
-    assert_eq!(code, 200, "{v}");
-    edge(&state, &["switch", "on"]);
-    let _agent = edge_run(&state);
-    wait("online with the switch on", || {
-        let d = api.get(&format!("/devices/{device}"));
-        d["status"]["online"] == true && d["status"]["switch_on"] == true
-    });
-    let me = api.get("/me")["user"]["id"].as_str().unwrap().to_string();
-    let (s, v) = api.post(
-        "/sessions",
-        json!({"name": "hmi", "devices": [{"device_id": device, "targets": firewall}], "users": [me]}),
-    );
-    assert_eq!(s, 200, "{v}");
-    let sid = v["id"].as_str().unwrap().to_string();
     *sid_cell.lock().unwrap() = sid.clone();
     let (code, v) = api.call(
         reqwest::Method::PATCH,
         "/account",
         Some(json!({"settings": {"adhoc_allowed": true}})),
     );
-    assert_eq!(code, 200, "{v}");
-    let (code, v) = api.post(&format!("/sessions/{sid}/start"), json!({}));
     assert_eq!(code, 200, "{v}");
     // Device C's origin, made for this user but never entered in this browser.
     let (code, v) = api.post(

@@ -82,15 +82,13 @@ fn an_https_device_is_trusted_on_first_use_and_a_new_certificate_waits_for_an_ad
     let (second, fp2) = tls_config();
     let config: Config = Arc::new(RwLock::new(first));
     let hmi = https_hmi(&rt, config.clone());
-    let (code, v) = api.call(
-        reqwest::Method::PATCH,
-        &format!("/devices/{device}"),
-        Some(json!({
-            "firewall": [{"address": "127.0.0.1", "protocol": "tcp", "ports": hmi.port().to_string()}],
-            "web_services": [{"target": hmi.to_string(), "scheme": "https", "path": "/start"}],
-        })),
+    let (sid, _agent) = web_session(
+        &api,
+        &device,
+        &state,
+        &[hmi.port()],
+        json!([{"target": hmi.to_string(), "scheme": "https", "path": "/start"}]),
     );
-    assert_eq!(code, 200, "{v}");
     // A web service must name a released port.
     let (code, v) = api.call(
         reqwest::Method::PATCH,
@@ -98,23 +96,6 @@ fn an_https_device_is_trusted_on_first_use_and_a_new_certificate_waits_for_an_ad
         Some(json!({"web_services": [{"target": "127.0.0.1:1", "scheme": "http"}]})),
     );
     assert_eq!(code, 400, "{v}");
-    edge(&state, &["switch", "on"]);
-    let _agent = edge_run(&state);
-    wait("online with the switch on", || {
-        let d = api.get(&format!("/devices/{device}"));
-        d["status"]["online"] == true && d["status"]["switch_on"] == true
-    });
-    let me = api.get("/me")["user"]["id"].as_str().unwrap().to_string();
-    let (s, v) = api.post(
-        "/sessions",
-        json!({"name": "hmi", "devices": [{"device_id": device, "targets": [{"address": "127.0.0.1", "protocol": "tcp", "ports": hmi.port().to_string()}]}], "users": [me]}),
-    );
-    assert_eq!(s, 200, "{v}");
-    let sid = v["id"].as_str().unwrap().to_string();
-    assert_eq!(
-        api.post(&format!("/sessions/{sid}/start"), json!({})).0,
-        200
-    );
     let (code, v) = api.post(
         &format!("/sessions/{sid}/web"),
         json!({"device_id": device, "target": hmi.to_string()}),
@@ -122,20 +103,7 @@ fn an_https_device_is_trusted_on_first_use_and_a_new_certificate_waits_for_an_ad
     assert_eq!(code, 200, "{v}");
     let entry = v["url"].as_str().unwrap().to_string();
     let origin = v["origin"].as_str().unwrap().to_string();
-    let host = origin
-        .trim_start_matches("https://")
-        .split(':')
-        .next()
-        .unwrap()
-        .to_string();
-    let ca = std::fs::read(server.data.join("ca.pem")).unwrap();
-    let b = reqwest::blocking::Client::builder()
-        .no_proxy()
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .resolve(&host, SocketAddr::from(([127, 0, 0, 1], server.port)))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let b = web_browser(&server, &origin_host(&origin));
     let r = b.get(&entry).send().unwrap();
     assert_eq!(r.status(), 303);
     assert_eq!(

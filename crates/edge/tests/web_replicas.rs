@@ -25,17 +25,6 @@ fn page(rt: &tokio::runtime::Runtime) -> SocketAddr {
     addr
 }
 
-fn browser_to(server: &Server, host: &str, port: u16) -> reqwest::blocking::Client {
-    let ca = std::fs::read(server.data.join("ca.pem")).unwrap();
-    reqwest::blocking::Client::builder()
-        .no_proxy()
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-        .resolve(host, SocketAddr::from(([127, 0, 0, 1], port)))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn any_replica_serves_any_device_origin() {
     let Ok(base) = std::env::var("DRAWBRIDGE_TEST_POSTGRES_URL") else {
@@ -73,29 +62,7 @@ fn any_replica_serves_any_device_origin() {
     let port_b = free_port();
     let server_b = Server::start_with(&data, port_b, &flags);
     let web = page(&rt);
-    let (code, v) = api.call(
-        reqwest::Method::PATCH,
-        &format!("/devices/{device}"),
-        Some(json!({"firewall": [{"address": "127.0.0.1", "protocol": "tcp", "ports": web.port().to_string()}]})),
-    );
-    assert_eq!(code, 200, "{v}");
-    edge(&state, &["switch", "on"]);
-    let _agent = edge_run(&state);
-    wait("online with the switch on", || {
-        let d = api.get(&format!("/devices/{device}"));
-        d["status"]["online"] == true && d["status"]["switch_on"] == true
-    });
-    let me = api.get("/me")["user"]["id"].as_str().unwrap().to_string();
-    let (s, v) = api.post(
-        "/sessions",
-        json!({"name": "hmi", "devices": [{"device_id": device, "targets": [{"address": "127.0.0.1", "protocol": "tcp", "ports": web.port().to_string()}]}], "users": [me]}),
-    );
-    assert_eq!(s, 200, "{v}");
-    let sid = v["id"].as_str().unwrap().to_string();
-    assert_eq!(
-        api.post(&format!("/sessions/{sid}/start"), json!({})).0,
-        200
-    );
+    let (sid, _agent) = web_session(&api, &device, &state, &[web.port()], json!([]));
     // Opened through replica A …
     let (code, v) = api.post(
         &format!("/sessions/{sid}/web"),
@@ -104,16 +71,11 @@ fn any_replica_serves_any_device_origin() {
     assert_eq!(code, 200, "{v}");
     let entry = v["url"].as_str().unwrap().to_string();
     let origin = v["origin"].as_str().unwrap().to_string();
-    let host = origin
-        .trim_start_matches("https://")
-        .split(':')
-        .next()
-        .unwrap()
-        .to_string();
+    let host = origin_host(&origin);
     // … entered and served through replica B, which joins as its own peer.
     // (A client's name override keeps the URL's port: B's port goes into the URL.)
     let via_b = |u: &str| u.replacen(&format!(":{port_a}"), &format!(":{port_b}"), 1);
-    let b = browser_to(&server_b, &host, port_b);
+    let b = web_browser(&server_b, &host);
     let r = b.get(via_b(&entry)).send().unwrap();
     assert_eq!(r.status(), 303);
     let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
@@ -126,7 +88,7 @@ fn any_replica_serves_any_device_origin() {
     assert_eq!(r.status(), 200);
     assert!(r.text().unwrap().contains("HMI on the LAN"));
     // And the same browser, sent to replica A, is served there too.
-    let a = browser_to(&server_a, &host, port_a);
+    let a = web_browser(&server_a, &host);
     let r = a
         .get(format!("{origin}/"))
         .header("cookie", &cookie)
