@@ -548,15 +548,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     crate::background::spawn(state.clone());
     let app = crate::app(state);
+    let stop = drawbridge_tunnel::shutdown_signal();
     println!("Ready.");
-    crate::serve::serve_tls_with(
-        listener,
-        tls,
-        app,
-        cfg.listener.clone(),
-        drawbridge_tunnel::shutdown_signal(),
-    )
-    .await;
+    crate::serve::serve_tls_with(listener, tls, app, cfg.listener.clone(), stop).await;
     println!("Drawbridge server stopped");
     Ok(())
 }

@@ -250,7 +250,7 @@ fn kind_of(path: &str, param: &str) -> Option<&'static str> {
     ];
     match param {
         "user_id" => Some("user"),
-        "device_id" => Some("device"),
+        "device_id" | "device" => Some("device"),
         "id" => BY_PREFIX
             .iter()
             .find(|(p, _)| path.starts_with(p))
@@ -273,11 +273,28 @@ fn body_for(method: &str, path: &str, own_device: &str) -> Option<Value> {
         ("POST", "/api/v1/sessions/{id}/narrow") => {
             json!({"devices": [{"device_id": own_device, "targets": [target_502()]}]})
         }
+        ("POST", "/api/v1/sessions/{id}/web") => {
+            json!({"device_id": own_device, "target": "192.168.1.10:502"})
+        }
+        ("POST", "/api/v1/devices/{id}/web-pins/accept") => {
+            json!({"target": "192.168.1.10:443", "sha256": "00".repeat(32)})
+        }
         ("POST", "/api/v1/sessions/{id}/join") => {
             json!({"public_key": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="})
         }
         _ => return None,
     })
+}
+
+/// Path parameters that name no object: they get one plausible value each.
+fn fixed_value(param: &str) -> Option<&'static str> {
+    match param {
+        // A released TCP target (browser access to a device's web UI).
+        "target" => Some("192.168.1.10:502"),
+        // The path below a device web service.
+        "path" => Some("probe/index.html"),
+        _ => None,
+    }
 }
 
 fn fill(path: &str, values: &[String]) -> String {
@@ -338,10 +355,21 @@ fn probes(a: &Tenant, b: &Tenant) -> (Vec<Probe>, Vec<String>) {
     let mut unmapped = Vec::new();
     let random = || uuid::Uuid::new_v4().to_string();
     for (path, item) in doc.paths.paths.iter() {
-        let params = path_params(path);
-        if params.is_empty() {
+        let all_params = path_params(path);
+        if all_params.is_empty() {
             continue;
         }
+        // Parameters naming no object get their fixed value in the template.
+        let mut template = path.clone();
+        for p in &all_params {
+            if let Some(v) = fixed_value(p) {
+                template = template.replace(&format!("{{{p}}}"), v);
+            }
+        }
+        let params: Vec<&String> = all_params
+            .iter()
+            .filter(|p| fixed_value(p).is_none())
+            .collect();
         let kinds: Vec<Option<&str>> = params.iter().map(|p| kind_of(path, p)).collect();
         if kinds.iter().any(Option::is_none) {
             unmapped.push(format!(
@@ -381,7 +409,7 @@ fn probes(a: &Tenant, b: &Tenant) -> (Vec<Probe>, Vec<String>) {
                 let name = p["name"].as_str().unwrap_or_default();
                 // A required parameter that is not in the path template goes into the
                 // query, whatever the document says its place is.
-                if p["required"] != true || params.iter().any(|x| x == name) {
+                if p["required"] != true || all_params.iter().any(|x| x == name) {
                     continue;
                 }
                 match query_value(name) {
@@ -427,7 +455,7 @@ fn probes(a: &Tenant, b: &Tenant) -> (Vec<Probe>, Vec<String>) {
             for (ids, unknown) in combos {
                 out.push(Probe {
                     method: method.clone(),
-                    template: path.clone(),
+                    template: template.clone(),
                     ids,
                     unknown,
                     body: body.clone(),
@@ -719,6 +747,12 @@ async fn no_route_with_a_path_parameter_reaches_another_accounts_objects(app: Te
         (Method::DELETE, "/api/v1/fleet-keys/{id}"),
         (Method::DELETE, "/api/v1/grants/{id}"),
         (Method::PATCH, "/api/v1/users/{id}"),
+        (Method::POST, "/api/v1/sessions/{id}/web"),
+        (Method::POST, "/api/v1/devices/{id}/web-pins/accept"),
+        (
+            Method::GET,
+            "/api/v1/sessions/{id}/devices/{device}/http/192.168.1.10:502/probe/index.html",
+        ),
     ] {
         assert!(
             probes.iter().any(|x| x.method == m && x.template == p),

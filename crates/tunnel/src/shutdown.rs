@@ -1,22 +1,33 @@
 //! The binaries' stop signal: Ctrl-C (SIGINT) or, on Unix, SIGTERM (`kill`, systemd,
 //! container runtimes), so every stop takes the same clean path.
 
-/// Resolves at the first Ctrl-C or SIGTERM. Create it once, before the work starts,
-/// and keep polling the same future: a signal that arrives between two polls is not lost.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+use std::future::Future;
+
+/// Resolves at the first Ctrl-C or SIGTERM after this call. The handlers are
+/// installed here, not at the first poll: create it before the work starts (and
+/// before telling anyone the process is ready) and keep polling the same
+/// future, so that no signal in between takes the default path and kills the
+/// process without its clean-up.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let int = signal(SignalKind::interrupt()).ok();
+        let term = signal(SignalKind::terminate()).ok();
+        async move {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! { _ = wait(int) => {}, _ = wait(term) => {} }
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -160,6 +160,9 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
         id
     };
     let s = start_and_wait(ctx, &id).await?;
+    // From the join on, Ctrl-C and SIGTERM take the clean path (leave the session,
+    // remove the interface); before it, they simply end the process.
+    let stop = drawbridge_tunnel::shutdown_signal();
     let private_key = keys::generate_private_key();
     let public = WgKey::from_bytes(keys::public_key(&private_key));
     let join: JoinResponse = ctx
@@ -241,7 +244,6 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
         .for_seconds
         .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
     let mut n: u64 = 0;
-    let stop = drawbridge_tunnel::shutdown_signal();
     tokio::pin!(stop);
     let outcome: Result<Stop> = loop {
         tokio::select! {

@@ -286,7 +286,7 @@ async fn run(
     let (conn, mut pokes) = state.hub.register_client(&session_id, &text);
     let result = serve(&state, &caller, &session_id, key, &mut ws, &mut pokes).await;
     state.hub.unregister_client(&session_id, conn);
-    leave(&state, &caller, &session_id, &text).await?;
+    leave(&state, &caller, &session_id, &text, "client_left").await?;
     result
 }
 
@@ -442,11 +442,14 @@ async fn serve(
 }
 
 /// Ends the tunnel's record (bytes and duration on the audit log) and tells the edges.
+/// `why` is the end reason when nothing else (the session's end, a revocation)
+/// ended the tunnel first: `client_left`, or `idle` for a browser peer nobody used.
 pub(crate) async fn leave(
     state: &AppState,
     caller: &Caller,
     session_id: &str,
     key: &str,
+    why: &str,
 ) -> AppResult<()> {
     let now = state.now();
     let mut tx = state.store.begin().await?;
@@ -458,10 +461,11 @@ pub(crate) async fn leave(
     .bind(key)
     .fetch_all(&mut *tx)
     .await?;
-    sqlx::query("UPDATE tunnels SET ended_at = $1, end_reason = 'client_left' WHERE session_id = $2 AND client_public_key = $3 AND ended_at IS NULL")
+    sqlx::query("UPDATE tunnels SET ended_at = $1, end_reason = $4 WHERE session_id = $2 AND client_public_key = $3 AND ended_at IS NULL")
         .bind(now)
         .bind(session_id)
         .bind(key)
+        .bind(why)
         .execute(&mut *tx)
         .await?;
     let mut to = 0i64;
@@ -485,7 +489,7 @@ pub(crate) async fn leave(
             "bytes_to_device": to,
             "bytes_from_device": from,
             "path": path,
-            "reason": reason.unwrap_or_else(|| "client_left".into()),
+            "reason": reason.unwrap_or_else(|| why.to_string()),
         }));
     audit::append(&mut tx, now, &ev).await?;
     tx.commit().await?;

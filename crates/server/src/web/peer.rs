@@ -166,7 +166,7 @@ pub async fn peer_for(
     if let Err(e) = session.apply(join).await {
         state.hub.unregister_client(session_id, conn);
         dialer_task.abort();
-        let _ = crate::live::client::leave(state, caller, session_id, &text).await;
+        let _ = crate::live::client::leave(state, caller, session_id, &text, "client_left").await;
         return Err(AppError::internal(anyhow::anyhow!(
             "starting the tunnel: {e}"
         )));
@@ -201,14 +201,14 @@ pub async fn peer_for(
     tokio::spawn(async move {
         let why = run.serve(&mut session, pokes).await;
         tracing::debug!(session = %run.session_id, why, "browser peer stopped");
-        peer_stopped(&run, conn, key).await;
+        peer_stopped(&run, conn, key, why).await;
         drop(session);
         dialer_task.abort();
     });
     Ok(peer)
 }
 
-async fn peer_stopped(run: &Run, conn: u64, key: (String, String)) {
+async fn peer_stopped(run: &Run, conn: u64, key: (String, String), why: &str) {
     run.peer.alive.store(false, Ordering::Relaxed);
     flush(&run.state, &run.session_id, &run.peer).await;
     run.state.web.peers.remove(&key, &run.peer);
@@ -218,6 +218,7 @@ async fn peer_stopped(run: &Run, conn: u64, key: (String, String)) {
         &run.caller,
         &run.session_id,
         &run.public.to_string(),
+        if why == "idle" { "idle" } else { "client_left" },
     )
     .await
     {
