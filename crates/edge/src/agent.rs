@@ -97,6 +97,8 @@ struct Running {
     /// Clients currently configured as peers (base64 keys).
     peers: Vec<WgKey>,
     token: Option<String>,
+    /// The relay instance the tunnel is connected to.
+    relay_url: Option<String>,
     /// Moves packets between the tunnel and the LAN path.
     pump: Option<tokio::task::JoinHandle<()>>,
     /// Carries the tunnel's candidates to the control plane.
@@ -190,6 +192,7 @@ impl Agent {
                     applied: None,
                     peers: Vec::new(),
                     token: None,
+                    relay_url: None,
                     pump: None,
                     signals: None,
                     stats: HashMap::new(),
@@ -239,6 +242,20 @@ impl Agent {
                 }
             }
             let Some(t) = &r.tunnel else { continue };
+            if r.relay_url.as_deref() != Some(r.info.relay_url.as_str()) {
+                // The control plane moved the session to another relay (the old one
+                // failed or drains): reconnect there; the clients' WireGuard
+                // sessions and flows go on.
+                tracing::info!(session = %id, relay = %r.info.relay_url, "session moved to another relay");
+                let ep = session::relay_endpoint(
+                    r.info.relay_url.clone(),
+                    token.clone(),
+                    Connector::Rustls(tls.clone()),
+                );
+                let _ = t.set_relay(ep).await;
+                r.relay_url = Some(r.info.relay_url.clone());
+                r.token = Some(token.clone());
+            }
             if r.token.as_deref() != Some(token.as_str()) {
                 let _ = t.set_relay_token(0, token.clone()).await;
                 r.token = Some(token);
@@ -490,6 +507,7 @@ async fn start_tunnel(
     r.forwarder = Some((lan, fwd_task));
     r.tunnel = Some(tunnel);
     r.token = Some(token.to_string());
+    r.relay_url = Some(r.info.relay_url.clone());
     Ok(())
 }
 

@@ -28,6 +28,8 @@ pub struct SessionPeer {
     /// device id → the tunnel's peer for that device's edge.
     peers: HashMap<String, EdgePeer>,
     token: Option<String>,
+    /// The relay instance the tunnel is connected to.
+    relay_url: Option<String>,
     connector: Connector,
 }
 
@@ -51,6 +53,7 @@ impl SessionPeer {
             private_key,
             peers: HashMap::new(),
             token: None,
+            relay_url: None,
             connector,
         }
     }
@@ -97,10 +100,23 @@ impl SessionPeer {
             self.events = Some(events);
             self.tunnel = Some(tunnel);
             self.token = Some(token.clone());
+            self.relay_url = Some(self.join.relay_url.clone());
         }
         let Some(t) = &self.tunnel else {
             return Ok(());
         };
+        if self.relay_url.as_deref() != Some(self.join.relay_url.as_str()) {
+            // The control plane moved the session to another relay (the old one
+            // failed or drains): reconnect there, the WireGuard sessions go on.
+            let ep = session::relay_endpoint(
+                self.join.relay_url.clone(),
+                token.clone(),
+                self.connector.clone(),
+            );
+            let _ = t.set_relay(ep).await;
+            self.relay_url = Some(self.join.relay_url.clone());
+            self.token = Some(token.clone());
+        }
         if self.token.as_deref() != Some(token.as_str()) {
             let _ = t.set_relay_token(0, token.clone()).await;
             self.token = Some(token);

@@ -147,6 +147,10 @@ struct Inner {
     /// Sessions the control plane revoked (ended, or a device of theirs disabled),
     /// each with the time after which no token of the session can be valid.
     revoked: Mutex<HashMap<String, u64>>,
+    /// Stopping: the heartbeat asks the control plane to move the sessions away.
+    draining: std::sync::atomic::AtomicBool,
+    /// Wakes the feed loop for a heartbeat now (when draining starts).
+    feed_wake: tokio::sync::Notify,
 }
 
 /// Shared relay state; cheap to clone.
@@ -176,8 +180,32 @@ impl RelayState {
                 counters: Counters::default(),
                 bridge: bridge::Bridge::new(),
                 revoked: Mutex::new(HashMap::new()),
+                draining: std::sync::atomic::AtomicBool::new(false),
+                feed_wake: tokio::sync::Notify::new(),
             }),
         }
+    }
+
+    /// Starts draining: the next heartbeat (sent at once) tells the control plane
+    /// to move this relay's sessions to another relay and to give it no new ones.
+    /// Connections stay served until their peers have moved.
+    pub fn start_draining(&self) {
+        self.inner.draining.store(true, Ordering::Relaxed);
+        self.inner.feed_wake.notify_one();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when draining starts (for the feed loop).
+    pub(crate) async fn feed_woken(&self) {
+        self.inner.feed_wake.notified().await
+    }
+
+    /// Peer connections now.
+    pub fn connections(&self) -> u64 {
+        self.lock().len() as u64
     }
 
     /// Current counters.

@@ -11,6 +11,7 @@ use drawbridge_proto::api::AuditQuery;
 use drawbridge_proto::{Name, Username};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -80,6 +81,26 @@ enum Command {
         /// control plane's self-signed CA: its data directory's ca.pem).
         #[arg(long, requires = "control_url")]
         ca_file: Option<PathBuf>,
+        /// The URL that reaches this relay instance (wss://relay-eu-1.example.com/relay/v1).
+        /// With it the relay announces itself to the control plane with every feed poll
+        /// and gets sessions; when it stops or drains they move to another relay.
+        #[arg(long, requires = "control_url")]
+        public_url: Option<String>,
+        /// The relay's region (e.g. eu-central).
+        #[arg(long, default_value = "", requires = "public_url")]
+        region: String,
+        /// STUN address peers use, repeatable (default: the STUN port on the public URL's host).
+        #[arg(long = "stun-public", requires = "public_url")]
+        stun_public: Vec<String>,
+        /// Seconds a stopping relay (SIGTERM, Ctrl-C) drains: the control plane moves
+        /// its sessions to other relays, then it stops (0: stop at once).
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+        drain_secs: u64,
+    },
+    /// The relay tier as the control plane sees it; drain a relay before maintenance.
+    Relays {
+        #[command(subcommand)]
+        command: RelaysCommand,
     },
     /// Print a credential with which a standalone relay reads the feed of revoked
     /// sessions (`relay --credential-file`).
@@ -111,6 +132,27 @@ enum Command {
         /// Where to write the new key (must not exist yet).
         #[arg(long)]
         new_key_file: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RelaysCommand {
+    /// Every relay: URL, region, state, last heartbeat, connections, active sessions.
+    List {
+        #[command(flatten)]
+        db: Overrides,
+    },
+    /// Move the relay's sessions to other relays and give it no new ones.
+    Drain {
+        #[command(flatten)]
+        db: Overrides,
+        name: String,
+    },
+    /// Let a drained relay take sessions again.
+    Undrain {
+        #[command(flatten)]
+        db: Overrides,
+        name: String,
     },
 }
 
@@ -238,6 +280,10 @@ pub async fn main() -> anyhow::Result<i32> {
             control_url,
             credential_file,
             ca_file,
+            public_url,
+            region,
+            stun_public,
+            drain_secs,
         }) => {
             let key = crate::keys::parse_verifying_key(&verifying_key)?;
             let tls = match (tls_cert, tls_key) {
@@ -249,7 +295,40 @@ pub async fn main() -> anyhow::Result<i32> {
                 tls.is_some()
             );
             let revocations = match (control_url, credential_file) {
-                (Some(url), Some(file)) => Some(revocation_feed(&key, &url, &file, ca_file)?),
+                (Some(url), Some(file)) => {
+                    let feed = revocation_feed(&key, &url, &file, ca_file)?;
+                    match &public_url {
+                        Some(p) => {
+                            let stun = if stun_public.is_empty() {
+                                vec![advertised(
+                                    stun_listen,
+                                    &p.replacen("wss://", "https://", 1)
+                                        .replacen("ws://", "http://", 1),
+                                )]
+                            } else {
+                                stun_public.clone()
+                            };
+                            let announce = drawbridge_relay::feed::announce::Announce {
+                                url: p.clone(),
+                                region: region.clone(),
+                                stun,
+                                bridge: bridge_listen.map(|b| {
+                                    advertised(
+                                        b,
+                                        &p.replacen("wss://", "https://", 1)
+                                            .replacen("ws://", "http://", 1),
+                                    )
+                                }),
+                            };
+                            println!(
+                                "  relay tier: announced as {} (region {:?}, STUN {:?}); drains {drain_secs} s on stop",
+                                announce.url, announce.region, announce.stun
+                            );
+                            Some(feed.with_announce(announce)?)
+                        }
+                        None => Some(feed),
+                    }
+                }
                 _ => {
                     println!(
                         "  revocation feed: off (no --control-url): a revoked session's tokens are admitted until they expire"
@@ -257,7 +336,8 @@ pub async fn main() -> anyhow::Result<i32> {
                     None
                 }
             };
-            drawbridge_relay::run_standalone(drawbridge_relay::StandaloneConfig {
+            let announced = revocations.as_ref().is_some_and(|f| f.announce().is_some());
+            let relay = drawbridge_relay::Standalone::bind(drawbridge_relay::StandaloneConfig {
                 relay_listen: listen,
                 stun_listen,
                 bridge_listen,
@@ -266,8 +346,21 @@ pub async fn main() -> anyhow::Result<i32> {
                 revocations,
             })
             .await?;
+            let state = relay.state();
+            let stop = drawbridge_tunnel::shutdown_signal();
+            let mut running = tokio::spawn(relay.run());
+            tokio::select! {
+                r = &mut running => { r??; return Ok(0); }
+                _ = stop => {}
+            }
+            if announced && drain_secs > 0 {
+                drain(&state, Duration::from_secs(drain_secs)).await;
+            }
+            running.abort();
+            println!("Drawbridge relay stopped");
             Ok(0)
         }
+        Some(Command::Relays { command }) => relays_command(command).await,
         Some(Command::RelayCredential { db, name, days }) => {
             let (_, store) = open(&db).await?;
             let now = Clock::default().unix();
@@ -535,9 +628,24 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         },
         None => println!("  WireGuard bridge: off"),
     }
+    state.relays.set_local(cfg.relay.clone());
     println!(
-        "  relay: {}/relay/v1",
-        public_url.replacen("https://", "wss://", 1)
+        "  relay {:?}: {}{}{}",
+        cfg.relay.name,
+        cfg.relay.url.clone().unwrap_or_else(|| format!(
+            "{}/relay/v1",
+            public_url.replacen("https://", "wss://", 1)
+        )),
+        if cfg.relay.region.is_empty() {
+            String::new()
+        } else {
+            format!(", region {}", cfg.relay.region)
+        },
+        if cfg.relay.standby {
+            " (standby: sessions only while no other relay is alive)"
+        } else {
+            ""
+        }
     );
     if let Some(addr) = cfg.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -547,12 +655,85 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         crate::metrics::serve(listener)?;
     }
     crate::background::spawn(state.clone());
+    crate::relays::spawn(state.clone());
     let app = crate::app(state);
     let stop = drawbridge_tunnel::shutdown_signal();
     println!("Ready.");
     crate::serve::serve_tls_with(listener, tls, app, cfg.listener.clone(), stop).await;
     println!("Drawbridge server stopped");
     Ok(())
+}
+
+/// Drains a stopping relay: the control plane hears it with the next heartbeat
+/// (sent at once) and moves its sessions; it stops when its last peer has left,
+/// or after `limit`.
+async fn drain(state: &drawbridge_relay::RelayState, limit: Duration) {
+    state.start_draining();
+    println!(
+        "draining: {} connections; stopping when they have moved (at most {} s)",
+        state.connections(),
+        limit.as_secs()
+    );
+    let deadline = tokio::time::Instant::now() + limit;
+    while state.connections() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("drained ({} connections left)", state.connections());
+}
+
+async fn relays_command(command: RelaysCommand) -> anyhow::Result<i32> {
+    let fail = |e: crate::error::AppError| anyhow::anyhow!("{}", e.message);
+    match command {
+        RelaysCommand::List { db } => {
+            let (_, store) = open(&db).await?;
+            let now = Clock::default().unix();
+            println!(
+                "{:<20} {:<10} {:<9} {:>9} {:>11} {:>8}  URL",
+                "NAME", "REGION", "STATE", "HEARTBEAT", "CONNECTIONS", "SESSIONS"
+            );
+            for (r, sessions) in crate::relays::list(&store).await.map_err(fail)? {
+                let state = if !r.live(now) {
+                    "down"
+                } else if r.draining || r.drain_requested {
+                    "draining"
+                } else if r.standby {
+                    "standby"
+                } else {
+                    "up"
+                };
+                println!(
+                    "{:<20} {:<10} {:<9} {:>8}s {:>11} {:>8}  {}",
+                    r.name,
+                    if r.region.is_empty() { "-" } else { &r.region },
+                    state,
+                    now - r.heartbeat_at,
+                    r.connections,
+                    sessions,
+                    r.url
+                );
+            }
+            Ok(0)
+        }
+        RelaysCommand::Drain { db, name } => set_drain(&db, &name, true).await,
+        RelaysCommand::Undrain { db, name } => set_drain(&db, &name, false).await,
+    }
+}
+
+async fn set_drain(db: &Overrides, name: &str, drain: bool) -> anyhow::Result<i32> {
+    let (_, store) = open(db).await?;
+    let known = crate::relays::set_drain(&store, name, drain)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    if !known {
+        eprintln!("no relay named {name:?} (drawbridge-server relays list)");
+        return Ok(1);
+    }
+    if drain {
+        println!("relay {name:?} drains: its sessions move to other relays within seconds");
+    } else {
+        println!("relay {name:?} takes sessions again");
+    }
+    Ok(0)
 }
 
 /// The standalone relay's revocation feed, its credential checked against the

@@ -29,6 +29,10 @@ pub struct FileConfig {
     pub max_connections_per_address: Option<NonZeroUsize>,
     pub hsts_max_age_secs: Option<u64>,
     pub web_domain: Option<String>,
+    pub relay_name: Option<String>,
+    pub relay_url: Option<String>,
+    pub relay_region: Option<String>,
+    pub relay_standby: Option<bool>,
 }
 
 /// A TOML value that is one address or a list of them.
@@ -84,6 +88,8 @@ pub struct Config {
     pub auth_attempts_per_minute: NonZeroU32,
     /// Timeouts and connection caps of the HTTPS listener, and its HSTS max-age.
     pub listener: crate::serve::ListenerOptions,
+    /// This replica's embedded relay in the relay tier.
+    pub relay: crate::relays::Local,
 }
 
 /// The default allowance at the unauthenticated routes, per minute and address.
@@ -170,6 +176,21 @@ pub struct Overrides {
     /// (default one year; 0 tells browsers to forget it).
     #[arg(long, env = "DRAWBRIDGE_HSTS_MAX_AGE_SECS")]
     pub hsts_max_age_secs: Option<u64>,
+    /// This replica's embedded relay's name in the relay tier (default "local";
+    /// behind a load balancer each replica needs its own).
+    #[arg(long, env = "DRAWBRIDGE_RELAY_NAME")]
+    pub relay_name: Option<String>,
+    /// The URL that reaches this replica's embedded relay itself, not the load
+    /// balancer (wss://replica-1.example.com:8443/relay/v1; default: from the
+    /// public URL, right for a single server).
+    #[arg(long, env = "DRAWBRIDGE_RELAY_URL")]
+    pub relay_url: Option<String>,
+    /// The embedded relay's region (e.g. eu-central).
+    #[arg(long, env = "DRAWBRIDGE_RELAY_REGION")]
+    pub relay_region: Option<String>,
+    /// The embedded relay takes sessions only while no other relay is alive.
+    #[arg(long)]
+    pub relay_standby: bool,
 }
 
 impl Overrides {
@@ -277,7 +298,43 @@ impl Overrides {
                 .or(file.hsts_max_age_secs)
                 .map_or(d.hsts_max_age, secs),
         };
+        let relay = crate::relays::Local {
+            name: self
+                .relay_name
+                .clone()
+                .or(file.relay_name)
+                .unwrap_or_else(|| crate::relays::DEFAULT_LOCAL_NAME.into()),
+            url: self.relay_url.clone().or(file.relay_url),
+            region: self
+                .relay_region
+                .clone()
+                .or(file.relay_region)
+                .unwrap_or_default(),
+            standby: self.relay_standby || file.relay_standby.unwrap_or(false),
+        };
+        let check = drawbridge_relay::feed::announce::Announce {
+            url: relay
+                .url
+                .clone()
+                .unwrap_or_else(|| "wss://localhost/relay/v1".into()),
+            region: relay.region.clone(),
+            stun: vec![],
+            bridge: None,
+        };
+        check
+            .check()
+            .map_err(|e| anyhow::anyhow!("relay_url / relay_region: {e}"))?;
+        if relay.name.is_empty()
+            || relay.name.len() > drawbridge_relay::feed::MAX_RELAY_NAME_LEN
+            || !relay
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            anyhow::bail!("relay_name must be 1 to 64 letters, digits, '-', '_' or '.'");
+        }
         Ok(Config {
+            relay,
             listener,
             secrets_key_file,
             bridge_listen,

@@ -20,6 +20,7 @@ pub mod password;
 pub mod pki;
 pub mod records;
 pub mod relay_feed;
+pub mod relays;
 pub mod rights;
 pub mod sealed;
 pub mod secret;

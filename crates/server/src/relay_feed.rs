@@ -20,9 +20,13 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use drawbridge_proto::ErrorCode;
+use drawbridge_relay::feed::announce::Heartbeat;
 use drawbridge_relay::feed::{FEED_PATH, MAX_CURSOR_LEN, MAX_PAGE, Page, Revoked};
 use drawbridge_relay::token::MAX_SESSION_ID_LEN;
 use sqlx::Row;
+
+/// Longest query (cursor and heartbeat).
+const MAX_QUERY: usize = 2048;
 
 /// How far back every poll looks again once caught up (seconds).
 pub const SETTLE_SECS: i64 = 60;
@@ -80,14 +84,33 @@ async fn serve(state: &AppState, headers: &HeaderMap, query: &str) -> AppResult<
         tracing::info!(error = %e, "revocation feed: relay credential refused");
         refused()
     })?;
+    if query.len() > MAX_QUERY {
+        return Err(AppError::new(ErrorCode::BadRequest, "query too long"));
+    }
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
     let mut after = None;
-    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-        match (k.as_ref(), after.is_some()) {
-            ("after", false) => after = Some(v.into_owned()),
-            _ => return Err(AppError::new(ErrorCode::BadRequest, "only `after` once")),
+    for (k, v) in &pairs {
+        match (k.as_str(), after.is_some()) {
+            ("after", false) => after = Some(v.as_str()),
+            ("after", true) => return Err(AppError::new(ErrorCode::BadRequest, "`after` once")),
+            ("url" | "region" | "stun" | "bridge" | "draining" | "connections", _) => {}
+            _ => {
+                return Err(AppError::new(
+                    ErrorCode::BadRequest,
+                    "unknown query parameter",
+                ));
+            }
         }
     }
-    let after = parse_cursor(after.as_deref().unwrap_or(""))?;
+    let after = parse_cursor(after.unwrap_or(""))?;
+    // The relay's heartbeat, when it announces itself (the relay tier).
+    let heartbeat = Heartbeat::from_query(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map_err(|e| AppError::new(ErrorCode::BadRequest, e.to_string()))?;
+    if let Some(hb) = &heartbeat {
+        crate::relays::record_heartbeat(state, &reader.relay, hb).await?;
+    }
     let page = page(state, after, now).await?;
     tracing::debug!(relay = %reader.relay, entries = page.revoked.len(), "revocation feed read");
     Ok(page)

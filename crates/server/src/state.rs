@@ -25,6 +25,8 @@ pub struct Inner {
     pub hub: crate::live::Hub,
     /// Browser access: web domain, peers' TLS trust, running peers.
     pub web: crate::web::Web,
+    /// The relay tier: this replica's embedded relay and the others' heartbeats.
+    pub relays: crate::relays::Relays,
     /// STUN servers handed to edges and clients (`host:port`).
     pub stun: std::sync::RwLock<Vec<String>>,
     /// The relay's UDP bridge for standard WireGuard clients (`host:port`), when it runs.
@@ -91,6 +93,7 @@ impl AppState {
             relay,
             hub: crate::live::Hub::default(),
             web: crate::web::Web::default(),
+            relays: crate::relays::Relays::default(),
             stun: std::sync::RwLock::new(Vec::new()),
             bridge: std::sync::RwLock::new(None),
             attempts: governor::RateLimiter::keyed(

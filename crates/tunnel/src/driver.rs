@@ -91,6 +91,7 @@ enum Command {
     Stats(PeerId, oneshot::Sender<Option<PeerStats>>),
     LocalSignal(oneshot::Sender<Signal>),
     SetRelayToken(RelayId, String),
+    SetRelay(RelayEndpoint),
 }
 
 /// Handle to a running tunnel. Dropping it stops the driver.
@@ -129,17 +130,8 @@ impl Tunnel {
         let (ev_tx, ev_rx) = mpsc::channel(q);
         let (relay_in_tx, relay_in_rx) = mpsc::channel::<(RelayId, RelayMsg)>(q);
         let mut relays = HashMap::new();
-        let mut relay_tasks = Vec::new();
         for ep in config.relays.iter().cloned() {
-            let (out_tx, out_rx) = mpsc::channel::<Vec<u8>>(q);
-            let (tok_tx, tok_rx) = watch::channel(ep.token.clone());
-            relays.insert(ep.id, (out_tx, tok_tx));
-            relay_tasks.push(tokio::spawn(relay_task(
-                ep,
-                tok_rx,
-                relay_in_tx.clone(),
-                out_rx,
-            )));
+            relays.insert(ep.id, spawn_relay(ep, relay_in_tx.clone(), q));
         }
         let mut node = Node::new(config.node.clone(), Instant::now());
         for p in config.peers {
@@ -151,16 +143,14 @@ impl Tunnel {
             socket: Arc::new(socket),
             gso,
             relays,
+            relay_in: relay_in_tx,
+            queue: q,
             incoming: in_tx,
             events: ev_tx,
             udp_out: Vec::new(),
         };
-        let task = tokio::spawn(async move {
-            driver.run(cmd_rx, ip_rx, relay_in_rx).await;
-            for t in relay_tasks {
-                t.abort();
-            }
-        });
+        // The driver owns the relay tasks: they stop with it.
+        let task = tokio::spawn(driver.run(cmd_rx, ip_rx, relay_in_rx));
         Ok((
             Tunnel {
                 cmd: cmd_tx,
@@ -234,6 +224,16 @@ impl Tunnel {
             .map_err(|_| Stopped)
     }
 
+    /// Connects relay `ep.id` to another relay instance (the control plane moved the
+    /// session there): the old connection closes, the peers on it stay with their
+    /// WireGuard sessions and go on over the new one once it is up.
+    pub async fn set_relay(&self, ep: RelayEndpoint) -> Result<(), Stopped> {
+        self.cmd
+            .send(Command::SetRelay(ep))
+            .await
+            .map_err(|_| Stopped)
+    }
+
     /// This node's current candidates and NAT kind (the same content as the latest
     /// `DriverEvent::Signal`), for a control plane that polls instead of listening.
     pub async fn local_signal(&self) -> Result<Signal, Stopped> {
@@ -286,14 +286,40 @@ impl Drop for Tunnel {
     }
 }
 
-type RelayHandles = HashMap<RelayId, (mpsc::Sender<Vec<u8>>, watch::Sender<String>)>;
+/// One relay connection's queue, token and task.
+struct RelayHandle {
+    out: mpsc::Sender<Vec<u8>>,
+    token: watch::Sender<String>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for RelayHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts the connection task of `ep`; its frames reach the driver on `to_engine`.
+fn spawn_relay(
+    ep: RelayEndpoint,
+    to_engine: mpsc::Sender<(RelayId, RelayMsg)>,
+    queue: usize,
+) -> RelayHandle {
+    let (out, out_rx) = mpsc::channel::<Vec<u8>>(queue);
+    let (token, tok_rx) = watch::channel(ep.token.clone());
+    let task = tokio::spawn(relay_task(ep, tok_rx, to_engine, out_rx));
+    RelayHandle { out, token, task }
+}
 
 struct Driver {
     node: Node,
     socket: Arc<UdpSocket>,
     /// Segmentation offload for the socket, where the OS has it.
     gso: Option<quinn_udp::UdpSocketState>,
-    relays: RelayHandles,
+    relays: HashMap<RelayId, RelayHandle>,
+    /// Where relay tasks send what they receive (for relays replaced later).
+    relay_in: mpsc::Sender<(RelayId, RelayMsg)>,
+    queue: usize,
     incoming: mpsc::Sender<(PeerId, Vec<u8>)>,
     events: mpsc::Sender<DriverEvent>,
     /// Datagrams of one flush, sent together.
@@ -418,9 +444,18 @@ impl Driver {
                 let _ = reply.send(self.node.local_signal());
             }
             Command::SetRelayToken(r, t) => {
-                if let Some((_, tok)) = self.relays.get(&r) {
-                    let _ = tok.send(t);
+                if let Some(h) = self.relays.get(&r) {
+                    let _ = h.token.send(t);
                 }
+            }
+            Command::SetRelay(ep) => {
+                // The old connection closes (its task is aborted when its handle
+                // drops); the peers on this relay id stay and use the new one as
+                // soon as it is up.
+                tracing::info!(relay = ep.id, url = %ep.url, "relay moved");
+                let id = ep.id;
+                let h = spawn_relay(ep, self.relay_in.clone(), self.queue);
+                self.relays.insert(id, h);
             }
         }
     }
@@ -513,7 +548,7 @@ impl Driver {
             match o {
                 Output::Udp { dst, payload } => self.udp_out.push((dst, payload)),
                 Output::Relay { relay, frame } => {
-                    if let Some((tx, _)) = self.relays.get(&relay) {
+                    if let Some(RelayHandle { out: tx, .. }) = self.relays.get(&relay) {
                         let _ = tx.try_send(frame);
                     }
                 }

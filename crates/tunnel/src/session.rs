@@ -32,6 +32,19 @@ pub struct SessionTunnelConfig {
     pub connector: Connector,
 }
 
+/// The session's relay connection (id 0): through the plant's HTTP proxy when the
+/// environment names one. [`Tunnel::set_relay`] with another URL moves the session
+/// to another relay instance.
+pub fn relay_endpoint(url: String, token: String, connector: Connector) -> RelayEndpoint {
+    RelayEndpoint {
+        id: 0,
+        url,
+        token,
+        connector: Some(connector),
+        proxy: crate::proxy::Proxy::from_env().ok().flatten(),
+    }
+}
+
 /// A started session tunnel.
 pub struct SessionTunnel {
     pub tunnel: Arc<Tunnel>,
@@ -67,13 +80,11 @@ pub async fn start(
             seed: None,
         },
         bind: "0.0.0.0:0".parse().expect("static address"),
-        relays: vec![RelayEndpoint {
-            id: 0,
-            url: config.relay_url,
-            token: config.relay_token,
-            connector: Some(config.connector),
-            proxy: crate::proxy::Proxy::from_env().ok().flatten(),
-        }],
+        relays: vec![relay_endpoint(
+            config.relay_url,
+            config.relay_token,
+            config.connector,
+        )],
         peers: vec![],
         queue: QUEUE,
     })

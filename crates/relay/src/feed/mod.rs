@@ -14,6 +14,7 @@
 //! doubling backoff up to [`MAX_BACKOFF`] after failures, keeping the cursor and
 //! everything revoked so far). [`poll`] is the thin tokio loop around it.
 
+pub mod announce;
 pub mod poll;
 #[cfg(test)]
 mod tests;

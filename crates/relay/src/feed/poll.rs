@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use super::announce::{Announce, AnnounceError, Heartbeat};
 use super::{FEED_PATH, Feed, FeedError, MAX_BODY, MAX_CREDENTIAL_LEN};
 use crate::RelayState;
 
@@ -21,6 +22,8 @@ pub enum SetupError {
     Credential,
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Announce(#[from] AnnounceError),
 }
 
 /// Where and how a standalone relay reads the revocation feed.
@@ -29,6 +32,8 @@ pub struct RevocationFeed {
     url: String,
     credential: String,
     http: reqwest::Client,
+    /// Sent with every poll as this relay's heartbeat (the relay tier).
+    announce: Option<Announce>,
 }
 
 impl std::fmt::Debug for RevocationFeed {
@@ -71,7 +76,20 @@ impl RevocationFeed {
             url: format!("{base}{FEED_PATH}"),
             credential: credential.to_string(),
             http,
+            announce: None,
         })
+    }
+
+    /// Announces this relay with every poll (its heartbeat): the control plane then
+    /// hands sessions to it and moves them away when it stops or drains.
+    pub fn with_announce(mut self, announce: Announce) -> Result<Self, SetupError> {
+        announce.check()?;
+        self.announce = Some(announce);
+        Ok(self)
+    }
+
+    pub fn announce(&self) -> Option<&Announce> {
+        self.announce.as_ref()
     }
 
     /// The feed's URL.
@@ -84,7 +102,12 @@ impl RevocationFeed {
         let mut feed = Feed::new();
         tracing::info!(url = %self.url, "relay: reading the revocation feed");
         loop {
-            let reply = self.fetch(feed.cursor()).await;
+            let heartbeat = self.announce.as_ref().map(|a| Heartbeat {
+                announce: a.clone(),
+                draining: state.is_draining(),
+                connections: state.connections(),
+            });
+            let reply = self.fetch(feed.cursor(), heartbeat.as_ref()).await;
             let step = feed.handle(
                 reply
                     .as_ref()
@@ -108,17 +131,27 @@ impl RevocationFeed {
                 tracing::warn!(error = %e, failures = feed.failures(), retry_in = ?step.wait,
                     "relay: revocation feed failed; sessions revoked so far stay revoked");
             }
-            tokio::time::sleep(step.wait).await;
+            // Draining starts a heartbeat at once instead of after the wait.
+            tokio::select! {
+                _ = tokio::time::sleep(step.wait) => {}
+                _ = state.feed_woken() => {}
+            }
         }
     }
 
     /// One request: the status and at most [`MAX_BODY`] bytes of body.
-    async fn fetch(&self, cursor: &str) -> Result<(u16, Vec<u8>), FeedError> {
+    async fn fetch(
+        &self,
+        cursor: &str,
+        heartbeat: Option<&Heartbeat>,
+    ) -> Result<(u16, Vec<u8>), FeedError> {
         let transport = |e: reqwest::Error| FeedError::Transport(error_chain(&e));
+        let mut query = vec![("after", cursor.to_string())];
+        query.extend(heartbeat.map(Heartbeat::to_query).unwrap_or_default());
         let mut resp = self
             .http
             .get(&self.url)
-            .query(&[("after", cursor)])
+            .query(&query)
             .bearer_auth(&self.credential)
             .send()
             .await

@@ -16,6 +16,8 @@ fn stored_key(text: String) -> AppResult<WgKey> {
         .map_err(|e| AppError::internal(anyhow::anyhow!("stored WireGuard key: {e}")))
 }
 
+/// The embedded relay's URL derived from the public URL (behind a load balancer
+/// set each replica's own with `relay_url`).
 pub fn relay_url(state: &AppState) -> String {
     let base = state.public_url.trim_end_matches('/');
     let ws = if let Some(rest) = base.strip_prefix("https://") {
@@ -26,6 +28,15 @@ pub fn relay_url(state: &AppState) -> String {
         base.to_string()
     };
     format!("{ws}{}", drawbridge_relay::RELAY_PATH)
+}
+
+/// The STUN servers of a session's relay, or this server's when it names none.
+fn relay_stun(state: &AppState, stun: Vec<String>) -> Vec<String> {
+    if stun.is_empty() {
+        state.stun_servers()
+    } else {
+        stun
+    }
 }
 
 fn token(
@@ -103,7 +114,7 @@ fn translate(net: &ipnet::IpNet, m: &NatMapping) -> Option<ipnet::IpNet> {
 pub async fn edge_sessions(state: &AppState, device_id: &str) -> AppResult<Vec<EdgeSession>> {
     let mut conn = state.store.pool.acquire().await?;
     let rows = sqlx::query(
-        "SELECT s.id, s.name, s.state, s.valid_until, sd.targets, sd.edge_public_key, sd.approval, d.nat, u.username AS requested_by
+        "SELECT s.id, s.name, s.state, s.valid_until, s.relay, sd.targets, sd.edge_public_key, sd.approval, d.nat, u.username AS requested_by
          FROM sessions s JOIN session_devices sd ON sd.session_id = s.id JOIN devices d ON d.id = sd.device_id
          LEFT JOIN users u ON s.started_by = 'user:' || u.id
          WHERE sd.device_id = $1 AND s.account_id = d.account_id AND s.state IN ('active', 'pending_approval')
@@ -146,6 +157,15 @@ pub async fn edge_sessions(state: &AppState, device_id: &str) -> AppResult<Vec<E
                 .map_err(|_| AppError::internal(anyhow::anyhow!("session state")))?
         };
         let keys: Vec<WgKey> = peers.iter().map(|p| p.public_key).collect();
+        let relay = crate::relays::session_relay(
+            state,
+            &mut conn,
+            &session_id,
+            r.try_get("relay")?,
+            st == SessionState::Active,
+            peers.iter().any(|p| p.bridged),
+        )
+        .await?;
         let relay_token = match (&edge_key, st) {
             (Some(k), SessionState::Active) => {
                 let k = *k;
@@ -164,9 +184,9 @@ pub async fn edge_sessions(state: &AppState, device_id: &str) -> AppResult<Vec<E
             targets: records::json_col(&r, "targets")?,
             nat: records::json_col(&r, "nat")?,
             peers,
-            relay_url: relay_url(state),
+            relay_url: relay.url,
             relay_token,
-            stun: state.stun_servers(),
+            stun: relay_stun(state, relay.stun),
             requested_by: r.try_get("requested_by")?,
         });
     }
@@ -222,6 +242,20 @@ pub async fn join_data(
         });
     }
     let valid_until = s.valid_until.unix_timestamp();
+    let assigned: Option<String> = sqlx::query_scalar("SELECT relay FROM sessions WHERE id = $1")
+        .bind(session_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    let bridge = crate::relays::needs_bridge(&mut conn, session_id).await?;
+    let relay = crate::relays::session_relay(
+        state,
+        &mut conn,
+        session_id,
+        assigned,
+        s.state == SessionState::Active,
+        bridge,
+    )
+    .await?;
     let relay_token = if s.state == SessionState::Active && !edge_keys.is_empty() {
         token(
             state,
@@ -239,12 +273,12 @@ pub async fn join_data(
         session_id: session_id.to_string(),
         state: s.state,
         overlay_ip: tunnel.try_get::<Option<String>, _>(1)?.unwrap_or_default(),
-        relay_url: relay_url(state),
+        relay_url: relay.url,
         relay_token,
-        stun: state.stun_servers(),
+        stun: relay_stun(state, relay.stun),
         devices,
         valid_until,
-        bridge_endpoint: state.bridge_endpoint(),
+        bridge_endpoint: relay.bridge,
     })
 }
 

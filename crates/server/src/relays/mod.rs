@@ -1,0 +1,366 @@
+//! The relay tier (DESIGN §8): every relay instance the control plane hears from,
+//! and the one relay each session uses.
+//!
+//! Relays announce themselves: a standalone relay with every poll of the
+//! revocation feed (`drawbridge_relay::feed::announce`, signed by its relay
+//! credential), each replica for its embedded relay once a second. The `relays`
+//! table holds the last heartbeat of each; every replica reloads it once a
+//! second ([`spawn`]). A session is assigned a relay when it first needs one
+//! (`sessions.relay`, by [`pick::decide`], the same answer on every replica);
+//! both its edge and its clients are handed that relay's URL. When the relay
+//! stops sending heartbeats or drains, [`sweep`] moves its sessions to a live
+//! one and tells their peers, which reconnect there while their WireGuard
+//! sessions go on.
+
+pub mod pick;
+
+use crate::error::{AppError, AppResult};
+use crate::state::AppState;
+use drawbridge_relay::feed::announce::Heartbeat;
+use serde::Serialize;
+use sqlx::{AnyConnection, Row};
+use std::sync::RwLock;
+use std::time::Duration;
+
+/// How often a replica sends its own heartbeat, reloads the table and sweeps.
+pub const TICK: Duration = Duration::from_secs(1);
+/// Sessions moved per relay and sweep at most.
+const MOVE_BATCH: i64 = 500;
+
+/// One relay instance as the control plane knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Relay {
+    pub name: String,
+    /// This instance's WebSocket URL.
+    pub url: String,
+    pub region: String,
+    pub stun: Vec<String>,
+    pub bridge: Option<String>,
+    pub draining: bool,
+    pub drain_requested: bool,
+    pub standby: bool,
+    pub connections: i64,
+    /// Unix seconds of the last heartbeat.
+    pub heartbeat_at: i64,
+}
+
+/// This replica's embedded relay, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Local {
+    /// Unique among the relays (each replica needs its own).
+    pub name: String,
+    /// The URL that reaches this replica's relay, not the load balancer.
+    pub url: Option<String>,
+    pub region: String,
+    /// Takes sessions only when no other relay is alive.
+    pub standby: bool,
+}
+
+impl Default for Local {
+    fn default() -> Self {
+        Local {
+            name: DEFAULT_LOCAL_NAME.into(),
+            url: None,
+            region: String::new(),
+            standby: false,
+        }
+    }
+}
+
+pub const DEFAULT_LOCAL_NAME: &str = "local";
+
+/// The relays as this replica last read them.
+#[derive(Default)]
+pub struct Relays {
+    local: RwLock<Local>,
+    known: RwLock<Vec<Relay>>,
+}
+
+impl Relays {
+    pub fn set_local(&self, local: Local) {
+        if let Ok(mut l) = self.local.write() {
+            *l = local;
+        }
+    }
+
+    pub fn local(&self) -> Local {
+        self.local.read().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    fn known(&self) -> Vec<Relay> {
+        self.known.read().map(|k| k.clone()).unwrap_or_default()
+    }
+}
+
+/// The embedded relay's entry now (always live from this replica's view).
+fn local_entry(state: &AppState) -> Relay {
+    let l = state.relays.local();
+    let row = state.relays.known().into_iter().find(|r| r.name == l.name);
+    Relay {
+        url: l
+            .url
+            .clone()
+            .unwrap_or_else(|| crate::live::state::relay_url(state)),
+        name: l.name,
+        region: l.region,
+        stun: state.stun_servers(),
+        bridge: state.bridge_endpoint(),
+        draining: false,
+        drain_requested: row.is_some_and(|r| r.drain_requested),
+        standby: l.standby,
+        connections: i64::try_from(state.relay.connections()).unwrap_or(i64::MAX),
+        heartbeat_at: state.now(),
+    }
+}
+
+/// Every relay as this replica sees it: its own embedded one and the last
+/// heartbeats of the others.
+pub fn view(state: &AppState) -> Vec<Relay> {
+    let local = local_entry(state);
+    let mut out: Vec<Relay> = state
+        .relays
+        .known()
+        .into_iter()
+        .filter(|r| r.name != local.name)
+        .collect();
+    out.insert(0, local);
+    out
+}
+
+/// Records a heartbeat (a standalone relay's, or this replica's own).
+async fn upsert(state: &AppState, r: &Relay) -> AppResult<()> {
+    let stun =
+        serde_json::to_string(&r.stun).map_err(|e| AppError::internal(anyhow::Error::from(e)))?;
+    sqlx::query(
+        "INSERT INTO relays (name, url, region, stun, bridge, draining, standby, connections, heartbeat_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (name) DO UPDATE SET url = excluded.url, region = excluded.region,
+           stun = excluded.stun, bridge = excluded.bridge, draining = excluded.draining,
+           standby = excluded.standby, connections = excluded.connections,
+           heartbeat_at = excluded.heartbeat_at",
+    )
+    .bind(&r.name)
+    .bind(&r.url)
+    .bind(&r.region)
+    .bind(stun)
+    .bind(r.bridge.as_deref())
+    .bind(i64::from(r.draining))
+    .bind(i64::from(r.standby))
+    .bind(r.connections)
+    .bind(r.heartbeat_at)
+    .execute(&state.store.pool)
+    .await?;
+    Ok(())
+}
+
+/// A standalone relay's heartbeat, from its feed poll (`name` from its credential).
+pub async fn record_heartbeat(state: &AppState, name: &str, hb: &Heartbeat) -> AppResult<()> {
+    if name == state.relays.local().name {
+        return Err(AppError::conflict(
+            "a replica's embedded relay has this name; give the relay a credential with another name",
+        ));
+    }
+    let a = &hb.announce;
+    upsert(
+        state,
+        &Relay {
+            name: name.to_string(),
+            url: a.url.clone(),
+            region: a.region.clone(),
+            stun: a.stun.clone(),
+            bridge: a.bridge.clone(),
+            draining: hb.draining,
+            drain_requested: false,
+            standby: false,
+            connections: i64::try_from(hb.connections).unwrap_or(i64::MAX),
+            heartbeat_at: state.now(),
+        },
+    )
+    .await
+}
+
+fn relay_row(r: &sqlx::any::AnyRow) -> AppResult<Relay> {
+    Ok(Relay {
+        name: r.try_get("name")?,
+        url: r.try_get("url")?,
+        region: r.try_get("region")?,
+        stun: crate::records::json_col(r, "stun")?,
+        bridge: r.try_get("bridge")?,
+        draining: r.try_get::<i64, _>("draining")? != 0,
+        drain_requested: r.try_get::<i64, _>("drain_requested")? != 0,
+        standby: r.try_get::<i64, _>("standby")? != 0,
+        connections: r.try_get("connections")?,
+        heartbeat_at: r.try_get("heartbeat_at")?,
+    })
+}
+
+/// Sends this replica's heartbeat and reloads every relay's.
+pub async fn refresh(state: &AppState) -> AppResult<()> {
+    upsert(state, &local_entry(state)).await?;
+    let rows = sqlx::query(
+        "SELECT name, url, region, stun, bridge, draining, drain_requested, standby, connections, heartbeat_at
+         FROM relays ORDER BY name",
+    )
+    .fetch_all(&state.store.pool)
+    .await?;
+    let known = rows.iter().map(relay_row).collect::<AppResult<Vec<_>>>()?;
+    let now = state.now();
+    for r in &known {
+        metrics::gauge!("relay_up", "relay" => r.name.clone())
+            .set(f64::from(u8::from(r.live(now))));
+        metrics::gauge!("relay_peer_connections", "relay" => r.name.clone())
+            .set(r.connections as f64);
+    }
+    if let Ok(mut k) = state.relays.known.write() {
+        *k = known;
+    }
+    Ok(())
+}
+
+/// The relay of session `session_id` (assigned `assigned`), assigning one when
+/// none is, or the assigned one is down, draining, or lacks a needed bridge.
+/// Only active sessions are assigned; others are told the assigned or the
+/// first relay without anything being recorded.
+pub async fn session_relay(
+    state: &AppState,
+    conn: &mut AnyConnection,
+    session_id: &str,
+    assigned: Option<String>,
+    active: bool,
+    needs_bridge: bool,
+) -> AppResult<Relay> {
+    let relays = view(state);
+    let now = state.now();
+    let decision = pick::decide(
+        session_id,
+        assigned.as_deref(),
+        &relays,
+        now,
+        state.started_at,
+        needs_bridge,
+    );
+    let chosen = match decision {
+        pick::Decision::Keep(r) | pick::Decision::Fallback(r) => return Ok(r.clone()),
+        pick::Decision::Move(r) if !active => {
+            return Ok(assigned
+                .and_then(|a| relays.iter().find(|x| x.name == a))
+                .unwrap_or(r)
+                .clone());
+        }
+        pick::Decision::Move(r) => r,
+        pick::Decision::Nothing => return Ok(local_entry(state)),
+    };
+    let moved =
+        sqlx::query("UPDATE sessions SET relay = $1 WHERE id = $2 AND COALESCE(relay, '') = $3")
+            .bind(&chosen.name)
+            .bind(session_id)
+            .bind(assigned.as_deref().unwrap_or(""))
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+    if moved == 0 {
+        // Another replica decided first: go with its choice when it is known here.
+        let now_assigned: Option<String> =
+            sqlx::query_scalar("SELECT relay FROM sessions WHERE id = $1")
+                .bind(session_id)
+                .fetch_optional(&mut *conn)
+                .await?
+                .flatten();
+        if let Some(r) = now_assigned.and_then(|a| relays.iter().find(|x| x.name == a).cloned()) {
+            return Ok(r);
+        }
+    } else if let Some(from) = &assigned {
+        tracing::info!(session = %session_id, from = %from, to = %chosen.name, "session moved to another relay");
+        metrics::counter!("relay_session_moves_total").increment(1);
+    }
+    Ok(chosen.clone())
+}
+
+/// Whether a standard WireGuard client (bridged through the relay) is in the session.
+pub async fn needs_bridge(conn: &mut AnyConnection, session_id: &str) -> AppResult<bool> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM tunnels WHERE session_id = $1 AND ended_at IS NULL AND standard_client <> 0",
+    )
+    .bind(session_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(n > 0)
+}
+
+/// One pass: heartbeat, reload, and the active sessions of relays that are down
+/// or draining moved to live ones (their edges and clients told at once).
+/// Returns the sessions moved.
+pub async fn sweep(state: &AppState) -> AppResult<Vec<String>> {
+    refresh(state).await?;
+    let now = state.now();
+    let relays = view(state);
+    let mut moved = Vec::new();
+    let mut conn = state.store.pool.acquire().await?;
+    for gone in relays.iter().filter(|r| r.to_leave(now, state.started_at)) {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM sessions WHERE relay = $1 AND state = 'active' ORDER BY id LIMIT $2",
+        )
+        .bind(&gone.name)
+        .bind(MOVE_BATCH)
+        .fetch_all(&mut *conn)
+        .await?;
+        for id in ids {
+            let bridge = needs_bridge(&mut conn, &id).await?;
+            let r =
+                session_relay(state, &mut conn, &id, Some(gone.name.clone()), true, bridge).await?;
+            if r.name != gone.name {
+                moved.push(id);
+            }
+        }
+    }
+    drop(conn);
+    if !moved.is_empty() {
+        tracing::info!(
+            sessions = moved.len(),
+            "moved sessions off relays that are down or draining"
+        );
+        crate::live::notify_sessions(state, &moved).await?;
+    }
+    Ok(moved)
+}
+
+/// Runs [`sweep`] every [`TICK`].
+pub fn spawn(state: AppState) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = sweep(&state).await {
+                tracing::warn!(error = %e.message, "relay sweep failed");
+            }
+        }
+    });
+}
+
+/// An operator drains (or un-drains) a relay: it takes no new sessions and its
+/// sessions move away within seconds. Returns whether the relay is known.
+pub async fn set_drain(store: &crate::db::Store, name: &str, drain: bool) -> AppResult<bool> {
+    let n = sqlx::query("UPDATE relays SET drain_requested = $1 WHERE name = $2")
+        .bind(i64::from(drain))
+        .bind(name)
+        .execute(&store.pool)
+        .await?
+        .rows_affected();
+    Ok(n > 0)
+}
+
+/// Every known relay with its active sessions, for `drawbridge-server relays list`.
+pub async fn list(store: &crate::db::Store) -> AppResult<Vec<(Relay, i64)>> {
+    let rows = sqlx::query(
+        "SELECT r.name, r.url, r.region, r.stun, r.bridge, r.draining, r.drain_requested, r.standby,
+                r.connections, r.heartbeat_at,
+                (SELECT COUNT(*) FROM sessions s WHERE s.relay = r.name AND s.state = 'active') AS sessions
+         FROM relays r ORDER BY r.name",
+    )
+    .fetch_all(&store.pool)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((relay_row(r)?, r.try_get("sessions")?)))
+        .collect()
+}
