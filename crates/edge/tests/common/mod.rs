@@ -84,9 +84,17 @@ impl Server {
             ])
             .arg(data)
             .args(extra)
-            .env("RUST_LOG", "warn")
+            // TEST_SERVER_LOG=FILTER shows the server's log (on stderr) while debugging a test.
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(if std::env::var("TEST_SERVER_LOG").is_ok() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .expect("start server");
         let s = Server {

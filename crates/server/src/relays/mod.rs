@@ -272,6 +272,8 @@ pub async fn session_relay(
     } else if let Some(from) = &assigned {
         tracing::info!(session = %session_id, from = %from, to = %chosen.name, "session moved to another relay");
         metrics::counter!("relay_session_moves_total").increment(1);
+    } else {
+        tracing::debug!(session = %session_id, relay = %chosen.name, known = relays.len(), "session assigned a relay");
     }
     Ok(chosen.clone())
 }
@@ -296,7 +298,12 @@ pub async fn sweep(state: &AppState) -> AppResult<Vec<String>> {
     let relays = view(state);
     let mut moved = Vec::new();
     let mut conn = state.store.pool.acquire().await?;
-    for gone in relays.iter().filter(|r| r.to_leave(now, state.started_at)) {
+    // Standby relays hand their sessions back as soon as another relay takes them.
+    let others = relays.iter().any(|r| !r.standby && r.takes_sessions(now));
+    for gone in relays
+        .iter()
+        .filter(|r| r.to_leave(now, state.started_at) || (r.standby && others))
+    {
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT id FROM sessions WHERE relay = $1 AND state = 'active' ORDER BY id LIMIT $2",
         )

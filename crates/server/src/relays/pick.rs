@@ -65,7 +65,9 @@ pub fn decide<'a>(
     if let Some(c) = current {
         let bridge_ok =
             !needs_bridge || c.bridge.is_some() || !candidates.iter().any(|r| r.bridge.is_some());
-        if !c.to_leave(now, started_at) && bridge_ok {
+        // A standby relay keeps a session only while no other relay takes it.
+        let standby_ok = !c.standby || !candidates.iter().any(|r| !r.standby);
+        if !c.to_leave(now, started_at) && bridge_ok && standby_ok {
             return Decision::Keep(c);
         }
     }
@@ -225,12 +227,23 @@ mod tests {
             name(decide("s", Some("eu-1"), &rs, now, 0, true)),
             ("move", "local".into())
         );
-        // eu-1 dies: the standby relay takes over.
+        // eu-1 dies: the standby relay takes over...
         rs[1].heartbeat_at = now - 60;
         assert_eq!(
             name(decide("s", Some("eu-1"), &rs, now, 0, false)),
             ("move", "local".into())
         );
+        assert_eq!(
+            name(decide("s", Some("local"), &rs, now, 0, false)).0,
+            "keep"
+        );
+        // ...and hands the session back when eu-1 returns.
+        rs[1].heartbeat_at = now;
+        assert_eq!(
+            name(decide("s", Some("local"), &rs, now, 0, false)),
+            ("move", "eu-1".into())
+        );
+        rs[1].heartbeat_at = now - 60;
         // Nothing takes sessions: the assigned relay goes on, nothing is recorded.
         rs[0].drain_requested = true;
         assert_eq!(
