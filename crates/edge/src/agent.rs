@@ -153,6 +153,8 @@ struct Agent {
     tls: Arc<rustls::ClientConfig>,
     /// The kernel path, with `run --tun`.
     gateway: Option<crate::kernel::Gateway>,
+    /// Round-trip times to the relays, reported in the status.
+    rtt: crate::rtt::Probes,
 }
 
 impl Agent {
@@ -168,6 +170,7 @@ impl Agent {
             switch_on: self.switch_on,
             agent_version: VERSION.into(),
             endpoints: vec![],
+            relay_rtt: self.rtt.results(),
         })
     }
 
@@ -418,6 +421,9 @@ impl Agent {
             tracing::info!(on, "remote-access switch changed");
             self.send(self.status_msg());
         }
+        if self.rtt.tick(std::time::Instant::now()) {
+            self.send(self.status_msg());
+        }
         for (session_id, approve) in self.dir.take_decisions() {
             tracing::info!(%session_id, approve, "on-site decision");
             self.send(EdgeToServer::Decision {
@@ -640,7 +646,8 @@ async fn session(
         tokio::select! {
             m = recv(&mut ws) => match m? {
                 None => return Ok(()),
-                Some(ServerToEdge::Sessions { sessions }) => {
+                Some(ServerToEdge::Sessions { sessions, relays }) => {
+                    agent.rtt.set_relays(relays);
                     agent.apply(sessions).await;
                     agent.save_status();
                 }
@@ -681,6 +688,7 @@ pub async fn run(dir: StateDir, switch: SwitchSource, kernel: bool) -> anyhow::R
         sessions: HashMap::new(),
         out_tx,
         tls: Arc::new(tls),
+        rtt: Default::default(),
         gateway: if kernel {
             Some(crate::kernel::Gateway::start().await?)
         } else {

@@ -12,3 +12,4 @@ pub mod cli;
 pub mod enroll;
 pub mod kernel;
 pub mod local;
+pub mod rtt;

@@ -331,65 +331,6 @@ fn a_relay_only_client_keeps_its_tunnel_on_the_relay_where_a_direct_path_would_w
     assert_eq!(v["sessions"][0]["peers"][0]["path"], "relay", "{v}");
 }
 
-/// A Modbus TCP PLC simulator on loopback (tokio-modbus): holding registers
-/// 0..16 hold 1000 + address; register 100 counts the reads it has answered.
-fn plc_simulator() -> std::net::SocketAddr {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    use tokio_modbus::prelude::*;
-    use tokio_modbus::server::tcp::{Server as ModbusServer, accept_tcp_connection};
-
-    #[derive(Clone)]
-    struct Plc(std::sync::Arc<AtomicU16>);
-    impl tokio_modbus::server::Service for Plc {
-        type Request = Request<'static>;
-        type Response = Response;
-        type Exception = ExceptionCode;
-        type Future = std::future::Ready<Result<Response, ExceptionCode>>;
-        fn call(&self, req: Request<'static>) -> Self::Future {
-            std::future::ready(match req {
-                Request::ReadHoldingRegisters(100, 1) => Ok(Response::ReadHoldingRegisters(vec![
-                    self.0.fetch_add(1, Ordering::Relaxed),
-                ])),
-                Request::ReadHoldingRegisters(a, n) if u32::from(a) + u32::from(n) <= 16 => Ok(
-                    Response::ReadHoldingRegisters((a..a + n).map(|x| 1000 + x).collect()),
-                ),
-                _ => Err(ExceptionCode::IllegalDataAddress),
-            })
-        }
-    }
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = std_listener.local_addr().unwrap();
-    std_listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
-            let plc = Plc(std::sync::Arc::new(AtomicU16::new(0)));
-            let server = ModbusServer::new(listener);
-            let on_connected = |stream, socket_addr| {
-                let plc = plc.clone();
-                async move { accept_tcp_connection(stream, socket_addr, move |_| Ok(Some(plc.clone()))) }
-            };
-            let _ = server.serve(&on_connected, |_e| {}).await;
-        });
-    });
-    addr
-}
-
-/// Reads holding registers 0..4 over Modbus TCP at `addr`.
-async fn read_registers(addr: std::net::SocketAddr) -> anyhow_like::Result<Vec<u16>> {
-    use tokio_modbus::prelude::*;
-    let mut ctx = tokio::time::timeout(Duration::from_secs(5), tcp::connect(addr)).await??;
-    let regs =
-        tokio::time::timeout(Duration::from_secs(5), ctx.read_holding_registers(0, 4)).await???;
-    Ok(regs)
-}
-
-/// The smallest error plumbing the Modbus helpers need.
-mod anyhow_like {
-    pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
-}
-
 #[test]
 fn modbus_polling_goes_on_when_the_control_plane_dies_and_the_tunnel_comes_back_after_an_edge_restart()
  {

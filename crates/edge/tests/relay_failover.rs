@@ -9,86 +9,8 @@ mod common;
 
 use common::*;
 use serde_json::{Value, json};
-use std::io::{Read, Write};
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-/// `drawbridge-server ARGS --data-dir DATA`'s standard output.
-fn server_cli(data: &Path, args: &[&str]) -> String {
-    let out = Command::new(server_bin())
-        .args(args)
-        .arg("--data-dir")
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// `relays list` as (name, state, sessions).
-fn relays(data: &Path) -> Vec<(String, String, u64)> {
-    server_cli(data, &["relays", "list"])
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            Some((
-                f.first()?.to_string(),
-                f.get(2)?.to_string(),
-                f.get(5)?.parse().ok()?,
-            ))
-        })
-        .collect()
-}
-
-/// A standalone relay with TLS (the server's certificate) announcing itself as `name`.
-fn start_relay(dir: &Path, server: &Server, name: &str, key: &str) -> (String, Proc) {
-    let data = &server.data;
-    let cred = dir.join(format!("{name}.cred"));
-    std::fs::write(
-        &cred,
-        server_cli(data, &["relay-credential", "--name", name]),
-    )
-    .unwrap();
-    let port = free_port();
-    let url = format!("wss://127.0.0.1:{port}/relay/v1");
-    let mut cmd = Command::new(server_bin());
-    for v in PROXY_VARS {
-        cmd.env_remove(v);
-    }
-    let child = cmd
-        .args(["relay", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--stun-listen", &format!("127.0.0.1:{}", free_udp_port())])
-        .args(["--verifying-key", key, "--tls-cert"])
-        .arg(data.join("server.pem"))
-        .arg("--tls-key")
-        .arg(data.join("server.key"))
-        .args(["--control-url", &server.url(), "--credential-file"])
-        .arg(&cred)
-        .arg("--ca-file")
-        .arg(data.join("ca.pem"))
-        .args([
-            "--public-url",
-            &url,
-            "--region",
-            "eu-central",
-            "--drain-secs",
-            "0",
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    (url, Proc(child))
-}
 
 #[test]
 fn a_relayed_tcp_stream_survives_the_death_of_its_relay() {
@@ -97,10 +19,10 @@ fn a_relayed_tcp_stream_survives_the_death_of_its_relay() {
         setup_with(dir.path(), free_port(), &["--relay-standby".to_string()]);
     let data = server.data.clone();
     let key = server_cli(&data, &["relay-key"]).trim().to_string();
-    let (_, mut eu1) = start_relay(dir.path(), &server, "eu-1", &key);
-    let (_, mut eu2) = start_relay(dir.path(), &server, "eu-2", &key);
+    let (_, mut eu1) = start_relay(dir.path(), &server.url(), &data, &[], "eu-1", &key);
+    let (_, mut eu2) = start_relay(dir.path(), &server.url(), &data, &[], "eu-2", &key);
     wait("both relays are heard from", || {
-        let r = relays(&data);
+        let r = relays(&data, &[]);
         ["eu-1", "eu-2"]
             .iter()
             .all(|n| r.iter().any(|(name, st, _)| name == n && st == "up"))
@@ -150,7 +72,7 @@ fn a_relayed_tcp_stream_survives_the_death_of_its_relay() {
         serde_json::from_slice::<Value>(&out.stdout)
             .is_ok_and(|v| v[0]["devices"][0]["handshake_secs_ago"].is_u64())
     });
-    let on = relays(&data)
+    let on = relays(&data, &[])
         .into_iter()
         .find(|(_, _, n)| *n == 1)
         .map(|(name, _, _)| name)
@@ -162,48 +84,8 @@ fn a_relayed_tcp_stream_survives_the_death_of_its_relay() {
     );
 
     // A numbered stream through the tunnel: 4-byte counters, echoed back by the PLC.
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", lport)).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    let mut reader = conn.try_clone().unwrap();
-    let sent = Arc::new(AtomicU32::new(0));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let sent = sent.clone();
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut n = 0u32;
-            while !stop.load(Ordering::Relaxed) {
-                if conn.write_all(&n.to_be_bytes()).is_err() {
-                    return;
-                }
-                n += 1;
-                sent.store(n, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        })
-    };
-    // (count received, time of the last one); a gap or a duplicate ends the reader.
-    let got = Arc::new(Mutex::new((0u32, Instant::now(), None::<String>)));
-    {
-        let got = got.clone();
-        std::thread::spawn(move || {
-            let mut expect = 0u32;
-            let mut b = [0u8; 4];
-            while reader.read_exact(&mut b).is_ok() {
-                let n = u32::from_be_bytes(b);
-                let mut g = got.lock().unwrap();
-                if n != expect {
-                    g.2 = Some(format!("expected {expect}, got {n}"));
-                    return;
-                }
-                expect += 1;
-                g.0 = expect;
-                g.1 = Instant::now();
-            }
-        });
-    }
-    wait("the stream flows", || got.lock().unwrap().0 > 100);
+    let stream = NumberedStream::start(lport);
+    wait("the stream flows", || stream.count() > 100);
 
     // Kill the relay the session is on.
     let killed = Instant::now();
@@ -213,26 +95,28 @@ fn a_relayed_tcp_stream_survives_the_death_of_its_relay() {
         eu2.0.kill().unwrap();
     }
     let other = if on == "eu-1" { "eu-2" } else { "eu-1" };
-    let at_kill = got.lock().unwrap().0;
+    let at_kill = stream.count();
     let mut moved = None;
     let mut resumed = None;
     while killed.elapsed() < Duration::from_secs(45) && (moved.is_none() || resumed.is_none()) {
         if moved.is_none()
-            && relays(&data)
+            && relays(&data, &[])
                 .iter()
                 .any(|(name, _, n)| name == other && *n == 1)
         {
             moved = Some(killed.elapsed());
         }
-        if resumed.is_none() && got.lock().unwrap().0 > at_kill + 200 {
+        if resumed.is_none() && stream.count() > at_kill + 200 {
             resumed = Some(killed.elapsed());
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    stop.store(true, Ordering::Relaxed);
-    let _ = writer.join();
-    let (count, _, broken) = got.lock().unwrap().clone();
-    assert_eq!(broken, None, "the stream has no gap and no duplicate");
+    let count = stream.count();
+    assert_eq!(
+        stream.stop(),
+        None,
+        "the stream has no gap and no duplicate"
+    );
     let moved = moved.expect("the session moved to the other relay");
     println!(
         "relay killed: session moved after {moved:?}, stream flowing again after {resumed:?}; {count} numbers through"

@@ -125,6 +125,7 @@ fn status() -> EdgeToServer {
         switch_on: true,
         agent_version: concat!("loadtest-", env!("CARGO_PKG_VERSION")).into(),
         endpoints: vec![],
+        relay_rtt: vec![],
     })
 }
 
@@ -182,7 +183,7 @@ async fn open(
                     "closed before the session list".into(),
                 ));
             }
-            Some(ServerToEdge::Sessions { sessions }) => {
+            Some(ServerToEdge::Sessions { sessions, .. }) => {
                 on_sessions(fleet, &mut ws, sessions, Instant::now(), known).await?;
                 return Ok(ws);
             }
@@ -204,7 +205,7 @@ async fn serve(
                 let at = Instant::now();
                 match m? {
                     None => return Ok(()),
-                    Some(ServerToEdge::Sessions { sessions }) => on_sessions(fleet, ws, sessions, at, known).await?,
+                    Some(ServerToEdge::Sessions { sessions, .. }) => on_sessions(fleet, ws, sessions, at, known).await?,
                     Some(_) => {}
                 }
             }

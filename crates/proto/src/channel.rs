@@ -30,6 +30,30 @@ pub struct EdgeStatus {
     /// Public UDP endpoints learnt by STUN (`ip:port`), at most 8.
     #[serde(default)]
     pub endpoints: Vec<String>,
+    /// Round-trip times to the relays the server named ([`RelayProbe`]), at most
+    /// [`MAX_RELAY_PROBES`]: the server gives a session the relay nearest its edge.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relay_rtt: Vec<RelayRtt>,
+}
+
+/// Most relays an edge is asked to measure.
+pub const MAX_RELAY_PROBES: usize = 16;
+
+/// A relay an edge measures its round-trip time to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RelayProbe {
+    pub name: String,
+    /// The relay's `wss://host:port/relay/v1`.
+    pub url: String,
+}
+
+/// One measured round-trip time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RelayRtt {
+    pub relay: String,
+    /// Milliseconds (the best of a few TCP connects).
+    pub rtt_ms: u32,
 }
 
 /// Per-tunnel figures an edge or client reports.
@@ -125,9 +149,12 @@ pub enum ServerToEdge {
         device_id: String,
         account_id: String,
     },
-    /// The complete set of sessions this edge must run or hold for approval.
+    /// The complete set of sessions this edge must run or hold for approval, and
+    /// the relays to measure.
     Sessions {
         sessions: Vec<EdgeSession>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        relays: Vec<RelayProbe>,
     },
     Signal {
         session_id: String,

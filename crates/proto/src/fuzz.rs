@@ -44,7 +44,7 @@ fn nat(ms: &[NatMapping]) {
 pub fn channel_messages(data: &[u8]) {
     round_trip::<EdgeToServer>(data, |_| {});
     round_trip::<ServerToEdge>(data, |m| {
-        if let ServerToEdge::Sessions { sessions } = m {
+        if let ServerToEdge::Sessions { sessions, .. } = m {
             for s in sessions {
                 targets(&s.targets);
                 nat(&s.nat);

@@ -176,6 +176,7 @@ async fn a_disabled_edge_loses_its_channel_sessions_and_relay_within_seconds(app
             switch_on: true,
             agent_version: "test".into(),
             endpoints: vec![],
+            relay_rtt: vec![],
         }),
     )
     .await;

@@ -226,6 +226,7 @@ async fn sessions_start_only_with_the_edge_online_and_its_switch_on(app: TestApp
             switch_on: true,
             agent_version: "test".into(),
             endpoints: vec![],
+            relay_rtt: vec![],
         }),
     )
     .await;
@@ -281,6 +282,7 @@ async fn switching_off_ends_every_session_of_the_edge_within_seconds(app: TestAp
             switch_on: false,
             agent_version: "test".into(),
             endpoints: vec![],
+            relay_rtt: vec![],
         }),
     )
     .await;
@@ -1022,6 +1024,7 @@ async fn a_message_larger_than_the_read_buffer_arrives_whole(app: TestApp) {
         switch_on: true,
         agent_version: "test".into(),
         endpoints: vec![],
+        relay_rtt: vec![],
     }))
     .unwrap();
     let padded = format!("{}{status}", " ".repeat(100 * 1024));
@@ -1065,6 +1068,7 @@ async fn a_heartbeat_status_keeps_the_edge_heard_from(app: TestApp) {
             switch_on: true,
             agent_version: "test-2".into(),
             endpoints: vec![],
+            relay_rtt: vec![],
         }),
     )
     .await;
@@ -1092,6 +1096,7 @@ async fn a_heartbeat_status_keeps_the_edge_heard_from(app: TestApp) {
             switch_on: true,
             agent_version: "x".repeat(65),
             endpoints: vec![],
+            relay_rtt: vec![],
         }),
     )
     .await;

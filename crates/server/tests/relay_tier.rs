@@ -8,7 +8,7 @@ mod common;
 mod live_harness;
 
 use axum::http::{Method, StatusCode};
-use drawbridge_proto::channel::{ServerToClient, ServerToEdge};
+use drawbridge_proto::channel::{EdgeStatus, EdgeToServer, RelayRtt, ServerToClient, ServerToEdge};
 use drawbridge_relay::feed::announce::Announce;
 use drawbridge_relay::feed::poll::RevocationFeed;
 use drawbridge_relay::{RelayConfig, RelayState, Standalone, StandaloneConfig};
@@ -22,6 +22,7 @@ store_tests!(
     a_session_gets_one_relay_for_edge_and_client_and_moves_within_10_s_when_it_dies,
     a_draining_relay_hands_its_sessions_over_and_takes_no_new_ones,
     bad_heartbeats_are_refused_and_change_nothing,
+    a_new_session_gets_the_relay_its_edge_measured_nearest,
 );
 
 /// A running standalone relay announcing itself.
@@ -377,4 +378,88 @@ async fn bad_heartbeats_are_refused_and_change_nothing(app: common::TestApp) {
     }
     let after = rows().await;
     assert_eq!(after.len(), 1, "{after:?}");
+}
+
+async fn a_new_session_gets_the_relay_its_edge_measured_nearest(app: common::TestApp) {
+    let l = tier(app).await;
+    let a = announced_relay(&l, "eu-1").await;
+    let b = announced_relay(&l, "eu-2").await;
+    heard(&l, &["eu-1", "eu-2"]).await;
+    let acct = l.app.account("acme").await;
+    let d = enrolled(&l, &acct, "press").await;
+    let mut edge_ws = edge(&l, &d, true).await;
+    // The edge is told which relays to measure (with every full state it gets):
+    // both standalone ones (and the embedded standby relay).
+    let (_first, _c0) = running(&l, &acct, &d, 39).await;
+    let m = until(
+        &mut edge_ws,
+        |m: &ServerToEdge| matches!(m, ServerToEdge::Sessions { relays, .. } if relays.len() >= 2),
+    )
+    .await;
+    let ServerToEdge::Sessions { relays: probes, .. } = m else {
+        unreachable!()
+    };
+    for url in [&a.url, &b.url] {
+        assert!(probes.iter().any(|p| &p.url == url), "{probes:?}");
+    }
+    let status = |rtt: Vec<RelayRtt>| {
+        EdgeToServer::Status(EdgeStatus {
+            switch_on: true,
+            agent_version: "test".into(),
+            endpoints: vec![],
+            relay_rtt: rtt,
+        })
+    };
+    let rtt = |name: &str, ms: u32| RelayRtt {
+        relay: name.into(),
+        rtt_ms: ms,
+    };
+    // Out of bounds: refused, nothing recorded.
+    for bad in [
+        vec![rtt("eu-1", 70_000)],
+        vec![rtt("", 5)],
+        (0..20).map(|i| rtt(&format!("r{i}"), 5)).collect(),
+    ] {
+        send(&mut edge_ws, &status(bad)).await;
+        let m = until(&mut edge_ws, |m: &ServerToEdge| {
+            matches!(m, ServerToEdge::Error { .. })
+        })
+        .await;
+        assert!(
+            matches!(&m, ServerToEdge::Error { message, .. } if message.contains("out of bounds")),
+            "{m:?}"
+        );
+    }
+    let none: Option<String> = sqlx::query_scalar("SELECT relay_rtt FROM devices WHERE id = $1")
+        .bind(&d.id)
+        .fetch_one(&l.app.state.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(none, None, "nothing recorded");
+    // eu-2 is much nearer than eu-1.
+    send(&mut edge_ws, &status(vec![rtt("eu-1", 80), rtt("eu-2", 9)])).await;
+    let mut stored = None;
+    for _ in 0..50 {
+        stored =
+            sqlx::query_scalar::<_, Option<String>>("SELECT relay_rtt FROM devices WHERE id = $1")
+                .bind(&d.id)
+                .fetch_one(&l.app.state.store.pool)
+                .await
+                .unwrap();
+        if stored.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stored.as_deref(), Some(r#"{"eu-1":80,"eu-2":9}"#));
+    // Every new session of this device goes to eu-2 (without measurements half
+    // of them would go to eu-1).
+    for n in 0..8u8 {
+        let (s, _c) = running(&l, &acct, &d, 40 + n).await;
+        assert_eq!(
+            assigned(&l, &s).await.as_deref(),
+            Some("eu-2"),
+            "session {n}"
+        );
+    }
 }

@@ -217,11 +217,19 @@ pub fn edge_run_with(state: &Path, extra: &[&str]) -> Proc {
             .arg(state)
             .arg("run")
             .args(extra)
-            .env("RUST_LOG", "warn")
+            // TEST_EDGE_LOG=FILTER shows the edge's log (on stderr) while debugging a test.
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_EDGE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             // The "LAN devices" of these tests are servers on 127.0.0.1.
             .env("DRAWBRIDGE_EDGE_LOOPBACK_LAN", "1")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(if std::env::var("TEST_EDGE_LOG").is_ok() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .expect("start edge"),
     )
@@ -474,4 +482,218 @@ pub fn origin_host(origin: &str) -> String {
         .next()
         .unwrap_or_default()
         .to_string()
+}
+
+/// A Modbus TCP PLC simulator on loopback (tokio-modbus): holding registers
+/// 0..16 hold 1000 + address; register 100 counts the reads it has answered.
+pub fn plc_simulator() -> std::net::SocketAddr {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    use tokio_modbus::prelude::*;
+    use tokio_modbus::server::tcp::{Server as ModbusServer, accept_tcp_connection};
+
+    #[derive(Clone)]
+    struct Plc(std::sync::Arc<AtomicU16>);
+    impl tokio_modbus::server::Service for Plc {
+        type Request = Request<'static>;
+        type Response = Response;
+        type Exception = ExceptionCode;
+        type Future = std::future::Ready<Result<Response, ExceptionCode>>;
+        fn call(&self, req: Request<'static>) -> Self::Future {
+            std::future::ready(match req {
+                Request::ReadHoldingRegisters(100, 1) => Ok(Response::ReadHoldingRegisters(vec![
+                    self.0.fetch_add(1, Ordering::Relaxed),
+                ])),
+                Request::ReadHoldingRegisters(a, n) if u32::from(a) + u32::from(n) <= 16 => Ok(
+                    Response::ReadHoldingRegisters((a..a + n).map(|x| 1000 + x).collect()),
+                ),
+                _ => Err(ExceptionCode::IllegalDataAddress),
+            })
+        }
+    }
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = std_listener.local_addr().unwrap();
+    std_listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+            let plc = Plc(std::sync::Arc::new(AtomicU16::new(0)));
+            let server = ModbusServer::new(listener);
+            let on_connected = |stream, socket_addr| {
+                let plc = plc.clone();
+                async move { accept_tcp_connection(stream, socket_addr, move |_| Ok(Some(plc.clone()))) }
+            };
+            let _ = server.serve(&on_connected, |_e| {}).await;
+        });
+    });
+    addr
+}
+
+/// Reads holding registers 0..4 over Modbus TCP at `addr`.
+pub async fn read_registers(
+    addr: std::net::SocketAddr,
+) -> Result<Vec<u16>, Box<dyn std::error::Error + Send + Sync>> {
+    use tokio_modbus::prelude::*;
+    let mut ctx = tokio::time::timeout(Duration::from_secs(5), tcp::connect(addr)).await??;
+    let regs =
+        tokio::time::timeout(Duration::from_secs(5), ctx.read_holding_registers(0, 4)).await???;
+    Ok(regs)
+}
+
+/// `drawbridge-server ARGS --data-dir DATA`'s standard output.
+pub fn server_cli(data: &Path, args: &[&str]) -> String {
+    let out = Command::new(server_bin())
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `relays list` as (name, state, sessions); `extra`: database flags.
+pub fn relays(data: &Path, extra: &[&str]) -> Vec<(String, String, u64)> {
+    let args: Vec<&str> = ["relays", "list"].iter().chain(extra).copied().collect();
+    server_cli(data, &args)
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            Some((
+                f.first()?.to_string(),
+                f.get(2)?.to_string(),
+                f.get(5)?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// A standalone relay with TLS (the server's certificate) announcing itself as
+/// `name` to the control plane at `control_url` (`extra`: database flags for
+/// making its credential).
+pub fn start_relay(
+    dir: &Path,
+    control_url: &str,
+    data: &Path,
+    extra: &[&str],
+    name: &str,
+    key: &str,
+) -> (String, Proc) {
+    let cred = dir.join(format!("{name}.cred"));
+    let args: Vec<&str> = ["relay-credential", "--name", name]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect();
+    std::fs::write(&cred, server_cli(data, &args)).unwrap();
+    let port = free_port();
+    let url = format!("wss://127.0.0.1:{port}/relay/v1");
+    let mut cmd = Command::new(server_bin());
+    for v in PROXY_VARS {
+        cmd.env_remove(v);
+    }
+    let child = cmd
+        .args(["relay", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--stun-listen", &format!("127.0.0.1:{}", free_udp_port())])
+        .args(["--verifying-key", key, "--tls-cert"])
+        .arg(data.join("server.pem"))
+        .arg("--tls-key")
+        .arg(data.join("server.key"))
+        .args(["--control-url", control_url, "--credential-file"])
+        .arg(&cred)
+        .arg("--ca-file")
+        .arg(data.join("ca.pem"))
+        .args(["--public-url", &url, "--region", "eu-central"])
+        .args(["--drain-secs", "0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (url, Proc(child))
+}
+
+/// A numbered TCP stream through `127.0.0.1:port`: 4-byte counters every 10 ms,
+/// echoed back; the reader checks that each comes back once and in order.
+pub struct NumberedStream {
+    got: std::sync::Arc<std::sync::Mutex<(u32, Option<String>)>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NumberedStream {
+    pub fn start(port: u16) -> NumberedStream {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        let mut reader = conn.try_clone().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    if conn.write_all(&n.to_be_bytes()).is_err() {
+                        return;
+                    }
+                    n += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        let got = std::sync::Arc::new(std::sync::Mutex::new((0u32, None::<String>)));
+        {
+            let got = got.clone();
+            std::thread::spawn(move || {
+                let mut expect = 0u32;
+                let mut b = [0u8; 4];
+                loop {
+                    if let Err(e) = reader.read_exact(&mut b) {
+                        got.lock().unwrap().1.get_or_insert(format!("read: {e}"));
+                        return;
+                    }
+                    let n = u32::from_be_bytes(b);
+                    let mut g = got.lock().unwrap();
+                    if n != expect {
+                        g.1 = Some(format!("expected {expect}, got {n}"));
+                        return;
+                    }
+                    expect += 1;
+                    g.0 = expect;
+                }
+            });
+        }
+        NumberedStream {
+            got,
+            stop,
+            writer: Some(writer),
+        }
+    }
+
+    /// Numbers back so far.
+    pub fn count(&self) -> u32 {
+        self.got.lock().unwrap().0
+    }
+
+    /// What broke the stream (a gap, a duplicate, the connection), if anything did.
+    pub fn broken(&self) -> Option<String> {
+        self.got.lock().unwrap().1.clone()
+    }
+
+    /// Stops sending; answers what broke the stream before, if anything.
+    pub fn stop(mut self) -> Option<String> {
+        let broken = self.broken();
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+        broken
+    }
 }

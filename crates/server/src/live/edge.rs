@@ -292,13 +292,7 @@ async fn serve(
         fail(ws, code, message).await;
         return Ok(());
     }
-    send(
-        ws,
-        &ServerToEdge::Sessions {
-            sessions: desired::edge_sessions(state, &edge.device_id).await?,
-        },
-    )
-    .await?;
+    send(ws, &desired_state(state, &edge.device_id).await?).await?;
     // Candidates clients sent while this edge was away.
     for (session_id, peer, data) in crate::live::signals_for_edge(state, &edge.device_id).await? {
         send(
@@ -338,8 +332,7 @@ async fn serve(
                         fail(ws, code, message).await;
                         return Ok(());
                     }
-                    let sessions = desired::edge_sessions(state, &edge.device_id).await?;
-                    send(ws, &ServerToEdge::Sessions { sessions }).await?;
+                    send(ws, &desired_state(state, &edge.device_id).await?).await?;
                 }
                 Some(Poke::Send(m)) => send(ws, &m).await?,
             },
@@ -485,13 +478,28 @@ async fn handle(state: &AppState, edge: &Edge, msg: EdgeToServer) -> AppResult<(
     }
 }
 
+/// The complete desired state of an edge: its sessions and the relays to measure.
+async fn desired_state(state: &AppState, device_id: &str) -> AppResult<ServerToEdge> {
+    Ok(ServerToEdge::Sessions {
+        sessions: desired::edge_sessions(state, device_id).await?,
+        relays: crate::relays::probes(state),
+    })
+}
+
 async fn status(state: &AppState, edge: &Edge, s: EdgeStatus, now: i64) -> AppResult<()> {
     if s.agent_version.len() > 64
         || s.endpoints.len() > 8
         || s.endpoints.iter().any(|e| e.len() > 64)
+        || s.relay_rtt.len() > drawbridge_proto::channel::MAX_RELAY_PROBES
+        || s.relay_rtt
+            .iter()
+            .any(|r| r.relay.is_empty() || r.relay.len() > 64 || r.rtt_ms > 60_000)
     {
         touch(state, edge, now).await?;
         return Err(AppError::invalid("status out of bounds"));
+    }
+    if !s.relay_rtt.is_empty() {
+        crate::relays::record_rtt(state, &edge.device_id, &s.relay_rtt).await?;
     }
     // The usual case, a heartbeat with the switch as it was: one statement,
     // nothing to record. It changes nothing if the switch differs.

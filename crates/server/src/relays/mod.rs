@@ -74,6 +74,12 @@ pub const DEFAULT_LOCAL_NAME: &str = "local";
 pub struct Relays {
     local: RwLock<Local>,
     known: RwLock<Vec<Relay>>,
+    /// Since when (unix seconds) this replica has read the relays table without a
+    /// failure; 0: since its start. Heartbeats are not recorded while the database
+    /// is away, so after an outage relays are judged as after a start.
+    reachable_since: std::sync::atomic::AtomicI64,
+    /// The last reload failed.
+    unreachable: std::sync::atomic::AtomicBool,
 }
 
 impl Relays {
@@ -81,6 +87,15 @@ impl Relays {
         if let Ok(mut l) = self.local.write() {
             *l = local;
         }
+    }
+
+    /// Since when relays that have not been heard from may be judged down
+    /// (the replica's start, or the end of its last database outage).
+    pub fn judged_since(&self, started_at: i64) -> i64 {
+        started_at.max(
+            self.reachable_since
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     pub fn local(&self) -> Local {
@@ -194,6 +209,71 @@ fn relay_row(r: &sqlx::any::AnyRow) -> AppResult<Relay> {
     })
 }
 
+/// The relays an edge is asked to measure: those taking sessions.
+pub fn probes(state: &AppState) -> Vec<drawbridge_proto::channel::RelayProbe> {
+    let now = state.now();
+    view(state)
+        .into_iter()
+        .filter(|r| r.takes_sessions(now))
+        .take(drawbridge_proto::channel::MAX_RELAY_PROBES)
+        .map(|r| drawbridge_proto::channel::RelayProbe {
+            name: r.name,
+            url: r.url,
+        })
+        .collect()
+}
+
+/// Keeps the round-trip times an edge measured (bounded by the caller).
+pub async fn record_rtt(
+    state: &AppState,
+    device_id: &str,
+    rtt: &[drawbridge_proto::channel::RelayRtt],
+) -> AppResult<()> {
+    let map: std::collections::BTreeMap<&str, u32> =
+        rtt.iter().map(|r| (r.relay.as_str(), r.rtt_ms)).collect();
+    for (relay, ms) in &map {
+        metrics::histogram!("relay_edge_rtt_seconds", "relay" => relay.to_string())
+            .record(f64::from(*ms) / 1000.0);
+    }
+    let json =
+        serde_json::to_string(&map).map_err(|e| AppError::internal(anyhow::Error::from(e)))?;
+    sqlx::query("UPDATE devices SET relay_rtt = $1 WHERE id = $2")
+        .bind(json)
+        .bind(device_id)
+        .execute(&state.store.pool)
+        .await?;
+    Ok(())
+}
+
+/// The round-trip time from a session's edges to each relay (the sum over its
+/// approved devices; a relay some device has not measured is left out).
+pub async fn session_rtt(
+    conn: &mut AnyConnection,
+    session_id: &str,
+) -> AppResult<std::collections::HashMap<String, u32>> {
+    let rows: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT d.relay_rtt FROM session_devices sd JOIN devices d ON d.id = sd.device_id
+         WHERE sd.session_id = $1 AND sd.approval IN ('approved', 'pending')",
+    )
+    .bind(session_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut total: Option<std::collections::HashMap<String, u32>> = None;
+    for row in rows {
+        let m: std::collections::HashMap<String, u32> = row
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        total = Some(match total {
+            None => m,
+            Some(t) => t
+                .into_iter()
+                .filter_map(|(k, v)| m.get(&k).map(|w| (k, v.saturating_add(*w))))
+                .collect(),
+        });
+    }
+    Ok(total.unwrap_or_default())
+}
+
 /// Sends this replica's heartbeat and reloads every relay's.
 pub async fn refresh(state: &AppState) -> AppResult<()> {
     upsert(state, &local_entry(state)).await?;
@@ -229,16 +309,44 @@ pub async fn session_relay(
     active: bool,
     needs_bridge: bool,
 ) -> AppResult<Relay> {
-    let relays = view(state);
+    let mut relays = view(state);
+    if let Some(a) = &assigned
+        && !relays.iter().any(|r| &r.name == a)
+    {
+        // Assigned by a replica that has heard of a relay this one has not
+        // reloaded yet: read it now rather than move the session away from it.
+        let row = sqlx::query(
+            "SELECT name, url, region, stun, bridge, draining, drain_requested, standby, connections, heartbeat_at
+             FROM relays WHERE name = $1",
+        )
+        .bind(a)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(row) = row {
+            relays.push(relay_row(&row)?);
+        }
+    }
     let now = state.now();
-    let decision = pick::decide(
-        session_id,
-        assigned.as_deref(),
-        &relays,
-        now,
-        state.started_at,
-        needs_bridge,
-    );
+    let decide = |rtt| {
+        pick::decide(
+            session_id,
+            assigned.as_deref(),
+            &relays,
+            now,
+            state.relays.judged_since(state.started_at),
+            needs_bridge,
+            rtt,
+        )
+    };
+    let unmeasured = std::collections::HashMap::new();
+    let mut decision = decide(&unmeasured);
+    if active && matches!(decision, pick::Decision::Move(_)) {
+        // The measured round-trip times matter only when a relay is (re)assigned.
+        let rtt = session_rtt(conn, session_id).await?;
+        if !rtt.is_empty() {
+            decision = decide(&rtt);
+        }
+    }
     let chosen = match decision {
         pick::Decision::Keep(r) | pick::Decision::Fallback(r) => return Ok(r.clone()),
         pick::Decision::Move(r) if !active => {
@@ -293,7 +401,18 @@ pub async fn needs_bridge(conn: &mut AnyConnection, session_id: &str) -> AppResu
 /// or draining moved to live ones (their edges and clients told at once).
 /// Returns the sessions moved.
 pub async fn sweep(state: &AppState) -> AppResult<Vec<String>> {
-    refresh(state).await?;
+    use std::sync::atomic::Ordering;
+    if let Err(e) = refresh(state).await {
+        state.relays.unreachable.store(true, Ordering::Relaxed);
+        return Err(e);
+    }
+    if state.relays.unreachable.swap(false, Ordering::Relaxed) {
+        state
+            .relays
+            .reachable_since
+            .store(state.now(), Ordering::Relaxed);
+    }
+    let since = state.relays.judged_since(state.started_at);
     let now = state.now();
     let relays = view(state);
     let mut moved = Vec::new();
@@ -302,7 +421,7 @@ pub async fn sweep(state: &AppState) -> AppResult<Vec<String>> {
     let others = relays.iter().any(|r| !r.standby && r.takes_sessions(now));
     for gone in relays
         .iter()
-        .filter(|r| r.to_leave(now, state.started_at) || (r.standby && others))
+        .filter(|r| r.to_leave(now, since) || (r.standby && others))
     {
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT id FROM sessions WHERE relay = $1 AND state = 'active' ORDER BY id LIMIT $2",

@@ -252,6 +252,7 @@ pub async fn edge(l: &Live, d: &Device, switch_on: bool) -> Ws {
             switch_on,
             agent_version: "test".into(),
             endpoints: vec![],
+            relay_rtt: vec![],
         }),
     )
     .await;
@@ -281,7 +282,7 @@ pub fn wg_key(n: u8) -> drawbridge_proto::WgKey {
 
 pub fn sessions_of(m: &ServerToEdge) -> Option<&Vec<drawbridge_proto::channel::EdgeSession>> {
     match m {
-        ServerToEdge::Sessions { sessions } => Some(sessions),
+        ServerToEdge::Sessions { sessions, .. } => Some(sessions),
         _ => None,
     }
 }

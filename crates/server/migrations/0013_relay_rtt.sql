@@ -1,0 +1,3 @@
+-- Round-trip times an edge measured to the relays (JSON object: relay name → ms);
+-- a session gets the relay nearest its edges.
+ALTER TABLE devices ADD COLUMN relay_rtt TEXT;
