@@ -15,12 +15,32 @@ use std::time::{Duration, Instant};
 #[test]
 fn a_relayed_tcp_stream_survives_the_death_of_its_relay() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, api, device, state) =
-        setup_with(dir.path(), free_port(), &["--relay-standby".to_string()]);
+    let metrics = free_port();
+    let (server, api, device, state) = setup_with(
+        dir.path(),
+        free_port(),
+        &[
+            "--relay-standby".to_string(),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{metrics}"),
+        ],
+    );
     let data = server.data.clone();
     let key = server_cli(&data, &["relay-key"]).trim().to_string();
-    let (_, mut eu1) = start_relay(dir.path(), &server.url(), &data, &[], "eu-1", &key);
-    let (_, mut eu2) = start_relay(dir.path(), &server.url(), &data, &[], "eu-2", &key);
+    let relay_metrics = [free_port(), free_port()];
+    let flags = |i: usize| {
+        [
+            "--metrics-listen".to_string(),
+            format!("127.0.0.1:{}", relay_metrics[i]),
+        ]
+    };
+    let (f1, f2) = (flags(0), flags(1));
+    let (f1, f2): (Vec<&str>, Vec<&str>) = (
+        f1.iter().map(String::as_str).collect(),
+        f2.iter().map(String::as_str).collect(),
+    );
+    let (_, mut eu1) = start_relay_with(dir.path(), &server.url(), &data, &[], "eu-1", &key, &f1);
+    let (_, mut eu2) = start_relay_with(dir.path(), &server.url(), &data, &[], "eu-2", &key, &f2);
     wait("both relays are heard from", || {
         let r = relays(&data, &[]);
         ["eu-1", "eu-2"]
@@ -87,6 +107,18 @@ fn a_relayed_tcp_stream_survives_the_death_of_its_relay() {
     let stream = NumberedStream::start(lport);
     wait("the stream flows", || stream.count() > 100);
 
+    // Both sides count: the relay its connections and sessions, the control plane
+    // every relay's health.
+    let on_metrics = relay_metrics[if on == "eu-1" { 0 } else { 1 }];
+    wait("the relay's metrics show the session", || {
+        let t = metrics_text(on_metrics);
+        t.contains("relay_connections 2") && t.contains("relay_sessions 1")
+    });
+    let cp = metrics_text(metrics);
+    assert!(
+        cp.contains(&format!("relay_up{{relay=\"{on}\"}} 1")),
+        "{cp}"
+    );
     // Kill the relay the session is on.
     let killed = Instant::now();
     if on == "eu-1" {
@@ -122,6 +154,11 @@ fn a_relayed_tcp_stream_survives_the_death_of_its_relay() {
         "relay killed: session moved after {moved:?}, stream flowing again after {resumed:?}; {count} numbers through"
     );
     assert!(moved <= Duration::from_secs(10), "moved after {moved:?}");
+    let cp = metrics_text(metrics);
+    assert!(
+        cp.contains(&format!("relay_up{{relay=\"{on}\"}} 0")),
+        "{cp}"
+    );
     let resumed = resumed.expect("the stream flows again over the other relay");
     assert!(
         resumed <= Duration::from_secs(30),

@@ -203,6 +203,11 @@ impl RelayState {
         self.inner.feed_wake.notified().await
     }
 
+    /// Sessions with a peer connected now.
+    pub fn sessions(&self) -> u64 {
+        self.lock().sessions() as u64
+    }
+
     /// Peer connections now.
     pub fn connections(&self) -> u64 {
         self.lock().len() as u64
@@ -646,11 +651,23 @@ impl Standalone {
                 std::future::pending::<std::io::Result<()>>().await
             }
         };
+        // Sessions with a peer here (a walk over the connections, so not on every change).
+        let gauges = {
+            let state = state.clone();
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    metrics::gauge!("relay_sessions").set(state.sessions() as f64);
+                }
+            }
+        };
         let app = router(state);
         match tls {
             Some(tls) => {
                 tokio::select! {
                     r = serve_tls(listener, app, tls) => r,
+                    () = gauges => Ok(()),
                     r = stun::serve(udp) => r,
                     r = bridge => r,
                     r = feed => r,
@@ -659,6 +676,7 @@ impl Standalone {
             None => {
                 tokio::select! {
                     r = axum::serve(listener, app) => r,
+                    () = gauges => Ok(()),
                     r = stun::serve(udp) => r,
                     r = bridge => r,
                     r = feed => r,

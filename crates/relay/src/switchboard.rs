@@ -107,6 +107,15 @@ impl<H> Switchboard<H> {
         self.members.is_empty()
     }
 
+    /// Sessions with at least one member (a walk over all members: for metrics).
+    pub fn sessions(&self) -> usize {
+        self.members
+            .values()
+            .map(|m| m.grant.session.as_str())
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    }
+
     pub fn get(&self, key: &Key) -> Option<&Member<H>> {
         self.members.get(key)
     }

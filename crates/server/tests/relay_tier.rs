@@ -23,6 +23,7 @@ store_tests!(
     a_draining_relay_hands_its_sessions_over_and_takes_no_new_ones,
     bad_heartbeats_are_refused_and_change_nothing,
     a_new_session_gets_the_relay_its_edge_measured_nearest,
+    a_move_made_while_serving_one_peer_reaches_every_peer,
 );
 
 /// A running standalone relay announcing itself.
@@ -462,4 +463,44 @@ async fn a_new_session_gets_the_relay_its_edge_measured_nearest(app: common::Tes
             "session {n}"
         );
     }
+}
+
+async fn a_move_made_while_serving_one_peer_reaches_every_peer(app: common::TestApp) {
+    // No sweep runs here: the move happens while a second client joins.
+    let l = live(app).await;
+    l.app.state.relays.set_local(Local {
+        standby: true,
+        ..Local::default()
+    });
+    let a = announced_relay(&l, "eu-1").await;
+    let b = announced_relay(&l, "eu-2").await;
+    heard(&l, &["eu-1", "eu-2"]).await;
+    let acct = l.app.account("acme").await;
+    let d = enrolled(&l, &acct, "press").await;
+    let mut edge_ws = edge(&l, &d, true).await;
+    let (s, mut client) = running(&l, &acct, &d, 1).await;
+    let name = assigned(&l, &s).await.unwrap();
+    let other = if name == "eu-1" { &b } else { &a };
+    // An operator drains the relay; this replica reloads the table but sweeps nothing.
+    assert!(
+        relays::set_drain(&l.app.state.store, &name, true)
+            .await
+            .unwrap()
+    );
+    relays::refresh(&l.app.state).await.unwrap();
+    // A second client joins: its join finds the relay drained and moves the session …
+    let (st, join) = l
+        .app
+        .call(
+            Method::POST,
+            &format!("/api/v1/sessions/{s}/join"),
+            Some(&acct.admin),
+            Some(serde_json::json!({"public_key": wg_key(2)})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{join}");
+    assert_eq!(join["relay_url"], other.url.as_str());
+    // … and the edge and the first client are told, not only the one who asked.
+    assert!(edge_told(&mut edge_ws, &s, &other.url, Duration::from_secs(5)).await);
+    assert!(client_told(&mut client, &other.url, Duration::from_secs(5)).await);
 }

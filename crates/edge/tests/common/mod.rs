@@ -584,6 +584,19 @@ pub fn start_relay(
     name: &str,
     key: &str,
 ) -> (String, Proc) {
+    start_relay_with(dir, control_url, data, extra, name, key, &[])
+}
+
+/// [`start_relay`] with more relay flags (e.g. `--metrics-listen ADDR`).
+pub fn start_relay_with(
+    dir: &Path,
+    control_url: &str,
+    data: &Path,
+    extra: &[&str],
+    name: &str,
+    key: &str,
+    flags: &[&str],
+) -> (String, Proc) {
     let cred = dir.join(format!("{name}.cred"));
     let args: Vec<&str> = ["relay-credential", "--name", name]
         .iter()
@@ -610,6 +623,7 @@ pub fn start_relay(
         .arg(data.join("ca.pem"))
         .args(["--public-url", &url, "--region", "eu-central"])
         .args(["--drain-secs", "0"])
+        .args(flags)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -696,4 +710,17 @@ impl NumberedStream {
         }
         broken
     }
+}
+
+/// The Prometheus text at `http://127.0.0.1:PORT/metrics` (empty when it does not answer).
+pub fn metrics_text(port: u16) -> String {
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .and_then(|r| r.text())
+        .unwrap_or_default()
 }

@@ -290,6 +290,20 @@ pub async fn refresh(state: &AppState) -> AppResult<()> {
             .set(f64::from(u8::from(r.live(now))));
         metrics::gauge!("relay_peer_connections", "relay" => r.name.clone())
             .set(r.connections as f64);
+        metrics::gauge!("relay_draining", "relay" => r.name.clone())
+            .set(f64::from(u8::from(r.draining || r.drain_requested)));
+    }
+    let per_relay: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT relay, COUNT(*) FROM sessions WHERE state = 'active' AND relay IS NOT NULL GROUP BY relay",
+    )
+    .fetch_all(&state.store.pool)
+    .await?;
+    for r in &known {
+        let n = per_relay
+            .iter()
+            .find(|(name, _)| *name == r.name)
+            .map_or(0, |(_, n)| *n);
+        metrics::gauge!("relay_sessions", "relay" => r.name.clone()).set(n as f64);
     }
     if let Ok(mut k) = state.relays.known.write() {
         *k = known;
@@ -315,16 +329,7 @@ pub async fn session_relay(
     {
         // Assigned by a replica that has heard of a relay this one has not
         // reloaded yet: read it now rather than move the session away from it.
-        let row = sqlx::query(
-            "SELECT name, url, region, stun, bridge, draining, drain_requested, standby, connections, heartbeat_at
-             FROM relays WHERE name = $1",
-        )
-        .bind(a)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some(row) = row {
-            relays.push(relay_row(&row)?);
-        }
+        relays.extend(relay_named(conn, a).await?);
     }
     let now = state.now();
     let decide = |rtt| {
@@ -367,23 +372,54 @@ pub async fn session_relay(
             .await?
             .rows_affected();
     if moved == 0 {
-        // Another replica decided first: go with its choice when it is known here.
+        // Another replica decided first: go with its choice.
         let now_assigned: Option<String> =
             sqlx::query_scalar("SELECT relay FROM sessions WHERE id = $1")
                 .bind(session_id)
                 .fetch_optional(&mut *conn)
                 .await?
                 .flatten();
-        if let Some(r) = now_assigned.and_then(|a| relays.iter().find(|x| x.name == a).cloned()) {
-            return Ok(r);
+        if let Some(a) = now_assigned {
+            if let Some(r) = relays.iter().find(|x| x.name == a) {
+                return Ok(r.clone());
+            }
+            if let Some(row) = relay_named(conn, &a).await? {
+                return Ok(row);
+            }
         }
-    } else if let Some(from) = &assigned {
-        tracing::info!(session = %session_id, from = %from, to = %chosen.name, "session moved to another relay");
-        metrics::counter!("relay_session_moves_total").increment(1);
-    } else {
-        tracing::debug!(session = %session_id, relay = %chosen.name, known = relays.len(), "session assigned a relay");
+        return Ok(chosen.clone());
     }
+    match &assigned {
+        Some(from) => {
+            tracing::info!(session = %session_id, from = %from, to = %chosen.name, "session moved to another relay");
+            metrics::counter!("relay_session_moves_total").increment(1);
+        }
+        None => {
+            tracing::debug!(session = %session_id, relay = %chosen.name, "session assigned a relay")
+        }
+    }
+    // Every peer of the session hears of it, wherever the change was made (the
+    // sweep, or one peer's request that found the old relay gone). In a task of
+    // its own: the caller holds a connection, and SQLite's pool has only one.
+    let (st, id) = (state.clone(), session_id.to_string());
+    tokio::spawn(async move {
+        if let Err(e) = crate::live::notify_sessions(&st, &[id]).await {
+            tracing::warn!(error = %e.message, "telling a session's peers of its new relay failed");
+        }
+    });
     Ok(chosen.clone())
+}
+
+/// One relay's row, read now.
+async fn relay_named(conn: &mut AnyConnection, name: &str) -> AppResult<Option<Relay>> {
+    let row = sqlx::query(
+        "SELECT name, url, region, stun, bridge, draining, drain_requested, standby, connections, heartbeat_at
+         FROM relays WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(relay_row).transpose()
 }
 
 /// Whether a standard WireGuard client (bridged through the relay) is in the session.
@@ -441,11 +477,11 @@ pub async fn sweep(state: &AppState) -> AppResult<Vec<String>> {
     }
     drop(conn);
     if !moved.is_empty() {
+        // Their peers were told by `session_relay`.
         tracing::info!(
             sessions = moved.len(),
             "moved sessions off relays that are down or draining"
         );
-        crate::live::notify_sessions(state, &moved).await?;
     }
     Ok(moved)
 }
