@@ -412,15 +412,18 @@ fn a_cluster_behind_haproxy_keeps_tunnels_through_replica_relay_and_database_fau
     // Fault 3: the database goes away for 5 s and comes back. The replicas recover
     // on their own; what was committed is there once, the audit chain verifies,
     // and pushes cross replicas again.
-    let audit_before: i64 = rt.block_on(async {
-        let mut c = sqlx::postgres::PgConnection::connect(&db_url)
-            .await
-            .unwrap();
-        sqlx::query_scalar("SELECT COUNT(*) FROM audit_log")
-            .fetch_one(&mut c)
-            .await
-            .unwrap()
-    });
+    let audit_count = || -> i64 {
+        rt.block_on(async {
+            let mut c = sqlx::postgres::PgConnection::connect(&db_url)
+                .await
+                .unwrap();
+            sqlx::query_scalar("SELECT COUNT(*) FROM audit_log")
+                .fetch_one(&mut c)
+                .await
+                .unwrap()
+        })
+    };
+    let audit_before = audit_count();
     admin_db(format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"));
     admin_db(format!(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
@@ -460,15 +463,7 @@ fn a_cluster_behind_haproxy_keeps_tunnels_through_replica_relay_and_database_fau
         assert_eq!(s, 200, "{v}");
         wait("and its end", || !sessions_on_edge(&state).contains(&next));
     }
-    let audit_after: i64 = rt.block_on(async {
-        let mut c = sqlx::postgres::PgConnection::connect(&db_url)
-            .await
-            .unwrap();
-        sqlx::query_scalar("SELECT COUNT(*) FROM audit_log")
-            .fetch_one(&mut c)
-            .await
-            .unwrap()
-    });
+    let audit_after = audit_count();
     assert!(audit_after > audit_before, "{audit_before} → {audit_after}");
     let verify = server_cli(&data, &["audit", "verify", "--database", &db_url]);
     assert!(!verify.to_lowercase().contains("broken"), "{verify}");

@@ -28,10 +28,13 @@ fn a_relayed_tcp_stream_survives_the_death_of_its_relay() {
     let data = server.data.clone();
     let key = server_cli(&data, &["relay-key"]).trim().to_string();
     let relay_metrics = [free_port(), free_port()];
+    // Each drains up to 30 s when stopped with SIGTERM.
     let flags = |i: usize| {
         [
             "--metrics-listen".to_string(),
             format!("127.0.0.1:{}", relay_metrics[i]),
+            "--drain-secs".into(),
+            "30".into(),
         ]
     };
     let (f1, f2) = (flags(0), flags(1));
@@ -49,25 +52,7 @@ fn a_relayed_tcp_stream_survives_the_death_of_its_relay() {
     });
 
     let plc = echo_server();
-    let (code, v) = api.call(
-        reqwest::Method::PATCH,
-        &format!("/devices/{device}"),
-        Some(json!({"firewall": [{"address": "127.0.0.1", "protocol": "tcp", "ports": plc.port().to_string()}]})),
-    );
-    assert_eq!(code, 200, "{v}");
-    edge(&state, &["switch", "on"]);
-    let _agent = edge_run(&state);
-    wait("online with the switch on", || {
-        let d = api.get(&format!("/devices/{device}"));
-        d["status"]["online"] == true && d["status"]["switch_on"] == true
-    });
-    let me = api.get("/me")["user"]["id"].as_str().unwrap().to_string();
-    let (s, v) = api.post(
-        "/sessions",
-        json!({"name": "plc", "devices": [{"device_id": device, "targets": [{"address": "127.0.0.1", "protocol": "tcp", "ports": plc.port().to_string()}]}], "users": [me]}),
-    );
-    assert_eq!(s, 200, "{v}");
-    let sid = v["id"].as_str().unwrap().to_string();
+    let (sid, _agent) = lan_session(&api, &device, &state, &[plc.port()], json!([]));
     let config = dir.path().join("client");
     login(&server, &config);
     let lport = free_port();
@@ -143,16 +128,13 @@ fn a_relayed_tcp_stream_survives_the_death_of_its_relay() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let count = stream.count();
     assert_eq!(
-        stream.stop(),
+        stream.broken(),
         None,
         "the stream has no gap and no duplicate"
     );
     let moved = moved.expect("the session moved to the other relay");
-    println!(
-        "relay killed: session moved after {moved:?}, stream flowing again after {resumed:?}; {count} numbers through"
-    );
+    println!("relay killed: session moved after {moved:?}, stream flowing again after {resumed:?}");
     assert!(moved <= Duration::from_secs(10), "moved after {moved:?}");
     let cp = metrics_text(metrics);
     assert!(
@@ -169,4 +151,38 @@ fn a_relayed_tcp_stream_survives_the_death_of_its_relay() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["devices"][0]["path"], "relay", "{v}");
     assert_eq!(api.get(&format!("/sessions/{sid}"))["state"], "active");
+
+    // The other relay is stopped as a service manager stops it (SIGTERM): it
+    // drains. The session moves to the embedded standby relay, and the relay
+    // exits by itself once its peers have left, long before its 30 s.
+    let survivor = if on == "eu-1" { &mut eu2 } else { &mut eu1 };
+    let asked = Instant::now();
+    let at_term = stream.count();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &survivor.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait("the session moves to the standby relay", || {
+        relays(&data, &[])
+            .iter()
+            .any(|(name, _, n)| name == "local" && *n == 1)
+    });
+    let moved_off = asked.elapsed();
+    wait("the drained relay exits by itself", || {
+        survivor.0.try_wait().unwrap().is_some()
+    });
+    let exited = asked.elapsed();
+    assert!(survivor.0.wait().unwrap().success());
+    println!("relay drained: session moved after {moved_off:?}, relay exited after {exited:?}");
+    assert!(moved_off <= Duration::from_secs(5), "{moved_off:?}");
+    assert!(exited < Duration::from_secs(30), "{exited:?}");
+    wait("the stream flows on the standby relay", || {
+        stream.count() > at_term + 200
+    });
+    assert_eq!(
+        stream.stop(),
+        None,
+        "the stream has no gap and no duplicate"
+    );
 }

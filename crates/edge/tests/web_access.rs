@@ -92,7 +92,7 @@ fn a_device_page_opens_on_its_own_origin_and_nothing_of_ours_reaches_the_device(
     let (server, api, device, state) = setup(dir.path());
     let web = hmi(&rt);
     let other = hmi(&rt); // on the same "LAN", not released
-    let (sid, _agent) = web_session(&api, &device, &state, &[web.port()], json!([]));
+    let (sid, _agent) = lan_session(&api, &device, &state, &[web.port()], json!([]));
 
     // A port that is not released cannot be opened.
     let (code, v) = api.post(

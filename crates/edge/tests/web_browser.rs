@@ -196,7 +196,7 @@ fn a_hostile_device_page_cannot_reach_the_portal_the_api_or_another_device() {
         .iter()
         .map(|t| json!({"target": t.to_string(), "scheme": "http"}))
         .collect();
-    let (sid, _agent) = web_session(
+    let (sid, _agent) = lan_session(
         &api,
         &device,
         &state,

@@ -82,7 +82,7 @@ fn an_https_device_is_trusted_on_first_use_and_a_new_certificate_waits_for_an_ad
     let (second, fp2) = tls_config();
     let config: Config = Arc::new(RwLock::new(first));
     let hmi = https_hmi(&rt, config.clone());
-    let (sid, _agent) = web_session(
+    let (sid, _agent) = lan_session(
         &api,
         &device,
         &state,

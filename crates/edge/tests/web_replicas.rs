@@ -62,7 +62,7 @@ fn any_replica_serves_any_device_origin() {
     let port_b = free_port();
     let server_b = Server::start_with(&data, port_b, &flags);
     let web = page(&rt);
-    let (sid, _agent) = web_session(&api, &device, &state, &[web.port()], json!([]));
+    let (sid, _agent) = lan_session(&api, &device, &state, &[web.port()], json!([]));
     // Opened through replica A …
     let (code, v) = api.post(
         &format!("/sessions/{sid}/web"),

@@ -418,11 +418,11 @@ pub fn socks_connect(
     (reply[1], s)
 }
 
-/// Browser access set-up: releases `ports` on 127.0.0.1 (with the device's
-/// `web_services`), turns the switch on, runs the edge until it is online, and
-/// starts a session of the admin releasing those ports. Answers the session and
-/// the running edge.
-pub fn web_session(
+/// A session on a running edge: releases `ports` on 127.0.0.1 (with the
+/// device's `web_services`, for browser access), turns the switch on, runs the
+/// edge until it is online, and starts a session of the admin releasing those
+/// ports. Answers the session and the running edge.
+pub fn lan_session(
     api: &Api,
     device: &str,
     state: &Path,
@@ -622,7 +622,11 @@ pub fn start_relay_with(
         .arg("--ca-file")
         .arg(data.join("ca.pem"))
         .args(["--public-url", &url, "--region", "eu-central"])
-        .args(["--drain-secs", "0"])
+        .args(if flags.contains(&"--drain-secs") {
+            &[][..]
+        } else {
+            &["--drain-secs", "0"][..]
+        })
         .args(flags)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

@@ -389,16 +389,15 @@ pub async fn session_relay(
         }
         return Ok(chosen.clone());
     }
-    match &assigned {
-        Some(from) => {
-            tracing::info!(session = %session_id, from = %from, to = %chosen.name, "session moved to another relay");
-            metrics::counter!("relay_session_moves_total").increment(1);
-        }
-        None => {
-            tracing::debug!(session = %session_id, relay = %chosen.name, "session assigned a relay")
-        }
-    }
-    // Every peer of the session hears of it, wherever the change was made (the
+    let Some(from) = &assigned else {
+        // A first assignment: whoever asks next reads it (peers told earlier were
+        // told of a session that was not active yet, and its start pokes them).
+        tracing::debug!(session = %session_id, relay = %chosen.name, "session assigned a relay");
+        return Ok(chosen.clone());
+    };
+    tracing::info!(session = %session_id, from = %from, to = %chosen.name, "session moved to another relay");
+    metrics::counter!("relay_session_moves_total").increment(1);
+    // Every peer of the session hears of the move, wherever it was decided (the
     // sweep, or one peer's request that found the old relay gone). In a task of
     // its own: the caller holds a connection, and SQLite's pool has only one.
     let (st, id) = (state.clone(), session_id.to_string());
