@@ -112,3 +112,41 @@ fn a_device_marks_its_web_uis_on_released_ports_only() {
     let d = admin.run(&["device", "show", "hmi", "--json"], None).json();
     assert_eq!(d["web_services"].as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn a_device_gets_a_region_for_its_relay_and_loses_it_again() {
+    let server = Server::start();
+    let admin = server.cli();
+    admin.login("root", ADMIN_PASSWORD, &[]).expect_ok();
+    admin.ok(&[
+        "device",
+        "create",
+        "press",
+        "--allow",
+        "tcp:192.168.1.10:502",
+    ]);
+    let shown = admin.ok(&["device", "update", "press", "--region", "eu-central"]);
+    assert!(shown.contains("eu-central"), "{shown}");
+    // Not a region: refused before anything is sent, nothing changes.
+    admin
+        .run(
+            &["device", "update", "press", "--region", "EU Central"],
+            None,
+        )
+        .expect_err();
+    let d = admin
+        .run(&["device", "show", "press", "--json"], None)
+        .json();
+    assert_eq!(d["region"], "eu-central");
+    // Changing something else keeps it; --clear-region forgets it.
+    admin.ok(&["device", "update", "press", "--serial", "SN-1"]);
+    let d = admin
+        .run(&["device", "show", "press", "--json"], None)
+        .json();
+    assert_eq!(d["region"], "eu-central");
+    admin.ok(&["device", "update", "press", "--clear-region"]);
+    let d = admin
+        .run(&["device", "show", "press", "--json"], None)
+        .json();
+    assert_eq!(d["region"], serde_json::Value::Null);
+}

@@ -607,6 +607,61 @@ async fn device_network_edits_dual_control_and_csv_export() {
         page.body.contains("id=\"onsite-approval\">"),
         "the on-site approval flag stays off unless ticked"
     );
+    // The machine's region (relay choice): set, refused when malformed, cleared.
+    let form = |region: &'static str| {
+        vec![
+            ("csrf", csrf.clone()),
+            ("name", "Press 1".to_string()),
+            ("lan_subnets", "192.168.1.0/24".to_string()),
+            (
+                "firewall",
+                "tcp:192.168.1.10:502\nicmp:192.168.1.0/24".to_string(),
+            ),
+            ("nat", "192.168.1.0/24 -> 10.77.1.0/24".to_string()),
+            ("region", region.to_string()),
+        ]
+    };
+    let r = admin
+        .post(
+            &format!("/portal/devices/{id}"),
+            &form("us-east")
+                .iter()
+                .map(|(k, v)| (*k, v.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .await;
+    let page = admin.follow(&r).await;
+    assert!(
+        page.body.contains("Region: <code>us-east</code>"),
+        "{}",
+        page.body
+    );
+    let r = admin
+        .post(
+            &format!("/portal/devices/{id}"),
+            &form("US East")
+                .iter()
+                .map(|(k, v)| (*k, v.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .await;
+    let page = admin.follow(&r).await;
+    assert!(page.body.contains("flash error"), "{}", page.body);
+    assert!(
+        page.body.contains("Region: <code>us-east</code>"),
+        "unchanged"
+    );
+    let r = admin
+        .post(
+            &format!("/portal/devices/{id}"),
+            &form("")
+                .iter()
+                .map(|(k, v)| (*k, v.as_str()))
+                .collect::<Vec<_>>(),
+        )
+        .await;
+    let page = admin.follow(&r).await;
+    assert!(!page.body.contains("Region: <code>"), "cleared");
     // A bad NAT line is the API's error, and nothing changes.
     let r = admin
         .post(

@@ -3,7 +3,7 @@
 //! Every request type rejects unknown fields. Timestamps are RFC 3339 (UTC).
 
 use crate::model::*;
-use crate::text::{LongText, Name, Username};
+use crate::text::{LongText, Name, Region, Username};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
@@ -294,6 +294,10 @@ pub struct Device {
     /// Web UIs on released targets, for browser access.
     #[serde(default)]
     pub web_services: Vec<WebService>,
+    /// Where the machine is: a new session of this device prefers relays of this
+    /// region while its edge has measured no relay.
+    #[serde(default)]
+    pub region: Option<Region>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -359,6 +363,23 @@ pub struct UpdateDevice {
     #[serde(default)]
     #[schema(max_items = 64)]
     pub web_services: Option<Vec<WebService>>,
+    /// Where the machine is (see `Device::region`); `null` clears it.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, nullable)]
+    pub region: Option<Option<Region>>,
+}
+
+/// A field that may be absent (`None`), `null` (`Some(None)`) or a value.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

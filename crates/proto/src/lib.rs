@@ -17,7 +17,7 @@ pub mod wgkey;
 
 pub use error::{ApiError, ErrorCode};
 pub use model::*;
-pub use text::{LongText, Name, Username};
+pub use text::{LongText, Name, Region, Username};
 pub use wgkey::{WgKey, WgKeyError};
 
 /// Prefix of every versioned control API route.

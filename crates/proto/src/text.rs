@@ -13,6 +13,8 @@ pub enum TextError {
     Control,
     #[error("may only contain letters, digits and . _ @ -")]
     Charset,
+    #[error("may only contain lower-case letters, digits and -")]
+    LowerCharset,
 }
 
 /// Implements utoipa's schema traits for a type that travels as a JSON string;
@@ -128,9 +130,36 @@ bounded_text!(
     }
 );
 
+/// What a [`Region`] may hold, as the OpenAPI document states it.
+pub const REGION_PATTERN: &str = "^[a-z0-9-]+$";
+
+bounded_text!(
+    /// Where a relay or a device is, for choosing a session's relay: 1..=32 of
+    /// `[a-z0-9-]` (e.g. `eu-central`).
+    Region, 32, false, Some(REGION_PATTERN), |s| {
+        if s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            Ok(())
+        } else {
+            Err(TextError::LowerCharset)
+        }
+    }
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn regions_are_lower_case_names() {
+        assert!(Region::try_from("eu-central-1").is_ok());
+        assert_eq!(Region::try_from("EU"), Err(TextError::LowerCharset));
+        assert_eq!(Region::try_from("eu central"), Err(TextError::LowerCharset));
+        assert_eq!(Region::try_from(""), Err(TextError::Empty));
+        assert_eq!(
+            Region::try_from("a".repeat(33)),
+            Err(TextError::TooLong(32))
+        );
+    }
 
     #[test]
     fn names_reject_empty_long_and_control_characters() {

@@ -108,7 +108,7 @@ pub async fn user(conn: &mut AnyConnection, account_id: &str, id: &str) -> AppRe
     user_row(&row)
 }
 
-pub const DEVICE_COLS: &str = "id, account_id, name, serial, lan_subnets, nat, firewall, enrolled, pending_approval, online, switch_on, agent_version, last_seen, public_endpoint, created_at, onsite_approval, disabled, archived, web_services";
+pub const DEVICE_COLS: &str = "id, account_id, name, serial, lan_subnets, nat, firewall, enrolled, pending_approval, online, switch_on, agent_version, last_seen, public_endpoint, created_at, onsite_approval, disabled, archived, web_services, region";
 
 pub fn device_from(row: &AnyRow) -> AppResult<Device> {
     Ok(Device {
@@ -132,6 +132,10 @@ pub fn device_from(row: &AnyRow) -> AppResult<Device> {
         created_at: from_unix(row.try_get("created_at")?),
         onsite_approval: row.try_get::<i64, _>("onsite_approval")? != 0,
         web_services: json_col(row, "web_services")?,
+        region: row
+            .try_get::<Option<String>, _>("region")?
+            .map(|r| drawbridge_proto::Region::try_from(r).map_err(|_| corrupt("region")))
+            .transpose()?,
     })
 }
 

@@ -24,6 +24,7 @@ store_tests!(
     bad_heartbeats_are_refused_and_change_nothing,
     a_new_session_gets_the_relay_its_edge_measured_nearest,
     a_move_made_while_serving_one_peer_reaches_every_peer,
+    without_measurements_a_new_session_goes_to_a_relay_of_its_devices_region,
 );
 
 /// A running standalone relay announcing itself.
@@ -46,6 +47,11 @@ fn credential(l: &Live, name: &str) -> String {
 
 /// A relay named `name` on 127.0.0.1, announced to `l`'s control plane.
 async fn announced_relay(l: &Live, name: &str) -> TestRelay {
+    announced_relay_in(l, name, "eu-central").await
+}
+
+/// [`announced_relay`] in `region`.
+async fn announced_relay_in(l: &Live, name: &str, region: &str) -> TestRelay {
     // The URL goes into the announcement before the relay binds: take a free port.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -61,7 +67,7 @@ async fn announced_relay(l: &Live, name: &str) -> TestRelay {
     .unwrap()
     .with_announce(Announce {
         url: url.clone(),
-        region: "eu-central".into(),
+        region: region.into(),
         stun: vec![format!("127.0.0.1:{port}")],
         bridge: None,
     })
@@ -503,4 +509,57 @@ async fn a_move_made_while_serving_one_peer_reaches_every_peer(app: common::Test
     // … and the edge and the first client are told, not only the one who asked.
     assert!(edge_told(&mut edge_ws, &s, &other.url, Duration::from_secs(5)).await);
     assert!(client_told(&mut client, &other.url, Duration::from_secs(5)).await);
+}
+
+async fn without_measurements_a_new_session_goes_to_a_relay_of_its_devices_region(
+    app: common::TestApp,
+) {
+    let l = tier(app).await;
+    let _eu = announced_relay_in(&l, "eu-1", "eu-central").await;
+    let _us = announced_relay_in(&l, "us-1", "us-east").await;
+    heard(&l, &["eu-1", "us-1"]).await;
+    let acct = l.app.account("acme").await;
+    let d = enrolled(&l, &acct, "press").await;
+    let _edge_ws = edge(&l, &d, true).await;
+    let path = format!("/api/v1/devices/{}", d.id);
+    // A region that is no region changes nothing.
+    for bad in ["US East", "", "a_b", &"x".repeat(33)] {
+        let (st, v) = l
+            .app
+            .patch(&path, &acct.admin, serde_json::json!({ "region": bad }))
+            .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{bad}: {v}");
+    }
+    let v = l.app.ok(Method::GET, &path, &acct.admin, None).await;
+    assert_eq!(v["region"], serde_json::Value::Null);
+    let v = l
+        .app
+        .ok(
+            Method::PATCH,
+            &path,
+            &acct.admin,
+            Some(serde_json::json!({ "region": "us-east" })),
+        )
+        .await;
+    assert_eq!(v["region"], "us-east");
+    for n in 0..8u8 {
+        let (s, _c) = running(&l, &acct, &d, 60 + n).await;
+        assert_eq!(
+            assigned(&l, &s).await.as_deref(),
+            Some("us-1"),
+            "session {n}"
+        );
+    }
+    // null forgets it; the other fields stay as they were.
+    let v = l
+        .app
+        .ok(
+            Method::PATCH,
+            &path,
+            &acct.admin,
+            Some(serde_json::json!({ "region": null })),
+        )
+        .await;
+    assert_eq!(v["region"], serde_json::Value::Null);
+    assert_eq!(v["name"], "press");
 }

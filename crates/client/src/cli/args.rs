@@ -165,6 +165,13 @@ pub enum DeviceCmd {
         /// Remove every web service.
         #[arg(long, conflicts_with = "web")]
         clear_web: bool,
+        /// Where the machine is (e.g. eu-central): new sessions prefer relays of
+        /// that region while the edge has measured none.
+        #[arg(long, value_parser = parse_region)]
+        region: Option<drawbridge_proto::Region>,
+        /// Forget the machine's region.
+        #[arg(long, conflicts_with = "region")]
+        clear_region: bool,
     },
     /// Remove a device that was never used in a session (admins).
     Delete { device: String },
@@ -667,4 +674,8 @@ mod tests {
         assert!(parse_nat("192.168.1.0/24=10.77.1.0/24").is_ok());
         assert!(parse_nat("192.168.1.0/24=10.77.0.0/16").is_err());
     }
+}
+
+fn parse_region(s: &str) -> Result<drawbridge_proto::Region, String> {
+    drawbridge_proto::Region::try_from(s).map_err(|e| format!("a region {e} (e.g. eu-central)"))
 }

@@ -61,6 +61,10 @@ fn device_fields(d: &Device) -> String {
                 .map(|m| format!("{} = {}", m.real, m.virtual_subnet)),
         )
         .lines("Firewall", d.firewall.iter().map(show::target))
+        .add(
+            "Region",
+            d.region.as_ref().map_or("-".to_string(), |r| r.to_string()),
+        )
         .add("Created", show::time(&d.created_at));
     f.render()
 }
@@ -120,6 +124,8 @@ pub(super) async fn device(ctx: &Ctx, cmd: DeviceCmd) -> Result<()> {
             onsite_approval,
             web,
             clear_web,
+            region,
+            clear_region,
         } => {
             let id = ctx.device_id(&device).await?;
             fn list<T>(v: Vec<T>, clear: bool) -> Option<Vec<T>> {
@@ -144,6 +150,11 @@ pub(super) async fn device(ctx: &Ctx, cmd: DeviceCmd) -> Result<()> {
                 firewall: list(spec.allow, clear_firewall),
                 onsite_approval,
                 web_services: list(web, clear_web),
+                region: if clear_region {
+                    Some(None)
+                } else {
+                    region.map(Some)
+                },
             };
             if req.name.is_none()
                 && req.serial.is_none()
@@ -152,6 +163,7 @@ pub(super) async fn device(ctx: &Ctx, cmd: DeviceCmd) -> Result<()> {
                 && req.firewall.is_none()
                 && req.onsite_approval.is_none()
                 && req.web_services.is_none()
+                && req.region.is_none()
             {
                 fail!("nothing to change: see `drawbridge device update --help`");
             }

@@ -180,6 +180,8 @@ struct DetailPage {
     archived: bool,
     /// This machine always needs on-site approval.
     onsite: bool,
+    /// Where the machine is (relay choice), or empty.
+    region: String,
 }
 
 pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
@@ -287,6 +289,7 @@ pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
         disabled: d.status.disabled,
         archived: d.status.archived,
         onsite: d.onsite_approval,
+        region: d.region.as_ref().map(|r| r.to_string()).unwrap_or_default(),
         d: DeviceRow::of(&d),
     };
     render(StatusCode::OK, &page, v.flash.is_some())
@@ -299,6 +302,11 @@ pub async fn update(Path(id): Path<String>, p: Posted) -> Response {
         Err(e) => return Flash::error(e).redirect(&back),
     };
     body["onsite_approval"] = (p.form.get("onsite_approval") == "on").into();
+    // Empty forgets the region; the API checks what is given.
+    body["region"] = match p.form.get("region").trim() {
+        "" => Value::Null,
+        r => r.into(),
+    };
     body["web_services"] = match web_services(p.form.get("web_services")) {
         Ok(w) => w.into(),
         Err(e) => return Flash::error(e).redirect(&back),

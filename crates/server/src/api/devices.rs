@@ -282,6 +282,14 @@ async fn update(
             .execute(&mut *tx)
             .await?;
     }
+    if let Some(region) = &req.region {
+        sqlx::query("UPDATE devices SET region = $1 WHERE id = $2 AND account_id = $3")
+            .bind(region.as_ref().map(|r| r.as_str()))
+            .bind(&id)
+            .bind(&caller.account_id)
+            .execute(&mut *tx)
+            .await?;
+    }
     if let Some(on) = req.onsite_approval {
         sqlx::query("UPDATE devices SET onsite_approval = $1 WHERE id = $2 AND account_id = $3")
             .bind(i64::from(on))

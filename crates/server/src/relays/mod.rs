@@ -245,22 +245,22 @@ pub async fn record_rtt(
     Ok(())
 }
 
-/// The round-trip time from a session's edges to each relay (the sum over its
-/// approved devices; a relay some device has not measured is left out).
-pub async fn session_rtt(
-    conn: &mut AnyConnection,
-    session_id: &str,
-) -> AppResult<std::collections::HashMap<String, u32>> {
-    let rows: Vec<Option<String>> = sqlx::query_scalar(
-        "SELECT d.relay_rtt FROM session_devices sd JOIN devices d ON d.id = sd.device_id
+/// Where a session's edges are: their round-trip times to each relay (summed
+/// over its devices; a relay some device has not measured is left out) and
+/// their configured regions.
+pub async fn session_near(conn: &mut AnyConnection, session_id: &str) -> AppResult<pick::Near> {
+    let rows: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT d.relay_rtt, d.region FROM session_devices sd JOIN devices d ON d.id = sd.device_id
          WHERE sd.session_id = $1 AND sd.approval IN ('approved', 'pending')",
     )
     .bind(session_id)
     .fetch_all(&mut *conn)
     .await?;
     let mut total: Option<std::collections::HashMap<String, u32>> = None;
-    for row in rows {
-        let m: std::collections::HashMap<String, u32> = row
+    let mut regions = Vec::new();
+    for (rtt, region) in rows {
+        regions.extend(region);
+        let m: std::collections::HashMap<String, u32> = rtt
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default();
         total = Some(match total {
@@ -271,7 +271,10 @@ pub async fn session_rtt(
                 .collect(),
         });
     }
-    Ok(total.unwrap_or_default())
+    Ok(pick::Near {
+        rtt: total.unwrap_or_default(),
+        regions,
+    })
 }
 
 /// Sends this replica's heartbeat and reloads every relay's.
@@ -343,13 +346,13 @@ pub async fn session_relay(
             rtt,
         )
     };
-    let unmeasured = std::collections::HashMap::new();
-    let mut decision = decide(&unmeasured);
+    let unknown = pick::Near::default();
+    let mut decision = decide(&unknown);
     if active && matches!(decision, pick::Decision::Move(_)) {
-        // The measured round-trip times matter only when a relay is (re)assigned.
-        let rtt = session_rtt(conn, session_id).await?;
-        if !rtt.is_empty() {
-            decision = decide(&rtt);
+        // Where the edges are matters only when a relay is (re)assigned.
+        let near = session_near(conn, session_id).await?;
+        if near != unknown {
+            decision = decide(&near);
         }
     }
     let chosen = match decision {

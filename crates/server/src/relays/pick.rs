@@ -7,6 +7,15 @@ use std::collections::HashMap;
 /// Round-trip times within this many milliseconds of the best count as equal.
 pub const NEAR_MS: u32 = 5;
 
+/// What is known of where a session's edges are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Near {
+    /// Relay name → round-trip time from the session's edges (ms, summed).
+    pub rtt: HashMap<String, u32>,
+    /// The regions its devices are configured in.
+    pub regions: Vec<String>,
+}
+
 /// A relay whose last heartbeat is older than this (seconds) is taken as down.
 pub const STALE_SECS: i64 = 6;
 
@@ -61,7 +70,7 @@ pub fn decide<'a>(
     now: i64,
     since: i64,
     needs_bridge: bool,
-    rtt: &HashMap<String, u32>,
+    near: &Near,
 ) -> Decision<'a> {
     let current = assigned.and_then(|a| relays.iter().find(|r| r.name == a));
     let mut candidates: Vec<&Relay> = relays.iter().filter(|r| r.takes_sessions(now)).collect();
@@ -83,9 +92,13 @@ pub fn decide<'a>(
     }
     // The nearest relays by the edges' measurements: those within 20 % (and 5 ms)
     // of the best count as equally near; unmeasured ones only when none is measured.
+    // Where nothing is measured, the relays of the devices' configured region.
+    let rtt = &near.rtt;
     if let Some(best) = candidates.iter().filter_map(|r| rtt.get(&r.name)).min() {
         let limit = best.saturating_add((best / 5).max(NEAR_MS));
         candidates.retain(|r| rtt.get(&r.name).is_some_and(|v| *v <= limit));
+    } else if candidates.iter().any(|r| near.regions.contains(&r.region)) {
+        candidates.retain(|r| near.regions.contains(&r.region));
     }
     match candidates
         .into_iter()
@@ -143,7 +156,7 @@ mod tests {
 
     #[test]
     fn a_session_stays_on_a_live_relay_and_leaves_a_dead_or_draining_one() {
-        let none = HashMap::new();
+        let none = Near::default();
         let now = 1000;
         let rs = vec![
             relay("a", now - 1),
@@ -194,7 +207,7 @@ mod tests {
 
     #[test]
     fn every_replica_picks_the_same_relay_and_sessions_spread_over_the_live_ones() {
-        let none = HashMap::new();
+        let none = Near::default();
         let now = 1000;
         let rs = vec![relay("a", now), relay("b", now), relay("c", now)];
         let mut reversed = rs.clone();
@@ -230,7 +243,7 @@ mod tests {
 
     #[test]
     fn standby_relays_and_bridges_and_nothing_alive() {
-        let none = HashMap::new();
+        let none = Near::default();
         let now = 1000;
         let mut rs = vec![relay("local", now), relay("eu-1", now)];
         rs[0].standby = true;
@@ -286,10 +299,13 @@ mod tests {
             relay("us-1", now),
             relay("ap-1", now),
         ];
-        let rtt: HashMap<String, u32> = [("eu-1", 12), ("eu-2", 14), ("us-1", 95), ("ap-1", 240)]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+        let rtt = Near {
+            rtt: [("eu-1", 12), ("eu-2", 14), ("us-1", 95), ("ap-1", 240)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            regions: vec!["ap-south".into()],
+        };
         let mut seen = std::collections::HashSet::new();
         for i in 0..100 {
             let (what, to) = name(decide(&format!("s{i}"), None, &rs, now, 0, false, &rtt));
@@ -311,5 +327,28 @@ mod tests {
             name(decide("s", Some("ap-1"), &rs, now, 0, false, &rtt)).0,
             "keep"
         );
+    }
+
+    #[test]
+    fn where_nothing_is_measured_the_devices_region_decides() {
+        let now = 1000;
+        let mut rs = vec![relay("eu-1", now), relay("us-1", now), relay("us-2", now)];
+        rs[0].region = "eu-central".into();
+        rs[1].region = "us-east".into();
+        rs[2].region = "us-east".into();
+        let near = Near {
+            rtt: HashMap::new(),
+            regions: vec!["us-east".into()],
+        };
+        for i in 0..50 {
+            let (_, to) = name(decide(&format!("s{i}"), None, &rs, now, 0, false, &near));
+            assert!(to.starts_with("us-"), "{to}");
+        }
+        // No relay in that region: any live one.
+        let far = Near {
+            rtt: HashMap::new(),
+            regions: vec!["ap-south".into()],
+        };
+        assert_eq!(name(decide("s", None, &rs, now, 0, false, &far)).0, "move");
     }
 }
