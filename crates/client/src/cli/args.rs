@@ -640,6 +640,10 @@ pub fn parse_device_spec(s: &str) -> std::result::Result<(String, Option<Vec<Tar
     Ok((dev.to_string(), Some(targets)))
 }
 
+fn parse_region(s: &str) -> Result<drawbridge_proto::Region, String> {
+    drawbridge_proto::Region::try_from(s).map_err(|e| format!("a region {e} (e.g. eu-central)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -674,8 +678,4 @@ mod tests {
         assert!(parse_nat("192.168.1.0/24=10.77.1.0/24").is_ok());
         assert!(parse_nat("192.168.1.0/24=10.77.0.0/16").is_err());
     }
-}
-
-fn parse_region(s: &str) -> Result<drawbridge_proto::Region, String> {
-    drawbridge_proto::Region::try_from(s).map_err(|e| format!("a region {e} (e.g. eu-central)"))
 }
