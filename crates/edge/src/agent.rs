@@ -378,6 +378,7 @@ impl Agent {
                     r.info.state.as_str().into()
                 },
                 valid_until: r.info.valid_until,
+                relay: r.info.relay_url.clone(),
                 requested_by: r.info.requested_by.clone(),
                 forwarder: r.forwarder.as_ref().map(|(f, _)| f.stats()),
                 targets: r.info.targets.iter().map(|t| t.to_string()).collect(),

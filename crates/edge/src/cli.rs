@@ -203,6 +203,9 @@ pub async fn main() -> anyhow::Result<u8> {
                     "session {} ({}) {} until {}",
                     x.name, x.session_id, x.state, x.valid_until
                 );
+                if x.state == "running" && !x.relay.is_empty() {
+                    println!("  relay: {}", x.relay);
+                }
                 if x.state == "pending_approval" {
                     println!(
                         "  waits for on-site approval (requested by {}): `drawbridge-edge approve {id}` or `drawbridge-edge refuse {id}`",

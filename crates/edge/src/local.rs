@@ -52,6 +52,9 @@ pub struct SessionStatus {
     pub name: String,
     pub state: String,
     pub valid_until: i64,
+    /// The relay instance the session uses (`wss://…/relay/v1`).
+    #[serde(default)]
+    pub relay: String,
     pub targets: Vec<String>,
     pub peers: Vec<PeerStatus>,
     /// The userspace stack's counters: flows, packets, drops by reason.

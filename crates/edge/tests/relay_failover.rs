@@ -42,8 +42,10 @@ fn a_relayed_tcp_stream_survives_the_death_of_its_relay() {
         f1.iter().map(String::as_str).collect(),
         f2.iter().map(String::as_str).collect(),
     );
-    let (_, mut eu1) = start_relay_with(dir.path(), &server.url(), &data, &[], "eu-1", &key, &f1);
-    let (_, mut eu2) = start_relay_with(dir.path(), &server.url(), &data, &[], "eu-2", &key, &f2);
+    let (url1, mut eu1) =
+        start_relay_with(dir.path(), &server.url(), &data, &[], "eu-1", &key, &f1);
+    let (url2, mut eu2) =
+        start_relay_with(dir.path(), &server.url(), &data, &[], "eu-2", &key, &f2);
     wait("both relays are heard from", || {
         let r = relays(&data, &[]);
         ["eu-1", "eu-2"]
@@ -146,10 +148,14 @@ fn a_relayed_tcp_stream_survives_the_death_of_its_relay() {
         resumed <= Duration::from_secs(30),
         "resumed after {resumed:?}"
     );
-    // Still relayed, on the new relay; the same session.
+    // Still relayed, on the new relay (both sides' status name it); the same session.
     let out = client(&config).args(["status", "--json"]).output().unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["devices"][0]["path"], "relay", "{v}");
+    let other_url = if on == "eu-1" { &url2 } else { &url1 };
+    assert_eq!(&v[0]["relay"], other_url.as_str(), "{v}");
+    let e: Value = serde_json::from_slice(&edge(&state, &["status", "--json"]).stdout).unwrap();
+    assert_eq!(&e["sessions"][0]["relay"], other_url.as_str(), "{e}");
     assert_eq!(api.get(&format!("/sessions/{sid}"))["state"], "active");
 
     // The other relay is stopped as a service manager stops it (SIGTERM): it

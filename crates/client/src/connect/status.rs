@@ -19,6 +19,9 @@ pub struct TunnelStatus {
     pub interface: Option<String>,
     pub pid: u32,
     pub updated_at: i64,
+    /// The relay instance the session uses (`wss://…/relay/v1`).
+    #[serde(default)]
+    pub relay: String,
     pub devices: Vec<DeviceStatus>,
 }
 
@@ -76,7 +79,10 @@ pub fn status(json: bool) -> Result<()> {
             .as_deref()
             .map(|i| format!(" on {i}"))
             .unwrap_or_default();
-        println!("{} ({}) as {}{via}", s.session, s.session_id, s.overlay_ip);
+        println!(
+            "{} ({}) as {}{via}, relay {}",
+            s.session, s.session_id, s.overlay_ip, s.relay
+        );
         for d in s.devices {
             let rtt = d.rtt_ms.map(|r| format!(", {r} ms")).unwrap_or_default();
             println!(
@@ -129,6 +135,7 @@ pub(super) async fn snapshot(live: &Live, s: &Session, id: &str) -> TunnelStatus
         interface: live.tun.as_ref().map(|r| r.name().to_string()),
         pid: std::process::id(),
         updated_at: unix_now(),
+        relay: live.peer.join().relay_url.clone(),
         devices,
     }
 }
