@@ -493,10 +493,22 @@ pub fn spawn(state: AppState) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Failures in a row: the first is logged, then one a minute, and the recovery.
+        let mut failures: u64 = 0;
         loop {
             tick.tick().await;
-            if let Err(e) = sweep(&state).await {
-                tracing::warn!(error = %e.message, "relay sweep failed");
+            match sweep(&state).await {
+                Ok(_) if failures > 0 => {
+                    tracing::info!(failures, "relay sweep works again");
+                    failures = 0;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if failures.is_multiple_of(60) {
+                        tracing::warn!(error = %e.message, failures, "relay sweep failed");
+                    }
+                    failures += 1;
+                }
             }
         }
     });
