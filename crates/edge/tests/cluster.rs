@@ -289,19 +289,9 @@ fn a_cluster_behind_haproxy_keeps_tunnels_through_replica_relay_and_database_fau
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    edge(&state, &["switch", "on"]);
-    let _agent = edge_run(&state);
-    wait("the edge is online through HAProxy", || {
-        let d = api.get(&format!("/devices/{device}"));
-        d["status"]["online"] == true && d["status"]["switch_on"] == true
-    });
+    // Online through HAProxy, and a session releasing both services.
+    let (sid, _agent) = lan_session(&api, &device, &state, &[plc.port(), echo.port()], json!([]));
     let me = api.get("/me")["user"]["id"].as_str().unwrap().to_string();
-    let (s, v) = api.post(
-        "/sessions",
-        json!({"name": "line-3", "devices": [{"device_id": device, "targets": targets}], "users": [me]}),
-    );
-    assert_eq!(s, 200, "{v}");
-    let sid = v["id"].as_str().unwrap().to_string();
 
     // One client relayed (numbered stream and Modbus), one on the direct path.
     let config = dir.path().join("client");

@@ -7,7 +7,7 @@ use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use drawbridge_proto::channel::JoinResponse;
 use drawbridge_tunnel::driver::{Connector, DriverEvent, Tunnel};
-use drawbridge_tunnel::session::{self, SessionTunnel, SessionTunnelConfig};
+use drawbridge_tunnel::session::{self, RelayLink, SessionTunnel, SessionTunnelConfig};
 use drawbridge_tunnel::{IpNet, PeerConfig, Signal};
 use std::collections::HashMap;
 use std::io;
@@ -27,9 +27,8 @@ pub struct SessionPeer {
     private_key: [u8; 32],
     /// device id → the tunnel's peer for that device's edge.
     peers: HashMap<String, EdgePeer>,
-    token: Option<String>,
-    /// The relay instance the tunnel is connected to.
-    relay_url: Option<String>,
+    /// The relay connection as last given.
+    relay: RelayLink,
     connector: Connector,
 }
 
@@ -52,8 +51,7 @@ impl SessionPeer {
             join,
             private_key,
             peers: HashMap::new(),
-            token: None,
-            relay_url: None,
+            relay: RelayLink::default(),
             connector,
         }
     }
@@ -99,28 +97,14 @@ impl SessionPeer {
             self.pump = Some(pump);
             self.events = Some(events);
             self.tunnel = Some(tunnel);
-            self.token = Some(token.clone());
-            self.relay_url = Some(self.join.relay_url.clone());
+            self.relay = RelayLink::started(&self.join.relay_url, &token);
         }
         let Some(t) = &self.tunnel else {
             return Ok(());
         };
-        if self.relay_url.as_deref() != Some(self.join.relay_url.as_str()) {
-            // The control plane moved the session to another relay (the old one
-            // failed or drains): reconnect there, the WireGuard sessions go on.
-            let ep = session::relay_endpoint(
-                self.join.relay_url.clone(),
-                token.clone(),
-                self.connector.clone(),
-            );
-            let _ = t.set_relay(ep).await;
-            self.relay_url = Some(self.join.relay_url.clone());
-            self.token = Some(token.clone());
-        }
-        if self.token.as_deref() != Some(token.as_str()) {
-            let _ = t.set_relay_token(0, token.clone()).await;
-            self.token = Some(token);
-        }
+        self.relay
+            .follow(t, &self.join.relay_url, &token, &self.connector)
+            .await;
         let changes = peer_changes(&self.peers, &active_devices(&self.join));
         for (device, key) in changes.remove {
             let _ = t.remove_peer(key).await;

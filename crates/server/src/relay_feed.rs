@@ -95,7 +95,7 @@ async fn serve(state: &AppState, headers: &HeaderMap, query: &str) -> AppResult<
         match (k.as_str(), after.is_some()) {
             ("after", false) => after = Some(v.as_str()),
             ("after", true) => return Err(AppError::new(ErrorCode::BadRequest, "`after` once")),
-            ("url" | "region" | "stun" | "bridge" | "draining" | "connections", _) => {}
+            (k, _) if Heartbeat::KEYS.contains(&k) => {}
             _ => {
                 return Err(AppError::new(
                     ErrorCode::BadRequest,

@@ -45,6 +45,47 @@ pub fn relay_endpoint(url: String, token: String, connector: Connector) -> Relay
     }
 }
 
+/// What a session tunnel's relay connection (id 0) was last given, so that the
+/// edge and the clients follow the control plane the same way.
+#[derive(Debug, Default)]
+pub struct RelayLink {
+    url: Option<String>,
+    token: Option<String>,
+}
+
+impl RelayLink {
+    /// The relay a tunnel was started with.
+    pub fn started(url: &str, token: &str) -> RelayLink {
+        RelayLink {
+            url: Some(url.to_string()),
+            token: Some(token.to_string()),
+        }
+    }
+
+    /// Follows the control plane: another relay URL (the session moved: its
+    /// relay failed or drains) reconnects there, the WireGuard sessions go on;
+    /// a new token goes to the open connection. Answers whether it moved.
+    pub async fn follow(
+        &mut self,
+        tunnel: &Tunnel,
+        url: &str,
+        token: &str,
+        connector: &Connector,
+    ) -> bool {
+        if self.url.as_deref() != Some(url) {
+            let ep = relay_endpoint(url.to_string(), token.to_string(), connector.clone());
+            let _ = tunnel.set_relay(ep).await;
+            *self = RelayLink::started(url, token);
+            return true;
+        }
+        if self.token.as_deref() != Some(token) {
+            let _ = tunnel.set_relay_token(0, token.to_string()).await;
+            self.token = Some(token.to_string());
+        }
+        false
+    }
+}
+
 /// A started session tunnel.
 pub struct SessionTunnel {
     pub tunnel: Arc<Tunnel>,

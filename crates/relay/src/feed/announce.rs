@@ -123,6 +123,10 @@ fn host_port(s: &str) -> bool {
 }
 
 impl Heartbeat {
+    /// The query keys a heartbeat uses (the feed's own `after` aside).
+    pub const KEYS: [&'static str; 6] =
+        ["url", "region", "stun", "bridge", "draining", "connections"];
+
     /// The query pairs a relay adds to its feed request.
     pub fn to_query(&self) -> Vec<(&'static str, String)> {
         let a = &self.announce;
@@ -232,6 +236,7 @@ mod tests {
     fn a_heartbeat_survives_its_query_unchanged() {
         let b = beat();
         let q = b.to_query();
+        assert!(q.iter().all(|(k, _)| Heartbeat::KEYS.contains(k)), "{q:?}");
         assert_eq!(Heartbeat::from_query(pairs(&q)), Ok(Some(b)));
         // Only the cursor: an older relay, nothing announced.
         assert_eq!(Heartbeat::from_query([("after", "")]), Ok(None));

@@ -194,6 +194,9 @@ pub async fn record_heartbeat(state: &AppState, name: &str, hb: &Heartbeat) -> A
     .await
 }
 
+/// The columns [`relay_row`] reads.
+const RELAY_COLS: &str = "name, url, region, stun, bridge, draining, drain_requested, standby, connections, heartbeat_at";
+
 fn relay_row(r: &sqlx::any::AnyRow) -> AppResult<Relay> {
     Ok(Relay {
         name: r.try_get("name")?,
@@ -280,12 +283,9 @@ pub async fn session_near(conn: &mut AnyConnection, session_id: &str) -> AppResu
 /// Sends this replica's heartbeat and reloads every relay's.
 pub async fn refresh(state: &AppState) -> AppResult<()> {
     upsert(state, &local_entry(state)).await?;
-    let rows = sqlx::query(
-        "SELECT name, url, region, stun, bridge, draining, drain_requested, standby, connections, heartbeat_at
-         FROM relays ORDER BY name",
-    )
-    .fetch_all(&state.store.pool)
-    .await?;
+    let rows = sqlx::query(&format!("SELECT {RELAY_COLS} FROM relays ORDER BY name"))
+        .fetch_all(&state.store.pool)
+        .await?;
     let known = rows.iter().map(relay_row).collect::<AppResult<Vec<_>>>()?;
     let now = state.now();
     for r in &known {
@@ -414,13 +414,10 @@ pub async fn session_relay(
 
 /// One relay's row, read now.
 async fn relay_named(conn: &mut AnyConnection, name: &str) -> AppResult<Option<Relay>> {
-    let row = sqlx::query(
-        "SELECT name, url, region, stun, bridge, draining, drain_requested, standby, connections, heartbeat_at
-         FROM relays WHERE name = $1",
-    )
-    .bind(name)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let row = sqlx::query(&format!("SELECT {RELAY_COLS} FROM relays WHERE name = $1"))
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?;
     row.as_ref().map(relay_row).transpose()
 }
 
