@@ -21,7 +21,7 @@ use drawbridge_proto::channel::{
 };
 use drawbridge_proto::{SessionState, WgKey};
 use drawbridge_tunnel::driver::{Connector, DriverEvent, Tunnel};
-use drawbridge_tunnel::session::{self, SessionTunnel, SessionTunnelConfig};
+use drawbridge_tunnel::session::{self, RelayLink, SessionTunnel, SessionTunnelConfig};
 use drawbridge_tunnel::{IpNet, PeerConfig, Signal, keys};
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
@@ -96,9 +96,8 @@ struct Running {
     applied: Option<PolicyParts>,
     /// Clients currently configured as peers (base64 keys).
     peers: Vec<WgKey>,
-    token: Option<String>,
-    /// The relay instance the tunnel is connected to.
-    relay_url: Option<String>,
+    /// The relay connection as last given.
+    relay: RelayLink,
     /// Moves packets between the tunnel and the LAN path.
     pump: Option<tokio::task::JoinHandle<()>>,
     /// Carries the tunnel's candidates to the control plane.
@@ -166,11 +165,24 @@ impl Agent {
     }
 
     fn status_msg(&self) -> EdgeToServer {
-        EdgeToServer::Status(EdgeStatus {
+        EdgeToServer::Status(self.status())
+    }
+
+    fn status(&self) -> EdgeStatus {
+        EdgeStatus {
             switch_on: self.switch_on,
             agent_version: VERSION.into(),
             endpoints: vec![],
+            relay_rtt: vec![],
+        }
+    }
+
+    /// The status with the relay round-trip times: at connect and after each round
+    /// of measurements only, so the heartbeat every 15 s stays one statement.
+    fn status_with_rtt(&self) -> EdgeToServer {
+        EdgeToServer::Status(EdgeStatus {
             relay_rtt: self.rtt.results(),
+            ..self.status()
         })
     }
 
@@ -194,8 +206,7 @@ impl Agent {
                     forwarder: None,
                     applied: None,
                     peers: Vec::new(),
-                    token: None,
-                    relay_url: None,
+                    relay: RelayLink::default(),
                     pump: None,
                     signals: None,
                     stats: HashMap::new(),
@@ -245,23 +256,12 @@ impl Agent {
                 }
             }
             let Some(t) = &r.tunnel else { continue };
-            if r.relay_url.as_deref() != Some(r.info.relay_url.as_str()) {
-                // The control plane moved the session to another relay (the old one
-                // failed or drains): reconnect there; the clients' WireGuard
-                // sessions and flows go on.
+            let connector = Connector::Rustls(tls.clone());
+            if r.relay
+                .follow(t, &r.info.relay_url, &token, &connector)
+                .await
+            {
                 tracing::info!(session = %id, relay = %r.info.relay_url, "session moved to another relay");
-                let ep = session::relay_endpoint(
-                    r.info.relay_url.clone(),
-                    token.clone(),
-                    Connector::Rustls(tls.clone()),
-                );
-                let _ = t.set_relay(ep).await;
-                r.relay_url = Some(r.info.relay_url.clone());
-                r.token = Some(token.clone());
-            }
-            if r.token.as_deref() != Some(token.as_str()) {
-                let _ = t.set_relay_token(0, token.clone()).await;
-                r.token = Some(token);
             }
             let wanted: Vec<WgKey> = r.info.peers.iter().map(|p| p.public_key).collect();
             for gone in r.peers.iter().filter(|p| !wanted.contains(p)) {
@@ -423,7 +423,7 @@ impl Agent {
             self.send(self.status_msg());
         }
         if self.rtt.tick(std::time::Instant::now()) {
-            self.send(self.status_msg());
+            self.send(self.status_with_rtt());
         }
         for (session_id, approve) in self.dir.take_decisions() {
             tracing::info!(%session_id, approve, "on-site decision");
@@ -513,8 +513,7 @@ async fn start_tunnel(
     r.pump = Some(pump);
     r.forwarder = Some((lan, fwd_task));
     r.tunnel = Some(tunnel);
-    r.token = Some(token.to_string());
-    r.relay_url = Some(r.info.relay_url.clone());
+    r.relay = RelayLink::started(&r.info.relay_url, token);
     Ok(())
 }
 
@@ -640,7 +639,7 @@ async fn session(
     for r in agent.sessions.values_mut() {
         r.key_sent = false; // re-announce keys after a reconnect
     }
-    send(&mut ws, &agent.status_msg()).await?;
+    send(&mut ws, &agent.status_with_rtt()).await?;
     let mut tick = tokio::time::interval(TICK);
     let mut n: u32 = 0;
     loop {
