@@ -33,6 +33,7 @@ pub struct FileConfig {
     pub relay_url: Option<String>,
     pub relay_region: Option<String>,
     pub relay_standby: Option<bool>,
+    pub password_hashing_share: Option<f64>,
 }
 
 /// A TOML value that is one address or a list of them.
@@ -90,6 +91,9 @@ pub struct Config {
     pub listener: crate::serve::ListenerOptions,
     /// This replica's embedded relay in the relay tier.
     pub relay: crate::relays::Local,
+    /// The share of a core each password-hashing slot may use under a stream
+    /// of logins ([`crate::password::DEFAULT_HASHING_SHARE`]).
+    pub password_hashing_share: f64,
 }
 
 /// The default allowance at the unauthenticated routes, per minute and address.
@@ -191,6 +195,19 @@ pub struct Overrides {
     /// The embedded relay takes sessions only while no other relay is alive.
     #[arg(long)]
     pub relay_standby: bool,
+    /// The share of a core (0.05 to 1) each password-hashing slot may use while
+    /// logins keep it busy (default 0.5): the rest of the CPU stays with tunnels,
+    /// channels and the API during a login flood. 1 hashes as fast as it can.
+    #[arg(long, env = "DRAWBRIDGE_PASSWORD_HASHING_SHARE", value_parser = hashing_share)]
+    pub password_hashing_share: Option<f64>,
+}
+
+/// A share of a core for password hashing: 0.05 to 1.
+fn hashing_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.05..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a share between 0.05 and 1")),
+    }
 }
 
 impl Overrides {
@@ -333,8 +350,17 @@ impl Overrides {
         {
             anyhow::bail!("relay_name must be 1 to 64 letters, digits, '-', '_' or '.'");
         }
+        let password_hashing_share = match self
+            .password_hashing_share
+            .or(file.password_hashing_share)
+        {
+            None => crate::password::DEFAULT_HASHING_SHARE,
+            Some(v) if (0.05..=1.0).contains(&v) => v,
+            Some(v) => anyhow::bail!("password_hashing_share must be between 0.05 and 1, not {v}"),
+        };
         Ok(Config {
             relay,
+            password_hashing_share,
             listener,
             secrets_key_file,
             bridge_listen,
@@ -385,6 +411,32 @@ mod tests {
         std::fs::write(&file, "auth_attempts_per_minute = 0\n").expect("write");
         o.auth_attempts_per_minute = None;
         assert!(o.resolve().is_err(), "zero is refused");
+    }
+
+    #[test]
+    fn password_hashing_share_default_file_and_flag_within_bounds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let share = |o: &Overrides| o.resolve().map(|c| c.password_hashing_share);
+        assert_eq!(
+            share(&Overrides::default()).expect("resolve"),
+            crate::password::DEFAULT_HASHING_SHARE
+        );
+        let file = dir.path().join("drawbridge.toml");
+        std::fs::write(&file, "password_hashing_share = 0.25\n").expect("write");
+        let mut o = Overrides {
+            config: Some(file.clone()),
+            ..Overrides::default()
+        };
+        assert_eq!(share(&o).expect("resolve"), 0.25);
+        o.password_hashing_share = Some(1.0);
+        assert_eq!(share(&o).expect("resolve"), 1.0);
+        o.password_hashing_share = None;
+        for bad in ["0", "0.01", "1.5", "-1", "nan"] {
+            std::fs::write(&file, format!("password_hashing_share = {bad}\n")).expect("write");
+            assert!(share(&o).is_err(), "{bad} is refused in the file");
+            assert!(hashing_share(bad).is_err(), "{bad} is refused as a flag");
+        }
+        assert_eq!(hashing_share("0.05"), Ok(0.05));
     }
 
     #[test]

@@ -73,14 +73,27 @@ pub const HASHING_NICE: i32 = 10;
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// The share of its time a hashing thread may spend hashing when logins keep
+/// it busy (see [`Hashing::new`]): after a computation that took `t` the slot
+/// rests `t × (1 − share) / share` before it takes the next one. An occasional
+/// login is not slowed (the rest comes after its answer); a flood of logins
+/// gets at most `share` of a core per slot, so what the rest of the server
+/// does (relayed tunnels, edge channels, the API) keeps the remaining CPU —
+/// nice alone still let a flood take a fifth of a busy 2-core machine's relay
+/// throughput (docs/loadtest.md, `--dos`).
+pub const DEFAULT_HASHING_SHARE: f64 = 0.5;
+
 /// Runs argon2 on threads of its own at a low OS priority ([`HASHING_NICE`]),
-/// off the async workers, with at most `limit` computations at once, so a
-/// burst of logins can neither occupy the async workers nor take the CPU from
-/// edge channels, relay traffic or the API. Excess callers wait up to `wait`
-/// for a slot; beyond `max_waiting` waiting callers are refused at once.
+/// off the async workers, with at most `limit` computations at once, each slot
+/// busy at most `share` of the time, so a burst of logins can neither occupy
+/// the async workers nor take the CPU from edge channels, relay traffic or the
+/// API. Excess callers wait up to `wait` for a slot; beyond `max_waiting`
+/// waiting callers are refused at once.
 pub struct Hashing {
     permits: Arc<Semaphore>,
     limit: usize,
+    /// Rest after a computation, per unit of its duration: (1 − share) / share.
+    rest_per_busy: f64,
     max_waiting: usize,
     wait: Duration,
     waiting: AtomicUsize,
@@ -127,9 +140,27 @@ fn lower_own_priority() {
     }
 }
 
+/// What the process-wide pool uses for [`DEFAULT_HASHING_SHARE`]; set once,
+/// before the first login, from the server's configuration.
+static GLOBAL_SHARE: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+
+/// Sets the share of the process-wide pool ([`Hashing::global`]); only the
+/// first call before the pool's first use counts. Values are clamped to
+/// 0.05..=1.
+pub fn set_global_share(share: f64) {
+    let _ = GLOBAL_SHARE.set(share);
+}
+
 impl Hashing {
-    pub fn new(limit: usize, max_waiting: usize, wait: Duration) -> Self {
+    /// A pool of `limit` hashing threads, each hashing at most `share`
+    /// (0.05..=1; 1 = no rest) of its time under a steady stream of work.
+    pub fn new(limit: usize, max_waiting: usize, wait: Duration, share: f64) -> Self {
         let limit = limit.max(1);
+        let share = if share.is_finite() {
+            share.clamp(0.05, 1.0)
+        } else {
+            1.0
+        };
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
         let rx = Arc::new(std::sync::Mutex::new(rx));
         for i in 0..limit {
@@ -156,6 +187,7 @@ impl Hashing {
         Hashing {
             permits: Arc::new(Semaphore::new(limit)),
             limit,
+            rest_per_busy: (1.0 - share) / share,
             max_waiting,
             wait,
             waiting: AtomicUsize::new(0),
@@ -172,7 +204,8 @@ impl Hashing {
         static POOL: LazyLock<Hashing> = LazyLock::new(|| {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let limit = cores.saturating_sub(1).clamp(1, 8);
-            Hashing::new(limit, 64 * limit, Duration::from_secs(5))
+            let share = GLOBAL_SHARE.get().copied().unwrap_or(DEFAULT_HASHING_SHARE);
+            Hashing::new(limit, 64 * limit, Duration::from_secs(5), share)
         });
         &POOL
     }
@@ -246,14 +279,22 @@ impl Place<'_> {
         };
         let running = Arc::clone(&pool.running);
         let peak = Arc::clone(&pool.peak);
+        let rest_per_busy = pool.rest_per_busy;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
             let _permit = permit;
             let now = running.fetch_add(1, Ordering::SeqCst) + 1;
             peak.fetch_max(now, Ordering::SeqCst);
+            let started = std::time::Instant::now();
             let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            let busy = started.elapsed();
             running.fetch_sub(1, Ordering::SeqCst);
             let _ = tx.send(out);
+            // The caller has its answer; the slot (still held) rests so that
+            // a stream of computations gets at most its share of a core.
+            if rest_per_busy > 0.0 {
+                std::thread::sleep(busy.mul_f64(rest_per_busy).min(Duration::from_secs(2)));
+            }
         });
         pool.jobs.send(job).map_err(|_| HashError::Failed)?;
         match rx.await {
@@ -354,7 +395,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_burst_of_hashing_completes_with_at_most_limit_at_once() {
-        let pool = Arc::new(Hashing::new(2, 100, Duration::from_secs(30)));
+        let pool = Arc::new(Hashing::new(2, 100, Duration::from_secs(30), 1.0));
         let mut tasks = Vec::new();
         for _ in 0..20 {
             let pool = Arc::clone(&pool);
@@ -421,8 +462,43 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_of_hashing_gets_only_its_share_of_the_slot_and_answers_come_first() {
+        // A quarter share: after 60 ms of work the slot rests 180 ms.
+        let pool = Arc::new(Hashing::new(1, 8, Duration::from_secs(30), 0.25));
+        let work = || {
+            let start = std::time::Instant::now();
+            while start.elapsed() < Duration::from_millis(60) {
+                std::hint::spin_loop();
+            }
+            (start, std::time::Instant::now())
+        };
+        let first = tokio::spawn({
+            let pool = Arc::clone(&pool);
+            async move {
+                let r = pool.run(work).await;
+                (r, std::time::Instant::now())
+            }
+        });
+        // The second is queued while the first runs.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let second = pool.run(work).await.expect("runs after the rest");
+        let (first, answered) = first.await.unwrap();
+        let (_, first_end) = first.expect("runs");
+        let (second_start, _) = second;
+        let rest = second_start.duration_since(first_end);
+        assert!(
+            rest >= Duration::from_millis(170),
+            "the slot rested only {rest:?} after 60 ms of work at a quarter share"
+        );
+        assert!(
+            answered < second_start,
+            "the first caller had its answer before the rest, not after it"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn excess_callers_are_refused_as_busy_instead_of_queueing_without_bound() {
-        let pool = Arc::new(Hashing::new(1, 1, Duration::from_secs(2)));
+        let pool = Arc::new(Hashing::new(1, 1, Duration::from_secs(2), 1.0));
         // One may wait (and gives up after the wait); a second waiter is refused at once.
         let (release, holder, waiter) = hold_the_slot_and_queue_one(&pool).await;
         assert!(matches!(pool.run(|| ()).await, Err(HashError::Busy)));
@@ -438,7 +514,7 @@ mod tests {
         // A request dropped while it waits for a slot (its client went away,
         // as a flood's do) must not keep its place: otherwise the queue stays
         // full for good and every later login is refused as busy.
-        let pool = Arc::new(Hashing::new(1, 1, Duration::from_secs(30)));
+        let pool = Arc::new(Hashing::new(1, 1, Duration::from_secs(30), 1.0));
         let (release, holder, waiter) = hold_the_slot_and_queue_one(&pool).await;
         waiter.abort();
         let _ = waiter.await;
@@ -501,7 +577,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panic_while_hashing_is_an_error_and_the_slot_is_free_again() {
-        let pool = Hashing::new(1, 4, Duration::from_secs(2));
+        let pool = Hashing::new(1, 4, Duration::from_secs(2), 1.0);
         let r = pool.run(|| -> u8 { panic!("inside argon2") }).await;
         assert!(matches!(r, Err(HashError::Failed)));
         assert_eq!(pool.run(|| 7).await.expect("the thread lives on"), 7);

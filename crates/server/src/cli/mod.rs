@@ -354,6 +354,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700));
     }
+    crate::password::set_global_share(cfg.password_hashing_share);
     let store = open_store(&cfg).await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
