@@ -33,10 +33,10 @@ use utoipa_axum::routes;
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes read from the connection per call. The WebSocket library's default
 /// (128 KiB) is allocated and zero-filled for every connection, i.e. 128 KiB
-/// of resident memory per connected edge; edges send small messages, and a
-/// larger one (up to `MAX_CHANNEL_FRAME`) still arrives whole, its buffer
-/// grown for it.
-pub(crate) const READ_BUFFER: usize = 8 * 1024;
+/// of resident memory per connected edge; edges send small messages (a status
+/// is about 200 bytes), and a larger one (up to `MAX_CHANNEL_FRAME`) still
+/// arrives whole, its buffer grown for it.
+pub(crate) const READ_BUFFER: usize = 4 * 1024;
 
 pub fn routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
     r.routes(routes!(channel))
@@ -244,7 +244,10 @@ async fn record_refusal(state: &AppState, ev: &Event) -> AppResult<()> {
 }
 
 async fn run(state: AppState, mut ws: WebSocket, source: String) -> AppResult<()> {
-    let Some(edge) = authenticate(&state, &mut ws, &source).await? else {
+    // Every connected edge's task holds this future for as long as it is
+    // connected: the rarely taken steps that await the database are boxed, so
+    // their state takes memory only while they run.
+    let Some(edge) = Box::pin(authenticate(&state, &mut ws, &source)).await? else {
         return Ok(());
     };
     send(
@@ -256,29 +259,40 @@ async fn run(state: AppState, mut ws: WebSocket, source: String) -> AppResult<()
     )
     .await?;
     let (conn, mut pokes) = state.hub.register_edge(&edge.device_id);
-    let now = state.now();
-    let mut tx = state.store.begin().await?;
-    sqlx::query("UPDATE devices SET online = 1, last_seen = $1 WHERE id = $2")
-        .bind(now)
-        .bind(&edge.device_id)
-        .execute(&mut *tx)
-        .await?;
-    audit::append(&mut tx, now, &edge.event("device.online", &edge.actor())).await?;
-    tx.commit().await?;
+    Box::pin(online(&state, &edge, true)).await?;
     metrics::gauge!("edges_connected").increment(1.0);
     let result = serve(&state, &edge, &mut ws, &mut pokes).await;
     metrics::gauge!("edges_connected").decrement(1.0);
     if state.hub.unregister_edge(&edge.device_id, conn) {
-        let now = state.now();
-        let mut tx = state.store.begin().await?;
+        Box::pin(online(&state, &edge, false)).await?;
+    }
+    result
+}
+
+/// Records the edge coming online (heard from now) or going offline, with its audit entry.
+async fn online(state: &AppState, edge: &Edge, on: bool) -> AppResult<()> {
+    let now = state.now();
+    let mut tx = state.store.begin().await?;
+    if on {
+        sqlx::query("UPDATE devices SET online = 1, last_seen = $1 WHERE id = $2")
+            .bind(now)
+            .bind(&edge.device_id)
+            .execute(&mut *tx)
+            .await?;
+    } else {
         sqlx::query("UPDATE devices SET online = 0 WHERE id = $1")
             .bind(&edge.device_id)
             .execute(&mut *tx)
             .await?;
-        audit::append(&mut tx, now, &edge.event("device.offline", &edge.actor())).await?;
-        tx.commit().await?;
     }
-    result
+    let what = if on {
+        "device.online"
+    } else {
+        "device.offline"
+    };
+    audit::append(&mut tx, now, &edge.event(what, &edge.actor())).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 async fn serve(
@@ -288,13 +302,15 @@ async fn serve(
     pokes: &mut tokio::sync::mpsc::Receiver<Poke<ServerToEdge>>,
 ) -> AppResult<()> {
     // Disabled or replaced between authentication and registration (its poke found no channel).
-    if let Some((code, message)) = still_admitted(state, edge).await? {
+    if let Some((code, message)) = Box::pin(still_admitted(state, edge)).await? {
         fail(ws, code, message).await;
         return Ok(());
     }
-    send(ws, &desired_state(state, &edge.device_id).await?).await?;
+    send(ws, &Box::pin(desired_state(state, &edge.device_id)).await?).await?;
     // Candidates clients sent while this edge was away.
-    for (session_id, peer, data) in crate::live::signals_for_edge(state, &edge.device_id).await? {
+    for (session_id, peer, data) in
+        Box::pin(crate::live::signals_for_edge(state, &edge.device_id)).await?
+    {
         send(
             ws,
             &ServerToEdge::Signal {
@@ -315,7 +331,7 @@ async fn serve(
                     fail(ws, "bad_request", "malformed message").await;
                     return Ok(());
                 };
-                if let Err(e) = handle(state, edge, parsed).await {
+                if let Err(e) = Box::pin(handle(state, edge, parsed)).await {
                     if e.code == drawbridge_proto::ErrorCode::Internal {
                         return Err(e);
                     }
@@ -328,17 +344,17 @@ async fn serve(
                     return Ok(());
                 }
                 Some(Poke::Refresh) => {
-                    if let Some((code, message)) = still_admitted(state, edge).await? {
+                    if let Some((code, message)) = Box::pin(still_admitted(state, edge)).await? {
                         fail(ws, code, message).await;
                         return Ok(());
                     }
-                    send(ws, &desired_state(state, &edge.device_id).await?).await?;
+                    send(ws, &Box::pin(desired_state(state, &edge.device_id)).await?).await?;
                 }
                 Some(Poke::Send(m)) => send(ws, &m).await?,
             },
             _ = ping.tick() => {
                 // Also a backstop for a lost replica notification.
-                if let Some((code, message)) = still_admitted(state, edge).await? {
+                if let Some((code, message)) = Box::pin(still_admitted(state, edge)).await? {
                     fail(ws, code, message).await;
                     return Ok(());
                 }

@@ -27,8 +27,9 @@ const QUEUE: usize = 64;
 pub enum Poke<M> {
     /// Re-read the desired state and send it.
     Refresh,
-    /// Pass this message on as is.
-    Send(M),
+    /// Pass this message on as is (boxed: the queue's slots stay small, and
+    /// every connected edge has one queue).
+    Send(Box<M>),
 }
 
 struct Reg<M> {
@@ -141,7 +142,7 @@ impl Hub {
 
     pub fn to_edge(&self, device_id: &str, msg: ServerToEdge) {
         if let Some(r) = self.edges.lock().expect("hub lock").get(device_id) {
-            poke(r, Poke::Send(msg));
+            poke(r, Poke::Send(Box::new(msg)));
         }
     }
 
@@ -150,7 +151,7 @@ impl Hub {
         if let Some(v) = self.clients.lock().expect("hub lock").get(session_id) {
             for (k, r) in v {
                 if k == client_key {
-                    poke(r, Poke::Send(msg.clone()));
+                    poke(r, Poke::Send(Box::new(msg.clone())));
                 }
             }
         }

@@ -262,7 +262,7 @@ impl Run {
                             Ok(m) => m,
                             Err(_) => return "session gone",
                         },
-                        Some(Poke::Send(m)) => m,
+                        Some(Poke::Send(m)) => *m,
                     };
                     match m {
                         ServerToClient::Update(j) => {
