@@ -545,12 +545,21 @@ impl From<tokio_tungstenite::tungstenite::Error> for ChannelError {
     }
 }
 
+/// The edge channel's WebSocket read buffer. The library's default (128 KiB,
+/// zero-filled on the first read, so all of it resident) is far more than the
+/// server's small messages need; a larger one (up to `MAX_CHANNEL_FRAME`) still
+/// arrives whole, the buffer grown for it. The server reads with the same size.
+pub const CHANNEL_READ_BUFFER: usize = 8 * 1024;
+
 /// Opens the edge channel (`GET /api/v1/edge/channel`) to `server` (`https://…`),
-/// not yet authenticated; see [`authenticate`].
+/// not yet authenticated; see [`authenticate`]. The TCP connection leaves from
+/// `local` when given (the load tool's many loopback addresses), else from
+/// wherever the system routes it.
 pub async fn connect(
     server: &str,
     tls: Arc<rustls::ClientConfig>,
     proxy: Option<&drawbridge_tunnel::proxy::Proxy>,
+    local: Option<std::net::IpAddr>,
 ) -> Result<Channel, ChannelError> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let url = format!(
@@ -560,6 +569,7 @@ pub async fn connect(
     let mut cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
     cfg.max_message_size = Some(MAX_CHANNEL_FRAME);
     cfg.max_frame_size = Some(MAX_CHANNEL_FRAME);
+    cfg.read_buffer_size = CHANNEL_READ_BUFFER;
     let ws = tokio::time::timeout(
         Duration::from_secs(15),
         drawbridge_tunnel::proxy::websocket(
@@ -567,6 +577,7 @@ pub async fn connect(
             Some(cfg),
             Some(Connector::Rustls(tls)),
             proxy,
+            local,
         ),
     )
     .await
@@ -631,7 +642,7 @@ async fn session(
 ) -> anyhow::Result<()> {
     // Through the plant's HTTP proxy when DRAWBRIDGE_PROXY / HTTPS_PROXY says so.
     let proxy = drawbridge_tunnel::proxy::Proxy::from_env()?;
-    let mut ws = connect(server, agent.tls.clone(), proxy.as_ref()).await?;
+    let mut ws = connect(server, agent.tls.clone(), proxy.as_ref(), None).await?;
     authenticate(&mut ws, &agent.device_id, key).await?;
     tracing::info!("connected to the control plane");
     agent.connected = true;
@@ -696,7 +707,7 @@ pub async fn run(dir: StateDir, switch: SwitchSource, kernel: bool) -> anyhow::R
         },
     };
     tracing::info!(device = %agent.device_id, server = %device.server, switch_on = agent.switch_on, "edge agent starting");
-    let mut backoff = Duration::from_secs(1);
+    let mut backoff = Backoff::default();
     loop {
         let started = std::time::Instant::now();
         if let Err(e) = session(&mut agent, &key, &device.server, &mut out_rx).await {
@@ -704,17 +715,59 @@ pub async fn run(dir: StateDir, switch: SwitchSource, kernel: bool) -> anyhow::R
         }
         agent.connected = false;
         agent.save_status();
-        if started.elapsed() > Duration::from_secs(60) {
-            backoff = Duration::from_secs(1);
-        }
         // Keep enforcing the switch and session ends while disconnected.
-        let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 2);
-        let until = tokio::time::Instant::now() + backoff + Duration::from_millis(jitter);
+        let until = tokio::time::Instant::now() + backoff.after(started.elapsed());
         while tokio::time::Instant::now() < until {
             tokio::time::sleep(TICK.min(until - tokio::time::Instant::now())).await;
             agent.tick().await;
             agent.save_status();
         }
-        backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+}
+
+/// The wait before the agent's next connection attempt: 1 s, doubling up to
+/// 60 s, plus a random jitter of up to half of it so that a fleet cut off at
+/// once does not come back at once; 1 s again after a connection that lasted
+/// over a minute. The load tool's simulated edges use it too.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: Backoff::MIN }
+    }
+}
+
+impl Backoff {
+    pub const MIN: Duration = Duration::from_secs(1);
+    pub const MAX: Duration = Duration::from_secs(60);
+
+    /// The wait after a connection (or attempt) that lasted `lasted`.
+    pub fn after(&mut self, lasted: Duration) -> Duration {
+        if lasted > Backoff::MAX {
+            self.next = Backoff::MIN;
+        }
+        let base = self.next;
+        self.next = (base * 2).min(Backoff::MAX);
+        let jitter = rand::thread_rng().gen_range(0..=base.as_millis() as u64 / 2);
+        base + Duration::from_millis(jitter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_a_minute_with_jitter_and_restarts_after_a_long_connection() {
+        let mut b = Backoff::default();
+        let waits: Vec<Duration> = (0..8).map(|_| b.after(Duration::ZERO)).collect();
+        for (w, base) in waits.iter().zip([1, 2, 4, 8, 16, 32, 60, 60]) {
+            let base = Duration::from_secs(base);
+            assert!(*w >= base && *w <= base + base / 2, "{w:?} for {base:?}");
+        }
+        assert!(b.after(Duration::from_secs(61)) <= Duration::from_millis(1500));
     }
 }

@@ -309,7 +309,7 @@ pub async fn run(
     let r = enroll::request(anon, &key, Secret::Activation(created.activation.key))
         .await
         .context("enrolling")?;
-    let mut ws = agent::connect(admin.server(), admin.ws_tls(), None).await?;
+    let mut ws = agent::connect(admin.server(), admin.ws_tls(), None, None).await?;
     agent::authenticate(&mut ws, &r.device_id, &key).await?;
     // A real edge and client with a tunnel through the server's relay.
     let relayed = Relayed::start(target, admin)

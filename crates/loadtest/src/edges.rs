@@ -2,14 +2,17 @@
 //! edge channel like `drawbridge-edge run` does (challenge–response with the
 //! identity key, a status with the switch on, a status every 15 s, a fresh
 //! session key for every session it is told about, pongs through the WebSocket
-//! library) but running no tunnels.
+//! library) but running no tunnels. It reconnects as the agent does (its
+//! `Backoff`); only the first connection waits for the `--concurrency` gate,
+//! as a fleet that comes online over a while; reconnects do not, as real edges
+//! have no global gate.
 
-use drawbridge_edge::agent::{self, Channel, ChannelError};
+use drawbridge_edge::agent::{self, Backoff, Channel, ChannelError};
 use drawbridge_proto::SessionState;
 use drawbridge_proto::channel::{EdgeSession, EdgeStatus, EdgeToServer, ServerToEdge};
-use rand::Rng;
 use ring::signature::Ed25519KeyPair;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,6 +21,53 @@ use tokio::time::Instant;
 
 /// As the real agent: a status every 15 s keeps the device "heard from".
 const STATUS_EVERY: Duration = Duration::from_secs(15);
+
+/// The most local addresses `--source-ips` may name.
+pub const MAX_SOURCE_IPS: u32 = 256;
+
+/// `--source-ips`: loopback addresses the edges connect from, round robin by
+/// edge index, so that N is not bounded by the local ports of one address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceIps(pub Vec<IpAddr>);
+
+/// One address or a range `FIRST-LAST` in 127.0.0.0/8 (not 127.255.255.255,
+/// not HAProxy's source address), at most [`MAX_SOURCE_IPS`].
+pub fn parse_source_ips(s: &str) -> Result<SourceIps, String> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let parse = |v: &str| {
+        v.trim().parse::<Ipv4Addr>().map_err(|_| {
+            format!("{v:?} is not an IPv4 address (expected e.g. 127.0.0.2-127.0.0.41)")
+        })
+    };
+    let (a, b) = (parse(a)?, parse(b)?);
+    for ip in [a, b] {
+        if !ip.is_loopback() || ip == Ipv4Addr::new(127, 255, 255, 255) {
+            return Err(format!(
+                "{ip} is not a loopback address: the edges connect from 127.0.0.0/8 only"
+            ));
+        }
+    }
+    let (lo, hi) = (u32::from(a), u32::from(b));
+    if lo > hi {
+        return Err(format!("{a} comes after {b}"));
+    }
+    if hi - lo + 1 > MAX_SOURCE_IPS {
+        return Err(format!(
+            "{} addresses: at most {MAX_SOURCE_IPS}",
+            u64::from(hi - lo) + 1
+        ));
+    }
+    let haproxy = u32::from(crate::cluster::HAPROXY_SOURCE);
+    if (lo..=hi).contains(&haproxy) {
+        return Err(format!(
+            "{} is HAProxy's source address towards the replicas in cluster mode",
+            crate::cluster::HAPROXY_SOURCE
+        ));
+    }
+    Ok(SourceIps(
+        (lo..=hi).map(|v| IpAddr::V4(Ipv4Addr::from(v))).collect(),
+    ))
+}
 
 /// One enrolled device as the simulator holds it.
 pub struct Device {
@@ -31,7 +81,10 @@ pub struct Fleet {
     pub server: String,
     pub tls: Arc<rustls::ClientConfig>,
     pub proxy: Option<drawbridge_tunnel::proxy::Proxy>,
-    /// Bounds how many edges are connecting (TCP + TLS + upgrade + auth) at once.
+    /// Local addresses to connect from, by edge index (empty: the system's choice).
+    sources: Vec<IpAddr>,
+    /// Bounds how many edges are connecting (TCP + TLS + upgrade + auth) for
+    /// the first time at once.
     pub gate: Semaphore,
     /// Session id → who waits for the first `sessions` message listing it as active.
     waiters: Mutex<HashMap<String, oneshot::Sender<Instant>>>,
@@ -51,12 +104,14 @@ impl Fleet {
         server: String,
         tls: Arc<rustls::ClientConfig>,
         proxy: Option<drawbridge_tunnel::proxy::Proxy>,
+        sources: Vec<IpAddr>,
         concurrency: usize,
     ) -> Fleet {
         Fleet {
             server,
             tls,
             proxy,
+            sources,
             gate: Semaphore::new(concurrency.max(1)),
             waiters: Mutex::default(),
             online: AtomicUsize::new(0),
@@ -170,7 +225,14 @@ async fn open(
     d: &Device,
     known: &mut HashSet<String>,
 ) -> Result<Channel, ChannelError> {
-    let mut ws = agent::connect(&fleet.server, fleet.tls.clone(), fleet.proxy.as_ref()).await?;
+    let local = (!fleet.sources.is_empty()).then(|| fleet.sources[d.index % fleet.sources.len()]);
+    let mut ws = agent::connect(
+        &fleet.server,
+        fleet.tls.clone(),
+        fleet.proxy.as_ref(),
+        local,
+    )
+    .await?;
     agent::authenticate(&mut ws, &d.device_id, &d.key).await?;
     fleet.send(&mut ws, &status()).await?;
     loop {
@@ -214,19 +276,28 @@ async fn serve(
     }
 }
 
-/// One simulated edge, forever (reconnecting with backoff and jitter like the
-/// agent). The first time it is online it sends its handshake time on `online`.
+/// One simulated edge, forever (reconnecting with the agent's backoff and
+/// jitter). The first time it is online it sends its handshake time on `online`.
 pub async fn run(fleet: Arc<Fleet>, d: Device, online: mpsc::UnboundedSender<(usize, Duration)>) {
     let mut first = true;
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = Backoff::default();
     loop {
         let mut known = HashSet::new();
+        let started = Instant::now();
         let opened = {
-            let Ok(_permit) = fleet.gate.acquire().await else {
-                return;
+            // Only the first connection waits its turn; reconnects go at once.
+            let _permit = if first {
+                let Ok(p) = fleet.gate.acquire().await else {
+                    return;
+                };
+                Some(p)
+            } else {
+                None
             };
             let t = Instant::now();
-            open(&fleet, &d, &mut known)
+            // Boxed: the handshake's futures (about 11 KiB) live only while
+            // connecting, not in every idle edge's task for good.
+            Box::pin(open(&fleet, &d, &mut known))
                 .await
                 .map(|ws| (ws, t.elapsed()))
         };
@@ -237,7 +308,6 @@ pub async fn run(fleet: Arc<Fleet>, d: Device, online: mpsc::UnboundedSender<(us
                     first = false;
                     let _ = online.send((d.index, took));
                 }
-                backoff = Duration::from_millis(500);
                 let r = serve(&fleet, &mut ws, &mut known).await;
                 fleet.online.fetch_sub(1, Ordering::Relaxed);
                 fleet.drops.fetch_add(1, Ordering::Relaxed);
@@ -250,8 +320,40 @@ pub async fn run(fleet: Arc<Fleet>, d: Device, online: mpsc::UnboundedSender<(us
                 fleet.error(&e);
             }
         }
-        let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 2);
-        tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        tokio::time::sleep(backoff.after(started.elapsed())).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_ips_are_a_bounded_loopback_range() {
+        let r = parse_source_ips("127.0.0.2-127.0.0.41").unwrap();
+        assert_eq!(r.0.len(), 40);
+        assert_eq!(r.0[0], IpAddr::from([127, 0, 0, 2]));
+        assert_eq!(r.0[39], IpAddr::from([127, 0, 0, 41]));
+        assert_eq!(parse_source_ips("127.0.0.9").unwrap().0.len(), 1);
+        assert_eq!(
+            parse_source_ips("127.0.0.0-127.0.0.255").unwrap().0.len(),
+            256
+        );
+        for bad in [
+            "127.0.0.0-127.0.1.0", // 257
+            "10.0.0.1-10.0.0.2",   // not loopback
+            "127.0.0.5-127.0.0.2", // backwards
+            "127.0.0.1-::1",       // not IPv4
+            "localhost",           // not an address
+            "127.255.255.255",     // broadcast
+            "127.1.0.0-127.1.0.9", // HAProxy's source
+        ] {
+            assert!(parse_source_ips(bad).is_err(), "{bad}");
+        }
+        assert!(
+            parse_source_ips("10.0.0.1")
+                .unwrap_err()
+                .contains("127.0.0.0/8")
+        );
     }
 }

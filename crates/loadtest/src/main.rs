@@ -1,12 +1,16 @@
-//! `drawbridge-loadtest`: N simulated edges connect to one `drawbridge-server`;
-//! reports the server's RSS and CPU, how long connecting took, and how long a
-//! session start takes to reach its edge (p50, p99, max).
+//! `drawbridge-loadtest`: N simulated edges connect to one `drawbridge-server`
+//! or to N replicas behind HAProxy; reports the servers' RSS and CPU, how long
+//! connecting took, how long a session start takes to reach its edge (p50, p99,
+//! max) and, with `--kill-replica`, how long the edges of a killed replica take
+//! to come back on the others.
 //!
 //! A benchmark tool, not part of the test suite; see docs/loadtest.md.
 
+mod cluster;
 mod dataplane;
 mod dos;
 mod edges;
+mod measure;
 mod procfs;
 mod report;
 mod server;
@@ -14,27 +18,19 @@ mod web;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use drawbridge_api_client::Error as ApiError;
-use drawbridge_edge::enroll::{self, EnrollError, Secret};
-use drawbridge_proto::api::{CreatedDevice, LoginRequest, LoginStage, Session};
-use drawbridge_proto::{ErrorCode, SessionState};
-use futures_util::StreamExt;
-use report::{PhaseCpu, Report, Spread, phase_cpu};
-use ring::signature::Ed25519KeyPair;
+use drawbridge_proto::api::LoginRequest;
+use report::Report;
 use serde_json::json;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::time::Instant;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "drawbridge-loadtest",
     version,
-    about = "N simulated edges on one drawbridge-server: RSS, CPU, connect time and session push latency."
+    about = "N simulated edges on one drawbridge-server or replicas behind HAProxy: RSS, CPU, connect time, session push latency, a replica's failover."
 )]
-struct Args {
+pub struct Args {
     /// Simulated edges.
     #[arg(short = 'n', long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     edges: u32,
@@ -56,6 +52,26 @@ struct Args {
     /// Database of the server the tool starts (postgres://…); default SQLite in its data directory.
     #[arg(long)]
     database: Option<String>,
+    /// Control-plane replicas behind HAProxy, on one data directory and the
+    /// --database (postgres://…, needed for more than one).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    replicas: u32,
+    /// With --replicas: SIGKILL replica 1 after the pushes, time until every
+    /// edge is online again, then push once more.
+    #[arg(long)]
+    kill_replica: bool,
+    /// HAProxy, for --replicas above 1.
+    #[arg(long, default_value = "/usr/sbin/haproxy")]
+    haproxy_bin: PathBuf,
+    /// Seconds HAProxy's health check may take (`timeout check`); default as
+    /// docs/deployment.md: within the 500 ms check interval.
+    #[arg(long, value_parser = seconds)]
+    haproxy_timeout_check: Option<Duration>,
+    /// Loopback addresses the edges connect from, round robin: one, or a range
+    /// such as 127.0.0.2-127.0.0.41 (at most 256). Default: 127.0.0.1 only,
+    /// which bounds N by the local port range.
+    #[arg(long, value_parser = edges::parse_source_ips)]
+    source_ips: Option<edges::SourceIps>,
     /// The server binary to start (default: drawbridge-server next to this executable).
     #[arg(long)]
     server_bin: Option<PathBuf>,
@@ -152,53 +168,7 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// RSS and CPU samples of the server (when its PID is known) and of this process.
-struct Samples {
-    pid: Option<String>,
-    server: Vec<procfs::Sample>,
-    tool: Vec<procfs::Sample>,
-}
-
-impl Samples {
-    fn take(&mut self, phase: &'static str) -> anyhow::Result<()> {
-        if let Some(pid) = &self.pid {
-            self.server
-                .push(procfs::sample(pid, phase).context("sampling the server (did it exit?)")?);
-        }
-        self.tool.push(procfs::sample("self", phase)?);
-        Ok(())
-    }
-
-    fn phase(&self, name: &'static str, from: usize, to: usize) -> PhaseCpu {
-        let server = self
-            .pid
-            .as_ref()
-            .map(|_| (&self.server[from], &self.server[to]));
-        phase_cpu(name, server, (&self.tool[from], &self.tool[to]))
-    }
-}
-
-/// Prints `label: done/total` to stderr every few seconds until aborted.
-fn progress(
-    label: &'static str,
-    total: usize,
-    done: Arc<AtomicUsize>,
-    quiet: bool,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        if quiet {
-            return;
-        }
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            eprintln!("{label}: {}/{total}", done.load(Ordering::Relaxed));
-        }
-    })
-}
-
-fn target_device(name: &str) -> serde_json::Value {
+pub fn target_device(name: &str) -> serde_json::Value {
     json!({
         "name": name,
         "lan_subnets": ["192.168.1.0/24"],
@@ -206,21 +176,76 @@ fn target_device(name: &str) -> serde_json::Value {
     })
 }
 
-async fn run(args: &Args, nofile: u64, hard: u64) -> anyhow::Result<Option<(Report, bool)>> {
+/// Refuses what cannot work, with a message saying why: cluster-mode options
+/// without a cluster, too few descriptors or local ports for N edges.
+fn check(args: &Args, nofile: u64, hard: u64) -> anyhow::Result<()> {
     let n = args.edges as usize;
+    let replicas = args.replicas as usize;
+    if replicas > 1 {
+        let pg = args
+            .database
+            .as_deref()
+            .is_some_and(|d| d.starts_with("postgres://") || d.starts_with("postgresql://"));
+        if !pg {
+            bail!(
+                "--replicas {replicas} needs --database postgres://…: the replicas share one PostgreSQL database (docs/loadtest.md shows how to make one)"
+            );
+        }
+        if args.server.is_some() || args.dos || args.web {
+            bail!("--replicas starts its own cluster: not with --server, --dos or --web");
+        }
+    }
+    if args.kill_replica && replicas < 2 {
+        bail!("--kill-replica needs --replicas 2 or more");
+    }
     let need = n as u64 + 256;
     if nofile < need {
         bail!(
-            "the open-file limit is {nofile} (hard {hard}); {n} edges need about {need} here and as many in the server: raise the hard limit (ulimit -Hn, systemd LimitNOFILE) or lower --edges"
+            "the open-file limit is {nofile} (hard {hard}); {n} edges need about {need} here and as many in the server: raise the hard limit (ulimit -Hn, systemd LimitNOFILE; as root with CAP_SYS_RESOURCE the tool raises it itself) or lower --edges"
         );
     }
+    if replicas > 1 && nofile < cluster::haproxy_nofile(n) {
+        bail!(
+            "the open-file limit is {nofile} (hard {hard}); HAProxy needs about {} for {n} edges: raise the hard limit (as root with CAP_SYS_RESOURCE the tool raises it itself) or lower --edges",
+            cluster::haproxy_nofile(n)
+        );
+    }
+    let sources = args.source_ips.as_ref().map_or(1, |s| s.0.len());
+    let per_source = n.div_ceil(sources) as u64;
     if let Some(ports) = procfs::ephemeral_ports()
-        && n as u64 > ports
+        && per_source > ports
     {
         bail!(
-            "{n} edges need {n} local ports towards one server address, but net.ipv4.ip_local_port_range has {ports}"
+            "{n} edges from {sources} address(es) need {per_source} local ports each, but net.ipv4.ip_local_port_range has {ports}: give more --source-ips (e.g. 127.0.0.2-127.0.0.41)"
         );
     }
+    if replicas > 1 {
+        // After a kill the others take the killed one's edges too.
+        let left = if args.kill_replica {
+            replicas - 1
+        } else {
+            replicas
+        };
+        let per_replica = n.div_ceil(left) as u64;
+        if per_replica > cluster::ports_per_replica() {
+            bail!(
+                "{per_replica} edges per replica need as many HAProxy source ports towards it, more than the {} it has: more --replicas or fewer edges",
+                cluster::ports_per_replica()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What the tool runs against.
+enum Under {
+    Server(server::Started),
+    Cluster(cluster::Cluster),
+    Running,
+}
+
+async fn run(args: &Args, nofile: u64, hard: u64) -> anyhow::Result<Option<(Report, bool)>> {
+    check(args, nofile, hard)?;
     let proxy = drawbridge_tunnel::proxy::Proxy::from_env()
         .map_err(|e| anyhow::anyhow!("proxy variable: {e}"))?;
     if proxy.is_some() {
@@ -229,30 +254,43 @@ async fn run(args: &Args, nofile: u64, hard: u64) -> anyhow::Result<Option<(Repo
         );
     }
 
-    // ------------------------------------------------------------ the server
-    let (started, target, database) = match &args.server {
-        None => {
-            let bin = match &args.server_bin {
-                Some(b) => b.clone(),
-                None => server::default_binary()?,
-            };
-            let s = server::start(&bin, args.database.as_deref(), args.data_dir.clone()).await?;
-            let db = if args.database.is_some() {
-                "PostgreSQL"
-            } else {
-                "SQLite"
-            };
-            let t = server::Target {
-                url: s.target.url.clone(),
-                ca_file: s.target.ca_file.clone(),
-                account: s.target.account.clone(),
-                admin_user: s.target.admin_user.clone(),
-                password: s.target.password.clone(),
-                pid: s.target.pid,
-            };
-            (Some(s), t, db.to_string())
+    // ------------------------------------------------------------ the server(s)
+    let server_bin = || match &args.server_bin {
+        Some(b) => Ok(b.clone()),
+        None => server::default_binary(),
+    };
+    let db = if args.database.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
+    let (mut under, target, database) = match (&args.server, args.replicas) {
+        (None, 1) => {
+            let s = server::start(
+                &server_bin()?,
+                args.database.as_deref(),
+                args.data_dir.clone(),
+            )
+            .await?;
+            let t = s.target.clone();
+            (Under::Server(s), t, db.to_string())
         }
-        Some(url) => {
+        (None, replicas) => {
+            let bin = server_bin()?;
+            let c = cluster::start(&cluster::Options {
+                server_bin: &bin,
+                haproxy_bin: &args.haproxy_bin,
+                database: args.database.as_deref().unwrap_or_default(),
+                data_dir: args.data_dir.clone(),
+                replicas: replicas as usize,
+                edges: args.edges as usize,
+                check_timeout: args.haproxy_timeout_check,
+            })
+            .await?;
+            let t = c.target.clone();
+            (Under::Cluster(c), t, db.to_string())
+        }
+        (Some(url), _) => {
             let pw_file = args.admin_password_file.clone().unwrap_or_default();
             let pw = std::fs::read_to_string(&pw_file)
                 .with_context(|| format!("reading {}", pw_file.display()))?;
@@ -264,7 +302,7 @@ async fn run(args: &Args, nofile: u64, hard: u64) -> anyhow::Result<Option<(Repo
                 password: pw.lines().next().unwrap_or("").to_string(),
                 pid: args.server_pid,
             };
-            (None, t, "running server".to_string())
+            (Under::Running, t, "running server".to_string())
         }
     };
     let result = if args.dos || args.web {
@@ -273,18 +311,37 @@ async fn run(args: &Args, nofile: u64, hard: u64) -> anyhow::Result<Option<(Repo
             None
         })
     } else {
-        measure(args, &target, proxy, nofile, database)
+        let c = match &mut under {
+            Under::Cluster(c) => Some(c),
+            _ => None,
+        };
+        measure::measure(args, &target, proxy, nofile, database, c)
             .await
             .map(Some)
     };
-    if let Some(s) = started {
-        if result.is_err() {
-            eprintln!("server log (last lines):\n{}", s.log_tail());
+    match under {
+        Under::Server(s) => {
+            if result.is_err() {
+                eprintln!("server log (last lines):\n{}", s.log_tail());
+            }
+            if args.data_dir.is_some() {
+                eprintln!("server data directory kept: {}", s.data.display());
+            }
+            s.stop().await;
         }
-        if args.data_dir.is_some() {
-            eprintln!("server data directory kept: {}", s.data.display());
+        Under::Cluster(c) => {
+            if result.is_err() {
+                eprintln!("logs (last lines):\n{}", c.log_tail());
+            }
+            if args.data_dir.is_some() {
+                eprintln!(
+                    "data directory kept (replica-N.log, haproxy.cfg, haproxy.log): {}",
+                    c.data.display()
+                );
+            }
+            c.stop().await;
         }
-        s.stop().await;
+        Under::Running => {}
     }
     result
 }
@@ -316,242 +373,4 @@ async fn dos_mode(args: &Args, target: &server::Target) -> anyhow::Result<String
         rounds: args.dos_rounds,
     };
     dos::run(&opts, target, &anon, &admin).await
-}
-
-async fn measure(
-    args: &Args,
-    target: &server::Target,
-    proxy: Option<drawbridge_tunnel::proxy::Proxy>,
-    nofile: u64,
-    database: String,
-) -> anyhow::Result<(Report, bool)> {
-    let n = args.edges as usize;
-    let quiet = args.json;
-    let anon = drawbridge_api_client::Client::new(&target.url, Some(&target.ca_file))?;
-    let login = anon
-        .login(&LoginRequest {
-            account: target.account.clone(),
-            username: target.admin_user.clone(),
-            password: target.password.clone(),
-            totp: None,
-        })
-        .await
-        .context("logging in as the admin")?;
-    if login.stage != LoginStage::Complete {
-        bail!(
-            "the admin's login is not complete ({:?}): use an admin without a pending second factor or password change",
-            login.stage
-        );
-    }
-    let admin = anon.clone().with_token(login.token);
-    let me = admin.me().await?.user.id;
-    let mut samples = Samples {
-        pid: target.pid.map(|p| p.to_string()),
-        server: Vec::new(),
-        tool: Vec::new(),
-    };
-    samples.take("idle, no devices")?;
-
-    // ------------------------------------------------------------ provision
-    let tag: u32 = rand::random();
-    let t = Instant::now();
-    let done = Arc::new(AtomicUsize::new(0));
-    let bar = progress("provisioned", n, done.clone(), quiet);
-    let mut devices: Vec<edges::Device> = futures_util::stream::iter(0..n)
-        .map(|i| {
-            let (admin, anon, done) = (admin.clone(), anon.clone(), done.clone());
-            async move {
-                let name = format!("lt-{tag:08x}-{i:05}");
-                let created: CreatedDevice = admin
-                    .post("/devices", &target_device(&name))
-                    .await
-                    .with_context(|| format!("creating device {name}"))?;
-                let doc = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
-                    .map_err(|_| anyhow::anyhow!("generating an identity key failed"))?;
-                let key = Ed25519KeyPair::from_pkcs8(doc.as_ref())
-                    .map_err(|_| anyhow::anyhow!("identity key"))?;
-                let r = enroll::request(&anon, &key, Secret::Activation(created.activation.key))
-                    .await
-                    .map_err(|e| match e {
-                        EnrollError::Api(ApiError::Api { code: ErrorCode::RateLimited, .. }) => anyhow::anyhow!(
-                            "the server rate-limits enrolment from this address: run it with --auth-attempts-per-minute {} (or DRAWBRIDGE_AUTH_ATTEMPTS_PER_MINUTE) for the test",
-                            server::LOADTEST_AUTH_ATTEMPTS_PER_MINUTE
-                        ),
-                        e => anyhow::Error::new(e).context(format!("enrolling {name}")),
-                    })?;
-                done.fetch_add(1, Ordering::Relaxed);
-                Ok::<_, anyhow::Error>(edges::Device {
-                    index: i,
-                    device_id: r.device_id,
-                    key,
-                })
-            }
-        })
-        .buffer_unordered(args.provision_concurrency.max(1))
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<_>>()?;
-    bar.abort();
-    devices.sort_by_key(|d| d.index);
-    let provision_secs = t.elapsed().as_secs_f64();
-    samples.take("provisioned")?;
-
-    // ------------------------------------------------------------ connect
-    let fleet = Arc::new(edges::Fleet::new(
-        admin.server().to_string(),
-        admin.ws_tls(),
-        proxy,
-        args.concurrency,
-    ));
-    let ids: Vec<String> = devices.iter().map(|d| d.device_id.clone()).collect();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let t = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for d in devices {
-        tasks.spawn(edges::run(fleet.clone(), d, tx.clone()));
-    }
-    drop(tx);
-    let online_count = Arc::new(AtomicUsize::new(0));
-    let bar = progress("online", n, online_count.clone(), quiet);
-    let deadline = t + Duration::from_secs(args.connect_timeout_secs);
-    let mut handshakes = Vec::with_capacity(n);
-    let mut online = vec![false; n];
-    while handshakes.len() < n {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some((i, took))) => {
-                online[i] = true;
-                handshakes.push(took);
-                online_count.store(handshakes.len(), Ordering::Relaxed);
-            }
-            _ => break,
-        }
-    }
-    bar.abort();
-    let all_online_secs = (handshakes.len() == n).then(|| t.elapsed().as_secs_f64());
-    // The statuses are handled after the session list went out: wait until the
-    // server lists every online device as online with its switch on.
-    let prefix = format!("lt-{tag:08x}-");
-    let mut all_switched_on_secs = None;
-    let until = Instant::now() + Duration::from_secs(120);
-    while Instant::now() < until {
-        let list: Vec<drawbridge_proto::api::Device> = admin.get("/devices").await?;
-        let on = list
-            .iter()
-            .filter(|d| {
-                d.name.as_str().starts_with(&prefix) && d.status.online && d.status.switch_on
-            })
-            .count();
-        if on >= handshakes.len() {
-            all_switched_on_secs = Some(t.elapsed().as_secs_f64());
-            break;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    samples.take("all connected")?;
-
-    // ------------------------------------------------------------ idle
-    let out0 = fleet.messages_out.load(Ordering::Relaxed);
-    let t = Instant::now();
-    tokio::time::sleep(args.idle_secs).await;
-    let idle_secs = t.elapsed().as_secs_f64();
-    let idle_messages_per_sec =
-        (fleet.messages_out.load(Ordering::Relaxed) - out0) as f64 / idle_secs.max(1e-9);
-    samples.take("after idle window")?;
-
-    // ------------------------------------------------------------ push
-    let up: Vec<&String> = ids
-        .iter()
-        .zip(&online)
-        .filter_map(|(id, on)| on.then_some(id))
-        .collect();
-    let m = args.sessions.min(up.len());
-    let mut push = Vec::with_capacity(m);
-    let mut calls = Vec::with_capacity(m);
-    let mut push_timeouts = 0;
-    let mut sessions = Vec::with_capacity(m);
-    for k in 0..m {
-        let device = up[k * up.len() / m];
-        let body = json!({
-            "name": format!("lt-{tag:08x}-s{k}"),
-            "devices": [{"device_id": device, "targets": [{"address": "192.168.1.10", "protocol": "tcp", "ports": "502"}]}],
-            "users": [me],
-        });
-        let s: Session = admin
-            .post("/sessions", &body)
-            .await
-            .context("preparing a session")?;
-        let arrived = fleet.expect_active(&s.id);
-        let t = Instant::now();
-        let r: Result<Session, _> = admin
-            .post(&format!("/sessions/{}/start", s.id), &json!({}))
-            .await;
-        calls.push(t.elapsed());
-        sessions.push(s.id.clone());
-        match r {
-            Ok(st) if st.state == SessionState::Active => {}
-            Ok(st) => bail!(
-                "session {} is {:?} after start, not active (dual control on?)",
-                s.id,
-                st.state
-            ),
-            Err(e) => {
-                fleet.forget(&s.id);
-                return Err(anyhow::Error::new(e).context("starting a session"));
-            }
-        }
-        match tokio::time::timeout(Duration::from_secs(10), arrived).await {
-            Ok(Ok(at)) => push.push(at.duration_since(t)),
-            _ => {
-                fleet.forget(&s.id);
-                push_timeouts += 1;
-            }
-        }
-    }
-    samples.take("after pushes")?;
-    for id in &sessions {
-        let _: Result<Session, _> = admin.post(&format!("/sessions/{id}/end"), &json!({})).await;
-    }
-    tasks.abort_all();
-
-    // ------------------------------------------------------------ figures
-    let phases = vec![
-        samples.phase("provision", 0, 1),
-        samples.phase("connect", 1, 2),
-        samples.phase("idle (all connected)", 2, 3),
-        samples.phase("session pushes", 3, 4),
-    ];
-    let server_rss_per_edge_kib = match (samples.server.get(1), samples.server.get(2)) {
-        (Some(a), Some(b)) if !handshakes.is_empty() => {
-            Some((b.rss_kib as f64 - a.rss_kib as f64) / handshakes.len() as f64)
-        }
-        _ => None,
-    };
-    let complete = all_online_secs.is_some() && push_timeouts == 0;
-    let report = Report {
-        edges: n,
-        database,
-        server_url: target.url.clone(),
-        cores: std::thread::available_parallelism().map_or(1, |c| c.get()),
-        nofile_limit: nofile,
-        provision_secs,
-        connect_concurrency: args.concurrency,
-        online: handshakes.len(),
-        all_online_secs,
-        all_switched_on_secs,
-        edge_handshake: Spread::of(handshakes),
-        connect_failures: fleet.connect_failures.load(Ordering::Relaxed),
-        drops: fleet.drops.load(Ordering::Relaxed),
-        idle_secs,
-        idle_messages_per_sec,
-        push: Spread::of(push),
-        push_timeouts,
-        start_call: Spread::of(calls),
-        phases,
-        server_samples: samples.server,
-        tool_samples: samples.tool,
-        server_rss_per_edge_kib,
-        errors: fleet.errors(),
-    };
-    Ok((report, complete))
 }

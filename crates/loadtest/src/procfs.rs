@@ -70,8 +70,11 @@ pub fn sample(pid: &str, phase: &'static str) -> anyhow::Result<Sample> {
     })
 }
 
-/// Raises the soft RLIMIT_NOFILE to the hard limit; returns (soft, hard) after.
-/// Children started afterwards (the server) inherit it.
+/// Raises the soft RLIMIT_NOFILE to the hard limit, and as root the hard
+/// limit first to the kernel's ceiling (`fs.nr_open`); returns (soft, hard)
+/// after. Children started afterwards (the servers, HAProxy) inherit it.
+/// Root without CAP_SYS_RESOURCE (a container) cannot raise the hard limit:
+/// then only the soft one is raised.
 pub fn raise_nofile() -> anyhow::Result<(u64, u64)> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -81,18 +84,72 @@ pub fn raise_nofile() -> anyhow::Result<(u64, u64)> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
     }
-    if lim.rlim_cur < lim.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
+    // SAFETY: geteuid has no arguments and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|t| t.trim().parse::<libc::rlim_t>().ok());
+    let set = |cur: libc::rlim_t, max: libc::rlim_t| {
+        let r = libc::rlimit {
+            rlim_cur: cur,
+            rlim_max: max,
         };
         // SAFETY: setrlimit reads the struct we own.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("setrlimit(RLIMIT_NOFILE)");
-        }
-        lim = raised;
+        (unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } == 0).then_some(r)
+    };
+    if let Some(c) = ceiling.filter(|&c| root && c > lim.rlim_max)
+        && let Some(r) = set(c, c)
+    {
+        lim = r;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim = set(lim.rlim_max, lim.rlim_max)
+            .ok_or_else(std::io::Error::last_os_error)
+            .context("setrlimit(RLIMIT_NOFILE)")?;
     }
     Ok((lim.rlim_cur, lim.rlim_max))
+}
+
+/// utime + stime + cutime + cstime of every process named `postgres` (the
+/// postmaster and its backends; a backend that exits moves its time to the
+/// postmaster's cutime, so the sum only grows), in seconds. Machine-wide: every
+/// PostgreSQL cluster on this machine counts. None when there is none.
+pub fn postgres_cpu_secs() -> Option<f64> {
+    let mut ticks = 0u64;
+    let mut found = false;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim_end() != "postgres" {
+            continue;
+        }
+        if let Some(t) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| stat_ticks_with_children(&s))
+        {
+            ticks += t;
+            found = true;
+        }
+    }
+    found.then(|| ticks as f64 / clock_ticks())
+}
+
+/// utime + stime + cutime + cstime (fields 14 to 17) of a `/proc/PID/stat` line.
+fn stat_ticks_with_children(text: &str) -> Option<u64> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let mut sum = 0u64;
+    for i in 11..15 {
+        // cutime and cstime are signed in the kernel's format; never negative in practice.
+        sum += f.get(i)?.parse::<i64>().ok()?.max(0) as u64;
+    }
+    Some(sum)
 }
 
 /// How many local ports the kernel hands out for outgoing connections.
@@ -116,6 +173,9 @@ mod tests {
         assert_eq!(status_field(status, "VmSwap"), None);
         let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 7 0 1 2 3";
         assert_eq!(stat_ticks(stat), Some(300));
+        assert_eq!(stat_ticks_with_children(stat), Some(300));
+        let with_children = "42 (postgres) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 7 3 20 0 7";
+        assert_eq!(stat_ticks_with_children(with_children), Some(310));
         assert_eq!(stat_ticks("garbage"), None);
         assert_eq!(stat_ticks("1 (x) S 1"), None);
     }

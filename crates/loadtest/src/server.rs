@@ -29,6 +29,7 @@ pub const LOADTEST_AUTH_ATTEMPTS_PER_MINUTE: u32 = 1_000_000;
 pub const LOADTEST_MAX_CONNECTIONS: u32 = 1_000_000;
 
 /// Where the admin logs in.
+#[derive(Clone)]
 pub struct Target {
     pub url: String,
     pub ca_file: PathBuf,
@@ -50,9 +51,7 @@ pub struct Started {
 
 impl Started {
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.data.join("server.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        log_tail(&self.data.join("server.log"))
     }
 
     pub async fn stop(mut self) {
@@ -75,7 +74,7 @@ pub fn default_binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-fn command(bin: &Path) -> Command {
+pub fn command(bin: &Path) -> Command {
     let mut cmd = Command::new(bin);
     for v in PROXY_VARS {
         cmd.env_remove(v);
@@ -89,38 +88,51 @@ fn new_password() -> String {
     format!("Load-{r:016x}-Test")
 }
 
-/// Initialises a fresh data directory and starts the server on 127.0.0.1.
-pub async fn start(
-    bin: &Path,
-    database: Option<&str>,
-    data_dir: Option<PathBuf>,
-) -> anyhow::Result<Started> {
-    let (data, temp) = match data_dir {
+/// The given data directory (created), or a temporary one removed when the
+/// returned guard is dropped.
+pub fn data_dir(dir: Option<PathBuf>) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+    match dir {
         Some(d) => {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
-            (d, None)
+            Ok((d, None))
         }
         None => {
             let t = tempfile::Builder::new()
                 .prefix("drawbridge-loadtest-")
                 .tempdir()
                 .context("creating a temporary data directory")?;
-            (t.path().to_path_buf(), Some(t))
+            Ok((t.path().to_path_buf(), Some(t)))
         }
-    };
+    }
+}
+
+/// The admin `init` made.
+pub struct Admin {
+    pub account: String,
+    pub admin_user: String,
+    pub password: String,
+}
+
+/// `--data-dir DIR [--database URL]`.
+pub fn db_args(data: &Path, database: Option<&str>) -> Vec<String> {
+    let mut a: Vec<String> = vec!["--data-dir".into(), data.display().to_string()];
+    if let Some(url) = database {
+        a.extend(["--database".into(), url.to_string()]);
+    }
+    a
+}
+
+/// `drawbridge-server init` with an account and an admin of a fresh password.
+pub async fn init(bin: &Path, data: &Path, database: Option<&str>) -> anyhow::Result<Admin> {
     let password = new_password();
     let pw_file = data.join("admin-password");
     std::fs::write(&pw_file, format!("{password}\n")).context("writing the password file")?;
     let (account, admin_user) = ("loadtest".to_string(), "admin".to_string());
-    let mut db_args: Vec<String> = vec!["--data-dir".into(), data.display().to_string()];
-    if let Some(url) = database {
-        db_args.extend(["--database".into(), url.to_string()]);
-    }
     let out = command(bin)
         .args(["init", "--account", &account, "--admin-user", &admin_user])
         .arg("--admin-password-file")
         .arg(&pw_file)
-        .args(&db_args)
+        .args(db_args(data, database))
         .env("RUST_LOG", "warn")
         .output()
         .await
@@ -131,27 +143,45 @@ pub async fn start(
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    let log = std::fs::File::create(data.join("server.log")).context("creating server.log")?;
+    Ok(Admin {
+        account,
+        admin_user,
+        password,
+    })
+}
+
+/// Starts `drawbridge-server run` with the tool's raised limits, `extra`
+/// arguments, its stderr in `log`; returns once it printed "Ready." with the
+/// URL it listens on (stdout is drained afterwards).
+pub async fn spawn_run(
+    bin: &Path,
+    data: &Path,
+    database: Option<&str>,
+    extra: &[String],
+    log: &Path,
+) -> anyhow::Result<(Child, String)> {
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut child = command(bin)
-        .args(["run", "--listen", "127.0.0.1:0", "--no-stun", "--no-bridge"])
+        .arg("run")
+        .args(extra)
         .arg("--auth-attempts-per-minute")
         .arg(LOADTEST_AUTH_ATTEMPTS_PER_MINUTE.to_string())
         .arg("--max-connections")
         .arg(LOADTEST_MAX_CONNECTIONS.to_string())
         .arg("--max-connections-per-address")
         .arg(LOADTEST_MAX_CONNECTIONS.to_string())
-        .args(&db_args)
+        .args(db_args(data, database))
         .env(
             "RUST_LOG",
             std::env::var("LOADTEST_SERVER_LOG").unwrap_or("warn".into()),
         )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
+        .stderr(Stdio::from(log_file))
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
-    let pid = child.id();
     let stdout = child.stdout.take().context("server stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let mut url = None;
@@ -167,27 +197,52 @@ pub async fn start(
         Ok(false)
     })
     .await;
-    let started = Started {
+    match (ready, url) {
+        (Ok(Ok(true)), Some(url)) if !url.is_empty() => {
+            // Keep draining stdout so the server never blocks on a full pipe.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            Ok((child, url))
+        }
+        _ => {
+            let _ = child.start_kill();
+            bail!(
+                "the server did not become ready; its log:\n{}",
+                log_tail(log)
+            )
+        }
+    }
+}
+
+/// The last 20 lines of a log file.
+pub fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Initialises a fresh data directory and starts the server on 127.0.0.1.
+pub async fn start(
+    bin: &Path,
+    database: Option<&str>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<Started> {
+    let (data, temp) = self::data_dir(data_dir)?;
+    let admin = init(bin, &data, database).await?;
+    let extra: Vec<String> = ["--listen", "127.0.0.1:0", "--no-stun", "--no-bridge"]
+        .map(String::from)
+        .into();
+    let (child, url) = spawn_run(bin, &data, database, &extra, &data.join("server.log")).await?;
+    Ok(Started {
         target: Target {
-            url: url.unwrap_or_default(),
+            url,
             ca_file: data.join("ca.pem"),
-            account,
-            admin_user,
-            password,
-            pid,
+            account: admin.account,
+            admin_user: admin.admin_user,
+            password: admin.password,
+            pid: child.id(),
         },
         child,
         data,
         _temp: temp,
-    };
-    match ready {
-        Ok(Ok(true)) if !started.target.url.is_empty() => {}
-        _ => bail!(
-            "the server did not become ready; its log:\n{}",
-            started.log_tail()
-        ),
-    }
-    // Keep draining stdout so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(started)
+    })
 }

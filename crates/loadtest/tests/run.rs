@@ -96,3 +96,130 @@ fn twenty_edges_connect_and_every_session_push_arrives() {
     assert!(idle["wall_secs"].as_f64().unwrap() >= 1.0);
     assert!(took < Duration::from_secs(20), "took {took:?}");
 }
+
+fn haproxy() -> Option<PathBuf> {
+    ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// Runs `sql` on the test PostgreSQL's maintenance database.
+fn admin_sql(base: &str, sql: &str) {
+    use sqlx::Connection;
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut c = sqlx::postgres::PgConnection::connect(base)
+            .await
+            .expect("connect to the test PostgreSQL");
+        sqlx::query(sql).execute(&mut c).await.expect(sql);
+    });
+}
+
+/// Drops the test's database when the test ends, also when it fails.
+struct Database {
+    base: String,
+    name: String,
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        admin_sql(
+            &self.base,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+#[test]
+fn two_replicas_behind_haproxy_take_over_the_edges_of_a_killed_one() {
+    let base = std::env::var("DRAWBRIDGE_TEST_POSTGRES_URL").ok();
+    let haproxy = haproxy();
+    let required = |v: &str| std::env::var(v).as_deref() == Ok("1");
+    if base.is_none() && required("DRAWBRIDGE_REQUIRE_POSTGRES") {
+        panic!("DRAWBRIDGE_REQUIRE_POSTGRES=1 but DRAWBRIDGE_TEST_POSTGRES_URL is not set");
+    }
+    if haproxy.is_none() && required("DRAWBRIDGE_REQUIRE_HAPROXY") {
+        panic!("DRAWBRIDGE_REQUIRE_HAPROXY=1 but haproxy is not installed");
+    }
+    let (Some(base), Some(haproxy)) = (base, haproxy) else {
+        eprintln!(
+            "SKIPPED two_replicas_behind_haproxy_take_over_the_edges_of_a_killed_one: \
+             needs DRAWBRIDGE_TEST_POSTGRES_URL and haproxy (scripts/test provides both)"
+        );
+        return;
+    };
+    server_bin();
+    let db = Database {
+        base: base.clone(),
+        name: format!("lt_{:016x}", std::process::id() as u64 * 7919 + now_nanos()),
+    };
+    admin_sql(&base, &format!("CREATE DATABASE {}", db.name));
+    let mut url = url::Url::parse(&base).unwrap();
+    url.set_path(&db.name);
+    let out = Command::new(tool())
+        .args(["--edges", "40", "--sessions", "5", "--idle-secs", "1"])
+        .args(["--replicas", "2", "--kill-replica", "--json"])
+        .args(["--source-ips", "127.0.0.2-127.0.0.3"])
+        .args(["--connect-timeout-secs", "60"])
+        .arg("--database")
+        .arg(url.as_str())
+        .arg("--haproxy-bin")
+        .arg(&haproxy)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run drawbridge-loadtest");
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(r["online"], 40, "{r:#}");
+    assert_eq!(
+        (r["replicas"].clone(), r["source_ips"].clone()),
+        (2.into(), 2.into())
+    );
+    assert_eq!(r["database"], "PostgreSQL");
+    assert_eq!(r["push"]["count"], 5, "{r:#}");
+    // Both replicas took edges through HAProxy, and every edge is on one of them.
+    let replicas = r["cluster"]["replicas"].as_array().expect("replicas");
+    assert_eq!(replicas.len(), 2);
+    let on: Vec<u64> = replicas
+        .iter()
+        .map(|p| p["edges_connected"].as_u64().expect("edges_connected"))
+        .collect();
+    assert!(
+        on.iter().all(|&e| e > 0) && on.iter().sum::<u64>() == 40,
+        "{r:#}"
+    );
+    assert!(r["cluster"]["haproxy"]["samples"].as_array().unwrap().len() == 7);
+    // The killed replica's edges came back on the other one; pushes still arrive.
+    let kill = &r["kill"];
+    assert_eq!(kill["replica"], "replica-1");
+    assert_eq!(kill["edges_on_it"].as_u64(), Some(on[0]), "{r:#}");
+    assert!(kill["dropped"].as_u64().unwrap() >= on[0], "{r:#}");
+    let back = kill["all_back_online_secs"]
+        .as_f64()
+        .expect("all back online");
+    assert!(back > 0.0 && back < 60.0, "{back}");
+    assert!(replicas[0]["edges_connected_after_kill"].is_null(), "{r:#}");
+    assert_eq!(replicas[1]["edges_connected_after_kill"], 40, "{r:#}");
+    assert_eq!(kill["push"]["count"], 5, "{r:#}");
+    assert_eq!(kill["push_timeouts"], 0);
+    assert_eq!(r["phases"].as_array().unwrap().len(), 6);
+    let kill_phase = &r["phases"][4];
+    assert!(kill_phase["replica_cpu_percent"][0].is_null(), "{r:#}");
+    assert!(
+        kill_phase["replica_cpu_percent"][1].as_f64().is_some(),
+        "{r:#}"
+    );
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+}

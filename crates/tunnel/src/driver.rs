@@ -625,11 +625,15 @@ async fn relay_task(
             .max_frame_size(Some(MAX_FRAME));
         // Directly, or through the plant's HTTP proxy; TLS and WebSocket on top either way.
         let result = match request {
-            Ok(r) => {
-                crate::proxy::websocket(r, Some(config), ep.connector.clone(), ep.proxy.as_ref())
-                    .await
-                    .map(|ws| (ws, ()))
-            }
+            Ok(r) => crate::proxy::websocket(
+                r,
+                Some(config),
+                ep.connector.clone(),
+                ep.proxy.as_ref(),
+                None,
+            )
+            .await
+            .map(|ws| (ws, ())),
             Err(e) => Err(e),
         };
         match result {

@@ -8,6 +8,7 @@ use base64::engine::general_purpose::STANDARD;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -105,11 +106,17 @@ impl Proxy {
         Ok(None)
     }
 
-    /// Opens a tunnel through the proxy to `host:port`.
-    pub async fn connect(&self, host: &str, port: u16) -> io::Result<ProxyStream> {
+    /// Opens a tunnel through the proxy to `host:port`; the connection to the
+    /// proxy leaves from `local` when given.
+    pub async fn connect(
+        &self,
+        host: &str,
+        port: u16,
+        local: Option<IpAddr>,
+    ) -> io::Result<ProxyStream> {
         let tcp = tokio::time::timeout(
             Duration::from_secs(15),
-            tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
+            tcp_connect(&self.host, self.port, local),
         )
         .await
         .map_err(|_| {
@@ -164,34 +171,73 @@ impl Proxy {
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// Connects to `host:port` directly, or through `proxy` when given.
-pub async fn dial(host: &str, port: u16, proxy: Option<&Proxy>) -> io::Result<Box<dyn Io>> {
+/// A TCP connection to `host:port`; from `local` (a port the kernel picks)
+/// when given, to the first address of the same family that accepts.
+async fn tcp_connect(
+    host: &str,
+    port: u16,
+    local: Option<IpAddr>,
+) -> io::Result<tokio::net::TcpStream> {
+    let Some(local) = local else {
+        return tokio::net::TcpStream::connect((host, port)).await;
+    };
+    let mut last = None;
+    for addr in tokio::net::lookup_host((host, port)).await? {
+        if addr.is_ipv4() != local.is_ipv4() {
+            continue;
+        }
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(local, 0))?;
+        match socket.connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::AddrNotAvailable,
+            format!("{host}:{port} has no address of the family of {local}"),
+        )
+    }))
+}
+
+/// Connects to `host:port` directly, or through `proxy` when given; from the
+/// local address `local` when given (with a proxy: the connection to the proxy).
+pub async fn dial(
+    host: &str,
+    port: u16,
+    proxy: Option<&Proxy>,
+    local: Option<IpAddr>,
+) -> io::Result<Box<dyn Io>> {
     match proxy {
-        Some(p) => Ok(Box::new(p.connect(host, port).await?)),
+        Some(p) => Ok(Box::new(p.connect(host, port, local).await?)),
         None => {
-            let t = tokio::time::timeout(
-                Duration::from_secs(15),
-                tokio::net::TcpStream::connect((host, port)),
-            )
-            .await
-            .map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("connecting to {host}:{port} timed out"),
-                )
-            })??;
+            let t = tokio::time::timeout(Duration::from_secs(15), tcp_connect(host, port, local))
+                .await
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("connecting to {host}:{port} timed out"),
+                    )
+                })??;
             let _ = t.set_nodelay(true);
             Ok(Box::new(t))
         }
     }
 }
 
-/// Opens a WebSocket (`wss://` or `ws://`) directly or through `proxy`.
+/// Opens a WebSocket (`wss://` or `ws://`) directly or through `proxy`, from
+/// the local address `local` when given (see [`dial`]).
 pub async fn websocket(
     request: tokio_tungstenite::tungstenite::handshake::client::Request,
     config: Option<tokio_tungstenite::tungstenite::protocol::WebSocketConfig>,
     connector: Option<tokio_tungstenite::Connector>,
     proxy: Option<&Proxy>,
+    local: Option<IpAddr>,
 ) -> Result<
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<Box<dyn Io>>>,
     tokio_tungstenite::tungstenite::Error,
@@ -210,7 +256,7 @@ pub async fn websocket(
         } else {
             443
         });
-    let io = dial(&host, port, proxy)
+    let io = dial(&host, port, proxy, local)
         .await
         .map_err(tokio_tungstenite::tungstenite::Error::Io)?;
     tokio_tungstenite::client_async_tls_with_config(request, io, config, connector)
@@ -280,5 +326,23 @@ mod tests {
             let e = Proxy::parse(bad).unwrap_err();
             assert!(!e.to_string().contains("pw@"), "{e}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_connection_leaves_from_the_local_address_given() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let from: IpAddr = "127.0.0.3".parse().unwrap();
+        let _io = dial("127.0.0.1", port, None, Some(from)).await.unwrap();
+        let (_, peer) = listener.accept().await.unwrap();
+        assert_eq!(peer.ip(), from);
+        let _io = dial("127.0.0.1", port, None, None).await.unwrap();
+        let (_, peer) = listener.accept().await.unwrap();
+        assert_eq!(peer.ip(), IpAddr::from([127, 0, 0, 1]));
+        // No address of the local address's family to go to.
+        let e = tcp_connect("127.0.0.1", port, Some("::1".parse().unwrap()))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrNotAvailable, "{e}");
     }
 }

@@ -100,6 +100,7 @@ pub(super) async fn open_channel(
             Some(cfg),
             Some(Connector::Rustls(tls.clone())),
             proxy.as_ref(),
+            None,
         ),
     )
     .await
