@@ -32,6 +32,7 @@ store_tests!(
     joining_is_for_assigned_users_whose_grants_still_cover_the_session,
     concurrent_joins_get_distinct_overlay_addresses,
     a_change_on_one_replica_reaches_an_edge_connected_to_another,
+    a_change_missed_while_a_replica_listener_reconnects_reaches_its_edge_after,
     candidates_sent_before_a_channel_opens_are_replayed_to_it,
     a_message_larger_than_the_read_buffer_arrives_whole,
     a_heartbeat_status_keeps_the_edge_heard_from,
@@ -939,6 +940,108 @@ async fn a_change_on_one_replica_reaches_an_edge_connected_to_another(app: TestA
         .await,
         StatusCode::OK
     );
+    until(&mut ws, |m: &ServerToEdge| {
+        sessions_of(m).is_some_and(|x| x.is_empty())
+    })
+    .await;
+}
+
+async fn a_change_missed_while_a_replica_listener_reconnects_reaches_its_edge_after(app: TestApp) {
+    if app.backend != "postgres" {
+        eprintln!("replicas share PostgreSQL; SQLite serves one node: nothing to test here");
+        return;
+    }
+    let store_b = app.reopen_store().await;
+    let pool_b = store_b.pool.clone();
+    let l = live(app).await; // replica A, with the edge connected to it
+    let state_b = drawbridge_server::state::AppState::new(
+        store_b,
+        drawbridge_server::clock::Clock::default(),
+        "https://127.0.0.1".into(),
+    )
+    .await
+    .unwrap();
+    let app_b = drawbridge_server::app(state_b);
+    let post_b = |path: String, token: String| {
+        let app_b = app_b.clone();
+        async move {
+            let req = axum::http::Request::builder()
+                .method(Method::POST)
+                .uri(path)
+                .header("authorization", format!("Bearer {token}"))
+                .body(axum::body::Body::empty())
+                .unwrap();
+            tower::ServiceExt::oneshot(app_b, req)
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let acct = l.app.account("acme").await;
+    let d = enrolled(&l, &acct, "press-1").await;
+    let mut ws = edge(&l, &d, true).await;
+    let s = l.app.session(&acct.admin, &d.id, &[&acct.admin_id]).await;
+    let start = post_b(format!("/api/v1/sessions/{s}/start"), acct.admin.clone()).await;
+    assert_eq!(start, StatusCode::OK);
+    until(&mut ws, |m: &ServerToEdge| {
+        sessions_of(m).is_some_and(|x| x.len() == 1)
+    })
+    .await;
+    // Every replica's listener loses its connection and cannot come back for
+    // a moment (a database restart); the session ends on B meanwhile (over a
+    // connection B's pool already holds), so A never gets that notification.
+    let pool = &l.app.state.store.pool;
+    let db: String = sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let listeners = "SELECT COUNT(*) FROM pg_stat_activity
+                     WHERE datname = current_database() AND query ILIKE 'LISTEN%'";
+    let before: i64 = sqlx::query_scalar(listeners).fetch_one(pool).await.unwrap();
+    assert!(before >= 2, "both replicas listen ({before})");
+    // Only from another database (the server the test URL names).
+    let mut admin = {
+        use sqlx::Connection;
+        let base = std::env::var("DRAWBRIDGE_TEST_POSTGRES_URL").unwrap();
+        sqlx::postgres::PgConnection::connect(&base).await.unwrap()
+    };
+    // Both replicas' pools hold open connections for what follows.
+    for p in [pool, &pool_b] {
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(p.acquire().await.unwrap());
+        }
+    }
+    let allow = |on: bool| format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS {on}");
+    sqlx::query(&allow(false))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let gone = std::time::Instant::now();
+    loop {
+        let n: i64 = sqlx::query_scalar(listeners).fetch_one(pool).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(
+            gone.elapsed() < std::time::Duration::from_secs(5),
+            "listeners still there"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let end = post_b(format!("/api/v1/sessions/{s}/end"), acct.admin.clone()).await;
+    sqlx::query(&allow(true)).execute(&mut admin).await.unwrap();
+    assert_eq!(end, StatusCode::OK);
+    // Back after a second: A's connections re-read their state, so the edge is
+    // told to stop (within `until`'s 5 s a message; the 20 s ping backstop
+    // only checks the device, it would never send the session list).
     until(&mut ws, |m: &ServerToEdge| {
         sessions_of(m).is_some_and(|x| x.is_empty())
     })

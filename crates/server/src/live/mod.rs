@@ -128,6 +128,19 @@ impl Hub {
         }
     }
 
+    /// Every connection of this replica re-reads its state: after the replica
+    /// may have missed other replicas' notifications.
+    pub fn refresh_all(&self) {
+        for r in self.edges.lock().expect("hub lock").values() {
+            poke(r, Poke::Refresh);
+        }
+        for v in self.clients.lock().expect("hub lock").values() {
+            for (_, r) in v {
+                poke(r, Poke::Refresh);
+            }
+        }
+    }
+
     /// Every edge of the session and every client in it re-read their state.
     pub fn session_changed(&self, device_ids: &[String], session_id: &str) {
         for d in device_ids {
@@ -264,17 +277,34 @@ pub fn to_client(
 }
 
 /// Listens for the other replicas' notifications (PostgreSQL only), reconnecting forever.
+/// Notifications sent while the listener was disconnected are gone (PostgreSQL
+/// keeps none for a listener that is not there), so after every reconnection
+/// each connection of this replica re-reads its state once.
 pub fn spawn_listener(state: crate::state::AppState) {
     if state.store.backend != crate::db::Backend::Postgres {
         return;
     }
     tokio::spawn(async move {
+        let mut first = true;
         loop {
             match sqlx::postgres::PgListener::connect(&state.store.url).await {
                 Ok(mut l) => {
                     if l.listen(CHANNEL).await.is_ok() {
-                        while let Ok(n) = l.recv().await {
-                            apply(&state, n.payload()).await;
+                        if !first {
+                            tracing::info!(
+                                "replica listener back: every connection re-reads its state"
+                            );
+                            state.hub.refresh_all();
+                        }
+                        first = false;
+                        loop {
+                            match l.try_recv().await {
+                                Ok(Some(n)) => apply(&state, n.payload()).await,
+                                // The connection was lost and is back (sqlx
+                                // reconnects at once): what came between is lost.
+                                Ok(None) => state.hub.refresh_all(),
+                                Err(_) => break,
+                            }
                         }
                     }
                 }
