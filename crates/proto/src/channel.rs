@@ -7,6 +7,7 @@
 //! the edge reconciles. Candidates travel as opaque `signal` blobs produced and
 //! consumed by the tunnel engine.
 
+use crate::data::{BufferStatus, LiveValue, Record, TagSpec};
 use crate::model::{NatMapping, SessionState, Target};
 use crate::wgkey::WgKey;
 use serde::{Deserialize, Serialize};
@@ -72,7 +73,7 @@ pub struct TunnelReport {
     pub bytes_from_device: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum EdgeToServer {
     /// Answer to `challenge`.
@@ -98,6 +99,16 @@ pub enum EdgeToServer {
         approve: bool,
     },
     Tunnel(TunnelReport),
+    /// Historian records in order of `seq` (at most
+    /// [`crate::data::MAX_RECORDS_PER_MESSAGE`]), starting after the last
+    /// acknowledged one; answered by `records_ack`.
+    Records {
+        buffer: BufferStatus,
+        records: Vec<Record>,
+    },
+    /// Latest KPI values (at most [`crate::data::MAX_KPIS_PER_DEVICE`]), sent
+    /// while the server says someone watches.
+    Live { values: Vec<LiveValue> },
 }
 
 /// One client allowed into a session on this edge.
@@ -139,7 +150,7 @@ pub struct EdgeSession {
     pub requested_by: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerToEdge {
     Challenge {
@@ -165,6 +176,14 @@ pub enum ServerToEdge {
         code: String,
         message: String,
     },
+    /// The device's complete tag list (sent after `welcome` and on every change);
+    /// the edge polls exactly these.
+    Tags { tags: Vec<TagSpec> },
+    /// Every record of `stream` up to `seq` is stored: the edge may forget them.
+    RecordsAck { stream: String, seq: u64 },
+    /// Someone watches this device's KPIs: send `live` values for the next
+    /// `for_ms` milliseconds (0: stop now). Renewed while they watch.
+    Watch { for_ms: u32 },
 }
 
 /// What a client needs to bring a tunnel up to one device of a session.

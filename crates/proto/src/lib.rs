@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod channel;
+pub mod data;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzz;
@@ -17,7 +18,7 @@ pub mod wgkey;
 
 pub use error::{ApiError, ErrorCode};
 pub use model::*;
-pub use text::{LongText, Name, Region, Username};
+pub use text::{LongText, Name, Region, TagName, Username};
 pub use wgkey::{WgKey, WgKeyError};
 
 /// Prefix of every versioned control API route.

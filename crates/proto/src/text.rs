@@ -15,6 +15,8 @@ pub enum TextError {
     Charset,
     #[error("may only contain lower-case letters, digits and -")]
     LowerCharset,
+    #[error("may only contain letters, digits and . _ -")]
+    TagCharset,
 }
 
 /// Implements utoipa's schema traits for a type that travels as a JSON string;
@@ -145,6 +147,21 @@ bounded_text!(
     }
 );
 
+/// What a [`TagName`] may hold, as the OpenAPI document states it.
+pub const TAG_NAME_PATTERN: &str = "^[A-Za-z0-9._-]+$";
+
+bounded_text!(
+    /// A PLC tag's name, unique per device: 1..=64 of `[A-Za-z0-9._-]`
+    /// (it appears in URLs, CSV headers and e-mails as it is).
+    TagName, 64, false, Some(TAG_NAME_PATTERN), |s| {
+        if s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
+            Ok(())
+        } else {
+            Err(TextError::TagCharset)
+        }
+    }
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +188,15 @@ mod tests {
         assert!(LongText::try_from("line1\nline2").is_ok());
         assert_eq!(Username::try_from("a b"), Err(TextError::Charset));
         assert!(Username::try_from("anna.m@plant-1").is_ok());
+    }
+
+    #[test]
+    fn tag_names_are_plain_identifiers() {
+        assert!(TagName::try_from("Motor_1.speed-rpm").is_ok());
+        assert_eq!(TagName::try_from("a b"), Err(TextError::TagCharset));
+        assert_eq!(TagName::try_from("a/b"), Err(TextError::TagCharset));
+        assert_eq!(TagName::try_from("ä"), Err(TextError::TagCharset));
+        assert_eq!(TagName::try_from("a".repeat(65)), Err(TextError::TooLong(64)));
     }
 
     #[test]

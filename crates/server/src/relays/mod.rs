@@ -90,8 +90,13 @@ impl Relays {
     }
 
     /// Since when relays that have not been heard from may be judged down
-    /// (the replica's start, or the end of its last database outage).
+    /// (the replica's start, or the end of its last database outage). While the
+    /// last reload failed nobody is judged: the heartbeats this replica holds are
+    /// stale, not the relays.
     pub fn judged_since(&self, started_at: i64) -> i64 {
+        if self.unreachable.load(std::sync::atomic::Ordering::Relaxed) {
+            return i64::MAX;
+        }
         started_at.max(
             self.reachable_since
                 .load(std::sync::atomic::Ordering::Relaxed),
@@ -335,25 +340,39 @@ pub async fn session_relay(
         relays.extend(relay_named(conn, a).await?);
     }
     let now = state.now();
-    let decide = |rtt| {
-        pick::decide(
-            session_id,
-            assigned.as_deref(),
-            &relays,
-            now,
-            state.relays.judged_since(state.started_at),
-            needs_bridge,
-            rtt,
-        )
-    };
+    let since = state.relays.judged_since(state.started_at);
+    let assigned_name = assigned.as_deref();
     let unknown = pick::Near::default();
-    let mut decision = decide(&unknown);
-    if active && matches!(decision, pick::Decision::Move(_)) {
-        // Where the edges are matters only when a relay is (re)assigned.
-        let near = session_near(conn, session_id).await?;
-        if near != unknown {
-            decision = decide(&near);
+    let standby_only = active
+        && matches!(
+            pick::decide(session_id, assigned_name, &relays, now, since, needs_bridge, &unknown),
+            pick::Decision::Move(r) if r.standby
+        );
+    if standby_only {
+        // Only a standby relay would take it: this replica may not have reloaded
+        // a relay that came back or was announced a moment ago. Read them now.
+        let rows = sqlx::query(&format!("SELECT {RELAY_COLS} FROM relays ORDER BY name"))
+            .fetch_all(&mut *conn)
+            .await?;
+        for row in rows.iter().map(relay_row) {
+            let row = row?;
+            match relays.iter_mut().find(|r| r.name == row.name) {
+                Some(r) if row.heartbeat_at > r.heartbeat_at => *r = row,
+                Some(_) => {}
+                None => relays.push(row),
+            }
         }
+    }
+    let mut decision =
+        pick::decide(session_id, assigned_name, &relays, now, since, needs_bridge, &unknown);
+    let near = if active && matches!(decision, pick::Decision::Move(_)) {
+        // Where the edges are matters only when a relay is (re)assigned.
+        session_near(conn, session_id).await?
+    } else {
+        unknown.clone()
+    };
+    if near != unknown {
+        decision = pick::decide(session_id, assigned_name, &relays, now, since, needs_bridge, &near);
     }
     let chosen = match decision {
         pick::Decision::Keep(r) | pick::Decision::Fallback(r) => return Ok(r.clone()),
@@ -536,4 +555,40 @@ pub async fn list(store: &crate::db::Store) -> AppResult<Vec<(Relay, i64)>> {
     rows.iter()
         .map(|r| Ok((relay_row(r)?, r.try_get("sessions")?)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    fn silent_relay() -> Relay {
+        Relay {
+            name: "r1".into(),
+            url: "wss://r1/relay/v1".into(),
+            region: String::new(),
+            stun: vec![],
+            bridge: None,
+            draining: false,
+            drain_requested: false,
+            standby: false,
+            connections: 0,
+            heartbeat_at: 1_000,
+        }
+    }
+
+    #[test]
+    fn while_the_last_reload_failed_no_relay_is_judged_down() {
+        let relays = Relays::default();
+        let now = 1_000 + 3_600;
+        assert!(silent_relay().to_leave(now, relays.judged_since(0)));
+        // The database is away: the heartbeats held are stale, not the relays.
+        relays.unreachable.store(true, Ordering::Relaxed);
+        assert_eq!(relays.judged_since(0), i64::MAX);
+        assert!(!silent_relay().to_leave(now, relays.judged_since(0)));
+        // Back: judged again, from the end of the outage.
+        relays.unreachable.store(false, Ordering::Relaxed);
+        relays.reachable_since.store(now, Ordering::Relaxed);
+        assert!(!silent_relay().to_leave(now + 1, relays.judged_since(0)));
+    }
 }
