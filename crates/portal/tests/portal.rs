@@ -263,6 +263,7 @@ fn settings_form<'a>(csrf: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a st
         ("login_absolute_hours", "12"),
         ("max_session_minutes", "480"),
         ("session_idle_minutes", "60"),
+        ("data_retention_days", "10"),
     ];
     for (k, v) in extra {
         f.retain(|(fk, _)| fk != k);

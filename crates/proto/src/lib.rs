@@ -8,6 +8,7 @@ pub mod api;
 pub mod channel;
 pub mod data;
 pub mod error;
+pub mod mailbox;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod model;

@@ -432,6 +432,9 @@ pub struct AccountSettings {
     /// A session with no tunnel traffic ends after this many minutes (1-1440).
     #[schema(minimum = 1, maximum = 1440)]
     pub session_idle_minutes: u32,
+    /// Historian points are kept this many days, then purged (1-90).
+    #[schema(minimum = 1, maximum = 90)]
+    pub data_retention_days: u32,
 }
 
 impl Default for AccountSettings {
@@ -447,6 +450,7 @@ impl Default for AccountSettings {
             dual_control: false,
             max_session_minutes: 8 * 60,
             session_idle_minutes: 60,
+            data_retention_days: 10,
         }
     }
 }
@@ -472,6 +476,7 @@ impl AccountSettings {
         range("login_absolute_hours", self.login_absolute_hours, 1, 720)?;
         range("max_session_minutes", self.max_session_minutes, 1, 43200)?;
         range("session_idle_minutes", self.session_idle_minutes, 1, 1440)?;
+        range("data_retention_days", self.data_retention_days, 1, 90)?;
         Ok(())
     }
 }
@@ -509,6 +514,9 @@ pub struct AccountSettingsPatch {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 1440)]
     pub session_idle_minutes: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 90)]
+    pub data_retention_days: Option<u32>,
 }
 
 /// A change to a password policy: only the keys given change.
@@ -552,6 +560,7 @@ impl AccountSettingsPatch {
         s.dual_control = self.dual_control.unwrap_or(s.dual_control);
         s.max_session_minutes = self.max_session_minutes.unwrap_or(s.max_session_minutes);
         s.session_idle_minutes = self.session_idle_minutes.unwrap_or(s.session_idle_minutes);
+        s.data_retention_days = self.data_retention_days.unwrap_or(s.data_retention_days);
         s
     }
 }
@@ -577,6 +586,7 @@ impl From<&AccountSettings> for AccountSettingsPatch {
             dual_control: Some(s.dual_control),
             max_session_minutes: Some(s.max_session_minutes),
             session_idle_minutes: Some(s.session_idle_minutes),
+            data_retention_days: Some(s.data_retention_days),
         }
     }
 }

@@ -58,6 +58,7 @@ pub async fn update(p: Posted) -> Response {
             dual_control: f.checked("dual_control"),
             max_session_minutes: num("max_session_minutes")?,
             session_idle_minutes: num("session_idle_minutes")?,
+            data_retention_days: num("data_retention_days")?,
         })
     })();
     let settings = match settings {
