@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod data;
 pub mod db;
 pub mod error;
 pub mod extract;

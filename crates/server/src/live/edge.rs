@@ -307,6 +307,10 @@ async fn serve(
         return Ok(());
     }
     send(ws, &Box::pin(desired_state(state, &edge.device_id)).await?).await?;
+    let mut data = super::edge_data::DataLink::default();
+    for m in Box::pin(data.refresh(state, &edge.device_id)).await? {
+        send(ws, &m).await?;
+    }
     // Candidates clients sent while this edge was away.
     for (session_id, peer, data) in
         Box::pin(crate::live::signals_for_edge(state, &edge.device_id)).await?
@@ -322,6 +326,7 @@ async fn serve(
         .await?;
     }
     let mut ping = tokio::time::interval(Duration::from_secs(20));
+    let mut watch = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
             msg = next_text(ws) => {
@@ -330,6 +335,20 @@ async fn serve(
                 let Ok(parsed) = parsed else {
                     fail(ws, "bad_request", "malformed message").await;
                     return Ok(());
+                };
+                let parsed = match Box::pin(data.handle(state, &edge.account_id, &edge.device_id, parsed)).await {
+                    Ok(Ok(reply)) => {
+                        if let Some(m) = reply {
+                            send(ws, &m).await?;
+                        }
+                        continue;
+                    }
+                    Ok(Err(e)) if e.code == drawbridge_proto::ErrorCode::Internal => return Err(e),
+                    Ok(Err(e)) => {
+                        send(ws, &ServerToEdge::Error { code: e.code.as_str().into(), message: e.message }).await?;
+                        continue;
+                    }
+                    Err(other) => other,
                 };
                 if let Err(e) = Box::pin(handle(state, edge, parsed)).await {
                     if e.code == drawbridge_proto::ErrorCode::Internal {
@@ -349,9 +368,17 @@ async fn serve(
                         return Ok(());
                     }
                     send(ws, &Box::pin(desired_state(state, &edge.device_id)).await?).await?;
+                    for m in Box::pin(data.refresh(state, &edge.device_id)).await? {
+                        send(ws, &m).await?;
+                    }
                 }
                 Some(Poke::Send(m)) => send(ws, &m).await?,
             },
+            _ = watch.tick() => {
+                if let Some(m) = Box::pin(data.watch(state, &edge.device_id)).await? {
+                    send(ws, &m).await?;
+                }
+            }
             _ = ping.tick() => {
                 // Also a backstop for a lost replica notification.
                 if let Some((code, message)) = Box::pin(still_admitted(state, edge)).await? {
@@ -491,6 +518,8 @@ async fn handle(state: &AppState, edge: &Edge, msg: EdgeToServer) -> AppResult<(
         EdgeToServer::Tunnel(report) => {
             tunnel_report(state, Some(&edge.device_id), &report, now).await
         }
+        // Handled by the data link before this.
+        EdgeToServer::Records { .. } | EdgeToServer::Live { .. } => Ok(()),
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod edge;
+mod edge_data;
 pub mod revoke;
 pub mod state;
 
