@@ -17,6 +17,7 @@ pub mod keys;
 pub mod live;
 pub mod metrics;
 pub mod notifications;
+pub mod outbox;
 pub mod password;
 pub mod pki;
 pub mod records;

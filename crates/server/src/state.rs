@@ -40,6 +40,8 @@ pub struct Inner {
     pub started_at: i64,
     /// Audit chain heads this process found intact (page views check only what is new).
     pub audit_verified: crate::audit::VerifiedHeads,
+    /// E-mail and webhook settings of this replica (the outbox worker and the API).
+    pub notify: crate::outbox::Notify,
 }
 
 #[derive(Clone)]
@@ -83,6 +85,7 @@ impl AppState {
         let state = AppState(Arc::new(Inner {
             started_at,
             audit_verified: Default::default(),
+            notify: Default::default(),
             store,
             clock,
             device_ca,
