@@ -6,10 +6,12 @@
 
 mod account;
 mod audit_routes;
+mod data;
 mod devices;
 pub(crate) mod enroll;
 mod groups;
 mod me;
+mod outbox;
 mod sessions;
 mod setup;
 mod tokens;
@@ -61,6 +63,8 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let router = enroll::routes(router);
     let router = sessions::routes(router);
     let router = audit_routes::routes(router);
+    let router = outbox::routes(router);
+    let router = data::routes(router);
     let router = crate::live::edge::routes(router);
     let router = crate::live::client::routes(router);
     let router = crate::web::routes(router);

@@ -503,6 +503,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     crate::background::spawn(state.clone());
     crate::relays::spawn(state.clone());
+    crate::data::spawn_retention(state.clone());
     let app = crate::app(state);
     let stop = drawbridge_tunnel::shutdown_signal();
     println!("Ready.");

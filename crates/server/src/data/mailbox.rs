@@ -115,7 +115,7 @@ pub async fn status(conn: &mut AnyConnection, device_id: &str) -> AppResult<Data
         });
     }
     let (pending, dropped): (i64, i64) = sqlx::query_as(
-        "SELECT COALESCE(SUM(pending), 0), COALESCE(SUM(dropped), 0) FROM data_streams WHERE device_id = $1",
+        "SELECT CAST(COALESCE(SUM(pending), 0) AS BIGINT), CAST(COALESCE(SUM(dropped), 0) AS BIGINT) FROM data_streams WHERE device_id = $1",
     )
     .bind(device_id)
     .fetch_one(&mut *conn)

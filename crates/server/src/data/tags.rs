@@ -43,7 +43,7 @@ pub async fn put(
         .execute(&mut **tx)
         .await?;
     let (others, kpis): (i64, i64) = sqlx::query_as(
-        "SELECT COUNT(*), COALESCE(SUM(kpi), 0) FROM tags WHERE device_id = $1 AND name <> $2",
+        "SELECT COUNT(*), CAST(COALESCE(SUM(kpi), 0) AS BIGINT) FROM tags WHERE device_id = $1 AND name <> $2",
     )
     .bind(&device.id)
     .bind(spec.name.as_str())
