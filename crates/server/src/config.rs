@@ -34,6 +34,15 @@ pub struct FileConfig {
     pub relay_region: Option<String>,
     pub relay_standby: Option<bool>,
     pub password_hashing_share: Option<f64>,
+    pub smtp_host: Option<String>,
+    pub smtp_port: Option<u16>,
+    pub smtp_security: Option<String>,
+    pub smtp_username: Option<String>,
+    pub smtp_password_file: Option<PathBuf>,
+    pub smtp_from: Option<String>,
+    pub smtp_ca_file: Option<PathBuf>,
+    pub webhook_allow_private: Option<bool>,
+    pub webhook_failure_days: Option<u32>,
 }
 
 /// A TOML value that is one address or a list of them.
@@ -94,6 +103,8 @@ pub struct Config {
     /// The share of a core each password-hashing slot may use under a stream
     /// of logins ([`crate::password::DEFAULT_HASHING_SHARE`]).
     pub password_hashing_share: f64,
+    /// E-mail (SMTP) and webhooks of the outbox.
+    pub notify: crate::outbox::NotifyConfig,
 }
 
 /// The default allowance at the unauthenticated routes, per minute and address.
@@ -200,6 +211,88 @@ pub struct Overrides {
     /// channels and the API during a login flood. 1 hashes as fast as it can.
     #[arg(long, env = "DRAWBRIDGE_PASSWORD_HASHING_SHARE", value_parser = hashing_share)]
     pub password_hashing_share: Option<f64>,
+    /// SMTP server for notification e-mails (without it no e-mail is sent).
+    #[arg(long, env = "DRAWBRIDGE_SMTP_HOST")]
+    pub smtp_host: Option<String>,
+    /// SMTP port (default 587 for starttls, 465 for tls, 25 for none).
+    #[arg(long, env = "DRAWBRIDGE_SMTP_PORT")]
+    pub smtp_port: Option<u16>,
+    /// starttls (default; required, not opportunistic), tls (implicit TLS), or
+    /// none (only to a server on loopback).
+    #[arg(long, env = "DRAWBRIDGE_SMTP_SECURITY")]
+    pub smtp_security: Option<String>,
+    /// SMTP user name (with --smtp-password-file).
+    #[arg(long, env = "DRAWBRIDGE_SMTP_USERNAME")]
+    pub smtp_username: Option<String>,
+    /// File holding the SMTP password (first line).
+    #[arg(long, env = "DRAWBRIDGE_SMTP_PASSWORD_FILE")]
+    pub smtp_password_file: Option<PathBuf>,
+    /// The notifications' sender, e.g. "Drawbridge <noreply@example.com>" (needed with --smtp-host).
+    #[arg(long, env = "DRAWBRIDGE_SMTP_FROM")]
+    pub smtp_from: Option<String>,
+    /// PEM file of a private CA that signed the SMTP server's certificate
+    /// (instead of the system's roots).
+    #[arg(long, env = "DRAWBRIDGE_SMTP_CA_FILE")]
+    pub smtp_ca_file: Option<PathBuf>,
+    /// Let webhooks go to loopback and private addresses (and http there); by
+    /// default only https to public addresses.
+    #[arg(long)]
+    pub webhook_allow_private: bool,
+    /// Days a webhook may fail without a success before it is disabled and the
+    /// admins are told (default 5).
+    #[arg(long, env = "DRAWBRIDGE_WEBHOOK_FAILURE_DAYS", value_parser = clap::value_parser!(u32).range(1..=365))]
+    pub webhook_failure_days: Option<u32>,
+}
+
+impl Overrides {
+    /// The outbox's settings: SMTP (when a host is given) and webhooks.
+    fn notify(&self, file: &FileConfig) -> anyhow::Result<crate::outbox::NotifyConfig> {
+        use crate::outbox::mail::{Security, SmtpConfig};
+        let pick = |a: &Option<String>, b: &Option<String>| a.clone().or_else(|| b.clone());
+        let smtp = match pick(&self.smtp_host, &file.smtp_host) {
+            None => None,
+            Some(host) => {
+                let security: Security = pick(&self.smtp_security, &file.smtp_security)
+                    .as_deref()
+                    .unwrap_or("starttls")
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("smtp_security: {e}"))?;
+                let from = pick(&self.smtp_from, &file.smtp_from)
+                    .ok_or_else(|| anyhow::anyhow!("smtp_from is needed with smtp_host"))?;
+                let cfg = SmtpConfig {
+                    port: self
+                        .smtp_port
+                        .or(file.smtp_port)
+                        .unwrap_or(security.default_port()),
+                    host,
+                    security,
+                    username: pick(&self.smtp_username, &file.smtp_username),
+                    password_file: self
+                        .smtp_password_file
+                        .clone()
+                        .or_else(|| file.smtp_password_file.clone()),
+                    from,
+                    ca_file: self
+                        .smtp_ca_file
+                        .clone()
+                        .or_else(|| file.smtp_ca_file.clone()),
+                };
+                cfg.check()?;
+                Some(cfg)
+            }
+        };
+        let webhook_failure_days = match self.webhook_failure_days.or(file.webhook_failure_days) {
+            None => crate::outbox::runtime::DEFAULT_WEBHOOK_FAILURE_DAYS,
+            Some(d) if (1..=365).contains(&d) => d,
+            Some(d) => anyhow::bail!("webhook_failure_days must be 1 to 365, not {d}"),
+        };
+        Ok(crate::outbox::NotifyConfig {
+            smtp,
+            webhook_allow_private: self.webhook_allow_private
+                || file.webhook_allow_private.unwrap_or(false),
+            webhook_failure_days,
+        })
+    }
 }
 
 /// A share of a core for password hashing: 0.05 to 1.
@@ -216,6 +309,7 @@ impl Overrides {
             Some(p) => FileConfig::load(p)?,
             None => FileConfig::default(),
         };
+        let notify = self.notify(&file)?;
         let listen = self
             .listen
             .or(file.listen)
@@ -359,6 +453,7 @@ impl Overrides {
             Some(v) => anyhow::bail!("password_hashing_share must be between 0.05 and 1, not {v}"),
         };
         Ok(Config {
+            notify,
             relay,
             password_hashing_share,
             listener,
@@ -437,6 +532,52 @@ mod tests {
             assert!(hashing_share(bad).is_err(), "{bad} is refused as a flag");
         }
         assert_eq!(hashing_share("0.05"), Ok(0.05));
+    }
+
+    #[test]
+    fn notification_settings_default_file_and_flag() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let n = Overrides::default().resolve().expect("resolve").notify;
+        assert!(n.smtp.is_none() && !n.webhook_allow_private);
+        assert_eq!(n.webhook_failure_days, 5);
+        let file = dir.path().join("drawbridge.toml");
+        std::fs::write(
+            &file,
+            "smtp_host = \"smtp.example.com\"\nsmtp_from = \"Drawbridge <noreply@example.com>\"\nwebhook_failure_days = 2\nwebhook_allow_private = true\n",
+        )
+        .expect("write");
+        let mut o = Overrides {
+            config: Some(file.clone()),
+            ..Overrides::default()
+        };
+        let n = o.resolve().expect("resolve").notify;
+        let smtp = n.smtp.expect("smtp");
+        assert_eq!((smtp.port, smtp.security.as_str()), (587, "starttls"));
+        assert_eq!((n.webhook_failure_days, n.webhook_allow_private), (2, true));
+        o.smtp_security = Some("tls".into());
+        assert_eq!(
+            o.resolve()
+                .expect("resolve")
+                .notify
+                .smtp
+                .expect("smtp")
+                .port,
+            465
+        );
+        o.smtp_security = Some("none".into());
+        assert!(o.resolve().is_err(), "no TLS to a remote server");
+        o.smtp_host = Some("127.0.0.1".into());
+        o.smtp_port = Some(2525);
+        let smtp = o.resolve().expect("resolve").notify.smtp.expect("smtp");
+        assert_eq!((smtp.host.as_str(), smtp.port), ("127.0.0.1", 2525));
+        o.smtp_security = Some("ssl".into());
+        assert!(o.resolve().is_err(), "unknown security");
+        o.smtp_security = None;
+        std::fs::write(&file, "smtp_host = \"smtp.example.com\"\n").expect("write");
+        o.smtp_host = None;
+        assert!(o.resolve().is_err(), "a sender is needed");
+        std::fs::write(&file, "webhook_failure_days = 0\n").expect("write");
+        assert!(o.resolve().is_err(), "zero days");
     }
 
     #[test]

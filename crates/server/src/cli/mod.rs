@@ -372,6 +372,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.auth_attempts_per_minute,
     )
     .await?;
+    state
+        .notify
+        .configure(&cfg.notify)
+        .context("notification settings (smtp_*, webhook_*)")?;
     crate::bootstrap::record_public_url(&state, &public_url)
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
@@ -415,6 +419,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             cfg.auth_attempts_per_minute,
             crate::config::DEFAULT_AUTH_ATTEMPTS_PER_MINUTE
         );
+    }
+    match &cfg.notify.smtp {
+        Some(smtp) => println!(
+            "  e-mail: smtp {}:{} ({}), from {}",
+            smtp.host,
+            smtp.port,
+            smtp.security.as_str(),
+            smtp.from
+        ),
+        None => println!("  e-mail: off (no smtp_host); webhooks only"),
+    }
+    if cfg.notify.webhook_allow_private {
+        println!("  webhooks: loopback and private addresses allowed (webhook_allow_private)");
     }
     if !crate::bootstrap::has_accounts(&state)
         .await
@@ -503,6 +520,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     crate::background::spawn(state.clone());
     crate::relays::spawn(state.clone());
+    crate::outbox::worker::spawn(state.clone());
     crate::data::spawn_retention(state.clone());
     let app = crate::app(state);
     let stop = drawbridge_tunnel::shutdown_signal();
