@@ -476,7 +476,8 @@ async fn every_route_refuses_a_body_that_is_not_a_json_object_and_changes_nothin
         let concrete = path
             .replace("{id}", id)
             .replace("{user_id}", &user)
-            .replace("{device_id}", &device);
+            .replace("{device_id}", &device)
+            .replace("{name}", "speed");
         assert!(
             !concrete.contains('{'),
             "no value for a parameter of {path}"
