@@ -50,6 +50,10 @@ enum Command {
         /// interface and the host's kernel (root, nftables); default: userspace.
         #[arg(long)]
         tun: bool,
+        /// Most historian records kept waiting for the server (the oldest are
+        /// dropped, and counted, beyond it).
+        #[arg(long, env = "DRAWBRIDGE_EDGE_HISTORIAN_MAX_RECORDS", default_value_t = crate::data::buffer::DEFAULT_MAX_RECORDS, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+        historian_max_records: u64,
     },
     /// The remote-access switch: `on`, `off` or `status`.
     Switch {
@@ -125,7 +129,11 @@ pub async fn main() -> anyhow::Result<u8> {
             );
             Ok(0)
         }
-        Command::Run { switch_file, tun } => {
+        Command::Run {
+            switch_file,
+            tun,
+            historian_max_records,
+        } => {
             // Tests and single-host demos, whose "machine LAN" is this host's
             // loopback; otherwise loopback is never a target (netstack::policy).
             if std::env::var(LOOPBACK_LAN_VAR).is_ok_and(|v| v == "1") {
@@ -140,7 +148,10 @@ pub async fn main() -> anyhow::Result<u8> {
             // A clean stop on Ctrl-C / SIGTERM: kernel mode removes its interface
             // and nftables table then.
             tokio::select! {
-                r = crate::agent::run(dir, source, tun) => r?,
+                r = crate::agent::run(dir, source, tun, crate::data::buffer::BufferConfig {
+                    max_records: historian_max_records,
+                    ..Default::default()
+                }) => r?,
                 _ = drawbridge_tunnel::shutdown_signal() => tracing::info!("stopping"),
             }
             Ok(0)
@@ -195,6 +206,9 @@ pub async fn main() -> anyhow::Result<u8> {
             if !s.forwarding.is_empty() {
                 println!("forwarding: {}", s.forwarding);
             }
+            if let Some(d) = &s.data {
+                print_data(d);
+            }
             if s.sessions.is_empty() {
                 println!("no sessions");
             }
@@ -241,6 +255,34 @@ pub async fn main() -> anyhow::Result<u8> {
             Ok(0)
         }
     }
+}
+
+/// The data services' lines of `status`.
+fn print_data(d: &crate::data::DataStatus) {
+    if d.tags == 0 && d.buffer.pending == 0 {
+        println!("tags: none");
+    } else {
+        let qualities: Vec<String> = d.quality.iter().map(|(q, n)| format!("{n} {q}")).collect();
+        let age = d.last_poll_ms.map(|t| {
+            let secs = (crate::data::poll::now_ms() - t).max(0) / 1000;
+            format!(", last poll {secs} s ago")
+        });
+        println!(
+            "tags: {} ({} polled{}){}",
+            d.tags,
+            d.polled,
+            if qualities.is_empty() {
+                String::new()
+            } else {
+                format!("; last read: {}", qualities.join(", "))
+            },
+            age.unwrap_or_default()
+        );
+    }
+    println!(
+        "historian: {} records waiting for the server, {} dropped (buffer full)",
+        d.buffer.pending, d.buffer.dropped
+    );
 }
 
 /// `approve --wait`: blocks until a session asks, approves it, and reports

@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod approval;
 pub mod cli;
+pub mod data;
 pub mod enroll;
 pub mod kernel;
 pub mod local;

@@ -9,6 +9,7 @@
 //! session-keys/ID  a session's WireGuard private key (base64), mode 0600; removed
 //!                  when the session is gone from the server's list
 //! status.json      what `drawbridge-edge status` shows (written by `run`)
+//! tags.json, alarms.json, historian/   the data services (see `crate::data`)
 //! ```
 
 use anyhow::{Context, bail};
@@ -90,6 +91,9 @@ pub struct Status {
     /// `userspace`, or `kernel (IFACE)` with `run --tun`.
     #[serde(default)]
     pub forwarding: String,
+    /// Tags, last poll qualities, the historian buffer.
+    #[serde(default)]
+    pub data: Option<crate::data::DataStatus>,
 }
 
 /// A session id safe to use as a file name: 1–64 of `[A-Za-z0-9-]`.
@@ -97,7 +101,7 @@ fn valid_session_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
-fn write_atomic(path: &Path, data: &[u8], private: bool) -> anyhow::Result<()> {
+pub(crate) fn write_atomic(path: &Path, data: &[u8], private: bool) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     {
         let mut opts = std::fs::OpenOptions::new();

@@ -10,6 +10,7 @@
 //! reachable control plane or not.
 
 mod channel;
+mod push;
 mod sessions;
 
 pub use channel::{
@@ -17,6 +18,7 @@ pub use channel::{
 };
 
 use crate::local::{PeerStatus, SessionStatus, StateDir, Status, SwitchSource};
+use anyhow::Context;
 use drawbridge_proto::channel::{EdgeStatus, EdgeToServer, ServerToEdge};
 use ring::signature::Ed25519KeyPair;
 use sessions::Running;
@@ -49,6 +51,8 @@ struct Agent {
     gateway: Option<crate::kernel::Gateway>,
     /// Round-trip times to the relays, reported in the status.
     rtt: crate::rtt::Probes,
+    /// The data services: polling (always), historian pushes and live values.
+    push: push::Push,
 }
 
 impl Agent {
@@ -124,6 +128,7 @@ impl Agent {
                 Some(g) => format!("kernel ({})", g.interface()),
                 None => "userspace".into(),
             },
+            data: Some(self.push.data.status()),
         };
         if let Err(e) = self.dir.save_status(&s) {
             tracing::warn!(error = %e, "writing status.json");
@@ -169,13 +174,27 @@ async fn session(
     for r in agent.sessions.values_mut() {
         r.key_sent = false; // re-announce keys after a reconnect
     }
+    agent.push.reset();
     send(&mut ws, &agent.status_with_rtt()).await?;
     let mut tick = tokio::time::interval(TICK);
     let mut n: u32 = 0;
+    let data = agent.push.data.clone();
     loop {
         tokio::select! {
             m = recv(&mut ws) => match m? {
                 None => return Ok(()),
+                Some(ServerToEdge::Tags { tags }) => {
+                    agent.push.on_tags(tags);
+                    agent.push.records(&mut ws).await?;
+                }
+                Some(ServerToEdge::RecordsAck { stream, seq }) => {
+                    agent.push.on_ack(stream, seq).await;
+                    agent.push.records(&mut ws).await?;
+                }
+                Some(ServerToEdge::Watch { for_ms }) => {
+                    agent.push.on_watch(for_ms);
+                    agent.push.live(&mut ws).await?;
+                }
                 Some(ServerToEdge::Sessions { sessions, relays }) => {
                     agent.rtt.set_relays(relays);
                     agent.apply(sessions).await;
@@ -186,9 +205,13 @@ async fn session(
                 Some(_) => {}
             },
             Some(m) = out_rx.recv() => send(&mut ws, &m).await?,
+            () = data.appended() => agent.push.records(&mut ws).await?,
+            () = data.kpi_changed() => agent.push.live(&mut ws).await?,
             _ = tick.tick() => {
                 n = n.wrapping_add(1);
                 agent.tick().await;
+                agent.push.records(&mut ws).await?;
+                agent.push.live(&mut ws).await?;
                 if n.is_multiple_of(REPORT_EVERY) {
                     agent.report().await;
                 }
@@ -201,11 +224,20 @@ async fn session(
     }
 }
 
-/// Runs until the process is stopped.
-/// Runs the agent forever; `kernel` forwards through a TUN interface (root).
-pub async fn run(dir: StateDir, switch: SwitchSource, kernel: bool) -> anyhow::Result<()> {
+/// Runs the agent forever; `kernel` forwards through a TUN interface (root);
+/// `historian` bounds the data services' buffer.
+pub async fn run(
+    dir: StateDir,
+    switch: SwitchSource,
+    kernel: bool,
+    historian: crate::data::buffer::BufferConfig,
+) -> anyhow::Result<()> {
     let device = dir.device()?;
     let key = dir.identity()?;
+    // Polling starts now, with the tags kept from last time, whether or not
+    // the control plane is reachable.
+    let data = crate::data::Data::start(&dir.0, historian)
+        .with_context(|| format!("opening the historian in {}", dir.0.display()))?;
     let mut tls = drawbridge_api_client::tls_config(device.ca_file.as_deref())?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()]; // WebSockets upgrade over HTTP/1.1
     let (out_tx, mut out_rx) = mpsc::channel(1024);
@@ -219,6 +251,7 @@ pub async fn run(dir: StateDir, switch: SwitchSource, kernel: bool) -> anyhow::R
         out_tx,
         tls: Arc::new(tls),
         rtt: Default::default(),
+        push: push::Push::new(data),
         gateway: if kernel {
             Some(crate::kernel::Gateway::start().await?)
         } else {
