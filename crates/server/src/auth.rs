@@ -295,6 +295,15 @@ pub async fn register_failure(
         user.username, settings.lockout_minutes, failures
     );
     crate::notifications::add(tx, &user.account_id, "lockout", &message, now).await?;
+    crate::outbox::producers::user_lockout(
+        tx,
+        user,
+        failures,
+        settings.lockout_minutes,
+        source,
+        now,
+    )
+    .await?;
     let ev = Event::new(&user.account_id, "system", "user.lockout", &format!("user:{}", user.id))
         .source(source)
         .details(serde_json::json!({ "username": user.username, "failures": failures, "minutes": settings.lockout_minutes }));

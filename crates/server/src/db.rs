@@ -207,8 +207,8 @@ impl Store {
     }
 }
 
-/// One stored value of the places that hold secrets: every `server_secrets` row and
-/// every user's TOTP secrets.
+/// One stored value of the places that hold secrets: every `server_secrets` row,
+/// every user's TOTP secrets and every webhook's signing secret.
 struct SecretSlot {
     /// `UPDATE … SET value = $1 WHERE key = $2 AND value = $3`.
     update: String,
@@ -268,6 +268,18 @@ async fn secret_slots(tx: &mut Tx<'_>) -> Result<Vec<SecretSlot>, StoreError> {
                 value,
             });
         }
+    }
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT id, secret FROM webhooks")
+        .fetch_all(&mut **tx)
+        .await?;
+    for (id, value) in rows {
+        slots.push(SecretSlot {
+            update: "UPDATE webhooks SET secret = $1 WHERE id = $2 AND secret = $3".into(),
+            context: crate::outbox::webhooks::secret_context(&id),
+            secret: true,
+            key: id,
+            value,
+        });
     }
     Ok(slots)
 }

@@ -15,6 +15,7 @@
 //! webhook of the account subscribed to the kind.
 
 pub mod mail;
+pub mod producers;
 pub mod queue;
 pub mod runtime;
 pub mod settings;

@@ -277,6 +277,7 @@ pub async fn start(
     .fetch_all(&mut **tx)
     .await?;
     let mut approved = 0;
+    let mut waiting = Vec::new();
     for d in devices {
         let name: String = d.try_get(0)?;
         let last_seen: Option<i64> = d.try_get(3)?;
@@ -297,6 +298,7 @@ pub async fn start(
         }
         let waits = dual_control || d.try_get::<i64, _>(5)? != 0;
         let approval = if waits {
+            waiting.push(name);
             ApprovalState::Pending
         } else {
             approved += 1;
@@ -332,6 +334,9 @@ pub async fn start(
         return Err(AppError::conflict(
             "only a prepared session inside its validity window can be started",
         ));
+    }
+    if !waiting.is_empty() {
+        crate::outbox::producers::approval_waiting(tx, account_id, id, by, &waiting, now).await?;
     }
     Ok(next)
 }

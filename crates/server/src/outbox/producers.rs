@@ -1,0 +1,81 @@
+//! Events other modules report, worded once here: a user locked out (from
+//! `auth::register_failure`) and a session waiting for approval (from
+//! `sessions::start`). Each runs in the caller's transaction.
+
+use super::{EventKind, Message, enqueue};
+use crate::db::Tx;
+
+/// A user was locked after too many failed logins: the admins are told.
+pub async fn user_lockout(
+    tx: &mut Tx<'_>,
+    user: &crate::records::UserRow,
+    failures: i64,
+    minutes: u32,
+    source: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let (account_id, user_id, username) = (&user.account_id, &user.id, &user.username);
+    let msg = Message::new(
+        EventKind::UserLockout,
+        format!("Drawbridge: user {username} was locked"),
+        format!(
+            "User {username} was locked for {minutes} minutes after {failures} failed logins \
+             (the last from {source}).\n\nIf this was not the user, someone may be guessing \
+             their password; an admin can lift the lockout or disable the user."
+        ),
+    )
+    .data(serde_json::json!({
+        "user_id": user_id, "username": username, "failures": failures,
+        "minutes": minutes, "source": source,
+    }));
+    enqueue(tx, account_id, &msg, now).await?;
+    Ok(())
+}
+
+/// A started session waits for approval of `devices` (names): the approvers
+/// (admins and session admins) are told, except whoever started it.
+pub async fn approval_waiting(
+    tx: &mut Tx<'_>,
+    account_id: &str,
+    session_id: &str,
+    started_by: &str,
+    devices: &[String],
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    let session: String = sqlx::query_scalar("SELECT name FROM sessions WHERE id = $1")
+        .bind(session_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    let user_id = started_by.strip_prefix("user:");
+    let username: Option<String> = match user_id {
+        Some(id) => {
+            sqlx::query_scalar("SELECT username FROM users WHERE id = $1 AND account_id = $2")
+                .bind(id)
+                .bind(account_id)
+                .fetch_optional(&mut **tx)
+                .await?
+        }
+        None => None,
+    };
+    let who = username.clone().unwrap_or_else(|| started_by.to_string());
+    let list = devices.join(", ");
+    let mut msg = Message::new(
+        EventKind::ApprovalWaiting,
+        format!("Drawbridge: session {session} waits for approval"),
+        format!(
+            "{who} started session {session}. It waits for approval of: {list}.\n\n\
+             Approve or refuse it in the portal (Sessions) or with \
+             POST /api/v1/sessions/{session_id}/approve, or on site. Without a decision \
+             within {} minutes the devices are dropped.",
+            crate::sessions::APPROVAL_WINDOW_SECS / 60
+        ),
+    )
+    .data(serde_json::json!({
+        "session_id": session_id, "session": session, "started_by": who, "devices": devices,
+    }));
+    if let Some(id) = user_id {
+        msg = msg.except_user(id);
+    }
+    enqueue(tx, account_id, &msg, now).await?;
+    Ok(())
+}
