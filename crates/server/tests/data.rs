@@ -92,7 +92,8 @@ async fn push(ws: &mut Ws, stream: &str, records: Vec<Record>) -> Result<u64, St
         },
     )
     .await;
-    match within::<ServerToEdge>(ws, 10, |m| {
+    // Generous: a loaded CI machine runs many store tests at once.
+    match within::<ServerToEdge>(ws, 30, |m| {
         matches!(m, ServerToEdge::RecordsAck { .. } | ServerToEdge::Error { .. })
     })
     .await
@@ -334,6 +335,14 @@ async fn alarms_are_raised_acknowledged_returned_and_ended(app: TestApp) {
             value: Some(v),
         },
     };
+    l.app
+        .ok(
+            Method::PUT,
+            "/api/v1/account/notifications",
+            &acct.admin,
+            Some(json!({"recipients": {"alarm_raised": ["shift@example.com"], "alarm_returned": ["shift@example.com"]}})),
+        )
+        .await;
     assert_eq!(push(&mut ws, "s", vec![alarm(1, AlarmTransition::Raised, 91.0)]).await, Ok(1));
     // Raised again (an edge that restarted): still one alarm.
     assert_eq!(push(&mut ws, "s", vec![alarm(2, AlarmTransition::Raised, 92.0)]).await, Ok(2));
@@ -411,6 +420,19 @@ async fn alarms_are_raised_acknowledged_returned_and_ended(app: TestApp) {
         .await
         .unwrap();
     assert_eq!(n, 2, "each raised alarm told once");
+    // … and queued for e-mail (delivered by the outbox worker; tests/outbox.rs).
+    let kinds: Vec<(String, String)> =
+        sqlx::query_as("SELECT kind, data FROM outbox_events ORDER BY created_at, kind")
+            .fetch_all(&l.app.state.store.pool)
+            .await
+            .unwrap();
+    let raised = kinds.iter().filter(|(k, _)| k == "alarm_raised").count();
+    let returned = kinds.iter().filter(|(k, _)| k == "alarm_returned").count();
+    assert_eq!((raised, returned), (2, 2), "{kinds:?}");
+    assert!(
+        kinds.iter().all(|(_, data)| data.contains(&d.id) && data.contains("\"temp\"")),
+        "{kinds:?}"
+    );
     // Another account sees none of it.
     let other = l.app.account("other").await;
     let (s, _) = l.app.post(&ack, &other.admin, json!({"comment": ""})).await;

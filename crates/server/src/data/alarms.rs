@@ -311,5 +311,20 @@ pub async fn notify(
         ),
     };
     crate::notifications::add(tx, account_id, kind, &text, now).await?;
+    // E-mail and webhooks, delivered from the outbox once this commits.
+    let event = match c.transition {
+        AlarmTransition::Raised => crate::outbox::EventKind::AlarmRaised,
+        AlarmTransition::Returned => crate::outbox::EventKind::AlarmReturned,
+    };
+    let message = crate::outbox::Message::new(event, text.clone(), text).data(serde_json::json!({
+        "alarm_id": c.alarm_id,
+        "device_id": device_id,
+        "device": device,
+        "tag": c.tag,
+        "transition": c.transition,
+        "time_ms": c.time_ms,
+        "value": c.value,
+    }));
+    crate::outbox::enqueue(tx, account_id, &message, now).await?;
     Ok(())
 }
