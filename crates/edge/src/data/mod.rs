@@ -290,10 +290,10 @@ async fn run(
     let mut pollers: HashMap<ConnKey, (Vec<Arc<TagSpec>>, tokio::task::JoinHandle<()>)> =
         HashMap::new();
     let mut states: HashMap<TagName, TagState> = HashMap::new();
-    let mut first = true;
+    let mut reload = true;
     loop {
-        if first || tags_rx.has_changed().unwrap_or(false) {
-            first = false;
+        if reload {
+            reload = false;
             let tags = tags_rx.borrow_and_update().clone();
             let Some(inner) = inner.upgrade() else { return };
             let polled = reconcile(&tags, &mut pollers, &mut states, &mut active, &tx);
@@ -309,6 +309,7 @@ async fn run(
                 if c.is_err() {
                     return;
                 }
+                reload = true;
                 continue;
             }
         };
