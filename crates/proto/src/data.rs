@@ -209,7 +209,9 @@ pub enum TagError {
     NotFinite,
     #[error("scale must not be 0")]
     ZeroScale,
-    #[error("description is at most {MAX_TAG_DESCRIPTION} characters, unit at most {MAX_TAG_UNIT}, neither with control characters")]
+    #[error(
+        "description is at most {MAX_TAG_DESCRIPTION} characters, unit at most {MAX_TAG_UNIT}, neither with control characters"
+    )]
     Text,
     #[error("coils and discrete inputs hold bool values only")]
     BitsAreBool,
@@ -239,9 +241,8 @@ impl TryFrom<RawTagSpec> for TagSpec {
         if r.scale == 0.0 {
             return Err(TagError::ZeroScale);
         }
-        let text_ok = |s: &str, max: usize| {
-            s.chars().count() <= max && !s.chars().any(char::is_control)
-        };
+        let text_ok =
+            |s: &str, max: usize| s.chars().count() <= max && !s.chars().any(char::is_control);
         if !text_ok(&r.description, MAX_TAG_DESCRIPTION) || !text_ok(&r.unit, MAX_TAG_UNIT) {
             return Err(TagError::Text);
         }
@@ -261,7 +262,12 @@ impl TryFrom<RawTagSpec> for TagSpec {
             _ => {}
         }
         match r.alarm {
-            Some(AlarmRule::Limits { high, low, deadband, .. }) => {
+            Some(AlarmRule::Limits {
+                high,
+                low,
+                deadband,
+                ..
+            }) => {
                 if r.value_type == ValueType::Bool {
                     return Err(TagError::AlarmKind);
                 }
@@ -329,10 +335,18 @@ impl Quality {
     pub fn code(&self) -> String {
         match self {
             Quality::Good => "good".into(),
-            Quality::Bad { reason: BadReason::Timeout } => "timeout".into(),
-            Quality::Bad { reason: BadReason::Exception { code } } => format!("exception:{code}"),
-            Quality::Bad { reason: BadReason::Refused } => "refused".into(),
-            Quality::Bad { reason: BadReason::Io } => "io".into(),
+            Quality::Bad {
+                reason: BadReason::Timeout,
+            } => "timeout".into(),
+            Quality::Bad {
+                reason: BadReason::Exception { code },
+            } => format!("exception:{code}"),
+            Quality::Bad {
+                reason: BadReason::Refused,
+            } => "refused".into(),
+            Quality::Bad {
+                reason: BadReason::Io,
+            } => "io".into(),
         }
     }
 
@@ -459,17 +473,30 @@ mod tests {
         assert!(serde_json::from_str::<TagSpec>(&past_end).is_err());
         let not_an_ip = tag("").replace("127.0.0.2", "plc.local");
         assert!(serde_json::from_str::<TagSpec>(&not_an_ip).is_err());
-        assert!(serde_json::from_str::<TagSpec>(&tag(r#","alarm":{"kind":"limits","high":80,"deadband":2,"min_duration_ms":500}"#)).is_ok());
+        assert!(
+            serde_json::from_str::<TagSpec>(&tag(
+                r#","alarm":{"kind":"limits","high":80,"deadband":2,"min_duration_ms":500}"#
+            ))
+            .is_ok()
+        );
     }
 
     #[test]
     fn qualities_round_trip_through_their_store_code() {
         for q in [
             Quality::Good,
-            Quality::Bad { reason: BadReason::Timeout },
-            Quality::Bad { reason: BadReason::Exception { code: 2 } },
-            Quality::Bad { reason: BadReason::Refused },
-            Quality::Bad { reason: BadReason::Io },
+            Quality::Bad {
+                reason: BadReason::Timeout,
+            },
+            Quality::Bad {
+                reason: BadReason::Exception { code: 2 },
+            },
+            Quality::Bad {
+                reason: BadReason::Refused,
+            },
+            Quality::Bad {
+                reason: BadReason::Io,
+            },
         ] {
             assert_eq!(Quality::from_code(&q.code()), Some(q));
             let json = serde_json::to_string(&q).unwrap();

@@ -19,12 +19,19 @@ pub struct Changed {
     pub value: Option<f64>,
 }
 
+/// Whose alarm: the account, device and tag.
+#[derive(Debug, Clone, Copy)]
+pub struct Of<'a> {
+    pub account_id: &'a str,
+    pub device_id: &'a str,
+    pub tag: &'a str,
+}
+
+/// One history entry; `user` is (user id, comment).
 async fn history(
     tx: &mut Tx<'_>,
     alarm_id: &str,
-    account_id: &str,
-    device_id: &str,
-    tag: &str,
+    of: Of<'_>,
     time_ms: i64,
     event: &str,
     value: Option<f64>,
@@ -36,9 +43,9 @@ async fn history(
     )
     .bind(crate::secret::new_id())
     .bind(alarm_id)
-    .bind(account_id)
-    .bind(device_id)
-    .bind(tag)
+    .bind(of.account_id)
+    .bind(of.device_id)
+    .bind(of.tag)
     .bind(time_ms)
     .bind(event)
     .bind(value)
@@ -50,7 +57,11 @@ async fn history(
 }
 
 /// The alarm of `tag` that has not returned yet, if any.
-async fn standing(tx: &mut Tx<'_>, device_id: &str, tag: &str) -> AppResult<Option<(String, String)>> {
+async fn standing(
+    tx: &mut Tx<'_>,
+    device_id: &str,
+    tag: &str,
+) -> AppResult<Option<(String, String)>> {
     Ok(sqlx::query_as(
         "SELECT id, state FROM alarms WHERE device_id = $1 AND tag = $2 AND state IN ('alarm', 'acknowledged')
          ORDER BY raised_ms DESC LIMIT 1",
@@ -66,14 +77,17 @@ async fn standing(tx: &mut Tx<'_>, device_id: &str, tag: &str) -> AppResult<Opti
 /// restarted may report a standing condition again).
 pub async fn apply(
     tx: &mut Tx<'_>,
-    account_id: &str,
-    device_id: &str,
-    tag: &str,
+    of: Of<'_>,
     transition: AlarmTransition,
     time_ms: i64,
     value: Option<f64>,
     now: i64,
 ) -> AppResult<Option<Changed>> {
+    let Of {
+        account_id,
+        device_id,
+        tag,
+    } = of;
     let current = standing(tx, device_id, tag).await?;
     let alarm_id = match (transition, current) {
         (AlarmTransition::Raised, Some(_)) | (AlarmTransition::Returned, None) => return Ok(None),
@@ -92,7 +106,7 @@ pub async fn apply(
             .bind(now)
             .execute(&mut **tx)
             .await?;
-            history(tx, &id, account_id, device_id, tag, time_ms, "raised", value, None).await?;
+            history(tx, &id, of, time_ms, "raised", value, None).await?;
             id
         }
         (AlarmTransition::Returned, Some((id, state))) => {
@@ -111,7 +125,7 @@ pub async fn apply(
             .bind(&id)
             .execute(&mut **tx)
             .await?;
-            history(tx, &id, account_id, device_id, tag, time_ms, "returned", value, None).await?;
+            history(tx, &id, of, time_ms, "returned", value, None).await?;
             id
         }
     };
@@ -133,13 +147,12 @@ pub async fn acknowledge(
     comment: &str,
     now: i64,
 ) -> AppResult<AlarmState> {
-    let (account_id, device_id, tag, state): (String, String, String, String) = sqlx::query_as(
-        "SELECT account_id, device_id, tag, state FROM alarms WHERE id = $1",
-    )
-    .bind(alarm_id)
-    .fetch_optional(&mut **tx)
-    .await?
-    .ok_or_else(|| AppError::not_found("alarm"))?;
+    let (account_id, device_id, tag, state): (String, String, String, String) =
+        sqlx::query_as("SELECT account_id, device_id, tag, state FROM alarms WHERE id = $1")
+            .bind(alarm_id)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| AppError::not_found("alarm"))?;
     let next = match AlarmState::parse(&state) {
         Some(AlarmState::Alarm) => AlarmState::Acknowledged,
         Some(AlarmState::Returned) => AlarmState::Ended,
@@ -161,12 +174,15 @@ pub async fn acknowledge(
     if n == 0 {
         return Err(AppError::conflict("the alarm is already acknowledged"));
     }
+    let of = Of {
+        account_id: &account_id,
+        device_id: &device_id,
+        tag: &tag,
+    };
     history(
         tx,
         alarm_id,
-        &account_id,
-        &device_id,
-        &tag,
+        of,
         now * 1000,
         "acknowledged",
         None,
@@ -191,12 +207,18 @@ pub async fn end_for_tag(tx: &mut Tx<'_>, device_id: &str, tag: &str, now: i64) 
             .bind(&id)
             .execute(&mut **tx)
             .await?;
-        history(tx, &id, &account_id, device_id, tag, now * 1000, "ended", None, None).await?;
+        let of = Of {
+            account_id: &account_id,
+            device_id,
+            tag,
+        };
+        history(tx, &id, of, now * 1000, "ended", None, None).await?;
     }
     Ok(())
 }
 
-const ALARM_COLS: &str = "a.id, a.device_id, d.name AS device, a.tag, a.state, a.raised_ms, a.raised_value,
+const ALARM_COLS: &str =
+    "a.id, a.device_id, d.name AS device, a.tag, a.state, a.raised_ms, a.raised_value,
     a.returned_ms, a.returned_value, a.acked_at, u.username AS acked_by, a.ack_comment";
 
 fn alarm_from(r: &sqlx::any::AnyRow) -> AppResult<Alarm> {
@@ -299,7 +321,9 @@ pub async fn notify(
         .bind(device_id)
         .fetch_one(&mut **tx)
         .await?;
-    let value = c.value.map_or_else(|| "no value".to_string(), |v| v.to_string());
+    let value = c
+        .value
+        .map_or_else(|| "no value".to_string(), |v| v.to_string());
     let (kind, text) = match c.transition {
         AlarmTransition::Raised => (
             "alarm.raised",

@@ -76,27 +76,19 @@ pub async fn records(
     let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     let mut tx = state.store.begin().await?;
     let last_seq = lock_stream(&mut tx, device_id, &buffer.stream, now).await?;
-    let fresh: Vec<&Record> = records
-        .iter()
-        .filter(|r| clamp(r.seq) > last_seq)
-        .collect();
+    let fresh: Vec<&Record> = records.iter().filter(|r| clamp(r.seq) > last_seq).collect();
     let mut changed = Vec::new();
     let mut points = Vec::new();
     for r in &fresh {
         match &r.body {
             RecordBody::Point { value, quality } => points.push((*r, *value, quality.code())),
             RecordBody::Alarm { transition, value } => {
-                let c = alarms::apply(
-                    &mut tx,
+                let of = alarms::Of {
                     account_id,
                     device_id,
-                    r.tag.as_str(),
-                    *transition,
-                    r.time_ms,
-                    *value,
-                    now,
-                )
-                .await?;
+                    tag: r.tag.as_str(),
+                };
+                let c = alarms::apply(&mut tx, of, *transition, r.time_ms, *value, now).await?;
                 changed.extend(c);
             }
         }
@@ -104,8 +96,14 @@ pub async fn records(
     if !points.is_empty() {
         let first = take_txids(&mut tx, points.len()).await?;
         for (i, chunk) in points.chunks(INSERT_ROWS).enumerate() {
-            insert(&mut tx, account_id, device_id, first + (i * INSERT_ROWS) as i64, chunk)
-                .await?;
+            insert(
+                &mut tx,
+                account_id,
+                device_id,
+                first + (i * INSERT_ROWS) as i64,
+                chunk,
+            )
+            .await?;
         }
     }
     let new_last = fresh.last().map_or(last_seq, |r| clamp(r.seq));
@@ -160,7 +158,9 @@ async fn lock_stream(tx: &mut Tx<'_>, device_id: &str, stream: &str, now: i64) -
         .execute(&mut **tx)
         .await?;
     }
-    Err(AppError::internal(anyhow::anyhow!("historian stream row vanished")))
+    Err(AppError::internal(anyhow::anyhow!(
+        "historian stream row vanished"
+    )))
 }
 
 /// Takes `n` consecutive transaction ids; the counter row stays locked until commit.

@@ -89,23 +89,25 @@ pub async fn unwatch(state: &AppState, watcher: &str) -> AppResult<()> {
 }
 
 async fn watched_tx(tx: &mut crate::db::Tx<'_>, device_id: &str, now: i64) -> AppResult<bool> {
-    let n: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM kpi_watchers WHERE device_id = $1 AND expires_at > $2")
-            .bind(device_id)
-            .bind(now)
-            .fetch_one(&mut **tx)
-            .await?;
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM kpi_watchers WHERE device_id = $1 AND expires_at > $2",
+    )
+    .bind(device_id)
+    .bind(now)
+    .fetch_one(&mut **tx)
+    .await?;
     Ok(n > 0)
 }
 
 /// Does anybody watch the device's KPIs now?
 pub async fn watched(state: &AppState, device_id: &str) -> AppResult<bool> {
-    let n: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM kpi_watchers WHERE device_id = $1 AND expires_at > $2")
-            .bind(device_id)
-            .bind(state.now())
-            .fetch_one(&state.store.pool)
-            .await?;
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM kpi_watchers WHERE device_id = $1 AND expires_at > $2",
+    )
+    .bind(device_id)
+    .bind(state.now())
+    .fetch_one(&state.store.pool)
+    .await?;
     Ok(n > 0)
 }
 
@@ -128,10 +130,11 @@ pub struct Stored {
 
 /// The stored live values of `device_id`, by tag.
 pub async fn read(state: &AppState, device_id: &str) -> AppResult<Vec<(String, Stored)>> {
-    let rows = sqlx::query("SELECT tag, time_ms, value, quality FROM tag_live WHERE device_id = $1")
-        .bind(device_id)
-        .fetch_all(&state.store.pool)
-        .await?;
+    let rows =
+        sqlx::query("SELECT tag, time_ms, value, quality FROM tag_live WHERE device_id = $1")
+            .bind(device_id)
+            .fetch_all(&state.store.pool)
+            .await?;
     rows.iter()
         .map(|r| {
             let q: String = r.try_get(3)?;

@@ -3,9 +3,9 @@
 //! queries per tag, per-device status, and deleting up to a cursor.
 
 use crate::error::{AppError, AppResult};
+use drawbridge_proto::TagName;
 use drawbridge_proto::data::Quality;
 use drawbridge_proto::mailbox::{DataPoint, DataStatus, TagDataStatus};
-use drawbridge_proto::TagName;
 use sqlx::{AnyConnection, Row};
 
 /// Cursors look like `t<txid>`: opaque to clients, checked strictly here.
@@ -132,11 +132,17 @@ pub async fn status(conn: &mut AnyConnection, device_id: &str) -> AppResult<Data
 }
 
 /// Deletes the account's points up to and including `up_to`.
-pub async fn delete_up_to(conn: &mut AnyConnection, account_id: &str, up_to: i64) -> AppResult<u64> {
-    Ok(sqlx::query("DELETE FROM data_points WHERE account_id = $1 AND txid <= $2")
-        .bind(account_id)
-        .bind(up_to)
-        .execute(conn)
-        .await?
-        .rows_affected())
+pub async fn delete_up_to(
+    conn: &mut AnyConnection,
+    account_id: &str,
+    up_to: i64,
+) -> AppResult<u64> {
+    Ok(
+        sqlx::query("DELETE FROM data_points WHERE account_id = $1 AND txid <= $2")
+            .bind(account_id)
+            .bind(up_to)
+            .execute(conn)
+            .await?
+            .rows_affected(),
+    )
 }

@@ -25,7 +25,11 @@ pub struct DataLink {
 impl DataLink {
     /// Messages after the tag list or the watchers may have changed: the tag
     /// list when it differs from what the edge has, and a `watch` when needed.
-    pub async fn refresh(&mut self, state: &AppState, device_id: &str) -> AppResult<Vec<ServerToEdge>> {
+    pub async fn refresh(
+        &mut self,
+        state: &AppState,
+        device_id: &str,
+    ) -> AppResult<Vec<ServerToEdge>> {
         let mut conn = state.store.pool.acquire().await?;
         let tags = data::tags::list(&mut conn, device_id).await?;
         drop(conn);
@@ -48,7 +52,11 @@ impl DataLink {
     }
 
     /// Every couple of seconds: renew or end the edge's `watch`.
-    pub async fn watch(&mut self, state: &AppState, device_id: &str) -> AppResult<Option<ServerToEdge>> {
+    pub async fn watch(
+        &mut self,
+        state: &AppState,
+        device_id: &str,
+    ) -> AppResult<Option<ServerToEdge>> {
         if self.kpis.is_empty() && !self.watching {
             return Ok(None);
         }
@@ -80,9 +88,11 @@ impl DataLink {
                     .await
                     .map(|i| Some(i.ack))
             }
-            EdgeToServer::Live { values } => data::live::store(state, device_id, &self.kpis, &values)
-                .await
-                .map(|()| None),
+            EdgeToServer::Live { values } => {
+                data::live::store(state, device_id, &self.kpis, &values)
+                    .await
+                    .map(|()| None)
+            }
             other => return Err(other),
         })
     }

@@ -363,8 +363,15 @@ pub async fn session_relay(
             }
         }
     }
-    let mut decision =
-        pick::decide(session_id, assigned_name, &relays, now, since, needs_bridge, &unknown);
+    let mut decision = pick::decide(
+        session_id,
+        assigned_name,
+        &relays,
+        now,
+        since,
+        needs_bridge,
+        &unknown,
+    );
     let near = if active && matches!(decision, pick::Decision::Move(_)) {
         // Where the edges are matters only when a relay is (re)assigned.
         session_near(conn, session_id).await?
@@ -372,7 +379,15 @@ pub async fn session_relay(
         unknown.clone()
     };
     if near != unknown {
-        decision = pick::decide(session_id, assigned_name, &relays, now, since, needs_bridge, &near);
+        decision = pick::decide(
+            session_id,
+            assigned_name,
+            &relays,
+            now,
+            since,
+            needs_bridge,
+            &near,
+        );
     }
     let chosen = match decision {
         pick::Decision::Keep(r) | pick::Decision::Fallback(r) => return Ok(r.clone()),

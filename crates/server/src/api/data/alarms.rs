@@ -135,5 +135,7 @@ async fn acknowledge(
     audit::append(&mut tx, now, &ev).await?;
     tx.commit().await?;
     let mut conn = state.store.pool.acquire().await?;
-    Ok(Json(data::alarms::get(&mut conn, &caller.account_id, &id).await?))
+    Ok(Json(
+        data::alarms::get(&mut conn, &caller.account_id, &id).await?,
+    ))
 }

@@ -41,7 +41,9 @@ pub(crate) fn page_limit(limit: Option<u32>) -> AppResult<u32> {
     match limit {
         None => Ok(DEFAULT_PAGE),
         Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-        Some(_) => Err(AppError::invalid(format!("limit must be between 1 and {MAX_PAGE}"))),
+        Some(_) => Err(AppError::invalid(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        ))),
     }
 }
 
@@ -170,7 +172,13 @@ async fn kpis(
     Path(id): Path<String>,
 ) -> AppResult<Json<Vec<Kpi>>> {
     let device = visible_device(&state, &caller, &id).await?;
-    data::live::watch(&state, &format!("token:{}", caller.token_id), std::slice::from_ref(&id))
-        .await?;
-    Ok(Json(stream::kpis_of(&state, &id, device.name.as_str()).await?))
+    data::live::watch(
+        &state,
+        &format!("token:{}", caller.token_id),
+        std::slice::from_ref(&id),
+    )
+    .await?;
+    Ok(Json(
+        stream::kpis_of(&state, &id, device.name.as_str()).await?,
+    ))
 }

@@ -35,8 +35,10 @@ pub async fn kpis_of(state: &AppState, device_id: &str, device: &str) -> AppResu
     let mut conn = state.store.pool.acquire().await?;
     let tags: Vec<TagSpec> = data::tags::list(&mut conn, device_id).await?;
     drop(conn);
-    let mut live: HashMap<String, data::live::Stored> =
-        data::live::read(state, device_id).await?.into_iter().collect();
+    let mut live: HashMap<String, data::live::Stored> = data::live::read(state, device_id)
+        .await?
+        .into_iter()
+        .collect();
     Ok(tags
         .into_iter()
         .filter(|t| t.kpi)
@@ -122,7 +124,10 @@ async fn kpi_stream(
         match step(&mut v).await {
             Ok(Some(events)) => Some((events, Some(v))),
             // The caller's right ended: one last event, then the stream ends.
-            Ok(None) => Some((vec![Ok(Event::default().event("end").data("access ended"))], None)),
+            Ok(None) => Some((
+                vec![Ok(Event::default().event("end").data("access ended"))],
+                None,
+            )),
             Err(e) => {
                 tracing::debug!(error = %e.message, "KPI stream round failed");
                 Some((Vec::new(), Some(v)))
@@ -164,7 +169,11 @@ async fn step(v: &mut Viewing) -> AppResult<Option<Vec<Result<Event, Infallible>
 
 /// The token still works and the caller still sees at least one device
 /// (devices they lost sight of are dropped from the stream).
-async fn still_allowed(state: &AppState, caller: &Caller, devices: &mut Vec<(String, String)>) -> AppResult<bool> {
+async fn still_allowed(
+    state: &AppState,
+    caller: &Caller,
+    devices: &mut Vec<(String, String)>,
+) -> AppResult<bool> {
     let live: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM auth_tokens t JOIN users u ON u.id = t.user_id
          WHERE t.id = $1 AND t.revoked_at IS NULL AND t.expires_at > $2 AND u.disabled = 0",
@@ -179,7 +188,14 @@ async fn still_allowed(state: &AppState, caller: &Caller, devices: &mut Vec<(Str
     let mut conn = state.store.pool.acquire().await?;
     let mut kept = Vec::new();
     for d in devices.drain(..) {
-        let a = rights::access(&mut conn, &caller.account_id, &caller.user_id, caller.role, &d.0).await?;
+        let a = rights::access(
+            &mut conn,
+            &caller.account_id,
+            &caller.user_id,
+            caller.role,
+            &d.0,
+        )
+        .await?;
         if a.can_see() || caller.role == drawbridge_proto::Role::Auditor {
             kept.push(d);
         }

@@ -3,13 +3,13 @@
 //! points up to a cursor (admins).
 
 use super::page_limit;
+use crate::audit;
 use crate::auth::Caller;
 use crate::data::mailbox;
 use crate::error::AppResult;
 use crate::extract::{ApiJson, ApiQuery};
 use crate::rights;
 use crate::state::AppState;
-use crate::audit;
 use axum::Json;
 use axum::extract::State;
 use drawbridge_proto::mailbox::{DeleteData, Deleted, SyncPage, SyncQuery};
@@ -68,9 +68,11 @@ async fn delete(
     let now = state.now();
     let mut tx = state.store.begin().await?;
     let deleted = mailbox::delete_up_to(&mut tx, &caller.account_id, up_to).await?;
-    let ev = caller.event("data.delete", "historian").details(serde_json::json!({
-        "username": caller.username, "up_to": req.up_to, "deleted": deleted,
-    }));
+    let ev = caller
+        .event("data.delete", "historian")
+        .details(serde_json::json!({
+            "username": caller.username, "up_to": req.up_to, "deleted": deleted,
+        }));
     audit::append(&mut tx, now, &ev).await?;
     tx.commit().await?;
     Ok(Json(Deleted { deleted }))
