@@ -13,6 +13,7 @@ pub mod data;
 pub mod db;
 pub mod error;
 pub mod extract;
+pub mod health;
 pub mod keys;
 pub mod live;
 pub mod metrics;

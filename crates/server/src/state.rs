@@ -42,6 +42,8 @@ pub struct Inner {
     pub audit_verified: crate::audit::VerifiedHeads,
     /// E-mail and webhook settings of this replica (the outbox worker and the API).
     pub notify: crate::outbox::Notify,
+    /// The database probe `/healthz` answers from.
+    pub health: crate::health::Health,
 }
 
 #[derive(Clone)]
@@ -86,6 +88,7 @@ impl AppState {
             started_at,
             audit_verified: Default::default(),
             notify: Default::default(),
+            health: Default::default(),
             store,
             clock,
             device_ca,

@@ -522,6 +522,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     crate::relays::spawn(state.clone());
     crate::outbox::worker::spawn(state.clone());
     crate::data::spawn_retention(state.clone());
+    crate::health::spawn(state.clone());
     let app = crate::app(state);
     let stop = drawbridge_tunnel::shutdown_signal();
     println!("Ready.");
