@@ -178,8 +178,10 @@ mod tests {
         assert!(with(EventKind::UserLockout, many).checked().is_err());
         let fifty = (0..50).map(|i| format!("u{i}@example.com")).collect();
         assert!(with(EventKind::UserLockout, fifty).checked().is_ok());
-        let mut s = NotificationSettings::default();
-        s.device_offline_minutes = MAX_OFFLINE_MINUTES + 1;
+        let s = NotificationSettings {
+            device_offline_minutes: MAX_OFFLINE_MINUTES + 1,
+            ..Default::default()
+        };
         assert!(s.checked().is_err());
     }
 

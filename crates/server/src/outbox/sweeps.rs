@@ -36,7 +36,7 @@ pub async fn devices_offline(store: &Store, up_since: i64, now: i64) -> anyhow::
          JOIN notification_settings n ON n.account_id = d.account_id
          LEFT JOIN outbox_once o ON o.account_id = d.account_id
               AND o.once_key = 'device_offline:' || d.id || ':' || CAST(d.last_seen AS TEXT)
-         WHERE n.device_offline_minutes > 0 AND d.enrolled = 1 AND d.disabled = 0 AND d.archived = 0
+         WHERE n.device_offline_minutes > 0 AND d.disabled = 0 AND d.archived = 0
            AND d.last_seen IS NOT NULL AND d.last_seen + n.device_offline_minutes * 60 < $1
            AND d.last_seen + $2 < $1 AND o.once_key IS NULL
          ORDER BY d.last_seen LIMIT $3",

@@ -28,14 +28,14 @@ pub fn spawn(state: AppState) {
             tick.tick().await;
             let now = state.now();
             let mut ok = true;
-            if now - swept >= SWEEP_EVERY_SECS {
+            if now.saturating_sub(swept) >= SWEEP_EVERY_SECS {
                 swept = now;
                 if let Err(e) = super::sweeps::run(&state).await {
                     ok = false;
                     log_failure(&mut failing, "outbox sweep", &e);
                 }
             }
-            if now - purged >= PURGE_EVERY_SECS {
+            if now.saturating_sub(purged) >= PURGE_EVERY_SECS {
                 purged = now;
                 if let Err(e) = queue::purge(&state.store, now).await {
                     ok = false;
