@@ -442,6 +442,22 @@ async fn records_are_stored_once_and_synced_once(app: TestApp) {
         .await;
     assert_eq!(del["deleted"], 5);
     assert_eq!(sync_all(&l.app, &acct.admin, 100).await.len(), 10);
+
+    // A device without tags but with stored records: its edge (which may still
+    // hold records of tags deleted since) hears an empty tag list, and pushes.
+    drop(wa);
+    let mut again = edge(&l, &a, true).await;
+    let got =
+        within::<ServerToEdge>(&mut again, 5, |m| matches!(m, ServerToEdge::Tags { .. })).await;
+    assert!(
+        matches!(&got, Some(ServerToEdge::Tags { tags }) if tags.is_empty()),
+        "{got:?}"
+    );
+    // A device that never had data hears nothing of the data services.
+    let c = enrolled(&l, &acct, "lathe").await;
+    let mut wc = edge(&l, &c, true).await;
+    let got = within::<ServerToEdge>(&mut wc, 3, |m| matches!(m, ServerToEdge::Tags { .. })).await;
+    assert!(got.is_none(), "{got:?}");
 }
 
 async fn alarms_are_raised_acknowledged_returned_and_ended(app: TestApp) {

@@ -32,12 +32,23 @@ impl DataLink {
     ) -> AppResult<Vec<ServerToEdge>> {
         let mut conn = state.store.pool.acquire().await?;
         let tags = data::tags::list(&mut conn, device_id).await?;
-        drop(conn);
-        let mut out = Vec::new();
         let changed = match &self.sent {
             Some(s) => *s != tags,
-            None => !tags.is_empty(),
+            // An edge whose tags were all deleted may still hold records: it
+            // pushes them once it hears a tag list, even an empty one.
+            None => {
+                !tags.is_empty()
+                    || sqlx::query_scalar::<_, i64>(
+                        "SELECT COUNT(*) FROM data_streams WHERE device_id = $1",
+                    )
+                    .bind(device_id)
+                    .fetch_one(&mut *conn)
+                    .await?
+                        > 0
+            }
         };
+        drop(conn);
+        let mut out = Vec::new();
         if changed {
             self.kpis = tags
                 .iter()
