@@ -10,38 +10,15 @@
 
 mod common;
 
+use common::cluster::{self, haproxy_config};
 use common::*;
 use serde_json::{Value, json};
 use sqlx::Connection;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-
-fn haproxy() -> Option<PathBuf> {
-    ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
-
-/// The HAProxy configuration the deployment guide shows, on loopback.
-fn haproxy_config(listen: u16, replicas: &[u16]) -> String {
-    let mut cfg = format!(
-        "global\n    maxconn 4096\n    log stderr format raw local0\n\n\
-         defaults\n    log global\n    option tcplog\n    mode tcp\n    timeout connect 2s\n    timeout client 1h\n    timeout server 1h\n    \
-         timeout tunnel 1h\n    retries 3\n    option redispatch\n\n\
-         frontend drawbridge\n    bind 127.0.0.1:{listen}\n    default_backend replicas\n\n\
-         backend replicas\n    balance roundrobin\n    option httpchk GET /healthz\n    \
-         http-check expect status 200\n    \
-         default-server check check-ssl verify none inter 500ms fall 2 rise 2 on-marked-down shutdown-sessions\n"
-    );
-    for (i, p) in replicas.iter().enumerate() {
-        cfg.push_str(&format!("    server r{} 127.0.0.1:{p}\n", i + 1));
-    }
-    cfg
-}
 
 /// `edges_connected` on a replica's metrics port (0 when it does not answer).
 fn edges_connected(metrics: u16) -> u32 {
@@ -138,34 +115,15 @@ fn connect(config: &Path, sid: &str, relay_only: bool, forwards: &[String]) -> P
 
 #[test]
 fn a_cluster_behind_haproxy_keeps_tunnels_through_replica_relay_and_database_faults() {
-    let base = std::env::var("DRAWBRIDGE_TEST_POSTGRES_URL").ok();
-    let haproxy = haproxy();
-    let required = |v: &str| std::env::var(v).as_deref() == Ok("1");
-    if base.is_none() && required("DRAWBRIDGE_REQUIRE_POSTGRES") {
-        panic!("DRAWBRIDGE_REQUIRE_POSTGRES=1 but DRAWBRIDGE_TEST_POSTGRES_URL is not set");
-    }
-    if haproxy.is_none() && required("DRAWBRIDGE_REQUIRE_HAPROXY") {
-        panic!("DRAWBRIDGE_REQUIRE_HAPROXY=1 but haproxy is not installed");
-    }
-    let (Some(base), Some(haproxy)) = (base, haproxy) else {
-        eprintln!(
-            "SKIPPED a_cluster_behind_haproxy_keeps_tunnels_through_replica_relay_and_database_faults: \
-             needs DRAWBRIDGE_TEST_POSTGRES_URL and haproxy (scripts/test provides both)"
-        );
+    let Some((base, haproxy)) = cluster::cluster_tools(
+        "a_cluster_behind_haproxy_keeps_tunnels_through_replica_relay_and_database_faults",
+    ) else {
         return;
     };
+    let database = cluster::TestDatabase::create(&base);
+    let (db, db_url) = (database.name.clone(), database.url.clone());
+    let admin_db = |sql: String| database.sql(&sql);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let db = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let admin_db = |sql: String| {
-        rt.block_on(async {
-            let mut admin = sqlx::postgres::PgConnection::connect(&base).await.unwrap();
-            sqlx::query(&sql).execute(&mut admin).await.unwrap();
-        })
-    };
-    admin_db(format!("CREATE DATABASE {db}"));
-    let mut url = url::Url::parse(&base).unwrap();
-    url.set_path(&db);
-    let db_url = url.to_string();
     let dbf = ["--database", db_url.as_str()];
 
     // Three replicas on one data directory (one CA, one secrets key) and one

@@ -3,6 +3,8 @@
 //! blocking API calls as the admin, and small "machine LAN" devices.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
