@@ -83,13 +83,16 @@ async fn rows(app: &TestApp, sql: &str, bind: &str) -> Vec<(String, String, i64)
 
 /// Deliveries of the events of one kind: (channel, target, attempts) with state.
 async fn deliveries(app: &TestApp, kind: &str) -> Vec<(String, String, i64)> {
-    rows(
+    // Sorted here: the databases' collations differ.
+    let mut v = rows(
         app,
         "SELECT d.channel, d.target || ' ' || d.state, d.attempts FROM outbox_deliveries d
          JOIN outbox_events e ON e.id = d.event_id WHERE e.kind = $1 ORDER BY d.channel, d.target",
         kind,
     )
-    .await
+    .await;
+    v.sort();
+    v
 }
 
 async fn a_lockout_is_mailed_to_the_admins_and_the_listed_recipients_over_starttls_with_auth(
@@ -107,17 +110,17 @@ async fn a_lockout_is_mailed_to_the_admins_and_the_listed_recipients_over_startt
             Method::PUT,
             "/api/v1/account/notifications",
             &acct.admin,
-            Some(json!({"recipients": {"user_lockout": ["Security@Acme.test", "security@acme.test"]}})),
+            Some(json!({"recipients": {"user_lockout": ["Security@Acme.test", "security@acme.test", "bounce@acme.test"]}})),
         )
         .await;
     assert_eq!(
         v["recipients"]["user_lockout"],
-        json!(["Security@Acme.test"]),
+        json!(["Security@Acme.test", "bounce@acme.test"]),
         "repeats dropped: {v}"
     );
     assert_eq!(v["email_configured"], true);
     lock_out(&app, &acct, "operator").await;
-    assert_eq!(drain(&app.state).await, 2);
+    assert_eq!(drain(&app.state).await, 3);
     let mut mails = smtp.received();
     assert_eq!(mails.len(), 2, "{mails:?}");
     mails.sort_by_key(|m| m["rcpt_tos"].to_string());
@@ -152,10 +155,16 @@ async fn a_lockout_is_mailed_to_the_admins_and_the_listed_recipients_over_startt
     // Sent once: nothing is due any more, and the rows say so.
     assert_eq!(drain(&app.state).await, 0);
     assert_eq!(smtp.received().len(), 2);
+    // The refused address is given up at once (a permanent error), the others sent.
     let d = deliveries(&app, "user_lockout").await;
-    assert!(
-        d.iter()
-            .all(|(c, t, a)| c == "email" && t.ends_with(" sent") && *a == 1),
+    let states: Vec<(&str, i64)> = d.iter().map(|(_, t, a)| (t.as_str(), *a)).collect();
+    assert_eq!(
+        states,
+        [
+            ("Security@Acme.test sent", 1),
+            ("admin@acme.test sent", 1),
+            ("bounce@acme.test failed", 1)
+        ],
         "{d:?}"
     );
     // The settings change is on the audit chain; the deliveries are not.
@@ -859,6 +868,238 @@ async fn a_device_offline_longer_than_the_setting_is_reported_once_per_offline_p
     assert_eq!(sweep().await.unwrap(), 0);
 }
 
+async fn unsent_mail_is_given_up_after_three_days_and_old_deliveries_are_purged(app: TestApp) {
+    // No SMTP server here: mails wait for a replica that has one.
+    configure(&app.state, None, true);
+    let hooks = Hooks::start("127.0.0.13").await;
+    let acct = app.account("acme").await;
+    set_email(&app, &acct, &acct.admin_id, "admin@acme.test").await;
+    app.user(&acct, "operator", "user").await;
+    webhook(&app, &acct, &hooks.url, json!(["user_lockout"])).await;
+    lock_out(&app, &acct, "operator").await;
+    assert_eq!(drain(&app.state).await, 1, "the webhook only");
+    let state = |app: &TestApp| {
+        let app_state = app.state.clone();
+        async move {
+            let mut v: Vec<(String, String)> =
+                sqlx::query_as("SELECT channel, state FROM outbox_deliveries")
+                    .fetch_all(&app_state.store.pool)
+                    .await
+                    .unwrap();
+            v.sort();
+            v
+        }
+    };
+    let pair = |c: &str, s: &str| (c.to_string(), s.to_string());
+    assert_eq!(
+        state(&app).await,
+        [pair("email", "pending"), pair("webhook", "sent")]
+    );
+    app.clock().advance(3 * 86400 - 60);
+    queue::purge(&app.state.store, app.state.now())
+        .await
+        .unwrap();
+    assert_eq!(
+        state(&app).await[0],
+        pair("email", "pending"),
+        "still in time"
+    );
+    app.clock().advance(120);
+    queue::purge(&app.state.store, app.state.now())
+        .await
+        .unwrap();
+    assert_eq!(
+        state(&app).await,
+        [pair("email", "failed"), pair("webhook", "sent")]
+    );
+    assert_eq!(app.count("outbox_events").await, 1);
+    app.clock().advance(queue::KEEP_SECS);
+    queue::purge(&app.state.store, app.state.now())
+        .await
+        .unwrap();
+    assert_eq!(app.count("outbox_deliveries").await, 0);
+    assert_eq!(app.count("outbox_events").await, 0);
+}
+
+/// The real binary with its flags: SMTP settings, private webhooks, the worker
+/// started with the server (SQLite).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_binary_mails_and_calls_webhooks_with_its_flags() {
+    let Some(smtp) = Smtp::start("127.0.0.11", Security::Starttls, "server binary") else {
+        return;
+    };
+    let hooks = Hooks::start("127.0.0.12").await;
+    let bin = env!("CARGO_BIN_EXE_drawbridge-server");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let pw = dir.path().join("admin-password");
+    std::fs::write(&pw, format!("{}\n", common::PASSWORD)).unwrap();
+    let init = std::process::Command::new(bin)
+        .args([
+            "init",
+            "--account",
+            "acme",
+            "--admin-user",
+            "admin",
+            "--admin-password-file",
+        ])
+        .arg(&pw)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{init:?}");
+    let cfg = smtp.config();
+    let mut child = std::process::Command::new(bin)
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-stun",
+            "--no-bridge",
+            "--webhook-allow-private",
+        ])
+        .args([
+            "--smtp-host",
+            &cfg.host,
+            "--smtp-port",
+            &cfg.port.to_string(),
+        ])
+        .args([
+            "--smtp-security",
+            "starttls",
+            "--smtp-username",
+            outbox_harness::SMTP_USER,
+        ])
+        .arg("--smtp-password-file")
+        .arg(cfg.password_file.as_ref().unwrap())
+        .arg("--smtp-ca-file")
+        .arg(cfg.ca_file.as_ref().unwrap())
+        .args(["--smtp-from", "Drawbridge <noreply@drawbridge.test>"])
+        .arg("--data-dir")
+        .arg(&data)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let out = child.stdout.take().unwrap();
+    let _server = Kill(child);
+    let mut lines = Vec::new();
+    use std::io::BufRead;
+    for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+        if line == "Ready." {
+            break;
+        }
+        lines.push(line);
+    }
+    let url = lines[0].rsplit(' ').next().unwrap().to_string();
+    assert!(url.starts_with("https://127.0.0.1:"), "{lines:?}");
+    let banner = lines.join("\n");
+    assert!(
+        banner.contains(&format!("e-mail: smtp 127.0.0.11:{} (starttls)", cfg.port)),
+        "{banner}"
+    );
+    assert!(
+        banner.contains("webhooks: loopback and private addresses allowed"),
+        "{banner}"
+    );
+    let ca = std::fs::read(data.join("ca.pem")).unwrap();
+    let http = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .build()
+        .unwrap();
+    let call = |m: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>| {
+        let mut r = http.request(m, format!("{url}{path}"));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        async move {
+            let res = r.send().await.unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let login = |user: &'static str, password: &'static str| {
+        call(
+            reqwest::Method::POST,
+            "/api/v1/auth/login",
+            None,
+            Some(json!({"account": "acme", "username": user, "password": password})),
+        )
+    };
+    let (s, v) = login("admin", common::PASSWORD).await;
+    assert_eq!(s, 200, "{v}");
+    let admin = v["token"].as_str().unwrap().to_string();
+    let (_, me) = call(reqwest::Method::GET, "/api/v1/me", Some(&admin), None).await;
+    let admin_id = me["id"]
+        .as_str()
+        .or(me["user"]["id"].as_str())
+        .unwrap()
+        .to_string();
+    let put = call(
+        reqwest::Method::PUT,
+        &format!("/api/v1/users/{admin_id}/email"),
+        Some(&admin),
+        Some(json!({"email": "admin@acme.test"})),
+    )
+    .await;
+    assert_eq!(put.0, 200, "{put:?}");
+    let (s, v) = call(
+        reqwest::Method::POST,
+        "/api/v1/account/webhooks",
+        Some(&admin),
+        Some(json!({"url": hooks.url, "events": ["user_lockout"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let secret = v["secret"].as_str().unwrap().to_string();
+    let (s, v) = call(
+        reqwest::Method::POST,
+        "/api/v1/users",
+        Some(&admin),
+        Some(json!({"username": "operator", "role": "user", "password": common::PASSWORD})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    for _ in 0..5 {
+        assert_eq!(login("operator", "Wrong-Password-1").await.0, 401);
+    }
+    // The server's own worker sends both within seconds.
+    let mut done = false;
+    for _ in 0..300 {
+        if !smtp.received().is_empty() && !hooks.calls().is_empty() {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        done,
+        "mail {:?}, webhook calls {:?}",
+        smtp.received(),
+        hooks.calls()
+    );
+    let mail = &smtp.received()[0];
+    assert_eq!(mail["rcpt_tos"], json!(["admin@acme.test"]));
+    assert_eq!(mail["subject"], "Drawbridge: user operator was locked");
+    assert_eq!(mail["authenticated"], true);
+    let c = &hooks.calls()[0];
+    assert!(c.verify(&secret));
+    assert_eq!(c.json()["type"], "user_lockout");
+}
+
 store_tests!(
     a_lockout_is_mailed_to_the_admins_and_the_listed_recipients_over_starttls_with_auth,
     the_monthly_activity_report_is_mailed_once_over_implicit_tls_with_its_csv,
@@ -869,4 +1110,5 @@ store_tests!(
     hostile_webhook_and_recipient_input_is_refused_and_changes_nothing,
     rotating_the_secrets_key_keeps_webhooks_working,
     a_device_offline_longer_than_the_setting_is_reported_once_per_offline_period,
+    unsent_mail_is_given_up_after_three_days_and_old_deliveries_are_purged,
 );

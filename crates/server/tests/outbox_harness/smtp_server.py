@@ -5,6 +5,7 @@ MODE starttls: plain connection, STARTTLS required, then AUTH (PLAIN/LOGIN) requ
 MODE tls: TLS from the first byte, AUTH required.
 Prints the port it listens on, then writes each accepted message as OUTDIR/NNNN.json
 (envelope, headers, text part, attachments; parsed by Python's email package).
+Refuses every recipient named bounce@… for good (550).
 """
 import asyncio
 import email
@@ -28,6 +29,13 @@ count = 0
 
 
 class Handler:
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        # An address the server refuses for good (a bounce).
+        if address.startswith("bounce@"):
+            return "550 5.1.1 no such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
     async def handle_DATA(self, server, session, envelope):
         global count
         msg = email.message_from_bytes(envelope.original_content or envelope.content, policy=policy.default)
