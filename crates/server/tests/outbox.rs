@@ -720,6 +720,37 @@ async fn hostile_webhook_and_recipient_input_is_refused_and_changes_nothing(app:
         .filter(|e| e["result"] == "ok")
         .count();
     assert_eq!(ok, 20, "{audit}");
+    // The OpenAPI document lists the routes and every event kind.
+    let doc = app
+        .call(Method::GET, "/api/v1/openapi.json", None, None)
+        .await
+        .1;
+    for p in [
+        "/api/v1/account/notifications",
+        "/api/v1/account/webhooks",
+        "/api/v1/account/webhooks/{id}",
+        "/api/v1/users/{id}/email",
+    ] {
+        assert!(doc["paths"][p].is_object(), "{p} documented");
+    }
+    let kinds: Vec<&str> = doc["components"]["schemas"]["EventKind"]["enum"]
+        .as_array()
+        .expect("EventKind enumerated")
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "alarm_raised",
+            "alarm_returned",
+            "user_lockout",
+            "approval_waiting",
+            "device_offline",
+            "activity_report",
+            "webhook_disabled"
+        ]
+    );
     // Another account can neither see nor touch them.
     let other = app.account("other").await;
     let id = app.get("/api/v1/account/webhooks", &acct.admin).await.1[0]["id"]
@@ -1100,6 +1131,74 @@ async fn the_server_binary_mails_and_calls_webhooks_with_its_flags() {
     assert_eq!(c.json()["type"], "user_lockout");
 }
 
+async fn a_call_the_endpoint_keeps_refusing_is_given_up_while_the_webhook_stays_enabled(
+    app: TestApp,
+) {
+    configure(&app.state, None, true);
+    let hooks = Hooks::start("127.0.0.14").await;
+    *hooks.reject.lock().unwrap() = Some("poison".into());
+    let acct = app.account("acme").await;
+    let (id, _) = webhook(&app, &acct, &hooks.url, json!(["alarm_raised"])).await;
+    let enqueue = |subject: &'static str| {
+        let state = app.state.clone();
+        let account = acct.id.clone();
+        async move {
+            let mut tx = state.store.begin().await.unwrap();
+            let msg = Message::new(EventKind::AlarmRaised, subject, "text");
+            outbox::enqueue(&mut tx, &account, &msg, state.now())
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    enqueue("poison").await;
+    let start = app.state.now();
+    let poison = || async {
+        sqlx::query_as::<_, (String, i64)>(
+            "SELECT d.state, d.attempts FROM outbox_deliveries d JOIN outbox_events e ON e.id = d.event_id WHERE e.subject = 'poison'",
+        )
+        .fetch_one(&app.state.store.pool)
+        .await
+        .unwrap()
+    };
+    let mut hours = 0;
+    while poison().await.0 == "pending" {
+        // Other events keep getting through, so the webhook is never judged dead.
+        if hours % 48 == 0 {
+            enqueue("fine").await;
+        }
+        drain(&app.state).await;
+        app.clock().advance(3600);
+        hours += 1;
+        assert!(hours < 24 * 8, "never given up");
+    }
+    let (state, attempts) = poison().await;
+    assert_eq!(state, "failed");
+    assert!(attempts > 50, "retried hourly: {attempts}");
+    let given_up_after = app.state.now() - start;
+    assert!(
+        (6 * 86400..6 * 86400 + 2 * 3600 + 400).contains(&given_up_after),
+        "{given_up_after}"
+    );
+    let enabled: i64 = sqlx::query_scalar("SELECT enabled FROM webhooks WHERE id = $1")
+        .bind(&id)
+        .fetch_one(&app.state.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(enabled, 1);
+    let fine = hooks
+        .calls()
+        .iter()
+        .filter(|c| {
+            !c.json()["data"]["subject"]
+                .as_str()
+                .unwrap()
+                .contains("poison")
+        })
+        .count();
+    assert_eq!(fine, 4, "every other event went through");
+}
+
 store_tests!(
     a_lockout_is_mailed_to_the_admins_and_the_listed_recipients_over_starttls_with_auth,
     the_monthly_activity_report_is_mailed_once_over_implicit_tls_with_its_csv,
@@ -1111,4 +1210,5 @@ store_tests!(
     rotating_the_secrets_key_keeps_webhooks_working,
     a_device_offline_longer_than_the_setting_is_reported_once_per_offline_period,
     unsent_mail_is_given_up_after_three_days_and_old_deliveries_are_purged,
+    a_call_the_endpoint_keeps_refusing_is_given_up_while_the_webhook_stays_enabled,
 );

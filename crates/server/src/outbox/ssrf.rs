@@ -105,12 +105,7 @@ pub fn check_url(s: &str, allow_private: bool) -> Result<url::Url, String> {
     let ip = match url.host() {
         Some(url::Host::Ipv4(a)) => Some(IpAddr::V4(a)),
         Some(url::Host::Ipv6(a)) => Some(IpAddr::V6(a)),
-        Some(url::Host::Domain(d))
-            if d.eq_ignore_ascii_case("localhost")
-                || d.to_ascii_lowercase().ends_with(".localhost") =>
-        {
-            Some(IpAddr::V4(Ipv4Addr::LOCALHOST))
-        }
+        Some(url::Host::Domain(d)) if is_localhost(d) => Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         Some(url::Host::Domain(_)) => None,
         None => return Err("a webhook URL needs a host".into()),
     };
@@ -137,6 +132,12 @@ pub fn check_url(s: &str, allow_private: bool) -> Result<url::Url, String> {
         other => return Err(format!("a webhook URL must be https, not {other}")),
     }
     Ok(url)
+}
+
+/// `localhost` and its subdomains, with or without the final dot.
+fn is_localhost(name: &str) -> bool {
+    let n = name.trim_end_matches('.').to_ascii_lowercase();
+    n == "localhost" || n.ends_with(".localhost")
 }
 
 /// Resolves webhook hosts, keeping only the addresses a webhook may go to; a name
@@ -227,6 +228,8 @@ mod tests {
             "http://hooks.example.com/x",
             "https://127.0.0.1/x",
             "https://localhost/x",
+            "https://localhost./x",
+            "https://a.LOCALHOST/x",
             "https://[::1]/x",
             "https://10.0.0.1/x",
             "https://169.254.169.254/latest/meta-data",
@@ -242,6 +245,28 @@ mod tests {
         }
         let long = format!("https://example.com/{}", "a".repeat(MAX_URL_LEN));
         assert!(check_url(&long, false).is_err());
+    }
+
+    #[tokio::test]
+    async fn names_resolving_to_private_addresses_get_no_connection() {
+        use reqwest::dns::Resolve;
+        use std::str::FromStr;
+        // From /etc/hosts: no query leaves the machine.
+        let name = || reqwest::dns::Name::from_str("localhost").unwrap();
+        let refused = Resolver {
+            allow_private: false,
+        }
+        .resolve(name())
+        .await;
+        assert!(refused.is_err(), "a name is judged by what it resolves to");
+        let allowed: Vec<SocketAddr> = Resolver {
+            allow_private: true,
+        }
+        .resolve(name())
+        .await
+        .expect("resolves with the flag")
+        .collect();
+        assert!(!allowed.is_empty() && allowed.iter().all(|a| a.ip().is_loopback()));
     }
 
     #[test]

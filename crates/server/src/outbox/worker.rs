@@ -150,7 +150,11 @@ async fn deliver(state: &AppState, active: &Active, d: Claimed) -> anyhow::Resul
                 Err(e) => {
                     metrics::counter!("outbox_failures_total", "channel" => "webhook").increment(1);
                     tracing::info!(delivery = %d.id, webhook = %d.target, attempts = d.attempts, error = %e, "webhook not delivered");
-                    queue::mark_failed(store, &d, owner, now, &e, false).await?;
+                    // A call one endpoint keeps refusing while others go through (so
+                    // the webhook is never disabled) is given up a day after that.
+                    let give_up =
+                        now - d.created_at >= (i64::from(active.failure_days) + 1) * 24 * 3600;
+                    queue::mark_failed(store, &d, owner, now, &e, give_up).await?;
                     if super::webhooks::record_failure(
                         store,
                         &d.target,

@@ -174,6 +174,8 @@ pub struct Hooks {
     pub status: Arc<AtomicU16>,
     /// Milliseconds it takes to answer.
     pub delay_ms: Arc<AtomicU64>,
+    /// Bodies containing this are answered 400.
+    pub reject: Arc<Mutex<Option<String>>>,
 }
 
 impl Hooks {
@@ -187,6 +189,7 @@ impl Hooks {
             calls: Default::default(),
             status: Arc::new(AtomicU16::new(200)),
             delay_ms: Arc::new(AtomicU64::new(0)),
+            reject: Default::default(),
         };
         let h = hooks.clone();
         let app = axum::Router::new().route(
@@ -211,6 +214,13 @@ impl Hooks {
                         let delay = h.delay_ms.load(Ordering::Relaxed);
                         if delay > 0 {
                             tokio::time::sleep(Duration::from_millis(delay)).await;
+                        }
+                        let rejected =
+                            h.reject.lock().unwrap().as_ref().is_some_and(|r| {
+                                String::from_utf8_lossy(&body).contains(r.as_str())
+                            });
+                        if rejected {
+                            return axum::http::StatusCode::BAD_REQUEST;
                         }
                         axum::http::StatusCode::from_u16(h.status.load(Ordering::Relaxed))
                             .expect("status")
