@@ -317,6 +317,21 @@ pub struct CreateDevice {
     pub firewall: Vec<Target>,
 }
 
+/// `GET /api/v1/devices/{id}/access`: what the caller may do with one device
+/// they can see (so a client shows only the controls that will work).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeviceAccess {
+    /// The caller's strongest grant on the device; admins `full`; absent for
+    /// auditors (they read every device and reach none).
+    #[serde(default)]
+    pub level: Option<GrantLevel>,
+    /// Sessions and tunnels to the device, and acknowledging its alarms: a full
+    /// or restricted grant, or an admin.
+    pub can_tunnel: bool,
+    /// Changing the device, its tags and their alarm rules (admins).
+    pub can_manage: bool,
+}
+
 /// Query of `GET /api/v1/devices`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, IntoParams)]
 #[serde(deny_unknown_fields)]

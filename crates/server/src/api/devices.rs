@@ -1,6 +1,7 @@
 //! Devices (edge gateways): records, firewall, 1:1 NAT, activation keys,
 //! fleet keys, approval of self-registered devices, and the logbook.
 
+mod access;
 mod lifecycle;
 
 pub(crate) use lifecycle::{after_commit, replaced_on_enrolment};
@@ -30,6 +31,7 @@ use utoipa_axum::routes;
 pub const ACTIVATION_TTL: i64 = 7 * 86_400;
 
 pub fn routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+    let r = access::routes(r);
     lifecycle::routes(r)
         .routes(routes!(list, create))
         .routes(routes!(get_device, update, delete))
