@@ -15,7 +15,9 @@
 //! under a key made at start) that every POST must present, and POSTs whose
 //! `Origin` or `Sec-Fetch-Site` say cross-site are refused before that. Pages
 //! are askama templates (checked at compile time, escaped by default) under a
-//! CSP that allows no script at all.
+//! CSP that allows no script at all, except on the pages with live KPI tiles,
+//! whose CSP allows the portal's own script file (`assets/kpi.js`, which
+//! polls a portal JSON route) and nothing inline.
 
 mod apiclient;
 mod assets;
@@ -107,6 +109,16 @@ pub fn router(api: Router, csrf_key: &[u8]) -> Router {
         .route(&p("/devices/{id}/enable"), post(devices::enable))
         .route(&p("/devices/{id}/replace"), post(devices::replace))
         .route(&p("/devices/{id}/archive"), post(devices::archive))
+        .route(&p("/devices/{id}/tags"), post(data::tags::put))
+        .route(
+            &p("/devices/{id}/tags/{name}/delete"),
+            post(data::tags::delete),
+        )
+        .route(&p("/devices/{id}/export"), get(data::export::export))
+        .route(&p("/kpis"), get(data::kpis::page))
+        .route(&p("/kpis/live"), get(data::kpis::live))
+        .route(&p("/alarms"), get(data::alarms::page))
+        .route(&p("/alarms/{id}/ack"), post(data::alarms::ack))
         .route(&p("/devices/{id}/connect"), post(sessions::adhoc))
         .route(&p("/devices/{id}/web"), post(sessions::adhoc_web))
         .route(&p("/users"), get(users::list).post(users::create))

@@ -28,6 +28,9 @@ pub const CSRF_FIELD: &str = "csrf";
 const MAX_FORM: usize = 64 * 1024;
 
 pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+/// The CSP of the pages with live KPI tiles: the portal's own script files
+/// and requests to the portal only; still no inline script.
+pub const CSP_OWN_SCRIPT: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 // ---------------------------------------------------------------- headers
 
@@ -36,7 +39,11 @@ pub async fn security_headers(mut res: Response) -> Response {
     let set = |h: &mut HeaderMap, k: header::HeaderName, v: &'static str| {
         h.insert(k, HeaderValue::from_static(v));
     };
-    set(h, header::CONTENT_SECURITY_POLICY, CSP);
+    // A page that runs the portal's own script sets its CSP itself
+    // (`allow_own_script`); every other answer gets the script-free one.
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        set(h, header::CONTENT_SECURITY_POLICY, CSP);
+    }
     set(h, header::X_FRAME_OPTIONS, "DENY");
     // Same-origin requests keep their referrer and a real `Origin` (which the
     // CSRF check reads); other sites learn nothing of our URLs.
@@ -56,6 +63,14 @@ pub async fn security_headers(mut res: Response) -> Response {
         set(h, header::CACHE_CONTROL, "no-store");
     }
     res
+}
+
+/// Lets a rendered page run the portal's own script files ([`CSP_OWN_SCRIPT`]).
+pub fn allow_own_script(res: &mut Response) {
+    res.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP_OWN_SCRIPT),
+    );
 }
 
 // ---------------------------------------------------------------- cookies

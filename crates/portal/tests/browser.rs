@@ -12,127 +12,16 @@
 //! visible SKIPPED line, unless `DRAWBRIDGE_REQUIRE_BROWSER=1`. With
 //! `DRAWBRIDGE_SCREENSHOTS=1` it writes the main pages to `docs/screenshots/`.
 
+mod browser_ui;
 mod common;
 
+use browser_ui::{Ui, downloaded};
 use common::{PASSWORD, TestServer};
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{ClientBuilder, Locator};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use drawbridge_testnet::browser::{Driver, chrome_caps, have_browser, spki_hash};
-
-struct Ui {
-    c: Client,
-    base: String,
-    shots: Option<PathBuf>,
-}
-
-impl Ui {
-    async fn go(&self, path: &str) {
-        self.c
-            .goto(&format!("{}{path}", self.base))
-            .await
-            .unwrap_or_else(|e| panic!("goto {path}: {e}"));
-    }
-    async fn find(&self, css: &str) -> fantoccini::elements::Element {
-        match self
-            .c
-            .wait()
-            .at_most(Duration::from_secs(10))
-            .for_element(Locator::Css(css))
-            .await
-        {
-            Ok(el) => el,
-            Err(e) => panic!(
-                "no {css} on {}: {e}\n{}",
-                self.url().await,
-                self.source().await
-            ),
-        }
-    }
-    async fn fill(&self, css: &str, value: &str) {
-        let el = self.find(css).await;
-        el.clear().await.expect("clear");
-        el.send_keys(value).await.expect("type");
-    }
-    async fn click(&self, css: &str) {
-        self.find(css).await.click().await.expect("click");
-    }
-    /// Clicks something that loads a new page, and waits until it has.
-    async fn submit(&self, css: &str) {
-        let old = self.c.find(Locator::Css("html")).await.expect("a page");
-        self.click(css).await;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while old.tag_name().await.is_ok() {
-            assert!(Instant::now() < deadline, "clicking {css} loaded no page");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    async fn select(&self, css: &str, label: &str) {
-        self.find(css)
-            .await
-            .select_by_label(label)
-            .await
-            .unwrap_or_else(|e| panic!("select {label} in {css}: {e}"));
-    }
-    async fn text(&self, css: &str) -> String {
-        self.find(css).await.text().await.expect("text")
-    }
-    async fn source(&self) -> String {
-        self.c.source().await.expect("source")
-    }
-    async fn url(&self) -> String {
-        self.c
-            .current_url()
-            .await
-            .map(|u| u.to_string())
-            .unwrap_or_default()
-    }
-    async fn flash(&self) -> String {
-        self.text("#flash").await
-    }
-    async fn shot(&self, name: &str) {
-        if let Some(dir) = &self.shots {
-            let png = self.c.screenshot().await.expect("screenshot");
-            std::fs::write(dir.join(format!("{name}.png")), png).expect("write screenshot");
-        }
-    }
-    async fn login(&self, account: &str, user: &str) {
-        self.go("/portal/login").await;
-        self.fill("input[name=account]", account).await;
-        self.fill("input[name=username]", user).await;
-        self.fill("input[name=password]", PASSWORD).await;
-        self.submit("#login").await;
-    }
-    async fn logout(&self) {
-        self.submit("#logout").await;
-        self.find("#login").await;
-    }
-    /// No horizontal scrolling of the page itself (tables scroll in their box).
-    async fn fits_width(&self) -> bool {
-        self.c
-            .execute(
-                "return document.documentElement.scrollWidth <= window.innerWidth + 1;",
-                vec![],
-            )
-            .await
-            .expect("script")
-            == Value::Bool(true)
-    }
-}
-
-/// The text of the file `name` once the browser has downloaded it into `dir`.
-async fn downloaded(dir: &Path, name: &str) -> String {
-    let file = dir.join(name);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !file.exists() {
-        assert!(Instant::now() < deadline, "{name} did not download");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    std::fs::read_to_string(&file).expect("the download")
-}
 
 /// A page on another origin with a form aimed at the portal (no CSRF token).
 async fn evil_site(target: &str) -> String {

@@ -182,6 +182,8 @@ struct DetailPage {
     onsite: bool,
     /// Where the machine is (relay choice), or empty.
     region: String,
+    /// KPIs, tags, alarms, historian, export.
+    data: super::data::device::DataSection,
 }
 
 pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
@@ -210,7 +212,9 @@ pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
     } else {
         Vec::new()
     };
+    let data = super::data::device::DataSection::load(&v, &id).await;
     let page = DetailPage {
+        data,
         l: v.layout(format!("Device: {}", d.name)),
         serial: d.serial.clone().unwrap_or_default(),
         agent: d.status.agent_version.clone().unwrap_or_else(|| "—".into()),
@@ -292,7 +296,9 @@ pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
         region: d.region.as_ref().map(|r| r.to_string()).unwrap_or_default(),
         d: DeviceRow::of(&d),
     };
-    render(StatusCode::OK, &page, v.flash.is_some())
+    let mut res = render(StatusCode::OK, &page, v.flash.is_some());
+    crate::web::allow_own_script(&mut res);
+    res
 }
 
 pub async fn update(Path(id): Path<String>, p: Posted) -> Response {

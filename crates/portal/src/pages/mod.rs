@@ -4,6 +4,7 @@ pub mod access;
 pub mod account;
 pub mod audit;
 pub mod dashboard;
+pub mod data;
 pub mod devices;
 pub mod login;
 pub mod me;
