@@ -192,6 +192,39 @@ impl Tenant {
         )
         .await;
 
+        // A tag with historian points and an alarm on the enrolled device.
+        app.ok(
+            Method::PUT,
+            &format!("/api/v1/devices/{enrolled}/tags"),
+            &acct.admin,
+            Some(json!({
+                "name": "speed",
+                "source": {"host": "192.168.1.10", "function": "holding_registers", "address": 3},
+                "value_type": "u16",
+                "kpi": true,
+                "log": {"mode": "every", "period_ms": 1000},
+            })),
+        )
+        .await;
+        let alarm = data_and_alarm(app, &acct.id, &enrolled).await;
+        // A webhook (to a loopback port nothing listens on; no worker runs here).
+        app.state
+            .notify
+            .configure(&drawbridge_server::outbox::NotifyConfig {
+                smtp: None,
+                webhook_allow_private: true,
+                webhook_failure_days: 5,
+            })
+            .expect("notification settings");
+        let hook = app
+            .ok(
+                Method::POST,
+                "/api/v1/account/webhooks",
+                &acct.admin,
+                Some(json!({"url": format!("http://127.0.0.1:9/{name}"), "events": ["alarm_raised"]})),
+            )
+            .await;
+
         let mut ids = BTreeMap::new();
         ids.insert(
             "user",
@@ -204,6 +237,8 @@ impl Tenant {
         ids.insert("session", vec![prepared, active, ended]);
         ids.insert("fleet_key", vec![s(&fleet["info"]["id"])]);
         ids.insert("token", vec![s(&t1["info"]["id"]), s(&t2["info"]["id"])]);
+        ids.insert("alarm", vec![alarm]);
+        ids.insert("webhook", vec![s(&hook["webhook"]["id"])]);
         let other_ids = vec![acct.id.clone(), s(&log["id"]), note];
         Tenant {
             acct,
@@ -227,6 +262,43 @@ impl Tenant {
     }
 }
 
+/// Historian points of tag `speed` and a raised alarm on `device`, as its edge
+/// would push them; the alarm's id.
+async fn data_and_alarm(app: &TestApp, account: &str, device: &str) -> String {
+    use drawbridge_proto::data::{AlarmTransition, BufferStatus, Quality, Record, RecordBody};
+    let tag = drawbridge_proto::TagName::try_from("speed").unwrap();
+    let records = vec![
+        Record {
+            seq: 1,
+            time_ms: 1_800_000_000_000,
+            tag: tag.clone(),
+            body: RecordBody::Point {
+                value: Some(1450.0),
+                quality: Quality::Good,
+            },
+        },
+        Record {
+            seq: 2,
+            time_ms: 1_800_000_000_001,
+            tag,
+            body: RecordBody::Alarm {
+                transition: AlarmTransition::Raised,
+                value: Some(1500.0),
+            },
+        },
+    ];
+    let buffer = BufferStatus {
+        stream: "probe".into(),
+        pending: 0,
+        dropped: 0,
+    };
+    let done =
+        drawbridge_server::data::ingest::records(&app.state, account, device, buffer, records)
+            .await
+            .expect("ingest");
+    done.alarms[0].alarm_id.clone()
+}
+
 /// The names of a path's parameters, in order.
 fn path_params(path: &str) -> Vec<String> {
     path.split('/')
@@ -238,7 +310,9 @@ fn path_params(path: &str) -> Vec<String> {
 /// Which kind of object a path parameter names. A new route whose parameter
 /// is not covered here fails the probe, so that it gets added.
 fn kind_of(path: &str, param: &str) -> Option<&'static str> {
-    const BY_PREFIX: [(&str, &str); 8] = [
+    const BY_PREFIX: [(&str, &str); 10] = [
+        ("/api/v1/alarms/{id}", "alarm"),
+        ("/api/v1/account/webhooks/{id}", "webhook"),
         ("/api/v1/users/{id}", "user"),
         ("/api/v1/groups/{id}", "group"),
         ("/api/v1/pools/{id}", "pool"),
@@ -279,6 +353,15 @@ fn body_for(method: &str, path: &str, own_device: &str) -> Option<Value> {
         ("POST", "/api/v1/devices/{id}/web-pins/accept") => {
             json!({"target": "192.168.1.10:443", "sha256": "00".repeat(32)})
         }
+        ("PUT", "/api/v1/devices/{id}/tags") => json!({
+            "name": "probe",
+            "source": {"host": "192.168.1.10", "function": "holding_registers", "address": 1},
+            "value_type": "u16",
+            "kpi": true,
+        }),
+        ("POST", "/api/v1/alarms/{id}/ack") => json!({"comment": "probe"}),
+        ("PUT", "/api/v1/users/{id}/email") => json!({"email": "probe@example.com"}),
+        ("PATCH", "/api/v1/account/webhooks/{id}") => json!({"enabled": false}),
         ("POST", "/api/v1/sessions/{id}/join") => {
             json!({"public_key": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="})
         }
@@ -293,6 +376,8 @@ fn fixed_value(param: &str) -> Option<&'static str> {
         "target" => Some("192.168.1.10:502"),
         // The path below a device web service.
         "path" => Some("probe/index.html"),
+        // A tag of the device (the device is the object that counts).
+        "name" => Some("speed"),
         _ => None,
     }
 }
@@ -342,6 +427,8 @@ fn query_value(name: &str) -> Option<&'static str> {
     match name {
         // A WireGuard public key (32 bytes, base64).
         "key" => Some("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="),
+        // A tag name (historian range query).
+        "tag" => Some("speed"),
         _ => None,
     }
 }
