@@ -384,7 +384,7 @@ impl Report {
                     "\nIn {gap} of these, the key that connected to the relay first (the edge's) was disconnected and \
                      connected again about 100–150 ms later, and the other key (the client's) connected in between: the \
                      edge re-opens its relay connection when its relay token changes (the client's key was added to it; \
-                     `crates/edge/src/agent.rs` `converge` → `set_relay_token`, reconnect backoff from 100 ms in \
+                     `crates/edge/src/agent/sessions.rs` `converge` → `set_relay_token`, reconnect backoff from 100 ms in \
                      `crates/tunnel/src/driver.rs`). Likely: a handshake initiation sent through the relay around that \
                      gap is lost, and as it is still in flight the engine sends no other when the relay connection is back \
                      (`relay_connected` never forces one), so WireGuard retries only after 5 s (REKEY_TIMEOUT), which \
