@@ -227,6 +227,20 @@ async fn story(ui: &Ui, server: &TestServer, p: &Plant, downloads: &Path) {
             .await
             .contains("192.168.1.20:502 unit 1 · holding register 40")
     );
+    // ... and edits one: the form opens filled in, the name stays.
+    ui.submit("#tag-edit-link-speed").await;
+    assert_eq!(
+        ui.find("#tag-edit-speed-unit")
+            .await
+            .prop("value")
+            .await
+            .unwrap(),
+        Some("rpm".into())
+    );
+    ui.fill("#tag-edit-speed-unit", "1/min").await;
+    ui.submit("#tag-edit-speed-save").await;
+    assert!(ui.flash().await.contains("Tag speed was saved"));
+    assert!(ui.text("#tag-speed").await.contains("1/min"));
     ui.logout().await;
 
     // ---- mona (monitor): live tiles, no controls.

@@ -96,6 +96,16 @@ async fn tags_are_added_edited_and_deleted_and_a_refused_form_changes_nothing(se
     );
     assert!(page.body.contains("f32 (low word first)"));
     assert!(page.body.contains("above 240, deadband 2, for 5000 ms"));
+    assert!(
+        !page.body.contains("id=\"tag-form-edit-"),
+        "edit forms only on request"
+    );
+    let link = format!(
+        "href=\"/portal/devices/{}?edit=oven.temp#tag-edit\"",
+        p.device
+    );
+    assert!(page.body.contains(&link), "{}", page.body);
+    let page = p.admin.get(&format!("{}?edit=oven.temp", p.page())).await;
     let edit = between(&page.body, "id=\"tag-form-edit-oven.temp\"", "</form>");
     assert!(edit.contains("name=\"host\" required maxlength=\"15\" value=\"192.168.1.10\""));
     assert!(edit.contains("<option value=\"input_registers\" selected>"));

@@ -186,7 +186,14 @@ struct DetailPage {
     data: super::data::device::DataSection,
 }
 
-pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
+#[derive(serde::Deserialize, Default)]
+pub struct DetailQuery {
+    /// The tag whose edit form the page opens (admins).
+    #[serde(default)]
+    edit: Option<String>,
+}
+
+pub async fn detail(v: Viewer, Path(id): Path<String>, Query(q): Query<DetailQuery>) -> Response {
     let d: Device = match v.api.get(&format!("/api/v1/devices/{}", enc(&id))).await {
         Ok(d) => d,
         Err(e) => return v.fail(&e),
@@ -212,7 +219,7 @@ pub async fn detail(v: Viewer, Path(id): Path<String>) -> Response {
     } else {
         Vec::new()
     };
-    let data = super::data::device::DataSection::load(&v, &id).await;
+    let data = super::data::device::DataSection::load(&v, &id, q.edit.as_deref()).await;
     let page = DetailPage {
         data,
         l: v.layout(format!("Device: {}", d.name)),

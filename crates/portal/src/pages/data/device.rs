@@ -57,6 +57,8 @@ pub struct DataSection {
     pub live_url: String,
     pub tags: Vec<TagRow>,
     pub new_tag: TagForm,
+    /// The tag whose edit form is open (`?edit=NAME`), if it exists.
+    pub editing: Option<TagForm>,
     /// Admins: the tag forms.
     pub can_edit: bool,
     pub alarms: Vec<AlarmRow>,
@@ -75,9 +77,10 @@ pub struct DataSection {
 }
 
 impl DataSection {
-    /// The section of device `id`, read as the viewer. A part the API does
-    /// not give is left out with its message; the rest of the page stands.
-    pub async fn load(v: &Viewer, id: &str) -> DataSection {
+    /// The section of device `id`, read as the viewer, with the edit form of
+    /// tag `edit` open (admins). A part the API does not give is left out with
+    /// its message; the rest of the page stands.
+    pub async fn load(v: &Viewer, id: &str, edit: Option<&str>) -> DataSection {
         let base = format!("/api/v1/devices/{}", enc(id));
         let mut errors = Vec::new();
         let mut keep = |what: &str, e: drawbridge_proto::ApiError| {
@@ -136,6 +139,10 @@ impl DataSection {
             live_url: super::kpis::live_url(&[id]),
             tags: specs.iter().map(TagRow::of).collect(),
             new_tag: TagForm::new_tag(),
+            editing: edit
+                .filter(|_| v.can(Action::ManageDevices))
+                .and_then(|name| specs.iter().find(|t| t.name.as_str() == name))
+                .map(TagForm::of),
             can_edit: v.can(Action::ManageDevices),
             alarms,
             history: history.iter().map(EventRow::of).collect(),

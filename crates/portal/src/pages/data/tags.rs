@@ -139,7 +139,7 @@ fn type_str(t: ValueType) -> &'static str {
     }
 }
 
-/// One tag as the page lists it, with its edit form.
+/// One tag as the page lists it.
 pub struct TagRow {
     pub name: String,
     pub description: String,
@@ -151,7 +151,6 @@ pub struct TagRow {
     pub log: String,
     pub kpi: bool,
     pub alarm: String,
-    pub form: TagForm,
 }
 
 impl TagRow {
@@ -229,7 +228,6 @@ impl TagRow {
                     s
                 }
             },
-            form: TagForm::of(t),
         }
     }
 }
