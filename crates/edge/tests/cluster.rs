@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::cluster::{self, haproxy_config};
+use common::cluster::{self, edges_connected, haproxy_config};
 use common::*;
 use serde_json::{Value, json};
 use sqlx::Connection;
@@ -19,15 +19,6 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-
-/// `edges_connected` on a replica's metrics port (0 when it does not answer).
-fn edges_connected(metrics: u16) -> u32 {
-    metrics_text(metrics)
-        .lines()
-        .find_map(|l| l.strip_prefix("edges_connected "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u32)
-}
 
 /// Modbus reads through `port` every 100 ms: (good reads, failed reads).
 struct Poll {

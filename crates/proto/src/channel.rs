@@ -108,7 +108,9 @@ pub enum EdgeToServer {
     },
     /// Latest KPI values (at most [`crate::data::MAX_KPIS_PER_DEVICE`]), sent
     /// while the server says someone watches.
-    Live { values: Vec<LiveValue> },
+    Live {
+        values: Vec<LiveValue>,
+    },
 }
 
 /// One client allowed into a session on this edge.
@@ -178,12 +180,19 @@ pub enum ServerToEdge {
     },
     /// The device's complete tag list (sent after `welcome` and on every change);
     /// the edge polls exactly these.
-    Tags { tags: Vec<TagSpec> },
+    Tags {
+        tags: Vec<TagSpec>,
+    },
     /// Every record of `stream` up to `seq` is stored: the edge may forget them.
-    RecordsAck { stream: String, seq: u64 },
+    RecordsAck {
+        stream: String,
+        seq: u64,
+    },
     /// Someone watches this device's KPIs: send `live` values for the next
     /// `for_ms` milliseconds (0: stop now). Renewed while they watch.
-    Watch { for_ms: u32 },
+    Watch {
+        for_ms: u32,
+    },
 }
 
 /// What a client needs to bring a tunnel up to one device of a session.

@@ -8,9 +8,9 @@ pub mod api;
 pub mod channel;
 pub mod data;
 pub mod error;
-pub mod mailbox;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod mailbox;
 pub mod model;
 pub mod text;
 pub mod web;

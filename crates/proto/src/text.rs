@@ -196,7 +196,10 @@ mod tests {
         assert_eq!(TagName::try_from("a b"), Err(TextError::TagCharset));
         assert_eq!(TagName::try_from("a/b"), Err(TextError::TagCharset));
         assert_eq!(TagName::try_from("ä"), Err(TextError::TagCharset));
-        assert_eq!(TagName::try_from("a".repeat(65)), Err(TextError::TooLong(64)));
+        assert_eq!(
+            TagName::try_from("a".repeat(65)),
+            Err(TextError::TooLong(64))
+        );
     }
 
     #[test]

@@ -90,7 +90,11 @@ mod tests {
         h.record(true);
         assert_eq!(h.cached(), Some(true));
         h.record(false);
-        assert_eq!(h.cached(), Some(true), "one failure within the grace keeps it up");
+        assert_eq!(
+            h.cached(),
+            Some(true),
+            "one failure within the grace keeps it up"
+        );
         if let Ok(mut g) = h.last_ok.lock() {
             *g = Some(Some(Instant::now() - STALE - Duration::from_millis(1)));
         }

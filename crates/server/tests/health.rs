@@ -19,7 +19,11 @@ async fn a_replica_with_every_pooled_connection_busy_still_answers_healthy_at_on
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(app.state.health.cached(), Some(true), "the probe reached the database");
+    assert_eq!(
+        app.state.health.cached(),
+        Some(true),
+        "the probe reached the database"
+    );
     // Every connection of the request pool in use, as under a flood of requests.
     let pool = &app.state.store.pool;
     let mut held = Vec::new();

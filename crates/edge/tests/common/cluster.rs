@@ -1,6 +1,7 @@
 //! What the multi-replica tests share: HAProxy with the deployment guide's
 //! configuration, and a fresh database on the test PostgreSQL.
 
+use super::metrics_text;
 use sqlx::Connection;
 use std::path::PathBuf;
 
@@ -85,4 +86,13 @@ impl TestDatabase {
             sqlx::query(sql).execute(&mut admin).await.unwrap();
         })
     }
+}
+
+/// `edges_connected` on a replica's metrics port (0 when it does not answer).
+pub fn edges_connected(metrics: u16) -> u32 {
+    metrics_text(metrics)
+        .lines()
+        .find_map(|l| l.strip_prefix("edges_connected "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u32)
 }
