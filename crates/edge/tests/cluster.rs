@@ -10,12 +10,12 @@
 
 mod common;
 
-use common::cluster::{self, edges_connected, haproxy_config};
+use common::cluster::{self, edges_connected};
 use common::*;
 use serde_json::{Value, json};
 use sqlx::Connection;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -120,68 +120,13 @@ fn a_cluster_behind_haproxy_keeps_tunnels_through_replica_relay_and_database_fau
     // Three replicas on one data directory (one CA, one secrets key) and one
     // database, each with its own embedded relay on standby; HAProxy in front.
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("server");
-    let lb = free_port();
-    let public = format!("https://127.0.0.1:{lb}");
-    let pw = dir.path().join("pw");
-    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
-    let out = Command::new(server_bin())
-        .args(["init", "--account", "acme", "--admin-user", "root"])
-        .arg("--admin-password-file")
-        .arg(&pw)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(dbf)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let metrics: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let flags = |i: usize| -> Vec<String> {
-        vec![
-            "--database".into(),
-            db_url.clone(),
-            "--public-url".into(),
-            public.clone(),
-            "--relay-name".into(),
-            format!("replica-{}", i + 1),
-            "--relay-url".into(),
-            format!("wss://127.0.0.1:{}/relay/v1", ports[i]),
-            "--relay-standby".into(),
-            "--no-bridge".into(),
-            "--metrics-listen".into(),
-            format!("127.0.0.1:{}", metrics[i]),
-        ]
-    };
-    let mut replicas: Vec<Option<Server>> = (0..3)
-        .map(|i| Some(Server::start_with(&data, ports[i], &flags(i))))
-        .collect();
-    let cfg = dir.path().join("haproxy.cfg");
-    std::fs::write(&cfg, haproxy_config(lb, &ports)).unwrap();
-    let _haproxy = Proc(
-        Command::new(&haproxy)
-            .arg("-db")
-            .arg("-f")
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            // Its log (health checks, connections) next to the test's other files.
-            .stderr(std::fs::File::create(dir.path().join("haproxy.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut cl = cluster::Cluster::start(dir.path(), &haproxy, &db_url, 3, true);
+    let (data, public, metrics) = (cl.data.clone(), cl.public.clone(), cl.metrics.clone());
     let via_lb = Server {
         proc: None,
         data: data.clone(),
-        port: lb,
+        port: cl.via_lb.port,
     };
-    wait("HAProxy answers", || {
-        std::net::TcpStream::connect(("127.0.0.1", lb)).is_ok()
-    });
-    std::thread::sleep(Duration::from_secs(2)); // the first health checks
     let api = Api::login(&via_lb);
 
     // Two standalone relays.
@@ -311,7 +256,7 @@ fn a_cluster_behind_haproxy_keeps_tunnels_through_replica_relay_and_database_fau
     let holder = (0..3)
         .find(|i| edges_connected(metrics[*i]) == 1)
         .expect("one replica holds the edge");
-    replicas[holder] = None;
+    cl.kill(holder);
     let killed = Instant::now();
     wait("the edge is back on another replica", || {
         (0..3)
@@ -333,7 +278,7 @@ fn a_cluster_behind_haproxy_keeps_tunnels_through_replica_relay_and_database_fau
     wait("the edge hears of a new session", || {
         sessions_on_edge(&state).contains(&probe)
     });
-    replicas[holder] = Some(Server::start_with(&data, ports[holder], &flags(holder)));
+    cl.restart(holder);
 
     // Fault 2: the relay the session uses dies: moved within 10 s, the stream intact.
     let killed = Instant::now();
@@ -409,8 +354,8 @@ fn a_cluster_behind_haproxy_keeps_tunnels_through_replica_relay_and_database_fau
 
     // Fault 4: every replica dies. Relayed and direct tunnels and the Modbus poll
     // go on; the switch at the machine still ends the session's tunnels.
-    for r in replicas.iter_mut() {
-        *r = None;
+    for i in 0..3 {
+        cl.kill(i);
     }
     let polled = poll.ok();
     assert!(flows(&relayed, 300, 15), "relayed without any replica");

@@ -9,12 +9,11 @@
 
 mod common;
 
-use common::cluster::{self, TestDatabase, edges_connected, haproxy_config};
+use common::cluster::{self, TestDatabase, edges_connected};
 use common::data::*;
 use common::*;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -27,66 +26,13 @@ fn every_point_reaches_the_mailbox_once_while_replicas_die_and_come_back() {
     };
     let db = TestDatabase::create(&base);
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("server");
-    let lb = free_port();
-    let public = format!("https://127.0.0.1:{lb}");
-    let pw = dir.path().join("pw");
-    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
-    let out = Command::new(server_bin())
-        .args(["init", "--account", "acme", "--admin-user", "root"])
-        .arg("--admin-password-file")
-        .arg(&pw)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--database", db.url.as_str()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
-    let metrics: Vec<u16> = (0..2).map(|_| free_port()).collect();
-    let flags = |i: usize| -> Vec<String> {
-        vec![
-            "--database".into(),
-            db.url.clone(),
-            "--public-url".into(),
-            public.clone(),
-            "--relay-name".into(),
-            format!("replica-{}", i + 1),
-            "--relay-url".into(),
-            format!("wss://127.0.0.1:{}/relay/v1", ports[i]),
-            "--no-bridge".into(),
-            "--metrics-listen".into(),
-            format!("127.0.0.1:{}", metrics[i]),
-        ]
-    };
-    let mut replicas: Vec<Option<Server>> = (0..2)
-        .map(|i| Some(Server::start_with(&data, ports[i], &flags(i))))
-        .collect();
-    let cfg = dir.path().join("haproxy.cfg");
-    std::fs::write(&cfg, haproxy_config(lb, &ports)).unwrap();
-    let _haproxy = Proc(
-        Command::new(&haproxy)
-            .arg("-db")
-            .arg("-f")
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("haproxy.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut cl = cluster::Cluster::start(dir.path(), &haproxy, &db.url, 2, false);
+    let (data, public) = (cl.data.clone(), cl.public.clone());
     let via_lb = Server {
         proc: None,
         data: data.clone(),
-        port: lb,
+        port: cl.via_lb.port,
     };
-    wait("HAProxy answers", || {
-        std::net::TcpStream::connect(("127.0.0.1", lb)).is_ok()
-    });
-    std::thread::sleep(Duration::from_secs(2)); // the first health checks
     let api = Api::login(&via_lb);
 
     // A device whose LAN is loopback, its edge enrolled and running through HAProxy.
@@ -146,16 +92,16 @@ fn every_point_reaches_the_mailbox_once_while_replicas_die_and_come_back() {
     for round in 0..2 {
         let mut holder = None;
         wait_long("a replica holds the edge", 30, || {
-            holder = (0..2).find(|&i| edges_connected(metrics[i]) == 1);
+            holder = cl.edge_holder();
             holder.is_some()
         });
         let holder = holder.unwrap();
         let other = 1 - holder;
         let before = sync.count();
         let killed = Instant::now();
-        replicas[holder] = None;
+        cl.kill(holder);
         wait_long("the edge is on the other replica", 60, || {
-            edges_connected(metrics[other]) == 1
+            edges_connected(cl.metrics[other]) == 1
         });
         let moved = killed.elapsed();
         wait_long("points flow again", 60, || sync.count() > before + 20);
@@ -165,7 +111,7 @@ fn every_point_reaches_the_mailbox_once_while_replicas_die_and_come_back() {
             other + 1,
             killed.elapsed()
         );
-        replicas[holder] = Some(Server::start_with(&data, ports[holder], &flags(holder)));
+        cl.restart(holder);
         std::thread::sleep(Duration::from_secs(2)); // HAProxy sees it healthy again
     }
 

@@ -3,7 +3,7 @@
 
 use super::metrics_text;
 use sqlx::Connection;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub fn haproxy() -> Option<PathBuf> {
     ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
@@ -95,4 +95,124 @@ pub fn edges_connected(metrics: u16) -> u32 {
         .find_map(|l| l.strip_prefix("edges_connected "))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map_or(0, |v| v as u32)
+}
+
+/// Control-plane replicas on one data directory (one CA, one secrets key) and
+/// one database, each with its own embedded relay and metrics port, behind
+/// HAProxy; account `acme` with admin `root`.
+pub struct Cluster {
+    pub data: PathBuf,
+    pub db_url: String,
+    /// `https://127.0.0.1:LB`: what edges and clients are given.
+    pub public: String,
+    /// The load balancer as a server to log in to.
+    pub via_lb: super::Server,
+    pub ports: Vec<u16>,
+    pub metrics: Vec<u16>,
+    pub replicas: Vec<Option<super::Server>>,
+    standby: bool,
+    _haproxy: super::Proc,
+}
+
+impl Cluster {
+    /// `n` replicas in `dir`; `standby`: their embedded relays take sessions
+    /// only when no standalone relay is alive.
+    pub fn start(dir: &Path, haproxy: &Path, db_url: &str, n: usize, standby: bool) -> Cluster {
+        use super::{PASSWORD, Proc, Server, free_port, server_bin, wait};
+        use std::process::{Command, Stdio};
+        let data = dir.join("server");
+        let lb = free_port();
+        let pw = dir.join("pw");
+        std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+        let out = Command::new(server_bin())
+            .args(["init", "--account", "acme", "--admin-user", "root"])
+            .arg("--admin-password-file")
+            .arg(&pw)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--database", db_url])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let metrics: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let cfg = dir.join("haproxy.cfg");
+        std::fs::write(&cfg, haproxy_config(lb, &ports)).unwrap();
+        let haproxy = Proc(
+            Command::new(haproxy)
+                .arg("-db")
+                .arg("-f")
+                .arg(&cfg)
+                .stdout(Stdio::null())
+                // Its log (health checks, connections) next to the test's other files.
+                .stderr(std::fs::File::create(dir.join("haproxy.log")).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        let mut c = Cluster {
+            via_lb: Server {
+                proc: None,
+                data: data.clone(),
+                port: lb,
+            },
+            data,
+            db_url: db_url.to_string(),
+            public: format!("https://127.0.0.1:{lb}"),
+            ports,
+            metrics,
+            replicas: Vec::new(),
+            standby,
+            _haproxy: haproxy,
+        };
+        c.replicas = (0..n).map(|i| Some(c.start_replica(i))).collect();
+        wait("HAProxy answers", || {
+            std::net::TcpStream::connect(("127.0.0.1", lb)).is_ok()
+        });
+        std::thread::sleep(std::time::Duration::from_secs(2)); // the first health checks
+        c
+    }
+
+    /// The flags of replica `i`.
+    pub fn flags(&self, i: usize) -> Vec<String> {
+        let mut f = vec![
+            "--database".into(),
+            self.db_url.clone(),
+            "--public-url".into(),
+            self.public.clone(),
+            "--relay-name".into(),
+            format!("replica-{}", i + 1),
+            "--relay-url".into(),
+            format!("wss://127.0.0.1:{}/relay/v1", self.ports[i]),
+            "--no-bridge".into(),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{}", self.metrics[i]),
+        ];
+        if self.standby {
+            f.push("--relay-standby".into());
+        }
+        f
+    }
+
+    fn start_replica(&self, i: usize) -> super::Server {
+        super::Server::start_with(&self.data, self.ports[i], &self.flags(i))
+    }
+
+    /// Kills replica `i` (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        self.replicas[i] = None;
+    }
+
+    /// Starts replica `i` again.
+    pub fn restart(&mut self, i: usize) {
+        self.replicas[i] = Some(self.start_replica(i));
+    }
+
+    /// The replica holding the one connected edge, if any.
+    pub fn edge_holder(&self) -> Option<usize> {
+        (0..self.ports.len()).find(|&i| edges_connected(self.metrics[i]) == 1)
+    }
 }
