@@ -34,7 +34,9 @@ pub const BACKOFF_FIRST_SECS: i64 = 30;
 /// …up to this.
 pub const BACKOFF_MAX_SECS: i64 = 3600;
 /// A claimed delivery is someone else's to take after this long (its replica died).
-pub const LEASE_SECS: i64 = 120;
+/// It covers a whole claimed batch: [`CLAIM_BATCH`] deliveries, 8 at a time
+/// (`worker::CONCURRENCY`), each at most 30 s (`mail::TIMEOUT`), is 120 s.
+pub const LEASE_SECS: i64 = 300;
 /// An e-mail still not accepted this long after its event is given up.
 pub const EMAIL_GIVE_UP_SECS: i64 = 3 * 24 * 3600;
 /// Finished deliveries (and their events) are kept this long, then purged.

@@ -12,6 +12,14 @@ use std::time::Duration;
 pub const POLL: Duration = Duration::from_secs(2);
 /// Deliveries sent at once.
 pub const CONCURRENCY: usize = 8;
+// A claimed batch is sent well within its lease, even when every call takes its
+// whole time (else another replica could claim the rest of it meanwhile).
+const _: () = assert!(
+    (queue::CLAIM_BATCH as u64).div_ceil(CONCURRENCY as u64) * super::mail::TIMEOUT.as_secs()
+        < queue::LEASE_SECS as u64
+);
+const _: () = assert!(super::webhook::TIMEOUT.as_secs() <= super::mail::TIMEOUT.as_secs());
+
 /// Sweeps run this often (seconds of the server's clock)…
 pub const SWEEP_EVERY_SECS: i64 = 30;
 /// …and housekeeping this often.
