@@ -108,8 +108,16 @@ async fn serve(state: &AppState, headers: &HeaderMap, query: &str) -> AppResult<
     // The relay's heartbeat, when it announces itself (the relay tier).
     let heartbeat = Heartbeat::from_query(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .map_err(|e| AppError::new(ErrorCode::BadRequest, e.to_string()))?;
-    if let Some(hb) = &heartbeat {
-        crate::relays::record_heartbeat(state, &reader.relay, hb).await?;
+    if let Some(hb) = &heartbeat
+        && let Err(e) = crate::relays::record_heartbeat(state, &reader.relay, hb).await
+    {
+        if e.code == ErrorCode::Internal {
+            return Err(e);
+        }
+        // A refused announcement (the name of a replica's embedded relay) must
+        // not cost the relay its revocations: the page is served all the same.
+        tracing::warn!(relay = %reader.relay, error = %e.message, "a relay's announcement was refused; it still gets the revocation feed");
+        metrics::counter!("relay_announcements_refused_total").increment(1);
     }
     let page = page(state, after, now).await?;
     tracing::debug!(relay = %reader.relay, entries = page.revoked.len(), "revocation feed read");
