@@ -27,6 +27,7 @@ store_tests!(
     alarms_are_raised_acknowledged_returned_and_ended,
     kpi_values_flow_only_while_someone_watches,
     retention_purges_points_older_than_the_account_keeps,
+    absent_and_present_values_alternate_without_breaking_the_channel,
 );
 
 fn tag(name: &str, host: &str, kpi: bool) -> Value {
@@ -449,6 +450,26 @@ async fn records_are_stored_once_and_synced_once(app: TestApp) {
     let mut again = edge(&l, &a, true).await;
     let got =
         within::<ServerToEdge>(&mut again, 5, |m| matches!(m, ServerToEdge::Tags { .. })).await;
+    assert!(
+        matches!(&got, Some(ServerToEdge::Tags { tags }) if tags.is_empty()),
+        "{got:?}"
+    );
+    // A device whose only tag was deleted before its edge pushed anything: the
+    // edge may hold records of it, so it hears an (empty) tag list too.
+    let e = enrolled(&l, &acct, "mill").await;
+    let tags = format!("/api/v1/devices/{}/tags", e.id);
+    l.app
+        .ok(
+            Method::PUT,
+            &tags,
+            &acct.admin,
+            Some(tag("gone", "192.168.1.10", false)),
+        )
+        .await;
+    let (s, _) = l.app.delete(&format!("{tags}/gone"), &acct.admin).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let mut we = edge(&l, &e, true).await;
+    let got = within::<ServerToEdge>(&mut we, 5, |m| matches!(m, ServerToEdge::Tags { .. })).await;
     assert!(
         matches!(&got, Some(ServerToEdge::Tags { tags }) if tags.is_empty()),
         "{got:?}"
@@ -903,4 +924,82 @@ async fn retention_purges_points_older_than_the_account_keeps(app: TestApp) {
         )
         .await;
     assert!(s.is_client_error(), "{s}");
+}
+
+/// sqlx's Any driver once bound an absent number so that PostgreSQL refused
+/// the same statement's next execution with a value, closing the edge's
+/// channel: bad-quality points, alarms without a value and live values
+/// without one, alternating with present ones, must all be taken.
+async fn absent_and_present_values_alternate_without_breaking_the_channel(app: TestApp) {
+    let l = live(app).await;
+    let acct = l.app.account("acme").await;
+    let d = enrolled(&l, &acct, "press").await;
+    let mut ws = edge(&l, &d, true).await;
+    l.app
+        .ok(
+            Method::PUT,
+            &format!("/api/v1/devices/{}/tags", d.id),
+            &acct.admin,
+            Some(tag("speed", "192.168.1.10", true)),
+        )
+        .await;
+    within::<ServerToEdge>(&mut ws, 5, |m| matches!(m, ServerToEdge::Tags { .. }))
+        .await
+        .expect("tags");
+    let mut seq = 0;
+    for round in 0..12u32 {
+        let value = (round % 2 == 0).then_some(f64::from(round));
+        let mut next = |body: RecordBody| {
+            seq += 1;
+            Record {
+                seq,
+                time_ms: 1_800_000_000_000 + seq as i64,
+                tag: TagName::try_from("speed").unwrap(),
+                body,
+            }
+        };
+        let quality = if value.is_some() {
+            Quality::Good
+        } else {
+            Quality::Bad {
+                reason: drawbridge_proto::data::BadReason::Timeout,
+            }
+        };
+        let transition = if round % 4 < 2 {
+            AlarmTransition::Raised
+        } else {
+            AlarmTransition::Returned
+        };
+        let records = vec![
+            next(RecordBody::Point { value, quality }),
+            next(RecordBody::Alarm { transition, value }),
+        ];
+        assert_eq!(push(&mut ws, "s", records).await, Ok(seq), "round {round}");
+        send(
+            &mut ws,
+            &EdgeToServer::Live {
+                values: vec![LiveValue {
+                    tag: TagName::try_from("speed").unwrap(),
+                    time_ms: 1_800_000_000_000 + i64::from(round),
+                    value,
+                    quality,
+                }],
+            },
+        )
+        .await;
+    }
+    // Still connected and answering.
+    assert_eq!(
+        push(&mut ws, "s", vec![point(1000, "speed", 1.0)]).await,
+        Ok(1000)
+    );
+    let points = sync_all(&l.app, &acct.admin, 1000).await;
+    assert_eq!(points.len(), 13);
+    assert_eq!(points.iter().filter(|p| p["value"].is_null()).count(), 6);
+    assert!(
+        points
+            .iter()
+            .filter(|p| p["value"].is_null())
+            .all(|p| p["quality"]["quality"] == "bad")
+    );
 }

@@ -37,22 +37,25 @@ async fn history(
     value: Option<f64>,
     user: Option<(&str, &str)>,
 ) -> AppResult<()> {
-    sqlx::query(
-        "INSERT INTO alarm_history (id, alarm_id, account_id, device_id, tag, time_ms, event, value, user_id, comment)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(crate::secret::new_id())
-    .bind(alarm_id)
-    .bind(of.account_id)
-    .bind(of.device_id)
-    .bind(of.tag)
-    .bind(time_ms)
-    .bind(event)
-    .bind(value)
-    .bind(user.map(|u| u.0.to_string()))
-    .bind(user.map(|u| u.1.to_string()))
-    .execute(&mut **tx)
-    .await?;
+    let sql = format!(
+        "INSERT INTO alarm_history (id, alarm_id, account_id, device_id, tag, time_ms, event, user_id, comment, value)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {})",
+        super::opt_f64(10, value)
+    );
+    let mut q = sqlx::query(&sql)
+        .bind(crate::secret::new_id())
+        .bind(alarm_id)
+        .bind(of.account_id)
+        .bind(of.device_id)
+        .bind(of.tag)
+        .bind(time_ms)
+        .bind(event)
+        .bind(user.map(|u| u.0.to_string()))
+        .bind(user.map(|u| u.1.to_string()));
+    if let Some(v) = value {
+        q = q.bind(v);
+    }
+    q.execute(&mut **tx).await?;
     Ok(())
 }
 
@@ -93,19 +96,22 @@ pub async fn apply(
         (AlarmTransition::Raised, Some(_)) | (AlarmTransition::Returned, None) => return Ok(None),
         (AlarmTransition::Raised, None) => {
             let id = crate::secret::new_id();
-            sqlx::query(
-                "INSERT INTO alarms (id, account_id, device_id, tag, state, raised_ms, raised_value, updated_at)
-                 VALUES ($1, $2, $3, $4, 'alarm', $5, $6, $7)",
-            )
-            .bind(&id)
-            .bind(account_id)
-            .bind(device_id)
-            .bind(tag)
-            .bind(time_ms)
-            .bind(value)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?;
+            let sql = format!(
+                "INSERT INTO alarms (id, account_id, device_id, tag, state, raised_ms, updated_at, raised_value)
+                 VALUES ($1, $2, $3, $4, 'alarm', $5, $6, {})",
+                super::opt_f64(7, value)
+            );
+            let mut q = sqlx::query(&sql)
+                .bind(&id)
+                .bind(account_id)
+                .bind(device_id)
+                .bind(tag)
+                .bind(time_ms)
+                .bind(now);
+            if let Some(v) = value {
+                q = q.bind(v);
+            }
+            q.execute(&mut **tx).await?;
             history(tx, &id, of, time_ms, "raised", value, None).await?;
             id
         }
@@ -115,16 +121,20 @@ pub async fn apply(
             } else {
                 AlarmState::Returned
             };
-            sqlx::query(
-                "UPDATE alarms SET state = $1, returned_ms = $2, returned_value = $3, updated_at = $4 WHERE id = $5",
-            )
-            .bind(next.as_str())
-            .bind(time_ms)
-            .bind(value)
-            .bind(now)
-            .bind(&id)
-            .execute(&mut **tx)
-            .await?;
+            let sql = format!(
+                "UPDATE alarms SET state = $1, returned_ms = $2, updated_at = $3, returned_value = {}
+                 WHERE id = $4",
+                super::opt_f64(5, value)
+            );
+            let mut q = sqlx::query(&sql)
+                .bind(next.as_str())
+                .bind(time_ms)
+                .bind(now)
+                .bind(&id);
+            if let Some(v) = value {
+                q = q.bind(v);
+            }
+            q.execute(&mut **tx).await?;
             history(tx, &id, of, time_ms, "returned", value, None).await?;
             id
         }

@@ -34,18 +34,21 @@ pub async fn store(
         {
             continue;
         }
-        sqlx::query(
-            "INSERT INTO tag_live (device_id, tag, time_ms, value, quality) VALUES ($1, $2, $3, $4, $5)
+        let sql = format!(
+            "INSERT INTO tag_live (device_id, tag, time_ms, quality, value) VALUES ($1, $2, $3, $4, {})
              ON CONFLICT (device_id, tag) DO UPDATE SET time_ms = excluded.time_ms,
                value = excluded.value, quality = excluded.quality",
-        )
-        .bind(device_id)
-        .bind(v.tag.as_str())
-        .bind(v.time_ms)
-        .bind(v.value)
-        .bind(v.quality.code())
-        .execute(&mut *tx)
-        .await?;
+            super::opt_f64(5, v.value)
+        );
+        let mut q = sqlx::query(&sql)
+            .bind(device_id)
+            .bind(v.tag.as_str())
+            .bind(v.time_ms)
+            .bind(v.quality.code());
+        if let Some(x) = v.value {
+            q = q.bind(x);
+        }
+        q.execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(())

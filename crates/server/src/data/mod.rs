@@ -69,6 +69,19 @@ pub async fn purge(state: &AppState) -> AppResult<u64> {
     Ok(deleted)
 }
 
+/// The SQL for an optional number bound as parameter `$n` (then the statement's
+/// last): `$n`, or `NULL` — and the caller binds nothing — when there is none.
+/// sqlx 0.8's Any driver binds an absent f64 as a NULL float4; PostgreSQL then
+/// refuses the next execution of that cached statement with a value
+/// ("incorrect binary data format in bind parameter"), which ended an edge's
+/// channel at random. Two statement texts avoid binding an absent number.
+pub(crate) fn opt_f64(n: usize, v: Option<f64>) -> String {
+    match v {
+        Some(_) => format!("${n}"),
+        None => "NULL".into(),
+    }
+}
+
 /// Unix milliseconds a record's time may hold (1970 to 3000).
 pub fn sane_time_ms(t: i64) -> bool {
     (0..=32_503_680_000_000).contains(&t)

@@ -36,9 +36,11 @@ pub async fn put(
             "source.host {host} is not in the device's LAN subnets"
         )));
     }
-    // Serialises tag writes per device (a row lock on PostgreSQL; SQLite has
-    // one writer), so the bounds below hold under concurrent writes.
-    sqlx::query("UPDATE devices SET name = name WHERE id = $1")
+    // Marks the device as one with data services (its edge is sent a tag list
+    // at every connect from now on, see `live::edge_data`), and serialises tag
+    // writes per device (a row lock on PostgreSQL; SQLite has one writer), so
+    // the bounds below hold under concurrent writes.
+    sqlx::query("UPDATE devices SET data_configured = 1 WHERE id = $1")
         .bind(&device.id)
         .execute(&mut **tx)
         .await?;

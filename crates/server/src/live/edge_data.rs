@@ -39,12 +39,14 @@ impl DataLink {
             None => {
                 !tags.is_empty()
                     || sqlx::query_scalar::<_, i64>(
-                        "SELECT COUNT(*) FROM data_streams WHERE device_id = $1",
+                        "SELECT data_configured + (SELECT COUNT(*) FROM data_streams WHERE device_id = $1)
+                         FROM devices WHERE id = $1",
                     )
                     .bind(device_id)
-                    .fetch_one(&mut *conn)
+                    .fetch_optional(&mut *conn)
                     .await?
-                        > 0
+                    .unwrap_or(0)
+                        != 0
             }
         };
         drop(conn);
