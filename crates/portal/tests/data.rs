@@ -111,15 +111,18 @@ async fn tags_are_added_edited_and_deleted_and_a_refused_form_changes_nothing(se
     assert!(edit.contains("<option value=\"input_registers\" selected>"));
     assert!(edit.contains("name=\"kpi\" id=\"tag-edit-oven.temp-kpi\" checked"));
 
-    // An edit to a host outside the device's LAN: the API's message, nothing changed.
-    let r = p
-        .admin
-        .post(
-            &post,
-            &pairs(&tag_form(&csrf, "oven.temp", "10.9.9.9", "K")),
-        )
-        .await;
+    // An edit to a host outside the device's LAN: the API's message, nothing
+    // changed, back at the tag's edit form.
+    let mut outside = tag_form(&csrf, "oven.temp", "10.9.9.9", "K");
+    outside.push(("editing", "1".into()));
+    let r = p.admin.post(&post, &pairs(&outside)).await;
+    assert!(
+        r.location().ends_with("?edit=oven.temp#tag-edit"),
+        "{}",
+        r.location()
+    );
     let page = p.admin.follow(&r).await;
+    assert!(page.body.contains("id=\"tag-form-edit-oven.temp\""));
     assert!(page.body.contains("class=\"flash error\""), "{}", page.body);
     assert!(
         flash(&page.body).contains("not in the device"),

@@ -335,14 +335,20 @@ fn back(id: &str) -> String {
     format!("{PREFIX}/devices/{}#data-tags", enc(id))
 }
 
-/// Creates or replaces a tag (admins; the API checks).
+/// Creates or replaces a tag (admins; the API checks). A refused edit goes
+/// back to that tag's edit form.
 pub async fn put(Path(id): Path<String>, p: Posted) -> Response {
-    let back = back(&id);
+    let name = p.form.get("name").trim().to_string();
+    let edited = p.form.get("editing") == "1" && !name.is_empty();
+    let back_on_error = if edited {
+        format!("{PREFIX}/devices/{}?edit={}#tag-edit", enc(&id), enc(&name))
+    } else {
+        back(&id)
+    };
     let body = match tag_body(&p.form) {
         Ok(b) => b,
-        Err(e) => return Flash::error(e).redirect(&back),
+        Err(e) => return Flash::error(e).redirect(&back_on_error),
     };
-    let name = p.form.get("name").trim().to_string();
     let r = p
         .api
         .call::<TagSpec>(
@@ -351,10 +357,11 @@ pub async fn put(Path(id): Path<String>, p: Posted) -> Response {
             Some(body),
         )
         .await;
+    let to = if r.is_ok() { back(&id) } else { back_on_error };
     after(
         r,
         &p.headers,
-        &back,
+        &to,
         &format!("Tag {name} was saved; the edge polls it within seconds."),
     )
 }
