@@ -2,10 +2,12 @@
 //!
 //! In one transaction per message: the stream's row is locked and read (records
 //! at or below its `last_seq` were stored before and are only acknowledged
-//! again), alarm transitions are applied, the points get transaction ids from
-//! the one counter row (held until commit, so ids become visible in order — the
-//! mailbox cursor relies on it) and are inserted, and `last_seq` moves on.
-//! The acknowledgement goes out only after the commit.
+//! again), alarm transitions are applied, `last_seq` moves on, and last the
+//! points get transaction ids from the one counter row (held until commit, so
+//! ids become visible in order — the mailbox cursor relies on it) and are
+//! inserted. The counter row is the one lock every edge's message waits for, so
+//! everything else is done before it is taken. The acknowledgement goes out
+//! only after the commit.
 
 use super::alarms::{self, Changed};
 use crate::db::Tx;
@@ -14,8 +16,9 @@ use crate::state::AppState;
 use drawbridge_proto::channel::ServerToEdge;
 use drawbridge_proto::data::{BufferStatus, MAX_RECORDS_PER_MESSAGE, Record, RecordBody};
 
-/// Rows per INSERT statement (7 parameters each, well below both databases' limits).
-const INSERT_ROWS: usize = 500;
+/// Rows per INSERT statement: a whole message (5 parameters a row and 2 for
+/// all, well below both databases' limits).
+const INSERT_ROWS: usize = MAX_RECORDS_PER_MESSAGE;
 /// Longest historian stream id.
 const MAX_STREAM: usize = 64;
 
@@ -93,19 +96,6 @@ pub async fn records(
             }
         }
     }
-    if !points.is_empty() {
-        let first = take_txids(&mut tx, points.len()).await?;
-        for (i, chunk) in points.chunks(INSERT_ROWS).enumerate() {
-            insert(
-                &mut tx,
-                account_id,
-                device_id,
-                first + (i * INSERT_ROWS) as i64,
-                chunk,
-            )
-            .await?;
-        }
-    }
     let new_last = fresh.last().map_or(last_seq, |r| clamp(r.seq));
     sqlx::query(
         "UPDATE data_streams SET last_seq = $1, pending = $2, dropped = $3, updated_at = $4
@@ -121,6 +111,14 @@ pub async fn records(
     .await?;
     for c in &changed {
         super::alarms::notify(&mut tx, account_id, device_id, c, now).await?;
+    }
+    if !points.is_empty() {
+        let postgres = tx.backend_name() == "PostgreSQL";
+        let first = take_txids(&mut tx, points.len()).await?;
+        for (i, chunk) in points.chunks(INSERT_ROWS).enumerate() {
+            let first = first + (i * INSERT_ROWS) as i64;
+            insert(&mut tx, postgres, account_id, device_id, first, chunk).await?;
+        }
     }
     tx.commit().await?;
     metrics::counter!("historian_points_stored_total").increment(points.len() as u64);
@@ -175,41 +173,60 @@ async fn take_txids(tx: &mut Tx<'_>, n: usize) -> AppResult<i64> {
     Ok(next - n)
 }
 
+/// Inserts `rows` with transaction ids from `first_txid` on.
+///
+/// A point without a value is bound as NaN (never a stored value: `check`
+/// refuses non-finite numbers), which the statement turns into NULL — on
+/// SQLite by binding itself (SQLite stores a bound NaN as NULL), on
+/// PostgreSQL with `NULLIF`. A NULL is never bound: sqlx 0.8's Any driver
+/// sends an absent f64 as a NULL float4, and PostgreSQL then refuses the
+/// cached statement's next execution with a value ("incorrect binary data
+/// format in bind parameter"), which ended the edge's channel at every
+/// bad-quality point.
 async fn insert(
     tx: &mut Tx<'_>,
+    postgres: bool,
     account_id: &str,
     device_id: &str,
     first_txid: i64,
     rows: &[(&Record, Option<f64>, String)],
 ) -> AppResult<()> {
-    let mut sql = String::from(
+    use std::fmt::Write;
+    let mut sql = String::with_capacity(96 + rows.len() * 64);
+    sql.push_str(
         "INSERT INTO data_points (txid, account_id, device_id, tag, time_ms, value, quality) VALUES ",
     );
     for i in 0..rows.len() {
-        let b = i * 7;
+        let b = 3 + i * 5;
         if i > 0 {
             sql.push(',');
         }
-        sql.push_str(&format!(
-            "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-            b + 1,
-            b + 2,
-            b + 3,
-            b + 4,
-            b + 5,
-            b + 6,
-            b + 7
-        ));
+        let v = b + 3;
+        let _ = if postgres {
+            write!(
+                sql,
+                "(${b}, $1, $2, ${}, ${}, NULLIF(${v}, CAST('NaN' AS DOUBLE PRECISION)), ${})",
+                b + 1,
+                b + 2,
+                b + 4
+            )
+        } else {
+            write!(
+                sql,
+                "(${b}, $1, $2, ${}, ${}, ${v}, ${})",
+                b + 1,
+                b + 2,
+                b + 4
+            )
+        };
     }
-    let mut q = sqlx::query(&sql);
+    let mut q = sqlx::query(&sql).bind(account_id).bind(device_id);
     for (i, (r, value, quality)) in rows.iter().enumerate() {
         q = q
             .bind(first_txid + i as i64)
-            .bind(account_id)
-            .bind(device_id)
             .bind(r.tag.as_str())
             .bind(r.time_ms)
-            .bind(*value)
+            .bind(value.unwrap_or(f64::NAN))
             .bind(quality.as_str());
     }
     q.execute(&mut **tx).await?;
