@@ -43,6 +43,15 @@ fn point_from(r: &sqlx::any::AnyRow) -> AppResult<DataPoint> {
 /// devices `visible` admits (None: all). The cursor moves past every point
 /// looked at, visible or not, so a caller who sees some devices only still
 /// gets to the end.
+///
+/// The page must be a walk of `data_points_account` (account, txid) from the
+/// cursor that stops after `limit` rows, whatever PostgreSQL's statistics say:
+/// on a table filled faster than autovacuum analyses it (a new installation,
+/// a burst of edges), the planner takes the account's rows for a few thousand
+/// and picks a bitmap scan of every row after the cursor and a sort instead —
+/// one second a page at a million rows, growing with the table (measured with
+/// `drawbridge-loadtest --data`, docs/loadtest.md). So on PostgreSQL the page
+/// is read in a transaction with bitmap scans and sorts disabled.
 pub async fn sync(
     conn: &mut AnyConnection,
     account_id: &str,
@@ -50,6 +59,15 @@ pub async fn sync(
     after: i64,
     limit: u32,
 ) -> AppResult<(Vec<DataPoint>, i64, bool)> {
+    let postgres = conn.backend_name() == "PostgreSQL";
+    let mut tx = sqlx::Connection::begin(conn).await?;
+    if postgres {
+        for off in ["enable_bitmapscan", "enable_sort"] {
+            sqlx::query(&format!("SET LOCAL {off} = off"))
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
     let rows = sqlx::query(&format!(
         "SELECT {POINT_COLS} FROM data_points p JOIN devices d ON d.id = p.device_id
          WHERE p.account_id = $1 AND p.txid > $2 ORDER BY p.txid LIMIT $3"
@@ -57,8 +75,9 @@ pub async fn sync(
     .bind(account_id)
     .bind(after)
     .bind(i64::from(limit))
-    .fetch_all(conn)
+    .fetch_all(&mut *tx)
     .await?;
+    tx.commit().await?;
     let more = rows.len() == limit as usize;
     let mut last = after;
     let mut out = Vec::with_capacity(rows.len());
