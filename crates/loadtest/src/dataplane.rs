@@ -45,7 +45,7 @@ pub struct Relayed {
     _dir: tempfile::TempDir,
 }
 
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the tool")?;
     let p = exe.with_file_name(name);
     if !p.exists() {
@@ -83,12 +83,18 @@ async fn sink(received: Arc<AtomicU64>) -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-async fn edge_cmd(bin: &Path, state: &Path, args: &[&str]) -> anyhow::Result<()> {
+/// `bin` without the proxy variables.
+pub(crate) fn command(bin: &Path) -> Command {
     let mut cmd = Command::new(bin);
     for v in PROXY_VARS {
         cmd.env_remove(v);
     }
-    let out = cmd
+    cmd
+}
+
+/// `drawbridge-edge --state-dir STATE ARGS…`, to completion.
+pub(crate) async fn edge_cmd(bin: &Path, state: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let out = command(bin)
         .arg("--state-dir")
         .arg(state)
         .args(args)

@@ -145,7 +145,7 @@ fn flood(
 }
 
 /// Busy and total jiffies of the whole machine (first line of /proc/stat).
-fn machine_ticks() -> (u64, u64) {
+pub(crate) fn machine_ticks() -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let f: Vec<u64> = text
         .lines()
@@ -264,7 +264,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Compiler processes running now (other builds sharing the machine).
-fn compilers() -> usize {
+pub(crate) fn compilers() -> usize {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0;
     };
@@ -282,7 +282,7 @@ fn compilers() -> usize {
         .count()
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()

@@ -175,7 +175,8 @@ impl Fleet {
     }
 }
 
-fn status() -> EdgeToServer {
+/// A status with the switch on, as the agent sends it.
+pub(crate) fn status() -> EdgeToServer {
     EdgeToServer::Status(EdgeStatus {
         switch_on: true,
         agent_version: concat!("loadtest-", env!("CARGO_PKG_VERSION")).into(),

@@ -7,10 +7,12 @@
 //! A benchmark tool, not part of the test suite; see docs/loadtest.md.
 
 mod cluster;
+mod data;
 mod dataplane;
 mod dos;
 mod edges;
 mod measure;
+mod postgres;
 mod procfs;
 mod report;
 mod server;
@@ -120,6 +122,47 @@ pub struct Args {
     /// Megabytes of each `--web` download.
     #[arg(long, default_value_t = 100)]
     web_download_mb: u64,
+    /// Instead of N edges: the data services' figures on PostgreSQL — edges
+    /// pushing historian records as fast as they are acknowledged, the mailbox
+    /// sync of every point, one real edge polling a simulated PLC
+    /// (docs/loadtest.md). Without --database it starts a throwaway PostgreSQL.
+    #[arg(long, conflicts_with_all = ["dos", "web", "replicas", "kill_replica"])]
+    data: bool,
+    /// Simulated edges pushing records during `--data`.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    data_edges: u32,
+    /// Tags of each pushing edge (`--data`).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=500))]
+    data_tags: u32,
+    /// Records per message (`--data`; at most 1000, as the edge sends).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    data_batch: u32,
+    /// Seconds of pushing before the measured window (`--data`).
+    #[arg(long, default_value = "5", value_parser = seconds)]
+    data_warmup_secs: Duration,
+    /// Seconds of the measured ingestion window (`--data`).
+    #[arg(long, default_value = "30", value_parser = seconds)]
+    data_secs: Duration,
+    /// Pushing goes on after the window until this many points are stored; the
+    /// sync reports the time for the first this many (`--data`).
+    #[arg(long, default_value_t = 1_000_000)]
+    data_points: u64,
+    /// About one pushed sample in this many has a bad quality (a timeout,
+    /// no value), as PLCs sometimes do (`--data`; 0: none).
+    #[arg(long, default_value_t = 997)]
+    data_bad_every: u64,
+    /// Points a sync page asks for (`--data`; the server allows 1-10000).
+    #[arg(long, default_value_t = 10_000)]
+    data_sync_limit: u32,
+    /// Tags the real polling edge reads every second (`--data`).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=500))]
+    data_edge_tags: u32,
+    /// Seconds the polling edge is measured (`--data`; 0: no polling edge).
+    #[arg(long, default_value = "60", value_parser = seconds)]
+    data_edge_secs: Duration,
+    /// Seconds the polling edge runs before it is measured (`--data`).
+    #[arg(long, default_value = "10", value_parser = seconds)]
+    data_edge_warmup_secs: Duration,
     /// Page loads at once during `--web`.
     #[arg(long, default_value_t = 200)]
     web_concurrent: usize,
@@ -151,7 +194,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let Some((report, complete)) = rt.block_on(run(&args, nofile, hard))? else {
-        // --dos or --web printed its figures.
+        // --dos, --web or --data printed its figures.
         rt.shutdown_timeout(Duration::from_secs(1));
         return Ok(());
     };
@@ -179,7 +222,11 @@ pub fn target_device(name: &str) -> serde_json::Value {
 /// Refuses what cannot work, with a message saying why: cluster-mode options
 /// without a cluster, too few descriptors or local ports for N edges.
 fn check(args: &Args, nofile: u64, hard: u64) -> anyhow::Result<()> {
-    let n = args.edges as usize;
+    let n = if args.data {
+        args.data_edges as usize
+    } else {
+        args.edges as usize
+    };
     let replicas = args.replicas as usize;
     if replicas > 1 {
         let pg = args
@@ -259,7 +306,18 @@ async fn run(args: &Args, nofile: u64, hard: u64) -> anyhow::Result<Option<(Repo
         Some(b) => Ok(b.clone()),
         None => server::default_binary(),
     };
-    let db = if args.database.is_some() {
+    // --data on a server of its own: PostgreSQL, a throwaway one unless given.
+    let throwaway = if args.data && args.server.is_none() && args.database.is_none() {
+        let pg = tokio::task::spawn_blocking(postgres::Postgres::start).await??;
+        Some(pg)
+    } else {
+        None
+    };
+    let database_url = throwaway
+        .as_ref()
+        .map(|p| p.url.clone())
+        .or_else(|| args.database.clone());
+    let db = if database_url.is_some() {
         "PostgreSQL"
     } else {
         "SQLite"
@@ -268,7 +326,7 @@ async fn run(args: &Args, nofile: u64, hard: u64) -> anyhow::Result<Option<(Repo
         (None, 1) => {
             let s = server::start(
                 &server_bin()?,
-                args.database.as_deref(),
+                database_url.as_deref(),
                 args.data_dir.clone(),
             )
             .await?;
@@ -305,7 +363,20 @@ async fn run(args: &Args, nofile: u64, hard: u64) -> anyhow::Result<Option<(Repo
             (Under::Running, t, "running server".to_string())
         }
     };
-    let result = if args.dos || args.web {
+    let result = if args.data {
+        let db = data::Database {
+            name: match (&throwaway, &args.server) {
+                (Some(p), _) => format!(
+                    "{} (a throwaway cluster with PostgreSQL's default, durable settings)",
+                    p.version
+                ),
+                (None, Some(_)) => "the running server's database".into(),
+                (None, None) => format!("{db} given with --database"),
+            },
+            postmaster: throwaway.as_ref().map(|p| p.pid),
+        };
+        data_mode(args, &target, &db).await.map(|_| None)
+    } else if args.dos || args.web {
         dos_mode(args, &target).await.map(|text| {
             print!("{text}");
             None
@@ -344,6 +415,54 @@ async fn run(args: &Args, nofile: u64, hard: u64) -> anyhow::Result<Option<(Repo
         Under::Running => {}
     }
     result
+}
+
+/// `--data`: logs in as the admin, runs [`data::run`] and prints its figures;
+/// an error when they are incomplete (a point lost, doubled or changed, an
+/// edge's error).
+async fn data_mode(
+    args: &Args,
+    target: &server::Target,
+    db: &data::Database,
+) -> anyhow::Result<()> {
+    let anon = drawbridge_api_client::Client::new(&target.url, Some(&target.ca_file))?;
+    let login = anon
+        .login(&LoginRequest {
+            account: target.account.clone(),
+            username: target.admin_user.clone(),
+            password: target.password.clone(),
+            totp: None,
+        })
+        .await
+        .context("logging in as the admin")?;
+    let admin = anon.clone().with_token(login.token);
+    let opts = data::Options {
+        edges: args.data_edges as usize,
+        tags: args.data_tags as usize,
+        batch: args.data_batch as usize,
+        warmup: args.data_warmup_secs,
+        window: args.data_secs,
+        points: args.data_points,
+        bad_every: args.data_bad_every,
+        sync_limit: args.data_sync_limit,
+        provision_concurrency: args.provision_concurrency,
+        edge: (!args.data_edge_secs.is_zero()).then_some(data::edge::Options {
+            tags: args.data_edge_tags as usize,
+            warmup: args.data_edge_warmup_secs,
+            secs: args.data_edge_secs,
+        }),
+        quiet: args.json,
+    };
+    let report = data::run(&opts, target, &anon, &admin, db).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    if !report.complete {
+        bail!("incomplete: {}", report.errors.join("; "));
+    }
+    Ok(())
 }
 
 /// `--dos` and `--web`: logs in as the admin and runs [`dos::run`] or [`web::run`].

@@ -221,7 +221,7 @@ async fn push_round(
 }
 
 /// Creates and enrols `n` devices, `concurrency` at once.
-async fn provision(
+pub(crate) async fn provision(
     admin: &Client,
     anon: &Client,
     n: usize,

@@ -140,6 +140,36 @@ pub fn postgres_cpu_secs() -> Option<f64> {
     found.then(|| ticks as f64 / clock_ticks())
 }
 
+/// utime + stime + cutime + cstime of process `root` and its children (a
+/// PostgreSQL postmaster and its backends: an exited backend's time moves to
+/// the postmaster's cutime, so the sum only grows), in seconds. Only that one
+/// cluster, unlike [`postgres_cpu_secs`]. None when `root` is gone.
+pub fn tree_cpu_secs(root: u32) -> Option<f64> {
+    let stat = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+    let mut ticks = stat_ticks_with_children(&stat(&root.to_string())?)?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if let Some(text) = stat(pid)
+            && stat_ppid(&text) == Some(root)
+        {
+            ticks += stat_ticks_with_children(&text).unwrap_or(0);
+        }
+    }
+    Some(ticks as f64 / clock_ticks())
+}
+
+/// The parent process id (field 4) of a `/proc/PID/stat` line.
+fn stat_ppid(text: &str) -> Option<u32> {
+    let rest = &text[text.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// utime + stime + cutime + cstime (fields 14 to 17) of a `/proc/PID/stat` line.
 fn stat_ticks_with_children(text: &str) -> Option<u64> {
     let rest = &text[text.rfind(')')? + 1..];
@@ -176,8 +206,17 @@ mod tests {
         assert_eq!(stat_ticks_with_children(stat), Some(300));
         let with_children = "42 (postgres) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 7 3 20 0 7";
         assert_eq!(stat_ticks_with_children(with_children), Some(310));
+        assert_eq!(stat_ppid(with_children), Some(1));
+        assert_eq!(stat_ppid(stat), Some(1));
         assert_eq!(stat_ticks("garbage"), None);
         assert_eq!(stat_ticks("1 (x) S 1"), None);
+    }
+
+    #[test]
+    fn a_tree_counts_this_process() {
+        let me = std::process::id();
+        assert!(tree_cpu_secs(me).is_some_and(|s| s >= 0.0));
+        assert_eq!(tree_cpu_secs(u32::MAX), None);
     }
 
     #[test]

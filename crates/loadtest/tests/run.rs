@@ -1,5 +1,7 @@
 //! The real `drawbridge-loadtest` against the real `drawbridge-server` with a
-//! handful of edges: it reports sensible figures, quickly.
+//! handful of edges: it reports sensible figures, quickly. Cluster mode on the
+//! test PostgreSQL; `--data` on a throwaway PostgreSQL of its own, with a
+//! real polling edge.
 
 use serde_json::Value;
 use std::path::PathBuf;
@@ -10,20 +12,24 @@ fn tool() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_drawbridge-loadtest"))
 }
 
-/// `drawbridge-server` next to the tool (where the tool looks for it); built
-/// once when missing (`cargo test --workspace` has built it already).
-fn server_bin() -> PathBuf {
+/// Binary `name` of package `package` next to the tool (where the tool looks
+/// for it); built once when missing (`cargo test --workspace` has built it already).
+fn sibling_bin(package: &str, name: &str) -> PathBuf {
     let dir = tool().parent().expect("bin dir").to_path_buf();
-    let bin = dir.join("drawbridge-server");
+    let bin = dir.join(name);
     if !bin.exists() {
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "-p", "drawbridge-server"])
+            .args(["build", "-p", package])
             .env("CARGO_TARGET_DIR", dir.parent().expect("target dir"))
             .status()
             .expect("cargo build");
         assert!(status.success());
     }
     bin
+}
+
+fn server_bin() -> PathBuf {
+    sibling_bin("drawbridge-server", "drawbridge-server")
 }
 
 #[test]
@@ -222,4 +228,95 @@ fn now_nanos() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos() as u64
+}
+
+/// PostgreSQL's server binaries, which `--data` starts a throwaway cluster with.
+fn postgres_installed() -> bool {
+    std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.path().join("bin/initdb").exists())
+}
+
+#[test]
+fn data_mode_stores_and_syncs_every_pushed_point_once_and_measures_a_polling_edge() {
+    if !postgres_installed() {
+        assert!(
+            std::env::var("DRAWBRIDGE_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+            "DRAWBRIDGE_REQUIRE_POSTGRES=1 but PostgreSQL's server binaries are not installed"
+        );
+        eprintln!(
+            "SKIPPED data_mode_stores_and_syncs_every_pushed_point_once_and_measures_a_polling_edge: \
+             needs PostgreSQL's server binaries (/usr/lib/postgresql/*/bin; scripts/test installs them)"
+        );
+        return;
+    }
+    server_bin();
+    sibling_bin("drawbridge-edge", "drawbridge-edge");
+    // A tiny run: 3 edges push 100-record messages until 3,000 points are
+    // stored (one in 50 samples bad, so qualities and absent values travel
+    // too); the sync pulls them 500 a page; one real edge polls 20 tags.
+    let out = Command::new(tool())
+        .args(["--data", "--json", "--data-edges", "3", "--data-tags", "7"])
+        .args([
+            "--data-batch",
+            "100",
+            "--data-points",
+            "3000",
+            "--data-bad-every",
+            "50",
+        ])
+        .args(["--data-warmup-secs", "0.2", "--data-secs", "1"])
+        .args(["--data-sync-limit", "500"])
+        .args(["--data-edge-tags", "20", "--data-edge-warmup-secs", "1"])
+        .args(["--data-edge-secs", "2"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run drawbridge-loadtest");
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(r["complete"], true, "{r:#}");
+    assert!(r["errors"].as_array().unwrap().is_empty(), "{r:#}");
+    assert!(
+        r["database"].as_str().unwrap().contains("PostgreSQL"),
+        "{r:#}"
+    );
+    // Every acknowledged point is in the database, and came back once, as sent.
+    let ingest = &r["ingest"];
+    let total = ingest["total_points"].as_u64().unwrap();
+    assert!(total >= 3000 && total.is_multiple_of(100), "{r:#}");
+    assert_eq!(ingest["stored_points"].as_u64(), Some(total), "{r:#}");
+    assert_eq!(ingest["edges"], 3);
+    assert!(ingest["window_secs"].as_f64().unwrap() >= 1.0, "{r:#}");
+    assert!(ingest["points_per_sec"].as_f64().is_some(), "{r:#}");
+    assert!(ingest["server_cpu_percent"].as_f64().is_some(), "{r:#}");
+    assert!(ingest["postgres_cpu_percent"].as_f64().is_some(), "{r:#}");
+    let sync = &r["sync"];
+    assert_eq!(sync["points"].as_u64(), Some(total), "{r:#}");
+    assert!(sync["pages"].as_u64().unwrap() >= total / 500, "{r:#}");
+    for p in [
+        "unknown",
+        "duplicates",
+        "changed",
+        "missing",
+        "out_of_order",
+    ] {
+        assert_eq!(sync["problems"][p], 0, "{p}: {r:#}");
+    }
+    assert!(sync["target_secs"].as_f64().is_some(), "{r:#}");
+    // The real edge polled all 20 tags from the simulated PLC, all good.
+    let edge = &r["edge"];
+    assert_eq!(edge["tags"], 20, "{r:#}");
+    assert_eq!(edge["polled"], 20, "{r:#}");
+    assert_eq!(edge["qualities"]["good"], 20, "{r:#}");
+    assert!(edge["reads_per_sec"].as_f64().unwrap() > 0.0, "{r:#}");
+    assert!(edge["cpu_percent"].as_f64().unwrap() >= 0.0, "{r:#}");
+    assert!(edge["rss_mib_max"].as_f64().unwrap() > 1.0, "{r:#}");
 }
