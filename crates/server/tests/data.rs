@@ -733,12 +733,11 @@ async fn sse_until(body: &mut Body, secs: u64, want: impl Fn(&Value) -> bool) ->
             }
             while let Some(end) = buf.find("\n\n") {
                 let event: String = buf.drain(..end + 2).collect();
-                if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
-                    if let Ok(v) = serde_json::from_str::<Value>(data) {
-                        if want(&v) {
-                            return Some(v);
-                        }
-                    }
+                if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: "))
+                    && let Ok(v) = serde_json::from_str::<Value>(data)
+                    && want(&v)
+                {
+                    return Some(v);
                 }
             }
         }
