@@ -815,6 +815,8 @@ async fn kpi_values_flow_only_while_someone_watches(app: TestApp) {
         .expect("the viewer gets the value");
     assert_eq!(got["tag"], "speed");
     assert_eq!(got["unit"], "rpm");
+    // (an edge sends about once a second)
+    tokio::time::sleep(Duration::from_millis(500)).await;
     send(
         &mut ws,
         &EdgeToServer::Live {
@@ -825,6 +827,31 @@ async fn kpi_values_flow_only_while_someone_watches(app: TestApp) {
     sse_until(&mut body, 5, |v| v["value"] == 1460.0)
         .await
         .expect("and the next one");
+    // A burst of live values (a hostile or broken edge) is taken about once a
+    // second: the first after a pause, not the rest.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..10 {
+        send(
+            &mut ws,
+            &EdgeToServer::Live {
+                values: vec![live_value(
+                    "speed",
+                    2000.0 + f64::from(i),
+                    1_800_000_002_000 + i64::from(i),
+                )],
+            },
+        )
+        .await;
+    }
+    sse_until(&mut body, 5, |v| v["value"] == 2000.0)
+        .await
+        .expect("the first of the burst");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stored: f64 = sqlx::query_scalar("SELECT value FROM tag_live")
+        .fetch_one(&l.app.state.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 2000.0, "the rest of the burst was dropped");
     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tag_live")
         .fetch_one(&l.app.state.store.pool)
         .await
@@ -863,7 +890,7 @@ async fn kpi_values_flow_only_while_someone_watches(app: TestApp) {
             None,
         )
         .await;
-    assert_eq!(k[0]["value"], 1460.0);
+    assert_eq!(k[0]["value"], 2000.0);
 }
 
 async fn retention_purges_points_older_than_the_account_keeps(app: TestApp) {

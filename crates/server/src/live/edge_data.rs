@@ -20,7 +20,14 @@ pub struct DataLink {
     kpis: Vec<String>,
     /// Whether the edge was last told someone watches.
     watching: bool,
+    /// When the last live values were stored: an edge sends them about once a
+    /// second; more often is dropped, so a hostile edge cannot turn its channel
+    /// into a stream of database writes.
+    last_live: Option<std::time::Instant>,
 }
+
+/// Live values stored at most this often per edge.
+const LIVE_EVERY: std::time::Duration = std::time::Duration::from_millis(400);
 
 impl DataLink {
     /// Messages after the tag list or the watchers may have changed: the tag
@@ -89,7 +96,7 @@ impl DataLink {
     /// Handles a data message; the answer to send, if any. Other messages are
     /// handed back.
     pub async fn handle(
-        &self,
+        &mut self,
         state: &AppState,
         account_id: &str,
         device_id: &str,
@@ -102,6 +109,11 @@ impl DataLink {
                     .map(|i| Some(i.ack))
             }
             EdgeToServer::Live { values } => {
+                let now = std::time::Instant::now();
+                if self.last_live.is_some_and(|t| now - t < LIVE_EVERY) {
+                    return Ok(Ok(None));
+                }
+                self.last_live = Some(now);
                 data::live::store(state, device_id, &self.kpis, &values)
                     .await
                     .map(|()| None)
