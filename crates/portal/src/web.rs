@@ -472,6 +472,7 @@ impl Viewer {
                 access: role != Role::User,
                 users: role != Role::User,
                 audit: role.permits(Action::ReadAudit),
+                notifications: role.permits(Action::ManageUsers),
             }),
         }
     }
@@ -599,6 +600,8 @@ pub struct Nav {
     pub access: bool,
     pub users: bool,
     pub audit: bool,
+    /// E-mail recipients and webhooks (admins).
+    pub notifications: bool,
 }
 
 /// Renders a template as an HTML response (clearing a shown flash).

@@ -8,6 +8,7 @@ pub mod data;
 pub mod devices;
 pub mod login;
 pub mod me;
+pub mod notifications;
 pub mod sessions;
 pub mod users;
 pub mod wireguard;
