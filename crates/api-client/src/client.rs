@@ -169,17 +169,53 @@ impl Client {
         if status.is_success() {
             return Ok((status, headers, bytes.to_vec()));
         }
-        match serde_json::from_slice::<drawbridge_proto::ApiError>(&bytes) {
-            Ok(e) => Err(Error::Api {
-                status: status.as_u16(),
-                code: e.code,
-                message: e.message,
-            }),
-            Err(_) => Err(Error::Unexpected {
-                status: status.as_u16(),
-                detail: String::from_utf8_lossy(&bytes).chars().take(200).collect(),
-            }),
+        Err(error_body(status, &bytes))
+    }
+
+    /// A GET whose answer is read as it arrives (an event stream): the
+    /// response once its status is a success, the server's error otherwise.
+    /// `timeout` replaces the client's (which would cut a long stream).
+    pub(crate) async fn open_stream(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        timeout: Duration,
+    ) -> Result<reqwest::Response> {
+        let mut req = self
+            .http
+            .get(self.url(path))
+            .timeout(timeout)
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if !query.is_empty() {
+            req = req.query(query);
         }
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        let resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        // An error body is small; read at most a little of anything else.
+        let mut resp = resp;
+        let mut bytes = Vec::new();
+        while bytes.len() < MAX_STREAM_ERROR_BODY {
+            match self.chunk(&mut resp).await? {
+                Some(c) => bytes.extend_from_slice(&c),
+                None => break,
+            }
+        }
+        bytes.truncate(MAX_STREAM_ERROR_BODY);
+        Err(error_body(status, &bytes))
+    }
+
+    /// The next piece of a streamed body (None: it ended).
+    pub(crate) async fn chunk(&self, resp: &mut reqwest::Response) -> Result<Option<Vec<u8>>> {
+        resp.chunk()
+            .await
+            .map(|c| c.map(|b| b.to_vec()))
+            .map_err(|e| self.transport_error(e))
     }
 
     pub(crate) async fn json<T: DeserializeOwned>(
@@ -233,6 +269,24 @@ impl Client {
 
     pub async fn put(&self, path: &str) -> Result<()> {
         self.empty(Method::PUT, path, None).await
+    }
+}
+
+/// Most of a refused stream's answer that is read (its error body).
+const MAX_STREAM_ERROR_BODY: usize = 64 * 1024;
+
+/// A failed answer as an [`Error`]: the server's error body, or the start of whatever it sent.
+fn error_body(status: StatusCode, bytes: &[u8]) -> Error {
+    match serde_json::from_slice::<drawbridge_proto::ApiError>(bytes) {
+        Ok(e) => Error::Api {
+            status: status.as_u16(),
+            code: e.code,
+            message: e.message,
+        },
+        Err(_) => Error::Unexpected {
+            status: status.as_u16(),
+            detail: String::from_utf8_lossy(bytes).chars().take(200).collect(),
+        },
     }
 }
 

@@ -8,11 +8,17 @@
 //! - [`error`]: what can go wrong, and transport errors turned into clear messages.
 //! - [`client`]: the [`Client`] (server address, token, request plumbing).
 //! - `resources`, `audit`: one method per API call, in the server's resource order.
+//! - [`data`]: the data services (tags, historian and mailbox, KPIs and their
+//!   event stream, alarms); [`notify`]: notification settings, users' e-mail,
+//!   webhooks; [`sse`]: the bounded server-sent-events parser the KPI stream reads with.
 
 mod audit;
 pub mod client;
+pub mod data;
 pub mod error;
+pub mod notify;
 mod resources;
+pub mod sse;
 pub mod tls;
 
 pub use client::{Client, normalize_server};

@@ -97,6 +97,23 @@ pub enum Command {
     Account(AccountCmd),
     /// Notifications for admins (lockouts and the like).
     Notifications,
+    /// A device's PLC tags: what its edge reads over Modbus (admins change them).
+    #[command(subcommand)]
+    Tag(super::data_args::TagCmd),
+    /// The historian: a device's logged points, and the account's mailbox sync.
+    #[command(subcommand)]
+    Data(super::data_args::DataCmd),
+    /// A device's live KPI values: one read, or follow them with --watch.
+    Kpi(super::data_args::KpiArgs),
+    /// Alarms: list, history, acknowledge.
+    #[command(subcommand)]
+    Alarm(super::data_args::AlarmCmd),
+    /// Who is told by e-mail of alarms, lockouts, offline devices… (admins).
+    #[command(subcommand)]
+    Notify(super::data_args::NotifyCmd),
+    /// Webhooks: signed HTTPS calls on events (admins).
+    #[command(subcommand)]
+    Webhook(super::data_args::WebhookCmd),
     /// Export and verify the audit log (admins and auditors).
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -331,6 +348,16 @@ pub enum UserCmd {
         /// Remove the user's second factor.
         #[arg(long)]
         reset_totp: bool,
+    },
+    /// Show, set or clear a user's e-mail address (admins): where the user's
+    /// role's notifications go (admins: lockouts, reports; approvers: sessions waiting).
+    Email {
+        user: String,
+        /// The new address (without it and without --clear: show the current one).
+        email: Option<String>,
+        /// Remove the address.
+        #[arg(long, conflicts_with = "email")]
+        clear: bool,
     },
 }
 

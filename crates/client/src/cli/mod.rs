@@ -1,24 +1,34 @@
 //! The command line: the clap types ([`args`]), what every command shares
 //! ([`context`]: connection, name resolution, output) and one module per
-//! resource, named like the server's `api/` and the portal's `pages/`.
+//! resource, named like the server's `api/` and the portal's `pages/`
+//! (the data services' and notifications' clap types are in [`data_args`]).
 
 mod account;
+mod alarms;
 pub mod args;
 mod audit;
 pub(crate) mod context;
+mod data;
+pub mod data_args;
 mod devices;
 mod grants;
 mod groups;
+mod kpi;
 mod login;
+mod notify;
 mod pools;
 mod sessions;
+mod sync;
+mod tags;
 mod tokens;
 mod users;
+mod webhooks;
 
 use crate::Result;
 pub use account::apply_setting;
 pub use args::*;
 use context::connect;
+pub use data_args::*;
 
 /// Runs one command line.
 pub async fn run(cli: Cli) -> Result<()> {
@@ -36,6 +46,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Session(cmd) => sessions::session(&connect(&g)?, cmd).await,
         Command::Users | Command::User(UserCmd::List) => users::users(&connect(&g)?).await,
+        Command::User(UserCmd::Email { user, email, clear }) => {
+            notify::user_email(&connect(&g)?, &user, email, clear).await
+        }
         Command::User(cmd) => users::user(&connect(&g)?, cmd).await,
         Command::Groups | Command::Group(GroupCmd::List) => groups::groups(&connect(&g)?).await,
         Command::Group(cmd) => groups::group(&connect(&g)?, cmd).await,
@@ -49,6 +62,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Totp(TotpCmd::Enable { code }) => login::totp_enable(&connect(&g)?, code).await,
         Command::Account(cmd) => account::account(&connect(&g)?, cmd).await,
         Command::Notifications => account::notifications(&connect(&g)?).await,
+        Command::Tag(cmd) => tags::tag(&connect(&g)?, cmd).await,
+        Command::Data(cmd) => data::data(&connect(&g)?, cmd).await,
+        Command::Kpi(a) => kpi::kpi(&connect(&g)?, &a.device, a.watch).await,
+        Command::Alarm(cmd) => alarms::alarm(&connect(&g)?, cmd).await,
+        Command::Notify(cmd) => notify::notify(&connect(&g)?, cmd).await,
+        Command::Webhook(cmd) => webhooks::webhook(&connect(&g)?, cmd).await,
         Command::Audit(cmd) => audit::audit(&connect(&g)?, cmd).await,
         Command::Connect(args) => crate::connect::run(&connect(&g)?, args).await,
         Command::Status => crate::connect::status(g.json),

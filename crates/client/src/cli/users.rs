@@ -52,6 +52,7 @@ pub(super) async fn user(ctx: &Ctx, cmd: UserCmd) -> Result<()> {
     let c = &ctx.client;
     match cmd {
         UserCmd::List => unreachable!("dispatched to users()"),
+        UserCmd::Email { .. } => unreachable!("dispatched to notify::user_email()"),
         UserCmd::Show { user } => {
             let u = c.user(&ctx.user_id(&user).await?).await?;
             emit(ctx, &u, || user_fields(&u))

@@ -3,6 +3,8 @@
 //! test with its own data directory and its own `DRAWBRIDGE_CONFIG_DIR`.
 #![allow(dead_code)]
 
+pub mod edge;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
