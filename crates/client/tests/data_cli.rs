@@ -13,6 +13,7 @@ use common::{ADMIN_PASSWORD, Cli, Server, USER_PASSWORD};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 fn admin(server: &Server) -> Cli {
     let admin = server.cli();
@@ -450,18 +451,30 @@ fn an_alarm_raised_on_the_edge_is_acknowledged_and_kpis_are_read_and_watched() {
     );
 
     // Watching: one line per change until SIGTERM, which ends it cleanly.
-    let mut watch = admin
-        .command()
-        .args(["kpi", "press", "--watch"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut watch = Watch(
+        admin
+            .command()
+            .args(["kpi", "press", "--watch"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = watch.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
     let mut values = Vec::new();
     while values.len() < 3 {
-        let line = lines.next().expect("a line before the end").unwrap();
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a value line within a minute");
         let cols: Vec<&str> = line.split("  ").collect();
         assert_eq!(cols.len(), 4, "{line}");
         assert_eq!(cols[1], "count", "{line}");
@@ -470,10 +483,27 @@ fn an_alarm_raised_on_the_edge_is_acknowledged_and_kpis_are_read_and_watched() {
     }
     assert!(values.windows(2).all(|w| w[0] < w[1]), "{values:?}");
     let kill = std::process::Command::new("kill")
-        .args(["-TERM", &watch.id().to_string()])
+        .args(["-TERM", &watch.0.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
-    let status = watch.wait().unwrap();
+    let end = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = watch.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < end, "kpi --watch did not end on SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+/// The watching `drawbridge`, killed by its own handle if the test fails first.
+struct Watch(std::process::Child);
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

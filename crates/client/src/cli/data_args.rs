@@ -181,7 +181,8 @@ pub enum DataCmd {
     /// What the historian holds for a device: points per tag, first and last,
     /// and what its edge still buffers or had to drop.
     Status { device: String },
-    /// One tag's points in a time range, oldest first (a table, --csv or --json).
+    /// One tag's points in a time range, oldest first: a table (printed once
+    /// every point is read), or --csv or --json (written page by page).
     Get {
         device: String,
         tag: String,
