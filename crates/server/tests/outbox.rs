@@ -1211,4 +1211,97 @@ store_tests!(
     a_device_offline_longer_than_the_setting_is_reported_once_per_offline_period,
     unsent_mail_is_given_up_after_three_days_and_old_deliveries_are_purged,
     a_call_the_endpoint_keeps_refusing_is_given_up_while_the_webhook_stays_enabled,
+    an_alarm_raised_and_returned_on_the_edge_is_mailed_and_webhooked,
 );
+
+/// An alarm as the edge reports it (a historian record on the edge channel's
+/// ingestion path) reaches the account's recipients by mail over STARTTLS and
+/// its webhook, signed, when raised and again when back to normal.
+async fn an_alarm_raised_and_returned_on_the_edge_is_mailed_and_webhooked(app: TestApp) {
+    use drawbridge_proto::data::{AlarmTransition, BufferStatus, Record, RecordBody};
+    let Some(smtp) = Smtp::start("127.0.0.15", Security::Starttls, "alarm mail") else {
+        return;
+    };
+    configure(&app.state, Some(&smtp), true);
+    let hooks = Hooks::start("127.0.0.16").await;
+    let acct = app.account("acme").await;
+    let (device, _) = app.device(&acct, "oven-2").await;
+    app.ok(
+        Method::PUT,
+        "/api/v1/account/notifications",
+        &acct.admin,
+        Some(json!({"recipients": {
+            "alarm_raised": ["shift@acme.test"],
+            "alarm_returned": ["shift@acme.test"],
+        }})),
+    )
+    .await;
+    let (_, secret) = webhook(
+        &app,
+        &acct,
+        &hooks.url,
+        json!(["alarm_raised", "alarm_returned"]),
+    )
+    .await;
+    let alarm = |seq: u64, transition, value: f64| Record {
+        seq,
+        time_ms: 1_800_000_000_000 + seq as i64 * 1000,
+        tag: drawbridge_proto::TagName::try_from("zone1.temp").unwrap(),
+        body: RecordBody::Alarm {
+            transition,
+            value: Some(value),
+        },
+    };
+    let buffer = BufferStatus {
+        stream: "s".into(),
+        pending: 0,
+        dropped: 0,
+    };
+    let records = vec![
+        alarm(1, AlarmTransition::Raised, 251.5),
+        alarm(2, AlarmTransition::Returned, 236.0),
+    ];
+    let done =
+        drawbridge_server::data::ingest::records(&app.state, &acct.id, &device, buffer, records)
+            .await
+            .expect("ingest");
+    assert_eq!(done.alarms.len(), 2);
+    // One mail and one webhook call per transition.
+    assert_eq!(drain(&app.state).await, 4);
+    let mut mails = smtp.received();
+    assert_eq!(mails.len(), 2, "{mails:?}");
+    mails.sort_by_key(|m| m["subject"].to_string());
+    for m in &mails {
+        assert_eq!(m["rcpt_tos"], json!(["shift@acme.test"]));
+        assert_eq!(m["tls"], true, "STARTTLS was used");
+        let text = m["text"].as_str().unwrap();
+        assert!(
+            text.contains("oven-2") && text.contains("zone1.temp"),
+            "{text}"
+        );
+    }
+    let texts: Vec<&str> = mails.iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert!(
+        texts.iter().any(|t| t.contains("in alarm (251.5)")),
+        "{texts:?}"
+    );
+    assert!(
+        texts.iter().any(|t| t.contains("back to normal (236)")),
+        "{texts:?}"
+    );
+    let calls = hooks.calls();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    let mut kinds = Vec::new();
+    for c in &calls {
+        assert!(c.verify(&secret), "signature checks out: {c:?}");
+        let body = c.json();
+        kinds.push(body["type"].as_str().unwrap().to_string());
+        let details = &body["data"]["details"];
+        assert_eq!(details["device_id"], device.as_str(), "{body}");
+        assert_eq!(details["device"], "oven-2");
+        assert_eq!(details["tag"], "zone1.temp");
+        assert_eq!(details["alarm_id"], done.alarms[0].alarm_id.as_str());
+    }
+    kinds.sort();
+    assert_eq!(kinds, ["alarm_raised", "alarm_returned"]);
+}
