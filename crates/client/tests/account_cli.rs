@@ -622,6 +622,25 @@ fn api_tokens_from_the_environment_read_only_tokens_auditors_and_relogin() {
         .to_string();
     assert!(err.contains("error: this API token is read-only"), "{err}");
 
+    // A data-only token reads the device list and data, and nothing else.
+    let data = admin
+        .run(
+            &["token", "create", "historian", "--data-only", "--json"],
+            None,
+        )
+        .json();
+    assert_eq!(data["info"]["data_only"], true, "{data}");
+    assert!(
+        admin.ok(&["token", "list"]).contains("data read-only"),
+        "the list names the scope"
+    );
+    let mut databot = server.cli();
+    databot.env = bot.env.clone();
+    databot.env[0].1 = data["token"].as_str().unwrap().to_string();
+    databot.run(&["devices", "--json"], None).json();
+    let err = databot.run(&["sessions"], None).expect_err().to_string();
+    assert!(err.contains("may only read data"), "{err}");
+
     // An auditor reads sessions and the audit log, and changes nothing.
     let pw = admin.config.path().join("pw");
     std::fs::write(&pw, format!("{USER_PASSWORD}\n")).unwrap();

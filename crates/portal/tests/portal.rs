@@ -1103,3 +1103,39 @@ async fn the_audit_page_names_groups_pools_grants_and_linked_devices() {
     assert!(grant.contains("grant group id:</b> Crew"), "{grant}");
     assert!(grant.contains("grant pool id:</b> Hall"), "{grant}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_only_token_made_on_the_account_page_reads_data_and_nothing_else() {
+    let server = TestServer::start().await;
+    let mut b = Browser::new(&server);
+    b.setup(&server.setup_token().await, "Plant").await;
+    b.login("Plant", "admin", PASSWORD).await;
+    let me = b.get("/portal/me").await;
+    assert!(me.body.contains("data only"), "the form offers the scope");
+    let r = b
+        .post(
+            "/portal/me/tokens",
+            &[
+                ("csrf", &me.csrf()),
+                ("name", "historian"),
+                ("days", "30"),
+                ("data_only", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let token = between(&r.body, "<pre id=\"new-token\">", "</pre>").to_string();
+    assert!(token.starts_with("dbt_"), "{token}");
+    assert!(
+        r.body.contains("data, read-only"),
+        "the list names the scope"
+    );
+    let get = |path: &'static str| {
+        let req = b.http.get(format!("{}{path}", b.base)).bearer_auth(&token);
+        async move { req.send().await.expect("get").status().as_u16() }
+    };
+    assert_eq!(get("/api/v1/devices").await, 200);
+    assert_eq!(get("/api/v1/data/sync").await, 200);
+    assert_eq!(get("/api/v1/users").await, 403);
+    assert_eq!(get("/api/v1/audit").await, 403);
+}

@@ -179,6 +179,9 @@ pub struct ApiToken {
     pub id: String,
     pub name: Name,
     pub read_only: bool,
+    /// May only read data: the device list, tags, historian, KPIs and alarms.
+    #[serde(default)]
+    pub data_only: bool,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -197,6 +200,10 @@ pub struct CreateApiToken {
     /// A read-only token can only call GET routes.
     #[serde(default)]
     pub read_only: bool,
+    /// A data-only token can only read data (the device list, tags, historian
+    /// points and sync, KPIs, alarms); it is read-only as well.
+    #[serde(default)]
+    pub data_only: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -22,7 +22,11 @@ const PENDING_SECS: i64 = 5 * 60;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
     Login,
-    ApiToken { read_only: bool },
+    /// `data_only` tokens may only read data routes (and are read-only).
+    ApiToken {
+        read_only: bool,
+        data_only: bool,
+    },
 }
 
 /// An authenticated caller.
@@ -40,6 +44,22 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// An API token that may only read (GET).
+    pub fn read_only(&self) -> bool {
+        matches!(self.via, Via::ApiToken { read_only, data_only } if read_only || data_only)
+    }
+
+    /// An API token limited to the data routes ([`crate::api::data::DATA_SCOPE`]).
+    pub fn data_only(&self) -> bool {
+        matches!(
+            self.via,
+            Via::ApiToken {
+                data_only: true,
+                ..
+            }
+        )
+    }
+
     pub fn actor(&self) -> String {
         format!("user:{}", self.user_id)
     }
@@ -115,7 +135,7 @@ async fn resolve_by(state: &AppState, key: TokenKey, source: String) -> AppResul
         TokenKey::Id(id) => ("t.id", id),
     };
     let row = sqlx::query(&format!(
-        "SELECT t.id, t.account_id, t.user_id, t.kind, t.stage, t.read_only, t.last_used_at, t.expires_at,
+        "SELECT t.id, t.account_id, t.user_id, t.kind, t.stage, t.read_only, t.data_only, t.last_used_at, t.expires_at,
                 t.revoked_at, u.username, u.role, u.disabled, u.totp_secret, a.settings
          FROM auth_tokens t JOIN users u ON u.id = t.user_id JOIN accounts a ON a.id = t.account_id
          WHERE {column} = $1"
@@ -164,6 +184,7 @@ async fn resolve_by(state: &AppState, key: TokenKey, source: String) -> AppResul
     let via = if kind == "api" {
         Via::ApiToken {
             read_only: row.try_get::<i64, _>("read_only")? != 0,
+            data_only: row.try_get::<i64, _>("data_only")? != 0,
         }
     } else {
         Via::Login

@@ -8,7 +8,7 @@ use crate::error::{AppError, AppResult};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
 use drawbridge_proto::ErrorCode;
@@ -112,11 +112,23 @@ impl FromRequestParts<AppState> for Caller {
                 "finish logging in first (second factor, TOTP enrolment or password change)",
             ));
         }
-        if caller.via == (Via::ApiToken { read_only: true }) && parts.method != Method::GET {
+        if caller.read_only() && parts.method != Method::GET {
             return Err(AppError::new(
                 ErrorCode::Forbidden,
                 "this API token is read-only",
             ));
+        }
+        if caller.data_only() {
+            let route = parts
+                .extensions
+                .get::<MatchedPath>()
+                .map(MatchedPath::as_str);
+            if !route.is_some_and(|r| crate::api::data::DATA_SCOPE.contains(&r)) {
+                return Err(AppError::new(
+                    ErrorCode::Forbidden,
+                    "this API token may only read data (historian, KPIs, alarms, tags and the device list)",
+                ));
+            }
         }
         Ok(caller)
     }

@@ -477,6 +477,10 @@ pub enum TokenCmd {
         /// The token may only read (GET).
         #[arg(long)]
         read_only: bool,
+        /// The token may only read data: the device list, tags, historian
+        /// points and sync, KPIs and alarms (implies --read-only).
+        #[arg(long)]
+        data_only: bool,
     },
     /// Revoke one of your API tokens (by id or name).
     Revoke { token: String },

@@ -20,12 +20,7 @@ pub(super) async fn token(ctx: &Ctx, cmd: TokenCmd) -> Result<()> {
                 t.row([
                     k.name.to_string(),
                     k.id.clone(),
-                    if k.read_only {
-                        "read-only"
-                    } else {
-                        "read-write"
-                    }
-                    .to_string(),
+                    access(k).to_string(),
                     show::time(&k.created_at),
                     show::time(&k.expires_at),
                     show::opt_time(&k.last_used_at),
@@ -37,12 +32,14 @@ pub(super) async fn token(ctx: &Ctx, cmd: TokenCmd) -> Result<()> {
             name: n,
             days,
             read_only,
+            data_only,
         } => {
             let k = c
                 .create_token(&CreateApiToken {
                     name: name(&n, "token name")?,
                     expires_in_days: days,
                     read_only,
+                    data_only,
                 })
                 .await?;
             emit(ctx, &k, || {
@@ -51,11 +48,7 @@ pub(super) async fn token(ctx: &Ctx, cmd: TokenCmd) -> Result<()> {
                      Token (it is not shown again; use it as {TOKEN_ENV}):\n  {}\n",
                     k.info.name,
                     k.info.id,
-                    if k.info.read_only {
-                        "read-only"
-                    } else {
-                        "read-write"
-                    },
+                    access(&k.info),
                     show::time(&k.info.expires_at),
                     k.token
                 )
@@ -74,5 +67,16 @@ pub(super) async fn token(ctx: &Ctx, cmd: TokenCmd) -> Result<()> {
             c.revoke_token(&k.id).await?;
             done(ctx, &format!("Revoked API token {} ({}).", k.name, k.id))
         }
+    }
+}
+
+/// What a token may do, in words.
+fn access(k: &ApiToken) -> &'static str {
+    if k.data_only {
+        "data read-only"
+    } else if k.read_only {
+        "read-only"
+    } else {
+        "read-write"
     }
 }

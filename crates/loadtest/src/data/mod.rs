@@ -324,9 +324,10 @@ pub async fn run(
                 .map_err(|e| anyhow::anyhow!("token name: {e}"))?,
             expires_in_days: 1,
             read_only: true,
+            data_only: true,
         })
         .await
-        .context("creating a read-only API token for the sync")?
+        .context("creating a data-only API token for the sync")?
         .token;
     let s0 = Cpu::now(spid, db);
     let synced = sync::run(

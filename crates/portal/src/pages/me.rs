@@ -19,7 +19,7 @@ struct MePage {
     totp: bool,
     policy: String,
     password_changed: String,
-    tokens: Vec<(String, String, bool, String, String)>,
+    tokens: Vec<(String, String, &'static str, String, String)>,
     new_token: Option<String>,
 }
 
@@ -46,7 +46,13 @@ async fn render_me(v: &Viewer, new_token: Option<String>) -> Response {
                 (
                     t.id.clone(),
                     t.name.to_string(),
-                    t.read_only,
+                    if t.data_only {
+                        "data, read-only"
+                    } else if t.read_only {
+                        "read-only"
+                    } else {
+                        "full"
+                    },
                     super::when(&t.expires_at),
                     super::when_opt(&t.last_used_at),
                 )
@@ -79,7 +85,7 @@ pub async fn create_token(State(portal): State<Portal>, p: Posted) -> Response {
         .api
         .post::<CreatedApiToken>(
             "/api/v1/tokens",
-            &json!({ "name": f.get("name").trim(), "expires_in_days": days, "read_only": f.checked("read_only") }),
+            &json!({ "name": f.get("name").trim(), "expires_in_days": days, "read_only": f.checked("read_only"), "data_only": f.checked("data_only") }),
         )
         .await;
     match r {

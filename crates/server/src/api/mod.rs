@@ -6,7 +6,7 @@
 
 mod account;
 mod audit_routes;
-mod data;
+pub(crate) mod data;
 mod devices;
 pub(crate) mod enroll;
 mod groups;
@@ -207,4 +207,20 @@ async fn security_headers(mut res: Response) -> Response {
     h.insert("referrer-policy", "no-referrer".parse().expect("static"));
     h.insert("x-frame-options", "DENY".parse().expect("static"));
     res
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_route_a_data_only_token_may_call_is_a_get_route_of_the_api() {
+        let (_, doc) = super::routes();
+        for route in super::data::DATA_SCOPE {
+            let item = doc
+                .paths
+                .paths
+                .get(*route)
+                .unwrap_or_else(|| panic!("{route} is not an API route"));
+            assert!(item.get.is_some(), "{route} has no GET");
+        }
+    }
 }

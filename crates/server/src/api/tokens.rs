@@ -25,7 +25,7 @@ pub fn routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
     responses((status = 200, body = Vec<ApiToken>), (status = 401, body = ApiError)))]
 async fn list(State(state): State<AppState>, caller: Caller) -> AppResult<Json<Vec<ApiToken>>> {
     let rows = sqlx::query(
-        "SELECT id, name, read_only, created_at, expires_at, last_used_at FROM auth_tokens
+        "SELECT id, name, read_only, data_only, created_at, expires_at, last_used_at FROM auth_tokens
          WHERE user_id = $1 AND kind = 'api' AND revoked_at IS NULL AND expires_at > $2 ORDER BY created_at",
     )
     .bind(&caller.user_id)
@@ -41,6 +41,7 @@ async fn list(State(state): State<AppState>, caller: Caller) -> AppResult<Json<V
             name: Name::try_from(r.try_get::<String, _>("name")?)
                 .map_err(|_| AppError::internal(anyhow::anyhow!("name")))?,
             read_only: r.try_get::<i64, _>("read_only")? != 0,
+            data_only: r.try_get::<i64, _>("data_only")? != 0,
             created_at: from_unix(created),
             expires_at: from_unix(r.try_get("expires_at")?),
             last_used_at: (used != created).then(|| from_unix(used)),
@@ -69,27 +70,30 @@ async fn create(
             "expires_in_days must be between 1 and 365",
         ));
     }
+    // A data-only token only reads.
+    let read_only = req.read_only || req.data_only;
     let now = state.now();
     let token = secret::new_token("dbt_");
     let id = secret::new_id();
     let expires_at = now + i64::from(req.expires_in_days) * 86_400;
     let mut tx = state.store.begin().await?;
     sqlx::query(
-        "INSERT INTO auth_tokens (id, token_hash, account_id, user_id, kind, stage, name, read_only, created_at, last_used_at, expires_at)
-         VALUES ($1, $2, $3, $4, 'api', 'complete', $5, $6, $7, $7, $8)",
+        "INSERT INTO auth_tokens (id, token_hash, account_id, user_id, kind, stage, name, read_only, data_only, created_at, last_used_at, expires_at)
+         VALUES ($1, $2, $3, $4, 'api', 'complete', $5, $6, $7, $8, $8, $9)",
     )
     .bind(&id)
     .bind(secret::token_hash(&token))
     .bind(&caller.account_id)
     .bind(&caller.user_id)
     .bind(req.name.as_str())
-    .bind(i64::from(req.read_only))
+    .bind(i64::from(read_only))
+    .bind(i64::from(req.data_only))
     .bind(now)
     .bind(expires_at)
     .execute(&mut *tx)
     .await?;
     let ev = caller.event("token.create", &format!("token:{id}")).details(serde_json::json!({
-        "username": caller.username, "name": req.name.as_str(), "read_only": req.read_only, "expires_in_days": req.expires_in_days
+        "username": caller.username, "name": req.name.as_str(), "read_only": read_only, "data_only": req.data_only, "expires_in_days": req.expires_in_days
     }));
     audit::append(&mut tx, now, &ev).await?;
     tx.commit().await?;
@@ -98,7 +102,8 @@ async fn create(
         info: ApiToken {
             id,
             name: req.name,
-            read_only: req.read_only,
+            read_only,
+            data_only: req.data_only,
             created_at: from_unix(now),
             expires_at: from_unix(expires_at),
             last_used_at: None,

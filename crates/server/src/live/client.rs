@@ -6,7 +6,7 @@
 
 use super::{Poke, state as desired};
 use crate::audit;
-use crate::auth::{Caller, Via};
+use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::secret;
@@ -231,7 +231,7 @@ async fn channel(
 ) -> AppResult<Response> {
     // The channel changes things (candidates, tunnel records), although it opens
     // with a GET: a read-only API token may not open it, nor a role without sessions.
-    if caller.via == (Via::ApiToken { read_only: true }) {
+    if caller.read_only() {
         let ev = caller
             .event("session.channel", &format!("session:{id}"))
             .result("denied");

@@ -4,6 +4,8 @@
 //! session with a joined client channel.
 #![allow(dead_code)]
 
+pub mod data;
+
 use crate::common::{self, TestApp};
 use axum::http::{Method, StatusCode};
 use base64::Engine;

@@ -24,6 +24,24 @@ use drawbridge_proto::{Action, ApiError, TagName};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+/// The routes a data-only API token may call (all GET): who the token's owner
+/// is, the device list, tag
+/// lists, historian points and status, the mailbox sync, KPIs and their
+/// stream, alarms and their history. A test checks each is a GET route.
+pub const DATA_SCOPE: &[&str] = &[
+    "/api/v1/me",
+    "/api/v1/devices",
+    "/api/v1/devices/{id}/tags",
+    "/api/v1/devices/{id}/data",
+    "/api/v1/devices/{id}/data/status",
+    "/api/v1/devices/{id}/kpis",
+    "/api/v1/kpis/stream",
+    "/api/v1/data/sync",
+    "/api/v1/alarms",
+    "/api/v1/devices/{id}/alarms",
+    "/api/v1/devices/{id}/alarms/history",
+];
+
 pub fn routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
     let r = r
         .routes(routes!(list_tags, put_tag))
