@@ -101,6 +101,10 @@ pub fn router(api: Router, csrf_key: &[u8]) -> Router {
             &p("/devices/{id}/web-pins/accept"),
             post(devices::accept_pin),
         )
+        .route(
+            &p("/devices/{id}/desktop-password"),
+            post(devices::desktop_password),
+        )
         .route(&p("/devices/{id}/activation-key"), post(devices::new_key))
         .route(&p("/devices/{id}/config"), post(devices::config_file))
         .route(&p("/devices/{id}/approve"), post(devices::approve))
@@ -118,6 +122,9 @@ pub fn router(api: Router, csrf_key: &[u8]) -> Router {
         .route(&p("/kpis"), get(data::kpis::page))
         .route(&p("/kpis/live"), get(data::kpis::live))
         .route(&p("/alarms"), get(data::alarms::page))
+        .route(&p("/desktops"), get(desktops::page))
+        .route(&p("/desktops/{id}/watch"), post(desktops::watch))
+        .route(&p("/desktops/{id}/replay"), post(desktops::replay))
         .route(&p("/alarms/{id}/ack"), post(data::alarms::ack))
         .route(&p("/devices/{id}/connect"), post(sessions::adhoc))
         .route(&p("/devices/{id}/web"), post(sessions::adhoc_web))

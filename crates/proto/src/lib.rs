@@ -7,6 +7,7 @@
 pub mod api;
 pub mod channel;
 pub mod data;
+pub mod desktop;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzz;

@@ -435,6 +435,39 @@ pub struct AccountSettings {
     /// Historian points are kept this many days, then purged (1-90).
     #[schema(minimum = 1, maximum = 90)]
     pub data_retention_days: u32,
+    /// Browser desktop sessions (VNC): recorded, and whether a desktop may open
+    /// while its recording cannot be stored.
+    pub desktop_recording: RecordingMode,
+    /// Desktop recordings are kept this many days, then deleted (1-3650).
+    #[schema(minimum = 1, maximum = 3650)]
+    pub recording_retention_days: u32,
+    /// Largest recording of one desktop session, in MiB (1-4096). At the limit a
+    /// required recording ends the desktop; otherwise it goes on unrecorded.
+    #[schema(minimum = 1, maximum = 4096)]
+    pub recording_max_mb: u32,
+}
+
+/// Whether browser desktop sessions are recorded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingMode {
+    /// Recorded; a desktop does not open (and ends) when its recording cannot be stored.
+    #[default]
+    Required,
+    /// Recorded when storage works; the desktop goes on without it otherwise.
+    BestEffort,
+    /// Not recorded.
+    Off,
+}
+
+impl RecordingMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordingMode::Required => "required",
+            RecordingMode::BestEffort => "best_effort",
+            RecordingMode::Off => "off",
+        }
+    }
 }
 
 impl Default for AccountSettings {
@@ -451,6 +484,9 @@ impl Default for AccountSettings {
             max_session_minutes: 8 * 60,
             session_idle_minutes: 60,
             data_retention_days: 10,
+            desktop_recording: RecordingMode::Required,
+            recording_retention_days: 90,
+            recording_max_mb: 512,
         }
     }
 }
@@ -477,6 +513,13 @@ impl AccountSettings {
         range("max_session_minutes", self.max_session_minutes, 1, 43200)?;
         range("session_idle_minutes", self.session_idle_minutes, 1, 1440)?;
         range("data_retention_days", self.data_retention_days, 1, 90)?;
+        range(
+            "recording_retention_days",
+            self.recording_retention_days,
+            1,
+            3650,
+        )?;
+        range("recording_max_mb", self.recording_max_mb, 1, 4096)?;
         Ok(())
     }
 }
@@ -517,6 +560,14 @@ pub struct AccountSettingsPatch {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 90)]
     pub data_retention_days: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub desktop_recording: Option<RecordingMode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 3650)]
+    pub recording_retention_days: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 4096)]
+    pub recording_max_mb: Option<u32>,
 }
 
 /// A change to a password policy: only the keys given change.
@@ -561,6 +612,11 @@ impl AccountSettingsPatch {
         s.max_session_minutes = self.max_session_minutes.unwrap_or(s.max_session_minutes);
         s.session_idle_minutes = self.session_idle_minutes.unwrap_or(s.session_idle_minutes);
         s.data_retention_days = self.data_retention_days.unwrap_or(s.data_retention_days);
+        s.desktop_recording = self.desktop_recording.unwrap_or(s.desktop_recording);
+        s.recording_retention_days = self
+            .recording_retention_days
+            .unwrap_or(s.recording_retention_days);
+        s.recording_max_mb = self.recording_max_mb.unwrap_or(s.recording_max_mb);
         s
     }
 }
@@ -587,6 +643,9 @@ impl From<&AccountSettings> for AccountSettingsPatch {
             max_session_minutes: Some(s.max_session_minutes),
             session_idle_minutes: Some(s.session_idle_minutes),
             data_retention_days: Some(s.data_retention_days),
+            desktop_recording: Some(s.desktop_recording),
+            recording_retention_days: Some(s.recording_retention_days),
+            recording_max_mb: Some(s.recording_max_mb),
         }
     }
 }

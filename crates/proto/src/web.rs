@@ -12,6 +12,8 @@ use utoipa::ToSchema;
 pub enum WebScheme {
     Http,
     Https,
+    /// A VNC server (RFB): opened as a desktop in the browser (noVNC).
+    Vnc,
 }
 
 impl WebScheme {
@@ -19,6 +21,7 @@ impl WebScheme {
         match self {
             WebScheme::Http => "http",
             WebScheme::Https => "https",
+            WebScheme::Vnc => "vnc",
         }
     }
 }
@@ -29,7 +32,8 @@ impl std::str::FromStr for WebScheme {
         match s {
             "http" => Ok(WebScheme::Http),
             "https" => Ok(WebScheme::Https),
-            _ => Err(format!("{s:?} is not http or https")),
+            "vnc" => Ok(WebScheme::Vnc),
+            _ => Err(format!("{s:?} is not http, https or vnc")),
         }
     }
 }

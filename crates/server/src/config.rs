@@ -29,6 +29,7 @@ pub struct FileConfig {
     pub max_connections_per_address: Option<NonZeroUsize>,
     pub hsts_max_age_secs: Option<u64>,
     pub web_domain: Option<String>,
+    pub novnc_dir: Option<PathBuf>,
     pub relay_name: Option<String>,
     pub relay_url: Option<String>,
     pub relay_region: Option<String>,
@@ -86,6 +87,8 @@ pub struct Config {
     pub hostnames: Vec<String>,
     /// Device web pages are served on `LABEL.web_domain` (browser access).
     pub web_domain: String,
+    /// noVNC for desktops in the browser, when configured.
+    pub novnc_dir: Option<PathBuf>,
     /// UDP addresses of the STUN service (empty: off). Two addresses (or ports)
     /// let peers tell an endpoint-independent NAT from a symmetric one.
     pub stun_listen: Vec<SocketAddr>,
@@ -147,6 +150,11 @@ pub struct Overrides {
     /// own, with a wildcard DNS record and certificate (docs/deployment.md).
     #[arg(long, env = "DRAWBRIDGE_WEB_DOMAIN")]
     pub web_domain: Option<String>,
+    /// Where noVNC is installed (the directory holding `core/rfb.js`), for
+    /// desktops in the browser. Default: the first of /usr/share/novnc
+    /// (Debian's `novnc`), /usr/local/share/novnc, node_modules/@novnc/novnc.
+    #[arg(long, env = "DRAWBRIDGE_NOVNC_DIR")]
+    pub novnc_dir: Option<PathBuf>,
     /// UDP address of the STUN service, repeatable or comma-separated (default
     /// 127.0.0.1:3478 and :3479; two let peers recognise symmetric NAT).
     #[arg(long, env = "DRAWBRIDGE_STUN_LISTEN", value_delimiter = ',')]
@@ -472,6 +480,7 @@ impl Overrides {
             public_url,
             hostnames,
             web_domain,
+            novnc_dir: self.novnc_dir.clone().or(file.novnc_dir),
         })
     }
 }

@@ -135,6 +135,36 @@ impl Store {
         String::from_utf8(plain).map_err(|_| StoreError::Sealed(format!("{context}: not text")))
     }
 
+    /// Bytes as they are stored at `context` (sealed when the store has a
+    /// secrets key; otherwise `plain:` and base64).
+    pub fn seal_bytes(&self, context: &str, plaintext: &[u8]) -> String {
+        use base64::Engine;
+        match &self.secrets {
+            Some(k) => k.seal(context, plaintext),
+            None => format!(
+                "plain:{}",
+                base64::engine::general_purpose::STANDARD.encode(plaintext)
+            ),
+        }
+    }
+
+    /// Bytes read from `context`, opened if sealed.
+    pub fn unseal_bytes(&self, context: &str, stored: &str) -> Result<Vec<u8>, StoreError> {
+        use base64::Engine;
+        if let Some(b64) = stored.strip_prefix("plain:") {
+            return base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|_| StoreError::Sealed(format!("{context}: malformed")));
+        }
+        let key = self.secrets.as_ref().ok_or_else(|| {
+            StoreError::Sealed(
+                "the database's secrets are sealed; this needs the secrets key".into(),
+            )
+        })?;
+        key.open(context, stored)
+            .map_err(|e| StoreError::Sealed(format!("{context}: {e}")))
+    }
+
     async fn check_secrets_key(&self) -> Result<(), StoreError> {
         let context = sealed::server_secret_context(KEY_CHECK);
         sqlx::query(

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod data;
 pub mod db;
+pub mod desktop;
 pub mod error;
 pub mod extract;
 pub mod health;

@@ -25,6 +25,8 @@ pub struct Inner {
     pub hub: crate::live::Hub,
     /// Browser access: web domain, peers' TLS trust, running peers.
     pub web: crate::web::Web,
+    /// The browser desktops open on this replica.
+    pub desktops: crate::desktop::live::Desktops,
     /// The relay tier: this replica's embedded relay and the others' heartbeats.
     pub relays: crate::relays::Relays,
     /// STUN servers handed to edges and clients (`host:port`).
@@ -99,6 +101,7 @@ impl AppState {
             relay,
             hub: crate::live::Hub::default(),
             web: crate::web::Web::default(),
+            desktops: Default::default(),
             relays: crate::relays::Relays::default(),
             stun: std::sync::RwLock::new(Vec::new()),
             bridge: std::sync::RwLock::new(None),

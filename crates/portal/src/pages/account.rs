@@ -59,6 +59,11 @@ pub async fn update(p: Posted) -> Response {
             max_session_minutes: num("max_session_minutes")?,
             session_idle_minutes: num("session_idle_minutes")?,
             data_retention_days: num("data_retention_days")?,
+            desktop_recording: serde_json::from_value(json!(f.get("desktop_recording"))).map_err(
+                |_| "desktop_recording: choose required, best_effort or off".to_string(),
+            )?,
+            recording_retention_days: num("recording_retention_days")?,
+            recording_max_mb: num("recording_max_mb")?,
         })
     })();
     let settings = match settings {

@@ -166,8 +166,9 @@ struct DetailPage {
     firewall_list: Vec<String>,
     /// `scheme target path` per line, for the edit form; and for the page.
     web: String,
-    /// (`scheme://target/path` as shown, `target` for the ad-hoc "Open" form).
-    web_list: Vec<(String, String)>,
+    /// (`scheme://target/path` as shown, `target` for the ad-hoc "Open" form,
+    /// a desktop (VNC), its VNC password is stored).
+    web_list: Vec<(String, String, bool, bool)>,
     /// HTTPS web services' pinned certificates: (target, pinned, pending).
     pins: Vec<(String, String, Option<String>)>,
     nat_list: Vec<String>,
@@ -214,6 +215,18 @@ pub async fn detail(v: Viewer, Path(id): Path<String>, Query(q): Query<DetailQue
     } else {
         Vec::new()
     };
+    let has_desktops = d
+        .web_services
+        .iter()
+        .any(|w| w.scheme == drawbridge_proto::api::WebScheme::Vnc);
+    let stored: Vec<String> = if has_desktops {
+        v.api
+            .get(&format!("/api/v1/devices/{}/desktop-passwords", enc(&id)))
+            .await
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let pools: Vec<Pool> = if v.role() != Role::User {
         v.api.get("/api/v1/pools").await.unwrap_or_default()
     } else {
@@ -255,9 +268,16 @@ pub async fn detail(v: Viewer, Path(id): Path<String>, Query(q): Query<DetailQue
             .web_services
             .iter()
             .map(|w| {
+                let desktop = w.scheme == drawbridge_proto::api::WebScheme::Vnc;
                 (
-                    format!("{}://{}{}", w.scheme.as_str(), w.target, w.path),
+                    if desktop {
+                        format!("vnc://{}", w.target)
+                    } else {
+                        format!("{}://{}{}", w.scheme.as_str(), w.target, w.path)
+                    },
                     w.target.to_string(),
+                    desktop,
+                    stored.contains(&w.target.to_string()),
                 )
             })
             .collect(),
@@ -329,6 +349,37 @@ pub async fn update(Path(id): Path<String>, p: Posted) -> Response {
         .patch::<Device>(&format!("/api/v1/devices/{}", enc(&id)), &body)
         .await;
     after(r, &p.headers, &back, "The device was saved.")
+}
+
+/// An admin stores (or, with an empty field and "forget", removes) the VNC
+/// password of one of the device's desktops.
+pub async fn desktop_password(Path(id): Path<String>, p: Posted) -> Response {
+    let back = format!("{PREFIX}/devices/{}", enc(&id));
+    let f = &p.form;
+    let forget = f.checked("forget");
+    let password = f.get("password");
+    if !forget && password.is_empty() {
+        return Flash::error("Enter the VNC password, or choose to forget the stored one.")
+            .redirect(&back);
+    }
+    let body = json!({
+        "target": f.get("target"),
+        "password": if forget { Value::Null } else { Value::from(password) },
+    });
+    let r = p
+        .api
+        .call::<serde::de::IgnoredAny>(
+            axum::http::Method::PUT,
+            &format!("/api/v1/devices/{}/desktop-passwords", enc(&id)),
+            Some(body),
+        )
+        .await;
+    let done = if forget {
+        "The stored VNC password was forgotten."
+    } else {
+        "The VNC password is stored; users of this desktop will not see it."
+    };
+    after(r, &p.headers, &back, done)
 }
 
 /// An admin trusts the certificate an HTTPS web service presents now.

@@ -5,6 +5,7 @@ pub mod account;
 pub mod audit;
 pub mod dashboard;
 pub mod data;
+pub mod desktops;
 pub mod devices;
 pub mod login;
 pub mod me;

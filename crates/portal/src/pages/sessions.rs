@@ -273,8 +273,9 @@ pub struct DeviceTargets {
     pub id: String,
     pub name: String,
     /// Each released target, with its `ip:port` when a browser can open it
-    /// (one TCP port on one IPv4 host: browser access).
-    pub targets: Vec<(String, Option<String>)>,
+    /// (one TCP port on one IPv4 host: browser access) and whether it is a
+    /// desktop (VNC).
+    pub targets: Vec<(String, Option<(String, bool)>)>,
     /// Its approval when not (yet) approved: `pending`, `refused`, `timed out`.
     pub approval: String,
     pub waiting: bool,
@@ -539,21 +540,28 @@ pub async fn narrow(Path(id): Path<String>, p: Posted) -> Response {
 }
 
 /// A released target a browser can open: one TCP port on one IPv4 host that
-/// the device marks as a web service.
+/// the device marks as a web service; true when it is a desktop (VNC).
 fn web_target(
     t: &drawbridge_proto::Target,
     web: &[drawbridge_proto::api::WebService],
-) -> Option<String> {
+) -> Option<(String, bool)> {
     let std::net::IpAddr::V4(ip) = t.address.addr() else {
         return None;
     };
     let p = t.ports?;
     let addr = std::net::SocketAddrV4::new(ip, p.start);
-    (t.protocol == drawbridge_proto::Protocol::Tcp
-        && t.address.prefix_len() == 32
-        && p.start == p.end
-        && web.iter().any(|w| w.target == addr))
-    .then(|| addr.to_string())
+    if t.protocol != drawbridge_proto::Protocol::Tcp
+        || t.address.prefix_len() != 32
+        || p.start != p.end
+    {
+        return None;
+    }
+    web.iter().find(|w| w.target == addr).map(|w| {
+        (
+            addr.to_string(),
+            w.scheme == drawbridge_proto::api::WebScheme::Vnc,
+        )
+    })
 }
 
 /// "Open" next to a web target: the API opens the device's own origin and the
@@ -584,7 +592,7 @@ pub async fn open_web(Path(id): Path<String>, p: Posted) -> Response {
 /// The page that sends the browser on to a device origin's entry link. A
 /// redirect would not do: the portal's `form-action 'self'` covers where a
 /// form's answer redirects to; a refresh and a link are plain navigations.
-fn entering(url: &str) -> Response {
+pub(crate) fn entering(url: &str) -> Response {
     let url = askama::filters::escape(url, askama::filters::Html)
         .map(|u| u.to_string())
         .unwrap_or_default();

@@ -7,7 +7,7 @@
 mod account;
 mod audit_routes;
 pub(crate) mod data;
-mod devices;
+pub(crate) mod devices;
 pub(crate) mod enroll;
 mod groups;
 mod me;
@@ -68,6 +68,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let router = crate::live::edge::routes(router);
     let router = crate::live::client::routes(router);
     let router = crate::web::routes(router);
+    let router = crate::desktop::routes(router);
     let router = meta_routes(router);
     router.split_for_parts()
 }

@@ -390,6 +390,14 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // Browser access: this replica's own peers reach the relay at the public
     // URL, trusting the system roots and this server's CA or chain.
     state.web.set_domain(&cfg.web_domain);
+    if let Some(dir) = &cfg.novnc_dir {
+        if crate::desktop::viewer::is_novnc(dir) {
+            state.web.set_novnc(Some(dir.clone()));
+        } else {
+            tracing::warn!(dir = %dir.display(), "novnc_dir holds no noVNC (core/rfb.js); desktops in the browser say how to install it");
+            state.web.set_novnc(None);
+        }
+    }
     let own = std::fs::read(ca.as_ref().unwrap_or(&cert))
         .with_context(|| format!("reading {}", ca.as_ref().unwrap_or(&cert).display()))?;
     match drawbridge_relay::feed::poll::tls_config(Some(&own)) {
@@ -408,6 +416,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         );
     }
     println!("  device web pages: https://LABEL.{}", cfg.web_domain);
+    match state.web.novnc() {
+        Some(d) => println!("  desktops (noVNC): {}", d.display()),
+        None => println!("  desktops: noVNC not found (apt-get install novnc, or --novnc-dir)"),
+    }
     println!("  database: {}", crate::db::redact(&cfg.database_url));
     println!(
         "  secrets key: {} (seals the database's secrets; back it up apart from the database)",
@@ -522,6 +534,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     crate::relays::spawn(state.clone());
     crate::outbox::worker::spawn(state.clone());
     crate::data::spawn_retention(state.clone());
+    crate::desktop::recording::spawn_housekeeping(state.clone());
     crate::health::spawn(state.clone());
     let app = crate::app(state);
     let stop = drawbridge_tunnel::shutdown_signal();

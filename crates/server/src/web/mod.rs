@@ -50,6 +50,8 @@ pub struct Web {
     pub peers: peer::Peers,
     /// Serialises first joins (see `peer::peer_for`).
     pub(crate) joining: tokio::sync::Mutex<()>,
+    /// Where noVNC is installed, for desktops (none: the viewer says how to install it).
+    novnc: RwLock<Option<std::path::PathBuf>>,
 }
 
 impl Default for Web {
@@ -59,6 +61,7 @@ impl Default for Web {
             tls: RwLock::new(None),
             peers: peer::Peers::default(),
             joining: tokio::sync::Mutex::new(()),
+            novnc: RwLock::new(crate::desktop::viewer::find_novnc()),
         }
     }
 }
@@ -70,6 +73,14 @@ impl Web {
     pub fn set_domain(&self, domain: &str) {
         if let Ok(mut d) = self.domain.write() {
             *d = domain.trim_matches('.').to_ascii_lowercase();
+        }
+    }
+    pub fn novnc(&self) -> Option<std::path::PathBuf> {
+        self.novnc.read().ok().and_then(|d| d.clone())
+    }
+    pub fn set_novnc(&self, dir: Option<std::path::PathBuf>) {
+        if let Ok(mut d) = self.novnc.write() {
+            *d = dir;
         }
     }
     pub fn tls(&self) -> Option<Arc<rustls::ClientConfig>> {
@@ -219,6 +230,9 @@ async fn serve_origin(state: AppState, label: String, host: String, req: Request
             );
         }
     };
+    if o.scheme == Scheme::Vnc {
+        return crate::desktop::viewer::serve(state, caller, o, req).await;
+    }
     match to_device(
         &state,
         &caller,
@@ -249,6 +263,11 @@ async fn to_device(
     origin_base: &str,
     req: Request,
 ) -> AppResult<Response> {
+    if scheme == Scheme::Vnc {
+        return Err(AppError::invalid(
+            "this target is a VNC desktop: open it in the portal (Open desktop)",
+        ));
+    }
     let dial = origin::check_target(state, caller, session_id, device_id, target).await?;
     let p = peer::peer_for(state, caller, session_id).await?;
     // A bounded number of requests at once per peer; the others wait a while.
@@ -291,7 +310,7 @@ async fn to_device(
     parts.headers = proxy::to_device(&parts.headers, origin_base, &device_base, &[COOKIE]);
     let req = Request::from_parts(parts, body);
     let sent = match scheme {
-        Scheme::Http => proxy::forward(stream, req, p.bytes()).await,
+        Scheme::Http | Scheme::Vnc => proxy::forward(stream, req, p.bytes()).await,
         Scheme::Https => {
             let (tls, seen) = match pins::handshake(stream, *dial.ip()).await {
                 Ok(v) => v,
@@ -337,6 +356,15 @@ fn public_port(state: &AppState) -> String {
     }
 }
 
+/// The URL of the device origin `label`.
+pub(crate) fn origin_url(state: &AppState, label: &str) -> String {
+    format!(
+        "https://{label}.{}{}",
+        state.web.domain(),
+        public_port(state)
+    )
+}
+
 /// The device's web service at `target`, or plain HTTP at `/` when the device
 /// marks none there.
 async fn web_service(
@@ -379,11 +407,7 @@ async fn open(
         &service.path,
     )
     .await?;
-    let origin = format!(
-        "https://{label}.{}{}",
-        state.web.domain(),
-        public_port(&state)
-    );
+    let origin = origin_url(&state, &label);
     Ok(Json(OpenedWeb {
         url: format!("{origin}{ENTER_PATH}?t={handoff}"),
         origin,

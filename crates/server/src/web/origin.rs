@@ -25,10 +25,24 @@ pub const ENTER_PATH: &str = "/.drawbridge/enter";
 pub use drawbridge_proto::api::WebScheme as Scheme;
 
 fn parse_scheme(s: &str) -> Option<Scheme> {
-    match s {
-        "http" => Some(Scheme::Http),
-        "https" => Some(Scheme::Https),
-        _ => None,
+    s.parse().ok()
+}
+
+/// How an origin shows a desktop recording (its `scheme` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// The desktop as it happens, read-only.
+    Watch,
+    /// The stored recording, with a time slider.
+    Replay,
+}
+
+impl View {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            View::Watch => "watch",
+            View::Replay => "replay",
+        }
     }
 }
 
@@ -42,6 +56,8 @@ pub struct Origin {
     pub target: SocketAddrV4,
     pub scheme: Scheme,
     pub user_id: String,
+    /// For an origin that watches or replays a desktop: the recording and how.
+    pub recording: Option<(String, View)>,
 }
 
 /// A fresh label: lowercase letters and digits only.
@@ -152,34 +168,80 @@ pub async fn open(
     path: &drawbridge_proto::web::WebPath,
 ) -> AppResult<(String, String)> {
     check_target(state, caller, session_id, device_id, target).await?;
+    let key = OriginKey {
+        session_id,
+        device_id,
+        target,
+        recording_id: "",
+    };
+    let ev = caller
+        .event("web.open", &format!("session:{session_id}"))
+        .details(serde_json::json!({
+            "username": caller.username, "device_id": device_id,
+            "target": target.to_string(), "scheme": scheme.as_str(),
+        }));
+    open_origin(state, caller, &key, scheme.as_str(), path.as_str(), ev).await
+}
+
+/// What one origin is for: with a recording, a view of it.
+pub struct OriginKey<'a> {
+    pub session_id: &'a str,
+    pub device_id: &'a str,
+    pub target: SocketAddrV4,
+    pub recording_id: &'a str,
+}
+
+/// Opens (or re-opens) the caller's origin of `key` showing a recording;
+/// the caller's rights are checked by the route.
+pub async fn open_view(
+    state: &AppState,
+    caller: &Caller,
+    key: &OriginKey<'_>,
+    view: View,
+    ev: crate::audit::Event,
+) -> AppResult<(String, String)> {
+    open_origin(state, caller, key, view.as_str(), "/", ev).await
+}
+
+async fn open_origin(
+    state: &AppState,
+    caller: &Caller,
+    key: &OriginKey<'_>,
+    scheme: &str,
+    path: &str,
+    ev: crate::audit::Event,
+) -> AppResult<(String, String)> {
     let now = state.now();
     let handoff = secret::new_token("dbw_");
+    let target = key.target.to_string();
     let mut tx = state.store.begin().await?;
-    // One origin per (session, device, target, user), made by the first open;
-    // opens at the same moment meet in the unique index and share it.
+    // One origin per (session, device, target, user, recording), made by the
+    // first open; opens at the same moment meet in the unique index and share it.
     sqlx::query(
-        "INSERT INTO web_origins (label, account_id, session_id, device_id, target, scheme, user_id, created_at, path)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-         ON CONFLICT (session_id, device_id, target, user_id) DO UPDATE SET scheme = excluded.scheme, path = excluded.path",
+        "INSERT INTO web_origins (label, account_id, session_id, device_id, target, scheme, user_id, created_at, path, recording_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (session_id, device_id, target, user_id, recording_id) DO UPDATE SET scheme = excluded.scheme, path = excluded.path",
     )
     .bind(new_label())
     .bind(&caller.account_id)
-    .bind(session_id)
-    .bind(device_id)
-    .bind(target.to_string())
-    .bind(scheme.as_str())
+    .bind(key.session_id)
+    .bind(key.device_id)
+    .bind(&target)
+    .bind(scheme)
     .bind(&caller.user_id)
     .bind(now)
-    .bind(path.as_str())
+    .bind(path)
+    .bind(key.recording_id)
     .execute(&mut *tx)
     .await?;
     let label: String = sqlx::query_scalar(
-        "SELECT label FROM web_origins WHERE session_id = $1 AND device_id = $2 AND target = $3 AND user_id = $4",
+        "SELECT label FROM web_origins WHERE session_id = $1 AND device_id = $2 AND target = $3 AND user_id = $4 AND recording_id = $5",
     )
-    .bind(session_id)
-    .bind(device_id)
-    .bind(target.to_string())
+    .bind(key.session_id)
+    .bind(key.device_id)
+    .bind(&target)
     .bind(&caller.user_id)
+    .bind(key.recording_id)
     .fetch_one(&mut *tx)
     .await?;
     // Expired links go as new ones come: the table holds no more than a minute's opens.
@@ -196,12 +258,6 @@ pub async fn open(
     .bind(now + HANDOFF_SECS)
     .execute(&mut *tx)
     .await?;
-    let ev = caller
-        .event("web.open", &format!("session:{session_id}"))
-        .details(serde_json::json!({
-            "username": caller.username, "device_id": device_id,
-            "target": target.to_string(), "scheme": scheme.as_str(),
-        }));
     crate::audit::append(&mut tx, now, &ev).await?;
     tx.commit().await?;
     Ok((label, handoff))
@@ -268,7 +324,7 @@ pub async fn lookup(
     source: SocketAddr,
 ) -> AppResult<(Origin, Caller)> {
     let row = sqlx::query(
-        "SELECT o.label, o.account_id, o.session_id, o.device_id, o.target, o.scheme, o.user_id, c.token_id
+        "SELECT o.label, o.account_id, o.session_id, o.device_id, o.target, o.scheme, o.user_id, o.recording_id, c.token_id
          FROM web_cookies c JOIN web_origins o ON o.label = c.label WHERE c.cookie_hash = $1 AND c.label = $2",
     )
     .bind(secret::token_hash(cookie))
@@ -276,6 +332,7 @@ pub async fn lookup(
     .fetch_optional(&state.store.pool)
     .await?
     .ok_or_else(AppError::unauthenticated)?;
+    let scheme: String = row.try_get("scheme")?;
     let origin = Origin {
         label: row.try_get("label")?,
         account_id: row.try_get("account_id")?,
@@ -285,9 +342,17 @@ pub async fn lookup(
             .try_get::<String, _>("target")?
             .parse()
             .map_err(|_| AppError::internal(anyhow::anyhow!("stored web target")))?,
-        scheme: parse_scheme(&row.try_get::<String, _>("scheme")?)
-            .ok_or_else(|| AppError::internal(anyhow::anyhow!("stored web scheme")))?,
+        scheme: match scheme.as_str() {
+            "watch" | "replay" => Scheme::Vnc,
+            s => parse_scheme(s)
+                .ok_or_else(|| AppError::internal(anyhow::anyhow!("stored web scheme")))?,
+        },
         user_id: row.try_get("user_id")?,
+        recording: match scheme.as_str() {
+            "watch" => Some((row.try_get("recording_id")?, View::Watch)),
+            "replay" => Some((row.try_get("recording_id")?, View::Replay)),
+            _ => None,
+        },
     };
     let token_id: String = row.try_get("token_id")?;
     let caller = crate::auth::resolve_id(state, &token_id, source.ip().to_string()).await?;

@@ -1,0 +1,376 @@
+//! Remote desktops in the browser (VNC). A device marks a released TCP
+//! target as a `vnc` service; a user of an active session that releases it
+//! opens it like a device web page, on an origin of its own, where the
+//! server's noVNC page talks to [`bridge`] over a WebSocket, and the bridge to
+//! the VNC server through the session's tunnel. Every desktop is recorded
+//! ([`recording`]) unless the account says otherwise, can be watched live by
+//! admins and auditors ([`live`]), and replayed by them later ([`viewer`]).
+//!
+//! **API Boundary:** `GET /api/v1/desktops`, `POST /api/v1/desktops/{id}/watch`,
+//! `POST /api/v1/desktops/{id}/replay`, `GET /api/v1/desktops/{id}/recording`,
+//! `GET|PUT /api/v1/devices/{id}/desktop-passwords`; the origins' own paths
+//! (`/.drawbridge/…`) are in [`viewer`].
+
+pub mod bridge;
+pub mod live;
+pub mod recording;
+pub mod viewer;
+
+use crate::api::devices::visible_device;
+use crate::auth::Caller;
+use crate::clock::from_unix;
+use crate::error::{AppError, AppResult};
+use crate::extract::{ApiJson, ApiQuery};
+use crate::rights::{self, Access};
+use crate::state::AppState;
+use crate::web::origin::{self, OriginKey, View};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use drawbridge_proto::api::OpenedWeb;
+use drawbridge_proto::desktop::{DesktopQuery, DesktopRecording, SetDesktopPassword};
+use drawbridge_proto::{Action, ApiError, RecordingMode};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use std::net::SocketAddrV4;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub fn routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+    r.routes(routes!(list))
+        .routes(routes!(watch))
+        .routes(routes!(replay))
+        .routes(routes!(download))
+        .routes(routes!(passwords, set_password))
+}
+
+fn password_context(device_id: &str, target: SocketAddrV4) -> String {
+    format!("desktop_passwords:{device_id}:{target}")
+}
+
+/// The VNC password stored for a device's desktop, opened.
+pub async fn stored_password(
+    state: &AppState,
+    conn: &mut sqlx::AnyConnection,
+    device_id: &str,
+    target: SocketAddrV4,
+) -> AppResult<Option<String>> {
+    let sealed: Option<String> = sqlx::query_scalar(
+        "SELECT sealed FROM desktop_passwords WHERE device_id = $1 AND target = $2",
+    )
+    .bind(device_id)
+    .bind(target.to_string())
+    .fetch_optional(&mut *conn)
+    .await?;
+    match sealed {
+        None => Ok(None),
+        Some(s) => Ok(Some(
+            state
+                .store
+                .unseal(&password_context(device_id, target), &s)
+                .map_err(|e| AppError::internal(anyhow::anyhow!("{e}")))?,
+        )),
+    }
+}
+
+/// Whether the caller only watches a device's desktops (a `monitor` grant).
+pub async fn view_only(state: &AppState, caller: &Caller, device_id: &str) -> AppResult<bool> {
+    let mut conn = state.store.pool.acquire().await?;
+    let a = rights::access(
+        &mut conn,
+        &caller.account_id,
+        &caller.user_id,
+        caller.role,
+        device_id,
+    )
+    .await?;
+    Ok(!matches!(a, Access::Full | Access::Restricted(_)))
+}
+
+const COLS: &str = "id, session_id, device_id, target, user_id, view_only, state, mode, recorded, started_at, ended_at, end_reason, bytes, sha256";
+
+fn from_row(r: &AnyRow) -> AppResult<DesktopRecording> {
+    let bad = || AppError::internal(anyhow::anyhow!("stored desktop recording"));
+    Ok(DesktopRecording {
+        id: r.try_get("id")?,
+        session_id: r.try_get("session_id")?,
+        device_id: r.try_get("device_id")?,
+        target: r
+            .try_get::<String, _>("target")?
+            .parse()
+            .map_err(|_| bad())?,
+        user_id: r.try_get("user_id")?,
+        view_only: r.try_get::<i64, _>("view_only")? != 0,
+        live: r.try_get::<String, _>("state")? == "live",
+        mode: serde_json::from_value(serde_json::Value::String(r.try_get("mode")?))
+            .map_err(|_| bad())?,
+        recorded: r.try_get::<i64, _>("recorded")? != 0,
+        started_at: from_unix(r.try_get("started_at")?),
+        ended_at: r.try_get::<Option<i64>, _>("ended_at")?.map(from_unix),
+        end_reason: r.try_get("end_reason")?,
+        bytes: r.try_get::<i64, _>("bytes")?.max(0) as u64,
+        sha256: r.try_get("sha256")?,
+    })
+}
+
+/// One recording of the caller's account.
+async fn one(state: &AppState, caller: &Caller, id: &str) -> AppResult<DesktopRecording> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLS} FROM desktop_recordings WHERE id = $1 AND account_id = $2"
+    ))
+    .bind(id)
+    .bind(&caller.account_id)
+    .fetch_optional(&state.store.pool)
+    .await?
+    .ok_or_else(|| AppError::not_found("desktop"))?;
+    from_row(&row)
+}
+
+/// Desktops opened in browsers, newest first: all of the account's for
+/// admins, session admins and auditors, the caller's own for others.
+#[utoipa::path(get, path = "/api/v1/desktops", tag = "desktops", params(DesktopQuery),
+    responses((status = 200, body = Vec<DesktopRecording>), (status = 400, body = ApiError)))]
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<DesktopQuery>,
+) -> AppResult<Json<Vec<DesktopRecording>>> {
+    let limit = match q.limit {
+        None => 100,
+        Some(n) if (1..=500).contains(&n) => i64::from(n),
+        Some(_) => return Err(AppError::invalid("limit must be between 1 and 500")),
+    };
+    let all = caller.role.permits(Action::ViewAllSessions);
+    let rows = sqlx::query(&format!(
+        "SELECT {COLS} FROM desktop_recordings WHERE account_id = $1
+           AND ($2 = 1 OR user_id = $3)
+           AND ($4 = '' OR state = $4)
+           AND ($5 = '' OR session_id = $5)
+         ORDER BY started_at DESC, id DESC LIMIT $6"
+    ))
+    .bind(&caller.account_id)
+    .bind(i64::from(all))
+    .bind(&caller.user_id)
+    .bind(match q.live {
+        None => "",
+        Some(true) => "live",
+        Some(false) => "ended",
+    })
+    .bind(q.session_id.as_deref().unwrap_or(""))
+    .bind(limit)
+    .fetch_all(&state.store.pool)
+    .await?;
+    Ok(Json(rows.iter().map(from_row).collect::<AppResult<_>>()?))
+}
+
+async fn open_view(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    view: View,
+) -> AppResult<Json<OpenedWeb>> {
+    caller
+        .require(
+            state,
+            Action::ReadAudit,
+            &format!("desktop.{}", view.as_str()),
+        )
+        .await?;
+    let d = one(state, caller, id).await?;
+    match view {
+        View::Watch if !d.live => {
+            return Err(AppError::conflict(
+                "this desktop has ended; replay its recording instead",
+            ));
+        }
+        View::Watch if d.mode == RecordingMode::Off || !d.recorded => {
+            return Err(AppError::conflict(
+                "this desktop is not being recorded, so it cannot be watched",
+            ));
+        }
+        View::Replay if d.mode == RecordingMode::Off => {
+            return Err(AppError::conflict("this desktop was not recorded"));
+        }
+        _ => {}
+    }
+    let ev = caller
+        .event(
+            &format!("desktop.{}", view.as_str()),
+            &format!("session:{}", d.session_id),
+        )
+        .device(&d.device_id)
+        .details(serde_json::json!({"username": caller.username, "recording": d.id}));
+    let key = OriginKey {
+        session_id: &d.session_id,
+        device_id: &d.device_id,
+        target: d.target,
+        recording_id: &d.id,
+    };
+    let (label, handoff) = origin::open_view(state, caller, &key, view, ev).await?;
+    let origin = crate::web::origin_url(state, &label);
+    Ok(Json(OpenedWeb {
+        url: format!("{origin}{}?t={handoff}", origin::ENTER_PATH),
+        origin,
+    }))
+}
+
+/// Watch an open desktop live, read-only (admins and auditors): answers the
+/// one-time link of an origin that shows it from its start.
+#[utoipa::path(post, path = "/api/v1/desktops/{id}/watch", tag = "desktops", params(("id" = String, Path)),
+    responses((status = 200, body = OpenedWeb), (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn watch(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> AppResult<Json<OpenedWeb>> {
+    open_view(&state, &caller, &id, View::Watch).await
+}
+
+/// Replay a desktop's recording (admins and auditors): answers the one-time
+/// link of an origin that plays it, with a time slider.
+#[utoipa::path(post, path = "/api/v1/desktops/{id}/replay", tag = "desktops", params(("id" = String, Path)),
+    responses((status = 200, body = OpenedWeb), (status = 403, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+async fn replay(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> AppResult<Json<OpenedWeb>> {
+    open_view(&state, &caller, &id, View::Replay).await
+}
+
+/// The recording's bytes, with whether they are the ones on the record.
+pub async fn replay_stream(state: &AppState, caller: &Caller, id: &str) -> Response {
+    let r = async {
+        caller
+            .require(state, Action::ReadAudit, "desktop.recording")
+            .await?;
+        one(state, caller, id).await?;
+        recording::read(state, id, None).await
+    }
+    .await;
+    match r {
+        Ok(s) => {
+            let mut res = (StatusCode::OK, s.stream).into_response();
+            let h = res.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            h.insert(
+                "x-recording-intact",
+                HeaderValue::from_static(if s.intact { "true" } else { "false" }),
+            );
+            if let Ok(v) = HeaderValue::from_str(&s.sha256) {
+                h.insert("x-recording-sha256", v);
+            }
+            res
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Download a desktop's recording (admins and auditors): the framed RFB
+/// stream the browser was sent. `x-recording-intact` says whether its
+/// SHA-256 (`x-recording-sha256`) is the one on the audit chain.
+#[utoipa::path(get, path = "/api/v1/desktops/{id}/recording", tag = "desktops", params(("id" = String, Path)),
+    responses((status = 200, description = "the recording (application/octet-stream)"), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+async fn download(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Response {
+    download_response(&state, &caller, &id).await
+}
+
+/// The recording as a file to save, its download on the audit chain.
+pub async fn download_response(state: &AppState, caller: &Caller, id: &str) -> Response {
+    let mut res = replay_stream(state, caller, id).await;
+    if res.status() == StatusCode::OK {
+        let ev = caller.event("desktop.download", &format!("recording:{id}"));
+        if let Err(e) = crate::audit::record(&state.store, state.now(), &ev).await {
+            return AppError::from(e).into_response();
+        }
+        if let Ok(v) =
+            HeaderValue::from_str(&format!("attachment; filename=\"desktop-{id}.dbrfb\""))
+        {
+            res.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+        }
+    }
+    res
+}
+
+/// The device's desktops that have a stored VNC password (never the passwords).
+#[utoipa::path(get, path = "/api/v1/devices/{id}/desktop-passwords", tag = "desktops", params(("id" = String, Path)),
+    responses((status = 200, body = Vec<String>), (status = 404, body = ApiError)))]
+async fn passwords(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> AppResult<Json<Vec<String>>> {
+    visible_device(&state, &caller, &id).await?;
+    let targets: Vec<String> = sqlx::query_scalar(
+        "SELECT target FROM desktop_passwords WHERE device_id = $1 ORDER BY target",
+    )
+    .bind(&id)
+    .fetch_all(&state.store.pool)
+    .await?;
+    Ok(Json(targets))
+}
+
+/// Store (or forget) the VNC password of one of the device's desktops
+/// (admins). The server answers the VNC server with it, so users never see it.
+#[utoipa::path(put, path = "/api/v1/devices/{id}/desktop-passwords", tag = "desktops", params(("id" = String, Path)),
+    request_body = SetDesktopPassword,
+    responses((status = 204), (status = 400, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+async fn set_password(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<SetDesktopPassword>,
+) -> AppResult<StatusCode> {
+    caller
+        .require(&state, Action::ManageDevices, "desktop.password")
+        .await?;
+    req.check().map_err(AppError::invalid)?;
+    let d = visible_device(&state, &caller, &id).await?;
+    if !d
+        .web_services
+        .iter()
+        .any(|w| w.target == req.target && w.scheme == drawbridge_proto::api::WebScheme::Vnc)
+    {
+        return Err(AppError::invalid(format!(
+            "{} is not a VNC service of this device (mark it `vnc` first)",
+            req.target
+        )));
+    }
+    let now = state.now();
+    let mut tx = state.store.begin().await?;
+    sqlx::query("DELETE FROM desktop_passwords WHERE device_id = $1 AND target = $2")
+        .bind(&id)
+        .bind(req.target.to_string())
+        .execute(&mut *tx)
+        .await?;
+    if let Some(p) = &req.password {
+        sqlx::query(
+            "INSERT INTO desktop_passwords (device_id, target, sealed, set_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&id)
+        .bind(req.target.to_string())
+        .bind(state.store.seal(&password_context(&id, req.target), p))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let ev = caller
+        .event("desktop.password", &format!("device:{id}"))
+        .device(&id)
+        .details(serde_json::json!({
+            "username": caller.username, "target": req.target.to_string(),
+            "stored": req.password.is_some(),
+        }));
+    crate::audit::append(&mut tx, now, &ev).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
