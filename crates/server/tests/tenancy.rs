@@ -207,6 +207,7 @@ impl Tenant {
         )
         .await;
         let alarm = data_and_alarm(app, &acct.id, &enrolled).await;
+        let desktop = desktop_recording(app, &acct.id, &ended, &enrolled).await;
         // A webhook (to a loopback port nothing listens on; no worker runs here).
         app.state
             .notify
@@ -238,6 +239,7 @@ impl Tenant {
         ids.insert("fleet_key", vec![s(&fleet["info"]["id"])]);
         ids.insert("token", vec![s(&t1["info"]["id"]), s(&t2["info"]["id"])]);
         ids.insert("alarm", vec![alarm]);
+        ids.insert("desktop", vec![desktop]);
         ids.insert("webhook", vec![s(&hook["webhook"]["id"])]);
         let other_ids = vec![acct.id.clone(), s(&log["id"]), note];
         Tenant {
@@ -264,6 +266,23 @@ impl Tenant {
 
 /// Historian points of tag `speed` and a raised alarm on `device`, as its edge
 /// would push them; the alarm's id.
+/// An ended desktop of `session` on `device`, recorded (a stored header chunk).
+async fn desktop_recording(app: &TestApp, account: &str, session: &str, device: &str) -> String {
+    let id = format!("rec-{account}");
+    sqlx::query(
+        "INSERT INTO desktop_recordings (id, account_id, session_id, device_id, target, user_id, view_only, state, mode, recorded, started_at, ended_at)
+         VALUES ($1, $2, $3, $4, '192.168.1.10:5900', 'nobody', 0, 'ended', 'required', 1, 1, 2)",
+    )
+    .bind(&id)
+    .bind(account)
+    .bind(session)
+    .bind(device)
+    .execute(&app.state.store.pool)
+    .await
+    .unwrap();
+    id
+}
+
 async fn data_and_alarm(app: &TestApp, account: &str, device: &str) -> String {
     use drawbridge_proto::data::{AlarmTransition, BufferStatus, Quality, Record, RecordBody};
     let tag = drawbridge_proto::TagName::try_from("speed").unwrap();
@@ -310,8 +329,9 @@ fn path_params(path: &str) -> Vec<String> {
 /// Which kind of object a path parameter names. A new route whose parameter
 /// is not covered here fails the probe, so that it gets added.
 fn kind_of(path: &str, param: &str) -> Option<&'static str> {
-    const BY_PREFIX: [(&str, &str); 10] = [
+    const BY_PREFIX: [(&str, &str); 11] = [
         ("/api/v1/alarms/{id}", "alarm"),
+        ("/api/v1/desktops/{id}", "desktop"),
         ("/api/v1/account/webhooks/{id}", "webhook"),
         ("/api/v1/users/{id}", "user"),
         ("/api/v1/groups/{id}", "group"),
@@ -360,6 +380,9 @@ fn body_for(method: &str, path: &str, own_device: &str) -> Option<Value> {
             "kpi": true,
         }),
         ("POST", "/api/v1/alarms/{id}/ack") => json!({"comment": "probe"}),
+        ("PUT", "/api/v1/devices/{id}/desktop-passwords") => {
+            json!({"target": "192.168.1.10:5900", "password": "probe"})
+        }
         ("PUT", "/api/v1/users/{id}/email") => json!({"email": "probe@example.com"}),
         ("PATCH", "/api/v1/account/webhooks/{id}") => json!({"enabled": false}),
         ("POST", "/api/v1/sessions/{id}/join") => {

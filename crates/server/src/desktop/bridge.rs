@@ -279,7 +279,7 @@ async fn bridge(state: &AppState, origin: &Origin, o: &Opened, ws: &mut WebSocke
                 if !o.peer.alive() {
                     return "the session ended".into();
                 }
-                if ticks % 2 == 0 {
+                if ticks.is_multiple_of(2) {
                     if !session_open(state, &origin.session_id).await {
                         return "the session ended".into();
                     }

@@ -347,21 +347,28 @@ async fn set_password(
     }
     let now = state.now();
     let mut tx = state.store.begin().await?;
-    sqlx::query("DELETE FROM desktop_passwords WHERE device_id = $1 AND target = $2")
-        .bind(&id)
-        .bind(req.target.to_string())
-        .execute(&mut *tx)
-        .await?;
-    if let Some(p) = &req.password {
-        sqlx::query(
-            "INSERT INTO desktop_passwords (device_id, target, sealed, set_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&id)
-        .bind(req.target.to_string())
-        .bind(state.store.seal(&password_context(&id, req.target), p))
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+    // One statement either way, so that writes at the same moment each succeed
+    // and the last one stays.
+    match &req.password {
+        Some(p) => {
+            sqlx::query(
+                "INSERT INTO desktop_passwords (device_id, target, sealed, set_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (device_id, target) DO UPDATE SET sealed = excluded.sealed, set_at = excluded.set_at",
+            )
+            .bind(&id)
+            .bind(req.target.to_string())
+            .bind(state.store.seal(&password_context(&id, req.target), p))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        None => {
+            sqlx::query("DELETE FROM desktop_passwords WHERE device_id = $1 AND target = $2")
+                .bind(&id)
+                .bind(req.target.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
     }
     let ev = caller
         .event("desktop.password", &format!("device:{id}"))

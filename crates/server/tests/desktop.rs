@@ -1,0 +1,556 @@
+//! Browser desktops without a browser: stored VNC passwords (sealed, never
+//! shown, admins only, bad input changes nothing, also 30 at once), the
+//! recordings' integrity (a changed, moved or missing chunk is detected), the
+//! size limit, who may list, watch, replay and download, the settings'
+//! bounds, and retention. Both stores. The bridge itself runs in
+//! `crates/edge/tests/desktop_browser.rs` against a real VNC server.
+
+mod common;
+
+use axum::http::{Method, StatusCode};
+use common::TestApp;
+use drawbridge_proto::RecordingMode;
+use drawbridge_server::desktop::recording::{self, Recording, Stop};
+use serde_json::{Value, json};
+
+store_tests!(
+    vnc_passwords_are_stored_sealed_never_shown_and_only_by_admins,
+    a_changed_moved_or_missing_recording_chunk_is_detected,
+    recordings_stop_at_the_accounts_size_limit,
+    only_admins_and_auditors_watch_replay_and_download_recordings,
+    recordings_past_the_accounts_retention_are_deleted,
+);
+
+/// A device whose firewall releases 192.168.1.20:5900, marked as a VNC desktop.
+async fn vnc_device(app: &TestApp, acct: &common::Account, name: &str) -> String {
+    let (id, _) = app.device(acct, name).await;
+    app.ok(
+        Method::PATCH,
+        &format!("/api/v1/devices/{id}"),
+        &acct.admin,
+        Some(json!({
+            "firewall": [{"address": "192.168.1.20", "protocol": "tcp", "ports": "5900"},
+                         {"address": "192.168.1.20", "protocol": "tcp", "ports": "80"}],
+            "web_services": [{"target": "192.168.1.20:5900", "scheme": "vnc"},
+                             {"target": "192.168.1.20:80", "scheme": "http"}],
+        })),
+    )
+    .await;
+    id
+}
+
+async fn vnc_passwords_are_stored_sealed_never_shown_and_only_by_admins(app: TestApp) {
+    let acct = app.account("acme").await;
+    let dev = vnc_device(&app, &acct, "panel").await;
+    let path = format!("/api/v1/devices/{dev}/desktop-passwords");
+    let secret = "Panel-Secret-7";
+
+    // Bad input: not a VNC service, empty, too long, control characters, an
+    // array body, an unknown field. Each refused; nothing stored.
+    for body in [
+        json!({"target": "192.168.1.20:80", "password": secret}),
+        json!({"target": "192.168.1.21:5900", "password": secret}),
+        json!({"target": "192.168.1.20:5900", "password": ""}),
+        json!({"target": "192.168.1.20:5900", "password": "x".repeat(65)}),
+        json!({"target": "192.168.1.20:5900", "password": "a\nb"}),
+        json!([{"target": "192.168.1.20:5900", "password": secret}]),
+        json!({"target": "192.168.1.20:5900", "password": secret, "shown": true}),
+        json!({"target": "panel:5900", "password": secret}),
+    ] {
+        let (s, v) = app
+            .call(Method::PUT, &path, Some(&acct.admin), Some(body.clone()))
+            .await;
+        assert!(
+            s == StatusCode::BAD_REQUEST || s == StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {s} {v}"
+        );
+    }
+    assert_eq!(app.count("desktop_passwords").await, 0);
+
+    // Not an admin: refused.
+    let (_, user) = app.user(&acct, "ursula", "session_admin").await;
+    let (s, _) = app
+        .call(
+            Method::PUT,
+            &path,
+            Some(&user),
+            Some(json!({"target": "192.168.1.20:5900", "password": secret})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(app.count("desktop_passwords").await, 0);
+
+    // 30 admins' writes at once: one row, the last word wins, no error.
+    let mut calls = Vec::new();
+    for i in 0..30 {
+        let app = &app;
+        let path = &path;
+        let token = &acct.admin;
+        calls.push(async move {
+            app.call(
+                Method::PUT,
+                path,
+                Some(token),
+                Some(json!({"target": "192.168.1.20:5900", "password": format!("{secret}-{i}")})),
+            )
+            .await
+        });
+    }
+    for (s, v) in futures_util::future::join_all(calls).await {
+        assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    }
+    assert_eq!(app.count("desktop_passwords").await, 1);
+    let (s, v) = app
+        .call(
+            Method::PUT,
+            &path,
+            Some(&acct.admin),
+            Some(json!({"target": "192.168.1.20:5900", "password": secret})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+
+    // Listed by target only; sealed at rest; opened for the bridge.
+    let listed = app.ok(Method::GET, &path, &acct.admin, None).await;
+    assert_eq!(listed, json!(["192.168.1.20:5900"]));
+    let stored: String = sqlx::query_scalar("SELECT sealed FROM desktop_passwords")
+        .fetch_one(&app.state.store.pool)
+        .await
+        .unwrap();
+    assert!(!stored.contains(secret), "the password is sealed at rest");
+    assert!(drawbridge_server::sealed::is_sealed(&stored));
+    let mut conn = app.state.store.pool.acquire().await.unwrap();
+    let target = "192.168.1.20:5900".parse().unwrap();
+    let opened = drawbridge_server::desktop::stored_password(&app.state, &mut conn, &dev, target)
+        .await
+        .unwrap();
+    assert_eq!(opened.as_deref(), Some(secret));
+    // A sealed password moved to another device's row does not open.
+    drop(conn);
+    let other = vnc_device(&app, &acct, "panel-2").await;
+    let mut conn = app.state.store.pool.acquire().await.unwrap();
+    sqlx::query(
+        "INSERT INTO desktop_passwords (device_id, target, sealed, set_at) VALUES ($1, $2, $3, 0)",
+    )
+    .bind(&other)
+    .bind("192.168.1.20:5900")
+    .bind(&stored)
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    assert!(
+        drawbridge_server::desktop::stored_password(&app.state, &mut conn, &other, target)
+            .await
+            .is_err()
+    );
+    drop(conn);
+    // Nothing else shows it: the device, the audit log.
+    let device = app
+        .ok(
+            Method::GET,
+            &format!("/api/v1/devices/{dev}"),
+            &acct.admin,
+            None,
+        )
+        .await;
+    let audit = app
+        .ok(Method::GET, "/api/v1/audit", &acct.admin, None)
+        .await;
+    for text in [device.to_string(), audit.to_string()] {
+        assert!(!text.contains(secret), "{text}");
+    }
+    assert!(audit.to_string().contains("desktop.password"));
+
+    // Forgotten with null.
+    app.call(
+        Method::PUT,
+        &path,
+        Some(&acct.admin),
+        Some(json!({"target": "192.168.1.20:5900", "password": null})),
+    )
+    .await;
+    let listed = app.ok(Method::GET, &path, &acct.admin, None).await;
+    assert_eq!(listed, json!([]));
+}
+
+/// A recording row as the bridge makes it, and its stored stream.
+async fn recorded(
+    app: &TestApp,
+    account: &str,
+    user: &str,
+    frames: &[&[u8]],
+    mode: RecordingMode,
+) -> (String, Option<String>) {
+    let id = drawbridge_server::secret::new_id();
+    sqlx::query(
+        "INSERT INTO desktop_recordings (id, account_id, session_id, device_id, target, user_id, view_only, state, mode, recorded, started_at)
+         VALUES ($1, $2, 's', 'd', '192.168.1.20:5900', $3, 0, 'live', $4, 1, $5)",
+    )
+    .bind(&id)
+    .bind(account)
+    .bind(user)
+    .bind(mode.as_str())
+    .bind(app.state.now())
+    .execute(&app.state.store.pool)
+    .await
+    .unwrap();
+    let mut r = Recording::new(id.clone(), mode, 1);
+    for f in frames {
+        r.record(f).unwrap();
+        // One chunk per frame, so that chunks can be moved and removed.
+        r.store(&app.state).await.unwrap();
+    }
+    let sha = r.finish();
+    sqlx::query(
+        "UPDATE desktop_recordings SET state = 'ended', ended_at = $1, sha256 = $2 WHERE id = $3",
+    )
+    .bind(app.state.now())
+    .bind(&sha)
+    .bind(&id)
+    .execute(&app.state.store.pool)
+    .await
+    .unwrap();
+    (id, sha)
+}
+
+async fn a_changed_moved_or_missing_recording_chunk_is_detected(app: TestApp) {
+    let acct = app.account("acme").await;
+    let frames: [&[u8]; 3] = [b"RFB 003.008\n", b"\x01\x01", b"frame three"];
+    let (id, sha) = recorded(
+        &app,
+        &acct.id,
+        &acct.admin_id,
+        &frames,
+        RecordingMode::Required,
+    )
+    .await;
+    let good = recording::read(&app.state, &id, None).await.unwrap();
+    assert!(good.intact);
+    assert_eq!(Some(good.sha256.clone()), sha);
+    let parsed = drawbridge_desktop::recording::frames(&good.stream).unwrap();
+    let payloads: Vec<&[u8]> = parsed.iter().map(|f| f.data).collect();
+    assert_eq!(payloads, frames);
+    // No chunk holds the plaintext.
+    let chunks: Vec<String> = sqlx::query_scalar(
+        "SELECT data FROM recording_chunks WHERE recording_id = $1 ORDER BY seq",
+    )
+    .bind(&id)
+    .fetch_all(&app.state.store.pool)
+    .await
+    .unwrap();
+    assert!(
+        chunks
+            .iter()
+            .all(|c| drawbridge_server::sealed::is_sealed(c))
+    );
+
+    // Two chunks swapped: neither opens in the other's place.
+    let swap = |a: i64, b: i64| {
+        let pool = app.state.store.pool.clone();
+        let id = id.clone();
+        async move {
+            sqlx::query(
+                "UPDATE recording_chunks SET seq = -1 WHERE recording_id = $1 AND seq = $2",
+            )
+            .bind(&id)
+            .bind(a)
+            .execute(&pool)
+            .await
+            .unwrap();
+            sqlx::query(
+                "UPDATE recording_chunks SET seq = $3 WHERE recording_id = $1 AND seq = $2",
+            )
+            .bind(&id)
+            .bind(b)
+            .bind(a)
+            .execute(&pool)
+            .await
+            .unwrap();
+            sqlx::query(
+                "UPDATE recording_chunks SET seq = $2 WHERE recording_id = $1 AND seq = -1",
+            )
+            .bind(&id)
+            .bind(b)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    swap(1, 2).await;
+    assert!(!recording::read(&app.state, &id, None).await.unwrap().intact);
+    swap(1, 2).await;
+    assert!(recording::read(&app.state, &id, None).await.unwrap().intact);
+
+    // A chunk of another recording copied in: does not open.
+    let (other, _) = recorded(
+        &app,
+        &acct.id,
+        &acct.admin_id,
+        &[b"x", b"y"],
+        RecordingMode::Required,
+    )
+    .await;
+    let foreign: String =
+        sqlx::query_scalar("SELECT data FROM recording_chunks WHERE recording_id = $1 AND seq = 1")
+            .bind(&other)
+            .fetch_one(&app.state.store.pool)
+            .await
+            .unwrap();
+    let original = chunks[1].clone();
+    sqlx::query("UPDATE recording_chunks SET data = $1 WHERE recording_id = $2 AND seq = 1")
+        .bind(&foreign)
+        .bind(&id)
+        .execute(&app.state.store.pool)
+        .await
+        .unwrap();
+    assert!(!recording::read(&app.state, &id, None).await.unwrap().intact);
+    sqlx::query("UPDATE recording_chunks SET data = $1 WHERE recording_id = $2 AND seq = 1")
+        .bind(&original)
+        .bind(&id)
+        .execute(&app.state.store.pool)
+        .await
+        .unwrap();
+
+    // The last chunk removed (and the count lowered to match): the hash differs.
+    assert_eq!(chunks.len(), 3, "the header rides in the first chunk");
+    sqlx::query("DELETE FROM recording_chunks WHERE recording_id = $1 AND seq = 2")
+        .bind(&id)
+        .execute(&app.state.store.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE desktop_recordings SET chunks = 2 WHERE id = $1")
+        .bind(&id)
+        .execute(&app.state.store.pool)
+        .await
+        .unwrap();
+    let cut = recording::read(&app.state, &id, None).await.unwrap();
+    assert!(!cut.intact);
+    assert_ne!(Some(cut.sha256), sha);
+
+    // The download says so too.
+    let (s, _) = app
+        .call(
+            Method::GET,
+            &format!("/api/v1/desktops/{id}/recording"),
+            Some(&acct.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+async fn recordings_stop_at_the_accounts_size_limit(app: TestApp) {
+    let acct = app.account("acme").await;
+    let (id, _) = recorded(&app, &acct.id, &acct.admin_id, &[], RecordingMode::Required).await;
+    let mut r = Recording::new(id, RecordingMode::Required, 1);
+    let big = vec![7u8; 300 * 1024];
+    for _ in 0..3 {
+        r.record(&big).unwrap();
+    }
+    assert_eq!(
+        r.record(&big),
+        Err(Stop::SizeLimit),
+        "1 MiB holds three 300 KiB frames, not four"
+    );
+    assert!(r.bytes() <= 1024 * 1024);
+    // Off records nothing and never stops.
+    let mut off = Recording::new("off".into(), RecordingMode::Off, 1);
+    for _ in 0..10 {
+        off.record(&big).unwrap();
+    }
+    assert_eq!(off.bytes(), 0);
+    assert_eq!(off.finish(), None);
+}
+
+async fn only_admins_and_auditors_watch_replay_and_download_recordings(app: TestApp) {
+    let acct = app.account("acme").await;
+    let (uid, user) = app.user(&acct, "ursula", "user").await;
+    let (_, auditor) = app.user(&acct, "audrey", "auditor").await;
+    let (_, sadmin) = app.user(&acct, "sam", "session_admin").await;
+    let (mine, _) = recorded(
+        &app,
+        &acct.id,
+        &uid,
+        &[b"RFB 003.008\n"],
+        RecordingMode::Required,
+    )
+    .await;
+    let (theirs, _) = recorded(
+        &app,
+        &acct.id,
+        &acct.admin_id,
+        &[b"RFB 003.008\n"],
+        RecordingMode::Required,
+    )
+    .await;
+    let (unrecorded, _) = recorded(&app, &acct.id, &acct.admin_id, &[], RecordingMode::Off).await;
+
+    // The list: a user sees their own desktops, the others all of them.
+    let ids = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let list = app.ok(Method::GET, "/api/v1/desktops", &user, None).await;
+    assert_eq!(ids(&list), vec![mine.clone()]);
+    for t in [&auditor, &sadmin, &acct.admin] {
+        let list = app.ok(Method::GET, "/api/v1/desktops", t, None).await;
+        assert_eq!(ids(&list).len(), 3, "{list}");
+    }
+    for bad in ["limit=0", "limit=501", "live=maybe", "what=1"] {
+        let (s, v) = app
+            .get(&format!("/api/v1/desktops?{bad}"), &acct.admin)
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+    }
+    let ended = app
+        .ok(
+            Method::GET,
+            "/api/v1/desktops?live=false",
+            &acct.admin,
+            None,
+        )
+        .await;
+    assert_eq!(ids(&ended).len(), 3);
+    let live = app
+        .ok(Method::GET, "/api/v1/desktops?live=true", &acct.admin, None)
+        .await;
+    assert_eq!(ids(&live).len(), 0);
+
+    // Replay and download: auditors and admins only, also of their own desktop.
+    for t in [&user, &sadmin] {
+        for (m, path) in [
+            (Method::POST, format!("/api/v1/desktops/{mine}/replay")),
+            (Method::POST, format!("/api/v1/desktops/{mine}/watch")),
+            (Method::GET, format!("/api/v1/desktops/{mine}/recording")),
+        ] {
+            let (s, v) = app.call(m, &path, Some(t), None).await;
+            assert_eq!(s, StatusCode::FORBIDDEN, "{path}: {v}");
+        }
+    }
+    for t in [&auditor, &acct.admin] {
+        let opened = app
+            .ok(
+                Method::POST,
+                &format!("/api/v1/desktops/{theirs}/replay"),
+                t,
+                None,
+            )
+            .await;
+        let url = opened["url"].as_str().unwrap();
+        assert!(
+            url.starts_with("https://") && url.contains(".web.localhost"),
+            "{url}"
+        );
+        let (s, v) = app
+            .call(
+                Method::GET,
+                &format!("/api/v1/desktops/{theirs}/recording"),
+                Some(t),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    // Watching an ended desktop, replaying one never recorded: refused, clearly.
+    let (s, v) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/desktops/{theirs}/watch"),
+            Some(&auditor),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("replay"), "{v}");
+    let (s, v) = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/desktops/{unrecorded}/replay"),
+            Some(&auditor),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    // Replays and downloads are on the audit log.
+    let audit = app
+        .ok(Method::GET, "/api/v1/audit", &acct.admin, None)
+        .await
+        .to_string();
+    assert!(
+        audit.contains("desktop.replay") && audit.contains("desktop.download"),
+        "{audit}"
+    );
+}
+
+async fn recordings_past_the_accounts_retention_are_deleted(app: TestApp) {
+    let acct = app.account("acme").await;
+    // Bounds of the settings.
+    for bad in [
+        json!({"recording_retention_days": 0}),
+        json!({"recording_max_mb": 0}),
+        json!({"recording_max_mb": 5000}),
+        json!({"desktop_recording": "sometimes"}),
+    ] {
+        let (s, v) = app
+            .call(
+                Method::PATCH,
+                "/api/v1/account",
+                Some(&acct.admin),
+                Some(json!({"settings": bad})),
+            )
+            .await;
+        assert!(
+            s == StatusCode::BAD_REQUEST || s == StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad}: {v}"
+        );
+    }
+    let a = app
+        .ok(Method::GET, "/api/v1/account", &acct.admin, None)
+        .await;
+    assert_eq!(a["settings"]["desktop_recording"], "required");
+    assert_eq!(a["settings"]["recording_retention_days"], 90);
+    let mut settings = a["settings"].clone();
+    settings["recording_retention_days"] = json!(2);
+    app.ok(
+        Method::PATCH,
+        "/api/v1/account",
+        &acct.admin,
+        Some(json!({"settings": settings})),
+    )
+    .await;
+
+    let (old, _) = recorded(
+        &app,
+        &acct.id,
+        &acct.admin_id,
+        &[b"a", b"b"],
+        RecordingMode::Required,
+    )
+    .await;
+    app.clock().advance(86_400);
+    let (new, _) = recorded(
+        &app,
+        &acct.id,
+        &acct.admin_id,
+        &[b"c"],
+        RecordingMode::Required,
+    )
+    .await;
+    assert_eq!(recording::purge(&app.state).await.unwrap(), 0);
+    app.clock().advance(86_400 + 60);
+    assert_eq!(recording::purge(&app.state).await.unwrap(), 1);
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT recording_id FROM recording_chunks")
+            .fetch_all(&app.state.store.pool)
+            .await
+            .unwrap();
+    assert_eq!(left, vec![new.clone()]);
+    let admin = app.token("acme", "admin").await;
+    let (s, _) = app
+        .get(&format!("/api/v1/desktops/{old}/recording"), &admin)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
