@@ -220,6 +220,20 @@ pub async fn main() -> anyhow::Result<u8> {
                 if x.state == "running" && !x.relay.is_empty() {
                     println!("  relay: {}", x.relay);
                 }
+                for d in &x.desktops {
+                    println!(
+                        "  desktop {} in a browser: {}{} since {}, {}",
+                        d.target,
+                        d.user,
+                        if d.view_only { " (view only)" } else { "" },
+                        d.since,
+                        if d.recorded {
+                            "recorded"
+                        } else {
+                            "not recorded"
+                        }
+                    );
+                }
                 if x.state == "pending_approval" {
                     println!(
                         "  waits for on-site approval (requested by {}): `drawbridge-edge approve {id}` or `drawbridge-edge refuse {id}`",

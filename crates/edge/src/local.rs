@@ -64,6 +64,9 @@ pub struct SessionStatus {
     /// Who started the session (shown while it waits for on-site approval).
     #[serde(default)]
     pub requested_by: Option<String>,
+    /// Desktops open in a browser through the session.
+    #[serde(default)]
+    pub desktops: Vec<drawbridge_proto::channel::EdgeDesktop>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -127,6 +127,22 @@ pub struct EdgePeer {
     pub bridged: bool,
 }
 
+/// A desktop open in a browser through the session (the server's own peer
+/// bridges it), so that the site sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EdgeDesktop {
+    /// Who has it.
+    pub user: String,
+    /// The VNC server, `ip:port` on the machine's LAN.
+    pub target: String,
+    /// Input is dropped (a monitor grant).
+    pub view_only: bool,
+    /// Unix seconds.
+    pub since: i64,
+    /// It is being recorded.
+    pub recorded: bool,
+}
+
 /// A session as the edge must run it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct EdgeSession {
@@ -150,6 +166,9 @@ pub struct EdgeSession {
     /// Who started the session (user name), for the site deciding on it.
     #[serde(default)]
     pub requested_by: Option<String>,
+    /// Desktops open through the session on this device.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub desktops: Vec<EdgeDesktop>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

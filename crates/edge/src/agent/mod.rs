@@ -100,6 +100,7 @@ impl Agent {
                 valid_until: r.info.valid_until,
                 relay: r.info.relay_url.clone(),
                 requested_by: r.info.requested_by.clone(),
+                desktops: r.info.desktops.clone(),
                 forwarder: r.forwarder.as_ref().map(|(f, _)| f.stats()),
                 targets: r.info.targets.iter().map(|t| t.to_string()).collect(),
                 peers: r

@@ -111,6 +111,8 @@ async fn prepare(state: &AppState, caller: &Caller, o: &Origin) -> AppResult<Ope
         }));
     crate::audit::append(&mut tx, now, &ev).await?;
     tx.commit().await?;
+    // The site sees the desktop in `drawbridge-edge status`.
+    let _ = crate::live::notify_sessions(state, std::slice::from_ref(&o.session_id)).await;
     let recording = Recording::new(id, mode, settings.recording_max_mb);
     let desktop = LiveDesktop::new(recording);
     // The header goes to storage now: a required recording that cannot be
@@ -166,6 +168,7 @@ async fn finish(state: &AppState, caller: &Caller, desktop: &LiveDesktop, reason
             }));
         crate::audit::append(&mut tx, now, &ev).await?;
         tx.commit().await?;
+        let _ = crate::live::notify_sessions(state, &[session]).await;
         Ok::<_, AppError>(())
     }
     .await;

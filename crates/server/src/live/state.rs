@@ -176,7 +176,28 @@ pub async fn edge_sessions(state: &AppState, device_id: &str) -> AppResult<Vec<E
             }
             _ => None,
         };
+        let desktops = sqlx::query(
+            "SELECT u.username, r.target, r.view_only, r.started_at, r.recorded FROM desktop_recordings r
+             JOIN users u ON u.id = r.user_id
+             WHERE r.session_id = $1 AND r.device_id = $2 AND r.state = 'live' ORDER BY r.started_at",
+        )
+        .bind(&session_id)
+        .bind(device_id)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|d| {
+            Ok(drawbridge_proto::channel::EdgeDesktop {
+                user: d.try_get(0)?,
+                target: d.try_get(1)?,
+                view_only: d.try_get::<i64, _>(2)? != 0,
+                since: d.try_get(3)?,
+                recorded: d.try_get::<i64, _>(4)? != 0,
+            })
+        })
+        .collect::<AppResult<Vec<_>>>()?;
         out.push(EdgeSession {
+            desktops,
             session_id,
             name: r.try_get("name")?,
             state: st,
