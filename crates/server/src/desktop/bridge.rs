@@ -29,7 +29,7 @@ pub const MAX_BROWSER_MESSAGE: usize = (1 << 20) + 64;
 /// How long the VNC server has to accept the connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the session is checked and the recording stored.
-const TICK: Duration = Duration::from_millis(500);
+pub(super) const TICK: Duration = Duration::from_millis(500);
 
 /// Everything decided before the WebSocket opens.
 struct Opened {
@@ -192,7 +192,7 @@ async fn session_open(state: &AppState, session_id: &str) -> bool {
     }
 }
 
-async fn close(ws: &mut WebSocket, reason: &str) {
+pub(super) async fn close(ws: &mut WebSocket, reason: &str) {
     // A close reason has at most 123 bytes.
     let mut end = reason.len().min(123);
     while !reason.is_char_boundary(end) {
@@ -296,57 +296,4 @@ async fn bridge(state: &AppState, origin: &Origin, o: &Opened, ws: &mut WebSocke
             }
         }
     }
-}
-
-/// `GET /.drawbridge/watch` on a watch origin: the desktop from its start,
-/// then live; whatever the watcher's browser sends is dropped.
-pub async fn watch(state: AppState, recording_id: String, ws: WebSocketUpgrade) -> Response {
-    let ws = ws.max_message_size(MAX_BROWSER_MESSAGE);
-    let joined = match state.desktops.get(&recording_id) {
-        Some(d) => d.watch(&state).await.map(|j| (d, j)),
-        None => Err(AppError::conflict(
-            "this desktop is not open on this server (it ended, or runs on another replica)",
-        )),
-    };
-    let (desktop, (backlog, mut rx, place)) = match joined {
-        Ok(j) => j,
-        Err(e) => {
-            return ws.on_upgrade(move |mut socket| async move {
-                close(&mut socket, &e.message).await;
-            });
-        }
-    };
-    ws.on_upgrade(move |mut socket| async move {
-        let _place = place;
-        for b in backlog {
-            if socket.send(Message::Binary(b)).await.is_err() {
-                return;
-            }
-        }
-        let reason = loop {
-            tokio::select! {
-                m = rx.recv() => match m {
-                    Ok(b) => {
-                        if socket.send(Message::Binary(b)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        break "this watcher fell behind the desktop; open it again";
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break "the desktop ended",
-                },
-                m = socket.recv() => match m {
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                    Some(Ok(_)) => {}
-                },
-                _ = tokio::time::sleep(TICK) => {
-                    if state.desktops.get(&desktop.id).is_none() {
-                        break "the desktop ended";
-                    }
-                }
-            }
-        };
-        close(&mut socket, reason).await;
-    })
 }

@@ -15,6 +15,7 @@ pub mod bridge;
 pub mod live;
 pub mod recording;
 pub mod viewer;
+pub mod watch;
 
 use crate::api::devices::visible_device;
 use crate::auth::Caller;

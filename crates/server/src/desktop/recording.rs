@@ -15,7 +15,8 @@ use sqlx::Row;
 /// A chunk is stored once this much is waiting (or every second).
 pub const CHUNK_BYTES: usize = 256 * 1024;
 
-fn context(recording_id: &str, seq: i64) -> String {
+/// Where chunk `seq` of a recording is stored (its sealing context).
+pub(crate) fn context(recording_id: &str, seq: i64) -> String {
     format!("recording_chunks:{recording_id}:{seq}")
 }
 

@@ -157,7 +157,7 @@ pub async fn serve(state: AppState, caller: Caller, o: Origin, req: Request) -> 
                 (None, "/.drawbridge/websockify") => bridge::open(state, caller, o, ws).await,
                 (Some((id, View::Watch)), "/.drawbridge/watch") => {
                     let id = id.clone();
-                    bridge::watch(state, id, ws).await
+                    super::watch::watch(state, id, ws).await
                 }
                 _ => text(StatusCode::NOT_FOUND, "no such path"),
             }
