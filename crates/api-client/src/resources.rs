@@ -162,6 +162,11 @@ impl Client {
         self.post_empty_body(&format!("/devices/{}/replace", seg(id)))
             .await
     }
+    /// What an edge must trust to reach the server (enrolment files).
+    pub async fn server_trust(&self) -> Result<drawbridge_proto::api::ServerTrust> {
+        self.get("/server/trust").await
+    }
+
     pub async fn new_activation_key(&self, id: &str) -> Result<ActivationKey> {
         self.post_empty_body(&format!("/devices/{}/activation-key", seg(id)))
             .await

@@ -44,8 +44,8 @@ async fn join(ctx: &Ctx, id: &str, public: WgKey) -> Result<JoinResponse> {
     }
 }
 
-/// Writes `text` to a new file readable by its owner only (it holds a private key).
-fn write_private(path: &Path, text: &str) -> Result<()> {
+/// Writes `text` to a new file readable by its owner only (it holds a private key or an activation key).
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<()> {
     let io = |source| Error::Io {
         context: format!("writing {}", path.display()),
         source,

@@ -1,6 +1,7 @@
 //! The `drawbridge-edge` command line.
 
-use crate::enroll::{EnrollFile, Secret};
+use crate::enroll::Secret;
+use crate::enroll_file::{self, EnrollFile};
 use crate::local::{StateDir, SwitchSource};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -34,9 +35,15 @@ enum Command {
         /// Device name (fleet enrolment).
         #[arg(long)]
         name: Option<String>,
-        /// A TOML file with `server` and `activation_key` (USB/SD deployment).
+        /// A TOML file with `server`, `activation_key` (or `fleet_key` and
+        /// `name`) and the server's CA (USB/SD deployment: the portal's and
+        /// `drawbridge device config-file`'s file). A used activation key is
+        /// removed from it where the medium is writable.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// With --config: wait for the file to appear (a medium being mounted).
+        #[arg(long, requires = "config")]
+        watch: bool,
         /// CA certificate to trust for the server (besides the system roots).
         #[arg(long)]
         ca_file: Option<PathBuf>,
@@ -91,23 +98,21 @@ pub async fn main() -> anyhow::Result<u8> {
             fleet_key,
             name,
             config,
+            watch,
             ca_file,
         } => {
-            let (server, secret, ca_file) = match config {
+            let (server, secret, ca_file) = match &config {
                 Some(path) => {
-                    let text = std::fs::read_to_string(&path)
-                        .with_context(|| format!("reading {}", path.display()))?;
-                    let f: EnrollFile = toml::from_str(&text)
-                        .with_context(|| format!("parsing {}", path.display()))?;
-                    let secret = match (f.activation_key, f.fleet_key, f.name) {
-                        (Some(k), None, _) => Secret::Activation(k),
-                        (None, Some(key), Some(name)) => Secret::Fleet { key, name },
-                        _ => anyhow::bail!(
-                            "{}: give activation_key, or fleet_key with name",
-                            path.display()
-                        ),
+                    if watch {
+                        enroll_file::wait_for(path).await;
+                    }
+                    let f = EnrollFile::read(path)?;
+                    let secret = f.secret(path)?;
+                    let trust = match ca_file {
+                        Some(c) => Some(c),
+                        None => f.trust(&dir)?,
                     };
-                    (f.server, secret, ca_file.or(f.ca_file))
+                    (f.server, secret, trust)
                 }
                 None => {
                     let server = server.context("--server is required")?;
@@ -120,6 +125,9 @@ pub async fn main() -> anyhow::Result<u8> {
                 }
             };
             let d = crate::enroll::enroll(&dir, &server, ca_file, secret).await?;
+            if let Some(path) = &config {
+                enroll_file::forget_activation_key(path, &d.device_id);
+            }
             println!(
                 "enrolled as device {} of account {}",
                 d.device_id, d.account_id

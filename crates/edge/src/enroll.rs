@@ -7,23 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use drawbridge_proto::api::{ENROLL_CONTEXT, EnrollRequest, EnrollResponse, EnrollStatus};
 use ring::signature::Ed25519KeyPair;
-use serde::Deserialize;
 use std::path::PathBuf;
-
-/// The file for USB/SD deployment (the portal offers it for download).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnrollFile {
-    pub server: String,
-    #[serde(default)]
-    pub activation_key: Option<String>,
-    #[serde(default)]
-    pub fleet_key: Option<String>,
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-}
 
 pub enum Secret {
     Activation(String),

@@ -11,6 +11,7 @@ pub mod approval;
 pub mod cli;
 pub mod data;
 pub mod enroll;
+pub mod enroll_file;
 pub mod kernel;
 pub mod local;
 pub mod rtt;

@@ -204,6 +204,10 @@ async fn the_api_decides_what_a_role_may_do_and_the_audit_keeps_the_real_source(
     let parsed: toml::Value = toml::from_str(&file.body).expect("TOML");
     assert_eq!(parsed["activation_key"].as_str(), Some(key.as_str()));
     assert_eq!(parsed["server"].as_str(), Some(server.url.as_str()));
+    // The server's CA rides along, so that the file is all an edge needs.
+    let ca = std::fs::read_to_string(&server.ca_pem).unwrap();
+    assert_eq!(parsed["ca_certificate"].as_str(), Some(ca.as_str()));
+    assert_eq!(parsed["ca_sha256"].as_str().map(str::len), Some(64));
 
     // A user sees no admin pages in the menu, and a forged admin form is the API's refusal.
     let mut uma = Browser::new(&server);
@@ -1138,4 +1142,63 @@ async fn a_data_only_token_made_on_the_account_page_reads_data_and_nothing_else(
     assert_eq!(get("/api/v1/data/sync").await, 200);
     assert_eq!(get("/api/v1/users").await, 403);
     assert_eq!(get("/api/v1/audit").await, 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn desktop_recording_settings_are_saved_from_the_account_page_and_bad_ones_change_nothing() {
+    let server = TestServer::start().await;
+    let mut admin = Browser::new(&server);
+    admin.setup(&server.setup_token().await, "Plant").await;
+    let dash = admin.login("Plant", "admin", PASSWORD).await;
+    let csrf = dash.csrf();
+    let page = admin.get("/portal/account").await;
+    assert!(
+        page.body.contains("id=\"desktop-recording\""),
+        "the form offers it"
+    );
+    let r = admin
+        .post(
+            "/portal/account",
+            &settings_form(
+                &csrf,
+                &[
+                    ("desktop_recording", "best_effort"),
+                    ("recording_retention_days", "30"),
+                    ("recording_max_mb", "64"),
+                ],
+            ),
+        )
+        .await;
+    assert!(admin.follow(&r).await.body.contains("saved"));
+    let token = admin.cookies.get("db_session").cloned().expect("cookie");
+    let settings = |b: &Browser| {
+        let req = b
+            .http
+            .get(format!("{}/api/v1/account", b.base))
+            .bearer_auth(&token);
+        async move {
+            req.send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()["settings"]
+                .clone()
+        }
+    };
+    let s = settings(&admin).await;
+    assert_eq!(s["desktop_recording"], "best_effort");
+    assert_eq!(s["recording_retention_days"], 30);
+    assert_eq!(s["recording_max_mb"], 64);
+    for bad in [
+        ("desktop_recording", "sometimes"),
+        ("recording_max_mb", "0"),
+        ("recording_retention_days", "x"),
+    ] {
+        let r = admin
+            .post("/portal/account", &settings_form(&csrf, &[bad]))
+            .await;
+        assert!(!admin.follow(&r).await.body.contains("saved"), "{bad:?}");
+    }
+    assert_eq!(settings(&admin).await, s, "nothing changed");
 }

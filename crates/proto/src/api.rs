@@ -206,6 +206,21 @@ pub struct CreateApiToken {
     pub data_only: bool,
 }
 
+/// `GET /api/v1/server/trust`: what an edge or a client must trust to reach
+/// this server, for enrolment files (USB/SD).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ServerTrust {
+    /// The server's public URL.
+    pub server: String,
+    /// The CA of the server's self-signed certificate (PEM); none when the
+    /// server has a certificate the system roots trust.
+    #[serde(default)]
+    pub ca_certificate: Option<String>,
+    /// SHA-256 (hex) of that CA certificate (DER).
+    #[serde(default)]
+    pub ca_sha256: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreatedApiToken {
     /// Shown once; only its hash is stored.

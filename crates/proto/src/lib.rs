@@ -8,6 +8,7 @@ pub mod api;
 pub mod channel;
 pub mod data;
 pub mod desktop;
+pub mod enrollfile;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzz;

@@ -25,6 +25,9 @@ pub struct Inner {
     pub hub: crate::live::Hub,
     /// Browser access: web domain, peers' TLS trust, running peers.
     pub web: crate::web::Web,
+    /// The CA of this server's own self-signed TLS certificate (PEM), for
+    /// enrolment files; none when the server runs on a certificate of its own.
+    pub tls_ca: std::sync::RwLock<Option<String>>,
     /// The browser desktops open on this replica.
     pub desktops: crate::desktop::live::Desktops,
     /// The relay tier: this replica's embedded relay and the others' heartbeats.
@@ -101,6 +104,7 @@ impl AppState {
             relay,
             hub: crate::live::Hub::default(),
             web: crate::web::Web::default(),
+            tls_ca: Default::default(),
             desktops: Default::default(),
             relays: crate::relays::Relays::default(),
             stun: std::sync::RwLock::new(Vec::new()),

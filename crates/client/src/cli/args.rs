@@ -176,7 +176,8 @@ pub enum DeviceCmd {
         #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
         onsite_approval: Option<bool>,
         /// A web UI on a released TCP port, opened in the browser from the portal
-        /// (repeatable; replaces the list): `http://192.168.1.10:80/hmi` or `https://…`.
+        /// (repeatable; replaces the list): `http://192.168.1.10:80/hmi`, `https://…`,
+        /// or a VNC desktop `vnc://192.168.1.20:5900`.
         #[arg(long = "web", value_name = "URL", value_parser = parse_web_service)]
         web: Vec<drawbridge_proto::api::WebService>,
         /// Remove every web service.
@@ -196,6 +197,15 @@ pub enum DeviceCmd {
     Approve { device: String },
     /// Issue a new activation key for a device not enrolled yet (admins).
     ActivationKey { device: String },
+    /// Write an enrolment file for USB/SD deployment (admins): the server's URL,
+    /// a new activation key and the server's CA, for
+    /// `drawbridge-edge enroll --config FILE`. Earlier keys of the device stop working.
+    ConfigFile {
+        device: String,
+        /// Write it to this new file (mode 0600).
+        #[arg(long, short = 'o', default_value = "drawbridge-edge.toml")]
+        out: std::path::PathBuf,
+    },
     /// Write a note into the device's logbook (TEXT `-` reads standard input).
     Log { device: String, text: String },
     /// Show the device's logbook, newest first.
@@ -563,7 +573,7 @@ pub enum AuditCmd {
 
 // ------------------------------------------------------------------ parsers
 
-/// `http://ADDR:PORT[/PATH]` or `https://…` → a device web service.
+/// `http://ADDR:PORT[/PATH]`, `https://…` or `vnc://ADDR:PORT` → a device web service.
 fn parse_web_service(s: &str) -> std::result::Result<drawbridge_proto::api::WebService, String> {
     let (scheme, rest) = s
         .split_once("://")

@@ -229,6 +229,32 @@ pub(super) async fn device(ctx: &Ctx, cmd: DeviceCmd) -> Result<()> {
                 )
             })
         }
+        DeviceCmd::ConfigFile { device, out } => {
+            // Before a new key exists: a refused file must not cost the device its key.
+            if out.exists() {
+                return Err(Error::user(format!(
+                    "{} exists; choose another --out",
+                    out.display()
+                )));
+            }
+            let id = ctx.device_id(&device).await?;
+            let trust = c.server_trust().await?;
+            let key = c.new_activation_key(&id).await?;
+            let text = drawbridge_proto::enrollfile::render(&id, &trust, &key.key);
+            crate::wgexport::write_private(&out, &text)?;
+            done(
+                ctx,
+                &format!(
+                    "Wrote {} for device {id}{}. Earlier activation keys of this device no longer work.",
+                    out.display(),
+                    if trust.ca_certificate.is_some() {
+                        " (with the server's CA)"
+                    } else {
+                        ""
+                    }
+                ),
+            )
+        }
         DeviceCmd::Log { device, text } => {
             let id = ctx.device_id(&device).await?;
             let text = if text == "-" {

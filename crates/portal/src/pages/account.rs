@@ -59,18 +59,37 @@ pub async fn update(p: Posted) -> Response {
             max_session_minutes: num("max_session_minutes")?,
             session_idle_minutes: num("session_idle_minutes")?,
             data_retention_days: num("data_retention_days")?,
-            desktop_recording: serde_json::from_value(json!(f.get("desktop_recording"))).map_err(
-                |_| "desktop_recording: choose required, best_effort or off".to_string(),
-            )?,
-            recording_retention_days: num("recording_retention_days")?,
-            recording_max_mb: num("recording_max_mb")?,
+            // Kept as they are when the form has no such fields (see below).
+            desktop_recording: match f.opt("desktop_recording") {
+                Some(m) => serde_json::from_value(json!(m)).map_err(|_| {
+                    "desktop_recording: choose required, best_effort or off".to_string()
+                })?,
+                None => Default::default(),
+            },
+            recording_retention_days: match f.opt("recording_retention_days") {
+                Some(_) => num("recording_retention_days")?,
+                None => 1,
+            },
+            recording_max_mb: match f.opt("recording_max_mb") {
+                Some(_) => num("recording_max_mb")?,
+                None => 1,
+            },
         })
     })();
     let settings = match settings {
         Ok(s) => s,
         Err(e) => return Flash::error(e).redirect(&back),
     };
-    let mut body = json!({ "settings": settings });
+    // The API's settings are a merge patch: keys the form did not hold stay.
+    let mut patch = json!(settings);
+    for key in ["desktop_recording", "recording_retention_days", "recording_max_mb"] {
+        if f.opt(key).is_none()
+            && let Some(o) = patch.as_object_mut()
+        {
+            o.remove(key);
+        }
+    }
+    let mut body = json!({ "settings": patch });
     if let Some(n) = f.opt("name") {
         body["name"] = n.into();
     }

@@ -502,19 +502,22 @@ pub async fn config_file(Path(id): Path<String>, p: Posted) -> Response {
         return Flash::error("No activation key.")
             .redirect(&format!("{PREFIX}/devices/{}", enc(&id)));
     }
-    #[derive(serde::Serialize)]
-    struct EdgeConfig<'a> {
-        server: String,
-        activation_key: &'a str,
-    }
-    let body = toml::to_string(&EdgeConfig {
-        server: crate::web::base_url(&p.headers),
-        activation_key: key,
-    })
-    .unwrap_or_default();
-    let text = format!(
-        "# Drawbridge edge configuration for device {id}.\n# Copy to the gateway's USB stick or SD card. The activation key works once.\n{body}"
-    );
+    // What the edge must trust to reach this server (the CA of a self-signed
+    // certificate), so that the file is all a gateway needs.
+    let mut trust: drawbridge_proto::api::ServerTrust =
+        match p.api.get("/api/v1/server/trust").await {
+            Ok(t) => t,
+            Err(e) => {
+                return after::<()>(
+                    Err(e),
+                    &p.headers,
+                    &format!("{PREFIX}/devices/{}", enc(&id)),
+                    "",
+                );
+            }
+        };
+    trust.server = crate::web::base_url(&p.headers);
+    let text = drawbridge_proto::enrollfile::render(&id, &trust, key);
     download(
         "drawbridge-edge.toml",
         "application/toml; charset=utf-8",

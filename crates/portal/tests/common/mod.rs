@@ -94,6 +94,9 @@ impl TestServer {
         let files = drawbridge_server::pki::ensure_self_signed(&dir.path().join("tls"), &[])
             .expect("certificates");
         let tls = drawbridge_server::pki::server_config(&files.cert, &files.key).expect("tls");
+        // As the server's start does on its self-signed defaults.
+        *state.tls_ca.write().expect("lock") =
+            Some(std::fs::read_to_string(&files.ca_cert).expect("ca.pem"));
         // The API with its state, and the portal over it, as the server's
         // `app()` merges them. (Not `app()` itself: once the server merges
         // the portal, this test crate would add a second copy of its routes.)

@@ -24,7 +24,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub fn routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
-    r.routes(routes!(enroll)).routes(routes!(fetch_certificate))
+    r.routes(routes!(enroll))
+        .routes(routes!(fetch_certificate))
+        .routes(routes!(trust))
 }
 
 fn verify_sig(key: &[u8; 32], msg: &[u8], sig_b64: &str) -> bool {
@@ -335,5 +337,29 @@ async fn fetch_certificate(
         },
         ca_certificate: cert.as_ref().map(|_| state.device_ca.ca_pem().to_string()),
         certificate: cert,
+    }))
+}
+
+/// What an edge must trust to reach this server (for enrolment files): the
+/// CA of its self-signed certificate, if it runs on one. Any signed-in user;
+/// the certificate is public.
+#[utoipa::path(get, path = "/api/v1/server/trust", tag = "enrolment",
+    responses((status = 200, body = drawbridge_proto::api::ServerTrust), (status = 401, body = ApiError)))]
+async fn trust(
+    State(state): State<AppState>,
+    _caller: crate::auth::Caller,
+) -> AppResult<Json<drawbridge_proto::api::ServerTrust>> {
+    let pem = state.tls_ca.read().ok().and_then(|t| t.clone());
+    let sha = pem.as_deref().and_then(|p| {
+        let der = rustls_pemfile::certs(&mut p.as_bytes()).next()?.ok()?;
+        Some(hex::encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            &der,
+        )))
+    });
+    Ok(Json(drawbridge_proto::api::ServerTrust {
+        server: state.public_url.clone(),
+        ca_certificate: pem,
+        ca_sha256: sha,
     }))
 }

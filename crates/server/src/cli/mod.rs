@@ -398,6 +398,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             state.web.set_novnc(None);
         }
     }
+    if let Some(ca) = &ca
+        && let Ok(pem) = std::fs::read_to_string(ca)
+        && let Ok(mut t) = state.tls_ca.write()
+    {
+        *t = Some(pem);
+    }
     let own = std::fs::read(ca.as_ref().unwrap_or(&cert))
         .with_context(|| format!("reading {}", ca.as_ref().unwrap_or(&cert).display()))?;
     match drawbridge_relay::feed::poll::tls_config(Some(&own)) {
