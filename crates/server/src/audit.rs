@@ -150,6 +150,8 @@ pub async fn append(tx: &mut Tx<'_>, now: i64, ev: &Event) -> Result<i64, sqlx::
         .bind(&hash)
         .execute(&mut **tx)
         .await?;
+    // Subscribers to this kind of record (webhooks, e-mail) are told with it.
+    crate::outbox::producers::from_audit(tx, ev, seq, now).await?;
     Ok(seq)
 }
 

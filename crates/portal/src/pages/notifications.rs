@@ -104,6 +104,13 @@ fn label(kind: &str) -> &'static str {
         "device_offline" => "Device offline too long",
         "activity_report" => "Monthly activity report (admins are told too)",
         "webhook_disabled" => "Webhook disabled after failing (admins are told too)",
+        "session_started" => "Session started",
+        "session_ended" => "Session ended",
+        "tunnel_up" => "Tunnel up (a client reached a device)",
+        "tunnel_down" => "Tunnel down",
+        "switch_changed" => "Site switch turned on or off",
+        "desktop_opened" => "Desktop opened in a browser",
+        "desktop_ended" => "Desktop in a browser ended (with its recording's hash)",
         _ => "",
     }
 }
@@ -300,6 +307,13 @@ mod tests {
             "device_offline",
             "activity_report",
             "webhook_disabled",
+            "session_started",
+            "session_ended",
+            "tunnel_up",
+            "tunnel_down",
+            "switch_changed",
+            "desktop_opened",
+            "desktop_ended",
         ] {
             assert!(!label(k).is_empty(), "{k}");
         }

@@ -61,10 +61,24 @@ pub enum EventKind {
     ActivityReport,
     /// A webhook endpoint failed for too long and was disabled (default: the admins).
     WebhookDisabled,
+    /// A session started (or was started and waits for approval), from the audit record.
+    SessionStarted,
+    /// A session ended (by whom, or why), from the audit record.
+    SessionEnded,
+    /// A client's tunnel to a device came up.
+    TunnelUp,
+    /// A client's tunnel to a device went down.
+    TunnelDown,
+    /// A site turned its remote-access switch on or off.
+    SwitchChanged,
+    /// A desktop was opened in a browser.
+    DesktopOpened,
+    /// A desktop in a browser ended (with its recording's SHA-256).
+    DesktopEnded,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 14] = [
         EventKind::AlarmRaised,
         EventKind::AlarmReturned,
         EventKind::UserLockout,
@@ -72,6 +86,13 @@ impl EventKind {
         EventKind::DeviceOffline,
         EventKind::ActivityReport,
         EventKind::WebhookDisabled,
+        EventKind::SessionStarted,
+        EventKind::SessionEnded,
+        EventKind::TunnelUp,
+        EventKind::TunnelDown,
+        EventKind::SwitchChanged,
+        EventKind::DesktopOpened,
+        EventKind::DesktopEnded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -83,7 +104,28 @@ impl EventKind {
             EventKind::DeviceOffline => "device_offline",
             EventKind::ActivityReport => "activity_report",
             EventKind::WebhookDisabled => "webhook_disabled",
+            EventKind::SessionStarted => "session_started",
+            EventKind::SessionEnded => "session_ended",
+            EventKind::TunnelUp => "tunnel_up",
+            EventKind::TunnelDown => "tunnel_down",
+            EventKind::SwitchChanged => "switch_changed",
+            EventKind::DesktopOpened => "desktop_opened",
+            EventKind::DesktopEnded => "desktop_ended",
         }
+    }
+
+    /// The kind an audit record of `action` (with result `ok`) is told as.
+    pub fn of_audit(action: &str) -> Option<EventKind> {
+        Some(match action {
+            "session.start" | "session.adhoc" => EventKind::SessionStarted,
+            "session.end" => EventKind::SessionEnded,
+            "tunnel.up" => EventKind::TunnelUp,
+            "tunnel.down" | "tunnel.cut" => EventKind::TunnelDown,
+            "device.switch" => EventKind::SwitchChanged,
+            "desktop.open" => EventKind::DesktopOpened,
+            "desktop.end" => EventKind::DesktopEnded,
+            _ => return None,
+        })
     }
 
     /// The users told by default, besides the account's list for the kind.

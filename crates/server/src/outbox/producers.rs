@@ -1,6 +1,8 @@
 //! Events other modules report, worded once here: a user locked out (from
-//! `auth::register_failure`) and a session waiting for approval (from
-//! `sessions::start`). Each runs in the caller's transaction.
+//! `auth::register_failure`), a session waiting for approval (from
+//! `sessions::start`), and the audit records that webhooks may subscribe to
+//! (sessions, tunnels, the site's switch, desktops; from `audit::append`).
+//! Each runs in the caller's transaction.
 
 use super::{EventKind, Message, enqueue};
 use crate::db::Tx;
@@ -77,5 +79,50 @@ pub async fn approval_waiting(
         msg = msg.except_user(id);
     }
     enqueue(tx, account_id, &msg, now).await?;
+    Ok(())
+}
+
+/// An audit record as an event, when its action is one subscribers may want
+/// ([`EventKind::of_audit`]); nothing is queued when nobody subscribed.
+pub async fn from_audit(
+    tx: &mut Tx<'_>,
+    ev: &crate::audit::Event,
+    seq: i64,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    if ev.result != "ok" {
+        return Ok(());
+    }
+    let Some(kind) = EventKind::of_audit(&ev.action) else {
+        return Ok(());
+    };
+    let who = ev
+        .details
+        .get("username")
+        .and_then(|u| u.as_str())
+        .unwrap_or(&ev.actor);
+    let msg = Message::new(
+        kind,
+        format!(
+            "Drawbridge: {} ({})",
+            kind.as_str().replace('_', " "),
+            ev.object
+        ),
+        format!(
+            "{} of {}{} by {who}.\n\nAudit record {seq} of the account; details: {}",
+            ev.action,
+            ev.object,
+            ev.device_id
+                .as_deref()
+                .map(|d| format!(" on device {d}"))
+                .unwrap_or_default(),
+            ev.details
+        ),
+    )
+    .data(serde_json::json!({
+        "audit_seq": seq, "action": ev.action, "actor": ev.actor, "object": ev.object,
+        "device_id": ev.device_id, "source": ev.source, "details": ev.details,
+    }));
+    enqueue(tx, &ev.account_id, &msg, now).await?;
     Ok(())
 }

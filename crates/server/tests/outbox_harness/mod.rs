@@ -15,6 +15,93 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const SCRIPT: &str = include_str!("smtp_server.py");
+
+// ---------------------------------------------------------------- helpers the tests share
+
+use crate::common::{Account, TestApp};
+use axum::http::{Method, StatusCode};
+use drawbridge_server::outbox::{self, NotifyConfig};
+use drawbridge_server::state::AppState;
+use serde_json::json;
+
+pub fn configure(state: &AppState, smtp: Option<&Smtp>, allow_private: bool) {
+    state
+        .notify
+        .configure(&NotifyConfig {
+            smtp: smtp.map(Smtp::config),
+            webhook_allow_private: allow_private,
+            webhook_failure_days: 5,
+        })
+        .expect("notification settings");
+}
+
+/// Delivery rounds until nothing is due; returns how many deliveries were claimed.
+pub async fn drain(state: &AppState) -> usize {
+    let mut n = 0;
+    for _ in 0..50 {
+        match outbox::worker::deliver_due(state).await.expect("deliver") {
+            0 => return n,
+            k => n += k,
+        }
+    }
+    panic!("the outbox never ran dry");
+}
+
+pub async fn set_email(app: &TestApp, acct: &Account, user: &str, email: &str) {
+    app.ok(
+        Method::PUT,
+        &format!("/api/v1/users/{user}/email"),
+        &acct.admin,
+        Some(json!({ "email": email })),
+    )
+    .await;
+}
+
+/// Five wrong passwords: the account's default threshold locks the user.
+pub async fn lock_out(app: &TestApp, acct: &Account, user: &str) {
+    for _ in 0..5 {
+        let (s, _) = app.login(&acct.name, user, "Wrong-Password-1").await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+}
+
+pub async fn webhook(app: &TestApp, acct: &Account, url: &str, events: Value) -> (String, String) {
+    let (s, v) = app
+        .post(
+            "/api/v1/account/webhooks",
+            &acct.admin,
+            json!({ "url": url, "events": events }),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    (
+        v["webhook"]["id"].as_str().expect("id").to_string(),
+        v["secret"].as_str().expect("secret").to_string(),
+    )
+}
+
+pub async fn rows(app: &TestApp, sql: &str, bind: &str) -> Vec<(String, String, i64)> {
+    sqlx::query_as(sql)
+        .bind(bind)
+        .fetch_all(&app.state.store.pool)
+        .await
+        .expect(sql)
+}
+
+/// Deliveries of the events of one kind: (channel, target, attempts) with state.
+pub async fn deliveries(app: &TestApp, kind: &str) -> Vec<(String, String, i64)> {
+    // Sorted here: the databases' collations differ.
+    let mut v = rows(
+        app,
+        "SELECT d.channel, d.target || ' ' || d.state, d.attempts FROM outbox_deliveries d
+         JOIN outbox_events e ON e.id = d.event_id WHERE e.kind = $1 ORDER BY d.channel, d.target",
+        kind,
+    )
+    .await;
+    v.sort();
+    v
+}
+
 pub const SMTP_USER: &str = "drawbridge";
 pub const SMTP_PASSWORD: &str = "Smtp-Secret-7";
 
