@@ -9,6 +9,7 @@
 mod cluster;
 mod data;
 mod dataplane;
+mod desktop;
 mod dos;
 mod edges;
 mod measure;
@@ -169,6 +170,35 @@ pub struct Args {
     /// Openings of the device page with the server's peer running (`--web`; the median is reported).
     #[arg(long, default_value_t = 20)]
     web_openings: usize,
+    /// Instead of N edges: a VNC desktop in the browser — a real Xvnc whose
+    /// whole screen changes, behind a real edge, read through the server's
+    /// bridge by a minimal RFB viewer, recording required and off
+    /// (docs/loadtest.md).
+    #[arg(long, conflicts_with_all = ["dos", "web", "data", "replicas", "kill_replica"])]
+    desktop: bool,
+    /// The VNC server's screen (`--desktop`).
+    #[arg(long, default_value = "1920x1080", value_parser = geometry)]
+    desktop_geometry: (u16, u16),
+    /// Encodings the viewer asks for, one run pair each (`--desktop`; raw, zrle).
+    #[arg(long, default_value = "raw,zrle", value_delimiter = ',')]
+    desktop_encodings: Vec<desktop::rfb::Encoding>,
+    /// Whole-screen colour changes a second (`--desktop`; 0: as fast as Xvnc takes them).
+    #[arg(long, default_value_t = 30.0)]
+    desktop_paint_hz: f64,
+    /// Seconds of viewing before each measured window (`--desktop`).
+    #[arg(long, default_value = "3", value_parser = seconds)]
+    desktop_warmup_secs: Duration,
+    /// Seconds of each measured window (`--desktop`).
+    #[arg(long, default_value = "20", value_parser = seconds)]
+    desktop_secs: Duration,
+}
+
+/// `WIDTHxHEIGHT`.
+fn geometry(s: &str) -> Result<(u16, u16), String> {
+    s.split_once('x')
+        .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+        .filter(|&(w, h)| w >= 16 && h >= 16)
+        .ok_or_else(|| format!("{s:?} is not a screen size such as 1920x1080"))
 }
 
 /// A number of seconds, fractions allowed.
@@ -194,7 +224,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let Some((report, complete)) = rt.block_on(run(&args, nofile, hard))? else {
-        // --dos, --web or --data printed its figures.
+        // --dos, --web, --data or --desktop printed its figures.
         rt.shutdown_timeout(Duration::from_secs(1));
         return Ok(());
     };
@@ -224,6 +254,8 @@ pub fn target_device(name: &str) -> serde_json::Value {
 fn check(args: &Args, nofile: u64, hard: u64) -> anyhow::Result<()> {
     let n = if args.data {
         args.data_edges as usize
+    } else if args.desktop {
+        1
     } else {
         args.edges as usize
     };
@@ -376,6 +408,8 @@ async fn run(args: &Args, nofile: u64, hard: u64) -> anyhow::Result<Option<(Repo
             postmaster: throwaway.as_ref().map(|p| p.pid),
         };
         data_mode(args, &target, &db).await.map(|_| None)
+    } else if args.desktop {
+        desktop_mode(args, &target, &database).await.map(|_| None)
     } else if args.dos || args.web {
         dos_mode(args, &target).await.map(|text| {
             print!("{text}");
@@ -461,6 +495,41 @@ async fn data_mode(
     }
     if !report.complete {
         bail!("incomplete: {}", report.errors.join("; "));
+    }
+    Ok(())
+}
+
+/// `--desktop`: logs in as the admin, runs [`desktop::run`] and prints its
+/// figures; an error when a run failed (printed after the figures).
+async fn desktop_mode(args: &Args, target: &server::Target, database: &str) -> anyhow::Result<()> {
+    let anon = drawbridge_api_client::Client::new(&target.url, Some(&target.ca_file))?;
+    let login = anon
+        .login(&LoginRequest {
+            account: target.account.clone(),
+            username: target.admin_user.clone(),
+            password: target.password.clone(),
+            totp: None,
+        })
+        .await
+        .context("logging in as the admin")?;
+    let admin = anon.clone().with_token(login.token);
+    let opts = desktop::Options {
+        width: args.desktop_geometry.0,
+        height: args.desktop_geometry.1,
+        encodings: args.desktop_encodings.clone(),
+        paint_hz: args.desktop_paint_hz,
+        warmup: args.desktop_warmup_secs,
+        window: args.desktop_secs,
+        quiet: args.json,
+    };
+    let report = desktop::run(&opts, target, &admin, database).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    if !report.errors.is_empty() {
+        bail!("incomplete: a run failed (above)");
     }
     Ok(())
 }
