@@ -30,6 +30,10 @@ pub struct FileConfig {
     pub hsts_max_age_secs: Option<u64>,
     pub web_domain: Option<String>,
     pub novnc_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub syslog: Vec<String>,
+    #[serde(default)]
+    pub syslog_ca_file: Vec<PathBuf>,
     pub relay_name: Option<String>,
     pub relay_url: Option<String>,
     pub relay_region: Option<String>,
@@ -89,6 +93,10 @@ pub struct Config {
     pub web_domain: String,
     /// noVNC for desktops in the browser, when configured.
     pub novnc_dir: Option<PathBuf>,
+    /// Syslog receivers of every account's audit entries (SIEM streaming).
+    pub syslog: Vec<crate::syslog::Target>,
+    /// CA files trusted for `tls://` syslog receivers, besides the system's roots.
+    pub syslog_ca_file: Vec<PathBuf>,
     /// UDP addresses of the STUN service (empty: off). Two addresses (or ports)
     /// let peers tell an endpoint-independent NAT from a symmetric one.
     pub stun_listen: Vec<SocketAddr>,
@@ -155,6 +163,14 @@ pub struct Overrides {
     /// (Debian's `novnc`), /usr/local/share/novnc, node_modules/@novnc/novnc.
     #[arg(long, env = "DRAWBRIDGE_NOVNC_DIR")]
     pub novnc_dir: Option<PathBuf>,
+    /// A syslog receiver of every account's audit entries, `tcp://HOST:PORT` or
+    /// `tls://HOST:PORT` (RFC 5424, octet counting; TLS per RFC 5425); repeatable.
+    #[arg(long = "syslog", value_name = "URL")]
+    pub syslog: Vec<String>,
+    /// A CA file trusted for `tls://` syslog receivers (besides the system's
+    /// roots); repeatable.
+    #[arg(long = "syslog-ca-file", value_name = "FILE")]
+    pub syslog_ca_file: Vec<PathBuf>,
     /// UDP address of the STUN service, repeatable or comma-separated (default
     /// 127.0.0.1:3478 and :3479; two let peers recognise symmetric NAT).
     #[arg(long, env = "DRAWBRIDGE_STUN_LISTEN", value_delimiter = ',')]
@@ -481,6 +497,20 @@ impl Overrides {
             hostnames,
             web_domain,
             novnc_dir: self.novnc_dir.clone().or(file.novnc_dir),
+            syslog: if self.syslog.is_empty() {
+                file.syslog.clone()
+            } else {
+                self.syslog.clone()
+            }
+            .iter()
+            .map(|u| crate::syslog::Target::parse(u, None))
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("syslog: {e}"))?,
+            syslog_ca_file: if self.syslog_ca_file.is_empty() {
+                file.syslog_ca_file.clone()
+            } else {
+                self.syslog_ca_file.clone()
+            },
         })
     }
 }

@@ -31,6 +31,7 @@ pub mod secret;
 pub mod serve;
 pub mod sessions;
 pub mod state;
+pub mod syslog;
 pub mod totp;
 pub mod web;
 

@@ -541,6 +541,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     crate::outbox::worker::spawn(state.clone());
     crate::data::spawn_retention(state.clone());
     crate::desktop::recording::spawn_housekeeping(state.clone());
+    crate::syslog::worker::set_server_targets(&state, &cfg.syslog)
+        .await
+        .map_err(|e| anyhow::anyhow!("syslog targets: {}", e.message))?;
+    crate::syslog::worker::spawn(
+        state.clone(),
+        crate::syslog::worker::tls_config(&cfg.syslog_ca_file).context("syslog CA files")?,
+    );
     crate::health::spawn(state.clone());
     let app = crate::app(state);
     let stop = drawbridge_tunnel::shutdown_signal();
