@@ -72,7 +72,7 @@ pub fn frame(f: &Formatter, e: &AuditEntry) -> Vec<u8> {
             cut -= 1;
         }
         details.truncate(cut);
-        details.push_str("…");
+        details.push('…');
     }
     let text = format!(
         "{} {} {}: {} {}",
