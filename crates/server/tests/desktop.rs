@@ -19,6 +19,7 @@ store_tests!(
     recordings_stop_at_the_accounts_size_limit,
     only_admins_and_auditors_watch_replay_and_download_recordings,
     recordings_past_the_accounts_retention_are_deleted,
+    a_monitor_grant_gets_a_devices_desktops_and_never_a_tunnel,
 );
 
 /// A device whose firewall releases 192.168.1.20:5900, marked as a VNC desktop.
@@ -553,4 +554,91 @@ async fn recordings_past_the_accounts_retention_are_deleted(app: TestApp) {
         .get(&format!("/api/v1/desktops/{old}/recording"), &admin)
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+async fn a_monitor_grant_gets_a_devices_desktops_and_never_a_tunnel(app: TestApp) {
+    let acct = app.account("acme").await;
+    let dev = vnc_device(&app, &acct, "panel").await;
+    let (mona_id, mona) = app.user(&acct, "mona", "user").await;
+    app.grant(&acct, &[&mona_id], &[&dev], "monitor", json!([]))
+        .await;
+    let prepare = |target: &'static str| {
+        let (addr, port) = target.split_once(':').unwrap();
+        json!({
+            "name": "look",
+            "devices": [{"device_id": dev, "targets": [{"address": addr, "protocol": "tcp", "ports": port}]}],
+            "users": [mona_id],
+        })
+    };
+    // Not the device's web page (an HMI takes input): refused.
+    let (s, v) = app
+        .call(
+            Method::POST,
+            "/api/v1/sessions",
+            Some(&acct.admin),
+            Some(prepare("192.168.1.20:80")),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    // Its desktop: assigned.
+    let v = app
+        .ok(
+            Method::POST,
+            "/api/v1/sessions",
+            &acct.admin,
+            Some(prepare("192.168.1.20:5900")),
+        )
+        .await;
+    let session = v["id"].as_str().unwrap().to_string();
+    app.edge_state(&dev, true, true).await;
+    let v = app
+        .ok(
+            Method::POST,
+            &format!("/api/v1/sessions/{session}/start"),
+            &mona,
+            None,
+        )
+        .await;
+    assert_eq!(v["state"], "active", "{v}");
+    // No tunnel of her own, whatever the client.
+    for standard in [false, true] {
+        let (s, v) = app
+            .call(
+                Method::POST,
+                &format!("/api/v1/sessions/{session}/join"),
+                Some(&mona),
+                Some(json!({"public_key": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", "standard_client": standard})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+        assert!(v["message"].as_str().unwrap().contains("monitor"), "{v}");
+    }
+    assert_eq!(app.count("tunnels").await, 0);
+    // The desktop opens (view-only, decided by the bridge); HTTP to it does not.
+    let v = app
+        .ok(
+            Method::POST,
+            &format!("/api/v1/sessions/{session}/web"),
+            &mona,
+            Some(json!({"device_id": dev, "target": "192.168.1.20:5900"})),
+        )
+        .await;
+    assert!(v["url"].as_str().unwrap().contains(".web.localhost"), "{v}");
+    let (s, _) = app
+        .get(
+            &format!("/api/v1/sessions/{session}/devices/{dev}/http/192.168.1.20:5900/"),
+            &mona,
+        )
+        .await;
+    assert!(s.is_client_error());
+    let access = app
+        .ok(
+            Method::GET,
+            &format!("/api/v1/devices/{dev}/access"),
+            &mona,
+            None,
+        )
+        .await;
+    assert_eq!(access["level"], "monitor");
+    assert_eq!(access["can_tunnel"], false);
 }

@@ -78,7 +78,7 @@ impl Rsyslog {
             ),
         )
         .unwrap();
-        let child = Command::new("/usr/sbin/rsyslogd")
+        let mut child = Command::new("/usr/sbin/rsyslogd")
             .arg("-n")
             .arg("-f")
             .arg(&conf)
@@ -93,6 +93,8 @@ impl Rsyslog {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("rsyslogd did not listen on {addr}:{port}");
     }
 

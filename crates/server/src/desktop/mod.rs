@@ -75,6 +75,41 @@ pub async fn stored_password(
     }
 }
 
+/// Whether `t` is exactly one of the device's desktops (a single TCP host and
+/// port marked `vnc`).
+pub fn is_desktop_target(
+    services: &[drawbridge_proto::api::WebService],
+    t: &drawbridge_proto::Target,
+) -> bool {
+    let std::net::IpAddr::V4(ip) = t.address.addr() else {
+        return false;
+    };
+    let Some(p) = t.ports else { return false };
+    t.protocol == drawbridge_proto::Protocol::Tcp
+        && t.address.prefix_len() == 32
+        && p.start == p.end
+        && services.iter().any(|w| {
+            w.scheme == drawbridge_proto::api::WebScheme::Vnc
+                && w.target == SocketAddrV4::new(ip, p.start)
+        })
+}
+
+/// Refuses a caller whose grant on the device is only `monitor`: such a user
+/// has desktops in the browser (view-only) and nothing else.
+pub async fn require_tunnel_rights(
+    state: &AppState,
+    caller: &Caller,
+    device_id: &str,
+) -> AppResult<()> {
+    if view_only(state, caller, device_id).await? {
+        return Err(AppError::new(
+            drawbridge_proto::ErrorCode::Forbidden,
+            "a monitor grant opens this device's desktops in the browser, view-only, and nothing else",
+        ));
+    }
+    Ok(())
+}
+
 /// Whether the caller only watches a device's desktops (a `monitor` grant).
 pub async fn view_only(state: &AppState, caller: &Caller, device_id: &str) -> AppResult<bool> {
     let mut conn = state.store.pool.acquire().await?;

@@ -62,7 +62,7 @@ async fn join(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<JoinRequest>,
 ) -> AppResult<Json<JoinResponse>> {
-    Ok(Json(join_tunnel(&state, &caller, &id, &req).await?))
+    Ok(Json(join_tunnel(&state, &caller, &id, &req, false).await?))
 }
 
 /// Joins session `id` as `caller` with the key in `req`: checks the role, the
@@ -74,6 +74,7 @@ pub(crate) async fn join_tunnel(
     caller: &Caller,
     id: &str,
     req: &JoinRequest,
+    server_peer: bool,
 ) -> AppResult<JoinResponse> {
     caller
         .require(state, Action::UseSessions, "session.join")
@@ -88,6 +89,12 @@ pub(crate) async fn join_tunnel(
             return Err(AppError::conflict(
                 "only an active session can be joined; start it first",
             ));
+        }
+    }
+    if !server_peer {
+        // A monitor grant has desktops through the server's peer, never a tunnel.
+        for d in &s.devices {
+            crate::desktop::require_tunnel_rights(state, caller, &d.device_id).await?;
         }
     }
     // The key was parsed with the body (`WgKey`); it travels as text from here.

@@ -181,7 +181,12 @@ pub async fn check_assignment(
         for (user_id, role, name) in &checks {
             let access = rights::access(conn, account_id, user_id, *role, &device.id).await?;
             for t in &d.targets {
-                if !access.allows(&device.firewall, t) {
+                // A monitor grant reaches a device's desktops only, in the browser
+                // and view-only (the server's peer; never a tunnel of its own).
+                let desktop = access == rights::Access::Monitor
+                    && device.firewall.iter().any(|f| f.covers(t))
+                    && crate::desktop::is_desktop_target(&device.web_services, t);
+                if !access.allows(&device.firewall, t) && !desktop {
                     return Err(AppError::new(
                         drawbridge_proto::ErrorCode::Forbidden,
                         format!(

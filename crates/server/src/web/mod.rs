@@ -269,6 +269,7 @@ async fn to_device(
         ));
     }
     let dial = origin::check_target(state, caller, session_id, device_id, target).await?;
+    crate::desktop::require_tunnel_rights(state, caller, device_id).await?;
     let p = peer::peer_for(state, caller, session_id).await?;
     // A bounded number of requests at once per peer; the others wait a while.
     let Ok(Ok(place)) =
@@ -397,6 +398,9 @@ async fn open(
     crate::extract::ApiJson(req): crate::extract::ApiJson<OpenWeb>,
 ) -> AppResult<Json<OpenedWeb>> {
     let service = web_service(&state, &caller, &req.device_id, req.target).await?;
+    if service.scheme != Scheme::Vnc {
+        crate::desktop::require_tunnel_rights(&state, &caller, &req.device_id).await?;
+    }
     let (label, handoff) = origin::open(
         &state,
         &caller,

@@ -144,6 +144,7 @@ pub async fn peer_for(
             public_key: public,
             standard_client: false,
         },
+        true,
     )
     .await?;
     let overlay = join
