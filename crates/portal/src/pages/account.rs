@@ -82,7 +82,11 @@ pub async fn update(p: Posted) -> Response {
     };
     // The API's settings are a merge patch: keys the form did not hold stay.
     let mut patch = json!(settings);
-    for key in ["desktop_recording", "recording_retention_days", "recording_max_mb"] {
+    for key in [
+        "desktop_recording",
+        "recording_retention_days",
+        "recording_max_mb",
+    ] {
         if f.opt(key).is_none()
             && let Some(o) = patch.as_object_mut()
         {
