@@ -259,16 +259,29 @@ pub async fn list(
     all: bool,
     limit: i64,
 ) -> AppResult<Vec<Alarm>> {
+    list_page(conn, account_id, device, all, limit, 0).await
+}
+
+/// [`list`] from the `offset`-th alarm on (same order).
+pub async fn list_page(
+    conn: &mut AnyConnection,
+    account_id: &str,
+    device: Option<&str>,
+    all: bool,
+    limit: i64,
+    offset: i64,
+) -> AppResult<Vec<Alarm>> {
     let rows = sqlx::query(&format!(
         "SELECT {ALARM_COLS} FROM alarms a JOIN devices d ON d.id = a.device_id
          LEFT JOIN users u ON u.id = a.acked_by
          WHERE a.account_id = $1 AND ($2 = '' OR a.device_id = $2) AND ($3 = 1 OR a.state <> 'ended')
-         ORDER BY a.raised_ms DESC, a.id LIMIT $4"
+         ORDER BY a.raised_ms DESC, a.id LIMIT $4 OFFSET $5"
     ))
     .bind(account_id)
     .bind(device.unwrap_or(""))
     .bind(i64::from(all))
     .bind(limit)
+    .bind(offset)
     .fetch_all(conn)
     .await?;
     rows.iter().map(alarm_from).collect()

@@ -101,7 +101,17 @@ pub async fn require_tunnel_rights(
     caller: &Caller,
     device_id: &str,
 ) -> AppResult<()> {
-    if view_only(state, caller, device_id).await? {
+    let mut conn = state.store.pool.acquire().await?;
+    let a = rights::access(
+        &mut conn,
+        &caller.account_id,
+        &caller.user_id,
+        caller.role,
+        device_id,
+    )
+    .await?;
+    // No grant at all is the assignment check's to refuse, in its words.
+    if a == Access::Monitor {
         return Err(AppError::new(
             drawbridge_proto::ErrorCode::Forbidden,
             "a monitor grant opens this device's desktops in the browser, view-only, and nothing else",

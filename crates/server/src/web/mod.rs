@@ -399,6 +399,9 @@ async fn open(
 ) -> AppResult<Json<OpenedWeb>> {
     let service = web_service(&state, &caller, &req.device_id, req.target).await?;
     if service.scheme != Scheme::Vnc {
+        // Membership and release first (a stranger learns nothing), then the
+        // grant: a monitor grant opens desktops only.
+        origin::check_target(&state, &caller, &id, &req.device_id, req.target).await?;
         crate::desktop::require_tunnel_rights(&state, &caller, &req.device_id).await?;
     }
     let (label, handoff) = origin::open(
