@@ -99,16 +99,16 @@ impl DesktopReport {
         );
         let _ = writeln!(
             o,
-            "| encoding | recording | screen | paints/s | updates/s | full-screen | MiB/s | KiB/update | between updates p50/p99/max ms | request → update p50/p99 ms | server CPU | server ms/update | server ms/MiB | edge CPU | edge ms/MiB | Xvnc CPU | tool CPU | machine busy | server RSS max | recorded |"
+            "| encoding | recording | screen | paints/s | updates/s | full-screen | MiB/s | KiB/update | WebSocket messages/s | between updates p50/p99/max ms | request → update p50/p99 ms | server CPU | server ms/update | server ms/MiB | edge CPU | edge ms/MiB | Xvnc CPU | tool CPU | machine busy | server RSS max | recorded |"
         );
         let _ = writeln!(
             o,
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for r in &self.runs {
             let _ = writeln!(
                 o,
-                "| {} | {} | {}×{} | {:.1} | {:.1} | {:.0} % | {:.1} | {:.0} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} | {} % | {} | {} | {:.0} % | {:.2} | {:.0} % | {:.0} % | {:.2} cores | {} MiB | {} |",
+                "| {} | {} | {}×{} | {:.1} | {:.1} | {:.0} % | {:.1} | {:.0} | {:.0} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} | {} % | {} | {} | {:.0} % | {:.2} | {:.0} % | {:.0} % | {:.2} cores | {} MiB | {} |",
                 r.encoding.name(),
                 r.recording,
                 r.width,
@@ -118,6 +118,7 @@ impl DesktopReport {
                 r.full_screen_percent,
                 r.mib_per_sec,
                 r.mean_update_kib,
+                r.ws_messages_per_sec,
                 r.interval_p50_ms,
                 r.interval_p99_ms,
                 r.interval_max_ms,
