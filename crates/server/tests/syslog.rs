@@ -212,6 +212,34 @@ async fn audit_entries_reach_rsyslog_in_order_over_tcp_and_tls_also_after_an_out
         );
     }
     assert_eq!(app.count("syslog_targets").await, 0);
+    // 30 replacements at once, each of two targets: one list stays, not their union.
+    let puts = (0..30).map(|i| {
+        let app = &app;
+        let token = &acct.admin;
+        async move {
+            app.call(
+                Method::PUT,
+                "/api/v1/account/syslog",
+                Some(token),
+                Some(json!({"targets": [format!("tcp://127.0.0.9:{}", 1000 + i), format!("tcp://127.0.0.9:{}", 2000 + i)]})),
+            )
+            .await
+        }
+    });
+    for (s, v) in futures_util::future::join_all(puts).await {
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let ports: Vec<String> = sqlx::query_scalar("SELECT url FROM syslog_targets ORDER BY url")
+        .fetch_all(&app.state.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(ports.len(), 2, "{ports:?}");
+    let n = |u: &str| u.rsplit(':').next().unwrap().parse::<u32>().unwrap();
+    assert_eq!(
+        n(&ports[0]) + 1000,
+        n(&ports[1]),
+        "one request's pair: {ports:?}"
+    );
     let (_, user) = app.user(&acct, "ursula", "user").await;
     let (s, _) = app
         .call(

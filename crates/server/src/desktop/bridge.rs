@@ -9,7 +9,6 @@ use super::live::LiveDesktop;
 use super::recording::Recording;
 use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
-use crate::rights::{self, Access};
 use crate::state::AppState;
 use crate::web::origin::Origin;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -20,7 +19,6 @@ use drawbridge_proto::{RecordingMode, SessionState};
 use sqlx::Row;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -65,16 +63,8 @@ async fn prepare(state: &AppState, caller: &Caller, o: &Origin) -> AppResult<Ope
     let dial =
         crate::web::origin::check_target(state, caller, &o.session_id, &o.device_id, o.target)
             .await?;
+    let view_only = super::view_only(state, caller, &o.device_id).await?;
     let mut conn = state.store.pool.acquire().await?;
-    let access = rights::access(
-        &mut conn,
-        &caller.account_id,
-        &caller.user_id,
-        caller.role,
-        &o.device_id,
-    )
-    .await?;
-    let view_only = !matches!(access, Access::Full | Access::Restricted(_));
     let settings = crate::records::account(&mut conn, &caller.account_id)
         .await?
         .settings;
@@ -276,9 +266,6 @@ async fn bridge(state: &AppState, origin: &Origin, o: &Opened, ws: &mut WebSocke
             },
             _ = tick.tick() => {
                 ticks += 1;
-                if o.desktop.closing.load(Ordering::Relaxed) {
-                    return "the desktop was ended".into();
-                }
                 if !o.peer.alive() {
                     return "the session ended".into();
                 }

@@ -12,7 +12,7 @@ use crate::error::{AppError, AppResult};
 use crate::state::AppState;
 use bytes::Bytes;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
@@ -55,8 +55,6 @@ pub struct LiveDesktop {
     recording: tokio::sync::Mutex<Recording>,
     tx: broadcast::Sender<Bytes>,
     watchers: AtomicUsize,
-    /// Set when the desktop is to close (its end was asked for).
-    pub closing: AtomicBool,
 }
 
 impl LiveDesktop {
@@ -66,7 +64,6 @@ impl LiveDesktop {
             recording: tokio::sync::Mutex::new(recording),
             tx: broadcast::channel(BACKLOG).0,
             watchers: AtomicUsize::new(0),
-            closing: AtomicBool::new(false),
         })
     }
 

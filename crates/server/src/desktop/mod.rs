@@ -94,24 +94,28 @@ pub fn is_desktop_target(
         })
 }
 
-/// Refuses a caller whose grant on the device is only `monitor`: such a user
-/// has desktops in the browser (view-only) and nothing else.
-pub async fn require_tunnel_rights(
-    state: &AppState,
-    caller: &Caller,
-    device_id: &str,
-) -> AppResult<()> {
+/// The caller's access to a device (the one rule in `rights`).
+async fn access_of(state: &AppState, caller: &Caller, device_id: &str) -> AppResult<Access> {
     let mut conn = state.store.pool.acquire().await?;
-    let a = rights::access(
+    rights::access(
         &mut conn,
         &caller.account_id,
         &caller.user_id,
         caller.role,
         device_id,
     )
-    .await?;
-    // No grant at all is the assignment check's to refuse, in its words.
-    if a == Access::Monitor {
+    .await
+}
+
+/// Refuses a caller whose grant on the device is only `monitor`: such a user
+/// has desktops in the browser (view-only) and nothing else. No grant at all
+/// is the assignment check's to refuse, in its words.
+pub async fn require_tunnel_rights(
+    state: &AppState,
+    caller: &Caller,
+    device_id: &str,
+) -> AppResult<()> {
+    if access_of(state, caller, device_id).await? == Access::Monitor {
         return Err(AppError::new(
             drawbridge_proto::ErrorCode::Forbidden,
             "a monitor grant opens this device's desktops in the browser, view-only, and nothing else",
@@ -122,16 +126,7 @@ pub async fn require_tunnel_rights(
 
 /// Whether the caller only watches a device's desktops (a `monitor` grant).
 pub async fn view_only(state: &AppState, caller: &Caller, device_id: &str) -> AppResult<bool> {
-    let mut conn = state.store.pool.acquire().await?;
-    let a = rights::access(
-        &mut conn,
-        &caller.account_id,
-        &caller.user_id,
-        caller.role,
-        device_id,
-    )
-    .await?;
-    Ok(!matches!(a, Access::Full | Access::Restricted(_)))
+    Ok(!access_of(state, caller, device_id).await?.can_tunnel())
 }
 
 const COLS: &str = "id, session_id, device_id, target, user_id, view_only, state, mode, recorded, started_at, ended_at, end_reason, bytes, sha256";

@@ -88,6 +88,13 @@ pub async fn replace_account_targets(
     urls: &[String],
     now: i64,
 ) -> AppResult<()> {
+    // One replacement at a time per account: the account's row lock on
+    // PostgreSQL (SQLite runs one writer anyway), so that replacements at the
+    // same moment do not leave the union of their lists.
+    sqlx::query("UPDATE accounts SET settings = settings WHERE id = $1")
+        .bind(account)
+        .execute(&mut **tx)
+        .await?;
     let old: Vec<String> =
         sqlx::query_scalar("SELECT url FROM syslog_targets WHERE account_id = $1")
             .bind(account)
