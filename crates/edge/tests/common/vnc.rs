@@ -608,7 +608,12 @@ fn close_to(a: [u8; 3], b: [u8; 3]) -> bool {
 pub async fn wait_colour(c: &Client, colour: (&str, [u8; 3]), who: &str, secs: u64) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
-        let got = centre_pixel(&canvas_png(c).await);
+        // Until noVNC has the framebuffer's size its canvas has none, and
+        // Chromium takes no screenshot of it: wait for it like for the colour.
+        let got = match find(c, "#screen canvas").await.screenshot().await {
+            Ok(png) => centre_pixel(&png),
+            Err(_) => [0, 0, 0],
+        };
         if close_to(got, colour.1) {
             return;
         }
