@@ -506,6 +506,11 @@ pub struct EnrollResponse {
     /// PEM of the device CA.
     #[serde(default)]
     pub ca_certificate: Option<String>,
+    /// The root key of signed edge releases (base64 Ed25519 public key) that
+    /// the server trusts now; the edge pins it and accepts a later root only
+    /// through a rotation signed by the one it holds.
+    #[serde(default)]
+    pub release_root: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -111,6 +111,8 @@ pub enum EdgeToServer {
     Live {
         values: Vec<LiveValue>,
     },
+    /// Where the edge is with the update it was offered.
+    Update(crate::update::UpdateReport),
 }
 
 /// One client allowed into a session on this edge.
@@ -211,6 +213,12 @@ pub enum ServerToEdge {
     /// `for_ms` milliseconds (0: stop now). Renewed while they watch.
     Watch {
         for_ms: u32,
+    },
+    /// The release this edge is to install now (sent after `welcome` and on
+    /// every change); `None` withdraws an offer (the rollout was paused or
+    /// cancelled): an edge that has not yet swapped its binary stops.
+    Update {
+        offer: Option<crate::update::UpdateOffer>,
     },
 }
 

@@ -15,6 +15,7 @@ pub mod fuzz;
 pub mod mailbox;
 pub mod model;
 pub mod text;
+pub mod update;
 pub mod web;
 pub mod wgconf;
 pub mod wgkey;
