@@ -1,9 +1,11 @@
 //! One method per call of the control API, grouped like the server's `api/`
-//! (auth and me, tokens, account, users, groups/pools/grants, devices, sessions).
+//! (auth and me, tokens, account, users, groups/pools/grants, devices, sessions,
+//! edge updates).
 
 use crate::client::{Client, seg};
 use crate::error::Result;
 use drawbridge_proto::api::*;
+use drawbridge_proto::update::{CreateRollout, Release, Rollout};
 use reqwest::Method;
 
 impl Client {
@@ -228,5 +230,35 @@ impl Client {
     }
     pub async fn adhoc_session(&self, req: &AdhocSession) -> Result<Session> {
         self.post("/sessions/adhoc", req).await
+    }
+
+    // ------------------------------------------------------------ edge updates
+
+    /// The edge releases the server's operator stored (admins).
+    pub async fn releases(&self) -> Result<Vec<Release>> {
+        self.get("/releases").await
+    }
+    /// The account's rollouts, newest first, without their devices (admins).
+    pub async fn rollouts(&self) -> Result<Vec<Rollout>> {
+        self.get("/rollouts").await
+    }
+    /// One rollout with its devices (admins).
+    pub async fn rollout(&self, id: &str) -> Result<Rollout> {
+        self.get(&format!("/rollouts/{}", seg(id))).await
+    }
+    pub async fn create_rollout(&self, req: &CreateRollout) -> Result<Rollout> {
+        self.post("/rollouts", req).await
+    }
+    pub async fn pause_rollout(&self, id: &str) -> Result<Rollout> {
+        self.post_empty_body(&format!("/rollouts/{}/pause", seg(id)))
+            .await
+    }
+    pub async fn resume_rollout(&self, id: &str) -> Result<Rollout> {
+        self.post_empty_body(&format!("/rollouts/{}/resume", seg(id)))
+            .await
+    }
+    pub async fn cancel_rollout(&self, id: &str) -> Result<Rollout> {
+        self.post_empty_body(&format!("/rollouts/{}/cancel", seg(id)))
+            .await
     }
 }

@@ -473,6 +473,7 @@ impl Viewer {
                 users: role != Role::User,
                 audit: role.permits(Action::ReadAudit),
                 notifications: role.permits(Action::ManageUsers),
+                updates: role.permits(Action::ManageDevices),
             }),
         }
     }
@@ -602,6 +603,8 @@ pub struct Nav {
     pub audit: bool,
     /// E-mail recipients and webhooks (admins).
     pub notifications: bool,
+    /// Edge releases and rollouts (admins).
+    pub updates: bool,
 }
 
 /// Renders a template as an HTML response (clearing a shown flash).

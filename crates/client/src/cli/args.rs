@@ -117,6 +117,12 @@ pub enum Command {
     /// Export and verify the audit log (admins and auditors).
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Signed edge releases stored on the server (admins).
+    #[command(subcommand)]
+    Release(super::rollout_args::ReleaseCmd),
+    /// Update edges: staged rollouts of a release to devices and pools (admins).
+    #[command(subcommand)]
+    Rollout(super::rollout_args::RolloutCmd),
     /// Bring a tunnel up into a session (starting it if needed) and stay in the foreground.
     Connect(crate::connect::ConnectArgs),
     /// Show the tunnels `drawbridge connect` has up on this computer.

@@ -1,7 +1,8 @@
 //! The command line: the clap types ([`args`]), what every command shares
 //! ([`context`]: connection, name resolution, output) and one module per
 //! resource, named like the server's `api/` and the portal's `pages/`
-//! (the data services' and notifications' clap types are in [`data_args`]).
+//! (the data services' and notifications' clap types are in [`data_args`],
+//! the edge updates' in [`rollout_args`]).
 
 mod account;
 mod alarms;
@@ -17,6 +18,8 @@ mod kpi;
 mod login;
 mod notify;
 mod pools;
+pub mod rollout_args;
+mod rollouts;
 mod sessions;
 mod sync;
 mod tags;
@@ -29,6 +32,7 @@ pub use account::apply_setting;
 pub use args::*;
 use context::connect;
 pub use data_args::*;
+pub use rollout_args::*;
 
 /// Runs one command line.
 pub async fn run(cli: Cli) -> Result<()> {
@@ -69,6 +73,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Notify(cmd) => notify::notify(&connect(&g)?, cmd).await,
         Command::Webhook(cmd) => webhooks::webhook(&connect(&g)?, cmd).await,
         Command::Audit(cmd) => audit::audit(&connect(&g)?, cmd).await,
+        Command::Release(ReleaseCmd::List) => rollouts::releases(&connect(&g)?).await,
+        Command::Rollout(cmd) => rollouts::rollout(&connect(&g)?, cmd).await,
         Command::Connect(args) => crate::connect::run(&connect(&g)?, args).await,
         Command::Status => crate::connect::status(g.json),
     }

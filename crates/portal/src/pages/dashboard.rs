@@ -31,6 +31,8 @@ pub struct DeviceRow {
     pub enrolled: bool,
     pub pending: bool,
     pub last_seen: String,
+    /// The edge's version as it last reported it, or `—`.
+    pub agent: String,
 }
 
 impl DeviceRow {
@@ -43,6 +45,7 @@ impl DeviceRow {
             enrolled: d.status.enrolled,
             pending: d.status.pending_approval,
             last_seen: super::when_opt(&d.status.last_seen),
+            agent: d.status.agent_version.clone().unwrap_or_else(|| "—".into()),
         }
     }
 }

@@ -185,6 +185,8 @@ struct DetailPage {
     region: String,
     /// KPIs, tags, alarms, historian, export.
     data: super::data::device::DataSection,
+    /// Its place in an unfinished rollout (admins).
+    update: Option<super::updates::DeviceUpdate>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -233,8 +235,10 @@ pub async fn detail(v: Viewer, Path(id): Path<String>, Query(q): Query<DetailQue
         Vec::new()
     };
     let data = super::data::device::DataSection::load(&v, &id, q.edit.as_deref()).await;
+    let update = super::updates::for_device(&v, &d.id).await;
     let page = DetailPage {
         data,
+        update,
         l: v.layout(format!("Device: {}", d.name)),
         serial: d.serial.clone().unwrap_or_default(),
         agent: d.status.agent_version.clone().unwrap_or_else(|| "—".into()),

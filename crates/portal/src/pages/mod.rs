@@ -11,6 +11,7 @@ pub mod login;
 pub mod me;
 pub mod notifications;
 pub mod sessions;
+pub mod updates;
 pub mod users;
 pub mod wireguard;
 
