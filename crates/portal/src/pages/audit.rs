@@ -181,6 +181,9 @@ impl Refs {
         if let Some(n) = self.others.get(r) {
             return n.clone();
         }
+        if let Some(id) = r.strip_prefix("rollout:") {
+            return format!("rollout {}", super::short(id));
+        }
         self.names.actor(r)
     }
 
