@@ -4,7 +4,7 @@ use crate::enroll::Secret;
 use crate::enroll_file::{self, EnrollFile};
 use crate::local::{StateDir, SwitchSource};
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 
 /// Set to `1` for `run` to let released targets on this host's loopback through
@@ -61,6 +61,10 @@ enum Command {
         /// dropped, and counted, beyond it).
         #[arg(long, env = "DRAWBRIDGE_EDGE_HISTORIAN_MAX_RECORDS", default_value_t = crate::data::buffer::DEFAULT_MAX_RECORDS, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
         historian_max_records: u64,
+        /// A new version must connect and authenticate to the control plane
+        /// within this many seconds of its start, or the previous one is put back.
+        #[arg(long, env = "DRAWBRIDGE_EDGE_UPDATE_HEALTH_SECS", default_value_t = crate::update::DEFAULT_HEALTH_SECS, value_parser = clap::value_parser!(u64).range(5..=600))]
+        update_health_secs: u64,
     },
     /// The remote-access switch: `on`, `off` or `status`.
     Switch {
@@ -89,7 +93,9 @@ enum Command {
 }
 
 pub async fn main() -> anyhow::Result<u8> {
-    let cli = Cli::parse();
+    // The version the binary set (a build may name its own), not the library's.
+    let matches = Cli::command().version(crate::version()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let dir = StateDir::resolve(cli.state_dir);
     match cli.command {
         Command::Enroll {
@@ -141,6 +147,7 @@ pub async fn main() -> anyhow::Result<u8> {
             switch_file,
             tun,
             historian_max_records,
+            update_health_secs,
         } => {
             // Tests and single-host demos, whose "machine LAN" is this host's
             // loopback; otherwise loopback is never a target (netstack::policy).
@@ -159,7 +166,7 @@ pub async fn main() -> anyhow::Result<u8> {
                 r = crate::agent::run(dir, source, tun, crate::data::buffer::BufferConfig {
                     max_records: historian_max_records,
                     ..Default::default()
-                }) => r?,
+                }, std::time::Duration::from_secs(update_health_secs)) => r?,
                 _ = drawbridge_tunnel::shutdown_signal() => tracing::info!("stopping"),
             }
             Ok(0)
@@ -202,6 +209,30 @@ pub async fn main() -> anyhow::Result<u8> {
                 return Ok(0);
             }
             println!("device {}", s.device_id);
+            let version = if s.version.is_empty() {
+                crate::version()
+            } else {
+                &s.version
+            };
+            println!("version {version}");
+            if let Some(u) = &s.update {
+                println!(
+                    "update to {}: {}{} ({})",
+                    u.version,
+                    u.state,
+                    if u.message.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" — {}", u.message)
+                    },
+                    time::OffsetDateTime::from_unix_timestamp(u.at)
+                        .ok()
+                        .and_then(|t| t
+                            .format(&time::format_description::well_known::Rfc3339)
+                            .ok())
+                        .unwrap_or_else(|| u.at.to_string())
+                );
+            }
             println!(
                 "control plane: {}",
                 if s.connected {

@@ -48,6 +48,19 @@ pub async fn request(
     Ok(client.post("/enroll", &req).await?)
 }
 
+/// The release root of the enrolment response, if it is a public key; the
+/// edge trusts it for updates from now on (it came over the CA-pinned TLS).
+fn pinnable_root(root: Option<&str>) -> Option<String> {
+    let root = root?;
+    match root.trim().parse::<drawbridge_release::PublicKey>() {
+        Ok(k) => Some(k.to_string()),
+        Err(e) => {
+            tracing::warn!(error = %e, "the server's release root is not a public key; updates will pin the first offer's");
+            None
+        }
+    }
+}
+
 pub async fn enroll(
     dir: &StateDir,
     server: &str,
@@ -67,6 +80,7 @@ pub async fn enroll(
         account_id: resp.account_id.clone(),
         certificate: resp.certificate.clone(),
         ca_certificate: resp.ca_certificate.clone(),
+        release_root: pinnable_root(resp.release_root.as_deref()),
     };
     dir.save_device(&record)?;
     if resp.status == EnrollStatus::PendingApproval {

@@ -15,3 +15,22 @@ pub mod enroll_file;
 pub mod kernel;
 pub mod local;
 pub mod rtt;
+pub mod update;
+
+use std::sync::OnceLock;
+
+static VERSION: OnceLock<String> = OnceLock::new();
+
+/// Sets the version this edge reports (in its status, `--version` and update
+/// checks); the binary does it first thing. Only the first call counts.
+pub fn set_version(v: &str) {
+    let _ = VERSION.set(v.to_string());
+}
+
+/// The version of this edge: what `set_version` set, else the library's own.
+pub fn version() -> &'static str {
+    VERSION
+        .get()
+        .map(String::as_str)
+        .unwrap_or(env!("CARGO_PKG_VERSION"))
+}

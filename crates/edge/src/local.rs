@@ -9,6 +9,7 @@
 //! session-keys/ID  a session's WireGuard private key (base64), mode 0600; removed
 //!                  when the session is gone from the server's list
 //! status.json      what `drawbridge-edge status` shows (written by `run`)
+//! update.json      the last installed update: trial, succeeded, rolled back (see `crate::update`)
 //! tags.json, alarms.json, historian/   the data services (see `crate::data`)
 //! ```
 
@@ -35,6 +36,11 @@ pub struct DeviceRecord {
     pub certificate: Option<String>,
     #[serde(default)]
     pub ca_certificate: Option<String>,
+    /// The release root this edge trusts for updates (base64 Ed25519), pinned
+    /// from the enrolment response or, when the server had none then, from
+    /// the first update offer; moved on only by a rotation signed by it.
+    #[serde(default)]
+    pub release_root: Option<String>,
 }
 
 /// How the remote-access switch is read.
@@ -97,6 +103,26 @@ pub struct Status {
     /// Tags, last poll qualities, the historian buffer.
     #[serde(default)]
     pub data: Option<crate::data::DataStatus>,
+    /// The version of the running agent.
+    #[serde(default)]
+    pub version: String,
+    /// The last update offered to this edge and where it is.
+    #[serde(default)]
+    pub update: Option<UpdateStatus>,
+}
+
+/// An update as `status` shows it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UpdateStatus {
+    /// The version offered.
+    pub version: String,
+    /// `waiting`, `downloading`, `installing`, `trial` (the new version runs
+    /// and must come online), `succeeded`, `failed`, `rolled_back`, `refused`.
+    pub state: String,
+    #[serde(default)]
+    pub message: String,
+    /// When it got there (Unix seconds).
+    pub at: i64,
 }
 
 /// A session id safe to use as a file name: 1–64 of `[A-Za-z0-9-]`.

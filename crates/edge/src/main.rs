@@ -2,6 +2,11 @@
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // A build with DRAWBRIDGE_EDGE_VERSION set reports that version (a second
+    // build for update tests recompiles only this file).
+    drawbridge_edge::set_version(
+        option_env!("DRAWBRIDGE_EDGE_VERSION").unwrap_or(env!("CARGO_PKG_VERSION")),
+    );
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

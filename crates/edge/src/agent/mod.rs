@@ -12,6 +12,7 @@
 mod channel;
 mod push;
 mod sessions;
+mod updates;
 
 pub use channel::{
     Backoff, CHANNEL_READ_BUFFER, Channel, ChannelError, authenticate, connect, recv, send,
@@ -27,7 +28,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The edge's own address inside a session's overlay (clients get .2 onwards).
 const EDGE_OVERLAY_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(100, 64, 0, 1);
 const TICK: Duration = Duration::from_secs(1);
@@ -53,6 +53,8 @@ struct Agent {
     rtt: crate::rtt::Probes,
     /// The data services: polling (always), historian pushes and live values.
     push: push::Push,
+    /// Signed updates of this binary.
+    update: crate::update::Updater,
 }
 
 impl Agent {
@@ -70,7 +72,7 @@ impl Agent {
     fn status(&self) -> EdgeStatus {
         EdgeStatus {
             switch_on: self.switch_on,
-            agent_version: VERSION.into(),
+            agent_version: crate::version().into(),
             endpoints: vec![],
             relay_rtt: vec![],
         }
@@ -130,6 +132,8 @@ impl Agent {
                 None => "userspace".into(),
             },
             data: Some(self.push.data.status()),
+            version: crate::version().into(),
+            update: self.update.status(),
         };
         if let Err(e) = self.dir.save_status(&s) {
             tracing::warn!(error = %e, "writing status.json");
@@ -169,7 +173,9 @@ async fn session(
     let proxy = drawbridge_tunnel::proxy::Proxy::from_env()?;
     let mut ws = connect(server, agent.tls.clone(), proxy.as_ref(), None).await?;
     authenticate(&mut ws, &agent.device_id, key).await?;
-    tracing::info!("connected to the control plane");
+    // Authenticated: a new version on trial has proved itself.
+    let update_reports = agent.update.on_welcome();
+    tracing::info!(version = crate::version(), "connected to the control plane");
     agent.connected = true;
     while out_rx.try_recv().is_ok() {} // stale messages from before
     for r in agent.sessions.values_mut() {
@@ -177,6 +183,7 @@ async fn session(
     }
     agent.push.reset();
     send(&mut ws, &agent.status_with_rtt()).await?;
+    agent.report_updates(&mut ws, update_reports).await?;
     let mut tick = tokio::time::interval(TICK);
     let mut n: u32 = 0;
     let data = agent.push.data.clone();
@@ -202,15 +209,26 @@ async fn session(
                     agent.save_status();
                 }
                 Some(ServerToEdge::Signal { session_id, peer, data }) => agent.signal(&session_id, peer, &data).await,
+                Some(ServerToEdge::Update { offer }) => {
+                    let reports = agent.update.on_offer(offer).await;
+                    agent.report_updates(&mut ws, reports).await?;
+                    agent.step_update(&mut ws).await?;
+                }
                 Some(ServerToEdge::Error { code, message }) => tracing::warn!(%code, %message, "control plane reported an error"),
                 Some(_) => {}
             },
             Some(m) = out_rx.recv() => send(&mut ws, &m).await?,
+            Some(o) = agent.update.next() => {
+                let reports = agent.update.on_outcome(o);
+                agent.report_updates(&mut ws, reports).await?;
+                agent.step_update(&mut ws).await?;
+            }
             () = data.appended() => agent.push.records(&mut ws).await?,
             () = data.kpi_changed() => agent.push.live(&mut ws).await?,
             _ = tick.tick() => {
                 n = n.wrapping_add(1);
                 agent.tick().await;
+                agent.step_update(&mut ws).await?;
                 agent.push.records(&mut ws).await?;
                 agent.push.live(&mut ws).await?;
                 if n.is_multiple_of(REPORT_EVERY) {
@@ -226,15 +244,21 @@ async fn session(
 }
 
 /// Runs the agent forever; `kernel` forwards through a TUN interface (root);
-/// `historian` bounds the data services' buffer.
+/// `historian` bounds the data services' buffer; `update_health`: how long a
+/// new version has to come online before it is rolled back.
 pub async fn run(
     dir: StateDir,
     switch: SwitchSource,
     kernel: bool,
     historian: crate::data::buffer::BufferConfig,
+    update_health: Duration,
 ) -> anyhow::Result<()> {
+    // First thing: a new version on trial past its deadline is rolled back
+    // (this does not return then), one within it gets its timer.
+    crate::update::at_start(&dir.0, now()).context("checking the last update")?;
+    let exe = std::env::current_exe().context("finding this binary")?;
     let device = dir.device()?;
-    let key = dir.identity()?;
+    let key = Arc::new(dir.identity()?);
     // Polling starts now, with the tags kept from last time, whether or not
     // the control plane is reachable.
     let data = crate::data::Data::start(&dir.0, historian)
@@ -242,6 +266,19 @@ pub async fn run(
     let mut tls = drawbridge_api_client::tls_config(device.ca_file.as_deref())?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()]; // WebSockets upgrade over HTTP/1.1
     let (out_tx, mut out_rx) = mpsc::channel(1024);
+    let tls = Arc::new(tls);
+    let update = crate::update::Updater::new(crate::update::Config {
+        dir: dir.clone(),
+        exe,
+        pinned: device.release_root.clone(),
+        source: crate::update::Source {
+            server: device.server.clone(),
+            tls: tls.clone(),
+            device_id: device.device_id.clone(),
+            key: key.clone(),
+        },
+        health: update_health,
+    });
     let mut agent = Agent {
         switch_on: dir.switch_on(&switch),
         dir,
@@ -250,7 +287,8 @@ pub async fn run(
         connected: false,
         sessions: HashMap::new(),
         out_tx,
-        tls: Arc::new(tls),
+        tls,
+        update,
         rtt: Default::default(),
         push: push::Push::new(data),
         gateway: if kernel {
@@ -259,7 +297,7 @@ pub async fn run(
             None
         },
     };
-    tracing::info!(device = %agent.device_id, server = %device.server, switch_on = agent.switch_on, "edge agent starting");
+    tracing::info!(device = %agent.device_id, server = %device.server, switch_on = agent.switch_on, version = crate::version(), "edge agent starting");
     let mut backoff = Backoff::default();
     loop {
         let started = std::time::Instant::now();
