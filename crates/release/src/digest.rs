@@ -9,7 +9,7 @@ use subtle::ConstantTimeEq;
 pub struct Digest {
     expected_size: u64,
     expected_hash: String,
-    seen: u64,
+    pub(crate) seen: u64,
     ctx: ring::digest::Context,
 }
 

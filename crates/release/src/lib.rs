@@ -3,8 +3,8 @@
 //! release's metadata (product, version, target, size, SHA-256). A root is
 //! replaced only by a **rotation** the old root signed. Every signature is
 //! Ed25519 (ring) over a domain-separated message, so one kind never passes
-//! for another. No I/O here: the `drawbridge-release` tool, the server and
-//! the edge read and write the files.
+//! for another. No I/O here except in [`cli`] (the `drawbridge-release`
+//! tool): the server and the edge read and write their own files.
 //!
 //! The order of checks on an edge: [`current_root`] (from the pinned root
 //! through the rotations), [`verify`] (certificate and release signatures,
@@ -13,6 +13,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cli;
 mod digest;
 mod envelope;
 mod keys;

@@ -71,20 +71,89 @@ fn tampering_another_root_or_a_foreign_signing_key_is_refused() {
 
 #[test]
 fn one_kind_of_signature_never_passes_for_another() {
-    let (root, key, _) = setup();
-    // The root signs release metadata directly: not a signing-key certificate.
+    let root = PrivateKey::generate();
+    let c = SigningKeyCert {
+        name: "k".into(),
+        public_key: PrivateKey::generate().public(),
+        not_before: NOW - 1,
+        not_after: NOW + 1,
+    };
+    let kinds = [Kind::SigningKey, Kind::Release, Kind::RootRotation];
+    // The same payload, signed as one kind, opened as every other: the
+    // signature itself must fail, whatever the payload parses as.
+    for signed_as in kinds {
+        let e = Envelope::sign(&root, signed_as, &c);
+        for opened_as in kinds {
+            let r = e.open::<serde_json::Value>(&root.public(), opened_as);
+            if signed_as == opened_as {
+                assert!(r.is_ok());
+            } else {
+                assert_eq!(
+                    r,
+                    Err(Error::BadSignature),
+                    "{signed_as:?} as {opened_as:?}"
+                );
+            }
+        }
+    }
+    // A root's rotation or release-shaped signature is never a certificate.
+    let rotation = Envelope::from_json(&rotate_root(&root, &c.public_key, NOW)).unwrap();
+    let as_cert = SignedRelease {
+        release: Envelope::sign(&root, Kind::Release, &meta("1.0.0", b"x")),
+        signing_key: rotation,
+    };
+    assert_eq!(
+        verify(&root.public(), &as_cert, NOW),
+        Err(Error::BadSignature)
+    );
+}
+
+#[test]
+fn the_signed_message_is_the_documented_domain_separated_bytes() {
+    let key = PrivateKey::generate();
     let m = meta("1.0.0", b"x");
-    let as_release = Envelope::sign(&root, Kind::Release, &m);
-    assert!(
-        as_release
-            .open::<SigningKeyCert>(&root.public(), Kind::SigningKey)
-            .is_err()
+    let e = Envelope::sign(&key, Kind::Release, &m);
+    let payload = STANDARD.decode(&e.payload).unwrap();
+    let sig = STANDARD.decode(&e.signature).unwrap();
+    let mut msg = b"drawbridge-release-v1\0release\0".to_vec();
+    msg.extend_from_slice(&payload);
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key.public().0)
+        .verify(&msg, &sig)
+        .unwrap();
+    // The bare payload, without the context, is not what was signed.
+    assert!(!key.public().verifies(&payload, &sig));
+    for (kind, name) in [
+        (Kind::SigningKey, &b"signing-key"[..]),
+        (Kind::RootRotation, b"root-rotation"),
+    ] {
+        let e = Envelope::sign(&key, kind, &m);
+        let mut msg = b"drawbridge-release-v1\0".to_vec();
+        msg.extend_from_slice(name);
+        msg.push(0);
+        msg.extend_from_slice(&STANDARD.decode(&e.payload).unwrap());
+        assert!(
+            key.public()
+                .verifies(&msg, &STANDARD.decode(&e.signature).unwrap())
+        );
+    }
+}
+
+#[test]
+fn a_signing_key_certified_by_another_root_is_refused() {
+    let (root, key, _) = setup();
+    let other_root = PrivateKey::generate();
+    let s = sign_release(
+        &key,
+        cert(&other_root, &key, NOW - 10, NOW + 10),
+        &meta("1.0.0", b"x"),
     );
-    let c = cert(&root, &key, NOW - 1, NOW + 1);
-    assert!(
-        c.open::<ReleaseMeta>(&root.public(), Kind::Release)
-            .is_err()
-    );
+    assert_eq!(verify(&root.public(), &s, NOW), Err(Error::BadSignature));
+    assert!(verify(&other_root.public(), &s, NOW).is_ok());
+    // A certificate's signature moved onto another key's certificate.
+    let mut swapped = cert(&root, &PrivateKey::generate(), NOW - 10, NOW + 10);
+    swapped.signature = cert(&root, &key, NOW - 10, NOW + 10).signature;
+    let s = sign_release(&key, swapped, &meta("1.0.0", b"x"));
+    assert_eq!(verify(&root.public(), &s, NOW), Err(Error::BadSignature));
 }
 
 #[test]
@@ -101,6 +170,24 @@ fn an_expired_or_not_yet_valid_signing_key_is_refused() {
         verify(&root.public(), &early, NOW),
         Err(Error::NotYetValid(NOW + 5))
     );
+    // Both ends of the window count.
+    let window = sign_release(&key, cert(&root, &key, NOW, NOW + 10), &m);
+    assert!(verify(&root.public(), &window, NOW).is_ok());
+    assert!(verify(&root.public(), &window, NOW + 10).is_ok());
+    assert_eq!(
+        verify(&root.public(), &window, NOW + 11),
+        Err(Error::Expired(NOW + 10))
+    );
+    assert_eq!(
+        verify(&root.public(), &window, NOW - 1),
+        Err(Error::NotYetValid(NOW))
+    );
+    // A window that ends before it starts is malformed, whoever signed it.
+    let backwards = sign_release(&key, cert(&root, &key, NOW + 10, NOW - 10), &m);
+    assert!(matches!(
+        verify(&root.public(), &backwards, NOW),
+        Err(Error::Malformed(_))
+    ));
 }
 
 #[test]
@@ -134,9 +221,112 @@ fn malformed_metadata_is_refused_even_when_signed() {
             "{bad:?}"
         );
     }
-    assert!(SignedRelease::from_json("{").is_err());
-    assert!(SignedRelease::from_json(&"x".repeat(100_000)).is_err());
-    assert!(SignedRelease::from_json(r#"{"release":{"payload":"","signature":""},"signing_key":{"payload":"","signature":""},"extra":1}"#).is_err());
+    // The largest allowed size is fine.
+    let big = ReleaseMeta {
+        size: drawbridge_proto::update::MAX_RELEASE_SIZE,
+        ..meta("1.0.0", b"x")
+    };
+    assert!(verify(&root.public(), &sign_release(&key, c.clone(), &big), NOW).is_ok());
+    // A signing key's name: 1 to 64 printable characters.
+    for name in [String::new(), "n".repeat(65), "a\u{7}b".into()] {
+        let bad = certify(
+            &root,
+            &SigningKeyCert {
+                name,
+                public_key: key.public(),
+                not_before: NOW,
+                not_after: NOW,
+            },
+        );
+        let s = sign_release(&key, bad, &meta("1.0.0", b"x"));
+        assert!(matches!(
+            verify(&root.public(), &s, NOW),
+            Err(Error::Malformed(_))
+        ));
+    }
+}
+
+#[test]
+fn malformed_oversized_or_extended_json_is_refused() {
+    let (root, key, c) = setup();
+    let good = sign_release(&key, c.clone(), &meta("1.0.0", b"x")).to_json();
+    assert!(SignedRelease::from_json(&good).is_ok());
+    for bad in [
+        "",
+        "{",
+        "null",
+        "[]",
+        r#"{"release":1,"signing_key":2}"#,
+        &good[..good.len() - 1],
+    ] {
+        assert!(
+            matches!(SignedRelease::from_json(bad), Err(Error::Malformed(_))),
+            "{bad}"
+        );
+    }
+    // Over the bound: refused before parsing, even when well-formed.
+    let padded = format!(
+        "{good}{}",
+        " ".repeat(drawbridge_proto::update::MAX_SIGNED_LEN)
+    );
+    assert!(matches!(
+        SignedRelease::from_json(&padded),
+        Err(Error::Malformed(_))
+    ));
+    assert!(Envelope::from_json(&padded).is_err());
+    // An unknown field around the envelopes, or in one.
+    let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+    v["extra"] = 1.into();
+    assert!(SignedRelease::from_json(&v.to_string()).is_err());
+    let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+    v["release"]["extra"] = 1.into();
+    assert!(SignedRelease::from_json(&v.to_string()).is_err());
+    // An unknown field inside a correctly signed payload.
+    let mut m = serde_json::to_value(meta("1.0.0", b"x")).unwrap();
+    m["install_script"] = "curl | sh".into();
+    let s = SignedRelease {
+        release: Envelope::sign(&key, Kind::Release, &m),
+        signing_key: c,
+    };
+    assert!(matches!(
+        verify(&root.public(), &s, NOW),
+        Err(Error::Malformed(_))
+    ));
+    let mut cv = serde_json::to_value(SigningKeyCert {
+        name: "k".into(),
+        public_key: key.public(),
+        not_before: NOW - 1,
+        not_after: NOW + 1,
+    })
+    .unwrap();
+    cv["may_sign_roots"] = true.into();
+    let s = SignedRelease {
+        release: Envelope::sign(&key, Kind::Release, &meta("1.0.0", b"x")),
+        signing_key: Envelope::sign(&root, Kind::SigningKey, &cv),
+    };
+    assert!(matches!(
+        verify(&root.public(), &s, NOW),
+        Err(Error::Malformed(_))
+    ));
+    // A payload over the bound, or not base64, or a signature that is not.
+    let (root, key, c) = setup();
+    let mut s = sign_release(&key, c.clone(), &meta("1.0.0", b"x"));
+    s.release.payload = "A".repeat(drawbridge_proto::update::MAX_SIGNED_LEN + 4);
+    assert!(matches!(
+        verify(&root.public(), &s, NOW),
+        Err(Error::Malformed(_))
+    ));
+    let mut s = sign_release(&key, c.clone(), &meta("1.0.0", b"x"));
+    s.release.payload.insert(0, '!');
+    assert!(matches!(
+        verify(&root.public(), &s, NOW),
+        Err(Error::Malformed(_))
+    ));
+    let mut s2 = sign_release(&key, c, &meta("1.0.0", b"x"));
+    s2.release.signature = "not base64!".into();
+    assert_eq!(verify(&root.public(), &s2, NOW), Err(Error::BadSignature));
+    s2.release.signature = STANDARD.encode([0u8; 63]);
+    assert_eq!(verify(&root.public(), &s2, NOW), Err(Error::BadSignature));
 }
 
 #[test]
@@ -196,6 +386,32 @@ fn the_digest_refuses_extra_bytes_at_once_and_a_wrong_hash_or_short_binary_at_th
     let mut d = Digest::new(&m);
     d.update(b"0123456788").unwrap();
     assert_eq!(d.finish(), Err(Error::Hash));
+    // A chunk that crosses the end is refused on that chunk.
+    let mut d = Digest::new(&m);
+    d.update(b"012345678").unwrap();
+    assert_eq!(
+        d.update(b"9!"),
+        Err(Error::Size {
+            expected: 10,
+            got: 11
+        })
+    );
+    // Nothing at all is too short; the right bytes in another order are the wrong hash.
+    assert!(matches!(
+        Digest::new(&m).finish(),
+        Err(Error::Size {
+            expected: 10,
+            got: 0
+        })
+    ));
+    let mut d = Digest::new(&m);
+    d.update(b"9876543210").unwrap();
+    assert_eq!(d.finish(), Err(Error::Hash));
+    // A huge chunk does not wrap the count.
+    let mut d = Digest::new(&m);
+    d.update(b"0").unwrap();
+    d.seen = u64::MAX - 1;
+    assert!(matches!(d.update(b"12"), Err(Error::Size { .. })));
 }
 
 #[test]
@@ -232,6 +448,53 @@ fn rotations_chain_from_the_pinned_root_and_a_stranger_cannot_rotate() {
     // A pinned root the chain does not reach.
     assert!(current_root(&stranger.public(), &chain).is_err());
     assert!(current_root(&r1.public(), &["{".into()]).is_err());
+    // The old root's signature of another kind of document is not a rotation.
+    let wrong_kind = Envelope::sign(
+        &r1,
+        Kind::SigningKey,
+        &RootRotation {
+            previous: r1.public(),
+            next: stranger.public(),
+            created: NOW,
+        },
+    )
+    .to_json();
+    assert!(matches!(
+        current_root(&r1.public(), &[wrong_kind]),
+        Err(Error::BrokenRotation(_))
+    ));
+    // A valid link followed by a stranger's: refused as a whole, not cut short.
+    let forged2 = Envelope::sign(
+        &stranger,
+        Kind::RootRotation,
+        &RootRotation {
+            previous: r2.public(),
+            next: stranger.public(),
+            created: NOW,
+        },
+    )
+    .to_json();
+    assert!(current_root(&r1.public(), &[a.clone(), forged2]).is_err());
+    // A link skipped over (the first) is repeated later: out of order.
+    assert!(current_root(&r1.public(), &[a.clone(), b.clone(), a.clone()]).is_err());
+    // An unknown field in a signed rotation.
+    let mut v = serde_json::to_value(RootRotation {
+        previous: r1.public(),
+        next: r2.public(),
+        created: NOW,
+    })
+    .unwrap();
+    v["expires"] = 0.into();
+    let extended = Envelope::sign(&r1, Kind::RootRotation, &v).to_json();
+    assert!(current_root(&r1.public(), &[extended]).is_err());
+    // Too many rotations, or an oversized one.
+    let many = vec![a.clone(); drawbridge_proto::update::MAX_ROTATIONS + 1];
+    assert!(current_root(&r1.public(), &many).is_err());
+    let big = format!(
+        "{a}{}",
+        " ".repeat(drawbridge_proto::update::MAX_SIGNED_LEN)
+    );
+    assert!(current_root(&r1.public(), &[big]).is_err());
 }
 
 #[test]
