@@ -182,6 +182,9 @@ fn rig() -> Option<Rig> {
     })
 }
 
+/// The files next to the binary, whether update.json exists, device.json.
+type Snapshot = (Vec<(String, Vec<u8>)>, bool, Vec<u8>);
+
 /// An edge running from its own copy of a build.
 struct Edge {
     id: String,
@@ -425,7 +428,7 @@ impl Edge {
     }
 
     /// What an update would change: the binaries, update.json, device.json.
-    fn snapshot(&self) -> (Vec<(String, Vec<u8>)>, bool, Vec<u8>) {
+    fn snapshot(&self) -> Snapshot {
         (
             self.bin_dir(),
             self.state.join("update.json").exists(),

@@ -218,13 +218,11 @@ mod tests {
         }
     }
 
-    fn body(
-        chunks: Vec<&'static [u8]>,
-    ) -> StreamBody<
-        futures_util::stream::Iter<
-            std::vec::IntoIter<Result<Frame<Bytes>, std::convert::Infallible>>,
-        >,
-    > {
+    type Frames = futures_util::stream::Iter<
+        std::vec::IntoIter<Result<Frame<Bytes>, std::convert::Infallible>>,
+    >;
+
+    fn body(chunks: Vec<&'static [u8]>) -> StreamBody<Frames> {
         let frames: Vec<_> = chunks
             .into_iter()
             .map(|c| Ok(Frame::data(Bytes::from_static(c))))

@@ -94,14 +94,14 @@ pub enum Action {
     /// Send this report.
     Report(UpdateReport),
     /// Install this download now (no session runs): see [`Updater::install`].
-    Install(Ready),
+    Install(Box<Ready>),
 }
 
 /// A downloaded, verified release waiting to be swapped in.
 #[derive(Debug)]
 pub struct Ready {
     offer: UpdateOffer,
-    checked: offer::Checked,
+    checked: Box<offer::Checked>,
     download: PathBuf,
 }
 
@@ -110,16 +110,16 @@ pub struct Ready {
 pub struct Outcome {
     rollout_id: String,
     release_id: String,
-    result: Result<offer::Checked, UpdateError>,
+    result: Result<Box<offer::Checked>, UpdateError>,
 }
 
 /// Where the held offer is.
 enum Step {
     /// Checked; downloads once no session runs.
-    Checked(offer::Checked),
+    Checked(Box<offer::Checked>),
     Downloading(tokio::task::JoinHandle<()>),
     /// Downloaded; installs once no session runs.
-    Ready(Ready),
+    Ready(Box<Ready>),
     /// Handed to the agent to install.
     Installing,
     /// Over: this report is sent again if the same offer comes again.
@@ -306,7 +306,7 @@ impl Updater {
                 self.show(&c.meta.version, "offered", "");
                 self.held = Some(Held {
                     offer,
-                    step: Step::Checked(c),
+                    step: Step::Checked(Box::new(c)),
                     told_waiting: false,
                 });
                 vec![]
@@ -394,11 +394,11 @@ impl Updater {
                 tracing::info!(version = %checked.meta.version, "update downloaded, size and hash as signed");
                 self.show(&checked.meta.version, "downloaded", "");
                 self.held = Some(Held {
-                    step: Step::Ready(Ready {
+                    step: Step::Ready(Box::new(Ready {
                         download: install::download_path(&self.exe),
                         offer: h.offer.clone(),
                         checked,
-                    }),
+                    })),
                     offer: h.offer,
                     told_waiting: false,
                 });
@@ -436,12 +436,12 @@ impl Updater {
     /// Installs a download: pins a new root, keeps the running binary as
     /// `.previous`, writes the trial, swaps the new binary in. Answers the
     /// trial (then [`Updater::exec`] it) or the failure's report.
-    pub fn install(&mut self, ready: Ready) -> Result<UpdateRecord, UpdateReport> {
+    pub fn install(&mut self, ready: Box<Ready>) -> Result<UpdateRecord, UpdateReport> {
         let Ready {
             offer,
             checked,
             download,
-        } = ready;
+        } = *ready;
         let now = now();
         let rec = UpdateRecord {
             rollout_id: offer.rollout_id.clone(),

@@ -193,7 +193,7 @@ async fn a_withdrawn_offer_is_forgotten() {
 }
 
 /// A `Ready` for `binary` as the download of `offer` (as if fetched).
-async fn downloaded(e: &mut Edge, keys: &Keys, binary: &[u8], version: &str) -> Ready {
+async fn downloaded(e: &mut Edge, keys: &Keys, binary: &[u8], version: &str) -> Box<Ready> {
     let offer = keys.offer(binary, version, false);
     let checked = offer::check(
         &offer,
@@ -205,11 +205,11 @@ async fn downloaded(e: &mut Edge, keys: &Keys, binary: &[u8], version: &str) -> 
     .unwrap();
     let download = install::download_path(&e.exe);
     std::fs::write(&download, binary).unwrap();
-    Ready {
+    Box::new(Ready {
         offer,
-        checked,
+        checked: Box::new(checked),
         download,
-    }
+    })
 }
 
 #[tokio::test]
@@ -293,11 +293,11 @@ async fn a_rotated_root_is_pinned_when_the_release_is_installed() {
     let download = install::download_path(&e.exe);
     std::fs::write(&download, b"build B").unwrap();
     e.updater
-        .install(Ready {
+        .install(Box::new(Ready {
             offer,
-            checked,
+            checked: Box::new(checked),
             download,
-        })
+        }))
         .unwrap();
     assert_eq!(e.dir.device().unwrap().release_root, Some(new.root_b64()));
 }

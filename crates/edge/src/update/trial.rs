@@ -25,7 +25,7 @@ pub enum AtStart {
     /// This binary is on trial until `deadline` (Unix seconds).
     Trial { deadline: i64 },
     /// The trial's deadline has passed: put the previous binary back.
-    RollBack(UpdateRecord),
+    RollBack(Box<UpdateRecord>),
 }
 
 /// Decides from `update.json` in `dir` at `now`. A trial whose binary is not
@@ -48,7 +48,7 @@ pub fn decide(dir: &Path, now: i64) -> Result<AtStart, UpdateError> {
         return Ok(AtStart::Nothing);
     }
     if now >= r.deadline {
-        return Ok(AtStart::RollBack(r));
+        return Ok(AtStart::RollBack(Box::new(r)));
     }
     Ok(AtStart::Trial {
         deadline: r.deadline,
@@ -144,7 +144,7 @@ pub fn at_start(dir: &Path, now: i64) -> Result<(), UpdateError> {
                 "version {} was not online before its deadline (it was restarted after it); version {} restored",
                 r.to, r.from
             );
-            let r = roll_back(dir, r, &reason, now)?;
+            let r = roll_back(dir, *r, &reason, now)?;
             Err(UpdateError::Exec(install::exec(&r.exe, Some(&r.proxy_env))))
         }
         AtStart::Trial { deadline } => {
@@ -204,8 +204,8 @@ mod tests {
         let AtStart::RollBack(got) = decide(tmp.path(), 1000).unwrap() else {
             panic!("expected a rollback");
         };
-        assert_eq!(got, r);
-        let done = roll_back(tmp.path(), got, "late", 1001).unwrap();
+        assert_eq!(*got, r);
+        let done = roll_back(tmp.path(), *got, "late", 1001).unwrap();
         assert_eq!(std::fs::read(&r.exe).unwrap(), b"build A");
         assert_eq!(done.state, Phase::RolledBack);
         let on_disk = record::load(tmp.path()).unwrap().unwrap();
