@@ -33,6 +33,7 @@ pub mod sessions;
 pub mod state;
 pub mod syslog;
 pub mod totp;
+pub mod updates;
 pub mod web;
 
 pub use api::app;

@@ -41,6 +41,13 @@ fn verify_sig(key: &[u8; 32], msg: &[u8], sig_b64: &str) -> bool {
         .is_ok()
 }
 
+/// The release root in force, for the edge to pin (issue 17).
+async fn release_root(state: &AppState) -> AppResult<Option<String>> {
+    Ok(crate::updates::store::roots(&state.store)
+        .await?
+        .map(|r| r.current.to_string()))
+}
+
 fn refused() -> AppError {
     AppError::new(
         ErrorCode::InvalidCode,
@@ -235,6 +242,7 @@ async fn enroll(
         status: EnrollStatus::Enrolled,
         certificate: Some(cert),
         ca_certificate: Some(state.device_ca.ca_pem().to_string()),
+        release_root: release_root(&state).await?,
     }))
 }
 
@@ -296,6 +304,7 @@ async fn enroll_fleet(
         status: EnrollStatus::PendingApproval,
         certificate: None,
         ca_certificate: None,
+        release_root: None,
     })
 }
 
@@ -336,6 +345,11 @@ async fn fetch_certificate(
             EnrollStatus::Enrolled
         },
         ca_certificate: cert.as_ref().map(|_| state.device_ca.ca_pem().to_string()),
+        release_root: if cert.is_some() {
+            release_root(&state).await?
+        } else {
+            None
+        },
         certificate: cert,
     }))
 }

@@ -1,6 +1,7 @@
 //! The `drawbridge-server` command line.
 
 mod relay;
+mod release;
 
 use crate::audit;
 use crate::clock::Clock;
@@ -74,6 +75,11 @@ enum Command {
     RelayKey {
         #[command(flatten)]
         db: Overrides,
+    },
+    /// Signed edge releases: trust a root, rotate it, add and list releases.
+    Release {
+        #[command(subcommand)]
+        command: release::ReleaseCommand,
     },
     /// Audit log tools.
     Audit {
@@ -207,6 +213,7 @@ pub async fn main() -> anyhow::Result<i32> {
         }
         Some(Command::Relay(args)) => relay::run(args).await,
         Some(Command::Relays { command }) => relay::relays_command(command).await,
+        Some(Command::Release { command }) => release::release_command(command).await,
         Some(Command::RelayCredential { db, name, days }) => {
             let (_, store) = open(&db).await?;
             let now = Clock::default().unix();
@@ -549,6 +556,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         crate::syslog::worker::tls_config(&cfg.syslog_ca_file).context("syslog CA files")?,
     );
     crate::health::spawn(state.clone());
+    crate::updates::spawn(state.clone());
     let app = crate::app(state);
     let stop = drawbridge_tunnel::shutdown_signal();
     println!("Ready.");

@@ -311,6 +311,12 @@ async fn serve(
     for m in Box::pin(data.refresh(state, &edge.device_id)).await? {
         send(ws, &m).await?;
     }
+    // The update offer, sent at connect and again whenever it changes (an edge
+    // starts with none, so "none" is not sent: older edges do not know it).
+    let mut offer = Some(None);
+    if let Some(m) = Box::pin(update_offer(state, &edge.device_id, &mut offer)).await? {
+        send(ws, &m).await?;
+    }
     // Candidates clients sent while this edge was away.
     for (session_id, peer, data) in
         Box::pin(crate::live::signals_for_edge(state, &edge.device_id)).await?
@@ -369,6 +375,9 @@ async fn serve(
                     }
                     send(ws, &Box::pin(desired_state(state, &edge.device_id)).await?).await?;
                     for m in Box::pin(data.refresh(state, &edge.device_id)).await? {
+                        send(ws, &m).await?;
+                    }
+                    if let Some(m) = Box::pin(update_offer(state, &edge.device_id, &mut offer)).await? {
                         send(ws, &m).await?;
                     }
                 }
@@ -518,9 +527,28 @@ async fn handle(state: &AppState, edge: &Edge, msg: EdgeToServer) -> AppResult<(
         EdgeToServer::Tunnel(report) => {
             tunnel_report(state, Some(&edge.device_id), &report, now).await
         }
+        EdgeToServer::Update(report) => {
+            crate::updates::offer::on_report(state, &edge.account_id, &edge.device_id, &report)
+                .await
+        }
         // Handled by the data link before this.
         EdgeToServer::Records { .. } | EdgeToServer::Live { .. } => Ok(()),
     }
+}
+
+/// The edge's update offer when it differs from the one it was sent last
+/// (`sent`: `None` before the first).
+async fn update_offer(
+    state: &AppState,
+    device_id: &str,
+    sent: &mut Option<Option<drawbridge_proto::update::UpdateOffer>>,
+) -> AppResult<Option<ServerToEdge>> {
+    let offer = crate::updates::offer::offer_for(state, device_id).await?;
+    if sent.as_ref() == Some(&offer) {
+        return Ok(None);
+    }
+    *sent = Some(offer.clone());
+    Ok(Some(ServerToEdge::Update { offer }))
 }
 
 /// The complete desired state of an edge: its sessions and the relays to measure.
