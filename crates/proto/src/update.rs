@@ -193,6 +193,40 @@ impl RolloutWindow {
     }
 }
 
+/// A rollout device's states in the order an update goes through them.
+pub const DEVICE_STATE_ORDER: &[&str] = &[
+    "pending",
+    "offered",
+    "waiting",
+    "downloading",
+    "installing",
+    "succeeded",
+    "failed",
+    "rolled_back",
+    "refused",
+    "cancelled",
+];
+
+/// `2 succeeded, 1 pending` for a rollout's [`Rollout::counts`], in the order an
+/// update goes (unknown states last), or `empty` when there are none.
+pub fn counts_text(counts: &std::collections::BTreeMap<String, u32>, empty: &str) -> String {
+    let mut parts: Vec<String> = DEVICE_STATE_ORDER
+        .iter()
+        .filter_map(|s| counts.get(*s).map(|n| format!("{n} {s}")))
+        .collect();
+    parts.extend(
+        counts
+            .iter()
+            .filter(|(s, _)| !DEVICE_STATE_ORDER.contains(&s.as_str()))
+            .map(|(s, n)| format!("{n} {s}")),
+    );
+    if parts.is_empty() {
+        empty.into()
+    } else {
+        parts.join(", ")
+    }
+}
+
 /// Most devices named in one rollout request (more through pools).
 pub const MAX_ROLLOUT_DEVICES: usize = 1000;
 /// Most pools or canaries named in one rollout request.

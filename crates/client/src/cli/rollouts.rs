@@ -11,37 +11,8 @@ use drawbridge_proto::update::{
 };
 use std::collections::BTreeMap;
 
-/// Device states in the order an update goes through them.
-const STATE_ORDER: &[&str] = &[
-    "pending",
-    "offered",
-    "waiting",
-    "downloading",
-    "installing",
-    "succeeded",
-    "failed",
-    "rolled_back",
-    "refused",
-    "cancelled",
-];
-
-/// `2 succeeded, 1 pending` (in the order an update goes), or `-`.
 fn counts_text(counts: &BTreeMap<String, u32>) -> String {
-    let mut parts: Vec<String> = STATE_ORDER
-        .iter()
-        .filter_map(|s| counts.get(*s).map(|n| format!("{n} {s}")))
-        .collect();
-    parts.extend(
-        counts
-            .iter()
-            .filter(|(s, _)| !STATE_ORDER.contains(&s.as_str()))
-            .map(|(s, n)| format!("{n} {s}")),
-    );
-    if parts.is_empty() {
-        "-".into()
-    } else {
-        parts.join(", ")
-    }
+    drawbridge_proto::update::counts_text(counts, "-")
 }
 
 fn unix(t: i64) -> String {

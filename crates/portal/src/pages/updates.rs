@@ -14,20 +14,6 @@ use drawbridge_proto::update::{CreateRollout, Release, Rollout, RolloutWindow};
 use drawbridge_proto::{Action, ApiError, ErrorCode};
 use std::collections::BTreeMap;
 
-/// Device states in the order an update goes through them.
-const STATE_ORDER: &[&str] = &[
-    "pending",
-    "offered",
-    "waiting",
-    "downloading",
-    "installing",
-    "succeeded",
-    "failed",
-    "rolled_back",
-    "refused",
-    "cancelled",
-];
-
 /// Most unfinished rollouts a device page looks through for the device.
 const DEVICE_PAGE_ROLLOUTS: usize = 20;
 
@@ -63,23 +49,8 @@ fn size(bytes: u64) -> String {
     }
 }
 
-/// `2 succeeded, 1 pending`, in the order an update goes.
 fn counts_text(counts: &BTreeMap<String, u32>) -> String {
-    let mut parts: Vec<String> = STATE_ORDER
-        .iter()
-        .filter_map(|s| counts.get(*s).map(|n| format!("{n} {s}")))
-        .collect();
-    parts.extend(
-        counts
-            .iter()
-            .filter(|(s, _)| !STATE_ORDER.contains(&s.as_str()))
-            .map(|(s, n)| format!("{n} {s}")),
-    );
-    if parts.is_empty() {
-        "—".into()
-    } else {
-        parts.join(", ")
-    }
+    drawbridge_proto::update::counts_text(counts, "—")
 }
 
 /// A state as a CSS class: known states only (the text itself is escaped).

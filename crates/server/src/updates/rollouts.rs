@@ -179,6 +179,8 @@ pub async fn create(
         .execute(&mut *tx)
         .await?;
     }
+    let mut ev = ev;
+    ev.object = format!("rollout:{id}");
     let ev = ev.details(serde_json::json!({
         "username": created_by, "release": release.id, "version": release.version, "target": release.target,
         "devices": devices.len(), "canaries": canaries.len(), "soak_minutes": req.soak_minutes,
@@ -462,9 +464,14 @@ async fn offer(
     }
     let target = semver::Version::parse(version).ok();
     let current = running.and_then(|v| semver::Version::parse(v).ok());
-    let (to, message) = match (current, target) {
-        (Some(c), Some(t)) if c == t => ("succeeded", Some("runs this version already")),
-        (Some(c), Some(t)) if c > t && !downgrade => (
+    // By precedence (build metadata does not count), as the edge compares.
+    let order = match (&current, &target) {
+        (Some(c), Some(t)) => Some(c.cmp_precedence(t)),
+        _ => None,
+    };
+    let (to, message) = match order {
+        Some(std::cmp::Ordering::Equal) => ("succeeded", Some("runs this version already")),
+        Some(std::cmp::Ordering::Greater) if !downgrade => (
             "refused",
             Some("runs a newer version; only an explicit downgrade installs an older one"),
         ),
