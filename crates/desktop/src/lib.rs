@@ -31,6 +31,7 @@
 mod error;
 mod filter;
 mod handshake;
+pub mod rdp;
 pub mod recording;
 mod vnc_auth;
 

@@ -1,10 +1,14 @@
-//! The recording format of a desktop session: what the VNC server sent the
-//! browser, with the time it was sent, so the browser can replay it.
+//! The recording format of a desktop session: what the VNC or RDP server
+//! sent the browser, with the time it was sent, so it can be replayed.
 //!
 //! ```text
-//! "DBRFB1\n"                                  7-byte header
+//! "DBRFB1\n" (VNC) or "DBRDP1\n" (RDP)        7-byte header
 //! [u32 BE t_ms][u32 BE len][len bytes] ...     frames, len ≤ 1 MiB
 //! ```
+//!
+//! An RDP recording's first frame is the RDCleanPath response a replaying
+//! client is answered with (`rdp::RdpBridge::replay_response`); the frames
+//! after it are the RDP server's stream after TLS (and after CredSSP).
 //!
 //! `t_ms` is milliseconds since the recording started and never decreases
 //! from one frame to the next. The replay side is JavaScript reading with a
@@ -12,8 +16,10 @@
 //! written may end in the middle of a frame; readers report that as
 //! [`RecordingError::Truncated`] after the complete frames.
 
-/// What every recording starts with.
+/// What every recording of a VNC desktop starts with.
 pub const HEADER: &[u8; 7] = b"DBRFB1\n";
+/// What every recording of an RDP desktop starts with.
+pub const RDP_HEADER: &[u8; 7] = b"DBRDP1\n";
 /// Longest frame body.
 pub const MAX_FRAME_LEN: usize = 1024 * 1024;
 /// Bytes before each frame's body.
@@ -61,7 +67,7 @@ pub struct Frame<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RecordingError {
-    #[error("not a Drawbridge desktop recording (no DBRFB1 header)")]
+    #[error("not a Drawbridge desktop recording (no DBRFB1 or DBRDP1 header)")]
     BadHeader,
     #[error("the recording ends inside the frame at byte {offset}")]
     Truncated { offset: usize },
@@ -106,7 +112,7 @@ impl<'a> Frames<'a> {
     fn next_frame(&mut self) -> Option<Result<Frame<'a>, RecordingError>> {
         if !self.header_checked {
             self.header_checked = true;
-            if !self.bytes.starts_with(HEADER) {
+            if !self.bytes.starts_with(HEADER) && !self.bytes.starts_with(RDP_HEADER) {
                 return Some(Err(RecordingError::BadHeader));
             }
             self.offset = HEADER.len();
@@ -209,6 +215,10 @@ mod tests {
     #[test]
     fn header_alone_is_an_empty_recording() {
         assert_eq!(frames(HEADER).unwrap(), vec![]);
+        assert_eq!(frames(RDP_HEADER).unwrap(), vec![]);
+        let mut rdp = RDP_HEADER.to_vec();
+        rdp.extend(Recorder::new().frame(3, b"rsp"));
+        assert_eq!(frames(&rdp).unwrap(), vec![Frame { t_ms: 3, data: b"rsp" }]);
     }
 
     #[test]
