@@ -14,6 +14,8 @@ pub enum WebScheme {
     Https,
     /// A VNC server (RFB): opened as a desktop in the browser (noVNC).
     Vnc,
+    /// An RDP server: opened as a desktop in the browser (IronRDP's web client).
+    Rdp,
 }
 
 impl WebScheme {
@@ -22,7 +24,14 @@ impl WebScheme {
             WebScheme::Http => "http",
             WebScheme::Https => "https",
             WebScheme::Vnc => "vnc",
+            WebScheme::Rdp => "rdp",
         }
+    }
+
+    /// A remote desktop (VNC or RDP), opened in the server's viewer rather
+    /// than proxied as a web page.
+    pub fn is_desktop(self) -> bool {
+        matches!(self, WebScheme::Vnc | WebScheme::Rdp)
     }
 }
 
@@ -33,7 +42,8 @@ impl std::str::FromStr for WebScheme {
             "http" => Ok(WebScheme::Http),
             "https" => Ok(WebScheme::Https),
             "vnc" => Ok(WebScheme::Vnc),
-            _ => Err(format!("{s:?} is not http, https or vnc")),
+            "rdp" => Ok(WebScheme::Rdp),
+            _ => Err(format!("{s:?} is not http, https, vnc or rdp")),
         }
     }
 }

@@ -30,6 +30,7 @@ pub struct FileConfig {
     pub hsts_max_age_secs: Option<u64>,
     pub web_domain: Option<String>,
     pub novnc_dir: Option<PathBuf>,
+    pub ironrdp_dir: Option<PathBuf>,
     #[serde(default)]
     pub syslog: Vec<String>,
     #[serde(default)]
@@ -93,6 +94,8 @@ pub struct Config {
     pub web_domain: String,
     /// noVNC for desktops in the browser, when configured.
     pub novnc_dir: Option<PathBuf>,
+    /// IronRDP's web client for RDP desktops in the browser, when configured.
+    pub ironrdp_dir: Option<PathBuf>,
     /// Syslog receivers of every account's audit entries (SIEM streaming).
     pub syslog: Vec<crate::syslog::Target>,
     /// CA files trusted for `tls://` syslog receivers, besides the system's roots.
@@ -163,6 +166,14 @@ pub struct Overrides {
     /// (Debian's `novnc`), /usr/local/share/novnc, node_modules/@novnc/novnc.
     #[arg(long, env = "DRAWBRIDGE_NOVNC_DIR")]
     pub novnc_dir: Option<PathBuf>,
+    /// Where Devolutions' IronRDP web client is installed, for RDP desktops in
+    /// the browser: an npm install's `node_modules` (with
+    /// `@devolutions/iron-remote-desktop` and `-rdp`), or a directory holding
+    /// `iron-remote-desktop.js` and `iron-remote-desktop-rdp.js`. Default: the
+    /// first of `node_modules` here and next to the server's binary, then
+    /// /usr/local/share/ironrdp.
+    #[arg(long, env = "DRAWBRIDGE_IRONRDP_DIR")]
+    pub ironrdp_dir: Option<PathBuf>,
     /// A syslog receiver of every account's audit entries, `tcp://HOST:PORT` or
     /// `tls://HOST:PORT` (RFC 5424, octet counting; TLS per RFC 5425); repeatable.
     #[arg(long = "syslog", value_name = "URL")]
@@ -497,6 +508,7 @@ impl Overrides {
             hostnames,
             web_domain,
             novnc_dir: self.novnc_dir.clone().or(file.novnc_dir),
+            ironrdp_dir: self.ironrdp_dir.clone().or(file.ironrdp_dir),
             syslog: if self.syslog.is_empty() {
                 file.syslog.clone()
             } else {

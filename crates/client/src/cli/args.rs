@@ -183,7 +183,7 @@ pub enum DeviceCmd {
         onsite_approval: Option<bool>,
         /// A web UI on a released TCP port, opened in the browser from the portal
         /// (repeatable; replaces the list): `http://192.168.1.10:80/hmi`, `https://…`,
-        /// or a VNC desktop `vnc://192.168.1.20:5900`.
+        /// a VNC desktop `vnc://192.168.1.20:5900` or an RDP desktop `rdp://192.168.1.30:3389`.
         #[arg(long = "web", value_name = "URL", value_parser = parse_web_service)]
         web: Vec<drawbridge_proto::api::WebService>,
         /// Remove every web service.
@@ -579,7 +579,7 @@ pub enum AuditCmd {
 
 // ------------------------------------------------------------------ parsers
 
-/// `http://ADDR:PORT[/PATH]`, `https://…` or `vnc://ADDR:PORT` → a device web service.
+/// `http://ADDR:PORT[/PATH]`, `https://…`, `vnc://ADDR:PORT` or `rdp://ADDR:PORT` → a device web service.
 fn parse_web_service(s: &str) -> std::result::Result<drawbridge_proto::api::WebService, String> {
     let (scheme, rest) = s
         .split_once("://")

@@ -167,8 +167,8 @@ struct DetailPage {
     /// `scheme target path` per line, for the edit form; and for the page.
     web: String,
     /// (`scheme://target/path` as shown, `target` for the ad-hoc "Open" form,
-    /// a desktop (VNC), its VNC password is stored).
-    web_list: Vec<(String, String, bool, bool)>,
+    /// a desktop (VNC or RDP), its VNC password is stored, a VNC desktop).
+    web_list: Vec<(String, String, bool, bool, bool)>,
     /// HTTPS web services' pinned certificates: (target, pinned, pending).
     pins: Vec<(String, String, Option<String>)>,
     nat_list: Vec<String>,
@@ -272,16 +272,17 @@ pub async fn detail(v: Viewer, Path(id): Path<String>, Query(q): Query<DetailQue
             .web_services
             .iter()
             .map(|w| {
-                let desktop = w.scheme == drawbridge_proto::api::WebScheme::Vnc;
+                let desktop = w.scheme.is_desktop();
                 (
                     if desktop {
-                        format!("vnc://{}", w.target)
+                        format!("{}://{}", w.scheme.as_str(), w.target)
                     } else {
                         format!("{}://{}{}", w.scheme.as_str(), w.target, w.path)
                     },
                     w.target.to_string(),
                     desktop,
                     stored.contains(&w.target.to_string()),
+                    w.scheme == drawbridge_proto::api::WebScheme::Vnc,
                 )
             })
             .collect(),

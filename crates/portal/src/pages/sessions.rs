@@ -540,7 +540,7 @@ pub async fn narrow(Path(id): Path<String>, p: Posted) -> Response {
 }
 
 /// A released target a browser can open: one TCP port on one IPv4 host that
-/// the device marks as a web service; true when it is a desktop (VNC).
+/// the device marks as a web service; true when it is a desktop (VNC or RDP).
 fn web_target(
     t: &drawbridge_proto::Target,
     web: &[drawbridge_proto::api::WebService],
@@ -556,12 +556,9 @@ fn web_target(
     {
         return None;
     }
-    web.iter().find(|w| w.target == addr).map(|w| {
-        (
-            addr.to_string(),
-            w.scheme == drawbridge_proto::api::WebScheme::Vnc,
-        )
-    })
+    web.iter()
+        .find(|w| w.target == addr)
+        .map(|w| (addr.to_string(), w.scheme.is_desktop()))
 }
 
 /// "Open" next to a web target: the API opens the device's own origin and the

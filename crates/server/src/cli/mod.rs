@@ -405,6 +405,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             state.web.set_novnc(None);
         }
     }
+    if let Some(dir) = &cfg.ironrdp_dir {
+        let found = crate::desktop::rdp::ironrdp_in(dir);
+        if found.is_none() {
+            tracing::warn!(dir = %dir.display(), "ironrdp_dir holds no IronRDP web client; RDP desktops in the browser say how to install it");
+        }
+        state.web.set_ironrdp(found);
+    }
     if let Some(ca) = &ca
         && let Ok(pem) = std::fs::read_to_string(ca)
         && let Ok(mut t) = state.tls_ca.write()
@@ -432,6 +439,17 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     match state.web.novnc() {
         Some(d) => println!("  desktops (noVNC): {}", d.display()),
         None => println!("  desktops: noVNC not found (apt-get install novnc, or --novnc-dir)"),
+    }
+    match state.web.ironrdp() {
+        Some(i) => println!(
+            "  RDP desktops (IronRDP): {} ({})",
+            i.rdp.parent().unwrap_or(&i.rdp).display(),
+            i.versions
+        ),
+        None => println!(
+            "  RDP desktops: IronRDP not found (npm install {}, or --ironrdp-dir)",
+            crate::desktop::rdp::PINNED
+        ),
     }
     println!("  database: {}", crate::db::redact(&cfg.database_url));
     println!(

@@ -29,13 +29,29 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the session is checked and the recording stored.
 pub(super) const TICK: Duration = Duration::from_millis(500);
 
-/// Everything decided before the WebSocket opens.
-struct Opened {
-    dial: std::net::SocketAddrV4,
-    peer: Arc<crate::web::peer::WebPeer>,
-    config: Config,
-    desktop: Arc<LiveDesktop>,
-    required: bool,
+/// Which protocol a desktop speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Vnc,
+    Rdp,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Vnc => "vnc",
+            Kind::Rdp => "rdp",
+        }
+    }
+}
+
+/// Everything decided before the bridge connects.
+pub(super) struct Opened {
+    pub dial: std::net::SocketAddrV4,
+    pub peer: Arc<crate::web::peer::WebPeer>,
+    pub config: Config,
+    pub desktop: Arc<LiveDesktop>,
+    pub required: bool,
 }
 
 /// `GET /.drawbridge/websockify` on a desktop origin: the checks, the
@@ -49,7 +65,7 @@ pub async fn open(
     ws: WebSocketUpgrade,
 ) -> Response {
     let ws = ws.max_message_size(MAX_BROWSER_MESSAGE);
-    match prepare(&state, &caller, &origin).await {
+    match prepare(&state, &caller, &origin, Kind::Vnc).await {
         Ok(o) => ws.on_upgrade(move |socket| async move {
             run(state, caller, origin, o, socket).await;
         }),
@@ -59,7 +75,14 @@ pub async fn open(
     }
 }
 
-async fn prepare(state: &AppState, caller: &Caller, o: &Origin) -> AppResult<Opened> {
+/// The checks, the desktop's record (`desktop.open` on the audit chain) and
+/// the recording's start (a required one that cannot start refuses the desktop).
+pub(super) async fn prepare(
+    state: &AppState,
+    caller: &Caller,
+    o: &Origin,
+    kind: Kind,
+) -> AppResult<Opened> {
     let dial =
         crate::web::origin::check_target(state, caller, &o.session_id, &o.device_id, o.target)
             .await?;
@@ -68,7 +91,11 @@ async fn prepare(state: &AppState, caller: &Caller, o: &Origin) -> AppResult<Ope
     let settings = crate::records::account(&mut conn, &caller.account_id)
         .await?
         .settings;
-    let password = super::stored_password(state, &mut conn, &o.device_id, o.target).await?;
+    let password = match kind {
+        Kind::Vnc => super::stored_password(state, &mut conn, &o.device_id, o.target).await?,
+        // RDP credentials are typed in the browser.
+        Kind::Rdp => None,
+    };
     drop(conn);
     let peer = crate::web::peer::peer_for(state, caller, &o.session_id).await?;
     let id = crate::secret::new_id();
@@ -96,14 +123,18 @@ async fn prepare(state: &AppState, caller: &Caller, o: &Origin) -> AppResult<Ope
         .device(&o.device_id)
         .details(serde_json::json!({
             "username": caller.username, "recording": id, "target": o.target.to_string(),
-            "view_only": view_only, "recording_mode": mode.as_str(),
+            "protocol": kind.as_str(), "view_only": view_only, "recording_mode": mode.as_str(),
             "password": if password.is_some() { "stored" } else { "typed" },
         }));
     crate::audit::append(&mut tx, now, &ev).await?;
     tx.commit().await?;
     // The site sees the desktop in `drawbridge-edge status`.
     let _ = crate::live::notify_sessions(state, std::slice::from_ref(&o.session_id)).await;
-    let recording = Recording::new(id, mode, settings.recording_max_mb);
+    let header: &[u8] = match kind {
+        Kind::Vnc => drawbridge_desktop::recording::HEADER,
+        Kind::Rdp => drawbridge_desktop::recording::RDP_HEADER,
+    };
+    let recording = Recording::new(id, mode, settings.recording_max_mb, header);
     let desktop = LiveDesktop::new(recording);
     // The header goes to storage now: a required recording that cannot be
     // stored refuses the desktop before a byte of it is shown.
@@ -129,7 +160,7 @@ async fn prepare(state: &AppState, caller: &Caller, o: &Origin) -> AppResult<Ope
 }
 
 /// Ends a desktop's record: state, hash and size, and `desktop.end` on the audit chain.
-async fn finish(state: &AppState, caller: &Caller, desktop: &LiveDesktop, reason: &str) {
+pub(super) async fn finish(state: &AppState, caller: &Caller, desktop: &LiveDesktop, reason: &str) {
     let _ = desktop.store(state).await;
     let (sha256, bytes) = desktop.finish().await;
     let recorded = desktop.recorded().await;
@@ -168,7 +199,7 @@ async fn finish(state: &AppState, caller: &Caller, desktop: &LiveDesktop, reason
 }
 
 /// Whether the session still lets this desktop run.
-async fn session_open(state: &AppState, session_id: &str) -> bool {
+pub(super) async fn session_open(state: &AppState, session_id: &str) -> bool {
     let s: Result<Option<String>, _> =
         sqlx::query_scalar("SELECT state FROM sessions WHERE id = $1")
             .bind(session_id)

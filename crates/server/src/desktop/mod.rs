@@ -1,8 +1,9 @@
-//! Remote desktops in the browser (VNC). A device marks a released TCP
-//! target as a `vnc` service; a user of an active session that releases it
-//! opens it like a device web page, on an origin of its own, where the
-//! server's noVNC page talks to [`bridge`] over a WebSocket, and the bridge to
-//! the VNC server through the session's tunnel. Every desktop is recorded
+//! Remote desktops in the browser (VNC and RDP). A device marks a released
+//! TCP target as a `vnc` or `rdp` service; a user of an active session that
+//! releases it opens it like a device web page, on an origin of its own, where
+//! the server's noVNC page talks to [`bridge`] over a WebSocket (IronRDP's
+//! web client to [`rdp`], over RDCleanPath), and the bridge to the desktop's
+//! server through the session's tunnel. Every desktop is recorded
 //! ([`recording`]) unless the account says otherwise, can be watched live by
 //! admins and auditors ([`live`]), and replayed by them later ([`viewer`]).
 //!
@@ -13,6 +14,7 @@
 
 pub mod bridge;
 pub mod live;
+pub mod rdp;
 pub mod recording;
 pub mod viewer;
 pub mod watch;
@@ -76,7 +78,7 @@ pub async fn stored_password(
 }
 
 /// Whether `t` is exactly one of the device's desktops (a single TCP host and
-/// port marked `vnc`).
+/// port marked `vnc` or `rdp`).
 pub fn is_desktop_target(
     services: &[drawbridge_proto::api::WebService],
     t: &drawbridge_proto::Target,
@@ -88,10 +90,9 @@ pub fn is_desktop_target(
     t.protocol == drawbridge_proto::Protocol::Tcp
         && t.address.prefix_len() == 32
         && p.start == p.end
-        && services.iter().any(|w| {
-            w.scheme == drawbridge_proto::api::WebScheme::Vnc
-                && w.target == SocketAddrV4::new(ip, p.start)
-        })
+        && services
+            .iter()
+            .any(|w| w.scheme.is_desktop() && w.target == SocketAddrV4::new(ip, p.start))
 }
 
 /// The caller's access to a device (the one rule in `rights`).
@@ -248,7 +249,8 @@ async fn open_view(
         target: d.target,
         recording_id: &d.id,
     };
-    let (label, handoff) = origin::open_view(state, caller, &key, view, ev).await?;
+    let rdp = recording::is_rdp(state, &d.id).await?;
+    let (label, handoff) = origin::open_view(state, caller, &key, view, rdp, ev).await?;
     let origin = crate::web::origin_url(state, &label);
     Ok(Json(OpenedWeb {
         url: format!("{origin}{}?t={handoff}", origin::ENTER_PATH),
@@ -280,16 +282,22 @@ async fn replay(
     open_view(&state, &caller, &id, View::Replay).await
 }
 
+/// A recording of the caller's account, read whole and checked (admins and auditors).
+pub async fn stored_recording(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> AppResult<recording::Stored> {
+    caller
+        .require(state, Action::ReadAudit, "desktop.recording")
+        .await?;
+    one(state, caller, id).await?;
+    recording::read(state, id, None).await
+}
+
 /// The recording's bytes, with whether they are the ones on the record.
 pub async fn replay_stream(state: &AppState, caller: &Caller, id: &str) -> Response {
-    let r = async {
-        caller
-            .require(state, Action::ReadAudit, "desktop.recording")
-            .await?;
-        one(state, caller, id).await?;
-        recording::read(state, id, None).await
-    }
-    .await;
+    let r = stored_recording(state, caller, id).await;
     match r {
         Ok(s) => {
             let mut res = (StatusCode::OK, s.stream).into_response();

@@ -7,7 +7,7 @@
 
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
-use drawbridge_desktop::recording::{HEADER, Recorder};
+use drawbridge_desktop::recording::Recorder;
 use drawbridge_proto::RecordingMode;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
@@ -54,7 +54,9 @@ pub struct Recording {
 }
 
 impl Recording {
-    pub fn new(id: String, mode: RecordingMode, limit_mb: u32) -> Recording {
+    /// A recording that starts with `header` (`drawbridge_desktop::recording::HEADER`
+    /// for VNC, `RDP_HEADER` for RDP).
+    pub fn new(id: String, mode: RecordingMode, limit_mb: u32, header: &[u8]) -> Recording {
         let active = mode != RecordingMode::Off;
         let mut r = Recording {
             id,
@@ -69,7 +71,7 @@ impl Recording {
             hash: Sha256::new(),
         };
         if active {
-            r.add(HEADER);
+            r.add(header);
         }
         r
     }
@@ -166,6 +168,14 @@ impl Recording {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
+}
+
+/// Whether a recording is of an RDP desktop (its stored header says so).
+pub async fn is_rdp(state: &AppState, recording_id: &str) -> AppResult<bool> {
+    let first = read(state, recording_id, Some(1)).await?;
+    Ok(first
+        .stream
+        .starts_with(drawbridge_desktop::recording::RDP_HEADER))
 }
 
 /// One stored recording, read whole: the framed stream, and whether its

@@ -116,6 +116,9 @@ async fn novnc_file(dir: &Path, rel: &str) -> Response {
 
 /// A request on a desktop origin (its cookie already checked).
 pub async fn serve(state: AppState, caller: Caller, o: Origin, req: Request) -> Response {
+    if o.scheme == crate::web::origin::Scheme::Rdp {
+        return super::rdp::serve(state, caller, o, req).await;
+    }
     let path = req.uri().path().to_string();
     if req.method() != axum::http::Method::GET {
         return text(
@@ -157,7 +160,7 @@ pub async fn serve(state: AppState, caller: Caller, o: Origin, req: Request) -> 
                 (None, "/.drawbridge/websockify") => bridge::open(state, caller, o, ws).await,
                 (Some((id, View::Watch)), "/.drawbridge/watch") => {
                     let id = id.clone();
-                    super::watch::watch(state, id, ws).await
+                    super::watch::watch(state, id, ws, false).await
                 }
                 _ => text(StatusCode::NOT_FOUND, "no such path"),
             }

@@ -29,8 +29,14 @@ impl Drop for RemotePlace {
     }
 }
 
-/// `GET /.drawbridge/watch` on a watch origin.
-pub async fn watch(state: AppState, recording_id: String, ws: WebSocketUpgrade) -> Response {
+/// `GET /.drawbridge/watch` on a watch origin. An RDP watcher's web client
+/// speaks first (its RDCleanPath request); the recording answers it.
+pub async fn watch(
+    state: AppState,
+    recording_id: String,
+    ws: WebSocketUpgrade,
+    rdp: bool,
+) -> Response {
     let ws = ws.max_message_size(MAX_BROWSER_MESSAGE);
     let Some(desktop) = state.desktops.get(&recording_id) else {
         if REMOTE_WATCHERS
@@ -50,6 +56,10 @@ pub async fn watch(state: AppState, recording_id: String, ws: WebSocketUpgrade) 
         let place = RemotePlace;
         return ws.on_upgrade(move |mut socket| async move {
             let _place = place;
+            if rdp && let Err(reason) = super::rdp::answer_as_gateway(&mut socket).await {
+                close(&mut socket, &reason).await;
+                return;
+            }
             let reason = from_store(&state, &recording_id, &mut socket).await;
             close(&mut socket, &reason).await;
         });
@@ -64,6 +74,10 @@ pub async fn watch(state: AppState, recording_id: String, ws: WebSocketUpgrade) 
     };
     ws.on_upgrade(move |mut socket| async move {
         let _place = place;
+        if rdp && let Err(reason) = super::rdp::answer_as_gateway(&mut socket).await {
+            close(&mut socket, &reason).await;
+            return;
+        }
         for b in backlog {
             if socket.send(Message::Binary(b)).await.is_err() {
                 return;

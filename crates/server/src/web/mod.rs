@@ -52,6 +52,8 @@ pub struct Web {
     pub(crate) joining: tokio::sync::Mutex<()>,
     /// Where noVNC is installed, for desktops (none: the viewer says how to install it).
     novnc: RwLock<Option<std::path::PathBuf>>,
+    /// Where IronRDP's web client is installed, for RDP desktops (likewise).
+    ironrdp: RwLock<Option<crate::desktop::rdp::IronRdp>>,
 }
 
 impl Default for Web {
@@ -62,6 +64,7 @@ impl Default for Web {
             peers: peer::Peers::default(),
             joining: tokio::sync::Mutex::new(()),
             novnc: RwLock::new(crate::desktop::viewer::find_novnc()),
+            ironrdp: RwLock::new(crate::desktop::rdp::find_ironrdp()),
         }
     }
 }
@@ -81,6 +84,14 @@ impl Web {
     pub fn set_novnc(&self, dir: Option<std::path::PathBuf>) {
         if let Ok(mut d) = self.novnc.write() {
             *d = dir;
+        }
+    }
+    pub fn ironrdp(&self) -> Option<crate::desktop::rdp::IronRdp> {
+        self.ironrdp.read().ok().and_then(|d| d.clone())
+    }
+    pub fn set_ironrdp(&self, found: Option<crate::desktop::rdp::IronRdp>) {
+        if let Ok(mut d) = self.ironrdp.write() {
+            *d = found;
         }
     }
     pub fn tls(&self) -> Option<Arc<rustls::ClientConfig>> {
@@ -230,7 +241,7 @@ async fn serve_origin(state: AppState, label: String, host: String, req: Request
             );
         }
     };
-    if o.scheme == Scheme::Vnc {
+    if o.scheme.is_desktop() {
         return crate::desktop::viewer::serve(state, caller, o, req).await;
     }
     match to_device(
@@ -263,9 +274,9 @@ async fn to_device(
     origin_base: &str,
     req: Request,
 ) -> AppResult<Response> {
-    if scheme == Scheme::Vnc {
+    if scheme.is_desktop() {
         return Err(AppError::invalid(
-            "this target is a VNC desktop: open it in the portal (Open desktop)",
+            "this target is a remote desktop: open it in the portal (Open desktop)",
         ));
     }
     let dial = origin::check_target(state, caller, session_id, device_id, target).await?;
@@ -311,7 +322,7 @@ async fn to_device(
     parts.headers = proxy::to_device(&parts.headers, origin_base, &device_base, &[COOKIE]);
     let req = Request::from_parts(parts, body);
     let sent = match scheme {
-        Scheme::Http | Scheme::Vnc => proxy::forward(stream, req, p.bytes()).await,
+        Scheme::Http | Scheme::Vnc | Scheme::Rdp => proxy::forward(stream, req, p.bytes()).await,
         Scheme::Https => {
             let (tls, seen) = match pins::handshake(stream, *dial.ip()).await {
                 Ok(v) => v,
@@ -398,7 +409,7 @@ async fn open(
     crate::extract::ApiJson(req): crate::extract::ApiJson<OpenWeb>,
 ) -> AppResult<Json<OpenedWeb>> {
     let service = web_service(&state, &caller, &req.device_id, req.target).await?;
-    if service.scheme != Scheme::Vnc {
+    if !service.scheme.is_desktop() {
         // Membership and release first (a stranger learns nothing), then the
         // grant: a monitor grant opens desktops only.
         origin::check_target(&state, &caller, &id, &req.device_id, req.target).await?;

@@ -191,16 +191,22 @@ pub struct OriginKey<'a> {
     pub recording_id: &'a str,
 }
 
-/// Opens (or re-opens) the caller's origin of `key` showing a recording;
-/// the caller's rights are checked by the route.
+/// Opens (or re-opens) the caller's origin of `key` showing a recording (of
+/// an RDP desktop when `rdp`); the caller's rights are checked by the route.
 pub async fn open_view(
     state: &AppState,
     caller: &Caller,
     key: &OriginKey<'_>,
     view: View,
+    rdp: bool,
     ev: crate::audit::Event,
 ) -> AppResult<(String, String)> {
-    open_origin(state, caller, key, view.as_str(), "/", ev).await
+    let scheme = match (rdp, view) {
+        (false, v) => v.as_str(),
+        (true, View::Watch) => "rdp-watch",
+        (true, View::Replay) => "rdp-replay",
+    };
+    open_origin(state, caller, key, scheme, "/", ev).await
 }
 
 async fn open_origin(
@@ -344,13 +350,14 @@ pub async fn lookup(
             .map_err(|_| AppError::internal(anyhow::anyhow!("stored web target")))?,
         scheme: match scheme.as_str() {
             "watch" | "replay" => Scheme::Vnc,
+            "rdp-watch" | "rdp-replay" => Scheme::Rdp,
             s => parse_scheme(s)
                 .ok_or_else(|| AppError::internal(anyhow::anyhow!("stored web scheme")))?,
         },
         user_id: row.try_get("user_id")?,
         recording: match scheme.as_str() {
-            "watch" => Some((row.try_get("recording_id")?, View::Watch)),
-            "replay" => Some((row.try_get("recording_id")?, View::Replay)),
+            "watch" | "rdp-watch" => Some((row.try_get("recording_id")?, View::Watch)),
+            "replay" | "rdp-replay" => Some((row.try_get("recording_id")?, View::Replay)),
             _ => None,
         },
     };

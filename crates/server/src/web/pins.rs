@@ -86,11 +86,24 @@ impl ServerCertVerifier for FirstUse {
     }
 }
 
-/// TLS to the device over `stream`; answers the stream and the fingerprint
-/// of the certificate it presented.
+/// TLS to the device's web server over `stream` (ALPN `http/1.1`); answers
+/// the stream and the fingerprint of the certificate it presented.
 pub async fn handshake<S>(
     stream: S,
     ip: std::net::Ipv4Addr,
+) -> std::io::Result<(tokio_rustls::client::TlsStream<S>, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    handshake_alpn(stream, ip, &[b"http/1.1"]).await
+}
+
+/// TLS to the device over `stream` offering the ALPN protocols `alpn` (none
+/// for RDP); answers the stream and the fingerprint of the certificate it presented.
+pub async fn handshake_alpn<S>(
+    stream: S,
+    ip: std::net::Ipv4Addr,
+    alpn: &[&[u8]],
 ) -> std::io::Result<(tokio_rustls::client::TlsStream<S>, String)>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -106,7 +119,7 @@ where
         .dangerous()
         .with_custom_certificate_verifier(verifier.clone())
         .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let name = ServerName::IpAddress(std::net::IpAddr::V4(ip).into());
     let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(name, stream)
