@@ -193,7 +193,10 @@ impl RolloutWindow {
     }
 }
 
-/// A rollout device's states in the order an update goes through them.
+/// A rollout device's states in the order an update goes through them. Besides
+/// the edge's [`UpdateState`]s, the server's own: `pending` (its turn has not
+/// come), `offered`, `skipped` (it runs a newer version and the rollout is no
+/// downgrade: nothing to do, and no failure) and `cancelled`.
 pub const DEVICE_STATE_ORDER: &[&str] = &[
     "pending",
     "offered",
@@ -204,6 +207,7 @@ pub const DEVICE_STATE_ORDER: &[&str] = &[
     "failed",
     "rolled_back",
     "refused",
+    "skipped",
     "cancelled",
 ];
 

@@ -27,6 +27,8 @@ store_tests!(
     a_root_changes_only_by_a_rotation_the_current_root_signed,
     canaries_go_first_and_the_rest_after_the_soak_without_failures,
     a_failure_at_the_threshold_pauses_the_rollout_and_withdraws_offers,
+    a_failed_canary_pauses_the_rollout_whatever_the_threshold,
+    a_release_whose_signing_key_expired_is_not_rolled_out_until_signed_again,
     no_offer_during_a_session_or_outside_the_window,
     bad_and_concurrent_rollout_requests_change_nothing,
     the_binary_goes_only_to_a_device_that_signs_for_it_and_has_it_offered,
@@ -170,7 +172,17 @@ async fn a_release_is_stored_only_when_it_verifies_under_the_trusted_root(app: T
         .expect("good");
     assert_eq!(r.version, "1.0.0");
     assert_eq!(r.size, bin.len() as u64);
-    assert!(store::add_release(st, &bin, &good, now).await.is_err());
+    // The same binary again (signed again, say) keeps its release; another
+    // binary under the same version and target is a conflict.
+    let again = store::add_release(st, &bin, &good, now)
+        .await
+        .expect("the same binary again");
+    assert_eq!(again.id, r.id);
+    let other = b"another edge".to_vec();
+    let e = store::add_release(st, &other, &signed(&k, "1.0.0", &other, now), now)
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("another binary"), "{}", e.message);
     assert_eq!(app.count("releases").await, 1);
     // A binary larger than one chunk comes back whole.
     let big: Vec<u8> = (0..(store::CHUNK * 2 + 17))
@@ -469,8 +481,36 @@ async fn a_failure_at_the_threshold_pauses_the_rollout_and_withdraws_offers(app:
             None,
         )
         .await;
-    // The failure still counts: with threshold 1 it pauses again at once.
+    // Resuming goes on past the failure so far (it stays on record): running,
+    // and the withdrawn offer is made again.
+    assert_eq!(v["state"], "running", "{v}");
+    assert_eq!(v["paused_reason"], Value::Null, "{v}");
+    rollouts::advance(&app.state).await.unwrap();
+    let v = app
+        .get(&format!("/api/v1/rollouts/{id}"), &acct.admin)
+        .await
+        .1;
+    assert_eq!(v["state"], "running", "{v}");
+    assert_eq!(row_state(&app, &id, &ids[0]).await, "rolled_back");
+    assert_eq!(row_state(&app, &id, &ids[1]).await, "offered");
+    // The next failure counts again: paused at once (threshold 1).
+    offer::on_report(
+        &app.state,
+        &acct.id,
+        &ids[1],
+        &report(&id, &release, UpdateState::Failed),
+    )
+    .await
+    .unwrap();
+    let v = app
+        .get(&format!("/api/v1/rollouts/{id}"), &acct.admin)
+        .await
+        .1;
     assert_eq!(v["state"], "paused", "{v}");
+    assert!(
+        v["paused_reason"].as_str().unwrap().starts_with("1 device"),
+        "{v}"
+    );
     let v = app
         .ok(
             Method::POST,
@@ -480,7 +520,14 @@ async fn a_failure_at_the_threshold_pauses_the_rollout_and_withdraws_offers(app:
         )
         .await;
     assert_eq!(v["state"], "cancelled");
-    assert_eq!(row_state(&app, &id, &ids[1]).await, "cancelled");
+    // Final states stay as they were; nothing else is offered any more.
+    assert_eq!(row_state(&app, &id, &ids[1]).await, "failed");
+    assert!(
+        offer::offer_for(&app.state, &ids[1])
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(
         app.post(
             &format!("/api/v1/rollouts/{id}/resume"),
@@ -491,6 +538,155 @@ async fn a_failure_at_the_threshold_pauses_the_rollout_and_withdraws_offers(app:
         .0,
         StatusCode::CONFLICT
     );
+}
+
+async fn a_failed_canary_pauses_the_rollout_whatever_the_threshold(app: TestApp) {
+    let k = trusted(&app).await;
+    let release = add(&app, &k, "1.1.0").await;
+    let acct = app.account("acme").await;
+    let ids = fleet(&app, &acct).await;
+    let v = app
+        .ok(
+            Method::POST,
+            "/api/v1/rollouts",
+            &acct.admin,
+            Some(
+                json!({"release_id": release, "devices": ids, "canaries": [ids[0]],
+                        "soak_minutes": 10, "failure_threshold": 5}),
+            ),
+        )
+        .await;
+    let id = v["id"].as_str().unwrap().to_string();
+    offer::on_report(
+        &app.state,
+        &acct.id,
+        &ids[0],
+        &report(&id, &release, UpdateState::RolledBack),
+    )
+    .await
+    .unwrap();
+    // Well under the threshold, and yet the rest is not offered, however long
+    // one waits: the rollout waits for the admins.
+    app.clock().advance(11 * 60);
+    for _ in 0..3 {
+        rollouts::advance(&app.state).await.unwrap();
+    }
+    let admin = app.token("acme", "admin").await;
+    let v = app.get(&format!("/api/v1/rollouts/{id}"), &admin).await.1;
+    assert_eq!(v["state"], "paused", "{v}");
+    assert_eq!(v["stage"], "canary", "{v}");
+    assert!(
+        v["paused_reason"]
+            .as_str()
+            .unwrap()
+            .contains("canary press-1 failed"),
+        "{v}"
+    );
+    for d in &ids[1..] {
+        assert_eq!(row_state(&app, &id, d).await, "pending");
+    }
+    // Resumed past it: the rest goes after a soak counted from the resume.
+    app.ok(
+        Method::POST,
+        &format!("/api/v1/rollouts/{id}/resume"),
+        &admin,
+        None,
+    )
+    .await;
+    rollouts::advance(&app.state).await.unwrap();
+    assert_eq!(row_state(&app, &id, &ids[1]).await, "pending");
+    app.clock().advance(11 * 60);
+    rollouts::advance(&app.state).await.unwrap();
+    rollouts::advance(&app.state).await.unwrap();
+    for d in &ids[1..] {
+        assert_eq!(row_state(&app, &id, d).await, "offered");
+    }
+    // The resume and the failures it went past are on the record.
+    let admin = app.token("acme", "admin").await;
+    let (_, audit) = app
+        .get("/api/v1/audit?limit=500&action=rollout.resume", &admin)
+        .await;
+    let text = audit.to_string();
+    assert!(text.contains("\"failures_passed\":1"), "{text}");
+}
+
+async fn a_release_whose_signing_key_expired_is_not_rolled_out_until_signed_again(app: TestApp) {
+    let k = trusted(&app).await;
+    let now = app.state.now();
+    let bin = b"edge 1.1.0".to_vec();
+    let first = store::add_release(&app.state.store, &bin, &signed(&k, "1.1.0", &bin, now), now)
+        .await
+        .expect("release");
+    let acct = app.account("acme").await;
+    let ids = fleet(&app, &acct).await;
+    // Two days on, the signing key's certificate (one day) has expired: an
+    // edge would refuse the release, so the server does not roll it out.
+    app.clock().advance(2 * 86_400);
+    let admin = app.token("acme", "admin").await;
+    let (st, v) = app
+        .post(
+            "/api/v1/rollouts",
+            &admin,
+            json!({"release_id": first.id, "devices": [ids[0]]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("sign it again"),
+        "{v}"
+    );
+    assert_eq!(app.count("rollouts").await, 0);
+    // The operator certifies a new signing key and signs the same binary again:
+    // the release keeps its id, and now rolls out.
+    let now = app.state.now();
+    let fresh = keys(now);
+    let k2 = Keys {
+        cert: drawbridge_release::certify(
+            &k.root,
+            &SigningKeyCert {
+                name: "release-2026-b".into(),
+                public_key: fresh.signing.public(),
+                not_before: now - 60,
+                not_after: now + 86_400,
+            },
+        ),
+        root: fresh.root,
+        signing: fresh.signing,
+    };
+    let resigned = signed(&k2, "1.1.0", &bin, now);
+    let again = store::add_release(&app.state.store, &bin, &resigned, now)
+        .await
+        .expect("signed again");
+    assert_eq!(again.id, first.id);
+    assert_eq!(app.count("releases").await, 1);
+    // Another binary under the same version is still a conflict.
+    let other = b"edge 1.1.0, changed".to_vec();
+    assert!(
+        store::add_release(
+            &app.state.store,
+            &other,
+            &signed(&k2, "1.1.0", &other, now),
+            now
+        )
+        .await
+        .is_err()
+    );
+    let (st, v) = app
+        .post(
+            "/api/v1/rollouts",
+            &admin,
+            json!({"release_id": first.id, "devices": [ids[0]]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{v}");
+    let o = offer::offer_for(&app.state, &ids[0])
+        .await
+        .unwrap()
+        .expect("offer");
+    assert_eq!(o.signed, resigned, "the offer carries the new signature");
 }
 
 async fn no_offer_during_a_session_or_outside_the_window(app: TestApp) {
@@ -639,19 +835,24 @@ async fn bad_and_concurrent_rollout_requests_change_nothing(app: TestApp) {
             .unwrap()
             .is_empty()
     );
-    // An older release without a downgrade: the device is refused, not offered.
+    // An older release without a downgrade: the device is skipped, not
+    // offered, and that is no failure (the rollout is done, not paused).
     let v = app
         .ok(
             Method::POST,
             "/api/v1/rollouts",
             &acct.admin,
-            Some(json!({"release_id": older, "devices": [ids[2]]})),
+            Some(json!({"release_id": older, "devices": [ids[2]], "failure_threshold": 1})),
         )
         .await;
-    assert_eq!(
-        row_state(&app, v["id"].as_str().unwrap(), &ids[2]).await,
-        "refused"
-    );
+    let skipped = v["id"].as_str().unwrap().to_string();
+    assert_eq!(row_state(&app, &skipped, &ids[2]).await, "skipped");
+    rollouts::advance(&app.state).await.unwrap();
+    let v = app
+        .get(&format!("/api/v1/rollouts/{skipped}"), &acct.admin)
+        .await
+        .1;
+    assert_eq!(v["state"], "done", "{v}");
     // 30 rollouts at once for the same device: exactly one takes it.
     let calls = (0..30).map(|_| {
         app.post(

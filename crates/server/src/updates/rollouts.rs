@@ -20,6 +20,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// A device row still in progress (not final, not cancelled).
 pub const OPEN_STATES: &str = "('pending', 'offered', 'waiting', 'downloading', 'installing')";
+/// Device states that count toward a rollout's pause (the edge's failures).
+pub const FAILURE_STATES: &str = "('failed', 'rolled_back', 'refused')";
+/// The server's own final state for a device that runs a newer version than a
+/// rollout without a downgrade installs: nothing to do, and not a failure.
+pub const SKIPPED: &str = "skipped";
 /// States in which the edge holds an offer.
 pub const OFFER_STATES: &str = "('offered', 'waiting', 'downloading', 'installing')";
 
@@ -57,6 +62,7 @@ pub async fn create(
     let release = store::get(&state.store, &req.release_id)
         .await?
         .ok_or_else(|| AppError::not_found("release"))?;
+    store::check_installable(&state.store, &release.id, state.now()).await?;
     if req.downgrade && !release.downgrade {
         return Err(AppError::invalid(
             "this release is not signed as a downgrade release (drawbridge-release sign --downgrade)",
@@ -233,10 +239,23 @@ pub async fn set_state(
         return Err(AppError::conflict("the rollout changed at the same time"));
     }
     let withdrawn = withdraw(&mut tx, id, to == "cancelled", now).await?;
+    // Resuming is the admins' decision to go on past the failures so far:
+    // they stay on record but no longer count toward a pause.
+    let forgiven = if to == "running" {
+        sqlx::query(&format!(
+            "UPDATE rollout_devices SET forgiven = 1 WHERE rollout_id = $1 AND forgiven = 0 AND state IN {FAILURE_STATES}"
+        ))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+    } else {
+        0
+    };
     audit::append(
         &mut tx,
         now,
-        &ev.details(serde_json::json!({ "from": current, "to": to })),
+        &ev.details(serde_json::json!({ "from": current, "to": to, "failures_passed": forgiven })),
     )
     .await?;
     tx.commit().await?;
@@ -318,13 +337,14 @@ pub async fn advance(state: &AppState) -> AppResult<()> {
         let downgrade = r.try_get::<i64, _>(8)? != 0;
         let version: String = r.try_get(9)?;
         let rows = sqlx::query(
-            "SELECT rd.device_id, rd.canary, rd.state, d.agent_version, rd.updated_at
+            "SELECT rd.device_id, rd.canary, rd.state, d.agent_version, rd.updated_at, rd.forgiven, d.name
              FROM rollout_devices rd JOIN devices d ON d.id = rd.device_id WHERE rd.rollout_id = $1",
         )
         .bind(&id)
         .fetch_all(&state.store.pool)
         .await?;
         let mut failures = 0i64;
+        let mut failed_canaries: Vec<String> = Vec::new();
         let mut open = 0usize;
         let mut canaries_open = false;
         let mut canaries_last = stage_at;
@@ -335,11 +355,15 @@ pub async fn advance(state: &AppState) -> AppResult<()> {
             let st: String = row.try_get(2)?;
             let running_version: Option<String> = row.try_get(3)?;
             let updated: i64 = row.try_get(4)?;
+            let forgiven = row.try_get::<i64, _>(5)? != 0;
             let parsed = st.parse::<UpdateState>().ok();
-            if parsed.is_some_and(|s| s.is_failure()) {
+            if parsed.is_some_and(|s| s.is_failure()) && !forgiven {
                 failures += 1;
+                if canary {
+                    failed_canaries.push(row.try_get(6)?);
+                }
             }
-            let final_ = parsed.is_some_and(|s| s.is_final()) || st == "cancelled";
+            let final_ = parsed.is_some_and(|s| s.is_final()) || st == "cancelled" || st == SKIPPED;
             if !final_ {
                 open += 1;
             }
@@ -354,9 +378,19 @@ pub async fn advance(state: &AppState) -> AppResult<()> {
                 due.push((device, running_version));
             }
         }
-        if failures >= threshold {
+        // A canary that failed stops the rollout whatever the threshold: the
+        // rest goes only after canaries that all succeeded.
+        let pause_for = if !failed_canaries.is_empty() && stage == "canary" {
+            Some(format!("canary {} failed", failed_canaries.join(", ")))
+        } else if failures >= threshold {
+            Some(format!(
+                "{failures} device(s) failed (threshold {threshold})"
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = pause_for {
             let mut tx = state.store.begin().await?;
-            let reason = format!("{failures} device(s) failed (threshold {threshold})");
             let r = sqlx::query(
                 "UPDATE rollouts SET state = 'paused', paused_reason = $1 WHERE id = $2 AND state = 'running'",
             )
@@ -472,7 +506,7 @@ async fn offer(
     let (to, message) = match order {
         Some(std::cmp::Ordering::Equal) => ("succeeded", Some("runs this version already")),
         Some(std::cmp::Ordering::Greater) if !downgrade => (
-            "refused",
+            SKIPPED,
             Some("runs a newer version; only an explicit downgrade installs an older one"),
         ),
         _ => ("offered", None),

@@ -180,10 +180,35 @@ pub async fn add_release(
     .execute(&mut *tx)
     .await?;
     if r.rows_affected() != 1 {
-        return Err(AppError::conflict(format!(
-            "release {} for {} exists already",
-            meta.version, meta.target
-        )));
+        // The same binary signed again (a newer signing key, or as a
+        // downgrade): the new signature replaces the old one.
+        let same = sqlx::query(
+            "UPDATE releases SET signed = $1, downgrade = $2
+             WHERE version = $3 AND target = $4 AND sha256 = $5 AND size = $6",
+        )
+        .bind(signed)
+        .bind(i64::from(meta.downgrade))
+        .bind(&meta.version)
+        .bind(&meta.target)
+        .bind(&meta.sha256)
+        .bind(meta.size as i64)
+        .execute(&mut *tx)
+        .await?;
+        if same.rows_affected() != 1 {
+            return Err(AppError::conflict(format!(
+                "release {} for {} exists already with another binary",
+                meta.version, meta.target
+            )));
+        }
+        let row = sqlx::query(&format!(
+            "SELECT {RELEASE_COLUMNS} FROM releases WHERE version = $1 AND target = $2"
+        ))
+        .bind(&meta.version)
+        .bind(&meta.target)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        return release_of(&row);
     }
     for (seq, c) in chunks.iter().enumerate() {
         sqlx::query("INSERT INTO release_chunks (release_id, seq, data) VALUES ($1, $2, $3)")
@@ -227,6 +252,27 @@ pub async fn list(store: &Store) -> AppResult<Vec<Release>> {
     .fetch_all(&store.pool)
     .await?;
     rows.iter().map(release_of).collect()
+}
+
+/// Whether a stored release still verifies under the current root now: its
+/// signing key's certificate may have expired or the root rotated since it was
+/// added, and an edge would refuse it. The error says what to do.
+pub async fn check_installable(store: &Store, id: &str, now: i64) -> AppResult<()> {
+    let signed = signed(store, id)
+        .await?
+        .ok_or_else(|| AppError::not_found("release"))?;
+    let roots = roots(store)
+        .await?
+        .ok_or_else(|| broken("a release is stored but no release root"))?;
+    let parsed = SignedRelease::from_json(&signed)
+        .map_err(|e| broken(format!("a stored release signature: {e}")))?;
+    drawbridge_release::verify(&roots.current, &parsed, now).map_err(|e| {
+        AppError::invalid(format!(
+            "the release no longer verifies ({e}); sign it again with a current signing key \
+             (drawbridge-release sign) and add it again (drawbridge-server release add)"
+        ))
+    })?;
+    Ok(())
 }
 
 /// One release.
