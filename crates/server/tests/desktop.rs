@@ -9,6 +9,7 @@ mod common;
 
 use axum::http::{Method, StatusCode};
 use common::TestApp;
+use drawbridge_desktop::recording::HEADER;
 use drawbridge_proto::RecordingMode;
 use drawbridge_server::desktop::recording::{self, Recording, Stop};
 use serde_json::{Value, json};
@@ -195,7 +196,7 @@ async fn recorded(
     .execute(&app.state.store.pool)
     .await
     .unwrap();
-    let mut r = Recording::new(id.clone(), mode, 1);
+    let mut r = Recording::new(id.clone(), mode, 1, HEADER);
     for f in frames {
         r.record(f).unwrap();
         // One chunk per frame, so that chunks can be moved and removed.
@@ -343,7 +344,7 @@ async fn a_changed_moved_or_missing_recording_chunk_is_detected(app: TestApp) {
 async fn recordings_stop_at_the_accounts_size_limit(app: TestApp) {
     let acct = app.account("acme").await;
     let (id, _) = recorded(&app, &acct.id, &acct.admin_id, &[], RecordingMode::Required).await;
-    let mut r = Recording::new(id, RecordingMode::Required, 1);
+    let mut r = Recording::new(id, RecordingMode::Required, 1, HEADER);
     let big = vec![7u8; 300 * 1024];
     for _ in 0..3 {
         r.record(&big).unwrap();
@@ -355,7 +356,7 @@ async fn recordings_stop_at_the_accounts_size_limit(app: TestApp) {
     );
     assert!(r.bytes() <= 1024 * 1024);
     // Off records nothing and never stops.
-    let mut off = Recording::new("off".into(), RecordingMode::Off, 1);
+    let mut off = Recording::new("off".into(), RecordingMode::Off, 1, HEADER);
     for _ in 0..10 {
         off.record(&big).unwrap();
     }

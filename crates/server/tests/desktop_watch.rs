@@ -9,6 +9,7 @@ mod live_harness;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use common::TestApp;
+use drawbridge_desktop::recording::HEADER;
 use drawbridge_proto::RecordingMode;
 use drawbridge_server::desktop::recording::Recording;
 use futures_util::{SinkExt, StreamExt};
@@ -51,7 +52,7 @@ async fn a_watcher_on_another_replica_follows_the_stored_recording(app: TestApp)
     .execute(&l.app.state.store.pool)
     .await
     .unwrap();
-    let mut rec = Recording::new(id.clone(), RecordingMode::Required, 16);
+    let mut rec = Recording::new(id.clone(), RecordingMode::Required, 16, HEADER);
     rec.record(b"RFB 003.008\n").unwrap();
     rec.record(b"\x01\x01").unwrap();
     rec.store(&l.app.state).await.unwrap();

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod data;
+pub mod rdp;
 pub mod vnc;
 
 use serde_json::{Value, json};

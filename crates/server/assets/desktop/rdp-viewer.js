@@ -108,8 +108,11 @@ function connect(path, creds, connectedText) {
             body.dataset.connected = "false";
             say("Closed: " + (lastReason || end.reason()), true);
         } catch (err) {
+            const was = body.dataset.connected === "true";
             body.dataset.connected = "false";
-            say("Refused: " + (lastReason || describe(err)), true);
+            // The server's close (with its reason) follows its error PDU.
+            await new Promise((r) => setTimeout(r, 500));
+            say((was ? "Closed: " : "Refused: ") + (lastReason || describe(err)), true);
         }
     }, { once: true });
     screen.replaceChildren(el);

@@ -1,0 +1,208 @@
+//! Remote desktops over RDP in real Chromium, with the real server and edge
+//! binaries, Devolutions' IronRDP web client from npm, and a real RDP server:
+//! Debian's xrdp on the machine's "LAN" (127.0.0.5) showing a TigerVNC Xvnc
+//! (see `common::rdp`), released by the device firewall and marked `rdp`. A
+//! user opens it from the portal, logs on in the viewer and sees it (the
+//! colour `xsetroot` painted) and types into it (`xev` on the X server shows
+//! the keys); the desktop is recorded (`DBRDP1`, its hash on the record) and
+//! closes when its session ends; a `monitor` grant gets it view-only (its keys
+//! never arrive); and once the RDP server's certificate changed, it is refused
+//! until an admin accepts the new one. Skips with a visible line without
+//! Chromium, the X tools, xrdp or the IronRDP web client.
+
+mod common;
+
+use common::rdp::*;
+use common::vnc::*;
+use drawbridge_testnet::browser::Driver;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// One desktop test at a time (a server, an edge, Xvnc, xrdp and Chromium each).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn audit_has(site: &Site, action: &str, needle: &str) -> bool {
+    site.api
+        .get(&format!("/audit?action={action}"))
+        .to_string()
+        .contains(needle)
+}
+
+#[test]
+fn an_rdp_desktop_is_seen_typed_into_recorded_and_closed_with_its_session() {
+    let name = "an_rdp_desktop_is_seen_typed_into_recorded_and_closed_with_its_session";
+    if !have_rdp_tools(name) {
+        return;
+    }
+    let _one = one_at_a_time();
+    let rs = RdpSite::start();
+    let site = &rs.site;
+    let target = rs.target();
+    let anna = site.user("anna", "full");
+    let sid = site.session(&[&anna], &[target], &site.api_as("anna"));
+    let keys = site.xvnc().watch_keys();
+    let base = site.server.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let driver = Driver::start();
+    let b = rt.block_on(Browser::start(&driver, &site.server));
+    let c = &b.c;
+    rt.block_on(async {
+        portal_login(c, &base, "anna").await;
+        open_desktop_from_portal(c, &base, &sid, target).await;
+        let url = c.current_url().await.unwrap();
+        assert!(url.host_str().unwrap().ends_with(".web.localhost"), "{url}");
+        rdp_log_on(c, "anna", "typed-password").await;
+        rdp_connected(c, "Connected").await;
+        rdp_wait_colour(c, MAGENTA, "anna", 30).await;
+        keep_screenshot(c, "rdp-desktop-viewer").await;
+        // Keys typed in Chromium reach the machine's X server through xrdp.
+        rdp_type(c, "zq").await;
+        keys.wait_for(&["z", "q"]);
+        site.xvnc().paint(GREEN);
+        rdp_wait_colour(c, GREEN, "anna", 15).await;
+    });
+    // The session's end closes the desktop within seconds.
+    site.end(&sid);
+    let closed = rt.block_on(rdp_status_starting(c, "Closed", 8));
+    assert!(closed.contains("the session ended"), "{closed}");
+    let d = site.wait_desktop(&sid, "the desktop ended", |d| d["live"] == false);
+    assert_eq!(d["user_id"], anna.as_str(), "{d}");
+    assert_eq!(d["end_reason"], "the session ended", "{d}");
+    assert_eq!(d["view_only"], false, "{d}");
+    let sha = d["sha256"]
+        .as_str()
+        .expect("a hash on the record")
+        .to_string();
+    assert!(
+        audit_has(site, "desktop.end", &sha),
+        "the hash is on the audit chain"
+    );
+    assert!(
+        audit_has(site, "desktop.open", "\"rdp\""),
+        "desktop.open says RDP"
+    );
+    // The recording: DBRDP1, the replay response first, then the stream; intact.
+    let r = site
+        .api
+        .http
+        .get(format!(
+            "{base}/api/v1/desktops/{}/recording",
+            d["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&site.api.token)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-recording-intact"], "true");
+    let bytes = r.bytes().unwrap();
+    assert!(
+        bytes.starts_with(b"DBRDP1\n"),
+        "{:?}",
+        &bytes[..16.min(bytes.len())]
+    );
+    assert!(
+        bytes.len() > 10_000,
+        "the desktop's pictures are recorded: {} bytes",
+        bytes.len()
+    );
+    rt.block_on(async {
+        let _ = b.c.clone().close().await;
+    });
+}
+
+#[test]
+fn a_monitor_grant_gets_the_rdp_desktop_view_only_and_a_changed_certificate_is_refused() {
+    let name =
+        "a_monitor_grant_gets_the_rdp_desktop_view_only_and_a_changed_certificate_is_refused";
+    if !have_rdp_tools(name) {
+        return;
+    }
+    let _one = one_at_a_time();
+    let mut rs = RdpSite::start();
+    let target = rs.target();
+    let (sid, mona) = {
+        let site = &rs.site;
+        let mona = site.user("mona", "monitor");
+        let me = site.admin_id();
+        let (code, v) = site.try_session(&[&mona, &me], &[target]);
+        assert_eq!(code, 200, "{v}");
+        let sid = v["id"].as_str().unwrap().to_string();
+        let (code, v) = site.api.post(&format!("/sessions/{sid}/start"), json!({}));
+        assert_eq!(code, 200, "{v}");
+        (sid, mona)
+    };
+    let keys = rs.site.xvnc().watch_keys();
+    let base = rs.site.server.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let driver = Driver::start();
+    let b = rt.block_on(Browser::start(&driver, &rs.site.server));
+    let c = &b.c;
+    rt.block_on(async {
+        portal_login(c, &base, "mona").await;
+        open_desktop_from_portal(c, &base, &sid, target).await;
+        rdp_log_on(c, "mona", "typed-password").await;
+        rdp_connected(c, "Connected (view only)").await;
+        rdp_wait_colour(c, MAGENTA, "mona", 30).await;
+        // The web client sends the keys; the server drops them.
+        rdp_type(c, "mv").await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            keys.pressed().is_empty(),
+            "a view-only user's keys reached the X server: {:?}",
+            keys.pressed()
+        );
+        assert_eq!(status(c).await, "Connected (view only)");
+    });
+    let d = rs.site.wait_desktop(&sid, "mona's desktop is listed", |d| {
+        d["user_id"] == mona.as_str()
+    });
+    assert_eq!(d["view_only"], true, "{d}");
+    // The control: the admin's keys on the same desktop do arrive.
+    let open = |site: &Site| {
+        let (code, v) = site.api.post(
+            &format!("/sessions/{sid}/web"),
+            json!({"device_id": site.device, "target": target.to_string()}),
+        );
+        assert_eq!(code, 200, "{v}");
+        v["url"].as_str().unwrap().to_string()
+    };
+    let url = open(&rs.site);
+    rt.block_on(async {
+        c.goto(&url).await.unwrap();
+        rdp_log_on(c, "root", "typed-password").await;
+        rdp_connected(c, "Connected").await;
+        rdp_type(c, "k").await;
+        keys.wait_for(&["k"]);
+    });
+    assert_eq!(keys.pressed(), ["k"], "only the admin's key arrived");
+
+    // A new certificate on the RDP server: refused, audited, kept as pending.
+    rs.change_certificate();
+    let url = open(&rs.site);
+    rt.block_on(async {
+        c.goto(&url).await.unwrap();
+        rdp_log_on(c, "root", "typed-password").await;
+        let refused = rdp_status_starting(c, "Refused", 30).await;
+        assert!(refused.contains("certificate"), "{refused}");
+    });
+    assert!(audit_has(
+        &rs.site,
+        "web.certificate_changed",
+        &target.to_string()
+    ));
+    let pins: Value = rs
+        .site
+        .api
+        .get(&format!("/devices/{}/web-pins", rs.site.device));
+    assert!(
+        pins.to_string().contains("pending_sha256\":\""),
+        "the new certificate waits for an admin: {pins}"
+    );
+    rt.block_on(async {
+        let _ = b.c.clone().close().await;
+    });
+}
