@@ -14,6 +14,7 @@ pub mod error;
 pub mod fuzz;
 pub mod mailbox;
 pub mod model;
+pub mod sso;
 pub mod text;
 pub mod update;
 pub mod web;

@@ -474,6 +474,25 @@ async fn login_inner(
         tx.commit().await?;
         return Err(AppError::login_failed());
     }
+    // Single sign-on required: the break-glass admin alone still logs in with a
+    // password, on the record and with the admins told.
+    let break_glass = match crate::sso::users::password_login(&mut tx, &user).await? {
+        crate::sso::users::PasswordLogin::Allowed => false,
+        crate::sso::users::PasswordLogin::BreakGlass => true,
+        crate::sso::users::PasswordLogin::Refused => {
+            audit::append(
+                &mut tx,
+                now,
+                &fail("single sign-on required", "login.failed"),
+            )
+            .await?;
+            tx.commit().await?;
+            return Err(AppError::new(
+                ErrorCode::LoginFailed,
+                "this account signs in through single sign-on; use \"Sign in with\" on the login page or `drawbridge login --sso`",
+            ));
+        }
+    };
     let stage = match (&user.totp_secret, &req.totp) {
         (Some(secret), Some(code)) => {
             let secret = state
@@ -508,6 +527,9 @@ async fn login_inner(
         return Err(AppError::login_failed());
     }
     let resp = issue_login_token(&mut tx, &user, &settings, stage, now).await?;
+    if break_glass {
+        crate::sso::users::record_break_glass(&mut tx, &user, source, now).await?;
+    }
     metrics::counter!("logins_total", "result" => "ok").increment(1);
     let ev = Event::new(&user.account_id, &actor, "login.ok", &actor)
         .source(source)

@@ -311,6 +311,32 @@ async fn secret_slots(tx: &mut Tx<'_>) -> Result<Vec<SecretSlot>, StoreError> {
             value,
         });
     }
+    // Single sign-on: providers' client secrets, and logins in flight.
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT account_id, client_secret FROM sso_providers")
+            .fetch_all(&mut **tx)
+            .await?;
+    for (id, value) in rows {
+        slots.push(SecretSlot {
+            update: "UPDATE sso_providers SET client_secret = $1 WHERE account_id = $2 AND client_secret = $3".into(),
+            context: crate::sso::secret_context(&id),
+            secret: true,
+            key: id,
+            value,
+        });
+    }
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT id, secrets FROM sso_flows")
+        .fetch_all(&mut **tx)
+        .await?;
+    for (id, value) in rows {
+        slots.push(SecretSlot {
+            update: "UPDATE sso_flows SET secrets = $1 WHERE id = $2 AND secrets = $3".into(),
+            context: crate::sso::login::flow_context(&id),
+            secret: true,
+            key: id,
+            value,
+        });
+    }
     Ok(slots)
 }
 

@@ -30,6 +30,7 @@ pub mod sealed;
 pub mod secret;
 pub mod serve;
 pub mod sessions;
+pub mod sso;
 pub mod state;
 pub mod syslog;
 pub mod totp;

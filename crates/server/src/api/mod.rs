@@ -70,6 +70,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let router = crate::web::routes(router);
     let router = crate::desktop::routes(router);
     let router = crate::syslog::routes(router);
+    let router = crate::sso::routes(router);
     let router = crate::updates::api::routes(router);
     let router = meta_routes(router);
     router.split_for_parts()
