@@ -33,6 +33,8 @@
 //!
 //! Every buffer is bounded and no input makes the bridge panic.
 
+/// The RDCleanPath PDUs (for tests and tools that play the client).
+pub use ironrdp_rdcleanpath as rdcleanpath;
 use ironrdp_rdcleanpath::{DetectionResult, RDCleanPathMessage, RDCleanPathPdu};
 
 /// Largest RDCleanPath request the browser may send.

@@ -1,0 +1,383 @@
+//! RDP desktops without a browser, over a real TLS WebSocket with the
+//! origin's cookie, both stores: the desktop origin's page (or how to install
+//! IronRDP) and its files under the RDP policy; the RDCleanPath WebSocket
+//! refuses a page elsewhere (403), a wrong or reused ticket (401) with error
+//! PDUs the web client reads; and a recorded RDP desktop is watched and
+//! replayed as a gateway would answer: nothing before the client's request,
+//! then the recorded response and stream. The bridge to a real RDP server runs
+//! in `crates/edge/tests/desktop_rdp.rs`.
+
+mod common;
+mod live_harness;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use common::TestApp;
+use drawbridge_desktop::rdp::rdcleanpath::RDCleanPathPdu;
+use drawbridge_desktop::recording::RDP_HEADER;
+use drawbridge_proto::RecordingMode;
+use drawbridge_server::desktop::recording::Recording;
+use futures_util::{SinkExt, StreamExt};
+use live_harness::*;
+use serde_json::json;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tower::ServiceExt;
+
+store_tests!(
+    the_rdcleanpath_websocket_wants_this_pages_origin_and_a_one_time_ticket,
+    a_recorded_rdp_desktop_is_watched_and_replayed_as_a_gateway_answers,
+);
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next binary message, or the close reason (`Err`), within 10 s.
+async fn next(ws: &mut Ws) -> Result<Vec<u8>, String> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => return Ok(b.to_vec()),
+            Ok(Some(Ok(Message::Close(c)))) => {
+                return Err(c.map(|c| c.reason.to_string()).unwrap_or_default());
+            }
+            Ok(Some(Ok(_))) => continue,
+            Ok(other) => return Err(format!("{other:?}")),
+            Err(_) => panic!("nothing from the origin within 10 s"),
+        }
+    }
+}
+
+/// The HTTP status in an RDCleanPath error PDU.
+fn error_status(pdu: &[u8]) -> Option<u16> {
+    RDCleanPathPdu::from_der(pdu).ok()?.error?.http_status_code
+}
+
+fn request(ticket: &str) -> Vec<u8> {
+    let cr =
+        b"\x03\x00\x00\x13\x0e\xe0\x00\x00\x00\x00\x00\x01\x00\x08\x00\x01\x00\x00\x00".to_vec();
+    RDCleanPathPdu::new_request(cr, "desktop".into(), ticket.into(), None)
+        .unwrap()
+        .to_der()
+        .unwrap()
+}
+
+/// An origin entered as a browser does: its host and cookie.
+async fn enter(app: &TestApp, url: &str) -> (String, String) {
+    let url = url::Url::parse(url).unwrap();
+    let host = url.host_str().unwrap().to_string();
+    let enter = Request::builder()
+        .uri(format!("{}?{}", url.path(), url.query().unwrap()))
+        .header(header::HOST, &host)
+        .body(Body::empty())
+        .unwrap();
+    let res = app.app.clone().oneshot(enter).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let cookie = res.headers()[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    (host, cookie)
+}
+
+/// GET `path` on the origin: status, headers, body.
+async fn get(
+    app: &TestApp,
+    host: &str,
+    cookie: &str,
+    path: &str,
+) -> (StatusCode, axum::http::HeaderMap, String) {
+    let req = Request::builder()
+        .uri(path)
+        .header(header::HOST, host)
+        .header(header::COOKIE, cookie)
+        .body(Body::empty())
+        .unwrap();
+    let res = app.app.clone().oneshot(req).await.unwrap();
+    let (parts, body) = res.into_parts();
+    let body = axum::body::to_bytes(body, 64 << 20).await.unwrap();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+async fn ws(l: &Live, host: &str, cookie: &str, path: &str, origin: Option<&str>) -> Ws {
+    let mut req = format!("wss://127.0.0.1:{}{path}", l.port)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert(header::HOST, host.parse().unwrap());
+    req.headers_mut()
+        .insert(header::COOKIE, cookie.parse().unwrap());
+    if let Some(o) = origin {
+        req.headers_mut().insert(header::ORIGIN, o.parse().unwrap());
+    }
+    let connector = tokio_tungstenite::Connector::Rustls(l.tls.clone());
+    tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector))
+        .await
+        .map(|(ws, _)| ws)
+        .expect("WebSocket")
+}
+
+async fn the_rdcleanpath_websocket_wants_this_pages_origin_and_a_one_time_ticket(app: TestApp) {
+    let l = live(app).await;
+    let app = &l.app;
+    let acct = app.account("acme").await;
+    let (dev, _) = app.device(&acct, "hmi").await;
+    app.ok(
+        Method::PATCH,
+        &format!("/api/v1/devices/{dev}"),
+        &acct.admin,
+        Some(json!({
+            "firewall": [{"address": "192.168.1.30", "protocol": "tcp", "ports": "3389"}],
+            "web_services": [{"target": "192.168.1.30:3389", "scheme": "rdp"}],
+        })),
+    )
+    .await;
+    let v = app
+        .ok(
+            Method::POST,
+            "/api/v1/sessions",
+            &acct.admin,
+            Some(json!({
+                "name": "rdp",
+                "devices": [{"device_id": dev, "targets": [{"address": "192.168.1.30", "protocol": "tcp", "ports": "3389"}]}],
+                "users": [acct.admin_id],
+            })),
+        )
+        .await;
+    let session = v["id"].as_str().unwrap().to_string();
+    app.edge_state(&dev, true, true).await;
+    app.ok(
+        Method::POST,
+        &format!("/api/v1/sessions/{session}/start"),
+        &acct.admin,
+        None,
+    )
+    .await;
+    let v = app
+        .ok(
+            Method::POST,
+            &format!("/api/v1/sessions/{session}/web"),
+            &acct.admin,
+            Some(json!({"device_id": dev, "target": "192.168.1.30:3389"})),
+        )
+        .await;
+    let (host, cookie) = enter(app, v["url"].as_str().unwrap()).await;
+    let origin = format!("https://{host}");
+
+    // Without IronRDP on the server the page says how to install it.
+    app.state.web.set_ironrdp(None);
+    let (s, _, page) = get(app, &host, &cookie, "/").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        page.contains("npm install @devolutions/iron-remote-desktop@0.11.0"),
+        "{page}"
+    );
+    // With it: our page, and its files under a policy that lets its WebAssembly run.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("iron-remote-desktop.js"),
+        "export const ui = 1;",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("iron-remote-desktop-rdp.js"),
+        "export const rdp = 1;",
+    )
+    .unwrap();
+    app.state
+        .web
+        .set_ironrdp(drawbridge_server::desktop::rdp::ironrdp_in(dir.path()));
+    let (s, h, page) = get(app, &host, &cookie, "/").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(page.contains("/.drawbridge/rdp-viewer.js"), "{page}");
+    assert!(page.contains("data-mode=\"desktop\"") && page.contains("data-view-only=\"false\""));
+    let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(
+        csp.contains("'wasm-unsafe-eval'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    let (s, _, js) = get(
+        app,
+        &host,
+        &cookie,
+        "/.drawbridge/ironrdp/iron-remote-desktop-rdp.js",
+    )
+    .await;
+    assert_eq!((s, js.as_str()), (StatusCode::OK, "export const rdp = 1;"));
+    let (s, _, _) = get(app, &host, &cookie, "/.drawbridge/ironrdp/../secret").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // A page elsewhere (no or another Origin) is refused before anything else.
+    for other in [None, Some("https://evil.example")] {
+        let mut w = ws(&l, &host, &cookie, "/.drawbridge/rdcleanpath", other).await;
+        assert_eq!(error_status(&next(&mut w).await.unwrap()), Some(403));
+        assert!(next(&mut w).await.unwrap_err().contains("own page"));
+    }
+    // A ticket that is not this page's: 401, in an error PDU and the close reason.
+    let mut w = ws(
+        &l,
+        &host,
+        &cookie,
+        "/.drawbridge/rdcleanpath",
+        Some(&origin),
+    )
+    .await;
+    w.send(Message::Binary(request("dbt_made-up").into()))
+        .await
+        .unwrap();
+    assert_eq!(error_status(&next(&mut w).await.unwrap()), Some(401));
+    assert!(next(&mut w).await.unwrap_err().contains("ticket"));
+    // A real one passes (the RDP server is not reachable here: some later
+    // refusal), once: used again it is refused like a made-up one.
+    let (s, _, ticket) = get(app, &host, &cookie, "/.drawbridge/rdp-ticket").await;
+    assert_eq!(s, StatusCode::OK);
+    let mut w = ws(
+        &l,
+        &host,
+        &cookie,
+        "/.drawbridge/rdcleanpath",
+        Some(&origin),
+    )
+    .await;
+    w.send(Message::Binary(request(&ticket).into()))
+        .await
+        .unwrap();
+    let first = next(&mut w).await.unwrap();
+    assert_ne!(error_status(&first), Some(401), "the ticket was taken");
+    let mut w = ws(
+        &l,
+        &host,
+        &cookie,
+        "/.drawbridge/rdcleanpath",
+        Some(&origin),
+    )
+    .await;
+    w.send(Message::Binary(request(&ticket).into()))
+        .await
+        .unwrap();
+    assert_eq!(error_status(&next(&mut w).await.unwrap()), Some(401));
+    // Not RDCleanPath at all: 400.
+    let mut w = ws(
+        &l,
+        &host,
+        &cookie,
+        "/.drawbridge/rdcleanpath",
+        Some(&origin),
+    )
+    .await;
+    w.send(Message::Binary(b"\x00\x00garbage".to_vec().into()))
+        .await
+        .unwrap();
+    assert_eq!(error_status(&next(&mut w).await.unwrap()), Some(400));
+}
+
+async fn a_recorded_rdp_desktop_is_watched_and_replayed_as_a_gateway_answers(app: TestApp) {
+    let l = live(app).await;
+    let app = &l.app;
+    let acct = app.account("acme").await;
+    let (_, auditor) = app.user(&acct, "audrey", "auditor").await;
+    // An RDP desktop another replica runs: its row and what it stored so far.
+    let id = drawbridge_server::secret::new_id();
+    sqlx::query(
+        "INSERT INTO desktop_recordings (id, account_id, session_id, device_id, target, user_id, view_only, state, mode, recorded, started_at)
+         VALUES ($1, $2, 'sess', 'dev', '192.168.1.30:3389', $3, 0, 'live', 'required', 1, 1)",
+    )
+    .bind(&id)
+    .bind(&acct.id)
+    .bind(&acct.admin_id)
+    .execute(&app.state.store.pool)
+    .await
+    .unwrap();
+    let response =
+        RDCleanPathPdu::new_response("192.168.1.30:3389".into(), vec![3, 0, 0, 4], [vec![0x30]])
+            .unwrap()
+            .to_der()
+            .unwrap();
+    let mut rec = Recording::new(id.clone(), RecordingMode::Required, 16, RDP_HEADER);
+    rec.record(&response).unwrap();
+    rec.record(b"\x03\x00\x00\x08mcs1").unwrap();
+    rec.store(&app.state).await.unwrap();
+
+    let opened = app
+        .ok(
+            Method::POST,
+            &format!("/api/v1/desktops/{id}/watch"),
+            &auditor,
+            None,
+        )
+        .await;
+    let (host, cookie) = enter(app, opened["url"].as_str().unwrap()).await;
+    let origin = format!("https://{host}");
+    let (_, _, page) = get(app, &host, &cookie, "/").await;
+    assert!(
+        page.contains("rdp-viewer.js") || page.contains("npm install"),
+        "an RDP desktop's watch origin serves the RDP viewer: {page}"
+    );
+    let mut w = ws(&l, &host, &cookie, "/.drawbridge/watch", Some(&origin)).await;
+    // Nothing before the client's request (it sends first, as to a gateway).
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), w.next())
+            .await
+            .is_err(),
+        "the watch origin spoke before the client"
+    );
+    w.send(Message::Binary(request("watch").into()))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut w).await.unwrap(), response);
+    assert_eq!(next(&mut w).await.unwrap(), b"\x03\x00\x00\x08mcs1");
+    // Input is dropped; stored chunks follow; the end is told.
+    w.send(Message::Binary(b"\x04\x04\x00\x1e".to_vec().into()))
+        .await
+        .unwrap();
+    rec.record(b"frame-2").unwrap();
+    rec.store(&app.state).await.unwrap();
+    assert_eq!(next(&mut w).await.unwrap(), b"frame-2");
+    let sha = rec.finish();
+    sqlx::query("UPDATE desktop_recordings SET state = 'ended', sha256 = $1 WHERE id = $2")
+        .bind(&sha)
+        .bind(&id)
+        .execute(&app.state.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut w).await, Err("the desktop ended".into()));
+
+    // Replayed: the player's figures, then the client answered from the recording.
+    let opened = app
+        .ok(
+            Method::POST,
+            &format!("/api/v1/desktops/{id}/replay"),
+            &auditor,
+            None,
+        )
+        .await;
+    let (host, cookie) = enter(app, opened["url"].as_str().unwrap()).await;
+    let (s, _, info) = get(app, &host, &cookie, "/.drawbridge/replay-info").await;
+    assert_eq!(s, StatusCode::OK, "{info}");
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["intact"], true, "{info}");
+    let mut w = ws(
+        &l,
+        &host,
+        &cookie,
+        "/.drawbridge/replay?from=0",
+        Some(&format!("https://{host}")),
+    )
+    .await;
+    w.send(Message::Binary(request("replay").into()))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut w).await.unwrap(), response);
+    assert_eq!(next(&mut w).await.unwrap(), b"\x03\x00\x00\x08mcs1");
+    assert_eq!(next(&mut w).await.unwrap(), b"frame-2");
+    let (s, _, file) = get(app, &host, &cookie, "/.drawbridge/recording?download=1").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(file.starts_with("DBRDP1\n"));
+}
