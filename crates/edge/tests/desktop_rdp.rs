@@ -5,7 +5,7 @@
 //! user opens it from the portal, logs on in the viewer and sees it (the
 //! colour `xsetroot` painted) and types into it (`xev` on the X server shows
 //! the keys); the desktop is recorded (`DBRDP1`, its hash on the record) and
-//! closes when its session ends; a `monitor` grant gets it view-only (its keys
+//! closes when its session ends, and replays to its last picture; a `monitor` grant gets it view-only (its keys
 //! never arrive); and once the RDP server's certificate changed, it is refused
 //! until an admin accepts the new one. Skips with a visible line without
 //! Chromium, the X tools, xrdp or the IronRDP web client.
@@ -109,7 +109,19 @@ fn an_rdp_desktop_is_seen_typed_into_recorded_and_closed_with_its_session() {
         "the desktop's pictures are recorded: {} bytes",
         bytes.len()
     );
+    // Replayed in the browser: the web client answered from the recording,
+    // jumping to its end shows the last picture.
+    let (code, v) = site.api.post(
+        &format!("/desktops/{}/replay", d["id"].as_str().unwrap()),
+        json!({}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let url = format!("{}#end", v["url"].as_str().unwrap());
     rt.block_on(async {
+        c.goto(&url).await.unwrap();
+        rdp_connected(c, "Replaying (hash verified)").await;
+        rdp_wait_colour(c, GREEN, "the replay", 30).await;
+        keep_screenshot(c, "rdp-desktop-replay").await;
         let _ = b.c.clone().close().await;
     });
 }
