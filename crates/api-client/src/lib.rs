@@ -18,6 +18,7 @@ pub mod data;
 pub mod error;
 pub mod notify;
 mod resources;
+pub mod rtt;
 pub mod sse;
 pub mod tls;
 

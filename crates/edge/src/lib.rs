@@ -14,7 +14,6 @@ pub mod enroll;
 pub mod enroll_file;
 pub mod kernel;
 pub mod local;
-pub mod rtt;
 pub mod update;
 
 use std::sync::OnceLock;

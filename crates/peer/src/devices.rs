@@ -112,6 +112,7 @@ mod tests {
             devices,
             valid_until: 0,
             bridge_endpoint: None,
+            relays: vec![],
         }
     }
 

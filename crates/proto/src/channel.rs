@@ -263,13 +263,27 @@ pub struct JoinResponse {
     /// The relay's UDP bridge for standard WireGuard clients (`host:port`), if it runs.
     #[serde(default)]
     pub bridge_endpoint: Option<String>,
+    /// The relays a client measures (at most [`MAX_RELAY_PROBES`]) and reports
+    /// with [`ClientToServer::RelayRtt`]: this user's next sessions get the
+    /// relay nearest their edges and their clients. Empty from servers that do
+    /// not take such reports.
+    #[serde(default)]
+    pub relays: Vec<RelayProbe>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientToServer {
-    Signal { device_id: String, data: String },
+    Signal {
+        device_id: String,
+        data: String,
+    },
     Tunnel(TunnelReport),
+    /// Round-trip times to the relays the server named in `JoinResponse.relays`
+    /// (sent only when it named some; at most [`MAX_RELAY_PROBES`]).
+    RelayRtt {
+        relay_rtt: Vec<RelayRtt>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

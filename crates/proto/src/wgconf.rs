@@ -143,6 +143,7 @@ mod tests {
                 online: true,
             }],
             valid_until: 0,
+            relays: vec![],
             bridge_endpoint: bridge.map(str::to_string),
         }
     }

@@ -8,7 +8,9 @@ mod common;
 mod live_harness;
 
 use axum::http::{Method, StatusCode};
-use drawbridge_proto::channel::{EdgeStatus, EdgeToServer, RelayRtt, ServerToClient, ServerToEdge};
+use drawbridge_proto::channel::{
+    ClientToServer, EdgeStatus, EdgeToServer, RelayRtt, ServerToClient, ServerToEdge,
+};
 use drawbridge_relay::feed::announce::Announce;
 use drawbridge_relay::feed::poll::RevocationFeed;
 use drawbridge_relay::{RelayConfig, RelayState, Standalone, StandaloneConfig};
@@ -23,6 +25,7 @@ store_tests!(
     a_draining_relay_hands_its_sessions_over_and_takes_no_new_ones,
     bad_heartbeats_are_refused_and_change_nothing,
     a_new_session_gets_the_relay_its_edge_measured_nearest,
+    a_new_session_gets_the_relay_nearest_its_edge_and_its_client_together,
     a_move_made_while_serving_one_peer_reaches_every_peer,
     without_measurements_a_new_session_goes_to_a_relay_of_its_devices_region,
 );
@@ -465,6 +468,110 @@ async fn a_new_session_gets_the_relay_its_edge_measured_nearest(app: common::Tes
     // of them would go to eu-1).
     for n in 0..8u8 {
         let (s, _c) = running(&l, &acct, &d, 40 + n).await;
+        assert_eq!(
+            assigned(&l, &s).await.as_deref(),
+            Some("eu-2"),
+            "session {n}"
+        );
+    }
+}
+
+async fn a_new_session_gets_the_relay_nearest_its_edge_and_its_client_together(
+    app: common::TestApp,
+) {
+    let l = tier(app).await;
+    let a = announced_relay(&l, "eu-1").await;
+    let b = announced_relay(&l, "eu-2").await;
+    heard(&l, &["eu-1", "eu-2"]).await;
+    let acct = l.app.account("acme").await;
+    let d = enrolled(&l, &acct, "press").await;
+    let mut edge_ws = edge(&l, &d, true).await;
+    let rtt = |name: &str, ms: u32| RelayRtt {
+        relay: name.into(),
+        rtt_ms: ms,
+    };
+    // The edge is a little nearer eu-1.
+    send(
+        &mut edge_ws,
+        &EdgeToServer::Status(EdgeStatus {
+            switch_on: true,
+            agent_version: "test".into(),
+            endpoints: vec![],
+            relay_rtt: vec![rtt("eu-1", 10), rtt("eu-2", 30)],
+        }),
+    )
+    .await;
+    let stored = |sql: &'static str, id: String| {
+        let pool = l.app.state.store.pool.clone();
+        async move {
+            for _ in 0..50 {
+                let v: Option<String> = sqlx::query_scalar(sql)
+                    .bind(&id)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                if v.is_some() {
+                    return v;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            None
+        }
+    };
+    assert!(
+        stored("SELECT relay_rtt FROM devices WHERE id = $1", d.id.clone())
+            .await
+            .is_some()
+    );
+    let (s, mut client) = running(&l, &acct, &d, 50).await;
+    assert_eq!(assigned(&l, &s).await.as_deref(), Some("eu-1"));
+    // The client's join data names the relays to measure.
+    let j = l
+        .app
+        .ok(
+            Method::POST,
+            &format!("/api/v1/sessions/{s}/join"),
+            &acct.admin,
+            Some(serde_json::json!({"public_key": wg_key(49)})),
+        )
+        .await;
+    for url in [&a.url, &b.url] {
+        assert!(
+            j["relays"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["url"] == url.as_str()),
+            "{j}"
+        );
+    }
+    // Reports out of bounds are ignored, and the channel stays up.
+    for bad in [
+        vec![rtt("eu-1", 70_000)],
+        vec![rtt("", 5)],
+        (0..20).map(|i| rtt(&format!("r{i}"), 5)).collect(),
+    ] {
+        send(&mut client, &ClientToServer::RelayRtt { relay_rtt: bad }).await;
+    }
+    // The client is far from eu-1 and near eu-2: edge → relay → client is
+    // 90 ms through eu-1 and 39 ms through eu-2.
+    send(
+        &mut client,
+        &ClientToServer::RelayRtt {
+            relay_rtt: vec![rtt("eu-1", 80), rtt("eu-2", 9)],
+        },
+    )
+    .await;
+    let users = stored(
+        "SELECT relay_rtt FROM users WHERE id = $1",
+        acct.admin_id.clone(),
+    )
+    .await;
+    assert_eq!(users.as_deref(), Some(r#"{"eu-1":80,"eu-2":9}"#));
+    // The running session keeps its relay; every new one of this user goes to eu-2.
+    assert_eq!(assigned(&l, &s).await.as_deref(), Some("eu-1"));
+    for n in 0..6u8 {
+        let (s, _c) = running(&l, &acct, &d, 51 + n).await;
         assert_eq!(
             assigned(&l, &s).await.as_deref(),
             Some("eu-2"),

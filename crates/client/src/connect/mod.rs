@@ -240,6 +240,9 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
     let status_path = status_dir()?.join(format!("{id}.json"));
     let _ = std::fs::create_dir_all(status_dir()?);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Round-trip times to the relays the server names, measured in the
+    // background and reported: this user's next sessions get the nearest relay.
+    let mut rtt = drawbridge_api_client::rtt::Probes::default();
     let deadline = args
         .for_seconds
         .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
@@ -298,6 +301,13 @@ pub(crate) async fn run(ctx: &Ctx, args: ConnectArgs) -> Result<()> {
             }
             _ = tick.tick() => {
                 n += 1;
+                rtt.set_relays(live.peer.join().relays.clone());
+                if rtt.tick(std::time::Instant::now()) && !rtt.results().is_empty() {
+                    let m = ClientToServer::RelayRtt { relay_rtt: rtt.results() };
+                    if let Some(w) = ws.as_mut() {
+                        let _ = w.send(Message::Text(serde_json::to_string(&m).unwrap_or_default().into())).await;
+                    }
+                }
                 let st = snapshot(&live, &s, &id).await;
                 let _ = std::fs::write(&status_path, serde_json::to_vec_pretty(&st).unwrap_or_default());
                 if !ctx.json {

@@ -50,7 +50,7 @@ struct Agent {
     /// The kernel path, with `run --tun`.
     gateway: Option<crate::kernel::Gateway>,
     /// Round-trip times to the relays, reported in the status.
-    rtt: crate::rtt::Probes,
+    rtt: drawbridge_api_client::rtt::Probes,
     /// The data services: polling (always), historian pushes and live values.
     push: push::Push,
     /// Signed updates of this binary.

@@ -427,6 +427,19 @@ async fn serve(
                             tracing::debug!(error = %e.message, "client report ignored");
                         }
                     }
+                    Ok(ClientToServer::RelayRtt { relay_rtt }) => {
+                        // Out of bounds: ignored; the channel stays up.
+                        if crate::relays::rtt_in_bounds(&relay_rtt) {
+                            crate::relays::record_rtt(
+                                state,
+                                crate::relays::Measurer::User(&caller.user_id),
+                                &relay_rtt,
+                            )
+                            .await?;
+                        } else {
+                            tracing::debug!("client relay measurements out of bounds, ignored");
+                        }
+                    }
                     Err(_) => return Ok(()), // malformed: close this connection only
                 }
             }

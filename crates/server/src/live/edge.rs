@@ -563,16 +563,18 @@ async fn status(state: &AppState, edge: &Edge, s: EdgeStatus, now: i64) -> AppRe
     if s.agent_version.len() > 64
         || s.endpoints.len() > 8
         || s.endpoints.iter().any(|e| e.len() > 64)
-        || s.relay_rtt.len() > drawbridge_proto::channel::MAX_RELAY_PROBES
-        || s.relay_rtt
-            .iter()
-            .any(|r| r.relay.is_empty() || r.relay.len() > 64 || r.rtt_ms > 60_000)
+        || !crate::relays::rtt_in_bounds(&s.relay_rtt)
     {
         touch(state, edge, now).await?;
         return Err(AppError::invalid("status out of bounds"));
     }
     if !s.relay_rtt.is_empty() {
-        crate::relays::record_rtt(state, &edge.device_id, &s.relay_rtt).await?;
+        crate::relays::record_rtt(
+            state,
+            crate::relays::Measurer::Device(&edge.device_id),
+            &s.relay_rtt,
+        )
+        .await?;
     }
     // The usual case, a heartbeat with the switch as it was: one statement,
     // nothing to record. It changes nothing if the switch differs.

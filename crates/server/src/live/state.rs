@@ -300,6 +300,7 @@ pub async fn join_data(
         devices,
         valid_until,
         bridge_endpoint: relay.bridge,
+        relays: crate::relays::probes(state),
     })
 }
 

@@ -231,31 +231,63 @@ pub fn probes(state: &AppState) -> Vec<drawbridge_proto::channel::RelayProbe> {
         .collect()
 }
 
-/// Keeps the round-trip times an edge measured (bounded by the caller).
+/// Whether a peer's measurements are within bounds: at most
+/// [`MAX_RELAY_PROBES`](drawbridge_proto::channel::MAX_RELAY_PROBES) relays,
+/// names of 1 to 64 bytes, at most 60 s.
+pub fn rtt_in_bounds(rtt: &[drawbridge_proto::channel::RelayRtt]) -> bool {
+    rtt.len() <= drawbridge_proto::channel::MAX_RELAY_PROBES
+        && rtt
+            .iter()
+            .all(|r| !r.relay.is_empty() && r.relay.len() <= 64 && r.rtt_ms <= 60_000)
+}
+
+/// Who measured: an edge (its device) or a client (its user).
+#[derive(Debug, Clone, Copy)]
+pub enum Measurer<'a> {
+    Device(&'a str),
+    User(&'a str),
+}
+
+/// Keeps the round-trip times an edge or a client measured (bounded by the caller).
 pub async fn record_rtt(
     state: &AppState,
-    device_id: &str,
+    who: Measurer<'_>,
     rtt: &[drawbridge_proto::channel::RelayRtt],
 ) -> AppResult<()> {
     let map: std::collections::BTreeMap<&str, u32> =
         rtt.iter().map(|r| (r.relay.as_str(), r.rtt_ms)).collect();
+    let (sql, id) = match who {
+        Measurer::Device(id) => ("UPDATE devices SET relay_rtt = $1 WHERE id = $2", id),
+        Measurer::User(id) => ("UPDATE users SET relay_rtt = $1 WHERE id = $2", id),
+    };
     for (relay, ms) in &map {
-        metrics::histogram!("relay_edge_rtt_seconds", "relay" => relay.to_string())
-            .record(f64::from(*ms) / 1000.0);
+        let secs = f64::from(*ms) / 1000.0;
+        match who {
+            Measurer::Device(_) => {
+                metrics::histogram!("relay_edge_rtt_seconds", "relay" => relay.to_string())
+                    .record(secs)
+            }
+            Measurer::User(_) => {
+                metrics::histogram!("relay_client_rtt_seconds", "relay" => relay.to_string())
+                    .record(secs)
+            }
+        }
     }
     let json =
         serde_json::to_string(&map).map_err(|e| AppError::internal(anyhow::Error::from(e)))?;
-    sqlx::query("UPDATE devices SET relay_rtt = $1 WHERE id = $2")
+    sqlx::query(sql)
         .bind(json)
-        .bind(device_id)
+        .bind(id)
         .execute(&state.store.pool)
         .await?;
     Ok(())
 }
 
-/// Where a session's edges are: their round-trip times to each relay (summed
-/// over its devices; a relay some device has not measured is left out) and
-/// their configured regions.
+/// Where a session's peers are: the round-trip times to each relay summed over
+/// its devices' edges (a relay some device has not measured is left out) and
+/// the clients of its users that measured (from their last report; a user who
+/// never did does not count), and the devices' configured regions. The sum is
+/// the round trip edge → relay → client through each relay.
 pub async fn session_near(conn: &mut AnyConnection, session_id: &str) -> AppResult<pick::Near> {
     let rows: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
         "SELECT d.relay_rtt, d.region FROM session_devices sd JOIN devices d ON d.id = sd.device_id
@@ -278,6 +310,24 @@ pub async fn session_near(conn: &mut AnyConnection, session_id: &str) -> AppResu
                 .filter_map(|(k, v)| m.get(&k).map(|w| (k, v.saturating_add(*w))))
                 .collect(),
         });
+    }
+    let users: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT u.relay_rtt FROM session_users su JOIN users u ON u.id = su.user_id
+         WHERE su.session_id = $1 AND u.relay_rtt IS NOT NULL",
+    )
+    .bind(session_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    if let Some(t) = total.as_mut() {
+        for rtt in users.into_iter().flatten() {
+            let Ok(m) = serde_json::from_str::<std::collections::HashMap<String, u32>>(&rtt) else {
+                continue;
+            };
+            *t = std::mem::take(t)
+                .into_iter()
+                .filter_map(|(k, v)| m.get(&k).map(|w| (k, v.saturating_add(*w))))
+                .collect();
+        }
     }
     Ok(pick::Near {
         rtt: total.unwrap_or_default(),

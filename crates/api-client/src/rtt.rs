@@ -1,8 +1,9 @@
-//! Round-trip times to the relays the control plane names (`Sessions.relays`):
-//! the time a TCP connection to the relay takes (one round trip), the best of
-//! three, measured in the background whenever the list changes and every five
-//! minutes. The edge reports them in its status; the control plane gives a new
-//! session the relay nearest its edge.
+//! Round-trip times to the relays the control plane names (an edge's
+//! `Sessions.relays`, a client's `JoinResponse.relays`): the time a TCP
+//! connection to the relay takes (one round trip), the best of three, measured
+//! in the background whenever the list changes and every five minutes. The
+//! edge reports them in its status, a client on its session channel; the
+//! control plane gives a new session the relay nearest its peers.
 
 use drawbridge_proto::channel::{MAX_RELAY_PROBES, RelayProbe, RelayRtt};
 use std::time::{Duration, Instant};
