@@ -260,7 +260,9 @@ pub async fn revoke_token(tx: &mut Tx<'_>, token_id: &str, now: i64) -> AppResul
 /// Where a user whose password (and second factor, if any) checked out goes next.
 pub fn next_stage(user: &UserRow, settings: &AccountSettings, now: i64) -> LoginStage {
     let expiry = i64::from(settings.password_policy.expiry_days) * 86_400;
-    if expiry > 0 && now >= user.password_changed_at + expiry {
+    // Users made by single sign-on have no password to change.
+    let has_password = user.password_hash != crate::sso::users::NO_PASSWORD;
+    if expiry > 0 && has_password && now >= user.password_changed_at + expiry {
         LoginStage::PasswordChangeRequired
     } else if settings.require_totp && user.totp_secret.is_none() {
         LoginStage::TotpEnrollmentRequired

@@ -226,6 +226,34 @@ impl Tenant {
             )
             .await;
 
+        // Single sign-on: a provider (never called here), a rule and a linked user.
+        app.ok(
+            Method::PUT,
+            "/api/v1/account/sso",
+            &acct.admin,
+            Some(
+                json!({"issuer": format!("https://idp.example.com/{name}"), "client_id": name,
+                        "client_secret": "s3cret", "mode": "optional"}),
+            ),
+        )
+        .await;
+        let sso_rule = app
+            .ok(
+                Method::POST,
+                "/api/v1/account/sso/rules",
+                &acct.admin,
+                Some(json!({"claim_value": format!("{name}-ops"), "role": "user"})),
+            )
+            .await;
+        let sso_identity = app
+            .ok(
+                Method::POST,
+                "/api/v1/account/sso/identities",
+                &acct.admin,
+                Some(json!({"user_id": user.0, "subject": format!("{name}-sub")})),
+            )
+            .await;
+
         let enrolled_id = enrolled.clone();
         let mut ids = BTreeMap::new();
         ids.insert(
@@ -243,6 +271,8 @@ impl Tenant {
         ids.insert("desktop", vec![desktop]);
         ids.insert("webhook", vec![s(&hook["webhook"]["id"])]);
         ids.insert("rollout", vec![rollout(app, &acct, &enrolled_id).await]);
+        ids.insert("sso_rule", vec![s(&sso_rule["id"])]);
+        ids.insert("sso_identity", vec![s(&sso_identity["id"])]);
         let other_ids = vec![acct.id.clone(), s(&log["id"]), note];
         Tenant {
             acct,
@@ -389,8 +419,10 @@ fn path_params(path: &str) -> Vec<String> {
 /// Which kind of object a path parameter names. A new route whose parameter
 /// is not covered here fails the probe, so that it gets added.
 fn kind_of(path: &str, param: &str) -> Option<&'static str> {
-    const BY_PREFIX: [(&str, &str); 12] = [
+    const BY_PREFIX: [(&str, &str); 14] = [
         ("/api/v1/rollouts/{id}", "rollout"),
+        ("/api/v1/account/sso/rules/{id}", "sso_rule"),
+        ("/api/v1/account/sso/identities/{id}", "sso_identity"),
         ("/api/v1/alarms/{id}", "alarm"),
         ("/api/v1/desktops/{id}", "desktop"),
         ("/api/v1/account/webhooks/{id}", "webhook"),
