@@ -18,6 +18,7 @@ store_tests!(
     vnc_passwords_are_stored_sealed_never_shown_and_only_by_admins,
     a_changed_moved_or_missing_recording_chunk_is_detected,
     recordings_stop_at_the_accounts_size_limit,
+    recordings_are_stored_compressed_by_their_writer_and_a_refused_chunk_stops_them,
     only_admins_and_auditors_watch_replay_and_download_recordings,
     recordings_past_the_accounts_retention_are_deleted,
     a_monitor_grant_gets_a_devices_desktops_and_never_a_tunnel,
@@ -202,7 +203,7 @@ async fn recorded(
         // One chunk per frame, so that chunks can be moved and removed.
         r.store(&app.state).await.unwrap();
     }
-    let sha = r.finish();
+    let sha = r.finish().await;
     sqlx::query(
         "UPDATE desktop_recordings SET state = 'ended', ended_at = $1, sha256 = $2 WHERE id = $3",
     )
@@ -361,7 +362,87 @@ async fn recordings_stop_at_the_accounts_size_limit(app: TestApp) {
         off.record(&big).unwrap();
     }
     assert_eq!(off.bytes(), 0);
-    assert_eq!(off.finish(), None);
+    assert_eq!(off.finish().await, None);
+}
+
+async fn recordings_are_stored_compressed_by_their_writer_and_a_refused_chunk_stops_them(
+    app: TestApp,
+) {
+    let acct = app.account("acme").await;
+    // Three screens of one colour: the stored chunks are a small part of them,
+    // and they read back as recorded.
+    let screen = vec![7u8; 300 * 1024];
+    let (id, sha) = recorded(
+        &app,
+        &acct.id,
+        &acct.admin_id,
+        &[&screen, &screen, &screen],
+        RecordingMode::Required,
+    )
+    .await;
+    let format: String =
+        sqlx::query_scalar("SELECT chunk_format FROM desktop_recordings WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&app.state.store.pool)
+            .await
+            .unwrap();
+    assert_eq!(format, "lz4");
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT data FROM recording_chunks WHERE recording_id = $1")
+            .bind(&id)
+            .fetch_all(&app.state.store.pool)
+            .await
+            .unwrap();
+    let stored_len: usize = stored.iter().map(String::len).sum();
+    assert!(
+        stored_len < 64 * 1024,
+        "{stored_len} bytes stored for 900 KiB of one colour"
+    );
+    let back = recording::read(&app.state, &id, None).await.unwrap();
+    assert!(back.intact);
+    assert_eq!(Some(back.sha256), sha);
+    let frames = drawbridge_desktop::recording::frames(&back.stream).unwrap();
+    assert_eq!(frames.len(), 3);
+    assert!(frames.iter().all(|f| f.data == &screen[..]));
+
+    // The database refuses the second chunk (its place is taken): the
+    // recording stops with StorageFailed soon after, and nothing later is stored.
+    let (id, _) = recorded(&app, &acct.id, &acct.admin_id, &[], RecordingMode::Required).await;
+    sqlx::query("DELETE FROM recording_chunks WHERE recording_id = $1")
+        .bind(&id)
+        .execute(&app.state.store.pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO recording_chunks (recording_id, seq, data) VALUES ($1, 1, 'x')")
+        .bind(&id)
+        .execute(&app.state.store.pool)
+        .await
+        .unwrap();
+    let mut r = Recording::new(id.clone(), RecordingMode::Required, 64, HEADER);
+    let mut stopped = None;
+    for n in 0..100 {
+        r.record(&screen).unwrap();
+        if let Err(stop) = r.store(&app.state).await {
+            stopped = Some((n, stop));
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (n, stop) = stopped.expect("the refused chunk stops the recording");
+    assert_eq!(stop, Stop::StorageFailed);
+    assert!(n >= 1, "the first chunk was stored");
+    r.finish().await;
+    let places: Vec<i64> =
+        sqlx::query_scalar("SELECT seq FROM recording_chunks WHERE recording_id = $1 ORDER BY seq")
+            .bind(&id)
+            .fetch_all(&app.state.store.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        places,
+        vec![0, 1],
+        "only the first chunk (and the squatter)"
+    );
 }
 
 async fn only_admins_and_auditors_watch_replay_and_download_recordings(app: TestApp) {

@@ -340,7 +340,7 @@ async fn a_recorded_rdp_desktop_is_watched_and_replayed_as_a_gateway_answers(app
     rec.record(b"frame-2").unwrap();
     rec.store(&app.state).await.unwrap();
     assert_eq!(next(&mut w).await.unwrap(), b"frame-2");
-    let sha = rec.finish();
+    let sha = rec.finish().await;
     sqlx::query("UPDATE desktop_recordings SET state = 'ended', sha256 = $1 WHERE id = $2")
         .bind(&sha)
         .bind(&id)

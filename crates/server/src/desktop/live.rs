@@ -93,7 +93,7 @@ impl LiveDesktop {
     /// The hash of what was recorded and its size.
     pub async fn finish(&self) -> (Option<String>, u64) {
         let mut rec = self.recording.lock().await;
-        (rec.finish(), rec.bytes())
+        (rec.finish().await, rec.bytes())
     }
 
     pub async fn recorded(&self) -> bool {
@@ -119,21 +119,17 @@ impl LiveDesktop {
             )));
         }
         let place = WatcherPlace(self.clone());
-        let (rx, stored, pending) = {
+        let (rx, (stored, unstored)) = {
             let rec = self.recording.lock().await;
             if !rec.active {
                 return Err(AppError::conflict(
                     "this desktop is not being recorded, so it cannot be watched",
                 ));
             }
-            (
-                self.tx.subscribe(),
-                rec.stored_chunks(),
-                rec.pending().to_vec(),
-            )
+            (self.tx.subscribe(), rec.unstored())
         };
         let mut stream = recording::read(state, &self.id, Some(stored)).await?.stream;
-        stream.extend_from_slice(&pending);
+        stream.extend_from_slice(&unstored);
         let frames = drawbridge_desktop::recording::frames(&stream).map_err(|e| {
             AppError::internal(anyhow::anyhow!("recording {} does not parse: {e}", self.id))
         })?;

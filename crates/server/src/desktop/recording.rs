@@ -4,16 +4,35 @@
 //! the whole stream that goes on the audit chain when the desktop ends. A
 //! chunk copied into another recording or place does not open; a changed one
 //! does not open either, and a removed one changes the hash.
+//!
+//! Storing is off the desktop's path: full chunks go through a short queue to
+//! a writer task of the recording, which compresses (LZ4), seals and inserts
+//! them in order. A `required` recording waits for room in the queue (the
+//! desktop slows to what the database takes, nothing is lost); a best-effort
+//! one stops being recorded instead. Chunks in the queue stay readable for
+//! watchers until they are stored.
 
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
+use bytes::Bytes;
 use drawbridge_desktop::recording::Recorder;
 use drawbridge_proto::RecordingMode;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
 
 /// A chunk is stored once this much is waiting (or every second).
-pub const CHUNK_BYTES: usize = 256 * 1024;
+pub const CHUNK_BYTES: usize = 1024 * 1024;
+/// Chunks waiting for the writer at most.
+const QUEUE: usize = 8;
+/// A stored chunk never opens to more than this (a chunk is at most
+/// [`CHUNK_BYTES`] plus one frame): a larger stated size is damage.
+const MAX_CHUNK_PLAIN: usize = 64 * 1024 * 1024;
+/// `desktop_recordings.chunk_format` of chunks compressed before sealing.
+const LZ4: &str = "lz4";
 
 /// Where chunk `seq` of a recording is stored (its sealing context).
 pub(crate) fn context(recording_id: &str, seq: i64) -> String {
@@ -47,10 +66,36 @@ pub struct Recording {
     framer: Recorder,
     started: std::time::Instant,
     pending: Vec<u8>,
+    /// The next chunk's place.
     seq: i64,
     bytes: u64,
     limit: u64,
     hash: Sha256,
+    /// Started with the first chunk.
+    writer: Option<Writer>,
+    shared: Arc<Shared>,
+}
+
+/// A chunk on its way to the database.
+struct Chunk {
+    seq: i64,
+    data: Bytes,
+    /// The recording's size up to and with this chunk.
+    bytes: u64,
+}
+
+/// What the recording and its writer share.
+#[derive(Default)]
+struct Shared {
+    /// Chunks handed to the writer and not stored yet, in order.
+    queued: Mutex<VecDeque<(i64, Bytes)>>,
+    /// The writer could not store a chunk: nothing after it is stored.
+    failed: AtomicBool,
+}
+
+struct Writer {
+    tx: mpsc::Sender<Chunk>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Recording {
@@ -69,6 +114,8 @@ impl Recording {
             bytes: 0,
             limit: u64::from(limit_mb) * 1024 * 1024,
             hash: Sha256::new(),
+            writer: None,
+            shared: Arc::default(),
         };
         if active {
             r.add(header);
@@ -82,14 +129,18 @@ impl Recording {
         self.pending.extend_from_slice(framed);
     }
 
-    /// Chunks stored so far.
-    pub fn stored_chunks(&self) -> i64 {
-        self.seq
-    }
-
-    /// The framed bytes not stored yet.
-    pub fn pending(&self) -> &[u8] {
-        &self.pending
+    /// What is not surely stored yet, for a watcher: the first chunk place
+    /// that may not be in the database, and the framed bytes from there on
+    /// (chunks in the writer's queue, then what is pending).
+    pub fn unstored(&self) -> (i64, Vec<u8>) {
+        let queued = self.shared.queued.lock().unwrap_or_else(|e| e.into_inner());
+        let first = queued.front().map_or(self.seq, |(seq, _)| *seq);
+        let mut out = Vec::new();
+        for (_, c) in queued.iter() {
+            out.extend_from_slice(c);
+        }
+        out.extend_from_slice(&self.pending);
+        (first, out)
     }
 
     /// Adds what the browser was sent now. `Err` when the size limit is
@@ -112,44 +163,52 @@ impl Recording {
         self.pending.len() >= CHUNK_BYTES
     }
 
-    /// Stores what is pending as the next chunk.
+    /// Hands what is pending to the writer as the next chunk. A `required`
+    /// recording waits for room in the writer's queue; a best-effort one
+    /// stops (`Err`) when the queue is full. `Err` also once the writer
+    /// failed to store a chunk.
     pub async fn store(&mut self, state: &AppState) -> Result<(), Stop> {
-        if !self.active || self.pending.is_empty() {
+        if !self.active {
             return Ok(());
         }
-        let sealed = state
-            .store
-            .seal_bytes(&context(&self.id, self.seq), &self.pending);
-        let r = async {
-            let mut tx = state.store.begin().await?;
-            sqlx::query(
-                "INSERT INTO recording_chunks (recording_id, seq, data) VALUES ($1, $2, $3)",
-            )
-            .bind(&self.id)
-            .bind(self.seq)
-            .bind(&sealed)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("UPDATE desktop_recordings SET chunks = $1, bytes = $2 WHERE id = $3")
-                .bind(self.seq + 1)
-                .bind(self.bytes as i64)
-                .bind(&self.id)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok::<_, AppError>(())
+        if self.shared.failed.load(Ordering::SeqCst) {
+            return Err(Stop::StorageFailed);
         }
-        .await;
-        match r {
-            Ok(()) => {
-                self.seq += 1;
-                self.pending.clear();
-                Ok(())
-            }
-            Err(e) => {
-                tracing::warn!(recording = %self.id, error = %e.message, "storing a recording chunk failed");
-                Err(Stop::StorageFailed)
-            }
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let writer = self.writer.get_or_insert_with(|| {
+            spawn_writer(state.clone(), self.id.clone(), self.shared.clone())
+        });
+        let chunk = Chunk {
+            seq: self.seq,
+            data: Bytes::from(std::mem::take(&mut self.pending)),
+            bytes: self.bytes,
+        };
+        self.shared
+            .queued
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back((chunk.seq, chunk.data.clone()));
+        self.seq += 1;
+        let sent = if self.mode == RecordingMode::Required {
+            writer.tx.send(chunk).await.map_err(|_| ())
+        } else {
+            writer.tx.try_send(chunk).map_err(|_| ())
+        };
+        if sent.is_err() {
+            tracing::warn!(recording = %self.id, "the recording's writer fell behind or stopped");
+            self.shared.failed.store(true, Ordering::SeqCst);
+            return Err(Stop::StorageFailed);
+        }
+        Ok(())
+    }
+
+    /// Waits until every chunk handed over is stored (or the writer failed).
+    async fn drain(&mut self) {
+        if let Some(w) = self.writer.take() {
+            drop(w.tx);
+            let _ = w.task.await;
         }
     }
 
@@ -159,8 +218,10 @@ impl Recording {
         self.pending.clear();
     }
 
-    /// The SHA-256 (hex) of everything recorded, when anything was.
-    pub fn finish(&mut self) -> Option<String> {
+    /// Waits for the writer, then gives the SHA-256 (hex) of everything
+    /// recorded, when anything was.
+    pub async fn finish(&mut self) -> Option<String> {
+        self.drain().await;
         (self.mode != RecordingMode::Off)
             .then(|| hex::encode(std::mem::take(&mut self.hash).finalize()))
     }
@@ -168,6 +229,107 @@ impl Recording {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
+}
+
+/// The recording's writer: stores each chunk in order (compressed, sealed,
+/// with the recording's chunk count and size), and stops at the first that
+/// the database refuses.
+fn spawn_writer(state: AppState, id: String, shared: Arc<Shared>) -> Writer {
+    let (tx, mut rx) = mpsc::channel::<Chunk>(QUEUE);
+    let task = tokio::spawn(async move {
+        while let Some(c) = rx.recv().await {
+            if let Err(e) = store_chunk(&state, &id, &c).await {
+                tracing::warn!(recording = %id, error = %e.message, "storing a recording chunk failed");
+                shared.failed.store(true, Ordering::SeqCst);
+                return;
+            }
+            shared
+                .queued
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front();
+        }
+    });
+    Writer { tx, task }
+}
+
+async fn store_chunk(state: &AppState, id: &str, c: &Chunk) -> AppResult<()> {
+    let compressed = lz4_flex::block::compress_prepend_size(&c.data);
+    let sealed = state.store.seal_bytes(&context(id, c.seq), &compressed);
+    let mut tx = state.store.begin().await?;
+    sqlx::query("INSERT INTO recording_chunks (recording_id, seq, data) VALUES ($1, $2, $3)")
+        .bind(id)
+        .bind(c.seq)
+        .bind(&sealed)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "UPDATE desktop_recordings SET chunks = $1, bytes = $2, chunk_format = $3 WHERE id = $4",
+    )
+    .bind(c.seq + 1)
+    .bind(c.bytes as i64)
+    .bind(LZ4)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A stored chunk's bytes as they were recorded.
+fn open_chunk(format: &str, opened: Vec<u8>) -> Option<Vec<u8>> {
+    if format != LZ4 {
+        return Some(opened);
+    }
+    let stated = u32::from_le_bytes(opened.get(..4)?.try_into().ok()?) as usize;
+    if stated > MAX_CHUNK_PLAIN {
+        return None;
+    }
+    lz4_flex::block::decompress_size_prepended(&opened).ok()
+}
+
+/// Up to `limit` stored chunks of a recording from place `from` on, as they
+/// were recorded (opened and decompressed), in order and without gaps; the
+/// error says what is wrong, in words for a watcher.
+pub async fn chunks_from(
+    state: &AppState,
+    id: &str,
+    from: i64,
+    limit: i64,
+) -> Result<Vec<(i64, Vec<u8>)>, &'static str> {
+    let format: String =
+        sqlx::query_scalar("SELECT chunk_format FROM desktop_recordings WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&state.store.pool)
+            .await
+            .map_err(|_| "the database is unreachable")?
+            .ok_or("no such desktop")?;
+    let rows = sqlx::query(
+        "SELECT seq, data FROM recording_chunks WHERE recording_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+    )
+    .bind(id)
+    .bind(from)
+    .bind(limit)
+    .fetch_all(&state.store.pool)
+    .await
+    .map_err(|_| "the database is unreachable")?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (i, r) in rows.iter().enumerate() {
+        let (Ok(seq), Ok(data)) = (r.try_get::<i64, _>(0), r.try_get::<String, _>(1)) else {
+            return Err("a stored recording does not read");
+        };
+        if seq != from + i as i64 {
+            return Err("the recording has a gap");
+        }
+        let plain = state
+            .store
+            .unseal_bytes(&context(id, seq), &data)
+            .ok()
+            .and_then(|b| open_chunk(&format, b))
+            .ok_or("a recording chunk does not open")?;
+        out.push((seq, plain));
+    }
+    Ok(out)
 }
 
 /// Whether a recording is of an RDP desktop (its stored header says so).
@@ -188,13 +350,15 @@ pub struct Stored {
 
 /// Reads chunks `0..upto` (all when `None`) of a recording and checks them.
 pub async fn read(state: &AppState, recording_id: &str, upto: Option<i64>) -> AppResult<Stored> {
-    let row = sqlx::query("SELECT chunks, sha256 FROM desktop_recordings WHERE id = $1")
-        .bind(recording_id)
-        .fetch_optional(&state.store.pool)
-        .await?
-        .ok_or_else(|| AppError::not_found("recording"))?;
+    let row =
+        sqlx::query("SELECT chunks, sha256, chunk_format FROM desktop_recordings WHERE id = $1")
+            .bind(recording_id)
+            .fetch_optional(&state.store.pool)
+            .await?
+            .ok_or_else(|| AppError::not_found("recording"))?;
     let chunks: i64 = row.try_get("chunks")?;
     let recorded: Option<String> = row.try_get("sha256")?;
+    let format: String = row.try_get("chunk_format")?;
     let upto = upto.unwrap_or(chunks);
     let rows = sqlx::query(
         "SELECT seq, data FROM recording_chunks WHERE recording_id = $1 AND seq < $2 ORDER BY seq",
@@ -208,8 +372,13 @@ pub async fn read(state: &AppState, recording_id: &str, upto: Option<i64>) -> Ap
     for (i, r) in rows.iter().enumerate() {
         let seq: i64 = r.try_get("seq")?;
         let data: String = r.try_get("data")?;
-        match state.store.unseal_bytes(&context(recording_id, seq), &data) {
-            Ok(b) if seq == i as i64 => stream.extend_from_slice(&b),
+        let opened = state
+            .store
+            .unseal_bytes(&context(recording_id, seq), &data)
+            .ok()
+            .and_then(|b| open_chunk(&format, b));
+        match opened {
+            Some(b) if seq == i as i64 => stream.extend_from_slice(&b),
             _ => intact = false,
         }
     }

@@ -145,29 +145,12 @@ async fn from_store(state: &AppState, id: &str, socket: &mut WebSocket) -> Strin
         if !recorded {
             return "this desktop is not being recorded, so it cannot be watched".into();
         }
-        let chunks = sqlx::query(
-            "SELECT seq, data FROM recording_chunks WHERE recording_id = $1 AND seq >= $2 ORDER BY seq LIMIT 16",
-        )
-        .bind(id)
-        .bind(next)
-        .fetch_all(&state.store.pool)
-        .await
-        .unwrap_or_default();
-        for c in &chunks {
-            let (Ok(seq), Ok(data)) = (c.try_get::<i64, _>(0), c.try_get::<String, _>(1)) else {
-                return "a stored recording does not read".into();
-            };
-            if seq != next {
-                return "the recording has a gap".into();
-            }
-            let plain = match state
-                .store
-                .unseal_bytes(&recording::context(id, seq), &data)
-            {
-                Ok(p) => p,
-                Err(_) => return "a recording chunk does not open".into(),
-            };
-            let Ok(parts) = payloads(seq == 0, &plain) else {
+        let chunks = match recording::chunks_from(state, id, next, 16).await {
+            Ok(c) => c,
+            Err(why) => return why.into(),
+        };
+        for (seq, plain) in &chunks {
+            let Ok(parts) = payloads(*seq == 0, plain) else {
                 return "a stored recording does not parse".into();
             };
             for b in parts {
