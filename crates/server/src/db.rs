@@ -325,6 +325,19 @@ async fn secret_slots(tx: &mut Tx<'_>) -> Result<Vec<SecretSlot>, StoreError> {
             value,
         });
     }
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT token_id, refresh_token FROM sso_sessions")
+            .fetch_all(&mut **tx)
+            .await?;
+    for (id, value) in rows {
+        slots.push(SecretSlot {
+            update: "UPDATE sso_sessions SET refresh_token = $1 WHERE token_id = $2 AND refresh_token = $3".into(),
+            context: crate::sso::refresh::context(&id),
+            secret: true,
+            key: id,
+            value,
+        });
+    }
     let rows: Vec<(String, String)> = sqlx::query_as("SELECT id, secrets FROM sso_flows")
         .fetch_all(&mut **tx)
         .await?;

@@ -1166,6 +1166,103 @@ async fn settings_are_bounded_and_for_admins(app: TestApp) {
     assert_eq!(info["enabled"], false);
 }
 
+async fn rights_follow_the_provider_at_each_refresh_and_a_refused_refresh_ends_the_login(
+    app: TestApp,
+) {
+    let Some(op) = Op::start("rights_follow_the_provider_at_each_refresh", 60) else {
+        return;
+    };
+    let acct = app.account("acme").await;
+    let ops = group(&app, &acct, "plant-ops").await;
+    set_provider(&app, &acct, settings(&op, json!({}))).await;
+    app.ok(
+        Method::POST,
+        "/api/v1/account/sso/rules",
+        &acct.admin,
+        Some(json!({"claim_value": "plant-ops", "group_id": ops})),
+    )
+    .await;
+    let (s, v) = sso_login(&app, &op, "acme", "alice", "").await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let token = v["token"].as_str().expect("token").to_string();
+    let me = app.ok(Method::GET, "/api/v1/me", &token, None).await;
+    let alice = me["user"]["id"].as_str().expect("id").to_string();
+    assert_eq!(members(&app, &acct, &ops).await, vec![alice.clone()]);
+    assert_eq!(
+        app.count("sso_sessions").await,
+        1,
+        "the refresh token is kept"
+    );
+    let stored: String = sqlx::query_scalar("SELECT refresh_token FROM sso_sessions")
+        .fetch_one(&app.state.store.pool)
+        .await
+        .expect("stored");
+    assert!(stored.starts_with("sealed:v1:"), "sealed at rest");
+
+    // Nothing is due yet.
+    let now = app.state.now();
+    assert_eq!(
+        drawbridge_server::sso::refresh::refresh_due(&app.state, now)
+            .await
+            .expect("refresh"),
+        0
+    );
+    // Taken out of the provider group: the next refresh takes the group away.
+    op.set_groups("alice", &[]).await;
+    let due = now + drawbridge_server::sso::refresh::REFRESH_SECS;
+    assert_eq!(
+        drawbridge_server::sso::refresh::refresh_due(&app.state, due)
+            .await
+            .expect("refresh"),
+        1
+    );
+    assert!(members(&app, &acct, &ops).await.is_empty());
+    let changes = actions(&app, &acct, "sso.mapping_changed").await;
+    assert!(
+        changes
+            .iter()
+            .any(|c| c["details"]["removed"] == json!([ops])),
+        "{changes:?}"
+    );
+    app.ok(Method::GET, "/api/v1/me", &token, None).await;
+
+    // The provider refuses the refresh token (revoked there): the login ends.
+    let token_id: String = sqlx::query_scalar("SELECT token_id FROM sso_sessions")
+        .fetch_one(&app.state.store.pool)
+        .await
+        .expect("session");
+    let rt = app
+        .state
+        .store
+        .unseal(
+            &drawbridge_server::sso::refresh::context(&token_id),
+            &stored,
+        )
+        .expect("unseal");
+    let r = http()
+        .post(format!("{}/token/revocation", op.issuer))
+        .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
+        .form(&[("token", rt.as_str()), ("token_type_hint", "refresh_token")])
+        .send()
+        .await
+        .expect("revoke at the provider");
+    assert!(r.status().is_success(), "{}", r.status());
+    let due = app.state.now() + 2 * drawbridge_server::sso::refresh::REFRESH_SECS;
+    drawbridge_server::sso::refresh::refresh_due(&app.state, due)
+        .await
+        .expect("refresh");
+    let (s, _) = app.get("/api/v1/me", &token).await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "the login ended with the provider's refusal"
+    );
+    let ended = actions(&app, &acct, "sso.refresh_revoked").await;
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0]["details"]["reason"], "token_error:invalid_grant");
+    assert_eq!(app.count("sso_sessions").await, 0);
+}
+
 store_tests!(
     code_flow_creates_and_matches_users_with_mapped_groups_and_role,
     jit_off_refuses_unknown_subjects_and_linked_users_get_in,
@@ -1177,4 +1274,5 @@ store_tests!(
     an_expired_code_is_refused,
     concurrent_callbacks_with_one_state_make_exactly_one_token,
     settings_are_bounded_and_for_admins,
+    rights_follow_the_provider_at_each_refresh_and_a_refused_refresh_ends_the_login,
 );

@@ -575,6 +575,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     );
     crate::health::spawn(state.clone());
     crate::updates::spawn(state.clone());
+    crate::sso::refresh::spawn(state.clone());
     let app = crate::app(state);
     let stop = drawbridge_tunnel::shutdown_signal();
     println!("Ready.");

@@ -23,6 +23,7 @@ use drawbridge_proto::api::LoginResponse;
 use drawbridge_proto::sso::{
     SsoDevicePending, SsoDevicePollRequest, SsoDeviceStartRequest, SsoDeviceStartResponse,
 };
+use openidconnect::OAuth2TokenResponse;
 use serde::Deserialize;
 use sqlx::Row;
 use utoipa_axum::router::OpenApiRouter;
@@ -391,7 +392,18 @@ async fn device_poll(
         ..p.clone()
     };
     let claims = verify(&state, &pv, &meta, &tokens, None, &source).await?;
-    let login = super::users::finish(&state, &p, claims, "device", &source).await?;
+    let login = super::users::finish(
+        &state,
+        &p,
+        claims,
+        super::users::Via {
+            kind: "device",
+            client_id: &client_id,
+            refresh_token: tokens.refresh_token().map(|t| t.secret().clone()),
+        },
+        &source,
+    )
+    .await?;
     Ok(Json(login).into_response())
 }
 

@@ -503,9 +503,19 @@ async fn complete(
         }
     };
     let claims = verify(&state, &p, &meta, &tokens, Some(&nonce), &source).await?;
-    super::users::finish(&state, &p, claims, "web", &source)
-        .await
-        .map(Json)
+    super::users::finish(
+        &state,
+        &p,
+        claims,
+        super::users::Via {
+            kind: "web",
+            client_id: &p.client_id,
+            refresh_token: tokens.refresh_token().map(|t| t.secret().clone()),
+        },
+        &source,
+    )
+    .await
+    .map(Json)
 }
 
 /// The reason and a printable detail of a failed token request (never the body).

@@ -14,6 +14,7 @@
 pub mod device;
 pub mod login;
 pub mod oidc;
+pub mod refresh;
 pub mod users;
 
 use crate::audit;

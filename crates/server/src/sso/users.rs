@@ -75,14 +75,25 @@ async fn free_username(tx: &mut Tx<'_>, account_id: &str, hint: &str) -> AppResu
 /// have no password until an admin sets one.
 pub const NO_PASSWORD: &str = "!sso-no-password";
 
+/// How an SSO login came in: the flow's kind, the client that got the tokens
+/// and the provider's refresh token, if it gave one.
+pub(super) struct Via<'a> {
+    pub kind: &'a str,
+    pub client_id: &'a str,
+    pub refresh_token: Option<String>,
+}
+
 /// Ends every SSO login: user, mapping, second factor, token; all on the record.
+/// A complete login with a refresh token is kept in step with the provider
+/// ([`super::refresh`]).
 pub(super) async fn finish(
     state: &AppState,
     p: &Provider,
     claims: oidc::IdTokenClaims,
-    kind: &str,
+    via: Via<'_>,
     source: &str,
 ) -> AppResult<LoginResponse> {
+    let kind = via.kind;
     let now = state.now();
     let issuer = claims.issuer().as_str().to_string();
     let subject = claims.subject().as_str().to_string();
@@ -224,6 +235,21 @@ pub(super) async fn finish(
         .execute(&mut *tx)
         .await?;
     let login = auth::issue_login_token(&mut tx, &user, &account.settings, stage, now).await?;
+    if stage == LoginStage::Complete
+        && let Some(rt) = &via.refresh_token
+    {
+        super::refresh::keep(
+            &mut tx,
+            state,
+            &login.token,
+            &p.account_id,
+            &ident_id,
+            via.client_id,
+            rt,
+            now,
+        )
+        .await?;
+    }
     let mut details = ident;
     if let Some(d) = details.as_object_mut() {
         d.insert("username".into(), user.username.clone().into());
@@ -250,7 +276,7 @@ pub(super) async fn finish(
 /// before when no rule grants one any more. Returns the user as now stored and
 /// the sessions a narrowing touched.
 #[allow(clippy::too_many_arguments)]
-async fn apply_rules(
+pub(super) async fn apply_rules(
     tx: &mut Tx<'_>,
     p: &Provider,
     user: &UserRow,
