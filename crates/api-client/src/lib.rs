@@ -10,7 +10,8 @@
 //! - `resources`, `audit`: one method per API call, in the server's resource order.
 //! - [`data`]: the data services (tags, historian and mailbox, KPIs and their
 //!   event stream, alarms); [`notify`]: notification settings, users' e-mail,
-//!   webhooks; [`sse`]: the bounded server-sent-events parser the KPI stream reads with.
+//!   webhooks; [`sse`]: the bounded server-sent-events parser the KPI stream reads with;
+//!   [`sso`]: single sign-on (the CLI's device grant, the account's provider and rules).
 
 mod audit;
 pub mod client;
@@ -20,6 +21,7 @@ pub mod notify;
 mod resources;
 pub mod rtt;
 pub mod sse;
+pub mod sso;
 pub mod tls;
 
 pub use client::{Client, normalize_server};

@@ -153,6 +153,24 @@ pub fn router(api: Router, csrf_key: &[u8]) -> Router {
         .route(&p("/access/grants/{id}/delete"), post(access::delete_grant))
         .route(&p("/account"), get(account::page).post(account::update))
         .route(
+            &p("/account/sso"),
+            get(sso_settings::page).post(sso_settings::save),
+        )
+        .route(&p("/account/sso/delete"), post(sso_settings::delete))
+        .route(&p("/account/sso/test"), post(sso_settings::test))
+        .route(&p("/account/sso/rules"), post(sso_settings::add_rule))
+        .route(
+            &p("/account/sso/rules/{id}/delete"),
+            post(sso_settings::delete_rule),
+        )
+        .route(&p("/account/sso/identities"), post(sso_settings::link))
+        .route(
+            &p("/account/sso/identities/{id}/delete"),
+            post(sso_settings::unlink),
+        )
+        .route(&p("/sso/start"), get(sso::start))
+        .route(&p("/sso/callback"), get(sso::callback))
+        .route(
             &p("/notifications"),
             get(notifications::page).post(notifications::update),
         )

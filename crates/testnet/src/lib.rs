@@ -4,7 +4,9 @@
 //! relay with real tunnel drivers over loopback sockets, and `tests/tidy.rs` checks
 //! ARCHITECTURE.md and the workspace's architecture rules; `src/bin/drawbridge-bench` is
 //! the throughput bench; [`browser`] runs real Chromium for the portal's and
-//! browser access's tests.
+//! browser access's tests; [`oidc`] runs a real OpenID provider (npm's `oidc-provider`)
+//! for the single sign-on tests.
 
 pub mod browser;
+pub mod oidc;
 pub mod sim;

@@ -146,6 +146,11 @@ pub struct LoginArgs {
     /// When the password has expired, take the new one from this file's first line.
     #[arg(long, value_name = "FILE")]
     pub new_password_file: Option<PathBuf>,
+    /// Sign in through the account's identity provider (single sign-on): open
+    /// the page this prints, enter its code there and sign in; this command
+    /// waits until you did (Ctrl-C stops it).
+    #[arg(long, conflicts_with_all = ["user", "password_stdin", "new_password_file"])]
+    pub sso: bool,
 }
 
 #[derive(Subcommand, Debug)]

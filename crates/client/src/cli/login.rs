@@ -18,15 +18,10 @@ pub(super) async fn login(g: &Global, args: LoginArgs) -> Result<()> {
         (None, None) => fail!("which server? pass --server URL"),
     };
     let same = previous.as_ref().filter(|c| c.server == server);
-    let account = match (args.account, same) {
+    let account = match (args.account.clone(), same) {
         (Some(a), _) => a,
         (None, Some(c)) => c.account.clone(),
         (None, None) => fail!("which account? pass --account NAME"),
-    };
-    let user = match (args.user, same) {
-        (Some(u), _) => u,
-        (None, Some(c)) => c.user.clone(),
-        (None, None) => fail!("which user? pass --user NAME"),
     };
     let ca_file = match g
         .ca_file
@@ -40,6 +35,16 @@ pub(super) async fn login(g: &Global, args: LoginArgs) -> Result<()> {
         None => None,
     };
     let mut client = Client::new(&server, ca_file.as_deref())?;
+    if args.sso {
+        let resp = sso_device_login(&client, &account).await?;
+        let resp = walk_stages(&mut client, resp, &args, None).await?;
+        return finish_login(g, previous, server, ca_file, client, resp).await;
+    }
+    let user = match (args.user.clone(), same) {
+        (Some(u), _) => u,
+        (None, Some(c)) => c.user.clone(),
+        (None, None) => fail!("which user? pass --user NAME"),
+    };
     // Fail on an untrusted certificate before asking for a password.
     if !args.password_stdin {
         probe(&client).await?;
@@ -49,7 +54,7 @@ pub(super) async fn login(g: &Global, args: LoginArgs) -> Result<()> {
     } else {
         prompt::secret(&format!("Password for {user}@{account}: "), "password")?
     };
-    let mut resp = client
+    let resp = client
         .login(&LoginRequest {
             account: account.clone(),
             username: user.clone(),
@@ -57,25 +62,46 @@ pub(super) async fn login(g: &Global, args: LoginArgs) -> Result<()> {
             totp: args.totp.clone(),
         })
         .await?;
+    let resp = walk_stages(&mut client, resp, &args, Some(&password)).await?;
+    finish_login(g, previous, server, ca_file, client, resp).await
+}
+
+/// Walks a login's stages (second factor, password change, TOTP set-up)
+/// until it is complete; `password` is the one just used (None for SSO).
+async fn walk_stages(
+    client: &mut Client,
+    mut resp: LoginResponse,
+    args: &LoginArgs,
+    password: Option<&str>,
+) -> Result<LoginResponse> {
     // Walk the stages until the login is complete.
     for _ in 0..6 {
         client.set_token(resp.token.clone());
         resp = match resp.stage {
             LoginStage::Complete => break,
             LoginStage::TotpRequired => {
-                let code = prompt::line(
-                    "Code from your authenticator app: ",
-                    "TOTP code (pass it with --totp CODE)",
-                )?;
+                // A password login sent --totp already; single sign-on sends it here.
+                let code = match (&args.totp, password) {
+                    (Some(c), None) => c.clone(),
+                    _ => prompt::line(
+                        "Code from your authenticator app: ",
+                        "TOTP code (pass it with --totp CODE)",
+                    )?,
+                };
                 client.login_totp(&code).await?
             }
             LoginStage::PasswordChangeRequired => {
                 eprintln!("Your password has expired; choose a new one.");
+                let Some(password) = password else {
+                    fail!(
+                        "the server asks for a password change after single sign-on; log in with your password"
+                    );
+                };
                 let new = match &args.new_password_file {
                     Some(f) => prompt::secret_from_file(f, "new password")?,
                     None => prompt::new_password("password")?,
                 };
-                client.change_password(&password, &new).await?
+                client.change_password(password, &new).await?
             }
             LoginStage::TotpEnrollmentRequired => {
                 eprintln!("Your account requires a second factor; set it up now.");
@@ -89,6 +115,18 @@ pub(super) async fn login(g: &Global, args: LoginArgs) -> Result<()> {
     if resp.stage != LoginStage::Complete {
         fail!("the login did not complete");
     }
+    Ok(resp)
+}
+
+/// Stores a complete login (replacing and ending the previous one) and says so.
+async fn finish_login(
+    g: &Global,
+    previous: Option<Credentials>,
+    server: String,
+    ca_file: Option<std::path::PathBuf>,
+    mut client: Client,
+    resp: LoginResponse,
+) -> Result<()> {
     client.set_token(resp.token.clone());
     let me = client.me().await?;
     let creds = Credentials {
@@ -120,6 +158,68 @@ pub(super) async fn login(g: &Global, args: LoginArgs) -> Result<()> {
         path.display()
     );
     Ok(())
+}
+
+/// `login --sso`: the device authorization grant through the server. Prints
+/// the provider's page and code, then polls until the user approved there,
+/// the provider refused, the code expired, or Ctrl-C.
+async fn sso_device_login(client: &Client, account: &str) -> Result<LoginResponse> {
+    let start = match client.sso_device_start(account).await {
+        Err(api::Error::Api {
+            code: ErrorCode::LoginFailed,
+            message,
+            ..
+        }) => fail!(
+            "single sign-on is not available for the account {account:?} ({message}); log in with --user and a password"
+        ),
+        r => r?,
+    };
+    eprintln!(
+        "To sign in, open {} and enter the code {}",
+        start.verification_uri, start.user_code
+    );
+    if let Some(u) = &start.verification_uri_complete {
+        eprintln!("(or open {u})");
+    }
+    eprintln!("Waiting for you to sign in at the identity provider… (Ctrl-C stops)");
+    let stop = drawbridge_tunnel::shutdown_signal();
+    tokio::pin!(stop);
+    let mut wait = std::time::Duration::from_secs(u64::from(start.interval.clamp(1, 60)));
+    loop {
+        tokio::select! {
+            () = &mut stop => fail!("stopped; not logged in"),
+            () = tokio::time::sleep(wait) => {}
+        }
+        let poll = tokio::select! {
+            () = &mut stop => fail!("stopped; not logged in"),
+            r = client.sso_device_poll(&start.poll_token) => r,
+        };
+        match poll {
+            Ok(api::sso::DevicePoll::Pending(secs)) => {
+                wait = std::time::Duration::from_secs(u64::from(secs.clamp(1, 60)));
+            }
+            Ok(api::sso::DevicePoll::Done(login)) => return Ok(*login),
+            Err(api::Error::Api {
+                code: ErrorCode::LoginFailed,
+                message,
+                ..
+            }) => {
+                let reason = message
+                    .strip_prefix("single sign-on refused: ")
+                    .unwrap_or(&message);
+                let why = match reason {
+                    "flow_expired" => "the code expired before it was approved; run the command again".to_string(),
+                    r if r.starts_with("token_error:access_denied") => "the sign-in was refused at the identity provider".to_string(),
+                    r if r.starts_with("token_error:expired_token") => "the code expired before it was approved; run the command again".to_string(),
+                    "not_provisioned" => "your identity is not linked to a user of this account (and the account does not create users at first sign-in); ask an admin".to_string(),
+                    "user_disabled" => "your user is disabled".to_string(),
+                    other => format!("single sign-on refused: {other}"),
+                };
+                fail!("{why}")
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// An unauthenticated request that only proves the TLS connection works.

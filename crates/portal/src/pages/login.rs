@@ -1,8 +1,10 @@
 //! First-run setup, login (password, TOTP step, forced TOTP enrolment, forced
 //! password change) and logout.
 
+use super::sso::{self, Peer};
 use crate::PREFIX;
 use crate::Portal;
+use crate::apiclient::Api;
 use crate::web::{self, Anon, Flash, Layout, Posted, render};
 use askama::Template;
 use axum::extract::{Query, State};
@@ -93,11 +95,13 @@ pub async fn setup_submit(State(portal): State<Portal>, p: Posted) -> Response {
 
 #[derive(Template)]
 #[template(path = "login.html")]
-struct LoginPage {
-    l: Layout,
-    account: String,
-    username: String,
-    error: Option<String>,
+pub(crate) struct LoginPage {
+    pub l: Layout,
+    pub account: String,
+    pub username: String,
+    pub error: Option<String>,
+    /// The account's "Sign in with …" (when the account is known and has SSO).
+    pub sso: Option<super::sso::SsoButton>,
 }
 
 #[derive(Deserialize)]
@@ -108,14 +112,17 @@ pub struct LoginQuery {
 
 pub async fn login_form(
     State(portal): State<Portal>,
+    Peer(peer): Peer,
     headers: HeaderMap,
     Query(q): Query<LoginQuery>,
 ) -> Response {
     let anon = Anon::of(&portal, &headers);
     let flash = Flash::read_from(&headers);
     let had = flash.is_some();
+    let api = Api::new(portal.api.clone(), None, peer);
     let page = LoginPage {
         l: Layout::anon("Log in", anon.csrf.clone(), flash),
+        sso: sso::button(&api, &q.account).await,
         account: q.account,
         username: String::new(),
         error: None,
@@ -152,6 +159,10 @@ pub async fn login_submit(State(portal): State<Portal>, p: Posted) -> Response {
         Ok(login) => continue_login(&login, None),
         Err(e) => {
             let message = match e.code {
+                ErrorCode::LoginFailed if e.message.contains("single sign-on") => format!(
+                    "Login failed: {}.",
+                    e.message.replace("`drawbridge login --sso`", "drawbridge login --sso")
+                ),
                 ErrorCode::LoginFailed => "Login failed: the account, user name or password is wrong, or the user is locked or disabled.".to_string(),
                 ErrorCode::RateLimited => format!("Too many attempts: {}", e.message),
                 _ => e.message,
@@ -159,6 +170,7 @@ pub async fn login_submit(State(portal): State<Portal>, p: Posted) -> Response {
             let anon = Anon::of(&portal, &p.headers);
             let page = LoginPage {
                 l: Layout::anon("Log in", anon.csrf.clone(), None),
+                sso: sso::button(&api, f.get("account")).await,
                 account: f.get("account").to_string(),
                 username: f.get("username").to_string(),
                 error: Some(message),

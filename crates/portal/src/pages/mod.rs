@@ -11,6 +11,8 @@ pub mod login;
 pub mod me;
 pub mod notifications;
 pub mod sessions;
+pub mod sso;
+pub mod sso_settings;
 pub mod updates;
 pub mod users;
 pub mod wireguard;
