@@ -477,7 +477,9 @@ async fn login_inner(
         return Err(AppError::login_failed());
     }
     // Single sign-on required: the break-glass admin alone still logs in with a
-    // password, on the record and with the admins told.
+    // password, on the record and with the admins told. Everyone else gets the
+    // failure a wrong password gets (no hint that this one was right); the login
+    // page learns that SSO is required from `/sso/provider`.
     let break_glass = match crate::sso::users::password_login(&mut tx, &user).await? {
         crate::sso::users::PasswordLogin::Allowed => false,
         crate::sso::users::PasswordLogin::BreakGlass => true,
@@ -489,10 +491,7 @@ async fn login_inner(
             )
             .await?;
             tx.commit().await?;
-            return Err(AppError::new(
-                ErrorCode::LoginFailed,
-                "this account signs in through single sign-on; use \"Sign in with\" on the login page or `drawbridge login --sso`",
-            ));
+            return Err(AppError::login_failed());
         }
     };
     let stage = match (&user.totp_secret, &req.totp) {

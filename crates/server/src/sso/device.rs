@@ -7,7 +7,7 @@
 
 use super::login::{
     FlowSecrets, account_by_name, active_provider, clip, consume, discover_or_refuse, flow_context,
-    flow_from, purge, refuse, verify, why_no_flow,
+    flow_from, purge, refuse, room_for_a_flow, verify, why_no_flow,
 };
 use super::{Provider, oidc};
 use crate::error::{AppError, AppResult};
@@ -63,6 +63,7 @@ async fn device_start(
         )
         .await);
     };
+    room_for_a_flow(&state, &p, now).await?;
     let meta = discover_or_refuse(&state, &p, &source).await?;
     let acct = Some(p.account_id.as_str());
     let Some(endpoint) = meta

@@ -40,6 +40,8 @@ use utoipa_axum::routes;
 const FLOW_SECS: i64 = 10 * 60;
 /// Flows this long past their expiry are deleted.
 const PURGE_AFTER_SECS: i64 = 60 * 60;
+/// Most logins in flight per account (each start is also limited per address).
+const MAX_LIVE_FLOWS: i64 = 2000;
 
 pub fn routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
     r.routes(routes!(public_info))
@@ -199,6 +201,24 @@ pub(super) async fn purge(state: &AppState, now: i64) -> AppResult<()> {
     Ok(())
 }
 
+/// Refuses a new flow when the account has [`MAX_LIVE_FLOWS`] in flight.
+pub(super) async fn room_for_a_flow(state: &AppState, p: &Provider, now: i64) -> AppResult<()> {
+    let live: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM sso_flows WHERE account_id = $1 AND expires_at > $2 AND consumed_at IS NULL",
+    )
+    .bind(&p.account_id)
+    .bind(now)
+    .fetch_one(&state.store.pool)
+    .await?;
+    if live >= MAX_LIVE_FLOWS {
+        return Err(AppError::new(
+            ErrorCode::RateLimited,
+            "too many single sign-on logins in flight for this account; try again in a few minutes",
+        ));
+    }
+    Ok(())
+}
+
 /// Begin a browser login at the account's provider. Answers the URL to send
 /// the browser to and a `binding` for a cookie of that browser (see
 /// `SsoStartResponse`). The portal serves this as `GET /portal/sso/start`.
@@ -227,6 +247,7 @@ async fn start(
         )
         .await);
     };
+    room_for_a_flow(&state, &p, now).await?;
     let meta = discover_or_refuse(&state, &p, &source).await?;
     let client = oidc::client(
         &meta,

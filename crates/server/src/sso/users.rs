@@ -187,15 +187,11 @@ pub(super) async fn finish(
         }
     };
     let actor = format!("user:{}", user.id);
-    // A user disabled (or locked) in Drawbridge stays out, whatever the provider says.
-    let blocked = if user.disabled {
-        Some("user_disabled")
-    } else if user.locked_until.is_some_and(|t| t > now) {
-        Some("user_locked")
-    } else {
-        None
-    };
-    if let Some(reason) = blocked {
+    // A user disabled in Drawbridge stays out, whatever the provider says. (A
+    // lockout is about guessing passwords here and does not stop SSO: else
+    // anyone could lock an SSO user out with a few wrong passwords.)
+    if user.disabled {
+        let reason = "user_disabled";
         drop(tx);
         return Err(refuse(
             state,
