@@ -669,6 +669,7 @@ async fn hostile_webhook_and_recipient_input_is_refused_and_changes_nothing(app:
             "user_lockout",
             "approval_waiting",
             "device_offline",
+            "device_online",
             "activity_report",
             "webhook_disabled",
             "session_started",

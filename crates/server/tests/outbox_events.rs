@@ -16,7 +16,95 @@ use outbox_harness::*;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-store_tests!(sessions_and_the_sites_switch_reach_the_webhooks_subscribed_to_them);
+store_tests!(
+    sessions_and_the_sites_switch_reach_the_webhooks_subscribed_to_them,
+    a_device_told_offline_is_told_back_online_once_when_its_edge_connects,
+);
+
+async fn a_device_told_offline_is_told_back_online_once_when_its_edge_connects(app: TestApp) {
+    let l = live(app).await;
+    configure(&l.app.state, None, true);
+    let hooks = Hooks::start("127.0.0.11").await;
+    let acct = l.app.account("acme").await;
+    let (_, secret) = webhook(
+        &l.app,
+        &acct,
+        &hooks.url,
+        json!(["device_offline", "device_online"]),
+    )
+    .await;
+    l.app
+        .ok(
+            Method::PUT,
+            "/api/v1/account/notifications",
+            &acct.admin,
+            Some(json!({"device_offline_minutes": 10})),
+        )
+        .await;
+    let d = enrolled(&l, &acct, "press").await;
+    let offline = |l: &Live| {
+        let state = l.app.state.clone();
+        async move {
+            // The edge's channel is gone once the device is recorded offline.
+            for _ in 0..100 {
+                let on: i64 = sqlx::query_scalar("SELECT online FROM devices WHERE name = 'press'")
+                    .fetch_one(&state.store.pool)
+                    .await
+                    .unwrap();
+                if on == 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("the device stays online");
+        }
+    };
+    // A short absence (under the setting) tells nothing, coming back neither.
+    let ws = edge(&l, &d, true).await;
+    drop(ws);
+    offline(&l).await;
+    l.app.clock().advance(60);
+    let ws = edge(&l, &d, true).await;
+    drop(ws);
+    offline(&l).await;
+    let sweep = || {
+        outbox::sweeps::devices_offline(
+            &l.app.state.store,
+            l.app.state.started_at,
+            l.app.state.now(),
+        )
+    };
+    assert_eq!(sweep().await.unwrap(), 0);
+    assert!(deliveries(&l.app, "device_online").await.is_empty());
+    // Away longer than the setting: told offline; back: told online, once.
+    l.app.clock().advance(11 * 60);
+    assert_eq!(sweep().await.unwrap(), 1);
+    let ws = edge(&l, &d, true).await;
+    drop(ws);
+    offline(&l).await;
+    let ws = edge(&l, &d, true).await;
+    assert_eq!(deliveries(&l.app, "device_online").await.len(), 1);
+    drop(ws);
+    assert_eq!(drain(&l.app.state).await, 2);
+    let calls = hooks.calls();
+    assert_eq!(calls.len(), 2);
+    assert!(calls.iter().all(|c| c.verify(&secret)));
+    // Both were queued at the same second: their delivery order is not fixed.
+    let mut kinds: Vec<String> = calls
+        .iter()
+        .map(|c| c.json()["type"].as_str().unwrap_or_default().to_string())
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["device_offline", "device_online"]);
+    let back = calls
+        .iter()
+        .map(|c| c.json())
+        .find(|j| j["type"] == "device_online")
+        .unwrap();
+    assert_eq!(back["data"]["details"]["device"], "press");
+    assert_eq!(back["data"]["details"]["device_id"], d.id.as_str());
+    assert!(back["data"]["details"]["offline_since"].is_string());
+}
 
 async fn sessions_and_the_sites_switch_reach_the_webhooks_subscribed_to_them(app: TestApp) {
     let l = live(app).await;

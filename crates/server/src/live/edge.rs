@@ -274,11 +274,25 @@ async fn online(state: &AppState, edge: &Edge, on: bool) -> AppResult<()> {
     let now = state.now();
     let mut tx = state.store.begin().await?;
     if on {
+        let before: Option<i64> = sqlx::query_scalar("SELECT last_seen FROM devices WHERE id = $1")
+            .bind(&edge.device_id)
+            .fetch_one(&mut *tx)
+            .await?;
         sqlx::query("UPDATE devices SET online = 1, last_seen = $1 WHERE id = $2")
             .bind(now)
             .bind(&edge.device_id)
             .execute(&mut *tx)
             .await?;
+        if let Some(before) = before {
+            crate::outbox::producers::device_back_online(
+                &mut tx,
+                &edge.account_id,
+                &edge.device_id,
+                before,
+                now,
+            )
+            .await?;
+        }
     } else {
         sqlx::query("UPDATE devices SET online = 0 WHERE id = $1")
             .bind(&edge.device_id)

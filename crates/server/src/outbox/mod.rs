@@ -57,6 +57,8 @@ pub enum EventKind {
     ApprovalWaiting,
     /// A device has been offline longer than the account's `device_offline_minutes`.
     DeviceOffline,
+    /// A device reported offline (`DeviceOffline`) is back: its edge connected again.
+    DeviceOnline,
     /// The monthly activity report (default: the admins; CSV attached).
     ActivityReport,
     /// A webhook endpoint failed for too long and was disabled (default: the admins).
@@ -78,12 +80,13 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 15] = [
         EventKind::AlarmRaised,
         EventKind::AlarmReturned,
         EventKind::UserLockout,
         EventKind::ApprovalWaiting,
         EventKind::DeviceOffline,
+        EventKind::DeviceOnline,
         EventKind::ActivityReport,
         EventKind::WebhookDisabled,
         EventKind::SessionStarted,
@@ -102,6 +105,7 @@ impl EventKind {
             EventKind::UserLockout => "user_lockout",
             EventKind::ApprovalWaiting => "approval_waiting",
             EventKind::DeviceOffline => "device_offline",
+            EventKind::DeviceOnline => "device_online",
             EventKind::ActivityReport => "activity_report",
             EventKind::WebhookDisabled => "webhook_disabled",
             EventKind::SessionStarted => "session_started",

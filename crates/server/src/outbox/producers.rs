@@ -1,6 +1,7 @@
 //! Events other modules report, worded once here: a user locked out (from
 //! `auth::register_failure`), a session waiting for approval (from
-//! `sessions::start`), and the audit records that webhooks may subscribe to
+//! `sessions::start`), a device reported offline that is back (from the edge
+//! channel), and the audit records that webhooks may subscribe to
 //! (sessions, tunnels, the site's switch, desktops; from `audit::append`).
 //! Each runs in the caller's transaction.
 
@@ -125,4 +126,47 @@ pub async fn from_audit(
     }));
     enqueue(tx, &ev.account_id, &msg, now).await?;
     Ok(())
+}
+
+/// A device's edge connected again. If the device was reported offline for
+/// the period that ended now (its last sign of life `last_seen`), it is told
+/// as back online, once for that period.
+pub async fn device_back_online(
+    tx: &mut Tx<'_>,
+    account_id: &str,
+    device_id: &str,
+    last_seen: i64,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let told: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM outbox_once WHERE account_id = $1 AND once_key = $2")
+            .bind(account_id)
+            .bind(format!("device_offline:{device_id}:{last_seen}"))
+            .fetch_optional(&mut **tx)
+            .await?;
+    if told.is_none() {
+        return Ok(false);
+    }
+    let name: String = sqlx::query_scalar("SELECT name FROM devices WHERE id = $1")
+        .bind(device_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    let since = super::sweeps::rfc3339(last_seen);
+    let back = super::sweeps::rfc3339(now);
+    let msg = Message::new(
+        EventKind::DeviceOnline,
+        format!("Drawbridge: device {name} is back online"),
+        format!("Device {name}, offline since {since}, is back online since {back}."),
+    )
+    .data(serde_json::json!({
+        "device_id": device_id, "device": name, "offline_since": since, "online_since": back,
+    }));
+    super::enqueue_once(
+        tx,
+        account_id,
+        &format!("device_online:{device_id}:{last_seen}"),
+        &msg,
+        now,
+    )
+    .await
 }

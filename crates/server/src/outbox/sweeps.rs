@@ -244,7 +244,7 @@ fn csv_safe(s: &str) -> String {
     }
 }
 
-fn rfc3339(t: i64) -> String {
+pub(crate) fn rfc3339(t: i64) -> String {
     crate::clock::from_unix(t)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
