@@ -1161,6 +1161,37 @@ async fn settings_are_bounded_and_for_admins(app: TestApp) {
         None,
     )
     .await;
+    // A rule to a group goes with the group; another account's group is not found.
+    let g = group(&app, &acct, "ops").await;
+    app.ok(
+        Method::POST,
+        "/api/v1/account/sso/rules",
+        &acct.admin,
+        Some(json!({"claim_value": "ops", "group_id": g})),
+    )
+    .await;
+    app.ok(
+        Method::DELETE,
+        &format!("/api/v1/groups/{g}"),
+        &acct.admin,
+        None,
+    )
+    .await;
+    let rules = app
+        .ok(Method::GET, "/api/v1/account/sso/rules", &acct.admin, None)
+        .await;
+    assert_eq!(rules, json!([]));
+    let other = app.account("other").await;
+    let theirs = group(&app, &other, "theirs").await;
+    let (s, _) = app
+        .call(
+            Method::POST,
+            "/api/v1/account/sso/rules",
+            Some(&acct.admin),
+            Some(json!({"claim_value": "ops", "group_id": theirs})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
     app.ok(Method::DELETE, "/api/v1/account/sso", &acct.admin, None)
         .await;
     let (s, _) = app.get("/api/v1/account/sso", &acct.admin).await;
