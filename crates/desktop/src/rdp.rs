@@ -25,6 +25,11 @@
 //!    server does not ask again), and in view-only mode every input (fast-path
 //!    PDUs, slow-path input PDUs, virtual channel data) is dropped.
 //!
+//! With stored credentials ([`RdpBridge::inject`], TLS security only: see
+//! [`inject`]) the Connection Request offers TLS alone and the Client Info
+//! PDU is rebuilt with them; the browser only ever has placeholders, and a
+//! server that requires NLA ends the connection with [`RdpError::NlaRequired`].
+//!
 //! The recording of a desktop is what the server sent after CredSSP (for NLA
 //! the first thing recorded is the answer to the client's MCS Connect
 //! Initial), preceded by [`RdpBridge::replay_response`]: the response PDU with
@@ -36,6 +41,9 @@
 /// The RDCleanPath PDUs (for tests and tools that play the client).
 pub use ironrdp_rdcleanpath as rdcleanpath;
 use ironrdp_rdcleanpath::{DetectionResult, RDCleanPathMessage, RDCleanPathPdu};
+
+pub mod inject;
+pub use inject::RdpCredentials;
 
 /// Largest RDCleanPath request the browser may send.
 pub const MAX_REQUEST: usize = 16 * 1024;
@@ -64,6 +72,9 @@ const MCS_SEND_DATA_REQUEST: u8 = 25 << 2;
 const PDUTYPE_DATAPDU: u16 = 0x7;
 /// Share Data Header pduType2: an input event PDU.
 const PDUTYPE2_INPUT: u8 = 0x1C;
+
+/// RDP_NEG_FAILURE code: the server requires NLA.
+const HYBRID_REQUIRED_BY_SERVER: u32 = 5;
 
 /// Who [`RdpError::OutOfTurn`] names for the RDP server.
 const SERVER: &str = "RDP server";
@@ -105,6 +116,16 @@ pub enum RdpError {
     OutOfTurn(&'static str),
     #[error("the bridge already stopped after an error")]
     Finished,
+    #[error(
+        "this RDP server requires NLA; stored credentials cannot be injected, type them instead"
+    )]
+    NlaRequired,
+    #[error(
+        "the browser's client offers no TLS security, so the stored credentials cannot be injected"
+    )]
+    NoTlsOffered,
+    #[error("the stored credentials do not fit an RDP logon (at most 255 characters each)")]
+    BadCredentials,
 }
 
 impl RdpError {
@@ -118,12 +139,15 @@ impl RdpError {
             | RdpError::BadConnectionRequest
             | RdpError::BadClientPdu
             | RdpError::ClientPduTooLong { .. }
-            | RdpError::Finished => 400,
+            | RdpError::Finished
+            | RdpError::NoTlsOffered => 400,
+            RdpError::BadCredentials => 500,
             RdpError::OutOfTurn(who) if *who != SERVER => 400,
             RdpError::OutOfTurn(_) => 502,
             RdpError::BadConfirm
             | RdpError::ConfirmTooLong { .. }
             | RdpError::NegotiationFailed(_)
+            | RdpError::NlaRequired
             | RdpError::StandardSecurity
             | RdpError::UnsupportedProtocol(_) => 502,
         }
@@ -237,6 +261,10 @@ pub struct RdpBridge {
     to_server: Vec<u8>,
     dropped: u64,
     autologon_set: bool,
+    /// Stored credentials for the Client Info PDU (taken when used).
+    credentials: Option<RdpCredentials>,
+    /// Whether stored credentials are injected in this connection.
+    injecting: bool,
 }
 
 impl std::fmt::Debug for RdpBridge {
@@ -246,6 +274,7 @@ impl std::fmt::Debug for RdpBridge {
             .field("state", &self.state)
             .field("selected", &self.selected)
             .field("dropped_inputs", &self.dropped)
+            .field("injecting", &self.injecting)
             .finish_non_exhaustive()
     }
 }
@@ -286,7 +315,29 @@ impl RdpBridge {
             to_server: Vec::new(),
             dropped: 0,
             autologon_set: false,
+            credentials: None,
+            injecting: false,
         }
+    }
+
+    /// Logs on with stored credentials instead of what the browser typed:
+    /// before [`RdpBridge::connected`]. The connection then uses TLS security
+    /// (never NLA) and the browser's Client Info PDU is rebuilt with them.
+    pub fn inject(&mut self, credentials: RdpCredentials) -> Result<(), RdpError> {
+        if !matches!(self.state, RdpState::AwaitRequest | RdpState::Requested) {
+            return Err(self.fail(RdpError::OutOfTurn("gateway")));
+        }
+        if !credentials.fits() {
+            return Err(self.fail(RdpError::BadCredentials));
+        }
+        self.credentials = Some(credentials);
+        self.injecting = true;
+        Ok(())
+    }
+
+    /// Whether stored credentials are injected in this connection.
+    pub fn injecting(&self) -> bool {
+        self.injecting
     }
 
     pub fn state(&self) -> &RdpState {
@@ -439,6 +490,11 @@ impl RdpBridge {
         if self.state != RdpState::Requested {
             return Err(self.fail(RdpError::OutOfTurn("gateway")));
         }
+        if self.injecting
+            && let Err(e) = inject::request_tls_only(&mut self.connection_request)
+        {
+            return Err(self.fail(e));
+        }
         self.to_server
             .extend_from_slice(&std::mem::take(&mut self.connection_request));
         self.state = RdpState::AwaitConfirm;
@@ -470,6 +526,10 @@ impl RdpBridge {
         }
         let cc = std::mem::take(&mut self.from_server);
         match parse_confirm(&cc)? {
+            Confirm::Selected(p) if self.injecting && p != PROTOCOL_SSL => {
+                // Only TLS was offered: a server choosing NLA does not conform.
+                Err(RdpError::NlaRequired)
+            }
             Confirm::Selected(p) => {
                 self.selected = p;
                 self.confirm = cc;
@@ -483,7 +543,10 @@ impl RdpBridge {
                     self.to_browser.extend_from_slice(&pdu);
                     self.unrecorded = self.to_browser.len();
                 }
-                Err(RdpError::NegotiationFailed(code))
+                Err(match code {
+                    HYBRID_REQUIRED_BY_SERVER if self.injecting => RdpError::NlaRequired,
+                    _ => RdpError::NegotiationFailed(code),
+                })
             }
         }
     }
@@ -531,7 +594,9 @@ impl RdpBridge {
             match self.next_pdu(at) {
                 Ok(Some(len)) => {
                     let end = at + len;
-                    self.handle_pdu(at, end);
+                    if let Err(e) = self.handle_pdu(at, end) {
+                        break Err(e);
+                    }
                     at = end;
                 }
                 Ok(None) => break Ok(()),
@@ -620,12 +685,26 @@ impl RdpBridge {
     }
 
     /// Passes, changes or drops one whole client PDU.
-    fn handle_pdu(&mut self, start: usize, end: usize) {
+    fn handle_pdu(&mut self, start: usize, end: usize) -> Result<(), RdpError> {
         let pdu = &mut self.from_browser[start..end];
         let pass = match self.c2s {
             C2s::Credssp => true,
             C2s::Rdp if pdu[0] == 3 => {
                 match mcs_send_data(pdu) {
+                    Some(data)
+                        if !self.info_seen
+                            && self.injecting
+                            && inject::is_client_info(pdu, data.offset) =>
+                    {
+                        self.info_seen = true;
+                        self.io_channel = Some(data.channel);
+                        let c = self.credentials.take().ok_or(RdpError::Finished)?;
+                        let mut rebuilt = inject::rewrite_client_info(pdu, data.offset, &c)?;
+                        self.to_server.extend_from_slice(&rebuilt);
+                        zeroize::Zeroize::zeroize(&mut rebuilt);
+                        self.autologon_set = true;
+                        return Ok(());
+                    }
                     Some(data) => {
                         if !self.info_seen
                             && let Some(set) = client_info(pdu, data.offset)
@@ -655,6 +734,7 @@ impl RdpBridge {
         } else {
             self.dropped += 1;
         }
+        Ok(())
     }
 }
 

@@ -7,7 +7,11 @@
 //! the keys); the desktop is recorded (`DBRDP1`, its hash on the record) and
 //! closes when its session ends, and replays to its last picture; a `monitor` grant gets it view-only (its keys
 //! never arrive); and once the RDP server's certificate changed, it is refused
-//! until an admin accepts the new one. Skips with a visible line without
+//! until an admin accepts the new one. With credentials an admin stored, the
+//! viewer asks for none and the server signs in (xrdp set to log on to Xvnc
+//! with the RDP password: the desktop shows with the right stored password
+//! only, and the password is neither in the page nor in the recording).
+//! Skips with a visible line without
 //! Chromium, the X tools, xrdp or the IronRDP web client.
 
 mod common;
@@ -214,6 +218,120 @@ fn a_monitor_grant_gets_the_rdp_desktop_view_only_and_a_changed_certificate_is_r
         pins.to_string().contains("pending_sha256\":\""),
         "the new certificate waits for an admin: {pins}"
     );
+    rt.block_on(async {
+        let _ = b.c.clone().close().await;
+    });
+}
+
+#[test]
+fn stored_rdp_credentials_sign_in_and_the_user_never_sees_them() {
+    let name = "stored_rdp_credentials_sign_in_and_the_user_never_sees_them";
+    if !have_rdp_tools(name) {
+        return;
+    }
+    let _one = one_at_a_time();
+    // xrdp passes the RDP password on as the VNC password: only the right
+    // one shows Xvnc's picture.
+    let rs = RdpSite::start_asking_password();
+    let site = &rs.site;
+    let target = rs.target();
+    let anna = site.user("anna", "full");
+    let sid = site.session(&[&anna], &[target], &site.api_as("anna"));
+    rs.store_credentials("anna-rdp", VNC_PASSWORD);
+    let keys = site.xvnc().watch_keys();
+    let base = site.server.url();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let driver = Driver::start();
+    let b = rt.block_on(Browser::start(&driver, &site.server));
+    let c = &b.c;
+    rt.block_on(async {
+        portal_login(c, &base, "anna").await;
+        open_desktop_from_portal(c, &base, &sid, target).await;
+        // No form to fill: the page says the server signs in, and it does.
+        rdp_connected(c, "Connected: signed in by the server").await;
+        let form_hidden = c
+            .execute("return document.getElementById('login').hidden;", vec![])
+            .await
+            .unwrap();
+        assert_eq!(form_hidden, json!(true), "the viewer asked for credentials");
+        rdp_wait_colour(c, MAGENTA, "anna, signed in by the server", 30).await;
+        keep_screenshot(c, "rdp-desktop-stored-credentials").await;
+        rdp_type(c, "s").await;
+        keys.wait_for(&["s"]);
+        let html = c
+            .execute("return document.documentElement.outerHTML;", vec![])
+            .await
+            .unwrap();
+        assert!(
+            !html.to_string().contains(VNC_PASSWORD),
+            "the page has the password"
+        );
+    });
+    let d = site.wait_desktop(&sid, "the desktop is listed", |d| d["live"] == true);
+    // xrdp was asked for TLS only and logged on to Xvnc with the stored password.
+    let log = rs.xrdp_log();
+    assert!(
+        log.contains("selected [SSL]") && log.contains("VNC password ok"),
+        "{log}"
+    );
+    assert!(!log.contains("VNC password failed"), "{log}");
+    assert!(
+        audit_has(site, "desktop.open", "\"password\":\"stored\""),
+        "desktop.open says the credentials were stored"
+    );
+
+    // A wrong stored password: xrdp's logon to Xvnc fails, the picture never shows.
+    rs.store_credentials("anna-rdp", "wrong-pw");
+    rt.block_on(async {
+        c.refresh().await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(png) = find(c, SCREEN).await.screenshot().await {
+                let got = centre_pixel(&png);
+                assert!(
+                    !got.iter().zip(MAGENTA.1).all(|(x, y)| x.abs_diff(y) <= 40),
+                    "a wrong stored password showed the desktop (status {:?})",
+                    status(c).await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        eprintln!(
+            "with a wrong stored password the viewer says {:?}",
+            status(c).await
+        );
+    });
+    let log = rs.xrdp_log();
+    assert!(log.contains("VNC password failed"), "{log}");
+
+    // The recording (what the browser was sent) does not hold the password.
+    site.end(&sid);
+    let d2 = site.wait_desktop(&sid, "the first desktop ended", |x| {
+        x["id"] == d["id"] && x["live"] == false
+    });
+    let bytes = site
+        .api
+        .http
+        .get(format!(
+            "{base}/api/v1/desktops/{}/recording",
+            d2["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&site.api.token)
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert!(bytes.starts_with(b"DBRDP1\n") && bytes.len() > 10_000);
+    let utf16: Vec<u8> = VNC_PASSWORD
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    for needle in [VNC_PASSWORD.as_bytes(), &utf16] {
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "the recording holds the password"
+        );
+    }
     rt.block_on(async {
         let _ = b.c.clone().close().await;
     });

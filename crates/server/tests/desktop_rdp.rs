@@ -4,7 +4,10 @@
 //! refuses a page elsewhere (403), a wrong or reused ticket (401) with error
 //! PDUs the web client reads; and a recorded RDP desktop is watched and
 //! replayed as a gateway would answer: nothing before the client's request,
-//! then the recorded response and stream. The bridge to a real RDP server runs
+//! then the recorded response and stream. Stored RDP credentials (user name,
+//! password, domain) are sealed, never shown, set by admins only (also 30 at
+//! once), bounded, kept apart from VNC passwords, and the page then asks for
+//! none. The bridge to a real RDP server runs
 //! in `crates/edge/tests/desktop_rdp.rs`.
 
 mod common;
@@ -19,7 +22,7 @@ use drawbridge_proto::RecordingMode;
 use drawbridge_server::desktop::recording::Recording;
 use futures_util::{SinkExt, StreamExt};
 use live_harness::*;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -28,6 +31,7 @@ use tower::ServiceExt;
 store_tests!(
     the_rdcleanpath_websocket_wants_this_pages_origin_and_a_one_time_ticket,
     a_recorded_rdp_desktop_is_watched_and_replayed_as_a_gateway_answers,
+    rdp_credentials_are_stored_sealed_never_shown_and_only_by_admins,
 );
 
 type Ws =
@@ -380,4 +384,281 @@ async fn a_recorded_rdp_desktop_is_watched_and_replayed_as_a_gateway_answers(app
     let (s, _, file) = get(app, &host, &cookie, "/.drawbridge/recording?download=1").await;
     assert_eq!(s, StatusCode::OK);
     assert!(file.starts_with("DBRDP1\n"));
+}
+
+async fn rdp_credentials_are_stored_sealed_never_shown_and_only_by_admins(app: TestApp) {
+    let acct = app.account("acme").await;
+    let (dev, _) = app.device(&acct, "hmi").await;
+    let services = json!({
+        "firewall": [{"address": "192.168.1.30", "protocol": "tcp", "ports": "3389"},
+                     {"address": "192.168.1.20", "protocol": "tcp", "ports": "5900"}],
+        "web_services": [{"target": "192.168.1.30:3389", "scheme": "rdp"},
+                         {"target": "192.168.1.20:5900", "scheme": "vnc"}],
+    });
+    app.ok(
+        Method::PATCH,
+        &format!("/api/v1/devices/{dev}"),
+        &acct.admin,
+        Some(services.clone()),
+    )
+    .await;
+    let path = format!("/api/v1/devices/{dev}/desktop-passwords");
+    let (user, password, domain) = ("plant-operator", "Rdp-Secret-9", "PLANTDOM");
+    let rdp = |u: Value, p: Value, d: Value| json!({"target": "192.168.1.30:3389", "username": u, "password": p, "domain": d});
+
+    // Bad input, each refused and nothing stored: no or an empty user name,
+    // an empty password, 256 UTF-16 units (a character outside the BMP counts
+    // two), control characters, a user name for VNC or to forget, unknown fields.
+    let long = "x".repeat(256);
+    let astral = "😀".repeat(128);
+    for body in [
+        rdp(Value::Null, json!(password), Value::Null),
+        rdp(json!(""), json!(password), Value::Null),
+        rdp(json!(user), json!(""), Value::Null),
+        rdp(json!(long), json!(password), Value::Null),
+        rdp(json!(user), json!(long), Value::Null),
+        rdp(json!(user), json!(astral), Value::Null),
+        rdp(json!(user), json!(password), json!(long)),
+        rdp(json!("a\tb"), json!(password), Value::Null),
+        rdp(json!(user), json!("a\u{0}b"), Value::Null),
+        rdp(json!(user), json!(password), json!("D\nX")),
+        rdp(json!(user), Value::Null, Value::Null),
+        json!({"target": "192.168.1.20:5900", "username": user, "password": password}),
+        json!({"target": "192.168.1.30:3389", "user": user, "password": password}),
+    ] {
+        let (s, v) = app
+            .call(Method::PUT, &path, Some(&acct.admin), Some(body.clone()))
+            .await;
+        assert!(
+            s == StatusCode::BAD_REQUEST || s == StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {s} {v}"
+        );
+        assert!(!v.to_string().contains(password), "{v}");
+    }
+    assert_eq!(app.count("desktop_passwords").await, 0);
+    // The longest there may be: 255 units each.
+    let (s, v) = app
+        .call(
+            Method::PUT,
+            &path,
+            Some(&acct.admin),
+            Some(rdp(
+                json!("u".repeat(255)),
+                json!("😀".repeat(127)),
+                json!("d".repeat(255)),
+            )),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+
+    // Not an admin: refused.
+    let (_, sadmin) = app.user(&acct, "ursula", "session_admin").await;
+    let (s, _) = app
+        .call(
+            Method::PUT,
+            &path,
+            Some(&sadmin),
+            Some(rdp(json!("mallory"), json!(password), Value::Null)),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // 30 admins' writes at once: one row, no error; then the real ones.
+    let mut calls = Vec::new();
+    for i in 0..30 {
+        let (app, path, token) = (&app, &path, &acct.admin);
+        let body = rdp(
+            json!(format!("{user}-{i}")),
+            json!(format!("{password}-{i}")),
+            Value::Null,
+        );
+        calls.push(async move { app.call(Method::PUT, path, Some(token), Some(body)).await });
+    }
+    for (s, v) in futures_util::future::join_all(calls).await {
+        assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    }
+    assert_eq!(app.count("desktop_passwords").await, 1);
+    let (s, v) = app
+        .call(
+            Method::PUT,
+            &path,
+            Some(&acct.admin),
+            Some(rdp(json!(user), json!(password), json!(domain))),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+
+    // Listed by target only; sealed at rest (user and domain too); opened for
+    // the bridge as RDP credentials, never as a VNC password.
+    let listed = app.ok(Method::GET, &path, &acct.admin, None).await;
+    assert_eq!(listed, json!(["192.168.1.30:3389"]));
+    let (sealed, kind): (String, String) =
+        sqlx::query_as("SELECT sealed, kind FROM desktop_passwords")
+            .fetch_one(&app.state.store.pool)
+            .await
+            .unwrap();
+    assert_eq!(kind, "rdp");
+    assert!(drawbridge_server::sealed::is_sealed(&sealed));
+    for secret in [user, password, domain] {
+        assert!(!sealed.contains(secret), "{secret} is sealed at rest");
+    }
+    let target = "192.168.1.30:3389".parse().unwrap();
+    let mut conn = app.state.store.pool.acquire().await.unwrap();
+    let opened =
+        drawbridge_server::desktop::stored_rdp_credentials(&app.state, &mut conn, &dev, target)
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(
+        (
+            opened.username.as_str(),
+            opened.password.as_str(),
+            opened.domain.as_str()
+        ),
+        (user, password, domain)
+    );
+    assert!(!format!("{opened:?}").contains(password));
+    assert_eq!(
+        drawbridge_server::desktop::stored_password(&app.state, &mut conn, &dev, target)
+            .await
+            .unwrap(),
+        None,
+        "RDP credentials are no VNC password"
+    );
+    // Relabelled as a VNC password, the sealed value does not open.
+    sqlx::query("UPDATE desktop_passwords SET kind = 'vnc'")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    assert!(
+        drawbridge_server::desktop::stored_password(&app.state, &mut conn, &dev, target)
+            .await
+            .is_err()
+    );
+    sqlx::query("UPDATE desktop_passwords SET kind = 'rdp'")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+
+    // Nothing else shows them: the device, the audit log (which says RDP).
+    let device = app
+        .ok(
+            Method::GET,
+            &format!("/api/v1/devices/{dev}"),
+            &acct.admin,
+            None,
+        )
+        .await;
+    let audit = app
+        .ok(
+            Method::GET,
+            "/api/v1/audit?action=desktop.password",
+            &acct.admin,
+            None,
+        )
+        .await;
+    for text in [device.to_string(), audit.to_string()] {
+        for secret in [user, password, domain] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+    }
+    assert!(
+        audit.to_string().contains("\"protocol\":\"rdp\""),
+        "{audit}"
+    );
+
+    // The desktop's page asks for nothing: the server signs in.
+    let v = app
+        .ok(
+            Method::POST,
+            "/api/v1/sessions",
+            &acct.admin,
+            Some(json!({
+                "name": "rdp",
+                "devices": [{"device_id": dev, "targets": [{"address": "192.168.1.30", "protocol": "tcp", "ports": "3389"}]}],
+                "users": [acct.admin_id],
+            })),
+        )
+        .await;
+    let session = v["id"].as_str().unwrap().to_string();
+    app.edge_state(&dev, true, true).await;
+    app.ok(
+        Method::POST,
+        &format!("/api/v1/sessions/{session}/start"),
+        &acct.admin,
+        None,
+    )
+    .await;
+    let v = app
+        .ok(
+            Method::POST,
+            &format!("/api/v1/sessions/{session}/web"),
+            &acct.admin,
+            Some(json!({"device_id": dev, "target": "192.168.1.30:3389"})),
+        )
+        .await;
+    let (host, cookie) = enter(&app, v["url"].as_str().unwrap()).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("iron-remote-desktop.js"), "").unwrap();
+    std::fs::write(dir.path().join("iron-remote-desktop-rdp.js"), "").unwrap();
+    app.state
+        .web
+        .set_ironrdp(drawbridge_server::desktop::rdp::ironrdp_in(dir.path()));
+    let (s, _, page) = get(&app, &host, &cookie, "/").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(page.contains("data-stored=\"true\""), "{page}");
+    for secret in [user, password, domain] {
+        assert!(!page.contains(secret));
+    }
+
+    // Forgotten with null: listed no more, and the page asks again.
+    let (s, v) = app
+        .call(
+            Method::PUT,
+            &path,
+            Some(&acct.admin),
+            Some(json!({"target": "192.168.1.30:3389", "password": null})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    assert_eq!(
+        app.ok(Method::GET, &path, &acct.admin, None).await,
+        json!([])
+    );
+    let (_, _, page) = get(&app, &host, &cookie, "/").await;
+    assert!(page.contains("data-stored=\"false\""), "{page}");
+
+    // A VNC password stays one when its target becomes an RDP desktop: not
+    // listed or used for RDP.
+    let (s, v) = app
+        .call(
+            Method::PUT,
+            &path,
+            Some(&acct.admin),
+            Some(json!({"target": "192.168.1.20:5900", "password": "vnc-pass"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let mut services = services;
+    services["web_services"][1]["scheme"] = json!("rdp");
+    app.ok(
+        Method::PATCH,
+        &format!("/api/v1/devices/{dev}"),
+        &acct.admin,
+        Some(services),
+    )
+    .await;
+    assert_eq!(
+        app.ok(Method::GET, &path, &acct.admin, None).await,
+        json!([])
+    );
+    let mut conn = app.state.store.pool.acquire().await.unwrap();
+    let vnc_target = "192.168.1.20:5900".parse().unwrap();
+    assert!(
+        drawbridge_server::desktop::stored_rdp_credentials(&app.state, &mut conn, &dev, vnc_target)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }

@@ -4,9 +4,9 @@
 
 use super::*;
 
-const IO: u16 = 1003;
+pub(super) const IO: u16 = 1003;
 
-fn connection_request(protocols: u32) -> Vec<u8> {
+pub(super) fn connection_request(protocols: u32) -> Vec<u8> {
     let cookie = b"Cookie: mstshash=user\r\n";
     let len = 11 + cookie.len() + 8;
     let mut cr = vec![3, 0, 0, len as u8, (len - 5) as u8, 0xE0, 0, 0, 0, 0, 0];
@@ -16,7 +16,7 @@ fn connection_request(protocols: u32) -> Vec<u8> {
     cr
 }
 
-fn request_with(cr: Vec<u8>, auth: &str) -> Vec<u8> {
+pub(super) fn request_with(cr: Vec<u8>, auth: &str) -> Vec<u8> {
     RDCleanPathPdu::new_request(cr, "desktop".into(), auth.into(), None)
         .unwrap()
         .to_der()
@@ -28,7 +28,7 @@ fn request() -> Vec<u8> {
 }
 
 /// What xrdp answers: `03 00 00 13 0e d0 0000 1234 00 | 02 01 0800 <selected>`.
-fn confirm(kind: u8, value: u32) -> Vec<u8> {
+pub(super) fn confirm(kind: u8, value: u32) -> Vec<u8> {
     let mut cc = vec![
         3, 0, 0, 0x13, 0x0E, 0xD0, 0, 0, 0x12, 0x34, 0, kind, 1, 8, 0,
     ];
@@ -36,7 +36,7 @@ fn confirm(kind: u8, value: u32) -> Vec<u8> {
     cc
 }
 
-const CHAIN: &[u8] = b"0\x82leaf-certificate-der";
+pub(super) const CHAIN: &[u8] = b"0\x82leaf-certificate-der";
 
 /// A bridge in the relay, the server having selected `selected`.
 fn relaying(view_only: bool, selected: u32) -> RdpBridge {
@@ -54,7 +54,7 @@ fn relaying(view_only: bool, selected: u32) -> RdpBridge {
 }
 
 /// A TPKT with an MCS Send Data Request on `channel` carrying `data`.
-fn send_data(channel: u16, data: &[u8]) -> Vec<u8> {
+pub(super) fn send_data(channel: u16, data: &[u8]) -> Vec<u8> {
     let mut mcs = vec![2, 0xF0, 0x80, 0x64, 0, 6];
     mcs.extend_from_slice(&channel.to_be_bytes());
     mcs.push(0x70);
@@ -110,7 +110,11 @@ fn fast_path(long: bool) -> Vec<u8> {
 
 /// Feeds `data` cut at `cuts` (sorted offsets) and answers what reached the
 /// server, or the error.
-fn feed_cut(b: &mut RdpBridge, data: &[u8], cuts: &[usize]) -> Result<Vec<u8>, RdpError> {
+pub(super) fn feed_cut(
+    b: &mut RdpBridge,
+    data: &[u8],
+    cuts: &[usize],
+) -> Result<Vec<u8>, RdpError> {
     let mut at = 0;
     let mut out = Vec::new();
     for &c in cuts.iter().chain(std::iter::once(&data.len())) {

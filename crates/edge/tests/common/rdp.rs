@@ -67,6 +67,8 @@ pub struct Xrdp {
     child: Child,
     pub addr: SocketAddrV4,
     dir: tempfile::TempDir,
+    /// The VNC password is the one the RDP client logs on with (`password=ask`).
+    ask: bool,
 }
 
 impl Drop for Xrdp {
@@ -95,8 +97,13 @@ fn new_certificate(dir: &Path) {
     );
 }
 
-fn ini(dir: &Path, addr: SocketAddrV4, vnc: SocketAddrV4) -> String {
+/// xrdp's configuration: its `vncfixed` section logs on to `vnc` with
+/// [`VNC_PASSWORD`], or with `ask` with the password in the client's Client
+/// Info PDU (xrdp takes it when the client asks for autologon): then only
+/// the right RDP password shows the desktop.
+fn ini(dir: &Path, addr: SocketAddrV4, vnc: SocketAddrV4, ask: bool) -> String {
     let d = dir.display();
+    let password = if ask { "ask" } else { VNC_PASSWORD };
     format!(
         "[Globals]\nini_version=1\nfork=false\nport=tcp://{addr}\nuse_vsock=false\n\
          tcp_nodelay=true\ntcp_keepalive=true\nsecurity_layer=tls\ncrypt_level=none\n\
@@ -106,15 +113,16 @@ fn ini(dir: &Path, addr: SocketAddrV4, vnc: SocketAddrV4) -> String {
          use_fastpath=both\n\n[Logging]\nLogFile={d}/xrdp.log\nLogLevel=INFO\n\
          EnableSyslog=false\nEnableConsole=false\n\n[Channels]\nrdpdr=false\nrdpsnd=false\n\
          drdynvc=false\ncliprdr=false\nrail=false\nxrdpvr=false\ntcutils=false\n\n\
-         [vncfixed]\nname=vncfixed\nlib=libvnc.so\nip={}\nport={}\nusername=na\npassword={VNC_PASSWORD}\n",
+         [vncfixed]\nname=vncfixed\nlib=libvnc.so\nip={}\nport={}\nusername=na\npassword={password}\n",
         vnc.ip(),
         vnc.port()
     )
 }
 
 impl Xrdp {
-    /// Starts xrdp on [`LAN_IP`] and a free port (or `port`), showing `xvnc`.
-    pub fn start(xvnc: &Xvnc, port: Option<u16>) -> Xrdp {
+    /// Starts xrdp on [`LAN_IP`] and a free port (or `port`), showing `xvnc`
+    /// (with the RDP client's password when `ask`).
+    pub fn start(xvnc: &Xvnc, port: Option<u16>, ask: bool) -> Xrdp {
         let dir = tempfile::tempdir().unwrap();
         new_certificate(dir.path());
         let port = port.unwrap_or_else(|| {
@@ -125,7 +133,7 @@ impl Xrdp {
         });
         let addr = SocketAddrV4::new(LAN_IP, port);
         let config = dir.path().join("xrdp.ini");
-        std::fs::write(&config, ini(dir.path(), addr, xvnc.addr)).unwrap();
+        std::fs::write(&config, ini(dir.path(), addr, xvnc.addr, ask)).unwrap();
         let child = Command::new(XRDP)
             .arg("--nodaemon")
             .arg("--config")
@@ -135,7 +143,12 @@ impl Xrdp {
             .stderr(Stdio::null())
             .spawn()
             .expect("start xrdp");
-        let mut x = Xrdp { child, addr, dir };
+        let mut x = Xrdp {
+            child,
+            addr,
+            dir,
+            ask,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if std::net::TcpStream::connect(addr).is_ok() {
@@ -155,9 +168,9 @@ impl Xrdp {
 
     /// Stops this xrdp and starts another on the same address with a new certificate.
     pub fn with_new_certificate(self, xvnc: &Xvnc) -> Xrdp {
-        let port = self.addr.port();
+        let (port, ask) = (self.addr.port(), self.ask);
         drop(self);
-        Xrdp::start(xvnc, Some(port))
+        Xrdp::start(xvnc, Some(port), ask)
     }
 
     pub fn log_text(&self) -> String {
@@ -176,6 +189,15 @@ pub struct RdpSite {
 
 impl RdpSite {
     pub fn start() -> RdpSite {
+        RdpSite::start_with(false)
+    }
+
+    /// A site whose xrdp logs on to Xvnc with the RDP client's password.
+    pub fn start_asking_password() -> RdpSite {
+        RdpSite::start_with(true)
+    }
+
+    fn start_with(ask: bool) -> RdpSite {
         let dir = tempfile::tempdir().unwrap();
         let ironrdp = ironrdp_dir().expect("have_rdp_tools checked it");
         let (server, api, device, state) = setup_with(
@@ -185,7 +207,7 @@ impl RdpSite {
         );
         let xvnc = Xvnc::start();
         xvnc.paint(MAGENTA);
-        let xrdp = Xrdp::start(&xvnc, None);
+        let xrdp = Xrdp::start(&xvnc, None, ask);
         let target = xrdp.addr;
         let (code, v) = api.call(
             reqwest::Method::PATCH,
@@ -217,6 +239,20 @@ impl RdpSite {
 
     pub fn target(&self) -> SocketAddrV4 {
         self.xrdp.as_ref().unwrap().addr
+    }
+
+    /// Stores (admin) RDP credentials for the desktop: the server logs on with them.
+    pub fn store_credentials(&self, username: &str, password: &str) {
+        let (code, v) = self.site.api.call(
+            reqwest::Method::PUT,
+            &format!("/devices/{}/desktop-passwords", self.site.device),
+            Some(json!({"target": self.target().to_string(), "username": username, "password": password})),
+        );
+        assert_eq!(code, 204, "{v}");
+    }
+
+    pub fn xrdp_log(&self) -> String {
+        self.xrdp.as_ref().map(Xrdp::log_text).unwrap_or_default()
     }
 
     /// xrdp restarted with a new certificate (its pin no longer matches).

@@ -167,8 +167,9 @@ struct DetailPage {
     /// `scheme target path` per line, for the edit form; and for the page.
     web: String,
     /// (`scheme://target/path` as shown, `target` for the ad-hoc "Open" form,
-    /// a desktop (VNC or RDP), its VNC password is stored, a VNC desktop).
-    web_list: Vec<(String, String, bool, bool, bool)>,
+    /// a desktop (VNC or RDP), its credentials are stored, a VNC desktop, an
+    /// RDP desktop).
+    web_list: Vec<(String, String, bool, bool, bool, bool)>,
     /// HTTPS web services' pinned certificates: (target, pinned, pending).
     pins: Vec<(String, String, Option<String>)>,
     nat_list: Vec<String>,
@@ -217,10 +218,7 @@ pub async fn detail(v: Viewer, Path(id): Path<String>, Query(q): Query<DetailQue
     } else {
         Vec::new()
     };
-    let has_desktops = d
-        .web_services
-        .iter()
-        .any(|w| w.scheme == drawbridge_proto::api::WebScheme::Vnc);
+    let has_desktops = d.web_services.iter().any(|w| w.scheme.is_desktop());
     let stored: Vec<String> = if has_desktops {
         v.api
             .get(&format!("/api/v1/devices/{}/desktop-passwords", enc(&id)))
@@ -283,6 +281,7 @@ pub async fn detail(v: Viewer, Path(id): Path<String>, Query(q): Query<DetailQue
                     desktop,
                     stored.contains(&w.target.to_string()),
                     w.scheme == drawbridge_proto::api::WebScheme::Vnc,
+                    w.scheme == drawbridge_proto::api::WebScheme::Rdp,
                 )
             })
             .collect(),
@@ -357,20 +356,32 @@ pub async fn update(Path(id): Path<String>, p: Posted) -> Response {
 }
 
 /// An admin stores (or, with an empty field and "forget", removes) the VNC
-/// password of one of the device's desktops.
+/// password of one of the device's desktops, or an RDP desktop's user name,
+/// password and domain.
 pub async fn desktop_password(Path(id): Path<String>, p: Posted) -> Response {
     let back = format!("{PREFIX}/devices/{}", enc(&id));
     let f = &p.form;
     let forget = f.checked("forget");
+    let rdp = f.get("kind") == "rdp";
     let password = f.get("password");
+    if !forget && rdp && (password.is_empty() || f.get("username").is_empty()) {
+        return Flash::error(
+            "Enter the RDP user name and password, or choose to forget the stored ones.",
+        )
+        .redirect(&back);
+    }
     if !forget && password.is_empty() {
         return Flash::error("Enter the VNC password, or choose to forget the stored one.")
             .redirect(&back);
     }
-    let body = json!({
+    let mut body = json!({
         "target": f.get("target"),
         "password": if forget { Value::Null } else { Value::from(password) },
     });
+    if rdp && !forget {
+        body["username"] = Value::from(f.get("username"));
+        body["domain"] = Value::from(f.get("domain"));
+    }
     let r = p
         .api
         .call::<serde::de::IgnoredAny>(
@@ -379,10 +390,13 @@ pub async fn desktop_password(Path(id): Path<String>, p: Posted) -> Response {
             Some(body),
         )
         .await;
-    let done = if forget {
-        "The stored VNC password was forgotten."
-    } else {
-        "The VNC password is stored; users of this desktop will not see it."
+    let done = match (forget, rdp) {
+        (true, false) => "The stored VNC password was forgotten.",
+        (false, false) => "The VNC password is stored; users of this desktop will not see it.",
+        (true, true) => "The stored RDP credentials were forgotten.",
+        (false, true) => {
+            "The RDP credentials are stored; the server signs in with them and users of this desktop will not see them."
+        }
     };
     after(r, &p.headers, &back, done)
 }

@@ -11,6 +11,9 @@ import { Backend, init, displayControl } from "./ironrdp/iron-remote-desktop-rdp
 const body = document.body;
 const mode = body.dataset.mode;
 const viewOnly = body.dataset.viewOnly === "true";
+// Credentials stored for this desktop: the server logs on with them, and this
+// page sends placeholders (it never has them).
+const stored = body.dataset.stored === "true";
 const screen = document.getElementById("screen");
 const statusLine = document.getElementById("status");
 
@@ -170,7 +173,11 @@ try {
     say("The RDP viewer did not start: " + describe(e), true);
     throw e;
 }
-if (mode === "desktop") {
+if (mode === "desktop" && stored) {
+    say("Connecting: the server signs in with the stored credentials…");
+    connect("/.drawbridge/rdcleanpath", { user: "stored", pass: "stored", domain: "" },
+        "Connected: signed in by the server" + (viewOnly ? " (view only)" : ""));
+} else if (mode === "desktop") {
     login();
 } else if (mode === "watch") {
     connect("/.drawbridge/watch", { user: "watcher", pass: "", domain: "" }, "Watching (read-only)");

@@ -50,6 +50,8 @@ pub(super) struct Opened {
     pub dial: std::net::SocketAddrV4,
     pub peer: Arc<crate::web::peer::WebPeer>,
     pub config: Config,
+    /// An RDP desktop's stored credentials, for the bridge to inject.
+    pub rdp_credentials: Option<drawbridge_desktop::rdp::RdpCredentials>,
     pub desktop: Arc<LiveDesktop>,
     pub required: bool,
 }
@@ -91,11 +93,18 @@ pub(super) async fn prepare(
     let settings = crate::records::account(&mut conn, &caller.account_id)
         .await?
         .settings;
-    let password = match kind {
-        Kind::Vnc => super::stored_password(state, &mut conn, &o.device_id, o.target).await?,
-        // RDP credentials are typed in the browser.
-        Kind::Rdp => None,
+    let (password, rdp_credentials) = match kind {
+        Kind::Vnc => (
+            super::stored_password(state, &mut conn, &o.device_id, o.target).await?,
+            None,
+        ),
+        // RDP credentials are stored (and injected), or typed in the browser.
+        Kind::Rdp => (
+            None,
+            super::stored_rdp_credentials(state, &mut conn, &o.device_id, o.target).await?,
+        ),
     };
+    let stored = password.is_some() || rdp_credentials.is_some();
     drop(conn);
     let peer = crate::web::peer::peer_for(state, caller, &o.session_id).await?;
     let id = crate::secret::new_id();
@@ -124,7 +133,7 @@ pub(super) async fn prepare(
         .details(serde_json::json!({
             "username": caller.username, "recording": id, "target": o.target.to_string(),
             "protocol": kind.as_str(), "view_only": view_only, "recording_mode": mode.as_str(),
-            "password": if password.is_some() { "stored" } else { "typed" },
+            "password": if stored { "stored" } else { "typed" },
         }));
     crate::audit::append(&mut tx, now, &ev).await?;
     tx.commit().await?;
@@ -154,6 +163,7 @@ pub(super) async fn prepare(
             auth: password.map_or(Auth::Typed, Auth::Stored),
             view_only,
         },
+        rdp_credentials,
         required: mode == RecordingMode::Required,
         desktop,
     })

@@ -52,6 +52,70 @@ fn password_context(device_id: &str, target: SocketAddrV4) -> String {
     format!("desktop_passwords:{device_id}:{target}")
 }
 
+/// Where an RDP desktop's credentials are sealed (apart from VNC passwords, so
+/// that one is never opened as the other).
+fn rdp_context(device_id: &str, target: SocketAddrV4) -> String {
+    format!("desktop_passwords:rdp:{device_id}:{target}")
+}
+
+/// An RDP desktop's stored credentials, as sealed.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SealedRdp {
+    domain: String,
+    username: String,
+    password: String,
+}
+
+/// Whether a desktop has stored credentials of its kind (`vnc` or `rdp`),
+/// without opening them.
+pub async fn has_stored(
+    state: &AppState,
+    device_id: &str,
+    target: SocketAddrV4,
+    kind: &str,
+) -> AppResult<bool> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM desktop_passwords WHERE device_id = $1 AND target = $2 AND kind = $3",
+    )
+    .bind(device_id)
+    .bind(target.to_string())
+    .bind(kind)
+    .fetch_one(&state.store.pool)
+    .await?;
+    Ok(n > 0)
+}
+
+/// The credentials stored for a device's RDP desktop, opened (for the bridge
+/// to inject; never shown).
+pub async fn stored_rdp_credentials(
+    state: &AppState,
+    conn: &mut sqlx::AnyConnection,
+    device_id: &str,
+    target: SocketAddrV4,
+) -> AppResult<Option<drawbridge_desktop::rdp::RdpCredentials>> {
+    let sealed: Option<String> = sqlx::query_scalar(
+        "SELECT sealed FROM desktop_passwords WHERE device_id = $1 AND target = $2 AND kind = 'rdp'",
+    )
+    .bind(device_id)
+    .bind(target.to_string())
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(sealed) = sealed else {
+        return Ok(None);
+    };
+    let bad = |e: String| AppError::internal(anyhow::anyhow!("stored RDP credentials: {e}"));
+    let plain = state
+        .store
+        .unseal(&rdp_context(device_id, target), &sealed)
+        .map_err(|e| bad(e.to_string()))?;
+    let c: SealedRdp = serde_json::from_str(&plain).map_err(|_| bad("not JSON".into()))?;
+    Ok(Some(drawbridge_desktop::rdp::RdpCredentials {
+        domain: c.domain,
+        username: c.username,
+        password: c.password,
+    }))
+}
+
 /// The VNC password stored for a device's desktop, opened.
 pub async fn stored_password(
     state: &AppState,
@@ -60,7 +124,7 @@ pub async fn stored_password(
     target: SocketAddrV4,
 ) -> AppResult<Option<String>> {
     let sealed: Option<String> = sqlx::query_scalar(
-        "SELECT sealed FROM desktop_passwords WHERE device_id = $1 AND target = $2",
+        "SELECT sealed FROM desktop_passwords WHERE device_id = $1 AND target = $2 AND kind = 'vnc'",
     )
     .bind(device_id)
     .bind(target.to_string())
@@ -350,7 +414,8 @@ pub async fn download_response(state: &AppState, caller: &Caller, id: &str) -> R
     res
 }
 
-/// The device's desktops that have a stored VNC password (never the passwords).
+/// The device's desktops that have stored credentials for what they are now
+/// (a VNC password, or RDP credentials), never the credentials.
 #[utoipa::path(get, path = "/api/v1/devices/{id}/desktop-passwords", tag = "desktops", params(("id" = String, Path)),
     responses((status = 200, body = Vec<String>), (status = 404, body = ApiError)))]
 async fn passwords(
@@ -358,18 +423,31 @@ async fn passwords(
     caller: Caller,
     Path(id): Path<String>,
 ) -> AppResult<Json<Vec<String>>> {
-    visible_device(&state, &caller, &id).await?;
-    let targets: Vec<String> = sqlx::query_scalar(
-        "SELECT target FROM desktop_passwords WHERE device_id = $1 ORDER BY target",
+    let d = visible_device(&state, &caller, &id).await?;
+    let rows = sqlx::query(
+        "SELECT target, kind FROM desktop_passwords WHERE device_id = $1 ORDER BY target",
     )
     .bind(&id)
     .fetch_all(&state.store.pool)
     .await?;
+    let mut targets = Vec::new();
+    for r in rows {
+        let (target, kind): (String, String) = (r.try_get("target")?, r.try_get("kind")?);
+        if d.web_services
+            .iter()
+            .any(|w| w.target.to_string() == target && w.scheme.as_str() == kind)
+        {
+            targets.push(target);
+        }
+    }
     Ok(Json(targets))
 }
 
-/// Store (or forget) the VNC password of one of the device's desktops
-/// (admins). The server answers the VNC server with it, so users never see it.
+/// Store (or forget) the credentials of one of the device's desktops
+/// (admins): a VNC desktop's password, an RDP desktop's user name, password
+/// and domain. The server answers the VNC server with the password, or logs on
+/// to the RDP server with the credentials (TLS security only, not NLA), so
+/// users never see them.
 #[utoipa::path(put, path = "/api/v1/devices/{id}/desktop-passwords", tag = "desktops", params(("id" = String, Path)),
     request_body = SetDesktopPassword,
     responses((status = 204), (status = 400, body = ApiError), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
@@ -382,32 +460,47 @@ async fn set_password(
     caller
         .require(&state, Action::ManageDevices, "desktop.password")
         .await?;
-    req.check().map_err(AppError::invalid)?;
     let d = visible_device(&state, &caller, &id).await?;
-    if !d
+    let Some(scheme) = d
         .web_services
         .iter()
-        .any(|w| w.target == req.target && w.scheme == drawbridge_proto::api::WebScheme::Vnc)
-    {
+        .find(|w| w.target == req.target && w.scheme.is_desktop())
+        .map(|w| w.scheme)
+    else {
         return Err(AppError::invalid(format!(
-            "{} is not a VNC service of this device (mark it `vnc` first)",
+            "{} is not a desktop of this device (mark it `vnc` or `rdp` first)",
             req.target
         )));
-    }
+    };
+    let rdp = scheme == drawbridge_proto::api::WebScheme::Rdp;
+    req.check(rdp).map_err(AppError::invalid)?;
+    let kind = if rdp { "rdp" } else { "vnc" };
     let now = state.now();
     let mut tx = state.store.begin().await?;
     // One statement either way, so that writes at the same moment each succeed
     // and the last one stays.
     match &req.password {
         Some(p) => {
+            let sealed = if rdp {
+                let plain = serde_json::to_string(&SealedRdp {
+                    domain: req.domain.clone().unwrap_or_default(),
+                    username: req.username.clone().unwrap_or_default(),
+                    password: p.clone(),
+                })
+                .map_err(|e| AppError::internal(anyhow::Error::from(e)))?;
+                state.store.seal(&rdp_context(&id, req.target), &plain)
+            } else {
+                state.store.seal(&password_context(&id, req.target), p)
+            };
             sqlx::query(
-                "INSERT INTO desktop_passwords (device_id, target, sealed, set_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (device_id, target) DO UPDATE SET sealed = excluded.sealed, set_at = excluded.set_at",
+                "INSERT INTO desktop_passwords (device_id, target, sealed, set_at, kind) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (device_id, target) DO UPDATE SET sealed = excluded.sealed, set_at = excluded.set_at, kind = excluded.kind",
             )
             .bind(&id)
             .bind(req.target.to_string())
-            .bind(state.store.seal(&password_context(&id, req.target), p))
+            .bind(sealed)
             .bind(now)
+            .bind(kind)
             .execute(&mut *tx)
             .await?;
         }
@@ -424,7 +517,7 @@ async fn set_password(
         .device(&id)
         .details(serde_json::json!({
             "username": caller.username, "target": req.target.to_string(),
-            "stored": req.password.is_some(),
+            "stored": req.password.is_some(), "protocol": kind,
         }));
     crate::audit::append(&mut tx, now, &ev).await?;
     tx.commit().await?;

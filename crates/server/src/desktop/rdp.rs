@@ -9,7 +9,9 @@
 //! server under the same trust-on-first-use pins as HTTPS device pages, hands
 //! the client the server's certificate chain, and then relays RDP
 //! (`drawbridge_desktop::rdp::RdpBridge`: view-only for monitor grants,
-//! autologon with typed credentials). What the browser is sent is recorded in
+//! autologon with typed credentials, or credentials stored for the desktop
+//! injected in the Client Info PDU, the browser only sending placeholders:
+//! TLS security only, a server that requires NLA is refused in words). What the browser is sent is recorded in
 //! the same sealed chunks as VNC, under a `DBRDP1` header, with the
 //! RDCleanPath response a replaying client needs as the first frame.
 //!
@@ -149,7 +151,7 @@ fn text(status: StatusCode, t: &str) -> Response {
     )
 }
 
-fn page(o: &Origin, view_only: bool) -> String {
+fn page(o: &Origin, view_only: bool, stored: bool) -> String {
     let (mode, title) = match &o.recording {
         None => ("desktop", "Desktop"),
         Some((_, View::Watch)) => ("watch", "Watching a desktop"),
@@ -157,6 +159,7 @@ fn page(o: &Origin, view_only: bool) -> String {
     };
     PAGE.replace("{{MODE}}", mode)
         .replace("{{VIEW_ONLY}}", if view_only { "true" } else { "false" })
+        .replace("{{STORED}}", if stored { "true" } else { "false" })
         .replace("{{TITLE}}", &format!("{title} · {} (RDP)", o.target))
 }
 
@@ -210,8 +213,13 @@ pub async fn serve(state: AppState, caller: Caller, o: Origin, req: Request) -> 
                 let view_only = super::view_only(&state, &caller, &o.device_id)
                     .await
                     .unwrap_or(true);
+                // With stored credentials the page asks for none: the server logs on.
+                let stored = o.recording.is_none()
+                    && super::has_stored(&state, &o.device_id, o.target, "rdp")
+                        .await
+                        .unwrap_or(false);
                 with_headers(
-                    (StatusCode::OK, page(&o, view_only)).into_response(),
+                    (StatusCode::OK, page(&o, view_only, stored)).into_response(),
                     "text/html; charset=utf-8",
                     "no-store",
                 )
@@ -449,6 +457,14 @@ async fn live(state: AppState, caller: Caller, origin: Origin, mut ws: WebSocket
         Ok(o) => o,
         Err(e) => return refuse(&mut ws, e.status().as_u16(), &e.message).await,
     };
+    if let Some(c) = o.rdp_credentials.clone() {
+        // The browser sent placeholders; the server logs on with these.
+        if let Err(e) = rdp.inject(c) {
+            send_early(&mut ws, &early(e.http_status(), e.to_string())).await;
+            close(&mut ws, &e.to_string()).await;
+            return bridge::finish(&state, &caller, &o.desktop, &e.to_string()).await;
+        }
+    }
     state.desktops.insert(o.desktop.clone());
     let reason = match connect(&state, &caller, &origin, &o, &mut rdp, &mut ws).await {
         Ok(tls) => relay(&state, &origin, &o, &mut rdp, tls, &mut ws).await,
