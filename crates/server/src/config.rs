@@ -242,7 +242,7 @@ pub struct Overrides {
     #[arg(long)]
     pub relay_standby: bool,
     /// The share of a core (0.05 to 1) each password-hashing slot may use while
-    /// logins keep it busy (default 0.5): the rest of the CPU stays with tunnels,
+    /// logins keep it busy (default 0.25): the rest of the CPU stays with tunnels,
     /// channels and the API during a login flood. 1 hashes as fast as it can.
     #[arg(long, env = "DRAWBRIDGE_PASSWORD_HASHING_SHARE", value_parser = hashing_share)]
     pub password_hashing_share: Option<f64>,

@@ -80,8 +80,9 @@ type Job = Box<dyn FnOnce() + Send>;
 /// gets at most `share` of a core per slot, so what the rest of the server
 /// does (relayed tunnels, edge channels, the API) keeps the remaining CPU —
 /// nice alone still let a flood take a fifth of a busy 2-core machine's relay
-/// throughput (docs/loadtest.md, `--dos`).
-pub const DEFAULT_HASHING_SHARE: f64 = 0.5;
+/// throughput, and a share of 0.5 still about a fifth; 0.25 keeps it within
+/// 5 % (docs/loadtest.md, `--dos`).
+pub const DEFAULT_HASHING_SHARE: f64 = 0.25;
 
 /// Runs argon2 on threads of its own at a low OS priority ([`HASHING_NICE`]),
 /// off the async workers, with at most `limit` computations at once, each slot

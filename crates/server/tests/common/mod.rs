@@ -57,6 +57,11 @@ impl TestApp {
         let key = drawbridge_server::sealed::SecretsKey::load_or_create(&secrets_key_file)
             .expect("secrets key");
         let store = Store::open_sealed(url, key).await.expect("open store");
+        // The password pool hashes without resting here: these tests check the
+        // rules (limits, lockouts, races), which must not hang on how fast a
+        // login is. The pacing that protects the data plane during a login
+        // flood has its own test (password::tests) and benchmark (--dos).
+        drawbridge_server::password::set_global_share(1.0);
         let state = AppState::new(store, Clock::default(), "https://127.0.0.1:8443".into())
             .await
             .expect("state");
