@@ -43,17 +43,27 @@ impl Recorder {
     /// previous frame's (a clock stepping back) is recorded as the previous
     /// one, so readers always see time standing still or moving forward.
     pub fn frame(&mut self, t_ms: u32, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(framed_len(data.len()));
+        self.frame_into(t_ms, data, &mut out);
+        out
+    }
+
+    /// [`Recorder::frame`], appended to `out` (no copy of its own).
+    pub fn frame_into(&mut self, t_ms: u32, data: &[u8], out: &mut Vec<u8>) {
         let t_ms = t_ms.max(self.last_t_ms);
         self.last_t_ms = t_ms;
-        let frames = data.len().div_ceil(MAX_FRAME_LEN);
-        let mut out = Vec::with_capacity(data.len() + frames * FRAME_HEADER_LEN);
+        out.reserve(framed_len(data.len()));
         for chunk in data.chunks(MAX_FRAME_LEN) {
             out.extend_from_slice(&t_ms.to_be_bytes());
             out.extend_from_slice(&(chunk.len() as u32).to_be_bytes());
             out.extend_from_slice(chunk);
         }
-        out
     }
+}
+
+/// How many bytes recording `len` bytes takes (its frames' headers with it).
+pub fn framed_len(len: usize) -> usize {
+    len + len.div_ceil(MAX_FRAME_LEN) * FRAME_HEADER_LEN
 }
 
 /// One recorded piece of the server→browser stream.
@@ -218,7 +228,13 @@ mod tests {
         assert_eq!(frames(RDP_HEADER).unwrap(), vec![]);
         let mut rdp = RDP_HEADER.to_vec();
         rdp.extend(Recorder::new().frame(3, b"rsp"));
-        assert_eq!(frames(&rdp).unwrap(), vec![Frame { t_ms: 3, data: b"rsp" }]);
+        assert_eq!(
+            frames(&rdp).unwrap(),
+            vec![Frame {
+                t_ms: 3,
+                data: b"rsp"
+            }]
+        );
     }
 
     #[test]

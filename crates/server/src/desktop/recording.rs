@@ -25,9 +25,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 /// A chunk is stored once this much is waiting (or every second).
-pub const CHUNK_BYTES: usize = 1024 * 1024;
+pub const CHUNK_BYTES: usize = 4 * 1024 * 1024;
 /// Chunks waiting for the writer at most.
-const QUEUE: usize = 8;
+const QUEUE: usize = 4;
 /// A stored chunk never opens to more than this (a chunk is at most
 /// [`CHUNK_BYTES`] plus one frame): a larger stated size is damage.
 const MAX_CHUNK_PLAIN: usize = 64 * 1024 * 1024;
@@ -150,11 +150,15 @@ impl Recording {
             return Ok(());
         }
         let t = u32::try_from(self.started.elapsed().as_millis()).unwrap_or(u32::MAX);
-        let framed = self.framer.frame(t, data);
-        if self.bytes + framed.len() as u64 > self.limit {
+        let len = drawbridge_desktop::recording::framed_len(data.len());
+        if self.bytes + len as u64 > self.limit {
             return Err(Stop::SizeLimit);
         }
-        self.add(&framed);
+        // Framed straight into the pending chunk: one copy.
+        let start = self.pending.len();
+        self.framer.frame_into(t, data, &mut self.pending);
+        self.hash.update(&self.pending[start..]);
+        self.bytes += (self.pending.len() - start) as u64;
         Ok(())
     }
 
@@ -182,7 +186,10 @@ impl Recording {
         });
         let chunk = Chunk {
             seq: self.seq,
-            data: Bytes::from(std::mem::take(&mut self.pending)),
+            data: Bytes::from(std::mem::replace(
+                &mut self.pending,
+                Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 8),
+            )),
             bytes: self.bytes,
         };
         self.shared
