@@ -536,13 +536,13 @@ fn tampered_forged_expired_and_older_releases_are_refused_with_nothing_changed()
     e.start(&[]);
     rig.wait_online(&e, &rig.a_version, 30);
     let before = e.snapshot();
-    let unchanged = |what: &str| {
+    let unchanged = |e: &Edge, what: &str| {
         assert_eq!(e.snapshot(), before, "{what} changed something on disk");
         assert!(
             !e.exe.with_file_name(".drawbridge-edge.download").exists(),
             "{what}: a download was left"
         );
-        rig.wait_online(&e, &rig.a_version, 10);
+        rig.wait_online(e, &rig.a_version, 10);
     };
 
     // A tampered binary: the server's stored bytes differ from the signed hash.
@@ -559,11 +559,15 @@ fn tampered_forged_expired_and_older_releases_are_refused_with_nothing_changed()
     let r = rig.rollout(json!({"release_id": tampered, "devices": [e.id]}));
     let msg = refused(&rig, &e, &r);
     assert!(msg.contains("SHA-256"), "{msg}");
-    unchanged("the tampered binary");
+    unchanged(&e, "the tampered binary");
 
-    // A forged signature: the server's record is replaced by one an attacker's root signed.
+    // A forged signature: the server's record is replaced by one an attacker's
+    // root signed, after the rollout was made (the server checks the release's
+    // signature when a rollout is created) and before the edge hears of it.
     let forged = rig.add_release(&b1, "91.0.0");
     let attacker = Keys::new(now() + 86_400);
+    e.stop();
+    let r = rig.rollout(json!({"release_id": forged, "devices": [e.id]}));
     rig.tamper(
         "UPDATE releases SET signed = $1 WHERE id = $2",
         &[
@@ -571,22 +575,26 @@ fn tampered_forged_expired_and_older_releases_are_refused_with_nothing_changed()
             &forged,
         ],
     );
-    let r = rig.rollout(json!({"release_id": forged, "devices": [e.id]}));
+    e.start(&[]);
     let msg = refused(&rig, &e, &r);
     assert!(msg.contains("signature"), "{msg}");
-    unchanged("the forged signature");
+    unchanged(&e, "the forged signature");
 
-    // An expired signing key: valid when the release was added, expired when offered.
+    // An expired signing key: valid when the release was added and the rollout
+    // made (the server refuses to roll out an expired one), expired when the
+    // edge hears of it.
     let until = now() + 8;
     let short = certify(&rig.keys.root, &rig.keys.signing, until);
     let expired = rig.add_release_signed(&b1, "92.0.0", &rig.keys.signing, &short);
+    e.stop();
+    let r = rig.rollout(json!({"release_id": expired, "devices": [e.id]}));
     while now() <= until + 1 {
         std::thread::sleep(Duration::from_millis(200));
     }
-    let r = rig.rollout(json!({"release_id": expired, "devices": [e.id]}));
+    e.start(&[]);
     let msg = refused(&rig, &e, &r);
     assert!(msg.contains("expired"), "{msg}");
-    unchanged("the expired signing key");
+    unchanged(&e, "the expired signing key");
 
     // An older version (a rollback attack): the server's database claims the
     // release was signed as a downgrade and the rollout asks for one; the
@@ -596,7 +604,7 @@ fn tampered_forged_expired_and_older_releases_are_refused_with_nothing_changed()
     let r = rig.rollout(json!({"release_id": older, "devices": [e.id], "downgrade": true}));
     let msg = refused(&rig, &e, &r);
     assert!(msg.contains("older"), "{msg}");
-    unchanged("the older version");
+    unchanged(&e, "the older version");
     let audit = rig.audit(&e.id);
     assert_eq!(
         audit
