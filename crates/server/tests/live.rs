@@ -36,6 +36,8 @@ store_tests!(
     candidates_sent_before_a_channel_opens_are_replayed_to_it,
     a_message_larger_than_the_read_buffer_arrives_whole,
     a_heartbeat_status_keeps_the_edge_heard_from,
+    an_unchanged_heartbeat_is_written_at_most_every_45_seconds,
+    an_old_connection_ending_late_leaves_a_reconnected_edge_online,
     kept_candidates_per_session_and_edge_stay_bounded_whatever_the_edge_sends,
 );
 
@@ -1214,4 +1216,110 @@ async fn a_heartbeat_status_keeps_the_edge_heard_from(app: TestApp) {
         seen.is_some_and(|t| (now - 2..=now).contains(&t)),
         "heard from at {seen:?}, now {now}"
     );
+}
+
+async fn device_row(l: &Live, id: &str) -> (Option<i64>, i64, Option<String>) {
+    sqlx::query_as("SELECT last_seen, online, agent_version FROM devices WHERE id = $1")
+        .bind(id)
+        .fetch_one(&l.app.state.store.pool)
+        .await
+        .unwrap()
+}
+
+async fn heartbeat(ws: &mut Ws, version: &str) {
+    send(
+        ws,
+        &EdgeToServer::Status(EdgeStatus {
+            switch_on: true,
+            agent_version: version.into(),
+            endpoints: vec![],
+            relay_rtt: vec![],
+        }),
+    )
+    .await;
+}
+
+/// Waits until the server has handled everything sent on `ws` so far: a
+/// message it answers (an out-of-bounds status) comes back after them, in order.
+async fn handled(ws: &mut Ws) {
+    send(
+        ws,
+        &EdgeToServer::Status(EdgeStatus {
+            switch_on: true,
+            agent_version: "x".repeat(65),
+            endpoints: vec![],
+            relay_rtt: vec![],
+        }),
+    )
+    .await;
+    until(ws, |m: &ServerToEdge| matches!(m, ServerToEdge::Error { .. })).await;
+}
+
+async fn an_unchanged_heartbeat_is_written_at_most_every_45_seconds(app: TestApp) {
+    let l = live(app).await;
+    let acct = l.app.account("acme").await;
+    let d = enrolled(&l, &acct, "press-1").await;
+    let mut ws = edge(&l, &d, true).await;
+    let first = device_row(&l, &d.id).await;
+    assert_eq!((first.1, first.2.as_deref()), (1, Some("test")), "{first:?}");
+    // The same status 30 s later: nothing written (an idle server's statements
+    // were mostly these).
+    l.app.clock().advance(30);
+    heartbeat(&mut ws, "test").await;
+    handled(&mut ws).await;
+    assert_eq!(device_row(&l, &d.id).await.0, first.0, "unchanged heartbeat skipped");
+    // A status that changes something is written at once.
+    heartbeat(&mut ws, "test-2").await;
+    handled(&mut ws).await;
+    let changed = device_row(&l, &d.id).await;
+    assert_eq!(changed.2.as_deref(), Some("test-2"), "{changed:?}");
+    assert_eq!(changed.0, Some(l.app.state.now()), "{changed:?}");
+    // The same again 45 s after that write: written, the device stays heard from.
+    l.app.clock().advance(45);
+    heartbeat(&mut ws, "test-2").await;
+    handled(&mut ws).await;
+    assert_eq!(device_row(&l, &d.id).await.0, Some(l.app.state.now()));
+}
+
+async fn an_old_connection_ending_late_leaves_a_reconnected_edge_online(app: TestApp) {
+    let l = live(app).await;
+    let acct = l.app.account("acme").await;
+    let d = enrolled(&l, &acct, "press-1").await;
+    let offline_entries = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM audit_log WHERE action = 'device.offline' AND device_id = $1",
+        )
+        .bind(&d.id)
+        .fetch_one(&l.app.state.store.pool)
+        .await
+        .unwrap()
+    };
+    // The edge moved to another replica, which wrote the row after this
+    // connection last did; this replica notices the old connection's end late.
+    let ws = edge(&l, &d, true).await;
+    l.app.clock().advance(5);
+    sqlx::query("UPDATE devices SET last_seen = $1, online = 1 WHERE id = $2")
+        .bind(l.app.state.now())
+        .bind(&d.id)
+        .execute(&l.app.state.store.pool)
+        .await
+        .unwrap();
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(device_row(&l, &d.id).await.1, 1, "still online: its newer connection holds it");
+    assert_eq!(offline_entries().await, 0, "no device.offline for a device that is online");
+    // The same end with nobody newer: offline, on the record.
+    let ws = edge(&l, &d, true).await;
+    l.app.clock().advance(5);
+    drop(ws);
+    let mut row = device_row(&l, &d.id).await;
+    for _ in 0..100 {
+        if row.1 == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        row = device_row(&l, &d.id).await;
+    }
+    assert_eq!(row.1, 0, "{row:?}");
+    assert_eq!(offline_entries().await, 1);
 }

@@ -96,6 +96,30 @@ struct Edge {
     source: String,
     /// The identity key this channel authenticated with.
     public_key: String,
+    /// What this connection last wrote to the device's row (see [`HEARD_EVERY_SECS`]).
+    written: std::sync::Mutex<Written>,
+}
+
+/// How stale `devices.last_seen` may get while the edge's channel is up. A
+/// status that changes nothing (the usual heartbeat, every 15 s) is written at
+/// most this often, and so is any other sign of life: most of an idle server's
+/// database statements were these writes. `sessions::ONLINE_WINDOW_SECS` (90)
+/// is well above this plus the status interval.
+const HEARD_EVERY_SECS: i64 = 45;
+
+/// The disabled/replaced check on the ping timer is the backstop for a lost
+/// replica notification (a notification applies it at once): every third ping.
+const ADMISSION_BACKSTOP_PINGS: u32 = 3;
+
+/// The status fields a heartbeat writes: switch, agent version, first endpoint.
+type StatusKey = (bool, String, Option<String>);
+
+#[derive(Default)]
+struct Written {
+    /// When this connection last wrote `last_seen`.
+    at: Option<i64>,
+    /// The status it last wrote.
+    status: Option<StatusKey>,
 }
 
 /// Why a device may not (or no longer) hold a channel, for the edge.
@@ -128,6 +152,24 @@ async fn still_admitted(
 }
 
 impl Edge {
+    fn written(&self) -> std::sync::MutexGuard<'_, Written> {
+        // Poisoned only by a panic while holding it, which nothing here can do.
+        self.written.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Whether this connection wrote `last_seen` less than [`HEARD_EVERY_SECS`] ago
+    /// (and, with `status`, wrote that same status).
+    fn heard_recently(&self, now: i64, status: Option<&StatusKey>) -> bool {
+        let w = self.written();
+        w.at.is_some_and(|at| (0..HEARD_EVERY_SECS).contains(&(now - at)))
+            && status.is_none_or(|s| w.status.as_ref() == Some(s))
+    }
+    fn wrote(&self, now: i64, status: Option<StatusKey>) {
+        let mut w = self.written();
+        w.at = Some(now);
+        if status.is_some() {
+            w.status = status;
+        }
+    }
     fn actor(&self) -> String {
         format!("device:{}", self.device_id)
     }
@@ -206,6 +248,7 @@ async fn authenticate(
         account_id,
         source: source.to_string(),
         public_key: key.unwrap_or_default(),
+        written: Default::default(),
     };
     if !ok {
         let ev = edge
@@ -294,10 +337,18 @@ async fn online(state: &AppState, edge: &Edge, on: bool) -> AppResult<()> {
             .await?;
         }
     } else {
-        sqlx::query("UPDATE devices SET online = 0 WHERE id = $1")
+        // Only if no newer connection (on this or another replica) wrote the
+        // row since this one last did: an edge that moved to another replica
+        // stays online when this old connection's end is noticed late.
+        let last = edge.written().at.unwrap_or(i64::MIN);
+        let gone = sqlx::query("UPDATE devices SET online = 0 WHERE id = $1 AND (last_seen IS NULL OR last_seen <= $2)")
             .bind(&edge.device_id)
+            .bind(last)
             .execute(&mut *tx)
             .await?;
+        if gone.rows_affected() == 0 {
+            return Ok(());
+        }
     }
     let what = if on {
         "device.online"
@@ -306,6 +357,9 @@ async fn online(state: &AppState, edge: &Edge, on: bool) -> AppResult<()> {
     };
     audit::append(&mut tx, now, &edge.event(what, &edge.actor())).await?;
     tx.commit().await?;
+    if on {
+        edge.wrote(now, None);
+    }
     Ok(())
 }
 
@@ -346,6 +400,7 @@ async fn serve(
         .await?;
     }
     let mut ping = tokio::time::interval(Duration::from_secs(20));
+    let mut pings = 0u32;
     let mut watch = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
@@ -404,7 +459,10 @@ async fn serve(
             }
             _ = ping.tick() => {
                 // Also a backstop for a lost replica notification.
-                if let Some((code, message)) = Box::pin(still_admitted(state, edge)).await? {
+                pings = pings.wrapping_add(1);
+                if pings.is_multiple_of(ADMISSION_BACKSTOP_PINGS)
+                    && let Some((code, message)) = Box::pin(still_admitted(state, edge)).await?
+                {
                     fail(ws, code, message).await;
                     return Ok(());
                 }
@@ -590,8 +648,17 @@ async fn status(state: &AppState, edge: &Edge, s: EdgeStatus, now: i64) -> AppRe
         )
         .await?;
     }
-    // The usual case, a heartbeat with the switch as it was: one statement,
-    // nothing to record. It changes nothing if the switch differs.
+    // The usual case, a heartbeat with the switch as it was: nothing at all
+    // when this connection wrote the same status lately, else one statement
+    // with nothing to record. It changes nothing if the switch differs.
+    let key: StatusKey = (
+        s.switch_on,
+        s.agent_version.clone(),
+        s.endpoints.first().cloned(),
+    );
+    if edge.heard_recently(now, Some(&key)) {
+        return Ok(());
+    }
     let same = sqlx::query(
         "UPDATE devices SET agent_version = $1, public_endpoint = $2, online = 1, last_seen = $3
          WHERE id = $4 AND switch_on = $5",
@@ -604,6 +671,7 @@ async fn status(state: &AppState, edge: &Edge, s: EdgeStatus, now: i64) -> AppRe
     .execute(&state.store.pool)
     .await?;
     if same.rows_affected() == 1 {
+        edge.wrote(now, Some(key));
         return Ok(());
     }
     let was_on: i64 = sqlx::query_scalar("SELECT switch_on FROM devices WHERE id = $1")
@@ -655,6 +723,7 @@ async fn status(state: &AppState, edge: &Edge, s: EdgeStatus, now: i64) -> AppRe
         }
     }
     tx.commit().await?;
+    edge.wrote(now, Some(key));
     for id in ended {
         notify(state, &id).await?;
     }
@@ -684,13 +753,17 @@ async fn key_in_use(
     Ok(clients + edges > 0)
 }
 
-/// The edge was heard from now.
+/// The edge was heard from now (written at most every [`HEARD_EVERY_SECS`]).
 async fn touch(state: &AppState, edge: &Edge, now: i64) -> AppResult<()> {
+    if edge.heard_recently(now, None) {
+        return Ok(());
+    }
     sqlx::query("UPDATE devices SET last_seen = $1 WHERE id = $2")
         .bind(now)
         .bind(&edge.device_id)
         .execute(&state.store.pool)
         .await?;
+    edge.wrote(now, None);
     Ok(())
 }
 
