@@ -1252,7 +1252,10 @@ async fn handled(ws: &mut Ws) {
         }),
     )
     .await;
-    until(ws, |m: &ServerToEdge| matches!(m, ServerToEdge::Error { .. })).await;
+    until(ws, |m: &ServerToEdge| {
+        matches!(m, ServerToEdge::Error { .. })
+    })
+    .await;
 }
 
 async fn an_unchanged_heartbeat_is_written_at_most_every_45_seconds(app: TestApp) {
@@ -1261,13 +1264,21 @@ async fn an_unchanged_heartbeat_is_written_at_most_every_45_seconds(app: TestApp
     let d = enrolled(&l, &acct, "press-1").await;
     let mut ws = edge(&l, &d, true).await;
     let first = device_row(&l, &d.id).await;
-    assert_eq!((first.1, first.2.as_deref()), (1, Some("test")), "{first:?}");
+    assert_eq!(
+        (first.1, first.2.as_deref()),
+        (1, Some("test")),
+        "{first:?}"
+    );
     // The same status 30 s later: nothing written (an idle server's statements
     // were mostly these).
     l.app.clock().advance(30);
     heartbeat(&mut ws, "test").await;
     handled(&mut ws).await;
-    assert_eq!(device_row(&l, &d.id).await.0, first.0, "unchanged heartbeat skipped");
+    assert_eq!(
+        device_row(&l, &d.id).await.0,
+        first.0,
+        "unchanged heartbeat skipped"
+    );
     // A status that changes something is written at once.
     heartbeat(&mut ws, "test-2").await;
     handled(&mut ws).await;
@@ -1306,8 +1317,16 @@ async fn an_old_connection_ending_late_leaves_a_reconnected_edge_online(app: Tes
         .unwrap();
     drop(ws);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(device_row(&l, &d.id).await.1, 1, "still online: its newer connection holds it");
-    assert_eq!(offline_entries().await, 0, "no device.offline for a device that is online");
+    assert_eq!(
+        device_row(&l, &d.id).await.1,
+        1,
+        "still online: its newer connection holds it"
+    );
+    assert_eq!(
+        offline_entries().await,
+        0,
+        "no device.offline for a device that is online"
+    );
     // The same end with nobody newer: offline, on the record.
     let ws = edge(&l, &d, true).await;
     l.app.clock().advance(5);

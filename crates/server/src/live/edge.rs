@@ -107,6 +107,9 @@ struct Edge {
 /// is well above this plus the status interval.
 const HEARD_EVERY_SECS: i64 = 45;
 
+/// The channel's ping timer.
+const PING_EVERY: Duration = Duration::from_secs(20);
+
 /// The disabled/replaced check on the ping timer is the backstop for a lost
 /// replica notification (a notification applies it at once): every third ping.
 const ADMISSION_BACKSTOP_PINGS: u32 = 3;
@@ -399,13 +402,19 @@ async fn serve(
         )
         .await?;
     }
-    let mut ping = tokio::time::interval(Duration::from_secs(20));
+    let mut ping = tokio::time::interval(PING_EVERY);
     let mut pings = 0u32;
+    // Edges send a status every 15 s: a ping goes only to one silent for a
+    // whole ping interval (it keeps idle middleboxes open and finds a dead peer).
+    let mut heard = tokio::time::Instant::now();
     let mut watch = tokio::time::interval(Duration::from_secs(2));
+    // Polled only while the edge has KPIs (below): no burst of missed ticks after.
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             msg = next_text(ws) => {
                 let Some(text) = msg else { return Ok(()) };
+                heard = tokio::time::Instant::now();
                 let parsed = serde_json::from_str::<EdgeToServer>(&text);
                 let Ok(parsed) = parsed else {
                     fail(ws, "bad_request", "malformed message").await;
@@ -452,7 +461,7 @@ async fn serve(
                 }
                 Some(Poke::Send(m)) => send(ws, &m).await?,
             },
-            _ = watch.tick() => {
+            _ = watch.tick(), if data.wants_watch() => {
                 if let Some(m) = Box::pin(data.watch(state, &edge.device_id)).await? {
                     send(ws, &m).await?;
                 }
@@ -466,7 +475,9 @@ async fn serve(
                     fail(ws, code, message).await;
                     return Ok(());
                 }
-                if ws.send(Message::Ping(Vec::new().into())).await.is_err() {
+                if heard.elapsed() >= PING_EVERY
+                    && ws.send(Message::Ping(Vec::new().into())).await.is_err()
+                {
                     return Ok(());
                 }
             }

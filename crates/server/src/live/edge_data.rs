@@ -71,13 +71,20 @@ impl DataLink {
         Ok(out)
     }
 
+    /// Whether [`Self::watch`] has anything to do: the edge has KPI tags or
+    /// was told someone watches. Most edges have none, and their channel's
+    /// task then has no timer to wake up for.
+    pub fn wants_watch(&self) -> bool {
+        !self.kpis.is_empty() || self.watching
+    }
+
     /// Every couple of seconds: renew or end the edge's `watch`.
     pub async fn watch(
         &mut self,
         state: &AppState,
         device_id: &str,
     ) -> AppResult<Option<ServerToEdge>> {
-        if self.kpis.is_empty() && !self.watching {
+        if !self.wants_watch() {
             return Ok(None);
         }
         let watched = !self.kpis.is_empty() && data::live::watched(state, device_id).await?;
