@@ -1167,16 +1167,7 @@ async fn a_heartbeat_status_keeps_the_edge_heard_from(app: TestApp) {
     let before = last_seen(pool.clone(), d.id.clone()).await;
     l.app.clock().advance(60);
     // The same switch state: the one-statement path.
-    send(
-        &mut ws,
-        &EdgeToServer::Status(EdgeStatus {
-            switch_on: true,
-            agent_version: "test-2".into(),
-            endpoints: vec![],
-            relay_rtt: vec![],
-        }),
-    )
-    .await;
+    heartbeat(&mut ws, "test-2").await;
     let want = l.app.state.now();
     let mut after = before.clone();
     for _ in 0..100 {
@@ -1195,16 +1186,7 @@ async fn a_heartbeat_status_keeps_the_edge_heard_from(app: TestApp) {
     );
     // An out-of-bounds status is refused, but the edge was still heard from.
     l.app.clock().advance(60);
-    send(
-        &mut ws,
-        &EdgeToServer::Status(EdgeStatus {
-            switch_on: true,
-            agent_version: "x".repeat(65),
-            endpoints: vec![],
-            relay_rtt: vec![],
-        }),
-    )
-    .await;
+    heartbeat(&mut ws, &"x".repeat(65)).await;
     let err: ServerToEdge = until(&mut ws, |m| matches!(m, ServerToEdge::Error { .. })).await;
     assert!(
         matches!(err, ServerToEdge::Error { ref code, .. } if code == "invalid"),
@@ -1242,16 +1224,7 @@ async fn heartbeat(ws: &mut Ws, version: &str) {
 /// Waits until the server has handled everything sent on `ws` so far: a
 /// message it answers (an out-of-bounds status) comes back after them, in order.
 async fn handled(ws: &mut Ws) {
-    send(
-        ws,
-        &EdgeToServer::Status(EdgeStatus {
-            switch_on: true,
-            agent_version: "x".repeat(65),
-            endpoints: vec![],
-            relay_rtt: vec![],
-        }),
-    )
-    .await;
+    heartbeat(ws, &"x".repeat(65)).await;
     until(ws, |m: &ServerToEdge| {
         matches!(m, ServerToEdge::Error { .. })
     })
