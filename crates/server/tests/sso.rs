@@ -11,252 +11,29 @@ use axum::http::{Method, StatusCode};
 use common::{PASSWORD, TestApp};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
 
-const CLIENT_ID: &str = "drawbridge";
-const CLIENT_SECRET: &str = "drawbridge-test-secret-0123456789";
+use drawbridge_testnet::oidc::{CLIENT_ID, CLIENT_SECRET, Op, OpConfig};
+
 /// What `TestApp`'s public URL makes the redirect URI.
 const REDIRECT_URI: &str = "https://127.0.0.1:8443/portal/sso/callback";
 
-/// The provider process; stopped (by its id) when dropped.
-struct Op {
-    child: Child,
-    issuer: String,
-}
-
-impl Drop for Op {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Op {
-    /// Starts the provider (`code_ttl`: seconds an authorization code lives), or
-    /// None with a SKIPPED line when node or the npm install is missing.
-    fn start(test: &str, code_ttl: u32) -> Option<Op> {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc-op");
-        let node_ok = Command::new("node")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        let installed = dir.join("node_modules/oidc-provider/package.json").exists();
-        if !node_ok || !installed {
-            let why = if !node_ok {
-                "node is not installed"
-            } else {
-                "tests/oidc-op has no node_modules (run `npm ci` there; scripts/test does)"
-            };
-            if std::env::var("DRAWBRIDGE_REQUIRE_NODE").as_deref() == Ok("1") {
-                panic!("DRAWBRIDGE_REQUIRE_NODE=1 but {why}");
-            }
-            eprintln!("SKIPPED {test}: {why}");
-            return None;
-        }
-        let mut child = Command::new("node")
-            .arg("op.mjs")
-            .current_dir(&dir)
-            .env("OP_PORT", "0")
-            .env("OP_CLIENT_ID", CLIENT_ID)
-            .env("OP_CLIENT_SECRET", CLIENT_SECRET)
-            .env("OP_REDIRECT_URIS", REDIRECT_URI)
-            .env("OP_CODE_TTL", code_ttl.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start node op.mjs");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read the provider's READY line");
-        let issuer = line
-            .trim()
-            .strip_prefix("READY ")
-            .unwrap_or_else(|| panic!("the provider did not start: {line:?}"))
-            .to_string();
-        Some(Op { child, issuer })
-    }
-
-    async fn tamper(&self, mode: &str) {
-        let r = http()
-            .post(format!("{}/__test/tamper", self.issuer))
-            .form(&[("mode", mode)])
-            .send()
-            .await
-            .expect("tamper");
-        assert!(r.status().is_success());
-    }
-
-    async fn set_groups(&self, login: &str, groups: &[&str]) {
-        let g = groups.join(",");
-        let r = http()
-            .post(format!("{}/__test/account", self.issuer))
-            .form(&[("login", login), ("groups", g.as_str())])
-            .send()
-            .await
-            .expect("set groups");
-        assert!(r.status().is_success());
-    }
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client")
-}
-
-/// A browser against the provider: cookies kept by hand, redirects read, not followed.
-#[derive(Default)]
-struct Browser {
-    cookies: BTreeMap<String, String>,
-}
-
-impl Browser {
-    fn keep(&mut self, res: &reqwest::Response) {
-        for h in res.headers().get_all(reqwest::header::SET_COOKIE) {
-            let s = h.to_str().unwrap_or("");
-            let first = s.split(';').next().unwrap_or("");
-            let Some((k, v)) = first.split_once('=') else {
-                continue;
-            };
-            let lower = s.to_ascii_lowercase();
-            if v.is_empty()
-                || lower.contains("expires=thu, 01 jan 1970")
-                || lower.contains("max-age=0")
-            {
-                self.cookies.remove(k.trim());
-            } else {
-                self.cookies.insert(k.trim().to_string(), v.to_string());
-            }
-        }
-    }
-
-    fn header(&self) -> String {
-        self.cookies
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-
-    /// One request; returns status, Location (absolute) and body.
-    async fn go(
-        &mut self,
-        base: &str,
-        method: reqwest::Method,
-        url: &str,
-        form: Option<&[(&str, &str)]>,
-    ) -> (u16, Option<String>, String) {
-        let url = absolute(base, url);
-        let mut req = http().request(method, &url).header("cookie", self.header());
-        if let Some(f) = form {
-            req = req.form(f);
-        }
-        let res = req.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
-        self.keep(&res);
-        let status = res.status().as_u16();
-        let location = res
-            .headers()
-            .get("location")
-            .map(|l| absolute(&url, l.to_str().expect("location")));
-        let body = res.text().await.unwrap_or_default();
-        (status, location, body)
-    }
-}
-
-fn absolute(base: &str, url: &str) -> String {
-    url::Url::parse(base)
-        .expect("base")
-        .join(url)
-        .expect("url")
-        .to_string()
+/// The provider for `test` (`code_ttl`: seconds an authorization code lives),
+/// or None with a SKIPPED line when node or its npm install is missing.
+fn start_op(test: &str, code_ttl: u32) -> Option<Op> {
+    let cfg = OpConfig {
+        redirect_uris: vec![REDIRECT_URI.into()],
+        code_ttl,
+        ..OpConfig::default()
+    };
+    Op::start(test, &cfg)
 }
 
 /// Signs in at the provider from `authorize_url`; returns the URL the provider
 /// sends the browser back to (our redirect URI with code, state, iss).
 async fn sign_in_at_provider(op: &Op, authorize_url: &str, login: &str, otp: &str) -> url::Url {
-    let mut b = Browser::default();
-    let (s, interaction, body) = b
-        .go(&op.issuer, reqwest::Method::GET, authorize_url, None)
-        .await;
-    let interaction = interaction.unwrap_or_else(|| panic!("/auth → {s}: {body}"));
-    let password = format!("{login}-pw");
-    let (s, resume, body) = b
-        .go(
-            &op.issuer,
-            reqwest::Method::POST,
-            &interaction,
-            Some(&[("login", login), ("password", &password), ("otp", otp)]),
-        )
-        .await;
-    let resume = resume.unwrap_or_else(|| panic!("login → {s}: {body}"));
-    let (s, back, body) = b.go(&op.issuer, reqwest::Method::GET, &resume, None).await;
-    let back = back.unwrap_or_else(|| panic!("resume → {s}: {body}"));
+    let back = op.sign_in(authorize_url, login, otp).await;
     assert!(back.starts_with(REDIRECT_URI), "sent back to {back}");
     url::Url::parse(&back).expect("callback URL")
-}
-
-/// Approves a device login at the provider's device page, as a person would.
-async fn approve_device(op: &Op, user_code: &str, login: &str, otp: &str) {
-    let mut b = Browser::default();
-    let (_, _, page) = b
-        .go(&op.issuer, reqwest::Method::GET, "/device", None)
-        .await;
-    let xsrf = field(&page, "xsrf");
-    let (s, _, confirm) = b
-        .go(
-            &op.issuer,
-            reqwest::Method::POST,
-            "/device",
-            Some(&[("xsrf", &xsrf), ("user_code", user_code)]),
-        )
-        .await;
-    assert!(
-        confirm.contains("device-confirm"),
-        "confirm page ({s}): {confirm}"
-    );
-    let xsrf = field(&confirm, "xsrf");
-    let (s, login_page, body) = b
-        .go(
-            &op.issuer,
-            reqwest::Method::POST,
-            "/device",
-            Some(&[
-                ("xsrf", &xsrf),
-                ("user_code", user_code),
-                ("confirm", "yes"),
-            ]),
-        )
-        .await;
-    let login_page = login_page.unwrap_or_else(|| panic!("confirm → {s}: {body}"));
-    let password = format!("{login}-pw");
-    let (s, done, body) = b
-        .go(
-            &op.issuer,
-            reqwest::Method::POST,
-            &login_page,
-            Some(&[("login", login), ("password", &password), ("otp", otp)]),
-        )
-        .await;
-    let done = done.unwrap_or_else(|| panic!("device login → {s}: {body}"));
-    let (_, _, page) = b.go(&op.issuer, reqwest::Method::GET, &done, None).await;
-    assert!(
-        page.contains("id=\"done\""),
-        "device sign-in did not finish: {page}"
-    );
-}
-
-/// The value of a hidden form field.
-fn field(page: &str, name: &str) -> String {
-    let key = format!("name=\"{name}\" value=\"");
-    let at = page
-        .find(&key)
-        .unwrap_or_else(|| panic!("no {name} in {page}"))
-        + key.len();
-    page[at..].split('"').next().expect("value").to_string()
 }
 
 fn settings(op: &Op, extra: Value) -> Value {
@@ -406,7 +183,7 @@ async fn members(app: &TestApp, acct: &common::Account, group: &str) -> Vec<Stri
 }
 
 async fn code_flow_creates_and_matches_users_with_mapped_groups_and_role(app: TestApp) {
-    let Some(op) = Op::start("code_flow_creates_and_matches_users", 60) else {
+    let Some(op) = start_op("code_flow_creates_and_matches_users", 60) else {
         return;
     };
     let acct = app.account("acme").await;
@@ -549,7 +326,7 @@ async fn code_flow_creates_and_matches_users_with_mapped_groups_and_role(app: Te
 }
 
 async fn jit_off_refuses_unknown_subjects_and_linked_users_get_in(app: TestApp) {
-    let Some(op) = Op::start("jit_off_refuses_unknown_subjects", 60) else {
+    let Some(op) = start_op("jit_off_refuses_unknown_subjects", 60) else {
         return;
     };
     let acct = app.account("acme").await;
@@ -591,7 +368,7 @@ async fn jit_off_refuses_unknown_subjects_and_linked_users_get_in(app: TestApp) 
 }
 
 async fn disabled_users_stay_refused(app: TestApp) {
-    let Some(op) = Op::start("disabled_users_stay_refused", 60) else {
+    let Some(op) = start_op("disabled_users_stay_refused", 60) else {
         return;
     };
     let acct = app.account("acme").await;
@@ -638,7 +415,7 @@ async fn disabled_users_stay_refused(app: TestApp) {
 }
 
 async fn required_mode_refuses_passwords_except_the_break_glass_admin(app: TestApp) {
-    let Some(op) = Op::start("required_mode_refuses_passwords", 60) else {
+    let Some(op) = start_op("required_mode_refuses_passwords", 60) else {
         return;
     };
     let acct = app.account("acme").await;
@@ -729,7 +506,7 @@ async fn required_mode_refuses_passwords_except_the_break_glass_admin(app: TestA
 }
 
 async fn the_providers_amr_stands_in_for_totp_only_when_allowed(app: TestApp) {
-    let Some(op) = Op::start("amr_stands_in_for_totp", 60) else {
+    let Some(op) = start_op("amr_stands_in_for_totp", 60) else {
         return;
     };
     let acct = app.account("acme").await;
@@ -760,7 +537,7 @@ async fn the_providers_amr_stands_in_for_totp_only_when_allowed(app: TestApp) {
 }
 
 async fn the_device_grant_logs_the_cli_in(app: TestApp) {
-    let Some(op) = Op::start("the_device_grant_logs_the_cli_in", 60) else {
+    let Some(op) = start_op("the_device_grant_logs_the_cli_in", 60) else {
         return;
     };
     let acct = app.account("acme").await;
@@ -785,7 +562,8 @@ async fn the_device_grant_logs_the_cli_in(app: TestApp) {
         .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     assert_eq!(v["status"], "pending");
-    approve_device(&op, d["user_code"].as_str().expect("code"), "bob", "").await;
+    op.approve_device(d["user_code"].as_str().expect("code"), "bob", "")
+        .await;
     let mut login = Value::Null;
     for _ in 0..20 {
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
@@ -828,7 +606,7 @@ async fn the_device_grant_logs_the_cli_in(app: TestApp) {
 
 /// Each bad answer is refused with its reason on the record, and makes no token.
 async fn bad_answers_are_refused_audited_and_make_no_token(app: TestApp) {
-    let Some(op) = Op::start("bad_answers_are_refused", 60) else {
+    let Some(op) = start_op("bad_answers_are_refused", 60) else {
         return;
     };
     let acct = app.account("acme").await;
@@ -1000,7 +778,7 @@ async fn bad_answers_are_refused_audited_and_make_no_token(app: TestApp) {
 }
 
 async fn an_expired_code_is_refused(app: TestApp) {
-    let Some(op) = Op::start("an_expired_code_is_refused", 1) else {
+    let Some(op) = start_op("an_expired_code_is_refused", 1) else {
         return;
     };
     let acct = app.account("acme").await;
@@ -1029,7 +807,7 @@ async fn an_expired_code_is_refused(app: TestApp) {
 }
 
 async fn concurrent_callbacks_with_one_state_make_exactly_one_token(app: TestApp) {
-    let Some(op) = Op::start("concurrent_callbacks_with_one_state", 60) else {
+    let Some(op) = start_op("concurrent_callbacks_with_one_state", 60) else {
         return;
     };
     let acct = app.account("acme").await;
@@ -1215,7 +993,7 @@ async fn settings_are_bounded_and_for_admins(app: TestApp) {
 async fn rights_follow_the_provider_at_each_refresh_and_a_refused_refresh_ends_the_login(
     app: TestApp,
 ) {
-    let Some(op) = Op::start("rights_follow_the_provider_at_each_refresh", 60) else {
+    let Some(op) = start_op("rights_follow_the_provider_at_each_refresh", 60) else {
         return;
     };
     let acct = app.account("acme").await;
@@ -1285,7 +1063,7 @@ async fn rights_follow_the_provider_at_each_refresh_and_a_refused_refresh_ends_t
             &stored,
         )
         .expect("unseal");
-    let r = http()
+    let r = reqwest::Client::new()
         .post(format!("{}/token/revocation", op.issuer))
         .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
         .form(&[("token", rt.as_str()), ("token_type_hint", "refresh_token")])
