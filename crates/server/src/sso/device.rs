@@ -6,8 +6,8 @@
 //! CLI polls; the flow row is spent when the provider answers with tokens.
 
 use super::login::{
-    FlowSecrets, account_by_name, active_provider, clip, consume, discover_or_refuse, flow_context,
-    flow_from, purge, refuse, room_for_a_flow, verify, why_no_flow,
+    FlowSecrets, active_provider, begin, clip, consume, discover_or_refuse, flow_context,
+    flow_from, refuse, verify, why_no_flow,
 };
 use super::{Provider, oidc};
 use crate::error::{AppError, AppResult};
@@ -45,26 +45,7 @@ async fn device_start(
     Source(source): Source,
     ApiJson(req): ApiJson<SsoDeviceStartRequest>,
 ) -> AppResult<Json<SsoDeviceStartResponse>> {
-    state.attempt(&source)?;
-    let now = state.now();
-    purge(&state, now).await?;
-    let account = account_by_name(&state, &req.account).await?;
-    let Some(p) = (match &account {
-        Some(a) => active_provider(&state, &a.id).await?,
-        None => None,
-    }) else {
-        return Err(refuse(
-            &state,
-            account.as_ref().map(|a| a.id.as_str()),
-            None,
-            "sso_off",
-            serde_json::json!({"account": clip(&req.account, 64)}),
-            &source,
-        )
-        .await);
-    };
-    room_for_a_flow(&state, &p, now).await?;
-    let meta = discover_or_refuse(&state, &p, &source).await?;
+    let (now, p, meta) = begin(&state, &source, &req.account).await?;
     let acct = Some(p.account_id.as_str());
     let Some(endpoint) = meta
         .additional_metadata()

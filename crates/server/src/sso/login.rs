@@ -219,6 +219,38 @@ pub(super) async fn room_for_a_flow(state: &AppState, p: &Provider, now: i64) ->
     Ok(())
 }
 
+/// The first steps of every login at a provider (browser or device grant):
+/// the address's allowance, the named account's active provider (a refusal on
+/// the record when it has none), room for another flow, and the provider's
+/// discovery document. Returns the time, the provider and its metadata.
+pub(super) async fn begin(
+    state: &AppState,
+    source: &str,
+    account_name: &str,
+) -> AppResult<(i64, Provider, oidc::Meta)> {
+    state.attempt(source)?;
+    let now = state.now();
+    purge(state, now).await?;
+    let account = account_by_name(state, account_name).await?;
+    let Some(p) = (match &account {
+        Some(a) => active_provider(state, &a.id).await?,
+        None => None,
+    }) else {
+        return Err(refuse(
+            state,
+            account.as_ref().map(|a| a.id.as_str()),
+            None,
+            "sso_off",
+            serde_json::json!({"account": clip(account_name, 64)}),
+            source,
+        )
+        .await);
+    };
+    room_for_a_flow(state, &p, now).await?;
+    let meta = discover_or_refuse(state, &p, source).await?;
+    Ok((now, p, meta))
+}
+
 /// Begin a browser login at the account's provider. Answers the URL to send
 /// the browser to and a `binding` for a cookie of that browser (see
 /// `SsoStartResponse`). The portal serves this as `GET /portal/sso/start`.
@@ -229,26 +261,7 @@ async fn start(
     Source(source): Source,
     ApiJson(req): ApiJson<SsoStartRequest>,
 ) -> AppResult<Json<SsoStartResponse>> {
-    state.attempt(&source)?;
-    let now = state.now();
-    purge(&state, now).await?;
-    let account = account_by_name(&state, &req.account).await?;
-    let Some(p) = (match &account {
-        Some(a) => active_provider(&state, &a.id).await?,
-        None => None,
-    }) else {
-        return Err(refuse(
-            &state,
-            account.as_ref().map(|a| a.id.as_str()),
-            None,
-            "sso_off",
-            serde_json::json!({"account": clip(&req.account, 64)}),
-            &source,
-        )
-        .await);
-    };
-    room_for_a_flow(&state, &p, now).await?;
-    let meta = discover_or_refuse(&state, &p, &source).await?;
+    let (now, p, meta) = begin(&state, &source, &req.account).await?;
     let client = oidc::client(
         &meta,
         &p.client_id,
