@@ -9,7 +9,7 @@ use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use ring::signature::Ed25519KeyPair;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
 /// The edge channel: one WebSocket over TLS, directly or through the plant's proxy.
@@ -32,6 +32,64 @@ pub enum ChannelError {
     Json(#[from] serde_json::Error),
     #[error(transparent)]
     WebSocket(Box<tokio_tungstenite::tungstenite::Error>),
+    #[error("the server sent nothing for {} s, not even an answer to a ping", QUIET_LIMIT.as_secs())]
+    Silent,
+}
+
+/// A channel silent this long gets a ping from the edge (the server answers
+/// every ping; it pings an edge only when the edge is silent itself).
+pub const QUIET_PING: Duration = Duration::from_secs(30);
+/// A channel silent this long, pings unanswered, is given up and a new one
+/// made: a half-open connection (a replica gone without a word, a middlebox's
+/// lost state) would otherwise hold the edge until TCP gave up, many minutes.
+pub const QUIET_LIMIT: Duration = Duration::from_secs(75);
+
+/// What the edge does about a quiet channel, checked every tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quiet {
+    Fine,
+    Ping,
+    GiveUp,
+}
+
+/// When the server was last heard from on this connection (any frame, pongs
+/// included) and when the edge last pinged it. Shared by reference between
+/// the reading and the ticking parts of the agent's loop.
+#[derive(Debug)]
+pub struct Liveness {
+    heard: std::cell::Cell<Instant>,
+    pinged: std::cell::Cell<Option<Instant>>,
+}
+
+impl Liveness {
+    pub fn new(now: Instant) -> Self {
+        Liveness {
+            heard: std::cell::Cell::new(now),
+            pinged: std::cell::Cell::new(None),
+        }
+    }
+
+    pub fn heard(&self, now: Instant) {
+        self.heard.set(now);
+        self.pinged.set(None);
+    }
+
+    /// What to do now: nothing, ping (at most once per [`QUIET_PING`]), or give up.
+    pub fn check(&self, now: Instant) -> Quiet {
+        let quiet = now.saturating_duration_since(self.heard.get());
+        if quiet >= QUIET_LIMIT {
+            return Quiet::GiveUp;
+        }
+        let ping_due = self
+            .pinged
+            .get()
+            .is_none_or(|at| now.saturating_duration_since(at) >= QUIET_PING);
+        if quiet >= QUIET_PING && ping_due {
+            self.pinged.set(Some(now));
+            return Quiet::Ping;
+        }
+        Quiet::Fine
+    }
 }
 
 impl From<tokio_tungstenite::tungstenite::Error> for ChannelError {
@@ -110,8 +168,18 @@ pub async fn authenticate(
 
 /// The next message from the server; None when the channel closed.
 pub async fn recv(ws: &mut Channel) -> Result<Option<ServerToEdge>, ChannelError> {
+    recv_noting(ws, &Liveness::new(Instant::now())).await
+}
+
+/// [`recv`], noting every frame that arrives (pings and pongs too) in `live`.
+pub async fn recv_noting(
+    ws: &mut Channel,
+    live: &Liveness,
+) -> Result<Option<ServerToEdge>, ChannelError> {
     loop {
-        match ws.next().await {
+        let frame = ws.next().await;
+        live.heard(Instant::now());
+        match frame {
             None => return Ok(None),
             Some(Err(e)) => return Err(e.into()),
             Some(Ok(Message::Text(t))) => return Ok(Some(serde_json::from_str(&t)?)),
@@ -172,5 +240,46 @@ mod tests {
             assert!(*w >= base && *w <= base + base / 2, "{w:?} for {base:?}");
         }
         assert!(b.after(Duration::from_secs(61)) <= Duration::from_millis(1500));
+    }
+}
+
+#[cfg(test)]
+mod quiet_tests {
+    use super::*;
+
+    #[test]
+    fn a_quiet_channel_is_pinged_once_per_interval_then_given_up() {
+        let t0 = Instant::now();
+        let live = Liveness::new(t0);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(live.check(at(29)), Quiet::Fine);
+        assert_eq!(live.check(at(30)), Quiet::Ping);
+        assert_eq!(live.check(at(31)), Quiet::Fine, "one ping per interval");
+        assert_eq!(live.check(at(59)), Quiet::Fine);
+        assert_eq!(
+            live.check(at(60)),
+            Quiet::Ping,
+            "pinged again after another interval"
+        );
+        assert_eq!(live.check(at(74)), Quiet::Fine);
+        assert_eq!(live.check(at(75)), Quiet::GiveUp);
+    }
+
+    #[test]
+    fn anything_heard_from_the_server_keeps_the_channel() {
+        let t0 = Instant::now();
+        let live = Liveness::new(t0);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(live.check(at(40)), Quiet::Ping);
+        live.heard(at(41)); // the pong
+        assert_eq!(live.check(at(70)), Quiet::Fine);
+        assert_eq!(live.check(at(71)), Quiet::Ping, "quiet for 30 s again");
+        assert_eq!(live.check(at(100)), Quiet::Fine);
+        assert_eq!(live.check(at(101)), Quiet::Ping);
+        assert_eq!(live.check(at(115)), Quiet::Fine);
+        assert_eq!(live.check(at(116)), Quiet::GiveUp, "75 s after the pong");
+        // A clock that went backwards counts as nothing quiet.
+        let live = Liveness::new(at(10));
+        assert_eq!(live.check(t0), Quiet::Fine);
     }
 }

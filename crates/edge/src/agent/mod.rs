@@ -15,7 +15,8 @@ mod sessions;
 mod updates;
 
 pub use channel::{
-    Backoff, CHANNEL_READ_BUFFER, Channel, ChannelError, authenticate, connect, recv, send,
+    Backoff, CHANNEL_READ_BUFFER, Channel, ChannelError, Liveness, QUIET_LIMIT, QUIET_PING, Quiet,
+    authenticate, connect, recv, recv_noting, send,
 };
 
 use crate::local::{PeerStatus, SessionStatus, StateDir, Status, SwitchSource};
@@ -187,9 +188,10 @@ async fn session(
     let mut tick = tokio::time::interval(TICK);
     let mut n: u32 = 0;
     let data = agent.push.data.clone();
+    let live = Liveness::new(std::time::Instant::now());
     loop {
         tokio::select! {
-            m = recv(&mut ws) => match m? {
+            m = recv_noting(&mut ws, &live) => match m? {
                 None => return Ok(()),
                 Some(ServerToEdge::Tags { tags }) => {
                     agent.push.on_tags(tags);
@@ -226,6 +228,16 @@ async fn session(
             () = data.appended() => agent.push.records(&mut ws).await?,
             () = data.kpi_changed() => agent.push.live(&mut ws).await?,
             _ = tick.tick() => {
+                match live.check(std::time::Instant::now()) {
+                    Quiet::Fine => {}
+                    Quiet::Ping => {
+                        use futures_util::SinkExt;
+                        ws.send(tokio_tungstenite::tungstenite::Message::Ping(Vec::new().into()))
+                            .await
+                            .map_err(ChannelError::from)?;
+                    }
+                    Quiet::GiveUp => return Err(ChannelError::Silent.into()),
+                }
                 n = n.wrapping_add(1);
                 agent.tick().await;
                 agent.step_update(&mut ws).await?;
