@@ -46,6 +46,10 @@ impl Default for OpConfig {
     }
 }
 
+/// How long the provider may take to say READY, and how often it is tried.
+const READY_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+const READY_ATTEMPTS: u32 = 3;
+
 /// The provider process; stopped (by its own handle) when dropped.
 pub struct Op {
     child: Child,
@@ -102,17 +106,39 @@ impl Op {
             cmd.env("OP_PORT", port.to_string())
                 .env("OP_ISSUER", format!("http://{}:{port}", cfg.host));
         }
-        let mut child = cmd.spawn().expect("start node op.mjs");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read the provider's READY line");
-        let Some(issuer) = line.trim().strip_prefix("READY ").map(str::to_string) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the provider did not start: {line:?}");
-        };
-        Some(Op { child, issuer })
+        // A node that hangs while starting (seen once: its main thread stuck
+        // on a lock before listening, on a loaded machine) is ended and
+        // started again, rather than holding the test forever.
+        for attempt in 1..=READY_ATTEMPTS {
+            let mut child = cmd.spawn().expect("start node op.mjs");
+            let stdout = child.stdout.take().expect("stdout");
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+                let _ = tx.send(line);
+            });
+            match rx.recv_timeout(READY_WITHIN) {
+                Ok(line) => {
+                    let Some(issuer) = line.trim().strip_prefix("READY ").map(str::to_string)
+                    else {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        panic!("the provider did not start: {line:?}");
+                    };
+                    return Some(Op { child, issuer });
+                }
+                Err(_) => {
+                    eprintln!(
+                        "{test}: the provider did not say READY within {} s (attempt {attempt}); starting it again",
+                        READY_WITHIN.as_secs()
+                    );
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+        panic!("the provider did not start in {READY_ATTEMPTS} attempts");
     }
 
     /// Rewrites the ID token of the provider's next `/token` answer
