@@ -57,35 +57,37 @@ pub enum Quiet {
 /// the reading and the ticking parts of the agent's loop.
 #[derive(Debug)]
 pub struct Liveness {
-    heard: std::cell::Cell<Instant>,
-    pinged: std::cell::Cell<Option<Instant>>,
+    /// (last heard, last pinged)
+    at: std::sync::Mutex<(Instant, Option<Instant>)>,
 }
 
 impl Liveness {
     pub fn new(now: Instant) -> Self {
         Liveness {
-            heard: std::cell::Cell::new(now),
-            pinged: std::cell::Cell::new(None),
+            at: std::sync::Mutex::new((now, None)),
         }
     }
 
+    fn at(&self) -> std::sync::MutexGuard<'_, (Instant, Option<Instant>)> {
+        // Nothing panics while holding it.
+        self.at.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn heard(&self, now: Instant) {
-        self.heard.set(now);
-        self.pinged.set(None);
+        *self.at() = (now, None);
     }
 
     /// What to do now: nothing, ping (at most once per [`QUIET_PING`]), or give up.
     pub fn check(&self, now: Instant) -> Quiet {
-        let quiet = now.saturating_duration_since(self.heard.get());
+        let mut at = self.at();
+        let quiet = now.saturating_duration_since(at.0);
         if quiet >= QUIET_LIMIT {
             return Quiet::GiveUp;
         }
-        let ping_due = self
-            .pinged
-            .get()
-            .is_none_or(|at| now.saturating_duration_since(at) >= QUIET_PING);
+        let ping_due =
+            at.1.is_none_or(|p| now.saturating_duration_since(p) >= QUIET_PING);
         if quiet >= QUIET_PING && ping_due {
-            self.pinged.set(Some(now));
+            at.1 = Some(now);
             return Quiet::Ping;
         }
         Quiet::Fine
