@@ -288,10 +288,12 @@ async fn a_recorded_rdp_desktop_is_watched_and_replayed_as_a_gateway_answers(app
     let acct = app.account("acme").await;
     let (_, auditor) = app.user(&acct, "audrey", "auditor").await;
     // An RDP desktop another replica runs: its row and what it stored so far.
+    // The watch is opened before the writer surely stored the first chunk:
+    // the row alone says it is RDP.
     let id = drawbridge_server::secret::new_id();
     sqlx::query(
-        "INSERT INTO desktop_recordings (id, account_id, session_id, device_id, target, user_id, view_only, state, mode, recorded, started_at)
-         VALUES ($1, $2, 'sess', 'dev', '192.168.1.30:3389', $3, 0, 'live', 'required', 1, 1)",
+        "INSERT INTO desktop_recordings (id, account_id, session_id, device_id, target, user_id, view_only, state, mode, recorded, started_at, protocol)
+         VALUES ($1, $2, 'sess', 'dev', '192.168.1.30:3389', $3, 0, 'live', 'required', 1, 1, 'rdp')",
     )
     .bind(&id)
     .bind(&acct.id)

@@ -112,8 +112,8 @@ pub(super) async fn prepare(
     let now = state.now();
     let mut tx = state.store.begin().await?;
     sqlx::query(
-        "INSERT INTO desktop_recordings (id, account_id, session_id, device_id, target, user_id, view_only, state, mode, recorded, started_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'live', $8, $9, $10)",
+        "INSERT INTO desktop_recordings (id, account_id, session_id, device_id, target, user_id, view_only, state, mode, recorded, started_at, protocol)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'live', $8, $9, $10, $11)",
     )
     .bind(&id)
     .bind(&caller.account_id)
@@ -125,6 +125,7 @@ pub(super) async fn prepare(
     .bind(mode.as_str())
     .bind(i64::from(mode != RecordingMode::Off))
     .bind(now)
+    .bind(kind.as_str())
     .execute(&mut *tx)
     .await?;
     let ev = caller

@@ -339,8 +339,19 @@ pub async fn chunks_from(
     Ok(out)
 }
 
-/// Whether a recording is of an RDP desktop (its stored header says so).
+/// Whether a recording is of an RDP desktop: its row says so from the
+/// moment it opens (rows from before that column: its stored header).
 pub async fn is_rdp(state: &AppState, recording_id: &str) -> AppResult<bool> {
+    let protocol: Option<String> =
+        sqlx::query_scalar("SELECT protocol FROM desktop_recordings WHERE id = $1")
+            .bind(recording_id)
+            .fetch_optional(&state.store.pool)
+            .await?;
+    match protocol.as_deref() {
+        Some("rdp") => return Ok(true),
+        Some("vnc") => return Ok(false),
+        _ => {}
+    }
     let first = read(state, recording_id, Some(1)).await?;
     Ok(first
         .stream
