@@ -61,5 +61,19 @@ pub async fn read_registers(addr: SocketAddr) -> Result<Vec<u16>> {
     Ok(regs)
 }
 
+/// Like [`read_registers`], through a SOCKS5 proxy (`drawbridge connect --socks5`)
+/// that dials `plc`.
+pub async fn read_registers_via_socks5(proxy: SocketAddr, plc: SocketAddr) -> Result<Vec<u16>> {
+    let stream = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_socks::tcp::Socks5Stream::connect(proxy, plc),
+    )
+    .await??;
+    let mut ctx = tcp::attach(stream);
+    let regs =
+        tokio::time::timeout(Duration::from_secs(5), ctx.read_holding_registers(0, 4)).await???;
+    Ok(regs)
+}
+
 /// What a correct read of registers 0..4 returns.
 pub const EXPECTED: [u16; 4] = [1000, 1001, 1002, 1003];

@@ -18,6 +18,7 @@
 //! routers, the plant host routing (and masquerading) to the LAN.
 
 mod baselines;
+mod connects;
 mod drawbridge;
 mod exec;
 mod load;
@@ -246,6 +247,10 @@ fn cone_lab(tools: &Tools, opts: &Opts, report: &mut Report) -> Result<()> {
         ));
         conn.interrupt();
         end_session(&lab, &sid);
+        eprintln!("-- connect → first reply, cone NAT");
+        let mut times = connects::ConnectTimes::default();
+        connects::measure(&lab, &client, "direct", &mut times);
+        report.connects.push(("cone NAT (direct)", times));
     }
 
     if opts.wants(RowKind::Userspace) {
@@ -353,5 +358,9 @@ fn relay_lab(opts: &Opts, report: &mut Report) -> Result<()> {
     report.rows.push(Row::new(RowKind::Relay, f));
     conn.interrupt();
     end_session(&lab, &sid);
+    eprintln!("-- connect → first reply, symmetric NAT (relay)");
+    let mut times = connects::ConnectTimes::default();
+    connects::measure(&lab, &client, "relay", &mut times);
+    report.connects.push(("symmetric NAT (relay)", times));
     Ok(())
 }

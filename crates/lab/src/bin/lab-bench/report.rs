@@ -148,6 +148,8 @@ pub(crate) struct Report {
     pub(crate) rows: Vec<Row>,
     pub(crate) timings: Timings,
     pub(crate) contention: Vec<String>,
+    /// Connect latency per lab: (which lab, figures).
+    pub(crate) connects: Vec<(&'static str, crate::connects::ConnectTimes)>,
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
@@ -343,6 +345,11 @@ impl Report {
         ];
         for (what, samples, get) in rows {
             let _ = writeln!(s, "| {what} | {} |", summary(samples, get));
+        }
+        if !self.connects.is_empty() {
+            let labs: Vec<(&str, &crate::connects::ConnectTimes)> =
+                self.connects.iter().map(|(l, t)| (*l, t)).collect();
+            let _ = write!(s, "\n{}", crate::connects::markdown(&labs));
         }
         let slow: Vec<&Sample> = t
             .direct
