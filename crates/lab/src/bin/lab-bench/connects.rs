@@ -83,11 +83,14 @@ impl Reach {
     }
 }
 
+/// Each connect's time to the first reply, or why there was none.
+type Times = Vec<Result<Duration, String>>;
+
 /// The figures of one lab: per mode, the cold and the warm connects.
 #[derive(Debug, Default)]
 pub(crate) struct ConnectTimes {
-    /// (mode, warm, each connect's time to the first reply).
-    pub(crate) rows: Vec<(Mode, bool, Vec<Result<Duration, String>>)>,
+    /// (mode, warm, each connect's figure).
+    pub(crate) rows: Vec<(Mode, bool, Times)>,
 }
 
 impl ConnectTimes {

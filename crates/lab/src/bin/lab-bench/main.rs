@@ -19,6 +19,7 @@
 
 mod baselines;
 mod connects;
+mod crowd;
 mod drawbridge;
 mod exec;
 mod load;
@@ -281,6 +282,16 @@ fn cone_lab(tools: &Tools, opts: &Opts, report: &mut Report) -> Result<()> {
         report.rows.push(Row::new(RowKind::Userspace, f));
         conn.interrupt();
         end_session(&lab, &sid);
+        eprintln!("-- many peers on one edge");
+        for sessions in [1, crowd::SESSIONS] {
+            let peers = if sessions == 1 {
+                crowd::CLIENTS
+            } else {
+                sessions
+            };
+            let c = crowd::measure(&lab, &client, sessions, peers, opts.seconds);
+            report.crowds.push(c);
+        }
     }
 
     // Baselines between the same namespaces.

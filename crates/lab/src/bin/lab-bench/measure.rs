@@ -23,7 +23,7 @@ pub(crate) struct Figures {
 }
 
 /// iperf3, one TCP stream from `ns` to `host:port`: (receiver Mbit/s, retransmits).
-fn iperf(ns: &Netns, host: &str, port: u16, secs: u32) -> Result<(f64, u64)> {
+pub(crate) fn iperf(ns: &Netns, host: &str, port: u16, secs: u32) -> Result<(f64, u64)> {
     let out = output(
         ns.command("iperf3").args([
             "-c",
@@ -56,7 +56,7 @@ fn parse_iperf(json: &[u8]) -> Result<(f64, u64)> {
 }
 
 /// A 1 s iperf3 run until one succeeds (tunnel up, handshakes done, server ready).
-fn iperf_warm_up(ns: &Netns, host: &str, port: u16) -> Result<()> {
+pub(crate) fn iperf_warm_up(ns: &Netns, host: &str, port: u16) -> Result<()> {
     let mut last = None;
     let end = Instant::now() + Duration::from_secs(40);
     while Instant::now() < end {

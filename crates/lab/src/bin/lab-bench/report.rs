@@ -150,6 +150,8 @@ pub(crate) struct Report {
     pub(crate) contention: Vec<String>,
     /// Connect latency per lab: (which lab, figures).
     pub(crate) connects: Vec<(&'static str, crate::connects::ConnectTimes)>,
+    /// Many peers on one edge.
+    pub(crate) crowds: Vec<crate::crowd::Crowd>,
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
@@ -350,6 +352,13 @@ impl Report {
             let labs: Vec<(&str, &crate::connects::ConnectTimes)> =
                 self.connects.iter().map(|(l, t)| (*l, t)).collect();
             let _ = write!(s, "\n{}", crate::connects::markdown(&labs));
+        }
+        if !self.crowds.is_empty() {
+            let _ = write!(
+                s,
+                "\n{}",
+                crate::crowd::markdown(&self.crowds, self.mbps(RowKind::Userspace))
+            );
         }
         let slow: Vec<&Sample> = t
             .direct
