@@ -148,6 +148,7 @@ impl Tunnel {
             incoming: in_tx,
             events: ev_tx,
             udp_out: Vec::new(),
+            gso_buf: Vec::new(),
         };
         // The driver owns the relay tasks: they stop with it.
         let task = tokio::spawn(driver.run(cmd_rx, ip_rx, relay_in_rx));
@@ -324,6 +325,8 @@ struct Driver {
     events: mpsc::Sender<DriverEvent>,
     /// Datagrams of one flush, sent together.
     udp_out: Vec<(SocketAddr, Vec<u8>)>,
+    /// One GSO send's datagrams back to back, kept between sends.
+    gso_buf: Vec<u8>,
 }
 
 /// Work taken from one source per wake-up before the outputs are flushed.
@@ -513,14 +516,15 @@ impl Driver {
             }
             let sent = match (&self.gso, j - i) {
                 (Some(g), n) if n > 1 => {
-                    let contents: Vec<u8> = out[i..j]
-                        .iter()
-                        .flat_map(|(_, p)| p.iter().copied())
-                        .collect();
+                    // One memcpy per datagram into a buffer that is reused.
+                    self.gso_buf.clear();
+                    for (_, p) in &out[i..j] {
+                        self.gso_buf.extend_from_slice(p);
+                    }
                     let t = quinn_udp::Transmit {
                         destination: *dst,
                         ecn: None,
-                        contents: &contents,
+                        contents: &self.gso_buf,
                         segment_size: Some(seg),
                         src_ip: None,
                     };

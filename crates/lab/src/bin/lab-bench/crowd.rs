@@ -5,6 +5,7 @@
 //! the edge's resident memory before the clients and with them connected and idle.
 
 use crate::drawbridge::{connect, end_session, start_session};
+use crate::exec::until;
 use crate::measure::{iperf, iperf_warm_up};
 use anyhow::{Context, Result, bail};
 use drawbridge_lab::topology::{Lab, PLC_IP};
@@ -32,7 +33,30 @@ pub(crate) struct Crowd {
     pub(crate) spread: Option<(f64, f64)>,
     /// The edge's resident memory growth per connected idle peer.
     pub(crate) rss_per_peer_kib: Option<f64>,
+    /// The edge's CPU during the streams, in cores.
+    pub(crate) edge_cores: Option<f64>,
     pub(crate) error: Option<String>,
+}
+
+/// The edge's CPU time so far (user + system, in clock ticks), from /proc.
+fn edge_cpu_ticks(lab: &Lab) -> Option<u64> {
+    let pid = lab.edge.proc.as_ref()?.0.id();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command's ")": state is field 3, utime 14 and stime 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Peers of the edge's sessions that have completed a handshake.
+fn edge_peers_up(lab: &Lab) -> usize {
+    let status = lab.edge.status();
+    status["sessions"].as_array().map_or(0, |s| {
+        s.iter()
+            .flat_map(|s| s["peers"].as_array().into_iter().flatten())
+            .filter(|p| p["handshake_secs_ago"].is_u64())
+            .count()
+    })
 }
 
 /// The edge's resident set (KiB), from /proc.
@@ -173,6 +197,21 @@ fn run(lab: &Lab, client: &Client, sessions: usize, secs: u32, c: &mut Crowd) ->
                 )
             })
             .collect();
+        // Connected and idle (handshakes done, no TCP flow yet): the edge's
+        // memory per peer.
+        let all_up = until(
+            "every client's handshake with the edge",
+            Duration::from_secs(60),
+            Duration::from_millis(500),
+            || edge_peers_up(lab) >= n,
+        );
+        if let Err(e) = &all_up {
+            eprintln!("   {e:#}: no idle memory figure");
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        if let (Ok(()), Some(b), Some(a)) = (all_up, before, edge_rss_kib(lab)) {
+            c.rss_per_peer_kib = Some((a as f64 - b as f64) / n as f64);
+        }
         let warm = all_at_once(n, |i| {
             iperf_warm_up(&lab.office.host, "127.0.0.1", LOCAL_BASE + i as u16)
         });
@@ -183,11 +222,7 @@ fn run(lab: &Lab, client: &Client, sessions: usize, secs: u32, c: &mut Crowd) ->
         {
             bail!("client {i}: {e:#}");
         }
-        // Connected and idle: the edge's memory per peer.
-        std::thread::sleep(Duration::from_secs(3));
-        if let (Some(b), Some(a)) = (before, edge_rss_kib(lab)) {
-            c.rss_per_peer_kib = Some((a as f64 - b as f64) / n as f64);
-        }
+        let (ticks0, t0) = (edge_cpu_ticks(lab), std::time::Instant::now());
         let runs = all_at_once(n, |i| {
             iperf(&lab.office.host, "127.0.0.1", LOCAL_BASE + i as u16, secs)
         });
@@ -195,6 +230,10 @@ fn run(lab: &Lab, client: &Client, sessions: usize, secs: u32, c: &mut Crowd) ->
         for (i, r) in runs.into_iter().enumerate() {
             let (mbps, _) = r.with_context(|| format!("client {i}'s stream"))?;
             figures.push(mbps);
+        }
+        if let (Some(a), Some(b)) = (ticks0, edge_cpu_ticks(lab)) {
+            // Clock ticks are 1/100 s on Linux.
+            c.edge_cores = Some((b - a) as f64 / 100.0 / t0.elapsed().as_secs_f64());
         }
         c.mbps = Some(figures.iter().sum());
         let min = figures.iter().copied().fold(f64::INFINITY, f64::min);
@@ -215,7 +254,7 @@ fn run(lab: &Lab, client: &Client, sessions: usize, secs: u32, c: &mut Crowd) ->
 pub(crate) fn markdown(crowds: &[Crowd], single: Option<f64>) -> String {
     use std::fmt::Write;
     let mut s = String::from(
-        "| many peers (iperf3, all streams at once) | aggregate TCP throughput | × the single `-L` stream | slowest / fastest stream | edge memory per idle peer |\n|---|---:|---:|---|---:|\n",
+        "| many peers (iperf3, all streams at once) | aggregate TCP throughput | × the single `-L` stream | slowest / fastest stream | edge CPU during the streams | edge memory per idle peer |\n|---|---:|---:|---|---:|---:|\n",
     );
     for c in crowds {
         let (agg, ratio) = match (c.mbps, &c.error) {
@@ -234,7 +273,14 @@ pub(crate) fn markdown(crowds: &[Crowd], single: Option<f64>) -> String {
         let rss = c
             .rss_per_peer_kib
             .map_or_else(|| "n/a".into(), |k| format!("{k:.0} KiB"));
-        let _ = writeln!(s, "| {} | {agg} | {ratio} | {spread} | {rss} |", c.what);
+        let cpu = c
+            .edge_cores
+            .map_or_else(String::new, |x| format!("{x:.2} cores"));
+        let _ = writeln!(
+            s,
+            "| {} | {agg} | {ratio} | {spread} | {cpu} | {rss} |",
+            c.what
+        );
     }
     s
 }
@@ -251,6 +297,7 @@ mod tests {
             mbps: Some(1500.0),
             spread: Some((20.0, 45.0)),
             rss_per_peer_kib: Some(61.4),
+            edge_cores: Some(0.81),
             error: None,
         };
         let failed = Crowd {
@@ -260,11 +307,13 @@ mod tests {
         };
         let md = markdown(&[ok, failed], Some(2000.0));
         assert!(
-            md.contains("| 50 clients | 1500 Mbit/s | 0.75 | 20 / 45 Mbit/s | 61 KiB |"),
+            md.contains(
+                "| 50 clients | 1500 Mbit/s | 0.75 | 20 / 45 Mbit/s | 0.81 cores | 61 KiB |"
+            ),
             "{md}"
         );
         assert!(
-            md.contains("| 20 sessions | failed: client 3: iperf3 / warm-up |  |  | n/a |"),
+            md.contains("| 20 sessions | failed: client 3: iperf3 / warm-up |  |  |  | n/a |"),
             "{md}"
         );
     }
