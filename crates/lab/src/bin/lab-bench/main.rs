@@ -1,6 +1,7 @@
 //! `lab-bench`: Drawbridge side by side with wireguard-go, boringtun-cli, OpenVPN
 //! and onetun, between the same lab namespaces, in one run. Started by `bench/run`
-//! (root only); prints a markdown table and writes it to BENCHMARKS.md.
+//! (root only); prints a markdown table and writes it to BENCHMARKS.md (the file's
+//! `## ` sections, the load tool's figures, are kept after it).
 //!
 //! ```text
 //! lab-bench [--out FILE] [--seconds N] [--only ROW,ROW]
@@ -168,7 +169,9 @@ fn real_main() -> Result<()> {
 
     let text = report.markdown();
     println!("{text}");
-    std::fs::write(&opts.out, &text).with_context(|| format!("writing {}", opts.out.display()))?;
+    let kept = std::fs::read_to_string(&opts.out).unwrap_or_default();
+    std::fs::write(&opts.out, report::merged(&kept, &text))
+        .with_context(|| format!("writing {}", opts.out.display()))?;
     eprintln!("written to {}", opts.out.display());
     if opts.only.is_empty() && report.ratios().contains("n/a") {
         bail!("some figures are missing (see the table)");

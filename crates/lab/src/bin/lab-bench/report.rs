@@ -441,9 +441,39 @@ impl Report {
     }
 }
 
+/// The new report, followed by the sections (`## ` headings) of the file it
+/// replaces: the load tool's figures and notes on partial runs live there.
+pub(crate) fn merged(existing: &str, generated: &str) -> String {
+    let mut out = generated.trim_end().to_string();
+    out.push('\n');
+    let mut at = 0;
+    let kept = existing.lines().find_map(|l| {
+        let start = at;
+        at += l.len() + 1;
+        l.starts_with("## ").then_some(start)
+    });
+    if let Some(start) = kept {
+        out.push('\n');
+        out.push_str(&existing[start..]);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_report_keeps_the_sections_of_the_file_it_replaces() {
+        let old = "# Benchmarks\n\nold table\n\nratios: old\n## Login flood\n\nfigures\n\n## Desktops\nmore\n";
+        let new = "# Benchmarks\n\nnew table\n\nratios: new\n";
+        assert_eq!(
+            merged(old, new),
+            "# Benchmarks\n\nnew table\n\nratios: new\n\n## Login flood\n\nfigures\n\n## Desktops\nmore\n"
+        );
+        assert_eq!(merged("", new), new);
+        assert_eq!(merged("# Benchmarks\nno sections\n", new), new);
+    }
 
     #[test]
     fn timing_cells_show_the_median_and_each_start() {
