@@ -161,8 +161,7 @@ impl PathAgent {
             _ => self.relay_rtt,
         }
     }
-    /// When the hold after an upgrade ends (the node wakes at [`PathAgent::wake_at`]).
-    #[cfg(test)]
+    /// When the hold after an upgrade ends (a wake-up for the node).
     pub fn hold_until(&self) -> Option<Instant> {
         self.hold_until
     }
