@@ -68,7 +68,7 @@ impl Mode {
 }
 
 #[derive(Clone, Copy, Debug)]
-enum Reach {
+pub(crate) enum Reach {
     Direct(SocketAddr),
     Socks5(SocketAddr, SocketAddr),
 }
@@ -169,13 +169,20 @@ pub(crate) fn markdown(labs: &[(&str, &ConnectTimes)]) -> String {
     s
 }
 
-/// Tries a read every [`TRY_EVERY`] until one answers; the time since `start`.
-fn first_reply(rt: &NsRuntime, reach: Reach, start: Instant) -> Result<Duration> {
+/// Tries a read every `every` (each on its own, so a lost SYN does not hide a
+/// later success) until one answers; the time since `start`. Fails after `limit`.
+pub(crate) fn first_reply(
+    rt: &NsRuntime,
+    reach: Reach,
+    start: Instant,
+    every: Duration,
+    limit: Duration,
+) -> Result<Duration> {
     rt.run(async move {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Instant>(1);
-        let mut tick = tokio::time::interval(TRY_EVERY);
+        let mut tick = tokio::time::interval(every);
         let mut tries = tokio::task::JoinSet::new();
-        let deadline = tokio::time::sleep_until((start + LIMIT).into());
+        let deadline = tokio::time::sleep_until((start + limit).into());
         tokio::pin!(deadline);
         loop {
             tokio::select! {
@@ -188,7 +195,7 @@ fn first_reply(rt: &NsRuntime, reach: Reach, start: Instant) -> Result<Duration>
                         }
                     });
                 }
-                _ = &mut deadline => bail!("no Modbus reply within {LIMIT:?}"),
+                _ = &mut deadline => bail!("no Modbus reply within {limit:?}"),
             }
         }
     })
@@ -227,7 +234,8 @@ fn one(
     let args = mode.args(COLD_PORT);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut first = connect(lab, client, sid, &args, &format!("{name}-cold.log"));
-    let cold = first_reply(&lab.office_rt, mode.reach(COLD_PORT), t0).map_err(|e| format!("{e:#}"));
+    let cold = first_reply(&lab.office_rt, mode.reach(COLD_PORT), t0, TRY_EVERY, LIMIT)
+        .map_err(|e| format!("{e:#}"));
     // One TUN client per office host: the cold one makes room.
     if mode == Mode::Tun {
         first.interrupt();
@@ -236,7 +244,8 @@ fn one(
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let t1 = Instant::now();
     let mut second = connect(lab, client, sid, &args, &format!("{name}-warm.log"));
-    let warm = first_reply(&lab.office_rt, mode.reach(WARM_PORT), t1).map_err(|e| format!("{e:#}"));
+    let warm = first_reply(&lab.office_rt, mode.reach(WARM_PORT), t1, TRY_EVERY, LIMIT)
+        .map_err(|e| format!("{e:#}"));
     second.interrupt();
     if mode != Mode::Tun {
         first.interrupt();

@@ -2,12 +2,13 @@
 //! and the binaries' logs.
 
 use crate::IPERF_PORT;
+use crate::connects::{Reach, first_reply};
 use crate::exec::{log_to, until};
 use crate::measure::{Figures, measure};
 use anyhow::{Result, anyhow, bail};
 use drawbridge_lab::netns::NsRuntime;
 use drawbridge_lab::topology::{Lab, PLC, PLC_IP};
-use drawbridge_lab::{Client, Proc, plc};
+use drawbridge_lab::{Client, Proc};
 use serde_json::{Value, json};
 use std::path::Path;
 use std::process::Stdio;
@@ -97,27 +98,13 @@ fn first_modbus_at(
     start: Instant,
     limit: Duration,
 ) -> Result<Duration> {
-    rt.run(async move {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Instant>(1);
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
-        let mut tries = tokio::task::JoinSet::new();
-        let deadline = tokio::time::sleep(limit);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                Some(t) = rx.recv() => return Ok(t.duration_since(start)),
-                _ = tick.tick() => {
-                    let tx = tx.clone();
-                    tries.spawn(async move {
-                        if plc::read_registers(addr).await.is_ok_and(|r| r == plc::EXPECTED) {
-                            let _ = tx.try_send(Instant::now());
-                        }
-                    });
-                }
-                _ = &mut deadline => bail!("no Modbus reply within {limit:?}"),
-            }
-        }
-    })
+    first_reply(
+        rt,
+        Reach::Direct(addr),
+        start,
+        Duration::from_millis(50),
+        limit,
+    )
 }
 
 /// Timestamped lines of a binary's log (tracing's RFC 3339 timestamps, ANSI removed).
