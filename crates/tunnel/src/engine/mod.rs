@@ -176,7 +176,7 @@ impl Node {
     pub fn poll_timeout(&self) -> Instant {
         let mut t = self.next_tick;
         for p in self.peers.values() {
-            if let Some(h) = p.agent.hold_until() {
+            if let Some(h) = p.agent.wake_at() {
                 t = t.min(h);
             }
         }

@@ -165,6 +165,21 @@ impl PathAgent {
     pub fn hold_until(&self) -> Option<Instant> {
         self.hold_until
     }
+
+    /// Whether a hold waits for the relay's latency to be measured.
+    fn hold_needs_relay_rtt(&self) -> bool {
+        self.hold_until.is_some() && self.relay_rtt.is_none() && self.relay.is_some()
+    }
+
+    /// When the node must call [`PathAgent::tick`] before its regular tick: the
+    /// hold's end, or a relay ping that a guessed hold waits for.
+    pub fn wake_at(&self) -> Option<Instant> {
+        let ping = self.next_relay_ping.filter(|_| self.hold_needs_relay_rtt());
+        match (self.hold_until, ping) {
+            (Some(h), Some(p)) => Some(h.min(p)),
+            (h, p) => h.or(p),
+        }
+    }
     /// The relay that carries our probes (none for a bridged client).
     pub fn probe_relay(&self) -> Option<RelayId> {
         self.relay.filter(|_| !self.bridged)
@@ -301,6 +316,11 @@ impl PathAgent {
         self.resend.clear();
         if was_relay {
             self.hold_until = self.relay_hold_until().filter(|t| *t > now);
+            // A hold guessed without the relay's latency (`HOLD_MAX`): measure
+            // the relay now, so that its pong shrinks the hold to the real need.
+            if self.hold_until.is_some() && self.relay_rtt.is_none() {
+                self.next_relay_ping = Some(now);
+            }
         }
     }
 
@@ -451,6 +471,12 @@ impl PathAgent {
                         });
                     }
                     return actions;
+                }
+                // On the direct path the relay is measured only for a hold that
+                // guessed its latency (the upgrade came before the relay's pong).
+                if self.hold_needs_relay_rtt() && self.next_relay_ping.is_some_and(|t| now >= t) {
+                    self.next_relay_ping = Some(now + TICK);
+                    actions.push(Action::PingRelay);
                 }
                 if self
                     .direct_last_ping

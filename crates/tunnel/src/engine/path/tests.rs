@@ -166,6 +166,39 @@ fn after_an_upgrade_direct_packets_wait_until_the_relay_data_has_landed() {
 }
 
 #[test]
+fn an_upgrade_before_the_relays_pong_measures_the_relay_at_once_and_holds_only_that_long() {
+    let t0 = Instant::now();
+    let mut a = agent(t0);
+    // Data went through the relay; the relay ping of the first tick is lost.
+    assert!(matches!(
+        a.route(t0, data(0), true),
+        Routed::Send(Route::Relay { relay: 0, .. }, _)
+    ));
+    let mut n = go_direct(&mut a, t0 + ms(10));
+    assert_eq!(a.hold_until(), Some(t0 + HOLD_MAX), "a guessed hold");
+    assert_eq!(a.route(t0 + ms(10), data(1), true), Routed::Held);
+    // The node is woken at once for a relay ping (not at its next tick).
+    assert_eq!(a.wake_at(), Some(t0 + ms(10)));
+    let pings = tick(&mut a, t0 + ms(10), &mut n);
+    let relay_ping = pings
+        .iter()
+        .find(|(_, to)| to.is_none())
+        .expect("a relay ping")
+        .0;
+    // Its pong (a 4 ms round trip) shrinks the hold to (4 - 0) / 2 + 5 ms after the data.
+    assert_eq!(a.on_pong(t0 + ms(14), relay_ping, Via::Relay), None);
+    assert_eq!(a.hold_until(), Some(t0 + ms(7)));
+    assert_eq!(a.flush_hold(t0 + ms(14)), Some((addr(A), vec![data(1)])));
+    // Measured: no more relay pings on the direct path, no early wake-ups.
+    assert_eq!(a.wake_at(), None);
+    assert!(
+        tick(&mut a, t0 + ms(200), &mut n)
+            .iter()
+            .all(|(_, to)| to.is_some())
+    );
+}
+
+#[test]
 fn without_data_on_the_relay_an_upgrade_holds_nothing() {
     let now = Instant::now();
     let mut a = agent(now);
