@@ -387,6 +387,19 @@ impl Node {
                 self.tick_peer(id);
             }
         }
+        // Between ticks: relay pings that a guessed hold waits for.
+        let due: Vec<PeerId> = self
+            .peers
+            .iter_mut()
+            .filter_map(|(id, p)| p.agent.hold_ping_due(now).then_some(*id))
+            .collect();
+        for id in due {
+            if self.ping_relay(id)
+                && let Some(p) = self.peers.get_mut(&id)
+            {
+                p.agent.relay_ping_sent(now);
+            }
+        }
         self.flush_holds();
     }
 

@@ -171,8 +171,18 @@ impl PathAgent {
         self.hold_until.is_some() && self.relay_rtt.is_none() && self.relay.is_some()
     }
 
-    /// When the node must call [`PathAgent::tick`] before its regular tick: the
-    /// hold's end, or a relay ping that a guessed hold waits for.
+    /// Whether a relay ping that a guessed hold waits for is due now (then the
+    /// next one is not before a tick from now, whether this one goes or not).
+    pub fn hold_ping_due(&mut self, now: Instant) -> bool {
+        if self.hold_needs_relay_rtt() && self.next_relay_ping.is_some_and(|t| now >= t) {
+            self.next_relay_ping = Some(now + TICK);
+            return true;
+        }
+        false
+    }
+
+    /// When the node must be woken before its regular tick: the hold's end, or
+    /// a relay ping that a guessed hold waits for ([`PathAgent::hold_ping_due`]).
     pub fn wake_at(&self) -> Option<Instant> {
         let ping = self.next_relay_ping.filter(|_| self.hold_needs_relay_rtt());
         match (self.hold_until, ping) {
@@ -474,8 +484,7 @@ impl PathAgent {
                 }
                 // On the direct path the relay is measured only for a hold that
                 // guessed its latency (the upgrade came before the relay's pong).
-                if self.hold_needs_relay_rtt() && self.next_relay_ping.is_some_and(|t| now >= t) {
-                    self.next_relay_ping = Some(now + TICK);
+                if self.hold_ping_due(now) {
                     actions.push(Action::PingRelay);
                 }
                 if self
