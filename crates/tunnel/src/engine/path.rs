@@ -161,7 +161,8 @@ impl PathAgent {
             _ => self.relay_rtt,
         }
     }
-    /// When the hold after an upgrade ends (a wake-up for the node).
+    /// When the hold after an upgrade ends (the node wakes at [`PathAgent::wake_at`]).
+    #[cfg(test)]
     pub fn hold_until(&self) -> Option<Instant> {
         self.hold_until
     }
