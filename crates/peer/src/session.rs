@@ -13,16 +13,14 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 /// The client side of one session's tunnel. Dropping it stops the tunnel.
 pub struct SessionPeer {
     tunnel: Option<Arc<Tunnel>>,
     events: Option<mpsc::Receiver<DriverEvent>>,
-    /// The application's packets for the tunnel, taken by the pump when the tunnel starts.
+    /// The application's packets for the tunnel, taken by the driver when the tunnel starts.
     from_app: Option<mpsc::Receiver<Bytes>>,
     to_app: mpsc::Sender<Bytes>,
-    pump: Option<JoinHandle<()>>,
     join: JoinResponse,
     private_key: [u8; 32],
     /// device id → the tunnel's peer for that device's edge.
@@ -47,7 +45,6 @@ impl SessionPeer {
             events: None,
             from_app: Some(from_app),
             to_app,
-            pump: None,
             join,
             private_key,
             peers: HashMap::new(),
@@ -89,12 +86,7 @@ impl SessionPeer {
                 self.to_app.clone(),
             )
             .await;
-            let SessionTunnel {
-                tunnel,
-                events,
-                pump,
-            } = started?;
-            self.pump = Some(pump);
+            let SessionTunnel { tunnel, events } = started?;
             self.events = Some(events);
             self.tunnel = Some(tunnel);
             self.relay = RelayLink::started(&self.join.relay_url, &token);
@@ -170,13 +162,5 @@ impl SessionPeer {
             .iter()
             .find(|(_, p)| p.key == *key)
             .map(|(d, _)| d.clone())
-    }
-}
-
-impl Drop for SessionPeer {
-    fn drop(&mut self) {
-        if let Some(p) = self.pump.take() {
-            p.abort();
-        }
     }
 }

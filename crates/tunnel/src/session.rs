@@ -1,7 +1,7 @@
 //! The tunnel of one Drawbridge session, as the client (`drawbridge connect`) and the
 //! edge both run it: a fresh UDP socket on all addresses, the STUN servers the control
 //! plane names, one relay connection (id 0, through the plant's HTTP proxy when
-//! `DRAWBRIDGE_PROXY` / `HTTPS_PROXY` says so), no peers yet, and a task that moves IP
+//! `DRAWBRIDGE_PROXY` / `HTTPS_PROXY` says so), no peers yet; the driver itself moves IP
 //! packets between the tunnel and the application's userspace stack or TUN interface.
 
 use std::io;
@@ -9,10 +9,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use crate::NodeConfig;
-use crate::driver::{Connector, DriverConfig, DriverEvent, RelayEndpoint, Tunnel, TunnelIo};
+use crate::driver::{Connector, DriverConfig, DriverEvent, RelayEndpoint, Tunnel};
 
 /// STUN servers used at most (the control plane's list is cut there).
 pub const MAX_STUN: usize = 4;
@@ -91,9 +90,6 @@ pub struct SessionTunnel {
     pub tunnel: Arc<Tunnel>,
     /// Candidates for the peers (to carry through the control plane) and engine events.
     pub events: mpsc::Receiver<DriverEvent>,
-    /// Moves packets between the tunnel and the application until either side closes;
-    /// abort it to stop.
-    pub pump: JoinHandle<()>,
 }
 
 /// Starts the session's tunnel. Decrypted packets go to `to_app` and packets from
@@ -102,7 +98,7 @@ pub struct SessionTunnel {
 /// tunnel.
 pub async fn start(
     config: SessionTunnelConfig,
-    mut from_app: mpsc::Receiver<Bytes>,
+    from_app: mpsc::Receiver<Bytes>,
     to_app: mpsc::Sender<Bytes>,
 ) -> io::Result<SessionTunnel> {
     let mut stun = Vec::new();
@@ -113,47 +109,29 @@ pub async fn start(
             stun.push(a);
         }
     }
-    let (tunnel, io) = Tunnel::start(DriverConfig {
-        node: NodeConfig {
-            private_key: config.private_key,
-            stun_servers: stun,
-            local_addrs: vec![],
-            seed: None,
+    let (tunnel, events) = Tunnel::start_with_app(
+        DriverConfig {
+            node: NodeConfig {
+                private_key: config.private_key,
+                stun_servers: stun,
+                local_addrs: vec![],
+                seed: None,
+            },
+            bind: "0.0.0.0:0".parse().expect("static address"),
+            relays: vec![relay_endpoint(
+                config.relay_url,
+                config.relay_token,
+                config.connector,
+            )],
+            peers: vec![],
+            queue: QUEUE,
         },
-        bind: "0.0.0.0:0".parse().expect("static address"),
-        relays: vec![relay_endpoint(
-            config.relay_url,
-            config.relay_token,
-            config.connector,
-        )],
-        peers: vec![],
-        queue: QUEUE,
-    })
+        from_app,
+        to_app,
+    )
     .await?;
-    let TunnelIo {
-        mut incoming,
-        events,
-    } = io;
-    let tunnel = Arc::new(tunnel);
-    let t = tunnel.clone();
-    let pump = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                p = incoming.recv() => match p {
-                    Some((_peer, packet)) => { let _ = to_app.try_send(Bytes::from(packet)); }
-                    None => return,
-                },
-                p = from_app.recv() => match p {
-                    // The application's packets own their buffer: taken without a copy.
-                    Some(packet) => { let _ = t.try_send_ip(Vec::from(packet)); }
-                    None => return,
-                },
-            }
-        }
-    });
     Ok(SessionTunnel {
-        tunnel,
+        tunnel: Arc::new(tunnel),
         events,
-        pump,
     })
 }

@@ -160,3 +160,90 @@ async fn a_driver_bound_to_the_unspecified_address_offers_its_route_address_as_c
     let want: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     assert!(t.local_signal().await.unwrap().candidates.contains(&want));
 }
+
+/// A driver fed by the application's own channels (the session tunnels of the client
+/// and the edge): it reads packets straight from `from_app`, delivers decrypted ones
+/// straight into `to_app`, refuses `try_send_ip` (nothing else may inject packets) and
+/// stops when the application's sending side is gone.
+#[tokio::test]
+async fn a_driver_on_the_applications_channels_moves_packets_without_a_task_between() {
+    use bytes::Bytes;
+    use tokio::sync::mpsc;
+    let (a, mut a_io) = start(5, 6, 0).await;
+    let (app_tx, from_app) = mpsc::channel::<Bytes>(64);
+    let (to_app, mut app_rx) = mpsc::channel::<Bytes>(64);
+    let (b, b_events) = Tunnel::start_with_app(
+        DriverConfig {
+            node: NodeConfig {
+                private_key: key(6),
+                stun_servers: vec![],
+                local_addrs: vec![],
+                seed: None,
+            },
+            bind: "127.0.0.1:0".parse().unwrap(),
+            relays: vec![],
+            peers: vec![PeerConfig {
+                public_key: public(5),
+                allowed_ips: vec![IpNet::new(IpAddr::V4(overlay_ip(0)), 32)],
+                relay: None,
+                persistent_keepalive: None,
+                bridged: false,
+            }],
+            queue: 64,
+        },
+        from_app,
+        to_app,
+    )
+    .await
+    .unwrap();
+    let (ka, kb) = (public(5), public(6));
+    let (_unused_tx, incoming) = mpsc::channel(1);
+    let mut b_io = TunnelIo {
+        incoming,
+        events: b_events,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        pump_signals(&a, &mut a_io, &b, &mut b_io, ka, kb).await;
+        if matches!(a.stats(kb).await.unwrap().unwrap().path, Path::Direct(_)) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for seq in 0..20u32 {
+        a.send_ip(numbered_packet(0, 1, seq)).await.unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 20 {
+        let p = tokio::time::timeout(Duration::from_secs(5), app_rx.recv())
+            .await
+            .expect("packets reach the application's channel")
+            .unwrap();
+        got.push(packet_seq(&p).unwrap());
+    }
+    assert_eq!(got, (0..20).collect::<Vec<_>>());
+    // The application's channel carries packets into the tunnel.
+    app_tx
+        .send(Bytes::from(numbered_packet(1, 0, 9)))
+        .await
+        .unwrap();
+    let (from, p) = tokio::time::timeout(Duration::from_secs(5), a_io.incoming.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((from, packet_seq(&p)), (kb, Some(9)));
+    // Only the application's channel feeds this driver.
+    assert!(b.try_send_ip(numbered_packet(1, 0, 10)).is_err());
+    assert!(b.send_ip(numbered_packet(1, 0, 11)).await.is_err());
+    // The application closed its side: the driver stops (commands fail).
+    drop(app_tx);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while b.stats(ka).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the driver outlived the application's channel"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -73,8 +73,6 @@ pub(super) struct Running {
     pub(super) peers: Vec<WgKey>,
     /// The relay connection as last given.
     pub(super) relay: RelayLink,
-    /// Moves packets between the tunnel and the LAN path.
-    pub(super) pump: Option<tokio::task::JoinHandle<()>>,
     /// Carries the tunnel's candidates to the control plane.
     pub(super) signals: Option<tokio::task::JoinHandle<()>>,
     pub(super) stats: HashMap<WgKey, PeerStatus>,
@@ -82,9 +80,6 @@ pub(super) struct Running {
 
 impl Running {
     fn stop(&mut self) {
-        if let Some(p) = self.pump.take() {
-            p.abort();
-        }
         if let Some(s) = self.signals.take() {
             s.abort();
         }
@@ -137,7 +132,6 @@ impl Agent {
                     applied: None,
                     peers: Vec::new(),
                     relay: RelayLink::default(),
-                    pump: None,
                     signals: None,
                     stats: HashMap::new(),
                 }
@@ -318,11 +312,7 @@ async fn start_tunnel(
     )
     .await
     .context("starting the tunnel")?;
-    let SessionTunnel {
-        tunnel,
-        mut events,
-        pump,
-    } = started;
+    let SessionTunnel { tunnel, mut events } = started;
     // Client packets go to the userspace stack, which opens ordinary sockets to
     // the released targets only (or, in kernel mode, through the policy check
     // to the TUN); the replies go back into the tunnel.
@@ -337,10 +327,7 @@ async fn start_tunnel(
             };
             let (h, task) = match g.attach(policy, from_tunnel, to_tunnel) {
                 Ok(attached) => attached,
-                Err(e) => {
-                    pump.abort();
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             };
             (LanPath::Kernel(h), task)
         }
@@ -370,7 +357,6 @@ async fn start_tunnel(
             }
         }
     }));
-    r.pump = Some(pump);
     r.forwarder = Some((lan, fwd_task));
     r.tunnel = Some(tunnel);
     r.relay = RelayLink::started(&r.info.relay_url, token);
