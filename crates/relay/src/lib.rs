@@ -32,7 +32,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use drawbridge_wire::frame::{Frame, MAX_FRAME};
+use drawbridge_wire::frame::{Frame, MAX_FRAME, READ_BUFFER};
 use futures_util::{SinkExt, StreamExt};
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, watch};
@@ -428,6 +428,7 @@ async fn ws_handler(
     }
     ws.max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
+        .read_buffer_size(READ_BUFFER)
         .on_upgrade(move |socket| connection(state, claims, socket))
 }
 
