@@ -25,7 +25,7 @@ pub use tokio_tungstenite::Connector;
 use crate::engine::{
     Event, Node, NodeConfig, Output, PeerConfig, PeerId, PeerStats, RelayId, SendError, Signal,
 };
-use crate::frame::{Frame, MAX_FRAME};
+use crate::frame::{Frame, MAX_FRAME, READ_BUFFER};
 
 /// One relay connection.
 #[derive(Clone)]
@@ -369,12 +369,50 @@ struct Driver {
 }
 
 /// Where decrypted packets go.
+#[derive(Clone)]
 enum Deliver {
     /// With the peer they came from ([`TunnelIo::incoming`]).
     Tagged(mpsc::Sender<(PeerId, Vec<u8>)>),
     /// Straight into the application's channel ([`Tunnel::start_with_app`]).
     App(mpsc::Sender<Bytes>),
 }
+
+impl Deliver {
+    /// Room for a whole wake-up's work ([`DRAIN`] packets, or the whole queue when it is
+    /// smaller), or nobody to deliver to.
+    fn has_room(&self) -> bool {
+        match self {
+            Deliver::Tagged(tx) => has_room(tx),
+            Deliver::App(tx) => has_room(tx),
+        }
+    }
+
+    /// Resolves once [`Deliver::has_room`] holds (the permits are given back at once).
+    async fn room(&self) {
+        match self {
+            Deliver::Tagged(tx) => room(tx).await,
+            Deliver::App(tx) => room(tx).await,
+        }
+    }
+}
+
+fn batch_room<T>(tx: &mpsc::Sender<T>) -> usize {
+    DRAIN.min(tx.max_capacity())
+}
+
+fn has_room<T>(tx: &mpsc::Sender<T>) -> bool {
+    tx.is_closed() || tx.capacity() >= batch_room(tx)
+}
+
+async fn room<T>(tx: &mpsc::Sender<T>) {
+    // Closed: `has_room` holds from now on.
+    let _ = tx.reserve_many(batch_room(tx)).await;
+}
+
+/// How long the driver waits for room in the application's queue before it reads the
+/// socket anyway (and a full queue drops, as a wire would): an application that stopped
+/// reading must not stall the tunnel's handshakes and keepalives.
+const STALL: Duration = Duration::from_millis(20);
 
 /// Work taken from one source per wake-up before the outputs are flushed.
 const DRAIN: usize = 64;
@@ -427,12 +465,26 @@ impl Driver {
         mut relay_rx: mpsc::Receiver<(RelayId, RelayMsg)>,
     ) {
         let socket = self.socket.clone();
+        let deliver = self.incoming.clone();
         let mut buf = vec![0u8; 65536];
+        // The application's queue stayed full for STALL: read (and drop) until it drains.
+        let mut overrun = false;
         self.flush();
         loop {
             let deadline = tokio::time::Instant::from_std(self.node.poll_timeout());
+            // Backpressure: while the application's queue has no room for another
+            // batch, what arrives waits in the socket's 4 MiB buffer (and the relay
+            // connection's queue) instead of being decrypted only to be dropped; the
+            // sender's TCP then sees a delay, not a loss.
+            let room = deliver.has_room();
+            overrun &= !room;
+            let wait = !room && !overrun;
             tokio::select! {
-                r = socket.recv_from(&mut buf) => match r {
+                waited = tokio::time::timeout(STALL, deliver.room()), if wait => {
+                    overrun = waited.is_err();
+                    continue;
+                }
+                r = socket.recv_from(&mut buf), if !wait => match r {
                     Ok((n, from)) => {
                         self.node.handle_udp(Instant::now(), from, &buf[..n]);
                         // Whatever else has arrived, before flushing the answers together.
@@ -445,7 +497,7 @@ impl Driver {
                     }
                     Err(e) => tracing::debug!(error = %e, "udp recv"),
                 },
-                Some((relay, msg)) = relay_rx.recv() => {
+                Some((relay, msg)) = relay_rx.recv(), if !wait => {
                     self.relay_msg(relay, msg);
                     // Frames that arrived meanwhile, before flushing the answers together.
                     for _ in 1..DRAIN {
@@ -675,6 +727,7 @@ async fn relay_task(
             r
         });
         let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
             .max_message_size(Some(MAX_FRAME))
             .max_frame_size(Some(MAX_FRAME));
         // Directly, or through the plant's HTTP proxy; TLS and WebSocket on top either way.

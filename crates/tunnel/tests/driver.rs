@@ -3,9 +3,11 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
 use drawbridge_testnet::sim::{numbered_packet, overlay_ip, packet_seq};
 use drawbridge_tunnel::driver::{DriverConfig, DriverEvent, Tunnel, TunnelIo};
 use drawbridge_tunnel::engine::{IpNet, NodeConfig, Path, PeerConfig};
+use tokio::sync::mpsc;
 
 fn key(seed: u8) -> [u8; 32] {
     [seed; 32]
@@ -161,21 +163,20 @@ async fn a_driver_bound_to_the_unspecified_address_offers_its_route_address_as_c
     assert!(t.local_signal().await.unwrap().candidates.contains(&want));
 }
 
-/// A driver fed by the application's own channels (the session tunnels of the client
-/// and the edge): it reads packets straight from `from_app`, delivers decrypted ones
-/// straight into `to_app`, refuses `try_send_ip` (nothing else may inject packets) and
-/// stops when the application's sending side is gone.
-#[tokio::test]
-async fn a_driver_on_the_applications_channels_moves_packets_without_a_task_between() {
-    use bytes::Bytes;
-    use tokio::sync::mpsc;
-    let (a, mut a_io) = start(5, 6, 0).await;
-    let (app_tx, from_app) = mpsc::channel::<Bytes>(64);
-    let (to_app, mut app_rx) = mpsc::channel::<Bytes>(64);
-    let (b, b_events) = Tunnel::start_with_app(
+/// A driver on the application's own channels ([`Tunnel::start_with_app`]) for peer
+/// `other`, and an [`TunnelIo`] whose `incoming` stays empty (packets go to the app).
+async fn start_app(
+    me: u8,
+    other: u8,
+    index: usize,
+    queue: usize,
+) -> (Tunnel, TunnelIo, mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>) {
+    let (app_tx, from_app) = mpsc::channel::<Bytes>(queue);
+    let (to_app, app_rx) = mpsc::channel::<Bytes>(queue);
+    let (t, events) = Tunnel::start_with_app(
         DriverConfig {
             node: NodeConfig {
-                private_key: key(6),
+                private_key: key(me),
                 stun_servers: vec![],
                 local_addrs: vec![],
                 seed: None,
@@ -183,34 +184,48 @@ async fn a_driver_on_the_applications_channels_moves_packets_without_a_task_betw
             bind: "127.0.0.1:0".parse().unwrap(),
             relays: vec![],
             peers: vec![PeerConfig {
-                public_key: public(5),
-                allowed_ips: vec![IpNet::new(IpAddr::V4(overlay_ip(0)), 32)],
+                public_key: public(other),
+                allowed_ips: vec![IpNet::new(IpAddr::V4(overlay_ip(1 - index)), 32)],
                 relay: None,
                 persistent_keepalive: None,
                 bridged: false,
             }],
-            queue: 64,
+            queue,
         },
         from_app,
         to_app,
     )
     .await
     .unwrap();
-    let (ka, kb) = (public(5), public(6));
-    let (_unused_tx, incoming) = mpsc::channel(1);
-    let mut b_io = TunnelIo {
-        incoming,
-        events: b_events,
-    };
+    let (_, incoming) = mpsc::channel(1);
+    (t, TunnelIo { incoming, events }, app_tx, app_rx)
+}
+
+/// Waits until `a` reaches `b` directly.
+async fn until_direct(
+    (a, a_io, ka): (&Tunnel, &mut TunnelIo, [u8; 32]),
+    (b, b_io, kb): (&Tunnel, &mut TunnelIo, [u8; 32]),
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        pump_signals(&a, &mut a_io, &b, &mut b_io, ka, kb).await;
+        pump_signals(a, a_io, b, b_io, ka, kb).await;
         if matches!(a.stats(kb).await.unwrap().unwrap().path, Path::Direct(_)) {
-            break;
+            return;
         }
-        assert!(tokio::time::Instant::now() < deadline);
+        assert!(tokio::time::Instant::now() < deadline, "no direct path");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A driver fed by the application's own channels (the session tunnels of the client
+/// and the edge): it reads packets straight from `from_app`, delivers decrypted ones
+/// straight into `to_app`, refuses `try_send_ip` (nothing else may inject packets) and
+/// stops when the application's sending side is gone.
+#[tokio::test]
+async fn a_driver_on_the_applications_channels_moves_packets_without_a_task_between() {
+    let (a, mut a_io) = start(5, 6, 0).await;
+    let (b, mut b_io, app_tx, mut app_rx) = start_app(6, 5, 1, 64).await;
+    until_direct((&a, &mut a_io, public(5)), (&b, &mut b_io, public(6))).await;
     for seq in 0..20u32 {
         a.send_ip(numbered_packet(0, 1, seq)).await.unwrap();
     }
@@ -232,18 +247,92 @@ async fn a_driver_on_the_applications_channels_moves_packets_without_a_task_betw
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((from, packet_seq(&p)), (kb, Some(9)));
+    assert_eq!((from, packet_seq(&p)), (public(6), Some(9)));
     // Only the application's channel feeds this driver.
     assert!(b.try_send_ip(numbered_packet(1, 0, 10)).is_err());
     assert!(b.send_ip(numbered_packet(1, 0, 11)).await.is_err());
     // The application closed its side: the driver stops (commands fail).
     drop(app_tx);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while b.stats(ka).await.is_ok() {
+    while b.stats(public(5)).await.is_ok() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the driver outlived the application's channel"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// More packets than the application's queue holds arrive while the application is
+/// briefly busy: the driver leaves them in the socket until there is room instead of
+/// decrypting them only to drop them (which the sender's TCP would see as losses).
+#[tokio::test]
+async fn a_briefly_busy_application_gets_every_packet_in_order() {
+    const QUEUE: usize = 256;
+    const SENT: u32 = QUEUE as u32 + 100;
+    let (a, mut a_io) = start(7, 8, 0).await;
+    let (b, mut b_io, _app_tx, mut app_rx) = start_app(8, 7, 1, QUEUE).await;
+    until_direct((&a, &mut a_io, public(7)), (&b, &mut b_io, public(8))).await;
+    for seq in 0..SENT {
+        a.send_ip(numbered_packet(0, 1, seq)).await.unwrap();
+    }
+    // Busy for a while, but less than the driver's patience (STALL, 20 ms).
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let mut got = Vec::new();
+    while got.len() < SENT as usize {
+        let p = tokio::time::timeout(Duration::from_secs(5), app_rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {SENT} packets arrived", got.len()))
+            .unwrap();
+        got.push(packet_seq(&p).unwrap());
+    }
+    assert_eq!(got, (0..SENT).collect::<Vec<_>>());
+}
+
+/// An application that stopped reading does not stall the tunnel: after a short wait
+/// the driver reads on (and drops what does not fit), so handshakes and keepalives
+/// still get through.
+#[tokio::test]
+async fn an_application_that_stopped_reading_does_not_stall_the_tunnel() {
+    let (a, mut a_io) = start(9, 10, 0).await;
+    let (b, mut b_io, _app_tx, _app_rx) = start_app(10, 9, 1, 64).await;
+    until_direct((&a, &mut a_io, public(9)), (&b, &mut b_io, public(10))).await;
+    let sent = 1000u32;
+    for seq in 0..sent {
+        a.send_ip(numbered_packet(0, 1, seq)).await.unwrap();
+        if seq % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    // B's engine went on reading the socket although nobody takes its packets.
+    let per_packet = 32; // the inner packet's bytes
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let rx = b.stats(public(9)).await.unwrap().unwrap().rx_bytes;
+        if rx >= u64::from(sent) * per_packet {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B stalled behind its full queue: {rx} bytes read"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An application queue smaller than one wake-up's batch still gets its packets (the
+/// driver waits for the whole queue, not for more room than it can ever have).
+#[tokio::test]
+async fn a_queue_smaller_than_a_batch_still_delivers() {
+    let (a, mut a_io) = start(11, 12, 0).await;
+    let (b, mut b_io, _app_tx, mut app_rx) = start_app(12, 11, 1, 16).await;
+    until_direct((&a, &mut a_io, public(11)), (&b, &mut b_io, public(12))).await;
+    for seq in 0..40u32 {
+        a.send_ip(numbered_packet(0, 1, seq)).await.unwrap();
+        let p = tokio::time::timeout(Duration::from_secs(5), app_rx.recv())
+            .await
+            .expect("delivered")
+            .unwrap();
+        assert_eq!(packet_seq(&p), Some(seq));
     }
 }
