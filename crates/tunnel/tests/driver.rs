@@ -17,8 +17,9 @@ fn public(seed: u8) -> [u8; 32] {
     drawbridge_tunnel::keys::public_key(&key(seed))
 }
 
-async fn start(me: u8, other: u8, index: usize) -> (Tunnel, TunnelIo) {
-    Tunnel::start(DriverConfig {
+/// A driver on 127.0.0.1 with peer `other` (overlay host `1 - index`).
+fn config(me: u8, other: u8, index: usize, queue: usize) -> DriverConfig {
+    DriverConfig {
         node: NodeConfig {
             private_key: key(me),
             stun_servers: vec![],
@@ -34,10 +35,12 @@ async fn start(me: u8, other: u8, index: usize) -> (Tunnel, TunnelIo) {
             persistent_keepalive: None,
             bridged: false,
         }],
-        queue: 256,
-    })
-    .await
-    .unwrap()
+        queue,
+    }
+}
+
+async fn start(me: u8, other: u8, index: usize) -> (Tunnel, TunnelIo) {
+    Tunnel::start(config(me, other, index, 256)).await.unwrap()
 }
 
 /// Forwards signals between the two (the control plane's job).
@@ -66,19 +69,7 @@ async fn two_drivers_on_loopback_exchange_data_directly() {
     let (a, mut a_io) = start(1, 2, 0).await;
     let (b, mut b_io) = start(2, 1, 1).await;
     let (ka, kb) = (public(1), public(2));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        pump_signals(&a, &mut a_io, &b, &mut b_io, ka, kb).await;
-        let st = a.stats(kb).await.unwrap().unwrap();
-        if matches!(st.path, Path::Direct(_)) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no direct path: {st:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_direct((&a, &mut a_io, ka), (&b, &mut b_io, kb)).await;
     for seq in 0..50u32 {
         a.send_ip(numbered_packet(0, 1, seq)).await.unwrap();
     }
@@ -115,16 +106,7 @@ async fn two_drivers_on_loopback_exchange_data_directly() {
 async fn a_packet_from_a_source_outside_allowed_ips_is_not_delivered() {
     let (a, mut a_io) = start(3, 4, 0).await;
     let (b, mut b_io) = start(4, 3, 1).await;
-    let (ka, kb) = (public(3), public(4));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        pump_signals(&a, &mut a_io, &b, &mut b_io, ka, kb).await;
-        if matches!(a.stats(kb).await.unwrap().unwrap().path, Path::Direct(_)) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_direct((&a, &mut a_io, public(3)), (&b, &mut b_io, public(4))).await;
     // Spoofed inner source (host index 5 is not A's allowed address at B).
     let mut spoof = numbered_packet(5, 1, 1);
     spoof[16..20].copy_from_slice(&overlay_ip(1).octets());
@@ -174,24 +156,7 @@ async fn start_app(
     let (app_tx, from_app) = mpsc::channel::<Bytes>(queue);
     let (to_app, app_rx) = mpsc::channel::<Bytes>(queue);
     let (t, events) = Tunnel::start_with_app(
-        DriverConfig {
-            node: NodeConfig {
-                private_key: key(me),
-                stun_servers: vec![],
-                local_addrs: vec![],
-                seed: None,
-            },
-            bind: "127.0.0.1:0".parse().unwrap(),
-            relays: vec![],
-            peers: vec![PeerConfig {
-                public_key: public(other),
-                allowed_ips: vec![IpNet::new(IpAddr::V4(overlay_ip(1 - index)), 32)],
-                relay: None,
-                persistent_keepalive: None,
-                bridged: false,
-            }],
-            queue,
-        },
+        config(me, other, index, queue),
         from_app,
         to_app,
     )
