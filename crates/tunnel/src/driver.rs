@@ -171,7 +171,7 @@ impl Tunnel {
         for p in config.peers {
             let _ = node.add_peer(Instant::now(), p);
         }
-        let gso = gso_state(&socket);
+        let gso = offload_state(&socket);
         let driver = Driver {
             node,
             socket: Arc::new(socket),
@@ -354,7 +354,7 @@ fn spawn_relay(
 struct Driver {
     node: Node,
     socket: Arc<UdpSocket>,
-    /// Segmentation offload for the socket, where the OS has it.
+    /// Segmentation offloads of the socket (GSO sends, GRO reads), where the OS has them.
     gso: Option<quinn_udp::UdpSocketState>,
     relays: HashMap<RelayId, RelayHandle>,
     /// Where relay tasks send what they receive (for relays replaced later).
@@ -444,17 +444,19 @@ fn size_buffers(socket: &UdpSocket) {
     let _ = socket;
 }
 
-/// GSO state for `socket`, with receive offload kept off (datagrams are read one
-/// by one). `None` where segmentation offload is not available.
-fn gso_state(socket: &UdpSocket) -> Option<quinn_udp::UdpSocketState> {
-    let state = quinn_udp::UdpSocketState::new(socket.into()).ok()?;
+/// Segmentation offloads for `socket` (quinn-udp): GSO for runs of datagrams sent, GRO
+/// for runs received (one read returns up to 64 KiB of datagrams from one sender, cut
+/// at `stride`). `None` where the state cannot be set up; the socket then reads and
+/// writes single datagrams.
+fn offload_state(socket: &UdpSocket) -> Option<quinn_udp::UdpSocketState> {
+    let state = quinn_udp::UdpSocketState::new(socket.into()).ok();
     #[cfg(target_os = "linux")]
-    {
+    if state.is_none() {
         use nix::sys::socket::{setsockopt, sockopt::UdpGroSegment};
-        // quinn-udp turns GRO on; our receive path expects single datagrams.
-        setsockopt(socket, UdpGroSegment, &false).ok()?;
+        // Without the state nothing splits coalesced reads: make sure there are none.
+        let _ = setsockopt(socket, UdpGroSegment, &false);
     }
-    (state.max_gso_segments() > 1).then_some(state)
+    state
 }
 
 impl Driver {
@@ -484,17 +486,10 @@ impl Driver {
                     overrun = waited.is_err();
                     continue;
                 }
-                r = socket.recv_from(&mut buf), if !wait => match r {
-                    Ok((n, from)) => {
-                        self.node.handle_udp(Instant::now(), from, &buf[..n]);
-                        // Whatever else has arrived, before flushing the answers together.
-                        for _ in 1..DRAIN {
-                            match socket.try_recv_from(&mut buf) {
-                                Ok((n, from)) => self.node.handle_udp(Instant::now(), from, &buf[..n]),
-                                Err(_) => break,
-                            }
-                        }
-                    }
+                r = socket.readable(), if !wait => match r {
+                    // What has arrived (up to DRAIN datagrams), before flushing the
+                    // answers together.
+                    Ok(()) => self.read_udp(&socket, &mut buf),
                     Err(e) => tracing::debug!(error = %e, "udp recv"),
                 },
                 Some((relay, msg)) = relay_rx.recv(), if !wait => {
@@ -527,6 +522,45 @@ impl Driver {
                 _ = tokio::time::sleep_until(deadline) => self.node.handle_timeout(Instant::now()),
             }
             self.flush();
+        }
+    }
+
+    /// Reads datagrams until the socket is empty or [`DRAIN`] were handled. With GRO one
+    /// read can return a run of datagrams from one sender, `stride` bytes each (the last
+    /// may be shorter).
+    fn read_udp(&mut self, socket: &UdpSocket, buf: &mut [u8]) {
+        let mut handled = 0;
+        while handled < DRAIN {
+            let now = Instant::now();
+            let Some(state) = &self.gso else {
+                match socket.try_recv_from(buf) {
+                    Ok((n, from)) => self.node.handle_udp(now, from, &buf[..n]),
+                    Err(_) => return,
+                }
+                handled += 1;
+                continue;
+            };
+            let mut meta = [quinn_udp::RecvMeta::default()];
+            let read = socket.try_io(tokio::io::Interest::READABLE, || {
+                let mut bufs = [std::io::IoSliceMut::new(buf)];
+                state.recv(socket.into(), &mut bufs, &mut meta)
+            });
+            match read {
+                Ok(1) => {}
+                Ok(_) => return,
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        tracing::debug!(error = %e, "udp recv");
+                    }
+                    return;
+                }
+            }
+            let [m] = meta;
+            let data = &buf[..m.len.min(buf.len())];
+            for datagram in data.chunks(m.stride.max(1)) {
+                self.node.handle_udp(now, m.addr, datagram);
+                handled += 1;
+            }
         }
     }
 
