@@ -489,7 +489,7 @@ impl Driver {
                 r = socket.readable(), if !wait => match r {
                     // What has arrived (up to DRAIN datagrams), before flushing the
                     // answers together.
-                    Ok(()) => self.read_udp(&socket, &mut buf),
+                    Ok(()) => self.read_udp(&socket, &mut buf, overrun),
                     Err(e) => tracing::debug!(error = %e, "udp recv"),
                 },
                 Some((relay, msg)) = relay_rx.recv(), if !wait => {
@@ -525,12 +525,18 @@ impl Driver {
         }
     }
 
-    /// Reads datagrams until the socket is empty or [`DRAIN`] were handled. With GRO one
+    /// Reads datagrams until the socket is empty, [`DRAIN`] were handled or (unless
+    /// `overrun`: the queue stayed full for [`STALL`] and what arrives is read and
+    /// dropped) the application's queue is short of room for another batch. With GRO one
     /// read can return a run of datagrams from one sender, `stride` bytes each (the last
     /// may be shorter).
-    fn read_udp(&mut self, socket: &UdpSocket, buf: &mut [u8]) {
+    fn read_udp(&mut self, socket: &UdpSocket, buf: &mut [u8], overrun: bool) {
         let mut handled = 0;
-        while handled < DRAIN {
+        // One GRO read can hold dozens of datagrams: read only while the application's
+        // queue has room for a whole batch (backpressure, as in `run`). The caller saw
+        // room (or an overrun), so at least one read happens and a readable socket is
+        // never left unread in a busy loop.
+        while handled < DRAIN && (overrun || self.incoming.has_room()) {
             let now = Instant::now();
             let Some(state) = &self.gso else {
                 match socket.try_recv_from(buf) {
