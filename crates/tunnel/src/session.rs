@@ -93,9 +93,11 @@ pub struct SessionTunnel {
 }
 
 /// Starts the session's tunnel. Decrypted packets go to `to_app` and packets from
-/// `from_app` into the tunnel (routed by destination over the peers' allowed IPs),
-/// both without waiting: a full queue drops (TCP retransmits), it never stalls the
-/// tunnel.
+/// `from_app` into the tunnel (routed by destination over the peers' allowed IPs).
+/// The tunnel never waits on the application: while `to_app` has no room for a
+/// batch, datagrams wait in the socket buffer (at most 20 ms, then a full queue
+/// drops). `from_app` is emptied as fast as the socket sends, whatever `to_app`
+/// does, so an application may wait for room in it (the client's TUN loop does).
 pub async fn start(
     config: SessionTunnelConfig,
     from_app: mpsc::Receiver<Bytes>,

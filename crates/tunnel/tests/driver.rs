@@ -155,13 +155,9 @@ async fn start_app(
 ) -> (Tunnel, TunnelIo, mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>) {
     let (app_tx, from_app) = mpsc::channel::<Bytes>(queue);
     let (to_app, app_rx) = mpsc::channel::<Bytes>(queue);
-    let (t, events) = Tunnel::start_with_app(
-        config(me, other, index, queue),
-        from_app,
-        to_app,
-    )
-    .await
-    .unwrap();
+    let (t, events) = Tunnel::start_with_app(config(me, other, index, queue), from_app, to_app)
+        .await
+        .unwrap();
     let (_, incoming) = mpsc::channel(1);
     (t, TunnelIo { incoming, events }, app_tx, app_rx)
 }

@@ -49,8 +49,8 @@ pub(super) async fn tun_mode(
             tokio::select! {
                 n = dev.recv_batch(&mut rx) => match n {
                     Ok(_) => {
-                        for p in rx.packets() {
-                            let _ = to_tunnel.try_send(Bytes::copy_from_slice(p));
+                        if !hand_over(rx.packets(), &to_tunnel).await {
+                            return;
                         }
                     }
                     Err(e) => {
@@ -74,4 +74,55 @@ pub(super) async fn tun_mode(
         }
     });
     Ok((handle, task))
+}
+
+/// Hands one read's packets (up to a 64 KiB super-packet's ~45 segments) to the
+/// tunnel, waiting for room instead of dropping: while the tunnel's queue is full
+/// the TUN interface is not read, so the kernel's queue holds what the sender's TCP
+/// writes next (and slows it) instead of a run of consecutive segments being lost,
+/// each run a retransmission burst. The tunnel's driver empties this queue even
+/// while its own application queue is full, so the wait always ends. False once the
+/// tunnel is gone.
+async fn hand_over<'a>(
+    packets: impl Iterator<Item = &'a [u8]>,
+    to_tunnel: &mpsc::Sender<Bytes>,
+) -> bool {
+    for p in packets {
+        if to_tunnel.send(Bytes::copy_from_slice(p)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_read_larger_than_the_tunnels_free_queue_waits_and_loses_nothing() {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(4);
+        let packets: Vec<Vec<u8>> = (0..45u8).map(|i| vec![i; 1380]).collect();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(p) = rx.recv().await {
+                got.push(p[0]);
+                // A tunnel busier than the TUN reader.
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            got
+        });
+        assert!(hand_over(packets.iter().map(|p| p.as_slice()), &tx).await);
+        drop(tx);
+        let got = reader.await.unwrap();
+        assert_eq!(got, (0..45u8).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_closed_tunnel_ends_the_hand_over() {
+        let (tx, rx) = mpsc::channel::<Bytes>(4);
+        drop(rx);
+        let p = [0u8; 20];
+        assert!(!hand_over(std::iter::once(&p[..]), &tx).await);
+    }
 }
