@@ -1,7 +1,18 @@
 //! `drawbridge-edge`: a thin shell over the library.
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // Before the runtime's threads (and the sessions' own threads) exist.
+    drawbridge_tunnel::malloc::limit_arenas();
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(run()),
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> std::process::ExitCode {
     // A build with DRAWBRIDGE_EDGE_VERSION set reports that version (a second
     // build for update tests recompiles only this file).
     drawbridge_edge::set_version(

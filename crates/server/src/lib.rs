@@ -17,7 +17,6 @@ pub mod extract;
 pub mod health;
 pub mod keys;
 pub mod live;
-pub mod malloc;
 pub mod metrics;
 pub mod notifications;
 pub mod outbox;

@@ -2,7 +2,7 @@
 
 fn main() -> std::process::ExitCode {
     // Before the runtime's threads exist.
-    drawbridge_server::malloc::limit_arenas();
+    drawbridge_tunnel::malloc::limit_arenas();
     match tokio::runtime::Runtime::new() {
         Ok(rt) => rt.block_on(run()),
         Err(e) => {

@@ -31,6 +31,7 @@ pub mod driver;
 pub mod engine;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod malloc;
 pub mod proxy;
 pub mod session;
 pub mod shutdown;

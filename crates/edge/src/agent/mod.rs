@@ -10,6 +10,7 @@
 //! reachable control plane or not.
 
 mod channel;
+mod data_thread;
 mod push;
 mod sessions;
 mod updates;

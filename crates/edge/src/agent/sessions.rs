@@ -2,6 +2,7 @@
 //! per-session tunnels (a fresh WireGuard key each), peers, candidates, the
 //! path to the LAN (userspace stack or kernel), per-peer reports.
 
+use super::data_thread::DataThread;
 use super::{Agent, EDGE_OVERLAY_IP, now};
 use crate::local::PeerStatus;
 use anyhow::Context;
@@ -76,6 +77,9 @@ pub(super) struct Running {
     /// Carries the tunnel's candidates to the control plane.
     pub(super) signals: Option<tokio::task::JoinHandle<()>>,
     pub(super) stats: HashMap<WgKey, PeerStatus>,
+    /// The thread the tunnel and the LAN path run on (dropped last: it ends what
+    /// is left on it).
+    pub(super) data: Option<DataThread>,
 }
 
 impl Running {
@@ -87,6 +91,7 @@ impl Running {
             f.abort();
         }
         self.tunnel = None;
+        self.data = None;
         self.peers.clear();
         self.applied = None;
     }
@@ -134,6 +139,7 @@ impl Agent {
                     relay: RelayLink::default(),
                     signals: None,
                     stats: HashMap::new(),
+                    data: None,
                 }
             });
             r.info = info;
@@ -299,18 +305,33 @@ async fn start_tunnel(
 ) -> anyhow::Result<()> {
     let (to_fwd, from_tunnel) = mpsc::channel::<Bytes>(1024);
     let (to_tunnel, from_fwd) = mpsc::channel::<Bytes>(1024);
-    let started = session::start(
-        SessionTunnelConfig {
-            private_key: r.private_key,
-            stun: r.info.stun.clone(),
-            relay_url: r.info.relay_url.clone(),
-            relay_token: token.to_string(),
-            connector: Connector::Rustls(tls),
-        },
-        from_fwd,
-        to_fwd,
-    )
-    .await
+    // In userspace mode the tunnel's driver and the LAN path share a thread of
+    // their own (see `data_thread`): started there, they belong to its runtime. In
+    // kernel mode the LAN's replies come from one TUN reader for all sessions on the
+    // main runtime, so the tunnel stays there too: a session thread would add a
+    // thread wake-up to every reply (the lab's ping went from 0.42 to 0.67 ms).
+    let data = match gateway {
+        Some(_) => None,
+        None => {
+            let name: String = format!("s-{}", r.info.session_id)
+                .chars()
+                .take(15)
+                .collect();
+            Some(DataThread::start(&name).context("starting the session's thread")?)
+        }
+    };
+    let config = SessionTunnelConfig {
+        private_key: r.private_key,
+        stun: r.info.stun.clone(),
+        relay_url: r.info.relay_url.clone(),
+        relay_token: token.to_string(),
+        connector: Connector::Rustls(tls),
+    };
+    let start = session::start(config, from_fwd, to_fwd);
+    let started = match &data {
+        Some(d) => d.spawn(start).await.context("the session's thread ended")?,
+        None => start.await,
+    }
     .context("starting the tunnel")?;
     let SessionTunnel { tunnel, mut events } = started;
     // Client packets go to the userspace stack, which opens ordinary sockets to
@@ -339,10 +360,12 @@ async fn start_tunnel(
                 allowed_sources: sources,
                 limits: Limits::default(),
             });
-            (
-                LanPath::Userspace(handle),
-                tokio::spawn(fwd.run(from_tunnel, to_tunnel)),
-            )
+            let run = fwd.run(from_tunnel, to_tunnel);
+            let task = match &data {
+                Some(d) => d.spawn(run),
+                None => tokio::spawn(run),
+            };
+            (LanPath::Userspace(handle), task)
         }
     };
     let session_id = r.info.session_id.clone();
@@ -359,6 +382,7 @@ async fn start_tunnel(
     }));
     r.forwarder = Some((lan, fwd_task));
     r.tunnel = Some(tunnel);
+    r.data = data;
     r.relay = RelayLink::started(&r.info.relay_url, token);
     Ok(())
 }

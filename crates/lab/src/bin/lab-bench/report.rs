@@ -421,7 +421,8 @@ impl Report {
              they are packets lost inside the tunnel path (userspace daemons' UDP and TUN queues on a busy 2-core machine).\n\
              - Where Drawbridge's speed comes from: the client's TUN uses the kernel's offloads (one read returns a \
              TCP super-packet of up to 64 KiB, split in userspace; writes are coalesced), the tunnel's UDP socket \
-             sends runs of datagrams with one GSO call and has 4 MiB buffers, and the edge's smoltcp sends all its \
+             sends runs of datagrams with one GSO call, receives a sender's run with one read (GRO) and has 4 MiB \
+             buffers, and the edge's smoltcp sends all its \
              window allows per wake-up with 1 MiB windows and CUBIC. Debian's wireguard-go (v0.0.20220316) predates \
              wireguard-go's own TUN offloads.\n\
              - onetun's figure is onetun's own limit here: its log shows packets dropped inside it (a lagging \

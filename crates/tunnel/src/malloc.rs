@@ -1,6 +1,10 @@
-//! The C allocator's arenas, set before the runtime starts its threads.
+//! The C allocator's arenas, set before the runtime starts its threads (by the
+//! server and the edge, the processes that carry tunnels).
 //!
-//! glibc gives threads up to eight arenas per core. A server that holds
+//! glibc gives threads up to eight arenas per core. An edge that runs each
+//! session's data path on a thread of its own would otherwise start an arena
+//! with most sessions (about 160 KiB of resident memory each in the lab). A
+//! server that holds
 //! thousands of long-lived connections, each set up amid short-lived handshake
 //! allocations on whichever worker thread ran it, leaves every arena with
 //! freed holes that are never returned: with 10,000 edge channels that was
