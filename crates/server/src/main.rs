@@ -1,15 +1,8 @@
 //! `drawbridge-server`: a thin shell over the library.
 
 fn main() -> std::process::ExitCode {
-    // Before the runtime's threads exist.
-    drawbridge_tunnel::malloc::limit_arenas();
-    match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt.block_on(run()),
-        Err(e) => {
-            eprintln!("error: starting the runtime: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    // Arenas limited before the runtime's threads exist.
+    drawbridge_tunnel::malloc::run_main(run())
 }
 
 async fn run() -> std::process::ExitCode {

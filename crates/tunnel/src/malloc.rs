@@ -31,3 +31,19 @@ pub fn limit_arenas() {
         }
     }
 }
+
+/// A process's `main` for the server and the edge: limits the arenas, then runs
+/// `body` on a multi-threaded runtime.
+pub fn run_main(
+    body: impl std::future::Future<Output = std::process::ExitCode>,
+) -> std::process::ExitCode {
+    // Before the runtime's threads exist.
+    limit_arenas();
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(body),
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
