@@ -369,20 +369,40 @@ pub(crate) fn drawbridge_row(
         .and_then(|s| s.last())
         .map(|s| s["peers"][0]["path"].as_str().unwrap_or("?").to_string())
         .unwrap_or_else(|| "?".into());
-    f.path = if before.0 == after.0 {
+    f.path = path_text(&before, &after, &edge_path);
+    f
+}
+
+/// The row's path column: the client's path (and reason) and the edge's, or the
+/// change during the run. A client that had not written its status yet when the
+/// row started (it rewrites it every second) has no "before".
+fn path_text(before: &(String, String), after: &(String, String), edge_path: &str) -> String {
+    if before.0 == after.0 || before.0.is_empty() {
         format!("{} ({}; edge: {edge_path})", after.0, after.1)
     } else {
         format!(
             "{} ({}) → {} ({}) during the run",
             before.0, before.1, after.0, after.1
         )
-    };
-    f
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_not_reported_yet_at_the_start_is_no_change() {
+        let p = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(
+            path_text(&p("", ""), &p("direct", "direct ok"), "direct"),
+            "direct (direct ok; edge: direct)"
+        );
+        assert_eq!(
+            path_text(&p("relay", "probing"), &p("direct", "direct ok"), "direct"),
+            "relay (probing) → direct (direct ok) during the run"
+        );
+    }
 
     #[test]
     fn log_fields_are_read_with_or_without_colours() {
