@@ -8,8 +8,8 @@
 //! thread (a futex wake-up and two context switches per batch, 19 % of the edge's
 //! CPU in the profile of one stream), and the two tasks kept trading cores. On one
 //! thread the hand-over is a queue push and the next task runs at once: one
-//! stream went from ~2.8 to ~3.2 Gbit/s (`-L`: ~2.8 to ~3.5) in the lab (BENCHMARKS.md). Sessions
-//! still run in parallel, one thread each.
+//! stream went from ~2.8 to ~3.2 Gbit/s (`-L`: ~2.8 to ~3.5) in the lab
+//! (BENCHMARKS.md). Sessions still run in parallel, one thread each.
 //!
 //! The runtime lives as long as its [`DataThread`]: dropping it ends the thread
 //! and every task still on it (the session's tunnel, relays, flows).
