@@ -253,13 +253,25 @@ fn an_ended_desktop_is_listed_with_its_hash_and_replays_to_its_last_frame() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-recording-intact"], "true");
     assert_eq!(r.headers()["x-recording-sha256"], sha.as_str());
+    assert!(
+        r.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .ends_with(".dbrfb.lz4\""),
+        "{:?}",
+        r.headers()["content-disposition"]
+    );
     let body = r.bytes().unwrap();
-    assert!(body.starts_with(b"DBRFB1\n"), "a Drawbridge recording");
     let digest = ring::digest::digest(&ring::digest::SHA256, &body);
     assert_eq!(
         hex::encode(digest.as_ref()),
         sha,
-        "the bytes hash to the listed SHA-256"
+        "the downloaded file hashes to the SHA-256 on the record"
+    );
+    let stream = lz4_decompress(&body);
+    assert!(
+        stream.starts_with(b"DBRFB1\n"),
+        "lz4 -d opens it to a Drawbridge recording"
     );
 }
 

@@ -102,7 +102,14 @@ fn an_rdp_desktop_is_seen_typed_into_recorded_and_closed_with_its_session() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-recording-intact"], "true");
-    let bytes = r.bytes().unwrap();
+    assert_eq!(r.headers()["x-recording-sha256"], sha.as_str());
+    let file = r.bytes().unwrap();
+    assert_eq!(
+        hex::encode(ring::digest::digest(&ring::digest::SHA256, &file).as_ref()),
+        sha,
+        "the downloaded file hashes to the SHA-256 on the record"
+    );
+    let bytes = lz4_decompress(&file);
     assert!(
         bytes.starts_with(b"DBRDP1\n"),
         "{:?}",
@@ -321,6 +328,7 @@ fn stored_rdp_credentials_sign_in_and_the_user_never_sees_them() {
         .unwrap()
         .bytes()
         .unwrap();
+    let bytes = lz4_decompress(&bytes);
     assert!(bytes.starts_with(b"DBRDP1\n") && bytes.len() > 10_000);
     let utf16: Vec<u8> = VNC_PASSWORD
         .encode_utf16()

@@ -19,10 +19,45 @@ store_tests!(
     a_changed_moved_or_missing_recording_chunk_is_detected,
     recordings_stop_at_the_accounts_size_limit,
     recordings_are_stored_compressed_by_their_writer_and_a_refused_chunk_stops_them,
+    a_downloaded_recording_is_lz4_frames_whose_sha256_is_the_one_on_record,
+    a_recording_stopped_midway_hashes_exactly_what_was_stored,
+    a_recording_stored_before_lz4_frames_reads_and_downloads_as_its_stream,
     only_admins_and_auditors_watch_replay_and_download_recordings,
     recordings_past_the_accounts_retention_are_deleted,
     a_monitor_grant_gets_a_devices_desktops_and_never_a_tunnel,
 );
+
+/// GET `path` with a token: status, headers and the body's bytes.
+async fn download(
+    app: &TestApp,
+    path: &str,
+    token: &str,
+) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let req = axum::http::Request::builder()
+        .uri(path)
+        .header("authorization", format!("Bearer {token}"))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let res = app.app.clone().oneshot(req).await.unwrap();
+    let (parts, body) = res.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes().to_vec();
+    (parts.status, parts.headers, bytes)
+}
+
+/// LZ4 frames one after the other, decompressed (a frame's end reads as 0).
+fn lz4_frames(file: &[u8]) -> Vec<u8> {
+    let mut dec = lz4_flex::frame::FrameDecoder::new(file);
+    let mut out = Vec::new();
+    while std::io::Read::read_to_end(&mut dec, &mut out).unwrap() > 0 {}
+    out
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
 
 /// A device whose firewall releases 192.168.1.20:5900, marked as a VNC desktop.
 async fn vnc_device(app: &TestApp, acct: &common::Account, name: &str) -> String {
@@ -386,7 +421,7 @@ async fn recordings_are_stored_compressed_by_their_writer_and_a_refused_chunk_st
             .fetch_one(&app.state.store.pool)
             .await
             .unwrap();
-    assert_eq!(format, "lz4");
+    assert_eq!(format, "lz4-frame");
     let stored: Vec<String> =
         sqlx::query_scalar("SELECT data FROM recording_chunks WHERE recording_id = $1")
             .bind(&id)
@@ -723,4 +758,169 @@ async fn a_monitor_grant_gets_a_devices_desktops_and_never_a_tunnel(app: TestApp
         .await;
     assert_eq!(access["level"], "monitor");
     assert_eq!(access["can_tunnel"], false);
+}
+
+async fn a_downloaded_recording_is_lz4_frames_whose_sha256_is_the_one_on_record(app: TestApp) {
+    let acct = app.account("acme").await;
+    // Three chunks, one of them large and compressible, one not.
+    let screen = vec![42u8; 600 * 1024];
+    let noise: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let (id, sha) = recorded(
+        &app,
+        &acct.id,
+        &acct.admin_id,
+        &[b"RFB 003.008\n", &screen, &noise],
+        RecordingMode::Required,
+    )
+    .await;
+    let sha = sha.expect("a hash on the record");
+    let (s, h, file) = download(
+        &app,
+        &format!("/api/v1/desktops/{id}/recording"),
+        &acct.admin,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["x-recording-intact"], "true");
+    assert_eq!(h["x-recording-sha256"], sha.as_str());
+    assert_eq!(
+        h["content-disposition"],
+        format!("attachment; filename=\"desktop-{id}.dbrfb.lz4\"").as_str()
+    );
+    assert_eq!(
+        sha256_hex(&file),
+        sha,
+        "sha256sum of the file is the hash on record"
+    );
+    assert!(file.len() < 300 * 1024, "{} bytes for 800 KiB", file.len());
+    // The file is standard LZ4 frames (one per chunk), which open to the
+    // framed stream the player replays.
+    assert!(
+        file.starts_with(&[0x04, 0x22, 0x4d, 0x18]),
+        "the LZ4 frame magic"
+    );
+    let stream = lz4_frames(&file);
+    let frames = drawbridge_desktop::recording::frames(&stream).unwrap();
+    let payloads: Vec<&[u8]> = frames.iter().map(|f| f.data).collect();
+    assert!(
+        payloads == [&b"RFB 003.008\n"[..], &screen, &noise],
+        "the file opens to the frames recorded"
+    );
+    let back = recording::read(&app.state, &id, None).await.unwrap();
+    assert_eq!(back.stream, stream);
+    assert_eq!(back.file, file);
+
+    // One byte of the file changed in the database (a chunk re-sealed with
+    // the key, as someone holding it could): the download says so.
+    let chunk: String =
+        sqlx::query_scalar("SELECT data FROM recording_chunks WHERE recording_id = $1 AND seq = 1")
+            .bind(&id)
+            .fetch_one(&app.state.store.pool)
+            .await
+            .unwrap();
+    let place = format!("recording_chunks:{id}:1");
+    let mut opened = app.state.store.unseal_bytes(&place, &chunk).unwrap();
+    let last = opened.len() - 5;
+    opened[last] ^= 1;
+    sqlx::query("UPDATE recording_chunks SET data = $1 WHERE recording_id = $2 AND seq = 1")
+        .bind(app.state.store.seal_bytes(&place, &opened))
+        .bind(&id)
+        .execute(&app.state.store.pool)
+        .await
+        .unwrap();
+    let (s, h, file) = download(
+        &app,
+        &format!("/api/v1/desktops/{id}/recording"),
+        &acct.admin,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["x-recording-intact"], "false");
+    assert_ne!(sha256_hex(&file), sha);
+}
+
+async fn a_recording_stopped_midway_hashes_exactly_what_was_stored(app: TestApp) {
+    let acct = app.account("acme").await;
+    let (id, _) = recorded(
+        &app,
+        &acct.id,
+        &acct.admin_id,
+        &[],
+        RecordingMode::BestEffort,
+    )
+    .await;
+    sqlx::query("DELETE FROM recording_chunks WHERE recording_id = $1")
+        .bind(&id)
+        .execute(&app.state.store.pool)
+        .await
+        .unwrap();
+    let mut r = Recording::new(id.clone(), RecordingMode::BestEffort, 64, HEADER);
+    r.record(b"stored").unwrap();
+    r.store(&app.state).await.unwrap();
+    // Recorded but never stored: the recording stops (as a best-effort one
+    // does at its size limit) with this still pending.
+    r.record(b"pending, then dropped").unwrap();
+    r.stop();
+    let sha = r.finish().await;
+    sqlx::query("UPDATE desktop_recordings SET state = 'ended', sha256 = $1 WHERE id = $2")
+        .bind(&sha)
+        .bind(&id)
+        .execute(&app.state.store.pool)
+        .await
+        .unwrap();
+    let back = recording::read(&app.state, &id, None).await.unwrap();
+    assert!(back.intact, "the hash covers what was stored, no more");
+    assert_eq!(Some(back.sha256), sha);
+    let frames = drawbridge_desktop::recording::frames(&back.stream).unwrap();
+    assert_eq!(frames.last().unwrap().data, b"stored");
+}
+
+async fn a_recording_stored_before_lz4_frames_reads_and_downloads_as_its_stream(app: TestApp) {
+    let acct = app.account("acme").await;
+    let (id, _) = recorded(&app, &acct.id, &acct.admin_id, &[], RecordingMode::Required).await;
+    sqlx::query("DELETE FROM recording_chunks WHERE recording_id = $1")
+        .bind(&id)
+        .execute(&app.state.store.pool)
+        .await
+        .unwrap();
+    // Two chunks as the server stored them before: LZ4 blocks with their size
+    // in front, the hash over the framed stream.
+    let mut framer = drawbridge_desktop::recording::Recorder::new();
+    let mut stream = HEADER.to_vec();
+    let first = stream.len();
+    framer.frame_into(5, b"RFB 003.008\n", &mut stream);
+    for (seq, part) in [(0, &stream[..first]), (1, &stream[first..])] {
+        let place = format!("recording_chunks:{id}:{seq}");
+        let block = lz4_flex::block::compress_prepend_size(part);
+        sqlx::query("INSERT INTO recording_chunks (recording_id, seq, data) VALUES ($1, $2, $3)")
+            .bind(&id)
+            .bind(seq)
+            .bind(app.state.store.seal_bytes(&place, &block))
+            .execute(&app.state.store.pool)
+            .await
+            .unwrap();
+    }
+    sqlx::query(
+        "UPDATE desktop_recordings SET chunks = 2, chunk_format = 'lz4', sha256 = $1 WHERE id = $2",
+    )
+    .bind(sha256_hex(&stream))
+    .bind(&id)
+    .execute(&app.state.store.pool)
+    .await
+    .unwrap();
+    let (s, h, file) = download(
+        &app,
+        &format!("/api/v1/desktops/{id}/recording"),
+        &acct.admin,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["x-recording-intact"], "true");
+    assert_eq!(file, stream);
+    assert_eq!(
+        h["content-disposition"],
+        format!("attachment; filename=\"desktop-{id}.dbrfb\"").as_str()
+    );
 }

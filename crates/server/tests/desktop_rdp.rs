@@ -87,13 +87,24 @@ async fn enter(app: &TestApp, url: &str) -> (String, String) {
     (host, cookie)
 }
 
-/// GET `path` on the origin: status, headers, body.
+/// GET `path` on the origin: status, headers, body (as text).
 async fn get(
     app: &TestApp,
     host: &str,
     cookie: &str,
     path: &str,
 ) -> (StatusCode, axum::http::HeaderMap, String) {
+    let (s, h, body) = get_bytes(app, host, cookie, path).await;
+    (s, h, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// GET `path` on the origin: status, headers, body.
+async fn get_bytes(
+    app: &TestApp,
+    host: &str,
+    cookie: &str,
+    path: &str,
+) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
     let req = Request::builder()
         .uri(path)
         .header(header::HOST, host)
@@ -103,11 +114,7 @@ async fn get(
     let res = app.app.clone().oneshot(req).await.unwrap();
     let (parts, body) = res.into_parts();
     let body = axum::body::to_bytes(body, 64 << 20).await.unwrap();
-    (
-        parts.status,
-        parts.headers,
-        String::from_utf8_lossy(&body).into_owned(),
-    )
+    (parts.status, parts.headers, body.to_vec())
 }
 
 async fn ws(l: &Live, host: &str, cookie: &str, path: &str, origin: Option<&str>) -> Ws {
@@ -383,9 +390,18 @@ async fn a_recorded_rdp_desktop_is_watched_and_replayed_as_a_gateway_answers(app
     assert_eq!(next(&mut w).await.unwrap(), response);
     assert_eq!(next(&mut w).await.unwrap(), b"\x03\x00\x00\x08mcs1");
     assert_eq!(next(&mut w).await.unwrap(), b"frame-2");
-    let (s, _, file) = get(app, &host, &cookie, "/.drawbridge/recording?download=1").await;
+    let (s, h, file) = get_bytes(app, &host, &cookie, "/.drawbridge/recording?download=1").await;
     assert_eq!(s, StatusCode::OK);
-    assert!(file.starts_with("DBRDP1\n"));
+    assert_eq!(h["x-recording-sha256"], sha.clone().unwrap().as_str());
+    use sha2::Digest;
+    assert_eq!(Some(hex::encode(sha2::Sha256::digest(&file))), sha);
+    let mut stream = Vec::new();
+    std::io::Read::read_to_end(
+        &mut lz4_flex::frame::FrameDecoder::new(&file[..]),
+        &mut stream,
+    )
+    .unwrap();
+    assert!(stream.starts_with(b"DBRDP1\n"));
 }
 
 async fn rdp_credentials_are_stored_sealed_never_shown_and_only_by_admins(app: TestApp) {

@@ -21,8 +21,9 @@ pub const MAGENTA: (&str, [u8; 3]) = ("#ff00ff", [255, 0, 255]);
 pub const GREEN: (&str, [u8; 3]) = ("#00ff00", [0, 255, 0]);
 pub const BLUE: (&str, [u8; 3]) = ("#0000ff", [0, 0, 255]);
 /// The X tools (Debian: tigervnc-standalone-server, tigervnc-tools,
-/// x11-xserver-utils, x11-utils).
-const X_TOOLS: [&str; 4] = ["Xvnc", "vncpasswd", "xsetroot", "xev"];
+/// x11-xserver-utils, x11-utils), and `lz4` (Debian: lz4), which opens a
+/// downloaded recording as an auditor would.
+const X_TOOLS: [&str; 5] = ["Xvnc", "vncpasswd", "xsetroot", "xev", "lz4"];
 
 fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
@@ -45,9 +46,36 @@ pub fn have_desktop_tools(test: &str, browser: bool) -> bool {
         panic!("DRAWBRIDGE_REQUIRE_BROWSER=1 but {missing:?} missing");
     }
     eprintln!(
-        "SKIPPED {test}: no {missing:?} (install tigervnc-standalone-server tigervnc-tools x11-xserver-utils x11-utils)"
+        "SKIPPED {test}: no {missing:?} (install tigervnc-standalone-server tigervnc-tools x11-xserver-utils x11-utils lz4)"
     );
     false
+}
+
+/// A downloaded recording opened with the `lz4` tool (`lz4 -d`, stdin to
+/// stdout), as an auditor opens it: the framed stream.
+pub fn lz4_decompress(file: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new("lz4")
+        .args(["-d", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run lz4");
+    let mut stdin = child.stdin.take().expect("lz4's stdin");
+    let input = file.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().expect("lz4 ran");
+    feeder
+        .join()
+        .expect("feeding lz4")
+        .expect("lz4 took the file");
+    assert!(
+        out.status.success(),
+        "lz4 -d: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 /// A running `Xvnc` (VNC Authentication with [`VNC_PASSWORD`], 640x480),

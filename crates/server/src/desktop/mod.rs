@@ -359,34 +359,39 @@ pub async fn stored_recording(
     recording::read(state, id, None).await
 }
 
-/// The recording's bytes, with whether they are the ones on the record.
+/// The recording's framed stream (what the player plays), with whether the
+/// recording is the one on the record.
 pub async fn replay_stream(state: &AppState, caller: &Caller, id: &str) -> Response {
-    let r = stored_recording(state, caller, id).await;
-    match r {
-        Ok(s) => {
-            let mut res = (StatusCode::OK, s.stream).into_response();
-            let h = res.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/octet-stream"),
-            );
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            h.insert(
-                "x-recording-intact",
-                HeaderValue::from_static(if s.intact { "true" } else { "false" }),
-            );
-            if let Ok(v) = HeaderValue::from_str(&s.sha256) {
-                h.insert("x-recording-sha256", v);
-            }
-            res
-        }
+    match stored_recording(state, caller, id).await {
+        Ok(s) => recording_response(s.stream, &s.sha256, s.intact),
         Err(e) => e.into_response(),
     }
 }
 
-/// Download a desktop's recording (admins and auditors): the framed RFB
-/// stream the browser was sent. `x-recording-intact` says whether its
-/// SHA-256 (`x-recording-sha256`) is the one on the audit chain.
+/// Bytes of a recording with its hash and whether that is the one on the record.
+fn recording_response(body: Vec<u8>, sha256: &str, intact: bool) -> Response {
+    let mut res = (StatusCode::OK, body).into_response();
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        "x-recording-intact",
+        HeaderValue::from_static(if intact { "true" } else { "false" }),
+    );
+    if let Ok(v) = HeaderValue::from_str(sha256) {
+        h.insert("x-recording-sha256", v);
+    }
+    res
+}
+
+/// Download a desktop's recording (admins and auditors): its file, the
+/// stored LZ4 frames of the framed RFB stream (`lz4 -d` gives the stream), so
+/// `sha256sum` of the file is the SHA-256 on the audit chain
+/// (`x-recording-sha256`; `x-recording-intact` says whether they match).
+/// Recordings from before LZ4 frames download as the framed stream itself.
 #[utoipa::path(get, path = "/api/v1/desktops/{id}/recording", tag = "desktops", params(("id" = String, Path)),
     responses((status = 200, description = "the recording (application/octet-stream)"), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
 async fn download(
@@ -399,17 +404,18 @@ async fn download(
 
 /// The recording as a file to save, its download on the audit chain.
 pub async fn download_response(state: &AppState, caller: &Caller, id: &str) -> Response {
-    let mut res = replay_stream(state, caller, id).await;
-    if res.status() == StatusCode::OK {
-        let ev = caller.event("desktop.download", &format!("recording:{id}"));
-        if let Err(e) = crate::audit::record(&state.store, state.now(), &ev).await {
-            return AppError::from(e).into_response();
-        }
-        if let Ok(v) =
-            HeaderValue::from_str(&format!("attachment; filename=\"desktop-{id}.dbrfb\""))
-        {
-            res.headers_mut().insert(header::CONTENT_DISPOSITION, v);
-        }
+    let s = match stored_recording(state, caller, id).await {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let ev = caller.event("desktop.download", &format!("recording:{id}"));
+    if let Err(e) = crate::audit::record(&state.store, state.now(), &ev).await {
+        return AppError::from(e).into_response();
+    }
+    let name = format!("attachment; filename=\"desktop-{id}.{}\"", s.extension);
+    let mut res = recording_response(s.file, &s.sha256, s.intact);
+    if let Ok(v) = HeaderValue::from_str(&name) {
+        res.headers_mut().insert(header::CONTENT_DISPOSITION, v);
     }
     res
 }

@@ -1,13 +1,16 @@
 //! Recordings of browser desktops in the database: what the browser was sent,
-//! framed with times (`drawbridge_desktop::recording`), in chunks sealed with
-//! the secrets key (bound to their recording and place), with a SHA-256 over
-//! the whole stream that goes on the audit chain when the desktop ends. A
-//! chunk copied into another recording or place does not open; a changed one
-//! does not open either, and a removed one changes the hash.
+//! framed with times (`drawbridge_desktop::recording`), in chunks that are
+//! each one LZ4 frame (the standard format `lz4 -d` reads), sealed with the
+//! secrets key (bound to their recording and place). The recording's file is
+//! its frames one after the other, which is what a download gives; its
+//! SHA-256 goes on the audit chain when the desktop ends, so `sha256sum` of a
+//! downloaded recording is the hash on the record. A chunk copied into
+//! another recording or place does not open; a changed one does not open
+//! either, and a removed one changes the hash.
 //!
 //! Storing is off the desktop's path: full chunks go through a short queue to
-//! a writer task of the recording, which compresses (LZ4), seals and inserts
-//! them in order. A `required` recording waits for room in the queue (the
+//! a writer task of the recording, which compresses, seals, inserts and
+//! hashes them in order (the hash covers exactly what was stored). A `required` recording waits for room in the queue (the
 //! desktop slows to what the database takes, nothing is lost); a best-effort
 //! one stops being recorded instead. Chunks in the queue stay readable for
 //! watchers until they are stored.
@@ -31,8 +34,12 @@ const QUEUE: usize = 4;
 /// A stored chunk never opens to more than this (a chunk is at most
 /// [`CHUNK_BYTES`] plus one frame): a larger stated size is damage.
 const MAX_CHUNK_PLAIN: usize = 64 * 1024 * 1024;
-/// `desktop_recordings.chunk_format` of chunks compressed before sealing.
-const LZ4: &str = "lz4";
+/// `desktop_recordings.chunk_format` of chunks that are one LZ4 frame each,
+/// the recording's hash over the frames.
+const LZ4_FRAME: &str = "lz4-frame";
+/// Of older recordings: LZ4 blocks with their size in front (or, with any
+/// other name, the framed bytes themselves), the hash over the framed stream.
+const LZ4_BLOCK: &str = "lz4";
 
 /// Where chunk `seq` of a recording is stored (its sealing context).
 pub(crate) fn context(recording_id: &str, seq: i64) -> String {
@@ -70,7 +77,6 @@ pub struct Recording {
     seq: i64,
     bytes: u64,
     limit: u64,
-    hash: Sha256,
     /// Started with the first chunk.
     writer: Option<Writer>,
     shared: Arc<Shared>,
@@ -95,7 +101,8 @@ struct Shared {
 
 struct Writer {
     tx: mpsc::Sender<Chunk>,
-    task: tokio::task::JoinHandle<()>,
+    /// Answers the hash of the chunks it stored.
+    task: tokio::task::JoinHandle<Sha256>,
 }
 
 impl Recording {
@@ -113,7 +120,6 @@ impl Recording {
             seq: 0,
             bytes: 0,
             limit: u64::from(limit_mb) * 1024 * 1024,
-            hash: Sha256::new(),
             writer: None,
             shared: Arc::default(),
         };
@@ -124,7 +130,6 @@ impl Recording {
     }
 
     fn add(&mut self, framed: &[u8]) {
-        self.hash.update(framed);
         self.bytes += framed.len() as u64;
         self.pending.extend_from_slice(framed);
     }
@@ -157,7 +162,6 @@ impl Recording {
         // Framed straight into the pending chunk: one copy.
         let start = self.pending.len();
         self.framer.frame_into(t, data, &mut self.pending);
-        self.hash.update(&self.pending[start..]);
         self.bytes += (self.pending.len() - start) as u64;
         Ok(())
     }
@@ -211,11 +215,15 @@ impl Recording {
         Ok(())
     }
 
-    /// Waits until every chunk handed over is stored (or the writer failed).
-    async fn drain(&mut self) {
-        if let Some(w) = self.writer.take() {
-            drop(w.tx);
-            let _ = w.task.await;
+    /// Waits until every chunk handed over is stored (or the writer failed)
+    /// and answers the hash of what was stored.
+    async fn drain(&mut self) -> Sha256 {
+        match self.writer.take() {
+            Some(w) => {
+                drop(w.tx);
+                w.task.await.unwrap_or_default()
+            }
+            None => Sha256::new(),
         }
     }
 
@@ -225,12 +233,11 @@ impl Recording {
         self.pending.clear();
     }
 
-    /// Waits for the writer, then gives the SHA-256 (hex) of everything
-    /// recorded, when anything was.
+    /// Waits for the writer, then gives the SHA-256 (hex) of the recording's
+    /// file (every chunk stored), unless the mode is off.
     pub async fn finish(&mut self) -> Option<String> {
-        self.drain().await;
-        (self.mode != RecordingMode::Off)
-            .then(|| hex::encode(std::mem::take(&mut self.hash).finalize()))
+        let hash = self.drain().await;
+        (self.mode != RecordingMode::Off).then(|| hex::encode(hash.finalize()))
     }
 
     pub fn bytes(&self) -> u64 {
@@ -238,17 +245,25 @@ impl Recording {
     }
 }
 
-/// The recording's writer: stores each chunk in order (compressed, sealed,
-/// with the recording's chunk count and size), and stops at the first that
-/// the database refuses.
+/// The recording's writer: stores each chunk in order (one LZ4 frame, sealed,
+/// with the recording's chunk count and size) and hashes it, stops at the
+/// first that the database refuses, and answers the hash of what it stored.
 fn spawn_writer(state: AppState, id: String, shared: Arc<Shared>) -> Writer {
     let (tx, mut rx) = mpsc::channel::<Chunk>(QUEUE);
     let task = tokio::spawn(async move {
+        let mut hash = Sha256::new();
         while let Some(c) = rx.recv().await {
-            if let Err(e) = store_chunk(&state, &id, &c).await {
-                tracing::warn!(recording = %id, error = %e.message, "storing a recording chunk failed");
-                shared.failed.store(true, Ordering::SeqCst);
-                return;
+            let stored = match lz4_frame(&c.data) {
+                Ok(frame) => store_chunk(&state, &id, &c, &frame).await.map(|()| frame),
+                Err(e) => Err(AppError::internal(anyhow::Error::from(e))),
+            };
+            match stored {
+                Ok(frame) => hash.update(&frame),
+                Err(e) => {
+                    tracing::warn!(recording = %id, error = %e.message, "storing a recording chunk failed");
+                    shared.failed.store(true, Ordering::SeqCst);
+                    return hash;
+                }
             }
             shared
                 .queued
@@ -256,13 +271,26 @@ fn spawn_writer(state: AppState, id: String, shared: Arc<Shared>) -> Writer {
                 .unwrap_or_else(|e| e.into_inner())
                 .pop_front();
         }
+        hash
     });
     Writer { tx, task }
 }
 
-async fn store_chunk(state: &AppState, id: &str, c: &Chunk) -> AppResult<()> {
-    let compressed = lz4_flex::block::compress_prepend_size(&c.data);
-    let sealed = state.store.seal_bytes(&context(id, c.seq), &compressed);
+/// `data` as one LZ4 frame (independent blocks, its size in the header).
+fn lz4_frame(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    use lz4_flex::frame::{BlockMode, BlockSize, FrameEncoder, FrameInfo};
+    use std::io::Write;
+    let info = FrameInfo::new()
+        .block_size(BlockSize::Max4MB)
+        .block_mode(BlockMode::Independent)
+        .content_size(Some(data.len() as u64));
+    let mut enc = FrameEncoder::with_frame_info(info, Vec::with_capacity(data.len() / 8 + 64));
+    enc.write_all(data)?;
+    enc.finish().map_err(std::io::Error::other)
+}
+
+async fn store_chunk(state: &AppState, id: &str, c: &Chunk, frame: &[u8]) -> AppResult<()> {
+    let sealed = state.store.seal_bytes(&context(id, c.seq), frame);
     let mut tx = state.store.begin().await?;
     sqlx::query("INSERT INTO recording_chunks (recording_id, seq, data) VALUES ($1, $2, $3)")
         .bind(id)
@@ -275,7 +303,7 @@ async fn store_chunk(state: &AppState, id: &str, c: &Chunk) -> AppResult<()> {
     )
     .bind(c.seq + 1)
     .bind(c.bytes as i64)
-    .bind(LZ4)
+    .bind(LZ4_FRAME)
     .bind(id)
     .execute(&mut *tx)
     .await?;
@@ -283,16 +311,33 @@ async fn store_chunk(state: &AppState, id: &str, c: &Chunk) -> AppResult<()> {
     Ok(())
 }
 
-/// A stored chunk's bytes as they were recorded.
-fn open_chunk(format: &str, opened: Vec<u8>) -> Option<Vec<u8>> {
-    if format != LZ4 {
-        return Some(opened);
+/// A stored chunk's bytes as they were recorded, from its opened bytes.
+fn open_chunk(format: &str, opened: &[u8]) -> Option<Vec<u8>> {
+    match format {
+        LZ4_FRAME => {
+            use std::io::Read;
+            let mut plain = Vec::new();
+            let dec = lz4_flex::frame::FrameDecoder::new(opened);
+            dec.take(MAX_CHUNK_PLAIN as u64 + 1)
+                .read_to_end(&mut plain)
+                .ok()?;
+            (plain.len() <= MAX_CHUNK_PLAIN).then_some(plain)
+        }
+        LZ4_BLOCK => {
+            let stated = u32::from_le_bytes(opened.get(..4)?.try_into().ok()?) as usize;
+            if stated > MAX_CHUNK_PLAIN {
+                return None;
+            }
+            lz4_flex::block::decompress_size_prepended(opened).ok()
+        }
+        _ => Some(opened.to_vec()),
     }
-    let stated = u32::from_le_bytes(opened.get(..4)?.try_into().ok()?) as usize;
-    if stated > MAX_CHUNK_PLAIN {
-        return None;
-    }
-    lz4_flex::block::decompress_size_prepended(&opened).ok()
+}
+
+/// Whether a recording's file is its chunks as stored (LZ4 frames) rather
+/// than the framed stream (recordings from before frames).
+fn file_is_frames(format: &str) -> bool {
+    format == LZ4_FRAME
 }
 
 /// Up to `limit` stored chunks of a recording from place `from` on, as they
@@ -332,7 +377,7 @@ pub async fn chunks_from(
             .store
             .unseal_bytes(&context(id, seq), &data)
             .ok()
-            .and_then(|b| open_chunk(&format, b))
+            .and_then(|b| open_chunk(&format, &b))
             .ok_or("a recording chunk does not open")?;
         out.push((seq, plain));
     }
@@ -358,10 +403,15 @@ pub async fn is_rdp(state: &AppState, recording_id: &str) -> AppResult<bool> {
         .starts_with(drawbridge_desktop::recording::RDP_HEADER))
 }
 
-/// One stored recording, read whole: the framed stream, and whether its
-/// SHA-256 is the one on the record.
+/// One stored recording, read whole: the framed stream, the file a download
+/// gives, and whether the file's SHA-256 is the one on the record.
 pub struct Stored {
     pub stream: Vec<u8>,
+    /// The chunks' LZ4 frames one after the other (`lz4 -d` gives `stream`);
+    /// of recordings from before frames, the stream itself.
+    pub file: Vec<u8>,
+    /// The file's name extension: `dbrfb.lz4`, or `dbrfb` for older ones.
+    pub extension: &'static str,
     pub sha256: String,
     pub intact: bool,
 }
@@ -385,27 +435,38 @@ pub async fn read(state: &AppState, recording_id: &str, upto: Option<i64>) -> Ap
     .bind(upto)
     .fetch_all(&state.store.pool)
     .await?;
+    let frames = file_is_frames(&format);
     let mut stream = Vec::new();
+    let mut file = Vec::new();
     let mut intact = rows.len() as i64 == upto;
     for (i, r) in rows.iter().enumerate() {
         let seq: i64 = r.try_get("seq")?;
         let data: String = r.try_get("data")?;
-        let opened = state
-            .store
-            .unseal_bytes(&context(recording_id, seq), &data)
-            .ok()
-            .and_then(|b| open_chunk(&format, b));
-        match opened {
-            Some(b) if seq == i as i64 => stream.extend_from_slice(&b),
+        let Ok(opened) = state.store.unseal_bytes(&context(recording_id, seq), &data) else {
+            intact = false;
+            continue;
+        };
+        match open_chunk(&format, &opened) {
+            Some(b) if seq == i as i64 => {
+                stream.extend_from_slice(&b);
+                if frames {
+                    file.extend_from_slice(&opened);
+                }
+            }
             _ => intact = false,
         }
     }
-    let sha256 = hex::encode(Sha256::digest(&stream));
+    if !frames {
+        file.clone_from(&stream);
+    }
+    let sha256 = hex::encode(Sha256::digest(&file));
     if let Some(want) = recorded {
         intact &= crate::secret::ct_eq(want.as_bytes(), sha256.as_bytes());
     }
     Ok(Stored {
         stream,
+        file,
+        extension: if frames { "dbrfb.lz4" } else { "dbrfb" },
         sha256,
         intact,
     })
