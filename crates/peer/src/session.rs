@@ -6,7 +6,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use drawbridge_proto::channel::JoinResponse;
-use drawbridge_tunnel::driver::{Connector, DriverEvent, Tunnel};
+use drawbridge_tunnel::driver::{Connector, DriverEvent, LocalRelay, Tunnel};
 use drawbridge_tunnel::session::{self, RelayLink, SessionTunnel, SessionTunnelConfig};
 use drawbridge_tunnel::{IpNet, PeerConfig, Signal};
 use std::collections::HashMap;
@@ -28,6 +28,8 @@ pub struct SessionPeer {
     /// The relay connection as last given.
     relay: RelayLink,
     connector: Connector,
+    /// The relay in this process, when this peer runs inside the server.
+    local_relay: Option<LocalRelay>,
 }
 
 impl SessionPeer {
@@ -50,7 +52,15 @@ impl SessionPeer {
             peers: HashMap::new(),
             relay: RelayLink::default(),
             connector,
+            local_relay: None,
         }
+    }
+
+    /// Reaches `local` in-process whenever it is the session's relay (the
+    /// server's own peers and its embedded relay).
+    pub fn with_local_relay(mut self, local: LocalRelay) -> Self {
+        self.local_relay = Some(local);
+        self
     }
 
     /// The session's latest join data.
@@ -81,6 +91,7 @@ impl SessionPeer {
                     relay_url: self.join.relay_url.clone(),
                     relay_token: token.clone(),
                     connector: self.connector.clone(),
+                    local_relay: self.local_relay.clone(),
                 },
                 from_app,
                 self.to_app.clone(),
@@ -95,7 +106,13 @@ impl SessionPeer {
             return Ok(());
         };
         self.relay
-            .follow(t, &self.join.relay_url, &token, &self.connector)
+            .follow(
+                t,
+                &self.join.relay_url,
+                &token,
+                &self.connector,
+                self.local_relay.as_ref(),
+            )
             .await;
         let changes = peer_changes(&self.peers, &active_devices(&self.join));
         for (device, key) in changes.remove {

@@ -401,6 +401,27 @@ pub fn router(state: RelayState) -> Router {
         .with_state(state)
 }
 
+/// Bytes buffered in each direction of an in-process connection.
+const IN_PROCESS_BUFFER: usize = 512 * 1024;
+
+/// A connection to the relay from inside its own process (the server's own
+/// peers): an in-memory byte stream whose other end `router` serves as it
+/// serves a TCP connection (HTTP/1.1, the WebSocket upgrade, the same token
+/// check, limits and revocation), without TCP or TLS.
+pub fn dial_in_process(router: &Router) -> tokio::io::DuplexStream {
+    let (client, server) = tokio::io::duplex(IN_PROCESS_BUFFER);
+    let svc = hyper_util::service::TowerToHyperService::new(router.clone());
+    tokio::spawn(async move {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(server), svc)
+            .with_upgrades();
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "in-process relay connection ended with an error");
+        }
+    });
+    client
+}
+
 async fn ws_handler(
     State(state): State<RelayState>,
     headers: HeaderMap,

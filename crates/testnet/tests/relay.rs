@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use drawbridge_relay::token::{self, Claims, SigningKey};
 use drawbridge_relay::{RelayConfig, RelayState, router};
 use drawbridge_testnet::sim::{numbered_packet, overlay_ip, packet_seq};
-use drawbridge_tunnel::driver::{DriverConfig, DriverEvent, RelayEndpoint, Tunnel, TunnelIo};
+use drawbridge_tunnel::driver::{
+    DriverConfig, DriverEvent, LocalRelay, RelayEndpoint, Tunnel, TunnelIo,
+};
 use drawbridge_tunnel::engine::{IpNet, NodeConfig, Path, PeerConfig};
 use drawbridge_tunnel::frame::{Frame, MAX_FRAME};
 use futures_util::{SinkExt, StreamExt};
@@ -440,6 +442,7 @@ async fn driver(s: &Server, private: [u8; 32], peer: [u8; 32], index: usize) -> 
             token: s.token("s1", me, &[peer], 600),
             connector: None,
             proxy: None,
+            local: None,
         }],
         peers: vec![PeerConfig {
             public_key: peer,
@@ -556,6 +559,7 @@ async fn driver_reconnects_to_a_restarted_relay() {
             token: tok(me, peer),
             connector: None,
             proxy: None,
+            local: None,
         }],
         peers: vec![PeerConfig {
             public_key: peer,
@@ -653,6 +657,7 @@ async fn two_drivers_talk_through_the_relay_over_tls() {
             .unwrap(),
             connector: Some(connector.clone()),
             proxy: None,
+            local: None,
         }],
         peers: vec![PeerConfig {
             public_key: peer,
@@ -742,4 +747,75 @@ async fn a_revoked_session_is_disconnected_and_its_valid_tokens_are_refused() {
     d.send(Message::Ping(Vec::new().into())).await.unwrap();
     s.state.revoke_session("s4", now() - 1);
     assert!(s.connect(&s.token("s4", A, &[], 600)).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_relay_in_this_process_is_reached_over_its_stream_with_the_same_admission() {
+    let s = server().await;
+    let (pa, pb) = ([0x55; 32], [0x66; 32]);
+    let (ka, kb) = (pubkey(pa), pubkey(pb));
+    // A's relay URL has nothing listening (port 1): only the in-process stream
+    // reaches the relay, as the server's own peers reach its embedded relay.
+    let url = "ws://127.0.0.1:1/relay/v1".to_string();
+    let app = router(s.state.clone());
+    let local = LocalRelay {
+        url: url.clone(),
+        dial: std::sync::Arc::new(move || Box::new(drawbridge_relay::dial_in_process(&app))),
+    };
+    let (a, mut a_io) = Tunnel::start(DriverConfig {
+        node: NodeConfig {
+            private_key: pa,
+            stun_servers: vec![],
+            local_addrs: vec![],
+            seed: None,
+        },
+        bind: "127.0.0.1:0".parse().unwrap(),
+        relays: vec![RelayEndpoint {
+            id: 0,
+            url,
+            token: s.token("s1", ka, &[kb], 600),
+            connector: None,
+            proxy: None,
+            local: Some(local),
+        }],
+        peers: vec![PeerConfig {
+            public_key: kb,
+            allowed_ips: vec![IpNet::new(IpAddr::V4(overlay_ip(1)), 32)],
+            relay: Some(0),
+            persistent_keepalive: None,
+            bridged: false,
+        }],
+        queue: 256,
+    })
+    .await
+    .unwrap();
+    let (b, mut b_io) = driver(&s, pb, ka, 1).await;
+    wait_connections(&s, 2).await;
+    assert_eq!(
+        exchange(&a, &mut b_io, 0, 0, 20).await,
+        (0..20).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        exchange(&b, &mut a_io, 1, 100, 20).await,
+        (100..120).collect::<Vec<_>>()
+    );
+
+    // The in-process stream is admitted as a TCP connection is: a forged or
+    // missing token is refused before any WebSocket.
+    let app = router(s.state.clone());
+    for auth in [Some("Bearer forged"), None] {
+        let mut req = s.url().into_client_request().unwrap();
+        if let Some(v) = auth {
+            req.headers_mut()
+                .insert("authorization", v.parse().unwrap());
+        }
+        let r = tokio_tungstenite::client_async(req, drawbridge_relay::dial_in_process(&app)).await;
+        match r {
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+                assert_eq!(res.status(), 401, "{auth:?}")
+            }
+            other => panic!("{auth:?}: {:?}", other.map(|_| ())),
+        }
+    }
+    assert_eq!(s.state.stats().connections, 2);
 }

@@ -268,6 +268,7 @@ async fn edge(s: &Server, bridge_claim: bool, peers: &[[u8; 32]]) -> (Tunnel, Tu
             token: s.token(public_key(&EDGE_PRIVATE), bridge_claim),
             connector: None,
             proxy: None,
+            local: None,
         }],
         peers: peers
             .iter()

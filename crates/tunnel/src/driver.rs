@@ -37,6 +37,27 @@ pub struct RelayEndpoint {
     pub connector: Option<Connector>,
     /// Reach the relay through this HTTP proxy (CONNECT).
     pub proxy: Option<crate::proxy::Proxy>,
+    /// The relay runs in this process: the WebSocket goes over the byte
+    /// stream this gives (no TCP, no TLS, no proxy) instead.
+    pub local: Option<LocalRelay>,
+}
+
+/// A relay inside this process, as the server's own peers (browser access)
+/// reach the server's embedded relay: its URL, and a byte stream to it. A
+/// relay connection to exactly that URL uses the stream; any other goes over
+/// the network as usual.
+#[derive(Clone)]
+pub struct LocalRelay {
+    pub url: String,
+    pub dial: Arc<dyn Fn() -> Box<dyn crate::proxy::Io> + Send + Sync>,
+}
+
+impl std::fmt::Debug for LocalRelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalRelay")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for RelayEndpoint {

@@ -16,6 +16,8 @@
 //!         url: "wss://relay.example/relay/v1".into(),
 //!         token,                                      // from the control plane
 //!         connector: Some(Connector::Rustls(tls)),    // always pass one for wss://
+//!         proxy: None,
+//!         local: None,
 //!     }],
 //!     peers: vec![PeerConfig { public_key: edge_key, allowed_ips, relay: Some(0), persistent_keepalive: None, bridged: false }],
 //!     queue: 1024,

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::NodeConfig;
-use crate::driver::{Connector, DriverConfig, DriverEvent, RelayEndpoint, Tunnel};
+use crate::driver::{Connector, DriverConfig, DriverEvent, LocalRelay, RelayEndpoint, Tunnel};
 
 /// STUN servers used at most (the control plane's list is cut there).
 pub const MAX_STUN: usize = 4;
@@ -29,18 +29,29 @@ pub struct SessionTunnelConfig {
     pub relay_token: String,
     /// TLS for the relay (the control plane's trust).
     pub connector: Connector,
+    /// A relay in this process (the server's own peers), used when the
+    /// session's relay is that one.
+    pub local_relay: Option<LocalRelay>,
 }
 
 /// The session's relay connection (id 0): through the plant's HTTP proxy when the
-/// environment names one. [`Tunnel::set_relay`] with another URL moves the session
-/// to another relay instance.
-pub fn relay_endpoint(url: String, token: String, connector: Connector) -> RelayEndpoint {
+/// environment names one, in-process when `local` is the relay at `url`.
+/// [`Tunnel::set_relay`] with another URL moves the session to another relay
+/// instance.
+pub fn relay_endpoint(
+    url: String,
+    token: String,
+    connector: &Connector,
+    local: Option<&LocalRelay>,
+) -> RelayEndpoint {
+    let local = local.filter(|l| l.url == url).cloned();
     RelayEndpoint {
         id: 0,
         url,
         token,
-        connector: Some(connector),
+        connector: Some(connector.clone()),
         proxy: crate::proxy::Proxy::from_env().ok().flatten(),
+        local,
     }
 }
 
@@ -70,9 +81,10 @@ impl RelayLink {
         url: &str,
         token: &str,
         connector: &Connector,
+        local: Option<&LocalRelay>,
     ) -> bool {
         if self.url.as_deref() != Some(url) {
-            let ep = relay_endpoint(url.to_string(), token.to_string(), connector.clone());
+            let ep = relay_endpoint(url.to_string(), token.to_string(), connector, local);
             let _ = tunnel.set_relay(ep).await;
             *self = RelayLink::started(url, token);
             return true;
@@ -123,7 +135,8 @@ pub async fn start(
             relays: vec![relay_endpoint(
                 config.relay_url,
                 config.relay_token,
-                config.connector,
+                &config.connector,
+                config.local_relay.as_ref(),
             )],
             peers: vec![],
             queue: QUEUE,

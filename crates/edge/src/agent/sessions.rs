@@ -188,7 +188,7 @@ impl Agent {
             let Some(t) = &r.tunnel else { continue };
             let connector = Connector::Rustls(tls.clone());
             if r.relay
-                .follow(t, &r.info.relay_url, &token, &connector)
+                .follow(t, &r.info.relay_url, &token, &connector, None)
                 .await
             {
                 tracing::info!(session = %id, relay = %r.info.relay_url, "session moved to another relay");
@@ -326,6 +326,7 @@ async fn start_tunnel(
         relay_url: r.info.relay_url.clone(),
         relay_token: token.to_string(),
         connector: Connector::Rustls(tls),
+        local_relay: None,
     };
     let start = session::start(config, from_fwd, to_fwd);
     let started = match &data {

@@ -112,15 +112,22 @@ impl Relays {
     }
 }
 
+/// The URL this replica's embedded relay is reached at (`relay_url`, or
+/// derived from the public URL).
+pub fn local_url(state: &AppState) -> String {
+    state
+        .relays
+        .local()
+        .url
+        .unwrap_or_else(|| crate::live::state::relay_url(state))
+}
+
 /// The embedded relay's entry now (always live from this replica's view).
 fn local_entry(state: &AppState) -> Relay {
     let l = state.relays.local();
     let row = state.relays.known().into_iter().find(|r| r.name == l.name);
     Relay {
-        url: l
-            .url
-            .clone()
-            .unwrap_or_else(|| crate::live::state::relay_url(state)),
+        url: local_url(state),
         name: l.name,
         region: l.region,
         stun: state.stun_servers(),

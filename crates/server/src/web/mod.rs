@@ -15,6 +15,7 @@
 //! its entry link) and `/api/v1/sessions/{id}/devices/{device}/http/{target}/{path}`
 //! (HTTP to a device's web service for software holding an API token).
 
+pub mod local_relay;
 pub mod origin;
 pub mod peer;
 pub mod pins;

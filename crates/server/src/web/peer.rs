@@ -161,7 +161,8 @@ pub async fn peer_for(
         Connector::Rustls(tls),
         from_dialer,
         to_dialer,
-    );
+    )
+    .with_local_relay(super::local_relay::local_relay(state));
     let text = public.to_string();
     let (conn, pokes) = state.hub.register_client(session_id, &text);
     if let Err(e) = session.apply(join).await {

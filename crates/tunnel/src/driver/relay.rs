@@ -98,9 +98,17 @@ async fn relay_task(
             .read_buffer_size(READ_BUFFER)
             .max_message_size(Some(MAX_FRAME))
             .max_frame_size(Some(MAX_FRAME));
-        // Directly, or through the plant's HTTP proxy; TLS and WebSocket on top either way.
-        let result = match request {
-            Ok(r) => crate::proxy::websocket(
+        // Directly, or through the plant's HTTP proxy; TLS and WebSocket on top either
+        // way. A relay in this process: the WebSocket over its in-process stream.
+        let result = match (request, &ep.local) {
+            (Ok(r), Some(local)) => tokio_tungstenite::client_async_with_config(
+                r,
+                tokio_tungstenite::MaybeTlsStream::Plain((local.dial)()),
+                Some(config),
+            )
+            .await
+            .map(|(ws, _)| (ws, ())),
+            (Ok(r), None) => crate::proxy::websocket(
                 r,
                 Some(config),
                 ep.connector.clone(),
@@ -109,7 +117,7 @@ async fn relay_task(
             )
             .await
             .map(|ws| (ws, ())),
-            Err(e) => Err(e),
+            (Err(e), _) => Err(e),
         };
         match result {
             Ok((ws, _)) => {
