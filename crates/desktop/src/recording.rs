@@ -50,14 +50,28 @@ impl Recorder {
 
     /// [`Recorder::frame`], appended to `out` (no copy of its own).
     pub fn frame_into(&mut self, t_ms: u32, data: &[u8], out: &mut Vec<u8>) {
-        let t_ms = t_ms.max(self.last_t_ms);
-        self.last_t_ms = t_ms;
         out.reserve(framed_len(data.len()));
-        for chunk in data.chunks(MAX_FRAME_LEN) {
-            out.extend_from_slice(&t_ms.to_be_bytes());
-            out.extend_from_slice(&(chunk.len() as u32).to_be_bytes());
+        for (header, chunk) in self.frame_parts(t_ms, data) {
+            out.extend_from_slice(&header);
             out.extend_from_slice(chunk);
         }
+    }
+
+    /// [`Recorder::frame`] as parts, for a writer that does not copy the
+    /// data: each frame's header and its body, a slice of `data`.
+    pub fn frame_parts<'a>(
+        &mut self,
+        t_ms: u32,
+        data: &'a [u8],
+    ) -> impl Iterator<Item = ([u8; FRAME_HEADER_LEN], &'a [u8])> + use<'a> {
+        let t_ms = t_ms.max(self.last_t_ms);
+        self.last_t_ms = t_ms;
+        data.chunks(MAX_FRAME_LEN).map(move |chunk| {
+            let mut header = [0u8; FRAME_HEADER_LEN];
+            header[..4].copy_from_slice(&t_ms.to_be_bytes());
+            header[4..].copy_from_slice(&(chunk.len() as u32).to_be_bytes());
+            (header, chunk)
+        })
     }
 }
 

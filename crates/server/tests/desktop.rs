@@ -234,7 +234,7 @@ async fn recorded(
     .unwrap();
     let mut r = Recording::new(id.clone(), mode, 1, HEADER);
     for f in frames {
-        r.record(f).unwrap();
+        r.record(&bytes::Bytes::copy_from_slice(f)).unwrap();
         // One chunk per frame, so that chunks can be moved and removed.
         r.store(&app.state).await.unwrap();
     }
@@ -383,10 +383,10 @@ async fn recordings_stop_at_the_accounts_size_limit(app: TestApp) {
     let mut r = Recording::new(id, RecordingMode::Required, 1, HEADER);
     let big = vec![7u8; 300 * 1024];
     for _ in 0..3 {
-        r.record(&big).unwrap();
+        r.record(&bytes::Bytes::copy_from_slice(&big)).unwrap();
     }
     assert_eq!(
-        r.record(&big),
+        r.record(&bytes::Bytes::copy_from_slice(&big)),
         Err(Stop::SizeLimit),
         "1 MiB holds three 300 KiB frames, not four"
     );
@@ -394,7 +394,7 @@ async fn recordings_stop_at_the_accounts_size_limit(app: TestApp) {
     // Off records nothing and never stops.
     let mut off = Recording::new("off".into(), RecordingMode::Off, 1, HEADER);
     for _ in 0..10 {
-        off.record(&big).unwrap();
+        off.record(&bytes::Bytes::copy_from_slice(&big)).unwrap();
     }
     assert_eq!(off.bytes(), 0);
     assert_eq!(off.finish().await, None);
@@ -456,7 +456,7 @@ async fn recordings_are_stored_compressed_by_their_writer_and_a_refused_chunk_st
     let mut r = Recording::new(id.clone(), RecordingMode::Required, 64, HEADER);
     let mut stopped = None;
     for n in 0..100 {
-        r.record(&screen).unwrap();
+        r.record(&bytes::Bytes::copy_from_slice(&screen)).unwrap();
         if let Err(stop) = r.store(&app.state).await {
             stopped = Some((n, stop));
             break;
@@ -857,11 +857,12 @@ async fn a_recording_stopped_midway_hashes_exactly_what_was_stored(app: TestApp)
         .await
         .unwrap();
     let mut r = Recording::new(id.clone(), RecordingMode::BestEffort, 64, HEADER);
-    r.record(b"stored").unwrap();
+    r.record(&bytes::Bytes::copy_from_slice(b"stored")).unwrap();
     r.store(&app.state).await.unwrap();
     // Recorded but never stored: the recording stops (as a best-effort one
     // does at its size limit) with this still pending.
-    r.record(b"pending, then dropped").unwrap();
+    r.record(&bytes::Bytes::copy_from_slice(b"pending, then dropped"))
+        .unwrap();
     r.stop();
     let sha = r.finish().await;
     sqlx::query("UPDATE desktop_recordings SET state = 'ended', sha256 = $1 WHERE id = $2")

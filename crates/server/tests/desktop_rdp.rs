@@ -314,8 +314,10 @@ async fn a_recorded_rdp_desktop_is_watched_and_replayed_as_a_gateway_answers(app
             .to_der()
             .unwrap();
     let mut rec = Recording::new(id.clone(), RecordingMode::Required, 16, RDP_HEADER);
-    rec.record(&response).unwrap();
-    rec.record(b"\x03\x00\x00\x08mcs1").unwrap();
+    rec.record(&bytes::Bytes::copy_from_slice(&response))
+        .unwrap();
+    rec.record(&bytes::Bytes::copy_from_slice(b"\x03\x00\x00\x08mcs1"))
+        .unwrap();
     rec.store(&app.state).await.unwrap();
 
     let opened = app
@@ -350,7 +352,8 @@ async fn a_recorded_rdp_desktop_is_watched_and_replayed_as_a_gateway_answers(app
     w.send(Message::Binary(b"\x04\x04\x00\x1e".to_vec().into()))
         .await
         .unwrap();
-    rec.record(b"frame-2").unwrap();
+    rec.record(&bytes::Bytes::copy_from_slice(b"frame-2"))
+        .unwrap();
     rec.store(&app.state).await.unwrap();
     assert_eq!(next(&mut w).await.unwrap(), b"frame-2");
     let sha = rec.finish().await;

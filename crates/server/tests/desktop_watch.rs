@@ -53,8 +53,10 @@ async fn a_watcher_on_another_replica_follows_the_stored_recording(app: TestApp)
     .await
     .unwrap();
     let mut rec = Recording::new(id.clone(), RecordingMode::Required, 16, HEADER);
-    rec.record(b"RFB 003.008\n").unwrap();
-    rec.record(b"\x01\x01").unwrap();
+    rec.record(&bytes::Bytes::copy_from_slice(b"RFB 003.008\n"))
+        .unwrap();
+    rec.record(&bytes::Bytes::copy_from_slice(b"\x01\x01"))
+        .unwrap();
     rec.store(&l.app.state).await.unwrap();
 
     // The auditor's one-time link, taken by "the browser" for the origin's cookie.
@@ -114,11 +116,14 @@ async fn a_watcher_on_another_replica_follows_the_stored_recording(app: TestApp)
         .await
         .unwrap();
     // The desktop goes on on its replica: each stored chunk follows.
-    rec.record(b"frame-2").unwrap();
+    rec.record(&bytes::Bytes::copy_from_slice(b"frame-2"))
+        .unwrap();
     rec.store(&l.app.state).await.unwrap();
     assert_eq!(next(&mut ws).await.unwrap(), b"frame-2");
-    rec.record(b"frame-3").unwrap();
-    rec.record(b"frame-4").unwrap();
+    rec.record(&bytes::Bytes::copy_from_slice(b"frame-3"))
+        .unwrap();
+    rec.record(&bytes::Bytes::copy_from_slice(b"frame-4"))
+        .unwrap();
     rec.store(&l.app.state).await.unwrap();
     assert_eq!(next(&mut ws).await.unwrap(), b"frame-3");
     assert_eq!(next(&mut ws).await.unwrap(), b"frame-4");

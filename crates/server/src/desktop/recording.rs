@@ -72,7 +72,8 @@ pub struct Recording {
     pub active: bool,
     framer: Recorder,
     started: std::time::Instant,
-    pending: Vec<u8>,
+    /// The next chunk: frame headers and the bytes sent (shared, not copied).
+    pending: Pieces,
     /// The next chunk's place.
     seq: i64,
     bytes: u64,
@@ -82,10 +83,34 @@ pub struct Recording {
     shared: Arc<Shared>,
 }
 
+/// Framed bytes as pieces: each frame's header and body (a slice of what was
+/// sent), so recording copies nothing until the writer compresses them.
+#[derive(Default, Clone)]
+struct Pieces {
+    parts: Vec<Bytes>,
+    len: usize,
+}
+
+impl Pieces {
+    fn push(&mut self, b: Bytes) {
+        self.len += b.len();
+        self.parts.push(b);
+    }
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    fn append_to(&self, out: &mut Vec<u8>) {
+        out.reserve(self.len);
+        for p in &self.parts {
+            out.extend_from_slice(p);
+        }
+    }
+}
+
 /// A chunk on its way to the database.
 struct Chunk {
     seq: i64,
-    data: Bytes,
+    data: Pieces,
     /// The recording's size up to and with this chunk.
     bytes: u64,
 }
@@ -94,7 +119,7 @@ struct Chunk {
 #[derive(Default)]
 struct Shared {
     /// Chunks handed to the writer and not stored yet, in order.
-    queued: Mutex<VecDeque<(i64, Bytes)>>,
+    queued: Mutex<VecDeque<(i64, Pieces)>>,
     /// The writer could not store a chunk: nothing after it is stored.
     failed: AtomicBool,
 }
@@ -116,7 +141,7 @@ impl Recording {
             active,
             framer: Recorder::new(),
             started: std::time::Instant::now(),
-            pending: Vec::new(),
+            pending: Pieces::default(),
             seq: 0,
             bytes: 0,
             limit: u64::from(limit_mb) * 1024 * 1024,
@@ -131,7 +156,7 @@ impl Recording {
 
     fn add(&mut self, framed: &[u8]) {
         self.bytes += framed.len() as u64;
-        self.pending.extend_from_slice(framed);
+        self.pending.push(Bytes::copy_from_slice(framed));
     }
 
     /// What is not surely stored yet, for a watcher: the first chunk place
@@ -142,15 +167,15 @@ impl Recording {
         let first = queued.front().map_or(self.seq, |(seq, _)| *seq);
         let mut out = Vec::new();
         for (_, c) in queued.iter() {
-            out.extend_from_slice(c);
+            c.append_to(&mut out);
         }
-        out.extend_from_slice(&self.pending);
+        self.pending.append_to(&mut out);
         (first, out)
     }
 
     /// Adds what the browser was sent now. `Err` when the size limit is
     /// reached: nothing of `data` is kept then.
-    pub fn record(&mut self, data: &[u8]) -> Result<(), Stop> {
+    pub fn record(&mut self, data: &Bytes) -> Result<(), Stop> {
         if !self.active || data.is_empty() {
             return Ok(());
         }
@@ -159,16 +184,20 @@ impl Recording {
         if self.bytes + len as u64 > self.limit {
             return Err(Stop::SizeLimit);
         }
-        // Framed straight into the pending chunk: one copy.
-        let start = self.pending.len();
-        self.framer.frame_into(t, data, &mut self.pending);
-        self.bytes += (self.pending.len() - start) as u64;
+        // The frames' headers and slices of `data`: no copy.
+        let base = data.as_ptr() as usize;
+        for (header, body) in self.framer.frame_parts(t, data) {
+            let start = body.as_ptr() as usize - base;
+            self.pending.push(Bytes::copy_from_slice(&header));
+            self.pending.push(data.slice(start..start + body.len()));
+        }
+        self.bytes += len as u64;
         Ok(())
     }
 
     /// Whether a chunk is due (size reached; the caller also stores every second).
     pub fn full(&self) -> bool {
-        self.pending.len() >= CHUNK_BYTES
+        self.pending.len >= CHUNK_BYTES
     }
 
     /// Hands what is pending to the writer as the next chunk. A `required`
@@ -190,10 +219,7 @@ impl Recording {
         });
         let chunk = Chunk {
             seq: self.seq,
-            data: Bytes::from(std::mem::replace(
-                &mut self.pending,
-                Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 8),
-            )),
+            data: std::mem::take(&mut self.pending),
             bytes: self.bytes,
         };
         self.shared
@@ -230,7 +256,7 @@ impl Recording {
     /// Stops storing; what is stored stays (its hash covers exactly that).
     pub fn stop(&mut self) {
         self.active = false;
-        self.pending.clear();
+        self.pending = Pieces::default();
     }
 
     /// Waits for the writer, then gives the SHA-256 (hex) of the recording's
@@ -276,16 +302,19 @@ fn spawn_writer(state: AppState, id: String, shared: Arc<Shared>) -> Writer {
     Writer { tx, task }
 }
 
-/// `data` as one LZ4 frame (independent blocks, its size in the header).
-fn lz4_frame(data: &[u8]) -> std::io::Result<Vec<u8>> {
+/// A chunk's pieces as one LZ4 frame (independent blocks, its size in the
+/// header): the encoder's copy is the only one of the recorded bytes.
+fn lz4_frame(data: &Pieces) -> std::io::Result<Vec<u8>> {
     use lz4_flex::frame::{BlockMode, BlockSize, FrameEncoder, FrameInfo};
     use std::io::Write;
     let info = FrameInfo::new()
         .block_size(BlockSize::Max4MB)
         .block_mode(BlockMode::Independent)
-        .content_size(Some(data.len() as u64));
-    let mut enc = FrameEncoder::with_frame_info(info, Vec::with_capacity(data.len() / 8 + 64));
-    enc.write_all(data)?;
+        .content_size(Some(data.len as u64));
+    let mut enc = FrameEncoder::with_frame_info(info, Vec::with_capacity(data.len / 8 + 64));
+    for p in &data.parts {
+        enc.write_all(p)?;
+    }
     enc.finish().map_err(std::io::Error::other)
 }
 
