@@ -191,6 +191,11 @@ pub struct Args {
     /// Seconds of each measured window (`--desktop`).
     #[arg(long, default_value = "20", value_parser = seconds)]
     desktop_secs: Duration,
+    /// Rounds of windows per encoding (`--desktop`): each a window with
+    /// recording required, then one with it off; the goals take each mode's
+    /// median, so a busy moment on a shared machine does not decide them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=20))]
+    desktop_rounds: u16,
 }
 
 /// `WIDTHxHEIGHT`.
@@ -520,6 +525,7 @@ async fn desktop_mode(args: &Args, target: &server::Target, database: &str) -> a
         paint_hz: args.desktop_paint_hz,
         warmup: args.desktop_warmup_secs,
         window: args.desktop_secs,
+        rounds: args.desktop_rounds,
         quiet: args.json,
     };
     let report = desktop::run(&opts, target, &admin, database).await?;

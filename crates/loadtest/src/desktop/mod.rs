@@ -54,6 +54,8 @@ pub struct Options {
     pub paint_hz: f64,
     pub warmup: Duration,
     pub window: Duration,
+    /// Windows per mode and encoding, alternating required and off.
+    pub rounds: u16,
     pub quiet: bool,
 }
 
@@ -417,8 +419,9 @@ pub async fn run(
     };
     let mut runs = Vec::new();
     let mut errors = Vec::new();
+    let rounds = (0..o.rounds).flat_map(|_| ["required", "off"]);
     'all: for &encoding in &o.encodings {
-        for mode in ["required", "off"] {
+        for mode in rounds.clone() {
             let r = match set_recording(admin, &settings, mode).await {
                 Ok(()) => bench.run(encoding, mode).await,
                 Err(e) => Err(e),

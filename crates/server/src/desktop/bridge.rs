@@ -259,7 +259,7 @@ async fn bridge(state: &AppState, origin: &Origin, o: &Opened, ws: &mut WebSocke
         Err(_) => return "the VNC server did not answer in time".into(),
     };
     let mut rfb = Bridge::new(o.config.clone());
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; 256 * 1024];
     let mut tick = tokio::time::interval(TICK);
     let mut ticks = 0u32;
     loop {

@@ -278,8 +278,9 @@ fn spawn_writer(state: AppState, id: String, shared: Arc<Shared>) -> Writer {
     let (tx, mut rx) = mpsc::channel::<Chunk>(QUEUE);
     let task = tokio::spawn(async move {
         let mut hash = Sha256::new();
+        let mut enc = encoder();
         while let Some(c) = rx.recv().await {
-            let stored = match lz4_frame(&c.data) {
+            let stored = match lz4_frame(&mut enc, &c.data) {
                 Ok(frame) => store_chunk(&state, &id, &c, &frame).await.map(|()| frame),
                 Err(e) => Err(AppError::internal(anyhow::Error::from(e))),
             };
@@ -302,20 +303,27 @@ fn spawn_writer(state: AppState, id: String, shared: Arc<Shared>) -> Writer {
     Writer { tx, task }
 }
 
-/// A chunk's pieces as one LZ4 frame (independent blocks, its size in the
-/// header): the encoder's copy is the only one of the recorded bytes.
-fn lz4_frame(data: &Pieces) -> std::io::Result<Vec<u8>> {
-    use lz4_flex::frame::{BlockMode, BlockSize, FrameEncoder, FrameInfo};
-    use std::io::Write;
+type Encoder = lz4_flex::frame::FrameEncoder<Vec<u8>>;
+
+/// The writer's LZ4 encoder (independent blocks), kept for every chunk so
+/// that its buffers are allocated and zeroed once, not per chunk.
+fn encoder() -> Encoder {
+    use lz4_flex::frame::{BlockMode, BlockSize, FrameInfo};
     let info = FrameInfo::new()
         .block_size(BlockSize::Max4MB)
-        .block_mode(BlockMode::Independent)
-        .content_size(Some(data.len as u64));
-    let mut enc = FrameEncoder::with_frame_info(info, Vec::with_capacity(data.len / 8 + 64));
+        .block_mode(BlockMode::Independent);
+    Encoder::with_frame_info(info, Vec::new())
+}
+
+/// A chunk's pieces as one LZ4 frame: the encoder's copy is the only one of
+/// the recorded bytes.
+fn lz4_frame(enc: &mut Encoder, data: &Pieces) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
     for p in &data.parts {
         enc.write_all(p)?;
     }
-    enc.finish().map_err(std::io::Error::other)
+    enc.try_finish().map_err(std::io::Error::other)?;
+    Ok(std::mem::take(enc.get_mut()))
 }
 
 async fn store_chunk(state: &AppState, id: &str, c: &Chunk, frame: &[u8]) -> AppResult<()> {
