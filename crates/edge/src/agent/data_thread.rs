@@ -13,21 +13,71 @@
 //!
 //! The runtime lives as long as its [`DataThread`]: dropping it ends the thread
 //! and every task still on it (the session's tunnel, relays, flows).
+//!
+//! An edge runs at most [`MAX_THREADS`] of them: sessions beyond that run on
+//! the main runtime, as in kernel mode, so however many sessions the control
+//! plane gives an edge, its threads stay bounded.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
+
+/// Session threads an edge runs at most.
+pub const MAX_THREADS: usize = 64;
+/// Session threads running now.
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
 
 /// A thread running a single-threaded tokio runtime for one session's data path.
 pub struct DataThread {
     handle: Handle,
     /// Dropped (or sent) to stop the runtime.
     _stop: oneshot::Sender<()>,
+    /// The count this thread holds a place in.
+    running: &'static AtomicUsize,
+}
+
+impl Drop for DataThread {
+    fn drop(&mut self) {
+        self.running.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl DataThread {
-    /// Starts the thread; `name` shows in `top -H` and in stack traces.
-    pub fn start(name: &str) -> std::io::Result<DataThread> {
+    /// Starts a session's thread, unless [`MAX_THREADS`] run already (`None`:
+    /// the session runs on the caller's runtime). `name` shows in `top -H`
+    /// and in stack traces.
+    pub fn start(name: &str) -> std::io::Result<Option<DataThread>> {
+        Self::start_within(name, &RUNNING, MAX_THREADS)
+    }
+
+    fn start_within(
+        name: &str,
+        running: &'static AtomicUsize,
+        max: usize,
+    ) -> std::io::Result<Option<DataThread>> {
+        if running
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Ok(None);
+        }
+        let started = Self::spawn_thread(name);
+        if started.is_err() {
+            running.fetch_sub(1, Ordering::SeqCst);
+        }
+        started.map(|(handle, stop)| {
+            Some(DataThread {
+                handle,
+                _stop: stop,
+                running,
+            })
+        })
+    }
+
+    fn spawn_thread(name: &str) -> std::io::Result<(Handle, oneshot::Sender<()>)> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -40,10 +90,7 @@ impl DataThread {
                 // on its own thread, cancels what is left.
                 let _ = runtime.block_on(stopped);
             })?;
-        Ok(DataThread {
-            handle,
-            _stop: stop,
-        })
+        Ok((handle, stop))
     }
 
     /// Spawns `task` on the thread.
@@ -62,7 +109,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tasks_and_sockets_run_on_the_sessions_own_thread() {
-        let t = DataThread::start("db-test").unwrap();
+        let t = DataThread::start("db-test").unwrap().unwrap();
         let main = std::thread::current().id();
         let (thread, echoed) = t
             .spawn(async move {
@@ -88,7 +135,7 @@ mod tests {
 
     #[tokio::test]
     async fn dropping_the_thread_ends_its_tasks() {
-        let t = DataThread::start("db-test").unwrap();
+        let t = DataThread::start("db-test").unwrap().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = t.spawn(async move {
             // Holds `tx` until cancelled.
@@ -99,5 +146,29 @@ mod tests {
         // The runtime dropped the task (and `tx` with it): the receiver sees it.
         assert!(rx.await.is_err());
         assert!(task.await.unwrap_err().is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn threads_beyond_the_limit_are_not_started_and_a_dropped_one_frees_its_place() {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let a = DataThread::start_within("db-a", &COUNT, 2)
+            .unwrap()
+            .unwrap();
+        let b = DataThread::start_within("db-b", &COUNT, 2)
+            .unwrap()
+            .unwrap();
+        assert!(
+            DataThread::start_within("db-c", &COUNT, 2)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(COUNT.load(Ordering::SeqCst), 2);
+        drop(a);
+        let c = DataThread::start_within("db-c", &COUNT, 2)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.spawn(async { 7 }).await.unwrap(), 7);
+        drop((b, c));
+        assert_eq!(COUNT.load(Ordering::SeqCst), 0);
     }
 }

@@ -306,7 +306,8 @@ async fn start_tunnel(
     let (to_fwd, from_tunnel) = mpsc::channel::<Bytes>(1024);
     let (to_tunnel, from_fwd) = mpsc::channel::<Bytes>(1024);
     // In userspace mode the tunnel's driver and the LAN path share a thread of
-    // their own (see `data_thread`): started there, they belong to its runtime. In
+    // their own (see `data_thread`; beyond its limit, the main runtime): started
+    // there, they belong to its runtime. In
     // kernel mode the LAN's replies come from one TUN reader for all sessions on the
     // main runtime, so the tunnel stays there too: a session thread would add a
     // thread wake-up to every reply (the lab's ping went from 0.42 to 0.67 ms).
@@ -317,7 +318,15 @@ async fn start_tunnel(
                 .chars()
                 .take(15)
                 .collect();
-            Some(DataThread::start(&name).context("starting the session's thread")?)
+            let thread = DataThread::start(&name).context("starting the session's thread")?;
+            if thread.is_none() {
+                tracing::info!(
+                    session = %r.info.session_id,
+                    max = super::data_thread::MAX_THREADS,
+                    "every session thread is taken: this session runs on the main runtime"
+                );
+            }
+            thread
         }
     };
     let config = SessionTunnelConfig {
