@@ -316,6 +316,12 @@ async fn a_changed_moved_or_missing_recording_chunk_is_detected(app: TestApp) {
     };
     swap(1, 2).await;
     assert!(!recording::read(&app.state, &id, None).await.unwrap().intact);
+    for keep in [recording::Keep::File, recording::Keep::Stream] {
+        let r = recording::read_keeping(&app.state, &id, None, keep)
+            .await
+            .unwrap();
+        assert!(!r.intact, "{keep:?}");
+    }
     swap(1, 2).await;
     assert!(recording::read(&app.state, &id, None).await.unwrap().intact);
 
@@ -811,6 +817,23 @@ async fn a_downloaded_recording_is_lz4_frames_whose_sha256_is_the_one_on_record(
     let back = recording::read(&app.state, &id, None).await.unwrap();
     assert_eq!(back.stream, stream);
     assert_eq!(back.file, file);
+    // A download keeps only the file, a replay only the stream; both check the hash.
+    let only_file = recording::read_keeping(&app.state, &id, None, recording::Keep::File)
+        .await
+        .unwrap();
+    assert!(only_file.stream.is_empty() && only_file.intact);
+    assert_eq!(
+        (only_file.file, only_file.sha256),
+        (file.clone(), sha.clone())
+    );
+    let only_stream = recording::read_keeping(&app.state, &id, None, recording::Keep::Stream)
+        .await
+        .unwrap();
+    assert!(only_stream.file.is_empty() && only_stream.intact);
+    assert_eq!(
+        (only_stream.stream, only_stream.sha256),
+        (stream, sha.clone())
+    );
 
     // One byte of the file changed in the database (a chunk re-sealed with
     // the key, as someone holding it could): the download says so.

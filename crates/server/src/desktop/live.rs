@@ -128,7 +128,10 @@ impl LiveDesktop {
             }
             (self.tx.subscribe(), rec.unstored())
         };
-        let mut stream = recording::read(state, &self.id, Some(stored)).await?.stream;
+        let mut stream =
+            recording::read_keeping(state, &self.id, Some(stored), recording::Keep::Stream)
+                .await?
+                .stream;
         stream.extend_from_slice(&unstored);
         let frames = drawbridge_desktop::recording::frames(&stream).map_err(|e| {
             AppError::internal(anyhow::anyhow!("recording {} does not parse: {e}", self.id))

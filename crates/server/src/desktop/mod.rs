@@ -346,23 +346,25 @@ async fn replay(
     open_view(&state, &caller, &id, View::Replay).await
 }
 
-/// A recording of the caller's account, read whole and checked (admins and auditors).
+/// A recording of the caller's account, read whole and checked (admins and
+/// auditors), keeping the stream (to play) or the file (to download).
 pub async fn stored_recording(
     state: &AppState,
     caller: &Caller,
     id: &str,
+    keep: recording::Keep,
 ) -> AppResult<recording::Stored> {
     caller
         .require(state, Action::ReadAudit, "desktop.recording")
         .await?;
     one(state, caller, id).await?;
-    recording::read(state, id, None).await
+    recording::read_keeping(state, id, None, keep).await
 }
 
 /// The recording's framed stream (what the player plays), with whether the
 /// recording is the one on the record.
 pub async fn replay_stream(state: &AppState, caller: &Caller, id: &str) -> Response {
-    match stored_recording(state, caller, id).await {
+    match stored_recording(state, caller, id, recording::Keep::Stream).await {
         Ok(s) => recording_response(s.stream, &s.sha256, s.intact),
         Err(e) => e.into_response(),
     }
@@ -404,7 +406,7 @@ async fn download(
 
 /// The recording as a file to save, its download on the audit chain.
 pub async fn download_response(state: &AppState, caller: &Caller, id: &str) -> Response {
-    let s = match stored_recording(state, caller, id).await {
+    let s = match stored_recording(state, caller, id, recording::Keep::File).await {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };

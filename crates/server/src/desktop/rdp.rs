@@ -301,22 +301,25 @@ pub async fn serve(state: AppState, caller: Caller, o: Origin, req: Request) -> 
             }
         }
         "/.drawbridge/replay-info" => match &o.recording {
-            Some((id, View::Replay)) => match super::stored_recording(&state, &caller, id).await {
-                Ok(s) => {
-                    let end = drawbridge_desktop::recording::iter_frames(&s.stream)
-                        .map_while(Result::ok)
-                        .last()
-                        .map_or(0, |f| f.t_ms);
-                    let body =
-                        serde_json::json!({"end_ms": end, "intact": s.intact, "sha256": s.sha256});
-                    with_headers(
-                        (StatusCode::OK, body.to_string()).into_response(),
-                        "application/json",
-                        "no-store",
-                    )
+            Some((id, View::Replay)) => {
+                match super::stored_recording(&state, &caller, id, super::recording::Keep::Stream)
+                    .await
+                {
+                    Ok(s) => {
+                        let end = drawbridge_desktop::recording::iter_frames(&s.stream)
+                            .map_while(Result::ok)
+                            .last()
+                            .map_or(0, |f| f.t_ms);
+                        let body = serde_json::json!({"end_ms": end, "intact": s.intact, "sha256": s.sha256});
+                        with_headers(
+                            (StatusCode::OK, body.to_string()).into_response(),
+                            "application/json",
+                            "no-store",
+                        )
+                    }
+                    Err(e) => text(e.status(), &e.message),
                 }
-                Err(e) => text(e.status(), &e.message),
-            },
+            }
             _ => text(StatusCode::NOT_FOUND, "no such path"),
         },
         "/.drawbridge/recording" => match &o.recording {
@@ -699,10 +702,11 @@ pub(super) async fn answer_as_gateway(ws: &mut WebSocket) -> Result<(), String> 
 /// `GET /.drawbridge/replay?from=MS`: the recording played to the client,
 /// everything up to `from` at once, the rest at its pace.
 async fn replay(state: AppState, caller: Caller, id: String, from_ms: u64, mut ws: WebSocket) {
-    let stored = match super::stored_recording(&state, &caller, &id).await {
-        Ok(s) => s,
-        Err(e) => return refuse(&mut ws, e.status().as_u16(), &e.message).await,
-    };
+    let stored =
+        match super::stored_recording(&state, &caller, &id, super::recording::Keep::Stream).await {
+            Ok(s) => s,
+            Err(e) => return refuse(&mut ws, e.status().as_u16(), &e.message).await,
+        };
     if !stored
         .stream
         .starts_with(drawbridge_desktop::recording::RDP_HEADER)

@@ -455,6 +455,26 @@ pub struct Stored {
 
 /// Reads chunks `0..upto` (all when `None`) of a recording and checks them.
 pub async fn read(state: &AppState, recording_id: &str, upto: Option<i64>) -> AppResult<Stored> {
+    read_keeping(state, recording_id, upto, Keep::Both).await
+}
+
+/// What [`read_keeping`] keeps in memory besides the hash: a replay needs the
+/// stream, a download only the file (a Raw desktop's stream is hundreds of
+/// times its file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    Stream,
+    File,
+    Both,
+}
+
+/// [`read`], keeping only what the caller needs (the other stays empty).
+pub async fn read_keeping(
+    state: &AppState,
+    recording_id: &str,
+    upto: Option<i64>,
+    keep: Keep,
+) -> AppResult<Stored> {
     let row =
         sqlx::query("SELECT chunks, sha256, chunk_format FROM desktop_recordings WHERE id = $1")
             .bind(recording_id)
@@ -473,8 +493,11 @@ pub async fn read(state: &AppState, recording_id: &str, upto: Option<i64>) -> Ap
     .fetch_all(&state.store.pool)
     .await?;
     let frames = file_is_frames(&format);
+    let want_stream = keep != Keep::File;
+    let want_file = keep != Keep::Stream;
     let mut stream = Vec::new();
     let mut file = Vec::new();
+    let mut hash = Sha256::new();
     let mut intact = rows.len() as i64 == upto;
     for (i, r) in rows.iter().enumerate() {
         let seq: i64 = r.try_get("seq")?;
@@ -483,20 +506,38 @@ pub async fn read(state: &AppState, recording_id: &str, upto: Option<i64>) -> Ap
             intact = false;
             continue;
         };
-        match open_chunk(&format, &opened) {
-            Some(b) if seq == i as i64 => {
-                stream.extend_from_slice(&b);
-                if frames {
-                    file.extend_from_slice(&opened);
+        if seq != i as i64 {
+            intact = false;
+            continue;
+        }
+        if frames {
+            // The file is the frames as stored: a download need not open them.
+            hash.update(&opened);
+            if want_stream {
+                match open_chunk(&format, &opened) {
+                    Some(b) => stream.extend_from_slice(&b),
+                    None => intact = false,
                 }
             }
-            _ => intact = false,
+            if want_file {
+                file.extend_from_slice(&opened);
+            }
+        } else {
+            // Older recordings: the file is the stream.
+            let Some(b) = open_chunk(&format, &opened) else {
+                intact = false;
+                continue;
+            };
+            hash.update(&b);
+            if want_file {
+                file.extend_from_slice(&b);
+            }
+            if want_stream {
+                stream.extend_from_slice(&b);
+            }
         }
     }
-    if !frames {
-        file.clone_from(&stream);
-    }
-    let sha256 = hex::encode(Sha256::digest(&file));
+    let sha256 = hex::encode(hash.finalize());
     if let Some(want) = recorded {
         intact &= crate::secret::ct_eq(want.as_bytes(), sha256.as_bytes());
     }
