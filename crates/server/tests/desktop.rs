@@ -27,16 +27,16 @@ store_tests!(
     a_monitor_grant_gets_a_devices_desktops_and_never_a_tunnel,
 );
 
-/// GET `path` with a token: status, headers and the body's bytes.
+/// A recording's download with a token: status, headers and the body's bytes.
 async fn download(
     app: &TestApp,
-    path: &str,
+    id: &str,
     token: &str,
 ) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
     let req = axum::http::Request::builder()
-        .uri(path)
+        .uri(format!("/api/v1/desktops/{id}/recording"))
         .header("authorization", format!("Bearer {token}"))
         .body(axum::body::Body::empty())
         .unwrap();
@@ -239,16 +239,32 @@ async fn recorded(
         r.store(&app.state).await.unwrap();
     }
     let sha = r.finish().await;
+    end_recording(app, &id, &sha).await;
+    (id, sha)
+}
+
+/// Marks a recording ended with its hash, as the bridge does.
+async fn end_recording(app: &TestApp, id: &str, sha: &Option<String>) {
     sqlx::query(
         "UPDATE desktop_recordings SET state = 'ended', ended_at = $1, sha256 = $2 WHERE id = $3",
     )
     .bind(app.state.now())
-    .bind(&sha)
-    .bind(&id)
+    .bind(sha)
+    .bind(id)
     .execute(&app.state.store.pool)
     .await
     .unwrap();
-    (id, sha)
+}
+
+/// A recording row with no chunk stored, for a test that stores its own.
+async fn bare_recording(app: &TestApp, acct: &common::Account, mode: RecordingMode) -> String {
+    let (id, _) = recorded(app, &acct.id, &acct.admin_id, &[], mode).await;
+    sqlx::query("DELETE FROM recording_chunks WHERE recording_id = $1")
+        .bind(&id)
+        .execute(&app.state.store.pool)
+        .await
+        .unwrap();
+    id
 }
 
 async fn a_changed_moved_or_missing_recording_chunk_is_detected(app: TestApp) {
@@ -448,12 +464,7 @@ async fn recordings_are_stored_compressed_by_their_writer_and_a_refused_chunk_st
 
     // The database refuses the second chunk (its place is taken): the
     // recording stops with StorageFailed soon after, and nothing later is stored.
-    let (id, _) = recorded(&app, &acct.id, &acct.admin_id, &[], RecordingMode::Required).await;
-    sqlx::query("DELETE FROM recording_chunks WHERE recording_id = $1")
-        .bind(&id)
-        .execute(&app.state.store.pool)
-        .await
-        .unwrap();
+    let id = bare_recording(&app, &acct, RecordingMode::Required).await;
     sqlx::query("INSERT INTO recording_chunks (recording_id, seq, data) VALUES ($1, 1, 'x')")
         .bind(&id)
         .execute(&app.state.store.pool)
@@ -782,12 +793,7 @@ async fn a_downloaded_recording_is_lz4_frames_whose_sha256_is_the_one_on_record(
     )
     .await;
     let sha = sha.expect("a hash on the record");
-    let (s, h, file) = download(
-        &app,
-        &format!("/api/v1/desktops/{id}/recording"),
-        &acct.admin,
-    )
-    .await;
+    let (s, h, file) = download(&app, &id, &acct.admin).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(h["x-recording-intact"], "true");
     assert_eq!(h["x-recording-sha256"], sha.as_str());
@@ -853,12 +859,7 @@ async fn a_downloaded_recording_is_lz4_frames_whose_sha256_is_the_one_on_record(
         .execute(&app.state.store.pool)
         .await
         .unwrap();
-    let (s, h, file) = download(
-        &app,
-        &format!("/api/v1/desktops/{id}/recording"),
-        &acct.admin,
-    )
-    .await;
+    let (s, h, file) = download(&app, &id, &acct.admin).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(h["x-recording-intact"], "false");
     assert_ne!(sha256_hex(&file), sha);
@@ -866,19 +867,7 @@ async fn a_downloaded_recording_is_lz4_frames_whose_sha256_is_the_one_on_record(
 
 async fn a_recording_stopped_midway_hashes_exactly_what_was_stored(app: TestApp) {
     let acct = app.account("acme").await;
-    let (id, _) = recorded(
-        &app,
-        &acct.id,
-        &acct.admin_id,
-        &[],
-        RecordingMode::BestEffort,
-    )
-    .await;
-    sqlx::query("DELETE FROM recording_chunks WHERE recording_id = $1")
-        .bind(&id)
-        .execute(&app.state.store.pool)
-        .await
-        .unwrap();
+    let id = bare_recording(&app, &acct, RecordingMode::BestEffort).await;
     let mut r = Recording::new(id.clone(), RecordingMode::BestEffort, 64, HEADER);
     r.record(&bytes::Bytes::copy_from_slice(b"stored")).unwrap();
     r.store(&app.state).await.unwrap();
@@ -888,12 +877,7 @@ async fn a_recording_stopped_midway_hashes_exactly_what_was_stored(app: TestApp)
         .unwrap();
     r.stop();
     let sha = r.finish().await;
-    sqlx::query("UPDATE desktop_recordings SET state = 'ended', sha256 = $1 WHERE id = $2")
-        .bind(&sha)
-        .bind(&id)
-        .execute(&app.state.store.pool)
-        .await
-        .unwrap();
+    end_recording(&app, &id, &sha).await;
     let back = recording::read(&app.state, &id, None).await.unwrap();
     assert!(back.intact, "the hash covers what was stored, no more");
     assert_eq!(Some(back.sha256), sha);
@@ -903,12 +887,7 @@ async fn a_recording_stopped_midway_hashes_exactly_what_was_stored(app: TestApp)
 
 async fn a_recording_stored_before_lz4_frames_reads_and_downloads_as_its_stream(app: TestApp) {
     let acct = app.account("acme").await;
-    let (id, _) = recorded(&app, &acct.id, &acct.admin_id, &[], RecordingMode::Required).await;
-    sqlx::query("DELETE FROM recording_chunks WHERE recording_id = $1")
-        .bind(&id)
-        .execute(&app.state.store.pool)
-        .await
-        .unwrap();
+    let id = bare_recording(&app, &acct, RecordingMode::Required).await;
     // Two chunks as the server stored them before: LZ4 blocks with their size
     // in front, the hash over the framed stream.
     let mut framer = drawbridge_desktop::recording::Recorder::new();
@@ -934,12 +913,7 @@ async fn a_recording_stored_before_lz4_frames_reads_and_downloads_as_its_stream(
     .execute(&app.state.store.pool)
     .await
     .unwrap();
-    let (s, h, file) = download(
-        &app,
-        &format!("/api/v1/desktops/{id}/recording"),
-        &acct.admin,
-    )
-    .await;
+    let (s, h, file) = download(&app, &id, &acct.admin).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(h["x-recording-intact"], "true");
     assert_eq!(file, stream);

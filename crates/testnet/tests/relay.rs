@@ -428,22 +428,36 @@ fn pubkey(private: [u8; 32]) -> [u8; 32] {
 
 async fn driver(s: &Server, private: [u8; 32], peer: [u8; 32], index: usize) -> (Tunnel, TunnelIo) {
     let me = pubkey(private);
-    Tunnel::start(DriverConfig {
+    let relay = RelayEndpoint {
+        id: 0,
+        url: s.url(),
+        token: s.token("s1", me, &[peer], 600),
+        connector: None,
+        proxy: None,
+        local: None,
+    };
+    Tunnel::start(config(private, peer, index, relay, vec![s.stun]))
+        .await
+        .unwrap()
+}
+
+/// Peer `index` (0 or 1) of a two-peer tunnel over `relay`, with `stun`.
+fn config(
+    private: [u8; 32],
+    peer: [u8; 32],
+    index: usize,
+    relay: RelayEndpoint,
+    stun: Vec<SocketAddr>,
+) -> DriverConfig {
+    DriverConfig {
         node: NodeConfig {
             private_key: private,
-            stun_servers: vec![s.stun],
+            stun_servers: stun,
             local_addrs: vec![],
             seed: None,
         },
         bind: "127.0.0.1:0".parse().unwrap(),
-        relays: vec![RelayEndpoint {
-            id: 0,
-            url: s.url(),
-            token: s.token("s1", me, &[peer], 600),
-            connector: None,
-            proxy: None,
-            local: None,
-        }],
+        relays: vec![relay],
         peers: vec![PeerConfig {
             public_key: peer,
             allowed_ips: vec![IpNet::new(IpAddr::V4(overlay_ip(1 - index)), 32)],
@@ -452,9 +466,7 @@ async fn driver(s: &Server, private: [u8; 32], peer: [u8; 32], index: usize) -> 
             bridged: false,
         }],
         queue: 256,
-    })
-    .await
-    .unwrap()
+    }
 }
 
 async fn exchange(a: &Tunnel, b_io: &mut TunnelIo, from: usize, first: u32, n: u32) -> Vec<u32> {
@@ -545,30 +557,16 @@ async fn driver_reconnects_to_a_restarted_relay() {
         )
         .unwrap()
     };
-    let mk = |private: [u8; 32], me, peer, index: usize| DriverConfig {
-        node: NodeConfig {
-            private_key: private,
-            stun_servers: vec![],
-            local_addrs: vec![],
-            seed: None,
-        },
-        bind: "127.0.0.1:0".parse().unwrap(),
-        relays: vec![RelayEndpoint {
+    let mk = |private: [u8; 32], me, peer, index: usize| {
+        let relay = RelayEndpoint {
             id: 0,
             url: format!("ws://{addr}/relay/v1"),
             token: tok(me, peer),
             connector: None,
             proxy: None,
             local: None,
-        }],
-        peers: vec![PeerConfig {
-            public_key: peer,
-            allowed_ips: vec![IpNet::new(IpAddr::V4(overlay_ip(1 - index)), 32)],
-            relay: Some(0),
-            persistent_keepalive: None,
-            bridged: false,
-        }],
-        queue: 256,
+        };
+        config(private, peer, index, relay, vec![])
     };
     let (a, _a_io) = Tunnel::start(mk(pa, ka, kb, 0)).await.unwrap();
     let (_b, mut b_io) = Tunnel::start(mk(pb, kb, ka, 1)).await.unwrap();
@@ -633,15 +631,8 @@ async fn two_drivers_talk_through_the_relay_over_tls() {
     ));
     let (pa, pb) = ([0x55; 32], [0x66; 32]);
     let (ka, kb) = (pubkey(pa), pubkey(pb));
-    let mk = |private: [u8; 32], me: [u8; 32], peer: [u8; 32], index: usize| DriverConfig {
-        node: NodeConfig {
-            private_key: private,
-            stun_servers: vec![],
-            local_addrs: vec![],
-            seed: None,
-        },
-        bind: "127.0.0.1:0".parse().unwrap(),
-        relays: vec![RelayEndpoint {
+    let mk = |private: [u8; 32], me: [u8; 32], peer: [u8; 32], index: usize| {
+        let relay = RelayEndpoint {
             id: 0,
             url: format!("wss://{addr}/relay/v1"),
             token: token::issue(
@@ -658,15 +649,8 @@ async fn two_drivers_talk_through_the_relay_over_tls() {
             connector: Some(connector.clone()),
             proxy: None,
             local: None,
-        }],
-        peers: vec![PeerConfig {
-            public_key: peer,
-            allowed_ips: vec![IpNet::new(IpAddr::V4(overlay_ip(1 - index)), 32)],
-            relay: Some(0),
-            persistent_keepalive: None,
-            bridged: false,
-        }],
-        queue: 256,
+        };
+        config(private, peer, index, relay, vec![])
     };
     let (a, _a_io) = Tunnel::start(mk(pa, ka, kb, 0)).await.unwrap();
     let (_b, mut b_io) = Tunnel::start(mk(pb, kb, ka, 1)).await.unwrap();
@@ -762,33 +746,17 @@ async fn a_relay_in_this_process_is_reached_over_its_stream_with_the_same_admiss
         url: url.clone(),
         dial: std::sync::Arc::new(move || Box::new(drawbridge_relay::dial_in_process(&app))),
     };
-    let (a, mut a_io) = Tunnel::start(DriverConfig {
-        node: NodeConfig {
-            private_key: pa,
-            stun_servers: vec![],
-            local_addrs: vec![],
-            seed: None,
-        },
-        bind: "127.0.0.1:0".parse().unwrap(),
-        relays: vec![RelayEndpoint {
-            id: 0,
-            url,
-            token: s.token("s1", ka, &[kb], 600),
-            connector: None,
-            proxy: None,
-            local: Some(local),
-        }],
-        peers: vec![PeerConfig {
-            public_key: kb,
-            allowed_ips: vec![IpNet::new(IpAddr::V4(overlay_ip(1)), 32)],
-            relay: Some(0),
-            persistent_keepalive: None,
-            bridged: false,
-        }],
-        queue: 256,
-    })
-    .await
-    .unwrap();
+    let relay = RelayEndpoint {
+        id: 0,
+        url,
+        token: s.token("s1", ka, &[kb], 600),
+        connector: None,
+        proxy: None,
+        local: Some(local),
+    };
+    let (a, mut a_io) = Tunnel::start(config(pa, kb, 0, relay, vec![]))
+        .await
+        .unwrap();
     let (b, mut b_io) = driver(&s, pb, ka, 1).await;
     wait_connections(&s, 2).await;
     assert_eq!(
