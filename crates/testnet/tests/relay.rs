@@ -734,7 +734,7 @@ async fn a_revoked_session_is_disconnected_and_its_valid_tokens_are_refused() {
 }
 
 #[tokio::test]
-async fn a_relay_in_this_process_is_reached_over_its_stream_with_the_same_admission() {
+async fn an_in_process_relay_is_used_only_at_its_url_with_the_same_admission() {
     let s = server().await;
     let (pa, pb) = ([0x55; 32], [0x66; 32]);
     let (ka, kb) = (pubkey(pa), pubkey(pb));
@@ -768,6 +768,32 @@ async fn a_relay_in_this_process_is_reached_over_its_stream_with_the_same_admiss
         (100..120).collect::<Vec<_>>()
     );
 
+    // A relay in this process at another URL is not used for this one: the
+    // connection goes over the network.
+    let dials = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (counted, app) = (dials.clone(), router(s.state.clone()));
+    let other = LocalRelay {
+        url: "ws://127.0.0.1:1/relay/v1".into(),
+        dial: std::sync::Arc::new(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::new(drawbridge_relay::dial_in_process(&app))
+        }),
+    };
+    let pc = [0x77; 32];
+    let relay = RelayEndpoint {
+        id: 0,
+        url: s.url(),
+        token: s.token("s1", pubkey(pc), &[ka], 600),
+        connector: None,
+        proxy: None,
+        local: Some(other),
+    };
+    let (_c, _c_io) = Tunnel::start(config(pc, ka, 1, relay, vec![]))
+        .await
+        .unwrap();
+    wait_connections(&s, 3).await;
+    assert_eq!(dials.load(std::sync::atomic::Ordering::SeqCst), 0);
+
     // The in-process stream is admitted as a TCP connection is: a forged or
     // missing token is refused before any WebSocket.
     let app = router(s.state.clone());
@@ -785,5 +811,5 @@ async fn a_relay_in_this_process_is_reached_over_its_stream_with_the_same_admiss
             other => panic!("{auth:?}: {:?}", other.map(|_| ())),
         }
     }
-    assert_eq!(s.state.stats().connections, 2);
+    assert_eq!(s.state.stats().connections, 3);
 }

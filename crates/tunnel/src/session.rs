@@ -44,7 +44,7 @@ pub fn relay_endpoint(
     connector: &Connector,
     local: Option<&LocalRelay>,
 ) -> RelayEndpoint {
-    let local = local.filter(|l| l.url == url).cloned();
+    let local = local.cloned();
     RelayEndpoint {
         id: 0,
         url,

@@ -101,14 +101,16 @@ async fn relay_task(
         // Directly, or through the plant's HTTP proxy; TLS and WebSocket on top either
         // way. A relay in this process: the WebSocket over its in-process stream.
         let result = match (request, &ep.local) {
-            (Ok(r), Some(local)) => tokio_tungstenite::client_async_with_config(
-                r,
-                tokio_tungstenite::MaybeTlsStream::Plain((local.dial)()),
-                Some(config),
-            )
-            .await
-            .map(|(ws, _)| (ws, ())),
-            (Ok(r), None) => crate::proxy::websocket(
+            (Ok(r), Some(local)) if local.url == ep.url => {
+                tokio_tungstenite::client_async_with_config(
+                    r,
+                    tokio_tungstenite::MaybeTlsStream::Plain((local.dial)()),
+                    Some(config),
+                )
+                .await
+                .map(|(ws, _)| (ws, ()))
+            }
+            (Ok(r), _) => crate::proxy::websocket(
                 r,
                 Some(config),
                 ep.connector.clone(),
