@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,8 @@ pub struct Dialer {
     overlay_ip: Ipv4Addr,
     routes: Arc<RwLock<Vec<Target>>>,
     next_port: Arc<AtomicU16>,
+    /// Set by [`Dialer::close`]: no new connections.
+    closed: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Dialer {
@@ -53,6 +55,22 @@ impl Dialer {
             overlay_ip,
             routes: Arc::new(RwLock::new(routes)),
             next_port: Arc::new(AtomicU16::new(start)),
+            closed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Ends every connection at once (their reads and writes fail, a pending
+    /// connect gives up) and refuses new ones: the tunnel under it is gone.
+    /// Dropping the tunnel's channels does the same once [`Dialer::run`]
+    /// notices; this does not wait for that (or for a task that was aborted).
+    pub fn close(&self) {
+        // Set before taking the lock: a connect that takes the lock later sees
+        // it; one that took it earlier added its socket, which is aborted below.
+        self.closed.store(true, Ordering::SeqCst);
+        let mut g = self.shared.lock();
+        for (_, s) in g.sockets.iter_mut() {
+            let smoltcp::socket::Socket::Tcp(t) = s;
+            t.abort();
         }
     }
 
@@ -105,6 +123,12 @@ impl Dialer {
         };
         let (handle, local, large) = {
             let mut g = self.shared.lock();
+            if self.closed.load(Ordering::SeqCst) {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "the tunnel is closed",
+                ));
+            }
             if g.meta.len() >= MAX_CONNECTIONS {
                 return Err(io::Error::other("too many connections through the tunnel"));
             }
@@ -184,11 +208,7 @@ impl Dialer {
     pub async fn run(mut self, from_tunnel: mpsc::Receiver<Bytes>, to_tunnel: mpsc::Sender<Bytes>) {
         let shared = self.shared.clone();
         pump::run(&shared, &mut self, from_tunnel, &to_tunnel).await;
-        let mut g = shared.lock();
-        for (_, s) in g.sockets.iter_mut() {
-            let smoltcp::socket::Socket::Tcp(t) = s;
-            t.abort();
-        }
+        self.close();
     }
 
     fn inbound(&self, p: Bytes) {

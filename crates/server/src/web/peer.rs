@@ -212,6 +212,8 @@ pub async fn peer_for(
 
 async fn peer_stopped(run: &Run, conn: u64, key: (String, String), why: &str) {
     run.peer.alive.store(false, Ordering::Relaxed);
+    // Requests in flight fail now rather than wait for a device that is out of reach.
+    run.peer.dialer.close();
     flush(&run.state, &run.session_id, &run.peer).await;
     run.state.web.peers.remove(&key, &run.peer);
     run.state.hub.unregister_client(&run.session_id, conn);
