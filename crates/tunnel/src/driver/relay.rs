@@ -75,6 +75,23 @@ where
 }
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
 
+/// Sends the newest token on the open connection; false when the connection
+/// is done (a send failed, or the token cannot be framed and the connection
+/// was closed so that the next one presents it instead).
+async fn send_token<S>(sink: &mut S, token: &mut watch::Receiver<String>) -> bool
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let fresh = token.borrow_and_update().clone();
+    match (Frame::Token(fresh.as_bytes())).encode() {
+        Ok(f) => sink.send(Message::Binary(f.into())).await.is_ok(),
+        Err(_) => {
+            let _ = sink.send(Message::Close(None)).await;
+            false
+        }
+    }
+}
+
 async fn relay_task(
     ep: RelayEndpoint,
     mut token: watch::Receiver<String>,
@@ -143,6 +160,14 @@ async fn relay_task(
                         },
                         f = from_engine.recv() => match f {
                             Some(f) => {
+                                // The driver replaces the token before it queues frames
+                                // for a peer the new token names (a peer added right
+                                // after): the token goes first, or the relay drops them.
+                                if token.has_changed().unwrap_or(false)
+                                    && !send_token(&mut sink, &mut token).await
+                                {
+                                    break;
+                                }
                                 if send_batch(&mut sink, f, &mut from_engine).await.is_err() {
                                     break;
                                 }
@@ -162,17 +187,8 @@ async fn relay_task(
                             if changed.is_err() {
                                 return; // the driver is gone
                             }
-                            let fresh = token.borrow_and_update().clone();
-                            match (Frame::Token(fresh.as_bytes())).encode() {
-                                Ok(f) => {
-                                    if sink.send(Message::Binary(f.into())).await.is_err() {
-                                        break;
-                                    }
-                                }
-                                Err(_) => {
-                                    let _ = sink.send(Message::Close(None)).await;
-                                    break;
-                                }
+                            if !send_token(&mut sink, &mut token).await {
+                                break;
                             }
                         }
                     }
