@@ -266,7 +266,7 @@ async fn bridge(state: &AppState, origin: &Origin, o: &Opened, ws: &mut WebSocke
         // What the bridge has for either side goes out first.
         let up = rfb.take_to_server();
         if !up.is_empty() && tcp.write_all(&up).await.is_err() {
-            return "the VNC server closed the connection".into();
+            return super::server_closed(&o.peer, "VNC");
         }
         let down = rfb.take_to_browser();
         if !down.is_empty() {
@@ -294,7 +294,7 @@ async fn bridge(state: &AppState, origin: &Origin, o: &Opened, ws: &mut WebSocke
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return "the viewer was closed".into(),
             },
             n = tcp.read(&mut buf) => match n {
-                Ok(0) | Err(_) => return "the VNC server closed the connection".into(),
+                Ok(0) | Err(_) => return super::server_closed(&o.peer, "VNC"),
                 Ok(n) => {
                     if let Err(e) = rfb.from_server(&buf[..n]) {
                         // What the bridge queued for the browser (a reason) still goes.

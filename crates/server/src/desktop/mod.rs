@@ -40,6 +40,17 @@ use std::net::SocketAddrV4;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+/// Why a bridge's connection to the desktop server ended: the session, when
+/// the peer under it stopped (its dialer ends every connection then), or else
+/// the server (`kind`: "VNC", "RDP").
+pub fn server_closed(peer: &crate::web::peer::WebPeer, kind: &str) -> String {
+    if peer.alive() {
+        format!("the {kind} server closed the connection")
+    } else {
+        "the session ended".into()
+    }
+}
+
 pub fn routes(r: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
     r.routes(routes!(list))
         .routes(routes!(watch))

@@ -623,7 +623,7 @@ async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         let up = rdp.take_to_server();
         if !up.is_empty() && tls.write_all(&up).await.is_err() {
-            return "the RDP server closed the connection".into();
+            return super::server_closed(&o.peer, "RDP");
         }
         let down = rdp.take_to_browser();
         if !down.bytes.is_empty() {
@@ -658,7 +658,7 @@ async fn relay<S: AsyncRead + AsyncWrite + Unpin>(
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return "the viewer was closed".into(),
             },
             n = tls.read(&mut buf) => match n {
-                Ok(0) | Err(_) => return "the RDP server closed the connection".into(),
+                Ok(0) | Err(_) => return super::server_closed(&o.peer, "RDP"),
                 Ok(n) => {
                     if let Err(e) = rdp.from_server(&buf[..n]) {
                         return e.to_string();
