@@ -147,6 +147,14 @@ impl Bridge {
         }
     }
 
+    /// Whether bytes from the VNC server now go to the browser untouched: the
+    /// handshake is done and nothing is waiting for the browser. The caller
+    /// may then send what it read as it is, without [`Bridge::from_server`]
+    /// and its copy.
+    pub fn passes_server_bytes(&self) -> bool {
+        !self.failed && self.handshake.server_done() && self.io.to_browser.is_empty()
+    }
+
     /// Bytes read from the VNC server.
     pub fn from_server(&mut self, data: &[u8]) -> Result<(), RfbError> {
         if self.failed {

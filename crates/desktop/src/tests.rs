@@ -57,7 +57,10 @@ pub(crate) enum Split {
     Random(u64),
 }
 
-pub(crate) fn run_split(config: &Config, steps: &[Step], split: Split) -> Outcome {
+/// `pass`: server bytes go to the browser as they are whenever the bridge
+/// says they may ([`Bridge::passes_server_bytes`]), as the server's loop
+/// sends them.
+pub(crate) fn run_split(config: &Config, steps: &[Step], split: Split, pass: bool) -> Outcome {
     let mut bridge = Bridge::new(config.clone());
     let mut rng = Rng::new(match split {
         Split::Random(seed) => seed,
@@ -84,7 +87,10 @@ pub(crate) fn run_split(config: &Config, steps: &[Step], split: Split) -> Outcom
             };
             let (chunk, tail) = rest.split_at(n);
             rest = tail;
-            let result = if to_server {
+            let result = if to_server && pass && bridge.passes_server_bytes() {
+                out.to_browser.extend_from_slice(chunk);
+                Ok(())
+            } else if to_server {
                 bridge.from_server(chunk)
             } else {
                 bridge.from_browser(chunk)
@@ -110,12 +116,14 @@ pub(crate) fn run_split(config: &Config, steps: &[Step], split: Split) -> Outcom
 /// Runs the steps whole, byte by byte and in several random cuttings, checks
 /// that all agree, and returns the outcome.
 pub(crate) fn run(config: &Config, steps: &[Step]) -> Outcome {
-    let whole = run_split(config, steps, Split::Whole);
-    let bytes = run_split(config, steps, Split::Bytes);
+    let whole = run_split(config, steps, Split::Whole, false);
+    let bytes = run_split(config, steps, Split::Bytes, false);
     assert_eq!(whole, bytes, "whole vs byte by byte");
     for seed in 1..=6 {
-        let random = run_split(config, steps, Split::Random(seed));
+        let random = run_split(config, steps, Split::Random(seed), false);
         assert_eq!(whole, random, "whole vs random chunks (seed {seed})");
+        let passed = run_split(config, steps, Split::Random(seed), true);
+        assert_eq!(whole, passed, "whole vs passed through (seed {seed})");
     }
     whole
 }
@@ -224,6 +232,32 @@ fn stored_password_answers_the_challenge_and_browser_sees_none() {
             height: 768,
             name: "hmi".into()
         })
+    );
+}
+
+#[test]
+fn server_bytes_pass_untouched_only_after_the_handshake_with_nothing_waiting() {
+    let mut bridge = Bridge::new(open());
+    assert!(!bridge.passes_server_bytes(), "the greeting waits");
+    let _ = bridge.take_to_browser();
+    assert!(!bridge.passes_server_bytes(), "the handshake is not done");
+    for step in after_handshake(&[], &[]) {
+        match step {
+            Server(b) => bridge.from_server(&b).unwrap(),
+            Browser(b) => bridge.from_browser(&b).unwrap(),
+        }
+    }
+    assert!(
+        !bridge.passes_server_bytes(),
+        "ServerInit waits for the browser"
+    );
+    let _ = bridge.take_to_browser();
+    assert!(bridge.passes_server_bytes());
+    // A message the browser may not send (an unknown type) fails the bridge.
+    assert!(bridge.from_browser(&[0xEE]).is_err());
+    assert!(
+        !bridge.passes_server_bytes(),
+        "a failed bridge passes nothing"
     );
 }
 

@@ -154,7 +154,7 @@ fn view_only_drops_a_large_clipboard_without_keeping_it() {
     let cfg = config(Auth::Typed, true);
     let steps = after_handshake(&browser, b"");
     for split in [Split::Whole, Split::Random(3)] {
-        let out = run_split(&cfg, &steps, split);
+        let out = run_split(&cfg, &steps, split, true);
         assert_eq!(
             out.to_server,
             cat(&[&handshake_to_server(), &update_request()])
@@ -168,7 +168,7 @@ fn clipboard_up_to_one_mib_passes_and_beyond_is_refused() {
     let text = vec![b'c'; 1024 * 1024];
     let cfg = open();
     let steps = after_handshake(&cut_text(&text), b"");
-    let out = run_split(&cfg, &steps, Split::Random(9));
+    let out = run_split(&cfg, &steps, Split::Random(9), true);
     assert_eq!(out.error, None);
     assert_eq!(
         out.to_server.len(),

@@ -13,7 +13,7 @@ use crate::state::AppState;
 use crate::web::origin::Origin;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use drawbridge_desktop::{Auth, Bridge, Config};
 use drawbridge_proto::{RecordingMode, SessionState};
 use sqlx::Row;
@@ -246,6 +246,33 @@ async fn run(state: AppState, caller: Caller, origin: Origin, o: Opened, mut ws:
     finish(&state, &caller, &o.desktop, &reason).await;
 }
 
+/// Bytes read from the VNC server at most at once.
+const READ: usize = 256 * 1024;
+
+/// Sends `down` to the browser: counted as use of the peer, recorded first
+/// (a required recording that fails ends the desktop: `Err` with why).
+async fn to_browser(
+    state: &AppState,
+    o: &Opened,
+    ws: &mut WebSocket,
+    down: Bytes,
+) -> Result<(), String> {
+    o.peer.touch(state.now());
+    if let Err(stop) = o.desktop.sent(state, &down).await {
+        if o.required {
+            return Err(format!(
+                "{}; this account requires recording",
+                stop.message()
+            ));
+        }
+        o.desktop.stop_recording().await;
+    }
+    if ws.send(Message::Binary(down)).await.is_err() {
+        return Err("the browser went away".into());
+    }
+    Ok(())
+}
+
 /// Runs the bridge until one side ends; answers why, in words for the user.
 async fn bridge(state: &AppState, origin: &Origin, o: &Opened, ws: &mut WebSocket) -> String {
     let mut tcp = match tokio::time::timeout(
@@ -259,7 +286,9 @@ async fn bridge(state: &AppState, origin: &Origin, o: &Opened, ws: &mut WebSocke
         Err(_) => return "the VNC server did not answer in time".into(),
     };
     let mut rfb = Bridge::new(o.config.clone());
-    let mut buf = vec![0u8; 256 * 1024];
+    let mut buf = BytesMut::new();
+    // What was read and passes to the browser as it is (no copy through the bridge).
+    let mut passed: Option<Bytes> = None;
     let mut tick = tokio::time::interval(TICK);
     let mut ticks = 0u32;
     loop {
@@ -268,19 +297,19 @@ async fn bridge(state: &AppState, origin: &Origin, o: &Opened, ws: &mut WebSocke
         if !up.is_empty() && tcp.write_all(&up).await.is_err() {
             return super::server_closed(&o.peer, "VNC");
         }
+        if let Some(down) = passed.take()
+            && let Err(reason) = to_browser(state, o, ws, down).await
+        {
+            return reason;
+        }
         let down = rfb.take_to_browser();
-        if !down.is_empty() {
-            let down = Bytes::from(down);
-            o.peer.touch(state.now());
-            if let Err(stop) = o.desktop.sent(state, &down).await {
-                if o.required {
-                    return format!("{}; this account requires recording", stop.message());
-                }
-                o.desktop.stop_recording().await;
-            }
-            if ws.send(Message::Binary(down)).await.is_err() {
-                return "the browser went away".into();
-            }
+        if !down.is_empty()
+            && let Err(reason) = to_browser(state, o, ws, Bytes::from(down)).await
+        {
+            return reason;
+        }
+        if buf.capacity() - buf.len() < READ / 4 {
+            buf.reserve(READ);
         }
         tokio::select! {
             m = ws.recv() => match m {
@@ -293,10 +322,12 @@ async fn bridge(state: &AppState, origin: &Origin, o: &Opened, ws: &mut WebSocke
                 Some(Ok(Message::Text(_))) => return "the browser sent text, not RFB".into(),
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return "the viewer was closed".into(),
             },
-            n = tcp.read(&mut buf) => match n {
+            n = tcp.read_buf(&mut buf) => match n {
                 Ok(0) | Err(_) => return super::server_closed(&o.peer, "VNC"),
-                Ok(n) => {
-                    if let Err(e) = rfb.from_server(&buf[..n]) {
+                Ok(_) if rfb.passes_server_bytes() => passed = Some(buf.split().freeze()),
+                Ok(_) => {
+                    let read = buf.split();
+                    if let Err(e) = rfb.from_server(&read) {
                         // What the bridge queued for the browser (a reason) still goes.
                         let down = rfb.take_to_browser();
                         if !down.is_empty() {
