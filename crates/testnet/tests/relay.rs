@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use drawbridge_relay::token::{self, Claims, SigningKey};
+use drawbridge_relay::token::SigningKey;
 use drawbridge_tunnel::frame::MAX_FRAME;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::UdpSocket;
@@ -66,17 +66,7 @@ async fn a_fresh_token_on_the_open_connection_grants_a_new_peer_without_a_reconn
 async fn a_token_for_another_key_or_session_or_a_forged_one_closes_the_connection() {
     let s = server().await;
     let (other, _) = SigningKey::generate().unwrap();
-    let forged = token::issue(
-        &other,
-        &Claims {
-            session_id: "s1".into(),
-            peer: A,
-            allowed_peers: vec![B, C],
-            expires_at: now() + 60,
-            bridge: false,
-        },
-    )
-    .unwrap();
+    let forged = issue(&other, "s1", A, &[B, C], 60);
     for bad in [
         s.token("s1", C, &[B], 60),
         s.token("s2", A, &[B], 60),
@@ -104,17 +94,7 @@ async fn a_token_for_another_key_or_session_or_a_forged_one_closes_the_connectio
 async fn wrong_or_expired_tokens_are_refused() {
     let s = server().await;
     let (other, _) = SigningKey::generate().unwrap();
-    let forged = token::issue(
-        &other,
-        &Claims {
-            session_id: "s1".into(),
-            peer: A,
-            allowed_peers: vec![B],
-            expires_at: now() + 60,
-            bridge: false,
-        },
-    )
-    .unwrap();
+    let forged = issue(&other, "s1", A, &[B], 60);
     for bad in [forged, s.token("s1", A, &[B], -1), "garbage".to_string()] {
         match s.connect(&bad).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use common::*;
-use drawbridge_relay::token::{self, Claims, SigningKey};
+use drawbridge_relay::token::SigningKey;
 use drawbridge_relay::{RelayConfig, RelayState, router};
 use drawbridge_tunnel::driver::{DriverEvent, LocalRelay, RelayEndpoint, Tunnel};
 use drawbridge_tunnel::engine::{IpNet, Path, PeerConfig};
@@ -75,28 +75,11 @@ async fn driver_reconnects_to_a_restarted_relay() {
     });
     let (pa, pb) = ([0x33; 32], [0x44; 32]);
     let (ka, kb) = (pubkey(pa), pubkey(pb));
-    let tok = |me, peer| {
-        token::issue(
-            &key,
-            &Claims {
-                session_id: "s".into(),
-                peer: me,
-                allowed_peers: vec![peer],
-                expires_at: now() + 600,
-                bridge: false,
-            },
-        )
-        .unwrap()
-    };
     let mk = |private: [u8; 32], me, peer, index: usize| {
-        let relay = RelayEndpoint {
-            id: 0,
-            url: format!("ws://{addr}/relay/v1"),
-            token: tok(me, peer),
-            connector: None,
-            proxy: None,
-            local: None,
-        };
+        let relay = endpoint(
+            format!("ws://{addr}/relay/v1"),
+            issue(&key, "s", me, &[peer], 600),
+        );
         config(private, peer, index, relay, vec![])
     };
     let (a, _a_io) = Tunnel::start(mk(pa, ka, kb, 0)).await.unwrap();
@@ -164,22 +147,11 @@ async fn two_drivers_talk_through_the_relay_over_tls() {
     let (ka, kb) = (pubkey(pa), pubkey(pb));
     let mk = |private: [u8; 32], me: [u8; 32], peer: [u8; 32], index: usize| {
         let relay = RelayEndpoint {
-            id: 0,
-            url: format!("wss://{addr}/relay/v1"),
-            token: token::issue(
-                &key,
-                &Claims {
-                    session_id: "tls".into(),
-                    peer: me,
-                    allowed_peers: vec![peer],
-                    expires_at: now() + 600,
-                    bridge: false,
-                },
-            )
-            .unwrap(),
             connector: Some(connector.clone()),
-            proxy: None,
-            local: None,
+            ..endpoint(
+                format!("wss://{addr}/relay/v1"),
+                issue(&key, "tls", me, &[peer], 600),
+            )
         };
         config(private, peer, index, relay, vec![])
     };
@@ -212,12 +184,8 @@ async fn an_in_process_relay_is_used_only_at_its_url_with_the_same_admission() {
         dial: std::sync::Arc::new(move || Box::new(drawbridge_relay::dial_in_process(&app))),
     };
     let relay = RelayEndpoint {
-        id: 0,
-        url,
-        token: s.token("s1", ka, &[kb], 600),
-        connector: None,
-        proxy: None,
         local: Some(local),
+        ..endpoint(url, s.token("s1", ka, &[kb], 600))
     };
     let (a, mut a_io) = Tunnel::start(config(pa, kb, 0, relay, vec![]))
         .await
@@ -246,12 +214,8 @@ async fn an_in_process_relay_is_used_only_at_its_url_with_the_same_admission() {
     };
     let pc = [0x77; 32];
     let relay = RelayEndpoint {
-        id: 0,
-        url: s.url(),
-        token: s.token("s1", pubkey(pc), &[ka], 600),
-        connector: None,
-        proxy: None,
         local: Some(other),
+        ..endpoint(s.url(), s.token("s1", pubkey(pc), &[ka], 600))
     };
     let (_c, _c_io) = Tunnel::start(config(pc, ka, 1, relay, vec![]))
         .await
@@ -291,14 +255,7 @@ async fn a_token_replaced_in_place_reaches_the_relay_before_the_frames_it_admits
     let pa = [0x81; 32];
     let ka = pubkey(pa);
     // A (an edge) connected before anyone joined: its token names nobody.
-    let relay = RelayEndpoint {
-        id: 0,
-        url: s.url(),
-        token: s.token("s1", ka, &[], 600),
-        connector: None,
-        proxy: None,
-        local: None,
-    };
+    let relay = endpoint(s.url(), s.token("s1", ka, &[], 600));
     let mut cfg = config(pa, [0; 32], 0, relay, vec![]);
     cfg.peers.clear();
     let (a, _a_io) = Tunnel::start(cfg).await.unwrap();

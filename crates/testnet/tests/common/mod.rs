@@ -79,17 +79,7 @@ impl Server {
         format!("ws://{}/relay/v1", self.addr)
     }
     pub fn token(&self, session: &str, peer: [u8; 32], allowed: &[[u8; 32]], ttl: i64) -> String {
-        token::issue(
-            &self.key,
-            &Claims {
-                session_id: session.into(),
-                peer,
-                allowed_peers: allowed.to_vec(),
-                expires_at: (now() as i64 + ttl) as u64,
-                bridge: false,
-            },
-        )
-        .unwrap()
+        issue(&self.key, session, peer, allowed, ttl)
     }
     pub async fn connect(&self, token: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
         let mut req = self.url().into_client_request().unwrap();
@@ -98,6 +88,40 @@ impl Server {
         tokio_tungstenite::connect_async(req)
             .await
             .map(|(ws, _)| ws)
+    }
+}
+
+/// A relay token for `peer` in `session` naming `allowed`, signed with `key`,
+/// valid for `ttl` seconds from now (negative: already expired).
+pub fn issue(
+    key: &SigningKey,
+    session: &str,
+    peer: [u8; 32],
+    allowed: &[[u8; 32]],
+    ttl: i64,
+) -> String {
+    token::issue(
+        key,
+        &Claims {
+            session_id: session.into(),
+            peer,
+            allowed_peers: allowed.to_vec(),
+            expires_at: (now() as i64 + ttl) as u64,
+            bridge: false,
+        },
+    )
+    .unwrap()
+}
+
+/// Relay 0 at `url`, reached directly (no TLS connector, proxy or in-process relay).
+pub fn endpoint(url: String, token: String) -> RelayEndpoint {
+    RelayEndpoint {
+        id: 0,
+        url,
+        token,
+        connector: None,
+        proxy: None,
+        local: None,
     }
 }
 
@@ -162,14 +186,7 @@ pub async fn driver(
     index: usize,
 ) -> (Tunnel, TunnelIo) {
     let me = pubkey(private);
-    let relay = RelayEndpoint {
-        id: 0,
-        url: s.url(),
-        token: s.token("s1", me, &[peer], 600),
-        connector: None,
-        proxy: None,
-        local: None,
-    };
+    let relay = endpoint(s.url(), s.token("s1", me, &[peer], 600));
     Tunnel::start(config(private, peer, index, relay, vec![s.stun]))
         .await
         .unwrap()
