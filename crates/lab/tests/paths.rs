@@ -87,11 +87,28 @@ fn symmetric_nat_on_both_sides_stays_on_the_relay_and_recovers_when_the_relay_re
     stream.advances(200, "the stream flows on the relay");
     // Hole punching cannot work through two symmetric NATs: it stays on the relay,
     // and once both sides' NAT is classified (STUN on two ports each) the reason says so.
-    wait("the client reports symmetric NAT on both sides", || {
+    // (A loop of its own rather than `wait`: on a timeout it says what the
+    // client last reported, with the client's log.)
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
         let (path, reason) = path_of(&client);
         assert_eq!(path, "relay", "{reason}");
-        reason == "symmetric NAT on both sides"
-    });
+        if reason == "symmetric NAT on both sides" {
+            break;
+        }
+        if Instant::now() >= end {
+            let log =
+                std::fs::read_to_string(lab.dir.path().join("connect.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "timed out waiting until the client reports symmetric NAT on both sides; \
+                 it last said {path:?} / {reason:?}; device view {}; connect.log (last lines, newest first):\n{}",
+                Lab::client_device(&client),
+                tail.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // The relay (here inside the control plane's process) is killed and restarted.
     lab.server.stop();
     std::thread::sleep(Duration::from_secs(1));
