@@ -343,8 +343,22 @@ async fn a_refused_or_timed_out_device_is_dropped_while_the_others_keep_running(
         (approval(&v, &a), approval(&v, &b)),
         ("approved".into(), "refused".into())
     );
-    let ea = edge_sees(&mut wa, &s, Some(SessionState::Active))
-        .await
+    // A's queue may still hold updates from before the client joined (the
+    // decision pokes it more than once): the first one naming a client counts.
+    // Had A lost the client, none would, and the wait fails.
+    let m = until(&mut wa, |m: &ServerToEdge| {
+        sessions_of(m).is_some_and(|x| {
+            x.iter().any(|e| {
+                e.session_id == s && e.state == SessionState::Active && !e.peers.is_empty()
+            })
+        })
+    })
+    .await;
+    let ea = sessions_of(&m)
+        .unwrap()
+        .iter()
+        .find(|e| e.session_id == s)
+        .cloned()
         .unwrap();
     assert_eq!(ea.peers.len(), 1, "A keeps its client");
     let open: Vec<String> = sqlx::query_scalar(
