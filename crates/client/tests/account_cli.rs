@@ -1,7 +1,7 @@
 //! End-to-end: the real `drawbridge` binary against the real `drawbridge-server`
 //! on loopback.
 
-mod common;
+use crate::common;
 
 use common::{ADMIN_PASSWORD, Server, USER_PASSWORD};
 use std::io::{BufRead, BufReader, Write};

@@ -1,7 +1,7 @@
 //! End-to-end: `drawbridge connect` (the real binary) against the real server
 //! on loopback: what it checks before it starts anything, and its exit codes.
 
-mod common;
+use crate::common;
 
 use common::{ADMIN_PASSWORD, Cli, Server, USER_PASSWORD};
 use std::io::{BufRead, BufReader};

@@ -6,7 +6,7 @@
 //! the two writes repeats nothing), range reads as CSV, deletion up to a
 //! cursor, alarms acknowledged, KPIs read and watched.
 
-mod common;
+use crate::common;
 
 use common::edge::{Edge, counting_plc, wait_for};
 use common::{ADMIN_PASSWORD, Cli, Server, USER_PASSWORD};

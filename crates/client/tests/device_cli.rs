@@ -1,7 +1,7 @@
 //! End-to-end: `drawbridge device disable|enable|replace|archive` with the real
 //! binaries on loopback.
 
-mod common;
+use crate::common;
 
 use common::{ADMIN_PASSWORD, Server};
 

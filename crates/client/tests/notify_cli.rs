@@ -3,7 +3,7 @@
 //! user's address, webhooks created (secret printed once), listed, changed and
 //! deleted; what the server refuses said in words, with exit code 1.
 
-mod common;
+use crate::common;
 
 use common::{ADMIN_PASSWORD, Server, USER_PASSWORD};
 

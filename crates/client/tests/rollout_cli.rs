@@ -3,7 +3,7 @@
 //! `drawbridge-release` (as an operator's machine would) and stored with
 //! `drawbridge-server release root|add`, as docs/updates.md says.
 
-mod common;
+use crate::common;
 
 use common::{ADMIN_PASSWORD, Cli, Server, USER_PASSWORD, server_bin};
 use drawbridge_release::{

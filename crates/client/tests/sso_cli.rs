@@ -9,7 +9,7 @@
 //!
 //! Without node or the npm install the test prints a visible SKIPPED line.
 
-mod common;
+use crate::common;
 
 use common::{ADMIN_PASSWORD, Cli, Server};
 use drawbridge_testnet::oidc::{CLIENT_ID, CLIENT_SECRET, Op, OpConfig};

@@ -1,7 +1,7 @@
 //! End-to-end: setting up a second factor in two steps with the real
 //! `drawbridge` binary against the real `drawbridge-server` on loopback.
 
-mod common;
+use crate::common;
 
 use common::{ADMIN_PASSWORD, Server};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

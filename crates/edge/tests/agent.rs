@@ -3,7 +3,7 @@
 //! on; off ends them within seconds), on-site approval, reconnection after the
 //! control plane restarts.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{Value, json};

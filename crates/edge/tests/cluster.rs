@@ -8,7 +8,7 @@
 //! back, every replica dies. Needs the test PostgreSQL and HAProxy (scripts/test
 //! provides both); skips visibly without them.
 
-mod common;
+use crate::common;
 
 use common::cluster::{self, edges_connected};
 use common::*;

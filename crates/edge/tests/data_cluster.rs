@@ -7,7 +7,7 @@
 //! answered exactly once: no gap (the edge itself never died) and no
 //! duplicate. Needs the test PostgreSQL and HAProxy; skips visibly without.
 
-mod common;
+use crate::common;
 
 use common::cluster::{self, TestDatabase, edges_connected};
 use common::data::*;

@@ -4,7 +4,7 @@
 //! restarts, reads of exactly the configured tags and nothing else, and the
 //! historian buffer under SIGKILL.
 
-mod data;
+use crate::data;
 
 use data::{Plc, Tables, pymodbus, tag, words};
 use drawbridge_edge::data::Data;

@@ -6,7 +6,7 @@
 //! client has every point the edge logged exactly once. KPI values flow while
 //! somebody reads them, and an alarm raised on the edge reaches the API.
 
-mod common;
+use crate::common;
 
 use common::data::*;
 use common::*;

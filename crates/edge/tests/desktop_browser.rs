@@ -9,7 +9,7 @@
 //! Skips with a visible line without Chromium or the X tools (see
 //! `common::vnc`).
 
-mod common;
+use crate::common;
 
 use common::vnc::*;
 use common::*;

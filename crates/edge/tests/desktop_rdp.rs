@@ -14,7 +14,7 @@
 //! Skips with a visible line without
 //! Chromium, the X tools, xrdp or the IronRDP web client.
 
-mod common;
+use crate::common;
 
 use common::rdp::*;
 use common::vnc::*;

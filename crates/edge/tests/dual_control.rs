@@ -3,7 +3,7 @@
 //! the devices approved so far, and a device approved later joins the running
 //! session.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{Value, json};

@@ -6,7 +6,7 @@
 //! nothing. A gateway enrolled with the fleet key waits for an admin's
 //! approval, then comes online by itself.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::json;

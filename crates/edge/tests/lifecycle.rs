@@ -3,7 +3,7 @@
 //! --switch-file`, as a GPIO value) turns off — also while the control plane
 //! is down — and what the control plane records once it is back.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{Value, json};

@@ -5,7 +5,7 @@
 //! is killed: the session moves to the other relay within 10 s and the stream
 //! goes on without a gap or a duplicate.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{Value, json};

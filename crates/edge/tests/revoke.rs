@@ -4,7 +4,7 @@
 //! longer carries traffic to the target, while another user's session on the
 //! same edge keeps flowing.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{Value, json};

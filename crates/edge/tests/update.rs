@@ -11,7 +11,7 @@
 //! these tests say so and pass. Each edge runs from a stripped COPY in a
 //! temporary directory: it replaces itself.
 
-mod common;
+use crate::common;
 
 use common::*;
 use drawbridge_release::{PrivateKey, ReleaseMeta, SigningKeyCert};
@@ -150,7 +150,7 @@ fn rig() -> Option<Rig> {
              run scripts/test (it builds one), or by hand: \
              DRAWBRIDGE_EDGE_VERSION=99.0.0-test cargo build -p drawbridge-edge --bin drawbridge-edge && \
              cp target/debug/drawbridge-edge target/edge-b/ && cargo build -p drawbridge-edge --bin drawbridge-edge && \
-             {B_VAR}=target/edge-b/drawbridge-edge cargo test -p drawbridge-edge --test update"
+             {B_VAR}=target/edge-b/drawbridge-edge cargo test -p drawbridge-edge --test integration -- update::"
         );
         return None;
     };

@@ -5,7 +5,7 @@
 //! a WebSocket client (tokio-tungstenite) play the browser and the IoT
 //! software.
 
-mod common;
+use crate::common;
 
 use axum::extract::ws::{Message as AxMessage, WebSocketUpgrade};
 use axum::http::HeaderMap;

@@ -6,7 +6,7 @@
 //! device's origin. Each attempt fails, and the test shows it. Skips with a
 //! visible line without Chromium (see `drawbridge_testnet::browser`).
 
-mod common;
+use crate::common;
 
 use common::*;
 use drawbridge_testnet::browser::{Driver, chrome_caps, have_browser, spki_hash};

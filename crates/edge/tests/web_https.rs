@@ -3,7 +3,7 @@
 //! pinned; when the device presents another, requests are refused and the new
 //! one waits for an admin, whose acceptance lets them through again.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{Value, json};

@@ -5,7 +5,7 @@
 //! learns the second's peer through PostgreSQL. Needs the test PostgreSQL
 //! (`DRAWBRIDGE_TEST_POSTGRES_URL`, set by scripts/test); skips visibly without.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::json;

@@ -12,8 +12,8 @@
 //! visible SKIPPED line, unless `DRAWBRIDGE_REQUIRE_BROWSER=1`. With
 //! `DRAWBRIDGE_SCREENSHOTS=1` it writes the main pages to `docs/screenshots/`.
 
-mod browser_ui;
-mod common;
+use crate::browser_ui;
+use crate::common;
 
 use browser_ui::{Ui, downloaded};
 use common::{PASSWORD, TestServer};

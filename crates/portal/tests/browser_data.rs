@@ -9,9 +9,9 @@
 //! `DRAWBRIDGE_REQUIRE_BROWSER=1`. With `DRAWBRIDGE_SCREENSHOTS=1` it writes
 //! its pages to `docs/screenshots/`.
 
-mod browser_ui;
-mod common;
-mod data_harness;
+use crate::browser_ui;
+use crate::common;
+use crate::data_harness;
 
 use browser_ui::{Ui, downloaded};
 use common::TestServer;

@@ -8,8 +8,8 @@
 //! Data goes in through the server library, as the edge channel stores it
 //! (`data::ingest::records`, `data::live::store`).
 
-mod common;
-mod data_harness;
+use crate::common;
+use crate::data_harness;
 
 use common::{Browser, TestServer, between};
 use drawbridge_proto::TagName;

@@ -4,7 +4,7 @@
 //! delete), and that it is the admins' alone (no link for others, forged forms
 //! refused by the API).
 
-mod common;
+use crate::common;
 
 use common::{Browser, PASSWORD, TestServer, between};
 use drawbridge_server::outbox::NotifyConfig;

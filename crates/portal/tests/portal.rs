@@ -1,7 +1,7 @@
 //! The portal over real HTTPS, without a browser: cookies, CSRF, headers,
 //! escaping, and that every rule is the API's.
 
-mod common;
+use crate::common;
 
 use common::{Browser, PASSWORD, TestServer, between};
 

@@ -14,8 +14,8 @@
 //!
 //! Without Chromium or node the test prints a visible SKIPPED line.
 
-mod browser_ui;
-mod common;
+use crate::browser_ui;
+use crate::common;
 
 use browser_ui::Ui;
 use common::{Browser, PASSWORD, TestServer};

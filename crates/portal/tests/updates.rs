@@ -4,7 +4,7 @@
 //! that creates nothing, and that it is the admins' alone (no link for others,
 //! pages and forged forms refused).
 
-mod common;
+use crate::common;
 
 use common::{Browser, PASSWORD, TestServer, between};
 use drawbridge_release::{

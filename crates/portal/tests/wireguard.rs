@@ -3,7 +3,7 @@
 //! the session's edge, is a QR code that decodes to the same text, and its
 //! private key is kept nowhere on the server.
 
-mod common;
+use crate::common;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;

@@ -1,6 +1,6 @@
 //! Account settings change key by key; session lists filter in the database.
 
-mod common;
+use crate::common;
 
 use axum::http::{Method, StatusCode};
 use common::TestApp;

@@ -1,7 +1,7 @@
 //! The audit log: hash chain verification detects edits, deletions and
 //! truncation; exports filter and format; every change is on the record.
 
-mod common;
+use crate::common;
 
 use axum::http::{Method, StatusCode};
 use common::TestApp;

@@ -1,7 +1,7 @@
 //! Identity: lockout, non-enumeration, TOTP, half-authenticated logins,
 //! password policy, token lifetimes. Each runs on SQLite and PostgreSQL.
 
-mod common;
+use crate::common;
 
 use axum::http::{Method, StatusCode};
 use common::{PASSWORD, TestApp};

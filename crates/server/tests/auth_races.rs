@@ -2,7 +2,7 @@
 //! when attempts arrive at once, mandatory TOTP ends password-only access,
 //! argon2 runs in a bounded pool. Each runs on SQLite and PostgreSQL.
 
-mod common;
+use crate::common;
 
 use axum::http::{Method, StatusCode};
 use common::{PASSWORD, TestApp};

@@ -3,8 +3,8 @@
 //! their states with acknowledgement, KPI values flow only while watched,
 //! retention purges old points; hostile input changes nothing. Both stores.
 
-mod common;
-mod live_harness;
+use crate::common;
+use crate::live_harness;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};

@@ -2,7 +2,7 @@
 //! user whose grant covers one device gets that device's alarms even when
 //! newer alarms of other devices fill the first page. Both stores.
 
-mod common;
+use crate::common;
 
 use axum::http::Method;
 use common::TestApp;

@@ -3,8 +3,8 @@
 //! quality kept) and synced like any other, whatever came before it on the
 //! same statement — over the real edge channel, both stores.
 
-mod common;
-mod live_harness;
+use crate::common;
+use crate::live_harness;
 
 use axum::http::Method;
 use common::TestApp;

@@ -2,8 +2,8 @@
 //! historian points and the mailbox sync, KPIs and alarms, and nothing else —
 //! every other route and every write is refused and changes nothing. Both stores.
 
-mod common;
-mod live_harness;
+use crate::common;
+use crate::live_harness;
 
 use axum::http::{Method, StatusCode};
 use common::TestApp;

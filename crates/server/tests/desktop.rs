@@ -5,7 +5,7 @@
 //! bounds, and retention. Both stores. The bridge itself runs in
 //! `crates/edge/tests/desktop_browser.rs` against a real VNC server.
 
-mod common;
+use crate::common;
 
 use axum::http::{Method, StatusCode};
 use common::TestApp;

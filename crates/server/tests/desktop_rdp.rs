@@ -10,8 +10,8 @@
 //! none. The bridge to a real RDP server runs
 //! in `crates/edge/tests/desktop_rdp.rs`.
 
-mod common;
-mod live_harness;
+use crate::common;
+use crate::live_harness;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};

@@ -3,8 +3,8 @@
 //! stored, until the desktop ends; the watcher's own messages change nothing.
 //! Over a real TLS WebSocket with the origin's cookie, both stores.
 
-mod common;
-mod live_harness;
+use crate::common;
+use crate::live_harness;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};

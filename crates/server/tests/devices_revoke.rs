@@ -4,8 +4,8 @@
 //! archive (hidden, kept out of sessions, history kept; delete points to it).
 //! Only admins, only in their own account. Each runs on SQLite and PostgreSQL.
 
-mod common;
-mod live_harness;
+use crate::common;
+use crate::live_harness;
 
 use axum::http::{Method, StatusCode};
 use base64::Engine;

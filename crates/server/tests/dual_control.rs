@@ -5,8 +5,8 @@
 //! needs on-site approval" cannot be approved from the cloud. Each runs on
 //! SQLite and PostgreSQL.
 
-mod common;
-mod live_harness;
+use crate::common;
+use crate::live_harness;
 
 use axum::http::{Method, StatusCode};
 use common::TestApp;

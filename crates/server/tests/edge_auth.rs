@@ -3,8 +3,8 @@
 //! the entry counting the refusals it stands for. Each runs on SQLite and
 //! PostgreSQL.
 
-mod common;
-mod live_harness;
+use crate::common;
+use crate::live_harness;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;

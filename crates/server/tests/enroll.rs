@@ -1,7 +1,7 @@
 //! Device enrolment: single use under concurrency, expiry, proof of the key,
 //! identity from the server's record, fleet keys with approval.
 
-mod common;
+use crate::common;
 
 use axum::http::{Method, StatusCode};
 use base64::Engine;

@@ -2,8 +2,8 @@
 //! from what a client reports, and a client's reports cannot keep a session
 //! from its idle timeout. Each runs on SQLite and PostgreSQL.
 
-mod common;
-mod live_harness;
+use crate::common;
+use crate::live_harness;
 
 use axum::http::Method;
 use common::TestApp;

@@ -1,7 +1,7 @@
 //! `/healthz` on PostgreSQL answers from its own probe: a replica whose request
 //! pool is exhausted still answers healthy, at once.
 
-mod common;
+use crate::common;
 
 use axum::http::{Method, StatusCode};
 use common::TestApp;

@@ -2,7 +2,7 @@
 //! with a stable code and change nothing. Also: the OpenAPI document and the
 //! router describe the same routes.
 
-mod common;
+use crate::common;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};

@@ -4,8 +4,8 @@
 //! relay (one connection per key) by reusing its key. Each runs on SQLite and
 //! PostgreSQL.
 
-mod common;
-mod live_harness;
+use crate::common;
+use crate::live_harness;
 
 use axum::http::StatusCode;
 use common::TestApp;

@@ -4,7 +4,7 @@
 //! (edge_offline) — each with its reason on the session and on the record.
 //! Each runs on SQLite and PostgreSQL.
 
-mod common;
+use crate::common;
 
 use axum::http::{Method, StatusCode};
 use common::TestApp;

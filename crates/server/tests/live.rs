@@ -3,8 +3,8 @@
 //! join and channel, candidate exchange, relay tokens, and teardown on both
 //! ends. Each runs on SQLite and PostgreSQL.
 
-mod common;
-mod live_harness;
+use crate::common;
+use crate::live_harness;
 
 use axum::http::{Method, StatusCode};
 use base64::Engine;

@@ -6,8 +6,8 @@
 //! arrive at once. Each runs on SQLite and PostgreSQL. (Real tunnels carrying
 //! traffic: `crates/edge/tests/revoke.rs`.)
 
-mod common;
-mod live_harness;
+use crate::common;
+use crate::live_harness;
 
 use axum::http::{Method, StatusCode};
 use common::TestApp;

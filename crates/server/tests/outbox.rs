@@ -4,8 +4,8 @@
 //! the disabling of a dead endpoint with the clock advanced; nothing lost across a
 //! restart or a dead replica's lease; two replicas never sending one delivery.
 
-mod common;
-mod outbox_harness;
+use crate::common;
+use crate::outbox_harness;
 
 use axum::http::{Method, StatusCode};
 use common::TestApp;

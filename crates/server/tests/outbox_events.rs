@@ -3,9 +3,9 @@
 //! record's sequence number, through the real worker to a real receiver); kinds
 //! nobody subscribed to queue nothing; a refused action is no event. Both stores.
 
-mod common;
-mod live_harness;
-mod outbox_harness;
+use crate::common;
+use crate::live_harness;
+use crate::outbox_harness;
 
 use axum::http::Method;
 use common::TestApp;

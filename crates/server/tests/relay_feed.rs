@@ -3,8 +3,8 @@
 //! runs it) on loopback; the feed's credential check and its paging over the store.
 //! Each runs on SQLite and PostgreSQL.
 
-mod common;
-mod live_harness;
+use crate::common;
+use crate::live_harness;
 
 use axum::http::{Method, StatusCode};
 use common::TestApp;

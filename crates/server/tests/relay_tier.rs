@@ -4,8 +4,8 @@
 //! of them, the same to its edge and its clients, and moves to another within
 //! 10 s when its relay dies or drains. Each test runs on SQLite and PostgreSQL.
 
-mod common;
-mod live_harness;
+use crate::common;
+use crate::live_harness;
 
 use axum::http::{Method, StatusCode};
 use drawbridge_proto::channel::{

@@ -4,8 +4,8 @@
 //! leaves other sessions alone. The client channel checks the role and refuses
 //! read-only API tokens. Each runs on SQLite and PostgreSQL.
 
-mod common;
-mod live_harness;
+use crate::common;
+use crate::live_harness;
 
 use axum::http::{Method, StatusCode};
 use common::TestApp;

@@ -2,7 +2,7 @@
 //! plus the grant rules that narrow it ("within their grants", `restricted`,
 //! `monitor`, "own only", ad-hoc connect). Each runs on SQLite and PostgreSQL.
 
-mod common;
+use crate::common;
 
 use axum::http::{Method, StatusCode};
 use base64::Engine;

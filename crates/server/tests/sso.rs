@@ -5,7 +5,7 @@
 //! install each test prints a visible SKIPPED line, unless
 //! `DRAWBRIDGE_REQUIRE_NODE=1` makes that a failure.
 
-mod common;
+use crate::common;
 
 use axum::http::{Method, StatusCode};
 use common::{PASSWORD, TestApp};

@@ -2,7 +2,7 @@
 //! no page size leaves idle or expired sessions running. Each runs on SQLite
 //! and PostgreSQL.
 
-mod common;
+use crate::common;
 
 use common::TestApp;
 use drawbridge_server::background::sweep;

@@ -5,7 +5,7 @@
 //! account's; a target another replica holds is left alone; bad targets are
 //! refused and change nothing. Both stores.
 
-mod common;
+use crate::common;
 
 use axum::http::{Method, StatusCode};
 use common::TestApp;

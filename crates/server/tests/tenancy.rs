@@ -3,7 +3,7 @@
 //! document that takes a path parameter and names B's objects in it, as each
 //! of A's roles. Each test runs on SQLite and PostgreSQL.
 
-mod common;
+use crate::common;
 
 use axum::http::{Method, StatusCode};
 use base64::Engine;

@@ -7,7 +7,7 @@
 //! signs for it and has it offered; enrolment hands out the root to pin. The
 //! edge's side runs with the real binaries in `crates/edge/tests/update.rs`.
 
-mod common;
+use crate::common;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};

@@ -2,8 +2,8 @@
 //! a browser tunnel nobody uses closes after the session's idle timeout, one
 //! in use stays.
 
-mod common;
-mod live_harness;
+use crate::common;
+use crate::live_harness;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
