@@ -499,10 +499,14 @@ fn the_historian_loses_no_reported_record_to_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let mut reported = 0u64;
     let mut acked = 0u64;
+    // The child is this test binary running only that test, named by its
+    // path inside the binary (`data_poll::…`: the crate's name is not part of it).
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    let child_test = format!("{module}::buffer_child_appends_until_killed");
     for kill in 0..4 {
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
-                "buffer_child_appends_until_killed",
+                child_test.as_str(),
                 "--exact",
                 "--nocapture",
                 "--test-threads=1",
