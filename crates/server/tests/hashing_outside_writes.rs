@@ -10,7 +10,7 @@
 //! The pool is process-wide, so this binary holds one test that runs on SQLite
 //! and then on PostgreSQL.
 
-use crate::common;
+mod common;
 
 use axum::http::{Method, StatusCode};
 use common::{PASSWORD, TestApp};

@@ -2,6 +2,8 @@
 //! binary per test file took several gigabytes of disk and most of the link time).
 //! Each module is one file of this directory; filter with the module name, e.g.
 //! `cargo test -p drawbridge-server --test integration -- account::`.
+//! Not here: `hashing_outside_writes.rs`, a binary of its own (it takes the
+//! process-wide password hashing pool).
 
 #[macro_use]
 mod common;
@@ -25,7 +27,6 @@ mod dual_control;
 mod edge_auth;
 mod enroll;
 mod figures;
-mod hashing_outside_writes;
 mod health;
 mod input;
 mod keys;
