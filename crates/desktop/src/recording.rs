@@ -127,12 +127,37 @@ pub fn iter_frames(bytes: &[u8]) -> Frames<'_> {
     }
 }
 
+/// Iterates over frames that continue a recording read in parts: `bytes`
+/// start at a frame (no header), no earlier than `previous` ms. Error offsets
+/// count from the start of `bytes`; a `Truncated` frame is one whose rest
+/// comes with the next part ([`Frames::offset`] says where it starts).
+pub fn iter_frames_after(bytes: &[u8], previous: u32) -> Frames<'_> {
+    Frames {
+        bytes,
+        offset: 0,
+        previous,
+        header_checked: true,
+        done: false,
+    }
+}
+
 /// All frames of a recording, or the first error.
 pub fn frames(bytes: &[u8]) -> Result<Vec<Frame<'_>>, RecordingError> {
     iter_frames(bytes).collect()
 }
 
 impl<'a> Frames<'a> {
+    /// Where the next frame starts: everything before it was read (after a
+    /// `Truncated` error, where the truncated frame starts).
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+
+    /// The time of the last frame read (or the `previous` it started from).
+    pub fn previous(&self) -> u32 {
+        self.previous
+    }
+
     fn next_frame(&mut self) -> Option<Result<Frame<'a>, RecordingError>> {
         if !self.header_checked {
             self.header_checked = true;
@@ -189,6 +214,41 @@ impl<'a> Iterator for Frames<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_recording_read_in_parts_gives_the_frames_of_the_whole() {
+        let whole = recording(&[(1, b"abc"), (5, &[7u8; 300]), (9, b""), (12, b"z")]);
+        let want: Vec<(u32, Vec<u8>)> = iter_frames(&whole)
+            .map(|f| f.map(|f| (f.t_ms, f.data.to_vec())))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        // Every place to cut it in two, as a reader of chunks would meet it.
+        for cut in HEADER.len()..whole.len() {
+            let mut got = Vec::new();
+            let mut first = iter_frames(&whole[..cut]);
+            for f in first.by_ref() {
+                match f {
+                    Ok(f) => got.push((f.t_ms, f.data.to_vec())),
+                    Err(e) => {
+                        assert!(matches!(e, RecordingError::Truncated { .. }), "{e}");
+                        break;
+                    }
+                }
+            }
+            let rest = &whole[first.offset()..];
+            for f in iter_frames_after(rest, first.previous()) {
+                let f = f.unwrap();
+                got.push((f.t_ms, f.data.to_vec()));
+            }
+            assert_eq!(got, want, "cut at {cut}");
+        }
+        // A continuing part is held to the time it continues from.
+        let later = &whole[HEADER.len()..];
+        assert!(matches!(
+            iter_frames_after(later, 2).next(),
+            Some(Err(RecordingError::TimeWentBack { offset: 0, .. }))
+        ));
+    }
 
     fn recording(frames: &[(u32, &[u8])]) -> Vec<u8> {
         let mut recorder = Recorder::new();

@@ -28,7 +28,7 @@ store_tests!(
 );
 
 /// A recording's download with a token: status, headers and the body's bytes.
-async fn download(
+pub(crate) async fn download(
     app: &TestApp,
     id: &str,
     token: &str,
@@ -47,14 +47,14 @@ async fn download(
 }
 
 /// LZ4 frames one after the other, decompressed (a frame's end reads as 0).
-fn lz4_frames(file: &[u8]) -> Vec<u8> {
+pub(crate) fn lz4_frames(file: &[u8]) -> Vec<u8> {
     let mut dec = lz4_flex::frame::FrameDecoder::new(file);
     let mut out = Vec::new();
     while std::io::Read::read_to_end(&mut dec, &mut out).unwrap() > 0 {}
     out
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
@@ -212,7 +212,7 @@ async fn vnc_passwords_are_stored_sealed_never_shown_and_only_by_admins(app: Tes
 }
 
 /// A recording row as the bridge makes it, and its stored stream.
-async fn recorded(
+pub(crate) async fn recorded(
     app: &TestApp,
     account: &str,
     user: &str,

@@ -21,6 +21,7 @@ mod data_ingest;
 mod data_tokens;
 mod desktop;
 mod desktop_rdp;
+mod desktop_stored;
 mod desktop_watch;
 mod devices_revoke;
 mod dual_control;

@@ -357,32 +357,40 @@ async fn replay(
     open_view(&state, &caller, &id, View::Replay).await
 }
 
-/// A recording of the caller's account, read whole and checked (admins and
-/// auditors), keeping the stream (to play) or the file (to download).
-pub async fn stored_recording(
-    state: &AppState,
-    caller: &Caller,
-    id: &str,
-    keep: recording::Keep,
-) -> AppResult<recording::Stored> {
+/// Whether the caller may read this recording: admins and auditors of the
+/// desktop's account.
+pub async fn may_read_recording(state: &AppState, caller: &Caller, id: &str) -> AppResult<()> {
     caller
         .require(state, Action::ReadAudit, "desktop.recording")
         .await?;
     one(state, caller, id).await?;
-    recording::read_keeping(state, id, None, keep).await
+    Ok(())
 }
 
 /// The recording's framed stream (what the player plays), with whether the
 /// recording is the one on the record.
+/// Streamed: the server holds a few chunks of it at a time.
 pub async fn replay_stream(state: &AppState, caller: &Caller, id: &str) -> Response {
-    match stored_recording(state, caller, id, recording::Keep::Stream).await {
-        Ok(s) => recording_response(s.stream, &s.sha256, s.intact),
+    match streamed_recording(state, caller, id, recording::Keep::Stream).await {
+        Ok(s) => recording_response(s.body, &s.sha256, s.intact),
         Err(e) => e.into_response(),
     }
 }
 
+/// A recording of the caller's account as a streamed body, checked before it
+/// starts (admins and auditors).
+async fn streamed_recording(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    keep: recording::Keep,
+) -> AppResult<recording::Streamed> {
+    may_read_recording(state, caller, id).await?;
+    recording::streamed(state, id, keep).await
+}
+
 /// Bytes of a recording with its hash and whether that is the one on the record.
-fn recording_response(body: Vec<u8>, sha256: &str, intact: bool) -> Response {
+fn recording_response(body: axum::body::Body, sha256: &str, intact: bool) -> Response {
     let mut res = (StatusCode::OK, body).into_response();
     let h = res.headers_mut();
     h.insert(
@@ -417,7 +425,7 @@ async fn download(
 
 /// The recording as a file to save, its download on the audit chain.
 pub async fn download_response(state: &AppState, caller: &Caller, id: &str) -> Response {
-    let s = match stored_recording(state, caller, id, recording::Keep::File).await {
+    let s = match streamed_recording(state, caller, id, recording::Keep::File).await {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
@@ -426,7 +434,7 @@ pub async fn download_response(state: &AppState, caller: &Caller, id: &str) -> R
         return AppError::from(e).into_response();
     }
     let name = format!("attachment; filename=\"desktop-{id}.{}\"", s.extension);
-    let mut res = recording_response(s.file, &s.sha256, s.intact);
+    let mut res = recording_response(s.body, &s.sha256, s.intact);
     if let Ok(v) = HeaderValue::from_str(&name) {
         res.headers_mut().insert(header::CONTENT_DISPOSITION, v);
     }

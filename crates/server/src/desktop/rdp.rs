@@ -301,25 +301,14 @@ pub async fn serve(state: AppState, caller: Caller, o: Origin, req: Request) -> 
             }
         }
         "/.drawbridge/replay-info" => match &o.recording {
-            Some((id, View::Replay)) => {
-                match super::stored_recording(&state, &caller, id, super::recording::Keep::Stream)
-                    .await
-                {
-                    Ok(s) => {
-                        let end = drawbridge_desktop::recording::iter_frames(&s.stream)
-                            .map_while(Result::ok)
-                            .last()
-                            .map_or(0, |f| f.t_ms);
-                        let body = serde_json::json!({"end_ms": end, "intact": s.intact, "sha256": s.sha256});
-                        with_headers(
-                            (StatusCode::OK, body.to_string()).into_response(),
-                            "application/json",
-                            "no-store",
-                        )
-                    }
-                    Err(e) => text(e.status(), &e.message),
-                }
-            }
+            Some((id, View::Replay)) => match replay_info(&state, &caller, id).await {
+                Ok(body) => with_headers(
+                    (StatusCode::OK, body.to_string()).into_response(),
+                    "application/json",
+                    "no-store",
+                ),
+                Err(e) => text(e.status(), &e.message),
+            },
             _ => text(StatusCode::NOT_FOUND, "no such path"),
         },
         "/.drawbridge/recording" => match &o.recording {
@@ -699,48 +688,68 @@ pub(super) async fn answer_as_gateway(ws: &mut WebSocket) -> Result<(), String> 
     }
 }
 
+/// `GET /.drawbridge/replay-info`: the recording's length (the last frame's
+/// time), its hash and whether it is the one on the record, read a chunk at a
+/// time.
+async fn replay_info(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> crate::error::AppResult<serde_json::Value> {
+    super::may_read_recording(state, caller, id).await?;
+    let mut frames = super::recording::FrameReader::open(state, id).await?;
+    let mut end = 0;
+    while let Some(batch) = frames.next_frames().await? {
+        end = batch.last().map_or(end, |(t, _)| *t);
+    }
+    let (sha256, intact) = frames.finish();
+    Ok(serde_json::json!({"end_ms": end, "intact": intact, "sha256": sha256}))
+}
+
 /// `GET /.drawbridge/replay?from=MS`: the recording played to the client,
 /// everything up to `from` at once, the rest at its pace.
 async fn replay(state: AppState, caller: Caller, id: String, from_ms: u64, mut ws: WebSocket) {
-    let stored =
-        match super::stored_recording(&state, &caller, &id, super::recording::Keep::Stream).await {
-            Ok(s) => s,
-            Err(e) => return refuse(&mut ws, e.status().as_u16(), &e.message).await,
-        };
-    if !stored
-        .stream
-        .starts_with(drawbridge_desktop::recording::RDP_HEADER)
-    {
-        return refuse(&mut ws, 409, "this recording is not of an RDP desktop").await;
+    if let Err(e) = super::may_read_recording(&state, &caller, &id).await {
+        return refuse(&mut ws, e.status().as_u16(), &e.message).await;
     }
+    match super::recording::is_rdp(&state, &id).await {
+        Ok(true) => {}
+        Ok(false) => return refuse(&mut ws, 409, "this recording is not of an RDP desktop").await,
+        Err(e) => return refuse(&mut ws, e.status().as_u16(), &e.message).await,
+    }
+    // Read a chunk at a time: the server holds one chunk's frames, not the recording.
+    let mut frames = match super::recording::FrameReader::open(&state, &id).await {
+        Ok(f) => f,
+        Err(e) => return refuse(&mut ws, e.status().as_u16(), &e.message).await,
+    };
     if let Err(reason) = answer_as_gateway(&mut ws).await {
         return close(&mut ws, &reason).await;
     }
-    let frames: Vec<_> = drawbridge_desktop::recording::iter_frames(&stored.stream)
-        .map_while(Result::ok)
-        .collect();
     let start = tokio::time::Instant::now();
-    for f in &frames {
-        let due = u64::from(f.t_ms).saturating_sub(from_ms);
-        if due > 0 {
-            let at = start + Duration::from_millis(due);
-            // Input from the client is dropped while waiting; a close ends the replay.
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(at) => break,
-                    m = ws.recv() => match m {
-                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                        Some(Ok(_)) => {}
-                    },
+    loop {
+        let batch = match frames.next_frames().await {
+            Ok(Some(b)) => b,
+            Ok(None) => break,
+            Err(e) => return close(&mut ws, &e.message).await,
+        };
+        for (t_ms, data) in batch {
+            let due = u64::from(t_ms).saturating_sub(from_ms);
+            if due > 0 {
+                let at = start + Duration::from_millis(due);
+                // Input from the client is dropped while waiting; a close ends the replay.
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => break,
+                        m = ws.recv() => match m {
+                            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                            Some(Ok(_)) => {}
+                        },
+                    }
                 }
             }
-        }
-        if ws
-            .send(Message::Binary(Bytes::copy_from_slice(f.data)))
-            .await
-            .is_err()
-        {
-            return;
+            if ws.send(Message::Binary(data)).await.is_err() {
+                return;
+            }
         }
     }
     let _ = tokio::time::timeout(REPLAY_LINGER, async {

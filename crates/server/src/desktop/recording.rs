@@ -27,6 +27,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
+mod stored;
+pub use stored::{FrameReader, Keep, Stored, Streamed, read, read_keeping, streamed};
+
 /// A chunk is stored once this much is waiting (or every second).
 pub const CHUNK_BYTES: usize = 4 * 1024 * 1024;
 /// Chunks waiting for the writer at most.
@@ -442,116 +445,6 @@ pub async fn is_rdp(state: &AppState, recording_id: &str) -> AppResult<bool> {
     Ok(first
         .stream
         .starts_with(drawbridge_desktop::recording::RDP_HEADER))
-}
-
-/// One stored recording, read whole: the framed stream, the file a download
-/// gives, and whether the file's SHA-256 is the one on the record.
-pub struct Stored {
-    pub stream: Vec<u8>,
-    /// The chunks' LZ4 frames one after the other (`lz4 -d` gives `stream`);
-    /// of recordings from before frames, the stream itself.
-    pub file: Vec<u8>,
-    /// The file's name extension: `dbrfb.lz4`, or `dbrfb` for older ones.
-    pub extension: &'static str,
-    pub sha256: String,
-    pub intact: bool,
-}
-
-/// Reads chunks `0..upto` (all when `None`) of a recording and checks them.
-pub async fn read(state: &AppState, recording_id: &str, upto: Option<i64>) -> AppResult<Stored> {
-    read_keeping(state, recording_id, upto, Keep::Both).await
-}
-
-/// What [`read_keeping`] keeps in memory besides the hash: a replay needs the
-/// stream, a download only the file (a Raw desktop's stream is hundreds of
-/// times its file).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Keep {
-    Stream,
-    File,
-    Both,
-}
-
-/// [`read`], keeping only what the caller needs (the other stays empty).
-pub async fn read_keeping(
-    state: &AppState,
-    recording_id: &str,
-    upto: Option<i64>,
-    keep: Keep,
-) -> AppResult<Stored> {
-    let row =
-        sqlx::query("SELECT chunks, sha256, chunk_format FROM desktop_recordings WHERE id = $1")
-            .bind(recording_id)
-            .fetch_optional(&state.store.pool)
-            .await?
-            .ok_or_else(|| AppError::not_found("recording"))?;
-    let chunks: i64 = row.try_get("chunks")?;
-    let recorded: Option<String> = row.try_get("sha256")?;
-    let format: String = row.try_get("chunk_format")?;
-    let upto = upto.unwrap_or(chunks);
-    let rows = sqlx::query(
-        "SELECT seq, data FROM recording_chunks WHERE recording_id = $1 AND seq < $2 ORDER BY seq",
-    )
-    .bind(recording_id)
-    .bind(upto)
-    .fetch_all(&state.store.pool)
-    .await?;
-    let frames = file_is_frames(&format);
-    let want_stream = keep != Keep::File;
-    let want_file = keep != Keep::Stream;
-    let mut stream = Vec::new();
-    let mut file = Vec::new();
-    let mut hash = Sha256::new();
-    let mut intact = rows.len() as i64 == upto;
-    for (i, r) in rows.iter().enumerate() {
-        let seq: i64 = r.try_get("seq")?;
-        let data: String = r.try_get("data")?;
-        let Ok(opened) = state.store.unseal_bytes(&context(recording_id, seq), &data) else {
-            intact = false;
-            continue;
-        };
-        if seq != i as i64 {
-            intact = false;
-            continue;
-        }
-        if frames {
-            // The file is the frames as stored: a download need not open them.
-            hash.update(&opened);
-            if want_stream {
-                match open_chunk(&format, &opened) {
-                    Some(b) => stream.extend_from_slice(&b),
-                    None => intact = false,
-                }
-            }
-            if want_file {
-                file.extend_from_slice(&opened);
-            }
-        } else {
-            // Older recordings: the file is the stream.
-            let Some(b) = open_chunk(&format, &opened) else {
-                intact = false;
-                continue;
-            };
-            hash.update(&b);
-            if want_file {
-                file.extend_from_slice(&b);
-            }
-            if want_stream {
-                stream.extend_from_slice(&b);
-            }
-        }
-    }
-    let sha256 = hex::encode(hash.finalize());
-    if let Some(want) = recorded {
-        intact &= crate::secret::ct_eq(want.as_bytes(), sha256.as_bytes());
-    }
-    Ok(Stored {
-        stream,
-        file,
-        extension: if frames { "dbrfb.lz4" } else { "dbrfb" },
-        sha256,
-        intact,
-    })
 }
 
 /// Deletes recordings that ended longer ago than their account keeps them, a

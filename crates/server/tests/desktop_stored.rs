@@ -1,0 +1,148 @@
+//! Stored recordings read back a few chunks at a time (a download, a VNC
+//! replay's stream, an RDP replay's frames): the same bytes and the same
+//! verdict as reading the whole recording, across many more chunks than one
+//! read takes, and a body that is cut, not shortened, when a chunk goes
+//! missing while it streams.
+
+use crate::common;
+use crate::desktop::{download, lz4_frames, recorded, sha256_hex};
+
+use common::TestApp;
+use drawbridge_proto::RecordingMode;
+use drawbridge_server::desktop::recording::{self, FrameReader, Keep};
+use http_body_util::BodyExt;
+
+store_tests!(
+    a_recording_of_many_chunks_streams_whole_and_checked_to_a_download_and_a_replay,
+    a_chunk_gone_while_the_body_streams_cuts_the_body,
+    frames_read_chunk_by_chunk_are_the_frames_of_the_whole_recording,
+);
+
+/// Eleven chunks (one per frame) of different sizes: more than a few reads.
+fn frames() -> Vec<Vec<u8>> {
+    (0..11u32)
+        .map(|i| {
+            (0..(1 + i * 3_001))
+                .map(|j| (j.wrapping_mul(2_654_435_761).wrapping_add(i) >> 11) as u8)
+                .collect()
+        })
+        .collect()
+}
+
+async fn many_chunks(app: &TestApp, acct: &common::Account) -> (String, String) {
+    let frames = frames();
+    let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
+    let (id, sha) = recorded(
+        app,
+        &acct.id,
+        &acct.admin_id,
+        &refs,
+        RecordingMode::Required,
+    )
+    .await;
+    (id, sha.expect("a hash on the record"))
+}
+
+async fn body_of(s: recording::Streamed) -> Result<Vec<u8>, axum::Error> {
+    Ok(s.body.collect().await?.to_bytes().to_vec())
+}
+
+async fn a_recording_of_many_chunks_streams_whole_and_checked_to_a_download_and_a_replay(
+    app: TestApp,
+) {
+    let acct = app.account("acme").await;
+    let (id, sha) = many_chunks(&app, &acct).await;
+    let whole = recording::read(&app.state, &id, None).await.unwrap();
+    assert!(whole.intact);
+    let chunks: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM recording_chunks WHERE recording_id = $1")
+            .bind(&id)
+            .fetch_one(&app.state.store.pool)
+            .await
+            .unwrap();
+    assert_eq!(chunks, 11);
+
+    // The download (through the API) is the file, checked before it starts.
+    let (s, h, file) = download(&app, &id, &acct.admin).await;
+    assert_eq!(s, axum::http::StatusCode::OK);
+    assert_eq!(h["x-recording-intact"], "true");
+    assert_eq!(h["x-recording-sha256"], sha.as_str());
+    assert_eq!(sha256_hex(&file), sha);
+    assert_eq!(file, whole.file);
+    assert_eq!(lz4_frames(&file), whole.stream);
+
+    // The replay's body is the framed stream.
+    let replay = recording::streamed(&app.state, &id, Keep::Stream)
+        .await
+        .unwrap();
+    assert!(replay.intact);
+    assert_eq!(replay.sha256, sha);
+    assert_eq!(body_of(replay).await.unwrap(), whole.stream);
+
+    // Two chunks swapped: the verdict before the body says so, and the bodies
+    // leave out what the whole read leaves out.
+    let pool = &app.state.store.pool;
+    for (from, to) in [(3, -1), (4, 3), (-1, 4)] {
+        sqlx::query("UPDATE recording_chunks SET seq = $1 WHERE recording_id = $2 AND seq = $3")
+            .bind(to)
+            .bind(&id)
+            .bind(from)
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    let damaged = recording::read(&app.state, &id, None).await.unwrap();
+    assert!(!damaged.intact);
+    let (_, h, file) = download(&app, &id, &acct.admin).await;
+    assert_eq!(h["x-recording-intact"], "false");
+    assert_eq!(file, damaged.file);
+    let replay = recording::streamed(&app.state, &id, Keep::Stream)
+        .await
+        .unwrap();
+    assert!(!replay.intact);
+    assert_eq!(body_of(replay).await.unwrap(), damaged.stream);
+}
+
+async fn a_chunk_gone_while_the_body_streams_cuts_the_body(app: TestApp) {
+    let acct = app.account("acme").await;
+    for keep in [Keep::File, Keep::Stream] {
+        let (id, _) = many_chunks(&app, &acct).await;
+        let s = recording::streamed(&app.state, &id, keep).await.unwrap();
+        assert!(s.intact, "{keep:?}: checked whole");
+        // Gone after the check, before the body reaches it.
+        sqlx::query("DELETE FROM recording_chunks WHERE recording_id = $1 AND seq = 9")
+            .bind(&id)
+            .execute(&app.state.store.pool)
+            .await
+            .unwrap();
+        assert!(
+            body_of(s).await.is_err(),
+            "{keep:?}: a cut transfer, not a shorter file"
+        );
+    }
+}
+
+async fn frames_read_chunk_by_chunk_are_the_frames_of_the_whole_recording(app: TestApp) {
+    let acct = app.account("acme").await;
+    let (id, sha) = many_chunks(&app, &acct).await;
+    let whole = recording::read(&app.state, &id, None).await.unwrap();
+    let want: Vec<(u32, Vec<u8>)> = drawbridge_desktop::recording::frames(&whole.stream)
+        .unwrap()
+        .iter()
+        .map(|f| (f.t_ms, f.data.to_vec()))
+        .collect();
+    assert_eq!(
+        want.iter().map(|(_, d)| d.clone()).collect::<Vec<_>>(),
+        frames()
+    );
+    let mut reader = FrameReader::open(&app.state, &id).await.unwrap();
+    let mut got = Vec::new();
+    let mut reads = 0;
+    while let Some(batch) = reader.next_frames().await.unwrap() {
+        reads += 1;
+        got.extend(batch.into_iter().map(|(t, d)| (t, d.to_vec())));
+    }
+    assert_eq!(got, want);
+    assert_eq!(reads, 11, "one chunk's frames at a time");
+    assert_eq!(reader.finish(), (sha, true));
+}
