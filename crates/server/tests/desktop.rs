@@ -257,7 +257,11 @@ async fn end_recording(app: &TestApp, id: &str, sha: &Option<String>) {
 }
 
 /// A recording row with no chunk stored, for a test that stores its own.
-async fn bare_recording(app: &TestApp, acct: &common::Account, mode: RecordingMode) -> String {
+pub(crate) async fn bare_recording(
+    app: &TestApp,
+    acct: &common::Account,
+    mode: RecordingMode,
+) -> String {
     let (id, _) = recorded(app, &acct.id, &acct.admin_id, &[], mode).await;
     sqlx::query("DELETE FROM recording_chunks WHERE recording_id = $1")
         .bind(&id)

@@ -5,17 +5,18 @@
 //! missing while it streams.
 
 use crate::common;
-use crate::desktop::{download, lz4_frames, recorded, sha256_hex};
+use crate::desktop::{bare_recording, download, lz4_frames, recorded, sha256_hex};
 
 use common::TestApp;
 use drawbridge_proto::RecordingMode;
-use drawbridge_server::desktop::recording::{self, FrameReader, Keep};
+use drawbridge_server::desktop::recording::{self, FrameReader, Keep, Recording};
 use http_body_util::BodyExt;
 
 store_tests!(
     a_recording_of_many_chunks_streams_whole_and_checked_to_a_download_and_a_replay,
     a_chunk_gone_while_the_body_streams_cuts_the_body,
     frames_read_chunk_by_chunk_are_the_frames_of_the_whole_recording,
+    a_watchers_start_is_the_stored_chunks_then_what_is_not_stored_yet,
 );
 
 /// Eleven chunks (one per frame) of different sizes: more than a few reads.
@@ -145,4 +146,38 @@ async fn frames_read_chunk_by_chunk_are_the_frames_of_the_whole_recording(app: T
     assert_eq!(got, want);
     assert_eq!(reads, 11, "one chunk's frames at a time");
     assert_eq!(reader.finish(), (sha, true));
+}
+
+async fn a_watchers_start_is_the_stored_chunks_then_what_is_not_stored_yet(app: TestApp) {
+    let acct = app.account("acme").await;
+    let id = bare_recording(&app, &acct, RecordingMode::Required).await;
+    let frames = frames();
+    let mut r = Recording::new(
+        id.clone(),
+        RecordingMode::Required,
+        1,
+        drawbridge_desktop::recording::HEADER,
+    );
+    // Seven frames in four stored chunks, four more not stored yet.
+    for (i, f) in frames.iter().enumerate() {
+        r.record(&bytes::Bytes::copy_from_slice(f)).unwrap();
+        if i < 7 && i % 2 == 0 {
+            r.store(&app.state).await.unwrap();
+        }
+    }
+    // The writer done with the chunks handed to it (the frames after them
+    // still pending), what a watcher joining now is given: chunks `0..first`
+    // from the database, then the rest from memory.
+    assert!(r.finish().await.is_some());
+    let (first, unstored) = r.unstored();
+    assert_eq!(first, 4, "chunks stored");
+    assert!(!unstored.is_empty());
+    let mut reader = FrameReader::open_with_tail(&app.state, &id, Some(first), unstored)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while let Some(batch) = reader.next_frames().await.unwrap() {
+        got.extend(batch.into_iter().map(|(_, d)| d.to_vec()));
+    }
+    assert_eq!(got, frames, "every frame once, in order");
 }

@@ -100,13 +100,17 @@ impl LiveDesktop {
         self.recording.lock().await.active
     }
 
-    /// Joins as a watcher: the stream so far (RFB bytes, not framed) and the
+    /// Joins as a watcher: a reader of the stream so far (its frames) and the
     /// live rest. Refused when the desktop is not being recorded (there is no
     /// start to give) or has its most watchers.
     pub async fn watch(
         self: &Arc<Self>,
         state: &AppState,
-    ) -> AppResult<(Vec<Bytes>, broadcast::Receiver<Bytes>, WatcherPlace)> {
+    ) -> AppResult<(
+        recording::FrameReader,
+        broadcast::Receiver<Bytes>,
+        WatcherPlace,
+    )> {
         if self
             .watchers
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
@@ -128,18 +132,10 @@ impl LiveDesktop {
             }
             (self.tx.subscribe(), rec.unstored())
         };
-        let mut stream =
-            recording::read_keeping(state, &self.id, Some(stored), recording::Keep::Stream)
-                .await?
-                .stream;
-        stream.extend_from_slice(&unstored);
-        let frames = drawbridge_desktop::recording::frames(&stream).map_err(|e| {
-            AppError::internal(anyhow::anyhow!("recording {} does not parse: {e}", self.id))
-        })?;
-        let backlog = frames
-            .into_iter()
-            .map(|f| Bytes::copy_from_slice(f.data))
-            .collect();
+        // Read as it is sent: the stored chunks a few at a time, then what
+        // was not stored when the watcher joined.
+        let backlog =
+            recording::FrameReader::open_with_tail(state, &self.id, Some(stored), unstored).await?;
         Ok((backlog, rx, place))
     }
 }

@@ -64,7 +64,7 @@ pub async fn watch(
             close(&mut socket, &reason).await;
         });
     };
-    let (backlog, mut rx, place) = match desktop.watch(&state).await {
+    let (mut backlog, mut rx, place) = match desktop.watch(&state).await {
         Ok(j) => j,
         Err(e) => {
             return ws.on_upgrade(move |mut socket| async move {
@@ -78,9 +78,22 @@ pub async fn watch(
             close(&mut socket, &reason).await;
             return;
         }
-        for b in backlog {
-            if socket.send(Message::Binary(b)).await.is_err() {
-                return;
+        // The stream so far, a stored chunk at a time; the live rest waits in
+        // `rx` meanwhile (a watcher that cannot keep up is told so below).
+        loop {
+            match backlog.next_frames().await {
+                Ok(Some(frames)) => {
+                    for (_, b) in frames {
+                        if socket.send(Message::Binary(b)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    close(&mut socket, &e.message).await;
+                    return;
+                }
             }
         }
         let reason = loop {

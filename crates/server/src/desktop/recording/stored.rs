@@ -276,6 +276,9 @@ pub async fn streamed(state: &AppState, recording_id: &str, keep: Keep) -> AppRe
 /// does not rely on it) is given with the next chunk.
 pub struct FrameReader {
     walk: Walk,
+    /// Framed bytes that follow the stored chunks (a live desktop's
+    /// recording not stored yet), read after them.
+    tail: Option<Vec<u8>>,
     carry: Vec<u8>,
     previous: u32,
     started: bool,
@@ -284,8 +287,20 @@ pub struct FrameReader {
 
 impl FrameReader {
     pub async fn open(state: &AppState, recording_id: &str) -> AppResult<FrameReader> {
+        Self::open_with_tail(state, recording_id, None, Vec::new()).await
+    }
+
+    /// The frames of chunks `0..upto` (all when `None`), then those of
+    /// `tail`: the framed bytes that follow them (from a live recording).
+    pub async fn open_with_tail(
+        state: &AppState,
+        recording_id: &str,
+        upto: Option<i64>,
+        tail: Vec<u8>,
+    ) -> AppResult<FrameReader> {
         Ok(FrameReader {
-            walk: Walk::open(state, recording_id, None).await?,
+            walk: Walk::open(state, recording_id, upto).await?,
+            tail: (!tail.is_empty()).then_some(tail),
             carry: Vec::new(),
             previous: 0,
             started: false,
@@ -293,17 +308,23 @@ impl FrameReader {
         })
     }
 
-    /// The next chunk's frames as `(ms, data)`; `None` after the last (or
-    /// after the first frame that does not read).
+    /// The next chunk's frames as `(ms, data)`; `None` after the last. A
+    /// frame that does not read is an error (and the end).
     pub async fn next_frames(&mut self) -> AppResult<Option<Vec<(u32, Bytes)>>> {
         use drawbridge_desktop::recording::{RecordingError, iter_frames, iter_frames_after};
         while !self.done {
-            let Some(piece) = self.walk.piece(Some(Keep::Stream)).await? else {
-                self.done = true;
-                break;
+            let stream = match self.walk.piece(Some(Keep::Stream)).await? {
+                Some(piece) => piece.stream,
+                None => match self.tail.take() {
+                    Some(tail) => tail,
+                    None => {
+                        self.done = true;
+                        break;
+                    }
+                },
             };
             let mut buf = std::mem::take(&mut self.carry);
-            buf.extend_from_slice(&piece.stream);
+            buf.extend_from_slice(&stream);
             let mut frames = if self.started {
                 iter_frames_after(&buf, self.previous)
             } else {
@@ -319,7 +340,13 @@ impl FrameReader {
                         ranges.push((f.t_ms, start..start + f.data.len()));
                     }
                     Err(RecordingError::Truncated { offset }) => cut_at = Some(offset),
-                    Err(_) => self.done = true,
+                    Err(e) => {
+                        self.done = true;
+                        return Err(AppError::internal(anyhow::anyhow!(
+                            "recording {} does not parse: {e}",
+                            self.walk.id
+                        )));
+                    }
                 }
             }
             self.previous = frames.previous();
