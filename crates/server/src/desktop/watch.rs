@@ -124,17 +124,18 @@ pub async fn watch(
     })
 }
 
-/// The RFB bytes of stored chunk `data` (the first one starts with the header).
+/// The RFB bytes of stored chunk `data` (the first one starts with the
+/// header; every chunk holds whole frames).
 fn payloads(first: bool, data: &[u8]) -> Result<Vec<Bytes>, AppError> {
-    let framed;
-    let bytes = if first {
-        data
+    use drawbridge_desktop::recording::{iter_frames, iter_frames_after};
+    let frames = if first {
+        iter_frames(data)
     } else {
-        framed = [drawbridge_desktop::recording::HEADER.as_slice(), data].concat();
-        &framed
+        iter_frames_after(data, 0)
     };
-    drawbridge_desktop::recording::frames(bytes)
-        .map(|f| f.iter().map(|f| Bytes::copy_from_slice(f.data)).collect())
+    frames
+        .map(|f| f.map(|f| Bytes::copy_from_slice(f.data)))
+        .collect::<Result<_, _>>()
         .map_err(|e| AppError::internal(anyhow::anyhow!("a stored recording does not parse: {e}")))
 }
 
