@@ -53,8 +53,14 @@ pub struct Hub {
 
 fn poke<M>(reg: &Reg<M>, p: Poke<M>) {
     // A full queue already holds a refresh; dropping a duplicate loses nothing,
-    // and a slow connection never blocks the caller.
-    let _ = reg.tx.try_send(p);
+    // and a slow connection never blocks the caller. A message to pass on is
+    // lost, though (the connection catches up at its next start): say so.
+    if let Err(mpsc::error::TrySendError::Full(Poke::Send(_))) = reg.tx.try_send(p) {
+        tracing::warn!(
+            conn = reg.conn,
+            "a connection's queue is full: a message to it was dropped"
+        );
+    }
 }
 
 impl Default for Hub {
