@@ -17,6 +17,10 @@ use sqlx::Row;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::broadcast::error::RecvError;
 
+/// Stored chunks a remote watcher reads at once (each opens to at most a
+/// few MiB: with the most watchers, a replica holds at most about
+/// `MAX_REMOTE_WATCHERS` × 4 chunks of them).
+const REMOTE_BATCH: i64 = 4;
 /// Watchers one replica serves from the database at once.
 const MAX_REMOTE_WATCHERS: usize = 16;
 static REMOTE_WATCHERS: AtomicUsize = AtomicUsize::new(0);
@@ -159,7 +163,7 @@ async fn from_store(state: &AppState, id: &str, socket: &mut WebSocket) -> Strin
         if !recorded {
             return "this desktop is not being recorded, so it cannot be watched".into();
         }
-        let chunks = match recording::chunks_from(state, id, next, 16).await {
+        let chunks = match recording::chunks_from(state, id, next, REMOTE_BATCH).await {
             Ok(c) => c,
             Err(why) => return why.into(),
         };
