@@ -387,7 +387,7 @@ async fn serve(
     session_id: &str,
     key: WgKey,
     ws: &mut WebSocket,
-    pokes: &mut tokio::sync::mpsc::Receiver<Poke<ServerToClient>>,
+    pokes: &mut super::Pokes<ServerToClient>,
 ) -> AppResult<()> {
     let text = key.to_string();
     if !refresh(state, caller, session_id, &text, ws).await? {

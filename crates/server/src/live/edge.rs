@@ -371,7 +371,7 @@ async fn serve(
     state: &AppState,
     edge: &Edge,
     ws: &mut WebSocket,
-    pokes: &mut tokio::sync::mpsc::Receiver<Poke<ServerToEdge>>,
+    pokes: &mut super::Pokes<ServerToEdge>,
 ) -> AppResult<()> {
     // Disabled or replaced between authentication and registration (its poke found no channel).
     if let Some((code, message)) = Box::pin(still_admitted(state, edge)).await? {

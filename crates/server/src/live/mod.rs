@@ -16,11 +16,12 @@ pub mod state;
 
 use drawbridge_proto::channel::{ServerToClient, ServerToEdge};
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
-/// Queue of pokes per connection; a full queue means a refresh is already pending.
+/// Queue of pokes per connection: messages to pass on, and at most one
+/// refresh (a refresh already queued covers every later change).
 const QUEUE: usize = 64;
 
 /// What a connection task is asked to do.
@@ -36,6 +37,41 @@ pub enum Poke<M> {
 struct Reg<M> {
     conn: u64,
     tx: mpsc::Sender<Poke<M>>,
+    /// A refresh is in the queue (cleared as the connection takes it).
+    refresh_queued: Arc<AtomicBool>,
+}
+
+/// A connection's end of its queue of pokes.
+pub struct Pokes<M> {
+    rx: mpsc::Receiver<Poke<M>>,
+    refresh_queued: Arc<AtomicBool>,
+}
+
+impl<M> Pokes<M> {
+    /// The next poke; `None` once the hub dropped this connection (a newer
+    /// one of the same edge replaced it). Cancel-safe, as `mpsc::Receiver::recv`.
+    pub async fn recv(&mut self) -> Option<Poke<M>> {
+        let p = self.rx.recv().await;
+        if matches!(p, Some(Poke::Refresh)) {
+            // Taken before the state is re-read: a change after this queues
+            // a new refresh, so none is missed.
+            self.refresh_queued.store(false, Ordering::SeqCst);
+        }
+        p
+    }
+}
+
+fn channel<M>(conn: u64) -> (Reg<M>, Pokes<M>) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let refresh_queued = Arc::new(AtomicBool::new(false));
+    (
+        Reg {
+            conn,
+            tx,
+            refresh_queued: refresh_queued.clone(),
+        },
+        Pokes { rx, refresh_queued },
+    )
 }
 
 /// A client connection: the tunnel's client key and its queue.
@@ -52,14 +88,30 @@ pub struct Hub {
 }
 
 fn poke<M>(reg: &Reg<M>, p: Poke<M>) {
-    // A full queue already holds a refresh; dropping a duplicate loses nothing,
-    // and a slow connection never blocks the caller. A message to pass on is
-    // lost, though (the connection catches up at its next start): say so.
-    if let Err(mpsc::error::TrySendError::Full(Poke::Send(_))) = reg.tx.try_send(p) {
-        tracing::warn!(
-            conn = reg.conn,
-            "a connection's queue is full: a message to it was dropped"
-        );
+    // A slow connection never blocks the caller. Refreshes are coalesced, so
+    // they cannot fill the queue; a message to pass on is lost only when 64
+    // wait already (the connection catches up at its next start): say so.
+    let refresh = matches!(p, Poke::Refresh);
+    if refresh && reg.refresh_queued.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    match reg.tx.try_send(p) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(Poke::Send(_))) => {
+            tracing::warn!(
+                conn = reg.conn,
+                "a connection's queue is full: a message to it was dropped"
+            );
+        }
+        Err(mpsc::error::TrySendError::Full(Poke::Refresh)) => {
+            // Messages fill the queue; the next poke tries again.
+            reg.refresh_queued.store(false, Ordering::SeqCst);
+            tracing::warn!(
+                conn = reg.conn,
+                "a connection's queue is full: a refresh waits"
+            );
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {}
     }
 }
 
@@ -80,16 +132,16 @@ impl Hub {
     }
 
     /// Registers an edge connection; a newer connection of the same device replaces the older.
-    pub fn register_edge(&self, device_id: &str) -> (u64, mpsc::Receiver<Poke<ServerToEdge>>) {
-        let (tx, rx) = mpsc::channel(QUEUE);
+    pub fn register_edge(&self, device_id: &str) -> (u64, Pokes<ServerToEdge>) {
         let conn = self.conn_id();
+        let (reg, pokes) = channel(conn);
         let old = self
             .edges
             .lock()
             .expect("hub lock")
-            .insert(device_id.to_string(), Reg { conn, tx });
+            .insert(device_id.to_string(), reg);
         drop(old); // dropping its sender ends the older connection's loop
-        (conn, rx)
+        (conn, pokes)
     }
 
     /// Removes the edge's registration if it is still this connection's. Returns whether it was.
@@ -107,16 +159,16 @@ impl Hub {
         &self,
         session_id: &str,
         client_key: &str,
-    ) -> (u64, mpsc::Receiver<Poke<ServerToClient>>) {
-        let (tx, rx) = mpsc::channel(QUEUE);
+    ) -> (u64, Pokes<ServerToClient>) {
         let conn = self.conn_id();
+        let (reg, pokes) = channel(conn);
         self.clients
             .lock()
             .expect("hub lock")
             .entry(session_id.to_string())
             .or_default()
-            .push((client_key.to_string(), Reg { conn, tx }));
-        (conn, rx)
+            .push((client_key.to_string(), reg));
+        (conn, pokes)
     }
 
     pub fn unregister_client(&self, session_id: &str, conn: u64) {
@@ -459,4 +511,50 @@ pub async fn signals_for_edge(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signal(n: usize) -> ServerToClient {
+        ServerToClient::Signal {
+            device_id: "d".into(),
+            data: n.to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_storm_of_refreshes_queues_one_and_never_crowds_out_a_message() {
+        let hub = Hub::default();
+        let (_, mut pokes) = hub.register_client("s", "k");
+        for _ in 0..1_000 {
+            hub.session_changed(&[], "s");
+        }
+        hub.to_client("s", "k", signal(1));
+        assert!(matches!(pokes.recv().await, Some(Poke::Refresh)));
+        assert!(
+            matches!(pokes.recv().await, Some(Poke::Send(m)) if matches!(*m, ServerToClient::Signal { ref data, .. } if data == "1"))
+        );
+        assert!(pokes.rx.try_recv().is_err(), "one refresh for the storm");
+        // Once the refresh is taken, a later change queues a new one.
+        hub.session_changed(&[], "s");
+        assert!(matches!(pokes.recv().await, Some(Poke::Refresh)));
+    }
+
+    #[tokio::test]
+    async fn a_refresh_refused_by_a_full_queue_is_queued_by_the_next_change() {
+        let hub = Hub::default();
+        let (_, mut pokes) = hub.register_client("s", "k");
+        for n in 0..QUEUE {
+            hub.to_client("s", "k", signal(n));
+        }
+        hub.session_changed(&[], "s"); // full: refused
+        for _ in 0..QUEUE {
+            assert!(matches!(pokes.recv().await, Some(Poke::Send(_))));
+        }
+        assert!(pokes.rx.try_recv().is_err());
+        hub.session_changed(&[], "s");
+        assert!(matches!(pokes.recv().await, Some(Poke::Refresh)));
+    }
 }

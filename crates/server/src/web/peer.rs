@@ -253,7 +253,7 @@ impl Run {
     async fn serve(
         &self,
         session: &mut SessionPeer,
-        mut pokes: mpsc::Receiver<Poke<ServerToClient>>,
+        mut pokes: crate::live::Pokes<ServerToClient>,
     ) -> &'static str {
         let text = self.public.to_string();
         let mut tick = tokio::time::interval(Duration::from_secs(2));
