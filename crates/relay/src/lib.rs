@@ -12,6 +12,7 @@
 //! has the `bridge` claim ([`bridge`], [`RelayState::serve_bridge`]).
 
 pub mod bridge;
+mod conn;
 pub mod feed;
 #[doc(hidden)]
 pub mod fuzz;
@@ -28,26 +29,22 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::WebSocketUpgrade;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use drawbridge_wire::frame::{Frame, MAX_FRAME, READ_BUFFER};
-use futures_util::{SinkExt, StreamExt};
+use drawbridge_wire::frame::{MAX_FRAME, READ_BUFFER};
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, watch};
 
 use switchboard::{Full, Grant, Key, Switchboard};
 
+pub use conn::{LocalConn, Refused};
 pub use token::{Claims, SigningKey, TokenError, VerifyingKey};
 
 /// Path of the relay WebSocket endpoint.
 pub const RELAY_PATH: &str = "/relay/v1";
 
-/// Longest a single WebSocket write may take before the connection is dropped.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Frames written to one connection before a flush.
-const SEND_BATCH: usize = 64;
 /// Most revoked sessions remembered at once (each only until its tokens expire).
 const MAX_REVOKED: usize = 100_000;
 
@@ -290,19 +287,6 @@ impl RelayState {
         self.inner.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Authenticates a bearer token from the request headers.
-    fn authenticate(&self, headers: &HeaderMap) -> Result<Claims, TokenError> {
-        let value = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or(TokenError::Malformed)?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .ok_or(TokenError::Malformed)?
-            .trim();
-        token::verify(&self.inner.config.verifying_key, token, unix_now())
-    }
-
     /// Verifies a token sent on connection `id` (held by `current`'s key): valid,
     /// for the same key and session. Then the connection's grants become the new
     /// token's. `None` refuses it (the connection is closed).
@@ -390,6 +374,18 @@ impl RelayState {
     }
 }
 
+/// The bearer token of a request.
+fn bearer(headers: &HeaderMap) -> Result<&str, TokenError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(TokenError::Malformed)?;
+    Ok(value
+        .strip_prefix("Bearer ")
+        .ok_or(TokenError::Malformed)?
+        .trim())
+}
+
 fn short(k: &Key) -> String {
     hex::encode(&k[..4])
 }
@@ -401,173 +397,28 @@ pub fn router(state: RelayState) -> Router {
         .with_state(state)
 }
 
-/// Bytes buffered in each direction of an in-process connection.
-const IN_PROCESS_BUFFER: usize = 512 * 1024;
-
-/// A connection to the relay from inside its own process (the server's own
-/// peers): an in-memory byte stream whose other end `router` serves as it
-/// serves a TCP connection (HTTP/1.1, the WebSocket upgrade, the same token
-/// check, limits and revocation), without TCP or TLS.
-pub fn dial_in_process(router: &Router) -> tokio::io::DuplexStream {
-    let (client, server) = tokio::io::duplex(IN_PROCESS_BUFFER);
-    let svc = hyper_util::service::TowerToHyperService::new(router.clone());
-    tokio::spawn(async move {
-        let conn = hyper::server::conn::http1::Builder::new()
-            .serve_connection(hyper_util::rt::TokioIo::new(server), svc)
-            .with_upgrades();
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "in-process relay connection ended with an error");
-        }
-    });
-    client
-}
-
 async fn ws_handler(
     State(state): State<RelayState>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let claims = match state.authenticate(&headers) {
+    let claims = match state.admit(bearer(&headers)) {
         Ok(c) => c,
-        Err(e) => {
-            state.inner.counters.refused.fetch_add(1, Ordering::Relaxed);
-            drop_reason("refused_token");
-            tracing::info!(error = %e, "relay: connection refused");
-            return (StatusCode::UNAUTHORIZED, "invalid relay token").into_response();
+        Err(e @ (conn::Refused::Token(_) | conn::Refused::Revoked)) => {
+            let text = match e {
+                conn::Refused::Revoked => "relay token revoked",
+                _ => "invalid relay token",
+            };
+            return (StatusCode::UNAUTHORIZED, text).into_response();
+        }
+        Err(conn::Refused::Full) => {
+            return (StatusCode::SERVICE_UNAVAILABLE, "relay full").into_response();
         }
     };
-    if state.is_revoked(&claims.session_id) {
-        state.inner.counters.refused.fetch_add(1, Ordering::Relaxed);
-        drop_reason("revoked");
-        tracing::info!(session = %claims.session_id, "relay: connection of a revoked session refused");
-        return (StatusCode::UNAUTHORIZED, "relay token revoked").into_response();
-    }
-    if state.lock().len() >= state.inner.config.max_connections {
-        state.inner.counters.refused.fetch_add(1, Ordering::Relaxed);
-        drop_reason("too_many_connections");
-        return (StatusCode::SERVICE_UNAVAILABLE, "relay full").into_response();
-    }
     ws.max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
         .read_buffer_size(READ_BUFFER)
-        .on_upgrade(move |socket| connection(state, claims, socket))
-}
-
-async fn connection(state: RelayState, claims: Claims, socket: WebSocket) {
-    let id = state.inner.next_id.fetch_add(1, Ordering::Relaxed);
-    let (tx, mut rx) = mpsc::channel::<Bytes>(state.inner.config.send_queue.max(1));
-    let (kill_tx, mut kill_rx) = watch::channel(false);
-    let mut claims = claims;
-    let mut grant = Grant::from_claims(&claims);
-    let me = claims.peer;
-    {
-        let mut conns = state.lock();
-        let handle = Conn {
-            tx: tx.clone(),
-            kill: kill_tx,
-        };
-        if let Some(old) = conns.admit(me, id, grant.clone(), handle) {
-            // The same key connected again: the newer connection wins.
-            let _ = old.kill.send(true);
-        }
-        metrics::gauge!("relay_connections").set(conns.len() as f64);
-    }
-    if state.is_revoked(&claims.session_id) {
-        // Revoked between the admission check and the registration above.
-        state.lock().leave(&me, id);
-        return;
-    }
-    state
-        .inner
-        .counters
-        .connections_total
-        .fetch_add(1, Ordering::Relaxed);
-    tracing::debug!(peer = %short(&me), session = %claims.session_id, "relay: connected");
-
-    let (mut sink, mut stream) = socket.split();
-    let expires_in = Duration::from_secs(claims.expires_at.saturating_sub(unix_now()));
-    let expiry = tokio::time::sleep(expires_in);
-    tokio::pin!(expiry);
-    loop {
-        tokio::select! {
-            msg = stream.next() => {
-                let Some(Ok(msg)) = msg else { break };
-                match msg {
-                    Message::Binary(b) => match Frame::decode(&b) {
-                        Ok(Frame::Data { .. }) => {
-                            state.forward(&me, &grant, b.to_vec());
-                        }
-                        Ok(Frame::Ping(x)) => {
-                            if let Ok(p) = Frame::Pong(x).encode() {
-                                let _ = tx.try_send(Bytes::from(p));
-                            }
-                        }
-                        Ok(Frame::Bridge { tag, payload }) => {
-                            state.bridge_from_edge(&me, claims.bridge, tag, payload);
-                        }
-                        Ok(Frame::Token(t)) => {
-                            // A fresh token for this key and session replaces the grants.
-                            match state.refresh(id, &claims, t) {
-                                Some(fresh) => {
-                                    grant = Grant::from_claims(&fresh);
-                                    let left = Duration::from_secs(fresh.expires_at.saturating_sub(unix_now()));
-                                    expiry.as_mut().reset(tokio::time::Instant::now() + left);
-                                    claims = fresh;
-                                }
-                                None => {
-                                    state.inner.counters.refused.fetch_add(1, Ordering::Relaxed);
-                                    drop_reason("refused_token");
-                                    break;
-                                }
-                            }
-                        }
-                        Ok(Frame::Pong(_)) | Err(_) => {
-                            state.inner.counters.closed_malformed.fetch_add(1, Ordering::Relaxed);
-                            drop_reason("malformed");
-                            break;
-                        }
-                    },
-                    Message::Ping(_) | Message::Pong(_) => {}
-                    Message::Close(_) => break,
-                    Message::Text(_) => {
-                        state.inner.counters.closed_malformed.fetch_add(1, Ordering::Relaxed);
-                        drop_reason("malformed");
-                        break;
-                    }
-                }
-            }
-            out = rx.recv() => {
-                let Some(out) = out else { break };
-                // A client that stops reading must not pin this task forever. What
-                // is queued already goes out with the same flush (fewer TLS records).
-                let batch = async {
-                    sink.feed(Message::Binary(out)).await?;
-                    for _ in 1..SEND_BATCH {
-                        match rx.try_recv() {
-                            Ok(more) => sink.feed(Message::Binary(more)).await?,
-                            Err(_) => break,
-                        }
-                    }
-                    sink.flush().await
-                };
-                let write = tokio::time::timeout(WRITE_TIMEOUT, batch);
-                tokio::select! {
-                    r = write => if !matches!(r, Ok(Ok(()))) { break },
-                    _ = kill_rx.changed() => break,
-                }
-            }
-            _ = kill_rx.changed() => break,
-            _ = &mut expiry => {
-                tracing::debug!(peer = %short(&me), "relay: token expired");
-                break;
-            }
-        }
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
-    let mut conns = state.lock();
-    conns.leave(&me, id);
-    metrics::gauge!("relay_connections").set(conns.len() as f64);
-    tracing::debug!(peer = %short(&me), "relay: disconnected");
+        .on_upgrade(move |socket| conn::websocket(state, claims, socket))
 }
 
 /// Settings for running relay + STUN on their own.

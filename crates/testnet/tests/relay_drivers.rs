@@ -11,10 +11,9 @@ use std::time::Duration;
 use common::*;
 use drawbridge_relay::token::SigningKey;
 use drawbridge_relay::{RelayConfig, RelayState, router};
-use drawbridge_tunnel::driver::{DriverEvent, LocalRelay, RelayEndpoint, Tunnel};
+use drawbridge_tunnel::driver::{DriverEvent, LocalLink, LocalRelay, RelayEndpoint, Tunnel};
 use drawbridge_tunnel::engine::{IpNet, Path, PeerConfig};
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 #[tokio::test]
 async fn two_drivers_talk_through_the_real_relay_then_move_to_direct() {
@@ -175,17 +174,13 @@ async fn an_in_process_relay_is_used_only_at_its_url_with_the_same_admission() {
     let s = server().await;
     let (pa, pb) = ([0x55; 32], [0x66; 32]);
     let (ka, kb) = (pubkey(pa), pubkey(pb));
-    // A's relay URL has nothing listening (port 1): only the in-process stream
+    // A's relay URL has nothing listening (port 1): only the in-process connection
     // reaches the relay, as the server's own peers reach its embedded relay.
     let url = "ws://127.0.0.1:1/relay/v1".to_string();
-    let app = router(s.state.clone());
-    let local = LocalRelay {
-        url: url.clone(),
-        dial: std::sync::Arc::new(move || Box::new(drawbridge_relay::dial_in_process(&app))),
-    };
+    let local = in_process(&s.state, &url, None);
     let relay = RelayEndpoint {
         local: Some(local),
-        ..endpoint(url, s.token("s1", ka, &[kb], 600))
+        ..endpoint(url.clone(), s.token("s1", ka, &[kb], 600))
     };
     let (a, mut a_io) = Tunnel::start(config(pa, kb, 0, relay, vec![]))
         .await
@@ -204,14 +199,7 @@ async fn an_in_process_relay_is_used_only_at_its_url_with_the_same_admission() {
     // A relay in this process at another URL is not used for this one: the
     // connection goes over the network.
     let dials = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (counted, app) = (dials.clone(), router(s.state.clone()));
-    let other = LocalRelay {
-        url: "ws://127.0.0.1:1/relay/v1".into(),
-        dial: std::sync::Arc::new(move || {
-            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Box::new(drawbridge_relay::dial_in_process(&app))
-        }),
-    };
+    let other = in_process(&s.state, "ws://127.0.0.1:1/relay/v1", Some(dials.clone()));
     let pc = [0x77; 32];
     let relay = RelayEndpoint {
         local: Some(other),
@@ -223,24 +211,46 @@ async fn an_in_process_relay_is_used_only_at_its_url_with_the_same_admission() {
     wait_connections(&s, 3).await;
     assert_eq!(dials.load(std::sync::atomic::Ordering::SeqCst), 0);
 
-    // The in-process stream is admitted as a TCP connection is: a forged or
-    // missing token is refused before any WebSocket.
-    let app = router(s.state.clone());
-    for auth in [Some("Bearer forged"), None] {
-        let mut req = s.url().into_client_request().unwrap();
-        if let Some(v) = auth {
-            req.headers_mut()
-                .insert("authorization", v.parse().unwrap());
-        }
-        let r = tokio_tungstenite::client_async(req, drawbridge_relay::dial_in_process(&app)).await;
-        match r {
-            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
-                assert_eq!(res.status(), 401, "{auth:?}")
-            }
-            other => panic!("{auth:?}: {:?}", other.map(|_| ())),
-        }
+    // The in-process connection is admitted as a WebSocket is: a forged or
+    // empty token is refused (the relay's own tests: relay_local.rs).
+    let local = in_process(&s.state, &url, None);
+    for bad in ["forged", ""] {
+        assert!((local.connect)(bad).is_err(), "{bad:?}");
     }
     assert_eq!(s.state.stats().connections, 3);
+}
+
+/// The relay `state` as an in-process relay at `url`, counting its connects.
+fn in_process(
+    state: &RelayState,
+    url: &str,
+    counted: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+) -> LocalRelay {
+    struct Link(drawbridge_relay::LocalConn);
+    impl LocalLink for Link {
+        fn send(&mut self, frame: Vec<u8>) -> bool {
+            self.0.send(frame)
+        }
+        fn recv<'a>(
+            &'a mut self,
+            buf: &'a mut Vec<axum::body::Bytes>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send + 'a>> {
+            Box::pin(self.0.recv_many(buf, 64))
+        }
+    }
+    let state = state.clone();
+    LocalRelay {
+        url: url.to_string(),
+        connect: std::sync::Arc::new(move |token| {
+            if let Some(c) = &counted {
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            match state.connect_local(token) {
+                Ok(conn) => Ok(Box::new(Link(conn)) as Box<dyn LocalLink>),
+                Err(e) => Err(e.to_string()),
+            }
+        }),
+    }
 }
 
 /// The edge's order on a session update: the relay token naming a new peer,

@@ -37,19 +37,35 @@ pub struct RelayEndpoint {
     pub connector: Option<Connector>,
     /// Reach the relay through this HTTP proxy (CONNECT).
     pub proxy: Option<crate::proxy::Proxy>,
-    /// The relay runs in this process: the WebSocket goes over the byte
-    /// stream this gives (no TCP, no TLS, no proxy) instead.
+    /// The relay runs in this process: frames go to it in memory (no TCP, no
+    /// TLS, no WebSocket, no proxy) instead.
     pub local: Option<LocalRelay>,
 }
 
 /// A relay inside this process, as the server's own peers (browser access)
-/// reach the server's embedded relay: its URL, and a byte stream to it. A
-/// relay connection to exactly that URL uses the stream; any other goes over
+/// reach the server's embedded relay: its URL, and how to connect to it with a
+/// token. A relay connection to exactly that URL uses it; any other goes over
 /// the network as usual.
 #[derive(Clone)]
 pub struct LocalRelay {
     pub url: String,
-    pub dial: Arc<dyn Fn() -> Box<dyn crate::proxy::Io> + Send + Sync>,
+    /// Admits a connection with the token (as the relay's WebSocket endpoint
+    /// would), or says why not.
+    pub connect: Arc<dyn Fn(&str) -> Result<Box<dyn LocalLink>, String> + Send + Sync>,
+}
+
+/// One connection to a relay in this process: the same frames a relay
+/// WebSocket carries, handed over in memory.
+pub trait LocalLink: Send {
+    /// Hands one frame to the relay; `false` once the relay has closed the
+    /// connection.
+    fn send(&mut self, frame: Vec<u8>) -> bool;
+    /// Waits for frames from the relay and appends them to `buf`; 0 once the
+    /// relay has closed the connection.
+    fn recv<'a>(
+        &'a mut self,
+        buf: &'a mut Vec<Bytes>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = usize> + Send + 'a>>;
 }
 
 impl std::fmt::Debug for LocalRelay {

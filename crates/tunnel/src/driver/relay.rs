@@ -1,9 +1,12 @@
 //! The driver's relay connections: one task per relay WebSocket (directly or
-//! through the plant's HTTP proxy), reconnecting with exponential backoff and
-//! jitter; frames go out in batches with one flush, a new token replaces the
-//! connection's grants in place.
+//! through the plant's HTTP proxy) or per connection to a relay in this process
+//! ([`LocalLink`]), reconnecting with exponential backoff and jitter; frames go
+//! out in batches with one flush, a new token replaces the connection's grants
+//! in place.
 
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
@@ -14,7 +17,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use super::RelayEndpoint;
+use super::{LocalLink, RelayEndpoint};
 use crate::engine::RelayId;
 use crate::frame::{Frame, MAX_FRAME, READ_BUFFER};
 
@@ -44,7 +47,7 @@ pub(super) fn spawn_relay(
 }
 
 pub(super) enum RelayMsg {
-    Frame(Vec<u8>),
+    Frame(Bytes),
     Up,
     Down,
 }
@@ -92,6 +95,16 @@ where
     }
 }
 
+/// How a connection ended.
+enum Ended {
+    /// It was up (the backoff starts again from its minimum).
+    WasUp,
+    /// It never came up.
+    Failed,
+    /// The driver is gone: stop reconnecting.
+    Stop,
+}
+
 async fn relay_task(
     ep: RelayEndpoint,
     mut token: watch::Receiver<String>,
@@ -105,102 +118,217 @@ async fn relay_task(
             return;
         }
         let token_now = token.borrow_and_update().clone();
-        let request = ep.url.as_str().into_client_request().map(|mut r| {
-            if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token_now}")) {
-                r.headers_mut().insert("authorization", v);
-            }
-            r
-        });
-        let config = WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER)
-            .max_message_size(Some(MAX_FRAME))
-            .max_frame_size(Some(MAX_FRAME));
-        // Directly, or through the plant's HTTP proxy; TLS and WebSocket on top either
-        // way. A relay in this process: the WebSocket over its in-process stream.
-        let result = match (request, &ep.local) {
-            (Ok(r), Some(local)) if local.url == ep.url => {
-                tokio_tungstenite::client_async_with_config(
-                    r,
-                    tokio_tungstenite::MaybeTlsStream::Plain((local.dial)()),
-                    Some(config),
-                )
-                .await
-                .map(|(ws, _)| (ws, ()))
-            }
-            (Ok(r), _) => crate::proxy::websocket(
-                r,
-                Some(config),
-                ep.connector.clone(),
-                ep.proxy.as_ref(),
-                None,
-            )
-            .await
-            .map(|ws| (ws, ())),
-            (Err(e), _) => Err(e),
-        };
-        match result {
-            Ok((ws, _)) => {
-                backoff = BACKOFF_MIN;
-                tracing::debug!(relay = ep.id, "relay connected");
-                // Control messages must not be lost to a full queue: wait for room.
-                if to_engine.send((ep.id, RelayMsg::Up)).await.is_err() {
-                    return;
-                }
-                let (mut sink, mut stream) = ws.split();
-                let mut keepalive = tokio::time::interval(Duration::from_secs(15));
-                keepalive.tick().await;
-                loop {
-                    tokio::select! {
-                        m = stream.next() => match m {
-                            Some(Ok(Message::Binary(b))) => {
-                                let _ = to_engine.try_send((ep.id, RelayMsg::Frame(b.to_vec())));
-                            }
-                            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
-                            Some(Ok(_)) => {}
-                        },
-                        f = from_engine.recv() => match f {
-                            Some(f) => {
-                                // The driver replaces the token before it queues frames
-                                // for a peer the new token names (a peer added right
-                                // after): the token goes first, or the relay drops them.
-                                if token.has_changed().unwrap_or(false)
-                                    && !send_token(&mut sink, &mut token).await
-                                {
-                                    break;
-                                }
-                                if send_batch(&mut sink, f, &mut from_engine).await.is_err() {
-                                    break;
-                                }
-                            }
-                            None => return,
-                        },
-                        _ = keepalive.tick() => {
-                            if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
-                                break;
-                            }
-                        }
-                        // A new token (e.g. naming a peer that joined later) replaces
-                        // the connection's grants in place: no reconnect, no gap in which
-                        // a handshake could be lost. (A relay that cannot do that closes
-                        // the connection, and the next one uses the new token.)
-                        changed = token.changed() => {
-                            if changed.is_err() {
-                                return; // the driver is gone
-                            }
-                            if !send_token(&mut sink, &mut token).await {
-                                break;
-                            }
-                        }
+        let local = ep.local.as_ref().filter(|l| l.url == ep.url);
+        let ended = match local {
+            Some(local) => match (local.connect)(&token_now) {
+                Ok(link) => {
+                    let io = Io::up(&ep, &to_engine, &mut from_engine, &mut token).await;
+                    match io {
+                        Some(io) => io.local(link).await,
+                        None => Ended::Stop,
                     }
                 }
-                if to_engine.send((ep.id, RelayMsg::Down)).await.is_err() {
-                    return;
+                Err(e) => {
+                    tracing::debug!(relay = ep.id, error = %e, "in-process relay refused");
+                    Ended::Failed
                 }
-            }
-            Err(e) => tracing::debug!(relay = ep.id, error = %e, "relay connect failed"),
+            },
+            None => match connect(&ep, &token_now).await {
+                Ok(ws) => {
+                    let io = Io::up(&ep, &to_engine, &mut from_engine, &mut token).await;
+                    match io {
+                        Some(io) => io.websocket(ws).await,
+                        None => Ended::Stop,
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(relay = ep.id, error = %e, "relay connect failed");
+                    Ended::Failed
+                }
+            },
+        };
+        match ended {
+            Ended::Stop => return,
+            Ended::WasUp => backoff = BACKOFF_MIN,
+            Ended::Failed => {}
         }
         let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 2);
         tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<
+    tokio_tungstenite::MaybeTlsStream<Box<dyn crate::proxy::Io>>,
+>;
+
+/// Opens the relay WebSocket, directly or through the plant's HTTP proxy, with
+/// TLS and WebSocket on top either way.
+async fn connect(
+    ep: &RelayEndpoint,
+    token: &str,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let mut request = ep.url.as_str().into_client_request()?;
+    if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
+        request.headers_mut().insert("authorization", v);
+    }
+    let config = WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .max_message_size(Some(MAX_FRAME))
+        .max_frame_size(Some(MAX_FRAME));
+    crate::proxy::websocket(
+        request,
+        Some(config),
+        ep.connector.clone(),
+        ep.proxy.as_ref(),
+        None,
+    )
+    .await
+}
+
+/// An open connection's ends on the driver's side.
+struct Io<'a> {
+    id: RelayId,
+    to_engine: &'a mpsc::Sender<(RelayId, RelayMsg)>,
+    from_engine: &'a mut mpsc::Receiver<Vec<u8>>,
+    token: &'a mut watch::Receiver<String>,
+}
+
+impl<'a> Io<'a> {
+    /// Tells the driver the connection is up; `None` when the driver is gone.
+    async fn up(
+        ep: &RelayEndpoint,
+        to_engine: &'a mpsc::Sender<(RelayId, RelayMsg)>,
+        from_engine: &'a mut mpsc::Receiver<Vec<u8>>,
+        token: &'a mut watch::Receiver<String>,
+    ) -> Option<Io<'a>> {
+        tracing::debug!(relay = ep.id, "relay connected");
+        // Control messages must not be lost to a full queue: wait for room.
+        to_engine.send((ep.id, RelayMsg::Up)).await.ok()?;
+        Some(Io {
+            id: ep.id,
+            to_engine,
+            from_engine,
+            token,
+        })
+    }
+
+    /// Tells the driver the connection is down.
+    async fn down(self) -> Ended {
+        match self.to_engine.send((self.id, RelayMsg::Down)).await {
+            Ok(()) => Ended::WasUp,
+            Err(_) => Ended::Stop,
+        }
+    }
+
+    /// A frame from the relay to the engine (dropped when its queue is full).
+    fn deliver(&self, frame: Bytes) {
+        let _ = self.to_engine.try_send((self.id, RelayMsg::Frame(frame)));
+    }
+
+    async fn websocket(self, ws: Ws) -> Ended {
+        let (mut sink, mut stream) = ws.split();
+        let mut keepalive = tokio::time::interval(Duration::from_secs(15));
+        keepalive.tick().await;
+        loop {
+            tokio::select! {
+                m = stream.next() => match m {
+                    Some(Ok(Message::Binary(b))) => self.deliver(b),
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => {}
+                },
+                f = self.from_engine.recv() => match f {
+                    Some(f) => {
+                        // The driver replaces the token before it queues frames
+                        // for a peer the new token names (a peer added right
+                        // after): the token goes first, or the relay drops them.
+                        if self.token.has_changed().unwrap_or(false)
+                            && !send_token(&mut sink, self.token).await
+                        {
+                            break;
+                        }
+                        if send_batch(&mut sink, f, self.from_engine).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => return Ended::Stop,
+                },
+                _ = keepalive.tick() => {
+                    if sink.send(Message::Ping(Vec::new().into())).await.is_err() {
+                        break;
+                    }
+                }
+                // A new token (e.g. naming a peer that joined later) replaces
+                // the connection's grants in place: no reconnect, no gap in which
+                // a handshake could be lost. (A relay that cannot do that closes
+                // the connection, and the next one uses the new token.)
+                changed = self.token.changed() => {
+                    if changed.is_err() {
+                        return Ended::Stop; // the driver is gone
+                    }
+                    if !send_token(&mut sink, self.token).await {
+                        break;
+                    }
+                }
+            }
+        }
+        self.down().await
+    }
+
+    /// The same over a connection to a relay in this process: no keepalive
+    /// (nothing between can time out), frames in memory both ways.
+    async fn local(self, mut link: Box<dyn LocalLink>) -> Ended {
+        let mut from_relay = Vec::with_capacity(BATCH);
+        loop {
+            tokio::select! {
+                n = link.recv(&mut from_relay) => {
+                    if n == 0 {
+                        break;
+                    }
+                    for f in from_relay.drain(..) {
+                        self.deliver(f);
+                    }
+                }
+                f = self.from_engine.recv() => match f {
+                    Some(f) => {
+                        // The token first, as on a WebSocket.
+                        if self.token.has_changed().unwrap_or(false)
+                            && !send_token_local(&mut *link, self.token)
+                        {
+                            break;
+                        }
+                        let mut open = link.send(f);
+                        for _ in 1..BATCH {
+                            match self.from_engine.try_recv() {
+                                Ok(f) if open => open = link.send(f),
+                                _ => break,
+                            }
+                        }
+                        if !open {
+                            break;
+                        }
+                    }
+                    None => return Ended::Stop,
+                },
+                changed = self.token.changed() => {
+                    if changed.is_err() {
+                        return Ended::Stop;
+                    }
+                    if !send_token_local(&mut *link, self.token) {
+                        break;
+                    }
+                }
+            }
+        }
+        self.down().await
+    }
+}
+
+/// [`send_token`] on a connection to a relay in this process.
+fn send_token_local(link: &mut dyn LocalLink, token: &mut watch::Receiver<String>) -> bool {
+    let fresh = token.borrow_and_update().clone();
+    match Frame::Token(fresh.as_bytes()).encode() {
+        Ok(f) => link.send(f),
+        Err(_) => false,
     }
 }
