@@ -146,6 +146,44 @@ async fn tcp_echo_5mb_through_forward_local() {
     assert_eq!(handle.stats().tcp_flows_total, 1);
 }
 
+/// A dialed stream hands over every byte once and in order, whatever the
+/// reader's buffer: one byte, odd sizes, or more than the receive window (the
+/// bytes come out of smoltcp's ring in up to two pieces per read).
+#[tokio::test]
+async fn a_dialed_stream_reads_every_byte_in_order_into_any_buffer_size() {
+    let (server, _) = tcp_echo(Ipv4Addr::LOCALHOST).await;
+    let (dialer, _handle) = link(
+        config(vec![port_target("tcp", server)], vec![]),
+        vec![port_target("tcp", server)],
+    );
+    let s = dialer.connect(server).await.unwrap();
+    let (mut r, mut w) = tokio::io::split(s);
+    let data = pattern(3 * 1024 * 1024 + 17);
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        for chunk in sent.chunks(40_000) {
+            w.write_all(chunk).await.unwrap();
+        }
+        w
+    });
+    let mut got = Vec::with_capacity(data.len());
+    let sizes = [1usize, 13, 4096, 1500, 300_000, 2 * 1024 * 1024];
+    let mut buf = vec![0u8; 2 * 1024 * 1024];
+    let mut i = 0;
+    while got.len() < data.len() {
+        let want = sizes[i % sizes.len()].min(data.len() - got.len());
+        i += 1;
+        let n = tokio::time::timeout(Duration::from_secs(20), r.read(&mut buf[..want]))
+            .await
+            .expect("read timed out")
+            .unwrap();
+        assert!(n > 0 && n <= want, "read {n} of at most {want}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let _w = writer.await.unwrap();
+    assert!(got == data, "the stream's bytes differ");
+}
+
 #[tokio::test]
 async fn tcp_echo_5mb_through_socks5() {
     let (server, _) = tcp_echo(Ipv4Addr::LOCALHOST).await;

@@ -23,7 +23,18 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Largest message a browser may send (a clipboard of 1 MiB and its header).
-pub const MAX_BROWSER_MESSAGE: usize = (1 << 20) + 64;
+const MAX_BROWSER_MESSAGE: usize = (1 << 20) + 64;
+/// What one read from a browser's WebSocket takes. A browser sends small
+/// messages (input, update requests); tungstenite zero-fills its whole read
+/// buffer each time the socket is polled, and the bridge polls it on every
+/// turn of its loop, so axum's 128 KiB default cost a memset per VNC read.
+const BROWSER_READ: usize = 8 * 1024;
+
+/// A desktop's WebSocket from a browser (viewer or watcher), bounded.
+pub fn browser_socket(ws: WebSocketUpgrade) -> WebSocketUpgrade {
+    ws.max_message_size(MAX_BROWSER_MESSAGE)
+        .read_buffer_size(BROWSER_READ)
+}
 /// How long the VNC server has to accept the connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the session is checked and the recording stored.
@@ -66,7 +77,7 @@ pub async fn open(
     origin: Origin,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let ws = ws.max_message_size(MAX_BROWSER_MESSAGE);
+    let ws = browser_socket(ws);
     match prepare(&state, &caller, &origin, Kind::Vnc).await {
         Ok(o) => ws.on_upgrade(move |socket| async move {
             run(state, caller, origin, o, socket).await;

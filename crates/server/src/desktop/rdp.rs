@@ -23,7 +23,7 @@
 //! with an HTTP status, which the npm client of 0.7.0 shows) and as the
 //! WebSocket's close reason, which our page shows.
 
-use super::bridge::{self, Kind, MAX_BROWSER_MESSAGE, Opened, TICK, close};
+use super::bridge::{self, Kind, Opened, TICK, close};
 use crate::auth::Caller;
 use crate::secret;
 use crate::state::AppState;
@@ -272,7 +272,7 @@ pub async fn serve(state: AppState, caller: Caller, o: Origin, req: Request) -> 
             let Ok(ws) = WebSocketUpgrade::from_request_parts(&mut parts, &state).await else {
                 return text(StatusCode::BAD_REQUEST, "this path takes a WebSocket");
             };
-            let ws = ws.max_message_size(MAX_BROWSER_MESSAGE);
+            let ws = bridge::browser_socket(ws);
             if !same {
                 return ws.on_upgrade(|mut socket| async move {
                     refuse(

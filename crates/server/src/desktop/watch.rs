@@ -6,7 +6,7 @@
 //! balancer may send the watcher anywhere. Whatever the watcher's browser
 //! sends is dropped.
 
-use super::bridge::{MAX_BROWSER_MESSAGE, TICK, close};
+use super::bridge::{TICK, browser_socket, close};
 use super::recording;
 use crate::error::AppError;
 use crate::state::AppState;
@@ -41,7 +41,7 @@ pub async fn watch(
     ws: WebSocketUpgrade,
     rdp: bool,
 ) -> Response {
-    let ws = ws.max_message_size(MAX_BROWSER_MESSAGE);
+    let ws = browser_socket(ws);
     let Some(desktop) = state.desktops.get(&recording_id) else {
         if REMOTE_WATCHERS
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
