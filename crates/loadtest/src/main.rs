@@ -188,11 +188,11 @@ pub struct Args {
     /// Seconds of viewing before each measured window (`--desktop`).
     #[arg(long, default_value = "3", value_parser = seconds)]
     desktop_warmup_secs: Duration,
-    /// Seconds of each measured window (`--desktop`). With the warm-up it stays
-    /// under the account's largest recording (4 GiB) at Raw's 8.1 MiB per
-    /// update and the painter's 30 updates a second, so the server does not end
-    /// a `required` window at its limit.
-    #[arg(long, default_value = "12", value_parser = seconds)]
+    /// Seconds of each measured window (`--desktop`). Raw windows are
+    /// shortened to record at most 90 % of the account's largest recording
+    /// (4 GiB) at the painter's rate (12 s at 1920×1080 and 30 a second), so
+    /// the server does not end a `required` window at its limit.
+    #[arg(long, default_value = "20", value_parser = seconds)]
     desktop_secs: Duration,
     /// Rounds of windows per encoding (`--desktop`): each a window with
     /// recording required, then one with it off; the goals take each mode's

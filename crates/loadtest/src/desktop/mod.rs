@@ -59,6 +59,30 @@ pub struct Options {
     pub quiet: bool,
 }
 
+/// The account's largest recording (`recording_max_mb`'s maximum), which the
+/// tool sets while measuring.
+const RECORDING_MAX_MIB: f64 = 4096.0;
+
+impl Options {
+    /// The window for `encoding`: `window`, shortened for Raw so that the
+    /// warm-up and the window together record at most 90 % of the account's
+    /// largest recording at the painter's rate (60 a second when it paints as
+    /// fast as it can): the server would end a `required` window at the limit.
+    pub fn window_for(&self, encoding: Encoding) -> Duration {
+        if encoding != Encoding::Raw {
+            return self.window;
+        }
+        let update_mib = f64::from(self.width) * f64::from(self.height) * 4.0 / 1048576.0;
+        let rate = if self.paint_hz > 0.0 {
+            self.paint_hz
+        } else {
+            60.0
+        };
+        let fits = 0.9 * RECORDING_MAX_MIB / (update_mib * rate) - self.warmup.as_secs_f64();
+        self.window.min(Duration::from_secs_f64(fits.max(5.0)))
+    }
+}
+
 /// What the viewer counts; the measured window reads differences.
 #[derive(Default)]
 struct Counters {
@@ -291,7 +315,7 @@ impl Bench<'_> {
         c.measuring.store(true, Ordering::Relaxed);
         let (s0, cpu0) = (snap(&c), Cpu::now(self.server_pid, edge, xvnc));
         let mut rss = Vec::new();
-        let end = cpu0.at + o.window;
+        let end = cpu0.at + o.window_for(encoding);
         while Instant::now() < end && !viewer.is_finished() {
             tokio::time::sleep_until((Instant::now() + Duration::from_secs(1)).min(end)).await;
             if let Some(s) = self
@@ -484,4 +508,41 @@ pub async fn run(
         runs,
         errors,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(width: u16, height: u16, paint_hz: f64) -> Options {
+        Options {
+            width,
+            height,
+            encodings: vec![Encoding::Raw, Encoding::Zrle],
+            paint_hz,
+            warmup: Duration::from_secs(3),
+            window: Duration::from_secs(20),
+            rounds: 1,
+            quiet: true,
+        }
+    }
+
+    #[test]
+    fn a_raw_window_records_less_than_the_accounts_largest_recording() {
+        for (w, h, hz) in [(1920, 1080, 30.0), (1920, 1080, 0.0), (3840, 2160, 30.0)] {
+            let o = options(w, h, hz);
+            let secs = (o.warmup + o.window_for(Encoding::Raw)).as_secs_f64();
+            let rate = if hz > 0.0 { hz } else { 60.0 };
+            let mib = secs * rate * f64::from(w) * f64::from(h) * 4.0 / 1048576.0;
+            assert!(
+                mib <= RECORDING_MAX_MIB || o.window_for(Encoding::Raw).as_secs() == 5,
+                "{w}×{h} at {hz}: {mib} MiB"
+            );
+        }
+        let o = options(1920, 1080, 30.0);
+        let raw = o.window_for(Encoding::Raw).as_secs_f64();
+        assert!((12.0..13.0).contains(&raw), "{raw}");
+        assert_eq!(o.window_for(Encoding::Zrle), o.window);
+        assert_eq!(options(800, 600, 30.0).window_for(Encoding::Raw), o.window);
+    }
 }
