@@ -51,8 +51,11 @@ pub struct LocalRelay {
     pub url: String,
     /// Admits a connection with the token (as the relay's WebSocket endpoint
     /// would), or says why not.
-    pub connect: Arc<dyn Fn(&str) -> Result<Box<dyn LocalLink>, String> + Send + Sync>,
+    pub connect: Arc<LocalConnect>,
 }
+
+/// Connects to a relay in this process with a token: the link, or why not.
+pub type LocalConnect = dyn Fn(&str) -> Result<Box<dyn LocalLink>, String> + Send + Sync;
 
 /// One connection to a relay in this process: the same frames a relay
 /// WebSocket carries, handed over in memory.
