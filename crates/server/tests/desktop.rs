@@ -219,6 +219,18 @@ pub(crate) async fn recorded(
     frames: &[&[u8]],
     mode: RecordingMode,
 ) -> (String, Option<String>) {
+    recorded_paced(app, account, user, frames, mode, std::time::Duration::ZERO).await
+}
+
+/// [`recorded`], with `gap` between the frames (so that their times differ).
+pub(crate) async fn recorded_paced(
+    app: &TestApp,
+    account: &str,
+    user: &str,
+    frames: &[&[u8]],
+    mode: RecordingMode,
+    gap: std::time::Duration,
+) -> (String, Option<String>) {
     let id = drawbridge_server::secret::new_id();
     sqlx::query(
         "INSERT INTO desktop_recordings (id, account_id, session_id, device_id, target, user_id, view_only, state, mode, recorded, started_at)
@@ -234,6 +246,7 @@ pub(crate) async fn recorded(
     .unwrap();
     let mut r = Recording::new(id.clone(), mode, 1, HEADER);
     for f in frames {
+        tokio::time::sleep(gap).await;
         r.record(&bytes::Bytes::copy_from_slice(f)).unwrap();
         // One chunk per frame, so that chunks can be moved and removed.
         r.store(&app.state).await.unwrap();

@@ -5,7 +5,7 @@
 //! missing while it streams.
 
 use crate::common;
-use crate::desktop::{bare_recording, download, lz4_frames, recorded, sha256_hex};
+use crate::desktop::{bare_recording, download, lz4_frames, recorded, recorded_paced, sha256_hex};
 
 use common::TestApp;
 use drawbridge_proto::RecordingMode;
@@ -17,6 +17,7 @@ store_tests!(
     a_chunk_gone_while_the_body_streams_cuts_the_body,
     frames_read_chunk_by_chunk_are_the_frames_of_the_whole_recording,
     a_watchers_start_is_the_stored_chunks_then_what_is_not_stored_yet,
+    a_recordings_length_is_its_last_frames_time_also_when_its_last_chunk_is_gone,
 );
 
 /// Eleven chunks (one per frame) of different sizes: more than a few reads.
@@ -180,4 +181,58 @@ async fn a_watchers_start_is_the_stored_chunks_then_what_is_not_stored_yet(app: 
         got.extend(batch.into_iter().map(|(_, d)| d.to_vec()));
     }
     assert_eq!(got, frames, "every frame once, in order");
+}
+
+/// Every frame's time, from a whole read of the recording.
+async fn frame_times(app: &TestApp, id: &str) -> Vec<u32> {
+    let mut reader = FrameReader::open(&app.state, id).await.unwrap();
+    let mut times = Vec::new();
+    while let Some(batch) = reader.next_frames().await.unwrap() {
+        times.extend(batch.iter().map(|(t, _)| *t));
+    }
+    times
+}
+
+async fn a_recordings_length_is_its_last_frames_time_also_when_its_last_chunk_is_gone(
+    app: TestApp,
+) {
+    let acct = app.account("acme").await;
+    let frames = frames();
+    let refs: Vec<&[u8]> = frames.iter().map(|f| f.as_slice()).collect();
+    // 15 ms between frames: their times differ, so the last one is known.
+    let (id, sha) = recorded_paced(
+        &app,
+        &acct.id,
+        &acct.admin_id,
+        &refs,
+        RecordingMode::Required,
+        std::time::Duration::from_millis(15),
+    )
+    .await;
+    let times = frame_times(&app, &id).await;
+    assert_eq!(times.len(), 11);
+    assert!(times[10] > times[9] && times[9] > 0, "{times:?}");
+
+    // Read from the last chunk alone: the same length, hash and verdict as
+    // a whole read.
+    let l = recording::length(&app.state, &id).await.unwrap();
+    assert_eq!(l.end_ms, times[10]);
+    assert_eq!(Some(l.sha256), sha);
+    assert!(l.intact);
+
+    // The last chunk removed: not intact, and the length is that of what is
+    // left (every chunk read for it).
+    sqlx::query("DELETE FROM recording_chunks WHERE recording_id = $1 AND seq = 10")
+        .bind(&id)
+        .execute(&app.state.store.pool)
+        .await
+        .unwrap();
+    let l = recording::length(&app.state, &id).await.unwrap();
+    assert_eq!(l.end_ms, times[9]);
+    assert!(!l.intact);
+
+    // No chunks at all: no length, not the recording on the record.
+    let bare = bare_recording(&app, &acct, RecordingMode::Required).await;
+    let l = recording::length(&app.state, &bare).await.unwrap();
+    assert_eq!(l.end_ms, 0);
 }

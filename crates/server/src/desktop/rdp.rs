@@ -689,21 +689,16 @@ pub(super) async fn answer_as_gateway(ws: &mut WebSocket) -> Result<(), String> 
 }
 
 /// `GET /.drawbridge/replay-info`: the recording's length (the last frame's
-/// time), its hash and whether it is the one on the record, read a chunk at a
-/// time.
+/// time), its hash and whether it is the one on the record; only the last
+/// chunk is opened ([`super::recording::length`]).
 async fn replay_info(
     state: &AppState,
     caller: &Caller,
     id: &str,
 ) -> crate::error::AppResult<serde_json::Value> {
     super::may_read_recording(state, caller, id).await?;
-    let mut frames = super::recording::FrameReader::open(state, id).await?;
-    let mut end = 0;
-    while let Some(batch) = frames.next_frames().await? {
-        end = batch.last().map_or(end, |(t, _)| *t);
-    }
-    let (sha256, intact) = frames.finish();
-    Ok(serde_json::json!({"end_ms": end, "intact": intact, "sha256": sha256}))
+    let l = super::recording::length(state, id).await?;
+    Ok(serde_json::json!({"end_ms": l.end_ms, "intact": l.intact, "sha256": l.sha256}))
 }
 
 /// `GET /.drawbridge/replay?from=MS`: the recording played to the client,

@@ -28,7 +28,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 mod stored;
-pub use stored::{FrameReader, Keep, Stored, Streamed, read, read_keeping, streamed};
+pub use stored::{
+    FrameReader, Keep, Length, Stored, Streamed, length, read, read_keeping, streamed,
+};
 
 /// A chunk is stored once this much is waiting (or every second).
 pub const CHUNK_BYTES: usize = 4 * 1024 * 1024;

@@ -270,6 +270,71 @@ pub async fn streamed(state: &AppState, recording_id: &str, keep: Keep) -> AppRe
     })
 }
 
+/// A recording's length and whether it is the one on the record.
+pub struct Length {
+    /// The last frame's time (0 without frames).
+    pub end_ms: u32,
+    pub sha256: String,
+    pub intact: bool,
+}
+
+/// A recording's length (its last frame's time), its hash and whether it is
+/// the one on the record: one pass hashes the stored frames without opening
+/// them, then only the last chunk is opened, since chunks hold whole frames
+/// and times only grow. Where the last chunk does not read on its own (it
+/// does not open, is missing, or starts inside a frame), every chunk is read
+/// for it, as a replay would.
+pub async fn length(state: &AppState, recording_id: &str) -> AppResult<Length> {
+    let mut check = Walk::open(state, recording_id, None).await?;
+    let upto = check.upto;
+    while check.piece(None).await?.is_some() {}
+    let (sha256, intact) = check.finish();
+    let mut end = None;
+    if upto > 0 {
+        let mut last = Walk::open(state, recording_id, Some(upto)).await?;
+        (last.next, last.seen) = (upto - 1, upto - 1);
+        if let Some(p) = last.piece(Some(Keep::Stream)).await?
+            && last.intact
+        {
+            end = last_time(&p.stream, upto == 1);
+        }
+    } else {
+        end = Some(0);
+    }
+    let end_ms = match end {
+        Some(t) => t,
+        None => {
+            let mut frames = FrameReader::open(state, recording_id).await?;
+            let mut end = 0;
+            while let Some(batch) = frames.next_frames().await? {
+                end = batch.last().map_or(end, |(t, _)| *t);
+            }
+            end
+        }
+    };
+    Ok(Length {
+        end_ms,
+        sha256,
+        intact,
+    })
+}
+
+/// The last frame's time in a chunk read on its own (`first`: it starts with
+/// the recording's header); `None` when it does not read whole.
+fn last_time(stream: &[u8], first: bool) -> Option<u32> {
+    use drawbridge_desktop::recording::{iter_frames, iter_frames_after};
+    let frames = if first {
+        iter_frames(stream)
+    } else {
+        iter_frames_after(stream, 0)
+    };
+    let mut end = 0;
+    for f in frames {
+        end = f.ok()?.t_ms;
+    }
+    Some(end)
+}
+
 /// A recording's frames, read a chunk at a time (for a player that paces them
 /// itself): each call gives the complete frames of the next chunk, owned. A
 /// frame cut by a chunk's end (recordings store whole frames, but the reader
