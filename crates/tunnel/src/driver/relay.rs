@@ -118,34 +118,27 @@ async fn relay_task(
             return;
         }
         let token_now = token.borrow_and_update().clone();
-        let local = ep.local.as_ref().filter(|l| l.url == ep.url);
-        let ended = match local {
-            Some(local) => match (local.connect)(&token_now) {
-                Ok(link) => {
-                    let io = Io::up(&ep, &to_engine, &mut from_engine, &mut token).await;
-                    match io {
-                        Some(io) => io.local(link).await,
-                        None => Ended::Stop,
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(relay = ep.id, error = %e, "in-process relay refused");
-                    Ended::Failed
-                }
+        // A relay in this process at exactly this URL: frames in memory;
+        // any other over the network.
+        let opened = match ep.local.as_ref().filter(|l| l.url == ep.url) {
+            Some(local) => (local.connect)(&token_now).map(Link::Local),
+            None => connect(&ep, &token_now)
+                .await
+                .map(|ws| Link::WebSocket(Box::new(ws)))
+                .map_err(|e| e.to_string()),
+        };
+        let ended = match opened {
+            Ok(link) => match Io::up(&ep, &to_engine, &mut from_engine, &mut token).await {
+                Some(io) => match link {
+                    Link::WebSocket(ws) => io.websocket(*ws).await,
+                    Link::Local(link) => io.local(link).await,
+                },
+                None => Ended::Stop,
             },
-            None => match connect(&ep, &token_now).await {
-                Ok(ws) => {
-                    let io = Io::up(&ep, &to_engine, &mut from_engine, &mut token).await;
-                    match io {
-                        Some(io) => io.websocket(ws).await,
-                        None => Ended::Stop,
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(relay = ep.id, error = %e, "relay connect failed");
-                    Ended::Failed
-                }
-            },
+            Err(e) => {
+                tracing::debug!(relay = ep.id, error = %e, "relay connect failed");
+                Ended::Failed
+            }
         };
         match ended {
             Ended::Stop => return,
@@ -156,6 +149,12 @@ async fn relay_task(
         tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// An open connection to a relay.
+enum Link {
+    WebSocket(Box<Ws>),
+    Local(Box<dyn LocalLink>),
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<
