@@ -224,14 +224,15 @@ impl std::fmt::Debug for LocalConn {
 }
 
 impl LocalConn {
-    /// Whether the relay has closed this connection (checked now).
+    /// Whether the relay has closed this connection (revoked, replaced, slow).
+    /// Expiry is seen by [`LocalConn::recv_many`], which the holder keeps
+    /// waiting on, so a frame sent needs no clock reading.
     fn check_closed(&mut self) -> bool {
         if !self.closed {
-            let killed = self
+            self.closed = self
                 .kill
                 .has_changed()
                 .map_or(true, |_| *self.kill.borrow());
-            self.closed = killed || tokio::time::Instant::now() >= self.deadline;
         }
         self.closed
     }
@@ -253,7 +254,8 @@ impl LocalConn {
     /// Waits for frames from the relay and appends up to `limit` of them to
     /// `buf`; 0 once the connection is closed.
     pub async fn recv_many(&mut self, buf: &mut Vec<Bytes>, limit: usize) -> usize {
-        if self.check_closed() {
+        if self.check_closed() || tokio::time::Instant::now() >= self.deadline {
+            self.closed = true;
             return 0;
         }
         let n = tokio::select! {
