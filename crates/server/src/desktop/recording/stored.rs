@@ -93,6 +93,13 @@ impl Walk {
         })
     }
 
+    /// Starts the walk at place `seq` (the places before it count as seen;
+    /// the hash then covers only what follows).
+    fn starting_at(mut self, seq: i64) -> Walk {
+        (self.next, self.seen) = (seq, seq);
+        self
+    }
+
     fn extension(&self) -> &'static str {
         if file_is_frames(&self.format) {
             "dbrfb.lz4"
@@ -291,8 +298,9 @@ pub async fn length(state: &AppState, recording_id: &str) -> AppResult<Length> {
     let (sha256, intact) = check.finish();
     let mut end = None;
     if upto > 0 {
-        let mut last = Walk::open(state, recording_id, Some(upto)).await?;
-        (last.next, last.seen) = (upto - 1, upto - 1);
+        let mut last = Walk::open(state, recording_id, Some(upto))
+            .await?
+            .starting_at(upto - 1);
         if let Some(p) = last.piece(Some(Keep::Stream)).await?
             && last.intact
         {
