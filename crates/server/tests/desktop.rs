@@ -257,7 +257,7 @@ pub(crate) async fn recorded_paced(
 }
 
 /// Marks a recording ended with its hash, as the bridge does.
-async fn end_recording(app: &TestApp, id: &str, sha: &Option<String>) {
+pub(crate) async fn end_recording(app: &TestApp, id: &str, sha: &Option<String>) {
     sqlx::query(
         "UPDATE desktop_recordings SET state = 'ended', ended_at = $1, sha256 = $2 WHERE id = $3",
     )

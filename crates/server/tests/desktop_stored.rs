@@ -5,7 +5,9 @@
 //! missing while it streams.
 
 use crate::common;
-use crate::desktop::{bare_recording, download, lz4_frames, recorded, recorded_paced, sha256_hex};
+use crate::desktop::{
+    bare_recording, download, end_recording, lz4_frames, recorded, recorded_paced, sha256_hex,
+};
 
 use common::TestApp;
 use drawbridge_proto::RecordingMode;
@@ -17,6 +19,7 @@ store_tests!(
     a_chunk_gone_while_the_body_streams_cuts_the_body,
     frames_read_chunk_by_chunk_are_the_frames_of_the_whole_recording,
     a_watchers_start_is_the_stored_chunks_then_what_is_not_stored_yet,
+    a_watcher_joining_while_chunks_wait_for_the_writer_gets_every_frame_once,
     a_recordings_length_is_its_last_frames_time_also_when_its_last_chunk_is_gone,
 );
 
@@ -170,7 +173,7 @@ async fn a_watchers_start_is_the_stored_chunks_then_what_is_not_stored_yet(app: 
     // still pending), what a watcher joining now is given: chunks `0..first`
     // from the database, then the rest from memory.
     assert!(r.finish().await.is_some());
-    let (first, unstored) = r.unstored();
+    let (first, unstored) = r.unstored().unwrap();
     assert_eq!(first, 4, "chunks stored");
     assert!(!unstored.is_empty());
     let mut reader = FrameReader::open_with_tail(&app.state, &id, Some(first), unstored)
@@ -181,6 +184,67 @@ async fn a_watchers_start_is_the_stored_chunks_then_what_is_not_stored_yet(app: 
         got.extend(batch.into_iter().map(|(_, d)| d.to_vec()));
     }
     assert_eq!(got, frames, "every frame once, in order");
+}
+
+/// The frames a watcher joining now is given: the stored chunks before
+/// `first` from the database, then `unstored`.
+async fn joined(app: &TestApp, id: &str, first: i64, unstored: Vec<u8>) -> Vec<Vec<u8>> {
+    let mut reader = FrameReader::open_with_tail(&app.state, id, Some(first), unstored)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while let Some(batch) = reader.next_frames().await.unwrap() {
+        got.extend(batch.into_iter().map(|(_, d)| d.to_vec()));
+    }
+    got
+}
+
+async fn a_watcher_joining_while_chunks_wait_for_the_writer_gets_every_frame_once(app: TestApp) {
+    let acct = app.account("acme").await;
+    let id = bare_recording(&app, &acct, RecordingMode::Required).await;
+    let frames = frames();
+    let mut r = Recording::new(
+        id.clone(),
+        RecordingMode::Required,
+        1,
+        drawbridge_desktop::recording::HEADER,
+    );
+    let mut waited_for_the_writer = false;
+    let mut handed = 0;
+    for (i, f) in frames.iter().enumerate() {
+        r.record(f).unwrap();
+        if i % 3 == 1 {
+            // Handed to the writer, which has not run yet: the chunk is in
+            // its queue (compressed) while the watcher joins.
+            r.store(&app.state).await.unwrap();
+            handed += 1;
+        }
+        // A watcher joins after every frame: the open chunk is read as it
+        // stands, and recording goes on into it.
+        let (first, unstored) = r.unstored().unwrap();
+        waited_for_the_writer |= first < handed;
+        assert_eq!(
+            joined(&app, &id, first, unstored).await,
+            frames[..=i],
+            "a watcher joining after frame {i} (chunks from {first} not stored yet)"
+        );
+    }
+    assert!(
+        waited_for_the_writer,
+        "some watcher joined while a chunk waited for the writer"
+    );
+    r.store(&app.state).await.unwrap();
+    let sha = r.finish().await;
+    end_recording(&app, &id, &sha).await;
+    // The stored recording is whole: every frame once, and the hash of what
+    // was stored, although the open chunk was read for watchers on the way.
+    let mut reader = FrameReader::open(&app.state, &id).await.unwrap();
+    let mut got = Vec::new();
+    while let Some(batch) = reader.next_frames().await.unwrap() {
+        got.extend(batch.into_iter().map(|(_, d)| d.to_vec()));
+    }
+    assert_eq!(got, frames);
+    assert_eq!(reader.finish(), (sha.expect("a hash"), true));
 }
 
 /// Every frame's time, from a whole read of the recording.

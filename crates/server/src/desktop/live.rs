@@ -124,13 +124,16 @@ impl LiveDesktop {
         }
         let place = WatcherPlace(self.clone());
         let (rx, (stored, unstored)) = {
-            let rec = self.recording.lock().await;
+            let mut rec = self.recording.lock().await;
             if !rec.active {
                 return Err(AppError::conflict(
                     "this desktop is not being recorded, so it cannot be watched",
                 ));
             }
-            (self.tx.subscribe(), rec.unstored())
+            let unstored = rec
+                .unstored()
+                .map_err(|e| AppError::internal(anyhow::Error::from(e)))?;
+            (self.tx.subscribe(), unstored)
         };
         // Read as it is sent: the stored chunks a few at a time, then what
         // was not stored when the watcher joined.

@@ -8,14 +8,17 @@
 //! another recording or place does not open; a changed one does not open
 //! either, and a removed one changes the hash.
 //!
-//! Storing is off the desktop's path: full chunks go through a short queue to
-//! a writer task of the recording, which compresses, seals, inserts and
-//! hashes them in order (the hash covers exactly what was stored). A `required` recording waits for room in the queue (the
-//! desktop slows to what the database takes, nothing is lost); a best-effort
-//! one stops being recorded instead. Chunks in the queue stay readable for
-//! watchers until they are stored.
+//! Each chunk is compressed as it is recorded, right after its bytes went to
+//! the browser (they are still in the core's cache, and the bridge reads into
+//! the same buffer again). Storing is off the desktop's path: full chunks go
+//! through a short queue to a writer task of the recording, which seals,
+//! inserts and hashes them in order (the hash covers exactly what was
+//! stored). A `required` recording waits for room in the queue (the desktop
+//! slows to what the database takes, nothing is lost); a best-effort one
+//! stops being recorded instead. Chunks in the queue, and the chunk being
+//! written, stay readable for watchers until they are stored.
 
-use crate::error::{AppError, AppResult};
+use crate::error::AppResult;
 use crate::state::AppState;
 use bytes::Bytes;
 use drawbridge_desktop::recording::Recorder;
@@ -77,8 +80,13 @@ pub struct Recording {
     pub active: bool,
     framer: Recorder,
     started: std::time::Instant,
-    /// The next chunk: frame headers and the bytes sent (shared, not copied).
-    pending: Pieces,
+    /// The next chunk, compressed as it is recorded: an LZ4 frame being
+    /// written. Compressing what was just sent, while it is still in the
+    /// core's cache, lets the bridge read into the same buffer again instead
+    /// of the recording holding it until a writer compresses it.
+    pending: Encoder,
+    /// Recorded bytes in the next chunk (before compression).
+    pending_len: usize,
     /// The next chunk's place.
     seq: i64,
     bytes: u64,
@@ -88,34 +96,11 @@ pub struct Recording {
     shared: Arc<Shared>,
 }
 
-/// Framed bytes as pieces: each frame's header and body (a slice of what was
-/// sent), so recording copies nothing until the writer compresses them.
-#[derive(Default, Clone)]
-struct Pieces {
-    parts: Vec<Bytes>,
-    len: usize,
-}
-
-impl Pieces {
-    fn push(&mut self, b: Bytes) {
-        self.len += b.len();
-        self.parts.push(b);
-    }
-    fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    fn append_to(&self, out: &mut Vec<u8>) {
-        out.reserve(self.len);
-        for p in &self.parts {
-            out.extend_from_slice(p);
-        }
-    }
-}
-
 /// A chunk on its way to the database.
 struct Chunk {
     seq: i64,
-    data: Pieces,
+    /// One whole LZ4 frame.
+    frame: Bytes,
     /// The recording's size up to and with this chunk.
     bytes: u64,
 }
@@ -123,8 +108,8 @@ struct Chunk {
 /// What the recording and its writer share.
 #[derive(Default)]
 struct Shared {
-    /// Chunks handed to the writer and not stored yet, in order.
-    queued: Mutex<VecDeque<(i64, Pieces)>>,
+    /// Chunks handed to the writer and not stored yet (their LZ4 frames), in order.
+    queued: Mutex<VecDeque<(i64, Bytes)>>,
     /// The writer could not store a chunk: nothing after it is stored.
     failed: AtomicBool,
 }
@@ -146,41 +131,61 @@ impl Recording {
             active,
             framer: Recorder::new(),
             started: std::time::Instant::now(),
-            pending: Pieces::default(),
+            pending: encoder(),
+            pending_len: 0,
             seq: 0,
             bytes: 0,
             limit: u64::from(limit_mb) * 1024 * 1024,
             writer: None,
             shared: Arc::default(),
         };
-        if active {
-            r.add(header);
+        if active && r.add(&[header]).is_err() {
+            r.active = false;
         }
         r
     }
 
-    fn add(&mut self, framed: &[u8]) {
-        self.bytes += framed.len() as u64;
-        self.pending.push(Bytes::copy_from_slice(framed));
+    /// Compresses `parts` into the next chunk, in order.
+    fn add(&mut self, parts: &[&[u8]]) -> Result<(), Stop> {
+        use std::io::Write;
+        for p in parts {
+            if self.pending.write_all(p).is_err() {
+                return Err(Stop::StorageFailed);
+            }
+            self.pending_len += p.len();
+            self.bytes += p.len() as u64;
+        }
+        Ok(())
     }
 
     /// What is not surely stored yet, for a watcher: the first chunk place
     /// that may not be in the database, and the framed bytes from there on
-    /// (chunks in the writer's queue, then what is pending).
-    pub fn unstored(&self) -> (i64, Vec<u8>) {
-        let queued = self.shared.queued.lock().unwrap_or_else(|e| e.into_inner());
-        let first = queued.front().map_or(self.seq, |(seq, _)| *seq);
+    /// (chunks in the writer's queue, then what is pending), decompressed.
+    pub fn unstored(&mut self) -> std::io::Result<(i64, Vec<u8>)> {
+        use std::io::Write;
         let mut out = Vec::new();
-        for (_, c) in queued.iter() {
-            c.append_to(&mut out);
+        let first = {
+            let queued = self.shared.queued.lock().unwrap_or_else(|e| e.into_inner());
+            for (_, frame) in queued.iter() {
+                decompress_into(frame, &mut out)?;
+            }
+            queued.front().map_or(self.seq, |(seq, _)| *seq)
+        };
+        // The open frame so far: its last block written out, then closed
+        // with an end mark of its own (the frame has no checksum to add), so
+        // it reads as a whole frame while the encoder goes on with it.
+        if self.pending_len > 0 {
+            self.pending.flush()?;
+            let mut open = self.pending.get_ref().clone();
+            open.extend_from_slice(&[0; 4]);
+            decompress_into(&open, &mut out)?;
         }
-        self.pending.append_to(&mut out);
-        (first, out)
+        Ok((first, out))
     }
 
     /// Adds what the browser was sent now. `Err` when the size limit is
     /// reached: nothing of `data` is kept then.
-    pub fn record(&mut self, data: &Bytes) -> Result<(), Stop> {
+    pub fn record(&mut self, data: &[u8]) -> Result<(), Stop> {
         if !self.active || data.is_empty() {
             return Ok(());
         }
@@ -189,20 +194,15 @@ impl Recording {
         if self.bytes + len as u64 > self.limit {
             return Err(Stop::SizeLimit);
         }
-        // The frames' headers and slices of `data`: no copy.
-        let base = data.as_ptr() as usize;
         for (header, body) in self.framer.frame_parts(t, data) {
-            let start = body.as_ptr() as usize - base;
-            self.pending.push(Bytes::copy_from_slice(&header));
-            self.pending.push(data.slice(start..start + body.len()));
+            self.add(&[&header, body])?;
         }
-        self.bytes += len as u64;
         Ok(())
     }
 
     /// Whether a chunk is due (size reached; the caller also stores every second).
     pub fn full(&self) -> bool {
-        self.pending.len >= CHUNK_BYTES
+        self.pending_len >= CHUNK_BYTES
     }
 
     /// Hands what is pending to the writer as the next chunk. A `required`
@@ -216,22 +216,30 @@ impl Recording {
         if self.shared.failed.load(Ordering::SeqCst) {
             return Err(Stop::StorageFailed);
         }
-        if self.pending.is_empty() {
+        if self.pending_len == 0 {
             return Ok(());
         }
+        if self.pending.try_finish().is_err() {
+            self.shared.failed.store(true, Ordering::SeqCst);
+            return Err(Stop::StorageFailed);
+        }
+        // The next frame's output starts with room for one like this one.
+        let room = self.pending.get_ref().len();
+        let frame = std::mem::replace(self.pending.get_mut(), Vec::with_capacity(room));
+        self.pending_len = 0;
         let writer = self.writer.get_or_insert_with(|| {
             spawn_writer(state.clone(), self.id.clone(), self.shared.clone())
         });
         let chunk = Chunk {
             seq: self.seq,
-            data: std::mem::take(&mut self.pending),
+            frame: Bytes::from(frame),
             bytes: self.bytes,
         };
         self.shared
             .queued
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push_back((chunk.seq, chunk.data.clone()));
+            .push_back((chunk.seq, chunk.frame.clone()));
         self.seq += 1;
         let sent = if self.mode == RecordingMode::Required {
             writer.tx.send(chunk).await.map_err(|_| ())
@@ -261,7 +269,8 @@ impl Recording {
     /// Stops storing; what is stored stays (its hash covers exactly that).
     pub fn stop(&mut self) {
         self.active = false;
-        self.pending = Pieces::default();
+        self.pending = encoder();
+        self.pending_len = 0;
     }
 
     /// Waits for the writer, then gives the SHA-256 (hex) of the recording's
@@ -276,27 +285,20 @@ impl Recording {
     }
 }
 
-/// The recording's writer: stores each chunk in order (one LZ4 frame, sealed,
-/// with the recording's chunk count and size) and hashes it, stops at the
-/// first that the database refuses, and answers the hash of what it stored.
+/// The recording's writer: stores each chunk in order (sealed, with the
+/// recording's chunk count and size) and hashes it, stops at the first that
+/// the database refuses, and answers the hash of what it stored.
 fn spawn_writer(state: AppState, id: String, shared: Arc<Shared>) -> Writer {
     let (tx, mut rx) = mpsc::channel::<Chunk>(QUEUE);
     let task = tokio::spawn(async move {
         let mut hash = Sha256::new();
-        let mut enc = encoder();
         while let Some(c) = rx.recv().await {
-            let stored = match lz4_frame(&mut enc, &c.data) {
-                Ok(frame) => store_chunk(&state, &id, &c, &frame).await.map(|()| frame),
-                Err(e) => Err(AppError::internal(anyhow::Error::from(e))),
-            };
-            match stored {
-                Ok(frame) => hash.update(&frame),
-                Err(e) => {
-                    tracing::warn!(recording = %id, error = %e.message, "storing a recording chunk failed");
-                    shared.failed.store(true, Ordering::SeqCst);
-                    return hash;
-                }
+            if let Err(e) = store_chunk(&state, &id, &c).await {
+                tracing::warn!(recording = %id, error = %e.message, "storing a recording chunk failed");
+                shared.failed.store(true, Ordering::SeqCst);
+                return hash;
             }
+            hash.update(&c.frame);
             shared
                 .queued
                 .lock()
@@ -310,12 +312,12 @@ fn spawn_writer(state: AppState, id: String, shared: Arc<Shared>) -> Writer {
 
 type Encoder = lz4_flex::frame::FrameEncoder<Vec<u8>>;
 
-/// The writer's LZ4 encoder (independent blocks), kept for every chunk so
-/// that its buffers are allocated and zeroed once, not per chunk. Blocks of
-/// 64 KiB (LZ4's default): the copy into the encoder and the compression
-/// stay in the core's cache, and the output buffer that lz4_flex shrinks for
-/// a chunk's last, shorter block is zero-filled again only up to 64 KiB (with
-/// 4 MiB blocks that was 4 MiB a chunk).
+/// A chunk's LZ4 encoder (independent blocks, no checksums: a frame ends
+/// with its end mark alone). Blocks of 64 KiB (LZ4's default): the copy into
+/// the encoder and the compression stay in the core's cache, and lz4_flex
+/// zero-fills its output buffer again, for a chunk's last and shorter
+/// block, only up to 64 KiB. The encoder is kept from chunk to chunk, so its
+/// buffers are allocated once.
 fn encoder() -> Encoder {
     use lz4_flex::frame::{BlockMode, BlockSize, FrameInfo};
     let info = FrameInfo::new()
@@ -324,19 +326,16 @@ fn encoder() -> Encoder {
     Encoder::with_frame_info(info, Vec::new())
 }
 
-/// A chunk's pieces as one LZ4 frame: the encoder's copy is the only one of
-/// the recorded bytes.
-fn lz4_frame(enc: &mut Encoder, data: &Pieces) -> std::io::Result<Vec<u8>> {
-    use std::io::Write;
-    for p in &data.parts {
-        enc.write_all(p)?;
-    }
-    enc.try_finish().map_err(std::io::Error::other)?;
-    Ok(std::mem::take(enc.get_mut()))
+/// Appends what a whole LZ4 frame holds.
+fn decompress_into(frame: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::io::Read;
+    let dec = lz4_flex::frame::FrameDecoder::new(frame);
+    dec.take(MAX_CHUNK_PLAIN as u64).read_to_end(out)?;
+    Ok(())
 }
 
-async fn store_chunk(state: &AppState, id: &str, c: &Chunk, frame: &[u8]) -> AppResult<()> {
-    let sealed = state.store.seal_bytes(&context(id, c.seq), frame);
+async fn store_chunk(state: &AppState, id: &str, c: &Chunk) -> AppResult<()> {
+    let sealed = state.store.seal_bytes(&context(id, c.seq), &c.frame);
     let mut tx = state.store.begin().await?;
     sqlx::query("INSERT INTO recording_chunks (recording_id, seq, data) VALUES ($1, $2, $3)")
         .bind(id)
