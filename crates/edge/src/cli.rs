@@ -245,6 +245,9 @@ pub async fn main() -> anyhow::Result<u8> {
             if !s.forwarding.is_empty() {
                 println!("forwarding: {}", s.forwarding);
             }
+            if let Some(b) = s.heap_bytes {
+                println!("memory in use: {:.1} MiB", b as f64 / (1024.0 * 1024.0));
+            }
             if let Some(d) = &s.data {
                 print_data(d);
             }

@@ -109,6 +109,9 @@ pub struct Status {
     /// The last update offered to this edge and where it is.
     #[serde(default)]
     pub update: Option<UpdateStatus>,
+    /// Bytes of memory the agent's data takes (the allocator's, glibc only).
+    #[serde(default)]
+    pub heap_bytes: Option<u64>,
 }
 
 /// An update as `status` shows it.

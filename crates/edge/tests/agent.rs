@@ -44,6 +44,16 @@ fn the_switch_gates_sessions_and_turning_it_off_ends_them_within_seconds() {
         serde_json::from_slice::<Value>(&out.stdout)
             .is_ok_and(|v| v["sessions"].as_array().is_some_and(|a| a.len() == 1))
     });
+    // The status also says how much memory the agent's data takes.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let out = edge(&state, &["status", "--json"]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let heap = v["heap_bytes"].as_u64().expect("heap_bytes in the status");
+        assert!((64 * 1024..1024 * 1024 * 1024).contains(&heap), "{heap}");
+        let text = String::from_utf8_lossy(&edge(&state, &["status"]).stdout).to_string();
+        assert!(text.contains("memory in use: "), "{text}");
+    }
     let off = Instant::now();
     edge(&state, &["switch", "off"]);
     let mut ended = false;

@@ -32,6 +32,24 @@ pub fn limit_arenas() {
     }
 }
 
+/// Bytes the C allocator has handed out and not got back (in its arenas and
+/// in blocks of their own): what the process's data takes, without the
+/// freed memory glibc keeps for reuse, which a resident-set figure counts.
+/// `None` elsewhere than glibc.
+pub fn heap_in_use() -> Option<u64> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 takes no arguments and only reads the allocator's
+        // statistics (under each arena's lock).
+        let m = unsafe { libc::mallinfo2() };
+        Some((m.uordblks as u64).saturating_add(m.hblkhd as u64))
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
+}
+
 /// A process's `main` for the server and the edge: limits the arenas, then runs
 /// `body` on a multi-threaded runtime.
 pub fn run_main(
@@ -45,5 +63,23 @@ pub fn run_main(
             eprintln!("error: starting the runtime: {e}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod tests {
+    #[test]
+    fn the_heap_in_use_grows_with_what_is_allocated_and_shrinks_when_it_is_freed() {
+        const SIZE: usize = 256 * 1024 * 1024;
+        let before = super::heap_in_use().unwrap();
+        // Touched, so that it is really handed out (and resident).
+        let block = vec![1u8; SIZE];
+        let held = super::heap_in_use().unwrap();
+        assert_eq!(block[SIZE - 1], 1);
+        drop(block);
+        let after = super::heap_in_use().unwrap();
+        // Other tests allocate and free meanwhile: far less than this block.
+        assert!(held >= before + SIZE as u64 / 2, "{before} → {held}");
+        assert!(after + SIZE as u64 / 2 <= held, "{held} → {after}");
     }
 }

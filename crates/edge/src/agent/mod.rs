@@ -136,6 +136,7 @@ impl Agent {
             data: Some(self.push.data.status()),
             version: crate::version().into(),
             update: self.update.status(),
+            heap_bytes: drawbridge_tunnel::malloc::heap_in_use(),
         };
         if let Err(e) = self.dir.save_status(&s) {
             tracing::warn!(error = %e, "writing status.json");

@@ -2,7 +2,9 @@
 //! in [`SESSIONS`] sessions at once. Each client is a `drawbridge connect -L` of its
 //! own with one iperf3 stream to an `iperf3 -s` of its own on the machine LAN, all
 //! streams at the same time; the figure is their sum (receivers' figures). Also
-//! the edge's resident memory before the clients and with them connected and idle.
+//! the edge's memory before the clients and with them connected and idle: what
+//! its allocator has handed out (from `status --json`), and its resident set,
+//! which also counts memory freed by earlier rows and kept for reuse.
 
 use crate::drawbridge::{connect, end_session, start_session};
 use crate::exec::until;
@@ -31,6 +33,9 @@ pub(crate) struct Crowd {
     pub(crate) mbps: Option<f64>,
     /// The slowest and the fastest stream.
     pub(crate) spread: Option<(f64, f64)>,
+    /// The growth per connected idle peer of what the edge's allocator has
+    /// handed out.
+    pub(crate) heap_per_peer_kib: Option<f64>,
     /// The edge's resident memory growth per connected idle peer.
     pub(crate) rss_per_peer_kib: Option<f64>,
     /// The edge's CPU during the streams, in cores.
@@ -57,6 +62,11 @@ fn edge_peers_up(lab: &Lab) -> usize {
             .filter(|p| p["handshake_secs_ago"].is_u64())
             .count()
     })
+}
+
+/// What the edge's allocator has handed out (bytes), from its status.
+fn edge_heap_bytes(lab: &Lab) -> Option<u64> {
+    lab.edge.status()["heap_bytes"].as_u64()
 }
 
 /// The edge's resident set (KiB), from /proc.
@@ -156,7 +166,7 @@ pub(crate) fn measure(
 fn run(lab: &Lab, client: &Client, sessions: usize, secs: u32, c: &mut Crowd) -> Result<()> {
     let n = c.peers;
     let _servers = iperf_servers(lab, n)?;
-    let before = edge_rss_kib(lab);
+    let before = (edge_heap_bytes(lab), edge_rss_kib(lab));
     let sids: Vec<String> = (0..sessions)
         .map(|s| {
             // Each session releases the ports of its own clients.
@@ -209,8 +219,11 @@ fn run(lab: &Lab, client: &Client, sessions: usize, secs: u32, c: &mut Crowd) ->
             eprintln!("   {e:#}: no idle memory figure");
         }
         std::thread::sleep(Duration::from_secs(2));
-        if let (Ok(()), Some(b), Some(a)) = (all_up, before, edge_rss_kib(lab)) {
-            c.rss_per_peer_kib = Some((a as f64 - b as f64) / n as f64);
+        if all_up.is_ok() {
+            let per_peer =
+                |b: Option<u64>, a: Option<u64>| Some((a? as f64 - b? as f64) / n as f64);
+            c.heap_per_peer_kib = per_peer(before.0, edge_heap_bytes(lab)).map(|b| b / 1024.0);
+            c.rss_per_peer_kib = per_peer(before.1, edge_rss_kib(lab));
         }
         let warm = all_at_once(n, |i| {
             iperf_warm_up(&lab.office.host, "127.0.0.1", LOCAL_BASE + i as u16)
@@ -270,9 +283,12 @@ pub(crate) fn markdown(crowds: &[Crowd], single: Option<f64>) -> String {
         let spread = c
             .spread
             .map_or_else(String::new, |(lo, hi)| format!("{lo:.0} / {hi:.0} Mbit/s"));
-        let rss = c
-            .rss_per_peer_kib
-            .map_or_else(|| "n/a".into(), |k| format!("{k:.0} KiB"));
+        let rss = match (c.heap_per_peer_kib, c.rss_per_peer_kib) {
+            (Some(h), Some(r)) => format!("{h:.1} KiB (resident set {r:+.0} KiB)"),
+            (Some(h), None) => format!("{h:.1} KiB"),
+            (None, Some(r)) => format!("n/a (resident set {r:+.0} KiB)"),
+            (None, None) => "n/a".into(),
+        };
         let cpu = c
             .edge_cores
             .map_or_else(String::new, |x| format!("{x:.2} cores"));
@@ -296,6 +312,7 @@ mod tests {
             peers: 50,
             mbps: Some(1500.0),
             spread: Some((20.0, 45.0)),
+            heap_per_peer_kib: Some(38.25),
             rss_per_peer_kib: Some(61.4),
             edge_cores: Some(0.81),
             error: None,
@@ -308,7 +325,7 @@ mod tests {
         let md = markdown(&[ok, failed], Some(2000.0));
         assert!(
             md.contains(
-                "| 50 clients | 1500 Mbit/s | 0.75 | 20 / 45 Mbit/s | 0.81 cores | 61 KiB |"
+                "| 50 clients | 1500 Mbit/s | 0.75 | 20 / 45 Mbit/s | 0.81 cores | 38.2 KiB (resident set +61 KiB) |"
             ),
             "{md}"
         );

@@ -431,7 +431,11 @@ impl Report {
              \"other load\" column with each row.\n\
              - \"First Modbus reply − the edge's switch to direct\": after a switch to the direct path, packets \
              are held only behind data already sent through the relay, and at most `HOLD_MAX` (500 ms, \
-             `crates/tunnel/src/engine/path.rs`); a positive figure near +0.5 s would mean that hold is waiting."
+             `crates/tunnel/src/engine/path.rs`); a positive figure near +0.5 s would mean that hold is waiting.\n\
+             - \"Edge memory per idle peer\": the growth, with every client connected and idle, of what the \
+             edge's allocator has handed out (`heap_bytes` in `drawbridge-edge status --json`), divided by the \
+             peers; in brackets the growth of its resident set, which also moves with memory that earlier rows \
+             freed and the allocator kept (it can shrink while peers are added)."
         );
         let _ = writeln!(s, "\nVersions:\n");
         for (name, v) in &m.versions {
