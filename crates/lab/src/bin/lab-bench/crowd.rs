@@ -40,12 +40,25 @@ pub(crate) struct Crowd {
     pub(crate) rss_per_peer_kib: Option<f64>,
     /// The edge's CPU during the streams, in cores.
     pub(crate) edge_cores: Option<f64>,
+    /// The clients' (`drawbridge connect`) CPU during the streams, in cores.
+    pub(crate) clients_cores: Option<f64>,
+    /// The whole machine's busy CPU during the streams, in cores.
+    pub(crate) machine_cores: Option<f64>,
     pub(crate) error: Option<String>,
 }
 
 /// The edge's CPU time so far (user + system, in clock ticks), from /proc.
 fn edge_cpu_ticks(lab: &Lab) -> Option<u64> {
-    let pid = lab.edge.proc.as_ref()?.0.id();
+    cpu_ticks(lab.edge.proc.as_ref()?.0.id())
+}
+
+/// The clients' CPU time so far (clock ticks).
+fn clients_cpu_ticks(clients: &[Proc]) -> Option<u64> {
+    clients.iter().map(|p| cpu_ticks(p.0.id())).sum()
+}
+
+/// A process's CPU time so far (user + system, in clock ticks), from /proc.
+fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // After the command's ")": state is field 3, utime 14 and stime 15.
     let rest = stat.rsplit_once(')')?.1;
@@ -235,7 +248,12 @@ fn run(lab: &Lab, client: &Client, sessions: usize, secs: u32, c: &mut Crowd) ->
         {
             bail!("client {i}: {e:#}");
         }
-        let (ticks0, t0) = (edge_cpu_ticks(lab), std::time::Instant::now());
+        let ticks0 = (
+            edge_cpu_ticks(lab),
+            clients_cpu_ticks(&clients),
+            crate::load::machine_busy_secs(),
+        );
+        let t0 = std::time::Instant::now();
         let runs = all_at_once(n, |i| {
             iperf(&lab.office.host, "127.0.0.1", LOCAL_BASE + i as u16, secs)
         });
@@ -244,10 +262,15 @@ fn run(lab: &Lab, client: &Client, sessions: usize, secs: u32, c: &mut Crowd) ->
             let (mbps, _) = r.with_context(|| format!("client {i}'s stream"))?;
             figures.push(mbps);
         }
-        if let (Some(a), Some(b)) = (ticks0, edge_cpu_ticks(lab)) {
-            // Clock ticks are 1/100 s on Linux.
-            c.edge_cores = Some((b - a) as f64 / 100.0 / t0.elapsed().as_secs_f64());
-        }
+        // Clock ticks are 1/100 s on Linux.
+        let secs = t0.elapsed().as_secs_f64();
+        let cores =
+            |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?) as f64 / 100.0 / secs);
+        c.edge_cores = cores(ticks0.0, edge_cpu_ticks(lab));
+        c.clients_cores = cores(ticks0.1, clients_cpu_ticks(&clients));
+        c.machine_cores = crate::load::machine_busy_secs()
+            .zip(ticks0.2)
+            .map(|(b, a)| (b - a) / secs);
         c.mbps = Some(figures.iter().sum());
         let min = figures.iter().copied().fold(f64::INFINITY, f64::min);
         let max = figures.iter().copied().fold(0.0, f64::max);
@@ -267,7 +290,7 @@ fn run(lab: &Lab, client: &Client, sessions: usize, secs: u32, c: &mut Crowd) ->
 pub(crate) fn markdown(crowds: &[Crowd], single: Option<f64>) -> String {
     use std::fmt::Write;
     let mut s = String::from(
-        "| many peers (iperf3, all streams at once) | aggregate TCP throughput | × the single `-L` stream | slowest / fastest stream | edge CPU during the streams | edge memory per idle peer |\n|---|---:|---:|---|---:|---:|\n",
+        "| many peers (iperf3, all streams at once) | aggregate TCP throughput | × the single `-L` stream | slowest / fastest stream | edge CPU during the streams | clients' CPU | machine busy | edge memory per idle peer |\n|---|---:|---:|---|---:|---:|---:|---:|\n",
     );
     for c in crowds {
         let (agg, ratio) = match (c.mbps, &c.error) {
@@ -289,13 +312,14 @@ pub(crate) fn markdown(crowds: &[Crowd], single: Option<f64>) -> String {
             (None, Some(r)) => format!("n/a (resident set {r:+.0} KiB)"),
             (None, None) => "n/a".into(),
         };
-        let cpu = c
-            .edge_cores
-            .map_or_else(String::new, |x| format!("{x:.2} cores"));
+        let cores = |x: Option<f64>| x.map_or_else(String::new, |x| format!("{x:.2} cores"));
         let _ = writeln!(
             s,
-            "| {} | {agg} | {ratio} | {spread} | {cpu} | {rss} |",
-            c.what
+            "| {} | {agg} | {ratio} | {spread} | {} | {} | {} | {rss} |",
+            c.what,
+            cores(c.edge_cores),
+            cores(c.clients_cores),
+            cores(c.machine_cores),
         );
     }
     s
@@ -315,6 +339,8 @@ mod tests {
             heap_per_peer_kib: Some(38.25),
             rss_per_peer_kib: Some(61.4),
             edge_cores: Some(0.81),
+            clients_cores: Some(0.62),
+            machine_cores: Some(1.99),
             error: None,
         };
         let failed = Crowd {
@@ -325,12 +351,14 @@ mod tests {
         let md = markdown(&[ok, failed], Some(2000.0));
         assert!(
             md.contains(
-                "| 50 clients | 1500 Mbit/s | 0.75 | 20 / 45 Mbit/s | 0.81 cores | 38.2 KiB (resident set +61 KiB) |"
+                "| 50 clients | 1500 Mbit/s | 0.75 | 20 / 45 Mbit/s | 0.81 cores | 0.62 cores | 1.99 cores | 38.2 KiB (resident set +61 KiB) |"
             ),
             "{md}"
         );
         assert!(
-            md.contains("| 20 sessions | failed: client 3: iperf3 / warm-up |  |  |  | n/a |"),
+            md.contains(
+                "| 20 sessions | failed: client 3: iperf3 / warm-up |  |  |  |  |  | n/a |"
+            ),
             "{md}"
         );
     }

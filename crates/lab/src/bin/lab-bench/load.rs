@@ -35,8 +35,41 @@ pub(crate) fn other_cpu_secs() -> f64 {
     OTHER_TICKS.load(std::sync::atomic::Ordering::Relaxed) as f64 / 100.0
 }
 
-/// (pid, ppid, utime + stime) of every user-space process.
-fn processes() -> Vec<(u32, u32, u64)> {
+/// CPU ticks used by this driver's tunnel processes: Drawbridge's (client,
+/// edge, server with its relay) and the baselines' daemons, summed by the
+/// same sampler.
+static TUNNEL_TICKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pub(crate) fn tunnel_cpu_secs() -> f64 {
+    TUNNEL_TICKS.load(std::sync::atomic::Ordering::Relaxed) as f64 / 100.0
+}
+
+/// Whether a process of this driver is a tunnel's (by its command name, which
+/// the kernel cuts to 15 bytes: `drawbridge-serv`).
+fn is_tunnel(comm: &str) -> bool {
+    comm.starts_with("drawbridge")
+        || matches!(
+            comm,
+            "wireguard-go" | "boringtun-cli" | "openvpn" | "onetun"
+        )
+}
+
+/// The whole machine's busy CPU time so far, in seconds (all cores; all but
+/// idle and waiting for I/O), from /proc/stat.
+pub(crate) fn machine_busy_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    let f: Vec<u64> = cpu
+        .split_whitespace()
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is in user).
+    let all: u64 = f.iter().take(8).sum();
+    Some((all - f.get(3)? - f.get(4)?) as f64 / 100.0)
+}
+
+/// (pid, ppid, utime + stime, command name) of every user-space process.
+fn processes() -> Vec<(u32, u32, u64, String)> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return out;
@@ -49,9 +82,10 @@ fn processes() -> Vec<(u32, u32, u64)> {
             continue;
         };
         // The command may hold spaces and parentheses: fields start after the last ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        let Some((head, rest)) = stat.rsplit_once(')') else {
             continue;
         };
+        let comm = head.split_once('(').map_or("", |(_, c)| c).to_string();
         let f: Vec<&str> = rest.split_whitespace().collect();
         // rest[0] is field 3 (state): ppid is field 4, utime 14, stime 15, flags 9.
         let num = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok());
@@ -63,7 +97,7 @@ fn processes() -> Vec<(u32, u32, u64)> {
         if flags & PF_KTHREAD != 0 {
             continue;
         }
-        out.push((pid, ppid as u32, ut + st));
+        out.push((pid, ppid as u32, ut + st, comm));
     }
     out
 }
@@ -77,7 +111,7 @@ pub(crate) fn start_cpu_sampler() {
         loop {
             let procs = processes();
             let parent: std::collections::HashMap<u32, u32> =
-                procs.iter().map(|&(p, pp, _)| (p, pp)).collect();
+                procs.iter().map(|&(p, pp, _, _)| (p, pp)).collect();
             let ours = |mut p: u32| {
                 for _ in 0..64 {
                     if p == me {
@@ -91,18 +125,59 @@ pub(crate) fn start_cpu_sampler() {
                 false
             };
             let mut now = std::collections::HashMap::new();
-            let mut add = 0;
-            for &(pid, _, ticks) in &procs {
-                now.insert(pid, ticks);
-                if first || ours(pid) {
+            let (mut other, mut tunnel) = (0, 0);
+            for (pid, _, ticks, comm) in &procs {
+                now.insert(*pid, *ticks);
+                if first {
                     continue;
                 }
-                add += ticks.saturating_sub(last.get(&pid).copied().unwrap_or(0));
+                let used = ticks.saturating_sub(last.get(pid).copied().unwrap_or(0));
+                if !ours(*pid) {
+                    other += used;
+                } else if is_tunnel(comm) {
+                    tunnel += used;
+                }
             }
-            OTHER_TICKS.fetch_add(add, std::sync::atomic::Ordering::Relaxed);
+            OTHER_TICKS.fetch_add(other, std::sync::atomic::Ordering::Relaxed);
+            TUNNEL_TICKS.fetch_add(tunnel, std::sync::atomic::Ordering::Relaxed);
             last = now;
             first = false;
             std::thread::sleep(Duration::from_millis(250));
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tunnel_processes_are_known_by_their_cut_command_names() {
+        for t in [
+            "drawbridge",
+            "drawbridge-edge",
+            "drawbridge-serv",
+            "wireguard-go",
+            "boringtun-cli",
+            "openvpn",
+            "onetun",
+        ] {
+            assert!(is_tunnel(t), "{t}");
+        }
+        for o in ["iperf3", "ping", "lab-bench", "cargo", "ip"] {
+            assert!(!is_tunnel(o), "{o}");
+        }
+    }
+
+    #[test]
+    fn the_machines_busy_time_reads_and_grows_with_work() {
+        let a = machine_busy_secs().expect("/proc/stat reads");
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let b = machine_busy_secs().unwrap();
+        assert!(b - a >= 0.1, "{a} → {b}");
+    }
 }

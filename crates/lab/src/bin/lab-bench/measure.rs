@@ -2,7 +2,7 @@
 
 use crate::PING_COUNT;
 use crate::exec::{output, until};
-use crate::load::other_cpu_secs;
+use crate::load::{machine_busy_secs, other_cpu_secs, tunnel_cpu_secs};
 use anyhow::{Context, Result, anyhow, bail};
 use drawbridge_lab::Netns;
 use serde_json::Value;
@@ -19,6 +19,10 @@ pub(crate) struct Figures {
     pub(crate) path: String,
     /// Cores' worth of CPU other processes used during the iperf3 run.
     pub(crate) other_load: Option<f64>,
+    /// Cores' worth of CPU the tunnel's processes used during the iperf3 run.
+    pub(crate) tunnel_cores: Option<f64>,
+    /// Cores' worth of CPU the whole machine was busy during the iperf3 run.
+    pub(crate) machine_cores: Option<f64>,
     pub(crate) error: Option<String>,
 }
 
@@ -127,9 +131,13 @@ fn parse_ping(text: &str) -> Result<(f64, Option<String>)> {
 pub(crate) fn measure(ns: &Netns, host: &str, port: u16, secs: u32, with_ping: bool) -> Figures {
     let mut f = Figures::default();
     let measured = iperf_warm_up(ns, host, port).and_then(|()| {
-        let (c0, t0) = (other_cpu_secs(), Instant::now());
+        let (c0, u0, m0) = (other_cpu_secs(), tunnel_cpu_secs(), machine_busy_secs());
+        let t0 = Instant::now();
         let r = iperf(ns, host, port, secs)?;
-        f.other_load = Some((other_cpu_secs() - c0) / t0.elapsed().as_secs_f64());
+        let secs = t0.elapsed().as_secs_f64();
+        f.other_load = Some((other_cpu_secs() - c0) / secs);
+        f.tunnel_cores = Some((tunnel_cpu_secs() - u0) / secs);
+        f.machine_cores = machine_busy_secs().zip(m0).map(|(b, a)| (b - a) / secs);
         Ok(r)
     });
     match measured {

@@ -260,18 +260,21 @@ impl Report {
              wireguard-go, boringtun-cli and OpenVPN (`--disable-dco`) route IP packets through the kernel; \
              onetun, like `-L`, terminates TCP in a userspace stack on the office side. \
              Ratios: throughput ÷ wireguard-go's (higher is better), RTT ÷ wireguard-go's (lower is better). \
-             \"Other load\": CPU (in cores of the {} here) that processes other than this benchmark used during the row's iperf3 run.\n",
+             \"Other load\": CPU (in cores of the {} here) that processes other than this benchmark used during the row's iperf3 run; \
+             \"tunnel CPU\": what the tunnel's own processes used then (Drawbridge's client, edge and, relayed, the server; \
+             the baselines' daemons), sampled every 250 ms; \"machine busy\": all cores' busy time then (iperf3, the kernel's TCP, \
+             veth and softirq work included).\n",
             self.seconds, m.cores
         );
         let wg = self.row(RowKind::WireguardGo);
         let _ = writeln!(
             s,
-            "| setup | path | TCP throughput | × wireguard-go | retransmits | ping RTT | × wireguard-go | other load |"
+            "| setup | path | TCP throughput | × wireguard-go | retransmits | ping RTT | × wireguard-go | other load | tunnel CPU | machine busy |"
         );
-        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for k in RowKind::ALL {
             let Some(f) = self.row(k) else {
-                let _ = writeln!(s, "| {} | not run | | | | | | |", k.label());
+                let _ = writeln!(s, "| {} | not run | | | | | | | | |", k.label());
                 continue;
             };
             let mbps = match (f.mbps, &f.error) {
@@ -285,9 +288,10 @@ impl Report {
                 (None, Some(n)) => n.replace('|', "/"),
                 (None, None) => "n/a".into(),
             };
+            let cores = |x: Option<f64>| x.map_or_else(String::new, |l| format!("{l:.2} cores"));
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 k.label(),
                 f.path.replace('|', "/"),
                 mbps,
@@ -299,8 +303,9 @@ impl Report {
                 } else {
                     String::new()
                 },
-                f.other_load
-                    .map_or_else(String::new, |l| format!("{l:.2} cores")),
+                cores(f.other_load),
+                cores(f.tunnel_cores),
+                cores(f.machine_cores),
             );
         }
         let t = &self.timings;
