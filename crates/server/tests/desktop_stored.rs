@@ -156,12 +156,7 @@ async fn a_watchers_start_is_the_stored_chunks_then_what_is_not_stored_yet(app: 
     let acct = app.account("acme").await;
     let id = bare_recording(&app, &acct, RecordingMode::Required).await;
     let frames = frames();
-    let mut r = Recording::new(
-        id.clone(),
-        RecordingMode::Required,
-        1,
-        drawbridge_desktop::recording::HEADER,
-    );
+    let mut r = vnc_recording(&id);
     // Seven frames in four stored chunks, four more not stored yet.
     for (i, f) in frames.iter().enumerate() {
         r.record(&bytes::Bytes::copy_from_slice(f)).unwrap();
@@ -176,14 +171,30 @@ async fn a_watchers_start_is_the_stored_chunks_then_what_is_not_stored_yet(app: 
     let (first, unstored) = r.unstored().unwrap();
     assert_eq!(first, 4, "chunks stored");
     assert!(!unstored.is_empty());
-    let mut reader = FrameReader::open_with_tail(&app.state, &id, Some(first), unstored)
-        .await
-        .unwrap();
+    assert_eq!(
+        joined(&app, &id, first, unstored).await,
+        frames,
+        "every frame once, in order"
+    );
+}
+
+/// A required VNC recording of at most 1 MiB.
+fn vnc_recording(id: &str) -> Recording {
+    Recording::new(
+        id.to_string(),
+        RecordingMode::Required,
+        1,
+        drawbridge_desktop::recording::HEADER,
+    )
+}
+
+/// The bodies of every frame a reader gives, in order.
+async fn bodies(reader: &mut FrameReader) -> Vec<Vec<u8>> {
     let mut got = Vec::new();
     while let Some(batch) = reader.next_frames().await.unwrap() {
         got.extend(batch.into_iter().map(|(_, d)| d.to_vec()));
     }
-    assert_eq!(got, frames, "every frame once, in order");
+    got
 }
 
 /// The frames a watcher joining now is given: the stored chunks before
@@ -192,23 +203,14 @@ async fn joined(app: &TestApp, id: &str, first: i64, unstored: Vec<u8>) -> Vec<V
     let mut reader = FrameReader::open_with_tail(&app.state, id, Some(first), unstored)
         .await
         .unwrap();
-    let mut got = Vec::new();
-    while let Some(batch) = reader.next_frames().await.unwrap() {
-        got.extend(batch.into_iter().map(|(_, d)| d.to_vec()));
-    }
-    got
+    bodies(&mut reader).await
 }
 
 async fn a_watcher_joining_while_chunks_wait_for_the_writer_gets_every_frame_once(app: TestApp) {
     let acct = app.account("acme").await;
     let id = bare_recording(&app, &acct, RecordingMode::Required).await;
     let frames = frames();
-    let mut r = Recording::new(
-        id.clone(),
-        RecordingMode::Required,
-        1,
-        drawbridge_desktop::recording::HEADER,
-    );
+    let mut r = vnc_recording(&id);
     let mut waited_for_the_writer = false;
     let mut handed = 0;
     for (i, f) in frames.iter().enumerate() {
@@ -239,11 +241,7 @@ async fn a_watcher_joining_while_chunks_wait_for_the_writer_gets_every_frame_onc
     // The stored recording is whole: every frame once, and the hash of what
     // was stored, although the open chunk was read for watchers on the way.
     let mut reader = FrameReader::open(&app.state, &id).await.unwrap();
-    let mut got = Vec::new();
-    while let Some(batch) = reader.next_frames().await.unwrap() {
-        got.extend(batch.into_iter().map(|(_, d)| d.to_vec()));
-    }
-    assert_eq!(got, frames);
+    assert_eq!(bodies(&mut reader).await, frames);
     assert_eq!(reader.finish(), (sha.expect("a hash"), true));
 }
 
