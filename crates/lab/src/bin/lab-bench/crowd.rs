@@ -179,6 +179,19 @@ pub(crate) fn measure(
 fn run(lab: &Lab, client: &Client, sessions: usize, secs: u32, c: &mut Crowd) -> Result<()> {
     let n = c.peers;
     let _servers = iperf_servers(lab, n)?;
+    // The rows before have let go of their sessions (their buffers freed),
+    // and the status the edge rewrites every second says so.
+    let _ = until(
+        "the edge without sessions",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            lab.edge.status()["sessions"]
+                .as_array()
+                .is_some_and(|s| s.is_empty())
+        },
+    );
+    std::thread::sleep(Duration::from_millis(2500));
     let before = (edge_heap_bytes(lab), edge_rss_kib(lab));
     let sids: Vec<String> = (0..sessions)
         .map(|s| {
