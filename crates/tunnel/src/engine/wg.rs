@@ -16,9 +16,16 @@ use super::{Event, MAX_IP_PACKET, Node, Output, Path, PeerId, RelayId, SendError
 use crate::frame::{Frame, MAX_PAYLOAD};
 use crate::stun;
 
+/// A WireGuard message's bytes, to send.
 pub(super) fn to_vec(kind: WgKind) -> Vec<u8> {
-    let p: Packet = kind.into();
-    p.to_vec()
+    into_vec(kind.into())
+}
+
+/// A packet's bytes as a `Vec`: its own buffer when it holds the whole of
+/// one (as gotatun's encapsulation and decryption leave it), so that a data
+/// packet is neither allocated nor copied again; otherwise a copy.
+fn into_vec(mut p: Packet) -> Vec<u8> {
+    Vec::from(std::mem::take(p.buf_mut()))
 }
 
 /// The address a bridged datagram counts as for WireGuard's handshake rate limiter and
@@ -281,7 +288,7 @@ impl Node {
             TunnResult::WriteToTunnel(packet) => {
                 authenticated = true;
                 if !packet.is_empty() {
-                    self.inner_packet(id, &packet, via);
+                    self.inner_packet(id, into_vec(packet), via);
                 }
             }
         }
@@ -294,16 +301,16 @@ impl Node {
         }
     }
 
-    fn inner_packet(&mut self, id: PeerId, packet: &[u8], via: Via) {
+    fn inner_packet(&mut self, id: PeerId, mut packet: Vec<u8>, via: Via) {
         // WireGuard pads to 16 bytes: cut back to the IP length; drop what is not IP.
-        let Some(len) = ip_total_len(packet) else {
+        let Some(len) = ip_total_len(&packet) else {
             if let Some(p) = self.peers.get_mut(&id) {
                 p.drops += 1;
             }
             return;
         };
-        let packet = &packet[..len];
-        if let Some((kind, nonce)) = parse_probe(packet) {
+        packet.truncate(len);
+        if let Some((kind, nonce)) = parse_probe(&packet) {
             self.probe(id, kind, nonce, via);
             return;
         }
@@ -311,7 +318,7 @@ impl Node {
             return;
         };
         if !peer.allowed_ips.is_empty() {
-            let ok = ip_addrs(packet)
+            let ok = ip_addrs(&packet)
                 .map(|(src, _)| peer.allowed_ips.iter().any(|n| n.contains(src)))
                 .unwrap_or(false);
             if !ok {
@@ -320,10 +327,7 @@ impl Node {
             }
         }
         peer.rx_bytes += packet.len() as u64;
-        self.transmit(Output::Deliver {
-            peer: id,
-            packet: packet.to_vec(),
-        });
+        self.transmit(Output::Deliver { peer: id, packet });
     }
 
     /// A ping or pong from the peer, authenticated by its session.
