@@ -8,6 +8,7 @@
 
 use crate::drawbridge::{connect, end_session, start_session};
 use crate::exec::until;
+use crate::load::cpu_ticks;
 use crate::measure::{iperf, iperf_warm_up};
 use anyhow::{Context, Result, bail};
 use drawbridge_lab::topology::{Lab, PLC_IP};
@@ -55,15 +56,6 @@ fn edge_cpu_ticks(lab: &Lab) -> Option<u64> {
 /// The clients' CPU time so far (clock ticks).
 fn clients_cpu_ticks(clients: &[Proc]) -> Option<u64> {
     clients.iter().map(|p| cpu_ticks(p.0.id())).sum()
-}
-
-/// A process's CPU time so far (user + system, in clock ticks), from /proc.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the command's ")": state is field 3, utime 14 and stime 15.
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
 /// Peers of the edge's sessions that have completed a handshake.

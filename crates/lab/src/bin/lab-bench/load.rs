@@ -68,6 +68,35 @@ pub(crate) fn machine_busy_secs() -> Option<f64> {
     Some((all - f.get(3)? - f.get(4)?) as f64 / 100.0)
 }
 
+/// One process's `/proc/PID/stat`.
+struct Stat {
+    comm: String,
+    ppid: u32,
+    flags: u64,
+    /// utime + stime, in clock ticks.
+    ticks: u64,
+}
+
+fn read_stat(pid: u32) -> Option<Stat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command may hold spaces and parentheses: fields start after the last ')'.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state): ppid is field 4, utime 14, stime 15, flags 9.
+    let num = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok());
+    Some(Stat {
+        comm: head.split_once('(').map_or("", |(_, c)| c).to_string(),
+        ppid: u32::try_from(num(4)?).ok()?,
+        flags: num(9)?,
+        ticks: num(14)? + num(15)?,
+    })
+}
+
+/// A process's CPU time so far (user + system, in clock ticks).
+pub(crate) fn cpu_ticks(pid: u32) -> Option<u64> {
+    read_stat(pid).map(|s| s.ticks)
+}
+
 /// (pid, ppid, utime + stime, command name) of every user-space process.
 fn processes() -> Vec<(u32, u32, u64, String)> {
     let mut out = Vec::new();
@@ -78,26 +107,14 @@ fn processes() -> Vec<(u32, u32, u64, String)> {
         let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        // The command may hold spaces and parentheses: fields start after the last ')'.
-        let Some((head, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let comm = head.split_once('(').map_or("", |(_, c)| c).to_string();
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // rest[0] is field 3 (state): ppid is field 4, utime 14, stime 15, flags 9.
-        let num = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok());
-        let (Some(ppid), Some(flags), Some(ut), Some(st)) = (num(4), num(9), num(14), num(15))
-        else {
+        let Some(s) = read_stat(pid) else {
             continue;
         };
         const PF_KTHREAD: u64 = 0x0020_0000;
-        if flags & PF_KTHREAD != 0 {
+        if s.flags & PF_KTHREAD != 0 {
             continue;
         }
-        out.push((pid, ppid as u32, ut + st, comm));
+        out.push((pid, s.ppid, s.ticks, s.comm));
     }
     out
 }
@@ -167,6 +184,14 @@ mod tests {
         for o in ["iperf3", "ping", "lab-bench", "cargo", "ip"] {
             assert!(!is_tunnel(o), "{o}");
         }
+    }
+
+    #[test]
+    fn a_process_stat_reads_its_parent_and_name() {
+        let me = read_stat(std::process::id()).expect("our own stat reads");
+        assert_eq!(me.ppid, std::os::unix::process::parent_id());
+        assert!(!me.comm.is_empty());
+        assert!(read_stat(u32::MAX).is_none());
     }
 
     #[test]
