@@ -167,7 +167,7 @@ impl Recording {
         let first = {
             let queued = self.shared.queued.lock().unwrap_or_else(|e| e.into_inner());
             for (_, frame) in queued.iter() {
-                decompress_into(frame, &mut out)?;
+                decompress_into(&frame[..], &mut out)?;
             }
             queued.front().map_or(self.seq, |(seq, _)| *seq)
         };
@@ -175,10 +175,10 @@ impl Recording {
         // with an end mark of its own (the frame has no checksum to add), so
         // it reads as a whole frame while the encoder goes on with it.
         if self.pending_len > 0 {
+            use std::io::Read;
             self.pending.flush()?;
-            let mut open = self.pending.get_ref().clone();
-            open.extend_from_slice(&[0; 4]);
-            decompress_into(&open, &mut out)?;
+            const END_MARK: [u8; 4] = [0; 4];
+            decompress_into(self.pending.get_ref().chain(&END_MARK[..]), &mut out)?;
         }
         Ok((first, out))
     }
@@ -327,7 +327,7 @@ fn encoder() -> Encoder {
 }
 
 /// Appends what a whole LZ4 frame holds.
-fn decompress_into(frame: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+fn decompress_into(frame: impl std::io::Read, out: &mut Vec<u8>) -> std::io::Result<()> {
     use std::io::Read;
     let dec = lz4_flex::frame::FrameDecoder::new(frame);
     dec.take(MAX_CHUNK_PLAIN as u64).read_to_end(out)?;
